@@ -1,0 +1,50 @@
+"""The `spo` command. Imports nothing heavy: torch and diffusers load only when a command runs a model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from spo_cli import __version__
+
+app = typer.Typer(
+    name="spo",
+    help="SPO-SDXL from the terminal: SDXL fine-tuned with Step-aware Preference Optimization.\n\n"
+    "[bold]Examples[/]\n\n"
+    '  spo generate "a child and a penguin sitting on the moon"\n\n'
+    "  spo models\n\n"
+    "  spo download spo-lora\n\n"
+    "  spo doctor",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spo-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
+) -> None:
+    pass
+
+
+# Registering the commands, in the order `spo --help` lists them.
+from spo_cli.cli import generate  # noqa: E402,F401,I001
+from spo_cli.cli import replay  # noqa: E402,F401
+from spo_cli.cli import models  # noqa: E402,F401
+from spo_cli.cli import download  # noqa: E402,F401
+from spo_cli.cli import doctor  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spo_cli import jobs, outputs, presets
+from spo_cli.cli import app, options as o, session
+from spo_cli.cli.ui import UI
+from spo_cli.errors import UsageError
+
+EXAMPLES = """[bold]Examples[/]
+
+  spo generate "a child and a penguin sitting on the moon"
+
+  spo generate "a red fox in fresh snow, golden hour" --seed 42 -n 4 --out shots/
+
+  spo generate "a lighthouse in a storm" --model spo-lora --lora-scale 0.8 --scheduler dpm++2m-karras --steps 30
+
+  spo generate "a cat" --json | jq -r '.[].image'
+"""
+
+
+@app.command(epilog=EXAMPLES)
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.", show_default=False)],
+    negative: o.Negative = None,
+    seed: o.Seed = None,
+    num_images: o.NumImages = 1,
+    batch_size: o.BatchSize = 1,
+    steps: o.Steps = presets.DEFAULT_STEPS,
+    guidance: o.Guidance = presets.DEFAULT_GUIDANCE,
+    width: o.Width = None,
+    height: o.Height = None,
+    scheduler: o.Scheduler = "default",
+    generator_device: o.GeneratorDevice = "cpu",
+    model: o.Model = presets.DEFAULT_PRESET,
+    revision: o.Revision = None,
+    lora: o.Lora = None,
+    lora_file: o.LoraFile = None,
+    lora_scale: o.LoraScale = 1.0,
+    vae: o.Vae = None,
+    device: o.Device = "auto",
+    dtype: o.Dtype = "auto",
+    out: o.Out = Path("outputs"),
+    fmt: o.Format = "png",
+    json_: o.Json = False,
+    quiet: o.Quiet = False,
+    debug: o.Debug = False,
+) -> None:
+    """Generate images from a prompt and write each with a JSON sidecar of its settings."""
+    ui = UI(quiet=quiet, json_mode=json_, debug=debug)
+    with session.handled(ui):
+        fmt = session.check_output_format(fmt)
+        base = jobs.ImageRequest(
+            prompt=prompt, seed=jobs.random_seed() if seed is None else jobs.check_seed(seed),
+            negative_prompt=negative or None, steps=steps, guidance=guidance, width=width, height=height,
+            scheduler=scheduler, generator_device=generator_device,
+        )
+        requests = jobs.expand(base, num_images)
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
+        session.validate_images(ui, requests)
+        request = jobs.ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file,
+                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
+        eng, resolved = session.start(ui, request, debug=debug)
+        session.warn_truncation(ui, eng, requests)
+        when = outputs.now()
+
+        def stem_for(r: jobs.ImageRequest) -> str:
+            return outputs.claim_stem(out, outputs.default_stem(r.prompt, r.seed, when), fmt)
+
+        written = session.render(ui, eng, resolved, requests, batch_size=batch_size, out=out, fmt=fmt,
+                                 stem_for=stem_for)
+        session.report(ui, written)

@@ -1,0 +1,162 @@
+"""One object for everything the user sees: data on stdout, messages and progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+
+class UI:
+    def __init__(self, *, quiet: bool = False, json_mode: bool = False, debug: bool = False):
+        self.quiet = quiet
+        self.json_mode = json_mode
+        self.debug = debug
+        self.err = Console(stderr=True, quiet=quiet, highlight=False)
+        self.out = Console(highlight=False, soft_wrap=True)
+
+    # -- messages (stderr) ------------------------------------------------------------------------
+
+    def info(self, text: str) -> None:
+        self.err.print(text)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {text}")
+
+    def error(self, text: str) -> None:
+        # Errors are shown even with --quiet: a silent non-zero exit explains nothing.
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {text}")
+
+    @contextmanager
+    def status(self, text: str):
+        """A spinner with elapsed time for a wait of unknown length (imports, loading)."""
+        if self.quiet:
+            yield
+            return
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=self.err, transient=True,
+        ) as progress:
+            progress.add_task(text, total=None)
+            yield
+        self.err.print(f"[green]✓[/] {text}")
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def download_tqdm(self, label: str):
+        """A tqdm class for huggingface_hub that draws its byte counts as a rich bar."""
+        from tqdm.std import tqdm
+
+        ui = self
+
+        class RichTqdm(tqdm):
+            progress: Progress | None = None
+            task = None
+
+            def __init__(self, *args, **kwargs):
+                kwargs.pop("name", None)
+                self._primary = not str(kwargs.get("desc", "")).startswith("Downloading bytes")
+                kwargs["disable"] = False
+                kwargs["file"] = _Null()
+                super().__init__(*args, **kwargs)
+                if self._primary and not ui.quiet and RichTqdm.progress is None:
+                    RichTqdm.progress = Progress(
+                        TextColumn(f"Downloading {label}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=ui.err, transient=False,
+                    )
+                    RichTqdm.progress.start()
+                    RichTqdm.task = RichTqdm.progress.add_task(label, total=None)
+
+            def display(self, msg=None, pos=None):
+                if self._primary and RichTqdm.progress is not None:
+                    RichTqdm.progress.update(RichTqdm.task, completed=self.n, total=self.total or None)
+                return True
+
+            def close(self):
+                if self._primary and RichTqdm.progress is not None:
+                    self.display()
+                    RichTqdm.progress.stop()
+                    RichTqdm.progress = None
+                super().close()
+
+        return RichTqdm
+
+    @contextmanager
+    def images_progress(self, total: int, steps: int):
+        """An overall bar over images and a denoising bar for the pipeline call in flight."""
+        if self.quiet:
+            yield _NoBars()
+            return
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.err,
+        )
+        with progress:
+            yield _Bars(progress, total, steps)
+
+    # -- data (stdout) ----------------------------------------------------------------------------
+
+    def emit_json(self, data) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        t = Table(title=title, title_justify="left")
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*r)
+        self.out.print(t)
+
+
+class _Null:
+    def write(self, *_):
+        pass
+
+    def flush(self):
+        pass
+
+
+class _Bars:
+    def __init__(self, progress: Progress, total: int, steps: int):
+        self.progress = progress
+        self.images = progress.add_task("images", total=total, rate="")
+        self.steps = progress.add_task("denoising", total=steps, rate="")
+
+    def start_batch(self, size: int, steps: int) -> None:
+        self.progress.reset(self.steps, total=steps, description=f"denoising ×{size}")
+
+    def step(self, done: int, total: int) -> None:
+        self.progress.update(self.steps, completed=done, total=total)
+
+    def images_done(self, n: int) -> None:
+        self.progress.advance(self.images, n)
+        task = self.progress.tasks[self.images]
+        if task.elapsed:
+            self.progress.update(self.images, rate=f"{task.completed / task.elapsed * 60:.1f} img/min")
+
+
+class _NoBars:
+    def start_batch(self, size: int, steps: int) -> None:
+        pass
+
+    def step(self, done: int, total: int) -> None:
+        pass
+
+    def images_done(self, n: int) -> None:
+        pass

@@ -1,0 +1,236 @@
+"""The only module that imports torch and diffusers: build the pipeline, run batches.
+
+It knows nothing of paths, file names or metadata; it takes resolved local folders and image
+requests and gives back PIL images and plain facts about how they were made.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Library chatter (offline notices, per-component loading bars, "No LoRA keys for the text
+# encoder") is not for users of a CLI; set before the libraries read these variables on import.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+
+from spo_cli import __version__, presets  # noqa: E402
+from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint  # noqa: E402
+from spo_cli.jobs import ImageRequest  # noqa: E402
+
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SDXL_CLASSES = ("StableDiffusionXLPipeline",)
+LORA_ADAPTER = "spo"
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """Silence diffusers / transformers / huggingface_hub logging and bars (unless debugging)."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    if debug:
+        for lib in (diffusers, transformers, huggingface_hub):
+            lib.utils.logging.set_verbosity_warning()
+        return
+    warnings.filterwarnings("ignore")
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+
+
+def pick_device(requested: str = "auto") -> tuple[str, list[str]]:
+    """(device, warnings): `auto` is CUDA, else Apple MPS, else CPU."""
+    notes = []
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda", notes
+        if torch.backends.mps.is_available():
+            return "mps", notes
+        notes.append("No GPU found: running on the CPU, which takes minutes per full-size image.")
+        return "cpu", notes
+    base = requested.split(":")[0]
+    if base == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {requested} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU.",
+            "Check `nvidia-smi` and that torch was installed with CUDA support, or use --device cpu.",
+        )
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {requested} was asked for, but Apple MPS is not available here.")
+    if base not in ("cuda", "mps", "cpu"):
+        raise UsageError(f"Unknown device '{requested}'.", "Use auto, cuda, cuda:N, mps or cpu.")
+    return requested, notes
+
+
+def pick_dtype(device: str, requested: str = "auto") -> str:
+    """float16 on GPUs (what the authors ran), float32 on the CPU (where half is slow and partial)."""
+    requested = presets.DTYPES.get(requested, requested)
+    if requested == "auto":
+        return "float32" if device == "cpu" else "float16"
+    if requested not in TORCH_DTYPES:
+        raise UsageError(f"Unknown dtype '{requested}'.", "Use auto, fp16, bf16 or fp32.")
+    return requested
+
+
+def versions() -> dict:
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    return {
+        "spo-cli": __version__,
+        "diffusers": diffusers.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class Result:
+    image: object  # PIL.Image.Image
+    request: ImageRequest
+    nan: bool
+
+
+class Engine:
+    """A loaded pipeline on a device, ready to run batches of `ImageRequest`s."""
+
+    def __init__(self, pipe, device: str, dtype: str, *, lora_scale: float | None = None):
+        self.pipe = pipe
+        self.device = device
+        self.dtype = dtype
+        self.lora_scale = lora_scale
+        pipe.set_progress_bar_config(disable=True)
+        self._schedulers = {"default": pipe.scheduler}
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, resolved, device: str) -> Engine:
+        """Build the pipeline the way the SPO authors' inference script does, from local folders."""
+        import json
+
+        from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+        torch_dtype = TORCH_DTYPES[resolved.dtype]
+        index = json.loads((resolved.pipeline.path / "model_index.json").read_text())
+        if index.get("_class_name") not in SDXL_CLASSES:
+            raise ModelError(
+                f"'{resolved.pipeline.id}' is a {index.get('_class_name')}, not an SDXL pipeline.",
+                "spo-cli runs StableDiffusionXLPipeline checkpoints (SDXL base and its fine-tunes).",
+            )
+        kwargs = {}
+        if resolved.vae is not None:
+            kwargs["vae"] = AutoencoderKL.from_pretrained(
+                resolved.vae.path, subfolder=resolved.vae.subfolder, torch_dtype=torch_dtype,
+                use_safetensors=True, variant=resolved.vae.variant,
+            )
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
+            variant=resolved.pipeline.variant, **kwargs,
+        )
+        lora_scale = None
+        if resolved.lora is not None:
+            lora_scale = resolved.request.lora_scale
+            pipe.load_lora_weights(
+                str(resolved.lora.path.parent), weight_name=resolved.lora.path.name, adapter_name=LORA_ADAPTER
+            )
+            pipe.set_adapters([LORA_ADAPTER], adapter_weights=[lora_scale])
+        pipe.to(device)
+        return cls(pipe, device, resolved.dtype, lora_scale=lora_scale)
+
+    def scheduler(self, name: str):
+        if name not in self._schedulers:
+            import diffusers
+
+            choice = presets.SCHEDULERS[name]
+            scheduler_cls = getattr(diffusers, choice.class_name)
+            self._schedulers[name] = scheduler_cls.from_config(self._schedulers["default"].config, **dict(choice.kwargs))
+        return self._schedulers[name]
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    def default_size(self) -> tuple[int, int]:
+        side = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        return side, side
+
+    def scheduler_facts(self, name: str) -> dict:
+        s = self.scheduler(name)
+        cls_name = type(s).__name__
+        a1111 = presets.SCHEDULERS[name].a1111 or presets.A1111_BY_CLASS.get(cls_name, "")
+        config = {k: v for k, v in dict(s.config).items() if not k.startswith("_")}
+        return {"name": name, "class": cls_name, "a1111": a1111, "config": config}
+
+    def facts(self) -> dict:
+        facts = {"device": self.device, "dtype": self.dtype, "versions": versions()}
+        if self.device.startswith("cuda"):
+            facts["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
+        return facts
+
+    def dropped_words(self, prompt: str | None) -> str | None:
+        """The end of `prompt` that CLIP's 77-token window silently cuts off, if any."""
+        if not prompt:
+            return None
+        tok = self.pipe.tokenizer
+        ids = tok(prompt, add_special_tokens=False, truncation=False).input_ids
+        room = tok.model_max_length - 2  # start and end tokens
+        if len(ids) <= room:
+            return None
+        return tok.decode(ids[room:]).strip()
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self, batch: list[ImageRequest], on_step: Callable[[int, int], None] | None = None) -> list[Result]:
+        """One pipeline call for `batch` (requests sharing `group_key`), one generator per image."""
+        first = batch[0]
+        if any(r.group_key() != first.group_key() for r in batch):
+            raise ValueError("a batch must share steps, guidance, size, scheduler and generator device")
+        self.pipe.scheduler = self.scheduler(first.scheduler)
+        generators = [torch.Generator(first.generator_device).manual_seed(r.seed) for r in batch]
+        negatives = [r.negative_prompt for r in batch]
+
+        def step_end(pipe, i, t, kwargs):
+            if on_step:
+                on_step(i + 1, first.steps)
+            return kwargs
+
+        try:
+            with torch.inference_mode():
+                out = self.pipe(
+                    prompt=[r.prompt for r in batch],
+                    # None, not "": SDXL then uses zero embeddings for the unconditional branch,
+                    # as the authors' script does by passing no negative prompt at all.
+                    negative_prompt=None if negatives[0] is None else negatives,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    width=first.width,
+                    height=first.height,
+                    generator=generators,
+                    output_type="np",
+                    callback_on_step_end=step_end,
+                )
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise GenerationError(
+                f"The GPU ran out of memory generating {len(batch)} image(s) at "
+                f"{first.width or self.default_size()[0]}×{first.height or self.default_size()[1]}.",
+                oom_hint(),
+            ) from None
+        arrays = out.images
+        images = self.pipe.image_processor.numpy_to_pil(arrays)  # what output_type="pil" would return
+        return [
+            Result(img, req, bool(torch.from_numpy(arr).isnan().any()))
+            for img, req, arr in zip(images, batch, arrays)
+        ]
+

@@ -1,0 +1,94 @@
+"""Every failure a user can meet, as one paragraph: what went wrong and what to do.
+
+Library exceptions (huggingface_hub, torch, the OS) are translated here and nowhere else, by
+class name where importing the library just to test `isinstance` would slow start-up.
+"""
+
+from __future__ import annotations
+
+import errno
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class SpoError(Exception):
+    """An expected failure with a message for humans."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def paragraph(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class UsageError(SpoError):
+    """Bad input from the user: options, arguments, files."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelError(SpoError):
+    """A model could not be found, fetched or loaded."""
+
+
+class GenerationError(SpoError):
+    """The pipeline ran but the result is unusable (NaN, out of memory)."""
+
+
+class OutputError(SpoError):
+    """An image or sidecar could not be written."""
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _is(exc: BaseException, *names: str) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def oom_hint() -> str:
+    return (
+        "Try a smaller --batch-size, a smaller --width/--height, or close other programs using the GPU."
+    )
+
+
+def translate(exc: BaseException, *, repo: str | None = None) -> SpoError | None:
+    """Map a library exception to a SpoError, or None when it is a bug (show the traceback)."""
+    if isinstance(exc, SpoError):
+        return exc
+    for e in _chain(exc):
+        if _is(e, "OutOfMemoryError") or (_is(e, "RuntimeError") and "out of memory" in str(e).lower()):
+            return GenerationError("The GPU ran out of memory.", oom_hint())
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OutputError(
+                f"The disk is full ({e.filename or 'while writing'}).",
+                "Free some space or choose another --out folder; nothing half-written was left behind.",
+            )
+        where = f"'{repo}'" if repo else "the repository"
+        if _is(e, "GatedRepoError"):
+            return ModelError(
+                f"{where} is gated on the Hugging Face Hub and this machine has no access to it.",
+                "Accept its licence on the repo's page, then log in with `hf auth login` or set HF_TOKEN.",
+            )
+        if _is(e, "RepositoryNotFoundError"):
+            return ModelError(
+                f"{where} was not found on the Hugging Face Hub (or it is private).",
+                "Check the spelling; for a private repo, log in with `hf auth login` or set HF_TOKEN.",
+            )
+        if _is(e, "RevisionNotFoundError"):
+            return ModelError(
+                f"The revision asked for does not exist in {where}.",
+                "Check --revision: a branch, a tag or a full commit hash.",
+            )
+    return None

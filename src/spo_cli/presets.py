@@ -1,0 +1,96 @@
+"""Named models and the settings the SPO authors used. Pure data: no torch, no network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+SPO_MERGED = "SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep"
+SPO_LORA = "SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep_LoRA"
+SPO_LORA_FILE = "spo_sdxl_10ep_4k-data_lora_diffusers.safetensors"
+# SDXL's own VAE overflows in float16; diffusers then upcasts every decode to float32. The authors'
+# inference script swaps in this re-trained VAE instead, and so do we whenever we run in float16.
+FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
+
+# The authors' inference script (RockeyCoss/SPO inference_scripts/inference_spo_sdxl.py).
+DEFAULT_GUIDANCE = 5.0
+DEFAULT_STEPS = 50
+DEFAULT_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    repo_id: str
+    description: str
+    lora_repo: str | None = None
+    lora_file: str | None = None
+    # Whether the repo ships `*.fp16.safetensors` variant files worth taking in float16.
+    has_fp16_variant: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("spo", SPO_MERGED, "SPO-SDXL, merged checkpoint (the default)"),
+        Preset(
+            "spo-lora",
+            SDXL_BASE,
+            "SDXL base 1.0 + the SPO LoRA, strength set by --lora-scale",
+            lora_repo=SPO_LORA,
+            lora_file=SPO_LORA_FILE,
+            has_fp16_variant=True,
+        ),
+        Preset("base", SDXL_BASE, "SDXL base 1.0 alone, for comparison", has_fp16_variant=True),
+    )
+}
+DEFAULT_PRESET = "spo"
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    name: str
+    class_name: str
+    kwargs: tuple[tuple[str, object], ...] = ()
+    a1111: str = ""  # the sampler name AUTOMATIC1111-style "PNG info" readers know
+
+
+SCHEDULERS: dict[str, SchedulerChoice] = {
+    s.name: s
+    for s in (
+        SchedulerChoice("default", "", a1111=""),
+        SchedulerChoice("euler", "EulerDiscreteScheduler", a1111="Euler"),
+        SchedulerChoice("euler-a", "EulerAncestralDiscreteScheduler", a1111="Euler a"),
+        SchedulerChoice("ddim", "DDIMScheduler", a1111="DDIM"),
+        SchedulerChoice("dpm++2m", "DPMSolverMultistepScheduler", a1111="DPM++ 2M"),
+        SchedulerChoice(
+            "dpm++2m-karras",
+            "DPMSolverMultistepScheduler",
+            (("use_karras_sigmas", True),),
+            a1111="DPM++ 2M Karras",
+        ),
+        SchedulerChoice(
+            "dpm++2m-sde-karras",
+            "DPMSolverMultistepScheduler",
+            (("algorithm_type", "sde-dpmsolver++"), ("use_karras_sigmas", True)),
+            a1111="DPM++ 2M SDE Karras",
+        ),
+        SchedulerChoice("unipc", "UniPCMultistepScheduler", a1111="UniPC"),
+    )
+}
+
+# For naming the checkpoint's own scheduler ("default") in A1111 parameters.
+A1111_BY_CLASS = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DDIMScheduler": "DDIM",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "UniPCMultistepScheduler": "UniPC",
+    "PNDMScheduler": "PLMS",
+    "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+}
+
+DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp32": "float32", "float32": "float32", "auto": "auto"}
+DEVICES = ("auto", "cuda", "mps", "cpu")

@@ -1,0 +1,395 @@
+"""Where the weights come from: presets, Hub repos and local folders, resolved to local files.
+
+Everything goes through huggingface_hub, so HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE and
+HF_ENDPOINT behave as in every Hugging Face tool and the cache is shared with them. Only the files
+the pipeline will load are fetched: the safetensors of the chosen variant and the small config and
+tokenizer files, never `.bin`, ONNX, OpenVINO, Flax or single-file checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from spo_cli import presets
+from spo_cli.errors import ModelError, UsageError, translate
+from spo_cli.jobs import ModelRequest
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".pb")
+CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocab/merges, sentencepiece
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+TqdmFactory = Callable[[str], type | None]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One repo or folder (or, for a LoRA, one file), as found on this machine."""
+
+    id: str  # Hub repo id, or absolute local path
+    source: str  # "hub" or "local"
+    path: Path  # local folder of the snapshot (the file itself for a LoRA)
+    revision: str | None = None
+    commit: str | None = None
+    variant: str | None = None
+    file: str | None = None  # LoRA weight file name
+    subfolder: str | None = None  # a VAE taken from a pipeline repo's vae/ folder
+    files: tuple[str, ...] = ()  # what the pipeline reads, relative to `path` (a folder)
+
+    def nbytes(self) -> int:
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum((self.path / f).stat().st_size for f in self.files)
+
+    def describe(self) -> dict:
+        d = {"id": self.id, "source": self.source, "revision": self.revision, "commit": self.commit}
+        if self.variant:
+            d["variant"] = self.variant
+        if self.subfolder:
+            d["subfolder"] = self.subfolder
+        return d
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    request: ModelRequest
+    preset: str | None
+    pipeline: Resolved
+    dtype: str
+    lora: Resolved | None = None
+    vae: Resolved | None = None  # None: the checkpoint's own VAE
+
+    def parts(self) -> list[Resolved]:
+        return [p for p in (self.pipeline, self.lora, self.vae) if p is not None]
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in self.parts())
+
+    def describe(self) -> dict:
+        lora = None
+        if self.lora:
+            lora = dict(self.lora.describe(), file=self.lora.file, scale=self.request.lora_scale)
+        request = asdict(self.request)
+        request.pop("device")  # where it ran is recorded separately; a replay picks its own
+        return {
+            "model_request": request,  # what the user asked for, so replay can ask again
+            "model": dict(self.pipeline.describe(), preset=self.preset),
+            "lora": lora,
+            "vae": self.vae.describe() if self.vae else {"id": None, "source": "model"},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Which files a diffusers pipeline folder needs
+
+
+_WEIGHT_NAME = re.compile(
+    r"^[^.]+?(?:\.(?P<v1>[^.-]+))?(?:-\d+-of-\d+)?\.safetensors(?:\.index(?:\.(?P<v2>[^.]+))?\.json)?$"
+)
+
+
+def variant_of(name: str) -> str | None:
+    """'fp16' for model.fp16.safetensors, model.fp16-00001-of-00002.safetensors and
+    diffusion_pytorch_model.safetensors.index.fp16.json; None for the plain names."""
+    m = _WEIGHT_NAME.match(name)
+    return (m.group("v1") or m.group("v2")) if m else None
+
+
+def _component_folders(model_index: dict) -> list[str]:
+    return sorted(
+        k for k, v in model_index.items()
+        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None
+    )
+
+
+def select_pipeline_files(files: list[str], model_index: dict, variant: str | None, repo: str) -> tuple[list[str], str | None]:
+    """The files of `files` that `from_pretrained(use_safetensors=True, variant=…)` reads.
+
+    Returns (files, variant actually used): the variant is dropped unless every component with
+    weights has it, since a mixed set is what diffusers would fall back to file by file anyway.
+    """
+    by_folder: dict[str, list[str]] = {}
+    for f in files:
+        if "/" in f:
+            folder, name = f.split("/", 1)
+            if "/" not in name:  # only files directly in the component folder
+                by_folder.setdefault(folder, []).append(name)
+    weighted = {}
+    for folder in _component_folders(model_index):
+        names = by_folder.get(folder, [])
+        weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES) or ".index." in n]
+        if not weights:
+            continue  # scheduler, tokenizers
+        safetensors = [n for n in weights if n.endswith(".safetensors") or (".safetensors.index" in n)]
+        if not safetensors:
+            raise ModelError(
+                f"'{repo}' has no safetensors weights for its {folder}/ (only {', '.join(sorted(weights)[:3])}).",
+                "spo-cli never loads pickled (.bin/.ckpt) weights; convert the model to safetensors first.",
+            )
+        weighted[folder] = safetensors
+    if variant and not all(any(variant_of(n) == variant for n in w) for w in weighted.values()):
+        variant = None
+    chosen = ["model_index.json"]
+    for folder in _component_folders(model_index):
+        names = by_folder.get(folder, [])
+        chosen += [f"{folder}/{n}" for n in names if n.endswith(CONFIG_SUFFIXES) and ".index." not in n]
+        chosen += [f"{folder}/{n}" for n in weighted.get(folder, []) if variant_of(n) == variant]
+    return sorted(set(chosen)), variant
+
+
+def select_vae_files(files: list[str], variant: str | None) -> tuple[list[str], str | None, str | None]:
+    """(files, variant, subfolder) for a VAE repo: config + diffusers-named safetensors only."""
+    sub = None
+    if "config.json" not in files and "vae/config.json" in files:
+        sub = "vae"
+    prefix = f"{sub}/" if sub else ""
+    names = [f[len(prefix):] for f in files if f.startswith(prefix) and "/" not in f[len(prefix):]]
+    weights = [n for n in names if n.startswith("diffusion_pytorch_model") and n.endswith(".safetensors")]
+    if variant and not any(variant_of(n) == variant for n in weights):
+        variant = None
+    weights = [n for n in weights if variant_of(n) == variant]
+    if "config.json" not in names or not weights:
+        return [], variant, sub
+    return [prefix + "config.json"] + [prefix + n for n in weights], variant, sub
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub plumbing
+
+
+def _offline_hint(repo: str, command: str) -> str:
+    from huggingface_hub import constants
+
+    return (
+        f"It is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached"
+        f"{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}. On a machine with network access "
+        f"and the same HF_HOME, run `{command}` first."
+    )
+
+
+def _hub_call(fn, repo: str, command: str):
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return fn()
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise ModelError(f"'{repo}' is not available offline.", _offline_hint(repo, command)) from e
+    except Exception as e:
+        err = translate(e, repo=repo)
+        if err is None:
+            raise
+        raise err from e
+
+
+def _list_files(repo: str, commit: str, snapshot: Path, local_only: bool) -> list[str]:
+    """The repo's files: from the Hub when it answers, else what the cached snapshot holds."""
+    from huggingface_hub import HfApi, constants
+
+    if not local_only and not constants.HF_HUB_OFFLINE:
+        try:
+            return HfApi().list_repo_files(repo, revision=commit)
+        except Exception as e:  # network down: the cache is all there is
+            if translate(e, repo=repo) is not None:
+                raise translate(e, repo=repo) from e
+    return sorted(str(p.relative_to(snapshot)).replace(os.sep, "/") for p in snapshot.rglob("*") if p.is_file())
+
+
+def _fetch(repo: str, revision: str | None, files: list[str], *, local_only: bool, tqdm: TqdmFactory | None,
+           command: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    folder = _hub_call(
+        lambda: snapshot_download(
+            repo, revision=revision, allow_patterns=files, local_files_only=local_only,
+            tqdm_class=tqdm(repo) if tqdm else None,
+        ),
+        repo, command,
+    )
+    folder = Path(folder)
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise ModelError(
+            f"The cached copy of '{repo}' is incomplete: {len(missing)} file(s) missing ({', '.join(missing[:3])}).",
+            _offline_hint(repo, command),
+        )
+    return folder
+
+
+def _anchor(repo: str, revision: str | None, names: tuple[str, ...], *, local_only: bool, command: str,
+            what: str) -> tuple[str, Path, str]:
+    """Fetch the first of `names` (a small config) that the repo has; return (name, snapshot, commit).
+
+    One small download pins the revision to a commit and finds the snapshot folder, online or off.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in names:
+        try:
+            path = Path(_hub_call(
+                lambda: hf_hub_download(repo, name, revision=revision, local_files_only=local_only), repo, command
+            ))
+        except EntryNotFoundError:
+            continue
+        snapshot = path.parents[len(Path(name).parts) - 1]
+        return name, snapshot, snapshot.name
+    raise ModelError(f"'{repo}' is not a diffusers {what} repo (it has no {' or '.join(names)}).",
+                     "See `spo generate --help` for what --model, --vae and --lora take.")
+
+
+def _resolve_hub_pipeline(repo: str, revision: str | None, variant: str | None, *, local_only: bool,
+                          tqdm: TqdmFactory | None, command: str) -> Resolved:
+    _, snapshot, commit = _anchor(repo, revision, ("model_index.json",), local_only=local_only,
+                                  command=command, what="pipeline")
+    model_index = json.loads((snapshot / "model_index.json").read_text())
+    files = _list_files(repo, commit, snapshot, local_only)
+    chosen, variant = select_pipeline_files(files, model_index, variant, repo)
+    folder = _fetch(repo, commit, chosen, local_only=local_only, tqdm=tqdm, command=command)
+    return Resolved(repo, "hub", folder, revision or "main", commit, variant, files=tuple(chosen))
+
+
+def _resolve_hub_vae(repo: str, revision: str | None, variant: str | None, *, local_only: bool,
+                     tqdm: TqdmFactory | None, command: str) -> Resolved:
+    _, snapshot, commit = _anchor(repo, revision, ("config.json", "vae/config.json"), local_only=local_only,
+                                  command=command, what="VAE")
+    files = _list_files(repo, commit, snapshot, local_only)
+    chosen, variant, sub = select_vae_files(files, variant)
+    if not chosen:
+        raise ModelError(
+            f"'{repo}' holds no diffusers VAE (config.json and diffusion_pytorch_model*.safetensors).",
+            "--vae takes a diffusers AutoencoderKL repo or folder, or 'model' for the checkpoint's own.",
+        )
+    folder = _fetch(repo, commit, chosen, local_only=local_only, tqdm=tqdm, command=command)
+    return Resolved(repo, "hub", folder, revision or "main", commit, variant, subfolder=sub, files=tuple(chosen))
+
+
+def _resolve_hub_lora(repo: str, file: str | None, revision: str | None, *, local_only: bool,
+                      tqdm: TqdmFactory | None, command: str) -> Resolved:
+    from huggingface_hub import HfApi, constants
+
+    if file is None:
+        if local_only or constants.HF_HUB_OFFLINE:
+            raise UsageError(f"Name the LoRA file in '{repo}' with --lora-file when offline.")
+        info = _hub_call(lambda: HfApi().model_info(repo, revision=revision), repo, command)
+        candidates = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
+        if len(candidates) != 1:
+            raise UsageError(
+                f"'{repo}' holds {len(candidates)} .safetensors files; say which with --lora-file.",
+                ("Files: " + ", ".join(candidates[:10]) + ".") if candidates else None,
+            )
+        file = candidates[0]
+    if not file.endswith(".safetensors"):
+        raise UsageError(f"LoRA file '{file}' is not .safetensors; spo-cli never loads pickled weights.")
+    folder = _fetch(repo, revision, [file], local_only=local_only, tqdm=tqdm, command=command)
+    commit = folder.name if _COMMIT.match(folder.name) else None
+    return Resolved(repo, "hub", folder / file, revision or "main", commit, file=file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local folders and files
+
+
+def _looks_local(spec: str) -> bool:
+    # A Hub id is exactly "org/name"; anything path-like, or an existing path, is local (as in diffusers).
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or Path(spec).expanduser().exists()
+
+
+def _resolve_local_pipeline(spec: str, variant: str | None) -> Resolved:
+    folder = Path(spec).expanduser().resolve()
+    if not folder.exists():
+        raise UsageError(f"Model folder {folder} does not exist.")
+    if folder.is_file():
+        raise UsageError(
+            f"{folder} is a single file; --model takes a folder in diffusers layout (with model_index.json).",
+            "Convert single-file checkpoints with diffusers' StableDiffusionXLPipeline.from_single_file(...).save_pretrained(...).",
+        )
+    if not (folder / "model_index.json").exists():
+        raise UsageError(f"{folder} has no model_index.json; it is not a diffusers pipeline folder.")
+    files = [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file()]
+    chosen, variant = select_pipeline_files(
+        files, json.loads((folder / "model_index.json").read_text()), variant, str(folder))
+    return Resolved(str(folder), "local", folder, variant=variant, files=tuple(chosen))
+
+
+def _resolve_local_vae(spec: str, variant: str | None) -> Resolved:
+    folder = Path(spec).expanduser().resolve()
+    if not folder.is_dir():
+        raise UsageError(f"VAE folder {folder} does not exist.")
+    files = [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file()]
+    chosen, variant, sub = select_vae_files(files, variant)
+    if not chosen:
+        raise UsageError(f"{folder} holds no diffusers VAE (config.json and diffusion_pytorch_model*.safetensors).")
+    return Resolved(str(folder), "local", folder, variant=variant, subfolder=sub, files=tuple(chosen))
+
+
+def _resolve_local_lora(spec: str) -> Resolved:
+    path = Path(spec).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"LoRA file {path} does not exist.")
+    if path.suffix != ".safetensors":
+        raise UsageError(f"LoRA file {path} is not .safetensors; spo-cli never loads pickled weights.")
+    return Resolved(str(path), "local", path, file=path.name)
+
+
+def _check_repo_id(spec: str, what: str) -> None:
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+        ok = spec.count("/") == 1
+    except Exception:
+        ok = False
+    if not ok:
+        names = ", ".join(presets.PRESETS)
+        raise UsageError(
+            f"'{spec}' is neither a preset, an existing folder, nor a Hub repo id (org/name) for {what}.",
+            f"Presets: {names}.",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
+            tqdm: TqdmFactory | None = None) -> ResolvedModel:
+    """Find (and fetch, unless `local_only` or offline) everything `request` needs in `dtype`."""
+    preset = presets.PRESETS.get(request.model)
+    variant = "fp16" if dtype == "float16" else None
+    command = f"spo download {request.model}" + (f" --revision {request.revision}" if request.revision else "")
+    kw = dict(local_only=local_only, tqdm=tqdm, command=command)
+
+    # 1. The pipeline.
+    if preset:
+        pipeline = _resolve_hub_pipeline(preset.repo_id, request.revision, variant if preset.has_fp16_variant else None, **kw)
+    elif _looks_local(request.model):
+        pipeline = _resolve_local_pipeline(request.model, variant)
+    else:
+        _check_repo_id(request.model, "--model")
+        pipeline = _resolve_hub_pipeline(request.model, request.revision, variant, **kw)
+
+    # 2. The LoRA: the preset's own unless --lora names another. --revision pins the model only.
+    lora = None
+    lora_spec = request.lora or (preset.lora_repo if preset else None)
+    if lora_spec:
+        if _looks_local(lora_spec):
+            lora = _resolve_local_lora(lora_spec)
+        else:
+            _check_repo_id(lora_spec, "--lora")
+            file = request.lora_file or (preset.lora_file if preset and lora_spec == preset.lora_repo else None)
+            lora = _resolve_hub_lora(lora_spec, file, None, **kw)
+
+    # 3. The VAE: the fp16-fix one in float16 (as the authors do), the checkpoint's own otherwise.
+    vae = None
+    vae_spec = request.vae if request.vae is not None else (presets.FP16_FIX_VAE if dtype == "float16" else "model")
+    if vae_spec != "model":
+        if _looks_local(vae_spec):
+            vae = _resolve_local_vae(vae_spec, variant)
+        else:
+            _check_repo_id(vae_spec, "--vae")
+            vae = _resolve_hub_vae(vae_spec, None, variant, **kw)
+
+    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae)

@@ -1,0 +1,62 @@
+"""Test set-up: tiny random SDXL repos under the real repo ids, in a private offline HF cache.
+
+The environment is fixed before huggingface_hub is imported anywhere (it reads HF_* variables at
+import), so in-process tests and `spo` subprocesses resolve models through the same code path a
+user's machine takes, with no network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="spo-tests-"))
+os.environ.update(
+    HF_HOME=str(_ROOT / "hf-home"),  # no user token, no user config
+    HF_HUB_CACHE=str(_ROOT / "hub"),
+    HF_HUB_OFFLINE="1",
+    HF_ENDPOINT="http://127.0.0.1:9",  # a closed port: any request that slips through fails fast
+    HF_HUB_DISABLE_TELEMETRY="1",
+    TOKENIZERS_PARALLELISM="false",
+    COLUMNS="200",  # rich wraps long paths otherwise
+)
+os.environ.pop("HF_TOKEN", None)
+
+SPO_CLI = [sys.executable, "-m", "spo_cli"]
+
+
+@pytest.fixture(scope="session")
+def repos() -> dict[str, Path]:
+    """Source folders of the tiny repos, by real repo id."""
+    from spo_cli import tiny
+
+    return tiny.save_repos(_ROOT / "repos")
+
+
+@pytest.fixture(scope="session")
+def hub_cache(repos) -> dict[str, str]:
+    """The tiny repos installed in the session's HF cache; returns their commits by repo id."""
+    from spo_cli import tiny
+
+    return {repo: tiny.add_to_cache(Path(os.environ["HF_HUB_CACHE"]), repo, src) for repo, src in repos.items()}
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    return tmp_path / "out"
+
+
+def run_spo(*args: str, env: dict | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the real `spo` entry point in a subprocess."""
+    return subprocess.run(
+        [*SPO_CLI, *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, **kw,
+    )
+
+
+TINY = ["--width", "64", "--height", "64", "--steps", "3"]
