@@ -375,7 +375,7 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
     lora = None
     lora_spec = request.lora or (preset.lora_repo if preset else None)
     if lora_spec:
-        if _looks_local(lora_spec):
+        if _looks_local(lora_spec) or lora_spec.endswith(WEIGHT_SUFFIXES):
             lora = _resolve_local_lora(lora_spec)
         else:
             _check_repo_id(lora_spec, "--lora")

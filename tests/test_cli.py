@@ -1,0 +1,311 @@
+"""The `spo` command as users meet it: options, output streams, messages, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import run_spo
+from spo_cli import outputs, presets
+from spo_cli.cli import app
+
+TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+
+
+def invoke(*args: str, **kw):
+    return CliRunner().invoke(app, list(args), **kw)
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# -- start-up: no torch for help, version, models, argument errors ---------------------------------
+
+PROBE = """
+import sys
+from spo_cli.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--version"], ["generate", "--help"], ["replay", "--help"], ["models"],
+    ["download", "--help"], ["doctor", "--help"], ["generate"], ["generate", "x", "--width", "100"],
+    ["generate", "x", "--scheduler", "nope"], ["generate", "x", "--format", "gif"],
+])
+def test_fast_paths_do_not_import_torch(hub_cache, args):
+    proc = __import__("subprocess").run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                                        env=os.environ.copy(), timeout=60)
+    assert "HEAVY:\n" in proc.stderr, proc.stderr
+
+
+def test_version():
+    from spo_cli import __version__
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"spo-cli {__version__}"
+
+
+def test_generate_help_shows_examples_and_contract_options():
+    r = invoke("generate", "--help", env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    for opt in ("--negative", "--seed", "--num-images", "--batch-size", "--steps", "--guidance", "--width",
+                "--height", "--scheduler", "--model", "--lora", "--lora-scale", "--revision", "--vae", "--device",
+                "--dtype", "--out", "--format", "--json", "--quiet", "--debug", "--generator-device"):
+        assert opt in r.stdout, opt
+    assert "Examples" in r.stdout and "spo generate" in r.stdout
+
+
+# -- streams ------------------------------------------------------------------------------------------
+
+
+def test_json_mode_prints_only_json_on_stdout_and_progress_on_stderr(hub_cache, out):
+    proc = run_spo("generate", "a red fox in fresh snow", "--seed", "42", "-n", "2", *TINY, "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(proc.stdout)
+    assert [w["seed"] for w in written] == [42, 43]
+    assert all(Path(w["image"]).exists() and Path(w["sidecar"]).exists() for w in written)
+    assert "Loading" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_human_mode_summary_on_stdout(hub_cache, out):
+    r = invoke("generate", "a red fox", "--seed", "1", *TINY, "--out", str(out), env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    [png] = [n for n in files_in(out) if n.endswith(".png")]
+    assert png in r.stdout and "Wrote 1 image" in r.stdout
+
+
+def test_quiet_prints_nothing_on_success(hub_cache, out):
+    proc = run_spo("generate", "a red fox", "--seed", "1", *TINY, "--out", str(out), "--quiet")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+# -- options end to end ---------------------------------------------------------------------------------
+
+
+def test_file_names_sidecar_and_png_chunks(hub_cache, out):
+    r = invoke("generate", "A red fox, in fresh snow: golden hour!", "--seed", "42", "--negative", "blurry",
+               "--generator-device", "cpu", *TINY, "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    [w] = json.loads(r.stdout)
+    image = Path(w["image"])
+    assert image.name.endswith("-a-red-fox-in-fresh-snow-golden-hour-s42.png")
+    assert image.name[:15].replace("-", "").isdigit()
+    meta = json.loads(Path(w["sidecar"]).read_text())
+    assert meta["schema"] == outputs.SCHEMA and meta["file"] == image.name
+    assert (meta["seed"], meta["negative_prompt"], meta["generator_device"]) == (42, "blurry", "cpu")
+    assert (meta["width"], meta["height"], meta["steps"], meta["guidance"]) == (64, 64, 2, 5.0)
+    assert meta["model"]["id"] == presets.SPO_MERGED and meta["model"]["commit"] == hub_cache[presets.SPO_MERGED]
+    assert meta["model"]["preset"] == "spo" and meta["lora"] is None
+    assert meta["vae"] == {"id": None, "source": "model"}  # float32 on CPU keeps the checkpoint's VAE
+    assert meta["dtype"] == "float32" and meta["device"] == "cpu"
+    assert set(meta["versions"]) >= {"spo-cli", "diffusers", "torch"}
+    assert meta["elapsed_s"] > 0 and meta["created"]
+    with Image.open(image) as im:
+        assert json.loads(im.text["spo-cli"]) == meta
+        params = im.text["parameters"]
+    assert params.startswith("A red fox, in fresh snow: golden hour!\nNegative prompt: blurry\nSteps: 2, ")
+    assert "Sampler: Euler, CFG scale: 5.0, Seed: 42, Size: 64x64, Model: SPO-SDXL_4k-p_10ep" in params
+
+
+def test_random_seed_is_recorded(hub_cache, out):
+    r = invoke("generate", "a cat", *TINY, "--out", str(out), "--json", "--quiet")
+    [w] = json.loads(r.stdout)
+    meta = json.loads(Path(w["sidecar"]).read_text())
+    assert 0 <= meta["seed"] < 2**32 and Path(w["image"]).stem.endswith(f"-s{meta['seed']}")
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])
+def test_jpeg_and_webp_carry_parameters_in_exif(hub_cache, out, fmt):
+    r = invoke("generate", "a cat", "--seed", "3", *TINY, "--out", str(out), "--format", fmt, "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    [w] = json.loads(r.stdout)
+    assert w["image"].endswith("." + fmt)
+    comment = outputs.read_user_comment(Path(w["image"]))
+    assert comment.startswith("a cat\nSteps: 2, Sampler: Euler, CFG scale: 5.0, Seed: 3, Size: 64x64")
+    # replay finds the sidecar next to it
+    r2 = invoke("replay", w["image"], "--out", str(out / "again"), "--json", "--quiet")
+    assert r2.exit_code == 0, r2.output
+
+
+def test_local_folder_model_vae_and_lora(hub_cache, repos, out):
+    lora = repos[presets.SPO_LORA] / presets.SPO_LORA_FILE
+    r = invoke("generate", "a cat", "--seed", "3", *TINY, "--model", str(repos[presets.SDXL_BASE]),
+               "--lora", str(lora), "--lora-scale", "0.5", "--vae", str(repos[presets.FP16_FIX_VAE]),
+               "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(Path(json.loads(r.stdout)[0]["sidecar"]).read_text())
+    assert meta["model"]["source"] == "local" and meta["model"]["commit"] is None
+    assert meta["lora"]["id"] == str(lora) and meta["lora"]["scale"] == 0.5
+    assert meta["vae"]["id"] == str(repos[presets.FP16_FIX_VAE])
+
+
+def test_vae_model_keeps_checkpoint_vae_in_fp16(hub_cache, out):
+    r = invoke("generate", "a cat", "--seed", "3", *TINY, "--dtype", "fp16", "--vae", "model",
+               "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(Path(json.loads(r.stdout)[0]["sidecar"]).read_text())
+    assert meta["vae"]["source"] == "model" and meta["dtype"] == "float16"
+
+
+def test_revision_pins_a_commit(hub_cache, out):
+    commit = hub_cache[presets.SPO_MERGED]
+    r = invoke("generate", "a cat", "--seed", "3", *TINY, "--revision", commit, "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(Path(json.loads(r.stdout)[0]["sidecar"]).read_text())
+    assert meta["model"]["commit"] == commit and meta["model"]["revision"] == commit
+
+
+# -- errors: one paragraph, exit code, no traceback, nothing half-written -----------------------------
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--model", "nonsense"], 2, "neither a preset"),
+    (["--model", "./no/such/folder"], 2, "does not exist"),
+    (["--scheduler", "fancy"], 2, "dpm++2m-karras"),
+    (["--width", "100"], 2, "multiple of 8"),
+    (["--height", "0"], 2, "multiple of 8"),
+    (["--seed", "-1"], 2, "out of range"),
+    (["--format", "gif"], 2, "png, jpg or webp"),
+    (["--batch-size", "0"], 2, "at least 1"),
+    (["--steps", "0"], 2, "at least 1"),
+    (["--lora", "weights.bin"], 2, "does not exist"),
+    (["--model", "someorg/not-cached"], 1, "spo download someorg/not-cached"),
+    (["--revision", "v9.9"], 1, "spo download spo --revision v9.9"),
+    (["--device", "cuda"], 2, "no CUDA GPU"),
+    (["--dtype", "fp8"], 2, "Unknown dtype"),
+])
+def test_bad_input_gives_a_clear_message(hub_cache, out, args, code, words):
+    r = invoke("generate", "a cat", *TINY[:6], *args, "--out", str(out))
+    assert r.exit_code == code, r.output
+    assert words in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.output
+    assert files_in(out) == []
+
+
+def test_empty_prompt(hub_cache, out):
+    r = invoke("generate", "  ", "--out", str(out))
+    assert r.exit_code == 2 and "prompt is empty" in r.stderr
+
+
+def test_missing_prompt_is_a_usage_error():
+    r = invoke("generate")
+    assert r.exit_code == 2
+
+
+def test_offline_without_cache_names_repo_and_download_command(tmp_path, out):
+    proc = run_spo("generate", "a cat", *TINY, "--out", str(out), env={"HF_HUB_CACHE": str(tmp_path / "empty")})
+    assert proc.returncode == 1
+    msg = " ".join(proc.stderr.split())
+    assert presets.SPO_MERGED in msg and "spo download spo" in msg and "HF_HUB_OFFLINE" in msg
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, out):
+    proc = run_spo("generate", "a cat", *TINY, "--out", str(out), "--debug",
+                   env={"HF_HUB_CACHE": str(tmp_path / "empty")})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_cuda_out_of_memory_message(hub_cache, out, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", oom)
+    r = invoke("generate", "a cat", *TINY, "--out", str(out))
+    assert r.exit_code == 1
+    assert "ran out of memory" in r.stderr and "--batch-size" in r.stderr and "Traceback" not in r.output
+    assert files_in(out) == []
+
+
+def test_nan_output_is_reported_not_written(hub_cache, repos, tmp_path, out):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(repos[presets.SPO_MERGED], broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["conv_out.weight"] = torch.full_like(state["conv_out.weight"], float("nan"))
+    save_file(state, weights)
+    r = invoke("generate", "a cat", *TINY, "--model", str(broken), "--out", str(out))
+    assert r.exit_code == 1
+    msg = " ".join(r.stderr.split())
+    assert "NaN" in msg and "--dtype fp32" in msg and "fp16-fix VAE" in msg
+    assert files_in(out) == []
+
+
+def test_disk_full_leaves_nothing_half_written(hub_cache, out, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    r = invoke("generate", "a cat", *TINY, "--out", str(out))
+    assert r.exit_code == 1 and "disk is full" in r.stderr
+    assert files_in(out) == []  # no image, no sidecar, no temporary file
+
+
+def test_long_prompt_warns_with_the_dropped_words(hub_cache, out):
+    prompt = " ".join(["a tiny red fox"] * 30) + " zebra unicorn"
+    r = invoke("generate", prompt, *TINY, "--out", str(out), env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    msg = " ".join(r.stderr.split())
+    assert "77 tokens" in msg and msg.count("zebra unicorn") == 1
+
+
+def test_replay_of_a_foreign_file_is_a_usage_error(tmp_path):
+    p = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(p)
+    r = invoke("replay", str(p))
+    assert r.exit_code == 2 and "no spo-cli metadata" in r.stderr
+
+
+# -- models, doctor -------------------------------------------------------------------------------------
+
+
+def test_models_lists_presets_and_cache_state(hub_cache):
+    r = invoke("models", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert set(rows) == set(presets.PRESETS)
+    assert rows["spo"]["repo"] == presets.SPO_MERGED and rows["spo"]["default"]
+    assert rows["spo-lora"]["lora_file"] == presets.SPO_LORA_FILE
+    assert all(m["cache"]["float16"]["cached"] and m["cache"]["float32"]["cached"] for m in rows.values())
+    human = invoke("models", env={"COLUMNS": "200"})
+    assert "spo-lora" in human.stdout and presets.SPO_LORA in human.stdout
+
+
+def test_models_in_an_empty_cache(tmp_path):
+    proc = run_spo("models", "--json", env={"HF_HUB_CACHE": str(tmp_path)})
+    assert proc.returncode == 0
+    assert not any(m["cache"]["float16"]["cached"] for m in json.loads(proc.stdout))
+
+
+def test_doctor_runs_a_smoke_generation_and_never_shows_the_token(hub_cache):
+    proc = run_spo("doctor", "--json", env={"HF_TOKEN": "hf_doctor_secret_token"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["smoke_test"]["ok"] and report["device"] == "cpu"
+    assert report["cache"]["token"] is True and report["cache"]["offline"] is True
+    assert report["cache"]["presets"]["spo"]["float16"]["cached"]
+    assert "hf_doctor_secret_token" not in proc.stdout + proc.stderr
+    human = run_spo("doctor", env={"COLUMNS": "200"})
+    assert human.returncode == 0 and "smoke test" in human.stdout
