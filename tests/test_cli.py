@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -309,3 +308,15 @@ def test_doctor_runs_a_smoke_generation_and_never_shows_the_token(hub_cache):
     assert "hf_doctor_secret_token" not in proc.stdout + proc.stderr
     human = run_spo("doctor", env={"COLUMNS": "200"})
     assert human.returncode == 0 and "smoke test" in human.stdout
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(hub_cache, out, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", interrupted)
+    r = invoke("generate", "a cat", *TINY, "--out", str(out))
+    assert r.exit_code == 130 and "Interrupted" in r.stderr
+    assert files_in(out) == []

@@ -5,10 +5,9 @@ from typing import Annotated
 
 import typer
 
-from spo_cli import jobs, outputs, presets
+from spo_cli import jobs, presets
 from spo_cli.cli import app, options as o, session
 from spo_cli.cli.ui import UI
-from spo_cli.errors import UsageError
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -58,19 +57,6 @@ def generate(
             negative_prompt=negative or None, steps=steps, guidance=guidance, width=width, height=height,
             scheduler=scheduler, generator_device=generator_device,
         )
-        requests = jobs.expand(base, num_images)
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
-        session.validate_images(ui, requests)
         request = jobs.ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
-        eng, resolved = session.start(ui, request, debug=debug)
-        session.warn_truncation(ui, eng, requests)
-        when = outputs.now()
-
-        def stem_for(r: jobs.ImageRequest) -> str:
-            return outputs.claim_stem(out, outputs.default_stem(r.prompt, r.seed, when), fmt)
-
-        written = session.render(ui, eng, resolved, requests, batch_size=batch_size, out=out, fmt=fmt,
-                                 stem_for=stem_for)
-        session.report(ui, written)
+        session.generate_files(ui, request, jobs.expand(base, num_images), batch_size=batch_size, out=out, fmt=fmt)

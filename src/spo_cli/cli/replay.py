@@ -80,13 +80,4 @@ def replay(
         if model is not None:
             model_overrides.update(model=model, revision=None, lora=None, lora_file=None)
         request = replace(request, device=device, **model_overrides)
-        session.validate_images(ui, [image])
-        eng, resolved = session.start(ui, request, debug=debug)
-        session.warn_truncation(ui, eng, [image])
-        when = outputs.now()
-
-        def stem_for(r: jobs.ImageRequest) -> str:
-            return outputs.claim_stem(out, outputs.default_stem(r.prompt, r.seed, when), fmt)
-
-        written = session.render(ui, eng, resolved, [image], batch_size=1, out=out, fmt=fmt, stem_for=stem_for)
-        session.report(ui, written)
+        session.generate_files(ui, request, [image], batch_size=1, out=out, fmt=fmt)

@@ -158,3 +158,19 @@ def report(ui: UI, written: list[dict]) -> None:
         ["file", "seed", "prompt"],
         [[Path(w["image"]).name, str(w["seed"]), w["prompt"]] for w in written],
     )
+
+
+def generate_files(ui: UI, request: jobs.ModelRequest, images: list[jobs.ImageRequest], *, batch_size: int,
+                   out: Path, fmt: str) -> None:
+    """The whole of `generate` and `replay` once their requests are known: validate, load, render, report."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
+    validate_images(ui, images)
+    eng, resolved = start(ui, request, debug=ui.debug)
+    warn_truncation(ui, eng, images)
+    when = outputs.now()
+
+    def stem_for(r: jobs.ImageRequest) -> str:
+        return outputs.claim_stem(out, outputs.default_stem(r.prompt, r.seed, when), fmt)
+
+    report(ui, render(ui, eng, resolved, images, batch_size=batch_size, out=out, fmt=fmt, stem_for=stem_for))
