@@ -76,11 +76,12 @@ def check_size(width: int | None, height: int | None) -> list[str]:
                 f"--{name} {value} is not a positive multiple of 8.",
                 f"SDXL works on 8×8-pixel latents; try {max(8, round(value / 8) * 8)}.",
             )
-    if width and height:
-        mpix = width * height / (1024 * 1024)
+    if width or height:
+        # A missing side is the pipeline's default, 1024 for SDXL.
+        mpix = (width or 1024) * (height or 1024) / (1024 * 1024)
         if mpix < 0.5 or mpix > 2.0:
             warnings.append(
-                f"{width}×{height} is far from SDXL's training size of about 1024×1024 "
+                f"{width or 1024}×{height or 1024} is far from SDXL's training size of about 1024×1024 "
                 "(e.g. 1024×1024, 1152×896, 1216×832); expect weaker images."
             )
     return warnings
@@ -99,6 +100,7 @@ def expand(base: ImageRequest, num_images: int) -> list[ImageRequest]:
     pixels do not depend on how many others share its pipeline call."""
     if num_images < 1:
         raise UsageError(f"--num-images must be at least 1, not {num_images}.")
+    check_seed(base.seed)
     check_seed(base.seed + num_images - 1)
     return [replace(base, seed=base.seed + i) for i in range(num_images)]
 

@@ -19,6 +19,10 @@ PNG_JSON_KEY = "spo-cli"  # the PNG tEXt/iTXt key that carries the sidecar JSON
 EXIF_USER_COMMENT = 0x9286
 EXIF_IFD = 0x8769
 SLUG_MAX = 40
+# mkstemp creates files 0600; finished outputs should get the usual umask-derived mode. The umask
+# can only be read by setting it, so read it once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def slugify(text: str, max_len: int = SLUG_MAX) -> str:
@@ -52,7 +56,7 @@ def check_stem(stem: str) -> str:
 
 def inside(out_dir: Path, name: str) -> Path:
     """`out_dir/name`, refusing anything that would resolve outside `out_dir`."""
-    check_stem(Path(name).stem if "." in name else name)
+    check_stem(name)
     root = out_dir.resolve()
     path = (root / name).resolve()
     if path.parent != root:
@@ -79,6 +83,8 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -171,6 +177,10 @@ def write_result(out_dir: Path, stem: str, fmt: str, image, meta: dict, *, overw
     image_path = inside(out_dir, f"{stem}.{fmt}")
     sidecar_path = inside(out_dir, f"{stem}.json")
     meta = dict(meta, file=image_path.name)
+    if overwrite:
+        # The sidecar marks a pair complete: drop it first, so a failure below never leaves an old
+        # sidecar describing a new (or missing) image.
+        sidecar_path.unlink(missing_ok=True)
     atomic_write(image_path, encode_image(image, fmt, meta), overwrite=overwrite)
     try:
         atomic_write(sidecar_path, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode(), overwrite=overwrite)
@@ -200,7 +210,10 @@ def read_metadata(path: Path) -> dict:
                     text = im.text.get(PNG_JSON_KEY)  # type: ignore[attr-defined]
             except Exception as e:  # PIL raises many kinds for a broken file
                 raise UsageError(f"{path} could not be read as an image: {e}.") from None
-            meta = json.loads(text) if text else None
+            try:
+                meta = json.loads(text) if text else None
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path} carries damaged spo-cli metadata: {e}.") from None
         if meta is None and path.with_suffix(".json").exists():
             return read_metadata(path.with_suffix(".json"))
         if meta is None:

@@ -226,15 +226,20 @@ def _anchor(repo: str, revision: str | None, names: tuple[str, ...], *, local_on
     One small download pins the revision to a commit and finds the snapshot folder, online or off.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    for name in names:
+    for i, name in enumerate(names):
         try:
             path = Path(_hub_call(
                 lambda: hf_hub_download(repo, name, revision=revision, local_files_only=local_only), repo, command
             ))
         except EntryNotFoundError:
             continue
+        except ModelError as e:
+            # Offline, a name missing from the cache looks like the repo missing: try the next name.
+            if isinstance(e.__cause__, LocalEntryNotFoundError) and i < len(names) - 1:
+                continue
+            raise
         snapshot = path.parents[len(Path(name).parts) - 1]
         return name, snapshot, snapshot.name
     raise ModelError(f"'{repo}' is not a diffusers {what} repo (it has no {' or '.join(names)}).",

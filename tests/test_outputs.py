@@ -1,0 +1,781 @@
+"""Unit tests for spo_cli.outputs: file names, atomic writes, sidecars and embedded metadata."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import random
+import re
+import string
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from spo_cli import __version__, errors, outputs, presets
+from spo_cli.errors import OutputError, UsageError
+from spo_cli.jobs import ImageRequest, ModelRequest
+from spo_cli.resolve import Resolved, ResolvedModel
+
+MERGED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LORA_COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+VAE_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+WHEN = datetime(2026, 11, 26, 10, 15, 0, tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: metadata shaped like a real sidecar
+
+
+def model_facts(kind: str = "spo") -> dict:
+    """What `ResolvedModel.describe()` returns, built from real Resolved objects (no Hub needed)."""
+    vae = Resolved(presets.FP16_FIX_VAE, "hub", Path("/cache/vae"), "main", VAE_COMMIT,
+                   files=("config.json", "diffusion_pytorch_model.safetensors"))
+    if kind == "spo":
+        request = ModelRequest(dtype="fp16")
+        pipeline = Resolved(presets.SPO_MERGED, "hub", Path("/cache/merged"), "main", MERGED_COMMIT)
+        return ResolvedModel(request, "spo", pipeline, "float16", None, vae).describe()
+    if kind == "spo-lora":
+        request = ModelRequest(model="spo-lora", lora_scale=0.8, dtype="fp16")
+        pipeline = Resolved(presets.SDXL_BASE, "hub", Path("/cache/base"), "main", MERGED_COMMIT, "fp16")
+        lora = Resolved(presets.SPO_LORA, "hub", Path("/cache/lora") / presets.SPO_LORA_FILE, "main", LORA_COMMIT,
+                        file=presets.SPO_LORA_FILE)
+        return ResolvedModel(request, "spo-lora", pipeline, "float16", lora, vae).describe()
+    if kind == "local":
+        request = ModelRequest(model="/models/my:model", dtype="fp32")
+        pipeline = Resolved("/models/my:model", "local", Path("/models/my:model"))
+        return ResolvedModel(request, None, pipeline, "float32", None, None).describe()
+    raise AssertionError(kind)
+
+
+RUN = {
+    "device": "cuda",
+    "dtype": "float16",
+    "gpu": "NVIDIA H100 80GB HBM3",
+    "versions": {"spo-cli": __version__, "diffusers": "0.35.1", "torch": "2.8.0", "transformers": "4.56.0",
+                 "huggingface_hub": "0.35.0", "python": "3.11.9"},
+}
+SCHEDULER = {
+    "name": "default",
+    "class": "EulerDiscreteScheduler",
+    "a1111": "Euler",
+    "config": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "num_train_timesteps": 1000, "timestep_spacing": "leading"},
+}
+
+
+def make_meta(kind: str = "spo", scheduler: dict | None = None, **request) -> dict:
+    r = ImageRequest(**{"prompt": "a red fox in fresh snow, golden hour", "seed": 42, **request})
+    return outputs.build_metadata(
+        r, model_facts(kind), RUN, scheduler or SCHEDULER, width=r.width or 1024, height=r.height or 1024,
+        batch_size=2, elapsed_s=12.345678, created=WHEN, spec_hash=r.spec_hash(),
+    )
+
+
+def make_image(w: int = 16, h: int = 12, seed: int = 0) -> Image.Image:
+    rnd = random.Random(seed)
+    return Image.frombytes("RGB", (w, h), bytes(rnd.randrange(256) for _ in range(w * h * 3)))
+
+
+def listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+_A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_a1111(text: str) -> tuple[str, str, dict]:
+    """AUTOMATIC1111's parse_generation_parameters(), reduced to what these tests need."""
+    *lines, last = text.split("\n")
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    fields = {}
+    for k, v in _A1111_PARAM.findall(last):
+        fields[k] = json.loads(v) if v[:1] == '"' and v[-1:] == '"' else v
+    return "\n".join(prompt), "\n".join(negative), fields
+
+
+# ---------------------------------------------------------------------------------------------
+# slugify / default_stem
+
+
+@pytest.mark.parametrize(
+    "text,slug",
+    [
+        ("A red fox in fresh snow, golden hour", "a-red-fox-in-fresh-snow-golden-hour"),
+        ("Café Ünïcode — naïve façade!", "cafe-unicode-naive-facade"),
+        ("  ...Hello,   World!!!  ", "hello-world"),
+        ("ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ", "fullwidth-text"),
+        ("a_b.c/d\\e:f", "a-b-c-d-e-f"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("Ⅻ ﬁsh", "xii-fish"),
+        ("東京の夜", "image"),
+        ("🦊🦊", "image"),
+        ("", "image"),
+        ("   ", "image"),
+        ("!!!,,,---", "image"),
+        ("x" * 40, "x" * 40),
+    ],
+)
+def test_slugify(text, slug):
+    assert outputs.slugify(text) == slug
+
+
+def test_slugify_cuts_at_a_word_boundary():
+    text = "the quick brown fox jumps over the lazy dog again and again"
+    slug = outputs.slugify(text)
+    assert slug == "the-quick-brown-fox-jumps-over-the-lazy"
+    assert len(slug) <= 40
+
+
+def test_slugify_word_ending_exactly_at_the_limit_is_kept():
+    assert outputs.slugify("a" * 40 + " b") == "a" * 40
+    assert outputs.slugify("a" * 39 + " bb") == "a" * 39
+
+
+def test_slugify_one_long_word_is_truncated():
+    assert outputs.slugify("z" * 100) == "z" * 40
+    assert outputs.slugify("z" * 100 + " tail") == "z" * 40
+
+
+def test_slugify_max_len():
+    assert outputs.slugify("alpha beta gamma", max_len=11) == "alpha-beta"
+    assert outputs.slugify("alpha beta gamma", max_len=10) == "alpha-beta"
+    assert outputs.slugify("alpha beta gamma", max_len=9) == "alpha"
+
+
+def test_slugify_properties_on_random_text():
+    rnd = random.Random(1234)
+    alphabet = string.ascii_letters + string.digits + " ,.;:!?/\\'\"-_()[]{}éüßñ東京🦊\t\n"
+    for _ in range(500):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 120)))
+        slug = outputs.slugify(text)
+        assert 1 <= len(slug) <= outputs.SLUG_MAX
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug), (text, slug)
+        full = outputs.slugify(text, max_len=10_000)
+        if slug != "image" or full == "image":
+            # A prefix of the full slug, ending at a word end (or cut inside one over-long first word).
+            assert full.startswith(slug)
+            rest = full[len(slug):]
+            assert rest == "" or rest.startswith("-") or "-" not in slug
+
+
+def test_default_stem_format():
+    when = datetime(2026, 11, 26, 10, 15, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert outputs.default_stem("A red fox in fresh snow!", 42, when) == "20261126-101500-a-red-fox-in-fresh-snow-s42"
+    assert outputs.default_stem("", 0, datetime(2001, 2, 3, 4, 5, 6)) == "20010203-040506-image-s0"
+    stem = outputs.default_stem("x" * 300, 4294967295, WHEN)
+    assert re.fullmatch(r"\d{8}-\d{6}-[a-z0-9]+(-[a-z0-9]+)*-s\d+", stem)
+    assert stem.endswith("-s4294967295")
+
+
+@pytest.mark.parametrize("prompt", ["../../etc/passwd", ".hidden", "a\0b", "C:\\Windows", " spaced ", "東京"])
+def test_default_stem_is_always_a_usable_file_name(prompt):
+    stem = outputs.default_stem(prompt, 7, WHEN)
+    assert outputs.check_stem(stem) == stem
+
+
+def test_now_is_timezone_aware():
+    assert outputs.now().tzinfo is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# check_stem / inside / claim_stem
+
+HOSTILE = ["../x", "/etc/passwd", "a/b", ".hidden", "..", ".", "", "x\0y", "a\\b", "..\\x", "../x.png",
+           "/etc/passwd.png", "a/b.png", ".hidden.png", "..png", "x\0.png", "a\\b.png", "../../etc/cron.d/x",
+           "C:evil", " x", "x ", "x\n", "é" * 101, "sub/../../x.png", "x.png/.."]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_check_stem_rejects_hostile_names(name):
+    with pytest.raises(UsageError) as e:
+        outputs.check_stem(name)
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_inside_rejects_hostile_names(tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UsageError):
+        outputs.inside(out, name)
+
+
+@pytest.mark.parametrize("name", HOSTILE + ["x/../y.png", "x/./y.png", "./x.png", "sub/../sub/../z.json"])
+def test_inside_never_resolves_outside(tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").mkdir()
+    try:
+        path = outputs.inside(out, name)
+    except UsageError:
+        return
+    assert path.parent == out.resolve()
+
+
+@pytest.mark.parametrize("name", ["20261126-101500-a-red-fox-s42", "image_01.v2", "über-fuchs", "a" * 200, "x-1"])
+def test_check_stem_accepts_ordinary_names(name):
+    assert outputs.check_stem(name) == name
+
+
+def test_check_stem_length_is_counted_in_bytes():
+    assert outputs.check_stem("a" * 200)
+    with pytest.raises(UsageError):
+        outputs.check_stem("a" * 201)
+    with pytest.raises(UsageError):
+        outputs.check_stem("é" * 101)  # 202 bytes in UTF-8
+
+
+def test_inside_ordinary_names(tmp_path):
+    out = tmp_path / "out"
+    for name in ("a.png", "a.json", "stem-s42.webp", "noext"):
+        p = outputs.inside(out, name)
+        assert p == out.resolve() / name
+
+
+def test_inside_refuses_a_symlink_leading_out(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "victim.png"
+    target.write_bytes(b"precious")
+    (out / "link.png").symlink_to(target)
+    with pytest.raises(UsageError):
+        outputs.inside(out, "link.png")
+    # Through write_result too: the file outside is never touched.
+    with pytest.raises(UsageError):
+        outputs.write_result(out, "link", "png", make_image(), make_meta(), overwrite=True)
+    assert target.read_bytes() == b"precious"
+
+
+def test_claim_stem_free_name_is_kept(tmp_path):
+    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic"
+    assert outputs.claim_stem(tmp_path / "missing-folder", "pic", "png") == "pic"
+
+
+@pytest.mark.parametrize("taken", [["pic.png"], ["pic.json"], ["pic.png", "pic.json"]])
+def test_claim_stem_skips_a_taken_image_or_sidecar(tmp_path, taken):
+    for name in taken:
+        (tmp_path / name).write_text("x")
+    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic-1"
+
+
+def test_claim_stem_counts_past_every_taken_name(tmp_path):
+    for name in ("pic.png", "pic-1.json", "pic-2.png", "pic-2.json", "pic-3.webp", "pic-4.png"):
+        (tmp_path / name).write_text("x")
+    # pic-3.webp does not block a PNG named pic-3, but a sidecar pic-3.json would.
+    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic-3"
+    (tmp_path / "pic-3.json").write_text("x")
+    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic-5"
+    # For WebP, pic.png is no obstacle; pic.json, pic-1.json, pic-2.json, pic-3.webp are.
+    assert outputs.claim_stem(tmp_path, "pic", "webp") == "pic"
+    (tmp_path / "pic.json").write_text("x")
+    assert outputs.claim_stem(tmp_path, "pic", "webp") == "pic-4"
+
+
+def test_claim_stem_then_write_never_overwrites(tmp_path):
+    stems = []
+    for i in range(4):
+        stem = outputs.claim_stem(tmp_path, "same", "png")
+        outputs.write_result(tmp_path, stem, "png", make_image(seed=i), make_meta(seed=i))
+        stems.append(stem)
+    assert stems == ["same", "same-1", "same-2", "same-3"]
+    assert listing(tmp_path) == {f"{s}.{e}" for s in stems for e in ("png", "json")}
+    for i, s in enumerate(stems):
+        assert json.loads((tmp_path / f"{s}.json").read_text())["seed"] == i
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic_write
+
+
+def test_atomic_write_writes_and_creates_folders(tmp_path):
+    path = tmp_path / "a" / "b" / "file.bin"
+    outputs.atomic_write(path, b"hello")
+    assert path.read_bytes() == b"hello"
+    assert listing(path.parent) == {"file.bin"}
+
+
+def test_atomic_write_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(OutputError) as e:
+        outputs.atomic_write(path, b"new")
+    assert "already exists" in e.value.message
+    assert e.value.exit_code == 1
+    assert path.read_bytes() == b"old"
+    assert listing(tmp_path) == {"file.bin"}
+
+
+def test_atomic_write_overwrites_when_asked(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"old")
+    outputs.atomic_write(path, b"new", overwrite=True)
+    assert path.read_bytes() == b"new"
+    assert listing(tmp_path) == {"file.bin"}
+
+
+def test_atomic_write_without_hard_links(tmp_path, monkeypatch):
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(outputs.os, "link", no_link)
+    path = tmp_path / "file.bin"
+    outputs.atomic_write(path, b"data")
+    assert path.read_bytes() == b"data"
+    assert listing(tmp_path) == {"file.bin"}
+    with pytest.raises(OutputError):
+        outputs.atomic_write(path, b"other")
+    assert path.read_bytes() == b"data"
+    assert listing(tmp_path) == {"file.bin"}
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _HalfWriter:
+    """A file whose write lands half the bytes on disk, then fails as a full disk does."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        self._f.write(data[: len(data) // 2])
+        self._f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.fixture(params=["fsync", "write"])
+def full_disk(request, monkeypatch):
+    if request.param == "fsync":
+        monkeypatch.setattr(outputs.os, "fsync", _enospc)
+    else:
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(outputs.os, "fdopen", lambda *a, **k: _HalfWriter(real_fdopen(*a, **k)))
+    return request.param
+
+
+def test_atomic_write_full_disk_leaves_nothing(tmp_path, full_disk):
+    path = tmp_path / "image.png"
+    with pytest.raises(OSError) as e:
+        outputs.atomic_write(path, b"x" * 10_000)
+    assert e.value.errno == errno.ENOSPC
+    assert not path.exists()
+    assert listing(tmp_path) == set()  # no partial file, no temp file
+
+
+def test_atomic_write_full_disk_keeps_the_old_file(tmp_path, full_disk):
+    path = tmp_path / "image.png"
+    path.write_bytes(b"old complete image")
+    with pytest.raises(OSError):
+        outputs.atomic_write(path, b"x" * 10_000, overwrite=True)
+    assert path.read_bytes() == b"old complete image"
+    assert listing(tmp_path) == {"image.png"}
+
+
+def test_full_disk_translates_to_an_output_error(tmp_path, full_disk):
+    with pytest.raises(OSError) as e:
+        outputs.atomic_write(tmp_path / "image.png", b"x" * 10_000)
+    err = errors.translate(e.value)
+    assert isinstance(err, OutputError)
+    assert err.exit_code == 1
+    assert "disk is full" in err.message
+    assert "Free some space" in err.paragraph()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_translate_disk_full_with_filename_and_through_a_chain(code):
+    e = OSError(code, os.strerror(code), "/out/x.png")
+    err = errors.translate(e)
+    assert isinstance(err, OutputError) and "disk is full" in err.message and "/out/x.png" in err.message
+    try:
+        try:
+            raise e
+        except OSError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert isinstance(errors.translate(outer), OutputError)
+
+
+def test_translate_leaves_other_os_errors_alone():
+    assert errors.translate(OSError(errno.EACCES, "Permission denied")) is None
+    assert errors.translate(ValueError("bug")) is None
+
+
+def test_atomic_write_respects_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        outputs.atomic_write(tmp_path / "f.png", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.png").stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------------------------------------
+# build_metadata / A1111 parameters
+
+
+def test_build_metadata_shape():
+    meta = make_meta(negative_prompt="blurry", steps=30, width=1152, height=896)
+    assert meta["schema"] == outputs.SCHEMA == "spo-cli/1"
+    assert meta["prompt"] == "a red fox in fresh snow, golden hour"
+    assert meta["negative_prompt"] == "blurry"
+    assert (meta["seed"], meta["steps"], meta["guidance"]) == (42, 30, 5.0)
+    assert (meta["width"], meta["height"]) == (1152, 896)
+    assert meta["generator_device"] == "cpu"
+    assert meta["scheduler"] == SCHEDULER
+    assert meta["model"] == {"id": presets.SPO_MERGED, "source": "hub", "revision": "main",
+                             "commit": MERGED_COMMIT, "preset": "spo"}
+    assert meta["lora"] is None
+    assert meta["vae"] == {"id": presets.FP16_FIX_VAE, "source": "hub", "revision": "main", "commit": VAE_COMMIT}
+    assert meta["model_request"]["model"] == "spo" and "device" not in meta["model_request"]
+    assert (meta["dtype"], meta["device"], meta["gpu"]) == ("float16", "cuda", RUN["gpu"])
+    assert meta["batch_size"] == 2
+    assert meta["versions"]["spo-cli"] == __version__
+    assert meta["elapsed_s"] == 12.346
+    assert meta["created"] == "2026-11-26T10:15:00+00:00"
+    assert re.fullmatch(r"[0-9a-f]{16}", meta["spec_hash"])
+    json.dumps(meta)  # serialisable as is
+
+
+def test_build_metadata_without_spec_hash_or_gpu():
+    r = ImageRequest(prompt="p", seed=1)
+    run = {k: v for k, v in RUN.items() if k != "gpu"}
+    meta = outputs.build_metadata(r, model_facts(), run, SCHEDULER, width=64, height=64, batch_size=1,
+                                  elapsed_s=0.1, created=WHEN)
+    assert "spec_hash" not in meta
+    assert meta["gpu"] is None
+
+
+def test_a1111_parameters_layout():
+    meta = make_meta(negative_prompt="blurry, low quality")
+    assert outputs.a1111_parameters(meta) == (
+        "a red fox in fresh snow, golden hour\n"
+        "Negative prompt: blurry, low quality\n"
+        "Steps: 50, Sampler: Euler, CFG scale: 5.0, Seed: 42, Size: 1024x1024, Model: SPO-SDXL_4k-p_10ep, "
+        f"Model hash: {MERGED_COMMIT[:10]}, VAE: sdxl-vae-fp16-fix, Version: spo-cli {__version__}"
+    )
+
+
+@pytest.mark.parametrize("negative", [None, ""])
+def test_a1111_parameters_omit_the_negative_line_without_a_negative(negative):
+    text = outputs.a1111_parameters(make_meta(negative_prompt=negative))
+    lines = text.split("\n")
+    assert len(lines) == 2
+    assert "Negative prompt" not in text
+    assert lines[0] == "a red fox in fresh snow, golden hour"
+    assert lines[1].startswith("Steps: 50, Sampler: Euler, CFG scale: 5.0, Seed: 42, Size: 1024x1024, ")
+
+
+def test_a1111_parameters_lora_and_quoting():
+    meta = make_meta("spo-lora", steps=20, seed=7, width=1216, height=832)
+    text = outputs.a1111_parameters(meta)
+    last = text.split("\n")[-1]
+    assert last == (
+        "Steps: 20, Sampler: Euler, CFG scale: 5.0, Seed: 7, Size: 1216x832, Model: stable-diffusion-xl-base-1.0, "
+        f'Model hash: {MERGED_COMMIT[:10]}, Lora: "spo_sdxl_10ep_4k-data_lora_diffusers:0.8", '
+        f"VAE: sdxl-vae-fp16-fix, Version: spo-cli {__version__}"
+    )
+
+
+def test_a1111_parameters_local_model_without_commit_or_vae():
+    meta = make_meta("local")
+    last = outputs.a1111_parameters(meta).split("\n")[-1]
+    assert 'Model: "my:model"' in last  # ':' forces JSON quoting
+    assert "Model hash" not in last and "VAE:" not in last and "Lora" not in last
+
+
+def test_a1111_parameters_sampler_falls_back_to_the_class_and_quotes():
+    sched = dict(SCHEDULER, a1111="", **{"class": "MyScheduler"})
+    assert "Sampler: MyScheduler," in outputs.a1111_parameters(make_meta(scheduler=sched))
+    sched = dict(SCHEDULER, a1111="Odd, sampler")
+    assert 'Sampler: "Odd, sampler",' in outputs.a1111_parameters(make_meta(scheduler=sched))
+
+
+@pytest.mark.parametrize(
+    "value,quoted",
+    [("plain value", "plain value"), ("a,b", '"a,b"'), ("a:b", '"a:b"'), ("a\nb", '"a\\nb"'),
+     ('say "hi", ok', '"say \\"hi\\", ok"'), ("é, ü", '"é, ü"'), ("", "")],
+)
+def test_a1111_quote(value, quoted):
+    assert outputs._a1111_quote(value) == quoted
+
+
+def test_a1111_parameters_parse_back_like_automatic1111():
+    meta = make_meta("spo-lora", negative_prompt="ugly, blurry: bad", steps=33, guidance=6.5, seed=123456,
+                     width=1152, height=896)
+    prompt, negative, fields = parse_a1111(outputs.a1111_parameters(meta))
+    assert prompt == meta["prompt"]
+    assert negative == "ugly, blurry: bad"
+    assert fields == {
+        "Steps": "33", "Sampler": "Euler", "CFG scale": "6.5", "Seed": "123456", "Size": "1152x896",
+        "Model": "stable-diffusion-xl-base-1.0", "Model hash": MERGED_COMMIT[:10],
+        "Lora": "spo_sdxl_10ep_4k-data_lora_diffusers:0.8", "VAE": "sdxl-vae-fp16-fix",
+        "Version": f"spo-cli {__version__}",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# write_result and the formats
+
+
+def test_write_result_png_image_and_sidecar(tmp_path):
+    out = tmp_path / "out"
+    img = make_image()
+    meta = make_meta(negative_prompt="blurry, low quality", prompt="紅い狐, café ☕ 🦊")
+    res = outputs.write_result(out, "pic", "png", img, meta)
+    assert res == {"image": str((out / "pic.png").resolve()), "sidecar": str((out / "pic.json").resolve()),
+                   "seed": 42, "prompt": "紅い狐, café ☕ 🦊"}
+    assert listing(out) == {"pic.png", "pic.json"}
+
+    raw_sidecar = (out / "pic.json").read_text(encoding="utf-8")
+    assert raw_sidecar.endswith("}\n")
+    assert "紅い狐" in raw_sidecar  # stored as UTF-8, not \u escapes
+    sidecar = json.loads(raw_sidecar)
+    assert sidecar == dict(meta, file="pic.png")
+    assert "file" not in meta  # the caller's dict is not modified
+
+    with Image.open(out / "pic.png") as im:
+        assert im.format == "PNG"
+        assert im.mode == img.mode and im.size == img.size
+        assert im.tobytes() == img.tobytes()  # lossless, pixel for pixel
+        text = dict(im.text)
+    assert isinstance(text[outputs.PNG_JSON_KEY], PngImagePlugin.iTXt)
+    assert json.loads(text[outputs.PNG_JSON_KEY]) == sidecar
+    assert text["parameters"] == outputs.a1111_parameters(sidecar)
+    assert text["parameters"].startswith("紅い狐, café ☕ 🦊\nNegative prompt: blurry, low quality\nSteps: 50, ")
+
+
+def test_png_parameters_without_negative(tmp_path):
+    outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+    with Image.open(tmp_path / "pic.png") as im:
+        params = im.text["parameters"]
+    assert params.split("\n")[0] == "a red fox in fresh snow, golden hour"
+    assert "Negative prompt" not in params
+    assert len(params.split("\n")) == 2
+
+
+def test_encode_png_round_trip_in_memory():
+    img = make_image(8, 8, seed=5).convert("RGBA")
+    meta = make_meta()
+    data = outputs.encode_image(img, "png", meta)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "RGBA" and im.tobytes() == img.tobytes()
+        assert json.loads(im.text["spo-cli"]) == meta
+
+
+@pytest.mark.parametrize("fmt,pil_format", [("jpg", "JPEG"), ("webp", "WEBP")])
+def test_jpeg_and_webp_carry_parameters_in_exif_user_comment(tmp_path, fmt, pil_format):
+    prompt = "紅い狐 im Schnee, café ☕ 🦊 — naïve"
+    meta = make_meta(prompt=prompt, negative_prompt="ぼやけた, blurry")
+    outputs.write_result(tmp_path, "pic", fmt, make_image(32, 24), meta)
+    assert listing(tmp_path) == {f"pic.{fmt}", "pic.json"}
+    path = tmp_path / f"pic.{fmt}"
+    with Image.open(path) as im:
+        assert im.format == pil_format and im.size == (32, 24)
+        raw = im.getexif().get_ifd(outputs.EXIF_IFD)[outputs.EXIF_USER_COMMENT]
+    assert raw[:8] == b"UNICODE\0"
+    comment = outputs.read_user_comment(path)
+    assert comment == outputs.a1111_parameters(meta)
+    assert comment.startswith(prompt + "\nNegative prompt: ぼやけた, blurry\nSteps: 50, Sampler: Euler, ")
+    # The sidecar is the full record.
+    assert outputs.read_metadata(path) == dict(meta, file=f"pic.{fmt}")
+
+
+def test_read_user_comment_absent(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.jpg")
+    assert outputs.read_user_comment(tmp_path / "plain.jpg") is None
+    outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+    assert outputs.read_user_comment(tmp_path / "pic.png") is None
+
+
+def test_write_result_refuses_to_overwrite(tmp_path):
+    outputs.write_result(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1))
+    before = {n: (tmp_path / n).read_bytes() for n in listing(tmp_path)}
+    with pytest.raises(OutputError):
+        outputs.write_result(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2))
+    assert {n: (tmp_path / n).read_bytes() for n in listing(tmp_path)} == before
+
+
+def test_write_result_overwrites_when_asked(tmp_path):
+    outputs.write_result(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1))
+    outputs.write_result(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2), overwrite=True)
+    assert listing(tmp_path) == {"pic.png", "pic.json"}
+    assert json.loads((tmp_path / "pic.json").read_text())["seed"] == 2
+    with Image.open(tmp_path / "pic.png") as im:
+        assert im.tobytes() == make_image(seed=2).tobytes()
+
+
+def test_write_result_removes_the_image_when_the_sidecar_exists(tmp_path):
+    (tmp_path / "pic.json").write_text("someone else's sidecar")
+    with pytest.raises(OutputError):
+        outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+    assert listing(tmp_path) == {"pic.json"}
+    assert (tmp_path / "pic.json").read_text() == "someone else's sidecar"
+
+
+def test_write_result_removes_the_image_when_the_sidecar_write_fails(tmp_path, monkeypatch):
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the first is the image, the second the sidecar
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    with pytest.raises(OSError) as e:
+        outputs.write_result(tmp_path / "out", "pic", "webp", make_image(), make_meta())
+    assert len(calls) == 2
+    assert isinstance(errors.translate(e.value), OutputError)
+    assert listing(tmp_path / "out") == set()  # no image, no sidecar, no temp file
+
+
+def test_write_result_image_write_failure_writes_no_sidecar(tmp_path, full_disk):
+    with pytest.raises(OSError):
+        outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+    assert listing(tmp_path) == set()
+
+
+@pytest.mark.parametrize("stem", ["../evil", "/tmp/evil", "sub/evil", ".evil", "", "..", "e\\vil", "e\0vil"])
+def test_write_result_rejects_hostile_stems(tmp_path, stem):
+    out = tmp_path / "a" / "out"
+    with pytest.raises(UsageError):
+        outputs.write_result(out, stem, "png", make_image(), make_meta())
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == []
+
+
+# ---------------------------------------------------------------------------------------------
+# read_metadata
+
+
+@pytest.fixture
+def written(tmp_path):
+    meta = make_meta(negative_prompt="blurry")
+    for fmt in ("png", "jpg", "webp"):
+        outputs.write_result(tmp_path, f"pic-{fmt}", fmt, make_image(), meta)
+    return tmp_path, dict(meta)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_read_metadata_from_the_sidecar(written, fmt):
+    folder, meta = written
+    assert outputs.read_metadata(folder / f"pic-{fmt}.json") == dict(meta, file=f"pic-{fmt}.{fmt}")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_read_metadata_from_the_image_beside_its_sidecar(written, fmt):
+    folder, meta = written
+    assert outputs.read_metadata(folder / f"pic-{fmt}.{fmt}") == dict(meta, file=f"pic-{fmt}.{fmt}")
+
+
+def test_read_metadata_from_a_png_alone(written, tmp_path):
+    folder, meta = written
+    lone = tmp_path / "moved"
+    lone.mkdir()
+    (folder / "pic-png.png").rename(lone / "renamed.png")
+    assert outputs.read_metadata(lone / "renamed.png") == dict(meta, file="pic-png.png")
+
+
+def test_read_metadata_suffix_is_case_insensitive(written):
+    folder, meta = written
+    (folder / "pic-png.png").rename(folder / "UPPER.PNG")
+    assert outputs.read_metadata(folder / "UPPER.PNG")["seed"] == meta["seed"]
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])
+def test_read_metadata_jpeg_webp_without_sidecar(written, fmt):
+    folder, _ = written
+    (folder / f"pic-{fmt}.json").unlink()
+    with pytest.raises(UsageError) as e:
+        outputs.read_metadata(folder / f"pic-{fmt}.{fmt}")
+    assert e.value.exit_code == 2
+    assert "no sidecar" in e.value.message
+
+
+def test_read_metadata_missing_file(tmp_path):
+    with pytest.raises(UsageError) as e:
+        outputs.read_metadata(tmp_path / "nope.json")
+    assert "does not exist" in e.value.message and e.value.exit_code == 2
+    with pytest.raises(UsageError):
+        outputs.read_metadata(tmp_path / "nope.png")
+
+
+def test_read_metadata_plain_png_is_not_spo(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "foreign.png")
+    with pytest.raises(UsageError) as e:
+        outputs.read_metadata(tmp_path / "foreign.png")
+    assert "no spo-cli metadata" in e.value.message
+
+
+def test_read_metadata_a1111_png_is_not_spo(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    with pytest.raises(UsageError):
+        outputs.read_metadata(tmp_path / "a1111.png")
+
+
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        ('{"schema": "spo-cli/1", "prompt": ', "not a valid spo-cli sidecar"),
+        ("", "not a valid spo-cli sidecar"),
+        (b"\xff\xfe\x00garbage", "not a valid spo-cli sidecar"),
+        ('{"prompt": "no schema"}', "not spo-cli metadata"),
+        ('{"schema": "other-tool/3"}', "not spo-cli metadata"),
+        ('[{"schema": "spo-cli/1"}]', "not spo-cli metadata"),
+        ('"spo-cli/1"', "not spo-cli metadata"),
+        ("null", "not spo-cli metadata"),
+    ],
+)
+def test_read_metadata_damaged_or_foreign_json(tmp_path, content, expect):
+    path = tmp_path / "bad.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(UsageError) as e:
+        outputs.read_metadata(path)
+    assert expect in e.value.message
+    assert e.value.exit_code == 2
+
+
+def test_read_metadata_damaged_image_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UsageError) as e:
+        outputs.read_metadata(tmp_path / "broken.png")
+    assert "could not be read" in e.value.message
+
+
+def test_read_metadata_non_image_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UsageError):
+        outputs.read_metadata(tmp_path / "notes.txt")
+
+
+def test_read_metadata_damaged_png_chunk(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(outputs.PNG_JSON_KEY, '{"schema": "spo-cli/1", broken')
+    Image.new("RGB", (8, 8)).save(tmp_path / "damaged.png", pnginfo=info)
+    with pytest.raises(UsageError):
+        outputs.read_metadata(tmp_path / "damaged.png")
