@@ -137,7 +137,14 @@ def select_pipeline_files(files: list[str], model_index: dict, variant: str | No
     for folder in _component_folders(model_index):
         names = by_folder.get(folder, [])
         chosen += [f"{folder}/{n}" for n in names if n.endswith(CONFIG_SUFFIXES) and ".index." not in n]
-        chosen += [f"{folder}/{n}" for n in weighted.get(folder, []) if variant_of(n) == variant]
+        weights = [f"{folder}/{n}" for n in weighted.get(folder, []) if variant_of(n) == variant]
+        if folder in weighted and not weights:
+            raise ModelError(
+                f"'{repo}' has no {variant or 'full-precision'} safetensors weights for its {folder}/ "
+                f"(only {', '.join(sorted(weighted[folder])[:3])}).",
+                "Fetch the weights of the dtype you run in: `spo download <model> --dtype fp32` for CPU runs.",
+            )
+        chosen += weights
     return sorted(set(chosen)), variant
 
 
@@ -195,6 +202,15 @@ def _list_files(repo: str, commit: str, snapshot: Path, local_only: bool) -> lis
         except Exception as e:  # network down: the cache is all there is
             if translate(e, repo=repo) is not None:
                 raise translate(e, repo=repo) from e
+    # Offline: the listing snapshot_download cached (every file of the commit, fetched or not), so that
+    # the weights a different dtype needs are found missing rather than silently left out.
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        return sorted(f.path for f in get_cached_repo_tree(repo, revision=commit))
+    except CachedRepoTreeNotFoundError:
+        pass
     return sorted(str(p.relative_to(snapshot)).replace(os.sep, "/") for p in snapshot.rglob("*") if p.is_file())
 
 
@@ -364,7 +380,10 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
     """Find (and fetch, unless `local_only` or offline) everything `request` needs in `dtype`."""
     preset = presets.PRESETS.get(request.model)
     variant = "fp16" if dtype == "float16" else None
-    command = f"spo download {request.model}" + (f" --revision {request.revision}" if request.revision else "")
+    # The exact `spo download` that fetches what this request needs, for the offline message.
+    flags = [("--revision", request.revision), ("--lora", request.lora), ("--lora-file", request.lora_file),
+             ("--vae", request.vae), ("--dtype", {"float32": "fp32", "bfloat16": "bf16"}.get(dtype))]
+    command = " ".join(["spo download", request.model] + [f"{k} {v}" for k, v in flags if v])
     kw = dict(local_only=local_only, tqdm=tqdm, command=command)
 
     # 1. The pipeline.

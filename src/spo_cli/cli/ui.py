@@ -64,33 +64,46 @@ class UI:
         ui = self
 
         class RichTqdm(tqdm):
+            # snapshot_download opens "Downloading bytes" (network bytes), a byte bar for the bytes
+            # written (the one drawn here, once there is something to fetch) and hf_thread_map's
+            # "Fetching N files" count (unit "it"), which it closes last: that close ends the rich bar.
             progress: Progress | None = None
             task = None
+            bytes_bar = None
+            done = False  # the file count closed: snapshot_download is over
 
             def __init__(self, *args, **kwargs):
                 kwargs.pop("name", None)
-                self._primary = not str(kwargs.get("desc", "")).startswith("Downloading bytes")
+                desc = str(kwargs.get("desc", ""))
+                self._bytes = kwargs.get("unit") == "B" and not desc.startswith("Downloading bytes")
+                self._files = kwargs.get("unit", "it") != "B"
                 kwargs["disable"] = False
                 kwargs["file"] = _Null()
                 super().__init__(*args, **kwargs)
-                if self._primary and not ui.quiet and RichTqdm.progress is None:
+                if self._bytes:
+                    RichTqdm.bytes_bar = self
+
+            def display(self, msg=None, pos=None):
+                if not self._bytes or ui.quiet or not self.total or RichTqdm.done:
+                    return True  # nothing to fetch (yet): no bar, e.g. when all is cached
+                if RichTqdm.progress is None:
                     RichTqdm.progress = Progress(
                         TextColumn(f"Downloading {label}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=ui.err, transient=False,
                     )
                     RichTqdm.progress.start()
                     RichTqdm.task = RichTqdm.progress.add_task(label, total=None)
-
-            def display(self, msg=None, pos=None):
-                if self._primary and RichTqdm.progress is not None:
-                    RichTqdm.progress.update(RichTqdm.task, completed=self.n, total=self.total or None)
+                RichTqdm.progress.update(RichTqdm.task, completed=self.n, total=self.total)
                 return True
 
             def close(self):
-                if self._primary and RichTqdm.progress is not None:
-                    self.display()
-                    RichTqdm.progress.stop()
-                    RichTqdm.progress = None
+                if self._files:
+                    if RichTqdm.bytes_bar is not None:
+                        RichTqdm.bytes_bar.display()
+                    if RichTqdm.progress is not None:
+                        RichTqdm.progress.stop()
+                        RichTqdm.progress = None
+                    RichTqdm.done = True
                 super().close()
 
         return RichTqdm
