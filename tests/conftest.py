@@ -8,6 +8,7 @@ user's machine takes, with no network.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,10 @@ os.environ.update(
 os.environ.pop("HF_TOKEN", None)
 
 SPO_CLI = [sys.executable, "-m", "spo_cli"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

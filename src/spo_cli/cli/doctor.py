@@ -78,7 +78,7 @@ def doctor(device: o.Device = "auto", dtype: o.Dtype = "auto", json_: o.Json = F
             v = report["versions"]
             cuda = report["cuda"]
             rows = [
-                ["spo-cli", v["spo-cli"]], ["python", v["python"]], ["torch", f"{v['torch']} (CUDA {cuda['torch_cuda']})"],
+                ["spo-cli", v["spo-cli"]], ["python", v["python"]], ["torch", f"{v['torch']} ({'CUDA ' + cuda['torch_cuda'] if cuda['torch_cuda'] else 'CPU-only build'})"],
                 ["diffusers", v["diffusers"]], ["transformers", v["transformers"]],
                 ["huggingface_hub", v["huggingface_hub"]],
                 ["device", f"{picked} ({picked_dtype})"],

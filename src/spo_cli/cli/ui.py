@@ -47,6 +47,10 @@ class UI:
         if self.quiet:
             yield
             return
+        if not self.err.is_terminal:  # logs and pipes get the outcome line only
+            yield
+            self.err.print(f"[green]✓[/] {text}")
+            return
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
             console=self.err, transient=True,
