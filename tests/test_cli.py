@@ -243,11 +243,13 @@ def test_nan_output_is_reported_not_written(hub_cache, repos, tmp_path, out):
     state = load_file(weights)
     state["conv_out.weight"] = torch.full_like(state["conv_out.weight"], float("nan"))
     save_file(state, weights)
-    r = invoke("generate", "a cat", *TINY, "--model", str(broken), "--out", str(out))
+    r = invoke("generate", "a cat", *TINY, "--model", str(broken), "--dtype", "fp16", "--out", str(out))
     assert r.exit_code == 1
     msg = " ".join(r.stderr.split())
     assert "NaN" in msg and "--dtype fp32" in msg and "fp16-fix VAE" in msg
     assert files_in(out) == []
+    r = invoke("generate", "a cat", *TINY, "--model", str(broken), "--out", str(out))
+    assert r.exit_code == 1 and "NaN" in r.stderr and "weights" in r.stderr and "fp16-fix" not in r.stderr
 
 
 def test_disk_full_leaves_nothing_half_written(hub_cache, out, monkeypatch):

@@ -47,9 +47,12 @@ def quiet_libraries(debug: bool = False) -> None:
     huggingface_hub.utils.logging.set_verbosity_error()
 
 
-def pick_device(requested: str = "auto") -> tuple[str, list[str]]:
-    """(device, warnings): `auto` is CUDA, else Apple MPS, else CPU."""
+def pick_device(requested: str = "auto", local_rank: int | None = None) -> tuple[str, list[str]]:
+    """(device, warnings): `auto` is CUDA, else Apple MPS, else CPU. Under torchrun / accelerate
+    launch (`local_rank` set), a bare `cuda` becomes this process's own GPU, cuda:LOCAL_RANK."""
     notes = []
+    if local_rank is not None and requested in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local_rank}", notes
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda", notes
@@ -78,6 +81,34 @@ def pick_dtype(device: str, requested: str = "auto") -> str:
     if requested not in TORCH_DTYPES:
         raise UsageError(f"Unknown dtype '{requested}'.", "Use auto, fp16, bf16 or fp32.")
     return requested
+
+
+def init_distributed(device: str) -> None:
+    """Join the process group torchrun / accelerate launch describe in the environment."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    # A rank that finishes its shard early waits for the others at the final barrier: allow long runs.
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=48))
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def versions() -> dict:

@@ -105,13 +105,14 @@ def expand(base: ImageRequest, num_images: int) -> list[ImageRequest]:
     return [replace(base, seed=base.seed + i) for i in range(num_images)]
 
 
-def batches(requests: list[ImageRequest], batch_size: int) -> list[list[ImageRequest]]:
-    """Group compatible requests, keeping order within a group, into calls of `batch_size`."""
+def batches(items: list, batch_size: int, request=lambda item: item) -> list[list]:
+    """Group items whose requests are compatible, keeping order within a group, into calls of
+    `batch_size`; `request(item)` gives an item's ImageRequest."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
-    groups: dict[tuple, list[ImageRequest]] = {}
-    for r in requests:
-        groups.setdefault(r.group_key(), []).append(r)
+    groups: dict[tuple, list] = {}
+    for item in items:
+        groups.setdefault(request(item).group_key(), []).append(item)
     out = []
     for group in groups.values():
         out.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))

@@ -231,7 +231,8 @@ def now() -> datetime:
 
 
 def build_metadata(request, model: dict, run: dict, scheduler: dict, *, width: int, height: int,
-                   batch_size: int, elapsed_s: float, created: datetime, spec_hash: str | None = None) -> dict:
+                   batch_size: int, elapsed_s: float, created: datetime, spec_hash: str | None = None,
+                   extra: dict | None = None) -> dict:
     """The sidecar: everything needed to make the same image again, and nothing secret.
 
     `request` is the ImageRequest, `model` what `ResolvedModel.describe()` returns, `run` the
@@ -259,4 +260,57 @@ def build_metadata(request, model: dict, run: dict, scheduler: dict, *, width: i
     }
     if spec_hash:
         meta["spec_hash"] = spec_hash
+    meta.update(extra or {})
     return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: resume and manifest
+
+MANIFEST = "manifest.jsonl"
+FAILURES_GLOB = ".spo-failures-*.json"
+
+
+def recorded_hash(out_dir: Path, stem: str, fmt: str) -> str | None:
+    """The spec hash of a finished image (image and sidecar both present), else None."""
+    image, sidecar = out_dir / f"{stem}.{fmt}", out_dir / f"{stem}.json"
+    if not (image.is_file() and sidecar.is_file()):
+        return None
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8")).get("spec_hash")
+    except (OSError, ValueError):
+        return None  # damaged: make it again
+
+
+def remove_leftovers(out_dir: Path) -> int:
+    """Delete the temporary files and failure records a killed run left behind (call before any
+    process of this run starts writing)."""
+    n = 0
+    for pattern in (".*.part", FAILURES_GLOB):
+        for p in out_dir.glob(pattern):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def write_failures(out_dir: Path, rank: int, failures: list[dict]) -> None:
+    atomic_write(out_dir / f".spo-failures-{rank}.json", json.dumps(failures).encode(), overwrite=True)
+
+
+def collect_failures(out_dir: Path) -> dict[str, str]:
+    """Failures recorded by every process of this run, by file stem; the records are then removed."""
+    failures = {}
+    for p in sorted(out_dir.glob(FAILURES_GLOB)):
+        try:
+            failures.update({f["stem"]: f["error"] for f in json.loads(p.read_text())})
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        p.unlink(missing_ok=True)
+    return failures
+
+
+def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
+    path = out_dir / MANIFEST
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    atomic_write(path, data, overwrite=True)
+    return path

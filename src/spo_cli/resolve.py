@@ -69,6 +69,16 @@ class ResolvedModel:
     def nbytes(self) -> int:
         return sum(p.nbytes() for p in self.parts())
 
+    def identity(self) -> dict:
+        """What decides the weights, for spec hashes: ids, commits, LoRA scale, dtype; not paths."""
+        def ident(p: Resolved | None) -> dict | None:
+            return None if p is None else {"id": p.id, "commit": p.commit, "variant": p.variant, "file": p.file,
+                                           "subfolder": p.subfolder}
+
+        return {"model": ident(self.pipeline), "lora": ident(self.lora),
+                "lora_scale": self.request.lora_scale if self.lora else None, "vae": ident(self.vae),
+                "dtype": self.dtype}
+
     def describe(self) -> dict:
         lora = None
         if self.lora:

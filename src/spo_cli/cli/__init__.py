@@ -40,6 +40,7 @@ def _root(
 
 # Registering the commands, in the order `spo --help` lists them.
 from spo_cli.cli import generate  # noqa: E402,F401,I001
+from spo_cli.cli import batch  # noqa: E402,F401
 from spo_cli.cli import replay  # noqa: E402,F401
 from spo_cli.cli import models  # noqa: E402,F401
 from spo_cli.cli import download  # noqa: E402,F401

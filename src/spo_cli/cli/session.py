@@ -6,7 +6,12 @@ Imports of the engine (torch, diffusers) happen inside these functions, never at
 from __future__ import annotations
 
 import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from time import perf_counter
 
@@ -72,25 +77,40 @@ def validate_images(ui: UI, requests: list[jobs.ImageRequest]) -> None:
                 ui.warn(w)
 
 
-def start(ui: UI, request: jobs.ModelRequest, *, debug: bool):
-    """Import the engine, pick device and dtype, resolve (downloading if needed) and load."""
+def boot(ui: UI, request: jobs.ModelRequest, *, local_rank: int | None = None):
+    """Import the engine (torch, diffusers) and pick device and dtype: (engine module, device, dtype)."""
     with ui.status("Starting PyTorch"):
         from spo_cli import engine as engine_mod
-        from spo_cli.resolve import resolve
 
-        engine_mod.quiet_libraries(debug)
-        device, notes = engine_mod.pick_device(request.device)
+        engine_mod.quiet_libraries(ui.debug)
+        device, notes = engine_mod.pick_device(request.device, local_rank)
         dtype = engine_mod.pick_dtype(device, request.dtype)
     for n in notes:
         ui.warn(n)
+    return engine_mod, device, dtype
+
+
+def resolve_model(ui: UI, request: jobs.ModelRequest, dtype: str):
+    from spo_cli.resolve import resolve
+
     # No spinner here: download bars may need the live display.
     resolved = resolve(request, dtype, tqdm=ui.download_tqdm)
     for part in resolved.parts():
         at = f" @ {part.commit[:10]}" if part.commit else ""
         ui.info(f"[green]✓[/] Resolved {part.id}{'/' + part.file if part.file and part.source == 'hub' else ''}{at}")
-    with ui.status(f"Loading {resolved.pipeline.id} on {device} ({dtype})"):
-        eng = engine_mod.Engine.load(resolved, device)
-    return eng, resolved
+    return resolved
+
+
+def load(ui: UI, engine_mod, resolved, device: str):
+    with ui.status(f"Loading {resolved.pipeline.id} on {device} ({resolved.dtype})"):
+        return engine_mod.Engine.load(resolved, device)
+
+
+def start(ui: UI, request: jobs.ModelRequest):
+    """Boot, resolve (downloading if needed) and load: (engine, resolved)."""
+    engine_mod, device, dtype = boot(ui, request)
+    resolved = resolve_model(ui, request, dtype)
+    return load(ui, engine_mod, resolved, device), resolved
 
 
 def warn_truncation(ui: UI, eng, requests: list[jobs.ImageRequest]) -> None:
@@ -106,44 +126,105 @@ def warn_truncation(ui: UI, eng, requests: list[jobs.ImageRequest]) -> None:
                         f"[italic]{dropped}[/]")
 
 
-def render(ui: UI, eng, resolved, requests: list[jobs.ImageRequest], *, batch_size: int, out: Path,
-           fmt: str, stem_for, overwrite: bool = False) -> list[dict]:
-    """Run `requests` in batches and write each image with its sidecar; return what was written.
+@dataclass(frozen=True)
+class Work:
+    """One image to make, and how to file it."""
 
-    `stem_for(request)` names each file. NaN images are not written; they fail the run at the end.
+    request: jobs.ImageRequest
+    stem: str | Callable[[], str]  # a callable is called when writing (claims a free name)
+    extra: dict | None = None  # more metadata (where a batch line came from)
+    spec_hash: str | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class Outcome:
+    work: Work
+    written: dict | None = None
+    error: str | None = None
+
+
+def nan_hint(dtype: str) -> str:
+    if dtype == "float16":
+        return ("This is float16 overflow: keep the default fp16-fix VAE (drop --vae), or run with --dtype fp32 "
+                "(or bf16 on GPUs that support it).")
+    return "Check the settings (an extreme --guidance overflows) and the model's weights."
+
+
+def render(ui: UI, eng, resolved, works: list[Work], *, batch_size: int, out: Path, fmt: str,
+           keep_going: bool = False, stop: Callable[[], bool] = lambda: False,
+           outcomes: list[Outcome] | None = None) -> list[Outcome]:
+    """Run `works` in pipeline calls of `batch_size` and write each image with its sidecar.
+
+    Encoding and writing happen on a writer thread while the next call runs, so the GPU does not
+    wait for PNG compression. NaN images are never written. With `keep_going`, a failing call
+    (out of memory, …) fails its images and the run goes on; `stop()` is checked between calls.
     """
     model = resolved.describe()
     facts = eng.facts()
     default_w, default_h = eng.default_size()
-    written, failed = [], []
-    with ui.images_progress(len(requests), requests[0].steps) as bars:
-        for batch in jobs.batches(requests, batch_size):
-            bars.start_batch(len(batch), batch[0].steps)
-            t0 = perf_counter()
-            results = eng.run(batch, on_step=bars.step)
-            elapsed = perf_counter() - t0
-            scheduler = eng.scheduler_facts(batch[0].scheduler)
-            created = outputs.now()
-            for res in results:
-                if res.nan:
-                    failed.append(res.request)
+    outcomes = [] if outcomes is None else outcomes  # the caller's list survives a Ctrl-C
+    pending: deque[tuple[Outcome, Future]] = deque()
+
+    def write(work: Work, image, meta: dict) -> dict:
+        stem = work.stem() if callable(work.stem) else work.stem
+        return outputs.write_result(out, stem, fmt, image, meta, overwrite=work.overwrite)
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            outcome, future = pending.popleft()
+            outcome.written = future.result()  # a write error (disk full) ends the run
+
+    calls = jobs.batches(works, batch_size, request=lambda w: w.request)
+    with ui.images_progress(len(works), works[0].request.steps) as bars, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-writer") as writer:
+        try:
+            for call in calls:
+                if stop():
+                    break
+                batch = [w.request for w in call]
+                bars.start_batch(len(batch), batch[0].steps)
+                t0 = perf_counter()
+                try:
+                    results = eng.run(batch, on_step=bars.step)
+                except Exception as e:
+                    err = translate(e)
+                    if not keep_going or err is None:
+                        raise
+                    outcomes.extend(Outcome(w, error=err.paragraph()) for w in call)
+                    bars.images_done(len(call))
                     continue
-                r = res.request
-                meta = outputs.build_metadata(
-                    r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
-                    batch_size=len(batch), elapsed_s=elapsed, created=created,
-                )
-                written.append(outputs.write_result(out, stem_for(r), fmt, res.image, meta, overwrite=overwrite))
-            bars.images_done(len(batch))
+                elapsed = perf_counter() - t0
+                scheduler = eng.scheduler_facts(batch[0].scheduler)
+                created = outputs.now()
+                for work, res in zip(call, results):
+                    outcome = Outcome(work)
+                    outcomes.append(outcome)
+                    if res.nan:
+                        outcome.error = "NaN output (the image would be all black). " + nan_hint(eng.dtype)
+                        continue
+                    r = res.request
+                    meta = outputs.build_metadata(
+                        r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
+                        batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=work.spec_hash,
+                        extra=work.extra,
+                    )
+                    pending.append((outcome, writer.submit(write, work, res.image, meta)))
+                settle(limit=2 * batch_size)  # bounded: at most two calls' images in memory
+                bars.images_done(len(call))
+        finally:
+            settle(limit=0)
+    return outcomes
+
+
+def raise_for_nan(outcomes: list[Outcome], dtype: str) -> None:
+    failed = [o for o in outcomes if o.error]
     if failed:
-        seeds = ", ".join(str(r.seed) for r in failed)
+        seeds = ", ".join(str(o.work.request.seed) for o in failed)
         raise GenerationError(
             f"{len(failed)} image(s) came out as NaN (they would be all black) for seed(s) {seeds}; "
-            f"{len(written)} other image(s) were written.",
-            "This is float16 overflow: keep the default fp16-fix VAE (drop --vae), or run with --dtype fp32 "
-            "(or bf16 on GPUs that support it).",
+            f"{len(outcomes) - len(failed)} other image(s) were written.", nan_hint(dtype),
         )
-    return written
 
 
 def report(ui: UI, written: list[dict]) -> None:
@@ -166,11 +247,14 @@ def generate_files(ui: UI, request: jobs.ModelRequest, images: list[jobs.ImageRe
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
     validate_images(ui, images)
-    eng, resolved = start(ui, request, debug=ui.debug)
+    eng, resolved = start(ui, request)
     warn_truncation(ui, eng, images)
     when = outputs.now()
 
     def stem_for(r: jobs.ImageRequest) -> str:
         return outputs.claim_stem(out, outputs.default_stem(r.prompt, r.seed, when), fmt)
 
-    report(ui, render(ui, eng, resolved, images, batch_size=batch_size, out=out, fmt=fmt, stem_for=stem_for))
+    outcomes = render(ui, eng, resolved, [Work(r, partial(stem_for, r)) for r in images], batch_size=batch_size,
+                      out=out, fmt=fmt)
+    raise_for_nan(outcomes, eng.dtype)
+    report(ui, [o.written for o in outcomes])

@@ -1,0 +1,269 @@
+"""`spo batch` end to end on the tiny pipelines: files, resume, signals, failures, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import SPO_CLI, run_spo
+from spo_cli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "prompts.txt"
+TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def pngs(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("*.png"))
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def assert_complete(out: Path, expected: int) -> None:
+    """Every image exactly once, each with its sidecar, nothing temporary left."""
+    images = pngs(out)
+    assert len(images) == expected
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(n[:-4] + ".json" for n in images)
+    assert list(out.glob(".*")) == []
+    rows = manifest(out)
+    assert len(rows) == expected and {r["status"] for r in rows} == {"ok"}
+    assert sorted(r["file"] for r in rows) == images
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_examples_prompts_run_through_batch(hub_cache, out):
+    r = invoke("batch", str(EXAMPLES), *TINY, "--batch-size", "4", "--seed", "1000", "--out", str(out), "--json",
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert (summary["total"], summary["generated"], summary["failed"]) == (20, 20, 0)
+    assert_complete(out, 20)
+    rows = manifest(out)
+    assert [r["seed"] for r in rows] == list(range(1000, 1020))
+    assert rows[0]["file"].startswith("00003-a-child-and-a-penguin") and rows[0]["line"] == 3
+    meta = json.loads((out / rows[0]["sidecar"]).read_text())
+    assert meta["batch"] == {"source": str(EXAMPLES), "line": 3, "index": 0} and meta["batch_size"] == 4
+    assert meta["spec_hash"] == rows[0]["job"]
+
+
+def test_jsonl_per_line_settings_and_names(hub_cache, tmp_path, out):
+    f = write(tmp_path, "eval.jsonl", "\n".join([
+        json.dumps({"prompt": "a red fox", "name": "fox", "num_images": 2, "seed": 50}),
+        json.dumps({"prompt": "a castle", "steps": 3, "guidance": 7.5, "negative_prompt": "fog",
+                    "scheduler": "euler-a", "width": 72, "height": 64}),
+        "# a comment",
+        json.dumps({"prompt": "a boat"}),
+    ]))
+    r = invoke("batch", str(f), *TINY, "--seed", "7", "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert pngs(out) == ["00002-a-castle-s9.png", "00004-a-boat-s10.png", "fox-0.png", "fox-1.png"]
+    castle = json.loads((out / "00002-a-castle-s9.json").read_text())
+    assert (castle["steps"], castle["guidance"], castle["negative_prompt"]) == (3, 7.5, "fog")
+    assert (castle["width"], castle["height"], castle["scheduler"]["name"]) == (72, 64, "euler-a")
+    fox = [json.loads((out / f"fox-{i}.json").read_text()) for i in (0, 1)]
+    assert [m["seed"] for m in fox] == [50, 51] and fox[0]["steps"] == 2  # the command line's default
+    with Image.open(out / "00002-a-castle-s9.png") as im:
+        assert im.size == (72, 64)
+
+
+def test_stdin(hub_cache, out):
+    proc = subprocess.run([*SPO_CLI, "batch", "-", *TINY, "--out", str(out), "--json"], input="a fox\n# x\na cat\n",
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert pngs(out) == ["00001-a-fox-s0.png", "00003-a-cat-s1.png"]
+    assert json.loads(proc.stdout)["generated"] == 2
+    assert json.loads((out / "00001-a-fox-s0.json").read_text())["batch"]["source"] == "<stdin>"
+
+
+def test_bad_lines_are_all_reported_and_nothing_runs(hub_cache, tmp_path, out):
+    f = write(tmp_path, "bad.jsonl", "\n".join([
+        json.dumps({"prompt": "fine"}),
+        json.dumps({"prompt": "typo", "stpes": 3}),
+        "{not json",
+        json.dumps({"prompt": "escape", "name": "../../etc/x"}),
+        json.dumps({"prompt": "size", "width": 100}),
+    ]))
+    r = invoke("batch", str(f), *TINY, "--out", str(out))
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    for line, words in ((2, "unknown key 'stpes'"), (3, "not valid JSON"), (4, "'name' \"../../etc/x\" is not a plain file name"),
+                        (5, "'width' must be a multiple of 8, not 100")):
+        assert f"{f}:{line}: {words}" in err
+    assert "4 bad line(s)" in err and "Loading" not in err and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_skip_invalid_runs_the_rest(hub_cache, tmp_path, out):
+    f = write(tmp_path, "bad.jsonl", json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": 3}) + "\n")
+    r = invoke("batch", str(f), *TINY, "--out", str(out), "--skip-invalid")
+    assert r.exit_code == 0, r.output
+    assert f"{f}:2:" in r.stderr and pngs(out) == ["00001-fine-s0.png"]
+
+
+def test_resume_after_a_partial_run_makes_only_what_is_missing(hub_cache, out):
+    args = ["batch", str(EXAMPLES), *TINY, "--batch-size", "3", "--out", str(out), "--json", "--quiet"]
+    assert invoke(*args).exit_code == 0
+    rows = manifest(out)
+    # Lose three finished images in the ways a crash can: image gone, sidecar gone, both gone.
+    (out / rows[0]["file"]).unlink()
+    (out / rows[5]["sidecar"]).unlink()
+    (out / rows[9]["file"]).unlink()
+    (out / rows[9]["sidecar"]).unlink()
+    kept = {r["file"]: (out / r["file"]).stat().st_mtime_ns for r in rows if r["file"] in pngs(out)
+            and r is not rows[5]}
+    r = invoke(*args)
+    summary = json.loads(r.stdout)
+    assert (summary["generated"], summary["already_done"]) == (3, 17)
+    assert_complete(out, 20)
+    assert all((out / f).stat().st_mtime_ns == t for f, t in kept.items())  # untouched
+    resumed = {r["file"] for r in manifest(out) if not r["resumed"]}
+    assert resumed == {rows[0]["file"], rows[5]["file"], rows[9]["file"]}
+
+
+def test_a_changed_setting_is_regenerated_not_skipped(hub_cache, out):
+    base = ["batch", str(EXAMPLES), "--width", "64", "--height", "64", "--device", "cpu", "--out", str(out),
+            "--json", "--quiet"]
+    assert invoke(*base, "--steps", "2").exit_code == 0
+    before = {f: pixels(out / f) for f in pngs(out)}
+    summary = json.loads(invoke(*base, "--steps", "3").stdout)
+    assert (summary["generated"], summary["already_done"]) == (20, 0)
+    assert_complete(out, 20)  # same names, replaced, no duplicates
+    assert all(json.loads(p.read_text())["steps"] == 3 for p in out.glob("*.json"))
+    assert any(not np.array_equal(before[f], pixels(out / f)) for f in before)
+    # unchanged settings: nothing to do
+    assert json.loads(invoke(*base, "--steps", "3").stdout)["generated"] == 0
+    # --overwrite: everything again
+    assert json.loads(invoke(*base, "--steps", "3", "--overwrite").stdout)["generated"] == 20
+
+
+def test_batch_images_equal_generate(hub_cache, tmp_path, out):
+    f = write(tmp_path, "p.txt", "a red fox in fresh snow\na lighthouse in a storm\n")
+    assert invoke("batch", str(f), *TINY, "-n", "2", "--seed", "40", "--batch-size", "4", "--out",
+                  str(out / "b4")).exit_code == 0
+    assert invoke("batch", str(f), *TINY, "-n", "2", "--seed", "40", "--out", str(out / "b1")).exit_code == 0
+    g = json.loads(invoke("generate", "a red fox in fresh snow", *TINY, "--seed", "40", "-n", "2", "--out",
+                          str(out / "gen"), "--json", "--quiet").stdout)
+    # batch size 1 is the same pipeline call as generate: identical pixels
+    for w, name in zip(g, ["00001-a-red-fox-in-fresh-snow-s40.png", "00001-a-red-fox-in-fresh-snow-s41.png"]):
+        assert np.array_equal(pixels(w["image"]), pixels(out / "b1" / name))
+    # batch size 4 rounds differently, never by more than 1/255
+    assert pngs(out / "b4") == pngs(out / "b1")
+    worst = max(np.abs(pixels(out / "b4" / n) - pixels(out / "b1" / n)).max() for n in pngs(out / "b1"))
+    assert worst <= 1
+
+
+def test_a_failing_job_is_recorded_and_the_batch_goes_on(hub_cache, tmp_path, out):
+    f = write(tmp_path, "f.jsonl", "\n".join([
+        json.dumps({"prompt": "fine one"}),
+        json.dumps({"prompt": "overflows", "guidance": 1e38}),  # NaN latents: a real failure, no mock
+        json.dumps({"prompt": "fine two"}),
+    ]))
+    args = ["batch", str(f), *TINY, "--out", str(out)]
+    r = invoke(*args)
+    assert r.exit_code == 1
+    assert f"{f}:2" in r.stderr and "NaN" in r.stderr and "Traceback" not in r.output
+    rows = manifest(out)
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "NaN" in rows[1]["error"] and pngs(out) == ["00001-fine-one-s0.png", "00003-fine-two-s2.png"]
+    # a rerun retries only the failed one
+    r = invoke(*args, "--json", "--quiet")
+    assert r.exit_code == 1
+    summary = json.loads(r.stdout)
+    assert (summary["generated"], summary["already_done"], summary["failed"]) == (0, 2, 1)
+
+
+def _start_long_batch(out: Path) -> subprocess.Popen:
+    # 60 images, one per call: long enough to be stopped part-way on any machine.
+    return subprocess.Popen(
+        [*SPO_CLI, "batch", str(EXAMPLES), "-n", "3", "--width", "64", "--height", "64", "--steps", "6",
+         "--device", "cpu", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+
+
+def _wait_for_images(out: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(out.glob("*.json"))) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no images appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly_and_rerun_completes(hub_cache, out, sig, code):
+    proc = _start_long_batch(out)
+    _wait_for_images(out, 3, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert "Stopped early" in stdout and "Traceback" not in stderr
+    rows = manifest(out)
+    done = [r for r in rows if r["status"] == "ok"]
+    assert 3 <= len(done) < 60 and {r["status"] for r in rows} <= {"ok", "pending"}
+    assert sorted(r["file"] for r in done) == pngs(out)  # nothing partial, nothing unrecorded
+    assert list(out.glob(".*")) == []
+    r = run_spo("batch", str(EXAMPLES), "-n", "3", "--width", "64", "--height", "64", "--steps", "6",
+                "--device", "cpu", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["already_done"] == len(done)
+    assert_complete(out, 60)
+
+
+def test_sigkill_then_resume_leaves_every_image_exactly_once(hub_cache, out):
+    proc = _start_long_batch(out)
+    _wait_for_images(out, 5, proc)
+    proc.kill()
+    proc.communicate()
+    r = run_spo("batch", str(EXAMPLES), "-n", "3", "--width", "64", "--height", "64", "--steps", "6",
+                "--device", "cpu", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["already_done"] >= 5
+    assert_complete(out, 60)
+
+
+def test_two_processes_share_the_work_and_match_one(hub_cache, out):
+    args = ["batch", str(EXAMPLES), *TINY, "--batch-size", "2", "--seed", "500"]
+    single = run_spo(*args, "--out", str(out / "one"))
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    multi = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "spo_cli", *args, "--out", str(out / "two"), "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert multi.returncode == 0, multi.stderr
+    summary = json.loads(multi.stdout)  # only rank 0 prints
+    assert (summary["generated"], summary["failed"]) == (20, 0)
+    assert_complete(out / "two", 20)
+    assert pngs(out / "two") == pngs(out / "one")
+    for name in pngs(out / "one"):
+        assert np.abs(pixels(out / "one" / name) - pixels(out / "two" / name)).max() <= 1
+    # the work really was shared: both ranks made images
+    ranks = [json.loads((out / "two" / (n[:-4] + ".json")).read_text())["batch"]["rank"] for n in pngs(out / "two")]
+    assert sorted(set(ranks)) == [0, 1] and abs(ranks.count(0) - ranks.count(1)) <= 2
