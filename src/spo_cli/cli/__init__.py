@@ -13,6 +13,7 @@ app = typer.Typer(
     help="SPO-SDXL from the terminal: SDXL fine-tuned with Step-aware Preference Optimization.\n\n"
     "[bold]Examples[/]\n\n"
     '  spo generate "a child and a penguin sitting on the moon"\n\n'
+    "  spo batch examples/prompts.txt --out runs/spo --num-images 4 --batch-size 4\n\n"
     "  spo models\n\n"
     "  spo download spo-lora\n\n"
     "  spo doctor",
