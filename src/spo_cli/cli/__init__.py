@@ -14,6 +14,7 @@ app = typer.Typer(
     "[bold]Examples[/]\n\n"
     '  spo generate "a child and a penguin sitting on the moon"\n\n'
     "  spo batch examples/prompts.txt --out runs/spo --num-images 4 --batch-size 4\n\n"
+    '  spo compare "a lighthouse in a storm" --base --spo\n\n'
     "  spo models\n\n"
     "  spo download spo-lora\n\n"
     "  spo doctor",
@@ -42,6 +43,7 @@ def _root(
 # Registering the commands, in the order `spo --help` lists them.
 from spo_cli.cli import generate  # noqa: E402,F401,I001
 from spo_cli.cli import batch  # noqa: E402,F401
+from spo_cli.cli import compare  # noqa: E402,F401
 from spo_cli.cli import replay  # noqa: E402,F401
 from spo_cli.cli import models  # noqa: E402,F401
 from spo_cli.cli import download  # noqa: E402,F401

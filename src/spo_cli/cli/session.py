@@ -9,7 +9,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -153,12 +153,13 @@ def nan_hint(dtype: str) -> str:
 
 def render(ui: UI, eng, resolved, works: list[Work], *, batch_size: int, out: Path, fmt: str,
            keep_going: bool = False, stop: Callable[[], bool] = lambda: False,
-           outcomes: list[Outcome] | None = None) -> list[Outcome]:
+           outcomes: list[Outcome] | None = None, bars=None) -> list[Outcome]:
     """Run `works` in pipeline calls of `batch_size` and write each image with its sidecar.
 
     Encoding and writing happen on a writer thread while the next call runs, so the GPU does not
     wait for PNG compression. NaN images are never written. With `keep_going`, a failing call
     (out of memory, …) fails its images and the run goes on; `stop()` is checked between calls.
+    `bars` continues a progress display the caller already shows.
     """
     model = resolved.describe()
     facts = eng.facts()
@@ -176,7 +177,8 @@ def render(ui: UI, eng, resolved, works: list[Work], *, batch_size: int, out: Pa
             outcome.written = future.result()  # a write error (disk full) ends the run
 
     calls = jobs.batches(works, batch_size, request=lambda w: w.request)
-    with ui.images_progress(len(works), works[0].request.steps) as bars, \
+    progress = nullcontext(bars) if bars is not None else ui.images_progress(len(works), works[0].request.steps)
+    with progress as bars, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-writer") as writer:
         try:
             for call in calls:
