@@ -25,6 +25,7 @@ os.environ.update(
     HF_HUB_DISABLE_TELEMETRY="1",
     TOKENIZERS_PARALLELISM="false",
     COLUMNS="200",  # rich wraps long paths otherwise
+    TORCHINDUCTOR_CACHE_DIR=str(_ROOT / "torch-compile"),  # --fast tests: never the user's cache
 )
 os.environ.pop("HF_TOKEN", None)
 

@@ -230,8 +230,12 @@ def test_cuda_out_of_memory_message(hub_cache, out, monkeypatch):
     monkeypatch.setattr(UNet2DConditionModel, "forward", oom)
     r = invoke("generate", "a cat", *TINY, "--out", str(out))
     assert r.exit_code == 1
-    assert "ran out of memory" in r.stderr and "--batch-size" in r.stderr and "Traceback" not in r.output
+    msg = " ".join(r.stderr.split())
+    assert "ran out of memory" in msg and "--offload model" in msg and "Traceback" not in r.output
     assert files_in(out) == []
+    r = invoke("generate", "a cat", *TINY, "-n", "2", "--batch-size", "2", "--out", str(out))
+    msg = " ".join(r.stderr.split())
+    assert r.exit_code == 1 and "smaller --batch-size (this call had 2 images)" in msg
 
 
 def test_nan_output_is_reported_not_written(hub_cache, repos, tmp_path, out):

@@ -57,10 +57,20 @@ def _is(exc: BaseException, *names: str) -> bool:
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
-def oom_hint() -> str:
-    return (
-        "Try a smaller --batch-size, a smaller --width/--height, or close other programs using the GPU."
-    )
+def oom_hint(batch: int = 1, pixels: int = 1024 * 1024, options=None) -> str:
+    """The memory option most likely to help, given what the failed call was doing."""
+    offload = getattr(options, "offload", None)
+    tips = []
+    if batch > 1:
+        tips.append(f"a smaller --batch-size (this call had {batch} images)")
+    if pixels > 1024 * 1024 and not getattr(options, "vae_tiling", False):
+        tips.append("--vae-tiling (decodes large images in tiles)")
+    if offload is None:
+        tips.append("--offload model (only the part of SDXL that is running stays on the GPU)")
+    elif offload == "model":
+        tips.append("--offload sequential (slowest, least GPU memory)")
+    tips.append("closing other programs that use the GPU")
+    return "Try " + ", or ".join(tips) + "."
 
 
 def translate(exc: BaseException, *, repo: str | None = None) -> SpoError | None:

@@ -28,6 +28,21 @@ class ModelRequest:
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """How to run, not what to make: none of these changes the images beyond float rounding."""
+
+    fast: bool = False  # torch.compile, channels_last, fused QKV, fixed batch shapes
+    offload: str | None = None  # None, "model" or "sequential" (diffusers' CPU offload)
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    batch_size: int = 1  # with `fast`, short batches are padded to this, so shapes never change
+
+    def __post_init__(self):
+        if self.offload not in (None, "model", "sequential"):
+            raise UsageError(f"Unknown --offload '{self.offload}'.", "Use model or sequential.")
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """Everything that decides one image's pixels once the model is loaded."""
 

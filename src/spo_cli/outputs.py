@@ -253,6 +253,7 @@ def build_metadata(request, model: dict, run: dict, scheduler: dict, *, width: i
         "dtype": run["dtype"],
         "device": run["device"],
         "gpu": run.get("gpu"),
+        "run_options": run.get("run_options"),
         "batch_size": batch_size,
         "versions": run["versions"],
         "elapsed_s": round(elapsed_s, 3),

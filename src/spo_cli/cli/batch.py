@@ -93,6 +93,10 @@ def batch(
     vae: o.Vae = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    fast: o.Fast = False,
+    offload: o.Offload = None,
+    vae_tiling: o.VaeTiling = False,
+    vae_slicing: o.VaeSlicing = False,
     out: o.Out = Path("outputs"),
     image_format: Annotated[str, typer.Option("--image-format", help="png, jpg or webp.",
                                               rich_help_panel="Output")] = "png",
@@ -129,9 +133,12 @@ def batch(
             raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
         request = jobs.ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
+        options = jobs.RunOptions(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                                  batch_size=batch_size)
 
         # 1. Device, process group, model files (the first process downloads, the others wait).
         engine_mod, dev, dt = session.boot(ui, request, local_rank=local_rank)
+        engine_mod.check_options(options, dev)
         if world > 1:
             engine_mod.init_distributed(dev)
         if rank > 0:
@@ -164,7 +171,7 @@ def batch(
         outcomes: list[session.Outcome] = []
         interrupted = None
         if mine:
-            eng = session.load(ui, engine_mod, resolved, dev)
+            eng = session.load(ui, engine_mod, resolved, dev, options)
             session.warn_truncation(ui, eng, [w.request for w in mine])
             with Stopper(ui) as stopper:
                 try:

@@ -18,6 +18,10 @@ EXAMPLES = """[bold]Examples[/]
   spo generate "a lighthouse in a storm" --model spo-lora --lora-scale 0.8 --scheduler dpm++2m-karras --steps 30
 
   spo generate "a cat" --json | jq -r '.[].image'
+
+  spo generate "a cat" -n 8 --batch-size 4 --fast     # compiled: much faster after the first run
+
+  spo generate "a cat" --offload model --vae-tiling   # GPUs with little memory
 """
 
 
@@ -42,6 +46,10 @@ def generate(
     vae: o.Vae = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    fast: o.Fast = False,
+    offload: o.Offload = None,
+    vae_tiling: o.VaeTiling = False,
+    vae_slicing: o.VaeSlicing = False,
     out: o.Out = Path("outputs"),
     fmt: o.Format = "png",
     json_: o.Json = False,
@@ -59,4 +67,7 @@ def generate(
         )
         request = jobs.ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
-        session.generate_files(ui, request, jobs.expand(base, num_images), batch_size=batch_size, out=out, fmt=fmt)
+        options = jobs.RunOptions(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                                  batch_size=batch_size)
+        session.generate_files(ui, request, jobs.expand(base, num_images), batch_size=batch_size, out=out, fmt=fmt,
+                               options=options)

@@ -62,3 +62,15 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messa
                                      rich_help_panel=_O)]
 Debug = Annotated[bool, typer.Option("--debug", help="Library logs, and tracebacks on errors.",
                                      rich_help_panel=_O)]
+
+_P = "Speed and memory"
+Fast = Annotated[bool, typer.Option(
+    "--fast", help="Lossless speed-ups: torch.compile (cached on disk; the first run compiles for minutes), "
+    "channels_last, fused QKV, CUDA graphs.", rich_help_panel=_P)]
+Offload = Annotated[Optional[str], typer.Option(
+    help="model: keep only the running part of SDXL on the GPU; sequential: stream weights layer by layer "
+    "(slowest, least memory).", rich_help_panel=_P)]
+VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles: large images in less memory.",
+                                         rich_help_panel=_P)]
+VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode a batch one image at a time.",
+                                          rich_help_panel=_P)]

@@ -61,6 +61,10 @@ def replay(
                                                         rich_help_panel="Model")] = None,
     device: o.Device = "auto",
     dtype: Annotated[Optional[str], typer.Option(help="Replace the recorded dtype.", rich_help_panel="Model")] = None,
+    fast: o.Fast = False,
+    offload: o.Offload = None,
+    vae_tiling: o.VaeTiling = False,
+    vae_slicing: o.VaeSlicing = False,
     out: o.Out = Path("outputs"),
     fmt: o.Format = "png",
     json_: o.Json = False,
@@ -80,4 +84,5 @@ def replay(
         if model is not None:
             model_overrides.update(model=model, revision=None, lora=None, lora_file=None)
         request = replace(request, device=device, **model_overrides)
-        session.generate_files(ui, request, [image], batch_size=1, out=out, fmt=fmt)
+        options = jobs.RunOptions(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
+        session.generate_files(ui, request, [image], batch_size=1, out=out, fmt=fmt, options=options)

@@ -101,16 +101,22 @@ def resolve_model(ui: UI, request: jobs.ModelRequest, dtype: str):
     return resolved
 
 
-def load(ui: UI, engine_mod, resolved, device: str):
+def load(ui: UI, engine_mod, resolved, device: str, options: jobs.RunOptions = jobs.RunOptions()):
+    engine_mod.check_options(options, device)
     with ui.status(f"Loading {resolved.pipeline.id} on {device} ({resolved.dtype})"):
-        return engine_mod.Engine.load(resolved, device)
+        eng = engine_mod.Engine.load(resolved, device, options)
+    if options.fast:
+        ui.info(f"--fast: the first images compile the model (minutes); compiled code is cached in "
+                f"{engine_mod.configure_compile_cache()} for later runs.")
+    return eng
 
 
-def start(ui: UI, request: jobs.ModelRequest):
+def start(ui: UI, request: jobs.ModelRequest, options: jobs.RunOptions = jobs.RunOptions()):
     """Boot, resolve (downloading if needed) and load: (engine, resolved)."""
     engine_mod, device, dtype = boot(ui, request)
+    engine_mod.check_options(options, device)  # before a download, not after
     resolved = resolve_model(ui, request, dtype)
-    return load(ui, engine_mod, resolved, device), resolved
+    return load(ui, engine_mod, resolved, device, options), resolved
 
 
 def warn_truncation(ui: UI, eng, requests: list[jobs.ImageRequest]) -> None:
@@ -244,12 +250,12 @@ def report(ui: UI, written: list[dict]) -> None:
 
 
 def generate_files(ui: UI, request: jobs.ModelRequest, images: list[jobs.ImageRequest], *, batch_size: int,
-                   out: Path, fmt: str) -> None:
+                   out: Path, fmt: str, options: jobs.RunOptions = jobs.RunOptions()) -> None:
     """The whole of `generate` and `replay` once their requests are known: validate, load, render, report."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
     validate_images(ui, images)
-    eng, resolved = start(ui, request)
+    eng, resolved = start(ui, request, options)
     warn_truncation(ui, eng, images)
     when = outputs.now()
 

@@ -1,0 +1,93 @@
+"""Speed and memory options: each works end to end and keeps the images (no timings here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import run_spo
+from spo_cli.cli import app
+
+TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def images(out: Path, *args: str) -> list[np.ndarray]:
+    r = invoke("generate", "a red fox in fresh snow", *args, "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    written = json.loads(r.stdout)
+    return [np.asarray(Image.open(w["image"]).convert("RGB")).astype(int) for w in written], written
+
+
+def test_fast_compiles_caches_and_keeps_the_images(hub_cache, tmp_path):
+    """--fast on the CPU: torch.compile for real (inductor), padded fixed-shape batches, and a second
+    process that finds the compiled code in the on-disk cache."""
+    import os
+
+    cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])  # shared with the next test: same graphs
+    args = ["generate", "a red fox in fresh snow", *TINY, "--seed", "5", "-n", "3", "--batch-size", "2", "--json",
+            "--quiet"]
+    first = run_spo(*args, "--fast", "--out", str(tmp_path / "fast1"), timeout=900)
+    assert first.returncode == 0, first.stderr
+    assert cache.is_dir() and any(cache.rglob("*")), "torch.compile left nothing in its cache"
+    second = run_spo(*args, "--fast", "--out", str(tmp_path / "fast2"), timeout=900)
+    assert second.returncode == 0, second.stderr
+    plain, _ = images(tmp_path / "plain", *TINY, "--seed", "5", "-n", "3", "--batch-size", "2")
+    runs = [[np.asarray(Image.open(w["image"]).convert("RGB")).astype(int) for w in json.loads(p.stdout)]
+            for p in (first, second)]
+    assert len(runs[0]) == 3  # the short last batch was padded, and the padding dropped
+    for a, b, c in zip(*runs, plain):
+        assert np.array_equal(a, b)  # compiled code from the cache computes the same thing
+        assert np.abs(a - c).max() <= 1  # lossless up to float rounding
+    meta = json.loads(Path(json.loads(first.stdout)[0]["sidecar"]).read_text())
+    assert meta["run_options"]["fast"] is True
+
+
+def test_fast_with_lora_folds_the_adapter_in(hub_cache, tmp_path):
+    # Same shapes as the test above, so the compiled graphs come from the cache it filled.
+    args = [*TINY, "--seed", "2", "-n", "2", "--batch-size", "2", "--model", "spo-lora", "--lora-scale", "0.7"]
+    fast, _ = images(tmp_path / "f", *args, "--fast")
+    plain, _ = images(tmp_path / "p", *args)
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(fast, plain))
+
+
+def test_vae_tiling_stays_close_to_untiled(hub_cache, tmp_path):
+    # 192 px is three times the tiny VAE's tile size, so tiling really happens.
+    size = ["--width", "192", "--height", "192", "--steps", "2", "--device", "cpu", "--seed", "1"]
+    plain, _ = images(tmp_path / "a", *size)
+    tiled, written = images(tmp_path / "b", *size, "--vae-tiling")
+    diff = np.abs(plain[0] - tiled[0])
+    assert diff.max() > 0  # the option took effect
+    assert diff.mean() < 4  # blended tile seams only
+    meta = json.loads(Path(written[0]["sidecar"]).read_text())
+    assert meta["run_options"]["vae_tiling"] is True
+
+
+def test_vae_slicing_keeps_the_images(hub_cache, tmp_path):
+    plain, _ = images(tmp_path / "a", *TINY, "--seed", "1", "-n", "2", "--batch-size", "2")
+    sliced, _ = images(tmp_path / "b", *TINY, "--seed", "1", "-n", "2", "--batch-size", "2", "--vae-slicing")
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(plain, sliced))
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offload_without_a_gpu_says_so(hub_cache, tmp_path, command, mode):
+    target = "a cat" if command == "generate" else str(Path(__file__).parents[1] / "examples" / "prompts.txt")
+    r = invoke(command, target, *TINY, "--offload", mode, "--out", str(tmp_path))
+    assert r.exit_code == 2, r.output
+    msg = " ".join(r.stderr.split())
+    assert f"--offload {mode} moves weights between host memory and a GPU" in msg and "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_offload_mode(hub_cache, tmp_path):
+    r = invoke("generate", "a cat", *TINY, "--offload", "disk", "--out", str(tmp_path))
+    assert r.exit_code == 2 and "Unknown --offload 'disk'" in r.stderr
