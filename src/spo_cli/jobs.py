@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from dataclasses import asdict, dataclass, replace
 
 from spo_cli import presets
@@ -71,6 +70,8 @@ class ImageRequest:
 
 
 def random_seed() -> int:
+    import secrets
+
     return secrets.randbelow(SEED_MAX + 1)
 
 

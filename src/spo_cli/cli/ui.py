@@ -7,18 +7,8 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+
+# rich.progress and rich.table are imported where used: `spo --help` never needs them.
 
 
 class UI:
@@ -51,6 +41,8 @@ class UI:
             yield
             self.err.print(f"[green]✓[/] {text}")
             return
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
             console=self.err, transient=True,
@@ -63,6 +55,9 @@ class UI:
 
     def download_tqdm(self, label: str):
         """A tqdm class for huggingface_hub that draws its byte counts as a rich bar."""
+        from rich.progress import (
+            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+        )
         from tqdm.std import tqdm
 
         ui = self
@@ -71,7 +66,7 @@ class UI:
             # snapshot_download opens "Downloading bytes" (network bytes), a byte bar for the bytes
             # written (the one drawn here, once there is something to fetch) and hf_thread_map's
             # "Fetching N files" count (unit "it"), which it closes last: that close ends the rich bar.
-            progress: Progress | None = None
+            progress = None
             task = None
             bytes_bar = None
             done = False  # the file count closed: snapshot_download is over
@@ -118,6 +113,10 @@ class UI:
         if self.quiet:
             yield _NoBars()
             return
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -133,6 +132,8 @@ class UI:
         sys.stdout.flush()
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        from rich.table import Table
+
         t = Table(title=title, title_justify="left")
         for c in columns:
             t.add_column(c, overflow="fold")
@@ -150,7 +151,7 @@ class _Null:
 
 
 class _Bars:
-    def __init__(self, progress: Progress, total: int, steps: int):
+    def __init__(self, progress, total: int, steps: int):
         self.progress = progress
         self.images = progress.add_task("images", total=total, rate="")
         self.steps = progress.add_task("denoising", total=steps, rate="")
