@@ -19,9 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, offline_cache  # noqa: E402
 
-# Runs a snippet, then reports its own peak RSS (Linux: KiB) on the last line of stderr.
+# Runs a snippet, then reports its own peak RSS in KiB on the last line of stderr. VmHWM, not
+# getrusage: Linux carries ru_maxrss across exec, so a child would inherit this script's peak.
 WITH_RSS = """
-import resource, runpy, sys
+import runpy, sys
 code = sys.argv.pop(1)
 try:
     if code.startswith("-m "):
@@ -32,7 +33,8 @@ try:
 except SystemExit as e:
     if e.code not in (0, None):
         raise
-print(f"MAXRSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]
+print(f"MAXRSS {hwm}", file=sys.stderr)
 """
 
 BARE = r"""

@@ -91,3 +91,17 @@ def test_offload_without_a_gpu_says_so(hub_cache, tmp_path, command, mode):
 def test_unknown_offload_mode(hub_cache, tmp_path):
     r = invoke("generate", "a cat", *TINY, "--offload", "disk", "--out", str(tmp_path))
     assert r.exit_code == 2 and "Unknown --offload 'disk'" in r.stderr
+
+
+def test_compile_cache_defaults_to_a_persistent_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    code = ("from spo_cli import engine; from diffusers import StableDiffusionXLPipeline; "
+            "print(engine.configure_compile_cache())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "spo-cli" / "torch-compile")

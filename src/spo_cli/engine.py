@@ -18,6 +18,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+
+def _default_compile_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "spo-cli", "torch-compile")
+
+
+# diffusers imports torch._inductor.config, which sets TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_$USER
+# when unset (cleared between jobs on many GPU nodes): spo's persistent default must come first.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
+
 import torch  # noqa: E402
 
 from spo_cli import __version__, presets  # noqa: E402
@@ -120,12 +130,9 @@ def check_options(options: RunOptions, device: str) -> None:
 
 
 def configure_compile_cache() -> str:
-    """Keep torch.compile's artifacts (graphs, kernels, autotuning) where a second process finds
-    them: TORCHINDUCTOR_CACHE_DIR if set, else ~/.cache/spo-cli/torch-compile."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, "spo-cli", "torch-compile")
-    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    """Where torch.compile keeps its artifacts (graphs, kernels, autotuning) for later processes:
+    TORCHINDUCTOR_CACHE_DIR if set, else ~/.cache/spo-cli/torch-compile."""
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 
 
 def versions() -> dict:
