@@ -43,10 +43,13 @@ def test_spo_float16(hub_cache):
     check_files(p)
     assert weights(p) == [
         "text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
-        "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
     ]
     for folder in ("scheduler", "tokenizer", "tokenizer_2", *COMPONENTS):
-        assert any(f.startswith(folder + "/") for f in p.files), folder
+        if folder != "vae":
+            assert any(f.startswith(folder + "/") for f in p.files), folder
+    # the fp16-fix VAE replaces the checkpoint's: its vae/ is neither fetched nor loaded
+    assert not any(f.startswith("vae/") for f in p.files)
     assert "model_index.json" in p.files
     assert {"tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer_2/vocab.json"} <= set(p.files)
     assert m.lora is None
@@ -83,7 +86,7 @@ def test_spo_lora_float16(hub_cache, repos):
     check_files(p)
     assert weights(p) == [
         "text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
-        "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
     ]
     assert all(resolve.variant_of(Path(f).name) == "fp16" for f in weights(p))
     others = [f for f in p.files if not f.endswith(".safetensors")]
@@ -184,7 +187,7 @@ def test_hub_lora_bin_file_is_refused(hub_cache):
 
 
 def test_local_folder(hub_cache, repos):
-    m = resolve.resolve(ModelRequest(model=str(repos[BASE])), "float16")
+    m = resolve.resolve(ModelRequest(model=str(repos[BASE]), vae="model"), "float16")
     p = m.pipeline
     assert m.preset is None
     assert (p.source, p.id, p.path, p.commit, p.revision) == ("local", str(repos[BASE].resolve()),

@@ -478,7 +478,7 @@ class Bank:
             lora_fp = _content_id(resolved.lora.path)[:20]
             name = self.adapters.get((unet_fp, lora_fp))
             if name is None:
-                name = f"lora_{len(self.adapters)}"
+                name = f"lora_{lora_fp[:12]}"  # by content: unique even after UNets were freed
                 self.log(f"load LoRA {resolved.lora.file} as adapter {name}")
                 pipe.load_lora_weights(str(resolved.lora.path.parent), weight_name=resolved.lora.path.name,
                                        adapter_name=name)

@@ -107,18 +107,22 @@ def render(cells: list[list[Image.Image | None]], column_labels: list[str], row_
 
     for row, (prompt, detail) in enumerate(row_labels):
         _, y0, _, y1 = lay.cell_box(row, 0)
-        room = max(1, (lay.cell_h - line_h) // line_h)
+        detail_h = round(small.size * 1.25)
+        room = (lay.cell_h - 2 * lay.gutter - detail_h) // line_h  # prompt lines that fit above the detail
+        if room < 1:  # a row too short for two lines: the detail and the prompt share one
+            prompt, detail, room = " · ".join(t for t in (detail, prompt) if t), "", 1
         lines = wrap(prompt, font, lay.label_w - 2 * lay.gutter, room)
         y = y0 + lay.gutter
         for ln in lines:
             draw.text((lay.gutter, y), ln, fill=INK, font=font)
             y += line_h
-        draw.text((lay.gutter, y + lay.gutter), detail, fill=MUTED, font=small)
+        if detail:
+            draw.text((lay.gutter, y + lay.gutter), detail, fill=MUTED, font=small)
         for col in range(lay.columns):
             box = lay.cell_box(row, col)
             image = cells[row][col]
             if image is None:
-                draw.rectangle(box, fill=MISSING)
+                draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=MISSING)  # end point inclusive
                 draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), "failed", fill=MUTED, font=small,
                           anchor="mm")
             else:

@@ -116,11 +116,13 @@ def _component_folders(model_index: dict) -> list[str]:
     )
 
 
-def select_pipeline_files(files: list[str], model_index: dict, variant: str | None, repo: str) -> tuple[list[str], str | None]:
+def select_pipeline_files(files: list[str], model_index: dict, variant: str | None, repo: str,
+                          skip: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
     """The files of `files` that `from_pretrained(use_safetensors=True, variant=…)` reads.
 
     Returns (files, variant actually used): the variant is dropped unless every component with
     weights has it, since a mixed set is what diffusers would fall back to file by file anyway.
+    Components in `skip` (a VAE replaced by another) are left out altogether.
     """
     by_folder: dict[str, list[str]] = {}
     for f in files:
@@ -129,7 +131,8 @@ def select_pipeline_files(files: list[str], model_index: dict, variant: str | No
             if "/" not in name:  # only files directly in the component folder
                 by_folder.setdefault(folder, []).append(name)
     weighted = {}
-    for folder in _component_folders(model_index):
+    folders = [f for f in _component_folders(model_index) if f not in skip]
+    for folder in folders:
         names = by_folder.get(folder, [])
         weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES) or ".index." in n]
         if not weights:
@@ -144,7 +147,7 @@ def select_pipeline_files(files: list[str], model_index: dict, variant: str | No
     if variant and not all(any(variant_of(n) == variant for n in w) for w in weighted.values()):
         variant = None
     chosen = ["model_index.json"]
-    for folder in _component_folders(model_index):
+    for folder in folders:
         names = by_folder.get(folder, [])
         chosen += [f"{folder}/{n}" for n in names if n.endswith(CONFIG_SUFFIXES) and ".index." not in n]
         weights = [f"{folder}/{n}" for n in weighted.get(folder, []) if variant_of(n) == variant]
@@ -273,12 +276,12 @@ def _anchor(repo: str, revision: str | None, names: tuple[str, ...], *, local_on
 
 
 def _resolve_hub_pipeline(repo: str, revision: str | None, variant: str | None, *, local_only: bool,
-                          tqdm: TqdmFactory | None, command: str) -> Resolved:
+                          tqdm: TqdmFactory | None, command: str, skip: tuple[str, ...] = ()) -> Resolved:
     _, snapshot, commit = _anchor(repo, revision, ("model_index.json",), local_only=local_only,
                                   command=command, what="pipeline")
     model_index = json.loads((snapshot / "model_index.json").read_text())
     files = _list_files(repo, commit, snapshot, local_only)
-    chosen, variant = select_pipeline_files(files, model_index, variant, repo)
+    chosen, variant = select_pipeline_files(files, model_index, variant, repo, skip)
     folder = _fetch(repo, commit, chosen, local_only=local_only, tqdm=tqdm, command=command)
     return Resolved(repo, "hub", folder, revision or "main", commit, variant, files=tuple(chosen))
 
@@ -329,7 +332,7 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or Path(spec).expanduser().exists()
 
 
-def _resolve_local_pipeline(spec: str, variant: str | None) -> Resolved:
+def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...] = ()) -> Resolved:
     folder = Path(spec).expanduser().resolve()
     if not folder.exists():
         raise UsageError(f"Model folder {folder} does not exist.")
@@ -342,7 +345,7 @@ def _resolve_local_pipeline(spec: str, variant: str | None) -> Resolved:
         raise UsageError(f"{folder} has no model_index.json; it is not a diffusers pipeline folder.")
     files = [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file()]
     chosen, variant = select_pipeline_files(
-        files, json.loads((folder / "model_index.json").read_text()), variant, str(folder))
+        files, json.loads((folder / "model_index.json").read_text()), variant, str(folder), skip)
     return Resolved(str(folder), "local", folder, variant=variant, files=tuple(chosen))
 
 
@@ -395,15 +398,19 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
              ("--vae", request.vae), ("--dtype", {"float32": "fp32", "bfloat16": "bf16"}.get(dtype))]
     command = " ".join(["spo download", request.model] + [f"{k} {v}" for k, v in flags if v])
     kw = dict(local_only=local_only, tqdm=tqdm, command=command)
+    # The fp16-fix VAE in float16 (as the authors do), the checkpoint's own otherwise.
+    vae_spec = request.vae if request.vae is not None else (presets.FP16_FIX_VAE if dtype == "float16" else "model")
+    skip = ("vae",) if vae_spec != "model" else ()  # a replaced VAE is never loaded: don't fetch it
 
     # 1. The pipeline.
     if preset:
-        pipeline = _resolve_hub_pipeline(preset.repo_id, request.revision, variant if preset.has_fp16_variant else None, **kw)
+        pipeline = _resolve_hub_pipeline(preset.repo_id, request.revision,
+                                         variant if preset.has_fp16_variant else None, skip=skip, **kw)
     elif _looks_local(request.model):
-        pipeline = _resolve_local_pipeline(request.model, variant)
+        pipeline = _resolve_local_pipeline(request.model, variant, skip)
     else:
         _check_repo_id(request.model, "--model")
-        pipeline = _resolve_hub_pipeline(request.model, request.revision, variant, **kw)
+        pipeline = _resolve_hub_pipeline(request.model, request.revision, variant, skip=skip, **kw)
 
     # 2. The LoRA: the preset's own unless --lora names another. --revision pins the model only.
     lora = None
@@ -416,9 +423,8 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
             file = request.lora_file or (preset.lora_file if preset and lora_spec == preset.lora_repo else None)
             lora = _resolve_hub_lora(lora_spec, file, None, **kw)
 
-    # 3. The VAE: the fp16-fix one in float16 (as the authors do), the checkpoint's own otherwise.
+    # 3. The VAE.
     vae = None
-    vae_spec = request.vae if request.vae is not None else (presets.FP16_FIX_VAE if dtype == "float16" else "model")
     if vae_spec != "model":
         if _looks_local(vae_spec):
             vae = _resolve_local_vae(vae_spec, variant)

@@ -239,7 +239,8 @@ def compare(
             bank.release(set())
 
         # 4. The grid pages and their index.
-        pages = write_grids(out, grid_stem(prompt, prompts_file), columns, rows, cells_dir, cell_size, rows_per_page)
+        pages = write_grids(out, grid_stem(prompt, prompts_file), columns, rows, cells_dir, cell_size, rows_per_page,
+                            failed=set(failed))
         index = {
             "schema": outputs.SCHEMA,
             "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}
@@ -285,7 +286,9 @@ def cell_entry(out: Path, folder: Path, stem: str, error: str | None) -> dict:
 
 
 def write_grids(out: Path, stem: str, columns: list[Column], rows: list[Row], cells_dir: Path, cell_size: int,
-                rows_per_page: int) -> list[Path]:
+                rows_per_page: int, failed: set[tuple[int, int]] = frozenset()) -> list[Path]:
+    """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
+    the image an earlier run left under its name."""
     from PIL import Image
 
     from spo_cli import grid
@@ -294,11 +297,11 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[Row], ce
     pages = [rows[i:i + rows_per_page] for i in range(0, len(rows), rows_per_page)]
     for n, page in enumerate(pages):
         cells, size = [], None
-        for r in page:
+        for k, r in enumerate(page):
             line = []
-            for c in columns:
+            for ci, c in enumerate(columns):
                 path = cells_dir / c.folder / f"{r.stem}.png"
-                if path.exists():
+                if (ci, n * rows_per_page + k) not in failed and path.exists():
                     with Image.open(path) as im:
                         im.load()
                         line.append(im)
@@ -314,4 +317,7 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[Row], ce
         image.save(buf, format="PNG")
         outputs.atomic_write(out / name, buf.getvalue(), overwrite=True)
         paths.append(out / name)
+    for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png"]:
+        if old not in paths and old.exists():  # pages of an earlier, longer comparison
+            old.unlink()
     return paths
