@@ -102,7 +102,6 @@ def resolve_model(ui: UI, request: jobs.ModelRequest, dtype: str):
 
 
 def load(ui: UI, engine_mod, resolved, device: str, options: jobs.RunOptions = jobs.RunOptions()):
-    engine_mod.check_options(options, device)
     with ui.status(f"Loading {resolved.pipeline.id} on {device} ({resolved.dtype})"):
         eng = engine_mod.Engine.load(resolved, device, options)
     if options.fast:
