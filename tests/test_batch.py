@@ -267,3 +267,21 @@ def test_two_processes_share_the_work_and_match_one(hub_cache, out):
     # the work really was shared: both ranks made images
     ranks = [json.loads((out / "two" / (n[:-4] + ".json")).read_text())["batch"]["rank"] for n in pngs(out / "two")]
     assert sorted(set(ranks)) == [0, 1] and abs(ranks.count(0) - ranks.count(1)) <= 2
+
+
+def test_accelerate_launch_shares_the_work(hub_cache, tmp_path, out):
+    # accelerate's multi-process launcher (named --multi_gpu, gloo on a CPU machine) sets the same
+    # torch.distributed variables as torchrun.
+    f = tmp_path / "p.txt"
+    f.write_text("a fox\na cat\na boat\na tree\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         "-m", "spo_cli", "batch", str(f), *TINY, "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["generated"] == 4
+    assert_complete(out, 4)
+    ranks = sorted(json.loads(p.read_text())["batch"]["rank"] for p in out.glob("0*.json"))
+    assert ranks == [0, 0, 1, 1]
