@@ -105,20 +105,26 @@ def model_configs(toy: bool) -> dict[str, dict]:
     return {"unet": load_config("unet_config.json"), "vae": load_config("vae_config.json")}
 
 
-def check_configs() -> tuple[bool, list[str]]:
-    """Instantiate each component of benchmarks/sdxl on the meta device; compare parameter counts."""
-    import torch
+def sdxl_components() -> dict:
+    """SDXL's four weighted components from benchmarks/sdxl, on the current default device."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    return {
+        "unet": UNet2DConditionModel.from_config(load_config("unet_config.json")),
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(load_config("text_encoder_config.json"))),
+        "text_encoder_2": CLIPTextModelWithProjection(
+            CLIPTextConfig.from_dict(load_config("text_encoder_2_config.json"))),
+        "vae": AutoencoderKL.from_config(load_config("vae_config.json")),
+    }
+
+
+def check_configs() -> tuple[bool, list[str]]:
+    """Instantiate each component of benchmarks/sdxl on the meta device; compare parameter counts."""
+    import torch
+
     with torch.device("meta"):
-        models = {
-            "unet": UNet2DConditionModel.from_config(load_config("unet_config.json")),
-            "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(load_config("text_encoder_config.json"))),
-            "text_encoder_2": CLIPTextModelWithProjection(
-                CLIPTextConfig.from_dict(load_config("text_encoder_2_config.json"))),
-            "vae": AutoencoderKL.from_config(load_config("vae_config.json")),
-        }
+        models = sdxl_components()
     ok, lines = True, []
     for name, model in models.items():
         n = sum(p.numel() for p in model.parameters())
@@ -144,8 +150,6 @@ def config_hash(toy: bool, dtype: str) -> str:
 def build_and_save(model_dir: Path, vae_dir: Path, toy: bool, device: str, dtype: str) -> None:
     """A random-weight SDXL in diffusers layout in `model_dir`, the fp16-fix VAE in `vae_dir`."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from spo_cli import tiny
 
@@ -163,13 +167,7 @@ def build_and_save(model_dir: Path, vae_dir: Path, toy: bool, device: str, dtype
         # Straight on the GPU (fast random init), then cast: about 13 GiB of float32 for a moment.
         with torch.device(device):
             torch.manual_seed(0)
-            parts = {
-                "unet": UNet2DConditionModel.from_config(load_config("unet_config.json")),
-                "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(load_config("text_encoder_config.json"))),
-                "text_encoder_2": CLIPTextModelWithProjection(
-                    CLIPTextConfig.from_dict(load_config("text_encoder_2_config.json"))),
-                "vae": AutoencoderKL.from_config(load_config("vae_config.json")),
-            }
+            parts = sdxl_components()
     for name, module in parts.items():
         module.to(torch_dtype)
         module.save_pretrained(vae_dir if name == "vae" else model_dir / name)  # safetensors by default

@@ -213,8 +213,9 @@ def _list_files(repo: str, commit: str, snapshot: Path, local_only: bool) -> lis
         try:
             return HfApi().list_repo_files(repo, revision=commit)
         except Exception as e:  # network down: the cache is all there is
-            if translate(e, repo=repo) is not None:
-                raise translate(e, repo=repo) from e
+            err = translate(e, repo=repo)
+            if err is not None:
+                raise err from e
     # Offline: the listing snapshot_download cached (every file of the commit, fetched or not), so that
     # the weights a different dtype needs are found missing rather than silently left out.
     from huggingface_hub import get_cached_repo_tree

@@ -239,7 +239,8 @@ def compare(
             bank.release(set())
 
         # 4. The grid pages and their index.
-        pages = write_grids(out, grid_stem(prompt, prompts_file), columns, rows, cells_dir, cell_size, rows_per_page,
+        stem = grid_stem(prompt, prompts_file)
+        pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page,
                             failed=set(failed))
         index = {
             "schema": outputs.SCHEMA,
@@ -252,7 +253,7 @@ def compare(
             "rendered": total - len(failed), "reused": reused, "failed": len(failed),
             "setup": log, "bytes_loaded": bank.bytes_loaded, "elapsed_s": round(perf_counter() - t0, 2),
         }
-        index_path = out / (grid_stem(prompt, prompts_file) + "-grid.json")
+        index_path = out / (stem + "-grid.json")
         outputs.atomic_write(index_path, (json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode(),
                              overwrite=True)
         for (ci, ri), err in failed.items():
