@@ -8,7 +8,7 @@ folder, then times, at 1024×1024, guidance 5.0, batch 1, for each of --steps:
   a. the authors' snippet: StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=float16,
      vae=AutoencoderKL.from_pretrained(vae_folder, ...)).to("cuda"), CUDA generator seeded 42;
   b. spo, default options: Engine.load(resolve(ModelRequest(model=folder, vae=vae_folder)), "cuda");
-  c. spo --fast (torch.compile, max-autotune): the first call (compile) apart from steady state, then
+  c. spo --fast (torch.compile with CUDA graphs): the first call (compile) apart from steady state, then
      a second process that loads with --fast again and reports its first call, to show that the
      compile cache (TORCHINDUCTOR_CACHE_DIR, a fresh folder under --workdir for both) is reused;
   d. spo --offload model, and --offload sequential (slow: at --seq-steps steps only).
