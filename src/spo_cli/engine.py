@@ -241,14 +241,14 @@ class Engine:
         if cuda:
             import torch._inductor.config as inductor
 
-            # The settings diffusers' own speed guide uses for SDXL.
+            # From diffusers' SDXL speed guide, less its autotuning flags (below).
             inductor.conv_1x1_as_mm = True
-            inductor.coordinate_descent_tuning = True
             inductor.epilogue_fusion = False
-            inductor.coordinate_descent_check_all_directions = True
-        # CUDA graphs (in max-autotune) remove the per-kernel launch cost; they need fixed shapes,
-        # which padding short batches to the batch size gives. Each image size compiles once.
-        mode = "max-autotune" if cuda else "default"
+        # CUDA graphs remove the per-kernel launch cost, which bounds SDXL's eager speed on a fast
+        # GPU; they need fixed shapes, which padding short batches to the batch size gives. Not
+        # max-autotune: on an H200 its GEMM autotuning alone outlasted 280 s of the first call
+        # (benchmarks/README.md), where cuBLAS already wins SDXL's large GEMMs.
+        mode = "reduce-overhead" if cuda else "default"
         import torch._dynamo.config as dynamo
 
         for name in ("recompile_limit", "cache_size_limit"):
