@@ -44,7 +44,7 @@ DTYPES = {"fp32": "float32", "fp16": "float16"}
 # import; this script's own process has imported it already, via the tiny-model builder).
 NBYTES = r"""
 import json, sys
-from spo_cli.jobs import ModelRequest
+from spo_cli.request import ModelRequest
 from spo_cli.resolve import resolve
 dtype = sys.argv[1]
 out = []

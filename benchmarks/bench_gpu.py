@@ -347,7 +347,7 @@ def call_snippet(ctx: Ctx, pipe, steps: int) -> None:
 
 def load_spo(ctx: Ctx, **options):
     from spo_cli.engine import Engine
-    from spo_cli.jobs import ModelRequest, RunOptions
+    from spo_cli.request import ModelRequest, RunOptions
     from spo_cli.resolve import resolve
 
     request = ModelRequest(model=str(ctx.model), vae=str(ctx.vae), dtype=ctx.dtype, device=ctx.device)
@@ -355,7 +355,7 @@ def load_spo(ctx: Ctx, **options):
 
 
 def call_spo(ctx: Ctx, engine, steps: int) -> None:
-    from spo_cli.jobs import ImageRequest
+    from spo_cli.request import ImageRequest
 
     engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
                              height=ctx.size)])

@@ -14,7 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import run_spo
-from spo_cli import outputs, presets
+from spo_cli import presets
+from spo_cli.outputs import files, metadata
 from spo_cli.cli import app
 
 TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
@@ -45,7 +46,7 @@ print("HEAVY:" + ",".join(heavy), file=sys.stderr)
 @pytest.mark.parametrize("args", [
     ["--help"], ["--version"], ["generate", "--help"], ["replay", "--help"], ["models"],
     ["download", "--help"], ["doctor", "--help"], ["generate"], ["generate", "x", "--width", "100"],
-    ["generate", "x", "--scheduler", "nope"], ["generate", "x", "--format", "gif"],
+    ["generate", "x", "--scheduler", "nope"], ["generate", "x", "--image-format", "gif"],
 ])
 def test_fast_paths_do_not_import_torch(hub_cache, args):
     proc = __import__("subprocess").run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
@@ -65,7 +66,7 @@ def test_generate_help_shows_examples_and_contract_options():
     assert r.exit_code == 0
     for opt in ("--negative", "--seed", "--num-images", "--batch-size", "--steps", "--guidance", "--width",
                 "--height", "--scheduler", "--model", "--lora", "--lora-scale", "--revision", "--vae", "--device",
-                "--dtype", "--out", "--format", "--json", "--quiet", "--debug", "--generator-device"):
+                "--dtype", "--out", "--image-format", "--json", "--quiet", "--debug", "--generator-device"):
         assert opt in r.stdout, opt
     assert "Examples" in r.stdout and "spo generate" in r.stdout
 
@@ -86,12 +87,13 @@ def test_human_mode_summary_on_stdout(hub_cache, out):
     r = invoke("generate", "a red fox", "--seed", "1", *TINY, "--out", str(out), env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     [png] = [n for n in files_in(out) if n.endswith(".png")]
-    assert png in r.stdout and "Wrote 1 image" in r.stdout
+    assert str(out / png) in r.stdout and "Wrote 1 image" in r.stderr
 
 
-def test_quiet_prints_nothing_on_success(hub_cache, out):
-    proc = run_spo("generate", "a red fox", "--seed", "1", *TINY, "--out", str(out), "--quiet")
-    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+def test_quiet_prints_only_the_written_paths(hub_cache, out):
+    proc = run_spo("generate", "a red fox", "--seed", "1", "-n", "2", *TINY, "--out", str(out), "--quiet")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.splitlines() == sorted(str(p) for p in out.glob("*.png"))
 
 
 # -- options end to end ---------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def test_file_names_sidecar_and_png_chunks(hub_cache, out):
     assert image.name.endswith("-a-red-fox-in-fresh-snow-golden-hour-s42.png")
     assert image.name[:15].replace("-", "").isdigit()
     meta = json.loads(Path(w["sidecar"]).read_text())
-    assert meta["schema"] == outputs.SCHEMA and meta["file"] == image.name
+    assert meta["schema"] == metadata.SCHEMA and meta["file"] == image.name
     assert (meta["seed"], meta["negative_prompt"], meta["generator_device"]) == (42, "blurry", "cpu")
     assert (meta["width"], meta["height"], meta["steps"], meta["guidance"]) == (64, 64, 2, 5.0)
     assert meta["model"]["id"] == presets.SPO_MERGED and meta["model"]["commit"] == hub_cache[presets.SPO_MERGED]
@@ -131,11 +133,11 @@ def test_random_seed_is_recorded(hub_cache, out):
 
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])
 def test_jpeg_and_webp_carry_parameters_in_exif(hub_cache, out, fmt):
-    r = invoke("generate", "a cat", "--seed", "3", *TINY, "--out", str(out), "--format", fmt, "--json", "--quiet")
+    r = invoke("generate", "a cat", "--seed", "3", *TINY, "--out", str(out), "--image-format", fmt, "--json", "--quiet")
     assert r.exit_code == 0, r.output
     [w] = json.loads(r.stdout)
     assert w["image"].endswith("." + fmt)
-    comment = outputs.read_user_comment(Path(w["image"]))
+    comment = metadata.read_user_comment(Path(w["image"]))
     assert comment.startswith("a cat\nSteps: 2, Sampler: Euler, CFG scale: 5.0, Seed: 3, Size: 64x64")
     # replay finds the sidecar next to it
     r2 = invoke("replay", w["image"], "--out", str(out / "again"), "--json", "--quiet")
@@ -179,15 +181,15 @@ def test_revision_pins_a_commit(hub_cache, out):
     (["--scheduler", "fancy"], 2, "dpm++2m-karras"),
     (["--width", "100"], 2, "multiple of 8"),
     (["--height", "0"], 2, "multiple of 8"),
-    (["--seed", "-1"], 2, "out of range"),
-    (["--format", "gif"], 2, "png, jpg or webp"),
-    (["--batch-size", "0"], 2, "at least 1"),
-    (["--steps", "0"], 2, "at least 1"),
+    (["--seed", "-1"], 2, "--seed must be from 0 to 4,294,967,295, not -1"),
+    (["--image-format", "gif"], 2, "png, jpg, webp"),
+    (["--batch-size", "0"], 2, "--batch-size must be from 1 to 64, not 0"),
+    (["--steps", "0"], 2, "--steps must be from 1 to 1,000, not 0"),
     (["--lora", "weights.bin"], 2, "does not exist"),
     (["--model", "someorg/not-cached"], 1, "spo download someorg/not-cached"),
     (["--revision", "v9.9"], 1, "spo download spo --revision v9.9"),
     (["--device", "cuda"], 2, "no CUDA GPU"),
-    (["--dtype", "fp8"], 2, "Unknown dtype"),
+    (["--dtype", "fp8"], 2, "--dtype cannot be 'fp8'"),
 ])
 def test_bad_input_gives_a_clear_message(hub_cache, out, args, code, words):
     r = invoke("generate", "a cat", *TINY[:6], *args, "--out", str(out))
@@ -212,7 +214,7 @@ def test_offline_without_cache_names_repo_and_download_command(tmp_path, out):
     assert proc.returncode == 1
     msg = " ".join(proc.stderr.split())
     assert presets.SPO_MERGED in msg and "spo download spo" in msg and "HF_HUB_OFFLINE" in msg
-    assert "Traceback" not in proc.stderr and not out.exists()
+    assert "Traceback" not in proc.stderr and files_in(out) == []
 
 
 def test_debug_shows_the_traceback(tmp_path, out):
@@ -259,10 +261,10 @@ def test_nan_output_is_reported_not_written(hub_cache, repos, tmp_path, out):
 def test_disk_full_leaves_nothing_half_written(hub_cache, out, monkeypatch):
     import errno
 
-    def full(fd):
+    def full(*a):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs.os, "fsync", full)
+    monkeypatch.setattr(files.os, "link", full)
     r = invoke("generate", "a cat", *TINY, "--out", str(out))
     assert r.exit_code == 1 and "disk is full" in r.stderr
     assert files_in(out) == []  # no image, no sidecar, no temporary file
@@ -309,7 +311,7 @@ def test_doctor_runs_a_smoke_generation_and_never_shows_the_token(hub_cache):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["smoke_test"]["ok"] and report["device"] == "cpu"
-    assert report["cache"]["token"] is True and report["cache"]["offline"] is True
+    assert report["cache"]["token"] is True and report["hub"]["status"].startswith("offline by setting")
     assert report["cache"]["presets"]["spo"]["float16"]["cached"]
     assert "hf_doctor_secret_token" not in proc.stdout + proc.stderr
     human = run_spo("doctor", env={"COLUMNS": "200"})

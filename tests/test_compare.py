@@ -108,7 +108,9 @@ def test_lora_scale_zero_is_the_base_column(compared):
     out, summary = compared
     index = summary["index_data"]
     for seed in (1, 2):
-        assert np.array_equal(pixels(cell(index, out, "SPO LoRA x0", seed)), pixels(cell(index, out, "SDXL base", seed)))
+        # In float16 PEFT's LoRA layers round differently from the plain ones even at scale 0, as
+        # they do in `spo generate` (test_faithful checks scale 0 == base exactly in float32).
+        assert np.abs(pixels(cell(index, out, "SPO LoRA x0", seed)) - pixels(cell(index, out, "SDXL base", seed))).max() <= 1
         assert not np.array_equal(pixels(cell(index, out, "SPO LoRA x1", seed)),
                                   pixels(cell(index, out, "SDXL base", seed)))
 

@@ -230,7 +230,7 @@ def test_download_shows_progress_per_repo(repos, tmp_path):
     assert r.returncode == 0, r.stderr
     for repo in (BASE, LORA, VAE):
         assert f"Downloading {repo}" in r.stderr, r.stderr
-    assert "ready for offline use" in r.stdout
+    assert "ready for offline use" in r.stderr and str(tmp_path / "a" / "hub") in r.stdout
     assert quiet.returncode == 0, quiet.stderr
     assert "Downloading" not in quiet.stderr
 
@@ -276,8 +276,12 @@ def test_offline_fp32_after_fp16_download_says_what_to_fetch(repos, tmp_path):
         online = run_spo("download", "base", env=env, timeout=120)  # fp16 files only
         assert online.returncode == 0, online.stderr
         offline = run_spo("download", "base", "--dtype", "fp32", env={**env, "HF_HUB_OFFLINE": "1"}, timeout=120)
-    # Today: exit 0, "ready for offline use (0.00 GB)" with no weights, and a later CPU run fails with
-    # "Unexpected OSError: Error no file named model.safetensors …".
+    # `spo download` offline: it cannot fetch, and must not tell the user to run itself.
     assert offline.returncode == 1, offline.stdout
     text = assert_one_paragraph(offline.stderr)
-    assert "spo download base --dtype fp32" in text
+    assert BASE in text and "HF_HUB_OFFLINE is set" in text and "Unset HF_HUB_OFFLINE to download" in text
+    assert "run `spo download" not in text
+    # A CPU run offline names the download that fetches the float32 files.
+    gen = run_spo("generate", "a cat", "--model", "base", "--device", "cpu", "--steps", "2", "--width", "64",
+                  "--height", "64", "--out", str(tmp_path / "o"), env={**env, "HF_HUB_OFFLINE": "1"})
+    assert gen.returncode == 1 and "spo download base --dtype fp32" in assert_one_paragraph(gen.stderr)

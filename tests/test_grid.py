@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from spo_cli import grid, jobs
+from spo_cli import grid
+from spo_cli import request as jobs
 from spo_cli.cli import compare
-from spo_cli.cli.compare import Column, Row
+from spo_cli.cli.compare import Column
+from spo_cli.request import ImageTask as Row
 from spo_cli.errors import EXIT_USAGE, UsageError
 
 # Saturated colours, none of them grey, white or the ink: a pixel of one of these is a cell's.
@@ -371,9 +373,9 @@ def test_write_grids_with_no_image_at_all_uses_the_requested_size(tmp_path):
 # compare's option parsing
 
 
-def usage_error(fn, *args) -> UsageError:
+def usage_error(fn, *args, **kwargs) -> UsageError:
     with pytest.raises(UsageError) as e:
-        fn(*args)
+        fn(*args, **kwargs)
     assert e.value.exit_code == EXIT_USAGE == 2
     return e.value
 
@@ -403,9 +405,9 @@ def test_parse_seeds():
 COMMON = dict(vae=None, dtype="auto", device="auto")
 
 
-def columns(base=None, spo=None, spo_lora=None, models=(), labels=(), scales=(), lora_scale=1.0):
+def columns(base=None, spo=None, spo_lora=None, models=(), labels=(), scales=(), lora_scale=None, revision=None):
     return compare.build_columns(base, spo, spo_lora, list(models), list(labels), list(scales), lora_scale,
-                                 dict(COMMON))
+                                 revision, dict(COMMON))
 
 
 def test_build_columns_defaults_to_base_and_spo():
@@ -445,3 +447,8 @@ def test_build_columns_errors():
     usage_error(columns, None, None, None, [], [], [0.5, 0.5])
     usage_error(columns, None, None, None, [], [], [1, 1.0])
     usage_error(columns, None, None, True, [], [], [1])  # --spo-lora at scale 1 and --lora-scales 1
+    e = usage_error(columns, True, True, None, lora_scale=0.5)  # a strength with no LoRA column
+    assert "--lora-scale 0.5 sets the strength of the --spo-lora column" in e.message
+    e = usage_error(columns, True, True, revision="abc")  # --revision pins --model columns only
+    assert "--revision applies to --model columns" in e.message
+    assert [c.request.revision for c in columns(models=["org/a"], revision="v2")] == ["v2"]

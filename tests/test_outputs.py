@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from spo_cli import __version__, errors, outputs, presets
+from spo_cli import __version__, errors, presets
+from spo_cli.outputs import files, metadata, naming
 from spo_cli.errors import OutputError, UsageError
-from spo_cli.jobs import ImageRequest, ModelRequest
+from spo_cli.request import ImageRequest, ModelRequest
 from spo_cli.resolve import Resolved, ResolvedModel
 
 MERGED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -69,7 +70,7 @@ SCHEDULER = {
 
 def make_meta(kind: str = "spo", scheduler: dict | None = None, **request) -> dict:
     r = ImageRequest(**{"prompt": "a red fox in fresh snow, golden hour", "seed": 42, **request})
-    return outputs.build_metadata(
+    return metadata.build(
         r, model_facts(kind), RUN, scheduler or SCHEDULER, width=r.width or 1024, height=r.height or 1024,
         batch_size=2, elapsed_s=12.345678, created=WHEN, spec_hash=r.spec_hash(),
     )
@@ -125,30 +126,30 @@ def parse_a1111(text: str) -> tuple[str, str, dict]:
     ],
 )
 def test_slugify(text, slug):
-    assert outputs.slugify(text) == slug
+    assert naming.slugify(text) == slug
 
 
 def test_slugify_cuts_at_a_word_boundary():
     text = "the quick brown fox jumps over the lazy dog again and again"
-    slug = outputs.slugify(text)
+    slug = naming.slugify(text)
     assert slug == "the-quick-brown-fox-jumps-over-the-lazy"
     assert len(slug) <= 40
 
 
 def test_slugify_word_ending_exactly_at_the_limit_is_kept():
-    assert outputs.slugify("a" * 40 + " b") == "a" * 40
-    assert outputs.slugify("a" * 39 + " bb") == "a" * 39
+    assert naming.slugify("a" * 40 + " b") == "a" * 40
+    assert naming.slugify("a" * 39 + " bb") == "a" * 39
 
 
 def test_slugify_one_long_word_is_truncated():
-    assert outputs.slugify("z" * 100) == "z" * 40
-    assert outputs.slugify("z" * 100 + " tail") == "z" * 40
+    assert naming.slugify("z" * 100) == "z" * 40
+    assert naming.slugify("z" * 100 + " tail") == "z" * 40
 
 
 def test_slugify_max_len():
-    assert outputs.slugify("alpha beta gamma", max_len=11) == "alpha-beta"
-    assert outputs.slugify("alpha beta gamma", max_len=10) == "alpha-beta"
-    assert outputs.slugify("alpha beta gamma", max_len=9) == "alpha"
+    assert naming.slugify("alpha beta gamma", max_len=11) == "alpha-beta"
+    assert naming.slugify("alpha beta gamma", max_len=10) == "alpha-beta"
+    assert naming.slugify("alpha beta gamma", max_len=9) == "alpha"
 
 
 def test_slugify_properties_on_random_text():
@@ -156,10 +157,10 @@ def test_slugify_properties_on_random_text():
     alphabet = string.ascii_letters + string.digits + " ,.;:!?/\\'\"-_()[]{}éüßñ東京🦊\t\n"
     for _ in range(500):
         text = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 120)))
-        slug = outputs.slugify(text)
-        assert 1 <= len(slug) <= outputs.SLUG_MAX
+        slug = naming.slugify(text)
+        assert 1 <= len(slug) <= naming.SLUG_MAX
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug), (text, slug)
-        full = outputs.slugify(text, max_len=10_000)
+        full = naming.slugify(text, max_len=10_000)
         if slug != "image" or full == "image":
             # A prefix of the full slug, ending at a word end (or cut inside one over-long first word).
             assert full.startswith(slug)
@@ -169,21 +170,21 @@ def test_slugify_properties_on_random_text():
 
 def test_default_stem_format():
     when = datetime(2026, 11, 26, 10, 15, 0, tzinfo=timezone(timedelta(hours=1)))
-    assert outputs.default_stem("A red fox in fresh snow!", 42, when) == "20261126-101500-a-red-fox-in-fresh-snow-s42"
-    assert outputs.default_stem("", 0, datetime(2001, 2, 3, 4, 5, 6)) == "20010203-040506-image-s0"
-    stem = outputs.default_stem("x" * 300, 4294967295, WHEN)
+    assert naming.default_stem("A red fox in fresh snow!", 42, when) == "20261126-101500-a-red-fox-in-fresh-snow-s42"
+    assert naming.default_stem("", 0, datetime(2001, 2, 3, 4, 5, 6)) == "20010203-040506-image-s0"
+    stem = naming.default_stem("x" * 300, 4294967295, WHEN)
     assert re.fullmatch(r"\d{8}-\d{6}-[a-z0-9]+(-[a-z0-9]+)*-s\d+", stem)
     assert stem.endswith("-s4294967295")
 
 
 @pytest.mark.parametrize("prompt", ["../../etc/passwd", ".hidden", "a\0b", "C:\\Windows", " spaced ", "東京"])
 def test_default_stem_is_always_a_usable_file_name(prompt):
-    stem = outputs.default_stem(prompt, 7, WHEN)
-    assert outputs.check_stem(stem) == stem
+    stem = naming.default_stem(prompt, 7, WHEN)
+    assert naming.check_stem(stem) == stem
 
 
 def test_now_is_timezone_aware():
-    assert outputs.now().tzinfo is not None
+    assert naming.now().tzinfo is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ HOSTILE = ["../x", "/etc/passwd", "a/b", ".hidden", "..", ".", "", "x\0y", "a\\b
 @pytest.mark.parametrize("name", HOSTILE)
 def test_check_stem_rejects_hostile_names(name):
     with pytest.raises(UsageError) as e:
-        outputs.check_stem(name)
+        naming.check_stem(name)
     assert e.value.exit_code == 2
 
 
@@ -206,38 +207,44 @@ def test_inside_rejects_hostile_names(tmp_path, name):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(UsageError):
-        outputs.inside(out, name)
+        naming.inside(out, name)
 
 
-@pytest.mark.parametrize("name", HOSTILE + ["x/../y.png", "x/./y.png", "./x.png", "sub/../sub/../z.json"])
-def test_inside_never_resolves_outside(tmp_path, name):
+def test_inside_never_resolves_outside(tmp_path):
+    # Names drawn from an alphabet rich in path syntax: every name inside() accepts resolves to a
+    # file directly in the folder, and enough of them are accepted for that to mean something.
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "x").mkdir()
-    try:
-        path = outputs.inside(out, name)
-    except UsageError:
-        return
-    assert path.parent == out.resolve()
+    (out / "x").mkdir(parents=True)
+    rnd = random.Random(7)
+    accepted = 0
+    for _ in range(3000):
+        name = "".join(rnd.choice("ab./\\:\0 -é~x") for _ in range(rnd.randint(1, 8)))
+        try:
+            path = naming.inside(out, name)
+        except UsageError:
+            continue
+        accepted += 1
+        assert path.parent == out.resolve() and path.name == name, name
+    assert accepted > 300
 
 
 @pytest.mark.parametrize("name", ["20261126-101500-a-red-fox-s42", "image_01.v2", "über-fuchs", "a" * 200, "x-1"])
 def test_check_stem_accepts_ordinary_names(name):
-    assert outputs.check_stem(name) == name
+    assert naming.check_stem(name) == name
 
 
 def test_check_stem_length_is_counted_in_bytes():
-    assert outputs.check_stem("a" * 200)
+    assert naming.check_stem("a" * 200)
     with pytest.raises(UsageError):
-        outputs.check_stem("a" * 201)
+        naming.check_stem("a" * 201)
     with pytest.raises(UsageError):
-        outputs.check_stem("é" * 101)  # 202 bytes in UTF-8
+        naming.check_stem("é" * 101)  # 202 bytes in UTF-8
 
 
 def test_inside_ordinary_names(tmp_path):
     out = tmp_path / "out"
     for name in ("a.png", "a.json", "stem-s42.webp", "noext"):
-        p = outputs.inside(out, name)
+        p = naming.inside(out, name)
         assert p == out.resolve() / name
 
 
@@ -248,43 +255,43 @@ def test_inside_refuses_a_symlink_leading_out(tmp_path):
     target.write_bytes(b"precious")
     (out / "link.png").symlink_to(target)
     with pytest.raises(UsageError):
-        outputs.inside(out, "link.png")
+        naming.inside(out, "link.png")
     # Through write_result too: the file outside is never touched.
     with pytest.raises(UsageError):
-        outputs.write_result(out, "link", "png", make_image(), make_meta(), overwrite=True)
+        files.write_pair(out, "link", "png", make_image(), make_meta(), overwrite=True)
     assert target.read_bytes() == b"precious"
 
 
 def test_claim_stem_free_name_is_kept(tmp_path):
-    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic"
-    assert outputs.claim_stem(tmp_path / "missing-folder", "pic", "png") == "pic"
+    assert naming.free_stem(tmp_path, "pic", "png") == "pic"
+    assert naming.free_stem(tmp_path / "missing-folder", "pic", "png") == "pic"
 
 
 @pytest.mark.parametrize("taken", [["pic.png"], ["pic.json"], ["pic.png", "pic.json"]])
 def test_claim_stem_skips_a_taken_image_or_sidecar(tmp_path, taken):
     for name in taken:
         (tmp_path / name).write_text("x")
-    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic-1"
+    assert naming.free_stem(tmp_path, "pic", "png") == "pic-1"
 
 
 def test_claim_stem_counts_past_every_taken_name(tmp_path):
     for name in ("pic.png", "pic-1.json", "pic-2.png", "pic-2.json", "pic-3.webp", "pic-4.png"):
         (tmp_path / name).write_text("x")
     # pic-3.webp does not block a PNG named pic-3, but a sidecar pic-3.json would.
-    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic-3"
+    assert naming.free_stem(tmp_path, "pic", "png") == "pic-3"
     (tmp_path / "pic-3.json").write_text("x")
-    assert outputs.claim_stem(tmp_path, "pic", "png") == "pic-5"
+    assert naming.free_stem(tmp_path, "pic", "png") == "pic-5"
     # For WebP, pic.png is no obstacle; pic.json, pic-1.json, pic-2.json, pic-3.webp are.
-    assert outputs.claim_stem(tmp_path, "pic", "webp") == "pic"
+    assert naming.free_stem(tmp_path, "pic", "webp") == "pic"
     (tmp_path / "pic.json").write_text("x")
-    assert outputs.claim_stem(tmp_path, "pic", "webp") == "pic-4"
+    assert naming.free_stem(tmp_path, "pic", "webp") == "pic-4"
 
 
 def test_claim_stem_then_write_never_overwrites(tmp_path):
     stems = []
     for i in range(4):
-        stem = outputs.claim_stem(tmp_path, "same", "png")
-        outputs.write_result(tmp_path, stem, "png", make_image(seed=i), make_meta(seed=i))
+        stem = naming.free_stem(tmp_path, "same", "png")
+        files.write_pair(tmp_path, stem, "png", make_image(seed=i), make_meta(seed=i))
         stems.append(stem)
     assert stems == ["same", "same-1", "same-2", "same-3"]
     assert listing(tmp_path) == {f"{s}.{e}" for s in stems for e in ("png", "json")}
@@ -298,7 +305,7 @@ def test_claim_stem_then_write_never_overwrites(tmp_path):
 
 def test_atomic_write_writes_and_creates_folders(tmp_path):
     path = tmp_path / "a" / "b" / "file.bin"
-    outputs.atomic_write(path, b"hello")
+    files.atomic_write(path, b"hello")
     assert path.read_bytes() == b"hello"
     assert listing(path.parent) == {"file.bin"}
 
@@ -307,7 +314,7 @@ def test_atomic_write_refuses_to_overwrite(tmp_path):
     path = tmp_path / "file.bin"
     path.write_bytes(b"old")
     with pytest.raises(OutputError) as e:
-        outputs.atomic_write(path, b"new")
+        files.atomic_write(path, b"new")
     assert "already exists" in e.value.message
     assert e.value.exit_code == 1
     assert path.read_bytes() == b"old"
@@ -317,7 +324,7 @@ def test_atomic_write_refuses_to_overwrite(tmp_path):
 def test_atomic_write_overwrites_when_asked(tmp_path):
     path = tmp_path / "file.bin"
     path.write_bytes(b"old")
-    outputs.atomic_write(path, b"new", overwrite=True)
+    files.atomic_write(path, b"new", overwrite=True)
     assert path.read_bytes() == b"new"
     assert listing(tmp_path) == {"file.bin"}
 
@@ -326,13 +333,13 @@ def test_atomic_write_without_hard_links(tmp_path, monkeypatch):
     def no_link(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(outputs.os, "link", no_link)
+    monkeypatch.setattr(files.os, "link", no_link)
     path = tmp_path / "file.bin"
-    outputs.atomic_write(path, b"data")
+    files.atomic_write(path, b"data")
     assert path.read_bytes() == b"data"
     assert listing(tmp_path) == {"file.bin"}
     with pytest.raises(OutputError):
-        outputs.atomic_write(path, b"other")
+        files.atomic_write(path, b"other")
     assert path.read_bytes() == b"data"
     assert listing(tmp_path) == {"file.bin"}
 
@@ -362,20 +369,21 @@ class _HalfWriter:
         self._f.close()
 
 
-@pytest.fixture(params=["fsync", "write"])
+@pytest.fixture(params=["write", "link"])
 def full_disk(request, monkeypatch):
-    if request.param == "fsync":
-        monkeypatch.setattr(outputs.os, "fsync", _enospc)
+    if request.param == "link":  # a full inode table or quota fails the link into place
+        monkeypatch.setattr(files.os, "link", _enospc)
+        monkeypatch.setattr(files.os, "replace", _enospc)
     else:
         real_fdopen = os.fdopen
-        monkeypatch.setattr(outputs.os, "fdopen", lambda *a, **k: _HalfWriter(real_fdopen(*a, **k)))
+        monkeypatch.setattr(files.os, "fdopen", lambda *a, **k: _HalfWriter(real_fdopen(*a, **k)))
     return request.param
 
 
 def test_atomic_write_full_disk_leaves_nothing(tmp_path, full_disk):
     path = tmp_path / "image.png"
     with pytest.raises(OSError) as e:
-        outputs.atomic_write(path, b"x" * 10_000)
+        files.atomic_write(path, b"x" * 10_000)
     assert e.value.errno == errno.ENOSPC
     assert not path.exists()
     assert listing(tmp_path) == set()  # no partial file, no temp file
@@ -385,14 +393,14 @@ def test_atomic_write_full_disk_keeps_the_old_file(tmp_path, full_disk):
     path = tmp_path / "image.png"
     path.write_bytes(b"old complete image")
     with pytest.raises(OSError):
-        outputs.atomic_write(path, b"x" * 10_000, overwrite=True)
+        files.atomic_write(path, b"x" * 10_000, overwrite=True)
     assert path.read_bytes() == b"old complete image"
     assert listing(tmp_path) == {"image.png"}
 
 
 def test_full_disk_translates_to_an_output_error(tmp_path, full_disk):
     with pytest.raises(OSError) as e:
-        outputs.atomic_write(tmp_path / "image.png", b"x" * 10_000)
+        files.atomic_write(tmp_path / "image.png", b"x" * 10_000)
     err = errors.translate(e.value)
     assert isinstance(err, OutputError)
     assert err.exit_code == 1
@@ -422,7 +430,7 @@ def test_translate_leaves_other_os_errors_alone():
 def test_atomic_write_respects_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        outputs.atomic_write(tmp_path / "f.png", b"x")
+        files.atomic_write(tmp_path / "f.png", b"x")
     finally:
         os.umask(old)
     assert (tmp_path / "f.png").stat().st_mode & 0o777 == 0o644
@@ -434,7 +442,7 @@ def test_atomic_write_respects_the_umask(tmp_path):
 
 def test_build_metadata_shape():
     meta = make_meta(negative_prompt="blurry", steps=30, width=1152, height=896)
-    assert meta["schema"] == outputs.SCHEMA == "spo-cli/1"
+    assert meta["schema"] == "spo-cli/1"  # the documented schema id: changing it breaks readers
     assert meta["prompt"] == "a red fox in fresh snow, golden hour"
     assert meta["negative_prompt"] == "blurry"
     assert (meta["seed"], meta["steps"], meta["guidance"]) == (42, 30, 5.0)
@@ -458,7 +466,7 @@ def test_build_metadata_shape():
 def test_build_metadata_without_spec_hash_or_gpu():
     r = ImageRequest(prompt="p", seed=1)
     run = {k: v for k, v in RUN.items() if k != "gpu"}
-    meta = outputs.build_metadata(r, model_facts(), run, SCHEDULER, width=64, height=64, batch_size=1,
+    meta = metadata.build(r, model_facts(), run, SCHEDULER, width=64, height=64, batch_size=1,
                                   elapsed_s=0.1, created=WHEN)
     assert "spec_hash" not in meta
     assert meta["gpu"] is None
@@ -466,17 +474,17 @@ def test_build_metadata_without_spec_hash_or_gpu():
 
 def test_a1111_parameters_layout():
     meta = make_meta(negative_prompt="blurry, low quality")
-    assert outputs.a1111_parameters(meta) == (
+    assert metadata.a1111_parameters(meta) == (
         "a red fox in fresh snow, golden hour\n"
         "Negative prompt: blurry, low quality\n"
         "Steps: 50, Sampler: Euler, CFG scale: 5.0, Seed: 42, Size: 1024x1024, Model: SPO-SDXL_4k-p_10ep, "
-        f"Model hash: {MERGED_COMMIT[:10]}, VAE: sdxl-vae-fp16-fix, Version: spo-cli {__version__}"
+        f"VAE: sdxl-vae-fp16-fix, Version: spo-cli {__version__}"
     )
 
 
 @pytest.mark.parametrize("negative", [None, ""])
 def test_a1111_parameters_omit_the_negative_line_without_a_negative(negative):
-    text = outputs.a1111_parameters(make_meta(negative_prompt=negative))
+    text = metadata.a1111_parameters(make_meta(negative_prompt=negative))
     lines = text.split("\n")
     assert len(lines) == 2
     assert "Negative prompt" not in text
@@ -486,27 +494,33 @@ def test_a1111_parameters_omit_the_negative_line_without_a_negative(negative):
 
 def test_a1111_parameters_lora_and_quoting():
     meta = make_meta("spo-lora", steps=20, seed=7, width=1216, height=832)
-    text = outputs.a1111_parameters(meta)
+    text = metadata.a1111_parameters(meta)
     last = text.split("\n")[-1]
     assert last == (
         "Steps: 20, Sampler: Euler, CFG scale: 5.0, Seed: 7, Size: 1216x832, Model: stable-diffusion-xl-base-1.0, "
-        f'Model hash: {MERGED_COMMIT[:10]}, Lora: "spo_sdxl_10ep_4k-data_lora_diffusers:0.8", '
+        'Lora: "spo_sdxl_10ep_4k-data_lora_diffusers:0.8", '
         f"VAE: sdxl-vae-fp16-fix, Version: spo-cli {__version__}"
     )
 
 
+def test_a1111_parameters_never_pass_a_commit_off_as_a_model_hash():
+    # A1111's "Model hash" is a checkpoint file's SHA-256; a commit id there would mislead readers.
+    for kind in ("spo", "spo-lora", "local"):
+        assert "hash" not in metadata.a1111_parameters(make_meta(kind)).lower()
+
+
 def test_a1111_parameters_local_model_without_commit_or_vae():
     meta = make_meta("local")
-    last = outputs.a1111_parameters(meta).split("\n")[-1]
+    last = metadata.a1111_parameters(meta).split("\n")[-1]
     assert 'Model: "my:model"' in last  # ':' forces JSON quoting
     assert "Model hash" not in last and "VAE:" not in last and "Lora" not in last
 
 
 def test_a1111_parameters_sampler_falls_back_to_the_class_and_quotes():
     sched = dict(SCHEDULER, a1111="", **{"class": "MyScheduler"})
-    assert "Sampler: MyScheduler," in outputs.a1111_parameters(make_meta(scheduler=sched))
+    assert "Sampler: MyScheduler," in metadata.a1111_parameters(make_meta(scheduler=sched))
     sched = dict(SCHEDULER, a1111="Odd, sampler")
-    assert 'Sampler: "Odd, sampler",' in outputs.a1111_parameters(make_meta(scheduler=sched))
+    assert 'Sampler: "Odd, sampler",' in metadata.a1111_parameters(make_meta(scheduler=sched))
 
 
 @pytest.mark.parametrize(
@@ -515,18 +529,18 @@ def test_a1111_parameters_sampler_falls_back_to_the_class_and_quotes():
      ('say "hi", ok', '"say \\"hi\\", ok"'), ("é, ü", '"é, ü"'), ("", "")],
 )
 def test_a1111_quote(value, quoted):
-    assert outputs._a1111_quote(value) == quoted
+    assert metadata._a1111_quote(value) == quoted
 
 
 def test_a1111_parameters_parse_back_like_automatic1111():
     meta = make_meta("spo-lora", negative_prompt="ugly, blurry: bad", steps=33, guidance=6.5, seed=123456,
                      width=1152, height=896)
-    prompt, negative, fields = parse_a1111(outputs.a1111_parameters(meta))
+    prompt, negative, fields = parse_a1111(metadata.a1111_parameters(meta))
     assert prompt == meta["prompt"]
     assert negative == "ugly, blurry: bad"
     assert fields == {
         "Steps": "33", "Sampler": "Euler", "CFG scale": "6.5", "Seed": "123456", "Size": "1152x896",
-        "Model": "stable-diffusion-xl-base-1.0", "Model hash": MERGED_COMMIT[:10],
+        "Model": "stable-diffusion-xl-base-1.0",
         "Lora": "spo_sdxl_10ep_4k-data_lora_diffusers:0.8", "VAE": "sdxl-vae-fp16-fix",
         "Version": f"spo-cli {__version__}",
     }
@@ -540,7 +554,7 @@ def test_write_result_png_image_and_sidecar(tmp_path):
     out = tmp_path / "out"
     img = make_image()
     meta = make_meta(negative_prompt="blurry, low quality", prompt="紅い狐, café ☕ 🦊")
-    res = outputs.write_result(out, "pic", "png", img, meta)
+    res = files.write_pair(out, "pic", "png", img, meta)
     assert res == {"image": str((out / "pic.png").resolve()), "sidecar": str((out / "pic.json").resolve()),
                    "seed": 42, "prompt": "紅い狐, café ☕ 🦊"}
     assert listing(out) == {"pic.png", "pic.json"}
@@ -557,14 +571,14 @@ def test_write_result_png_image_and_sidecar(tmp_path):
         assert im.mode == img.mode and im.size == img.size
         assert im.tobytes() == img.tobytes()  # lossless, pixel for pixel
         text = dict(im.text)
-    assert isinstance(text[outputs.PNG_JSON_KEY], PngImagePlugin.iTXt)
-    assert json.loads(text[outputs.PNG_JSON_KEY]) == sidecar
-    assert text["parameters"] == outputs.a1111_parameters(sidecar)
+    assert isinstance(text[metadata.PNG_JSON_KEY], PngImagePlugin.iTXt)
+    assert json.loads(text[metadata.PNG_JSON_KEY]) == sidecar
+    assert text["parameters"] == metadata.a1111_parameters(sidecar)
     assert text["parameters"].startswith("紅い狐, café ☕ 🦊\nNegative prompt: blurry, low quality\nSteps: 50, ")
 
 
 def test_png_parameters_without_negative(tmp_path):
-    outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+    files.write_pair(tmp_path, "pic", "png", make_image(), make_meta())
     with Image.open(tmp_path / "pic.png") as im:
         params = im.text["parameters"]
     assert params.split("\n")[0] == "a red fox in fresh snow, golden hour"
@@ -575,7 +589,7 @@ def test_png_parameters_without_negative(tmp_path):
 def test_encode_png_round_trip_in_memory():
     img = make_image(8, 8, seed=5).convert("RGBA")
     meta = make_meta()
-    data = outputs.encode_image(img, "png", meta)
+    data = metadata.encode_image(img, "png", meta)
     with Image.open(io.BytesIO(data)) as im:
         assert im.mode == "RGBA" and im.tobytes() == img.tobytes()
         assert json.loads(im.text["spo-cli"]) == meta
@@ -585,38 +599,38 @@ def test_encode_png_round_trip_in_memory():
 def test_jpeg_and_webp_carry_parameters_in_exif_user_comment(tmp_path, fmt, pil_format):
     prompt = "紅い狐 im Schnee, café ☕ 🦊 — naïve"
     meta = make_meta(prompt=prompt, negative_prompt="ぼやけた, blurry")
-    outputs.write_result(tmp_path, "pic", fmt, make_image(32, 24), meta)
+    files.write_pair(tmp_path, "pic", fmt, make_image(32, 24), meta)
     assert listing(tmp_path) == {f"pic.{fmt}", "pic.json"}
     path = tmp_path / f"pic.{fmt}"
     with Image.open(path) as im:
         assert im.format == pil_format and im.size == (32, 24)
-        raw = im.getexif().get_ifd(outputs.EXIF_IFD)[outputs.EXIF_USER_COMMENT]
+        raw = im.getexif().get_ifd(metadata.EXIF_IFD)[metadata.EXIF_USER_COMMENT]
     assert raw[:8] == b"UNICODE\0"
-    comment = outputs.read_user_comment(path)
-    assert comment == outputs.a1111_parameters(meta)
+    comment = metadata.read_user_comment(path)
+    assert comment == metadata.a1111_parameters(meta)
     assert comment.startswith(prompt + "\nNegative prompt: ぼやけた, blurry\nSteps: 50, Sampler: Euler, ")
     # The sidecar is the full record.
-    assert outputs.read_metadata(path) == dict(meta, file=f"pic.{fmt}")
+    assert metadata.read(path) == dict(meta, file=f"pic.{fmt}")
 
 
 def test_read_user_comment_absent(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.jpg")
-    assert outputs.read_user_comment(tmp_path / "plain.jpg") is None
-    outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
-    assert outputs.read_user_comment(tmp_path / "pic.png") is None
+    assert metadata.read_user_comment(tmp_path / "plain.jpg") is None
+    files.write_pair(tmp_path, "pic", "png", make_image(), make_meta())
+    assert metadata.read_user_comment(tmp_path / "pic.png") is None
 
 
 def test_write_result_refuses_to_overwrite(tmp_path):
-    outputs.write_result(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1))
+    files.write_pair(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1))
     before = {n: (tmp_path / n).read_bytes() for n in listing(tmp_path)}
     with pytest.raises(OutputError):
-        outputs.write_result(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2))
+        files.write_pair(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2))
     assert {n: (tmp_path / n).read_bytes() for n in listing(tmp_path)} == before
 
 
 def test_write_result_overwrites_when_asked(tmp_path):
-    outputs.write_result(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1))
-    outputs.write_result(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2), overwrite=True)
+    files.write_pair(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1))
+    files.write_pair(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2), overwrite=True)
     assert listing(tmp_path) == {"pic.png", "pic.json"}
     assert json.loads((tmp_path / "pic.json").read_text())["seed"] == 2
     with Image.open(tmp_path / "pic.png") as im:
@@ -626,24 +640,23 @@ def test_write_result_overwrites_when_asked(tmp_path):
 def test_write_result_removes_the_image_when_the_sidecar_exists(tmp_path):
     (tmp_path / "pic.json").write_text("someone else's sidecar")
     with pytest.raises(OutputError):
-        outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+        files.write_pair(tmp_path, "pic", "png", make_image(), make_meta())
     assert listing(tmp_path) == {"pic.json"}
     assert (tmp_path / "pic.json").read_text() == "someone else's sidecar"
 
 
 def test_write_result_removes_the_image_when_the_sidecar_write_fails(tmp_path, monkeypatch):
     calls = []
-    real_fsync = os.fsync
+    real_fdopen = os.fdopen
 
-    def fsync(fd):
-        calls.append(fd)
-        if len(calls) == 2:  # the first is the image, the second the sidecar
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_fsync(fd)
+    def fdopen(*a, **k):
+        calls.append(a)
+        f = real_fdopen(*a, **k)
+        return _HalfWriter(f) if len(calls) == 2 else f  # the first is the image, the second the sidecar
 
-    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fdopen", fdopen)
     with pytest.raises(OSError) as e:
-        outputs.write_result(tmp_path / "out", "pic", "webp", make_image(), make_meta())
+        files.write_pair(tmp_path / "out", "pic", "webp", make_image(), make_meta())
     assert len(calls) == 2
     assert isinstance(errors.translate(e.value), OutputError)
     assert listing(tmp_path / "out") == set()  # no image, no sidecar, no temp file
@@ -651,7 +664,7 @@ def test_write_result_removes_the_image_when_the_sidecar_write_fails(tmp_path, m
 
 def test_write_result_image_write_failure_writes_no_sidecar(tmp_path, full_disk):
     with pytest.raises(OSError):
-        outputs.write_result(tmp_path, "pic", "png", make_image(), make_meta())
+        files.write_pair(tmp_path, "pic", "png", make_image(), make_meta())
     assert listing(tmp_path) == set()
 
 
@@ -659,7 +672,7 @@ def test_write_result_image_write_failure_writes_no_sidecar(tmp_path, full_disk)
 def test_write_result_rejects_hostile_stems(tmp_path, stem):
     out = tmp_path / "a" / "out"
     with pytest.raises(UsageError):
-        outputs.write_result(out, stem, "png", make_image(), make_meta())
+        files.write_pair(out, stem, "png", make_image(), make_meta())
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written == []
 
@@ -672,20 +685,20 @@ def test_write_result_rejects_hostile_stems(tmp_path, stem):
 def written(tmp_path):
     meta = make_meta(negative_prompt="blurry")
     for fmt in ("png", "jpg", "webp"):
-        outputs.write_result(tmp_path, f"pic-{fmt}", fmt, make_image(), meta)
+        files.write_pair(tmp_path, f"pic-{fmt}", fmt, make_image(), meta)
     return tmp_path, dict(meta)
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
 def test_read_metadata_from_the_sidecar(written, fmt):
     folder, meta = written
-    assert outputs.read_metadata(folder / f"pic-{fmt}.json") == dict(meta, file=f"pic-{fmt}.{fmt}")
+    assert metadata.read(folder / f"pic-{fmt}.json") == dict(meta, file=f"pic-{fmt}.{fmt}")
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
 def test_read_metadata_from_the_image_beside_its_sidecar(written, fmt):
     folder, meta = written
-    assert outputs.read_metadata(folder / f"pic-{fmt}.{fmt}") == dict(meta, file=f"pic-{fmt}.{fmt}")
+    assert metadata.read(folder / f"pic-{fmt}.{fmt}") == dict(meta, file=f"pic-{fmt}.{fmt}")
 
 
 def test_read_metadata_from_a_png_alone(written, tmp_path):
@@ -693,13 +706,13 @@ def test_read_metadata_from_a_png_alone(written, tmp_path):
     lone = tmp_path / "moved"
     lone.mkdir()
     (folder / "pic-png.png").rename(lone / "renamed.png")
-    assert outputs.read_metadata(lone / "renamed.png") == dict(meta, file="pic-png.png")
+    assert metadata.read(lone / "renamed.png") == dict(meta, file="pic-png.png")
 
 
 def test_read_metadata_suffix_is_case_insensitive(written):
     folder, meta = written
     (folder / "pic-png.png").rename(folder / "UPPER.PNG")
-    assert outputs.read_metadata(folder / "UPPER.PNG")["seed"] == meta["seed"]
+    assert metadata.read(folder / "UPPER.PNG")["seed"] == meta["seed"]
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])
@@ -707,23 +720,23 @@ def test_read_metadata_jpeg_webp_without_sidecar(written, fmt):
     folder, _ = written
     (folder / f"pic-{fmt}.json").unlink()
     with pytest.raises(UsageError) as e:
-        outputs.read_metadata(folder / f"pic-{fmt}.{fmt}")
+        metadata.read(folder / f"pic-{fmt}.{fmt}")
     assert e.value.exit_code == 2
     assert "no sidecar" in e.value.message
 
 
 def test_read_metadata_missing_file(tmp_path):
     with pytest.raises(UsageError) as e:
-        outputs.read_metadata(tmp_path / "nope.json")
+        metadata.read(tmp_path / "nope.json")
     assert "does not exist" in e.value.message and e.value.exit_code == 2
     with pytest.raises(UsageError):
-        outputs.read_metadata(tmp_path / "nope.png")
+        metadata.read(tmp_path / "nope.png")
 
 
 def test_read_metadata_plain_png_is_not_spo(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "foreign.png")
     with pytest.raises(UsageError) as e:
-        outputs.read_metadata(tmp_path / "foreign.png")
+        metadata.read(tmp_path / "foreign.png")
     assert "no spo-cli metadata" in e.value.message
 
 
@@ -732,15 +745,17 @@ def test_read_metadata_a1111_png_is_not_spo(tmp_path):
     info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512")
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
     with pytest.raises(UsageError):
-        outputs.read_metadata(tmp_path / "a1111.png")
+        metadata.read(tmp_path / "a1111.png")
 
 
 @pytest.mark.parametrize(
     "content,expect",
     [
-        ('{"schema": "spo-cli/1", "prompt": ', "not a valid spo-cli sidecar"),
-        ("", "not a valid spo-cli sidecar"),
-        (b"\xff\xfe\x00garbage", "not a valid spo-cli sidecar"),
+        ('{"schema": "spo-cli/1", "prompt": ', "damaged or not from spo: its metadata is not valid JSON"),
+        ("", "damaged or not from spo: its metadata is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "is not a spo-cli sidecar (not UTF-8 text)"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"schema": "spo-cli/9", "prompt": "x"}', "which this spo-cli (reading 'spo-cli/1') does not know"),
         ('{"prompt": "no schema"}', "not spo-cli metadata"),
         ('{"schema": "other-tool/3"}', "not spo-cli metadata"),
         ('[{"schema": "spo-cli/1"}]', "not spo-cli metadata"),
@@ -755,7 +770,7 @@ def test_read_metadata_damaged_or_foreign_json(tmp_path, content, expect):
     else:
         path.write_text(content)
     with pytest.raises(UsageError) as e:
-        outputs.read_metadata(path)
+        metadata.read(path)
     assert expect in e.value.message
     assert e.value.exit_code == 2
 
@@ -763,19 +778,169 @@ def test_read_metadata_damaged_or_foreign_json(tmp_path, content, expect):
 def test_read_metadata_damaged_image_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(UsageError) as e:
-        outputs.read_metadata(tmp_path / "broken.png")
+        metadata.read(tmp_path / "broken.png")
     assert "could not be read" in e.value.message
 
 
 def test_read_metadata_non_image_file(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UsageError):
-        outputs.read_metadata(tmp_path / "notes.txt")
+        metadata.read(tmp_path / "notes.txt")
 
 
 def test_read_metadata_damaged_png_chunk(tmp_path):
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(outputs.PNG_JSON_KEY, '{"schema": "spo-cli/1", broken')
+    info.add_itxt(metadata.PNG_JSON_KEY, '{"schema": "spo-cli/1", broken')
     Image.new("RGB", (8, 8)).save(tmp_path / "damaged.png", pnginfo=info)
     with pytest.raises(UsageError):
-        outputs.read_metadata(tmp_path / "damaged.png")
+        metadata.read(tmp_path / "damaged.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# files: resume checks, temporary files, the folder lock
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_image_is_whole_catches_a_cut_file(tmp_path, fmt):
+    files.write_pair(tmp_path, "pic", fmt, make_image(64, 48), make_meta())
+    path = tmp_path / f"pic.{fmt}"
+    assert files.image_is_whole(path)
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 10, 0):
+        path.write_bytes(data[:cut])
+        assert not files.image_is_whole(path), cut
+    path.write_bytes(b"\0" * len(data))
+    assert not files.image_is_whole(path)
+
+
+def test_finished_hash_needs_a_whole_image_and_its_sidecar(tmp_path):
+    meta = make_meta()
+    files.write_pair(tmp_path, "pic", "png", make_image(), meta)
+    assert files.finished_hash(tmp_path, "pic", "png") == meta["spec_hash"]
+    png = tmp_path / "pic.png"
+    data = png.read_bytes()
+    png.write_bytes(data[:-20])  # a truncated PNG with a matching sidecar is not done
+    assert files.finished_hash(tmp_path, "pic", "png") is None
+    png.write_bytes(data)
+    (tmp_path / "pic.json").write_text("{broken")
+    assert files.finished_hash(tmp_path, "pic", "png") is None
+    (tmp_path / "pic.json").unlink()
+    assert files.finished_hash(tmp_path, "pic", "png") is None
+
+
+def test_temporary_files_are_named_as_spo_s_own(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(Path(src).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write(tmp_path / "a.png", b"x", overwrite=True)
+    assert seen and seen[0].startswith(".spo-tmp.") and seen[0].endswith(".a.png")
+
+
+def test_leftovers_only_spo_s_own_of_dead_processes(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname().replace(".", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine = f".spo-tmp.{host}.{os.getpid()}.abcd1234.x.png"  # a live writer (this process)
+    stale = f".spo-tmp.{host}.{dead}.abcd1234.y.png"
+    other_host = f".spo-tmp.elsewhere.{dead}.abcd1234.z.png"
+    user_files = [".my-notes.part", ".x.png.abc.part", "notes.spo-tmp", ".spo-tmp-lookalike"]
+    for name in [mine, stale, other_host, *user_files]:
+        (tmp_path / name).write_text("x")
+    assert files.remove_leftovers(tmp_path) == 1
+    assert listing(tmp_path) == {mine, other_host, *user_files}
+
+
+def test_folder_lock_keeps_a_second_run_out_and_says_who_holds_it(tmp_path):
+    import subprocess
+    import sys
+
+    code = (f"from pathlib import Path; from spo_cli.outputs.files import FolderLock\n"
+            f"with FolderLock(Path({str(tmp_path)!r}), 'spo batch'): pass")
+    with files.FolderLock(tmp_path, "spo batch"):
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert other.returncode != 0
+        assert "is in use by another spo run (spo batch, process" in other.stderr
+        assert str(os.getpid()) in other.stderr
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # released on exit
+    assert not (tmp_path / files.LOCK_INFO).exists()
+
+
+def test_folder_lock_is_released_when_its_process_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from pathlib import Path; from spo_cli.outputs.files import FolderLock\n"
+                               f"with FolderLock(Path({str(tmp_path)!r}), 'spo batch'):\n"
+                               "    print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UsageError):
+        with files.FolderLock(tmp_path, "spo batch"):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with files.FolderLock(tmp_path, "spo batch"):  # no stale lock after a crash
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata: reading back what is damaged, foreign or a grid
+
+
+def test_replaying_a_grid_names_its_cells(tmp_path):
+    page = tmp_path / "fox-grid.png"
+    page.write_bytes(metadata.encode_grid(make_image(), "fox-grid.json", ["cells/a/fox-s1.png", "cells/b/fox-s1.png"]))
+    with pytest.raises(UsageError) as e:
+        metadata.read(page)
+    assert "is a comparison grid from `spo compare`" in e.value.message
+    assert str(tmp_path / "cells/a/fox-s1.png") in e.value.hint
+
+
+def good_meta(**changes) -> dict:
+    meta = make_meta()
+    meta.update(changes)
+    return meta
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"prompt": ["a", "list"]}, "'prompt' must be a string, not list"),
+    ({"prompt": 7}, "'prompt' must be a string, not int 7"),
+    ({"seed": 4.5}, "'seed' must be a whole number, not 4.5"),
+    ({"seed": "42"}, "'seed' must be a whole number"),
+    ({"scheduler": "euler"}, "'scheduler' should be an object, not a string"),
+    ({"scheduler": {"name": 5}}, "'scheduler.name' should be a string, not a number"),
+    ({"model_request": None}, "'model_request' is missing or damaged"),
+    ({"model_request": {"revision": None}}, "'model_request.model' is missing"),
+    ({"dtype": "float8"}, "'dtype' cannot be 'float8'"),
+    ({"steps": None}, "'steps' must be a whole number"),
+    ({"guidance": float("nan")}, "'guidance' must be a finite number"),
+    ({"generator_device": "tpu"}, "'generator_device' cannot be 'tpu'"),
+])
+def test_damaged_sidecar_values_are_named(changes, words):
+    with pytest.raises(UsageError) as e:
+        metadata.recorded_requests(good_meta(**changes), Path("shot.json"))
+    assert e.value.message.startswith(f"shot.json: {words}"), e.value.message
+    assert e.value.exit_code == 2
+
+
+def test_recorded_requests_pin_the_commit_and_the_dtype():
+    image, model = metadata.recorded_requests(make_meta("spo-lora"), Path("x.json"))
+    assert (image.prompt, image.seed, image.steps) == ("a red fox in fresh snow, golden hour", 42, 50)
+    assert (model.model, model.revision, model.lora_scale, model.dtype) == ("spo-lora", MERGED_COMMIT, 0.8, "float16")
+
+
+def test_a_sidecar_from_before_0_2_records_a_lora_scale_without_a_lora():
+    meta = make_meta()
+    meta["model_request"]["lora_scale"] = 1.0  # what 0.1 wrote for every model
+    _, model = metadata.recorded_requests(meta, Path("x.json"))
+    assert model.lora_scale is None

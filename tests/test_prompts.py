@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from spo_cli import outputs, presets, prompts
+from dataclasses import dataclass
+
+from spo_cli import presets, prompts
+from spo_cli.outputs import naming
 from spo_cli.errors import EXIT_USAGE, UsageError
-from spo_cli.jobs import SEED_MAX, ImageRequest
-from spo_cli.prompts import Job, ParsedFile, PromptLine
+from spo_cli.request import ImageRequest
+from spo_cli.validate import SEED_MAX
+from spo_cli.prompts import ParsedFile, PromptLine
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.txt"
 
 ALL_KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height",
-            "scheduler", "name")
+            "scheduler", "generator_device", "name")
 
 
 def jl(*objs) -> str:
@@ -134,14 +138,15 @@ def test_jsonl_raw_line_separator_inside_a_string():
 
 def test_jsonl_every_key_is_parsed():
     obj = {"prompt": "a red fox", "negative_prompt": "blurry", "seed": 5, "num_images": 3, "steps": 20,
-           "guidance": 7.5, "width": 832, "height": 1216, "scheduler": "euler", "name": "hero"}
+           "guidance": 7.5, "width": 832, "height": 1216, "scheduler": "euler", "generator_device": "cuda",
+           "name": "hero"}
     assert set(obj) == set(ALL_KEYS) == set(prompts.KEYS)
     parsed = parse_jsonl(obj)
     assert parsed.problems == []
     assert parsed.lines == [PromptLine(
         1, "a red fox",
         {"negative_prompt": "blurry", "seed": 5, "steps": 20, "guidance": 7.5, "width": 832, "height": 1216,
-         "scheduler": "euler"},
+         "scheduler": "euler", "generator_device": "cuda"},
         3, "hero")]
 
 
@@ -151,8 +156,8 @@ def test_jsonl_prompt_only_sets_nothing_else():
 
 def test_jsonl_settings_keys_are_image_request_fields():
     fields = set(ImageRequest.__dataclass_fields__)
-    for key, field_name in prompts.KEYS.items():
-        assert field_name is None or field_name in fields, key
+    assert set(prompts.SETTINGS) <= fields
+    assert set(prompts.KEYS) - set(prompts.SETTINGS) == {"prompt", "num_images", "name"}
 
 
 def test_jsonl_integer_guidance_becomes_float():
@@ -228,35 +233,35 @@ def test_jsonl_several_unknown_keys_all_named():
 @pytest.mark.parametrize("obj, fragment", [
     ({}, "no 'prompt'"),
     ({"negative_prompt": "x"}, "no 'prompt'"),
-    ({"prompt": ""}, "'prompt' must be a non-empty string"),
-    ({"prompt": "   \t"}, "'prompt' must be a non-empty string"),
-    ({"prompt": None}, "'prompt' must be a non-empty string"),
-    ({"prompt": 5}, "'prompt' must be a non-empty string"),
-    ({"prompt": ["a"]}, "'prompt' must be a non-empty string"),
+    ({"prompt": ""}, "'prompt' is empty"),
+    ({"prompt": "   \t"}, "'prompt' is empty"),
+    ({"prompt": None}, "'prompt' must be a string, not NoneType"),
+    ({"prompt": 5}, "'prompt' must be a string, not int 5"),
+    ({"prompt": ["a"]}, "'prompt' must be a string, not list"),
     ({"prompt": "a", "negative_prompt": 5}, "'negative_prompt' must be a string"),
-    ({"prompt": "a", "seed": "5"}, "'seed' must be a whole number, not \"5\""),
-    ({"prompt": "a", "seed": True}, "'seed' must be a whole number, not true"),
+    ({"prompt": "a", "seed": "5"}, "'seed' must be a whole number, not '5'"),
+    ({"prompt": "a", "seed": True}, "'seed' must be a whole number, not True"),
     ({"prompt": "a", "seed": 1.5}, "'seed' must be a whole number"),
     ({"prompt": "a", "seed": 5.0}, "'seed' must be a whole number"),
     ({"prompt": "a", "seed": None}, "'seed' must be a whole number"),
-    ({"prompt": "a", "seed": -1}, f"'seed' must be between 0 and {SEED_MAX}"),
-    ({"prompt": "a", "seed": SEED_MAX + 1}, f"'seed' must be between 0 and {SEED_MAX}"),
-    ({"prompt": "a", "steps": 0}, "'steps' must be between 1 and 1000"),
-    ({"prompt": "a", "steps": 1001}, "'steps' must be between 1 and 1000"),
+    ({"prompt": "a", "seed": -1}, f"'seed' must be from 0 to {SEED_MAX:,}"),
+    ({"prompt": "a", "seed": SEED_MAX + 1}, f"'seed' must be from 0 to {SEED_MAX:,}"),
+    ({"prompt": "a", "steps": 0}, "'steps' must be from 1 to 1,000"),
+    ({"prompt": "a", "steps": 1001}, "'steps' must be from 1 to 1,000"),
     ({"prompt": "a", "steps": "20"}, "'steps' must be a whole number"),
     ({"prompt": "a", "steps": 20.0}, "'steps' must be a whole number"),
-    ({"prompt": "a", "guidance": "high"}, "'guidance' must be a number, not \"high\""),
+    ({"prompt": "a", "guidance": "high"}, "'guidance' must be a number, not 'high'"),
     ({"prompt": "a", "guidance": True}, "'guidance' must be a number"),
     ({"prompt": "a", "guidance": None}, "'guidance' must be a number"),
-    ({"prompt": "a", "width": 1020}, "'width' must be a multiple of 8, not 1020"),
-    ({"prompt": "a", "height": 1001}, "'height' must be a multiple of 8, not 1001"),
-    ({"prompt": "a", "width": 0}, "'width' must be at least 8"),
-    ({"prompt": "a", "height": -8}, "'height' must be at least 8"),
+    ({"prompt": "a", "width": 1020}, "'width' must be a positive multiple of 8, not 1020"),
+    ({"prompt": "a", "height": 1001}, "'height' must be a positive multiple of 8, not 1001"),
+    ({"prompt": "a", "width": 0}, "'width' must be a positive multiple of 8, not 0"),
+    ({"prompt": "a", "height": -8}, "'height' must be a positive multiple of 8, not -8"),
     ({"prompt": "a", "width": "1024"}, "'width' must be a whole number"),
     ({"prompt": "a", "width": 1024.0}, "'width' must be a whole number"),
-    ({"prompt": "a", "scheduler": "eulerr"}, "unknown scheduler \"eulerr\""),
-    ({"prompt": "a", "scheduler": 5}, "unknown scheduler 5"),
-    ({"prompt": "a", "num_images": 0}, "'num_images' must be between 1 and 10000"),
+    ({"prompt": "a", "scheduler": "eulerr"}, "'scheduler' cannot be 'eulerr'; choose one of"),
+    ({"prompt": "a", "scheduler": 5}, "'scheduler' cannot be 5"),
+    ({"prompt": "a", "num_images": 0}, "'num_images' must be from 1 to 10,000"),
     ({"prompt": "a", "num_images": "2"}, "'num_images' must be a whole number"),
     ({"prompt": "a", "num_images": True}, "'num_images' must be a whole number"),
     ({"prompt": "a", "name": 5}, "'name' must be a string"),
@@ -270,7 +275,7 @@ def test_jsonl_bad_values_reported_with_file_and_line(obj, fragment):
 def test_jsonl_unknown_scheduler_lists_valid_names():
     problem = one_problem({"prompt": "a", "scheduler": "eulerr"})
     assert all(name in problem for name in presets.SCHEDULERS)
-    assert "valid" in problem
+    assert "choose one of" in problem
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
@@ -278,7 +283,7 @@ def test_jsonl_non_finite_guidance_rejected(literal):
     # Python's json accepts the NaN / Infinity literals, and 1e999 overflows to inf.
     assert json.loads(f'{{"g": {literal}}}')  # sanity: the literal really parses
     problem = one_problem('{"prompt": "a", "guidance": %s}' % literal)
-    assert problem.startswith("f.jsonl:1: 'guidance' must be a number"), problem
+    assert problem.startswith("f.jsonl:1: 'guidance' must be a finite number"), problem
 
 
 @pytest.mark.parametrize("raw", ["[1, 2]", '["prompt", "a"]', '"a string"', "42", "null", "true"])
@@ -338,12 +343,17 @@ def test_read_file_with_only_bad_lines_returns_problems_instead_of_raising(tmp_p
 
 
 @pytest.mark.parametrize("name", [
-    "../x", "a/b", "/etc/passwd", "..", ".", ".hidden", "C:\\x", "a\\b", "a\x00b", "\x00",
-    "a:b", "", " x", "x ", "dir/../../x", "x" * 201,
+    "../x", "a/b", "/etc/passwd", "..", ".", ".hidden", "C:\\x", "a\\b", "a:b", " x", "x ", "dir/../../x",
 ])
 def test_hostile_names_rejected(name):
     problem = one_problem({"prompt": "a", "name": name})
     assert problem.startswith(f"f.jsonl:1: 'name' {json.dumps(name)} is not a plain file name"), problem
+
+
+@pytest.mark.parametrize("name, words", [("a\x00b", "contains a NUL character"), ("", "is empty"),
+                                         ("x" * 201, "is 201 characters long; the limit is 200")])
+def test_names_that_are_not_text_rejected(name, words):
+    assert one_problem({"prompt": "a", "name": name}).startswith(f"f.jsonl:1: 'name' {words}")
 
 
 @pytest.mark.parametrize("name", ["hero", "hero_1.v2", "Fox-Portrait", "renard-doré", "a" * 200])
@@ -525,36 +535,49 @@ def test_examples_file_has_twenty_prompts():
     assert [pl.line for pl in parsed.lines] == sorted(pl.line for pl in parsed.lines)
     text_lines = EXAMPLES.read_text(encoding="utf-8").splitlines()
     assert all(text_lines[pl.line - 1].strip() == pl.prompt for pl in parsed.lines)
-    jobs_ = prompts.expand(parsed, defaults(seed=0), 1)
+    jobs_ = expand(parsed, defaults(seed=0), 1)
     assert [j.request.seed for j in jobs_] == list(range(20))
     assert len({j.stem for j in jobs_}) == 20
 
 
 # ---------------------------------------------------------------------------------------------
-# expand: seeds
+# tasks: seeds
 
 
-def seeds(job_list: list[Job]) -> list[int]:
+@dataclass
+class J:
+    request: ImageRequest
+    line: int
+    index: int
+    stem: str
+
+
+def expand(parsed, d, n) -> list[J]:
+    tasks, _ = prompts.tasks(parsed, d, n)
+    return [J(t.request, t.extra["batch"]["line"], t.extra["batch"]["index"], t.stem) for t in tasks]
+
+
+def seeds(job_list: list[J]) -> list[int]:
     return [j.request.seed for j in job_list]
 
 
 def test_expand_seeds_count_images_in_file_order():
     parsed = prompts.parse("a\n# c\nb\n\nc\n", "p.txt")
-    out = prompts.expand(parsed, defaults(seed=100), 1)
+    out = expand(parsed, defaults(seed=100), 1)
     assert seeds(out) == [100, 101, 102]
     assert [(j.line, j.index, j.request.prompt) for j in out] == [(1, 0, "a"), (3, 0, "b"), (5, 0, "c")]
 
 
 def test_expand_num_images_default():
     parsed = prompts.parse("a\nb\n", "p.txt")
-    out = prompts.expand(parsed, defaults(seed=100), 3)
+    out = expand(parsed, defaults(seed=100), 3)
     assert seeds(out) == [100, 101, 102, 103, 104, 105]
     assert [(j.line, j.index) for j in out] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
 
 
 def test_expand_line_num_images_overrides_default():
     parsed = parse_jsonl({"prompt": "a", "num_images": 3}, {"prompt": "b"}, {"prompt": "c", "num_images": 1})
-    out = prompts.expand(parsed, defaults(seed=100), 2)
+    out = expand(parsed, defaults(seed=100), 2)
     assert [(j.line, j.index, j.request.seed) for j in out] == [
         (1, 0, 100), (1, 1, 101), (1, 2, 102), (2, 0, 103), (2, 1, 104), (3, 0, 105)]
 
@@ -565,55 +588,47 @@ def test_expand_line_seed_counts_up_and_still_consumes_indices():
         {"prompt": "b", "seed": 7, "num_images": 3},    # own seeds 7, 8, 9; consumes k = 2, 3, 4
         {"prompt": "c"},                                # k = 5, 6
     )
-    out = prompts.expand(parsed, defaults(seed=100), 2)
+    out = expand(parsed, defaults(seed=100), 2)
     assert seeds(out) == [100, 101, 7, 8, 9, 105, 106]
 
 
 def test_expand_line_seed_zero_is_used():
-    out = prompts.expand(parse_jsonl({"prompt": "a", "seed": 0}), defaults(seed=100), 2)
+    out = expand(parse_jsonl({"prompt": "a", "seed": 0}), defaults(seed=100), 2)
     assert seeds(out) == [0, 1]
 
 
 def test_expand_bad_lines_do_not_consume_seeds():
     parsed = parse_jsonl({"prompt": "a"}, {"prompt": "b", "stpes": 1}, {"prompt": "c"})
-    assert seeds(prompts.expand(parsed, defaults(seed=100), 1)) == [100, 101]
-
-
-def test_expand_is_deterministic():
-    text = jl({"prompt": "a", "num_images": 2}, {"prompt": "b", "seed": 9}, {"prompt": "c", "name": "cee"})
-    first = prompts.expand(prompts.parse(text, "f.jsonl"), defaults(seed=123), 2)
-    parsed = prompts.parse(text, "f.jsonl")
-    assert prompts.expand(parsed, defaults(seed=123), 2) == first
-    assert prompts.expand(parsed, defaults(seed=123), 2) == first
+    assert seeds(expand(parsed, defaults(seed=100), 1)) == [100, 101]
 
 
 def test_expand_seeds_depend_only_on_file_and_seed():
     parsed = parse_jsonl({"prompt": "a", "num_images": 2}, {"prompt": "b"})
-    base = prompts.expand(parsed, defaults(seed=50), 1)
-    other = prompts.expand(parsed, defaults(seed=50, steps=5, guidance=1.0, width=512, height=512,
+    base = expand(parsed, defaults(seed=50), 1)
+    other = expand(parsed, defaults(seed=50, steps=5, guidance=1.0, width=512, height=512,
                                             scheduler="euler", negative_prompt=None), 1)
     assert seeds(other) == seeds(base) == [50, 51, 52]
     assert [j.stem for j in other] == [j.stem for j in base]
-    assert seeds(prompts.expand(parsed, defaults(seed=60), 1)) == [60, 61, 62]
+    assert seeds(expand(parsed, defaults(seed=60), 1)) == [60, 61, 62]
 
 
 def test_expand_seed_overflow_from_defaults():
     parsed = prompts.parse("a\nb\n", "p.txt")
-    assert seeds(prompts.expand(parsed, defaults(seed=SEED_MAX - 1), 1)) == [SEED_MAX - 1, SEED_MAX]
-    err = usage_error(prompts.expand, parsed, defaults(seed=SEED_MAX), 1)
-    assert str(SEED_MAX + 1) in err.message
-    usage_error(prompts.expand, parsed, defaults(seed=SEED_MAX - 1), 2)
+    assert seeds(expand(parsed, defaults(seed=SEED_MAX - 1), 1)) == [SEED_MAX - 1, SEED_MAX]
+    err = usage_error(expand, parsed, defaults(seed=SEED_MAX), 1)
+    assert f"{SEED_MAX + 1:,}" in err.message
+    usage_error(expand, parsed, defaults(seed=SEED_MAX - 1), 2)
 
 
 def test_expand_seed_overflow_from_a_line_seed():
-    assert seeds(prompts.expand(parse_jsonl({"prompt": "a", "seed": SEED_MAX}), defaults(seed=0), 1)) == [SEED_MAX]
+    assert seeds(expand(parse_jsonl({"prompt": "a", "seed": SEED_MAX}), defaults(seed=0), 1)) == [SEED_MAX]
     parsed = parse_jsonl({"prompt": "a", "seed": SEED_MAX, "num_images": 2})
-    err = usage_error(prompts.expand, parsed, defaults(seed=0), 1)
-    assert str(SEED_MAX + 1) in err.message
+    err = usage_error(expand, parsed, defaults(seed=0), 1)
+    assert f"{SEED_MAX + 1:,}" in err.message
 
 
 # ---------------------------------------------------------------------------------------------
-# expand: settings
+# tasks: settings
 
 
 def test_expand_line_settings_override_only_their_fields():
@@ -623,7 +638,7 @@ def test_expand_line_settings_override_only_their_fields():
         {"prompt": "c"},
     )
     d = defaults(seed=100)
-    a, b, c = prompts.expand(parsed, d, 1)
+    a, b, c = expand(parsed, d, 1)
     assert a.request == ImageRequest(prompt="a", seed=100, negative_prompt="blurry", steps=10, guidance=5.0,
                                      width=512, height=1024, scheduler="default", generator_device="cpu")
     assert b.request == ImageRequest(prompt="b", seed=101, negative_prompt=None, steps=30, guidance=9.0,
@@ -634,39 +649,39 @@ def test_expand_line_settings_override_only_their_fields():
 
 
 def test_expand_line_negative_prompt_overrides_default():
-    (job,) = prompts.expand(parse_jsonl({"prompt": "a", "negative_prompt": "text, watermark"}), defaults(), 1)
+    (job,) = expand(parse_jsonl({"prompt": "a", "negative_prompt": "text, watermark"}), defaults(), 1)
     assert job.request.negative_prompt == "text, watermark"
 
 
 def test_expand_all_images_of_a_line_share_its_settings():
     parsed = parse_jsonl({"prompt": "a", "steps": 12, "num_images": 3})
-    out = prompts.expand(parsed, defaults(), 1)
+    out = expand(parsed, defaults(), 1)
     assert {(j.request.prompt, j.request.steps) for j in out} == {("a", 12)}
     assert len({j.request.group_key() for j in out}) == 1
 
 
 # ---------------------------------------------------------------------------------------------
-# expand: stems
+# tasks: stems
 
 
 def test_expand_auto_stems():
     parsed = prompts.parse("# c\nA Red Fox, in the SNOW!\n\nrenard doré\n", "p.txt")
-    out = prompts.expand(parsed, defaults(seed=100), 2)
+    out = expand(parsed, defaults(seed=100), 2)
     assert [j.stem for j in out] == [
         "00002-a-red-fox-in-the-snow-s100", "00002-a-red-fox-in-the-snow-s101",
         "00004-renard-dore-s102", "00004-renard-dore-s103"]
     for j in out:
-        assert j.stem == f"{j.line:05d}-{outputs.slugify(j.request.prompt)}-s{j.request.seed}"
-        assert outputs.check_stem(j.stem) == j.stem
+        assert j.stem == f"{j.line:05d}-{naming.slugify(j.request.prompt)}-s{j.request.seed}"
+        assert naming.check_stem(j.stem) == j.stem
 
 
 def test_expand_auto_stem_uses_line_seed():
-    out = prompts.expand(parse_jsonl({"prompt": "fox", "seed": 7, "num_images": 2}), defaults(), 1)
+    out = expand(parse_jsonl({"prompt": "fox", "seed": 7, "num_images": 2}), defaults(), 1)
     assert [j.stem for j in out] == ["00001-fox-s7", "00001-fox-s8"]
 
 
 def test_expand_auto_stem_of_unsluggable_prompt():
-    out = prompts.expand(prompts.parse("雪の中の狐\n", "p.txt"), defaults(seed=1), 1)
+    out = expand(prompts.parse("雪の中の狐\n", "p.txt"), defaults(seed=1), 1)
     assert out[0].stem == "00001-image-s1"
 
 
@@ -676,9 +691,9 @@ def test_expand_named_stems():
         {"prompt": "b", "name": "multi", "num_images": 3},
         {"prompt": "c", "name": "bydefault"},
     )
-    out = prompts.expand(parsed, defaults(seed=100), 1)
+    out = expand(parsed, defaults(seed=100), 1)
     assert [j.stem for j in out] == ["solo", "multi-0", "multi-1", "multi-2", "bydefault"]
-    out = prompts.expand(parsed, defaults(seed=100), 2)
+    out = expand(parsed, defaults(seed=100), 2)
     assert [j.stem for j in out] == ["solo-0", "solo-1", "multi-0", "multi-1", "multi-2",
                                      "bydefault-0", "bydefault-1"]
     assert [j.index for j in out] == [0, 1, 0, 1, 2, 0, 1]
@@ -686,23 +701,23 @@ def test_expand_named_stems():
 
 def test_expand_same_prompt_and_seed_on_two_lines_do_not_collide():
     parsed = parse_jsonl({"prompt": "fox", "seed": 1}, {"prompt": "fox", "seed": 1})
-    assert [j.stem for j in prompts.expand(parsed, defaults(), 1)] == ["00001-fox-s1", "00002-fox-s1"]
+    assert [j.stem for j in expand(parsed, defaults(), 1)] == ["00001-fox-s1", "00002-fox-s1"]
 
 
 def test_expand_name_colliding_with_a_numbered_name():
     parsed = parse_jsonl({"prompt": "a", "name": "foo", "num_images": 2}, "# c", {"prompt": "b", "name": "foo-0"})
     assert parsed.problems == []  # distinct names: only the expansion collides
-    err = usage_error(prompts.expand, parsed, defaults(), 1)
+    err = usage_error(expand, parsed, defaults(), 1)
     assert err.message.startswith("f.jsonl:3: ")
     assert "'foo-0'" in err.message and "line 1" in err.message
 
 
 def test_expand_name_colliding_with_an_auto_stem():
     parsed = parse_jsonl({"prompt": "a"}, {"prompt": "b", "name": "00001-a-s100"})
-    err = usage_error(prompts.expand, parsed, defaults(seed=100), 1)
+    err = usage_error(expand, parsed, defaults(seed=100), 1)
     assert err.message.startswith("f.jsonl:2: ") and "line 1" in err.message
     # With another --seed the auto stem moves and nothing collides.
-    assert [j.stem for j in prompts.expand(parsed, defaults(seed=5), 1)] == ["00001-a-s5", "00001-a-s100"]
+    assert [j.stem for j in expand(parsed, defaults(seed=5), 1)] == ["00001-a-s5", "00001-a-s100"]
 
 
 def test_expand_stems_are_unique_and_usable():
@@ -710,17 +725,14 @@ def test_expand_stems_are_unique_and_usable():
         {"prompt": "a fox", "num_images": 3}, {"prompt": "a fox", "name": "fox"},
         {"prompt": "an owl", "seed": 3, "num_images": 2}, {"prompt": "x", "name": "many", "num_images": 4},
     )
-    out = prompts.expand(parsed, defaults(), 2)
+    out = expand(parsed, defaults(), 2)
     stems = [j.stem for j in out]
     assert len(stems) == len(set(stems)) == 3 + 2 + 2 + 4
-    assert all(outputs.check_stem(s) == s for s in stems)
+    assert all(naming.check_stem(s) == s for s in stems)
 
 
-def test_expand_numbered_name_stays_a_usable_stem():
+def test_expand_numbered_name_too_long_for_a_file_is_refused_up_front():
     parsed = parse_jsonl({"prompt": "a", "name": "n" * 200, "num_images": 2})
-    try:
-        out = prompts.expand(parsed, defaults(), 1)
-    except UsageError:
-        return  # refusing up front is fine too
-    for j in out:
-        outputs.check_stem(j.stem)
+    assert parsed.problems == []  # 200 is a usable name; "-0" makes it one byte too many per file
+    err = usage_error(expand, parsed, defaults(), 1)
+    assert err.message.startswith("f.jsonl:1: 'name' gives the file name 'nnn") and "too long" in err.message

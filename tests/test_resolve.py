@@ -9,7 +9,7 @@ import pytest
 
 from spo_cli import presets, resolve
 from spo_cli.errors import ModelError, UsageError
-from spo_cli.jobs import ModelRequest
+from spo_cli.request import ModelRequest
 
 BASE, MERGED, LORA, VAE = presets.SDXL_BASE, presets.SPO_MERGED, presets.SPO_LORA, presets.FP16_FIX_VAE
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")

@@ -6,6 +6,7 @@ requests and gives back PIL images and plain facts about how they were made.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import warnings
@@ -31,11 +32,10 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 import torch  # noqa: E402
 
 from spo_cli import __version__, presets  # noqa: E402
-from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint  # noqa: E402
-from spo_cli.jobs import ImageRequest, RunOptions  # noqa: E402
+from spo_cli.errors import GenerationError, UsageError, oom_hint  # noqa: E402
+from spo_cli.request import ImageRequest, RunOptions  # noqa: E402
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-SDXL_CLASSES = ("StableDiffusionXLPipeline",)
 LORA_ADAPTER = "spo"
 
 
@@ -57,6 +57,20 @@ def quiet_libraries(debug: bool = False) -> None:
     huggingface_hub.utils.logging.set_verbosity_error()
 
 
+def _unavailable(device: str, option: str) -> str | None:
+    """Why `device` cannot be used here, or None."""
+    base, _, index = device.partition(":")
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            return (f"{option} {device} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU"
+                    + ("" if torch.version.cuda else " (it is a CPU-only build)") + ".")
+        if index and int(index) >= torch.cuda.device_count():
+            return f"{option} {device} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)."
+    if base == "mps" and not torch.backends.mps.is_available():
+        return f"{option} {device} was asked for, but Apple MPS is not available here."
+    return None
+
+
 def pick_device(requested: str = "auto", local_rank: int | None = None) -> tuple[str, list[str]]:
     """(device, warnings): `auto` is CUDA, else Apple MPS, else CPU. Under torchrun / accelerate
     launch (`local_rank` set), a bare `cuda` becomes this process's own GPU, cuda:LOCAL_RANK."""
@@ -70,55 +84,32 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> tuple
             return "mps", notes
         notes.append("No GPU found: running on the CPU, which takes minutes per full-size image.")
         return "cpu", notes
-    base = requested.split(":")[0]
-    if base == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            f"--device {requested} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU.",
-            "Check `nvidia-smi` and that torch was installed with CUDA support, or use --device cpu.",
-        )
-    if base == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {requested} was asked for, but Apple MPS is not available here.")
-    if base not in ("cuda", "mps", "cpu"):
-        raise UsageError(f"Unknown device '{requested}'.", "Use auto, cuda, cuda:N, mps or cpu.")
+    why = _unavailable(requested, "--device")
+    if why:
+        raise UsageError(why, "Check `nvidia-smi` and that torch was installed with CUDA support, or use --device cpu.")
     return requested, notes
 
 
-def pick_dtype(device: str, requested: str = "auto") -> str:
-    """float16 on GPUs (what the authors ran), float32 on the CPU (where half is slow and partial)."""
+def check_generator_devices(devices, where: str = "--generator-device") -> None:
+    """Seeded noise drawn on a device this machine lacks: say so, before anything loads."""
+    for device in sorted(set(devices)):
+        why = _unavailable(device, where)
+        if why:
+            raise UsageError(why, "--generator-device cpu draws the same noise on any machine; an image made "
+                                  f"with {device} noise can only be made again on such a device.")
+
+
+def pick_dtype(device: str, requested: str = "auto") -> tuple[str, list[str]]:
+    """(dtype, warnings): float16 on GPUs (what the authors ran), float32 on the CPU."""
     requested = presets.DTYPES.get(requested, requested)
     if requested == "auto":
-        return "float32" if device == "cpu" else "float16"
+        return ("float32" if device == "cpu" else "float16"), []
     if requested not in TORCH_DTYPES:
         raise UsageError(f"Unknown dtype '{requested}'.", "Use auto, fp16, bf16 or fp32.")
-    return requested
-
-
-def init_distributed(device: str) -> None:
-    """Join the process group torchrun / accelerate launch describe in the environment."""
-    import datetime
-
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    # A rank that finishes its shard early waits for the others at the final barrier: allow long runs.
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=48))
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if device == "cpu" and requested != "float32":
+        return requested, [f"--dtype {requested} on the CPU is many times slower than float32, and some "
+                           "operations fall back or lose precision; float32 is the CPU default."]
+    return requested, []
 
 
 def check_options(options: RunOptions, device: str) -> None:
@@ -157,6 +148,14 @@ class Result:
     nan: bool
 
 
+def _json_safe(value):
+    """Scheduler configs hold values like -inf (DPM-Solver's lambda_min_clipped); JSON has no such
+    numbers, so they are recorded as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 class Engine:
     """A loaded pipeline on a device, ready to run batches of `ImageRequest`s."""
 
@@ -169,6 +168,7 @@ class Engine:
         self.options = options
         pipe.set_progress_bar_config(disable=True)
         self._schedulers = {"default": pipe.scheduler}
+        self._schedules_ok: set[tuple[str, int]] = set()
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -176,18 +176,10 @@ class Engine:
     def load(cls, resolved, device: str, options: RunOptions = RunOptions()) -> Engine:
         """Build the pipeline the way the SPO authors' inference script does, from local folders,
         then apply the memory and speed options."""
-        import json
-
         from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
         check_options(options, device)
         torch_dtype = TORCH_DTYPES[resolved.dtype]
-        index = json.loads((resolved.pipeline.path / "model_index.json").read_text())
-        if index.get("_class_name") not in SDXL_CLASSES:
-            raise ModelError(
-                f"'{resolved.pipeline.id}' is a {index.get('_class_name')}, not an SDXL pipeline.",
-                "spo-cli runs StableDiffusionXLPipeline checkpoints (SDXL base and its fine-tunes).",
-            )
         # Straight to the GPU: safetensors are memory-mapped and each tensor is copied once, to the
         # device, in the target dtype (no float32 detour, no second copy in host memory). diffusers
         # takes only the bare "cuda" here; other devices load to host memory and move.
@@ -204,7 +196,7 @@ class Engine:
         )
         lora_scale = None
         if resolved.lora is not None:
-            lora_scale = resolved.request.lora_scale
+            lora_scale = resolved.lora_scale
             pipe.load_lora_weights(
                 str(resolved.lora.path.parent), weight_name=resolved.lora.path.name, adapter_name=LORA_ADAPTER
             )
@@ -276,8 +268,29 @@ class Engine:
         s = self.scheduler(name)
         cls_name = type(s).__name__
         a1111 = presets.SCHEDULERS[name].a1111 or presets.A1111_BY_CLASS.get(cls_name, "")
-        config = {k: v for k, v in dict(s.config).items() if not k.startswith("_")}
+        config = {k: _json_safe(v) for k, v in dict(s.config).items() if not k.startswith("_")}
         return {"name": name, "class": cls_name, "a1111": a1111, "config": config}
+
+    def check_schedule(self, name: str, steps: int) -> None:
+        """Refuse, before any denoising, a step count the scheduler cannot lay out on this model's
+        training timesteps (DDIM's 'leading' spacing at 1000 steps indexes timestep 1000)."""
+        if (name, steps) in self._schedules_ok:
+            return
+        import copy
+
+        trial = copy.deepcopy(self.scheduler(name))
+        n = trial.config.num_train_timesteps
+        try:
+            trial.set_timesteps(steps)
+            ok = 0 <= int(trial.timesteps.min()) and int(trial.timesteps.max()) < n
+        except Exception:  # whatever the scheduler objects to, the message below says what to do
+            ok = False
+        if not ok:
+            raise GenerationError(
+                f"The {name} scheduler cannot run {steps} steps with this model's scheduler settings: its "
+                f"timesteps would fall outside the {n} the model was trained on.",
+                "Use fewer --steps, or another --scheduler.")
+        self._schedules_ok.add((name, steps))
 
     def facts(self) -> dict:
         from dataclasses import asdict
@@ -306,6 +319,7 @@ class Engine:
         first = batch[0]
         if any(r.group_key() != first.group_key() for r in batch):
             raise ValueError("a batch must share steps, guidance, size, scheduler and generator device")
+        self.check_schedule(first.scheduler, first.steps)
         self.pipe.scheduler = self.scheduler(first.scheduler)
         real = len(batch)
         if self.options.fast and real < self.options.batch_size:
@@ -349,146 +363,3 @@ class Engine:
             Result(img, req, bool(torch.from_numpy(arr).isnan().any()))
             for img, req, arr in zip(images, batch, arrays)
         ]
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Several models in one run (spo compare): load what is shared once
-
-
-def _content_id(path) -> str:
-    """A content hash of a file, free for Hugging Face cache files (their blob name is one)."""
-    import hashlib
-    import os
-
-    real = os.path.realpath(path)
-    if os.path.basename(os.path.dirname(real)) == "blobs":
-        return os.path.basename(real)
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint(folder, files: list[str]) -> str:
-    """Identity of a component: the hashes of its config and weight files, whatever their names
-    (a `model.fp16.safetensors` of one repo equals a `model.safetensors` of another byte for byte)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f.rsplit("/", 1)[-1].replace(".fp16", "")):
-        h.update(_content_id(folder / f).encode())
-    return h.hexdigest()[:20]
-
-
-class Bank:
-    """Builds the pipeline of each column of a comparison from components it loads once.
-
-    Every component (text encoders, tokenizers, VAE, UNet) is identified by a fingerprint of its
-    files; a column whose component has a fingerprint already loaded reuses that module. SPO-SDXL
-    changes only the UNet, so SDXL base and SPO share all but the UNet, and LoRA columns share the
-    UNet too, with the adapter loaded once and its scale set per column.
-    """
-
-    PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "unet")
-
-    def __init__(self, device: str, dtype: str, *, keep_loaded: bool = False, log=lambda msg: None):
-        self.device = device
-        self.dtype = dtype
-        self.keep_loaded = keep_loaded
-        self.log = log
-        self.modules: dict[tuple[str, str], object] = {}  # (part, fingerprint) → module
-        self.adapters: dict[tuple[str, str], str] = {}  # (unet fingerprint, lora fingerprint) → adapter
-        self.bytes_loaded = 0
-
-    def parts(self, resolved) -> dict[str, tuple[object, list[str], str]]:
-        """For each part: (folder, files relative to it, fingerprint)."""
-        out = {}
-        p = resolved.pipeline
-        for part in self.PARTS:
-            if part == "vae" and resolved.vae is not None:
-                v = resolved.vae
-                folder = v.path / v.subfolder if v.subfolder else v.path
-                prefix = f"{v.subfolder}/" if v.subfolder else ""
-                files = [f[len(prefix):] for f in v.files if f.startswith(prefix)]
-            else:
-                folder = p.path / part
-                files = [f.split("/", 1)[1] for f in p.files if f.startswith(part + "/")]
-            out[part] = (folder, files, fingerprint(folder, files))
-        return out
-
-    def release(self, keep: set[tuple[str, str]]) -> None:
-        """Free every loaded module not in `keep` (unless --keep-loaded)."""
-        if self.keep_loaded:
-            return
-        freed = [k for k in self.modules if k not in keep]
-        if freed:
-            self.log("free " + ", ".join(part for part, _ in freed))
-        for key in freed:
-            del self.modules[key]
-            self.adapters = {a: n for a, n in self.adapters.items() if a[0] != key[1] or key[0] != "unet"}
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-    def _load(self, part: str, folder, files: list[str], variant: str | None):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-        torch_dtype = TORCH_DTYPES[self.dtype]
-        if part.startswith("tokenizer"):
-            return CLIPTokenizer.from_pretrained(folder)
-        cls = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection,
-               "vae": AutoencoderKL, "unet": UNet2DConditionModel}[part]
-        kwargs = {"use_safetensors": True} if part in ("vae", "unet") else {}
-        module = cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant, **kwargs)
-        self.bytes_loaded += sum((folder / f).stat().st_size for f in files if f.endswith(".safetensors"))
-        return module.to(self.device)
-
-    def engine(self, resolved, needed_later: set[tuple[str, str]] = frozenset()) -> Engine:
-        """The pipeline for one column, loading only what is not loaded yet."""
-        import json
-
-        from diffusers import StableDiffusionXLPipeline
-
-        parts = self.parts(resolved)
-        wanted = {(part, fp) for part, (_, _, fp) in parts.items()}
-        self.release(wanted | set(needed_later))
-        components, loaded, reused = {}, [], []
-        for part, (folder, files, fp) in parts.items():
-            if (part, fp) not in self.modules:
-                variant = resolved.vae.variant if part == "vae" and resolved.vae else resolved.pipeline.variant
-                self.modules[(part, fp)] = self._load(part, folder, files, variant)
-                loaded.append(part)
-            else:
-                reused.append(part)
-            components[part] = self.modules[(part, fp)]
-        self.log("; ".join(f"{verb} {', '.join(ps)}" for verb, ps in (("load", loaded), ("reuse", reused)) if ps))
-        index = json.loads((resolved.pipeline.path / "model_index.json").read_text())
-        scheduler_cls = getattr(__import__("diffusers"), index["scheduler"][1])
-        components["scheduler"] = scheduler_cls.from_pretrained(resolved.pipeline.path / "scheduler")
-        pipe = StableDiffusionXLPipeline(
-            **components,
-            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
-            add_watermarker=False,
-        )
-        lora_scale = None
-        unet_fp = parts["unet"][2]
-        if resolved.lora is not None:
-            lora_fp = _content_id(resolved.lora.path)[:20]
-            name = self.adapters.get((unet_fp, lora_fp))
-            if name is None:
-                name = f"lora_{lora_fp[:12]}"  # by content: unique even after UNets were freed
-                self.log(f"load LoRA {resolved.lora.file} as adapter {name}")
-                pipe.load_lora_weights(str(resolved.lora.path.parent), weight_name=resolved.lora.path.name,
-                                       adapter_name=name)
-                self.bytes_loaded += resolved.lora.path.stat().st_size
-                self.adapters[(unet_fp, lora_fp)] = name
-            lora_scale = resolved.request.lora_scale
-            pipe.enable_lora()
-            pipe.set_adapters([name], adapter_weights=[lora_scale])
-            self.log(f"LoRA {name} at scale {lora_scale}")
-        elif any(key[0] == unet_fp for key in self.adapters):
-            pipe.disable_lora()  # the same UNet serves LoRA columns: switch the adapter off here
-            self.log("LoRA off")
-        return Engine(pipe, self.device, self.dtype, lora_scale=lora_scale)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import errno
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_FAILURE = 1  # the run failed (a model that cannot load, images that failed)
+EXIT_USAGE = 2  # bad input: options, files, metadata; nothing was run
+EXIT_SKIPPED = 3  # spo batch --skip-invalid: the valid lines were made, some lines were skipped
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGTERM: 143)
 
 
 class SpoError(Exception):

@@ -1,28 +1,22 @@
-"""Prompt files (txt, jsonl, stdin) → validated lines, every problem reported as file:line."""
+"""Prompt files (txt, jsonl, stdin) → checked lines → image tasks, every problem named as file:line.
+
+Values on a jsonl line are checked by `validate`, as the same options on the command line are.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from spo_cli import jobs, outputs, presets
+from spo_cli import validate
 from spo_cli.errors import UsageError
+from spo_cli.outputs import naming
+from spo_cli.request import ImageRequest, ImageTask
 
-# jsonl keys and the ImageRequest field each one sets (None: handled separately).
-KEYS = {
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "seed": "seed",
-    "num_images": None,
-    "steps": "steps",
-    "guidance": "guidance",
-    "width": "width",
-    "height": "height",
-    "scheduler": "scheduler",
-    "name": None,
-}
-FORMATS = ("txt", "jsonl")
+# jsonl keys: the ImageRequest fields a line may set, and two of its own.
+KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height", "scheduler",
+        "generator_device", "name")
+SETTINGS = tuple(k for k in KEYS if k in validate.IMAGE_KEYS and k != "prompt")
 
 
 @dataclass(frozen=True)
@@ -40,7 +34,12 @@ class PromptLine:
 class ParsedFile:
     source: str
     lines: list[PromptLine]
-    problems: list[str]  # "file:line: what is wrong"
+    bad_lines: list[tuple[int, str]]  # (line number, what is wrong with it)
+
+    @property
+    def problems(self) -> list[str]:
+        """The bad lines as messages: 'file:line: what is wrong'."""
+        return [f"{self.source}:{n}: {text}" for n, text in self.bad_lines]
 
 
 def _split_lines(text: str) -> list[str]:
@@ -51,9 +50,7 @@ def _split_lines(text: str) -> list[str]:
 
 def detect_format(text: str, source: str, fmt: str | None) -> str:
     if fmt:
-        if fmt not in FORMATS:
-            raise UsageError(f"Unknown prompt file format '{fmt}'.", "Use txt or jsonl.")
-        return fmt
+        return validate.choice(fmt, "prompt_format", validate.PROMPT_FORMATS)
     if source.lower().endswith(".jsonl"):
         return "jsonl"
     if source.lower().endswith(".txt"):
@@ -63,61 +60,34 @@ def detect_format(text: str, source: str, fmt: str | None) -> str:
     return "jsonl" if body and all(ln.startswith("{") for ln in body) else "txt"
 
 
-def _check_int(value, key: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"'{key}' must be a whole number, not {json.dumps(value)}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"'{key}' must be between {low} and {high}" if high is not None
-                         else f"'{key}' must be at least {low}, not {value}")
-    return value
+class _LineWhere(validate.Where):
+    """Messages for a value on a line: the line number is added by `parse`."""
+
+    def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
+        return UsageError(f"{self.name(key)} {problem}", hint)
+
+
+_LINE = _LineWhere("line")
 
 
 def _check_line(obj: dict) -> PromptLine:
-    """Validate one jsonl object; raise ValueError with what is wrong."""
+    """Check one jsonl object; raise UsageError saying what is wrong (without the file:line)."""
     unknown = sorted(set(obj) - set(KEYS))
     if unknown:
-        raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
+        raise UsageError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
                          f"(valid: {', '.join(KEYS)})")
     if "prompt" not in obj:
-        raise ValueError("no 'prompt'")
-    prompt = obj["prompt"]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("'prompt' must be a non-empty string")
-    settings: dict = {}
-    if "negative_prompt" in obj:
-        neg = obj["negative_prompt"]
-        if neg is not None and not isinstance(neg, str):
-            raise ValueError("'negative_prompt' must be a string")
-        settings["negative_prompt"] = neg or None
-    if "seed" in obj:
-        settings["seed"] = _check_int(obj["seed"], "seed", 0, jobs.SEED_MAX)
-    if "steps" in obj:
-        settings["steps"] = _check_int(obj["steps"], "steps", 1, 1000)
-    if "guidance" in obj:
-        g = obj["guidance"]
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
-            raise ValueError(f"'guidance' must be a number, not {json.dumps(g)}")
-        settings["guidance"] = float(g)
-    for key in ("width", "height"):
-        if key in obj:
-            value = _check_int(obj[key], key, 8)
-            if value % 8:
-                raise ValueError(f"'{key}' must be a multiple of 8, not {value}")
-            settings[key] = value
-    if "scheduler" in obj:
-        if obj["scheduler"] not in presets.SCHEDULERS:
-            raise ValueError(f"unknown scheduler {json.dumps(obj['scheduler'])} "
-                             f"(valid: {', '.join(presets.SCHEDULERS)})")
-        settings["scheduler"] = obj["scheduler"]
-    num = _check_int(obj["num_images"], "num_images", 1, 10_000) if "num_images" in obj else None
+        raise UsageError("no 'prompt'")
+    settings = validate.image_values({k: obj[k] for k in ("prompt", *SETTINGS) if k in obj}, _LINE)
+    prompt = settings.pop("prompt")
+    num = validate.num_images(obj["num_images"], _LINE) if "num_images" in obj else None
     name = obj.get("name")
     if name is not None:
-        if not isinstance(name, str):
-            raise ValueError("'name' must be a string")
+        validate.text(name, "name", _LINE, limit=naming.STEM_MAX_BYTES)
         try:
-            outputs.check_stem(name)
+            naming.check_stem(name)
         except UsageError:
-            raise ValueError(f"'name' {json.dumps(name)} is not a plain file name (no folders, no leading "
+            raise UsageError(f"'name' {json.dumps(name)} is not a plain file name (no folders, no leading "
                              "dot, no '/', '\\' or ':')") from None
     return PromptLine(0, prompt, settings, num, name)
 
@@ -127,34 +97,36 @@ def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
     text = text.removeprefix("\ufeff")
     fmt = detect_format(text, source, fmt)
     lines: list[PromptLine] = []
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
     for number, raw in enumerate(_split_lines(text), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        if fmt == "txt":
-            lines.append(PromptLine(number, stripped))
-            continue
         try:
-            obj = json.loads(stripped)
+            if fmt == "txt":
+                lines.append(PromptLine(number, validate.text(stripped, "prompt", _LINE)))
+                continue
+            try:
+                obj = json.loads(stripped)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise UsageError("not valid JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object like {\"prompt\": \"…\"}")
-            parsed = _check_line(obj)
-        except json.JSONDecodeError as e:
-            problems.append(f"{source}:{number}: not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        except ValueError as e:
-            problems.append(f"{source}:{number}: {e}")
-            continue
-        lines.append(PromptLine(number, parsed.prompt, parsed.settings, parsed.num_images, parsed.name))
+                raise UsageError("expected a JSON object like {\"prompt\": \"…\"}")
+            lines.append(replace(_check_line(obj), line=number))
+        except UsageError as e:
+            hint = f"; {e.hint[0].lower()}{e.hint[1:].rstrip('.')}" if e.hint else ""
+            problems.append((number, e.message.rstrip(".") + hint))
     seen: dict[str, int] = {}
     bad: set[int] = set()
     for pl in lines:
         if pl.name is not None and pl.name in seen:
-            problems.append(f"{source}:{pl.line}: name {json.dumps(pl.name)} is already used on line {seen[pl.name]}")
+            problems.append((pl.line, f"name {json.dumps(pl.name)} is already used on line {seen[pl.name]}"))
             bad.add(pl.line)
         elif pl.name is not None:
             seen[pl.name] = pl.line
+    problems.sort(key=lambda p: p[0])
     return ParsedFile(source, [pl for pl in lines if pl.line not in bad], problems)
 
 
@@ -167,13 +139,17 @@ def read(path: str, fmt: str | None = None, stdin=None) -> ParsedFile:
         data = (stdin or sys.stdin.buffer).read()
         source = "<stdin>"
     else:
+        validate.text(path, "file", limit=validate.PATH_MAX_CHARS)
         p = Path(path)
         if not p.is_file():
             raise UsageError(f"Prompt file {path} does not exist." if not p.exists() else f"{path} is not a file.")
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise UsageError(f"Prompt file {path} cannot be read ({e.strerror or e}).") from None
         source = path
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogateescape")
     body = data.removeprefix(b"\xef\xbb\xbf")
     try:
         text = body.decode("utf-8")
@@ -187,44 +163,47 @@ def read(path: str, fmt: str | None = None, stdin=None) -> ParsedFile:
     return parsed
 
 
-@dataclass(frozen=True)
-class Job:
-    """One image of a batch: its request, where it came from, and its deterministic file stem."""
+def tasks(parsed: ParsedFile, defaults: ImageRequest, num_images: int, *, size_limit: bool = True,
+          extra: dict | None = None) -> tuple[list[ImageTask], list[str]]:
+    """Lines → image tasks (with their stems), and size warnings.
 
-    request: jobs.ImageRequest
-    line: int
-    index: int  # which image of its line
-    stem: str
-
-
-def expand(parsed: ParsedFile, defaults: jobs.ImageRequest, num_images: int) -> list[Job]:
-    """Lines → images. Image k of the file (counting every image of every line, in file order)
-    gets seed `defaults.seed + k` unless its line sets a seed (then that seed, +1 per image): so a
-    seed never depends on batch size, run order, resume or how many processes share the work."""
-    out: list[Job] = []
+    Image k of the file (counting every image of every line, in file order) gets seed
+    `defaults.seed + k` unless its line sets a seed (then that seed, +1 per image): so a seed never
+    depends on batch size, run order, resume or how many processes share the work."""
+    out: list[ImageTask] = []
+    warnings: list[str] = []
     k = 0
     for pl in parsed.lines:
+        where = validate.Where(f"{parsed.source}:{pl.line}")
         n = pl.num_images or num_images
-        base = jobs.ImageRequest(**{**defaults.__dict__, "prompt": pl.prompt, **pl.settings})
+        base = replace(defaults, prompt=pl.prompt, **pl.settings)
+        first = pl.settings.get("seed", defaults.seed + k)
+        if "seed" in pl.settings:
+            validate.seed_range(first, n, where)
+        elif first + n - 1 > validate.SEED_MAX:
+            raise UsageError(f"{where.source}: --seed {defaults.seed} makes this line's seeds run to "
+                             f"{first + n - 1:,}, past the largest, {validate.SEED_MAX:,}.", "Use a smaller --seed.")
+        if "width" in pl.settings or "height" in pl.settings:
+            warnings += validate.size(base.width, base.height, where, size_limit=size_limit)
         for i in range(n):
-            seed = (pl.settings["seed"] + i) if "seed" in pl.settings else defaults.seed + k
-            jobs.check_seed(seed)
-            req = jobs.ImageRequest(**{**base.__dict__, "seed": seed})
+            request = replace(base, seed=first + i)
             if pl.name:
                 stem = pl.name if n == 1 else f"{pl.name}-{i}"
             else:
-                stem = f"{pl.line:05d}-{outputs.slugify(pl.prompt)}-s{seed}"
+                stem = naming.batch_stem(pl.line, pl.prompt, request.seed)
             try:
-                outputs.check_stem(stem)
+                naming.check_stem(stem)
             except UsageError:
-                raise UsageError(f"{parsed.source}:{pl.line}: the file name '{stem}' is too long.",
-                                 "Use a shorter 'name'.") from None
-            out.append(Job(req, pl.line, i, stem))
+                raise where.error("name", f"gives the file name '{stem}', which is too long",
+                                  "Use a shorter 'name'.") from None
+            out.append(ImageTask(request, stem, extra={"batch": {"source": parsed.source, "line": pl.line,
+                                                                 "index": i, **(extra or {})}}))
             k += 1
-    taken: dict[str, Job] = {}
-    for job in out:
-        if job.stem in taken:
-            raise UsageError(f"{parsed.source}:{job.line}: the file name '{job.stem}' is also made by line "
-                             f"{taken[job.stem].line}.", "Give the lines distinct 'name's.")
-        taken[job.stem] = job
-    return out
+    taken: dict[str, ImageTask] = {}
+    for task in out:
+        if task.stem in taken:
+            line, other = task.extra["batch"]["line"], taken[task.stem].extra["batch"]["line"]
+            raise UsageError(f"{parsed.source}:{line}: the file name '{task.stem}' is also made by line {other}.",
+                             "Give the lines distinct 'name's.")
+        taken[task.stem] = task
+    return out, sorted(set(warnings))

@@ -12,16 +12,19 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spo_cli import presets
 from spo_cli.errors import ModelError, UsageError, translate
-from spo_cli.jobs import ModelRequest
+from spo_cli.request import ModelRequest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".pb")
 CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocab/merges, sentencepiece
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SDXL_CLASSES = ("StableDiffusionXLPipeline",)
+# Where each component class of an SDXL pipeline comes from; anything else would be custom code.
+LIBRARIES = ("diffusers", "transformers")
 
 TqdmFactory = Callable[[str], type | None]
 
@@ -62,6 +65,11 @@ class ResolvedModel:
     dtype: str
     lora: Resolved | None = None
     vae: Resolved | None = None  # None: the checkpoint's own VAE
+    model_index: dict = field(default_factory=dict)  # the pipeline's model_index.json, parsed once, checked
+
+    @property
+    def lora_scale(self) -> float | None:
+        return self.request.effective_lora_scale if self.lora else None
 
     def parts(self) -> list[Resolved]:
         return [p for p in (self.pipeline, self.lora, self.vae) if p is not None]
@@ -76,13 +84,13 @@ class ResolvedModel:
                                            "subfolder": p.subfolder}
 
         return {"model": ident(self.pipeline), "lora": ident(self.lora),
-                "lora_scale": self.request.lora_scale if self.lora else None, "vae": ident(self.vae),
+                "lora_scale": self.lora_scale, "vae": ident(self.vae),
                 "dtype": self.dtype}
 
     def describe(self) -> dict:
         lora = None
         if self.lora:
-            lora = dict(self.lora.describe(), file=self.lora.file, scale=self.request.lora_scale)
+            lora = dict(self.lora.describe(), file=self.lora.file, scale=self.lora_scale)
         request = asdict(self.request)
         request.pop("device")  # where it ran is recorded separately; a replay picks its own
         return {
@@ -178,26 +186,173 @@ def select_vae_files(files: list[str], variant: str | None) -> tuple[list[str], 
 
 
 # ---------------------------------------------------------------------------------------------
+# What a pipeline folder must be, checked from its model_index.json before any weight is fetched
+
+
+def read_index(path: Path, where: str, repair: str | None) -> dict:
+    """model_index.json, parsed and checked: an SDXL pipeline made of diffusers/transformers parts."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise damaged(where, "model_index.json", f"{type(e).__name__}: {e}", repair) from None
+    if not isinstance(index, dict):
+        raise damaged(where, "model_index.json", "not a JSON object", repair)
+    check_index(index, where)
+    return index
+
+
+def check_index(index: dict, where: str) -> None:
+    cls = index.get("_class_name")
+    if isinstance(cls, list) or index.get("_custom_pipeline") or any(
+            isinstance(v, list) and len(v) == 2 and v[0] is not None and v[0] not in LIBRARIES
+            for k, v in index.items() if not k.startswith("_")):
+        raise ModelError(f"'{where}' needs custom Python code from the repository to load.",
+                         "spo-cli runs only the standard diffusers StableDiffusionXLPipeline and never executes "
+                         "code that comes with a model.")
+    if cls not in SDXL_CLASSES:
+        raise ModelError(f"'{where}' is a {cls or 'pipeline of unknown type'}, not an SDXL pipeline.",
+                         "spo-cli runs StableDiffusionXLPipeline checkpoints (SDXL base and its fine-tunes).")
+
+
+def damaged(where: str, file: str, what: str, repair: str | None) -> ModelError:
+    return ModelError(f"The copy of '{where}' on this machine is damaged: {file} ({what}).",
+                      f"Repair it with `{repair}`." if repair else "Save or copy the folder again.")
+
+
+def check_files(folder: Path, files: list[str], where: str, repair: str | None,
+                missing_hint: Callable[[], str] | None = None) -> None:
+    """Every file the pipeline will read is there and whole: JSON parses, a safetensors file is as
+    long as its header says. Cheap (headers only), and a damaged cache is named before a load."""
+    for f in files:
+        path = folder / f
+        if not path.exists():
+            if os.path.lexists(path):
+                raise damaged(where, f, "a link to a missing or looping file", repair)
+            raise ModelError(f"The copy of '{where}' on this machine is incomplete: {f} is missing.",
+                             missing_hint() if missing_hint else "Save or copy the folder again.")
+        try:
+            if f.endswith(".json"):
+                json.loads(path.read_text(encoding="utf-8"))
+            elif f.endswith(".safetensors"):
+                problem = safetensors_problem(path)
+                if problem:
+                    raise damaged(where, f, problem, repair)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise damaged(where, f, f"{type(e).__name__}: {e}", repair) from None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (from its header and length), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, too short for a safetensors header"
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, 100 << 20):
+            return "its header length is impossible: not a safetensors file, or cut short"
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, ValueError):
+            return "its header is not JSON: not a safetensors file"
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    if 8 + n + max(ends, default=0) > size:
+        return f"cut short: {size:,} bytes of {8 + n + max(ends):,}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Hub plumbing
 
 
-def _offline_hint(repo: str, command: str) -> str:
+@dataclass(frozen=True)
+class Fetch:
+    """How to fetch: from the cache only, whether to re-download, the progress bar, and the exact
+    `spo download` command that fetches (or repairs) what the request needs, for messages."""
+
+    local_only: bool = False
+    force: bool = False
+    tqdm: TqdmFactory | None = None
+    command: str = "spo download"
+    downloading: bool = False  # the command is `spo download` itself: never tell it to run itself
+
+    @property
+    def repair(self) -> str:
+        return self.command + " --force"
+
+
+def quiet_hub(debug: bool = False) -> None:
+    """No retry chatter or bars from huggingface_hub itself (spo draws its own), unless debugging."""
+    from huggingface_hub.utils import logging
+
+    (logging.set_verbosity_warning if debug else logging.set_verbosity_error)()
+
+
+def hub_endpoint() -> str:
     from huggingface_hub import constants
 
-    return (
-        f"It is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached"
-        f"{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}. On a machine with network access "
-        f"and the same HF_HOME, run `{command}` first."
-    )
+    return constants.ENDPOINT
 
 
-def _hub_call(fn, repo: str, command: str):
+def unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached from here, in a few words (None when it can): DNS, a refused or
+    timed-out connection, through the proxy if one is set. One socket, no retries."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(hub_endpoint())
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        host, port, via = p.hostname, p.port or 8080, f" through the proxy {p.hostname}:{p.port or 8080}"
+    else:
+        host, port, via = url.hostname, url.port or (443 if url.scheme == "https" else 80), ""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return f"the name {host} does not resolve (no DNS{via})"
+    except (OSError, UnicodeError) as e:
+        return f"{host}: {e}"
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(timeout)
+            sock.connect(address)
+    except ConnectionRefusedError:
+        return f"{host}:{port} refused the connection{via}"
+    except TimeoutError:
+        return f"{host}:{port} did not answer within {timeout:g} s{via}"
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}{via}"
+    return None
+
+
+def _offline_hint(repo: str, fetch: Fetch) -> str:
+    from huggingface_hub import constants
+
+    where = f"It is not in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.HF_HUB_OFFLINE:
+        reason = " and HF_HUB_OFFLINE is set, so the Hub is not asked"
+    else:
+        why = unreachable()
+        reason = f" and the Hub at {hub_endpoint()} cannot be reached: {why}" if why else ""
+    if fetch.downloading:
+        fix = ("Unset HF_HUB_OFFLINE to download." if constants.HF_HUB_OFFLINE else
+               "Check the network, the proxy variables (HTTPS_PROXY) and HF_ENDPOINT, then try again.")
+    else:
+        fix = f"On a machine with network access and the same HF_HOME, run `{fetch.command}` first."
+    return f"{where}{reason}. {fix}"
+
+
+def _hub_call(fn, repo: str, fetch: Fetch):
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
         return fn()
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise ModelError(f"'{repo}' is not available offline.", _offline_hint(repo, command)) from e
+        raise ModelError(f"'{repo}' is not available offline.", _offline_hint(repo, fetch)) from e
     except Exception as e:
         err = translate(e, repo=repo)
         if err is None:
@@ -205,11 +360,11 @@ def _hub_call(fn, repo: str, command: str):
         raise err from e
 
 
-def _list_files(repo: str, commit: str, snapshot: Path, local_only: bool) -> list[str]:
+def _list_files(repo: str, commit: str, snapshot: Path, fetch: Fetch) -> list[str]:
     """The repo's files: from the Hub when it answers, else what the cached snapshot holds."""
     from huggingface_hub import HfApi, constants
 
-    if not local_only and not constants.HF_HUB_OFFLINE:
+    if not fetch.local_only and not constants.HF_HUB_OFFLINE:
         try:
             return HfApi().list_repo_files(repo, revision=commit)
         except Exception as e:  # network down: the cache is all there is
@@ -225,32 +380,25 @@ def _list_files(repo: str, commit: str, snapshot: Path, local_only: bool) -> lis
         return sorted(f.path for f in get_cached_repo_tree(repo, revision=commit))
     except CachedRepoTreeNotFoundError:
         pass
-    return sorted(str(p.relative_to(snapshot)).replace(os.sep, "/") for p in snapshot.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(snapshot)).replace(os.sep, "/") for p in snapshot.rglob("*")
+                  if p.is_file() or p.is_symlink())
 
 
-def _fetch(repo: str, revision: str | None, files: list[str], *, local_only: bool, tqdm: TqdmFactory | None,
-           command: str) -> Path:
+def _fetch(repo: str, revision: str | None, files: list[str], fetch: Fetch) -> Path:
     from huggingface_hub import snapshot_download
 
-    folder = _hub_call(
+    folder = Path(_hub_call(
         lambda: snapshot_download(
-            repo, revision=revision, allow_patterns=files, local_files_only=local_only,
-            tqdm_class=tqdm(repo) if tqdm else None,
+            repo, revision=revision, allow_patterns=files, local_files_only=fetch.local_only,
+            force_download=fetch.force, tqdm_class=fetch.tqdm(repo) if fetch.tqdm else None,
         ),
-        repo, command,
-    )
-    folder = Path(folder)
-    missing = [f for f in files if not (folder / f).exists()]
-    if missing:
-        raise ModelError(
-            f"The cached copy of '{repo}' is incomplete: {len(missing)} file(s) missing ({', '.join(missing[:3])}).",
-            _offline_hint(repo, command),
-        )
+        repo, fetch,
+    ))
+    check_files(folder, files, repo, fetch.repair, lambda: _offline_hint(repo, fetch))
     return folder
 
 
-def _anchor(repo: str, revision: str | None, names: tuple[str, ...], *, local_only: bool, command: str,
-            what: str) -> tuple[str, Path, str]:
+def _pin(repo: str, revision: str | None, names: tuple[str, ...], fetch: Fetch, what: str) -> tuple[str, Path, str]:
     """Fetch the first of `names` (a small config) that the repo has; return (name, snapshot, commit).
 
     One small download pins the revision to a commit and finds the snapshot folder, online or off.
@@ -261,8 +409,8 @@ def _anchor(repo: str, revision: str | None, names: tuple[str, ...], *, local_on
     for i, name in enumerate(names):
         try:
             path = Path(_hub_call(
-                lambda: hf_hub_download(repo, name, revision=revision, local_files_only=local_only), repo, command
-            ))
+                lambda: hf_hub_download(repo, name, revision=revision, local_files_only=fetch.local_only,
+                                        force_download=fetch.force), repo, fetch))
         except EntryNotFoundError:
             continue
         except ModelError as e:
@@ -276,40 +424,36 @@ def _anchor(repo: str, revision: str | None, names: tuple[str, ...], *, local_on
                      "See `spo generate --help` for what --model, --vae and --lora take.")
 
 
-def _resolve_hub_pipeline(repo: str, revision: str | None, variant: str | None, *, local_only: bool,
-                          tqdm: TqdmFactory | None, command: str, skip: tuple[str, ...] = ()) -> Resolved:
-    _, snapshot, commit = _anchor(repo, revision, ("model_index.json",), local_only=local_only,
-                                  command=command, what="pipeline")
-    model_index = json.loads((snapshot / "model_index.json").read_text())
-    files = _list_files(repo, commit, snapshot, local_only)
+def _resolve_hub_pipeline(repo: str, revision: str | None, variant: str | None, fetch: Fetch,
+                          skip: tuple[str, ...] = ()) -> tuple[Resolved, dict]:
+    _, snapshot, commit = _pin(repo, revision, ("model_index.json",), fetch, "pipeline")
+    model_index = read_index(snapshot / "model_index.json", repo, fetch.repair)  # before any weight
+    files = _list_files(repo, commit, snapshot, fetch)
     chosen, variant = select_pipeline_files(files, model_index, variant, repo, skip)
-    folder = _fetch(repo, commit, chosen, local_only=local_only, tqdm=tqdm, command=command)
-    return Resolved(repo, "hub", folder, revision or "main", commit, variant, files=tuple(chosen))
+    folder = _fetch(repo, commit, chosen, fetch)
+    return Resolved(repo, "hub", folder, revision or "main", commit, variant, files=tuple(chosen)), model_index
 
 
-def _resolve_hub_vae(repo: str, revision: str | None, variant: str | None, *, local_only: bool,
-                     tqdm: TqdmFactory | None, command: str) -> Resolved:
-    _, snapshot, commit = _anchor(repo, revision, ("config.json", "vae/config.json"), local_only=local_only,
-                                  command=command, what="VAE")
-    files = _list_files(repo, commit, snapshot, local_only)
+def _resolve_hub_vae(repo: str, revision: str | None, variant: str | None, fetch: Fetch) -> Resolved:
+    _, snapshot, commit = _pin(repo, revision, ("config.json", "vae/config.json"), fetch, "VAE")
+    files = _list_files(repo, commit, snapshot, fetch)
     chosen, variant, sub = select_vae_files(files, variant)
     if not chosen:
         raise ModelError(
             f"'{repo}' holds no diffusers VAE (config.json and diffusion_pytorch_model*.safetensors).",
             "--vae takes a diffusers AutoencoderKL repo or folder, or 'model' for the checkpoint's own.",
         )
-    folder = _fetch(repo, commit, chosen, local_only=local_only, tqdm=tqdm, command=command)
+    folder = _fetch(repo, commit, chosen, fetch)
     return Resolved(repo, "hub", folder, revision or "main", commit, variant, subfolder=sub, files=tuple(chosen))
 
 
-def _resolve_hub_lora(repo: str, file: str | None, revision: str | None, *, local_only: bool,
-                      tqdm: TqdmFactory | None, command: str) -> Resolved:
+def _resolve_hub_lora(repo: str, file: str | None, revision: str | None, fetch: Fetch) -> Resolved:
     from huggingface_hub import HfApi, constants
 
     if file is None:
-        if local_only or constants.HF_HUB_OFFLINE:
+        if fetch.local_only or constants.HF_HUB_OFFLINE:
             raise UsageError(f"Name the LoRA file in '{repo}' with --lora-file when offline.")
-        info = _hub_call(lambda: HfApi().model_info(repo, revision=revision), repo, command)
+        info = _hub_call(lambda: HfApi().model_info(repo, revision=revision), repo, fetch)
         candidates = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
         if len(candidates) != 1:
             raise UsageError(
@@ -319,7 +463,7 @@ def _resolve_hub_lora(repo: str, file: str | None, revision: str | None, *, loca
         file = candidates[0]
     if not file.endswith(".safetensors"):
         raise UsageError(f"LoRA file '{file}' is not .safetensors; spo-cli never loads pickled weights.")
-    folder = _fetch(repo, revision, [file], local_only=local_only, tqdm=tqdm, command=command)
+    folder = _fetch(repo, revision, [file], fetch)
     commit = folder.name if _COMMIT.match(folder.name) else None
     return Resolved(repo, "hub", folder / file, revision or "main", commit, file=file)
 
@@ -333,7 +477,11 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or Path(spec).expanduser().exists()
 
 
-def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...] = ()) -> Resolved:
+def _local_files(folder: Path) -> list[str]:
+    return [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
+
+
+def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...] = ()) -> tuple[Resolved, dict]:
     folder = Path(spec).expanduser().resolve()
     if not folder.exists():
         raise UsageError(f"Model folder {folder} does not exist.")
@@ -344,20 +492,20 @@ def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...
         )
     if not (folder / "model_index.json").exists():
         raise UsageError(f"{folder} has no model_index.json; it is not a diffusers pipeline folder.")
-    files = [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file()]
-    chosen, variant = select_pipeline_files(
-        files, json.loads((folder / "model_index.json").read_text()), variant, str(folder), skip)
-    return Resolved(str(folder), "local", folder, variant=variant, files=tuple(chosen))
+    model_index = read_index(folder / "model_index.json", str(folder), None)
+    chosen, variant = select_pipeline_files(_local_files(folder), model_index, variant, str(folder), skip)
+    check_files(folder, chosen, str(folder), None)
+    return Resolved(str(folder), "local", folder, variant=variant, files=tuple(chosen)), model_index
 
 
 def _resolve_local_vae(spec: str, variant: str | None) -> Resolved:
     folder = Path(spec).expanduser().resolve()
     if not folder.is_dir():
         raise UsageError(f"VAE folder {folder} does not exist.")
-    files = [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file()]
-    chosen, variant, sub = select_vae_files(files, variant)
+    chosen, variant, sub = select_vae_files(_local_files(folder), variant)
     if not chosen:
         raise UsageError(f"{folder} holds no diffusers VAE (config.json and diffusion_pytorch_model*.safetensors).")
+    check_files(folder, chosen, str(folder), None)
     return Resolved(str(folder), "local", folder, variant=variant, subfolder=sub, files=tuple(chosen))
 
 
@@ -367,6 +515,7 @@ def _resolve_local_lora(spec: str) -> Resolved:
         raise UsageError(f"LoRA file {path} does not exist.")
     if path.suffix != ".safetensors":
         raise UsageError(f"LoRA file {path} is not .safetensors; spo-cli never loads pickled weights.")
+    check_files(path.parent, [path.name], str(path.parent), None)
     return Resolved(str(path), "local", path, file=path.name)
 
 
@@ -389,29 +538,43 @@ def _check_repo_id(spec: str, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
-            tqdm: TqdmFactory | None = None) -> ResolvedModel:
-    """Find (and fetch, unless `local_only` or offline) everything `request` needs in `dtype`."""
+def uses_hub(request: ModelRequest, dtype: str) -> bool:
+    """Whether any part of `request` comes from the Hub (a preset, a repo id), not a local path."""
     preset = presets.PRESETS.get(request.model)
-    variant = "fp16" if dtype == "float16" else None
-    # The exact `spo download` that fetches what this request needs, for the offline message.
+    vae = request.vae if request.vae is not None else (presets.FP16_FIX_VAE if dtype == "float16" else "model")
+    specs = [request.model, request.lora or (preset.lora_repo if preset else None), None if vae == "model" else vae]
+    return bool(preset) or any(s and not _looks_local(s) for s in specs)
+
+
+def download_command(request: ModelRequest, dtype: str) -> str:
+    """The exact `spo download` that fetches what `request` needs in `dtype`."""
     flags = [("--revision", request.revision), ("--lora", request.lora), ("--lora-file", request.lora_file),
              ("--vae", request.vae), ("--dtype", {"float32": "fp32", "bfloat16": "bf16"}.get(dtype))]
-    command = " ".join(["spo download", request.model] + [f"{k} {v}" for k, v in flags if v])
-    kw = dict(local_only=local_only, tqdm=tqdm, command=command)
+    return " ".join(["spo download", request.model] + [f"{k} {v}" for k, v in flags if v])
+
+
+def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False, force: bool = False,
+            tqdm: TqdmFactory | None = None, downloading: bool = False) -> ResolvedModel:
+    """Find (and fetch, unless `local_only` or offline) everything `request` needs in `dtype`.
+
+    Each pipeline's model_index.json is fetched first and checked (an SDXL pipeline, no custom
+    code) before any weight file is; every file is checked to be whole before it is handed on."""
+    preset = presets.PRESETS.get(request.model)
+    variant = "fp16" if dtype == "float16" else None
+    fetch = Fetch(local_only, force, tqdm, download_command(request, dtype), downloading)
     # The fp16-fix VAE in float16 (as the authors do), the checkpoint's own otherwise.
     vae_spec = request.vae if request.vae is not None else (presets.FP16_FIX_VAE if dtype == "float16" else "model")
     skip = ("vae",) if vae_spec != "model" else ()  # a replaced VAE is never loaded: don't fetch it
 
     # 1. The pipeline.
     if preset:
-        pipeline = _resolve_hub_pipeline(preset.repo_id, request.revision,
-                                         variant if preset.has_fp16_variant else None, skip=skip, **kw)
+        pipeline, index = _resolve_hub_pipeline(preset.repo_id, request.revision,
+                                                variant if preset.has_fp16_variant else None, fetch, skip)
     elif _looks_local(request.model):
-        pipeline = _resolve_local_pipeline(request.model, variant, skip)
+        pipeline, index = _resolve_local_pipeline(request.model, variant, skip)
     else:
         _check_repo_id(request.model, "--model")
-        pipeline = _resolve_hub_pipeline(request.model, request.revision, variant, skip=skip, **kw)
+        pipeline, index = _resolve_hub_pipeline(request.model, request.revision, variant, fetch, skip)
 
     # 2. The LoRA: the preset's own unless --lora names another. --revision pins the model only.
     lora = None
@@ -422,7 +585,7 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
         else:
             _check_repo_id(lora_spec, "--lora")
             file = request.lora_file or (preset.lora_file if preset and lora_spec == preset.lora_repo else None)
-            lora = _resolve_hub_lora(lora_spec, file, None, **kw)
+            lora = _resolve_hub_lora(lora_spec, file, None, fetch)
 
     # 3. The VAE.
     vae = None
@@ -431,6 +594,6 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False,
             vae = _resolve_local_vae(vae_spec, variant)
         else:
             _check_repo_id(vae_spec, "--vae")
-            vae = _resolve_hub_vae(vae_spec, None, variant, **kw)
+            vae = _resolve_hub_vae(vae_spec, None, variant, fetch)
 
-    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae)
+    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae, index)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+import typer.core
 
 from spo_cli import __version__
+
+# typer's help shows a `<bool>` type after every flag, as if it took a value; flags take none.
+_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
 
 app = typer.Typer(
     name="spo",

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
-import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from spo_cli import jobs, outputs, presets, prompts
-from spo_cli.cli import app, options as o, session
+from spo_cli import distributed, presets, prompts, validate
+from spo_cli.cli import app, loading, options as o
+from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI
-from spo_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UsageError
+from spo_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_SKIPPED, UsageError
+from spo_cli.outputs import files
+from spo_cli.request import calls
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -26,16 +29,13 @@ EXAMPLES = """[bold]Examples[/]
   torchrun --nproc-per-node 8 -m spo_cli batch prompts.txt --out runs/big   # 8 GPUs
 
 [bold]jsonl keys[/]: prompt (required), negative_prompt, seed, num_images, steps, guidance, width, height,
-scheduler, name. Command-line options give the defaults for what a line leaves out.
+scheduler, generator_device, name. Command-line options give the defaults for what a line leaves out.
+
+[bold]Exit codes[/]: 0 all made; 1 some images failed (see the manifest); 2 bad input, nothing run;
+3 made, but --skip-invalid skipped lines; 130/143 stopped by Ctrl-C / SIGTERM (run again to finish).
 """
-
-
-def distributed_env() -> tuple[int, int, int | None]:
-    """(rank, world size, local rank) from the variables torchrun and accelerate launch set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+JSON_HELP = ("Print the run's summary as JSON on stdout (manifest path, counts of made, resumed, failed, "
+             "pending and skipped images, skipped lines), nothing else.")
 
 
 class Stopper:
@@ -68,12 +68,13 @@ class Stopper:
         return 128 + self.signal if self.signal else EXIT_INTERRUPTED
 
 
-@app.command(epilog=EXAMPLES)
+@command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def batch(
+    ui: UI,
     file: Annotated[str, typer.Argument(help="Prompt file (.txt: one prompt per line; .jsonl: one JSON object "
                                         "per line), or - for standard input.", show_default=False)],
-    input_format: Annotated[Optional[str], typer.Option(
-        "--format", help="txt or jsonl (default: by file name, or by content for stdin).")] = None,
+    prompt_format: o.PromptFormat = None,
+    old_format: o.OldPromptFormat = None,
     negative: o.Negative = None,
     seed: Annotated[int, typer.Option(help="Seed of the file's first image; image k gets seed+k unless its "
                                       "line sets a seed.", rich_help_panel="Sampling")] = 0,
@@ -85,11 +86,12 @@ def batch(
     height: o.Height = None,
     scheduler: o.Scheduler = "default",
     generator_device: o.GeneratorDevice = "cpu",
+    no_size_limit: o.NoSizeLimit = False,
     model: o.Model = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
     lora: o.Lora = None,
     lora_file: o.LoraFile = None,
-    lora_scale: o.LoraScale = 1.0,
+    lora_scale: o.LoraScale = None,
     vae: o.Vae = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
@@ -98,131 +100,185 @@ def batch(
     vae_tiling: o.VaeTiling = False,
     vae_slicing: o.VaeSlicing = False,
     out: o.Out = Path("outputs"),
-    image_format: Annotated[str, typer.Option("--image-format", help="png, jpg or webp.",
-                                              rich_help_panel="Output")] = "png",
-    overwrite: Annotated[bool, typer.Option(help="Make every image again, even those already done.",
+    image_format: o.ImageFormat = "png",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Make every image again, even those already done.",
                                             rich_help_panel="Output")] = False,
-    skip_invalid: Annotated[bool, typer.Option(help="Report bad lines and run the others, instead of "
-                                               "running nothing.")] = False,
-    json_: o.Json = False,
-    quiet: o.Quiet = False,
-    debug: o.Debug = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report bad lines and run the others (exit code 3), instead "
+                                               "of running nothing.")] = False,
 ) -> None:
     """Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."""
-    rank, world, local_rank = distributed_env()
-    # Only the first process draws progress and prints results; every process reports its errors.
-    ui = UI(quiet=quiet or rank > 0, json_mode=json_, debug=debug)
-    code = 0
-    with session.handled(ui):
-        t0 = perf_counter()
-        fmt = session.check_output_format(image_format)
-        parsed = prompts.read(file, input_format)
-        if parsed.problems:
-            for p in parsed.problems:
-                (ui.warn if skip_invalid else ui.error)(p)
-            if not skip_invalid:
-                raise UsageError(f"{len(parsed.problems)} bad line(s) in {parsed.source}; nothing was run.",
-                                 "Fix them, or pass --skip-invalid to run the other lines.")
-        defaults = jobs.ImageRequest(
-            prompt="", seed=jobs.check_seed(seed), negative_prompt=negative or None, steps=steps,
-            guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
-        )
-        job_list = prompts.expand(parsed, defaults, num_images)
-        session.validate_images(ui, [j.request for j in job_list])
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
-        request = jobs.ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file,
+    rank = distributed.rank_info()
+    if not rank.first:
+        ui.silence()  # the first process draws progress and prints results; every process reports errors
+    t0 = perf_counter()
+
+    # 1. Everything that can be checked without the model.
+    image_format = validate.image_format(image_format)
+    fmt = validate.prompt_format(o.renamed(prompt_format, old_format, "--prompt-format", "--format", ui.warn))
+    defaults, warnings = o.image_request(
+        seed=seed, negative=negative, steps=steps, guidance=guidance, width=width, height=height,
+        scheduler=scheduler, generator_device=generator_device, size_limit=not no_size_limit, check_prompt=False)
+    validate.num_images(num_images)
+    request, more = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
-        options = jobs.RunOptions(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-                                  batch_size=batch_size)
+    options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                            batch_size=batch_size)
+    parsed = prompts.read(file, fmt)
+    if parsed.problems:
+        for p in parsed.problems:
+            (ui.warn if skip_invalid else ui.error)(p)
+        if not skip_invalid:
+            raise UsageError(f"{len(parsed.problems)} bad line(s) in {parsed.source}; nothing was run.",
+                             "Fix them, or pass --skip-invalid to run the other lines.")
+    extra = {"rank": rank.rank, "world_size": rank.world} if rank.several else None
+    tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra)
+    out = validate.output_folder(out)
+    for w in warnings + size_warnings + more:
+        ui.warn(w)
 
-        # 1. Device, process group, model files (the first process downloads, the others wait).
-        engine_mod, dev, dt = session.boot(ui, request, local_rank=local_rank)
-        engine_mod.check_options(options, dev)
-        if world > 1:
-            engine_mod.init_distributed(dev)
-        if rank > 0:
-            engine_mod.barrier()
-        resolved = session.resolve_model(ui, request, dt)
-        if rank == 0 and world > 1:
-            engine_mod.barrier()
-
-        # 2. What is left to do: images whose image and sidecar exist with the same settings are done.
-        identity = resolved.identity()
-        hashes = {j.stem: j.request.spec_hash(identity) for j in job_list}
-        done_before = {j.stem for j in job_list
-                       if not overwrite and outputs.recorded_hash(out, j.stem, fmt) == hashes[j.stem]}
-        todo = [
-            session.Work(j.request, j.stem, spec_hash=hashes[j.stem], overwrite=True,
-                         extra={"batch": {"source": parsed.source, "line": j.line, "index": j.index,
-                                          **({"rank": rank, "world_size": world} if world > 1 else {})}})
-            for j in job_list if j.stem not in done_before
-        ]
-        if rank == 0 and out.exists():
-            outputs.remove_leftovers(out)  # before any process writes
-        engine_mod.barrier()
-        if done_before:
-            ui.info(f"{len(done_before)} of {len(job_list)} image(s) already done in {out}; "
-                    f"{len(todo)} to make." + (" (--overwrite makes all again)" if todo else ""))
-
-        # 3. This process's share: whole pipeline calls, dealt round-robin.
-        calls = jobs.batches(todo, batch_size, request=lambda w: w.request)
-        mine = [w for call in calls[rank::world] for w in call]
-        outcomes: list[session.Outcome] = []
-        interrupted = None
-        if mine:
-            eng = session.load(ui, engine_mod, resolved, dev, options)
-            session.warn_truncation(ui, eng, [w.request for w in mine])
-            with Stopper(ui) as stopper:
-                try:
-                    session.render(ui, eng, resolved, mine, batch_size=batch_size, out=out, fmt=fmt,
-                                   keep_going=True, stop=stopper.requested, outcomes=outcomes)
-                except KeyboardInterrupt:
-                    stopper.signal = stopper.signal or signal.SIGINT
-                if stopper.requested():
-                    interrupted = stopper.exit_code()
-
-        # 4. Manifest: built from what is on disk, so it is whole whatever was interrupted or killed.
-        failures = [{"stem": o.work.stem, "error": o.error} for o in outcomes if o.error]
-        if failures or world > 1:
-            outputs.write_failures(out, rank, failures)
-        if world > 1 and interrupted is None:
-            engine_mod.barrier()
-        if rank == 0:
-            failed = outputs.collect_failures(out)
-            rows = []
-            for j in job_list:
-                ok = outputs.recorded_hash(out, j.stem, fmt) == hashes[j.stem]
-                rows.append({
-                    "job": hashes[j.stem], "source": parsed.source, "line": j.line, "index": j.index,
-                    "file": f"{j.stem}.{fmt}", "sidecar": f"{j.stem}.json", "prompt": j.request.prompt,
-                    "seed": j.request.seed, "status": "ok" if ok else ("failed" if j.stem in failed else "pending"),
-                    "error": None if ok else failed.get(j.stem), "resumed": j.stem in done_before,
-                })
-            out.mkdir(parents=True, exist_ok=True)
-            manifest = outputs.write_manifest(out, rows)
-            report(ui, rows, manifest, perf_counter() - t0, interrupted)
-            if any(r["status"] == "failed" for r in rows):
-                code = EXIT_FAILURE
-        elif failures:
-            code = EXIT_FAILURE
-        if interrupted:
-            code = interrupted
-        if world > 1:
-            engine_mod.shutdown_distributed()
+    # 2. One run per folder (the processes of one distributed run share it: the first holds the lock).
+    lock = files.FolderLock(out, "spo batch") if rank.first else None
+    with lock or _Nothing():
+        if rank.first:
+            files.remove_leftovers(out)
+            files.clear_failures(out)
+        run = _Run(ui, parsed, tasks, out, image_format, rank)
+        try:
+            run.go(request, options, overwrite)
+        finally:
+            run.finish(t0)  # the manifest, on every way out: errors, a full disk, signals
+    code = run.exit_code()
     if code:
         raise typer.Exit(code)
 
 
-def report(ui: UI, rows: list[dict], manifest: Path, elapsed: float, interrupted: int | None) -> None:
-    count = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "pending")}
-    resumed = sum(r["resumed"] and r["status"] == "ok" for r in rows)
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Run:
+    """One batch run's state, so that the manifest can be written from whatever point it stopped at."""
+
+    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank):
+        self.ui, self.parsed, self.tasks, self.out, self.fmt, self.rank = ui, parsed, tasks, out, image_format, rank
+        self.hashes: dict[str, str] = {}
+        self.done_before: set[str] = set()
+        self.outcomes = []
+        self.interrupted: int | None = None
+        self.runtime = None
+        self.error: str | None = None
+        self.failed_rows = 0
+
+    def go(self, request, options, overwrite: bool) -> None:
+        from spo_cli.render import render
+
+        ui, rank = self.ui, self.rank
+        try:
+            # Device, process group, model files (the first process downloads, the others wait).
+            self.runtime = rt = loading.start_torch(ui, request, options, [t.request for t in self.tasks],
+                                                    local_rank=rank.local_rank)
+            if rank.several:
+                distributed.init(rt.device)
+            if not rank.first:
+                distributed.barrier()
+            resolved = loading.resolve(ui, request, rt.dtype)
+            if rank.first and rank.several:
+                distributed.barrier()
+
+            # What is left: an image is done when it is whole and its sidecar has the same settings.
+            identity = resolved.identity()
+            self.hashes = {t.stem: t.request.spec_hash(identity) for t in self.tasks}
+            self.done_before = {t.stem for t in self.tasks
+                                if not overwrite and files.finished_hash(self.out, t.stem, self.fmt) == self.hashes[t.stem]}
+            todo = [replace(t, spec_hash=self.hashes[t.stem], overwrite=True)
+                    for t in self.tasks if t.stem not in self.done_before]
+            distributed.barrier()
+            if self.done_before:
+                ui.info(f"{len(self.done_before)} of {len(self.tasks)} image(s) already done in {self.out}; "
+                        f"{len(todo)} to make." + (" (--overwrite makes all again)" if todo else ""))
+
+            # This process's share: whole pipeline calls, dealt round-robin.
+            mine = [t for call in calls(todo, options.batch_size, request=lambda t: t.request)[rank.rank::rank.world]
+                    for t in call]
+            if mine:
+                engine = loading.load(ui, rt, resolved, options)
+                loading.warn_truncation(ui, engine, [t.request for t in mine])
+                with Stopper(ui) as stopper, ui.images_progress(len(mine), mine[0].request.steps) as bars:
+                    try:
+                        render(engine, resolved, mine, out=self.out, image_format=self.fmt,
+                               batch_size=options.batch_size, keep_going=True, stop=stopper.requested,
+                               progress=bars, outcomes=self.outcomes, debug=ui.debug)
+                    except KeyboardInterrupt:
+                        stopper.signal = stopper.signal or signal.SIGINT
+                    if stopper.requested():
+                        self.interrupted = stopper.exit_code()
+        except Exception as e:
+            from spo_cli.errors import translate
+
+            err = translate(e)
+            self.error = err.paragraph() if err else f"{type(e).__name__}: {e}"
+            raise
+        failures = [{"stem": o.task.stem, "error": o.error} for o in self.outcomes if o.error]
+        if failures or rank.several:
+            files.write_failures(self.out, rank.rank, failures)
+        if rank.several and self.interrupted is None:
+            distributed.barrier()
+
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return self.interrupted
+        if self.failed_rows or any(o.error for o in self.outcomes):
+            return EXIT_FAILURE
+        return EXIT_SKIPPED if self.parsed.problems else 0
+
+    def finish(self, t0: float) -> None:
+        """Write the manifest (first process only) from what is on disk, and report."""
+        if self.rank.first:
+            failed = files.collect_failures(self.out)
+            failed.update({o.task.stem: o.error for o in self.outcomes if o.error})
+            rows = [self._row(t, failed) for t in self.tasks]
+            rows += [{"source": self.parsed.source, "line": n, "status": "skipped", "error": text}
+                     for n, text in self.parsed.bad_lines]
+            try:
+                manifest = files.write_manifest(self.out, rows)
+            except OSError as e:  # a full disk can refuse this too: say so, but keep the run's own error
+                self.ui.error(f"The manifest could not be written ({e.strerror or e}); the images on disk are "
+                              "complete, and a rerun writes it.")
+                manifest = self.out / files.MANIFEST
+            self.failed_rows = sum(r["status"] == "failed" for r in rows)
+            report(self.ui, rows, manifest, perf_counter() - t0, self.interrupted, self.error)
+        if self.rank.several:
+            distributed.shutdown()
+
+    def _row(self, task, failed: dict) -> dict:
+        info = task.extra["batch"]
+        spec = self.hashes.get(task.stem)
+        ok = spec is not None and files.finished_hash(self.out, task.stem, self.fmt) == spec
+        status = "ok" if ok else ("failed" if task.stem in failed else "pending")
+        return {
+            "job": spec, "source": info["source"], "line": info["line"], "index": info["index"],
+            "file": f"{task.stem}.{self.fmt}", "sidecar": f"{task.stem}.json", "prompt": task.request.prompt,
+            "seed": task.request.seed, "status": status,
+            "error": None if ok else failed.get(task.stem, self.error), "resumed": task.stem in self.done_before,
+        }
+
+
+def report(ui: UI, rows: list[dict], manifest: Path, elapsed: float, interrupted: int | None,
+           error: str | None) -> None:
+    count = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "pending", "skipped")}
+    resumed = sum(bool(r.get("resumed")) and r["status"] == "ok" for r in rows)
     made = count["ok"] - resumed
+    skipped = [f"{r['source']}:{r['line']}" for r in rows if r["status"] == "skipped"]
     summary = {
-        "manifest": str(manifest), "total": len(rows), "generated": made, "already_done": resumed,
-        "failed": count["failed"], "pending": count["pending"], "elapsed_s": round(elapsed, 2),
+        "manifest": str(manifest), "total": len(rows) - len(skipped), "generated": made, "already_done": resumed,
+        "failed": count["failed"], "pending": count["pending"], "skipped_lines": len(skipped),
+        "skipped": skipped, "elapsed_s": round(elapsed, 2),
         "images_per_minute": round(made / elapsed * 60, 2) if elapsed > 0 else None,
-        "interrupted": bool(interrupted),
+        "interrupted": bool(interrupted), "error": error,
     }
     if ui.json_mode:
         ui.emit_json(summary)
@@ -230,12 +286,17 @@ def report(ui: UI, rows: list[dict], manifest: Path, elapsed: float, interrupted
     for r in rows:
         if r["status"] == "failed":
             ui.error(f"{r['source']}:{r['line']} (seed {r['seed']}): {r['error']}")
-    if ui.quiet and not (count["failed"] or interrupted):
+    if skipped:
+        ui.notice(f"{len(skipped)} line(s) skipped as invalid: {', '.join(skipped[:10])}"
+                  + (", …" if len(skipped) > 10 else "") + " (listed in the manifest).")
+    if ui.quiet:
+        ui.paths([(str(manifest), "")])
         return
-    title = "Stopped early" if interrupted else "Batch finished"
-    ui.table(f"{title}: {manifest}", ["images", "count"], [
+    title = "Stopped early" if interrupted or error else "Batch finished"
+    ui.table(title, ["images", "count"], [
         ["made now", str(made)], ["already done", str(resumed)], ["failed", str(count["failed"])],
         ["not run", str(count["pending"])], ["images/min", f"{summary['images_per_minute']}"],
     ])
+    ui.paths([(str(manifest), "manifest: one line per image, with its status")])
     if count["failed"] or count["pending"]:
         ui.info("Run the same command again to make the missing images; finished ones are skipped.")

@@ -4,11 +4,11 @@ from typing import Annotated
 
 import typer
 
-from spo_cli import presets
-from spo_cli.cli import app, options as o, session
+from spo_cli import presets, validate
+from spo_cli.cli import app, loading, options as o
+from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI
-from spo_cli.errors import UsageError
-from spo_cli.jobs import ModelRequest
+from spo_cli.errors import ModelError
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -18,12 +18,17 @@ EXAMPLES = """[bold]Examples[/]
 
   spo download base --dtype fp32  # the files a CPU run loads
 
+  spo download spo --force        # fetch every file again (repairs a damaged cache)
+
   HF_HOME=/shared/hf spo download spo   # into a shared cache
 """
+JSON_HELP = ("Print a JSON object on stdout (model, dtype, bytes, and per repo its id, file, commit, variant and "
+             "local path), nothing else.")
 
 
-@app.command(epilog=EXAMPLES)
+@command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def download(
+    ui: UI,
     model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout).")] = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
     lora: o.Lora = None,
@@ -31,30 +36,33 @@ def download(
     vae: o.Vae = None,
     dtype: Annotated[str, typer.Option(help="fp16 (GPU runs) or fp32 (CPU runs): decides which weight "
                                        "files and VAE are fetched.")] = "fp16",
-    json_: o.Json = False,
-    quiet: o.Quiet = False,
-    debug: o.Debug = False,
+    force: Annotated[bool, typer.Option("--force", help="Fetch every file again, even those already cached: "
+                                        "repairs a damaged copy.")] = False,
 ) -> None:
     """Fetch everything a model needs into the Hugging Face cache, for later offline use."""
-    ui = UI(quiet=quiet, json_mode=json_, debug=debug)
-    with session.handled(ui):
-        dtype = presets.DTYPES.get(dtype, dtype)
-        if dtype not in ("float16", "bfloat16", "float32"):
-            raise UsageError(f"Unknown --dtype '{dtype}'.", "Use fp16, bf16 or fp32.")
-        from spo_cli.resolve import resolve
+    dtype = validate.dtype(dtype, auto=False)
+    request, _ = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file, vae=vae)
+    from huggingface_hub import constants
 
-        if not quiet:
-            from huggingface_hub import constants
+    from spo_cli.resolve import hub_endpoint, quiet_hub, unreachable
 
-            ui.info(f"Cache: {constants.HF_HUB_CACHE}")
-        resolved = resolve(ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file, vae=vae),
-                           dtype, tqdm=ui.download_tqdm)
-        parts = resolved.parts()
-        rows = [{"id": p.id, "file": p.file, "commit": p.commit, "variant": p.variant, "path": str(p.path)}
-                for p in parts]
-        if json_:
-            ui.emit_json({"model": model, "dtype": dtype, "bytes": resolved.nbytes(), "repos": rows})
-            return
-        ui.table(f"{model}: ready for offline use ({resolved.nbytes() / 1e9:.2f} GB)", ["repo", "commit", "path"],
-                 [[r["id"] + (f" / {r['file']}" if r["file"] else ""), (r["commit"] or "-")[:12], r["path"]]
-                  for r in rows])
+    quiet_hub(ui.debug)
+    ui.info(f"Cache: {constants.HF_HUB_CACHE}")
+    if not constants.HF_HUB_OFFLINE:
+        with ui.status(f"Reaching the Hub at {hub_endpoint()}"):
+            why = unreachable()
+        if why:
+            raise ModelError(f"The Hugging Face Hub at {hub_endpoint()} cannot be reached: {why}.",
+                             "Check the network, the proxy variables (HTTPS_PROXY) and HF_ENDPOINT; or run "
+                             "`spo download` on a machine with network access and the same HF_HOME.")
+    resolved = loading.resolve(ui, request, dtype, force=force, downloading=True)
+    parts = resolved.parts()
+    rows = [{"id": p.id, "file": p.file, "commit": p.commit, "variant": p.variant, "path": str(p.path)}
+            for p in parts]
+    if ui.json_mode:
+        ui.emit_json({"model": model, "dtype": dtype, "bytes": resolved.nbytes(), "repos": rows})
+        return
+    if not ui.quiet:
+        ui.info(f"{model}: ready for offline use ({resolved.nbytes() / 1e9:.2f} GB), in {dtype}:")
+    ui.paths([(r["path"], f"{r['id']}{' / ' + r['file'] if r['file'] else ''} @ {(r['commit'] or '-')[:12]}")
+              for r in rows])

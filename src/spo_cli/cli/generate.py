@@ -5,9 +5,11 @@ from typing import Annotated
 
 import typer
 
-from spo_cli import jobs, presets
-from spo_cli.cli import app, options as o, session
-from spo_cli.cli.ui import UI
+from spo_cli import presets, validate
+from spo_cli.cli import app, loading, options as o
+from spo_cli.cli.command import command
+from spo_cli.cli.ui import UI, short
+from spo_cli.request import ImageRequest, ImageTask, ModelRequest, RunOptions, expand, random_seed
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -23,10 +25,12 @@ EXAMPLES = """[bold]Examples[/]
 
   spo generate "a cat" --offload model --vae-tiling   # GPUs with little memory
 """
+JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prompt) on stdout, nothing else."
 
 
-@app.command(epilog=EXAMPLES)
+@command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def generate(
+    ui: UI,
     prompt: Annotated[str, typer.Argument(help="What to draw.", show_default=False)],
     negative: o.Negative = None,
     seed: o.Seed = None,
@@ -38,11 +42,12 @@ def generate(
     height: o.Height = None,
     scheduler: o.Scheduler = "default",
     generator_device: o.GeneratorDevice = "cpu",
+    no_size_limit: o.NoSizeLimit = False,
     model: o.Model = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
     lora: o.Lora = None,
     lora_file: o.LoraFile = None,
-    lora_scale: o.LoraScale = 1.0,
+    lora_scale: o.LoraScale = None,
     vae: o.Vae = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
@@ -51,23 +56,44 @@ def generate(
     vae_tiling: o.VaeTiling = False,
     vae_slicing: o.VaeSlicing = False,
     out: o.Out = Path("outputs"),
-    fmt: o.Format = "png",
-    json_: o.Json = False,
-    quiet: o.Quiet = False,
-    debug: o.Debug = False,
+    image_format: o.ImageFormat = "png",
+    old_format: o.OldImageFormat = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
-    ui = UI(quiet=quiet, json_mode=json_, debug=debug)
-    with session.handled(ui):
-        fmt = session.check_output_format(fmt)
-        base = jobs.ImageRequest(
-            prompt=prompt, seed=jobs.random_seed() if seed is None else jobs.check_seed(seed),
-            negative_prompt=negative or None, steps=steps, guidance=guidance, width=width, height=height,
-            scheduler=scheduler, generator_device=generator_device,
-        )
-        request = jobs.ModelRequest(model=model, revision=revision, lora=lora, lora_file=lora_file,
+    image_format = validate.image_format(o.renamed(image_format, old_format, "--image-format", "--format", ui.warn))
+    base, warnings = o.image_request(
+        prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
+        guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
+        size_limit=not no_size_limit)
+    request, more = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
-        options = jobs.RunOptions(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-                                  batch_size=batch_size)
-        session.generate_files(ui, request, jobs.expand(base, num_images), batch_size=batch_size, out=out, fmt=fmt,
-                               options=options)
+    options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                            batch_size=batch_size)
+    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more)
+
+
+def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], options: RunOptions, out: Path,
+                image_format: str, warnings: list[str]) -> None:
+    """The rest of generate and replay, once their checked requests are known: load, render, report."""
+    from spo_cli.render import raise_for_failures, render
+
+    out = validate.output_folder(out)
+    for w in warnings:
+        ui.warn(w)
+    engine, resolved = loading.open_model(ui, request, options, images)
+    loading.warn_truncation(ui, engine, images)
+    with ui.images_progress(len(images), images[0].steps) as bars:
+        outcomes = render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
+                          batch_size=options.batch_size, progress=bars, debug=ui.debug)
+    written = [o.written for o in outcomes if o.written]
+    report(ui, written)
+    raise_for_failures(outcomes, engine.dtype)
+
+
+def report(ui: UI, written: list[dict]) -> None:
+    if ui.json_mode:
+        ui.emit_json(written)
+        return
+    if written and not ui.quiet:
+        ui.info(f"Wrote {len(written)} image(s), each with a .json sidecar:")
+    ui.paths([(w["image"], f"seed {w['seed']}  {short(w['prompt'])}") for w in written])

@@ -1,4 +1,5 @@
-"""Option types shared by the commands, so a flag means the same thing everywhere."""
+"""The options the commands share, and the one function per request type that turns their values
+into a checked request. A flag means the same thing in every command that has it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import presets
+from spo_cli import presets, validate
+from spo_cli.request import ImageRequest, ModelRequest, RunOptions
 
 _M = "Model"
 _S = "Sampling"
 _O = "Output"
+_P = "Speed and memory"
 
 Model = Annotated[str, typer.Option(
     "--model", "-m", rich_help_panel=_M,
@@ -22,8 +25,9 @@ Lora = Annotated[Optional[str], typer.Option(
     help="LoRA to add: a Hub repo id (with --lora-file) or a local .safetensors file.", rich_help_panel=_M)]
 LoraFile = Annotated[Optional[str], typer.Option(
     help="Weight file inside the --lora repo.", rich_help_panel=_M)]
-LoraScale = Annotated[float, typer.Option(
-    help="LoRA strength: 0 is the base model, 1 the full SPO effect.", rich_help_panel=_M)]
+LoraScale = Annotated[Optional[float], typer.Option(
+    help="LoRA strength: 0 is the base model, 1 (the default) the full SPO effect. Only for a model with a "
+    "LoRA (spo-lora, or --lora).", rich_help_panel=_M, show_default=False)]
 Vae = Annotated[Optional[str], typer.Option(
     help=f"VAE repo or folder; 'model' keeps the checkpoint's own. Default: {presets.FP16_FIX_VAE} in "
     "float16, the checkpoint's own otherwise.", rich_help_panel=_M)]
@@ -41,32 +45,34 @@ NumImages = Annotated[int, typer.Option("--num-images", "-n", help="Images to ma
                                         rich_help_panel=_S)]
 BatchSize = Annotated[int, typer.Option(help="Images per pipeline call (same seeds give the same images).",
                                         rich_help_panel=_S)]
-Steps = Annotated[int, typer.Option(help="Denoising steps.", rich_help_panel=_S)]
+Steps = Annotated[int, typer.Option(help=f"Denoising steps (1 to {validate.STEPS_MAX}).", rich_help_panel=_S)]
 Guidance = Annotated[float, typer.Option(help="Classifier-free guidance scale.", rich_help_panel=_S)]
 Width = Annotated[Optional[int], typer.Option(help="Width in pixels, a multiple of 8 (default 1024).",
-                                              rich_help_panel=_S)]
+                                              rich_help_panel=_S, show_default=False)]
 Height = Annotated[Optional[int], typer.Option(help="Height in pixels, a multiple of 8 (default 1024).",
-                                               rich_help_panel=_S)]
+                                               rich_help_panel=_S, show_default=False)]
 Scheduler = Annotated[str, typer.Option(
     help="Sampler: " + ", ".join(presets.SCHEDULERS) + " (default: the checkpoint's own).",
     rich_help_panel=_S)]
 GeneratorDevice = Annotated[str, typer.Option(
     help="Where the seeded noise is drawn. cpu makes a seed mean the same image on any machine; "
     "cuda matches the authors' script.", rich_help_panel=_S)]
+NoSizeLimit = Annotated[bool, typer.Option(
+    "--no-size-limit", help=f"Allow sides over {validate.SIDE_MAX} px and more than "
+    f"{validate.PIXELS_MAX / 1e6:.1f} megapixels (for GPUs with the memory).", rich_help_panel=_S)]
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=_O)]
-Format = Annotated[str, typer.Option("--format", help="png, jpg or webp.", rich_help_panel=_O)]
-Json = Annotated[bool, typer.Option("--json", help="Print a JSON array of the written files on stdout, "
-                                    "nothing else.", rich_help_panel=_O)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages, only errors.",
-                                     rich_help_panel=_O)]
-Debug = Annotated[bool, typer.Option("--debug", help="Library logs, and tracebacks on errors.",
-                                     rich_help_panel=_O)]
+ImageFormat = Annotated[str, typer.Option("--image-format", help="png, jpg or webp.", rich_help_panel=_O)]
+PromptFormat = Annotated[Optional[str], typer.Option(
+    "--prompt-format", help="txt or jsonl (default: by file name, or by content for stdin).", show_default=False)]
+# Until 0.2, --format meant the image format in generate/replay and the prompt-file format in
+# batch/compare. Accepted, hidden, for one release.
+OldImageFormat = Annotated[Optional[str], typer.Option("--format", hidden=True)]
+OldPromptFormat = Annotated[Optional[str], typer.Option("--format", hidden=True)]
 
-_P = "Speed and memory"
 Fast = Annotated[bool, typer.Option(
-    "--fast", help="Lossless speed-ups: torch.compile (cached on disk; the first run compiles for minutes), "
-    "channels_last, fused QKV, CUDA graphs.", rich_help_panel=_P)]
+    "--fast", help="Speed-ups that change pixels only by float rounding: torch.compile (cached on disk; the "
+    "first run compiles for minutes), channels_last, fused QKV, CUDA graphs.", rich_help_panel=_P)]
 Offload = Annotated[Optional[str], typer.Option(
     help="model: keep only the running part of SDXL on the GPU; sequential: stream weights layer by layer "
     "(slowest, least memory).", rich_help_panel=_P)]
@@ -74,3 +80,43 @@ VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles: 
                                          rich_help_panel=_P)]
 VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode a batch one image at a time.",
                                           rich_help_panel=_P)]
+
+
+def renamed(new, old, new_name: str, old_name: str, warn) -> object:
+    """The value of an option that has a hidden old spelling."""
+    if old is None:
+        return new
+    warn(f"{old_name} is now {new_name}; the old spelling goes away in the next release.")
+    return old
+
+
+# ---------------------------------------------------------------------------------------------
+# Option values → checked requests (the command line's entry into `validate`)
+
+
+def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: int, guidance: float,
+                  width: int | None, height: int | None, scheduler: str, generator_device: str,
+                  size_limit: bool = True, check_prompt: bool = True) -> tuple[ImageRequest, list[str]]:
+    values = dict(seed=seed, negative_prompt=negative, steps=steps, guidance=guidance, width=width, height=height,
+                  scheduler=scheduler, generator_device=generator_device)
+    if check_prompt:
+        values["prompt"] = prompt
+    checked = validate.image_values(values)
+    warnings = validate.size(width, height, size_limit=size_limit)
+    return ImageRequest(**{"prompt": prompt, **checked}), warnings
+
+
+def model_request(*, model: str, revision: str | None = None, lora: str | None = None, lora_file: str | None = None,
+                  lora_scale: float | None = None, vae: str | None = None, dtype: str = "auto",
+                  device: str = "auto") -> tuple[ModelRequest, list[str]]:
+    checked = validate.model_values(dict(model=model, revision=revision, lora=lora, lora_file=lora_file,
+                                         lora_scale=lora_scale, vae=vae, dtype=dtype, device=device))
+    validate.lora_applies(model, lora, lora_scale)
+    _, warnings = validate.lora_scale(lora_scale)
+    return ModelRequest(**checked), warnings
+
+
+def run_options(*, fast: bool, offload: str | None, vae_tiling: bool, vae_slicing: bool,
+                batch_size: int) -> RunOptions:
+    return RunOptions(fast=fast, offload=validate.offload(offload), vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                      batch_size=validate.batch_size(batch_size))

@@ -6,83 +6,79 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import jobs, outputs
-from spo_cli.cli import app, options as o, session
+from spo_cli import validate
+from spo_cli.cli import app, options as o
+from spo_cli.cli.command import command
+from spo_cli.cli.generate import make_images
 from spo_cli.cli.ui import UI
-from spo_cli.errors import UsageError
+from spo_cli.outputs import metadata
 
 EXAMPLES = """[bold]Examples[/]
 
   spo replay outputs/20261126-101500-a-red-fox-in-fresh-snow-s42.png
 
   spo replay outputs/20261126-101500-a-red-fox-in-fresh-snow-s42.json --steps 60 --seed 7
+
+  spo replay shot.png --negative ""        # drop the recorded negative prompt
 """
+JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prompt) on stdout, nothing else."
+_S, _M = "Sampling (each replaces the recorded value)", "Model (each replaces the recorded value)"
 
 
-def recorded_requests(meta: dict) -> tuple[jobs.ImageRequest, jobs.ModelRequest]:
-    """The requests that made a recorded image, pinned to the commits it was made from."""
-    try:
-        image = jobs.ImageRequest(
-            prompt=meta["prompt"], seed=int(meta["seed"]), negative_prompt=meta.get("negative_prompt"),
-            steps=int(meta["steps"]), guidance=float(meta["guidance"]), width=int(meta["width"]),
-            height=int(meta["height"]), scheduler=meta["scheduler"]["name"],
-            generator_device=meta.get("generator_device", "cpu"),
-        )
-        asked = dict(meta["model_request"])
-        if meta["model"].get("source") == "hub" and meta["model"].get("commit"):
-            asked["revision"] = meta["model"]["commit"]  # the exact weights, even if the branch moved
-        asked["dtype"] = meta["dtype"]  # what actually ran, not "auto"
-        model = jobs.ModelRequest(**asked)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"The recorded metadata is incomplete or damaged ({type(e).__name__}: {e}).") from None
-    return image, model
+def _opt(kind, help: str, panel: str = _S, *names: str):
+    return Annotated[Optional[kind], typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)]
 
 
-@app.command(epilog=EXAMPLES)
+@command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def replay(
-    file: Annotated[Path, typer.Argument(help="A sidecar .json, or a PNG written by spo.", show_default=False)],
-    prompt: Annotated[Optional[str], typer.Option(help="Replace the recorded prompt.",
-                                                  rich_help_panel="Sampling")] = None,
-    negative: o.Negative = None,
-    seed: Annotated[Optional[int], typer.Option(help="Replace the recorded seed.", rich_help_panel="Sampling")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Replace the recorded steps.",
-                                                 rich_help_panel="Sampling")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Replace the recorded guidance.",
-                                                      rich_help_panel="Sampling")] = None,
-    width: o.Width = None,
-    height: o.Height = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Replace the recorded scheduler.",
-                                                     rich_help_panel="Sampling")] = None,
-    generator_device: Annotated[Optional[str], typer.Option(help="Replace the recorded generator device.",
-                                                            rich_help_panel="Sampling")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Replace the recorded model.",
-                                                 rich_help_panel="Model")] = None,
-    lora_scale: Annotated[Optional[float], typer.Option(help="Replace the recorded LoRA strength.",
-                                                        rich_help_panel="Model")] = None,
+    ui: UI,
+    file: Annotated[Path, typer.Argument(help="A sidecar .json, or an image written by spo.", show_default=False)],
+    prompt: _opt(str, "Prompt.") = None,
+    negative: _opt(str, 'Negative prompt; "" removes the recorded one.', _S, "--negative") = None,
+    seed: _opt(int, "Seed.") = None,
+    steps: _opt(int, "Denoising steps.") = None,
+    guidance: _opt(float, "Guidance scale.") = None,
+    width: _opt(int, "Width in pixels, a multiple of 8.") = None,
+    height: _opt(int, "Height in pixels, a multiple of 8.") = None,
+    scheduler: _opt(str, "Sampler.") = None,
+    generator_device: _opt(str, "Where the seeded noise is drawn.") = None,
+    no_size_limit: o.NoSizeLimit = False,
+    model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", _M,
+                "--model", "-m") = None,
+    revision: _opt(str, "Revision of the model repo.", _M) = None,
+    lora: _opt(str, "LoRA: Hub repo id (with --lora-file) or local .safetensors.", _M) = None,
+    lora_file: _opt(str, "Weight file inside the --lora repo.", _M) = None,
+    lora_scale: _opt(float, "LoRA strength.", _M) = None,
+    vae: _opt(str, "VAE repo or folder, or 'model'.", _M) = None,
+    dtype: _opt(str, "fp16, bf16 or fp32.", _M) = None,
     device: o.Device = "auto",
-    dtype: Annotated[Optional[str], typer.Option(help="Replace the recorded dtype.", rich_help_panel="Model")] = None,
     fast: o.Fast = False,
     offload: o.Offload = None,
     vae_tiling: o.VaeTiling = False,
     vae_slicing: o.VaeSlicing = False,
     out: o.Out = Path("outputs"),
-    fmt: o.Format = "png",
-    json_: o.Json = False,
-    quiet: o.Quiet = False,
-    debug: o.Debug = False,
+    image_format: o.ImageFormat = "png",
+    old_format: o.OldImageFormat = None,
 ) -> None:
     """Make a recorded image again, from the same commits; options replace recorded settings."""
-    ui = UI(quiet=quiet, json_mode=json_, debug=debug)
-    with session.handled(ui):
-        fmt = session.check_output_format(fmt)
-        image, request = recorded_requests(outputs.read_metadata(file))
-        overrides = {k: v for k, v in dict(
-            prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, guidance=guidance, width=width,
-            height=height, scheduler=scheduler, generator_device=generator_device).items() if v is not None}
-        image = replace(image, **overrides)
-        model_overrides = {k: v for k, v in dict(lora_scale=lora_scale, dtype=dtype).items() if v is not None}
-        if model is not None:
-            model_overrides.update(model=model, revision=None, lora=None, lora_file=None)
-        request = replace(request, device=device, **model_overrides)
-        options = jobs.RunOptions(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
-        session.generate_files(ui, request, [image], batch_size=1, out=out, fmt=fmt, options=options)
+    image_format = validate.image_format(o.renamed(image_format, old_format, "--image-format", "--format", ui.warn))
+    image, request = metadata.recorded_requests(metadata.read(file), file)
+    changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
+                                    height=height, scheduler=scheduler, generator_device=generator_device).items()
+               if v is not None}
+    if negative is not None:
+        changes["negative_prompt"] = negative  # "" is a change too: back to none
+    changes = validate.image_values(changes)
+    image = replace(image, **changes)
+    warnings = validate.size(image.width, image.height, size_limit=not no_size_limit)
+    model_changes = {k: v for k, v in dict(revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+                                          vae=vae, dtype=dtype).items() if v is not None}
+    if model is not None:
+        # Another model: the recorded pin and LoRA belonged to the old one.
+        model_changes = dict(model=model, revision=None, lora=None, lora_file=None, lora_scale=None, **model_changes)
+    model_changes["device"] = device
+    merged = replace(request, **model_changes)
+    request, more = o.model_request(**{k: getattr(merged, k) for k in (
+        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device")})
+    options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
+    make_images(ui, request, [image], options, out, image_format, warnings + more)

@@ -27,6 +27,14 @@ class UI:
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/] {text}")
 
+    def silence(self) -> None:
+        self.quiet = True
+        self.err = Console(stderr=True, quiet=True, highlight=False)
+
+    def notice(self, text: str) -> None:
+        """A warning that --quiet does not hide: the result is not what was asked for."""
+        Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {text}")
+
     def error(self, text: str) -> None:
         # Errors are shown even with --quiet: a silent non-zero exit explains nothing.
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {text}")
@@ -111,15 +119,15 @@ class UI:
     def images_progress(self, total: int, steps: int):
         """An overall bar over images and a denoising bar for the pipeline call in flight."""
         if self.quiet:
-            yield _NoBars()
+            from spo_cli.render import NoProgress
+
+            yield NoProgress()
             return
-        from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
             console=self.err,
         )
         with progress:
@@ -128,10 +136,11 @@ class UI:
     # -- data (stdout) ----------------------------------------------------------------------------
 
     def emit_json(self, data) -> None:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
         sys.stdout.flush()
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        """A small table of words and numbers; paths go through `paths`, never in a cell."""
         from rich.table import Table
 
         t = Table(title=title, title_justify="left")
@@ -140,6 +149,28 @@ class UI:
         for r in rows:
             t.add_row(*r)
         self.out.print(t)
+
+    def paths(self, lines: list[tuple[str, str]]) -> None:
+        """Written files, one a line, each path whole (never wrapped, so it can be copied), with a
+        short note after it. With --quiet the paths alone: quiet drops progress, not results."""
+        for path, note in lines:
+            if self.quiet:
+                sys.stdout.write(path + "\n")
+            else:
+                self.out.print(f"{escape(path)}[dim]{'  ' + escape(note) if note else ''}[/]", soft_wrap=True)
+        sys.stdout.flush()
+
+
+def short(text: str, limit: int = 60) -> str:
+    """One line of at most `limit` characters, for showing a prompt in a summary."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 class _Null:
@@ -151,12 +182,14 @@ class _Null:
 
 
 class _Bars:
+    """render.NoProgress's three methods, drawn: images overall, and the call in flight."""
+
     def __init__(self, progress, total: int, steps: int):
         self.progress = progress
-        self.images = progress.add_task("images", total=total, rate="")
-        self.steps = progress.add_task("denoising", total=steps, rate="")
+        self.images = progress.add_task("images", total=total, rate="", eta="ETA -:--:--")
+        self.steps = progress.add_task("denoising", total=steps, rate="", eta="")
 
-    def start_batch(self, size: int, steps: int) -> None:
+    def start_call(self, size: int, steps: int) -> None:
         self.progress.reset(self.steps, total=steps, description=f"denoising ×{size}")
 
     def step(self, done: int, total: int) -> None:
@@ -165,16 +198,10 @@ class _Bars:
     def images_done(self, n: int) -> None:
         self.progress.advance(self.images, n)
         task = self.progress.tasks[self.images]
-        if task.elapsed:
-            self.progress.update(self.images, rate=f"{task.completed / task.elapsed * 60:.1f} img/min")
-
-
-class _NoBars:
-    def start_batch(self, size: int, steps: int) -> None:
-        pass
-
-    def step(self, done: int, total: int) -> None:
-        pass
-
-    def images_done(self, n: int) -> None:
-        pass
+        if task.elapsed and task.completed:
+            # From the average so far, not rich's 30-second window: a call of several minutes
+            # would leave that window empty and the ETA blank for the whole run.
+            per_image = task.elapsed / task.completed
+            left = max(0, int(per_image * (task.total - task.completed)))
+            self.progress.update(self.images, rate=f"{60 / per_image:.1f} img/min",
+                                 eta=f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")

@@ -1,15 +1,16 @@
-"""What to generate, independent of how: frozen requests, seeds and stable ids."""
+"""What to make, independent of how: the request types every command builds, and the image task.
+
+Plain frozen data. Values are checked once, by `validate`, before these are built; nothing here
+imports torch or touches the disk.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
-from spo_cli import presets
-from spo_cli.errors import UsageError
-
-SEED_MAX = 2**32 - 1  # what other SD tools accept, so a seed can be typed into any of them
+from spo_cli import presets, validate
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,14 @@ class ModelRequest:
     revision: str | None = None
     lora: str | None = None
     lora_file: str | None = None
-    lora_scale: float = 1.0
+    lora_scale: float | None = None  # None: 1.0 when there is a LoRA (the full SPO effect)
     vae: str | None = None  # None: the fp16-fix VAE in float16, the model's own otherwise; "model": always its own
     dtype: str = "auto"
     device: str = "auto"
+
+    @property
+    def effective_lora_scale(self) -> float:
+        return 1.0 if self.lora_scale is None else self.lora_scale
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,7 @@ class RunOptions:
     offload: str | None = None  # None, "model" or "sequential" (diffusers' CPU offload)
     vae_tiling: bool = False
     vae_slicing: bool = False
-    batch_size: int = 1  # with `fast`, short batches are padded to this, so shapes never change
-
-    def __post_init__(self):
-        if self.offload not in (None, "model", "sequential"):
-            raise UsageError(f"Unknown --offload '{self.offload}'.", "Use model or sequential.")
+    batch_size: int = 1  # images per pipeline call; with `fast`, short calls are padded to it
 
 
 @dataclass(frozen=True)
@@ -69,63 +70,34 @@ class ImageRequest:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to make and how to file it: the unit every command hands to the render loop."""
+
+    request: ImageRequest
+    stem: str | None = None  # the file name without extension; None: a fresh default name, claimed when written
+    spec_hash: str | None = None  # recorded in the sidecar, so a resume knows a finished image
+    overwrite: bool = False  # replace an image of the same stem (resumable runs own their names)
+    extra: dict = field(default_factory=dict)  # more sidecar fields: where a batch line or compare cell came from
+
+
 def random_seed() -> int:
     import secrets
 
-    return secrets.randbelow(SEED_MAX + 1)
-
-
-def check_seed(seed: int) -> int:
-    if not 0 <= seed <= SEED_MAX:
-        raise UsageError(f"Seed {seed} is out of range.", f"Use a whole number from 0 to {SEED_MAX}.")
-    return seed
-
-
-def check_size(width: int | None, height: int | None) -> list[str]:
-    """Validate a size; return warnings (SDXL was trained around one megapixel)."""
-    warnings = []
-    for name, value in (("width", width), ("height", height)):
-        if value is None:
-            continue
-        if value <= 0 or value % 8:
-            raise UsageError(
-                f"--{name} {value} is not a positive multiple of 8.",
-                f"SDXL works on 8×8-pixel latents; try {max(8, round(value / 8) * 8)}.",
-            )
-    if width or height:
-        # A missing side is the pipeline's default, 1024 for SDXL.
-        mpix = (width or 1024) * (height or 1024) / (1024 * 1024)
-        if mpix < 0.5 or mpix > 2.0:
-            warnings.append(
-                f"{width or 1024}×{height or 1024} is far from SDXL's training size of about 1024×1024 "
-                "(e.g. 1024×1024, 1152×896, 1216×832); expect weaker images."
-            )
-    return warnings
-
-
-def check_scheduler(name: str) -> str:
-    if name not in presets.SCHEDULERS:
-        raise UsageError(
-            f"Unknown scheduler '{name}'.", "Valid names: " + ", ".join(presets.SCHEDULERS) + "."
-        )
-    return name
+    return secrets.randbelow(validate.SEED_MAX + 1)
 
 
 def expand(base: ImageRequest, num_images: int) -> list[ImageRequest]:
     """`num_images` requests with seeds seed, seed+1, …: one generator per image, so an image's
     pixels do not depend on how many others share its pipeline call."""
-    if num_images < 1:
-        raise UsageError(f"--num-images must be at least 1, not {num_images}.")
-    check_seed(base.seed)
-    check_seed(base.seed + num_images - 1)
+    validate.num_images(num_images)
+    validate.seed_range(base.seed, num_images)
     return [replace(base, seed=base.seed + i) for i in range(num_images)]
 
 
-def batches(items: list, batch_size: int, request=lambda item: item) -> list[list]:
-    """Group items whose requests are compatible, keeping order within a group, into calls of
-    `batch_size`; `request(item)` gives an item's ImageRequest."""
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
+def calls(items: list, batch_size: int, request=lambda item: item) -> list[list]:
+    """Group items whose requests are compatible, keeping order within a group, into pipeline calls
+    of at most `batch_size`; `request(item)` gives an item's ImageRequest."""
     groups: dict[tuple, list] = {}
     for item in items:
         groups.setdefault(request(item).group_key(), []).append(item)
@@ -133,4 +105,3 @@ def batches(items: list, batch_size: int, request=lambda item: item) -> list[lis
     for group in groups.values():
         out.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
     return out
-

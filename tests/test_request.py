@@ -1,4 +1,4 @@
-"""Unit tests for spo_cli.jobs: seeds, size/scheduler checks, batching and spec hashes."""
+"""Unit tests for spo_cli.request: seed expansion, grouping into pipeline calls, spec hashes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from spo_cli import jobs, presets
-from spo_cli.errors import EXIT_USAGE, UsageError
-from spo_cli.jobs import SEED_MAX, ImageRequest
+from spo_cli import request as jobs
+from spo_cli.errors import UsageError
+from spo_cli.request import ImageRequest
+from spo_cli.validate import SEED_MAX
 
 
 def req(**kw) -> ImageRequest:
@@ -18,24 +19,6 @@ def req(**kw) -> ImageRequest:
 
 # ---------------------------------------------------------------------------------------------
 # Seeds
-
-
-def test_seed_max_is_the_32_bit_limit():
-    assert SEED_MAX == 4294967295
-
-
-@pytest.mark.parametrize("seed", [0, 1, 42, SEED_MAX - 1, SEED_MAX])
-def test_check_seed_accepts_the_whole_range(seed):
-    assert jobs.check_seed(seed) == seed
-
-
-@pytest.mark.parametrize("seed", [-1, -(2**31), SEED_MAX + 1, 2**64])
-def test_check_seed_rejects_out_of_range(seed):
-    with pytest.raises(UsageError) as e:
-        jobs.check_seed(seed)
-    assert e.value.exit_code == EXIT_USAGE == 2
-    assert str(seed) in e.value.message
-    assert str(SEED_MAX) in e.value.paragraph()
 
 
 def test_random_seed_is_in_range():
@@ -64,7 +47,7 @@ def test_expand_needs_at_least_one_image(n):
     with pytest.raises(UsageError) as e:
         jobs.expand(req(), n)
     assert e.value.exit_code == 2
-    assert "--num-images" in e.value.message
+    assert "--num-images" in e.value.message and "from 1 to 10,000" in e.value.message
 
 
 def test_expand_up_to_the_top_seed():
@@ -78,7 +61,7 @@ def test_expand_rejects_seeds_running_past_the_top(seed, n):
     with pytest.raises(UsageError) as e:
         jobs.expand(req(seed=seed), n)
     assert e.value.exit_code == 2
-    assert "out of range" in e.value.message
+    assert "4,294,967,295" in e.value.message
 
 
 def test_expand_rejects_a_negative_seed():
@@ -89,80 +72,6 @@ def test_expand_rejects_a_negative_seed():
 def test_expand_rejects_a_negative_seed_even_when_the_last_one_is_positive():
     with pytest.raises(UsageError):
         jobs.expand(req(seed=-5), 10)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sizes
-
-
-@pytest.mark.parametrize("w,h", [(None, None), (1024, 1024), (1152, 896), (896, 1152), (1216, 832),
-                                 (832, 1216), (1344, 768), (768, 1344)])
-def test_check_size_sdxl_sizes_pass_quietly(w, h):
-    assert jobs.check_size(w, h) == []
-
-
-@pytest.mark.parametrize("w,h", [(64, None), (None, 1016), (8, None)])
-def test_check_size_none_passes(w, h):
-    assert isinstance(jobs.check_size(w, h), list)
-
-
-@pytest.mark.parametrize(
-    "w,h,bad",
-    [(1020, 1024, "width"), (1024, 1001, "height"), (0, 1024, "width"), (1024, 0, "height"),
-     (-8, 1024, "width"), (1024, -1024, "height"), (7, None, "width"), (None, 1, "height"), (4, 4, "width")],
-)
-def test_check_size_rejects_non_multiples_of_8_and_non_positive(w, h, bad):
-    with pytest.raises(UsageError) as e:
-        jobs.check_size(w, h)
-    assert e.value.exit_code == 2
-    assert f"--{bad}" in e.value.message
-    assert "multiple of 8" in e.value.message
-    # The hint suggests a usable value.
-    suggested = [int(x) for x in re.findall(r"try (-?\d+)", e.value.hint or "")]
-    assert suggested and suggested[0] > 0 and suggested[0] % 8 == 0
-
-
-def test_check_size_suggests_the_nearest_multiple():
-    with pytest.raises(UsageError) as e:
-        jobs.check_size(1020, None)
-    assert "try 1024" in e.value.hint
-    with pytest.raises(UsageError) as e:
-        jobs.check_size(None, 1001)
-    assert "try 1000" in e.value.hint
-
-
-@pytest.mark.parametrize("w,h", [(512, 512), (64, 64), (256, 1024), (2048, 2048), (1536, 1536), (4096, 1024)])
-def test_check_size_warns_far_from_one_megapixel(w, h):
-    warnings = jobs.check_size(w, h)
-    assert len(warnings) == 1
-    assert f"{w}×{h}" in warnings[0]
-    assert "1024×1024" in warnings[0]
-
-
-@pytest.mark.parametrize("w,h", [(768, 768), (1024, 512 + 64), (1408, 1408)])
-def test_check_size_no_warning_within_half_to_two_megapixels(w, h):
-    assert 0.5 <= w * h / 1024**2 <= 2.0
-    assert jobs.check_size(w, h) == []
-
-
-# ---------------------------------------------------------------------------------------------
-# Schedulers
-
-
-@pytest.mark.parametrize("name", list(presets.SCHEDULERS))
-def test_check_scheduler_accepts_every_known_name(name):
-    assert jobs.check_scheduler(name) == name
-
-
-@pytest.mark.parametrize("name", ["Euler", "dpmpp_2m", "", "k_euler", "euler "])
-def test_check_scheduler_unknown_lists_valid_names(name):
-    with pytest.raises(UsageError) as e:
-        jobs.check_scheduler(name)
-    assert e.value.exit_code == 2
-    assert f"'{name}'" in e.value.message
-    for valid in presets.SCHEDULERS:
-        assert valid in e.value.hint
-    assert e.value.hint in e.value.paragraph()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,31 +89,23 @@ def _check_partition(requests, out, batch_size):
 
 def test_batches_same_settings_split_by_batch_size_in_order():
     requests = jobs.expand(req(seed=100), 7)
-    out = jobs.batches(requests, 3)
+    out = jobs.calls(requests, 3)
     assert [[r.seed for r in b] for b in out] == [[100, 101, 102], [103, 104, 105], [106]]
     _check_partition(requests, out, 3)
 
 
 def test_batches_of_one():
     requests = jobs.expand(req(seed=1), 3)
-    assert jobs.batches(requests, 1) == [[r] for r in requests]
+    assert jobs.calls(requests, 1) == [[r] for r in requests]
 
 
 def test_batches_larger_than_the_work():
     requests = jobs.expand(req(seed=1), 3)
-    assert jobs.batches(requests, 64) == [requests]
+    assert jobs.calls(requests, 64) == [requests]
 
 
 def test_batches_empty():
-    assert jobs.batches([], 4) == []
-
-
-@pytest.mark.parametrize("size", [0, -1])
-def test_batches_needs_a_positive_batch_size(size):
-    with pytest.raises(UsageError) as e:
-        jobs.batches([req()], size)
-    assert e.value.exit_code == 2
-    assert "--batch-size" in e.value.message
+    assert jobs.calls([], 4) == []
 
 
 @pytest.mark.parametrize(
@@ -224,7 +125,7 @@ def test_batches_needs_a_positive_batch_size(size):
 def test_batches_never_mix_incompatible_requests(change):
     a = req(seed=1)
     b = dataclasses.replace(req(seed=2), **change)
-    out = jobs.batches([a, b, dataclasses.replace(a, seed=3)], 8)
+    out = jobs.calls([a, b, dataclasses.replace(a, seed=3)], 8)
     assert [[r.seed for r in batch] for batch in out] == [[1, 3], [2]]
 
 
@@ -233,7 +134,7 @@ def test_batches_may_mix_prompts_seeds_and_set_negative_prompts():
     rs = [req(seed=1, prompt="a cat", negative_prompt="blurry"),
           req(seed=9, prompt="a dog", negative_prompt="low quality"),
           req(seed=3, prompt="a bird", negative_prompt="")]
-    assert jobs.batches(rs, 8) == [rs]
+    assert jobs.calls(rs, 8) == [rs]
 
 
 def test_batches_interleaved_groups_keep_order_within_each_group():
@@ -242,7 +143,7 @@ def test_batches_interleaved_groups_keep_order_within_each_group():
     neg = [req(seed=200 + s, steps=10, negative_prompt="x") for s in range(3)]
     interleaved = [fast[0], slow[0], neg[0], fast[1], slow[1], fast[2], neg[1], slow[2], fast[3],
                    slow[3], neg[2], fast[4]]
-    out = jobs.batches(interleaved, 2)
+    out = jobs.calls(interleaved, 2)
     _check_partition(interleaved, out, 2)
     seeds = [[r.seed for r in b] for b in out]
     # Groups appear in the order of their first request; requests keep their order inside a group.
@@ -251,7 +152,7 @@ def test_batches_interleaved_groups_keep_order_within_each_group():
 
 def test_batches_none_vs_set_negative_never_share_a_batch():
     rs = [req(seed=s, negative_prompt=None if s % 2 else "ugly") for s in range(6)]
-    out = jobs.batches(rs, 6)
+    out = jobs.calls(rs, 6)
     assert len(out) == 2
     for b in out:
         assert len({r.negative_prompt is None for r in b}) == 1
@@ -317,14 +218,8 @@ def test_requests_are_frozen_and_hashable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.seed = 1  # type: ignore[misc]
     assert len({r, req(), req(seed=1)}) == 2
-    m = jobs.ModelRequest()
-    assert m.model == presets.DEFAULT_PRESET == "spo"
-    assert m.vae is None and m.lora is None and m.lora_scale == 1.0
 
 
-def test_image_request_defaults_are_the_authors():
-    r = ImageRequest(prompt="x", seed=0)
-    assert r.steps == presets.DEFAULT_STEPS == 50
-    assert r.guidance == presets.DEFAULT_GUIDANCE == 5.0
-    assert r.negative_prompt is None and r.width is None and r.height is None
-    assert r.scheduler == "default" and r.generator_device == "cpu"
+def test_lora_scale_unset_means_the_full_effect():
+    assert jobs.ModelRequest().effective_lora_scale == 1.0
+    assert jobs.ModelRequest(lora_scale=0.0).effective_lora_scale == 0.0

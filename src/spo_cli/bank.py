@@ -1,0 +1,147 @@
+"""Several models in one run (spo compare): each component is loaded once and shared by every
+column whose files are the same, byte for byte.
+
+Identity is by content: a Hugging Face cache names each file's blob by its hash, so that costs
+nothing there; a local file is hashed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+
+from spo_cli.engine import TORCH_DTYPES, Engine
+
+
+def _content_id(path) -> str:
+    """A content hash of a file, free for Hugging Face cache files (their blob name is one)."""
+    real = os.path.realpath(path)
+    if os.path.basename(os.path.dirname(real)) == "blobs":
+        return os.path.basename(real)
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(folder, files: list[str]) -> str:
+    """Identity of a component: the hashes of its config and weight files, whatever their names
+    (a `model.fp16.safetensors` of one repo equals a `model.safetensors` of another byte for byte)."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.rsplit("/", 1)[-1].replace(".fp16", "")):
+        h.update(_content_id(folder / f).encode())
+    return h.hexdigest()[:20]
+
+
+class Bank:
+    """Builds the pipeline of each column of a comparison from components it loads once.
+
+    Every component (text encoders, tokenizers, VAE, UNet) is identified by a fingerprint of its
+    files; a column whose component has a fingerprint already loaded reuses that module. SPO-SDXL
+    changes only the UNet, so SDXL base and SPO share all but the UNet, and LoRA columns share the
+    UNet too, with the adapter loaded once and its scale set per column.
+    """
+
+    PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "unet")
+
+    def __init__(self, device: str, dtype: str, *, keep_loaded: bool = False, log=lambda msg: None):
+        self.device = device
+        self.dtype = dtype
+        self.keep_loaded = keep_loaded
+        self.log = log
+        self.modules: dict[tuple[str, str], object] = {}  # (part, fingerprint) → module
+        self.adapters: dict[tuple[str, str], str] = {}  # (unet fingerprint, lora fingerprint) → adapter
+        self.bytes_loaded = 0
+
+    def parts(self, resolved) -> dict[str, tuple[object, list[str], str]]:
+        """For each part: (folder, files relative to it, fingerprint)."""
+        out = {}
+        p = resolved.pipeline
+        for part in self.PARTS:
+            if part == "vae" and resolved.vae is not None:
+                v = resolved.vae
+                folder = v.path / v.subfolder if v.subfolder else v.path
+                prefix = f"{v.subfolder}/" if v.subfolder else ""
+                files = [f[len(prefix):] for f in v.files if f.startswith(prefix)]
+            else:
+                folder = p.path / part
+                files = [f.split("/", 1)[1] for f in p.files if f.startswith(part + "/")]
+            out[part] = (folder, files, fingerprint(folder, files))
+        return out
+
+    def release(self, keep: set[tuple[str, str]]) -> None:
+        """Free every loaded module not in `keep` (unless --keep-loaded)."""
+        if self.keep_loaded:
+            return
+        freed = [k for k in self.modules if k not in keep]
+        if freed:
+            self.log("free " + ", ".join(part for part, _ in freed))
+        for key in freed:
+            del self.modules[key]
+            self.adapters = {a: n for a, n in self.adapters.items() if a[0] != key[1] or key[0] != "unet"}
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _load(self, part: str, folder, files: list[str], variant: str | None):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        torch_dtype = TORCH_DTYPES[self.dtype]
+        if part.startswith("tokenizer"):
+            return CLIPTokenizer.from_pretrained(folder)
+        cls = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection,
+               "vae": AutoencoderKL, "unet": UNet2DConditionModel}[part]
+        kwargs = {"use_safetensors": True} if part in ("vae", "unet") else {}
+        module = cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant, **kwargs)
+        self.bytes_loaded += sum((folder / f).stat().st_size for f in files if f.endswith(".safetensors"))
+        return module.to(self.device)
+
+    def engine(self, resolved, needed_later: set[tuple[str, str]] = frozenset()) -> Engine:
+        """The pipeline for one column, loading only what is not loaded yet."""
+        import diffusers
+        from diffusers import StableDiffusionXLPipeline
+
+        parts = self.parts(resolved)
+        wanted = {(part, fp) for part, (_, _, fp) in parts.items()}
+        self.release(wanted | set(needed_later))
+        components, loaded, reused = {}, [], []
+        for part, (folder, files, fp) in parts.items():
+            if (part, fp) not in self.modules:
+                variant = resolved.vae.variant if part == "vae" and resolved.vae else resolved.pipeline.variant
+                self.modules[(part, fp)] = self._load(part, folder, files, variant)
+                loaded.append(part)
+            else:
+                reused.append(part)
+            components[part] = self.modules[(part, fp)]
+        self.log("; ".join(f"{verb} {', '.join(ps)}" for verb, ps in (("load", loaded), ("reuse", reused)) if ps))
+        index = resolved.model_index  # parsed and checked once, by resolve
+        scheduler_cls = getattr(diffusers, index["scheduler"][1])
+        components["scheduler"] = scheduler_cls.from_pretrained(resolved.pipeline.path / "scheduler")
+        pipe = StableDiffusionXLPipeline(
+            **components,
+            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+            add_watermarker=False,
+        )
+        lora_scale = None
+        unet_fp = parts["unet"][2]
+        if resolved.lora is not None:
+            lora_fp = _content_id(resolved.lora.path)[:20]
+            name = self.adapters.get((unet_fp, lora_fp))
+            if name is None:
+                name = f"lora_{lora_fp[:12]}"  # by content: unique even after UNets were freed
+                self.log(f"load LoRA {resolved.lora.file} as adapter {name}")
+                pipe.load_lora_weights(str(resolved.lora.path.parent), weight_name=resolved.lora.path.name,
+                                       adapter_name=name)
+                self.bytes_loaded += resolved.lora.path.stat().st_size
+                self.adapters[(unet_fp, lora_fp)] = name
+            lora_scale = resolved.lora_scale
+            pipe.enable_lora()
+            pipe.set_adapters([name], adapter_weights=[lora_scale])
+            self.log(f"LoRA {name} at scale {lora_scale}")
+        elif any(key[0] == unet_fp for key in self.adapters):
+            pipe.disable_lora()  # the same UNet serves LoRA columns: switch the adapter off here
+            self.log("LoRA off")
+        return Engine(pipe, self.device, self.dtype, lora_scale=lora_scale)

@@ -1,0 +1,89 @@
+"""From a checked request to a loaded model, with what the user sees on the way: the three steps
+every generating command takes (start torch and pick the device, resolve the files, load).
+
+The engine module (torch, diffusers) is imported here, inside `start_torch`, never at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spo_cli.cli.ui import UI, escape
+from spo_cli.request import ImageRequest, ModelRequest, RunOptions
+
+
+@dataclass(frozen=True)
+class Runtime:
+    engine: object  # the spo_cli.engine module
+    device: str
+    dtype: str
+
+
+def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list[ImageRequest] = (),
+                *, local_rank: int | None = None) -> Runtime:
+    """Import torch and the engine, pick device and dtype, and check what needs the machine (CUDA for
+    --device or --generator-device, a GPU for --offload) before anything is downloaded or loaded."""
+    with ui.status("Starting PyTorch"):
+        from spo_cli import engine
+
+        engine.quiet_libraries(ui.debug)
+        device, notes = engine.pick_device(request.device, local_rank)
+        dtype, dtype_notes = engine.pick_dtype(device, request.dtype)
+        engine.check_generator_devices(r.generator_device for r in images)
+        engine.check_options(options, device)
+    for note in notes + dtype_notes:
+        ui.warn(note)
+    return Runtime(engine, device, dtype)
+
+
+def resolve(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, downloading: bool = False):
+    """Find (downloading if needed) the files of `request`, saying which commit of what was found."""
+    from huggingface_hub import constants
+
+    from spo_cli.resolve import hub_endpoint, quiet_hub, resolve as resolve_files, unreachable, uses_hub
+
+    quiet_hub(ui.debug)
+    local_only = False
+    if not downloading and not constants.HF_HUB_OFFLINE and uses_hub(request, dtype):
+        # huggingface_hub would retry for half a minute before falling back to the cache.
+        why = unreachable()
+        if why:
+            ui.warn(f"The Hub at {hub_endpoint()} cannot be reached ({why}); using the local cache only.")
+            local_only = True
+    # No spinner here: download bars may need the live display.
+    resolved = resolve_files(request, dtype, tqdm=ui.download_tqdm, force=force, downloading=downloading,
+                             local_only=local_only)
+    for part in resolved.parts():
+        at = f" @ {part.commit[:10]}" if part.commit else ""
+        ui.info(f"[green]✓[/] Resolved {part.id}{'/' + part.file if part.file and part.source == 'hub' else ''}{at}")
+    return resolved
+
+
+def load(ui: UI, runtime: Runtime, resolved, options: RunOptions):
+    with ui.status(f"Loading {resolved.pipeline.id} on {runtime.device} ({resolved.dtype})"):
+        engine = runtime.engine.Engine.load(resolved, runtime.device, options)
+    if options.fast:
+        ui.info(f"--fast: the first images compile the model (minutes); compiled code is cached in "
+                f"{runtime.engine.configure_compile_cache()} for later runs.")
+    return engine
+
+
+def open_model(ui: UI, request: ModelRequest, options: RunOptions, images: list[ImageRequest]):
+    """All three steps: (engine, resolved)."""
+    runtime = start_torch(ui, request, options, images)
+    resolved = resolve(ui, request, runtime.dtype)
+    return load(ui, runtime, resolved, options), resolved
+
+
+def warn_truncation(ui: UI, engine, requests: list[ImageRequest]) -> None:
+    seen = set()
+    for r in requests:
+        for label, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
+            if text in seen:
+                continue
+            seen.add(text)
+            dropped = engine.dropped_words(text)
+            if dropped:
+                ui.warn(f"The {label} is longer than the text encoders' 77 tokens; SDXL ignores the end: "
+                        f"[italic]{escape(dropped)}[/]")
+

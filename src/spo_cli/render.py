@@ -1,0 +1,140 @@
+"""The generation loop every command shares: tasks → pipeline calls → images on disk.
+
+Typer-free and torch-free itself (the engine it is handed does the torch work), so generate, batch,
+compare and a server run the same loop. Per call: the engine makes the images; each image's
+metadata is built; a writer thread encodes and writes it while the next call runs, so the GPU
+does not wait for PNG compression. NaN images are never written.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+
+from spo_cli.errors import GenerationError, translate
+from spo_cli.outputs import files, metadata, naming
+from spo_cli.request import ImageTask, calls
+
+
+@dataclass
+class Outcome:
+    task: ImageTask
+    written: dict | None = None  # files.write_pair's answer
+    error: str | None = None  # one paragraph; None when written
+
+
+class NoProgress:
+    """What `render` reports to; the CLI's progress bars implement the same three methods."""
+
+    def start_call(self, size: int, steps: int) -> None:
+        pass
+
+    def step(self, done: int, total: int) -> None:
+        pass
+
+    def images_done(self, n: int) -> None:
+        pass
+
+
+def nan_hint(dtype: str) -> str:
+    if dtype == "float16":
+        return ("This is float16 overflow: keep the default fp16-fix VAE (drop --vae), or run with --dtype fp32 "
+                "(or bf16 on GPUs that support it).")
+    return "Check the settings (an extreme --guidance overflows) and the model's weights."
+
+
+def call_error(exc: Exception, debug: bool = False) -> str:
+    """A failed pipeline call as one paragraph for the record."""
+    err = translate(exc)
+    if err is not None:
+        return err.paragraph()
+    if debug:
+        traceback.print_exc()
+    return f"The pipeline call failed: {type(exc).__name__}: {exc}"
+
+
+def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format: str, batch_size: int,
+           keep_going: bool = False, stop: Callable[[], bool] = lambda: False, progress=None,
+           outcomes: list[Outcome] | None = None, debug: bool = False) -> list[Outcome]:
+    """Run `tasks` in pipeline calls of `batch_size` and write each image with its sidecar.
+
+    With `keep_going`, a call that fails (out of memory, an encoder error, anything the pipeline
+    raises) fails its images and the run goes on; otherwise the error propagates. `stop()` is
+    checked between calls. Outcomes are appended to `outcomes` as they happen, so a caller keeps
+    them across an interruption. A write error (a full disk) always ends the run.
+    """
+    progress = progress or NoProgress()
+    outcomes = [] if outcomes is None else outcomes
+    model = resolved.describe()
+    facts = engine.facts()
+    default_w, default_h = engine.default_size()
+    when = naming.now()
+    pending: deque[tuple[Outcome, Future]] = deque()
+
+    def write(task: ImageTask, image, meta: dict) -> dict:
+        default = None if task.stem else naming.default_stem(task.request.prompt, task.request.seed, when)
+        return files.write_pair(out, task.stem, image_format, image, meta, overwrite=task.overwrite,
+                                default_stem=default)
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            outcome, future = pending.popleft()
+            outcome.written = future.result()  # a write error (disk full) ends the run
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-writer") as writer:
+        try:
+            for call in calls(tasks, batch_size, request=lambda t: t.request):
+                if stop():
+                    break
+                batch = [t.request for t in call]
+                progress.start_call(len(batch), batch[0].steps)
+                t0 = perf_counter()
+                try:
+                    results = engine.run(batch, on_step=progress.step)
+                except Exception as e:
+                    if not keep_going:
+                        raise
+                    error = call_error(e, debug)
+                    outcomes.extend(Outcome(t, error=error) for t in call)
+                    progress.images_done(len(call))
+                    continue
+                elapsed = perf_counter() - t0
+                scheduler = engine.scheduler_facts(batch[0].scheduler)
+                created = naming.now()
+                for task, res in zip(call, results):
+                    outcome = Outcome(task)
+                    outcomes.append(outcome)
+                    if res.nan:
+                        outcome.error = "NaN output (the image would be all black). " + nan_hint(engine.dtype)
+                        continue
+                    r = res.request
+                    meta = metadata.build(
+                        r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
+                        batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=task.spec_hash,
+                        extra=task.extra,
+                    )
+                    pending.append((outcome, writer.submit(write, task, res.image, meta)))
+                settle(limit=2 * batch_size)  # bounded: at most two calls' images in memory
+                progress.images_done(len(call))
+        finally:
+            settle(limit=0)
+    return outcomes
+
+
+def raise_for_failures(outcomes: list[Outcome], dtype: str) -> None:
+    """generate/replay: any image that was not written fails the command (after the others were)."""
+    failed = [o for o in outcomes if o.error]
+    if not failed:
+        return
+    seeds = ", ".join(str(o.task.request.seed) for o in failed)
+    if all(o.error.startswith("NaN output") for o in failed):
+        raise GenerationError(
+            f"{len(failed)} image(s) came out as NaN (they would be all black) for seed(s) {seeds}; "
+            f"{len(outcomes) - len(failed)} other image(s) were written.", nan_hint(dtype),
+        )
+    raise GenerationError(f"{len(failed)} image(s) failed (seed(s) {seeds}): {failed[0].error}")

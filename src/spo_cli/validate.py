@@ -1,0 +1,309 @@
+"""Every limit on what a user can ask for, and the one place each is checked.
+
+Values come from the command line, prompt-file lines, replayed sidecars and PNG chunks, and compare
+columns; all of them pass through the functions here, so the same value gets the same limit and
+the same message wherever it comes from. A message names the value the way its source does: an
+option (`--steps`) or a key of a file (`prompts.jsonl:3: 'steps'`), through a `Where`.
+
+Pure: no torch, no network. `output_folder` alone touches the disk (it must, to know).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from spo_cli import presets
+from spo_cli.errors import UsageError
+
+SEED_MAX = 2**32 - 1  # what other SD tools accept, so a seed can be typed into any of them
+STEPS_MAX = 1000  # the scheduler's training timesteps: more steps than that repeat timesteps
+GUIDANCE_MAX = 100.0
+SIDE_MAX = 4096  # per side, in pixels (SDXL's VAE has to hold the whole image at once)
+PIXELS_MAX = 2048 * 2048  # 4 MP, four times SDXL's training size; --no-size-limit lifts both
+NUM_IMAGES_MAX = 10_000  # per prompt, per command
+BATCH_SIZE_MAX = 64
+PROMPT_MAX_CHARS = 10_000  # A1111-style prompts run to a few thousand characters
+PATH_MAX_CHARS = 4096  # model ids, paths, revisions (Linux's PATH_MAX)
+CELL_SIZE_MIN = 16  # compare's grid cells, in pixels
+ROWS_PER_PAGE_MAX = 1000
+LORA_SCALE_USUAL = 2.0  # outside ±2 a LoRA mostly breaks the image; allowed, with a warning
+SDXL_MEGAPIXELS = (0.5, 2.0)  # outside this, warn: SDXL was trained around one megapixel
+IMAGE_FORMATS = ("png", "jpg", "webp")
+PROMPT_FORMATS = ("txt", "jsonl")
+OFFLOAD_MODES = ("model", "sequential")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+# Options whose name is not the field name with dashes.
+OPTION_NAMES = {"negative_prompt": "--negative", "num_images": "--num-images"}
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where values come from, for messages: the command line, or a file (and line)."""
+
+    source: str | None = None  # None: the command line; else "prompts.jsonl:3" or "x.json"
+
+    def name(self, key: str) -> str:
+        if self.source is None:
+            return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
+        return f"'{key}'"
+
+    def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
+        where = f"{self.source}: " if self.source else ""
+        return UsageError(f"{where}{self.name(key)} {problem}.", hint)
+
+
+ARGV = Where()
+
+
+def _show(value) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Single values
+
+
+def text(value, key: str, where: Where = ARGV, *, empty_ok: bool = False, limit: int = PROMPT_MAX_CHARS) -> str:
+    """A string a user wrote: UTF-8 encodable, no NUL, within `limit` characters."""
+    if not isinstance(value, str):
+        raise where.error(key, f"must be a string, not {type(value).__name__} {_show(value)}")
+    if len(value) > limit:
+        raise where.error(key, f"is {len(value):,} characters long; the limit is {limit:,}",
+                          "Shorten it; a prompt file (spo batch) takes one prompt per line.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise where.error(key, f"is not valid text (character {e.start + 1} is a lone surrogate, often bytes "
+                               "that are not UTF-8)", "Pass UTF-8 text.") from None
+    if "\0" in value:
+        raise where.error(key, "contains a NUL character")
+    if not empty_ok and not value.strip():
+        raise where.error(key, "is empty")
+    return value
+
+
+def integer(value, key: str, where: Where = ARGV, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise where.error(key, f"must be a whole number, not {_show(value)}")
+    if not low <= value <= high:
+        raise where.error(key, f"must be from {low:,} to {high:,}, not {value:,}")
+    return value
+
+
+def number(value, key: str, where: Where = ARGV, *, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise where.error(key, f"must be a number, not {_show(value)}")
+    if not math.isfinite(value):
+        raise where.error(key, f"must be a finite number, not {value}")
+    if not low <= value <= high:
+        raise where.error(key, f"must be from {low:g} to {high:g}, not {value:g}")
+    return float(value)
+
+
+def choice(value, key: str, choices, where: Where = ARGV) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise where.error(key, f"cannot be {_show(value)}", "Choose one of: " + ", ".join(choices) + ".")
+    return value
+
+
+def seed(value, key: str = "seed", where: Where = ARGV) -> int:
+    return integer(value, key, where, low=0, high=SEED_MAX)
+
+
+def seed_range(first: int, count: int, where: Where = ARGV) -> None:
+    """Seeds first, first+1, … first+count-1 must all be valid."""
+    seed(first, "seed", where)
+    last = first + count - 1
+    if last > SEED_MAX:
+        raise where.error("seed", f"{first} with {count:,} images runs to seed {last:,}, past the largest, "
+                                  f"{SEED_MAX:,}", "Use a smaller seed.")
+
+
+def steps(value, where: Where = ARGV) -> int:
+    return integer(value, "steps", where, low=1, high=STEPS_MAX)
+
+
+def guidance(value, where: Where = ARGV) -> float:
+    return number(value, "guidance", where, low=0.0, high=GUIDANCE_MAX)
+
+
+def side(value, key: str, where: Where = ARGV, *, size_limit: bool = True) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise where.error(key, f"must be a whole number of pixels, not {_show(value)}")
+    if value < 8 or value % 8:
+        raise where.error(key, f"must be a positive multiple of 8, not {value}",
+                          f"SDXL works on 8×8-pixel latents; try {max(8, round(value / 8) * 8)}.")
+    if size_limit and value > SIDE_MAX:
+        raise where.error(key, f"is {value} pixels; the limit is {SIDE_MAX}",
+                          "--no-size-limit lifts it if your GPU has the memory.")
+    return value
+
+
+def size(width: int | None, height: int | None, where: Where = ARGV, *, size_limit: bool = True) -> list[str]:
+    """Check a size as a whole; return warnings (SDXL was trained around one megapixel)."""
+    w = side(width, "width", where, size_limit=size_limit) or presets.DEFAULT_SIZE
+    h = side(height, "height", where, size_limit=size_limit) or presets.DEFAULT_SIZE
+    if size_limit and w * h > PIXELS_MAX:
+        raise UsageError(f"{where.source + ': ' if where.source else ''}{w}×{h} is {w * h / 1e6:.1f} megapixels; "
+                         f"the limit is {PIXELS_MAX / 1e6:.1f}.",
+                         "Use a smaller size (SDXL is trained at about 1024×1024), or --no-size-limit if your "
+                         "GPU has the memory (with --vae-tiling for the decode).")
+    low, high = SDXL_MEGAPIXELS
+    if (width or height) and not low <= w * h / 1024**2 <= high:
+        return [f"{w}×{h} is far from SDXL's training size of about 1024×1024 (e.g. 1024×1024, 1152×896, "
+                "1216×832); expect weaker images."]
+    return []
+
+
+def scheduler(value, where: Where = ARGV) -> str:
+    return choice(value, "scheduler", list(presets.SCHEDULERS), where)
+
+
+def device(value, key: str = "device", where: Where = ARGV, *, auto: bool = True) -> str:
+    """Syntax only: whether the machine has that device is the engine's question."""
+    if not isinstance(value, str) or not (_DEVICE.match(value) or (auto and value == "auto")):
+        names = ("auto, " if auto else "") + "cpu, cuda, cuda:N or mps"
+        raise where.error(key, f"cannot be {_show(value)}", f"Use {names}.")
+    return value
+
+
+def generator_device(value, where: Where = ARGV) -> str:
+    return device(value, "generator_device", where, auto=False)
+
+
+def dtype(value, key: str = "dtype", where: Where = ARGV, *, auto: bool = True) -> str:
+    """'fp16'/'float16'/… → the torch name ('float16'), or 'auto'."""
+    names = [n for n in presets.DTYPES if auto or n != "auto"]
+    if not isinstance(value, str) or value not in names:
+        raise where.error(key, f"cannot be {_show(value)}", "Use " + ", ".join(
+            n for n in ("auto", "fp16", "bf16", "fp32") if auto or n != "auto") + ".")
+    return presets.DTYPES[value]
+
+
+def num_images(value, where: Where = ARGV) -> int:
+    return integer(value, "num_images", where, low=1, high=NUM_IMAGES_MAX)
+
+
+def batch_size(value, where: Where = ARGV) -> int:
+    return integer(value, "batch_size", where, low=1, high=BATCH_SIZE_MAX)
+
+
+def offload(value, where: Where = ARGV) -> str | None:
+    return None if value is None else choice(value, "offload", OFFLOAD_MODES, where)
+
+
+def lora_scale(value, where: Where = ARGV) -> tuple[float | None, list[str]]:
+    if value is None:
+        return None, []
+    scale = number(value, "lora_scale", where, low=-math.inf, high=math.inf)
+    warnings = []
+    if abs(scale) > LORA_SCALE_USUAL:
+        warnings.append(f"{where.name('lora_scale')} {scale:g} is outside ±{LORA_SCALE_USUAL:g}, where LoRAs "
+                        "usually break the image.")
+    return scale, warnings
+
+
+def image_format(value, where: Where = ARGV) -> str:
+    fmt = value.lower().lstrip(".") if isinstance(value, str) else value
+    fmt = "jpg" if fmt == "jpeg" else fmt
+    return choice(fmt, "image_format", IMAGE_FORMATS, where)
+
+
+def prompt_format(value, where: Where = ARGV) -> str | None:
+    return None if value is None else choice(value, "prompt_format", PROMPT_FORMATS, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole requests, from any source
+
+
+IMAGE_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler",
+              "generator_device")
+
+
+def image_values(values: Mapping, where: Where = ARGV) -> dict:
+    """Check the ImageRequest fields present in `values` (types too: files carry any JSON), and
+    return them normalised (an empty negative prompt is None, integer guidance a float)."""
+    out = {}
+    for key, value in values.items():
+        if key == "prompt":
+            out[key] = text(value, key, where)
+        elif key == "negative_prompt":
+            out[key] = None if value is None or value == "" else text(value, key, where, empty_ok=True) or None
+        elif key == "seed":
+            out[key] = seed(value, key, where)
+        elif key == "steps":
+            out[key] = steps(value, where)
+        elif key == "guidance":
+            out[key] = guidance(value, where)
+        elif key in ("width", "height"):
+            out[key] = side(value, key, where, size_limit=False)  # the size as a whole: `size()`
+        elif key == "scheduler":
+            out[key] = scheduler(value, where)
+        elif key == "generator_device":
+            out[key] = generator_device(value, where)
+        else:
+            raise ValueError(f"not an ImageRequest field: {key}")
+    return out
+
+
+def model_values(values: Mapping, where: Where = ARGV) -> dict:
+    """Check the ModelRequest fields present in `values`."""
+    out = {}
+    for key, value in values.items():
+        if key in ("model",):
+            out[key] = text(value, key, where, limit=PATH_MAX_CHARS)
+        elif key in ("revision", "lora", "lora_file", "vae"):
+            out[key] = None if value is None else text(value, key, where, limit=PATH_MAX_CHARS)
+        elif key == "lora_scale":
+            out[key] = lora_scale(value, where)[0]
+        elif key == "dtype":
+            out[key] = dtype(value, key, where)
+        elif key == "device":
+            out[key] = device(value, key, where)
+        else:
+            raise ValueError(f"not a ModelRequest field: {key}")
+    return out
+
+
+def lora_applies(model: str, lora: str | None, scale: float | None, where: Where = ARGV) -> None:
+    """A LoRA strength with no LoRA to apply it to would be recorded but change nothing: refuse."""
+    preset = presets.PRESETS.get(model)
+    if scale is None or lora or (preset and preset.lora_repo):
+        return
+    with_lora = [p.name for p in presets.PRESETS.values() if p.lora_repo]
+    raise where.error("lora_scale", f"{scale:g} has nothing to act on: the model '{model}' has no LoRA",
+                      f"The SPO LoRA comes with --model {with_lora[0]}; add another LoRA with --lora, or drop "
+                      f"{where.name('lora_scale')}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder
+
+
+def output_folder(path: Path, option: str = "--out") -> Path:
+    """Create `path` if needed and prove it writable with a probe file, before any work starts."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{option} {path}: {parent} is a file, not a folder.",
+                             f"Choose another {option}.")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".spo-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{option} {path} cannot be written to ({e.strerror or e}).",
+                         f"Check its permissions and free space, or choose another {option}.") from None
+    return path

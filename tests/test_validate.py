@@ -1,0 +1,308 @@
+"""The one validation: every limit, and the same limit and message whatever the value's source.
+
+Pure: no model, no subprocess. The command line's own path into it (typer → options → validate)
+is covered by the CLI tests; here the three sources that parse raw values (argv values as typer
+types them, a jsonl line, a replayed sidecar) are held to the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from spo_cli import presets, prompts, validate
+from spo_cli.cli import options
+from spo_cli.errors import EXIT_USAGE, UsageError
+from spo_cli.outputs import metadata
+from spo_cli.validate import ARGV, SEED_MAX, Where
+
+GOOD_ARGV = dict(seed=1, negative=None, steps=30, guidance=5.0, width=None, height=None, scheduler="default",
+                 generator_device="cpu")
+ARGV_NAME = {"negative_prompt": "negative"}
+
+
+def from_argv(key: str, value) -> UsageError:
+    with pytest.raises(UsageError) as e:
+        values = {**GOOD_ARGV, ARGV_NAME.get(key, key): value}
+        prompt = values.pop("prompt", "a red fox")
+        options.image_request(prompt=prompt, **values)
+    return e.value
+
+
+def from_jsonl(key: str, value) -> str:
+    parsed = prompts.parse(json.dumps({"prompt": "a red fox", key: value}) + "\n", "p.jsonl")
+    assert not parsed.lines and len(parsed.problems) == 1, parsed
+    return parsed.problems[0]
+
+
+def sidecar(**changes) -> dict:
+    meta = {"schema": metadata.SCHEMA, "prompt": "a red fox", "negative_prompt": None, "seed": 1, "steps": 30,
+            "guidance": 5.0, "width": 1024, "height": 1024, "generator_device": "cpu",
+            "scheduler": {"name": "default", "class": "EulerDiscreteScheduler", "a1111": "Euler"},
+            "model_request": {"model": "spo", "revision": None, "lora": None, "lora_file": None,
+                              "lora_scale": None, "vae": None, "dtype": "auto"},
+            "model": {"id": presets.SPO_MERGED, "source": "hub", "commit": "a" * 40}, "lora": None,
+            "dtype": "float16"}
+    meta.update(changes)
+    return meta
+
+
+def from_sidecar(key: str, value) -> UsageError:
+    with pytest.raises(UsageError) as e:
+        metadata.recorded_requests(sidecar(**{key: value}), Path("x.json"))
+    return e.value
+
+
+BAD = [
+    ("seed", -1, "must be from 0 to 4,294,967,295, not -1"),
+    ("seed", SEED_MAX + 1, "must be from 0 to 4,294,967,295, not 4,294,967,296"),
+    ("steps", 0, "must be from 1 to 1,000, not 0"),
+    ("steps", 1001, "must be from 1 to 1,000, not 1,001"),
+    ("guidance", math.nan, "must be a finite number, not nan"),
+    ("guidance", math.inf, "must be a finite number, not inf"),
+    ("guidance", -1.0, "must be from 0 to 100, not -1"),
+    ("width", 1020, "must be a positive multiple of 8, not 1020"),
+    ("height", 0, "must be a positive multiple of 8, not 0"),
+    ("scheduler", "eulerr", "cannot be 'eulerr'"),
+    ("generator_device", "gpu", "cannot be 'gpu'"),
+    ("prompt", "a \udcff fox", "is not valid text"),
+    ("prompt", "x" * (validate.PROMPT_MAX_CHARS + 1), "is 10,001 characters long; the limit is 10,000"),
+    ("prompt", "   ", "is empty"),
+    ("negative_prompt", "bad\0", "contains a NUL character"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", BAD, ids=[f"{k}={str(v)[:12]}" for k, v, _ in BAD])
+def test_every_source_gets_the_same_limit_and_message(key, value, words):
+    argv = from_argv(key, value)
+    assert argv.exit_code == EXIT_USAGE
+    option = validate.OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
+    assert argv.message.startswith(f"{option} {words}"), argv.message
+    if key == "scheduler":
+        side = from_sidecar("scheduler", {"name": value})
+    else:
+        side = from_sidecar(key, value)
+    assert side.message.startswith(f"x.json: '{key}' {words}"), side.message
+    if isinstance(value, float) and not math.isfinite(value):
+        line = prompts.parse('{"prompt": "a", "%s": %s}\n' % (key, "NaN" if math.isnan(value) else "Infinity"),
+                             "p.jsonl").problems[0]
+    else:
+        line = from_jsonl(key, value)
+    assert line.startswith(f"p.jsonl:1: '{key}' {words}"), line
+    # The hint, where there is one, is the same too.
+    assert (argv.hint or "").split(";")[0] == (side.hint or "").split(";")[0]
+
+
+@pytest.mark.parametrize("value", ["20", 20.0, True, None, [20]])
+def test_files_must_give_whole_numbers_where_argv_types_them(value):
+    line = from_jsonl("steps", value)
+    assert "'steps' must be a whole number" in line
+    side = from_sidecar("steps", value)
+    assert "'steps' must be a whole number" in side.message
+
+
+@pytest.mark.parametrize("value", [5, ["a"], {"x": 1}, None])
+def test_a_prompt_that_is_not_a_string(value):
+    assert "'prompt' must be a string" in from_jsonl("prompt", value)
+    assert "'prompt' must be a string" in from_sidecar("prompt", value).message
+
+
+def test_limits_are_defined_once():
+    # Each limit's number appears in the code of validate.py and nowhere else in the package (tiny.py
+    # builds the test model; its numbers are that model's, not limits).
+    import tokenize
+
+    limits = {validate.SIDE_MAX, validate.NUM_IMAGES_MAX, validate.STEPS_MAX, validate.PROMPT_MAX_CHARS,
+              validate.ROWS_PER_PAGE_MAX}  # (64 and 100, the batch and guidance limits, are too common)
+    package = Path(validate.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name in ("validate.py", "tiny.py"):
+            continue
+        with open(path, "rb") as f:
+            numbers = {eval(t.string) for t in tokenize.tokenize(f.readline) if t.type == tokenize.NUMBER}
+        assert not numbers & limits, (path.name, numbers & limits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+
+
+@pytest.mark.parametrize("w,h", [(None, None), (1024, 1024), (1152, 896), (896, 1152), (1216, 832),
+                                 (832, 1216), (1344, 768), (768, 1344)])
+def test_sdxl_sizes_pass_quietly(w, h):
+    assert validate.size(w, h) == []
+
+
+@pytest.mark.parametrize("w,h,shown", [(512, 512, "512×512"), (64, None, "64×1024"), (None, 256, "1024×256"),
+                                       (2048, 2048, "2048×2048"), (4096, 1024, "4096×1024")])
+def test_far_from_one_megapixel_warns_with_the_size_used(w, h, shown):
+    [warning] = validate.size(w, h)
+    assert warning.startswith(shown) and "1024×1024" in warning
+
+
+@pytest.mark.parametrize("quiet, warns", [((728, 728), (720, 728)), ((1448, 1448), (1456, 1448))])
+def test_the_warning_bounds_are_half_and_two_megapixels(quiet, warns):
+    # 728² is just over 0.5 MP and 1448² just under 2 MP: quiet; one multiple of 8 further out warns.
+    assert validate.size(*quiet) == []
+    assert validate.size(*warns) != []
+
+
+@pytest.mark.parametrize("w,h,words", [
+    (4104, None, "--width is 4104 pixels; the limit is 4096"),
+    (None, 8192, "--height is 8192 pixels; the limit is 4096"),
+    (2056, 2048, "2056×2048 is 4.2 megapixels; the limit is 4.2"),
+])
+def test_size_limits_and_the_opt_out(w, h, words):
+    with pytest.raises(UsageError) as e:
+        validate.size(w, h)
+    assert e.value.message.startswith(words) and "--no-size-limit" in e.value.hint
+    assert validate.size(w, h, size_limit=False)  # allowed, with the far-from-1MP warning
+
+
+def test_size_hint_suggests_the_nearest_multiple():
+    with pytest.raises(UsageError) as e:
+        validate.size(1020, None)
+    assert "try 1024" in e.value.hint
+    with pytest.raises(UsageError) as e:
+        validate.size(None, 1001)
+    assert "try 1000" in e.value.hint
+
+
+# ---------------------------------------------------------------------------------------------
+# Other values
+
+
+@pytest.mark.parametrize("name", list(presets.SCHEDULERS))
+def test_every_known_scheduler_is_accepted(name):
+    assert validate.scheduler(name) == name
+
+
+def test_unknown_scheduler_lists_the_valid_names():
+    with pytest.raises(UsageError) as e:
+        validate.scheduler("k_euler")
+    assert all(n in e.value.hint for n in presets.SCHEDULERS)
+
+
+@pytest.mark.parametrize("value", ["cpu", "cuda", "cuda:0", "cuda:7", "mps"])
+def test_generator_devices(value):
+    assert validate.generator_device(value) == value
+
+
+@pytest.mark.parametrize("value", ["auto", "gpu", "cuda:", "cuda:x", "CUDA", "", "cuda:0 "])
+def test_bad_generator_devices(value):
+    with pytest.raises(UsageError) as e:
+        validate.generator_device(value)
+    assert e.value.message.startswith("--generator-device cannot be")
+
+
+@pytest.mark.parametrize("value, expected", [("fp16", "float16"), ("float16", "float16"), ("bf16", "bfloat16"),
+                                             ("fp32", "float32"), ("auto", "auto")])
+def test_dtypes(value, expected):
+    assert validate.dtype(value) == expected
+
+
+def test_dtype_without_auto():
+    with pytest.raises(UsageError):
+        validate.dtype("auto", auto=False)
+
+
+@pytest.mark.parametrize("n, ok", [(1, True), (10_000, True), (0, False), (-3, False), (10_001, False),
+                                   (1_000_000_000, False)])
+def test_num_images_limits(n, ok):
+    if ok:
+        assert validate.num_images(n) == n
+    else:
+        with pytest.raises(UsageError) as e:
+            validate.num_images(n)
+        assert e.value.message.startswith("--num-images must be from 1 to 10,000")
+
+
+@pytest.mark.parametrize("n, ok", [(1, True), (64, True), (0, False), (65, False)])
+def test_batch_size_limits(n, ok):
+    if ok:
+        assert validate.batch_size(n) == n
+    else:
+        with pytest.raises(UsageError, match="--batch-size must be from 1 to 64"):
+            validate.batch_size(n)
+
+
+def test_seed_range_past_the_top():
+    validate.seed_range(SEED_MAX - 3, 4)
+    with pytest.raises(UsageError) as e:
+        validate.seed_range(SEED_MAX - 3, 5)
+    assert "runs to seed 4,294,967,296" in e.value.message
+
+
+@pytest.mark.parametrize("scale, warns", [(0.0, False), (1.0, False), (-2.0, False), (2.5, True), (-3, True)])
+def test_lora_scale_warns_outside_two(scale, warns):
+    value, warnings = validate.lora_scale(scale)
+    assert value == scale and bool(warnings) == warns
+
+
+@pytest.mark.parametrize("scale", [math.nan, math.inf])
+def test_lora_scale_must_be_finite(scale):
+    with pytest.raises(UsageError, match="--lora-scale must be a finite number"):
+        validate.lora_scale(scale)
+
+
+@pytest.mark.parametrize("model, lora, ok", [("spo", None, False), ("base", None, False),
+                                             ("spo-lora", None, True), ("spo", "x.safetensors", True),
+                                             ("./folder", None, False)])
+def test_lora_scale_needs_a_lora(model, lora, ok):
+    if ok:
+        validate.lora_applies(model, lora, 0.5)
+    else:
+        with pytest.raises(UsageError) as e:
+            validate.lora_applies(model, lora, 0.5)
+        assert "has nothing to act on" in e.value.message and "--model spo-lora" in e.value.hint
+    validate.lora_applies(model, lora, None)  # not given: nothing to check
+
+
+@pytest.mark.parametrize("value, expected", [("png", "png"), ("PNG", "png"), ("jpeg", "jpg"), (".webp", "webp")])
+def test_image_formats(value, expected):
+    assert validate.image_format(value) == expected
+
+
+def test_where_names_options_and_keys():
+    assert ARGV.name("negative_prompt") == "--negative"
+    assert ARGV.name("generator_device") == "--generator-device"
+    assert Where("f.jsonl:3").name("steps") == "'steps'"
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder
+
+
+def test_output_folder_is_created_and_probed(tmp_path):
+    out = validate.output_folder(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    for path in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(UsageError) as e:
+            validate.output_folder(path)
+        assert "is a file, not a folder" in e.value.message
+
+
+def test_output_folder_not_writable(tmp_path):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        target = ro / "out"
+        if os.access(ro, os.W_OK):  # root writes anywhere: a kernel file system refuses it instead
+            target = Path("/sys/spo-test-out")
+            if not Path("/sys").is_dir():
+                pytest.skip("no unwritable folder to try as this user")
+        with pytest.raises(UsageError, match="cannot be written to"):
+            validate.output_folder(target)
+    finally:
+        ro.chmod(0o700)
