@@ -16,6 +16,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist each worker gets its share of the cores (torch's default is all of them, which
+# with two workers on two cores makes both slower); spo subprocesses inherit the setting.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 _ROOT = Path(tempfile.mkdtemp(prefix="spo-tests-"))
 os.environ.update(
     HF_HOME=str(_ROOT / "hf-home"),  # no user token, no user config
@@ -30,6 +36,8 @@ os.environ.update(
 os.environ.pop("HF_TOKEN", None)
 
 SPO_CLI = [sys.executable, "-m", "spo_cli"]
+# Only a guard against a hung test run, never a measure of speed: a busy machine is slow, not broken.
+HANG = 3600
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -57,7 +65,7 @@ def out(tmp_path) -> Path:
     return tmp_path / "out"
 
 
-def run_spo(*args: str, env: dict | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+def run_spo(*args: str, env: dict | None = None, timeout: float = HANG, **kw) -> subprocess.CompletedProcess:
     """Run the real `spo` entry point in a subprocess."""
     return subprocess.run(
         [*SPO_CLI, *args], capture_output=True, text=True, timeout=timeout,

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from spo_cli import presets
 from spo_cli.cli import app
 
+pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tier
+
 PROMPT = "a child and a penguin sitting on the moon"
 # float16: SDXL base's fp16 variant files and the merged checkpoint's text encoders and VAE are the
 # same bytes, as on the Hub, so the UNet swap path runs.
@@ -64,6 +66,7 @@ def compared(hub_cache, tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_grid_and_index(compared):
     out, summary = compared
     index = summary["index_data"]
@@ -83,6 +86,7 @@ def test_grid_and_index(compared):
             assert meta["compare"]["column"] in [c["label"] for c in index["columns"]]
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_cells_equal_spo_generate(compared, tmp_path):
     out, summary = compared
     index = summary["index_data"]
@@ -93,6 +97,7 @@ def test_cells_equal_spo_generate(compared, tmp_path):
             assert np.array_equal(pixels(cell(index, out, label, seed)), pixels(made)), (label, seed)
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_unet_swap_shares_everything_but_the_unet(compared):
     _, summary = compared
     setup = summary["index_data"]["setup"]
@@ -104,6 +109,7 @@ def test_unet_swap_shares_everything_but_the_unet(compared):
     assert summary["bytes_loaded"] > 0
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_lora_scale_zero_is_the_base_column(compared):
     out, summary = compared
     index = summary["index_data"]
@@ -115,6 +121,7 @@ def test_lora_scale_zero_is_the_base_column(compared):
                                   pixels(cell(index, out, "SDXL base", seed)))
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_resume_reuses_cells_and_renders_only_what_is_new(compared, tmp_path):
     src, _ = compared
     out = tmp_path / "cmp"
@@ -157,6 +164,7 @@ def test_a_model_that_differs_loads_what_differs(hub_cache, repos, tmp_path):
     assert np.array_equal(pixels(cell(summary["index_data"], tmp_path / "out", "mine", 1)), pixels(made))
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_keep_loaded_frees_nothing_and_gives_the_same_cells(compared, tmp_path):
     src, first = compared
     summary = run_compare(tmp_path, "--base", "--spo", "--keep-loaded")
@@ -166,6 +174,7 @@ def test_keep_loaded_frees_nothing_and_gives_the_same_cells(compared, tmp_path):
                               pixels(cell(first["index_data"], src, label, 1)))
 
 
+@pytest.mark.xdist_group("compared")  # one worker renders the shared comparison once
 def test_pages_and_cell_size(compared, tmp_path):
     src, _ = compared
     shutil.copytree(src, tmp_path / "cmp")
@@ -190,12 +199,29 @@ def test_prompts_file_rows(hub_cache, tmp_path):
     assert json.loads((tmp_path / "out" / fox["sidecar"]).read_text())["steps"] == 3
 
 
+def test_revision_pins_a_model_column(hub_cache, tmp_path):
+    commit = hub_cache[presets.SDXL_BASE]
+    r = invoke("compare", PROMPT, *TINY, "--seeds", "1", "--no-base", "--no-spo", "--model", presets.SDXL_BASE,
+               "--label", "pinned", "--revision", commit, "--out", str(tmp_path), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    [column] = json.loads(Path(json.loads(r.stdout)["index"]).read_text())["columns"]
+    assert (column["model"]["revision"], column["model"]["commit"]) == (commit, commit)
+    assert column["model_request"]["revision"] == commit
+    r = invoke("compare", PROMPT, *TINY, "--seeds", "1", "--no-base", "--no-spo", "--model", presets.SDXL_BASE,
+               "--revision", "no-such-tag", "--out", str(tmp_path / "bad"))
+    assert r.exit_code == 1 and "no-such-tag" in " ".join(r.stderr.split())
+
+
 @pytest.mark.parametrize("args, words", [
     (["--no-base", "--no-spo"], "No model chosen"),
     (["--lora-scales", "0,abc"], "'abc' is not a number"),
     (["--seeds", "1,x"], "not a list of whole numbers"),
     (["--model", "base", "--label", "SDXL base", "--base"], "labelled alike"),
     (["--label", "orphan"], "more --label than --model"),
+    (["--lora-scale", "0.5"], "sets the strength of the --spo-lora column"),
+    (["--revision", "v2"], "--revision applies to --model columns"),
+    (["--cell-size", "8"], "--cell-size must be from 16 to 4,096"),
+    (["--seeds", "-1"], "--seeds must be from 0 to"),
 ])
 def test_bad_inputs(hub_cache, tmp_path, args, words):
     r = invoke("compare", PROMPT, *TINY, "--out", str(tmp_path), *args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,8 @@ import pytest
 from conftest import run_spo
 from hubserver import HubServer
 from spo_cli import presets
+
+pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tier
 
 BASE, MERGED, LORA, VAE = presets.SDXL_BASE, presets.SPO_MERGED, presets.SPO_LORA, presets.FP16_FIX_VAE
 TOKEN = "hf_secret_test_token"
@@ -81,7 +84,7 @@ def assert_one_paragraph(stderr: str) -> str:
 
 def test_download_spo_lora_fetches_exactly_the_fp16_files(repos, tmp_path):
     with HubServer(repos, tree_page_size=7) as hub:  # small pages: the tree listing is paginated
-        r = run_spo("download", "spo-lora", "--json", env=hub_env(hub, tmp_path), timeout=120)
+        r = run_spo("download", "spo-lora", "--json", env=hub_env(hub, tmp_path))
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
 
@@ -118,7 +121,7 @@ def test_download_spo_lora_fetches_exactly_the_fp16_files(repos, tmp_path):
 
 def test_download_base_fp32_fetches_plain_weights_and_no_vae(repos, tmp_path):
     with HubServer(repos) as hub:
-        r = run_spo("download", "base", "--dtype", "fp32", "--json", env=hub_env(hub, tmp_path), timeout=120)
+        r = run_spo("download", "base", "--dtype", "fp32", "--json", env=hub_env(hub, tmp_path))
     assert r.returncode == 0, r.stderr
     base = pipeline_files(repos[BASE], None)
     assert "unet/diffusion_pytorch_model.safetensors" in base
@@ -137,14 +140,14 @@ def lora_run(repos, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora-run")
     with HubServer(repos) as hub:
         env = hub_env(hub, tmp, HF_TOKEN=TOKEN)
-        download = run_spo("download", "spo-lora", "--json", env=env, timeout=120)
+        download = run_spo("download", "spo-lora", "--json", env=env)
         assert download.returncode == 0, download.stderr
         requests_during_download = len(hub.requests)
         out = tmp / "out"
         generate = run_spo(
             "generate", "a fox", "--model", "spo-lora", "--width", "64", "--height", "64", "--steps", "2",
             "--device", "cpu", "--dtype", "fp16", "--out", str(out), "--json", "--seed", "7",
-            env={**env, "HF_HUB_OFFLINE": "1"}, timeout=240,
+            env={**env, "HF_HUB_OFFLINE": "1"},
         )
         requests_during_generate = hub.requests[requests_during_download:]
     return SimpleNamespace(hub=hub, tmp=tmp, out=out, download=download, generate=generate,
@@ -188,11 +191,9 @@ def test_token_is_sent_but_never_written(lora_run):
 
 def test_gated_repo_asks_for_a_token(repos, tmp_path):
     with HubServer(repos, gated={BASE}, granted_tokens={"hf_granted"}) as hub:
-        anonymous = run_spo("download", "base", "--dtype", "fp32", env=hub_env(hub, tmp_path / "a"), timeout=120)
-        refused = run_spo("download", "base", "--dtype", "fp32", env=hub_env(hub, tmp_path / "b", HF_TOKEN="hf_no"),
-                          timeout=120)
-        granted = run_spo("download", "base", "--dtype", "fp32", env=hub_env(hub, tmp_path / "c", HF_TOKEN="hf_granted"),
-                          timeout=120)
+        anonymous = run_spo("download", "base", "--dtype", "fp32", env=hub_env(hub, tmp_path / "a"))
+        refused = run_spo("download", "base", "--dtype", "fp32", env=hub_env(hub, tmp_path / "b", HF_TOKEN="hf_no"))
+        granted = run_spo("download", "base", "--dtype", "fp32", env=hub_env(hub, tmp_path / "c", HF_TOKEN="hf_granted"))
     statuses = [r.status for r in hub.requests if r.server == "hub" and r.file]
     assert 401 in statuses and 403 in statuses  # both the anonymous and the not-authorized answers were met
     for r in (anonymous, refused):
@@ -207,7 +208,7 @@ def test_gated_repo_asks_for_a_token(repos, tmp_path):
 @pytest.mark.parametrize("status", [404, 401])  # 401: what the real Hub answers anonymous clients
 def test_unknown_repo_is_not_found(repos, tmp_path, status):
     with HubServer(repos, unknown_status=status) as hub:
-        r = run_spo("download", "someorg/nothing-here", env=hub_env(hub, tmp_path), timeout=120)
+        r = run_spo("download", "someorg/nothing-here", env=hub_env(hub, tmp_path))
     assert r.returncode == 1, r.stderr
     text = assert_one_paragraph(r.stderr)
     assert "not found" in text and "someorg/nothing-here" in text
@@ -216,7 +217,7 @@ def test_unknown_repo_is_not_found(repos, tmp_path, status):
 
 def test_unknown_revision(repos, tmp_path):
     with HubServer(repos) as hub:
-        r = run_spo("download", "base", "--revision", "v9", env=hub_env(hub, tmp_path), timeout=120)
+        r = run_spo("download", "base", "--revision", "v9", env=hub_env(hub, tmp_path))
     assert r.returncode == 1, r.stderr
     text = assert_one_paragraph(r.stderr)
     assert "revision" in text and "does not exist" in text
@@ -225,8 +226,8 @@ def test_unknown_revision(repos, tmp_path):
 
 def test_download_shows_progress_per_repo(repos, tmp_path):
     with HubServer(repos) as hub:
-        r = run_spo("download", "spo-lora", env=hub_env(hub, tmp_path / "a"), timeout=120)
-        quiet = run_spo("download", "spo-lora", "--quiet", env=hub_env(hub, tmp_path / "b"), timeout=120)
+        r = run_spo("download", "spo-lora", env=hub_env(hub, tmp_path / "a"))
+        quiet = run_spo("download", "spo-lora", "--quiet", env=hub_env(hub, tmp_path / "b"))
     assert r.returncode == 0, r.stderr
     for repo in (BASE, LORA, VAE):
         assert f"Downloading {repo}" in r.stderr, r.stderr
@@ -246,12 +247,12 @@ def test_vae_from_a_subfolder_works_offline_after_download(repos, tmp_path):
         shutil.copy(repos[VAE] / name, folder / "vae" / name)
     with HubServer({BASE: repos[BASE], "someorg/pipe-vae": folder}) as hub:
         env = hub_env(hub, tmp_path)
-        online = run_spo("download", "base", "--vae", "someorg/pipe-vae", "--json", env=env, timeout=120)
+        online = run_spo("download", "base", "--vae", "someorg/pipe-vae", "--json", env=env)
         assert online.returncode == 0, online.stderr
         assert hub.fetched("someorg/pipe-vae") == {"vae/config.json", "vae/diffusion_pytorch_model.safetensors"}
         seen = len(hub.requests)
         offline = run_spo("download", "base", "--vae", "someorg/pipe-vae", "--json",
-                          env={**env, "HF_HUB_OFFLINE": "1"}, timeout=120)
+                          env={**env, "HF_HUB_OFFLINE": "1"})
         assert hub.requests[seen:] == []
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["repos"] == json.loads(online.stdout)["repos"]
@@ -263,7 +264,7 @@ def test_vae_from_a_subfolder_works_offline_after_download(repos, tmp_path):
 
 def test_download_progress_counts_bytes(repos, tmp_path):
     with HubServer(repos) as hub:
-        r = run_spo("download", "base", env=hub_env(hub, tmp_path), timeout=120)
+        r = run_spo("download", "base", env=hub_env(hub, tmp_path))
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stderr.splitlines() if f"Downloading {BASE}" in ln)
     # About 5.6 MB of fp16 weights and configs: rich's DownloadColumn shows it in MB, not "18/18 bytes".
@@ -273,9 +274,9 @@ def test_download_progress_counts_bytes(repos, tmp_path):
 def test_offline_fp32_after_fp16_download_says_what_to_fetch(repos, tmp_path):
     with HubServer(repos) as hub:
         env = hub_env(hub, tmp_path)
-        online = run_spo("download", "base", env=env, timeout=120)  # fp16 files only
+        online = run_spo("download", "base", env=env)  # fp16 files only
         assert online.returncode == 0, online.stderr
-        offline = run_spo("download", "base", "--dtype", "fp32", env={**env, "HF_HUB_OFFLINE": "1"}, timeout=120)
+        offline = run_spo("download", "base", "--dtype", "fp32", env={**env, "HF_HUB_OFFLINE": "1"})
     # `spo download` offline: it cannot fetch, and must not tell the user to run itself.
     assert offline.returncode == 1, offline.stdout
     text = assert_one_paragraph(offline.stderr)
@@ -285,3 +286,70 @@ def test_offline_fp32_after_fp16_download_says_what_to_fetch(repos, tmp_path):
     gen = run_spo("generate", "a cat", "--model", "base", "--device", "cpu", "--steps", "2", "--width", "64",
                   "--height", "64", "--out", str(tmp_path / "o"), env={**env, "HF_HUB_OFFLINE": "1"})
     assert gen.returncode == 1 and "spo download base --dtype fp32" in assert_one_paragraph(gen.stderr)
+
+def foreign_repo(repos, tmp_path: Path, **index_changes) -> Path:
+    folder = tmp_path / "foreign"
+    shutil.copytree(repos[BASE], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(index_changes)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"_class_name": "StableDiffusionPipeline"}, "is a StableDiffusionPipeline, not an SDXL pipeline"),
+    ({"_class_name": ["pipeline", "MyPipeline"]}, "needs custom Python code from the repository"),
+])
+def test_a_foreign_repo_is_refused_before_any_weight_is_fetched(repos, tmp_path, changes, words):
+    with HubServer({**repos, "someorg/other": foreign_repo(repos, tmp_path, **changes)}) as hub:
+        for command in (["download", "someorg/other"],
+                        ["generate", "a cat", "--model", "someorg/other", "--device", "cpu", "--out", str(tmp_path / "o")]):
+            r = run_spo(*command, env=hub_env(hub, tmp_path))
+            assert r.returncode == 1, r.stderr
+            text = assert_one_paragraph(r.stderr)
+            assert words in text and "trust_remote_code" not in text
+        assert hub.files_requested("someorg/other") == {"model_index.json"}  # and nothing else
+
+
+def test_download_force_repairs_a_damaged_cache(repos, tmp_path):
+    with HubServer(repos) as hub:
+        env = hub_env(hub, tmp_path)
+        assert run_spo("download", "base", "--dtype", "fp32", env=env).returncode == 0
+        [unet] = (tmp_path / "hub").glob("models--*base*/snapshots/*/unet/diffusion_pytorch_model.safetensors")
+        blob = unet.resolve()
+        data = blob.read_bytes()
+        blob.write_bytes(data[: len(data) // 3])  # a copy cut short
+        offline = {**env, "HF_HUB_OFFLINE": "1"}
+        gen = ["generate", "a cat", "--model", "base", "--device", "cpu", "--width", "64", "--height", "64",
+               "--steps", "2", "--out", str(tmp_path / "o"), "--quiet"]
+        broken = run_spo(*gen, env=offline)
+        assert broken.returncode == 1
+        text = assert_one_paragraph(broken.stderr)
+        assert f"The copy of '{BASE}' on this machine is damaged: unet/diffusion_pytorch_model.safetensors" in text
+        assert "Repair it with `spo download base --dtype fp32 --force`" in text
+        hub.reset()
+        repair = run_spo("download", "base", "--dtype", "fp32", "--force", env=env)
+        assert repair.returncode == 0, repair.stderr
+        assert "unet/diffusion_pytorch_model.safetensors" in hub.files_requested(BASE)
+        assert blob.resolve().read_bytes() == data or unet.resolve().read_bytes() == data
+        fixed = run_spo(*gen, env=offline)
+        assert fixed.returncode == 0, fixed.stderr
+
+
+@pytest.mark.parametrize("endpoint, words", [("http://127.0.0.1:9", "127.0.0.1:9 refused the connection"),
+                                             ("http://no-such-host.invalid", "does not resolve")])
+def test_download_without_a_network_says_why_in_one_line(tmp_path, endpoint, words):
+    r = run_spo("download", "spo", env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint,
+                                        "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert r.returncode == 1
+    text = assert_one_paragraph(r.stderr)
+    assert f"The Hugging Face Hub at {endpoint} cannot be reached: " in text and words in text
+    assert "Retrying" not in r.stderr and "spo download spo` first" not in text
+
+
+def test_doctor_without_a_model_or_a_network_is_not_green(tmp_path):
+    r = run_spo("doctor", "--json", env={"HF_HUB_CACHE": str(tmp_path / "empty")})  # offline, nothing cached
+    assert r.returncode == 1
+    report = json.loads(r.stdout)
+    assert report["problems"] and "no model to run" in report["problems"][0]
+    assert "spo download spo" in report["next_step"]

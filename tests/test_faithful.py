@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from spo_cli import presets
 from spo_cli.cli import app
 
+pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tier
+
 TINY = ["--width", "64", "--height", "64", "--steps", "3"]
 PROMPT = "a child and a penguin sitting on the moon"
 
@@ -148,12 +150,71 @@ def test_replay_overrides_recorded_settings(hub_cache, out):
     assert not np.array_equal(pixels(again["image"]), pixels(orig["image"]))
 
 
-@pytest.mark.parametrize("name", [n for n in presets.SCHEDULERS if n != "default"])
+# diffusers' documented mapping of A1111 sampler names to its schedulers (docs: "Schedulers" →
+# the A1111/k-diffusion table), written out here so the test does not check presets.py against itself.
+DIFFUSERS_SCHEDULERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpm++2m-sde-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True,
+                                                           "algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+def test_the_scheduler_table_covers_every_choice():
+    assert set(DIFFUSERS_SCHEDULERS) == set(presets.SCHEDULERS) - {"default"}
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a sidecar: not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS_SCHEDULERS))
 def test_every_scheduler_matches_diffusers(hub_cache, out, name):
     import diffusers
 
     [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--device", "cpu", "--scheduler", name)
     pipe = authors_pipeline(presets.SPO_MERGED)
-    choice = presets.SCHEDULERS[name]
-    pipe.scheduler = getattr(diffusers, choice.class_name).from_config(pipe.scheduler.config, **dict(choice.kwargs))
+    cls, kwargs = DIFFUSERS_SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **kwargs)
     assert np.array_equal(pixels(written["image"]), reference(pipe, 9))
+    meta = _strict_json(Path(written["sidecar"]).read_text())  # DPM's -inf config value included
+    assert meta["scheduler"]["class"] == cls
+
+
+def test_replay_changes_model_lora_dtype_and_negative(hub_cache, out):
+    [orig] = generate_json(out / "o", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "spo-lora",
+                           "--lora-scale", "0.5", "--negative", "blurry")
+
+    def replay(*args):
+        [w] = json.loads(spo("replay", orig["sidecar"], *args, "--out", str(out / "r"), "--json", "--quiet").stdout)
+        return w, json.loads(Path(w["sidecar"]).read_text())
+
+    w, meta = replay("--lora-scale", "1")
+    [ref] = generate_json(out / "g1", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "spo-lora",
+                          "--negative", "blurry")
+    assert meta["lora"]["scale"] == 1.0 and np.array_equal(pixels(w["image"]), pixels(ref["image"]))
+
+    w, meta = replay("--model", "base")  # another model: the recorded LoRA belonged to the old one
+    [ref] = generate_json(out / "g2", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "base",
+                          "--negative", "blurry")
+    assert meta["lora"] is None and meta["model_request"]["model"] == "base"
+    assert np.array_equal(pixels(w["image"]), pixels(ref["image"]))
+
+    w, meta = replay("--negative", "")  # "" clears the recorded negative: back to none
+    [ref] = generate_json(out / "g3", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "spo-lora",
+                          "--lora-scale", "0.5")
+    assert meta["negative_prompt"] is None and np.array_equal(pixels(w["image"]), pixels(ref["image"]))
+
+    _, meta = replay("--dtype", "bf16")
+    assert meta["dtype"] == "bfloat16"
+
+    r = CliRunner().invoke(app, ["replay", orig["sidecar"], "--model", "spo", "--lora-scale", "0.3",
+                                 "--out", str(out / "x")])
+    assert r.exit_code == 2 and "has nothing to act on" in " ".join(r.stderr.split())

@@ -944,3 +944,15 @@ def test_a_sidecar_from_before_0_2_records_a_lora_scale_without_a_lora():
     meta["model_request"]["lora_scale"] = 1.0  # what 0.1 wrote for every model
     _, model = metadata.recorded_requests(meta, Path("x.json"))
     assert model.lora_scale is None
+
+
+def test_an_overwrite_that_fails_leaves_no_sidecar_claiming_the_old_image(tmp_path, monkeypatch):
+    # The sidecar marks a pair finished: when a resumed run overwrites a pair and the new image cannot
+    # be written, the old sidecar must already be gone, or a later resume would count the pair as done
+    # with the new settings' hash... and the old settings' pixels.
+    files.write_pair(tmp_path, "pic", "png", make_image(seed=1), make_meta(seed=1), overwrite=True)
+    monkeypatch.setattr(files.os, "replace", _enospc)
+    with pytest.raises(OSError):
+        files.write_pair(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2), overwrite=True)
+    assert not (tmp_path / "pic.json").exists()
+    assert files.finished_hash(tmp_path, "pic", "png") is None

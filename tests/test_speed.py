@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from conftest import run_spo
 from spo_cli.cli import app
 
+pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tier
+
 TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
 
 
@@ -28,17 +30,18 @@ def images(out: Path, *args: str) -> list[np.ndarray]:
 
 
 def test_fast_compiles_caches_and_keeps_the_images(hub_cache, tmp_path):
-    """--fast on the CPU: torch.compile for real (inductor), padded fixed-shape batches, and a second
-    process that finds the compiled code in the on-disk cache."""
+    """--fast on the CPU: torch.compile for real (inductor), padded fixed-shape batches, a second
+    process that finds the compiled code in the on-disk cache, and a LoRA folded in (same graphs, so
+    from the cache too). One test: the cold compile is the expensive part, paid once."""
     import os
 
-    cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])  # shared with the next test: same graphs
+    cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     args = ["generate", "a red fox in fresh snow", *TINY, "--seed", "5", "-n", "3", "--batch-size", "2", "--json",
             "--quiet"]
-    first = run_spo(*args, "--fast", "--out", str(tmp_path / "fast1"), timeout=900)
+    first = run_spo(*args, "--fast", "--out", str(tmp_path / "fast1"))
     assert first.returncode == 0, first.stderr
     assert cache.is_dir() and any(cache.rglob("*")), "torch.compile left nothing in its cache"
-    second = run_spo(*args, "--fast", "--out", str(tmp_path / "fast2"), timeout=900)
+    second = run_spo(*args, "--fast", "--out", str(tmp_path / "fast2"))
     assert second.returncode == 0, second.stderr
     plain, _ = images(tmp_path / "plain", *TINY, "--seed", "5", "-n", "3", "--batch-size", "2")
     runs = [[np.asarray(Image.open(w["image"]).convert("RGB")).astype(int) for w in json.loads(p.stdout)]
@@ -46,17 +49,17 @@ def test_fast_compiles_caches_and_keeps_the_images(hub_cache, tmp_path):
     assert len(runs[0]) == 3  # the short last batch was padded, and the padding dropped
     for a, b, c in zip(*runs, plain):
         assert np.array_equal(a, b)  # compiled code from the cache computes the same thing
-        assert np.abs(a - c).max() <= 1  # lossless up to float rounding
+        assert np.abs(a - c).max() <= 1  # the same images up to float rounding
     meta = json.loads(Path(json.loads(first.stdout)[0]["sidecar"]).read_text())
     assert meta["run_options"]["fast"] is True
 
-
-def test_fast_with_lora_folds_the_adapter_in(hub_cache, tmp_path):
-    # Same shapes as the test above, so the compiled graphs come from the cache it filled.
-    args = [*TINY, "--seed", "2", "-n", "2", "--batch-size", "2", "--model", "spo-lora", "--lora-scale", "0.7"]
-    fast, _ = images(tmp_path / "f", *args, "--fast")
-    plain, _ = images(tmp_path / "p", *args)
-    assert all(np.abs(a - b).max() <= 1 for a, b in zip(fast, plain))
+    lora = [*TINY, "--seed", "2", "-n", "2", "--batch-size", "2", "--model", "spo-lora", "--lora-scale", "0.7"]
+    fast = run_spo("generate", "a red fox in fresh snow", *lora, "--fast", "--out", str(tmp_path / "lf"), "--json",
+                   "--quiet")
+    assert fast.returncode == 0, fast.stderr
+    folded = [np.asarray(Image.open(w["image"]).convert("RGB")).astype(int) for w in json.loads(fast.stdout)]
+    unfolded, _ = images(tmp_path / "lp", *lora)
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(folded, unfolded))
 
 
 def test_vae_tiling_stays_close_to_untiled(hub_cache, tmp_path):
@@ -85,7 +88,8 @@ def test_offload_without_a_gpu_says_so(hub_cache, tmp_path, command, mode):
     assert r.exit_code == 2, r.output
     msg = " ".join(r.stderr.split())
     assert f"--offload {mode} moves weights between host memory and a GPU" in msg and "Traceback" not in r.output
-    assert [p.name for p in tmp_path.iterdir() if p.name != ".spo-lock"] == []
+    # No image; a batch that got as far as its output folder still leaves its manifest (all pending).
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".png"] == []
 
 
 def test_unknown_offload_mode(hub_cache, tmp_path):
@@ -102,6 +106,6 @@ def test_compile_cache_defaults_to_a_persistent_folder(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path)
     code = ("from spo_cli import engine; from diffusers import StableDiffusionXLPipeline; "
             "print(engine.configure_compile_cache())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "spo-cli" / "torch-compile")

@@ -75,7 +75,8 @@ def replay(
                                           vae=vae, dtype=dtype).items() if v is not None}
     if model is not None:
         # Another model: the recorded pin and LoRA belonged to the old one.
-        model_changes = dict(model=model, revision=None, lora=None, lora_file=None, lora_scale=None, **model_changes)
+        model_changes = {"model": model, "revision": None, "lora": None, "lora_file": None, "lora_scale": None,
+                         **model_changes}
     model_changes["device"] = device
     merged = replace(request, **model_changes)
     request, more = o.model_request(**{k: getattr(merged, k) for k in (
