@@ -1,0 +1,258 @@
+"""What an image records about how it was made, in each place readers look, and reading it back.
+
+- the sidecar JSON (`"schema": "spo-cli/1"`): everything needed to make the same image again;
+- in a PNG, the same JSON in an `spo-cli` iTXt chunk, and the AUTOMATIC1111 `parameters` text
+  that A1111, ComfyUI, Civitai and other "PNG info" readers show;
+- in a JPEG or WebP, the A1111 text in EXIF UserComment.
+
+Reading back accepts any of these files and checks every value through `validate`, so a damaged
+or foreign file fails with the field named, never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+
+from spo_cli import validate
+from spo_cli.errors import UsageError
+from spo_cli.request import ImageRequest, ModelRequest
+
+SCHEMA = "spo-cli/1"
+GRID_SCHEMA = "spo-cli-grid/1"
+PNG_JSON_KEY = "spo-cli"  # the PNG iTXt key that carries the sidecar JSON
+PNG_GRID_KEY = "spo-cli-grid"  # on compare's grid pages: which cells they show
+EXIF_USER_COMMENT = 0x9286
+EXIF_IFD = 0x8769
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def dumps(data, *, indent: int | None = 2) -> str:
+    """JSON as spo writes it everywhere: UTF-8 text, and never NaN/Infinity (not JSON at all)."""
+    return json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, width: int, height: int,
+          batch_size: int, elapsed_s: float, created: datetime, spec_hash: str | None = None,
+          extra: dict | None = None) -> dict:
+    """The sidecar: everything needed to make the same image again, and nothing secret.
+
+    `model` is what `ResolvedModel.describe()` returns, `run` the engine's facts (device, dtype,
+    versions), `scheduler` the engine's scheduler facts.
+    """
+    meta = {
+        "schema": SCHEMA,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "generator_device": request.generator_device,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "width": width,
+        "height": height,
+        "scheduler": scheduler,
+        **model,
+        "dtype": run["dtype"],
+        "device": run["device"],
+        "gpu": run.get("gpu"),
+        "run_options": run.get("run_options"),
+        "batch_size": batch_size,
+        "versions": run["versions"],
+        "elapsed_s": round(elapsed_s, 3),
+        "created": created.isoformat(timespec="seconds"),
+    }
+    if spec_hash:
+        meta["spec_hash"] = spec_hash
+    meta.update(extra or {})
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# A1111 parameters and embedding
+
+
+def _a1111_quote(value: str) -> str:
+    # AUTOMATIC1111's infotext quote(): JSON-quote only when needed.
+    if "," not in value and "\n" not in value and ":" not in value:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def a1111_parameters(meta: dict) -> str:
+    """The `parameters` text that AUTOMATIC1111, ComfyUI and other "PNG info" readers show.
+
+    No `Model hash`: A1111 means the SHA-256 of a single checkpoint file by it, and a diffusers
+    model has none; the commit it came from is in the spo-cli JSON instead."""
+    lines = [meta["prompt"]]
+    if meta.get("negative_prompt"):
+        lines.append(f"Negative prompt: {meta['negative_prompt']}")
+    fields = {
+        "Steps": meta["steps"],
+        "Sampler": meta["scheduler"]["a1111"] or meta["scheduler"]["class"],
+        "CFG scale": meta["guidance"],
+        "Seed": meta["seed"],
+        "Size": f"{meta['width']}x{meta['height']}",
+        "Model": meta["model"]["id"].rstrip("/").split("/")[-1],
+    }
+    if meta.get("lora"):
+        fields["Lora"] = f"{Path(meta['lora']['file'] or meta['lora']['id']).stem}:{meta['lora']['scale']}"
+    if meta.get("vae") and meta["vae"].get("id"):
+        fields["VAE"] = meta["vae"]["id"].rstrip("/").split("/")[-1]
+    fields["Version"] = f"spo-cli {meta['versions']['spo-cli']}"
+    lines.append(", ".join(f"{k}: {_a1111_quote(str(v))}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def encode_image(image, fmt: str, meta: dict) -> bytes:
+    """Encode a PIL image with its metadata embedded the way each format's readers expect."""
+    from PIL import Image, PngImagePlugin
+
+    params = a1111_parameters(meta)
+    buf = io.BytesIO()
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", params)
+        info.add_itxt(PNG_JSON_KEY, dumps(meta, indent=None))
+        image.save(buf, format="PNG", pnginfo=info)
+    else:
+        exif = Image.Exif()
+        # EXIF UserComment: an 8-byte charset prefix, then the text (UCS-2 big-endian, as piexif
+        # and AUTOMATIC1111 write it).
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\0" + params.encode("utf-16-be")
+        kwargs = {"quality": 95} if fmt == "jpg" else {"quality": 95, "method": 4}
+        image.save(buf, format=PIL_FORMATS[fmt], exif=exif.tobytes(), **kwargs)
+    return buf.getvalue()
+
+
+def encode_grid(image, index_name: str, cells: list[str]) -> bytes:
+    """A grid page as PNG, with the cells it shows (so `replay` can point at them)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(PNG_GRID_KEY, dumps({"schema": GRID_SCHEMA, "index": index_name, "cells": cells}, indent=None))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def read_user_comment(path: Path) -> str | None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        raw = im.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw
+    prefix, body = raw[:8], raw[8:]
+    return body.decode("utf-16-be") if prefix.startswith(b"UNICODE") else body.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back
+
+
+def _loads(text: str, path: Path) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else f"{e.msg} at line {e.lineno}"
+        raise UsageError(f"{path} is damaged or not from spo: its metadata is not valid JSON ({what}).") from None
+
+
+def read(path: Path) -> dict:
+    """Recorded settings from a sidecar, a PNG written by spo, or an image beside its sidecar."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist.")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder.", "Replay takes one image or sidecar .json file.")
+    if path.suffix.lower() == ".json":
+        try:
+            meta = _loads(path.read_text(encoding="utf-8"), path)
+        except UnicodeDecodeError:
+            raise UsageError(f"{path} is not a spo-cli sidecar (not UTF-8 text).") from None
+    else:
+        meta = None
+        if path.suffix.lower() == ".png":
+            meta, grid = _png_chunks(path)
+            if grid is not None:
+                _refuse_grid(path, grid)
+        if meta is None and path.with_suffix(".json").exists():
+            return read(path.with_suffix(".json"))
+        if meta is None:
+            raise UsageError(
+                f"{path} carries no spo-cli metadata and has no sidecar next to it.",
+                "Replay needs the .json sidecar, or a PNG written by spo.",
+            )
+    if not isinstance(meta, dict) or not isinstance(meta.get("schema"), str) or \
+            not meta["schema"].startswith("spo-cli/"):
+        if isinstance(meta, dict) and meta.get("schema") == GRID_SCHEMA:
+            _refuse_grid(path, meta)
+        raise UsageError(f"{path} is not spo-cli metadata (no 'schema': 'spo-cli/…' field).")
+    if meta["schema"] != SCHEMA:
+        raise UsageError(f"{path} was written as {meta['schema']!r}, which this spo-cli (reading {SCHEMA!r}) "
+                         "does not know.", "Replay it with the spo-cli version that made it, or a newer one.")
+    return meta
+
+
+def _png_chunks(path: Path) -> tuple[object, dict | None]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}) or {})
+    except Exception as e:  # PIL raises many kinds for a broken file
+        raise UsageError(f"{path} could not be read as an image ({type(e).__name__}: {e}).") from None
+    grid = text.get(PNG_GRID_KEY)
+    if grid is not None:
+        g = _loads(grid, path)
+        return None, g if isinstance(g, dict) else {}
+    own = text.get(PNG_JSON_KEY)
+    return (_loads(own, path) if own else None), None
+
+
+def _refuse_grid(path: Path, grid: dict) -> None:
+    cells = [c for c in grid.get("cells", []) if isinstance(c, str)] if isinstance(grid, dict) else []
+    shown = ", ".join(str(path.parent / c) for c in cells[:3]) + (", …" if len(cells) > 3 else "")
+    raise UsageError(f"{path} is a comparison grid from `spo compare`, not one image.",
+                     f"Replay one of its cells instead: {shown}." if cells else "Replay one of its cells instead.")
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false"}
+
+
+def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelRequest]:
+    """The requests that made a recorded image, pinned to the commits it was made from.
+
+    Every value goes through the same checks as the command line's, named as the file's fields."""
+    where = validate.Where(str(path))
+
+    def field(obj, key, kind, name=None):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, kind):
+            raise where.error(name or key, "is missing or damaged" if value is None else
+                              f"should be {_JSON_TYPES[kind]}, not {_JSON_TYPES.get(type(value), type(value).__name__)}")
+        return value
+
+    values = {k: meta.get(k) for k in validate.IMAGE_KEYS if k in meta}
+    for key in ("prompt", "seed", "steps", "guidance", "width", "height"):
+        if key not in meta:
+            raise where.error(key, "is missing")
+    values["scheduler"] = field(field(meta, "scheduler", dict), "name", str, "scheduler.name")
+    image = ImageRequest(**validate.image_values(values, where))
+    asked = field(meta, "model_request", dict)
+    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae") if k in asked}
+    model = field(meta, "model", dict)
+    if "model" not in known:
+        raise where.error("model_request.model", "is missing")
+    if model.get("source") == "hub" and isinstance(model.get("commit"), str):
+        known["revision"] = model["commit"]  # the exact weights, even if the branch moved
+    known["dtype"] = field(meta, "dtype", str)  # what actually ran, not "auto"
+    lora = meta.get("lora")
+    if not lora:
+        known["lora_scale"] = None  # files from before 0.2 recorded 1.0 for models without a LoRA
+    return image, ModelRequest(**validate.model_values(known, where))
