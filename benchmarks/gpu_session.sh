@@ -5,13 +5,15 @@
 #   2. gpu_cli_check.py: spo generate / batch / compare end to end on CUDA at full size;
 #   3. bench_gpu.py: spo --fast (first call in a fresh compile cache, steady state, and a second
 #      process reusing the cache);
-#   4. bench_gpu.py: spo --offload sequential at a few steps, if time is left.
+#   4. bench_gpu.py: spo --offload sequential at a few steps, if time is left;
+#   5. profile_step.py: where one image's time goes, default and then --fast (a third process on
+#      the same compile cache, so its first call is one more cache-reuse measurement).
 #
 # Each phase's raw results are copied to OUTDIR as soon as it ends (a run cut short keeps what it
 # measured), and the whole log goes to OUTDIR/session.log. A phase is started only if the time it
 # needs is left, and runs under `timeout` so the script itself ends before the budget.
 #
-#   benchmarks/gpu_session.sh [--toy] [--budget-s 570] [--out OUTDIR] [--steps 30,50] [--phases run1,cli,fast,seq]
+#   benchmarks/gpu_session.sh [--toy] [--budget-s 570] [--out OUTDIR] [--steps 30,50] [--phases run1,cli,fast,seq,prof]
 #
 # OUTDIR defaults to $OUT (set by the lab's device runner) or benchmarks/results/session-<time>/.
 # If the repository root holds a .whl/ folder (wheels the node lacks, e.g. diffusers), they are
@@ -23,7 +25,7 @@ PY="${PYTHON:-python3}"
 BUDGET=570
 TOY=""
 STEPS="30,50"
-PHASES="run1,cli,fast,seq"
+PHASES="run1,cli,fast,seq,prof"
 OUTDIR="${OUT:-}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -76,10 +78,16 @@ keep results-run1.json
 phase cli "run 1: CLI end to end" 150 "$PY" "$REPO/benchmarks/gpu_cli_check.py" $TOY --workdir "$WD" \
   --out-json "$OUTDIR/cli_check.json"
 # --fast: the first call compiles for minutes; the second process needs the cache plus a load.
-l=$(left)
+# The profiles after it need about 150 s, kept back from --fast's deadlines when they are to run.
+reserve=0; [[ ",$PHASES," == *",prof,"* ]] && reserve=150
+l=$(($(left) - reserve))
 phase fast "run 2: --fast" 120 "${BENCH[@]}" --only fast,fast-reuse \
   --deadline-s $((l > 100 ? l - 100 : 1)) --child-timeout $((l > 40 ? l - 40 : 30))
 keep results-run2-fast.json
 phase seq "offload sequential" 60 "${BENCH[@]}" --only offload-sequential --seq-steps 3
 keep results-offload-sequential.json
+PROFILE=("$PY" "$REPO/benchmarks/profile_step.py" $TOY --workdir "$WD")
+phase prof "profile: spo default" 45 "${PROFILE[@]}" --out-json "$OUTDIR/profile-default.json"
+phase prof "profile: spo --fast (3rd process, same compile cache)" 60 \
+  env TORCHINDUCTOR_CACHE_DIR="$WD/inductor-cache" "${PROFILE[@]}" --fast --out-json "$OUTDIR/profile-fast.json"
 say "done; files in $OUTDIR: $(ls "$OUTDIR" | tr '\n' ' ')"
