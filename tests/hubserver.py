@@ -359,6 +359,8 @@ class _HubHandler(_Handler):
             return self._info(unquote(m["repo"]), m["rev"] or "main")
         if m := _RESOLVE.match(path):
             return self._resolve(unquote(m["repo"]), m["rev"], unquote(m["path"]))
+        if path == "/":  # the home page, which spo's reachability check asks for (HEAD)
+            return self._json({})
         if path == "/api/agent-harnesses":  # huggingface_hub's best-effort agent detection: nothing known
             return self._json({"standardEnvVars": [], "harnesses": {}})
         self._error(404, None, f"Not served by the test hub: {self._path}")

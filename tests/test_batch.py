@@ -350,3 +350,31 @@ def test_a_second_run_on_the_same_folder_is_refused(hub_cache, tmp_path, out):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_manifest_is_written_when_the_run_fails(hub_cache, tmp_path, out, monkeypatch):
+    import errno
+
+    from spo_cli.outputs import files
+
+    prompts = write(tmp_path, "p.txt", "a fox\na cat\n")
+    # The model is not there: nothing can run, and the manifest says so for every image.
+    r = invoke("batch", str(prompts), *TINY, "--model", "someorg/not-cached", "--out", str(out / "a"))
+    assert r.exit_code == 1
+    rows = manifest(out / "a")
+    assert [row["status"] for row in rows] == ["pending", "pending"]
+    assert all("someorg/not-cached" in row["error"] for row in rows)
+
+    # The disk fills up while writing images: the run stops, says so, and still leaves its manifest.
+    real_replace = files.os.replace
+
+    def full(src, dst):
+        if str(dst).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", full)
+    r = invoke("batch", str(prompts), *TINY, "--out", str(out / "b"))
+    assert r.exit_code == 1 and "disk is full" in " ".join(r.stderr.split())
+    assert {row["status"] for row in manifest(out / "b")} <= {"pending", "failed"}
+    assert pngs(out / "b") == [] and leftovers(out / "b") == []

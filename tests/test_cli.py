@@ -190,7 +190,8 @@ def test_revision_pins_a_commit(hub_cache, out):
     (["--image-format", "gif"], 2, "png, jpg, webp"),
     (["--batch-size", "0"], 2, "--batch-size must be from 1 to 64, not 0"),
     (["--steps", "0"], 2, "--steps must be from 1 to 1,000, not 0"),
-    (["--lora", "weights.bin"], 2, "does not exist"),
+    (["--lora", "weights.bin"], 2, "is not .safetensors; spo-cli never loads pickled weights"),
+    (["--lora", "missing.safetensors"], 2, "missing.safetensors does not exist"),
     (["--model", "someorg/not-cached"], 1, "spo download someorg/not-cached"),
     (["--revision", "v9.9"], 1, "spo download spo --revision v9.9"),
     (["--dtype", "fp8"], 2, "--dtype cannot be 'fp8'"),
@@ -223,7 +224,7 @@ def test_limits_and_nonsense_fail_before_anything_loads(out, args, words):
 
 def test_a_huge_prompt_is_refused_by_its_size_not_echoed(out):
     r = invoke("generate", "fox " * 500_000, "--out", str(out))
-    assert r.exit_code == 2 and "--prompt is 2,000,000 characters long; the limit is 10,000" in " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "PROMPT is 2,000,000 characters long; the limit is 10,000" in " ".join(r.stderr.split())
     assert "fox fox" not in r.output
 
 
@@ -274,7 +275,7 @@ def test_fp16_on_the_cpu_warns(hub_cache, out):
 
 def test_empty_prompt(hub_cache, out):
     r = invoke("generate", "  ", "--out", str(out))
-    assert r.exit_code == 2 and "--prompt is empty" in r.stderr
+    assert r.exit_code == 2 and "PROMPT is empty" in r.stderr
 
 
 def test_missing_prompt_is_a_usage_error():
@@ -382,14 +383,14 @@ def test_models_in_an_empty_cache(tmp_path):
 
 
 def test_doctor_runs_a_smoke_generation_and_never_shows_the_token(hub_cache):
-    proc = run_spo("doctor", "--json", env={"HF_TOKEN": "hf_doctor_secret_token"})
+    proc = run_spo("doctor", "--device", "cpu", "--json", env={"HF_TOKEN": "hf_doctor_secret_token"})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["smoke_test"]["ok"] and report["device"] == "cpu"
     assert report["cache"]["token"] is True and report["hub"]["status"].startswith("offline by setting")
     assert report["cache"]["presets"]["spo"]["float16"]["cached"]
     assert "hf_doctor_secret_token" not in proc.stdout + proc.stderr
-    human = invoke("doctor", env={"COLUMNS": "200"})
+    human = invoke("doctor", "--device", "cpu", env={"COLUMNS": "200"})
     assert human.exit_code == 0 and "smoke test" in human.stdout and "Next step" in human.stderr
 
 
@@ -403,3 +404,17 @@ def test_ctrl_c_exits_130_and_writes_nothing(hub_cache, out, monkeypatch):
     r = invoke("generate", "a cat", *TINY, "--out", str(out))
     assert r.exit_code == 130 and "Interrupted" in r.stderr
     assert files_in(out) == []
+
+
+@pytest.mark.parametrize("args,new_name,words", [
+    (["generate", "a cat", "--format", "gif"], "--image-format", "png, jpg, webp"),
+    (["batch", "prompts.txt", "--format", "xml"], "--prompt-format", "xml"),
+    (["compare", "a cat", "--format", "xml"], "--prompt-format", "xml"),
+])
+def test_the_old_format_spelling_still_works_and_says_its_new_name(out, args, new_name, words):
+    # The value given to --format is the one checked (and refused here), after a rename warning.
+    r = invoke(*args, "--out", str(out))
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.stderr.split())
+    assert f"--format is now {new_name}" in text and words in text, text
+    assert "Traceback" not in r.output

@@ -106,8 +106,8 @@ def test_the_spo_preset_takes_plain_weights_even_beside_fp16_files(repos, tmp_pa
 
     merged = tmp_path / "merged"
     shutil.copytree(repos[presets.SPO_MERGED], merged)
-    (merged / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(
-        (merged / "unet" / "diffusion_pytorch_model.safetensors").read_bytes())
+    for weights in list(merged.glob("*/*.safetensors")):  # a complete fp16 variant beside every weight file
+        weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")).write_bytes(weights.read_bytes())
     cache = tmp_path / "hub"
     add_to_cache(cache, presets.SPO_MERGED, merged)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -164,11 +164,40 @@ def test_unreachable_timeout(endpoint):
 
 
 def test_reachable(endpoint):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)  # any answer means the server is there
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint(f"http://127.0.0.1:{server.server_address[1]}")
+        assert resolve.unreachable() is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_accepts_and_never_answers(endpoint):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        endpoint(f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert resolve.unreachable() is None
+        server.listen(8)  # the kernel completes the handshake; nobody ever reads the request
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        endpoint(url)
+        assert resolve.unreachable(timeout=0.5) == f"{url} accepted the connection but did not answer within 0.5 s"
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://example.com", "http://"])
+def test_an_endpoint_that_is_not_a_url(endpoint, url):
+    endpoint(url)
+    assert resolve.unreachable() == f"HF_ENDPOINT {url!r} is not an http(s) URL"
 
 
 def test_unreachable_through_a_proxy(endpoint, monkeypatch):

@@ -80,7 +80,7 @@ BAD = [
 def test_every_source_gets_the_same_limit_and_message(key, value, words):
     argv = from_argv(key, value)
     assert argv.exit_code == EXIT_USAGE
-    option = validate.OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
+    option = validate.PROMPT_ARGUMENT.name(key)  # "PROMPT" is an argument; the rest are options
     assert argv.message.startswith(f"{option} {words}"), argv.message
     if key == "scheduler":
         side = from_sidecar("scheduler", {"name": value})

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from types import SimpleNamespace
 
 import torch
 
-from spo_cli.engine import TORCH_DTYPES, Engine
+from spo_cli.engine import TORCH_DTYPES, Engine, unloadable
 
 
 def _content_id(path) -> str:
@@ -95,7 +96,8 @@ class Bank:
         cls = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection,
                "vae": AutoencoderKL, "unet": UNet2DConditionModel}[part]
         kwargs = {"use_safetensors": True} if part in ("vae", "unet") else {}
-        module = cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant, **kwargs)
+        with unloadable(SimpleNamespace(id=str(folder), source="local")):
+            module = cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant, **kwargs)
         self.bytes_loaded += sum((folder / f).stat().st_size for f in files if f.endswith(".safetensors"))
         return module.to(self.device)
 

@@ -11,6 +11,7 @@ import os
 import platform
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # Library chatter (offline notices, per-component loading bars, "No LoRA keys for the text
@@ -31,8 +32,8 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 
 import torch  # noqa: E402
 
-from spo_cli import __version__, presets  # noqa: E402
-from spo_cli.errors import GenerationError, UsageError, oom_hint  # noqa: E402
+from spo_cli import __version__, devices, presets  # noqa: E402
+from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint, translate  # noqa: E402
 from spo_cli.request import ImageRequest, RunOptions  # noqa: E402
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -57,18 +58,10 @@ def quiet_libraries(debug: bool = False) -> None:
     huggingface_hub.utils.logging.set_verbosity_error()
 
 
-def _unavailable(device: str, option: str) -> str | None:
-    """Why `device` cannot be used here, or None."""
-    base, _, index = device.partition(":")
-    if base == "cuda":
-        if not torch.cuda.is_available():
-            return (f"{option} {device} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU"
-                    + ("" if torch.version.cuda else " (it is a CPU-only build)") + ".")
-        if index and int(index) >= torch.cuda.device_count():
-            return f"{option} {device} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)."
-    if base == "mps" and not torch.backends.mps.is_available():
-        return f"{option} {device} was asked for, but Apple MPS is not available here."
-    return None
+def machine() -> devices.Machine:
+    cuda = torch.cuda.is_available()
+    return devices.Machine(torch.__version__, bool(torch.version.cuda or getattr(torch.version, "hip", None)),
+                           torch.cuda.device_count() if cuda else 0, torch.backends.mps.is_available())
 
 
 def pick_device(requested: str = "auto", local_rank: int | None = None) -> tuple[str, list[str]]:
@@ -84,19 +77,13 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> tuple
             return "mps", notes
         notes.append("No GPU found: running on the CPU, which takes minutes per full-size image.")
         return "cpu", notes
-    why = _unavailable(requested, "--device")
-    if why:
-        raise UsageError(why, "Check `nvidia-smi` and that torch was installed with CUDA support, or use --device cpu.")
+    devices.check(requested, (), None, machine())
     return requested, notes
 
 
-def check_generator_devices(devices, where: str = "--generator-device") -> None:
+def check_generator_devices(generator_devices) -> None:
     """Seeded noise drawn on a device this machine lacks: say so, before anything loads."""
-    for device in sorted(set(devices)):
-        why = _unavailable(device, where)
-        if why:
-            raise UsageError(why, "--generator-device cpu draws the same noise on any machine; an image made "
-                                  f"with {device} noise can only be made again on such a device.")
+    devices.check("auto", generator_devices, None, machine())
 
 
 def pick_dtype(device: str, requested: str = "auto") -> tuple[str, list[str]]:
@@ -114,10 +101,7 @@ def pick_dtype(device: str, requested: str = "auto") -> tuple[str, list[str]]:
 
 def check_options(options: RunOptions, device: str) -> None:
     if options.offload and not device.startswith(("cuda", "mps")):
-        raise UsageError(
-            f"--offload {options.offload} moves weights between host memory and a GPU, and this run is on "
-            f"{device}.", "Drop --offload here; it is for GPUs with too little memory for SDXL.",
-        )
+        raise UsageError(devices.offload_refusal(options.offload, device), devices.OFFLOAD_HINT)
 
 
 def configure_compile_cache() -> str:
@@ -146,6 +130,22 @@ class Result:
     image: object  # PIL.Image.Image
     request: ImageRequest
     nan: bool
+
+
+@contextmanager
+def unloadable(part):
+    """Turn what diffusers raises for files it cannot build a model from (a config with impossible
+    values, weights of the wrong shape, keys it does not know) into a message naming the model.
+    Out of memory and a full disk keep their own messages."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        if translate(e) is not None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        fix = (f"For a Hub model, `spo download {part.id} --force` fetches its files again." if part.source == "hub"
+               else "Check its config files and weights: spo loads standard diffusers SDXL folders.")
+        raise ModelError(f"'{part.id}' could not be loaded: {type(e).__name__}: {first}", fix) from e
 
 
 def _json_safe(value):
@@ -186,20 +186,23 @@ class Engine:
         direct = device == "cuda" and options.offload is None
         kwargs = {"device_map": "cuda"} if direct else {}
         if resolved.vae is not None:
-            kwargs["vae"] = AutoencoderKL.from_pretrained(
-                resolved.vae.path, subfolder=resolved.vae.subfolder, torch_dtype=torch_dtype,
-                use_safetensors=True, variant=resolved.vae.variant, **({"device_map": "cuda"} if direct else {}),
+            with unloadable(resolved.vae):
+                kwargs["vae"] = AutoencoderKL.from_pretrained(
+                    resolved.vae.path, subfolder=resolved.vae.subfolder, torch_dtype=torch_dtype,
+                    use_safetensors=True, variant=resolved.vae.variant, **({"device_map": "cuda"} if direct else {}),
+                )
+        with unloadable(resolved.pipeline):
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
+                variant=resolved.pipeline.variant, **kwargs,
             )
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
-            variant=resolved.pipeline.variant, **kwargs,
-        )
         lora_scale = None
         if resolved.lora is not None:
             lora_scale = resolved.lora_scale
-            pipe.load_lora_weights(
-                str(resolved.lora.path.parent), weight_name=resolved.lora.path.name, adapter_name=LORA_ADAPTER
-            )
+            with unloadable(resolved.lora):
+                pipe.load_lora_weights(
+                    str(resolved.lora.path.parent), weight_name=resolved.lora.path.name, adapter_name=LORA_ADAPTER
+                )
             pipe.set_adapters([LORA_ADAPTER], adapter_weights=[lora_scale])
         if options.offload == "model":
             pipe.enable_model_cpu_offload(device=device)

@@ -92,6 +92,12 @@ def _check_line(obj: dict) -> PromptLine:
     return PromptLine(0, prompt, settings, num, name)
 
 
+def _lower_first(sentence: str) -> str:
+    """'Use a …' → 'use a …', but 'SDXL works …' stays: only a capitalised word is lowered."""
+    word = sentence.split(" ", 1)[0]
+    return sentence[0].lower() + sentence[1:] if word[1:].islower() else sentence
+
+
 def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
     """Every line of a prompt file, checked; problems are collected, not raised."""
     text = text.removeprefix("\ufeff")
@@ -116,7 +122,7 @@ def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
                 raise UsageError("expected a JSON object like {\"prompt\": \"…\"}")
             lines.append(replace(_check_line(obj), line=number))
         except UsageError as e:
-            hint = f"; {e.hint[0].lower()}{e.hint[1:].rstrip('.')}" if e.hint else ""
+            hint = f"; {_lower_first(e.hint).rstrip('.')}" if e.hint else ""
             problems.append((number, e.message.rstrip(".") + hint))
     seen: dict[str, int] = {}
     bad: set[int] = set()

@@ -124,6 +124,12 @@ def _component_folders(model_index: dict) -> list[str]:
     )
 
 
+def _has_weights(entry) -> bool:
+    """Whether a model_index component is a model with weights (not a scheduler or a tokenizer)."""
+    cls = entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else ""
+    return not (cls.endswith("Scheduler") or "Tokenizer" in cls or cls.endswith(("FeatureExtractor", "Processor")))
+
+
 def select_pipeline_files(files: list[str], model_index: dict, variant: str | None, repo: str,
                           skip: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
     """The files of `files` that `from_pretrained(use_safetensors=True, variant=…)` reads.
@@ -144,6 +150,9 @@ def select_pipeline_files(files: list[str], model_index: dict, variant: str | No
         names = by_folder.get(folder, [])
         weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES) or ".index." in n]
         if not weights:
+            if _has_weights(model_index[folder]):
+                raise ModelError(f"The copy of '{repo}' is incomplete: its {folder}/ has no weight files.",
+                                 "Fetch or save the model again.")
             continue  # scheduler, tokenizers
         safetensors = [n for n in weights if n.endswith(".safetensors") or (".safetensors.index" in n)]
         if not safetensors:
@@ -295,16 +304,21 @@ def hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
-def unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hub cannot be reached from here, in a few words (None when it can): DNS, a refused or
-    timed-out connection, through the proxy if one is set. One socket, no retries."""
+def unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hub cannot be reached from here, in a few words (None when it can): a bad HF_ENDPOINT,
+    DNS, a refused or silent connection (through the proxy if one is set), or a server that accepts
+    the connection and never answers. One try each, no retries: a few seconds at most."""
     import socket
+    import urllib.error
     import urllib.parse
     import urllib.request
 
-    url = urllib.parse.urlsplit(hub_endpoint())
+    endpoint = hub_endpoint()
+    url = urllib.parse.urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return f"HF_ENDPOINT {endpoint!r} is not an http(s) URL"
     proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+    if proxy and not urllib.request.proxy_bypass(url.hostname):
         p = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
         host, port, via = p.hostname, p.port or 8080, f" through the proxy {p.hostname}:{p.port or 8080}"
     else:
@@ -326,6 +340,17 @@ def unreachable(timeout: float = 3.0) -> str | None:
         return f"{host}:{port} did not answer within {timeout:g} s{via}"
     except OSError as e:
         return f"{host}:{port}: {e.strerror or e}{via}"
+    # Connected: now one request, so that a server which accepts and then stays silent is caught
+    # here rather than after huggingface_hub's minutes of timeouts and retries.
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # any HTTP answer means the server is there
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            return f"{endpoint} accepted the connection but did not answer within {timeout:g} s{via}"
+        return f"{endpoint}: {reason}{via}"
     return None
 
 
@@ -346,13 +371,30 @@ def _offline_hint(repo: str, fetch: Fetch) -> str:
     return f"{where}{reason}. {fix}"
 
 
+def _root_cause(exc: BaseException) -> str:
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
 def _hub_call(fn, repo: str, fetch: Fetch):
+    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
         return fn()
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise ModelError(f"'{repo}' is not available offline.", _offline_hint(repo, fetch)) from e
+        if fetch.local_only or constants.HF_HUB_OFFLINE:
+            raise ModelError(f"'{repo}' is not available offline.", _offline_hint(repo, fetch)) from e
+        # Online, yet huggingface_hub fell back to a cache without the file: say what the Hub did.
+        hint = ("Check the network, the proxy variables (HTTPS_PROXY) and HF_ENDPOINT, then try again."
+                if fetch.downloading else
+                f"On a machine with network access and the same HF_HOME, run `{fetch.command}` first.")
+        raise ModelError(f"'{repo}' could not be fetched from the Hub at {hub_endpoint()} ({_root_cause(e)}), and "
+                         "it is not in the local Hugging Face cache.", hint) from e
     except Exception as e:
         err = translate(e, repo=repo)
         if err is None:
@@ -481,7 +523,7 @@ def _local_files(folder: Path) -> list[str]:
     return [str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
 
 
-def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...] = ()) -> tuple[Resolved, dict]:
+def _local_pipeline_folder(spec: str) -> Path:
     folder = Path(spec).expanduser().resolve()
     if not folder.exists():
         raise UsageError(f"Model folder {folder} does not exist.")
@@ -492,6 +534,11 @@ def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...
         )
     if not (folder / "model_index.json").exists():
         raise UsageError(f"{folder} has no model_index.json; it is not a diffusers pipeline folder.")
+    return folder
+
+
+def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...] = ()) -> tuple[Resolved, dict]:
+    folder = _local_pipeline_folder(spec)
     model_index = read_index(folder / "model_index.json", str(folder), None)
     chosen, variant = select_pipeline_files(_local_files(folder), model_index, variant, str(folder), skip)
     check_files(folder, chosen, str(folder), None)
@@ -509,12 +556,17 @@ def _resolve_local_vae(spec: str, variant: str | None) -> Resolved:
     return Resolved(str(folder), "local", folder, variant=variant, subfolder=sub, files=tuple(chosen))
 
 
-def _resolve_local_lora(spec: str) -> Resolved:
+def _local_lora_path(spec: str) -> Path:
     path = Path(spec).expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"LoRA file {path} does not exist.")
     if path.suffix != ".safetensors":
         raise UsageError(f"LoRA file {path} is not .safetensors; spo-cli never loads pickled weights.")
+    if not path.is_file():
+        raise UsageError(f"LoRA file {path} does not exist." if not path.exists() else f"LoRA {path} is not a file.")
+    return path
+
+
+def _resolve_local_lora(spec: str) -> Resolved:
+    path = _local_lora_path(spec)
     check_files(path.parent, [path.name], str(path.parent), None)
     return Resolved(str(path), "local", path, file=path.name)
 
@@ -538,6 +590,36 @@ def _check_repo_id(spec: str, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def precheck(request: ModelRequest) -> None:
+    """What can be known of `request` without the Hub or torch: local paths exist and are what they
+    should be (a local pipeline's model_index.json is read and checked too), repo ids are repo ids."""
+    preset = presets.PRESETS.get(request.model)
+    if not preset:
+        if _looks_local(request.model):
+            folder = _local_pipeline_folder(request.model)
+            if request.revision:
+                raise UsageError(f"--revision {request.revision} applies to Hub repos; {folder} is a local folder.",
+                                 "Drop --revision, or check out that revision of the folder yourself.")
+            read_index(folder / "model_index.json", str(folder), None)
+        else:
+            _check_repo_id(request.model, "--model")
+    if request.lora:
+        if _looks_local(request.lora) or request.lora.endswith(WEIGHT_SUFFIXES):
+            _local_lora_path(request.lora)
+        else:
+            _check_repo_id(request.lora, "--lora")
+            from huggingface_hub import constants
+
+            if request.lora_file is None and constants.HF_HUB_OFFLINE:
+                raise UsageError(f"Name the LoRA file in '{request.lora}' with --lora-file when offline.")
+    if request.vae and request.vae != "model":
+        if _looks_local(request.vae):
+            if not Path(request.vae).expanduser().is_dir():
+                raise UsageError(f"VAE folder {Path(request.vae).expanduser().resolve()} does not exist.")
+        else:
+            _check_repo_id(request.vae, "--vae")
+
+
 def uses_hub(request: ModelRequest, dtype: str) -> bool:
     """Whether any part of `request` comes from the Hub (a preset, a repo id), not a local path."""
     preset = presets.PRESETS.get(request.model)
@@ -559,6 +641,12 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False, forc
 
     Each pipeline's model_index.json is fetched first and checked (an SDXL pipeline, no custom
     code) before any weight file is; every file is checked to be whole before it is handed on."""
+    from huggingface_hub import constants
+
+    if force and (local_only or constants.HF_HUB_OFFLINE):
+        raise ModelError("--force fetches every file again from the Hub, and HF_HUB_OFFLINE is set.",
+                         "Unset HF_HUB_OFFLINE (on a machine with network access and the same HF_HOME) to repair "
+                         "the cache.")
     preset = presets.PRESETS.get(request.model)
     variant = "fp16" if dtype == "float16" else None
     fetch = Fetch(local_only, force, tqdm, download_command(request, dtype), downloading)
@@ -571,6 +659,9 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False, forc
         pipeline, index = _resolve_hub_pipeline(preset.repo_id, request.revision,
                                                 variant if preset.has_fp16_variant else None, fetch, skip)
     elif _looks_local(request.model):
+        if request.revision:
+            raise UsageError(f"--revision {request.revision} applies to Hub repos; {request.model} is a local folder.",
+                             "Drop --revision, or check out that revision of the folder yourself.")
         pipeline, index = _resolve_local_pipeline(request.model, variant, skip)
     else:
         _check_repo_id(request.model, "--model")

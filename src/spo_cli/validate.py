@@ -46,9 +46,12 @@ class Where:
     """Where values come from, for messages: the command line, or a file (and line)."""
 
     source: str | None = None  # None: the command line; else "prompts.jsonl:3" or "x.json"
+    arguments: tuple[str, ...] = ()  # on the command line, values given as arguments, not options
 
     def name(self, key: str) -> str:
         if self.source is None:
+            if key in self.arguments:
+                return key.upper()  # as --help shows it
             return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
         return f"'{key}'"
 
@@ -58,6 +61,7 @@ class Where:
 
 
 ARGV = Where()
+PROMPT_ARGUMENT = Where(arguments=("prompt",))  # generate and compare take the prompt as an argument
 
 
 def _show(value) -> str:
@@ -274,31 +278,35 @@ def model_values(values: Mapping, where: Where = ARGV) -> dict:
     return out
 
 
-def lora_applies(model: str, lora: str | None, scale: float | None, where: Where = ARGV) -> None:
-    """A LoRA strength with no LoRA to apply it to would be recorded but change nothing: refuse."""
+def lora_applies(model: str, lora: str | None, scale: float | None, where: Where = ARGV,
+                 lora_file: str | None = None) -> None:
+    """A LoRA strength or file with no LoRA to apply it to would be recorded but change nothing: refuse."""
     preset = presets.PRESETS.get(model)
-    if scale is None or lora or (preset and preset.lora_repo):
+    if lora or (preset and preset.lora_repo):
         return
     with_lora = [p.name for p in presets.PRESETS.values() if p.lora_repo]
-    raise where.error("lora_scale", f"{scale:g} has nothing to act on: the model '{model}' has no LoRA",
-                      f"The SPO LoRA comes with --model {with_lora[0]}; add another LoRA with --lora, or drop "
-                      f"{where.name('lora_scale')}.")
+    for key, value in (("lora_scale", scale), ("lora_file", lora_file)):
+        if value is not None:
+            shown = f"{value:g}" if isinstance(value, float) else repr(value)
+            raise where.error(key, f"{shown} has nothing to act on: the model '{model}' has no LoRA",
+                              f"The SPO LoRA comes with --model {with_lora[0]}; add another LoRA with --lora, or "
+                              f"drop {where.name(key)}.")
 
 
 # ---------------------------------------------------------------------------------------------
 # The output folder
 
 
-def output_folder(path: Path, option: str = "--out") -> Path:
+def output_folder(path: str | Path, option: str = "--out") -> Path:
     """Create `path` if needed and prove it writable with a probe file, before any work starts."""
-    path = Path(path)
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{option} {path}: {parent} is a file, not a folder.",
-                             f"Choose another {option}.")
-        if parent.exists():
-            break
+    path = Path(text(str(path), "out", limit=PATH_MAX_CHARS)) if isinstance(path, str) else path
     try:
+        for parent in [path, *path.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder.",
+                                 f"Choose another {option}.")
+            if parent.exists():
+                break
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".spo-probe-{os.getpid()}"
         probe.write_bytes(b"")

@@ -11,7 +11,7 @@ import typer
 from spo_cli import distributed, presets, prompts, validate
 from spo_cli.cli import app, loading, options as o
 from spo_cli.cli.command import command
-from spo_cli.cli.ui import UI
+from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_SKIPPED, UsageError
 from spo_cli.outputs import files
 from spo_cli.request import calls
@@ -39,11 +39,19 @@ JSON_HELP = ("Print the run's summary as JSON on stdout (manifest path, counts o
 
 
 class Stopper:
-    """First Ctrl-C / SIGTERM: finish the pipeline call in flight, then stop. Second: abandon it."""
+    """Ctrl-C and SIGTERM for the whole of a batch run.
+
+    While a pipeline call runs, the first signal lets it finish (its images are written), then the
+    run stops; a second abandons it. Before the first call (starting torch, downloading, loading) a
+    signal stops at once, as there is nothing to finish. Either way the run ends through its
+    manifest, and once it is stopping, further signals are ignored so that nothing cuts that short.
+    """
 
     def __init__(self, ui: UI):
         self.ui = ui
         self.signal: int | None = None
+        self.rendering = False
+        self.finishing = False
         self._old = {}
 
     def __enter__(self):
@@ -53,13 +61,18 @@ class Stopper:
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            # Stopping: the process is on its way out; a late Ctrl-C would only spill tracebacks.
+            signal.signal(sig, signal.SIG_IGN if self.signal is not None else handler)
 
     def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        self.ui.warn("Stopping after the pipeline call in flight (press Ctrl-C again to abandon it).")
+        if self.finishing:
+            return
+        first = self.signal is None
+        self.signal = self.signal or signum
+        if first and self.rendering:
+            self.ui.warn("Stopping after the pipeline call in flight (press Ctrl-C again to abandon it).")
+            return
+        raise KeyboardInterrupt
 
     def requested(self) -> bool:
         return self.signal is not None
@@ -99,7 +112,7 @@ def batch(
     offload: o.Offload = None,
     vae_tiling: o.VaeTiling = False,
     vae_slicing: o.VaeSlicing = False,
-    out: o.Out = Path("outputs"),
+    out: o.Out = "outputs",
     image_format: o.ImageFormat = "png",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Make every image again, even those already done.",
                                             rich_help_panel="Output")] = False,
@@ -113,8 +126,8 @@ def batch(
     t0 = perf_counter()
 
     # 1. Everything that can be checked without the model.
-    image_format = validate.image_format(image_format)
-    fmt = validate.prompt_format(o.renamed(prompt_format, old_format, "--prompt-format", "--format", ui.warn))
+    image_format = o.image_format(image_format, None, ui.warn)
+    fmt = o.prompt_format(prompt_format, old_format, ui.warn)
     defaults, warnings = o.image_request(
         seed=seed, negative=negative, steps=steps, guidance=guidance, width=width, height=height,
         scheduler=scheduler, generator_device=generator_device, size_limit=not no_size_limit, check_prompt=False)
@@ -132,6 +145,7 @@ def batch(
                              "Fix them, or pass --skip-invalid to run the other lines.")
     extra = {"rank": rank.rank, "world_size": rank.world} if rank.several else None
     tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra)
+    loading.precheck(request, options, [t.request for t in tasks])
     out = validate.output_folder(out)
     for w in warnings + size_warnings + more:
         ui.warn(w)
@@ -143,10 +157,15 @@ def batch(
             files.remove_leftovers(out)
             files.clear_failures(out)
         run = _Run(ui, parsed, tasks, out, image_format, rank)
-        try:
-            run.go(request, options, overwrite)
-        finally:
-            run.finish(t0)  # the manifest, on every way out: errors, a full disk, signals
+        with Stopper(ui) as stopper:
+            run.stopper = stopper
+            try:
+                run.go(request, options, overwrite)
+            except KeyboardInterrupt:
+                run.interrupted = stopper.exit_code()
+            finally:
+                stopper.finishing = True
+                run.finish(t0)  # the manifest, on every way out: errors, a full disk, signals
     code = run.exit_code()
     if code:
         raise typer.Exit(code)
@@ -198,7 +217,7 @@ class _Run:
                     for t in self.tasks if t.stem not in self.done_before]
             distributed.barrier()
             if self.done_before:
-                ui.info(f"{len(self.done_before)} of {len(self.tasks)} image(s) already done in {self.out}; "
+                ui.info(f"{len(self.done_before)} of {len(self.tasks)} image(s) already done in {escape(str(self.out))}; "
                         f"{len(todo)} to make." + (" (--overwrite makes all again)" if todo else ""))
 
             # This process's share: whole pipeline calls, dealt round-robin.
@@ -207,15 +226,17 @@ class _Run:
             if mine:
                 engine = loading.load(ui, rt, resolved, options)
                 loading.warn_truncation(ui, engine, [t.request for t in mine])
-                with Stopper(ui) as stopper, ui.images_progress(len(mine), mine[0].request.steps) as bars:
+                stopper = self.stopper
+                with ui.images_progress(len(mine), mine[0].request.steps) as bars:
+                    stopper.rendering = True
                     try:
                         render(engine, resolved, mine, out=self.out, image_format=self.fmt,
                                batch_size=options.batch_size, keep_going=True, stop=stopper.requested,
                                progress=bars, outcomes=self.outcomes, debug=ui.debug)
-                    except KeyboardInterrupt:
-                        stopper.signal = stopper.signal or signal.SIGINT
-                    if stopper.requested():
-                        self.interrupted = stopper.exit_code()
+                    finally:
+                        stopper.rendering = False
+                if stopper.requested():
+                    self.interrupted = stopper.exit_code()
         except Exception as e:
             from spo_cli.errors import translate
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import traceback
 from contextlib import contextmanager
 from typing import Annotated
@@ -27,6 +29,11 @@ def boundary(ui: UI):
     except KeyboardInterrupt:
         ui.error("Interrupted. Files already written are complete; nothing half-written was left behind.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # The reader of stdout went away (`spo models --json | head -1`): nobody is left to tell.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(1) from None
     except Exception as e:
         err = translate(e)
         if ui.debug:

@@ -110,7 +110,7 @@ def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, de
     """One task per prompt × seed: the same name in every column's folder."""
     lines: list[prompts.PromptLine] = []
     if prompt is not None:
-        lines.append(prompts.PromptLine(0, validate.text(prompt, "prompt")))
+        lines.append(prompts.PromptLine(0, validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)))
     if prompts_file:
         parsed = prompts.read(prompts_file, fmt)
         if parsed.problems:
@@ -189,13 +189,13 @@ def compare(
                                                rich_help_panel="Output")] = 8,
     keep_loaded: Annotated[bool, typer.Option("--keep-loaded", help="Keep every model's UNet in memory instead of one at a "
                                               "time.", rich_help_panel="Model")] = False,
-    out: o.Out = Path("outputs"),
+    out: o.Out = "outputs",
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
     validate.integer(cell_size, "cell_size", low=validate.CELL_SIZE_MIN, high=validate.SIDE_MAX)
     validate.integer(rows_per_page, "rows_per_page", low=1, high=validate.ROWS_PER_PAGE_MAX)
-    fmt = validate.prompt_format(o.renamed(prompt_format, old_format, "--prompt-format", "--format", ui.warn))
+    fmt = o.prompt_format(prompt_format, old_format, ui.warn)
     common = dict(vae=vae, dtype=dtype, device=device)
     columns = build_columns(base, spo, spo_lora, model or [], label or [], parse_scales(lora_scales), lora_scale,
                             revision, common)
@@ -205,6 +205,8 @@ def compare(
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui,
                             not no_size_limit)
     options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    for c in columns:
+        loading.precheck(c.request, options, [r.request for r in rows])
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
@@ -269,7 +271,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
                         index_name=index_name)
     index = {
-        "schema": metadata.SCHEMA,
+        "schema": metadata.GRID_SCHEMA,
         "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}
                     for c, res in zip(columns, resolved)],
         "rows": [{"prompt": r.request.prompt, "seed": r.request.seed, "stem": r.stem} for r in rows],

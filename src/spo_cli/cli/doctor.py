@@ -12,7 +12,7 @@ from spo_cli import presets
 from spo_cli.cli import app, loading, options as o
 from spo_cli.cli.command import command
 from spo_cli.cli.models import cache_state
-from spo_cli.cli.ui import UI
+from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import EXIT_FAILURE
 from spo_cli.request import RunOptions
 
@@ -173,6 +173,6 @@ def doctor(ui: UI, device: o.Device = "auto", dtype: o.Dtype = "auto") -> None:
         for p in problems:
             ui.error(p)
         if not ui.quiet:
-            ui.info(f"[bold]Next step:[/] {step}")
+            ui.info(f"[bold]Next step:[/] {escape(step)}")
     if problems:
         raise typer.Exit(EXIT_FAILURE)  # the problems are printed above (or in the JSON)

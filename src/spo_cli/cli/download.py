@@ -7,7 +7,7 @@ import typer
 from spo_cli import presets, validate
 from spo_cli.cli import app, loading, options as o
 from spo_cli.cli.command import command
-from spo_cli.cli.ui import UI
+from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import ModelError
 
 EXAMPLES = """[bold]Examples[/]
@@ -47,7 +47,7 @@ def download(
     from spo_cli.resolve import hub_endpoint, quiet_hub, unreachable
 
     quiet_hub(ui.debug)
-    ui.info(f"Cache: {constants.HF_HUB_CACHE}")
+    ui.info(f"Cache: {escape(constants.HF_HUB_CACHE)}")
     if not constants.HF_HUB_OFFLINE:
         with ui.status(f"Reaching the Hub at {hub_endpoint()}"):
             why = unreachable()
@@ -63,6 +63,6 @@ def download(
         ui.emit_json({"model": model, "dtype": dtype, "bytes": resolved.nbytes(), "repos": rows})
         return
     if not ui.quiet:
-        ui.info(f"{model}: ready for offline use ({resolved.nbytes() / 1e9:.2f} GB), in {dtype}:")
+        ui.info(f"{escape(model)}: ready for offline use ({resolved.nbytes() / 1e9:.2f} GB), in {dtype}:")
     ui.paths([(r["path"], f"{r['id']}{' / ' + r['file'] if r['file'] else ''} @ {(r['commit'] or '-')[:12]}")
               for r in rows])

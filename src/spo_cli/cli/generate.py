@@ -55,12 +55,12 @@ def generate(
     offload: o.Offload = None,
     vae_tiling: o.VaeTiling = False,
     vae_slicing: o.VaeSlicing = False,
-    out: o.Out = Path("outputs"),
+    out: o.Out = "outputs",
     image_format: o.ImageFormat = "png",
     old_format: o.OldImageFormat = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
-    image_format = validate.image_format(o.renamed(image_format, old_format, "--image-format", "--format", ui.warn))
+    image_format = o.image_format(image_format, old_format, ui.warn)
     base, warnings = o.image_request(
         prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
@@ -77,6 +77,7 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
     """The rest of generate and replay, once their checked requests are known: load, render, report."""
     from spo_cli.render import raise_for_failures, render
 
+    loading.precheck(request, options, images)
     out = validate.output_folder(out)
     for w in warnings:
         ui.warn(w)

@@ -19,18 +19,30 @@ class Runtime:
     dtype: str
 
 
+def precheck(request: ModelRequest, options: RunOptions, images: list[ImageRequest] = ()) -> None:
+    """What needs neither torch nor the network, in milliseconds, before the output folder is touched:
+    devices this machine cannot have (a CPU-only torch build, MPS off macOS), local model paths and
+    their model_index.json, repo ids."""
+    from spo_cli import devices
+    from spo_cli.resolve import precheck as precheck_files
+
+    devices.precheck(request.device, [r.generator_device for r in images], options.offload)
+    precheck_files(request)
+
+
 def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list[ImageRequest] = (),
                 *, local_rank: int | None = None) -> Runtime:
     """Import torch and the engine, pick device and dtype, and check what needs the machine (CUDA for
-    --device or --generator-device, a GPU for --offload) before anything is downloaded or loaded."""
+    --device or --generator-device, a GPU for --offload) before anything is downloaded or loaded;
+    diffusers is imported only after those checks."""
     with ui.status("Starting PyTorch"):
-        from spo_cli import engine
+        from spo_cli import engine  # torch, not yet diffusers
 
-        engine.quiet_libraries(ui.debug)
         device, notes = engine.pick_device(request.device, local_rank)
         dtype, dtype_notes = engine.pick_dtype(device, request.dtype)
         engine.check_generator_devices(r.generator_device for r in images)
         engine.check_options(options, device)
+        engine.quiet_libraries(ui.debug)
     for note in notes + dtype_notes:
         ui.warn(note)
     return Runtime(engine, device, dtype)
@@ -55,16 +67,16 @@ def resolve(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, d
                              local_only=local_only)
     for part in resolved.parts():
         at = f" @ {part.commit[:10]}" if part.commit else ""
-        ui.info(f"[green]✓[/] Resolved {part.id}{'/' + part.file if part.file and part.source == 'hub' else ''}{at}")
+        ui.info(f"[green]✓[/] Resolved {escape(part.id)}{'/' + escape(part.file) if part.file and part.source == 'hub' else ''}{at}")
     return resolved
 
 
 def load(ui: UI, runtime: Runtime, resolved, options: RunOptions):
-    with ui.status(f"Loading {resolved.pipeline.id} on {runtime.device} ({resolved.dtype})"):
+    with ui.status(f"Loading {escape(resolved.pipeline.id)} on {runtime.device} ({resolved.dtype})"):
         engine = runtime.engine.Engine.load(resolved, runtime.device, options)
     if options.fast:
         ui.info(f"--fast: the first images compile the model (minutes); compiled code is cached in "
-                f"{runtime.engine.configure_compile_cache()} for later runs.")
+                f"{escape(runtime.engine.configure_compile_cache())} for later runs.")
     return engine
 
 
@@ -84,6 +96,5 @@ def warn_truncation(ui: UI, engine, requests: list[ImageRequest]) -> None:
             seen.add(text)
             dropped = engine.dropped_words(text)
             if dropped:
-                ui.warn(f"The {label} is longer than the text encoders' 77 tokens; SDXL ignores the end: "
-                        f"[italic]{escape(dropped)}[/]")
+                ui.warn(f"The {label} is longer than the text encoders' 77 tokens; SDXL ignores the end: {dropped}")
 

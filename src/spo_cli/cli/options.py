@@ -61,7 +61,8 @@ NoSizeLimit = Annotated[bool, typer.Option(
     "--no-size-limit", help=f"Allow sides over {validate.SIDE_MAX} px and more than "
     f"{validate.PIXELS_MAX / 1e6:.1f} megapixels (for GPUs with the memory).", rich_help_panel=_S)]
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=_O)]
+# A string, not a Path: typer would turn an empty value (an unset shell variable) into ".".
+Out = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=_O)]
 ImageFormat = Annotated[str, typer.Option("--image-format", help="png, jpg or webp.", rich_help_panel=_O)]
 PromptFormat = Annotated[Optional[str], typer.Option(
     "--prompt-format", help="txt or jsonl (default: by file name, or by content for stdin).", show_default=False)]
@@ -82,12 +83,20 @@ VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode a batch 
                                           rich_help_panel=_P)]
 
 
-def renamed(new, old, new_name: str, old_name: str, warn) -> object:
-    """The value of an option that has a hidden old spelling."""
+def _renamed(new, old, new_name: str, warn):
+    """The value of an option that still answers to its old spelling, --format."""
     if old is None:
         return new
-    warn(f"{old_name} is now {new_name}; the old spelling goes away in the next release.")
+    warn(f"--format is now {new_name}; the old spelling goes away in the next release.")
     return old
+
+
+def image_format(value: str, old: str | None, warn) -> str:
+    return validate.image_format(_renamed(value, old, "--image-format", warn))
+
+
+def prompt_format(value: str | None, old: str | None, warn) -> str | None:
+    return validate.prompt_format(_renamed(value, old, "--prompt-format", warn))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +110,7 @@ def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: i
                   scheduler=scheduler, generator_device=generator_device)
     if check_prompt:
         values["prompt"] = prompt
-    checked = validate.image_values(values)
+    checked = validate.image_values(values, validate.PROMPT_ARGUMENT)
     warnings = validate.size(width, height, size_limit=size_limit)
     return ImageRequest(**{"prompt": prompt, **checked}), warnings
 
@@ -111,7 +120,7 @@ def model_request(*, model: str, revision: str | None = None, lora: str | None =
                   device: str = "auto") -> tuple[ModelRequest, list[str]]:
     checked = validate.model_values(dict(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                          lora_scale=lora_scale, vae=vae, dtype=dtype, device=device))
-    validate.lora_applies(model, lora, lora_scale)
+    validate.lora_applies(model, lora, lora_scale, lora_file=lora_file)
     _, warnings = validate.lora_scale(lora_scale)
     return ModelRequest(**checked), warnings
 

@@ -56,12 +56,12 @@ def replay(
     offload: o.Offload = None,
     vae_tiling: o.VaeTiling = False,
     vae_slicing: o.VaeSlicing = False,
-    out: o.Out = Path("outputs"),
+    out: o.Out = "outputs",
     image_format: o.ImageFormat = "png",
     old_format: o.OldImageFormat = None,
 ) -> None:
     """Make a recorded image again, from the same commits; options replace recorded settings."""
-    image_format = validate.image_format(o.renamed(image_format, old_format, "--image-format", "--format", ui.warn))
+    image_format = o.image_format(image_format, old_format, ui.warn)
     image, request = metadata.recorded_requests(metadata.read(file), file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
                                     height=height, scheduler=scheduler, generator_device=generator_device).items()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import unicodedata
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -11,8 +13,16 @@ from rich.console import Console
 # rich.progress and rich.table are imported where used: `spo --help` never needs them.
 
 
+def _sane_columns() -> None:
+    # rich takes COLUMNS as the width, and COLUMNS=0 (or junk) would make every message vanish.
+    columns = os.environ.get("COLUMNS")
+    if columns is not None and not (columns.isdigit() and int(columns) > 0):
+        del os.environ["COLUMNS"]
+
+
 class UI:
     def __init__(self, *, quiet: bool = False, json_mode: bool = False, debug: bool = False):
+        _sane_columns()
         self.quiet = quiet
         self.json_mode = json_mode
         self.debug = debug
@@ -25,7 +35,8 @@ class UI:
         self.err.print(text)
 
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {text}")
+        """A warning; `text` is plain (values from users are never read as rich markup)."""
+        self.err.print(_labelled("warning: ", "yellow", text))
 
     def silence(self) -> None:
         self.quiet = True
@@ -33,11 +44,12 @@ class UI:
 
     def notice(self, text: str) -> None:
         """A warning that --quiet does not hide: the result is not what was asked for."""
-        Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {text}")
+        Console(stderr=True, highlight=False).print(_labelled("warning: ", "yellow", text))
 
     def error(self, text: str) -> None:
-        # Errors are shown even with --quiet: a silent non-zero exit explains nothing.
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {text}")
+        # Errors are shown even with --quiet: a silent non-zero exit explains nothing. Plain text:
+        # a message quotes what the user typed, and "[/]" in a value must not break the printing.
+        Console(stderr=True, highlight=False).print(_labelled("error: ", "bold red", text))
 
     @contextmanager
     def status(self, text: str):
@@ -155,22 +167,35 @@ class UI:
         short note after it. With --quiet the paths alone: quiet drops progress, not results."""
         for path, note in lines:
             if self.quiet:
-                sys.stdout.write(path + "\n")
+                sys.stdout.write(printable(path) + "\n")
             else:
-                self.out.print(f"{escape(path)}[dim]{'  ' + escape(note) if note else ''}[/]", soft_wrap=True)
+                self.out.print(f"{escape(printable(path))}[dim]{'  ' + escape(note) if note else ''}[/]",
+                               soft_wrap=True)
         sys.stdout.flush()
+
+
+def _labelled(label: str, style: str, text: str):
+    from rich.text import Text
+
+    return Text.assemble((label, style), printable(text))
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes: a prompt must not clear a user's terminal."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
 
 
 def short(text: str, limit: int = 60) -> str:
     """One line of at most `limit` characters, for showing a prompt in a summary."""
-    text = " ".join(text.split())
+    text = printable(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def escape(text: str) -> str:
+    """A user's text inside a message that has rich markup: shown as typed, control characters escaped."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(printable(text))
 
 
 class _Null:

@@ -215,7 +215,11 @@ def _png_chunks(path: Path) -> tuple[object, dict | None]:
 
 
 def _refuse_grid(path: Path, grid: dict) -> None:
-    cells = [c for c in grid.get("cells", []) if isinstance(c, str)] if isinstance(grid, dict) else []
+    # A grid page's chunk lists cell paths; the grid's index file lists rows of {"image": …} entries.
+    raw = grid.get("cells", []) if isinstance(grid, dict) else []
+    flat = [c for row in raw for c in (row if isinstance(row, list) else [row])] if isinstance(raw, list) else []
+    cells = [c.get("image") if isinstance(c, dict) else c for c in flat]
+    cells = [c for c in cells if isinstance(c, str)]
     shown = ", ".join(str(path.parent / c) for c in cells[:3]) + (", …" if len(cells) > 3 else "")
     raise UsageError(f"{path} is a comparison grid from `spo compare`, not one image.",
                      f"Replay one of its cells instead: {shown}." if cells else "Replay one of its cells instead.")

@@ -1,0 +1,56 @@
+"""What the user sees, without a model: messages that quote user values, progress, paths."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.progress import Progress, TextColumn
+
+from spo_cli.cli.ui import UI, _Bars, printable, short
+
+
+def test_the_eta_shows_after_the_first_call_however_long_it_took():
+    # rich's own estimate needs samples inside a 30-second window: with calls of minutes it stays
+    # blank for the whole run. Ours comes from the average so far.
+    now = [0.0]
+    progress = Progress(TextColumn("{task.fields[eta]}"), console=Console(file=io.StringIO()), get_time=lambda: now[0])
+    bars = _Bars(progress, total=10, steps=50)
+    assert progress.tasks[bars.images].fields["eta"] == "ETA -:--:--"
+    now[0] = 300.0  # one call of two images took five minutes
+    bars.images_done(2)
+    assert progress.tasks[bars.images].fields["eta"] == "ETA 0:20:00"
+    assert progress.tasks[bars.images].fields["rate"] == "0.4 img/min"
+
+
+def test_user_values_are_never_read_as_markup(capsys):
+    UI().error("--scheduler cannot be '[/]'. Choose one of: [bold]x[/bold]")
+    UI().warn("a prompt with [red]markup[/] and [/nonsense]")
+    err = capsys.readouterr().err
+    assert "--scheduler cannot be '[/]'. Choose one of: [bold]x[/bold]" in err
+    assert "a prompt with [red]markup[/] and [/nonsense]" in err
+
+
+def test_control_characters_are_shown_not_sent_to_the_terminal(capsys):
+    hostile = "a fox\x1b[2J\x1b]0;owned\x07 done"
+    assert printable(hostile) == "a fox\\x1b[2J\\x1b]0;owned\\x07 done"
+    assert "\x1b" not in short(hostile)
+    UI().error(hostile)
+    UI(quiet=True).paths([("out/\x1b[2Jx.png", "")])
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.err and "\x1b" not in captured.out
+
+
+def test_a_columns_value_of_zero_does_not_silence_errors(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "0")
+    UI().error("--steps must be from 1 to 1,000, not 0.")
+    assert "--steps must be from 1 to 1,000, not 0." in capsys.readouterr().err
+
+
+def test_quiet_still_prints_results(capsys):
+    ui = UI(quiet=True)
+    ui.info("progress chatter")
+    ui.warn("a warning")
+    ui.paths([("out/a.png", "seed 1"), ("out/b.png", "seed 2")])
+    captured = capsys.readouterr()
+    assert captured.out == "out/a.png\nout/b.png\n" and captured.err == ""
