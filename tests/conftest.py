@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 
-# Under pytest-xdist each worker gets its share of the cores (torch's default is all of them, which
-# with two workers on two cores makes both slower); spo subprocesses inherit the setting.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+# Under pytest-xdist each worker gets its share of the cores; spo subprocesses inherit the setting.
+# torch's default is all of them, and OpenMP threads that outnumber the cores spin-wait on each
+# other: two workers of two threads on two cores ran the pipeline tests 10 times slower. Set
+# unconditionally: a worker inherits the controller's environment, which may already have a value.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 _ROOT = Path(tempfile.mkdtemp(prefix="spo-tests-"))
 os.environ.update(
@@ -38,6 +41,11 @@ os.environ.pop("HF_TOKEN", None)
 SPO_CLI = [sys.executable, "-m", "spo_cli"]
 # Only a guard against a hung test run, never a measure of speed: a busy machine is slow, not broken.
 HANG = 3600
+
+
+def pytest_collection_modifyitems(config, items):
+    # xdist hands out tests in collection order, so the long ones go first (stable sort).
+    items.sort(key=lambda item: item.get_closest_marker("early") is None)
 
 
 def pytest_sessionfinish(session, exitstatus):
