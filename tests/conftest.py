@@ -73,6 +73,19 @@ def out(tmp_path) -> Path:
     return tmp_path / "out"
 
 
+def base_copy(repos: dict[str, Path], folder: Path, **index_changes) -> Path:
+    """A copy of tiny SDXL base at `folder`, with `index_changes` written into its model_index.json."""
+    import json
+
+    from spo_cli import presets
+
+    shutil.copytree(repos[presets.SDXL_BASE], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(index_changes)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
 def run_spo(*args: str, env: dict | None = None, timeout: float = HANG, **kw) -> subprocess.CompletedProcess:
     """Run the real `spo` entry point in a subprocess."""
     return subprocess.run(

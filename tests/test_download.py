@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_spo
+from conftest import base_copy, run_spo
 from hubserver import HubServer
 from spo_cli import presets
 
@@ -287,21 +287,12 @@ def test_offline_fp32_after_fp16_download_says_what_to_fetch(repos, tmp_path):
                   "--height", "64", "--out", str(tmp_path / "o"), env={**env, "HF_HUB_OFFLINE": "1"})
     assert gen.returncode == 1 and "spo download base --dtype fp32" in assert_one_paragraph(gen.stderr)
 
-def foreign_repo(repos, tmp_path: Path, **index_changes) -> Path:
-    folder = tmp_path / "foreign"
-    shutil.copytree(repos[BASE], folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    index.update(index_changes)
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
-
-
 @pytest.mark.parametrize("changes, words", [
     ({"_class_name": "StableDiffusionPipeline"}, "is a StableDiffusionPipeline, not an SDXL pipeline"),
     ({"_class_name": ["pipeline", "MyPipeline"]}, "needs custom Python code from the repository"),
 ])
 def test_a_foreign_repo_is_refused_before_any_weight_is_fetched(repos, tmp_path, changes, words):
-    with HubServer({**repos, "someorg/other": foreign_repo(repos, tmp_path, **changes)}) as hub:
+    with HubServer({**repos, "someorg/other": base_copy(repos, tmp_path / "foreign", **changes)}) as hub:
         for command in (["download", "someorg/other"],
                         ["generate", "a cat", "--model", "someorg/other", "--device", "cpu", "--out", str(tmp_path / "o")]):
             r = run_spo(*command, env=hub_env(hub, tmp_path))

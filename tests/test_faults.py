@@ -6,7 +6,6 @@ and interrupted copies damage it, and `resolve` must say which repo and file, an
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import base_copy
 from spo_cli import presets, resolve
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.request import ModelRequest
@@ -76,15 +76,6 @@ def test_a_damaged_cache_names_the_file_and_the_repair(cache, rel, how, words):
     assert "Repair it with `spo download base --dtype fp32 --force`." in msg
 
 
-def index_folder(repos, tmp_path: Path, **changes) -> Path:
-    folder = tmp_path / "model"
-    shutil.copytree(repos[BASE], folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    index.update(changes)
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
-
-
 @pytest.mark.parametrize("changes, words", [
     ({"_class_name": "StableDiffusionPipeline"}, "is a StableDiffusionPipeline, not an SDXL pipeline"),
     ({"_class_name": "FluxPipeline"}, "is a FluxPipeline, not an SDXL pipeline"),
@@ -92,7 +83,7 @@ def index_folder(repos, tmp_path: Path, **changes) -> Path:
     ({"unet": ["my_unets", "FancyUNet"]}, "needs custom Python code from the repository"),
 ])
 def test_only_standard_sdxl_pipelines_are_accepted(repos, tmp_path, changes, words):
-    folder = index_folder(repos, tmp_path, **changes)
+    folder = base_copy(repos, tmp_path / "model", **changes)
     with pytest.raises(ModelError) as e:
         resolve.resolve(ModelRequest(model=str(folder)), "float32")
     assert words in e.value.message
