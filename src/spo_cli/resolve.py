@@ -494,7 +494,7 @@ def _resolve_hub_lora(repo: str, file: str | None, revision: str | None, fetch: 
 
     if file is None:
         if fetch.local_only or constants.HF_HUB_OFFLINE:
-            raise UsageError(f"Name the LoRA file in '{repo}' with --lora-file when offline.")
+            raise _lora_file_needed(repo)
         info = _hub_call(lambda: HfApi().model_info(repo, revision=revision), repo, fetch)
         candidates = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
         if len(candidates) != 1:
@@ -545,10 +545,15 @@ def _resolve_local_pipeline(spec: str, variant: str | None, skip: tuple[str, ...
     return Resolved(str(folder), "local", folder, variant=variant, files=tuple(chosen)), model_index
 
 
-def _resolve_local_vae(spec: str, variant: str | None) -> Resolved:
+def _local_vae_folder(spec: str) -> Path:
     folder = Path(spec).expanduser().resolve()
     if not folder.is_dir():
         raise UsageError(f"VAE folder {folder} does not exist.")
+    return folder
+
+
+def _resolve_local_vae(spec: str, variant: str | None) -> Resolved:
+    folder = _local_vae_folder(spec)
     chosen, variant, sub = select_vae_files(_local_files(folder), variant)
     if not chosen:
         raise UsageError(f"{folder} holds no diffusers VAE (config.json and diffusion_pytorch_model*.safetensors).")
@@ -590,6 +595,16 @@ def _check_repo_id(spec: str, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _lora_file_needed(repo: str) -> UsageError:
+    return UsageError(f"Name the LoRA file in '{repo}' with --lora-file when offline.")
+
+
+def _refuse_revision(revision: str | None, folder) -> None:
+    if revision:
+        raise UsageError(f"--revision {revision} applies to Hub repos; {folder} is a local folder.",
+                         "Drop --revision, or check out that revision of the folder yourself.")
+
+
 def precheck(request: ModelRequest) -> None:
     """What can be known of `request` without the Hub or torch: local paths exist and are what they
     should be (a local pipeline's model_index.json is read and checked too), repo ids are repo ids."""
@@ -597,9 +612,7 @@ def precheck(request: ModelRequest) -> None:
     if not preset:
         if _looks_local(request.model):
             folder = _local_pipeline_folder(request.model)
-            if request.revision:
-                raise UsageError(f"--revision {request.revision} applies to Hub repos; {folder} is a local folder.",
-                                 "Drop --revision, or check out that revision of the folder yourself.")
+            _refuse_revision(request.revision, folder)
             read_index(folder / "model_index.json", str(folder), None)
         else:
             _check_repo_id(request.model, "--model")
@@ -611,11 +624,10 @@ def precheck(request: ModelRequest) -> None:
             from huggingface_hub import constants
 
             if request.lora_file is None and constants.HF_HUB_OFFLINE:
-                raise UsageError(f"Name the LoRA file in '{request.lora}' with --lora-file when offline.")
+                raise _lora_file_needed(request.lora)
     if request.vae and request.vae != "model":
         if _looks_local(request.vae):
-            if not Path(request.vae).expanduser().is_dir():
-                raise UsageError(f"VAE folder {Path(request.vae).expanduser().resolve()} does not exist.")
+            _local_vae_folder(request.vae)
         else:
             _check_repo_id(request.vae, "--vae")
 
@@ -659,9 +671,7 @@ def resolve(request: ModelRequest, dtype: str, *, local_only: bool = False, forc
         pipeline, index = _resolve_hub_pipeline(preset.repo_id, request.revision,
                                                 variant if preset.has_fp16_variant else None, fetch, skip)
     elif _looks_local(request.model):
-        if request.revision:
-            raise UsageError(f"--revision {request.revision} applies to Hub repos; {request.model} is a local folder.",
-                             "Drop --revision, or check out that revision of the folder yourself.")
+        _refuse_revision(request.revision, request.model)
         pipeline, index = _resolve_local_pipeline(request.model, variant, skip)
     else:
         _check_repo_id(request.model, "--model")
