@@ -1,4 +1,4 @@
-from spo_cli.cli import main
+from spo_cli.usage import main
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 import typer.core
 
-from spo_cli import __version__
+from spo_cli import __version__, usage
 
 # typer's help shows a `<bool>` type after every flag, as if it took a value; flags take none.
 _display_type = typer.core.TyperOption.display_type_rich
@@ -15,14 +15,7 @@ typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_fla
 
 app = typer.Typer(
     name="spo",
-    help="SPO-SDXL from the terminal: SDXL fine-tuned with Step-aware Preference Optimization.\n\n"
-    "[bold]Examples[/]\n\n"
-    '  spo generate "a child and a penguin sitting on the moon"\n\n'
-    "  spo batch examples/prompts.txt --out runs/spo --num-images 4 --batch-size 4\n\n"
-    '  spo compare "a lighthouse in a storm" --base --spo\n\n'
-    "  spo models\n\n"
-    "  spo download spo-lora\n\n"
-    "  spo doctor",
+    help=usage.ABOUT + "\n\n[bold]Examples[/]\n\n" + "\n\n".join(f"  {e}" for e in usage.EXAMPLES),
     rich_markup_mode="rich",
     no_args_is_help=True,
     add_completion=False,
