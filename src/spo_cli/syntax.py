@@ -1,0 +1,167 @@
+"""AUTOMATIC1111 prompt syntax: emphasis weights, BREAK, and 75-token chunks.
+
+Follows stable-diffusion-webui's rules exactly (modules/prompt_parser.py `parse_prompt_attention`,
+modules/sd_hijack_clip.py `tokenize_line`), so that a prompt pasted from A1111 or Civitai is read
+the way its author's tool read it, oddities included. Pure: stdlib only, because the CLI imports
+it before torch to decide whether a prompt needs the weighted encoder at all.
+
+Prompt editing `[a:b:step]` and alternation `[a|b]` are not supported: as in A1111 once its prompt
+scheduling has had its turn, this parser sees them as literal text inside `[...]` emphasis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# The alternatives are ordered as A1111's: escapes first (a lone `\` is an escape of nothing and
+# vanishes), then brackets, then `:weight)` before a plain `)`, then text, then a stray `:`.
+_ATTENTION = re.compile(r"""
+\\\(|\\\)|\\\[|\\]|\\\\|\\|
+\(|\[|
+:\s*([+-]?[.\d]+)\s*\)|
+\)|]|
+[^\\()\[\]:]+|
+:
+""", re.X)
+# BREAK needs word boundaries, not spaces: "a,BREAK,b" breaks too; "BREAKS" and "break" do not.
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_ROUND = 1.1
+_SQUARE = 1 / 1.1
+BREAK = ("BREAK", -1.0)  # the marker `parse` emits; only weight exactly -1 counts when chunking
+
+
+class PromptSyntaxError(ValueError):
+    """A `(text:weight)` whose weight is no number, such as `1.2.3`: A1111 fails on it too."""
+
+
+def parse(text: str) -> list[tuple[str, float]]:
+    """Split a prompt into (text, weight) runs, as A1111's `parse_prompt_attention` does."""
+    res: list[list] = []  # [text, weight] pairs, weights multiplied in place as brackets close
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for item in res[start:]:
+            item[1] *= factor
+
+    for m in _ATTENTION.finditer(text):
+        piece, weight = m.group(0), m.group(1)
+        if piece.startswith("\\"):
+            res.append([piece[1:], 1.0])
+        elif piece == "(":
+            round_open.append(len(res))
+        elif piece == "[":
+            square_open.append(len(res))
+        elif weight is not None and round_open:
+            try:
+                factor = float(weight)
+            except ValueError:
+                raise PromptSyntaxError(f"{piece!r} in the prompt: {weight!r} is not a number") from None
+            multiply(round_open.pop(), factor)
+        elif piece == ")" and round_open:
+            multiply(round_open.pop(), _ROUND)
+        elif piece == "]" and square_open:
+            multiply(square_open.pop(), _SQUARE)
+        else:  # text, or a bracket/`:weight)` with nothing open: literal
+            for i, part in enumerate(_BREAK.split(piece)):
+                if i:
+                    res.append(list(BREAK))
+                res.append([part, 1.0])
+    # Unclosed brackets reach to the end of the prompt (round ones first, as A1111 does).
+    for start in round_open:
+        multiply(start, _ROUND)
+    for start in square_open:
+        multiply(start, _SQUARE)
+    if not res:
+        res = [["", 1.0]]
+    merged = [res[0]]
+    for item in res[1:]:
+        if item[1] == merged[-1][1]:
+            merged[-1][0] += item[0]
+        else:
+            merged.append(item)
+    return [(t, w) for t, w in merged]
+
+
+def has_syntax(text: str) -> bool:
+    """Whether A1111 would read `text` other than as plain text (for `--prompt-syntax auto`)."""
+    if not any(c in text for c in "()[]\\") and "BREAK" not in text:
+        return False
+    try:
+        return parse(text) != [(text, 1.0)]
+    except PromptSyntaxError:
+        return True
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One text-encoder window: BOS, `chunk_length` prompt tokens or padding, EOS.
+
+    `multipliers` has one weight per token (1.0 for BOS, EOS and padding); `count` is what the
+    chunk adds to A1111's token counter (the full chunk length unless it is the last one)."""
+
+    tokens: tuple[int, ...]
+    multipliers: tuple[float, ...]
+    count: int
+
+
+def chunks(text: str, tokenize: Callable[[list[str]], Sequence[Sequence[int]]], comma_token: int | None, *,
+           bos: int, eos: int, pad: int | None = None, chunk_length: int = 75, comma_backtrack: int = 20,
+           syntax: bool = True) -> list[Chunk]:
+    """A prompt as A1111's `tokenize_line` cuts it into windows of `chunk_length` + 2 tokens.
+
+    `tokenize` maps fragments to ids without BOS/EOS; it is called once, with every fragment of
+    `parse` (BREAK markers too, then skipped), as A1111 does. `pad` fills a short window after its EOS
+    (SDXL's second encoder pads with id 0, A1111's `id_pad`); it defaults to `eos` (CLIP-L).
+    `syntax=False` is A1111's "Emphasis: None": the whole text at weight 1, no BREAK either.
+    When a window fills up and a comma lies at most `comma_backtrack` tokens back, the tokens
+    after it move to the next window, so a phrase is not torn apart (0 turns this off).
+    Raises PromptSyntaxError as `parse` does.
+    """
+    pad = eos if pad is None else pad
+    parsed = parse(text) if syntax else [(text, 1.0)]
+    tokenized = tokenize([t for t, _ in parsed])
+    out: list[Chunk] = []
+    toks: list[int] = []
+    mults: list[float] = []
+    last_comma = -1
+
+    def close(is_last: bool = False) -> None:
+        nonlocal toks, mults, last_comma
+        fill = chunk_length - len(toks)
+        ids = [bos, *toks] + [eos] * (max(fill, 0) + 1)
+        if pad != eos:  # A1111's process_tokens: everything after the first EOS becomes padding
+            first = ids.index(eos)
+            ids[first + 1:] = [pad] * (len(ids) - first - 1)
+        weights = [1.0, *mults] + [1.0] * (max(fill, 0) + 1)
+        out.append(Chunk(tuple(ids), tuple(weights), len(toks) if is_last else chunk_length))
+        toks, mults, last_comma = [], [], -1
+
+    for ids, (fragment, weight) in zip(tokenized, parsed):
+        if fragment == "BREAK" and weight == -1:
+            close()  # even an empty window: A1111 does not check
+            continue
+        for token in ids:
+            if token == comma_token:
+                last_comma = len(toks)
+            elif (comma_backtrack != 0 and len(toks) == chunk_length and last_comma != -1
+                  and len(toks) - last_comma <= comma_backtrack):
+                cut = last_comma + 1
+                moved = toks[cut:], mults[cut:]
+                del toks[cut:], mults[cut:]
+                close()
+                toks, mults = list(moved[0]), list(moved[1])
+            if len(toks) == chunk_length:
+                close()
+            toks.append(token)
+            mults.append(weight)
+    if toks or not out:  # a trailing BREAK adds no empty window; an empty prompt gets one
+        close(is_last=True)
+    return out
+
+
+def token_count(chunks: Sequence[Chunk]) -> int:
+    """A1111's token counter: 75 per window before the last, plus the last one's prompt tokens."""
+    return sum(c.count for c in chunks)

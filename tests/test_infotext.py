@@ -1,0 +1,284 @@
+"""Unit tests for spo_cli.infotext: A1111 "parameters" text → spo request fields.
+
+Layout rules are A1111's `parse_generation_parameters` (modules/infotext_utils.py); sampler names
+and their default schedules are A1111's (sd_samplers_kdiffusion.py, sd_schedulers.py). Pure and fast.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from spo_cli import presets
+from spo_cli.infotext import Infotext, InfotextError, parse, scheduler_name, to_request_fields
+from spo_cli.outputs.metadata import a1111_parameters
+
+# The example in A1111's parse_generation_parameters docstring.
+A1111_DOC = """girl with an artist's beret, determined, blue eyes, desert scene, computer monitors, heavy makeup, by Alphonse Mucha and Charlie Bowater, ((eyeshadow)), (coquettish), detailed, intricate
+Negative prompt: ugly, fat, obese, chubby, (((deformed))), [blurry], bad anatomy, disfigured, poorly drawn face, mutation, mutated, (extra_limb), (ugly), (poorly drawn hands), messy drawing
+Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 965400086, Size: 512x512, Model hash: 45dee52b"""
+
+# As A1111 1.10 with ADetailer, hires fix and a LoRA writes it (shape of a Civitai download).
+CIVITAI = """masterpiece, best quality, 1girl, (red scarf:1.2), snowy street,
+night, city lights <lora:detail_tweaker:0.6>
+Negative prompt: (worst quality, low quality:1.4), blurry,
+watermark
+Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567890, Size: 832x1216, \
+Model hash: 31e35c80fc, Model: sd_xl_base_1.0, VAE hash: 235745af8d, VAE: sdxl_vae.safetensors, \
+Denoising strength: 0.4, Clip skip: 2, ADetailer model: face_yolov8n.pt, ADetailer confidence: 0.3, \
+ADetailer version: 24.9.0, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, \
+Lora hashes: "detail_tweaker: 1b9f2b4a2a4e, other: 0123, third: 4567", Emphasis: No norm, Version: v1.10.1"""
+
+
+def fields(text: str) -> dict:
+    return to_request_fields(parse(text))[0]
+
+
+def ignored(text: str) -> list[str]:
+    return to_request_fields(parse(text))[1]
+
+
+def test_a1111_docstring_example():
+    info = parse(A1111_DOC)
+    assert info.prompt.startswith("girl with an artist's beret") and info.prompt.endswith("intricate")
+    assert info.negative.startswith("ugly, fat") and info.negative.endswith("messy drawing")
+    assert info.params == {"Steps": "20", "Sampler": "Euler a", "CFG scale": "7", "Seed": "965400086",
+                           "Size": "512x512", "Model hash": "45dee52b"}
+    got, left = to_request_fields(info)
+    assert got == {"prompt": info.prompt, "negative": info.negative, "steps": 20, "scheduler": "euler-a",
+                   "guidance": 7.0, "seed": 965400086, "width": 512, "height": 512}
+    assert left == ["Model hash"]
+
+
+def test_civitai_shaped_text_with_extensions():
+    info = parse(CIVITAI)
+    assert info.prompt == "masterpiece, best quality, 1girl, (red scarf:1.2), snowy street,\n" \
+                          "night, city lights <lora:detail_tweaker:0.6>"
+    assert info.negative == "(worst quality, low quality:1.4), blurry,\nwatermark"
+    assert info.params["Lora hashes"] == "detail_tweaker: 1b9f2b4a2a4e, other: 0123, third: 4567"
+    assert info.params["Hires upscaler"] == "Latent"
+    got, left = to_request_fields(info)
+    assert got["scheduler"] == "dpm++2m-karras"
+    assert (got["steps"], got["guidance"], got["seed"], got["width"], got["height"]) == (28, 6.5, 1234567890, 832, 1216)
+    assert got["emphasis"] == "none-norm"
+    assert left == ["Model hash", "Model", "VAE hash", "VAE", "Denoising strength", "Clip skip", "ADetailer model",
+                    "ADetailer confidence", "ADetailer version", "Hires upscale", "Hires steps", "Hires upscaler",
+                    "Lora hashes", "Version"]
+
+
+def test_no_negative_prompt():
+    got = fields("a cat on a mat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 1024x1024")
+    assert got["prompt"] == "a cat on a mat" and got["negative"] is None
+
+
+def test_empty_negative_prompt_is_none():
+    assert fields("a cat\nNegative prompt: \nSteps: 20, Sampler: Euler, CFG scale: 7")["negative"] is None
+
+
+def test_multi_line_prompt_and_negative_lines_are_stripped_as_a1111_does():
+    info = parse("  first line  \n\tsecond, line\n\nNegative prompt:   bad  \n  worse\r\n"
+                 "Steps: 20, Sampler: Euler, CFG scale: 7")
+    assert info.prompt == "first line\nsecond, line\n"
+    assert info.negative == "bad\nworse"
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_windows_and_old_mac_line_ends(newline):
+    info = parse(newline.join(["a cat", "Negative prompt: dog", "Steps: 20, Sampler: Euler, CFG scale: 7",
+                               "Template: a cat"]))
+    assert (info.prompt, info.negative, info.params["CFG scale"]) == ("a cat", "dog", "7")
+
+
+def test_quoted_values_hold_commas_colons_and_escapes():
+    info = parse('a cat\nSteps: 20, Lora hashes: "a: 1, b: 2", Note: "say \\"hi\\", then go", Seed: 3')
+    assert info.params == {"Steps": "20", "Lora hashes": "a: 1, b: 2", "Note": 'say "hi", then go', "Seed": "3"}
+
+
+def test_a_bad_quoted_value_is_kept_as_written():
+    assert parse('a\nSteps: 20, Note: "bad \\q escape", Seed: 3').params["Note"] == '"bad \\q escape"'
+
+
+def test_a_last_line_with_fewer_than_3_pairs_is_prompt_text():
+    info = parse("a cat\nStyle: noir, Mood: dark")
+    assert info.prompt == "a cat\nStyle: noir, Mood: dark" and info.params == {}
+    assert fields("just a prompt") == {"prompt": "just a prompt", "negative": None}
+
+
+def test_lines_after_the_parameters_line_are_tolerated_and_reported():
+    text = ("a {red|blue} cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5\n"
+            "Template: a {red|blue} cat\nNegative Template: dog")
+    info = parse(text)
+    assert (info.prompt, info.negative) == ("a {red|blue} cat", "dog")
+    assert info.extra == ("Template: a {red|blue} cat", "Negative Template: dog")
+    got, left = to_request_fields(info)
+    assert got["seed"] == 5 and got["scheduler"] == "euler-a"
+    assert left == ["Template", "Negative Template"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\n", "Steps: 20, Sampler: Euler, CFG scale: 7",
+                                  "Negative prompt: ugly\nSteps: 20, Sampler: Euler, CFG scale: 7"])
+def test_no_prompt_is_refused(text):
+    with pytest.raises(InfotextError, match="no prompt") as e:
+        parse(text)
+    assert isinstance(e.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+
+PARAMS = "a cat\nSteps: 20, {}, CFG scale: 7, Seed: 1, Size: 1024x1024"
+
+
+@pytest.mark.parametrize(("sampler", "expected"), [
+    ("Sampler: Euler", "euler"),
+    ("Sampler: Euler a", "euler-a"),
+    ("Sampler: DDIM", "ddim"),
+    ("Sampler: UniPC", "unipc"),
+    ("Sampler: DPM++ 2M", "dpm++2m"),  # before 1.9: plain sigmas
+    ("Sampler: DPM++ 2M Karras", "dpm++2m-karras"),
+    ("Sampler: DPM++ 2M SDE Karras", "dpm++2m-sde-karras"),
+    ("Sampler: DPM++ 2M, Schedule type: Karras", "dpm++2m-karras"),
+    ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpm++2m-sde-karras"),
+    ("Sampler: DPM++ 2M, Schedule type: Automatic", "dpm++2m-karras"),  # 1.9 on: DPM++ 2M's default is Karras
+    ("Sampler: DPM++ 2M, Schedule type: Uniform", "dpm++2m"),
+    ("Sampler: Euler a, Schedule type: Automatic", "euler-a"),
+    ("Sampler: Euler, Schedule type: Uniform", "euler"),
+    ("Sampler: DDIM, Schedule type: Karras", "ddim"),  # timestep samplers ignore the schedule type
+    ("Sampler: UniPC, Schedule type: Exponential", "unipc"),
+    ("Sampler: dpm++ 2m karras", "dpm++2m-karras"),
+    ("Sampler: EulerDiscreteScheduler", "default"),  # spo's own text for a checkpoint default
+    ("Sampler: KDPM2DiscreteScheduler", "default"),
+])
+def test_samplers_map_to_spo_schedulers(sampler, expected):
+    assert fields(PARAMS.format(sampler))["scheduler"] == expected
+
+
+@pytest.mark.parametrize(("sampler", "named"), [
+    ("Sampler: LCM", "'LCM'"),
+    ("Sampler: Heun", "'Heun'"),
+    ("Sampler: DPM++ SDE Karras", "'DPM++ SDE Karras'"),
+    ("Sampler: Euler, Schedule type: Karras", "'Euler, Schedule type: Karras'"),
+    ("Sampler: DPM++ 2M, Schedule type: Exponential", "'DPM++ 2M, Schedule type: Exponential'"),
+    ("Sampler: DPM++ 2M SDE, Schedule type: Automatic", "(its Automatic schedule is Exponential)"),
+    ("Sampler: DPM++ 2M SDE", "'DPM++ 2M SDE'"),
+])
+def test_samplers_spo_lacks_are_refused_with_the_list(sampler, named):
+    with pytest.raises(InfotextError) as e:
+        fields(PARAMS.format(sampler))
+    message = str(e.value)
+    assert named in message
+    for choice in presets.SCHEDULERS.values():
+        assert choice.a1111 in message
+
+
+def test_unknown_schedule_type_is_refused():
+    with pytest.raises(InfotextError, match="Schedule type 'Sideways'"):
+        scheduler_name("Euler", "Sideways")
+
+
+def test_schedule_type_without_sampler_is_ignored():
+    got, left = to_request_fields(parse("a cat\nSteps: 20, Schedule type: Karras, Seed: 1"))
+    assert "scheduler" not in got and left == ["Schedule type"]
+
+
+def test_every_spo_scheduler_maps_back_from_its_a1111_name():
+    for choice in presets.SCHEDULERS.values():
+        if choice.a1111:
+            assert scheduler_name(choice.a1111) == choice.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+@pytest.mark.parametrize(("pair", "key"), [
+    ("Steps: 20.5", "Steps"), ("Steps: twenty", "Steps"), ("Steps: ", "Steps"),
+    ("Seed: 12a", "Seed"), ("Seed: -", "Seed"),
+    ("CFG scale: seven", "CFG scale"), ("CFG scale: 1_0", "CFG scale"),
+    ("Size: 1024", "Size"), ("Size: 1024x", "Size"), ("Size: axb", "Size"), ("Size: 1024 x 768", "Size"),
+    ("Size: 1024x768x2", "Size"), ("Size: a1024x768", "Size"), (f"Size: {'9' * 5000}x1", "Size"),
+    (f"Seed: {'9' * 5000}", "Seed"),
+    ("Emphasis: Loud", "Emphasis"),
+])
+def test_malformed_values_are_refused_naming_key_and_value(pair, key):
+    with pytest.raises(InfotextError) as e:
+        fields(f"a cat\nSampler: Euler, {pair}, Model: x, Version: y")
+    value = pair.split(":", 1)[1].strip()
+    assert str(e.value).startswith(key) and repr(value) in str(e.value)
+
+
+def test_values_out_of_range_are_left_to_validate():
+    got = fields("a cat\nSteps: -3, CFG scale: 1e9, Seed: 99999999999999999999, Size: 0x7")
+    assert (got["steps"], got["guidance"], got["seed"], got["width"], got["height"]) == \
+        (-3, 1e9, 99999999999999999999, 0, 7)
+
+
+@pytest.mark.parametrize(("written", "mapped"), [
+    ("Original", "original"), ("No norm", "none-norm"), ("Ignore", "ignore"), ("None", "none")])
+def test_emphasis_is_read_not_ignored(written, mapped):
+    got, left = to_request_fields(parse(f"a (cat)\nSteps: 20, Seed: 1, Emphasis: {written}"))
+    assert got["emphasis"] == mapped and "Emphasis" not in left
+
+
+def test_parse_never_raises_anything_but_infotext_error():
+    rng = random.Random(1234)
+    pieces = ["a", " ", ",", ":", '"', "\\", "\n", "\r", "Negative prompt:", "Steps: 20", "Sampler: Euler",
+              "Size: 5x5", "Schedule type: Karras", "x", "Seed: 1", "CFG scale: 7", "é", "\x00", "Emphasis: None"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        try:
+            info = parse(text)
+            to_request_fields(info)
+        except InfotextError:
+            pass
+
+
+def test_infotext_is_frozen():
+    info = parse(A1111_DOC)
+    assert isinstance(info, Infotext)
+    with pytest.raises(AttributeError):
+        info.prompt = "x"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip through spo's own writer
+
+def meta(scheduler: str, cls: str, a1111: str, **over) -> dict:
+    base = {
+        "prompt": "a lighthouse in a storm, (cinematic:1.2), 35mm: wide",
+        "negative_prompt": "blurry, low quality",
+        "seed": 42, "steps": 30, "guidance": 5.0, "width": 1024, "height": 768,
+        "scheduler": {"name": scheduler, "class": cls, "a1111": a1111, "config": {}},
+        "model": {"id": "SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep"},
+        "versions": {"spo-cli": "0.3.0"},
+    }
+    base.update(over)
+    return base
+
+
+@pytest.mark.parametrize("name", [n for n, c in presets.SCHEDULERS.items() if c.a1111])
+def test_spo_infotext_round_trips(name):
+    choice = presets.SCHEDULERS[name]
+    m = meta(name, choice.class_name, choice.a1111)
+    got, left = to_request_fields(parse(a1111_parameters(m)))
+    assert got == {"prompt": m["prompt"], "negative": m["negative_prompt"], "steps": 30, "guidance": 5.0,
+                   "seed": 42, "width": 1024, "height": 768, "scheduler": name}
+    assert left == ["Model", "Version"]
+
+
+def test_spo_infotext_round_trips_with_lora_vae_and_no_negative():
+    m = meta("euler-a", "EulerAncestralDiscreteScheduler", "Euler a", negative_prompt=None,
+             prompt="line one,\nline two: (red:0.8)", guidance=7.5, seed=2**63 - 1,
+             lora={"id": "SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep_LoRA", "file": presets.SPO_LORA_FILE, "scale": 0.8},
+             vae={"id": presets.FP16_FIX_VAE})
+    got, left = to_request_fields(parse(a1111_parameters(m)))
+    assert (got["prompt"], got["negative"], got["guidance"], got["seed"]) == (m["prompt"], None, 7.5, 2**63 - 1)
+    assert got["scheduler"] == "euler-a"
+    assert left == ["Model", "Lora", "VAE", "Version"]
+
+
+def test_spo_checkpoint_default_round_trips():
+    # spo names the checkpoint's own scheduler by its A1111 name when there is one ("default" with
+    # EulerDiscreteScheduler is written "Euler": the same sampler), by its class when there is not.
+    assert fields(a1111_parameters(meta("default", "EulerDiscreteScheduler", "Euler")))["scheduler"] == "euler"
+    assert fields(a1111_parameters(meta("default", "KDPM2DiscreteScheduler", "")))["scheduler"] == "default"
