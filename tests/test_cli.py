@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tie
     ["generate", "x", "--guidance", "nan"], ["generate", "x", "-n", "1000000000"], ["generate", "x", "--steps", "0"],
     ["generate", "x", "--lora-scale", "0.5"], ["generate", "x", "--out", "/etc/hostname"],
     ["batch", "no-such-file.txt"], ["replay", "no-such-file.json"], ["compare", "x", "--seeds", "a"],
+    ["generate", "a (fox:1.2.3)"], ["replay", "--infotext", "x\nSteps: 3, Sampler: LCM, Seed: 1"],
 ])
 def test_fast_paths_do_not_import_torch(hub_cache, args):
     proc = __import__("subprocess").run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
@@ -343,14 +345,23 @@ def test_disk_full_leaves_nothing_half_written(hub_cache, out, monkeypatch):
     assert files_in(out) == []  # no image, no sidecar, no temporary file
 
 
-def test_long_prompt_warns_with_the_dropped_words(hub_cache, out):
+def test_long_prompt_warns_with_the_dropped_words_only_when_read_as_plain_text(hub_cache, out):
     prompt = " ".join(["a tiny red fox"] * 30) + " zebra unicorn"
     negative = " ".join(["blurry dark sky"] * 30) + " ugly hands"
-    r = invoke("generate", prompt, "--negative", negative, *TINY, "--out", str(out), env={"COLUMNS": "300"})
+    r = invoke("generate", prompt, "--negative", negative, *TINY, "--out", str(out), "--prompt-syntax", "plain",
+               env={"COLUMNS": "300"})
     assert r.exit_code == 0, r.output
     msg = " ".join(r.stderr.split())
     assert "The prompt is longer than the text encoders' 77 tokens" in msg and msg.count("zebra unicorn") == 1
     assert "The negative prompt is longer than the text encoders' 77 tokens" in msg and msg.count("ugly hands") == 1
+    assert "--prompt-syntax a1111 reads all of it" in msg
+    # By default (auto), nothing is dropped; --debug says how many windows the prompt took.
+    r = invoke("generate", prompt, "--negative", negative, *TINY, "--out", str(out), "--debug",
+               env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    msg = " ".join(r.stderr.split())
+    assert "77 tokens" not in msg
+    assert re.search(r"A1111 prompt syntax, [2-9] window\(s\) of 75 tokens: a tiny red fox", msg), msg
 
 
 def test_replay_of_a_foreign_file_is_a_usage_error(tmp_path):

@@ -249,6 +249,7 @@ def meta(scheduler: str, cls: str, a1111: str, **over) -> dict:
         "negative_prompt": "blurry, low quality",
         "seed": 42, "steps": 30, "guidance": 5.0, "width": 1024, "height": 768,
         "scheduler": {"name": scheduler, "class": cls, "a1111": a1111, "config": {}},
+        "prompt_syntax": "a1111", "emphasis": "original", "prompt_windows": 1,
         "model": {"id": "SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep"},
         "versions": {"spo-cli": "0.3.0"},
     }
@@ -282,3 +283,20 @@ def test_spo_checkpoint_default_round_trips():
     # EulerDiscreteScheduler is written "Euler": the same sampler), by its class when there is not.
     assert fields(a1111_parameters(meta("default", "EulerDiscreteScheduler", "Euler")))["scheduler"] == "euler"
     assert fields(a1111_parameters(meta("default", "KDPM2DiscreteScheduler", "")))["scheduler"] == "default"
+
+
+@pytest.mark.parametrize("over, key, value", [
+    ({"prompt_syntax": "a1111", "emphasis": "none-norm"}, "emphasis", "none-norm"),
+    ({"prompt_syntax": "plain"}, "prompt_syntax", "plain"),  # brackets read as text: said so
+])
+def test_spo_infotext_records_how_the_prompt_was_read(over, key, value):
+    m = meta("euler", "EulerDiscreteScheduler", "Euler", **over)
+    m.pop("emphasis") if over["prompt_syntax"] == "plain" else None
+    got, left = to_request_fields(parse(a1111_parameters(m)))
+    assert got[key] == value and left == ["Model", "Version"]
+
+
+def test_a_plain_prompt_without_brackets_needs_no_syntax_key():
+    m = meta("euler", "EulerDiscreteScheduler", "Euler", prompt="a red fox", negative_prompt=None,
+             prompt_syntax="plain")
+    assert "Prompt syntax" not in a1111_parameters(m) and "Emphasis" not in a1111_parameters(m)

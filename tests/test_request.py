@@ -187,6 +187,8 @@ _DIFFERENT = {
     "height": 896,
     "scheduler": "euler",
     "generator_device": "cuda",
+    "prompt_syntax": "a1111",
+    "emphasis": "none-norm",
 }
 
 

@@ -73,6 +73,8 @@ BAD = [
     ("prompt", "x" * (validate.PROMPT_MAX_CHARS + 1), "is 10,001 characters long; the limit is 10,000"),
     ("prompt", "   ", "is empty"),
     ("negative_prompt", "bad\0", "contains a NUL character"),
+    ("prompt_syntax", "a1112", "cannot be 'a1112'"),
+    ("emphasis", "strong", "cannot be 'strong'"),
 ]
 
 
@@ -306,3 +308,48 @@ def test_output_folder_not_writable(tmp_path):
             validate.output_folder(target)
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("key", ["prompt", "negative_prompt"])
+def test_a_weight_that_is_no_number_is_refused_unless_the_text_is_plain(key):
+    words = "cannot be read as A1111 prompt syntax: the weight in ':1.2.3)' is not a number"
+    bad = "a (fox:1.2.3)"
+    argv = from_argv(key, bad)
+    assert argv.message.startswith(f"{validate.PROMPT_ARGUMENT.name(key)} {words}") and "plain" in argv.hint
+    assert from_jsonl(key, bad).startswith(f"p.jsonl:1: '{key}' {words}")
+    side = from_sidecar_with(**{key: bad, "prompt_syntax": "a1111"})
+    assert side.message.startswith(f"x.json: '{key}' {words}")
+    # Read as plain text, the same prompt is fine, from every source.
+    values = {**GOOD_ARGV, ARGV_NAME.get(key, key): bad, "prompt_syntax": "plain"}
+    options.image_request(prompt=values.pop("prompt", "a red fox"), **values)
+    assert not prompts.parse(json.dumps({"prompt": "a", key: bad, "prompt_syntax": "plain"}), "p.jsonl").problems
+    assert not prompts.parse(json.dumps({"prompt": "a", key: bad}), "p.jsonl", prompt_syntax="plain").problems
+    metadata.recorded_requests(sidecar(**{key: bad}), Path("x.json"))  # files before 0.2: plain
+
+
+def test_a_txt_line_is_read_with_the_command_lines_syntax():
+    assert "p.txt:2: 'prompt' cannot be read as A1111" in prompts.parse("a fox\n(b:1.2.3)\n", "p.txt").problems[0]
+    assert not prompts.parse("a fox\n(b:1.2.3)\n", "p.txt", prompt_syntax="plain").problems
+
+
+def from_sidecar_with(**changes) -> UsageError:
+    with pytest.raises(UsageError) as e:
+        metadata.recorded_requests(sidecar(**changes), Path("x.json"))
+    return e.value
+
+
+@pytest.mark.parametrize("text, warns", [
+    ("a [cat:dog:0.5] in snow", True), ("a [cat:10] in snow", True), ("a [cat|dog]", True),
+    ("a [cat] (dog:1.2)", False), ("a \\[cat:dog:0.5\\]", False), ("a red fox", False),
+])
+def test_prompt_editing_and_alternation_warn_that_they_are_read_as_text(text, warns):
+    _, warnings = options.image_request(prompt=text, **GOOD_ARGV)
+    assert bool(warnings) == warns
+    if warns:
+        assert warnings[0].startswith("PROMPT has [") and "not support" in warnings[0]
+    _, plain = options.image_request(prompt=text, prompt_syntax="plain", **GOOD_ARGV)
+    assert plain == []
+    parsed = prompts.parse(json.dumps({"prompt": text}) + "\n", "p.jsonl")
+    from spo_cli.request import ImageRequest
+    _, line = prompts.tasks(parsed, ImageRequest(prompt="", seed=1, width=1024, height=1024), 1)
+    assert bool(line) == warns and (not warns or line[0].startswith("p.jsonl:1: 'prompt' has ["))

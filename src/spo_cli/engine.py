@@ -32,7 +32,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 
 import torch  # noqa: E402
 
-from spo_cli import __version__, devices, presets  # noqa: E402
+from spo_cli import __version__, devices, encoding, presets  # noqa: E402
 from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint, translate  # noqa: E402
 from spo_cli.request import ImageRequest, RunOptions  # noqa: E402
 
@@ -169,6 +169,7 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         self._schedulers = {"default": pipe.scheduler}
         self._schedules_ok: set[tuple[str, int]] = set()
+        self._plans: dict[tuple, encoding.Plan] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -304,6 +305,27 @@ class Engine:
             facts["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
         return facts
 
+    def plan(self, request: ImageRequest) -> encoding.Plan:
+        """How `request`'s prompts become embeddings: the syntax `auto` resolves to, and the windows."""
+        key = (request.prompt, request.negative_prompt, request.prompt_syntax)
+        if key not in self._plans:
+            self._plans[key] = encoding.plan(self.pipe, *key)
+        return self._plans[key]
+
+    def call_key(self, request: ImageRequest) -> tuple:
+        """What images must share to go through one pipeline call. The number of 77-token windows
+        is a shape: images are grouped by it rather than padded, since padding with empty windows
+        would make an image depend on the prompts it happened to share a call with."""
+        return request.group_key(), self.plan(request)
+
+    def encoding_facts(self, request: ImageRequest) -> dict:
+        """For the sidecar: the syntax the prompts were read with (and, for a1111, the emphasis
+        mode and the number of windows)."""
+        p = self.plan(request)
+        if p.syntax == "plain":
+            return {"prompt_syntax": "plain"}
+        return {"prompt_syntax": "a1111", "emphasis": request.emphasis, "prompt_windows": p.chunks}
+
     def dropped_words(self, prompt: str | None) -> str | None:
         """The end of `prompt` that CLIP's 77-token window silently cuts off, if any."""
         if not prompt:
@@ -320,8 +342,9 @@ class Engine:
     def run(self, batch: list[ImageRequest], on_step: Callable[[int, int], None] | None = None) -> list[Result]:
         """One pipeline call for `batch` (requests sharing `group_key`), one generator per image."""
         first = batch[0]
-        if any(r.group_key() != first.group_key() for r in batch):
-            raise ValueError("a batch must share steps, guidance, size, scheduler and generator device")
+        if any(self.call_key(r) != self.call_key(first) for r in batch):
+            raise ValueError("a batch must share steps, guidance, size, scheduler, generator device and "
+                             "the shape of its prompt embeddings")
         self.check_schedule(first.scheduler, first.steps)
         self.pipe.scheduler = self.scheduler(first.scheduler)
         real = len(batch)
@@ -336,13 +359,19 @@ class Engine:
                 on_step(i + 1, first.steps)
             return kwargs
 
+        plan = self.plan(first)
+        if plan.syntax == "plain":
+            # None, not "": SDXL then uses zero embeddings for the unconditional branch, as the
+            # authors' script does by passing no negative prompt at all.
+            prompts = {"prompt": [r.prompt for r in batch],
+                       "negative_prompt": None if negatives[0] is None else negatives}
+        else:
+            prompts = encoding.embeddings(self.pipe, [r.prompt for r in batch], negatives, plan.chunks, first.emphasis)
+
         try:
             with torch.inference_mode():
                 out = self.pipe(
-                    prompt=[r.prompt for r in batch],
-                    # None, not "": SDXL then uses zero embeddings for the unconditional branch,
-                    # as the authors' script does by passing no negative prompt at all.
-                    negative_prompt=None if negatives[0] is None else negatives,
+                    **prompts,
                     num_inference_steps=first.steps,
                     guidance_scale=first.guidance,
                     width=first.width,

@@ -165,7 +165,9 @@ def scheduler_name(sampler: str, schedule_type: str | None = None) -> str:
 
 # A1111's sd_emphasis.py options. It writes `Emphasis` only when not Original: absent means Original.
 _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore", "None": "none"}
-_READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis")
+_READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax")
+# spo's own key, written when brackets in a prompt were read as text (--prompt-syntax plain).
+_SYNTAX = {"plain": "plain", "a1111": "a1111"}
 
 
 def _number(key: str, value: str, pattern: re.Pattern, kind: str, convert):
@@ -181,7 +183,7 @@ def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
     Always `prompt` and `negative` (None when there is none); the others only when the text has
-    them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`."""
+    them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`."""
     p = info.params
     out: dict = {"prompt": info.prompt, "negative": info.negative or None}
     if "Steps" in p:
@@ -203,6 +205,11 @@ def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
         if emphasis is None:
             raise InfotextError(f"Emphasis {p['Emphasis']!r} is not one A1111 writes ({', '.join(_EMPHASIS)}).")
         out["emphasis"] = emphasis
+    if "Prompt syntax" in p:
+        chosen = _SYNTAX.get(p["Prompt syntax"].strip())
+        if chosen is None:
+            raise InfotextError(f"Prompt syntax {p['Prompt syntax']!r} is not one spo writes ({', '.join(_SYNTAX)}).")
+        out["prompt_syntax"] = chosen
     ignored = [k for k in p if k not in _READ]
     if "Schedule type" in p and "Sampler" not in p:
         ignored.append("Schedule type")

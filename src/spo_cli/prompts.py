@@ -15,7 +15,7 @@ from spo_cli.request import ImageRequest, ImageTask
 
 # jsonl keys: the ImageRequest fields a line may set, and two of its own.
 KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height", "scheduler",
-        "generator_device", "name")
+        "generator_device", "prompt_syntax", "emphasis", "name")
 SETTINGS = tuple(k for k in KEYS if k in validate.IMAGE_KEYS and k != "prompt")
 
 
@@ -70,7 +70,7 @@ class _LineWhere(validate.Where):
 _LINE = _LineWhere("line")
 
 
-def _check_line(obj: dict) -> PromptLine:
+def _check_line(obj: dict, prompt_syntax: str = "auto") -> PromptLine:
     """Check one jsonl object; raise UsageError saying what is wrong (without the file:line)."""
     unknown = sorted(set(obj) - set(KEYS))
     if unknown:
@@ -78,7 +78,10 @@ def _check_line(obj: dict) -> PromptLine:
                          f"(valid: {', '.join(KEYS)})")
     if "prompt" not in obj:
         raise UsageError("no 'prompt'")
-    settings = validate.image_values({k: obj[k] for k in ("prompt", *SETTINGS) if k in obj}, _LINE)
+    settings = validate.image_values({"prompt_syntax": prompt_syntax} | {k: obj[k] for k in ("prompt", *SETTINGS)
+                                                                        if k in obj}, _LINE)
+    if "prompt_syntax" not in obj:
+        del settings["prompt_syntax"]  # the line leaves it to the command line
     prompt = settings.pop("prompt")
     num = validate.num_images(obj["num_images"], _LINE) if "num_images" in obj else None
     name = obj.get("name")
@@ -98,8 +101,9 @@ def _lower_first(sentence: str) -> str:
     return sentence[0].lower() + sentence[1:] if word[1:].islower() else sentence
 
 
-def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
-    """Every line of a prompt file, checked; problems are collected, not raised."""
+def parse(text: str, source: str, fmt: str | None = None, prompt_syntax: str = "auto") -> ParsedFile:
+    """Every line of a prompt file, checked; problems are collected, not raised. A line's prompts
+    are read with its own "prompt_syntax", else with `prompt_syntax` (the command line's)."""
     text = text.removeprefix("\ufeff")
     fmt = detect_format(text, source, fmt)
     lines: list[PromptLine] = []
@@ -110,7 +114,10 @@ def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
             continue
         try:
             if fmt == "txt":
-                lines.append(PromptLine(number, validate.text(stripped, "prompt", _LINE)))
+                prompt = validate.text(stripped, "prompt", _LINE)
+                if prompt_syntax != "plain":
+                    validate.prompt_syntax(prompt, "prompt", _LINE)
+                lines.append(PromptLine(number, prompt))
                 continue
             try:
                 obj = json.loads(stripped)
@@ -120,7 +127,7 @@ def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
                 raise UsageError("not valid JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
                 raise UsageError("expected a JSON object like {\"prompt\": \"…\"}")
-            lines.append(replace(_check_line(obj), line=number))
+            lines.append(replace(_check_line(obj, prompt_syntax), line=number))
         except UsageError as e:
             hint = f"; {_lower_first(e.hint).rstrip('.')}" if e.hint else ""
             problems.append((number, e.message.rstrip(".") + hint))
@@ -136,7 +143,7 @@ def parse(text: str, source: str, fmt: str | None = None) -> ParsedFile:
     return ParsedFile(source, [pl for pl in lines if pl.line not in bad], problems)
 
 
-def read(path: str, fmt: str | None = None, stdin=None) -> ParsedFile:
+def read(path: str, fmt: str | None = None, stdin=None, prompt_syntax: str = "auto") -> ParsedFile:
     """Read a prompt file, or standard input for '-'."""
     import sys
     from pathlib import Path
@@ -163,10 +170,21 @@ def read(path: str, fmt: str | None = None, stdin=None) -> ParsedFile:
         line = body[: e.start].count(b"\n") + 1
         raise UsageError(f"{source}:{line}: not UTF-8 text (byte {e.start + len(data) - len(body)}).",
                          "Save the prompt file as UTF-8.") from None
-    parsed = parse(text, source, fmt)
+    parsed = parse(text, source, fmt, prompt_syntax)
     if not parsed.lines and not parsed.problems:
         raise UsageError(f"{source} holds no prompts.", "One prompt per line; blank and '#' lines are skipped.")
     return parsed
+
+
+def line_request(pl: PromptLine, defaults: ImageRequest, where: validate.Where, *,
+                 size_limit: bool = True) -> tuple[ImageRequest, list[str]]:
+    """A line's request: the command line's defaults with the line's own settings over them, and
+    the warnings for a size set half by each."""
+    base = replace(defaults, prompt=pl.prompt, **pl.settings)
+    warnings = []
+    if "width" in pl.settings or "height" in pl.settings:
+        warnings = validate.size(base.width, base.height, where, size_limit=size_limit)
+    return base, warnings + validate.unsupported_syntax(base, where)
 
 
 def tasks(parsed: ParsedFile, defaults: ImageRequest, num_images: int, *, size_limit: bool = True,
@@ -182,15 +200,14 @@ def tasks(parsed: ParsedFile, defaults: ImageRequest, num_images: int, *, size_l
     for pl in parsed.lines:
         where = validate.Where(f"{parsed.source}:{pl.line}")
         n = pl.num_images or num_images
-        base = replace(defaults, prompt=pl.prompt, **pl.settings)
+        base, more = line_request(pl, defaults, where, size_limit=size_limit)
+        warnings += more
         first = pl.settings.get("seed", defaults.seed + k)
         if "seed" in pl.settings:
             validate.seed_range(first, n, where)
         elif first + n - 1 > validate.SEED_MAX:
             raise UsageError(f"{where.source}: --seed {defaults.seed} makes this line's seeds run to "
                              f"{first + n - 1:,}, past the largest, {validate.SEED_MAX:,}.", "Use a smaller --seed.")
-        if "width" in pl.settings or "height" in pl.settings:
-            warnings += validate.size(base.width, base.height, where, size_limit=size_limit)
         for i in range(n):
             request = replace(base, seed=first + i)
             if pl.name:

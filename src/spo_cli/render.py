@@ -88,7 +88,7 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-writer") as writer:
         try:
-            for call in calls(tasks, batch_size, request=lambda t: t.request):
+            for call in calls(tasks, batch_size, request=lambda t: t.request, key=engine.call_key):
                 if stop():
                     break
                 batch = [t.request for t in call]
@@ -105,6 +105,7 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
                     continue
                 elapsed = perf_counter() - t0
                 scheduler = engine.scheduler_facts(batch[0].scheduler)
+                encoding = engine.encoding_facts(batch[0])
                 created = naming.now()
                 for task, res in zip(call, results):
                     outcome = Outcome(task)
@@ -116,7 +117,7 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
                     meta = metadata.build(
                         r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
                         batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=task.spec_hash,
-                        extra=task.extra,
+                        encoding=encoding, extra=task.extra,
                     )
                     pending.append((outcome, writer.submit(write, task, res.image, meta)))
                 settle(limit=2 * batch_size)  # bounded: at most two calls' images in memory

@@ -55,17 +55,25 @@ class ImageRequest:
     height: int | None = None
     scheduler: str = "default"
     generator_device: str = "cpu"
+    prompt_syntax: str = "auto"  # auto, a1111 or plain: how the prompts become embeddings (spo_cli.encoding)
+    emphasis: str = "original"  # A1111's emphasis mode, for a1111 syntax
 
     def group_key(self) -> tuple:
         """Images sharing this key can go through one pipeline call together."""
         # A negative prompt of None means zero embeddings for the unconditional branch (SDXL's
         # force_zeros_for_empty_prompt); that choice is per pipeline call, so it splits groups too.
         return (self.steps, self.guidance, self.width, self.height, self.scheduler, self.generator_device,
-                self.negative_prompt is None)
+                self.negative_prompt is None, self.prompt_syntax, self.emphasis)
 
     def spec_hash(self, model: dict | None = None) -> str:
         """A stable id of the settings (and model identity) that produce this image."""
-        payload = {"image": asdict(self), "model": model or {}}
+        image = asdict(self)
+        # Fields added after 0.1 enter the hash only when set, so that resuming a folder made
+        # before them finds its images finished.
+        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original")):
+            if image[key] == default:
+                del image[key]
+        payload = {"image": image, "model": model or {}}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -95,12 +103,13 @@ def expand(base: ImageRequest, num_images: int) -> list[ImageRequest]:
     return [replace(base, seed=base.seed + i) for i in range(num_images)]
 
 
-def calls(items: list, batch_size: int, request=lambda item: item) -> list[list]:
+def calls(items: list, batch_size: int, request=lambda item: item, key=ImageRequest.group_key) -> list[list]:
     """Group items whose requests are compatible, keeping order within a group, into pipeline calls
-    of at most `batch_size`; `request(item)` gives an item's ImageRequest."""
+    of at most `batch_size`; `request(item)` gives an item's ImageRequest, `key(request)` what must
+    be equal within a call (the engine's `call_key` adds the shape of the prompt embeddings)."""
     groups: dict[tuple, list] = {}
     for item in items:
-        groups.setdefault(request(item).group_key(), []).append(item)
+        groups.setdefault(key(request(item)), []).append(item)
     out = []
     for group in groups.values():
         out.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))

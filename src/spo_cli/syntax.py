@@ -58,7 +58,7 @@ def parse(text: str) -> list[tuple[str, float]]:
             try:
                 factor = float(weight)
             except ValueError:
-                raise PromptSyntaxError(f"{piece!r} in the prompt: {weight!r} is not a number") from None
+                raise PromptSyntaxError(f"the weight in {piece!r} is not a number") from None
             multiply(round_open.pop(), factor)
         elif piece == ")" and round_open:
             multiply(round_open.pop(), _ROUND)

@@ -41,8 +41,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def write_tokenizer(folder: Path) -> int:
-    """Write a working CLIP BPE tokenizer (vocab.json, merges.txt, configs); return its vocab size."""
+def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> int:
+    """Write a working CLIP BPE tokenizer (vocab.json, merges.txt, configs); return its vocab size.
+    SDXL's first tokenizer pads with its end token, the second with "!" (`pad`)."""
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
@@ -68,7 +69,7 @@ def write_tokenizer(folder: Path) -> int:
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad,
             }
         )
     )
@@ -80,7 +81,7 @@ def write_tokenizer(folder: Path) -> int:
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad,
                 "do_lower_case": True,
             }
         )
@@ -219,9 +220,9 @@ def _replace_tokenizers(folder: Path) -> None:
     # Write the tokenizers the way the SDXL repos ship them (vocab.json + merges.txt).
     import shutil
 
-    for name in ("tokenizer", "tokenizer_2"):
+    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
         shutil.rmtree(folder / name, ignore_errors=True)
-        write_tokenizer(folder / name)
+        write_tokenizer(folder / name, pad)
 
 
 def save_repos(dest: Path, seed: int = 0) -> dict[str, Path]:

@@ -35,6 +35,8 @@ LORA_SCALE_USUAL = 2.0  # outside ±2 a LoRA mostly breaks the image; allowed, w
 SDXL_MEGAPIXELS = (0.5, 2.0)  # outside this, warn: SDXL was trained around one megapixel
 IMAGE_FORMATS = ("png", "jpg", "webp")
 PROMPT_FORMATS = ("txt", "jsonl")
+PROMPT_SYNTAXES = ("auto", "a1111", "plain")
+EMPHASES = ("original", "none-norm")  # A1111's "Original" and "No norm"
 OFFLOAD_MODES = ("model", "sequential")
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 # Options whose name is not the field name with dashes.
@@ -230,7 +232,7 @@ def prompt_format(value, where: Where = ARGV) -> str | None:
 
 
 IMAGE_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler",
-              "generator_device")
+              "generator_device", "prompt_syntax", "emphasis")
 
 
 def image_values(values: Mapping, where: Where = ARGV) -> dict:
@@ -254,9 +256,59 @@ def image_values(values: Mapping, where: Where = ARGV) -> dict:
             out[key] = scheduler(value, where)
         elif key == "generator_device":
             out[key] = generator_device(value, where)
+        elif key == "prompt_syntax":
+            out[key] = choice(value, key, PROMPT_SYNTAXES, where)
+        elif key == "emphasis":
+            out[key] = choice(value, key, EMPHASES, where)
         else:
             raise ValueError(f"not an ImageRequest field: {key}")
+    # Without prompt_syntax (a prompt-file line that leaves it to the command line), the caller
+    # checks once the line is merged with its defaults.
+    if out.get("prompt_syntax", "plain") != "plain":
+        for key in ("prompt", "negative_prompt"):
+            prompt_syntax(out.get(key), key, where)
     return out
+
+
+# A1111's prompt editing [a:b:step] / [a:step] and alternation [a|b]: brackets holding `:` or `|`.
+_SCHEDULING = re.compile(r"(?<!\\)\[[^\[\]]*(?:[:|])[^\[\]]*\]")
+
+
+def unsupported_syntax(request, where: Where = ARGV) -> list[str]:
+    """A warning for A1111 syntax that spo reads as plain text inside [...]: prompt editing and
+    alternation change the prompt during sampling, which diffusers' pipeline cannot."""
+    if request.prompt_syntax == "plain":
+        return []
+    out = []
+    for key in ("prompt", "negative_prompt"):
+        text = getattr(request, key) or ""
+        found = _SCHEDULING.search(text)
+        if found:
+            out.append(f"{where.source + ': ' if where.source else ''}{where.name(key)} has {found.group(0)}, "
+                       "A1111's prompt editing or alternation, which spo does not support: it is read as "
+                       "text with weight 1/1.1.")
+    return out
+
+
+def readable_prompts(request, where: Where = ARGV) -> None:
+    """A whole ImageRequest's prompts, read with the syntax it asks for."""
+    if request.prompt_syntax != "plain":
+        prompt_syntax(request.prompt, "prompt", where)
+        prompt_syntax(request.negative_prompt, "negative_prompt", where)
+
+
+def prompt_syntax(text: str | None, key: str, where: Where = ARGV) -> None:
+    """A prompt that A1111 syntax cannot read (`(word:1.2.3)`) is refused before anything loads."""
+    if not text:
+        return
+    from spo_cli import syntax
+
+    try:
+        syntax.parse(text)
+    except syntax.PromptSyntaxError as e:
+        raise where.error(key, f"cannot be read as A1111 prompt syntax: {e}",
+                          r"Write weights as (word:1.2), escape literal brackets as \( \), or use "
+                          "--prompt-syntax plain to take the text as it is.") from None
 
 
 def model_values(values: Mapping, where: Where = ARGV) -> dict:

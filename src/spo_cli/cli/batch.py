@@ -99,6 +99,8 @@ def batch(
     height: o.Height = None,
     scheduler: o.Scheduler = "default",
     generator_device: o.GeneratorDevice = "cpu",
+    prompt_syntax: o.PromptSyntax = "auto",
+    emphasis: o.Emphasis = "original",
     no_size_limit: o.NoSizeLimit = False,
     model: o.Model = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
@@ -130,13 +132,14 @@ def batch(
     fmt = o.prompt_format(prompt_format, old_format, ui.warn)
     defaults, warnings = o.image_request(
         seed=seed, negative=negative, steps=steps, guidance=guidance, width=width, height=height,
-        scheduler=scheduler, generator_device=generator_device, size_limit=not no_size_limit, check_prompt=False)
+        scheduler=scheduler, generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,
+        size_limit=not no_size_limit, check_prompt=False)
     validate.num_images(num_images)
     request, more = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
     options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
-    parsed = prompts.read(file, fmt)
+    parsed = prompts.read(file, fmt, prompt_syntax=defaults.prompt_syntax)
     if parsed.problems:
         for p in parsed.problems:
             (ui.warn if skip_invalid else ui.error)(p)

@@ -110,9 +110,12 @@ def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, de
     """One task per prompt × seed: the same name in every column's folder."""
     lines: list[prompts.PromptLine] = []
     if prompt is not None:
-        lines.append(prompts.PromptLine(0, validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)))
+        prompt = validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)
+        if defaults.prompt_syntax != "plain":
+            validate.prompt_syntax(prompt, "prompt", validate.PROMPT_ARGUMENT)
+        lines.append(prompts.PromptLine(0, prompt))
     if prompts_file:
-        parsed = prompts.read(prompts_file, fmt)
+        parsed = prompts.read(prompts_file, fmt, prompt_syntax=defaults.prompt_syntax)
         if parsed.problems:
             for p in parsed.problems:
                 ui.error(p)
@@ -122,10 +125,9 @@ def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, de
         raise UsageError("Nothing to compare: give a PROMPT, or --prompts FILE.")
     rows, stems, warnings = [], set(), []
     for pl in lines:
-        where = validate.Where(f"{prompts_file}:{pl.line}") if pl.line else validate.ARGV
-        base = replace(defaults, prompt=pl.prompt, **pl.settings)
-        if "width" in pl.settings or "height" in pl.settings:
-            warnings += validate.size(base.width, base.height, where, size_limit=size_limit)
+        where = validate.Where(f"{prompts_file}:{pl.line}") if pl.line else validate.PROMPT_ARGUMENT
+        base, more = prompts.line_request(pl, defaults, where, size_limit=size_limit)
+        warnings += more
         if "seed" in pl.settings:
             validate.seed_range(pl.settings["seed"], pl.num_images or len(seeds), where)
             line_seeds = [pl.settings["seed"] + i for i in range(pl.num_images or len(seeds))]
@@ -176,6 +178,8 @@ def compare(
     height: o.Height = None,
     scheduler: o.Scheduler = "default",
     generator_device: o.GeneratorDevice = "cpu",
+    prompt_syntax: o.PromptSyntax = "auto",
+    emphasis: o.Emphasis = "original",
     no_size_limit: o.NoSizeLimit = False,
     batch_size: o.BatchSize = 1,
     revision: o.Revision = None,
@@ -201,7 +205,8 @@ def compare(
                             revision, common)
     defaults, warnings = o.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
-        generator_device=generator_device, size_limit=not no_size_limit, check_prompt=False)
+        generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,
+        size_limit=not no_size_limit, check_prompt=False)
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui,
                             not no_size_limit)
     options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)

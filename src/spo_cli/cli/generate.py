@@ -42,6 +42,8 @@ def generate(
     height: o.Height = None,
     scheduler: o.Scheduler = "default",
     generator_device: o.GeneratorDevice = "cpu",
+    prompt_syntax: o.PromptSyntax = "auto",
+    emphasis: o.Emphasis = "original",
     no_size_limit: o.NoSizeLimit = False,
     model: o.Model = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
@@ -64,6 +66,7 @@ def generate(
     base, warnings = o.image_request(
         prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
+        prompt_syntax=prompt_syntax, emphasis=emphasis,
         size_limit=not no_size_limit)
     request, more = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spo_cli.cli.ui import UI, escape
+from spo_cli.cli.ui import UI, escape, short
 from spo_cli.request import ImageRequest, ModelRequest, RunOptions
 
 
@@ -88,13 +88,22 @@ def open_model(ui: UI, request: ModelRequest, options: RunOptions, images: list[
 
 
 def warn_truncation(ui: UI, engine, requests: list[ImageRequest]) -> None:
+    """Words the text encoders will not see (plain syntax only: a1111 reads every window), and at
+    --debug how many windows an a1111 prompt took."""
     seen = set()
     for r in requests:
+        plan = engine.plan(r)
+        if plan.syntax == "a1111":
+            if ui.debug and (r.prompt, r.negative_prompt) not in seen:
+                seen.add((r.prompt, r.negative_prompt))
+                ui.info(f"A1111 prompt syntax, {plan.chunks} window(s) of 75 tokens: {short(r.prompt)}")
+            continue
         for label, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
             if text in seen:
                 continue
             seen.add(text)
             dropped = engine.dropped_words(text)
             if dropped:
-                ui.warn(f"The {label} is longer than the text encoders' 77 tokens; SDXL ignores the end: {dropped}")
+                ui.warn(f"The {label} is longer than the text encoders' 77 tokens; SDXL ignores the end: {dropped} "
+                        "(--prompt-syntax a1111 reads all of it)")
 

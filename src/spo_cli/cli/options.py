@@ -57,6 +57,13 @@ Scheduler = Annotated[str, typer.Option(
 GeneratorDevice = Annotated[str, typer.Option(
     help="Where the seeded noise is drawn. cpu makes a seed mean the same image on any machine; "
     "cuda matches the authors' script.", rich_help_panel=_S)]
+PromptSyntax = Annotated[str, typer.Option(
+    help="How prompts are read. a1111: (word:1.2) emphasis, [word], BREAK, and no 77-token limit, as A1111 "
+    "reads them; plain: the text as it is, cut at 77 tokens (the authors' encoding); auto: plain when that "
+    "loses nothing, else a1111.", rich_help_panel=_S)]
+Emphasis = Annotated[str, typer.Option(
+    help="With a1111 syntax: original (A1111's default: weights, then the mean restored) or none-norm "
+    "(A1111's \"No norm\": weights only).", rich_help_panel=_S)]
 NoSizeLimit = Annotated[bool, typer.Option(
     "--no-size-limit", help=f"Allow sides over {validate.SIDE_MAX} px and more than "
     f"{validate.PIXELS_MAX / 1e6:.1f} megapixels (for GPUs with the memory).", rich_help_panel=_S)]
@@ -105,14 +112,17 @@ def prompt_format(value: str | None, old: str | None, warn) -> str | None:
 
 def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: int, guidance: float,
                   width: int | None, height: int | None, scheduler: str, generator_device: str,
-                  size_limit: bool = True, check_prompt: bool = True) -> tuple[ImageRequest, list[str]]:
+                  prompt_syntax: str = "auto", emphasis: str = "original", size_limit: bool = True,
+                  check_prompt: bool = True) -> tuple[ImageRequest, list[str]]:
     values = dict(seed=seed, negative_prompt=negative, steps=steps, guidance=guidance, width=width, height=height,
-                  scheduler=scheduler, generator_device=generator_device)
+                  scheduler=scheduler, generator_device=generator_device, prompt_syntax=prompt_syntax,
+                  emphasis=emphasis)
     if check_prompt:
         values["prompt"] = prompt
     checked = validate.image_values(values, validate.PROMPT_ARGUMENT)
+    request = ImageRequest(**{"prompt": prompt, **checked})
     warnings = validate.size(width, height, size_limit=size_limit)
-    return ImageRequest(**{"prompt": prompt, **checked}), warnings
+    return request, warnings + validate.unsupported_syntax(request, validate.PROMPT_ARGUMENT)
 
 
 def model_request(*, model: str, revision: str | None = None, lora: str | None = None, lora_file: str | None = None,

@@ -6,12 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import validate
+from spo_cli import infotext as a1111, validate
 from spo_cli.cli import app, options as o
 from spo_cli.cli.command import command
 from spo_cli.cli.generate import make_images
 from spo_cli.cli.ui import UI
+from spo_cli.errors import UsageError
 from spo_cli.outputs import metadata
+from spo_cli.request import ImageRequest, ModelRequest, random_seed
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -20,6 +22,10 @@ EXAMPLES = """[bold]Examples[/]
   spo replay outputs/20261126-101500-a-red-fox-in-fresh-snow-s42.json --steps 60 --seed 7
 
   spo replay shot.png --negative ""        # drop the recorded negative prompt
+
+  spo replay --infotext "$(pbpaste)"       # A1111 "parameters" text: the same settings on SPO
+
+  spo replay a1111_image.png               # a PNG written by A1111, Forge or SD.Next
 """
 JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prompt) on stdout, nothing else."
 _S, _M = "Sampling (each replaces the recorded value)", "Model (each replaces the recorded value)"
@@ -32,7 +38,12 @@ def _opt(kind, help: str, panel: str = _S, *names: str):
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def replay(
     ui: UI,
-    file: Annotated[Path, typer.Argument(help="A sidecar .json, or an image written by spo.", show_default=False)],
+    file: Annotated[Optional[Path], typer.Argument(
+        help="A sidecar .json, an image written by spo, or an image with A1111 parameters.",
+        show_default=False)] = None,
+    infotext: Annotated[Optional[str], typer.Option(
+        help="A1111 \"parameters\" text (prompt, Negative prompt:, Steps, Sampler, CFG scale, Seed, Size) "
+        "instead of a FILE.", show_default=False)] = None,
     prompt: _opt(str, "Prompt.") = None,
     negative: _opt(str, 'Negative prompt; "" removes the recorded one.', _S, "--negative") = None,
     seed: _opt(int, "Seed.") = None,
@@ -42,6 +53,8 @@ def replay(
     height: _opt(int, "Height in pixels, a multiple of 8.") = None,
     scheduler: _opt(str, "Sampler.") = None,
     generator_device: _opt(str, "Where the seeded noise is drawn.") = None,
+    prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
+    emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
     no_size_limit: o.NoSizeLimit = False,
     model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", _M,
                 "--model", "-m") = None,
@@ -62,15 +75,25 @@ def replay(
 ) -> None:
     """Make a recorded image again, from the same commits; options replace recorded settings."""
     image_format = o.image_format(image_format, old_format, ui.warn)
-    image, request = metadata.recorded_requests(metadata.read(file), file)
+    if (file is None) == (infotext is None):
+        raise UsageError("Give one FILE to replay, or --infotext TEXT." if file is None else
+                         "Give FILE or --infotext, not both.")
+    foreign = infotext if infotext is not None else metadata.foreign_parameters(file)
+    if foreign is not None:
+        image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
+    else:
+        image, request = metadata.recorded_requests(metadata.read(file), file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
-                                    height=height, scheduler=scheduler, generator_device=generator_device).items()
+                                    height=height, scheduler=scheduler, generator_device=generator_device,
+                                    prompt_syntax=prompt_syntax, emphasis=emphasis).items()
                if v is not None}
     if negative is not None:
         changes["negative_prompt"] = negative  # "" is a change too: back to none
     changes = validate.image_values(changes)
     image = replace(image, **changes)
+    validate.readable_prompts(image)
     warnings = validate.size(image.width, image.height, size_limit=not no_size_limit)
+    warnings += validate.unsupported_syntax(image)
     model_changes = {k: v for k, v in dict(revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                                           vae=vae, dtype=dtype).items() if v is not None}
     if model is not None:
@@ -83,3 +106,24 @@ def replay(
         "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device")})
     options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
     make_images(ui, request, [image], options, out, image_format, warnings + more)
+
+
+def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest]:
+    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it)."""
+    where = validate.Where(source)
+    try:
+        fields, ignored = a1111.to_request_fields(a1111.parse(text))
+    except a1111.InfotextError as e:
+        raise UsageError(f"{source}: {e}", "Replay takes A1111's \"parameters\" text: the prompt, an optional "
+                         "\"Negative prompt:\" line, then \"Steps: …, Sampler: …, CFG scale: …, Seed: …, "
+                         "Size: …\".") from None
+    values = {"prompt": fields["prompt"], "negative_prompt": fields["negative"],
+              "seed": fields.get("seed", random_seed())}
+    values |= {k: fields[k] for k in ("steps", "guidance", "width", "height", "scheduler", "emphasis",
+                                       "prompt_syntax") if k in fields}
+    image = ImageRequest(**validate.image_values(values, where))
+    if ignored:
+        ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")
+    ui.warn("A1111 draws a seed's noise its own way (on the GPU, in its own order), so this image has the same "
+            "settings but will not be identical to A1111's.")
+    return image, ModelRequest()

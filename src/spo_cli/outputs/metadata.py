@@ -16,7 +16,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from spo_cli import validate
+from spo_cli import syntax, validate
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest, ModelRequest
 
@@ -36,11 +36,12 @@ def dumps(data, *, indent: int | None = 2) -> str:
 
 def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, width: int, height: int,
           batch_size: int, elapsed_s: float, created: datetime, spec_hash: str | None = None,
-          extra: dict | None = None) -> dict:
+          encoding: dict | None = None, extra: dict | None = None) -> dict:
     """The sidecar: everything needed to make the same image again, and nothing secret.
 
     `model` is what `ResolvedModel.describe()` returns, `run` the engine's facts (device, dtype,
-    versions), `scheduler` the engine's scheduler facts.
+    versions), `scheduler` the engine's scheduler facts, `encoding` how the prompts were read
+    (`prompt_syntax`, and for a1111 `emphasis` and `prompt_windows`; plain when absent).
     """
     meta = {
         "schema": SCHEMA,
@@ -53,6 +54,7 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
         "width": width,
         "height": height,
         "scheduler": scheduler,
+        **(encoding or {"prompt_syntax": "plain"}),
         **model,
         "dtype": run["dtype"],
         "device": run["device"],
@@ -96,6 +98,11 @@ def a1111_parameters(meta: dict) -> str:
         "Size": f"{meta['width']}x{meta['height']}",
         "Model": meta["model"]["id"].rstrip("/").split("/")[-1],
     }
+    if meta.get("prompt_syntax") == "a1111" and meta.get("emphasis") == "none-norm":
+        fields["Emphasis"] = "No norm"  # A1111 writes the mode only when it is not its default, Original
+    elif meta.get("prompt_syntax", "plain") == "plain" and any(
+            syntax.has_syntax(t or "") for t in (meta["prompt"], meta.get("negative_prompt"))):
+        fields["Prompt syntax"] = "plain"  # brackets that were read as text, not as A1111 emphasis
     if meta.get("lora"):
         fields["Lora"] = f"{Path(meta['lora']['file'] or meta['lora']['id']).stem}:{meta['lora']['scale']}"
     if meta.get("vae") and meta["vae"].get("id"):
@@ -214,6 +221,33 @@ def _png_chunks(path: Path) -> tuple[object, dict | None]:
     return (_loads(own, path) if own else None), None
 
 
+def foreign_parameters(path: Path) -> str | None:
+    """The A1111 `parameters` text of an image that spo cannot replay exactly: one written by
+    A1111, Forge or SD.Next (PNG text chunk, or EXIF UserComment in a JPEG/WebP), or a JPEG/WebP
+    from spo whose sidecar is gone. None when the image has spo metadata or a sidecar beside it,
+    or no parameters at all."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp") or not path.is_file() \
+            or path.with_suffix(".json").exists():
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}) or {})
+    except Exception:  # not an image: `read` says so in its own words
+        return None
+    if PNG_JSON_KEY in text or PNG_GRID_KEY in text:
+        return None
+    params = text.get("parameters")
+    if params is None and path.suffix.lower() != ".png":
+        try:
+            params = read_user_comment(path)
+        except Exception:  # damaged EXIF: as if there were none
+            params = None
+    return params if isinstance(params, str) and params.strip() else None
+
+
 def _refuse_grid(path: Path, grid: dict) -> None:
     # A grid page's chunk lists cell paths; the grid's index file lists rows of {"image": …} entries.
     raw = grid.get("cells", []) if isinstance(grid, dict) else []
@@ -243,6 +277,7 @@ def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelReques
         return value
 
     values = {k: meta.get(k) for k in validate.IMAGE_KEYS if k in meta}
+    values.setdefault("prompt_syntax", "plain")  # before 0.2 every prompt was read as plain text
     for key in ("prompt", "seed", "steps", "guidance", "width", "height"):
         if key not in meta:
             raise where.error(key, "is missing")
