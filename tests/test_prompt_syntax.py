@@ -135,19 +135,21 @@ def test_break_starts_a_new_window(hub_cache, out):
 
 def test_mixed_window_counts_in_one_batch_match_batch_size_one(hub_cache, tmp_path):
     lines = [{"prompt": "a red fox", "seed": 1}, {"prompt": LONG, "seed": 2}, {"prompt": "a (cat:1.3)", "seed": 3},
-             {"prompt": LONG + " BREAK snow", "seed": 4}]
+             {"prompt": LONG + " BREAK snow", "seed": 4, "emphasis": "none-norm"},
+             {"prompt": LONG + " (snow:1.2)", "seed": 5, "prompt_syntax": "plain"}]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     images = {}
     for bs in ("1", "4"):
         spo("batch", str(tmp_path / "p.jsonl"), *TINY, "--out", str(tmp_path / bs), "--batch-size", bs, "--quiet")
         images[bs] = {p.name: np.asarray(Image.open(p).convert("RGB"), dtype=int)
                       for p in (tmp_path / bs).glob("*.png")}
-    assert len(images["1"]) == 4 and images["1"].keys() == images["4"].keys()
+    assert len(images["1"]) == 5 and images["1"].keys() == images["4"].keys()
     for name, img in images["1"].items():
         assert np.abs(img - images["4"][name]).max() <= 1, name
-    windows = sorted(json.loads(p.read_text()).get("prompt_windows", 1) for p in (tmp_path / "4").glob("*.json")
-                     if p.name != "manifest.json")
-    assert windows == [1, 1, 2, 3]
+    metas = sorted((json.loads(p.read_text()) for p in (tmp_path / "4").glob("*.json")), key=lambda m: m["seed"])
+    assert [(m["prompt_syntax"], m.get("prompt_windows"), m.get("emphasis")) for m in metas] == [
+        ("plain", None, None), ("a1111", 2, "original"), ("a1111", 1, "original"), ("a1111", 3, "none-norm"),
+        ("plain", None, None)]
 
 
 def test_replay_reads_the_recorded_syntax_back(hub_cache, out):
