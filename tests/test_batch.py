@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tie
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "prompts.txt"
 TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+# For tests about files, names and resuming rather than pixels: the smallest image the tiny models make.
+SMALL = ["--width", "16", "--height", "16", "--steps", "1", "--device", "cpu"]
 
 
 def invoke(*args: str):
@@ -65,7 +67,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_examples_prompts_run_through_batch(hub_cache, out):
-    r = invoke("batch", str(EXAMPLES), *TINY, "--batch-size", "4", "--seed", "1000", "--out", str(out), "--json",
+    r = invoke("batch", str(EXAMPLES), *SMALL, "--batch-size", "4", "--seed", "1000", "--out", str(out), "--json",
                "--quiet")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
@@ -141,7 +143,7 @@ def test_skip_invalid_runs_the_rest(hub_cache, tmp_path, out):
 
 
 def test_resume_after_a_partial_run_makes_only_what_is_missing(hub_cache, out):
-    args = ["batch", str(EXAMPLES), *TINY, "--batch-size", "3", "--out", str(out), "--json", "--quiet"]
+    args = ["batch", str(EXAMPLES), *SMALL, "--batch-size", "3", "--out", str(out), "--json", "--quiet"]
     assert invoke(*args).exit_code == 0
     rows = manifest(out)
     # Lose four finished images in the ways a crash or a power cut can: image gone, sidecar gone, both
@@ -171,7 +173,7 @@ def test_resume_after_a_partial_run_makes_only_what_is_missing(hub_cache, out):
 
 def test_a_changed_setting_is_regenerated_not_skipped(hub_cache, tmp_path, out):
     prompts = write(tmp_path, "p.txt", "a fox\na cat\na boat\n")
-    base = ["batch", str(prompts), "--width", "64", "--height", "64", "--device", "cpu", "--out", str(out),
+    base = ["batch", str(prompts), "--width", "16", "--height", "16", "--device", "cpu", "--out", str(out),
             "--json", "--quiet"]
     assert invoke(*base, "--steps", "2").exit_code == 0
     before = {f: pixels(out / f) for f in pngs(out)}

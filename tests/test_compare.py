@@ -20,6 +20,9 @@ PROMPT = "a child and a penguin sitting on the moon"
 # float32 (the CPU's default): float16 matmuls on a CPU are several times slower. The UNet swap,
 # which needs float16 (where the files match byte for byte, as on the Hub), has a test of its own.
 TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+# float16 on a CPU is many times slower: a test that checks what is loaded, not pixels, runs at the
+# smallest size the tiny models take.
+SMALL = ["--width", "16", "--height", "16", "--steps", "1", "--device", "cpu"]
 
 
 def invoke(*args: str):
@@ -39,8 +42,8 @@ def generate(out: Path, seed: int, *args: str, n: int = 1) -> list[Path]:
     return [Path(w["image"]) for w in json.loads(r.stdout)]
 
 
-def run_compare(out: Path, *args: str, seeds: str = "1,2") -> dict:
-    r = invoke("compare", PROMPT, *TINY, "--seeds", seeds, "--out", str(out), "--json", "--quiet", *args)
+def run_compare(out: Path, *args: str, seeds: str = "1,2", size: list[str] = TINY) -> dict:
+    r = invoke("compare", PROMPT, *size, "--seeds", seeds, "--out", str(out), "--json", "--quiet", *args)
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     summary["index_data"] = json.loads(Path(summary["index"]).read_text())
@@ -101,7 +104,7 @@ def test_cells_equal_spo_generate(compared, tmp_path):
 def test_unet_swap_shares_everything_but_the_unet(hub_cache, tmp_path):
     # float16: SDXL base's fp16 variant files and the merged checkpoint's text encoders and VAE are
     # the same bytes, as on the Hub, so only the UNet is loaded for the SPO column.
-    summary = run_compare(tmp_path, "--base", "--spo", "--dtype", "fp16", seeds="1")
+    summary = run_compare(tmp_path, "--base", "--spo", "--dtype", "fp16", seeds="1", size=SMALL)
     setup = summary["index_data"]["setup"]
     spo = setup_of(setup, "SPO-SDXL")
     assert spo.startswith("load unet;") and "reuse text_encoder, text_encoder_2, tokenizer, tokenizer_2, vae" in spo

@@ -144,8 +144,9 @@ def lora_run(repos, tmp_path_factory):
         assert download.returncode == 0, download.stderr
         requests_during_download = len(hub.requests)
         out = tmp / "out"
+        # float16 (what `download` fetched) is many times slower than float32 on a CPU: the smallest image.
         generate = run_spo(
-            "generate", "a fox", "--model", "spo-lora", "--width", "64", "--height", "64", "--steps", "2",
+            "generate", "a fox", "--model", "spo-lora", "--width", "16", "--height", "16", "--steps", "1",
             "--device", "cpu", "--dtype", "fp16", "--out", str(out), "--json", "--seed", "7",
             env={**env, "HF_HUB_OFFLINE": "1"},
         )

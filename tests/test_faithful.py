@@ -7,6 +7,7 @@ script calls it, loading by repo id from the (offline) HF cache; the other side 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from spo_cli.cli import app
 pytestmark = pytest.mark.slow  # pipelines and subprocesses: not in the fast tier
 
 TINY = ["--width", "64", "--height", "64", "--steps", "3"]
+# float16 and bfloat16 on a CPU are many times slower than float32 (a 64 px float16 image takes seconds):
+# tests in those dtypes run at a size the tiny models still take, on the same code path.
+SMALL = ["--width", "16", "--height", "16", "--steps", "2"]
 PROMPT = "a child and a penguin sitting on the moon"
 
 
@@ -43,34 +47,43 @@ def authors_pipeline(repo: str, dtype=torch.float32, fp16_fix_vae: bool = False)
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
     kwargs = {}
-    if fp16_fix_vae:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(presets.FP16_FIX_VAE, torch_dtype=dtype)
-    pipe = StableDiffusionXLPipeline.from_pretrained(repo, torch_dtype=dtype, **kwargs)
+    with warnings.catch_warnings():  # diffusers' FutureWarning for torch_dtype, the script's spelling
+        warnings.simplefilter("ignore", FutureWarning)
+        if fp16_fix_vae:
+            kwargs["vae"] = AutoencoderKL.from_pretrained(presets.FP16_FIX_VAE, torch_dtype=dtype)
+        pipe = StableDiffusionXLPipeline.from_pretrained(repo, torch_dtype=dtype, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def reference(pipe, seed: int, prompt: str = PROMPT, **kwargs) -> np.ndarray:
+def reference(pipe, seed: int, prompt: str = PROMPT, *, size: int = 64, steps: int = 3, **kwargs) -> np.ndarray:
     image = pipe(
-        prompt, num_inference_steps=3, width=64, height=64, guidance_scale=5.0,
+        prompt, num_inference_steps=steps, width=size, height=size, guidance_scale=5.0,
         generator=torch.Generator("cpu").manual_seed(seed), **kwargs,
     ).images[0]
     return np.asarray(image)
 
 
-def test_merged_spo_matches_authors_code_pixel_for_pixel(hub_cache, out):
+@pytest.fixture(scope="module")
+def merged_pipeline(hub_cache):
+    """The authors' pipeline for the merged checkpoint, loaded once per worker: tests that change its
+    scheduler do so on a pipeline of their own that shares these components (`from_pipe`)."""
+    return authors_pipeline(presets.SPO_MERGED)
+
+
+def test_merged_spo_matches_authors_code_pixel_for_pixel(merged_pipeline, out):
     [written] = generate_json(out, PROMPT, "--seed", "42", *TINY, "--device", "cpu")
-    expected = reference(authors_pipeline(presets.SPO_MERGED), 42)
+    expected = reference(merged_pipeline, 42)
     assert np.array_equal(pixels(written["image"]), expected)
 
 
 def test_fp16_with_fp16_fix_vae_matches_authors_code(hub_cache, out):
     # The authors' script exactly: float16, VAE swapped for madebyollin/sdxl-vae-fp16-fix.
-    [written] = generate_json(out, PROMPT, "--seed", "7", *TINY, "--device", "cpu", "--dtype", "fp16")
+    [written] = generate_json(out, PROMPT, "--seed", "7", *SMALL, "--device", "cpu", "--dtype", "fp16")
     meta = json.loads(Path(written["sidecar"]).read_text())
     assert meta["dtype"] == "float16"
     assert meta["vae"]["id"] == presets.FP16_FIX_VAE and meta["vae"]["commit"] == hub_cache[presets.FP16_FIX_VAE]
-    expected = reference(authors_pipeline(presets.SPO_MERGED, torch.float16, fp16_fix_vae=True), 7)
+    expected = reference(authors_pipeline(presets.SPO_MERGED, torch.float16, fp16_fix_vae=True), 7, size=16, steps=2)
     assert np.array_equal(pixels(written["image"]), expected)
 
 
@@ -176,20 +189,21 @@ def _strict_json(text: str):
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS_SCHEDULERS))
-def test_every_scheduler_matches_diffusers(hub_cache, out, name):
+def test_every_scheduler_matches_diffusers(merged_pipeline, out, name):
     import diffusers
 
     [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--device", "cpu", "--scheduler", name)
-    pipe = authors_pipeline(presets.SPO_MERGED)
     cls, kwargs = DIFFUSERS_SCHEDULERS[name]
-    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **kwargs)
+    scheduler = getattr(diffusers, cls).from_config(merged_pipeline.scheduler.config, **kwargs)
+    pipe = diffusers.StableDiffusionXLPipeline.from_pipe(merged_pipeline, scheduler=scheduler)
+    assert type(pipe.scheduler).__name__ == cls and type(merged_pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
     assert np.array_equal(pixels(written["image"]), reference(pipe, 9))
     meta = _strict_json(Path(written["sidecar"]).read_text())  # DPM's -inf config value included
     assert meta["scheduler"]["class"] == cls
 
 
 def test_replay_changes_model_lora_dtype_and_negative(hub_cache, out):
-    [orig] = generate_json(out / "o", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "spo-lora",
+    [orig] = generate_json(out / "o", PROMPT, "--seed", "4", *SMALL, "--device", "cpu", "--model", "spo-lora",
                            "--lora-scale", "0.5", "--negative", "blurry")
 
     def replay(*args):
@@ -197,18 +211,18 @@ def test_replay_changes_model_lora_dtype_and_negative(hub_cache, out):
         return w, json.loads(Path(w["sidecar"]).read_text())
 
     w, meta = replay("--lora-scale", "1")
-    [ref] = generate_json(out / "g1", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "spo-lora",
+    [ref] = generate_json(out / "g1", PROMPT, "--seed", "4", *SMALL, "--device", "cpu", "--model", "spo-lora",
                           "--negative", "blurry")
     assert meta["lora"]["scale"] == 1.0 and np.array_equal(pixels(w["image"]), pixels(ref["image"]))
 
     w, meta = replay("--model", "base")  # another model: the recorded LoRA belonged to the old one
-    [ref] = generate_json(out / "g2", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "base",
+    [ref] = generate_json(out / "g2", PROMPT, "--seed", "4", *SMALL, "--device", "cpu", "--model", "base",
                           "--negative", "blurry")
     assert meta["lora"] is None and meta["model_request"]["model"] == "base"
     assert np.array_equal(pixels(w["image"]), pixels(ref["image"]))
 
     w, meta = replay("--negative", "")  # "" clears the recorded negative: back to none
-    [ref] = generate_json(out / "g3", PROMPT, "--seed", "4", *TINY, "--device", "cpu", "--model", "spo-lora",
+    [ref] = generate_json(out / "g3", PROMPT, "--seed", "4", *SMALL, "--device", "cpu", "--model", "spo-lora",
                           "--lora-scale", "0.5")
     assert meta["negative_prompt"] is None and np.array_equal(pixels(w["image"]), pixels(ref["image"]))
 

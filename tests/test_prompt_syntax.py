@@ -42,7 +42,7 @@ def generate(out: Path, *args: str) -> tuple[np.ndarray, dict]:
 def pipe(hub_cache):
     from diffusers import StableDiffusionXLPipeline
 
-    p = StableDiffusionXLPipeline.from_pretrained(presets.SPO_MERGED, torch_dtype=torch.float32)
+    p = StableDiffusionXLPipeline.from_pretrained(presets.SPO_MERGED)  # float32, as the CLI on a CPU
     p.set_progress_bar_config(disable=True)
     return p
 
