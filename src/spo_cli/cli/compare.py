@@ -246,6 +246,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     # 3. Render column by column, columns sharing a UNet back to back, each model set up once.
     from spo_cli.bank import Bank
 
+    loading.libraries(ui, rt)
     log: list[str] = []
     bank = Bank(rt.device, rt.dtype, keep_loaded=keep_loaded, log=lambda m: (log.append(m), ui.info(f"  {escape(m)}")))
     parts = [bank.parts(res) for res in resolved]

@@ -61,6 +61,7 @@ def doctor(ui: UI, device: o.Device = "auto", dtype: o.Dtype = "auto") -> None:
     generation; end with the one next step that matters. Exit 1 when spo cannot make an image here."""
     request, _ = o.model_request(model=presets.DEFAULT_PRESET, dtype=dtype, device=device)
     runtime = loading.start_torch(ui, request, RunOptions())
+    loading.libraries(ui, runtime)
     engine_mod, picked, picked_dtype = runtime.engine, runtime.device, runtime.dtype
     import torch
     from huggingface_hub import constants

@@ -33,8 +33,9 @@ def precheck(request: ModelRequest, options: RunOptions, images: list[ImageReque
 def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list[ImageRequest] = (),
                 *, local_rank: int | None = None) -> Runtime:
     """Import torch and the engine, pick device and dtype, and check what needs the machine (CUDA for
-    --device or --generator-device, a GPU for --offload) before anything is downloaded or loaded;
-    diffusers is imported only after those checks."""
+    --device or --generator-device, a GPU for --offload) before anything is downloaded or loaded.
+    diffusers and transformers are imported later, by `libraries` (in `load`): resolving the files
+    needs neither, so a missing or damaged model is reported seconds sooner."""
     with ui.status("Starting PyTorch"):
         from spo_cli import engine  # torch, not yet diffusers
 
@@ -42,7 +43,6 @@ def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list
         dtype, dtype_notes = engine.pick_dtype(device, request.dtype)
         engine.check_generator_devices(r.generator_device for r in images)
         engine.check_options(options, device)
-        engine.quiet_libraries(ui.debug)
     for note in notes + dtype_notes:
         ui.warn(note)
     return Runtime(engine, device, dtype)
@@ -71,8 +71,14 @@ def resolve(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, d
     return resolved
 
 
+def libraries(ui: UI, runtime: Runtime) -> None:
+    """Import diffusers and transformers, with their logging and bars quiet unless --debug."""
+    runtime.engine.quiet_libraries(ui.debug)
+
+
 def load(ui: UI, runtime: Runtime, resolved, options: RunOptions):
     with ui.status(f"Loading {escape(resolved.pipeline.id)} on {runtime.device} ({resolved.dtype})"):
+        libraries(ui, runtime)
         engine = runtime.engine.Engine.load(resolved, runtime.device, options)
     if options.fast:
         ui.info(f"--fast: the first images compile the model (minutes); compiled code is cached in "
