@@ -7,6 +7,7 @@ handed to diffusers as `prompt_embeds`; the other side is the real CLI.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def generate(out: Path, *args: str) -> tuple[np.ndarray, dict]:
 def pipe(hub_cache):
     from diffusers import StableDiffusionXLPipeline
 
-    p = StableDiffusionXLPipeline.from_pretrained(presets.SPO_MERGED)  # float32, as the CLI on a CPU
+    with warnings.catch_warnings():  # diffusers' FutureWarning for torch_dtype, the authors' spelling
+        warnings.simplefilter("ignore", FutureWarning)
+        p = StableDiffusionXLPipeline.from_pretrained(presets.SPO_MERGED, torch_dtype=torch.float32)
     p.set_progress_bar_config(disable=True)
     return p
 
