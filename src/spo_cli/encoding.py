@@ -19,8 +19,6 @@ import torch
 
 from spo_cli import syntax
 
-EMPHASES = ("original", "none-norm")  # A1111's "Original" and "No norm"
-
 
 @dataclass(frozen=True)
 class Plan:

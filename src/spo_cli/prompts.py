@@ -78,10 +78,8 @@ def _check_line(obj: dict, prompt_syntax: str = "auto") -> PromptLine:
                          f"(valid: {', '.join(KEYS)})")
     if "prompt" not in obj:
         raise UsageError("no 'prompt'")
-    settings = validate.image_values({"prompt_syntax": prompt_syntax} | {k: obj[k] for k in ("prompt", *SETTINGS)
-                                                                        if k in obj}, _LINE)
-    if "prompt_syntax" not in obj:
-        del settings["prompt_syntax"]  # the line leaves it to the command line
+    settings = validate.image_values({k: obj[k] for k in ("prompt", *SETTINGS) if k in obj}, _LINE,
+                                     default_syntax=prompt_syntax)
     prompt = settings.pop("prompt")
     num = validate.num_images(obj["num_images"], _LINE) if "num_images" in obj else None
     name = obj.get("name")
@@ -115,8 +113,7 @@ def parse(text: str, source: str, fmt: str | None = None, prompt_syntax: str = "
         try:
             if fmt == "txt":
                 prompt = validate.text(stripped, "prompt", _LINE)
-                if prompt_syntax != "plain":
-                    validate.prompt_syntax(prompt, "prompt", _LINE)
+                validate.readable_prompts(prompt, None, prompt_syntax, _LINE)
                 lines.append(PromptLine(number, prompt))
                 continue
             try:

@@ -235,9 +235,11 @@ IMAGE_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width",
               "generator_device", "prompt_syntax", "emphasis")
 
 
-def image_values(values: Mapping, where: Where = ARGV) -> dict:
+def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = "plain") -> dict:
     """Check the ImageRequest fields present in `values` (types too: files carry any JSON), and
-    return them normalised (an empty negative prompt is None, integer guidance a float)."""
+    return them normalised (an empty negative prompt is None, integer guidance a float). The
+    prompts are read with `values`' prompt_syntax, or `default_syntax` when it has none (a
+    prompt-file line gets the command line's)."""
     out = {}
     for key, value in values.items():
         if key == "prompt":
@@ -262,11 +264,8 @@ def image_values(values: Mapping, where: Where = ARGV) -> dict:
             out[key] = choice(value, key, EMPHASES, where)
         else:
             raise ValueError(f"not an ImageRequest field: {key}")
-    # Without prompt_syntax (a prompt-file line that leaves it to the command line), the caller
-    # checks once the line is merged with its defaults.
-    if out.get("prompt_syntax", "plain") != "plain":
-        for key in ("prompt", "negative_prompt"):
-            prompt_syntax(out.get(key), key, where)
+    readable_prompts(out.get("prompt"), out.get("negative_prompt"), out.get("prompt_syntax", default_syntax),
+                     where)
     return out
 
 
@@ -290,25 +289,20 @@ def unsupported_syntax(request, where: Where = ARGV) -> list[str]:
     return out
 
 
-def readable_prompts(request, where: Where = ARGV) -> None:
-    """A whole ImageRequest's prompts, read with the syntax it asks for."""
-    if request.prompt_syntax != "plain":
-        prompt_syntax(request.prompt, "prompt", where)
-        prompt_syntax(request.negative_prompt, "negative_prompt", where)
-
-
-def prompt_syntax(text: str | None, key: str, where: Where = ARGV) -> None:
-    """A prompt that A1111 syntax cannot read (`(word:1.2.3)`) is refused before anything loads."""
-    if not text:
+def readable_prompts(prompt: str | None, negative: str | None, prompt_syntax: str, where: Where = ARGV) -> None:
+    """Refuse, before anything loads, a prompt that its syntax cannot read: under a1111 (or auto),
+    a weight that is no number, `(word:1.2.3)`. Plain text is always readable."""
+    if prompt_syntax == "plain":
         return
     from spo_cli import syntax
 
-    try:
-        syntax.parse(text)
-    except syntax.PromptSyntaxError as e:
-        raise where.error(key, f"cannot be read as A1111 prompt syntax: {e}",
-                          r"Write weights as (word:1.2), escape literal brackets as \( \), or use "
-                          "--prompt-syntax plain to take the text as it is.") from None
+    for key, value in (("prompt", prompt), ("negative_prompt", negative)):
+        try:
+            syntax.parse(value or "")
+        except syntax.PromptSyntaxError as e:
+            raise where.error(key, f"cannot be read as A1111 prompt syntax: {e}",
+                              r"Write weights as (word:1.2), escape literal brackets as \( \), or use "
+                              "--prompt-syntax plain to take the text as it is.") from None
 
 
 def model_values(values: Mapping, where: Where = ARGV) -> dict:

@@ -111,8 +111,7 @@ def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, de
     lines: list[prompts.PromptLine] = []
     if prompt is not None:
         prompt = validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)
-        if defaults.prompt_syntax != "plain":
-            validate.prompt_syntax(prompt, "prompt", validate.PROMPT_ARGUMENT)
+        validate.readable_prompts(prompt, None, defaults.prompt_syntax, validate.PROMPT_ARGUMENT)
         lines.append(prompts.PromptLine(0, prompt))
     if prompts_file:
         parsed = prompts.read(prompts_file, fmt, prompt_syntax=defaults.prompt_syntax)

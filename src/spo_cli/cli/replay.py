@@ -91,7 +91,7 @@ def replay(
         changes["negative_prompt"] = negative  # "" is a change too: back to none
     changes = validate.image_values(changes)
     image = replace(image, **changes)
-    validate.readable_prompts(image)
+    validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax)
     warnings = validate.size(image.width, image.height, size_limit=not no_size_limit)
     warnings += validate.unsupported_syntax(image)
     model_changes = {k: v for k, v in dict(revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,

@@ -205,13 +205,18 @@ def read(path: Path) -> dict:
     return meta
 
 
-def _png_chunks(path: Path) -> tuple[object, dict | None]:
+def _text_chunks(path: Path) -> dict:
+    """An image's text chunks (PNG tEXt/iTXt); PIL raises many kinds of error for a broken file."""
     from PIL import Image
 
+    with Image.open(path) as im:
+        return dict(getattr(im, "text", {}) or {})
+
+
+def _png_chunks(path: Path) -> tuple[object, dict | None]:
     try:
-        with Image.open(path) as im:
-            text = dict(getattr(im, "text", {}) or {})
-    except Exception as e:  # PIL raises many kinds for a broken file
+        text = _text_chunks(path)
+    except Exception as e:
         raise UsageError(f"{path} could not be read as an image ({type(e).__name__}: {e}).") from None
     grid = text.get(PNG_GRID_KEY)
     if grid is not None:
@@ -230,11 +235,8 @@ def foreign_parameters(path: Path) -> str | None:
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp") or not path.is_file() \
             or path.with_suffix(".json").exists():
         return None
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            text = dict(getattr(im, "text", {}) or {})
+        text = _text_chunks(path)
     except Exception:  # not an image: `read` says so in its own words
         return None
     if PNG_JSON_KEY in text or PNG_GRID_KEY in text:
