@@ -22,16 +22,18 @@ class Layout:
     font_px: int
     columns: int
     rows: int
+    caption_h: int = 0  # text under each cell (scores), part of the row's height
 
     @property
     def size(self) -> tuple[int, int]:
         w = self.label_w + self.columns * (self.cell_w + self.gutter) + self.gutter
-        h = self.header_h + self.rows * (self.cell_h + self.gutter) + self.gutter
+        h = self.header_h + self.rows * (self.cell_h + self.caption_h + self.gutter) + self.gutter
         return w, h
 
     def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """The image's box; its caption, if any, is the `caption_h` pixels below it."""
         x = self.label_w + self.gutter + col * (self.cell_w + self.gutter)
-        y = self.header_h + self.gutter + row * (self.cell_h + self.gutter)
+        y = self.header_h + self.gutter + row * (self.cell_h + self.caption_h + self.gutter)
         return x, y, x + self.cell_w, y + self.cell_h
 
 
@@ -44,14 +46,19 @@ def fit(size: tuple[int, int], cell_size: int | None) -> tuple[int, int]:
     return w, h
 
 
-def layout(cell: tuple[int, int], columns: int, rows: int) -> Layout:
+def layout(cell: tuple[int, int], columns: int, rows: int, caption_lines: int = 0) -> Layout:
     cell_w, cell_h = cell
     # Text scales with the cells so labels stay readable on a 64-pixel test grid and a 1024 one.
     font_px = max(11, min(36, round(min(cell_w, cell_h) / 14)))
     gutter = max(2, font_px // 4)
     label_w = max(cell_w * 3 // 5, font_px * 9)
     header_h = font_px * 2 + gutter * 2
-    return Layout(cell_w, cell_h, gutter, label_w, header_h, font_px, columns, rows)
+    caption_h = round(caption_font_px(font_px) * 1.25) * caption_lines + (gutter if caption_lines else 0)
+    return Layout(cell_w, cell_h, gutter, label_w, header_h, font_px, columns, rows, caption_h)
+
+
+def caption_font_px(font_px: int) -> int:
+    return max(10, round(font_px * 0.8))
 
 
 def _font(px: int):
@@ -87,10 +94,12 @@ def _clip(text: str, font, width: int) -> str:
 
 
 def render(cells: list[list[Image.Image | None]], column_labels: list[str], row_labels: list[tuple[str, str]],
-           cell: tuple[int, int]) -> Image.Image:
+           cell: tuple[int, int], captions: list[list[list[str]]] | None = None) -> Image.Image:
     """One grid page. `cells[row][col]` is an image (resized to `cell`) or None for a missing one;
-    `row_labels[row]` is (prompt, detail line such as the seed)."""
-    lay = layout(cell, len(column_labels), len(cells))
+    `row_labels[row]` is (prompt, detail line such as the seed); `captions[row][col]`, if given,
+    are short lines under the cell (its scores)."""
+    lines_under = max((len(c) for row in captions or [] for c in row), default=0)
+    lay = layout(cell, len(column_labels), len(cells), lines_under)
     grid = Image.new("RGB", lay.size, BACKGROUND)
     draw = ImageDraw.Draw(grid)
     font = _font(lay.font_px)
@@ -128,4 +137,10 @@ def render(cells: list[list[Image.Image | None]], column_labels: list[str], row_
             else:
                 grid.paste(image.convert("RGB").resize(cell, Image.LANCZOS) if image.size != cell else
                            image.convert("RGB"), box[:2])
+            if captions:
+                cap = _font(caption_font_px(lay.font_px))
+                y = box[3] + lay.gutter // 2
+                for text in captions[row][col]:
+                    draw.text((box[0], y), _clip(text, cap, lay.cell_w), fill=INK, font=cap)
+                    y += round(cap.size * 1.25)
     return grid

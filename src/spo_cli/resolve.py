@@ -510,6 +510,21 @@ def _resolve_hub_lora(repo: str, file: str | None, revision: str | None, fetch: 
     return Resolved(repo, "hub", folder / file, revision or "main", commit, file=file)
 
 
+def resolve_files(repo: str, required: tuple[str, ...], optional: tuple[str, ...], fetch: Fetch,
+                  revision: str | None = None) -> Resolved:
+    """A non-pipeline repo (a scorer's): the `required` files, plus those of `optional` it has.
+    The first required file pins the commit; the listing is checked before anything large is fetched."""
+    _, snapshot, commit = _pin(repo, revision, required[:1], fetch, "model")
+    listing = set(_list_files(repo, commit, snapshot, fetch))
+    missing = [f for f in required if f not in listing]
+    if missing:
+        raise ModelError(f"'{repo}' has no {', '.join(missing)} at commit {commit[:10]}.",
+                         "The repo may have been reorganised; please report it to spo-cli.")
+    chosen = list(required) + [f for f in optional if f in listing and f not in required]
+    folder = _fetch(repo, commit, chosen, fetch)
+    return Resolved(repo, "hub", folder, revision or "main", commit, files=tuple(chosen))
+
+
 # ---------------------------------------------------------------------------------------------
 # Local folders and files
 

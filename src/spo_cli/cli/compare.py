@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import presets, prompts, validate
-from spo_cli.cli import app, loading, options as o
+from spo_cli.cli import app, loading, options as o, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape, short
 from spo_cli.errors import EXIT_FAILURE, UsageError
@@ -24,6 +24,8 @@ EXAMPLES = """[bold]Examples[/]
   spo compare "a lighthouse in a storm, oil painting" --lora-scales 0,0.25,0.5,0.75,1.0
 
   spo compare "…" --base --spo --model ./my-sdxl-finetune --label "mine"
+
+  spo compare --prompts prompts.txt --base --spo --seeds 1,2 --score   # scores under each cell, win rates
 """
 
 
@@ -193,9 +195,19 @@ def compare(
     keep_loaded: Annotated[bool, typer.Option("--keep-loaded", help="Keep every model's UNet in memory instead of one at a "
                                               "time.", rich_help_panel="Model")] = False,
     out: o.Out = "outputs",
+    score: Annotated[bool, typer.Option("--score", help="Score every cell with preference models (see `spo score`): "
+                                        "scores under the cells, and paired win rates between the columns.",
+                                        rich_help_panel="Scoring")] = False,
+    metric: scoring.Metric = None,
+    hps_version: scoring.HpsVersion = "v2.1",
+    score_batch_size: scoring.ScoreBatch = 16,
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
+    metrics = scoring.metrics(metric, hps_version, score_batch_size) if score else []
+    if not score and (metric is not None or hps_version != "v2.1"):
+        raise UsageError("--metric and --hps-version choose how --score scores, and --score is not given.",
+                         "Add --score.")
     validate.integer(cell_size, "cell_size", low=validate.CELL_SIZE_MIN, high=validate.SIDE_MAX)
     validate.integer(rows_per_page, "rows_per_page", low=1, high=validate.ROWS_PER_PAGE_MAX)
     fmt = o.prompt_format(prompt_format, old_format, ui.warn)
@@ -216,13 +228,122 @@ def compare(
         ui.warn(w)
     with files.FolderLock(out, "spo compare"):
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
-                        cell_size, rows_per_page, t0)
+                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device))
     if code:
         raise typer.Exit(code)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    metrics: list[str]  # empty: no scoring
+    hps_version: str = "v2.1"
+    batch_size: int = 16
+    device: str = "auto"
+
+
+@dataclass
+class Rendered:
+    """What `render_columns` leaves: the columns resolved, and which cells failed."""
+
+    resolved: list
+    failed: dict[tuple[int, int], str]
+    rendered: int
+    reused: int
+    log: list[str]
+    bytes_loaded: int
+
+
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
-             cell_size: int, rows_per_page: int, t0: float) -> int:
+             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([])) -> int:
+    # The scorers' files first too: a missing one fails now, not after the rendering.
+    scorers = scoring.resolve(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
+    run = render_columns(ui, columns, rows, options, out, keep_loaded)
+    cells_dir = out / "cells"
+    failed = run.failed
+    scored = score_cells(ui, columns, rows, cells_dir, failed, scoring_, scorers) if scoring_.metrics else None
+
+    # 4. The grid pages and their index.
+    index_name = stem + "-grid.json"
+    captions = None
+    if scored:
+        from spo_cli.scores.summary import caption
+
+        captions = [[caption(v, scored["metrics"]) for v in row] for row in scored["cells"]]
+    pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
+                        index_name=index_name, captions=captions)
+    index = {
+        "schema": metadata.GRID_SCHEMA,
+        "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}
+                    for c, res in zip(columns, run.resolved)],
+        "rows": [{"prompt": r.request.prompt, "seed": r.request.seed, "stem": r.stem} for r in rows],
+        "cells": [[cell_entry(out, cells_dir / c.folder, r.stem, failed.get((ci, ri)),
+                              scored["cells"][ri][ci] if scored else None)
+                   for ci, c in enumerate(columns)] for ri, r in enumerate(rows)],
+        "pages": [str(p.relative_to(out)) for p in pages],
+        "rendered": run.rendered, "reused": run.reused, "failed": len(failed),
+        "setup": run.log, "bytes_loaded": run.bytes_loaded, "elapsed_s": round(perf_counter() - t0, 2),
+    }
+    if scored:
+        index["scores"] = scored["summary"]
+    index_path = out / index_name
+    files.atomic_write(index_path, (metadata.dumps(index) + "\n").encode(), overwrite=True)
+    for (ci, ri), err in failed.items():
+        ui.error(f"{columns[ci].label}, '{short(rows[ri].request.prompt)}' seed {rows[ri].request.seed}: {err}")
+    if ui.json_mode:
+        ui.emit_json({"grid": [str(p) for p in pages], "index": str(index_path),
+                      **{k: index[k] for k in ("rendered", "reused", "failed", "bytes_loaded", "elapsed_s")},
+                      **({"scores": index["scores"]} if scored else {})})
+    else:
+        if not ui.quiet:
+            ui.info(f"Comparison of {len(rows)} row(s) × {len(columns)} column(s): {run.rendered} cell(s) "
+                    f"rendered, {run.reused} reused, {len(failed)} failed.")
+        if scored:
+            print_summary(ui, scored["summary"])
+        ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
+                 + [(str(index_path), "cells, sidecars, set-up log" + (", scores" if scored else "")),
+                    (str(cells_dir), "full-size cells")])
+    return EXIT_FAILURE if failed or (scored and scored["errors"]) else 0
+
+
+def print_summary(ui: UI, summary: dict) -> None:
+    from spo_cli.scores.summary import means_rows, pair_rows
+
+    ui.table("Mean score [95 % CI]", ["column", *summary["metrics"]], means_rows(summary))
+    if summary["pairs"]:
+        ui.table("Paired comparison (same prompt and seed)", ["pair", "metric", "win rate [95 % CI]",
+                                                              "mean difference", "pairs"], pair_rows(summary))
+
+
+def score_cells(ui: UI, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
+                failed: dict[tuple[int, int], str], how: Scoring, resolved: dict | None = None) -> dict:
+    """Score every cell that exists: {cells: [[{metric: value} | None]], summary, errors}."""
+    from spo_cli.scores import store
+    from spo_cli.scores.summary import summarise
+
+    where, items = {}, []
+    for ri, r in enumerate(rows):
+        for ci, c in enumerate(columns):
+            image = cells_dir / c.folder / f"{r.stem}.png"
+            recorded = store.prompt_of(image) if (ci, ri) not in failed and image.exists() else None
+            if recorded:
+                where[(ri, ci)] = len(items)
+                items.append(store.Item(image, *recorded))
+    ui.info(f"Scoring {len(items)} cell(s) with {', '.join(how.metrics)}")
+    results = scoring.score_items(ui, items, how.metrics, how.hps_version, device=how.device,
+                                  batch_size=how.batch_size, resolved=resolved)
+    cells = [[results[where[(ri, ci)]].values or None if (ri, ci) in where else None
+              for ci in range(len(columns))] for ri in range(len(rows))]
+    errors = [f"{r.item.image}: {m}: {e}" for r in results for m, e in r.errors.items()]
+    for e in errors:
+        ui.error(e)
+    return {"metrics": how.metrics, "cells": cells, "errors": errors,
+            "summary": summarise([c.label for c in columns], cells, how.metrics)}
+
+
+def render_columns(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path,
+                   keep_loaded: bool) -> Rendered:
+    """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
+    column by column (columns sharing a UNet back to back), then free the models."""
     from spo_cli.render import render
 
     for c in columns:
@@ -270,48 +391,23 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
                     if oc.error:
                         failed[(ci, i)] = oc.error
         bank.release(set())
-
-    # 4. The grid pages and their index.
-    index_name = stem + "-grid.json"
-    pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
-                        index_name=index_name)
-    index = {
-        "schema": metadata.GRID_SCHEMA,
-        "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}
-                    for c, res in zip(columns, resolved)],
-        "rows": [{"prompt": r.request.prompt, "seed": r.request.seed, "stem": r.stem} for r in rows],
-        "cells": [[cell_entry(out, cells_dir / c.folder, r.stem, failed.get((ci, ri)))
-                   for ci, c in enumerate(columns)] for ri, r in enumerate(rows)],
-        "pages": [str(p.relative_to(out)) for p in pages],
-        "rendered": total - len(failed), "reused": reused, "failed": len(failed),
-        "setup": log, "bytes_loaded": bank.bytes_loaded, "elapsed_s": round(perf_counter() - t0, 2),
-    }
-    index_path = out / index_name
-    files.atomic_write(index_path, (metadata.dumps(index) + "\n").encode(), overwrite=True)
-    for (ci, ri), err in failed.items():
-        ui.error(f"{columns[ci].label}, '{short(rows[ri].request.prompt)}' seed {rows[ri].request.seed}: {err}")
-    if ui.json_mode:
-        ui.emit_json({"grid": [str(p) for p in pages], "index": str(index_path),
-                      **{k: index[k] for k in ("rendered", "reused", "failed", "bytes_loaded", "elapsed_s")}})
-    else:
-        if not ui.quiet:
-            ui.info(f"Comparison of {len(rows)} row(s) × {len(columns)} column(s): {total - len(failed)} cell(s) "
-                    f"rendered, {reused} reused, {len(failed)} failed.")
-        ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
-                 + [(str(index_path), "cells, sidecars, set-up log"), (str(cells_dir), "full-size cells")])
-    return EXIT_FAILURE if failed else 0
+    return Rendered(resolved, failed, total - len(failed), reused, log, bank.bytes_loaded)
 
 
-def cell_entry(out: Path, folder: Path, stem: str, error: str | None) -> dict:
+def cell_entry(out: Path, folder: Path, stem: str, error: str | None, scores: dict | None = None) -> dict:
     image = folder / f"{stem}.png"
     ok = error is None and image.exists()
-    return {"image": str(image.relative_to(out)) if ok else None,
-            "sidecar": str((folder / f"{stem}.json").relative_to(out)) if ok else None,
-            "status": "ok" if ok else "failed", "error": error}
+    entry = {"image": str(image.relative_to(out)) if ok else None,
+             "sidecar": str((folder / f"{stem}.json").relative_to(out)) if ok else None,
+             "status": "ok" if ok else "failed", "error": error}
+    if scores is not None:
+        entry["scores"] = scores
+    return entry
 
 
 def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path, cell_size: int,
-                rows_per_page: int, failed: set[tuple[int, int]] = frozenset(), index_name: str = "") -> list[Path]:
+                rows_per_page: int, failed: set[tuple[int, int]] = frozenset(), index_name: str = "",
+                captions: list[list[list[str]]] | None = None) -> list[Path]:
     """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
     the image an earlier run left under its name."""
     from PIL import Image
@@ -336,7 +432,8 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTas
             cells.append(line)
         size = size or grid.fit((r.request.width or 1024, r.request.height or 1024), cell_size)
         labels = [(r.request.prompt, f"seed {r.request.seed}") for r in page]
-        image = grid.render(cells, [c.label for c in columns], labels, size)
+        page_captions = captions[n * rows_per_page:n * rows_per_page + len(page)] if captions else None
+        image = grid.render(cells, [c.label for c in columns], labels, size, page_captions)
         name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
         shown = [f"cells/{c.folder}/{r.stem}.png" for r in page for c in columns]
         files.atomic_write(out / name, metadata.encode_grid(image, index_name, shown), overwrite=True)

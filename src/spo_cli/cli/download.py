@@ -5,10 +5,11 @@ from typing import Annotated
 import typer
 
 from spo_cli import presets, validate
-from spo_cli.cli import app, loading, options as o
+from spo_cli import scores
+from spo_cli.cli import app, loading, options as o, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape
-from spo_cli.errors import ModelError
+from spo_cli.errors import ModelError, UsageError
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -21,6 +22,8 @@ EXAMPLES = """[bold]Examples[/]
   spo download spo --force        # fetch every file again (repairs a damaged cache)
 
   HF_HOME=/shared/hf spo download spo   # into a shared cache
+
+  spo download score-models       # every preference scorer `spo score` uses (or one: spo download pickscore)
 """
 JSON_HELP = ("Print a JSON object on stdout (model, dtype, bytes, and per repo its id, file, commit, variant and "
              "local path), nothing else.")
@@ -29,7 +32,8 @@ JSON_HELP = ("Print a JSON object on stdout (model, dtype, bytes, and per repo i
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def download(
     ui: UI,
-    model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout).")] = presets.DEFAULT_PRESET,
+    model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout); or score-models, or one "
+                                         "metric's name, for the scorers.")] = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
     lora: o.Lora = None,
     lora_file: o.LoraFile = None,
@@ -38,8 +42,15 @@ def download(
                                        "files and VAE are fetched.")] = "fp16",
     force: Annotated[bool, typer.Option("--force", help="Fetch every file again, even those already cached: "
                                         "repairs a damaged copy.")] = False,
+    metric: scoring.Metric = None,
+    hps_version: scoring.HpsVersion = "v2.1",
 ) -> None:
     """Fetch everything a model needs into the Hugging Face cache, for later offline use."""
+    if model == "score-models" or model in scores.METRICS:
+        return download_scorers(ui, [model] if model in scores.METRICS else scoring.metrics(metric, hps_version),
+                                hps_version, force)
+    if metric is not None:
+        raise UsageError("--metric chooses scorers for `spo download score-models`.")
     dtype = validate.dtype(dtype, auto=False)
     request, _ = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file, vae=vae)
     from huggingface_hub import constants
@@ -66,3 +77,17 @@ def download(
         ui.info(f"{escape(model)}: ready for offline use ({resolved.nbytes() / 1e9:.2f} GB), in {dtype}:")
     ui.paths([(r["path"], f"{r['id']}{' / ' + r['file'] if r['file'] else ''} @ {(r['commit'] or '-')[:12]}")
               for r in rows])
+
+
+def download_scorers(ui: UI, names: list[str], hps_version: str, force: bool) -> None:
+    resolved = scoring.resolve(ui, names, hps_version, force=force, downloading=True)
+    parts = {repo: r for by in resolved.values() for repo, r in by.items()}
+    size = sum(r.nbytes() for r in parts.values())
+    if ui.json_mode:
+        ui.emit_json({"model": "score-models", "metrics": names, "bytes": size,
+                      "repos": [{"id": repo, "files": list(r.files), "commit": r.commit, "path": str(r.path)}
+                                for repo, r in parts.items()]})
+        return
+    if not ui.quiet:
+        ui.info(f"Scorers {', '.join(names)}: ready for offline use ({size / 1e9:.2f} GB):")
+    ui.paths([(str(r.path), f"{repo} @ {(r.commit or '-')[:12]}") for repo, r in parts.items()])

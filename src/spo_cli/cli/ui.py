@@ -145,6 +145,19 @@ class UI:
         with progress:
             yield _Bars(progress, total, steps)
 
+    @contextmanager
+    def count_progress(self, total: int, label: str):
+        """One bar over a count of items (scoring), with `advance(n)` and `describe(text)`."""
+        if self.quiet:
+            yield _Count(None, None)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=self.err)
+        with progress:
+            yield _Count(progress, progress.add_task(label, total=total))
+
     # -- data (stdout) ----------------------------------------------------------------------------
 
     def emit_json(self, data) -> None:
@@ -204,6 +217,19 @@ class _Null:
 
     def flush(self):
         pass
+
+
+class _Count:
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None and n:
+            self.progress.advance(self.task, n)
+
+    def describe(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=text)
 
 
 class _Bars:

@@ -1,0 +1,98 @@
+"""What `spo score`, `spo compare --score` and `spo eval` share: the metric options, and the
+steps from a list of images to their scores (device, resolve, score with a bar)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from spo_cli import scores
+from spo_cli.cli.ui import UI, escape
+from spo_cli.errors import UsageError
+
+Metric = Annotated[Optional[str], typer.Option(
+    "--metric", help=f"Metrics, comma-separated: {', '.join(scores.METRICS)} (default: all).",
+    rich_help_panel="Scoring", show_default=False)]
+HpsVersion = Annotated[str, typer.Option(help="HPS checkpoint: v2.1 (what papers report since 2024) or v2.0.",
+                                         rich_help_panel="Scoring")]
+ScoreBatch = Annotated[int, typer.Option("--score-batch-size", help="Images per scorer call.",
+                                         rich_help_panel="Scoring")]
+SCORE_BATCH_MAX = 256
+
+
+def metrics(text: str | None, hps_version: str, batch_size: int = 16) -> list[str]:
+    """The checked list of metrics (before torch): unknown names, repeats and versions refused."""
+    if hps_version not in scores.HPS_VERSIONS:
+        raise UsageError(f"--hps-version '{hps_version}' is not one of {', '.join(scores.HPS_VERSIONS)}.")
+    if not 1 <= batch_size <= SCORE_BATCH_MAX:
+        raise UsageError(f"--score-batch-size {batch_size} is outside 1 to {SCORE_BATCH_MAX}.")
+    if text is None:
+        return list(scores.DEFAULT_METRICS)
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in scores.METRICS]
+    if unknown or not names:
+        raise UsageError(f"--metric: {', '.join(repr(n) for n in unknown) or 'nothing given'} is not a metric.",
+                         f"Choose from {', '.join(scores.METRICS)}, comma-separated.")
+    return list(dict.fromkeys(names))
+
+
+def device_and_dtype(ui: UI, device: str) -> tuple[str, object]:
+    from spo_cli import engine
+
+    engine.quiet_libraries(ui.debug)
+    picked, notes = engine.pick_device(device)
+    dtype, more = engine.pick_dtype(picked, "auto")
+    for n in notes + more:
+        if not n.startswith("No GPU found"):
+            ui.warn(n)
+    return picked, engine.TORCH_DTYPES[dtype]
+
+
+def resolve(ui: UI, names: list[str], hps_version: str, *, force: bool = False, downloading: bool = False) -> dict:
+    from huggingface_hub import constants
+
+    from spo_cli.resolve import Fetch, quiet_hub, unreachable
+    from spo_cli.scores import run
+
+    quiet_hub(ui.debug)
+    local_only = False
+    if not downloading and not constants.HF_HUB_OFFLINE:
+        why = unreachable()
+        if why:
+            ui.warn(f"The Hub cannot be reached ({why}); using the local cache only.")
+            local_only = True
+    command = f"spo download score-models --metric {','.join(names)}" + (
+        f" --hps-version {hps_version}" if hps_version != "v2.1" and "hpsv2" in names else "")
+    fetch = Fetch(local_only, force, ui.download_tqdm, command, downloading)
+    resolved = run.resolve(names, hps_version, fetch)
+    seen = set()
+    for parts in resolved.values():
+        for repo, r in parts.items():
+            if repo not in seen:
+                seen.add(repo)
+                ui.info(f"[green]✓[/] Resolved {escape(repo)} @ {(r.commit or '-')[:10]}")
+    return resolved
+
+
+def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: str, batch_size: int,
+                force: bool = False, resolved: dict | None = None):
+    """Score `items` with every metric in `names`: the list of `run.Result`s."""
+    from spo_cli.scores import run
+
+    if not items:
+        return []
+    resolved = resolved or resolve(ui, names, hps_version)
+    picked, dtype = device_and_dtype(ui, device)
+    with ui.count_progress(len(items) * len(names), "scoring") as bar:
+        def on_metric(name: str, todo: int) -> None:
+            skipped = len(items) - todo
+            bar.describe(f"{name}")
+            bar.advance(skipped)
+            if skipped and todo:
+                ui.info(f"{name}: {skipped} image(s) already scored with the same models")
+
+        results = run.score(items, names, resolved, device=picked, dtype=dtype, batch_size=batch_size,
+                            hps_version=hps_version, force=force, on_metric=on_metric, on_batch=bar.advance,
+                            debug=ui.debug)
+    return results

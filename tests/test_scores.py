@@ -1,0 +1,231 @@
+"""Preference scorers against their authors' code, on tiny random weights laid out as the real Hub repos.
+
+`scoring_reference.py` reimplements each reference (OpenCLIP for HPSv2, BLIP + med BERT for
+ImageReward, the PickScore README, LAION's simple_inference, torchmetrics) and loads the same
+checkpoint files strictly under the authors' key names; spo's scorers (transformers models with
+renamed keys) must give the same numbers to 1e-5, through the same resolution a user's machine runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import scoring_reference as ref
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scores")]
+
+LONG = "a red fox " * 40  # past 77 CLIP tokens and 35 BERT tokens
+PROMPTS = ["a red fox in fresh snow", "a cat on the moon", LONG, "A  Lighthouse in a STORM at night",
+           "a child and a penguin sitting on the moon"]
+# (w, h): square, landscape, portrait, SDXL's 832×1216 shape scaled (odd crop offsets), smaller than 32.
+SIZES = [(64, 64), (96, 64), (48, 80), (83, 121), (24, 40)]
+
+
+@pytest.fixture(scope="module")
+def score_cache(tmp_path_factory) -> dict[str, Path]:
+    """The tiny scorer repos in the session's HF cache; returns their snapshot folders by repo id."""
+    from spo_cli import tiny
+    from spo_cli.scores import tiny as score_tiny
+
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    folders = {}
+    for repo, src in score_tiny.save_repos(tmp_path_factory.mktemp("score-repos")).items():
+        commit = tiny.add_to_cache(cache, repo, src)
+        folders[repo] = cache / ("models--" + repo.replace("/", "--")) / "snapshots" / commit
+    return folders
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    out = []
+    for i, (w, h) in enumerate(SIZES):
+        # smooth gradients plus noise: resampling differences would show
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
+        out.append(Image.fromarray(np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)))
+    out[1] = out[1].convert("L").convert("RGB")
+    return out
+
+
+def spo_scores(name: str, images, prompts, hps_version="v2.1", batch_size=3) -> list[float]:
+    import torch
+
+    from spo_cli.resolve import Fetch
+    from spo_cli.scores import run, store
+
+    resolved = run.resolve([name], hps_version, Fetch())
+    folders = {repo: r.path for repo, r in resolved[name].items()}
+    from spo_cli.scores import models
+
+    scorer = models.load(name, folders, "cpu", torch.float32, hps_version)
+    values = []
+    for i in range(0, len(images), batch_size):  # batched, as spo runs: must not change a number
+        values += scorer.score(images[i:i + batch_size], prompts[i:i + batch_size])
+    return values
+
+
+def assert_close(ours, theirs):
+    assert len(ours) == len(theirs)
+    assert np.allclose(ours, theirs, rtol=0, atol=1e-5), (ours, theirs)
+    assert len({round(v, 4) for v in theirs}) > 1, theirs  # the stand-ins tell images apart
+
+
+def test_pickscore(score_cache, images):
+    from spo_cli import scores
+
+    theirs = ref.pickscore_scores(score_cache[scores.PICKSCORE], score_cache[scores.CLIP_H], images, PROMPTS)
+    assert_close(spo_scores("pickscore", images, PROMPTS), theirs)
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v2.0"])
+def test_hpsv2(score_cache, images, version):
+    from transformers import CLIPConfig, CLIPTokenizer
+
+    from spo_cli import scores
+
+    folder = score_cache[scores.CLIP_H]
+    config = CLIPConfig.from_pretrained(folder)
+    v, t = config.vision_config, config.text_config
+    arch = {"embed_dim": config.projection_dim, "vision_width": v.hidden_size, "vision_layers": v.num_hidden_layers,
+            "vision_heads": v.num_attention_heads, "patch_size": v.patch_size, "image_size": v.image_size,
+            "text_width": t.hidden_size, "text_layers": t.num_hidden_layers, "text_heads": t.num_attention_heads,
+            "vocab_size": t.vocab_size, "context_length": 77, "mlp_ratio": v.intermediate_size / v.hidden_size}
+    tok = CLIPTokenizer.from_pretrained(folder)
+    # open_clip's basic_clean + whitespace_clean + lower (ftfy leaves these prompts as they are)
+    ids = lambda text: tok.encode(re.sub(r"\s+", " ", text).strip().lower(), add_special_tokens=False)  # noqa: E731
+    theirs = ref.hps_scores(score_cache[scores.HPSV2] / scores.HPS_FILES[version], arch, images, PROMPTS, ids,
+                            sot=tok.bos_token_id, eot=tok.eos_token_id)
+    assert_close(spo_scores("hpsv2", images, PROMPTS, hps_version=version), theirs)
+
+
+def test_imagereward(score_cache, images):
+    from transformers import BertTokenizer
+
+    from spo_cli import scores
+
+    folder = score_cache[scores.IMAGEREWARD]
+    tokenizer = BertTokenizer.from_pretrained(score_cache[scores.BERT])
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    theirs = ref.imagereward_scores(folder / "ImageReward.pt", folder / "med_config.json", images, PROMPTS, tokenizer)
+    assert_close(spo_scores("imagereward", images, PROMPTS), theirs)
+
+
+def test_aesthetic(score_cache, images):
+    from spo_cli import scores
+
+    theirs = ref.aesthetic_scores(score_cache[scores.CLIP_L], score_cache[scores.AESTHETIC] / scores.AESTHETIC_FILE,
+                                  images)
+    assert_close(spo_scores("aesthetic", images, PROMPTS), theirs)
+
+
+def test_clip_score(score_cache, images):
+    from spo_cli import scores
+
+    theirs = ref.clip_scores(score_cache[scores.CLIP_L], images, PROMPTS)
+    ours = spo_scores("clip", images, PROMPTS)
+    # 100 · cos: the cosines agree to 1e-5, so the scores to 1e-3 (float32 rounding at ~37 is 4e-6)
+    assert np.allclose(np.array(ours) / 100, np.array(theirs) / 100, rtol=0, atol=1e-5), (ours, theirs)
+    raw = ref.clip_scores(score_cache[scores.CLIP_L], images, PROMPTS, clamp=False)
+    assert any(v < 0 for v in raw) and any(v > 0 for v in raw), raw  # both sides of the clamp are exercised
+
+
+# --- the commands, end to end on the tiny pipelines --------------------------------------------
+
+SMALL = ["--width", "32", "--height", "32", "--steps", "1", "--device", "cpu"]
+
+
+def invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
+    """compare --score: scores in the index and under the cells, win rates over the pairs; eval: the
+    report, resumable; spo score: the same numbers, skipped on a rerun, written into the manifest."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in fresh snow\n(a cat:1.3) on the moon\n")
+    out = tmp_path / "eval"
+    r = invoke("eval", str(prompts), "--out", str(out), "--seeds", "0-1", *SMALL, "--metric", "pickscore,aesthetic",
+               "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report == json.loads((out / "report.json").read_text())
+    assert report["images"] == {"rendered": 8, "reused": 0, "failed": 0, "scored": 8}
+    (pair,) = report["summary"]["pairs"]
+    assert (pair["a"], pair["b"]) == ("SPO-SDXL", "SDXL base")
+    assert pair["metrics"]["pickscore"]["n"] == 4
+    md = (out / "report.md").read_text()
+    assert "| SPO-SDXL vs SDXL base | pickscore |" in md and "report-plot.png" in md
+    with Image.open(out / "report-plot.png") as im:
+        assert im.width > 400 and im.height > 200
+
+    # Each cell's scores file: the prompt as the model read it (A1111 weights removed).
+    cells = sorted((out / "cells" / "spo-sdxl").glob("*.png"))
+    records = [json.loads(store_path(c).read_text()) for c in cells]
+    assert {rec["prompt"] for rec in records} == {"a red fox in fresh snow", "a cat on the moon"}
+    spo_values = sorted(rec["scores"]["pickscore"]["value"] for rec in records)
+
+    # spo score on the same folder: every value reused (same models, same images), none recomputed.
+    r = invoke("score", str(out / "cells" / "spo-sdxl"), "--metric", "pickscore", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert sorted(row["scores"]["pickscore"] for row in rows) == spo_values
+    assert all(row["reused"] == ["pickscore"] for row in rows)
+    # --force recomputes them, to the same numbers.
+    r = invoke("score", *map(str, cells), "--metric", "pickscore", "--force", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert np.allclose(sorted(row["scores"]["pickscore"] for row in json.loads(r.stdout)), spo_values, atol=1e-6)
+    assert all(row["reused"] == [] for row in json.loads(r.stdout))
+
+    # Eval again: nothing rendered, nothing rescored, the same summary.
+    r = invoke("eval", str(prompts), "--out", str(out), "--seeds", "0-1", *SMALL, "--metric", "pickscore,aesthetic",
+               "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.stdout)
+    assert again["images"]["rendered"] == 0 and again["images"]["reused"] == 8
+    assert again["summary"] == report["summary"]
+
+    # compare --score: the grid's index carries every cell's scores and the summary.
+    r = invoke("compare", "a red fox in fresh snow", "--seeds", "1,2", *SMALL, "--out", str(tmp_path / "cmp"),
+               "--score", "--metric", "pickscore", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    index = json.loads(Path(summary["index"]).read_text())
+    values = [c["scores"]["pickscore"] for row in index["cells"] for c in row]
+    assert len(values) == 4 and all(isinstance(v, float) for v in values)
+    assert index["scores"]["pairs"][0]["metrics"]["pickscore"]["n"] == 2
+    assert summary["scores"] == index["scores"]
+
+
+def store_path(image: Path) -> Path:
+    from spo_cli.scores import store
+
+    return store.scores_path(image)
+
+
+def test_score_refuses_early(tmp_path):
+    """Bad input: exit 2 with one clear line, before any model is touched."""
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(image)
+    r = invoke("score", str(image))
+    assert r.exit_code == 2 and "records no prompt" in r.output and "--prompt" in r.output
+    r = invoke("score", str(image), "--metric", "pickscore,nope")
+    assert r.exit_code == 2 and "'nope' is not a metric" in r.output
+    r = invoke("score", str(tmp_path / "missing.png"))
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = invoke("compare", "a cat", "--metric", "clip")
+    assert r.exit_code == 2 and "--score is not given" in r.output
+    r = invoke("eval", str(tmp_path / "p.txt"), "--seeds", "3-1")
+    assert r.exit_code == 2 and "--seeds" in r.output
