@@ -87,18 +87,13 @@ def score(items: list[store.Item], metrics: list[str], resolved: dict[str, dict]
                 values = scorer.score(images, [items[i].prompt for i in chunk])
                 for i, v in zip(chunk, values):
                     results[i].values[name] = float(v)
-                    previous[i] = _written(items[i], digests[i], {name: (float(v), ids)}, previous[i])
+                    previous[i] = store.write(items[i], digests[i], {name: (float(v), ids)}, previous[i])
                 on_batch(len(todo[start:start + batch_size]))
         finally:
             del scorer
             gc.collect()
             _empty_cache(device)
     return results
-
-
-def _written(item: store.Item, digest: str, values: dict, previous: dict) -> dict:
-    store.write(item, digest, values, previous)
-    return store.read(item.image)
 
 
 def _empty_cache(device: str) -> None:

@@ -131,17 +131,17 @@ def current(record: dict, metric: str, models: dict, digest: str, prompt: str) -
     return None
 
 
-def write(item: Item, digest: str, values: dict[str, tuple[float, dict]], previous: dict) -> Path:
-    """Merge `values` ({metric: (value, models)}) into the image's scores file, atomically."""
+def write(item: Item, digest: str, values: dict[str, tuple[float, dict]], previous: dict) -> dict:
+    """Merge `values` ({metric: (value, models)}) into the image's scores file, atomically; return
+    the record written (the next merge's `previous`)."""
     same = previous.get("image_sha256") == digest and previous.get("prompt") == item.prompt
     entries = dict(previous.get("scores") or {}) if same else {}
     for metric, (value, models) in values.items():
         entries[metric] = {"value": value, "models": models}
     record = {"schema": SCHEMA, "image": item.image.name, "image_sha256": digest, "prompt": item.prompt,
               "prompt_source": item.source, "scores": dict(sorted(entries.items()))}
-    path = scores_path(item.image)
-    files.atomic_write(path, (metadata.dumps(record) + "\n").encode(), overwrite=True)
-    return path
+    files.atomic_write(scores_path(item.image), (metadata.dumps(record) + "\n").encode(), overwrite=True)
+    return record
 
 
 def update_manifest(folder: Path, values: dict[Path, dict[str, float]]) -> Path | None:
