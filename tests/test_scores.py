@@ -209,6 +209,64 @@ def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
     assert summary["scores"] == index["scores"]
 
 
+def paper_dataset(folder: Path) -> str:
+    """Pick-a-Pic v1 as the Hub holds it: parquet shards per split, named by push_to_hub. Only the
+    validation_unique shard may be read; the validation shard beside it is a decoy."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spo_cli import tiny, validate
+
+    data = folder / "data"
+    data.mkdir(parents=True)
+    captions = ["a red fox in fresh snow", "", "a red fox in fresh snow", "x" * (validate.PROMPT_MAX_CHARS + 1),
+                "(a cat:1.3) on the moon", "a third prompt, past --limit"]
+    pq.write_table(pa.table({"caption": captions, "has_label": [True] * len(captions)}),
+                   data / "validation_unique-00000-of-00001-5b1a8e2c.parquet")
+    pq.write_table(pa.table({"caption": ["a decoy from the validation split"]}),
+                   data / "validation-00000-of-00001-77aa01ff.parquet")
+    return tiny.add_to_cache(Path(os.environ["HF_HUB_CACHE"]), "yuvalkirstain/pickapic_v1_no_images", folder,
+                             repo_type="dataset")
+
+
+def test_eval_paper(score_cache, hub_cache, tmp_path, monkeypatch):
+    """--paper: the validation_unique captions (deduplicated, unusable ones left out with a warning),
+    seed 42, the prompt read as it is; every difference from the authors' setting in the report."""
+    from huggingface_hub import constants
+
+    out = tmp_path / "paper"
+    # Not in the cache: one paragraph that names the download command, before anything is rendered.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    r = invoke("eval", "--paper", "--out", str(out), "--metric", "pickscore", *SMALL)
+    assert r.exit_code == 1 and "spo download paper-prompts" in r.output, r.output
+    assert not (out / "cells").exists()
+    monkeypatch.undo()
+
+    commit = paper_dataset(tmp_path / "dataset")
+    r = invoke("download", "paper-prompts", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["repos"][0]["files"] == ["data/validation_unique-00000-of-00001-5b1a8e2c.parquet"]
+
+    r = invoke("eval", "--paper", "--limit", "2", "--out", str(out), "--metric", "pickscore", *SMALL, "--json")
+    assert r.exit_code == 0, r.output
+    assert "yuvalkirstain/pickapic_v1_no_images:4: 'caption' is 1" in r.output  # the long one, named
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompts"] | {"file": None} == {
+        "file": None, "count": 2, "dataset": "yuvalkirstain/pickapic_v1_no_images", "split": "validation_unique",
+        "commit": commit, "files": ["data/validation_unique-00000-of-00001-5b1a8e2c.parquet"], "dropped": 1}
+    assert report["seeds"] == [42] and report["images"]["rendered"] == 4
+    assert report["settings"]["prompt_syntax"] == "plain" and report["settings"]["generator_device"] == "cpu"
+    deviations = report["paper"]["deviations"]
+    assert any(d.startswith("steps is 1;") for d in deviations) and any("ran in float32" in d for d in deviations)
+    assert not any(d.startswith(("guidance", "seeds", "prompt_syntax", "the columns")) for d in deviations)
+    assert report["paper"]["reported"] == {"pickscore": "21.95 → 23.06"}
+    # The prompt as the authors' pipeline read it: plain, so '(a cat:1.3)' is text, and scored as such.
+    prompts = {json.loads(store_path(c).read_text())["prompt"] for c in (out / "cells" / "spo-sdxl").glob("*.png")}
+    assert prompts == {"a red fox in fresh snow", "(a cat:1.3) on the moon"}
+    md = (out / "report.md").read_text()
+    assert "## Against the paper" in md and "| pickscore | 21.95 → 23.06 |" in md and "- steps is 1;" in md
+
+
 def store_path(image: Path) -> Path:
     from spo_cli.scores import store
 
@@ -229,3 +287,9 @@ def test_score_refuses_early(tmp_path):
     assert r.exit_code == 2 and "--score is not given" in r.output
     r = invoke("eval", str(tmp_path / "p.txt"), "--seeds", "3-1")
     assert r.exit_code == 2 and "--seeds" in r.output
+    r = invoke("eval")
+    assert r.exit_code == 2 and "Give a prompt file, or --paper" in r.output
+    r = invoke("eval", str(tmp_path / "p.txt"), "--paper")
+    assert r.exit_code == 2 and "not both" in r.output
+    r = invoke("eval", "--paper", "--limit", "0")
+    assert r.exit_code == 2 and "--limit must be from 1" in r.output

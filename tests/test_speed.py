@@ -29,14 +29,19 @@ def images(out: Path, *args: str) -> list[np.ndarray]:
 
 
 @pytest.mark.early
-def test_fast_compiles_caches_and_keeps_the_images(hub_cache, tmp_path):
+def test_fast_compiles_caches_and_keeps_the_images(hub_cache, tmp_path, monkeypatch):
     """--fast on the CPU: torch.compile for real (inductor), the SPO LoRA folded into the weights,
     padded fixed-shape batches, and a second compile that is served from the on-disk cache. One
     test: the cold compile (about 2 minutes here) is paid once."""
     import os
 
     import torch
+    import torch._inductor.config as inductor
     from torch._dynamo.utils import counters
+
+    # Scalar C++ kernels: a third less compile time on a 2-core machine (182 s → 122 s). What is
+    # tested (compiled, cached, the same images) does not depend on it; on GPUs inductor emits Triton.
+    monkeypatch.setattr(inductor.cpp, "vec_isa_ok", False)
 
     cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     args = [*TINY, "--model", "spo-lora", "--lora-scale", "0.7", "--seed", "5", "-n", "3", "--batch-size", "2"]

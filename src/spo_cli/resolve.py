@@ -8,6 +8,7 @@ tokenizer files, never `.bin`, ONNX, OpenVINO, Flax or single-file checkpoints.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -523,6 +524,30 @@ def resolve_files(repo: str, required: tuple[str, ...], optional: tuple[str, ...
     chosen = list(required) + [f for f in optional if f in listing and f not in required]
     folder = _fetch(repo, commit, chosen, fetch)
     return Resolved(repo, "hub", folder, revision or "main", commit, files=tuple(chosen))
+
+
+def resolve_dataset(repo: str, pattern: str, fetch: Fetch, revision: str | None = None) -> Resolved:
+    """The files of a Hub dataset that match `pattern` (a glob), pinned to a commit. Data files
+    are named by whoever pushed them (shard counts, hashes), so they are found by pattern."""
+    from huggingface_hub import constants, snapshot_download
+
+    folder = Path(_hub_call(
+        lambda: snapshot_download(
+            repo, repo_type="dataset", revision=revision, allow_patterns=[pattern],
+            local_files_only=fetch.local_only, force_download=fetch.force,
+            tqdm_class=fetch.tqdm(repo) if fetch.tqdm else None,
+        ),
+        repo, fetch,
+    ))
+    files = sorted(str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*")
+                   if (p.is_file() or p.is_symlink()) and fnmatch.fnmatch(p.name, pattern.rsplit("/", 1)[-1]))
+    if not files:
+        raise ModelError(f"The dataset '{repo}' (commit {folder.name[:10]}) has no file matching {pattern}.",
+                         _offline_hint(repo, fetch) if fetch.local_only or constants.HF_HUB_OFFLINE else
+                         "The dataset may have been reorganised; please report it to spo-cli.")
+    check_files(folder, files, repo, fetch.repair, lambda: _offline_hint(repo, fetch))
+    commit = folder.name if _COMMIT.match(folder.name) else None
+    return Resolved(repo, "hub", folder, revision or "main", commit, files=tuple(files))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -282,7 +282,7 @@ def save_repos(dest: Path, seed: int = 0) -> dict[str, Path]:
     }
 
 
-def add_to_cache(cache: Path, repo_id: str, source: Path, *, ref: str = "main") -> str:
+def add_to_cache(cache: Path, repo_id: str, source: Path, *, ref: str = "main", repo_type: str = "model") -> str:
     """Add every file under `source` to a Hugging Face cache as one commit of `repo_id` (blobs,
     snapshot symlinks, refs, as huggingface_hub lays them out); return the commit hash."""
     import hashlib
@@ -294,7 +294,7 @@ def add_to_cache(cache: Path, repo_id: str, source: Path, *, ref: str = "main") 
     for rel in sorted(files):
         h.update(rel.encode() + hashlib.sha256(files[rel].read_bytes()).digest())
     commit = h.hexdigest()
-    root = cache / ("models--" + repo_id.replace("/", "--"))
+    root = cache / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     (root / "blobs").mkdir(parents=True, exist_ok=True)
     (root / "refs").mkdir(exist_ok=True)
     for rel, src in files.items():

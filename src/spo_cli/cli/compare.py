@@ -108,9 +108,11 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
 
 
 def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, defaults: ImageRequest,
-               seeds: list[int], ui: UI, size_limit: bool) -> tuple[list[ImageTask], list[str]]:
-    """One task per prompt × seed: the same name in every column's folder."""
-    lines: list[prompts.PromptLine] = []
+               seeds: list[int], ui: UI, size_limit: bool, lines: list[prompts.PromptLine] | None = None,
+               source: str | None = None) -> tuple[list[ImageTask], list[str]]:
+    """One task per prompt × seed: the same name in every column's folder. `lines` are prompts read
+    elsewhere (a dataset named `source`)."""
+    lines = list(lines or [])
     if prompt is not None:
         prompt = validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)
         validate.readable_prompts(prompt, None, defaults.prompt_syntax, validate.PROMPT_ARGUMENT)
@@ -126,7 +128,7 @@ def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, de
         raise UsageError("Nothing to compare: give a PROMPT, or --prompts FILE.")
     rows, stems, warnings = [], set(), []
     for pl in lines:
-        where = validate.Where(f"{prompts_file}:{pl.line}") if pl.line else validate.PROMPT_ARGUMENT
+        where = validate.Where(f"{source or prompts_file}:{pl.line}") if pl.line else validate.PROMPT_ARGUMENT
         base, more = prompts.line_request(pl, defaults, where, size_limit=size_limit)
         warnings += more
         if "seed" in pl.settings:

@@ -24,7 +24,10 @@ EXAMPLES = """[bold]Examples[/]
   HF_HOME=/shared/hf spo download spo   # into a shared cache
 
   spo download score-models       # every preference scorer `spo score` uses (or one: spo download pickscore)
+
+  spo download paper-prompts      # the Pick-a-Pic prompts `spo eval --paper` reads
 """
+PAPER_PROMPTS = "paper-prompts"
 JSON_HELP = ("Print a JSON object on stdout (model, dtype, bytes, and per repo its id, file, commit, variant and "
              "local path), nothing else.")
 
@@ -33,7 +36,7 @@ JSON_HELP = ("Print a JSON object on stdout (model, dtype, bytes, and per repo i
 def download(
     ui: UI,
     model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout); or score-models, or one "
-                                         "metric's name, for the scorers.")] = presets.DEFAULT_PRESET,
+                                         "metric's name, for the scorers; or paper-prompts.")] = presets.DEFAULT_PRESET,
     revision: o.Revision = None,
     lora: o.Lora = None,
     lora_file: o.LoraFile = None,
@@ -46,6 +49,8 @@ def download(
     hps_version: scoring.HpsVersion = "v2.1",
 ) -> None:
     """Fetch everything a model needs into the Hugging Face cache, for later offline use."""
+    if model == PAPER_PROMPTS:
+        return download_paper_prompts(ui, force)
     if model == "score-models" or model in scores.METRICS:
         return download_scorers(ui, [model] if model in scores.METRICS else scoring.metrics(metric, hps_version),
                                 hps_version, force)
@@ -91,3 +96,19 @@ def download_scorers(ui: UI, names: list[str], hps_version: str, force: bool) ->
     if not ui.quiet:
         ui.info(f"Scorers {', '.join(names)}: ready for offline use ({size / 1e9:.2f} GB):")
     ui.paths([(str(r.path), f"{repo} @ {(r.commit or '-')[:12]}") for repo, r in parts.items()])
+
+
+def download_paper_prompts(ui: UI, force: bool) -> None:
+    from spo_cli.resolve import Fetch, quiet_hub, resolve_dataset
+    from spo_cli.scores import paper
+
+    quiet_hub(ui.debug)
+    r = resolve_dataset(paper.DATASET, paper.PATTERN, Fetch(False, force, ui.download_tqdm,
+                                                            f"spo download {PAPER_PROMPTS}", True))
+    if ui.json_mode:
+        ui.emit_json({"model": PAPER_PROMPTS, "bytes": r.nbytes(), "repos": [
+            {"id": r.id, "files": list(r.files), "commit": r.commit, "path": str(r.path)}]})
+        return
+    if not ui.quiet:
+        ui.info(f"{paper.DATASET} ({paper.SPLIT}): ready for offline use ({r.nbytes() / 1e6:.1f} MB):")
+    ui.paths([(str(r.path / f), f"{r.id} @ {(r.commit or '-')[:12]}") for f in r.files])

@@ -14,6 +14,7 @@ from spo_cli.cli.compare import Scoring, build_columns, build_rows, print_summar
 from spo_cli.cli.ui import UI
 from spo_cli.errors import EXIT_FAILURE, UsageError
 from spo_cli.outputs import files, metadata
+from spo_cli.scores import paper
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -23,9 +24,18 @@ EXAMPLES = """[bold]Examples[/]
 
   spo eval prompts.txt --out runs/eval --columns spo --seeds 0-3 --steps 20   # then compare with a run at 50
 
+  spo eval --paper --out runs/paper             # Pick-a-Pic v1 validation_unique, the authors' settings
+
+  spo eval --paper --limit 50 --out runs/paper  # its first 50 prompts; a later full run reuses them
+
 [bold]Columns[/]: base, spo, spo-lora (strength 1), spo-lora:0.5 (any strength), or any Hub repo / local
 folder. Later columns are compared against earlier ones: `--columns base,spo` reports SPO against SDXL.
 Rendering is resumable (finished cells are reused) and so is scoring.
+
+[bold]--paper[/]: SDXL base against SPO-SDXL on the captions of Pick-a-Pic v1 validation_unique
+(spo download paper-prompts caches them), guidance 5.0, the checkpoint's scheduler, 50 steps, 1024²,
+the fp16-fix VAE, seed 42, prompts read as plain text. Options you pass still apply; the report lists
+every difference from the authors' setting and every assumption.
 """
 JSON_HELP = "Print the report (the same object as report.json) on stdout, nothing else."
 
@@ -79,14 +89,31 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+PaperFlag = Annotated[bool, typer.Option(
+    "--paper", help="The SPO paper's evaluation: Pick-a-Pic v1 validation_unique prompts from the Hub, SDXL base "
+    "against SPO-SDXL with the authors' settings (see below).")]
+Limit = Annotated[Optional[int], typer.Option(
+    help="Only the first N prompts (a cheap first look at --paper's 500).", show_default=False)]
+Seeds = Annotated[Optional[str], typer.Option(
+    help="Seeds per prompt: a range 0-3 or a list 1,2,5. Default: 0-3; 42 with --paper.", show_default=False)]
+Syntax = Annotated[Optional[str], typer.Option(
+    help="auto, a1111 or plain (see spo generate --help). Default: auto; plain with --paper, as the authors "
+    "encoded prompts.", show_default=False)]
+NoiseDevice = Annotated[Optional[str], typer.Option(
+    help="Where the seeded noise is drawn. Default: cpu; with --paper the run's GPU when there is one, as in the "
+    "authors' script.", show_default=False)]
+
+
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def eval(  # noqa: A001 - the command's name
     ui: UI,
-    prompts_file: Annotated[str, typer.Argument(help="A prompt file (.txt or .jsonl, - for stdin).",
-                                                show_default=False)],
+    prompts_file: Annotated[Optional[str], typer.Argument(help="A prompt file (.txt or .jsonl, - for stdin); "
+                                                          "or --paper.", show_default=False)] = None,
+    paper_run: PaperFlag = False,
+    limit: Limit = None,
     out: o.Out = "outputs/eval",
     columns: Annotated[str, typer.Option(help="Models to evaluate, comma-separated (see below).")] = "base,spo",
-    seeds: Annotated[str, typer.Option(help="Seeds per prompt: a range 0-3 or a list 1,2,5.")] = "0-3",
+    seeds: Seeds = None,
     metric: scoring.Metric = None,
     hps_version: scoring.HpsVersion = "v2.1",
     score_batch_size: scoring.ScoreBatch = 16,
@@ -97,8 +124,8 @@ def eval(  # noqa: A001 - the command's name
     width: o.Width = None,
     height: o.Height = None,
     scheduler: o.Scheduler = "default",
-    generator_device: o.GeneratorDevice = "cpu",
-    prompt_syntax: o.PromptSyntax = "auto",
+    generator_device: NoiseDevice = None,
+    prompt_syntax: Syntax = None,
     no_size_limit: o.NoSizeLimit = False,
     batch_size: o.BatchSize = 1,
     vae: o.Vae = None,
@@ -107,16 +134,38 @@ def eval(  # noqa: A001 - the command's name
 ) -> None:
     """Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."""
     t0 = perf_counter()
+    if (prompts_file is None) == (not paper_run):
+        raise UsageError("Give a prompt file or --paper, not both." if paper_run else
+                         "Give a prompt file, or --paper for the paper's Pick-a-Pic prompts.",
+                         "E.g. spo eval prompts.txt --out runs/eval, or spo eval --paper --out runs/paper.")
+    if limit is not None:
+        validate.integer(limit, "limit", low=1, high=2**31 - 1)
+    if paper_run and (why := paper.missing_reader()):
+        raise UsageError(f"--paper: {why}.", 'Install the scoring extra: pip install "spo-cli[score]".')
     names = scoring.metrics(metric, hps_version, score_batch_size)
     fmt = o.prompt_format(prompt_format, None, ui.warn)
     cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device))
+    seed_list = parse_seeds(seeds if seeds is not None else ",".join(map(str, paper.SETTINGS["seeds"])) if paper_run
+                            else "0-3")
+    syntax = prompt_syntax or ("plain" if paper_run else "auto")
+    noise = generator_device or "cpu"
+    if generator_device is None and paper_run:
+        validate.device(device)  # before torch is imported to find the GPU
+        noise = cuda_noise(ui, device)
     defaults, warnings = o.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
-        generator_device=generator_device, prompt_syntax=prompt_syntax, size_limit=not no_size_limit,
-        check_prompt=False)
-    seed_list = parse_seeds(seeds)
-    rows, more = build_rows(None, prompts_file, fmt, defaults, seed_list, ui, not no_size_limit)
+        generator_device=noise, prompt_syntax=syntax, size_limit=not no_size_limit, check_prompt=False)
     options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    dataset = None
+    if paper_run:
+        dataset, lines, dropped = paper_prompts(ui, limit)
+        rows, more = build_rows(None, None, fmt, defaults, seed_list, ui, not no_size_limit, lines=lines,
+                                source=paper.DATASET)
+    else:
+        rows, more = build_rows(None, prompts_file, fmt, defaults, seed_list, ui, not no_size_limit)
+        if limit is not None:
+            keep = list(dict.fromkeys(r.request.prompt for r in rows))[:limit]
+            rows = [r for r in rows if r.request.prompt in set(keep)]
     for c in cols:
         loading.precheck(c.request, options, [r.request for r in rows])
     out = validate.output_folder(out)
@@ -129,6 +178,10 @@ def eval(  # noqa: A001 - the command's name
                              Scoring(names, hps_version, score_batch_size, device), scorers)
         report = build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers, names,
                               hps_version, perf_counter() - t0)
+        if paper_run:
+            add_paper(report, dataset, dropped, names)
+            for d in report["paper"]["deviations"]:
+                ui.warn(f"--paper: {d}")
         paths = write_report(out, report, cols, rows, scored)
     if ui.json_mode:
         ui.emit_json(report)
@@ -138,6 +191,71 @@ def eval(  # noqa: A001 - the command's name
                   (str(paths["plot"]), "paired differences per metric"), (str(out / "cells"), "the images")])
     if run.failed or scored["errors"]:
         raise typer.Exit(EXIT_FAILURE)
+
+
+def cuda_noise(ui: UI, device: str) -> str:
+    """The authors drew their noise on the GPU they ran on; so does --paper, where there is one."""
+    from spo_cli import engine
+
+    engine.quiet_libraries(ui.debug)
+    picked, _ = engine.pick_device(device)
+    return picked if picked.startswith("cuda") else "cpu"
+
+
+def paper_prompts(ui: UI, limit: int | None):
+    """Pick-a-Pic v1 validation_unique from the Hub (or the cache): the dataset, its prompt lines, and
+    how many captions were dropped as unusable (each named in a warning)."""
+    from huggingface_hub import constants
+
+    from spo_cli.prompts import PromptLine
+    from spo_cli.resolve import Fetch, quiet_hub, resolve_dataset, unreachable
+
+    quiet_hub(ui.debug)
+    local_only = False
+    if not constants.HF_HUB_OFFLINE and (why := unreachable()):
+        ui.warn(f"The Hub cannot be reached ({why}); using the local cache only.")
+        local_only = True
+    fetch = Fetch(local_only, False, ui.download_tqdm, "spo download paper-prompts")
+    dataset = resolve_dataset(paper.DATASET, paper.PATTERN, fetch)
+    ui.info(f"[green]✓[/] Resolved {paper.DATASET} @ {(dataset.commit or '-')[:10]} ({paper.SPLIT})")
+    lines, dropped = [], 0
+    for i, caption in paper.captions([dataset.path / f for f in dataset.files]):
+        if limit is not None and len(lines) == limit:
+            break
+        try:
+            validate.text(caption, "caption", validate.Where(f"{paper.DATASET}:{i}"))
+        except UsageError as e:
+            ui.warn(f"{e.message} It is left out.")
+            dropped += 1
+            continue
+        lines.append(PromptLine(i, caption))
+    return dataset, lines, dropped
+
+
+def add_paper(report: dict, dataset, dropped: int, names: list[str]) -> None:
+    """The dataset, what the paper reported, and every way this run differs from the authors' setting."""
+    from spo_cli import scores
+
+    s, want = report["settings"], paper.SETTINGS
+    found = {"guidance": s["guidance"], "steps": s["steps"], "scheduler": s["scheduler"],
+             "width": s["width"] or presets.DEFAULT_SIZE, "height": s["height"] or presets.DEFAULT_SIZE,
+             "negative_prompt": s["negative_prompt"], "prompt_syntax": s["prompt_syntax"], "seeds": report["seeds"]}
+    deviations = [f"{k} is {found[k]!r}; the authors used {want[k]!r}." for k in found if found[k] != want[k]]
+    labels = [c["label"] for c in report["columns"]]
+    if labels != ["SDXL base", "SPO-SDXL"]:
+        deviations.append(f"the columns are {', '.join(labels)}; the paper compares SDXL base with SPO-SDXL.")
+    for c in report["columns"]:
+        if c["vae"]["id"] != want["vae"]:
+            deviations.append(f"{c['label']} decoded with the VAE {c['vae']['id'] or 'of the checkpoint'}; the "
+                              f"authors used {want['vae']} (spo picks it in float16).")
+        if c["dtype"] != "float16":
+            deviations.append(f"{c['label']} ran in {c['dtype']}; the authors ran float16.")
+    report["prompts"].update(dataset=paper.DATASET, split=paper.SPLIT, commit=dataset.commit,
+                             files=list(dataset.files), dropped=dropped)
+    table = scores.metric_table(report["metrics"].get("hpsv2", {}).get("version", "v2.1"))
+    report["paper"] = {"reported": {m: table[m].paper for m in names},
+                       "deviations": deviations, "assumptions": paper.ASSUMPTIONS}
+    report["assumptions"] = paper.ASSUMPTIONS + report["assumptions"]
 
 
 def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers, names, hps_version,
@@ -152,7 +270,7 @@ def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers
         "prompts": {"file": str(prompts_file), "count": len({r.request.prompt for r in rows})},
         "seeds": seeds,
         "settings": settings,
-        "columns": [{"label": c.label, **res.describe()} for c, res in zip(cols, run.resolved)],
+        "columns": [{"label": c.label, **res.describe(), "dtype": res.dtype} for c, res in zip(cols, run.resolved)],
         "images": {"rendered": run.rendered, "reused": run.reused, "failed": len(run.failed),
                    "scored": sum(1 for row in scored["cells"] for v in row if v)},
         "metrics": {m: {"models": score_run.model_ids(scorers[m]), **({"version": hps_version} if m == "hpsv2" else {})}
@@ -211,7 +329,28 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
     lines += ["", "## Scorers", "", "| metric | models (repo: commit) |", "|---|---|"]
     for m, info in report["metrics"].items():
         lines.append(f"| {m} | " + "<br>".join(f"{r}: {v.split(':')[0][:12]}" for r, v in info["models"].items()) + " |")
+    if "paper" in report:
+        lines += paper_section(report)
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
               "## Assumptions", ""] + [f"- {a}" for a in report["assumptions"]] + [""]
     files.atomic_write(paths["md"], "\n".join(lines).encode(), overwrite=True)
     return paths
+
+
+def paper_section(report: dict) -> list[str]:
+    p, q = report["paper"], report["prompts"]
+    lines = ["", "## Against the paper", "",
+             f"Prompts: {q['count']} caption(s) of `{q['dataset']}` split `{q['split']}` at commit "
+             f"{(q['commit'] or '-')[:12]} ({q['dropped']} left out as unusable).", "",
+             "| metric | paper: SDXL → SPO-SDXL | this run |", "|---|---|---|"]
+    means = report["summary"]["means"]
+    for m, v in p["reported"].items():
+        scale = 100 if m == "hpsv2" else 1  # the paper prints HPS ×100
+        here = [means.get(label, {}).get(m, {}).get("value") for label in ("SDXL base", "SPO-SDXL")]
+        ours = " → ".join("-" if x is None else f"{x * scale:.3f}" for x in here)
+        lines.append(f"| {m} | {v} | {ours}{' (×100)' if scale != 1 else ''} |")
+    if p["deviations"]:
+        lines += ["", "**Where this run differs from the authors' setting:**", ""] + [f"- {d}" for d in p["deviations"]]
+    else:
+        lines += ["", "No setting differs from the authors' (see the assumptions below)."]
+    return lines
