@@ -48,6 +48,28 @@ def nan_hint(dtype: str) -> str:
     return "Check the settings (an extreme --guidance overflows) and the model's weights."
 
 
+def nan_error(dtype: str) -> str:
+    return "NaN output (the image would be all black). " + nan_hint(dtype)
+
+
+def call_metadata(engine, model: dict, facts: dict, call: list[ImageTask], results, elapsed: float):
+    """(task, result, sidecar) for each image of one pipeline call; the sidecar is None for a NaN
+    image, which is never written. `model` is `resolved.describe()`, `facts` `engine.facts()`."""
+    batch = [t.request for t in call]
+    default_w, default_h = engine.default_size()
+    scheduler = engine.scheduler_facts(batch[0].scheduler)
+    encoding = engine.encoding_facts(batch[0])
+    created = naming.now()
+    for task, res in zip(call, results):
+        r = res.request
+        meta = None if res.nan else metadata.build(
+            r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
+            batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=task.spec_hash,
+            encoding=encoding, extra=task.extra,
+        )
+        yield task, res, meta
+
+
 def call_error(exc: Exception, debug: bool = False) -> str:
     """A failed pipeline call as one paragraph for the record."""
     err = translate(exc)
@@ -72,7 +94,6 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
     outcomes = [] if outcomes is None else outcomes
     model = resolved.describe()
     facts = engine.facts()
-    default_w, default_h = engine.default_size()
     when = naming.now()
     pending: deque[tuple[Outcome, Future]] = deque()
 
@@ -103,22 +124,12 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
                     outcomes.extend(Outcome(t, error=error) for t in call)
                     progress.images_done(len(call))
                     continue
-                elapsed = perf_counter() - t0
-                scheduler = engine.scheduler_facts(batch[0].scheduler)
-                encoding = engine.encoding_facts(batch[0])
-                created = naming.now()
-                for task, res in zip(call, results):
+                for task, res, meta in call_metadata(engine, model, facts, call, results, perf_counter() - t0):
                     outcome = Outcome(task)
                     outcomes.append(outcome)
-                    if res.nan:
-                        outcome.error = "NaN output (the image would be all black). " + nan_hint(engine.dtype)
+                    if meta is None:
+                        outcome.error = nan_error(engine.dtype)
                         continue
-                    r = res.request
-                    meta = metadata.build(
-                        r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
-                        batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=task.spec_hash,
-                        encoding=encoding, extra=task.extra,
-                    )
                     pending.append((outcome, writer.submit(write, task, res.image, meta)))
                 settle(limit=2 * batch_size)  # bounded: at most two calls' images in memory
                 progress.images_done(len(call))

@@ -27,6 +27,7 @@ COMMANDS = (
     ("replay", "Make a recorded image again, from the same commits; options replace recorded settings."),
     ("score", "Score images with preference models (PickScore, HPSv2, ImageReward, aesthetic, CLIP)."),
     ("eval", "Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."),
+    ("serve", "Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."),
     ("models", "List the model presets, their repos, and whether each is already in the local cache."),
     ("download", "Fetch everything a model needs into the Hugging Face cache, for later offline use."),
     ("doctor", "Check this machine: versions, device and memory, the Hub, cached models and disk, then a "

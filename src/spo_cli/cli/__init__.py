@@ -45,6 +45,7 @@ from spo_cli.cli import compare  # noqa: E402,F401
 from spo_cli.cli import replay  # noqa: E402,F401
 from spo_cli.cli import score  # noqa: E402,F401
 from spo_cli.cli import eval  # noqa: E402,F401
+from spo_cli.cli import serve  # noqa: E402,F401
 from spo_cli.cli import models  # noqa: E402,F401
 from spo_cli.cli import download  # noqa: E402,F401
 from spo_cli.cli import doctor  # noqa: E402,F401

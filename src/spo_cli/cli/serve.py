@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spo_cli import presets, validate
+from spo_cli.cli import app, loading, options as o
+from spo_cli.cli.command import command
+from spo_cli.cli.ui import UI, escape
+from spo_cli.errors import UsageError
+
+EXAMPLES = """[bold]Examples[/]
+
+  spo serve                                   # http://127.0.0.1:7860, the model loaded once
+
+  spo serve --models spo,base                 # both, for the page's compare toggle
+
+  spo serve --host 0.0.0.0 --port 8000 --token-file ~/.spo-token   # a GPU box for a team
+
+  curl -s localhost:7860/v1/images/generations -d '{"prompt":"a red fox","n":2,"size":"1024x1024"}'
+
+  curl -s localhost:7860/sdapi/v1/txt2img -d '{"prompt":"a red fox","steps":30,"cfg_scale":5,"seed":42}'
+
+[bold]Endpoints[/]: / (the page), /v1/images/generations (OpenAI), /sdapi/v1/txt2img, sd-models, samplers,
+options, progress, interrupt (AUTOMATIC1111), /health, /metrics (Prometheus), /outputs/<file>.
+Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answers queued requests with
+503; a second Ctrl-C abandons the call in flight.
+"""
+JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), nothing else."
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The token from --token-file, else SPO_TOKEN; None when neither is given."""
+    if token_file is not None:
+        path = Path(os.path.expanduser(token_file))
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--token-file {token_file} cannot be read ({type(e).__name__}).",
+                             "Write the token on the file's first line: e.g. `openssl rand -hex 24 > ~/.spo-token`.") from None
+    else:
+        token = os.environ.get("SPO_TOKEN", "").strip() or None
+        if token is None:
+            return None
+    if len(token) < validate.TOKEN_MIN_CHARS or any(c.isspace() for c in token) or not token.isprintable():
+        raise UsageError(f"The server token must be at least {validate.TOKEN_MIN_CHARS} printable characters "
+                         "with no spaces.", "E.g. `openssl rand -hex 24 > ~/.spo-token`.")
+    return token
+
+
+@command(app, examples=EXAMPLES, json_help=JSON_HELP)
+def serve(
+    ui: UI,
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
+    token_file: Annotated[Optional[str], typer.Option(
+        help="File holding the token clients send as 'Authorization: Bearer …' (or set SPO_TOKEN).",
+        show_default=False)] = None,
+    models: Annotated[str, typer.Option(
+        help=f"Models to load, comma-separated: presets ({', '.join(presets.PRESETS)}), Hub repos or folders. "
+        "The first is the default; requests pick another by name.")] = presets.DEFAULT_PRESET,
+    out: o.Out = "outputs",
+    no_save: Annotated[bool, typer.Option("--no-save", help="Keep images only in the responses; write no files.")] = False,
+    max_queue: Annotated[int, typer.Option(help="Images that may wait for the GPU; more get 429 with Retry-After.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Most images per pipeline call, gathered across requests of the "
+                                            "same shape (same pixels as alone).")] = 1,
+    batch_wait_ms: Annotated[int, typer.Option(help="How long the GPU waits for requests to batch with.")] = 20,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        help="Allow a browser page from this origin to call the API (repeatable). Default: none.",
+        show_default=False)] = None,
+    no_size_limit: o.NoSizeLimit = False,
+    vae: o.Vae = None,
+    device: o.Device = "auto",
+    dtype: o.Dtype = "auto",
+    fast: o.Fast = False,
+    offload: o.Offload = None,
+) -> None:
+    """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
+    validate.integer(port, "port", low=0, high=validate.PORT_MAX)
+    validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
+    validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)
+    token = read_token(token_file)
+    if not is_loopback(host) and token is None:
+        raise UsageError(f"--host {host} would let anyone on the network use this GPU and read its outputs.",
+                         "Give a token with --token-file FILE or SPO_TOKEN (clients send 'Authorization: Bearer "
+                         "<token>'), or keep the default --host 127.0.0.1.")
+    labels = [m.strip() for m in models.split(",") if m.strip()]
+    if not labels or len(set(labels)) != len(labels):
+        raise UsageError(f"--models {models!r} must name each model once.", "E.g. --models spo,base.")
+    for origin in cors_origin or []:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise UsageError(f"--cors-origin {origin!r} is not an origin such as https://example.org.")
+    server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
+                   batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
+                   size_limit=not no_size_limit, vae=vae, device=device, dtype=dtype, fast=fast, offload=offload)
+    if ui.json_mode:
+        ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None})
+    else:
+        ui.info(f"Serving on {escape(server.url)} (the page is at /; /health says when the model is loaded). "
+                "Ctrl-C stops.")
+        if not ui.quiet:
+            typer.echo(server.url)
+    server.worker.start()
+    run_server(server, debug=ui.debug)
+
+
+@dataclass
+class Server:
+    app: object
+    worker: object
+    settings: object
+    sock: socket.socket
+    url: str
+
+
+def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+          out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
+          cors_origins: list[str] = (), size_limit: bool = True, vae: str | None = None, device: str = "auto",
+          dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
+    """Everything but running: checked requests, the output folder, the bound socket, the worker (not
+    started: it loads the models in its own thread) and the app."""
+    requests = []
+    for label in labels:
+        request, warnings = o.model_request(model=label, vae=vae, dtype=dtype, device=device)
+        requests.append(request)
+        for w in warnings:
+            ui.warn(w)
+    options = o.run_options(fast=fast, offload=offload, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    for request in requests:
+        loading.precheck(request, options)
+    folder = validate.output_folder(out) if save else Path(out)
+    sock = listen(host, port)
+
+    from spo_cli.serve import api
+    from spo_cli.serve.app import Settings, create_app
+    from spo_cli.serve.worker import Worker
+
+    def load() -> dict:
+        runtime = loading.start_torch(ui, requests[0], options)
+        loaded = {}
+        for label, request in zip(labels, requests):
+            resolved = loading.resolve(ui, request, runtime.dtype)
+            loaded[label] = (loading.load(ui, runtime, resolved, options), resolved)
+        ui.info(f"[green]✓[/] Ready: {', '.join(labels)} on {runtime.device} ({runtime.dtype})")
+        return loaded
+
+    worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000, max_queue=max_queue,
+                    debug=ui.debug)
+    context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
+    settings = Settings(folder, context, token, list(cors_origins))
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+    return Server(create_app(worker, settings), worker, settings, sock, url)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before anything loads, so a port in use is said at once (and --port 0 learns its port)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise UsageError(f"--host {host} is not an address of this machine.", "E.g. 127.0.0.1 or 0.0.0.0.") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"Cannot listen on {host}:{port}: {e.strerror or e}.",
+                         "Pick another --port (0 takes any free one), or stop what is using it.") from None
+    sock.listen(128)
+    return sock
+
+
+def run_server(server: Server, *, debug: bool = False) -> None:
+    import uvicorn
+
+    worker = server.worker
+
+    class Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # First signal: no new work, queued requests answered 503, the call in flight finishes.
+            # Second: the call in flight is abandoned too.
+            (worker.abandon if self.should_exit else worker.drain)()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=debug,
+                            timeout_graceful_shutdown=None, lifespan="off")
+    Uvicorn(config).run(sockets=[server.sock])
+    worker.drain()
+    worker.join(timeout=5)

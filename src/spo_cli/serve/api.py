@@ -1,0 +1,320 @@
+"""Request bodies of the server's APIs → checked image requests, with no torch and no web framework.
+
+Three dialects, one path: each body is read field by field into the same `ImageRequest` fields the
+command line builds, through the same `validate` functions and limits, so a request fails the way
+`spo generate` would, naming the client's own field. Fields spo does not implement are ignored
+with a warning in the answer (never an error), unless they are left at their usual default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from spo_cli import infotext, presets, validate
+from spo_cli.errors import UsageError
+from spo_cli.request import ImageRequest, random_seed
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: a prompt is at most validate.PROMPT_MAX_CHARS characters
+
+
+class BadRequest(Exception):
+    """A request the server refuses: `field` names the client's field (None: the body as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message, self.field, self.status = message, field, status
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "field": self.field, "type": "invalid_request_error"}}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one HTTP request asks for: the images (one request each, seeds already chosen), the
+    model they run on, and what the answer should look like."""
+
+    images: tuple[ImageRequest, ...]
+    model: str  # a label of a loaded model
+    warnings: tuple[str, ...] = ()
+    response_format: str = "b64_json"  # OpenAI: b64_json or url
+    save: bool = True
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the server was started with, that decides which requests are acceptable."""
+
+    models: tuple[str, ...]  # labels of the loaded models; the first is the default
+    size_limit: bool = True
+    max_images: int = 64  # per request: at most the queue's capacity
+    save: bool = True
+
+
+class _Names(validate.Where):
+    """validate's messages with the client's field names ('cfg_scale', not 'guidance')."""
+
+    def __init__(self, names: dict[str, str]):
+        super().__init__("request")
+        object.__setattr__(self, "_names", names)
+
+    def name(self, key: str) -> str:
+        return f"'{self._names.get(key, key)}'"
+
+
+def _fail(e: UsageError, names: dict[str, str], key: str | None) -> BadRequest:
+    return BadRequest(e.paragraph(), names.get(key, key) if key else None)
+
+
+def _finite(value, name: str):
+    # JSON allows no NaN, but Python's json module reads NaN and Infinity: refuse them by name.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"request: '{name}' must be a finite number, not {value}.", name)
+    return value
+
+
+def _object(body) -> dict:
+    if not isinstance(body, dict):
+        raise BadRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
+    return body
+
+
+def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
+    value = _finite(body.get(name, default), name)
+    if value is None:
+        return default
+    try:
+        return validate.integer(value, name, _Names({}), low=low, high=high)
+    except UsageError as e:
+        raise BadRequest(e.paragraph(), name) from None
+
+
+def _image_fields(values: dict, names: dict[str, str], ctx: Context) -> tuple[ImageRequest, list[str]]:
+    """Checked ImageRequest fields (seed included) → the request and its warnings."""
+    where = _Names(names)
+    for key, value in values.items():
+        _finite(value, names.get(key, key))
+    checked = {}
+    prompts = ("prompt", "negative_prompt", "prompt_syntax")
+    for key, value in values.items():  # one at a time, so that the error names the field that failed
+        try:
+            checked.update(validate.image_values({key: value}, where) if key not in prompts else {key: value})
+        except UsageError as e:
+            raise _fail(e, names, key) from None
+    for key in prompts:
+        if key in checked:
+            try:
+                checked.update(validate.image_values({key: checked[key]}, where))
+            except UsageError as e:
+                raise _fail(e, names, key) from None
+    try:  # the syntax as a whole: unbalanced brackets read as a1111
+        validate.readable_prompts(checked.get("prompt"), checked.get("negative_prompt"),
+                                  checked.get("prompt_syntax", "auto"), where)
+    except UsageError as e:
+        raise _fail(e, names, "prompt") from None
+    try:
+        warnings = validate.size(checked.get("width"), checked.get("height"), where, size_limit=ctx.size_limit)
+    except UsageError as e:
+        raise _fail(e, names, "width") from None
+    request = ImageRequest(**checked)
+    return request, warnings + validate.unsupported_syntax(request, where)
+
+
+def _model(value, ctx: Context, name: str, warnings: list[str]) -> str:
+    if value is None or value == "":
+        return ctx.models[0]
+    if not isinstance(value, str):
+        raise BadRequest(f"request: '{name}' must be a string, not {type(value).__name__}.", name)
+    if value in ctx.models:
+        return value
+    # OpenAI clients always name a model of their own ("dall-e-3", "gpt-image-1"): serve the default.
+    warnings.append(f"'{name}' {value!r} is not loaded here (loaded: {', '.join(ctx.models)}); "
+                    f"used {ctx.models[0]}.")
+    return ctx.models[0]
+
+
+def _seeds(first: int | None, count: int, names: dict[str, str]) -> list[int]:
+    start = random_seed() if first is None else first
+    try:
+        validate.seed_range(start, count, _Names(names))
+    except UsageError as e:
+        raise _fail(e, names, "seed") from None
+    return [start + i for i in range(count)]
+
+
+def _ignored(body: dict, known: set[str], defaults: dict, warnings: list[str]) -> None:
+    for key in sorted(body):
+        if key in known:
+            continue
+        if key in defaults and body[key] == defaults[key]:
+            continue  # clients send every field; one left at its default changes nothing
+        warnings.append(f"'{key}' is not supported by spo and was ignored.")
+
+
+# --------------------------------------------------------------------------------------------
+# spo's own fields (OpenAI extras and the CLI client)
+
+SPO_FIELDS = {"seed": "seed", "negative_prompt": "negative_prompt", "steps": "steps", "guidance": "guidance",
+              "scheduler": "scheduler", "prompt_syntax": "prompt_syntax", "emphasis": "emphasis",
+              "generator_device": "generator_device", "width": "width", "height": "height"}
+
+
+def _size(value, name: str = "size") -> tuple[int | None, int | None]:
+    if value is None or value == "auto":
+        return None, None
+    if not isinstance(value, str) or "x" not in value:
+        raise BadRequest(f"request: '{name}' must be WIDTHxHEIGHT such as 1024x1024, not {value!r}.", name)
+    w, _, h = value.partition("x")
+    if not (w.isdigit() and h.isdigit()) or len(w) > 6 or len(h) > 6:
+        raise BadRequest(f"request: '{name}' must be WIDTHxHEIGHT such as 1024x1024, not {value!r}.", name)
+    return int(w), int(h)
+
+
+# OpenAI's images API fields that spo reads, and those it accepts and ignores at their defaults.
+_OPENAI_KNOWN = {"prompt", "n", "size", "response_format", "model", *SPO_FIELDS}
+_OPENAI_DEFAULTS = {"quality": "auto", "style": "vivid", "user": None, "background": "auto", "moderation": "auto",
+                    "output_format": "png", "output_compression": 100, "stream": False, "partial_images": 0}
+
+
+def openai_job(body, ctx: Context) -> Job:
+    """POST /v1/images/generations: OpenAI's fields, plus spo's (seed, negative_prompt, steps, …)."""
+    body = _object(body)
+    warnings: list[str] = []
+    if "prompt" not in body:
+        raise BadRequest("request: 'prompt' is required.", "prompt")
+    n = _integer(body, "n", 1, 1, ctx.max_images)
+    fmt = body.get("response_format") or "b64_json"
+    if fmt not in ("b64_json", "url"):
+        raise BadRequest(f"request: 'response_format' must be b64_json or url, not {fmt!r}.", "response_format")
+    if fmt == "url" and not ctx.save:
+        raise BadRequest("request: 'response_format' url needs saved images; this server runs with --no-save.",
+                         "response_format")
+    if body.get("output_format", "png") not in ("png", None):
+        warnings.append(f"'output_format' {body['output_format']!r} is not supported; the images are PNG.")
+    width, height = _size(body.get("size"))
+    values = {"prompt": body["prompt"]}
+    if width is not None:
+        values.update(width=width, height=height)
+    names = {"width": "size", "height": "size"}
+    for key, spo_key in SPO_FIELDS.items():
+        if key in body and body[key] is not None and key != "seed":
+            if key in ("width", "height") and "size" in body and body.get("size") not in (None, "auto"):
+                raise BadRequest("request: give 'size' or 'width'/'height', not both.", key)
+            values[spo_key] = body[key]
+            names[spo_key] = key
+    base, more = _image_fields({**values, "seed": 0}, names, ctx)
+    model = _model(body.get("model"), ctx, "model", warnings)
+    _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN, _OPENAI_DEFAULTS, warnings)
+    seed = body.get("seed")
+    if seed is not None:
+        try:
+            seed = validate.seed(_finite(seed, "seed"), "seed", _Names({}))
+        except UsageError as e:
+            raise BadRequest(e.paragraph(), "seed") from None
+    images = tuple(replace(base, seed=s) for s in _seeds(seed, n, {}))
+    return Job(images, model, tuple(warnings + more), fmt, ctx.save)
+
+
+# --------------------------------------------------------------------------------------------
+# AUTOMATIC1111's /sdapi/v1/txt2img
+
+A1111_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "guidance": "cfg_scale",
+               "width": "width", "height": "height", "seed": "seed", "scheduler": "sampler_name"}
+# StableDiffusionProcessingTxt2Img's API fields that spo does not implement, with the values at
+# which they change nothing (A1111's defaults): a client that sends them so is not warned.
+A1111_DEFAULTS = {
+    "styles": [], "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
+    "restore_faces": False, "tiling": False, "do_not_save_samples": False, "do_not_save_grid": False,
+    "eta": None, "denoising_strength": 0, "s_min_uncond": 0, "s_churn": 0, "s_tmax": None, "s_tmin": 0,
+    "s_noise": 1, "override_settings": {}, "override_settings_restore_afterwards": True,
+    "refiner_checkpoint": None, "refiner_switch_at": None, "disable_extra_networks": False, "comments": {},
+    "enable_hr": False, "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2, "hr_upscaler": None,
+    "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": None,
+    "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "",
+    "force_task_id": None, "sampler_index": "Euler", "script_name": None, "script_args": [],
+    "send_images": True, "save_images": False, "alwayson_scripts": {}, "infotext": None,
+}
+_A1111_KNOWN = {"prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "seed", "sampler_name",
+                "scheduler", "batch_size", "n_iter", "spo_model", "prompt_syntax", "emphasis"}
+
+
+def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
+    """POST /sdapi/v1/txt2img → the job, and A1111's `parameters` echo (the request with defaults)."""
+    body = _object(body)
+    warnings: list[str] = []
+    batch_size = _integer(body, "batch_size", 1, 1, validate.BATCH_SIZE_MAX)
+    n_iter = _integer(body, "n_iter", 1, 1, ctx.max_images)
+    if batch_size * n_iter > ctx.max_images:
+        raise BadRequest(f"request: batch_size × n_iter is {batch_size * n_iter}; this server takes at most "
+                         f"{ctx.max_images} images per request.", "n_iter")
+    # Absent fields take spo's defaults (the authors' settings: 50 steps, guidance 5, 1024²), not
+    # A1111's 512² at CFG 7, which suit SD 1.5 rather than SDXL.
+    values = {"prompt": body.get("prompt", "")}
+    if values["prompt"] in ("", None):
+        raise BadRequest("request: 'prompt' is empty.", "prompt")
+    for key, spo_key in (("steps", "steps"), ("cfg_scale", "guidance"), ("negative_prompt", "negative_prompt"),
+                         ("width", "width"), ("height", "height"), ("prompt_syntax", "prompt_syntax"),
+                         ("emphasis", "emphasis")):
+        if body.get(key) is not None:
+            values[spo_key] = body[key]
+    sampler = body.get("sampler_name") or body.get("sampler_index")
+    if sampler is not None and sampler != A1111_DEFAULTS["sampler_index"] or body.get("sampler_name"):
+        if not isinstance(sampler, str):
+            raise BadRequest(f"request: 'sampler_name' must be a string, not {type(sampler).__name__}.",
+                             "sampler_name")
+        schedule = body.get("scheduler")
+        if schedule is not None and not isinstance(schedule, str):
+            raise BadRequest("request: 'scheduler' must be a string such as Karras.", "scheduler")
+        try:
+            values["scheduler"] = infotext.scheduler_name(sampler, schedule)
+        except infotext.InfotextError as e:
+            raise BadRequest(f"request: 'sampler_name': {e}", "sampler_name") from None
+    names = dict(A1111_NAMES)
+    base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)
+    seed = _finite(body.get("seed", -1), "seed")
+    if seed is None or seed == -1:
+        seed = None
+    else:
+        try:
+            seed = validate.seed(seed, "seed", _Names({}))
+        except UsageError as e:
+            raise BadRequest(e.paragraph(), "seed") from None
+    model = _model(body.get("spo_model"), ctx, "spo_model", warnings)
+    override = body.get("override_settings")
+    if isinstance(override, dict) and override.get("sd_model_checkpoint"):
+        model = _model(override["sd_model_checkpoint"], ctx, "override_settings.sd_model_checkpoint", warnings)
+        override = {k: v for k, v in override.items() if k != "sd_model_checkpoint"}
+        body = {**body, "override_settings": override}
+    _ignored(body, _A1111_KNOWN, A1111_DEFAULTS, warnings)
+    images = tuple(replace(base, seed=s) for s in _seeds(seed, batch_size * n_iter, {}))
+    parameters = {**{k: v for k, v in A1111_DEFAULTS.items()}, **body, "batch_size": batch_size, "n_iter": n_iter,
+                  "seed": images[0].seed, "steps": base.steps, "cfg_scale": base.guidance,
+                  "width": base.width or presets.DEFAULT_SIZE, "height": base.height or presets.DEFAULT_SIZE,
+                  "sampler_name": sampler_label(base.scheduler)}
+    return Job(images, model, tuple(warnings + more), "b64_json", ctx.save), parameters
+
+
+def sampler_label(scheduler: str) -> str:
+    """The A1111 sampler name of spo's scheduler ('default': the checkpoint's own, SDXL's Euler)."""
+    return presets.SCHEDULERS[scheduler].a1111 or "Euler"
+
+
+def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: str) -> dict:
+    """A1111's `info` object (sent as a JSON string) for a finished txt2img."""
+    first = job.images[0]
+    width = metas[0]["width"] if metas else first.width or presets.DEFAULT_SIZE
+    height = metas[0]["height"] if metas else first.height or presets.DEFAULT_SIZE
+    return {
+        "prompt": first.prompt, "all_prompts": [r.prompt for r in job.images],
+        "negative_prompt": first.negative_prompt or "", "all_negative_prompts": [r.negative_prompt or ""
+                                                                                   for r in job.images],
+        "seed": first.seed, "all_seeds": [r.seed for r in job.images], "subseed": -1,
+        "all_subseeds": [-1] * len(job.images), "subseed_strength": 0, "width": width, "height": height,
+        "sampler_name": sampler_label(first.scheduler), "cfg_scale": first.guidance, "steps": first.steps,
+        "batch_size": len(job.images), "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": model_name, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": 0, "extra_generation_params": {},
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": [], "job_timestamp": None, "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": "spo-cli",
+        "warnings": list(job.warnings),
+    }

@@ -1,0 +1,298 @@
+"""The FastAPI app: the OpenAI images API, AUTOMATIC1111's /sdapi/v1, health, metrics, files and the page.
+
+Bodies are read here with a size limit and handed to `api` (which checks every field with the
+CLI's own rules); images come from the `worker`. Every refusal is a JSON error naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+from spo_cli import __version__, presets
+from spo_cli.errors import UsageError
+from spo_cli.outputs import metadata, naming
+from spo_cli.serve import api
+from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
+
+OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page holds no data; it asks for the token itself
+SERVED_SUFFIXES = {".png", ".jpg", ".webp", ".json"}
+
+
+@dataclass
+class Settings:
+    out: Path
+    context: api.Context
+    token: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    max_body: int = api.MAX_BODY_BYTES
+    poll_s: float = 0.25  # how often a waiting request checks that its client is still there
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(api.BadRequest(message, field, status).body(), status_code=status, headers=headers)
+
+
+def create_app(worker: Worker, settings: Settings) -> FastAPI:
+    app = FastAPI(title="spo serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    requests_total: dict[tuple[str, int], int] = {}
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        if settings.token and path not in OPEN_PATHS and request.method != "OPTIONS":
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.token.encode()):
+                return error(401, "This server needs a token: send 'Authorization: Bearer <token>'.", "Authorization",
+                             {"WWW-Authenticate": "Bearer"})
+        try:
+            response = await call_next(request)
+        except Exception as e:  # a bug of ours: still JSON, still no traceback to the client
+            response = error(500, f"Internal error ({type(e).__name__}); see the server's log.")
+        key = (path if path in KNOWN_PATHS else "other", response.status_code)
+        requests_total[key] = requests_total.get(key, 0) + 1
+        return response
+
+    async def body_of(request: Request):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body):
+            raise api.BadRequest(f"The request body is over {settings.max_body:,} bytes.", None, 413)
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > settings.max_body:
+                raise api.BadRequest(f"The request body is over {settings.max_body:,} bytes.", None, 413)
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise api.BadRequest(f"The request body is not valid JSON ({e}).") from None
+
+    async def run(request: Request, job: api.Job) -> Ticket:
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def on_done():
+            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+        try:
+            ticket = worker.submit(job, on_done)
+        except QueueFull as e:
+            raise api.BadRequest(f"The server is busy: {e}. Try again shortly.", None, 429) from None
+        except ShuttingDown as e:
+            raise api.BadRequest(f"The server cannot take work: {e}.", None, 503) from None
+        while True:
+            done, _ = await asyncio.wait({finished}, timeout=settings.poll_s)
+            if done:
+                return ticket
+            if await request.is_disconnected():
+                worker.cancel(ticket)
+                raise api.BadRequest("The client closed the connection; its queued images were dropped.", None, 499)
+
+    def refuse(e: api.BadRequest) -> JSONResponse:
+        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    def outcome(ticket: Ticket) -> JSONResponse | None:
+        if ticket.status == 503:
+            return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
+        if all(img.error for img in ticket.images):
+            status = 409 if ticket.images[0].error in ("interrupted", "abandoned at shutdown") else 500
+            return error(status, f"No image was made: {ticket.images[0].error}")
+        return None
+
+    # -- OpenAI ------------------------------------------------------------------------------------
+
+    @app.post("/v1/images/generations")
+    async def openai_generations(request: Request):
+        try:
+            job = api.openai_job(await body_of(request), settings.context)
+            ticket = await run(request, job)
+        except api.BadRequest as e:
+            return refuse(e)
+        if (bad := outcome(ticket)) is not None:
+            return bad
+        made = [img for img in ticket.images if not img.error]
+        base = str(request.base_url).rstrip("/")
+        data = []
+        for img in made:
+            if job.response_format == "url":
+                data.append({"url": f"{base}/outputs/{Path(img.written['image']).name}", "revised_prompt": None})
+            else:
+                data.append({"b64_json": base64.b64encode(img.data).decode(), "revised_prompt": None})
+        return {"created": int(time.time()), "data": data, "spo": {
+            "model": job.model, "seeds": [img.request.seed for img in made],
+            "infotexts": [metadata.a1111_parameters(img.meta) for img in made],
+            "files": [Path(img.written["image"]).name for img in made if img.written],
+            "errors": [{"seed": img.request.seed, "error": img.error} for img in ticket.images if img.error],
+            "warnings": list(job.warnings)}}
+
+    # -- AUTOMATIC1111 -------------------------------------------------------------------------------
+
+    @app.post("/sdapi/v1/txt2img")
+    async def txt2img(request: Request):
+        try:
+            job, parameters = api.a1111_job(await body_of(request), settings.context)
+            ticket = await run(request, job)
+        except api.BadRequest as e:
+            return refuse(e)
+        if (bad := outcome(ticket)) is not None:
+            return bad
+        made = [img for img in ticket.images if not img.error]
+        infotexts = [metadata.a1111_parameters(img.meta) for img in made]
+        info = api.a1111_info(job, [img.meta for img in made], infotexts, job.model)
+        info["all_seeds"] = [img.request.seed for img in made]
+        if len(made) < len(ticket.images):
+            info["warnings"] = info["warnings"] + [f"seed {img.request.seed}: {img.error}"
+                                                   for img in ticket.images if img.error]
+        return {"images": [base64.b64encode(img.data).decode() for img in made], "parameters": parameters,
+                "info": json.dumps(info)}
+
+    @app.get("/sdapi/v1/sd-models")
+    async def sd_models():
+        return [{"title": label, "model_name": label, "hash": None, "sha256": None,
+                 "filename": m.describe["model"]["id"], "config": None} for label, m in worker.models.items()]
+
+    @app.get("/sdapi/v1/samplers")
+    async def samplers():
+        return [{"name": c.a1111, "aliases": [c.name], "options": {}}
+                for c in presets.SCHEDULERS.values() if c.a1111]
+
+    @app.get("/sdapi/v1/options")
+    async def options():
+        return {"sd_model_checkpoint": settings.context.models[0], "samples_format": "png",
+                "outdir_txt2img_samples": str(settings.out), "samples_save": settings.context.save}
+
+    @app.post("/sdapi/v1/options")
+    async def set_options(request: Request):
+        try:
+            body = api._object(await body_of(request))
+        except api.BadRequest as e:
+            return refuse(e)
+        ignored = sorted(body)
+        return {"warnings": [f"'{k}' cannot be changed on a running spo server and was ignored." for k in ignored]}
+
+    @app.get("/sdapi/v1/progress")
+    async def progress():
+        return worker.progress()
+
+    @app.post("/sdapi/v1/interrupt")
+    async def interrupt():
+        worker.interrupt()
+        return {}
+
+    # -- spo ---------------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        if worker.load_error:
+            return JSONResponse({"status": "failed", "error": worker.load_error}, status_code=503)
+        if not worker.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ready", "models": list(worker.models), "queued": worker.queued}
+
+    @app.get("/metrics")
+    async def metrics():
+        s = worker.stats
+        lines = [
+            "# HELP spo_ready 1 once every model is loaded.", "# TYPE spo_ready gauge", f"spo_ready {int(worker.ready)}",
+            "# HELP spo_queue_depth Images waiting for the GPU.", "# TYPE spo_queue_depth gauge",
+            f"spo_queue_depth {worker.queued}",
+            "# HELP spo_images_total Images made.", "# TYPE spo_images_total counter", f"spo_images_total {s.images}",
+            "# HELP spo_image_failures_total Images that failed.", "# TYPE spo_image_failures_total counter",
+            f"spo_image_failures_total {s.failures}",
+            "# HELP spo_image_seconds Pipeline seconds per image made.", "# TYPE spo_image_seconds summary",
+            f"spo_image_seconds_sum {s.seconds:.6f}", f"spo_image_seconds_count {s.images}",
+            "# HELP spo_pipeline_calls_total Pipeline calls.", "# TYPE spo_pipeline_calls_total counter",
+            f"spo_pipeline_calls_total {s.calls}",
+            "# HELP spo_batched_images_total Images that shared a call with another request's.",
+            "# TYPE spo_batched_images_total counter", f"spo_batched_images_total {s.batched}",
+            "# HELP spo_http_requests_total HTTP requests by path and status.",
+            "# TYPE spo_http_requests_total counter",
+        ]
+        lines += [f'spo_http_requests_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in sorted(requests_total.items())]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.get("/spo/v1/info")
+    async def info():
+        return {"version": __version__, "models": list(settings.context.models), "ready": worker.ready,
+                "out": str(settings.out) if settings.context.save else None,
+                "save": settings.context.save, "max_images": settings.context.max_images,
+                "schedulers": list(presets.SCHEDULERS), "defaults": {
+                    "steps": presets.DEFAULT_STEPS, "guidance": presets.DEFAULT_GUIDANCE,
+                    "width": presets.DEFAULT_SIZE, "height": presets.DEFAULT_SIZE}}
+
+    @app.get("/spo/v1/gallery")
+    async def gallery(limit: int = 48):
+        limit = max(1, min(limit, 500))
+        return {"images": await asyncio.to_thread(list_outputs, settings.out, limit)}
+
+    @app.get("/outputs/{name:path}")
+    async def outputs(name: str):
+        try:
+            path = naming.inside(settings.out, name)
+        except UsageError:
+            return error(404, "No such output.", "path")
+        if path.suffix.lower() not in SERVED_SUFFIXES or not path.is_file():
+            return error(404, "No such output.", "path")
+        return FileResponse(path)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(resources.files("spo_cli.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
+
+    KNOWN_PATHS = {r.path for r in app.routes if hasattr(r, "path")}
+
+    # Unknown routes and methods: JSON, like every other refusal.
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    return app
+
+
+def list_outputs(out: Path, limit: int) -> list[dict]:
+    """The newest images under `out` that spo wrote (those with a sidecar), with their metadata."""
+    if not out.is_dir():
+        return []
+    sidecars = sorted((p for p in out.glob("*.json") if not p.name.startswith(".") and p.name != "manifest.jsonl"),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    items = []
+    for sidecar in sidecars:
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("file"), str):
+            continue
+        if not (out / meta["file"]).is_file():
+            continue
+        items.append({"url": f"/outputs/{meta['file']}", "file": meta["file"], "prompt": meta.get("prompt"),
+                      "negative_prompt": meta.get("negative_prompt"), "seed": meta.get("seed"),
+                      "steps": meta.get("steps"), "guidance": meta.get("guidance"), "width": meta.get("width"),
+                      "height": meta.get("height"), "scheduler": (meta.get("scheduler") or {}).get("name"),
+                      "model": (meta.get("model") or {}).get("id"), "created": meta.get("created")})
+        if len(items) >= limit:
+            break
+    return items

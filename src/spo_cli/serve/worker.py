@@ -1,0 +1,281 @@
+"""The one thread that owns the GPU: loads the models, then takes images from a bounded queue and
+runs them in pipeline calls, gathering requests of the same shape into one call (micro-batching).
+
+Every image has its own generator seeded with its seed (the engine's rule), so an image is the same
+whether it shared its call or not. Images are built and filed by the render loop's own helpers:
+the same sidecar, the same names, the same atomic writes as `spo generate`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spo_cli import render
+from spo_cli.outputs import files, metadata, naming
+from spo_cli.request import ImageRequest, ImageTask
+from spo_cli.serve.api import Job
+
+
+class QueueFull(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+class Interrupted(Exception):
+    """Raised from the step callback: /sdapi/v1/interrupt, or a second signal at shutdown."""
+
+
+@dataclass
+class Image:
+    """One finished (or failed) image of a ticket."""
+
+    request: ImageRequest
+    meta: dict | None = None
+    data: bytes | None = None  # the PNG, metadata embedded, as written
+    written: dict | None = None  # files.write_pair's answer when saved
+    error: str | None = None
+
+
+@dataclass(eq=False)  # a ticket is itself: hashed by identity
+class Ticket:
+    job: Job
+    images: list[Image | None]
+    on_done: Callable[[], None] = lambda: None  # called from the worker thread when every image is in
+    cancelled: bool = False
+    status: int = 200  # 503 when the server stopped before the images were made
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return all(i is not None for i in self.images)
+
+
+@dataclass
+class Stats:
+    images: int = 0
+    failures: int = 0
+    seconds: float = 0.0  # in pipeline calls, for images made
+    calls: int = 0
+    batched: int = 0  # images that shared a call with another request's
+
+
+@dataclass
+class Model:
+    engine: object
+    resolved: object
+    describe: dict
+    facts: dict
+
+
+class Worker:
+    def __init__(self, load: Callable[[], dict[str, tuple]], out: Path, *, batch_size: int = 1,
+                 batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False):
+        self._load = load
+        self.out = out
+        self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s
+        self.max_queue = max_queue
+        self.debug = debug
+        self.models: dict[str, Model] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self.stats = Stats()
+        self._queue: deque[tuple[Ticket, int]] = deque()
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._interrupt = False
+        self._abandon = False
+        self._current: dict | None = None
+        self._thread = threading.Thread(target=self._main, name="spo-gpu", daemon=True)
+
+    # -- from the web threads ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job, on_done: Callable[[], None] = lambda: None) -> Ticket:
+        ticket = Ticket(job, [None] * len(job.images), on_done)
+        with self._cond:
+            if not self._accepting or self.load_error:
+                raise ShuttingDown(self.load_error or "the server is shutting down")
+            if len(self._queue) + len(job.images) > self.max_queue:
+                raise QueueFull(f"{len(self._queue)} image(s) are queued and the queue holds {self.max_queue}")
+            self._queue.extend((ticket, i) for i in range(len(job.images)))
+            self._cond.notify_all()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The client went away: its images still queued are dropped (a call in flight finishes)."""
+        with self._cond:
+            ticket.cancelled = True
+            kept = [(t, i) for t, i in self._queue if t is not ticket]
+            self._queue.clear()
+            self._queue.extend(kept)
+
+    def interrupt(self) -> None:
+        self._interrupt = True
+
+    def drain(self) -> None:
+        """Stop accepting; answer every queued request with 503; let the call in flight finish."""
+        with self._cond:
+            self._accepting = False
+            queued = list(dict.fromkeys(t for t, _ in self._queue))
+            self._queue.clear()
+            self._cond.notify_all()
+        for ticket in queued:
+            ticket.status = 503
+            self._finish(ticket)
+
+    def abandon(self) -> None:
+        """A second signal: the call in flight stops at its next step, and nothing of it is written."""
+        self._abandon = True
+        self.drain()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def progress(self) -> dict:
+        """A1111's /sdapi/v1/progress answer for the call in flight."""
+        cur = self._current
+        state = {"skipped": False, "interrupted": self._interrupt, "stopping_generation": False,
+                 "job": "", "job_count": len({id(t) for t, _ in list(self._queue)}) + (1 if cur else 0),
+                 "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        if not cur:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        step, steps = cur["step"], cur["steps"]
+        done = step / steps if steps else 0.0
+        elapsed = time.monotonic() - cur["started"]
+        eta = elapsed / done - elapsed if done > 0 else cur.get("estimate", 0.0)
+        state.update(job=cur["job"], job_timestamp=cur["timestamp"], sampling_step=step, sampling_steps=steps)
+        return {"progress": round(done, 4), "eta_relative": round(max(eta, 0.0), 3), "state": state,
+                "current_image": None, "textinfo": None}
+
+    # -- the worker thread --------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            for label, (engine, resolved) in self._load().items():
+                self.models[label] = Model(engine, resolved, resolved.describe(), engine.facts())
+        except BaseException as e:  # the server stays up to say why on /health
+            from spo_cli.errors import SpoError
+
+            self.load_error = e.paragraph() if isinstance(e, SpoError) else f"{type(e).__name__}: {e}"
+            self.drain()
+            return
+        self.ready = True
+        while True:
+            call = self._next_call()
+            if call is None:
+                return
+            if call:
+                self._run(call)
+
+    def _key(self, ticket: Ticket, i: int):
+        model = self.models[ticket.job.model]
+        return ticket.job.model, model.engine.call_key(ticket.job.images[i])
+
+    def _next_call(self) -> list[tuple[Ticket, int]] | None:
+        """The next pipeline call: the oldest image and up to batch_size − 1 others of its shape,
+        waiting up to batch_wait_s for more to arrive. None when the worker should end."""
+        with self._cond:
+            while not self._queue:
+                if not self._accepting:
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + self.batch_wait_s
+            while True:
+                first_ticket, first_i = self._queue[0]
+                key = self._key(first_ticket, first_i)
+                same = [item for item in self._queue if self._key(*item) == key][: self.batch_size]
+                left = deadline - time.monotonic()
+                if len(same) >= self.batch_size or left <= 0 or not self._accepting:
+                    break
+                self._cond.wait(left)
+                if not self._queue:
+                    return []
+            # the tuples in `same` are the queue's own objects, so identity finds them
+            kept = [item for item in self._queue if not any(item is s for s in same)]
+            self._queue.clear()
+            self._queue.extend(kept)
+            self._interrupt = False
+            return same
+
+    def _on_step(self, done: int, total: int) -> None:
+        if self._current is not None:
+            self._current["step"] = done
+        if self._interrupt or self._abandon:
+            raise Interrupted()
+
+    def _run(self, call: list[tuple[Ticket, int]]) -> None:
+        ticket0 = call[0][0]
+        model = self.models[ticket0.job.model]
+        requests = [t.job.images[i] for t, i in call]
+        per_step = self.stats.seconds / self.stats.images / max(requests[0].steps, 1) if self.stats.images else 0.0
+        self._current = {"step": 0, "steps": requests[0].steps, "started": time.monotonic(),
+                         "job": f"{len(call)} image(s)", "timestamp": time.strftime("%Y%m%d%H%M%S"),
+                         "estimate": per_step * requests[0].steps}
+        t0 = time.perf_counter()
+        try:
+            results = model.engine.run(requests, on_step=self._on_step)
+        except Interrupted:
+            self._fail(call, "interrupted" if not self._abandon else "abandoned at shutdown")
+            return
+        except Exception as e:
+            self._fail(call, render.call_error(e, self.debug))
+            return
+        finally:
+            self._current = None
+        elapsed = time.perf_counter() - t0
+        self.stats.calls += 1
+        if len({id(t) for t, _ in call}) > 1:
+            self.stats.batched += len(call)
+        tasks = [ImageTask(r) for r in requests]
+        when = naming.now()
+        for (ticket, i), (task, res, meta) in zip(call, render.call_metadata(
+                model.engine, model.describe, model.facts, tasks, results, elapsed)):
+            if meta is None:
+                self.stats.failures += 1
+                ticket.images[i] = Image(task.request, error=render.nan_error(model.engine.dtype))
+            else:
+                ticket.images[i] = self._file(ticket, task.request, res.image, meta, when)
+                self.stats.images += 1
+                self.stats.seconds += elapsed / len(call)
+            if ticket.finished:
+                self._finish(ticket)
+
+    def _file(self, ticket: Ticket, request: ImageRequest, image, meta: dict, when) -> Image:
+        try:
+            if not ticket.job.save:
+                return Image(request, meta, metadata.encode_image(image, "png", meta))
+            written = files.write_pair(self.out, None, "png", image, meta,
+                                       default_stem=naming.default_stem(request.prompt, request.seed, when))
+            path = Path(written["image"])
+            return Image(request, dict(meta, file=path.name), path.read_bytes(), written)
+        except Exception as e:  # a full disk fails this image, and says so
+            self.stats.failures += 1
+            return Image(request, error=f"The image could not be written: {type(e).__name__}: {e}")
+
+    def _fail(self, call, error: str) -> None:
+        for ticket, i in call:
+            ticket.images[i] = Image(ticket.job.images[i], error=error)
+            self.stats.failures += 1
+            if ticket.finished:
+                self._finish(ticket)
+
+    @staticmethod
+    def _finish(ticket: Ticket) -> None:
+        if not ticket.done.is_set():
+            ticket.done.set()
+            ticket.on_done()

@@ -1,0 +1,406 @@
+"""spo serve over real HTTP: a real uvicorn on a loopback port, the tiny pipeline, no mocks.
+
+One server (one loaded pipeline) serves the module; it runs uvicorn in a thread of the test process,
+as `spo serve` runs it in its main thread. The shutdown test starts the real command in a process.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from spo_cli.cli import app
+from tests.conftest import HANG, SPO_CLI
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+
+SIZE = {"width": 64, "height": 64}
+TOKEN = "a-test-token-0123456789"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def request(url: str, body=None, *, method: str | None = None, headers: dict | None = None, raw: bytes | None = None):
+    """(status, parsed JSON or text, headers) of one HTTP request; 4xx/5xx are answers, not errors."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=HANG) as r:
+            status, text, hdrs = r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        status, text, hdrs = e.code, e.read(), e.headers
+    try:
+        return status, json.loads(text), hdrs
+    except ValueError:
+        return status, text.decode("utf-8", "replace"), hdrs
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+class Running:
+    """A built server (spo_cli.cli.serve.build) run by uvicorn in a thread."""
+
+    def __init__(self, tmp: Path, **kw):
+        import uvicorn
+
+        from spo_cli.cli.serve import build
+        from spo_cli.cli.ui import UI
+
+        self.server = build(UI(quiet=True), ["spo"], device="cpu", out=str(tmp / "out"), **kw)
+        self.url = self.server.url
+        self.uvicorn = uvicorn.Server(uvicorn.Config(self.server.app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.server.sock]}, daemon=True)
+
+    def start(self, worker: bool = True) -> Running:
+        if worker:
+            self.server.worker.start()
+        self.thread.start()
+        while not self.uvicorn.started:
+            time.sleep(0.01)
+        return self
+
+    def ready(self) -> Running:
+        while request(self.url + "/health")[0] != 200:
+            assert not self.server.worker.load_error, self.server.worker.load_error
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join()
+        self.server.worker.drain()
+
+
+@pytest.fixture(scope="module")
+def server(hub_cache, tmp_path_factory):
+    # Batches of up to 2 images, gathered for up to 0.3 s: long enough that two requests sent together
+    # share a call on a busy machine, short against a pipeline call.
+    s = Running(tmp_path_factory.mktemp("serve"), batch_size=2, batch_wait_ms=300, max_queue=4).start().ready()
+    yield s
+    s.stop()
+
+
+def test_answers_are_spo_generate_pixels_with_the_same_metadata(server, tmp_path):
+    """OpenAI and A1111 requests give the pixels `spo generate --seed S` gives with the same settings,
+    the infotext its PNG carries, and the files it writes."""
+    r = invoke("generate", "a red fox in fresh snow", "--seed", "7", "-n", "2", "--steps", "2", "--width", "64",
+               "--height", "64", "--device", "cpu", "--scheduler", "dpm++2m-karras", "--out", str(tmp_path),
+               "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    cli = json.loads(r.stdout)
+    cli_pixels = [png_pixels(Path(w["image"]).read_bytes()) for w in cli]
+
+    status, body, _ = request(server.url + "/v1/images/generations", {
+        "prompt": "a red fox in fresh snow", "n": 2, "size": "64x64", "seed": 7, "steps": 2,
+        "scheduler": "dpm++2m-karras", "model": "dall-e-3", "quality": "hd"})
+    assert status == 200, body
+    assert set(body) == {"created", "data", "spo"} and len(body["data"]) == 2
+    served = [base64.b64decode(d["b64_json"]) for d in body["data"]]
+    for ours, theirs in zip(served, cli_pixels):
+        assert np.abs(png_pixels(ours) - theirs).max() <= 1  # the two may share a call: ≤ 1/255, as in batch
+    assert body["spo"]["seeds"] == [7, 8]
+    assert any("'model' 'dall-e-3' is not loaded" in w for w in body["spo"]["warnings"])
+    assert any("'quality'" in w for w in body["spo"]["warnings"])
+    # Written like spo generate: an image and its sidecar under --out, the sidecar's recipe the CLI's.
+    out = server.server.settings.out
+    sidecar = json.loads((out / body["spo"]["files"][0]).with_suffix(".json").read_text())
+    cli_sidecar = json.loads(Path(cli[0]["sidecar"]).read_text())
+    recipe = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler", "model", "vae",
+              "dtype", "prompt_syntax", "generator_device")
+    assert {k: sidecar[k] for k in recipe} == {k: cli_sidecar[k] for k in recipe}
+    assert (out / body["spo"]["files"][0]).read_bytes() == served[0]
+
+    status, body, _ = request(server.url + "/sdapi/v1/txt2img", {
+        "prompt": "a red fox in fresh snow", "seed": 7, "steps": 2, "cfg_scale": 5, "width": 64, "height": 64,
+        "sampler_name": "DPM++ 2M", "scheduler": "Karras", "batch_size": 1, "n_iter": 2,
+        "enable_hr": False, "restore_faces": False, "styles": []})  # A1111 defaults: no warning
+    assert status == 200, body
+    assert set(body) == {"images", "parameters", "info"}  # A1111's TextToImageResponse
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [7, 8] and info["seed"] == 7 and info["sampler_name"] == "DPM++ 2M Karras"
+    assert {"prompt", "all_prompts", "negative_prompt", "seed", "all_seeds", "subseed", "width", "height",
+            "cfg_scale", "steps", "batch_size", "infotexts", "job_timestamp", "sd_model_name"} <= set(info)
+    assert [w for w in info["warnings"] if "not supported" in w] == [] and body["parameters"]["n_iter"] == 2
+    for b64, theirs in zip(body["images"], cli_pixels):
+        data = base64.b64decode(b64)
+        assert np.abs(png_pixels(data) - theirs).max() <= 1
+    with Image.open(Path(cli[0]["image"])) as im:
+        assert info["infotexts"][0] == im.text["parameters"]
+
+
+def test_requests_of_one_shape_share_a_call_and_keep_their_pixels(server):
+    before = server.server.worker.stats.batched
+    body = {"prompt": "a lighthouse in a storm", "steps": 2, "size": "64x64"}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda seed: request(server.url + "/v1/images/generations", {**body, "seed": seed}),
+                                (11, 12)))
+    assert [a[0] for a in answers] == [200, 200]
+    assert server.server.worker.stats.batched - before == 2  # one call held both requests' images
+    alone = [request(server.url + "/v1/images/generations", {**body, "seed": s, "n": 1})[1] for s in (11,)]
+    together = png_pixels(base64.b64decode(answers[0][1]["data"][0]["b64_json"]))
+    assert np.abs(together - png_pixels(base64.b64decode(alone[0]["data"][0]["b64_json"]))).max() <= 1
+
+
+def test_a1111_endpoints_progress_interrupt_and_a_full_queue(server):
+    url = server.url
+    status, models, _ = request(url + "/sdapi/v1/sd-models")
+    assert status == 200 and [m["model_name"] for m in models] == ["spo"]
+    assert {"title", "model_name", "hash", "sha256", "filename", "config"} <= set(models[0])
+    status, samplers, _ = request(url + "/sdapi/v1/samplers")
+    assert status == 200 and {"Euler", "Euler a", "DPM++ 2M"} <= {s["name"] for s in samplers}
+    status, options, _ = request(url + "/sdapi/v1/options")
+    assert status == 200 and options["sd_model_checkpoint"] == "spo"
+    status, body, _ = request(url + "/sdapi/v1/options", {"sd_model_checkpoint": "x"})
+    assert status == 200 and "sd_model_checkpoint" in body["warnings"][0]
+
+    # A slow job of 4 images in calls of 2: while its first call runs, the queue (4) holds its other
+    # two, so a request for 3 more is turned away with 429; an interrupt stops the call in flight.
+    slow = {"prompt": "a slow one", "n": 4, "size": "64x64", "steps": 200, "seed": 1}
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(request, url + "/v1/images/generations", slow)
+        seen = []
+        while not seen or seen[-1]["state"]["sampling_step"] < 3:
+            seen.append(request(url + "/sdapi/v1/progress")[1])
+            assert not job.done(), job.result()
+            time.sleep(0.05)
+        p = seen[-1]
+        assert 0 < p["progress"] < 1 and p["eta_relative"] > 0 and p["state"]["sampling_steps"] == 200
+        status, body, headers = request(url + "/v1/images/generations", {**slow, "n": 3})
+        assert status == 429 and headers["Retry-After"] and "busy" in body["error"]["message"]
+        assert request(url + "/sdapi/v1/interrupt", {})[0] == 200
+        while not job.done():  # the job's second call, once it runs, is interrupted too
+            if request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1:
+                assert request(url + "/sdapi/v1/interrupt", {})[0] == 200
+            time.sleep(0.05)
+        status, body, _ = job.result()
+    # Every image of the job was interrupted: no image, and it says why.
+    assert status == 409 and "interrupted" in body["error"]["message"], body
+    assert request(url + "/health")[1]["status"] == "ready"
+
+
+# At least 30 requests a hostile or careless client sends: each is a 4xx with a JSON error that
+# names the field, never a 500, and nothing reaches the GPU.
+OPENAI = "/v1/images/generations"
+A1111 = "/sdapi/v1/txt2img"
+HOSTILE = [
+    (OPENAI, {}, 400, "prompt"),
+    (OPENAI, {"prompt": ""}, 400, "prompt"),
+    (OPENAI, {"prompt": 5}, 400, "prompt"),
+    (OPENAI, {"prompt": "x" * 10_001}, 400, "prompt"),
+    (OPENAI, {"prompt": "a\u0000b"}, 400, "prompt"),
+    (OPENAI, {"prompt": "a fox", "n": 0}, 400, "n"),
+    (OPENAI, {"prompt": "a fox", "n": 5}, 400, "n"),  # more than the queue holds
+    (OPENAI, {"prompt": "a fox", "n": "2"}, 400, "n"),
+    (OPENAI, {"prompt": "a fox", "n": 1.5}, 400, "n"),
+    (OPENAI, {"prompt": "a fox", "size": "huge"}, 400, "size"),
+    (OPENAI, {"prompt": "a fox", "size": "-64x64"}, 400, "size"),
+    (OPENAI, {"prompt": "a fox", "size": "65x64"}, 400, "size"),
+    (OPENAI, {"prompt": "a fox", "size": "99999x99999"}, 400, "size"),
+    (OPENAI, {"prompt": "a fox", "size": "4096x4096"}, 400, "size"),  # 16 MP: past the pixel limit
+    (OPENAI, {"prompt": "a fox", "response_format": "jpeg"}, 400, "response_format"),
+    (OPENAI, {"prompt": "a fox", "seed": -5}, 400, "seed"),
+    (OPENAI, {"prompt": "a fox", "seed": 2**32}, 400, "seed"),
+    (OPENAI, {"prompt": "a fox", "seed": 4294967295, "n": 2}, 400, "seed"),  # the second seed overflows
+    (OPENAI, {"prompt": "a fox", "steps": 0}, 400, "steps"),
+    (OPENAI, {"prompt": "a fox", "steps": 10**9}, 400, "steps"),
+    (OPENAI, {"prompt": "a fox", "guidance": "high"}, 400, "guidance"),
+    (OPENAI, {"prompt": "a fox", "scheduler": "warp-drive"}, 400, "scheduler"),
+    (OPENAI, {"prompt": "a fox", "generator_device": "tpu"}, 400, "generator_device"),
+    (OPENAI, {"prompt": "a fox", "model": 42}, 400, "model"),
+    (OPENAI, [1, 2], 400, None),
+    (OPENAI, "a fox", 400, None),
+    (A1111, {"prompt": "a fox", "cfg_scale": "NaN"}, 400, "cfg_scale"),
+    (A1111, {"prompt": "a fox", "steps": -1}, 400, "steps"),
+    (A1111, {"prompt": "a fox", "width": -64}, 400, "width"),
+    (A1111, {"prompt": "a fox", "width": 60}, 400, "width"),
+    (A1111, {"prompt": "a fox", "sampler_name": "LMS Karras++"}, 400, "sampler_name"),
+    (A1111, {"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": "Sometimes"}, 400, "sampler_name"),
+    (A1111, {"prompt": "a fox", "batch_size": 65}, 400, "batch_size"),
+    (A1111, {"prompt": "a fox", "batch_size": 2, "n_iter": 3}, 400, "n_iter"),
+    (A1111, {"prompt": "a fox", "seed": 1e30}, 400, "seed"),
+    (A1111, {"prompt": "a fox", "prompt_syntax": "markdown"}, 400, "prompt_syntax"),
+    (A1111, {"prompt": "a fox", "negative_prompt": ["x"]}, 400, "negative_prompt"),
+    (A1111, {"negative_prompt": "blurry"}, 400, "prompt"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,field", HOSTILE, ids=[f"{i}" for i in range(len(HOSTILE))])
+def test_hostile_request(server, path, body, status, field):
+    got, answer, _ = request(server.url + path, body)
+    assert got == status, answer
+    assert answer["error"]["field"] == field and answer["error"]["message"], answer
+
+
+def test_hostile_transport(server, tmp_path):
+    url = server.url
+    calls = server.server.worker.stats.calls
+    cases = [
+        (request(url + OPENAI, raw=b"{not json"), 400),
+        (request(url + OPENAI, raw=b'{"prompt": "a fox", "steps": NaN}'), 400),
+        (request(url + OPENAI, raw=b"\xff\xfe"), 400),
+        (request(url + OPENAI, raw=b'{"prompt": "' + b"x" * (1 << 20) + b'"}'), 413),
+        (request(url + OPENAI, method="GET"), 405),
+        (request(url + "/sdapi/v1/img2img", {"prompt": "x"}), 404),
+        (request(url + "/outputs/../../../etc/passwd"), 404),
+        (request(url + "/outputs/%2e%2e%2f%2e%2e%2fetc%2fpasswd"), 404),
+        (request(url + "/outputs/..%2fserve.py"), 404),
+        (request(url + "/outputs/nothing-here.png"), 404),
+        (request(url + "/outputs/"), 404),
+    ]
+    # a link inside --out that points outside it is not followed
+    out = server.server.settings.out
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (out / "link.json").symlink_to(secret)
+    cases.append((request(url + "/outputs/link.json"), 404))
+    for (status, body, _), want in cases:
+        assert status == want and isinstance(body, dict) and body["error"]["message"], (want, status, body)
+    assert server.server.worker.stats.calls == calls  # none of it reached the pipeline
+
+
+def test_metrics_health_page_and_outputs(server):
+    status, text, headers = request(server.url + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(values["spo_images_total"]) >= 1 and values["spo_ready"] == "1"
+    assert {"spo_queue_depth", "spo_image_failures_total", "spo_image_seconds_sum", "spo_image_seconds_count"} <= set(values)
+    status, page, headers = request(server.url + "/")
+    assert status == 200 and "<title>spo serve</title>" in page and "http://" not in page.split("<script>")[1]
+    status, listing, _ = request(server.url + "/spo/v1/gallery?limit=2")
+    assert status == 200 and len(listing["images"]) == 2
+    first = listing["images"][0]
+    status, data, headers = urllib.request.urlopen(server.url + first["url"]).status, None, None
+    assert status == 200
+
+
+def test_a_token_is_required_off_loopback(server, tmp_path):
+    """Off loopback, spo serve refuses to start without a token; with one, every API call needs it."""
+    r = invoke("serve", "--host", "0.0.0.0", "--port", "0")
+    assert r.exit_code == 2 and "--token-file" in r.output and "Traceback" not in r.output
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    r = invoke("serve", "--host", "0.0.0.0", "--token-file", str(short))
+    assert r.exit_code == 2 and "at least 16" in r.output
+    # The same loaded worker behind a second app that wants a token.
+    from spo_cli.serve.app import Settings, create_app
+
+    import uvicorn
+
+    settings = Settings(server.server.settings.out, server.server.settings.context, token=TOKEN)
+    guarded = uvicorn.Server(uvicorn.Config(create_app(server.server.worker, settings), host="127.0.0.1", port=0,
+                                            log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=guarded.run, daemon=True)
+    thread.start()
+    while not guarded.started:
+        time.sleep(0.01)
+    port = guarded.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        body = {"prompt": "a fox", "size": "64x64", "steps": 1, "seed": 1}
+        assert request(url + OPENAI, body)[0] == 401
+        assert request(url + OPENAI, body, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+        assert request(url + "/sdapi/v1/progress")[0] == 401
+        assert request(url + "/outputs/x.png")[0] == 401
+        assert request(url + "/health")[0] == 200 and request(url + "/")[0] == 200  # no data in either
+        status, answer, _ = request(url + OPENAI, body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and len(answer["data"]) == 1
+    finally:
+        guarded.should_exit = True
+        thread.join()
+
+
+def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache, tmp_path):
+    proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        while request(url + "/health")[0] != 200:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        slow = {"prompt": "a fox", "size": "64x64", "steps": 60, "seed": 3}
+        with ThreadPoolExecutor(3) as pool:
+            running = pool.submit(request, url + OPENAI, slow)
+            while request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 1:
+                time.sleep(0.05)
+            queued = [pool.submit(request, url + OPENAI, {**slow, "seed": s}) for s in (4, 5)]
+            while request(url + "/health")[1]["queued"] < 2:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            status, body, _ = running.result()
+            assert status == 200 and body["spo"]["seeds"] == [3]  # finished, and written
+            for q in queued:
+                status, body, headers = q.result()
+                assert status == 503 and headers["Retry-After"], body
+        proc.wait(timeout=HANG)
+        assert "Traceback" not in proc.stderr.read()
+        assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".json", ".png"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_page_in_a_real_browser(server):
+    """Headless Chromium: type a prompt, click Generate, see the progress bar move and the image
+    arrive with its seed; the gallery already held the images made before."""
+    from playwright.sync_api import sync_playwright
+
+    made = request(server.url + OPENAI, {"prompt": "made before the page opened", "size": "64x64", "steps": 2})
+    assert made[0] == 200, made
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.set_default_timeout(HANG * 1000)  # a busy machine is slow, not broken
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_selector("#gallery .card img")  # earlier images, from --out
+            before = page.locator("#gallery .card").count()
+            page.fill("#prompt", "a lighthouse in a storm, seen from the page")
+            page.fill("#seed", "4242")
+            page.fill("#steps", "80")  # long enough on the tiny model for the bar to be seen moving
+            page.select_option("#size", "1024x1024")
+            page.evaluate("document.getElementById('size').add(new Option('64x64', '64x64', true, true))")
+            page.click("#generate")
+            page.wait_for_function("() => { const v = document.getElementById('progress').value; return v > 0 && v < 1; }")
+            card = page.locator("#gallery .card[data-seed='4242']")
+            card.wait_for()
+            assert page.locator("#gallery .card").count() == before + 1
+            assert page.locator("#gallery .card").first.get_attribute("data-seed") == "4242"  # newest first
+            assert "seed 4242" in card.inner_text() and "80 steps" in card.inner_text()
+            assert page.evaluate("() => document.querySelector(\".card[data-seed='4242'] img\").naturalWidth") == 64
+            assert card.locator("button").inner_text() == "copy spo replay command"
+            assert page.inner_text("#message") == "" and not errors, (page.inner_text("#message"), errors)
+            if os.environ.get("SPO_SCREENSHOT"):  # for the README: SPO_SCREENSHOT=docs/serve-page.png
+                page.screenshot(path=os.environ["SPO_SCREENSHOT"])
+        finally:
+            browser.close()
