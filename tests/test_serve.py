@@ -404,3 +404,35 @@ def test_the_page_in_a_real_browser(server):
                 page.screenshot(path=os.environ["SPO_SCREENSHOT"])
         finally:
             browser.close()
+
+
+def test_generate_and_batch_with_server_write_what_a_local_run_writes(server, tmp_path):
+    """--server: the same files as a local run (pixels, sidecar recipe), and batch's resume works."""
+    args = ["a red fox in fresh snow", "--seed", "21", "-n", "2", "--steps", "2", "--width", "64", "--height", "64",
+            "--json", "--quiet"]
+    local = invoke("generate", *args, "--device", "cpu", "--out", str(tmp_path / "local"))
+    remote = invoke("generate", *args, "--server", server.url, "--out", str(tmp_path / "remote"))
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    recipe = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler", "model", "vae",
+              "dtype", "prompt_syntax", "generator_device", "schema")
+    for a, b in zip(json.loads(local.stdout), json.loads(remote.stdout)):
+        assert np.abs(png_pixels(Path(a["image"]).read_bytes()) - png_pixels(Path(b["image"]).read_bytes())).max() <= 1
+        sa, sb = (json.loads(Path(x["sidecar"]).read_text()) for x in (a, b))
+        assert {k: sa[k] for k in recipe} == {k: sb[k] for k in recipe}
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\na cat\na boat\n")
+    batch = ["batch", str(prompts), "--steps", "2", "--width", "64", "--height", "64", "--seed", "3",
+             "--server", server.url, "--out", str(tmp_path / "batch"), "--json", "--quiet"]
+    r = invoke(*batch)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["generated"] == 3
+    r = invoke(*batch)
+    assert r.exit_code == 0 and json.loads(r.stdout)["already_done"] == 3  # same model identity: resumed
+
+    r = invoke("generate", "a fox", "--server", server.url, "--lora", "x/y", "--out", str(tmp_path / "no"))
+    assert r.exit_code == 2 and "--lora cannot be used with --server" in r.output
+    r = invoke("generate", "a fox", "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "no"))
+    assert r.exit_code == 1 and "cannot be reached" in r.output and "Traceback" not in r.output
+    r = invoke("generate", "a fox", "--server", server.url, "--model", "base", "--out", str(tmp_path / "no"))
+    assert r.exit_code == 2 and "has no model 'base' loaded" in r.output

@@ -7,6 +7,7 @@ torch.distributed when called, and do nothing in a single process.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 
@@ -49,6 +50,8 @@ def init(device: str) -> None:
 
 
 def barrier() -> None:
+    if "torch" not in sys.modules:  # no process group without torch (a --server client never imports it)
+        return
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -56,6 +59,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    if "torch" not in sys.modules:
+        return
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -120,6 +120,7 @@ def batch(
                                             rich_help_panel="Output")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report bad lines and run the others (exit code 3), instead "
                                                "of running nothing.")] = False,
+    server: o.Server = None,
 ) -> None:
     """Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."""
     rank = distributed.rank_info()
@@ -139,6 +140,11 @@ def batch(
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
     options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
+    server = o.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+                              vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
+                              vae_slicing=vae_slicing)
+    if server and rank.several:
+        raise UsageError("--server sends the work to one server; run it as a single process, not under torchrun.")
     parsed = prompts.read(file, fmt, prompt_syntax=defaults.prompt_syntax)
     if parsed.problems:
         for p in parsed.problems:
@@ -148,7 +154,8 @@ def batch(
                              "Fix them, or pass --skip-invalid to run the other lines.")
     extra = {"rank": rank.rank, "world_size": rank.world} if rank.several else None
     tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra)
-    loading.precheck(request, options, [t.request for t in tasks])
+    if server is None:
+        loading.precheck(request, options, [t.request for t in tasks])
     out = validate.output_folder(out)
     for w in warnings + size_warnings + more:
         ui.warn(w)
@@ -159,7 +166,7 @@ def batch(
         if rank.first:
             files.remove_leftovers(out)
             files.clear_failures(out)
-        run = _Run(ui, parsed, tasks, out, image_format, rank)
+        run = _Run(ui, parsed, tasks, out, image_format, rank, server)
         with Stopper(ui) as stopper:
             run.stopper = stopper
             try:
@@ -185,8 +192,9 @@ class _Nothing:
 class _Run:
     """One batch run's state, so that the manifest can be written from whatever point it stopped at."""
 
-    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank):
+    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank, server: str | None = None):
         self.ui, self.parsed, self.tasks, self.out, self.fmt, self.rank = ui, parsed, tasks, out, image_format, rank
+        self.server = server
         self.hashes: dict[str, str] = {}
         self.done_before: set[str] = set()
         self.outcomes = []
@@ -200,16 +208,23 @@ class _Run:
 
         ui, rank = self.ui, self.rank
         try:
-            # Device, process group, model files (the first process downloads, the others wait).
-            self.runtime = rt = loading.start_torch(ui, request, options, [t.request for t in self.tasks],
-                                                    local_rank=rank.local_rank)
-            if rank.several:
-                distributed.init(rt.device)
-            if not rank.first:
-                distributed.barrier()
-            resolved = loading.resolve(ui, request, rt.dtype)
-            if rank.first and rank.several:
-                distributed.barrier()
+            # Device, process group, model files (the first process downloads, the others wait); or
+            # the server's model, already loaded there.
+            remote = None
+            if self.server:
+                from spo_cli.serve import client
+
+                remote, resolved = client.connect(self.server, request.model, ui)
+            else:
+                self.runtime = rt = loading.start_torch(ui, request, options, [t.request for t in self.tasks],
+                                                        local_rank=rank.local_rank)
+                if rank.several:
+                    distributed.init(rt.device)
+                if not rank.first:
+                    distributed.barrier()
+                resolved = loading.resolve(ui, request, rt.dtype)
+                if rank.first and rank.several:
+                    distributed.barrier()
 
             # What is left: an image is done when it is whole and its sidecar has the same settings.
             identity = resolved.identity()
@@ -227,8 +242,9 @@ class _Run:
             mine = [t for call in calls(todo, options.batch_size, request=lambda t: t.request)[rank.rank::rank.world]
                     for t in call]
             if mine:
-                engine = loading.load(ui, rt, resolved, options)
-                loading.warn_truncation(ui, engine, [t.request for t in mine])
+                engine = remote or loading.load(ui, rt, resolved, options)
+                if remote is None:
+                    loading.warn_truncation(ui, engine, [t.request for t in mine])
                 stopper = self.stopper
                 with ui.images_progress(len(mine), mine[0].request.steps) as bars:
                     stopper.rendering = True

@@ -60,6 +60,7 @@ def generate(
     out: o.Out = "outputs",
     image_format: o.ImageFormat = "png",
     old_format: o.OldImageFormat = None,
+    server: o.Server = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
     image_format = o.image_format(image_format, old_format, ui.warn)
@@ -72,20 +73,30 @@ def generate(
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
     options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
-    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more)
+    server = o.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+                              vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
+                              vae_slicing=vae_slicing)
+    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server)
 
 
 def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], options: RunOptions, out: Path,
-                image_format: str, warnings: list[str]) -> None:
-    """The rest of generate and replay, once their checked requests are known: load, render, report."""
+                image_format: str, warnings: list[str], server: str | None = None) -> None:
+    """The rest of generate and replay, once their checked requests are known: load (or reach the
+    server), render, report."""
     from spo_cli.render import raise_for_failures, render
 
-    loading.precheck(request, options, images)
+    if server is None:
+        loading.precheck(request, options, images)
     out = validate.output_folder(out)
     for w in warnings:
         ui.warn(w)
-    engine, resolved = loading.open_model(ui, request, options, images)
-    loading.warn_truncation(ui, engine, images)
+    if server is None:
+        engine, resolved = loading.open_model(ui, request, options, images)
+        loading.warn_truncation(ui, engine, images)
+    else:
+        from spo_cli.serve import client
+
+        engine, resolved = client.connect(server, request.model, ui)
     with ui.images_progress(len(images), images[0].steps) as bars:
         outcomes = render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
                           batch_size=options.batch_size, progress=bars, debug=ui.debug)

@@ -88,6 +88,10 @@ VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles: 
                                          rich_help_panel=_P)]
 VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode a batch one image at a time.",
                                           rich_help_panel=_P)]
+Server = Annotated[Optional[str], typer.Option(
+    help="Send the work to a running `spo serve` at this URL instead of loading a model here (SPO_TOKEN for its "
+    "token); --model picks one of its models. The same files are written here.", rich_help_panel=_M,
+    show_default=False)]
 
 
 def _renamed(new, old, new_name: str, warn):
@@ -139,3 +143,18 @@ def run_options(*, fast: bool, offload: str | None, vae_tiling: bool, vae_slicin
                 batch_size: int) -> RunOptions:
     return RunOptions(fast=fast, offload=validate.offload(offload), vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                       batch_size=validate.batch_size(batch_size))
+
+
+def server_request(server: str | None, *, revision=None, lora=None, lora_file=None, lora_scale=None, vae=None,
+                   device="auto", dtype="auto", fast=False, offload=None, vae_tiling=False,
+                   vae_slicing=False) -> str | None:
+    """--server's URL, checked, after refusing the options only a local model can honour."""
+    if server is None:
+        return None
+    from spo_cli.serve.client import check_url, refuse_local_options
+
+    refuse_local_options({"--revision": revision, "--lora": lora, "--lora-file": lora_file,
+                          "--lora-scale": lora_scale is not None, "--vae": vae, "--device": device != "auto",
+                          "--dtype": dtype != "auto", "--fast": fast, "--offload": offload,
+                          "--vae-tiling": vae_tiling, "--vae-slicing": vae_slicing})
+    return check_url(server)

@@ -161,7 +161,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
         ui.info(f"[green]✓[/] Ready: {', '.join(labels)} on {runtime.device} ({runtime.dtype})")
         return loaded
 
-    worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000, max_queue=max_queue,
+    worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
                     debug=ui.debug)
     context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
     settings = Settings(folder, context, token, list(cors_origins))

@@ -318,3 +318,38 @@ def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: st
         "is_using_inpainting_conditioning": False, "version": "spo-cli",
         "warnings": list(job.warnings),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# spo's own: the CLI's --server client sends checked ImageRequests as they are
+
+_REQUEST_FIELDS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
+                   "generator_device", "prompt_syntax", "emphasis")
+
+
+def run_job(body, ctx: Context) -> Job:
+    """POST /spo/v1/run: {"model": label, "images": [ImageRequest fields, …]}; nothing saved here."""
+    body = _object(body)
+    images = body.get("images")
+    if not isinstance(images, list) or not images:
+        raise BadRequest("request: 'images' must be a non-empty list of image requests.", "images")
+    if len(images) > ctx.max_images:
+        raise BadRequest(f"request: 'images' holds {len(images)}; this server takes at most {ctx.max_images}.",
+                         "images")
+    model = body.get("model") or ctx.models[0]
+    if model not in ctx.models:
+        raise BadRequest(f"request: 'model' {model!r} is not loaded here (loaded: {', '.join(ctx.models)}).", "model")
+    requests, warnings = [], []
+    for n, item in enumerate(images):
+        item = _object(item)
+        unknown = sorted(set(item) - set(_REQUEST_FIELDS))
+        if unknown or "prompt" not in item or "seed" not in item:
+            raise BadRequest(f"request: images[{n}] needs 'prompt' and 'seed' and takes only "
+                             f"{', '.join(_REQUEST_FIELDS)}" + (f" (not {', '.join(unknown)})" if unknown else "") + ".",
+                             f"images[{n}]")
+        names = {k: f"images[{n}].{k}" for k in _REQUEST_FIELDS}
+        request, more = _image_fields({k: v for k, v in item.items() if v is not None or k == "negative_prompt"},
+                                      names, ctx)
+        requests.append(request)
+        warnings += more
+    return Job(tuple(requests), model, tuple(dict.fromkeys(warnings)), "b64_json", save=False)

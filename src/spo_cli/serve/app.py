@@ -228,6 +228,26 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         lines += [f'spo_http_requests_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in sorted(requests_total.items())]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
+    @app.get("/spo/v1/models")
+    async def loaded_models():
+        """What `--server` clients record: each model's description, identity and run facts."""
+        return {"ready": worker.ready, "models": {label: {
+            "describe": m.describe, "identity": m.resolved.identity(), "facts": m.facts, "dtype": m.engine.dtype,
+            "default_size": list(m.engine.default_size())} for label, m in worker.models.items()}}
+
+    @app.post("/spo/v1/run")
+    async def run_images(request: Request):
+        try:
+            job = api.run_job(await body_of(request), settings.context)
+            ticket = await run(request, job)
+        except api.BadRequest as e:
+            return refuse(e)
+        if ticket.status == 503:
+            return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
+        return {"images": [{"png": base64.b64encode(img.data).decode(), "meta": img.meta} if not img.error else
+                           {"error": img.error, "nan": img.error.startswith("NaN output")} for img in ticket.images],
+                "warnings": list(job.warnings)}
+
     @app.get("/spo/v1/info")
     async def info():
         return {"version": __version__, "models": list(settings.context.models), "ready": worker.ready,
