@@ -61,13 +61,13 @@ def png_pixels(data: bytes) -> np.ndarray:
 class Running:
     """A built server (spo_cli.cli.serve.build) run by uvicorn in a thread."""
 
-    def __init__(self, tmp: Path, **kw):
+    def __init__(self, tmp: Path, labels=("spo",), **kw):
         import uvicorn
 
         from spo_cli.cli.serve import build
         from spo_cli.cli.ui import UI
 
-        self.server = build(UI(quiet=True), ["spo"], device="cpu", out=str(tmp / "out"), **kw)
+        self.server = build(UI(quiet=True), list(labels), device="cpu", out=str(tmp / "out"), **kw)
         self.url = self.server.url
         self.uvicorn = uvicorn.Server(uvicorn.Config(self.server.app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.server.sock]}, daemon=True)
@@ -197,6 +197,32 @@ def test_a1111_endpoints_progress_interrupt_and_a_full_queue(server):
     # Every image of the job was interrupted: no image, and it says why.
     assert status == 409 and "interrupted" in body["error"]["message"], body
     assert request(url + "/health")[1]["status"] == "ready"
+
+
+def test_a_client_that_goes_away_has_its_queued_images_dropped(server):
+    import http.client
+
+    url = server.url
+    worker = server.server.worker
+    made = worker.stats.images
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(request, url + OPENAI, {"prompt": "in flight", "n": 2, "size": "64x64", "steps": 200})
+        while request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 1:
+            time.sleep(0.05)
+        host, port = url.removeprefix("http://").split(":")
+        gone = http.client.HTTPConnection(host, int(port))
+        gone.request("POST", OPENAI, json.dumps({"prompt": "queued, then abandoned", "n": 3, "size": "64x64",
+                                                 "steps": 1}), {"Content-Type": "application/json"})
+        while worker.queued < 3:
+            time.sleep(0.02)
+        gone.close()  # the client goes away before its turn
+        while worker.queued:
+            time.sleep(0.05)
+        while not slow.done():
+            request(url + "/sdapi/v1/interrupt", {})
+            time.sleep(0.05)
+    assert slow.result()[0] == 409
+    assert worker.stats.images == made  # neither the interrupted images nor the abandoned ones were made
 
 
 # At least 30 requests a hostile or careless client sends: each is a 4xx with a JSON error that
@@ -365,13 +391,66 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache,
 CHROMIUM = "/usr/bin/chromium"
 
 
+@pytest.fixture(scope="module")
+def pair(hub_cache, tmp_path_factory):
+    """A second server with two models (the page's compare toggle) and CORS for one origin; /health
+    says 'loading' until its worker has loaded them."""
+    s = Running(tmp_path_factory.mktemp("pair"), labels=["spo", "base"],
+                cors_origins=["http://client.example"]).start(worker=False)
+    status, body, _ = request(s.url + "/health")
+    assert (status, body["status"]) == (503, "loading")
+    s.server.worker.start()
+    yield s.ready()
+    s.stop()
+
+
+def test_cors_only_for_the_origins_given(server, pair):
+    preflight = {"Origin": "http://client.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    status, _, headers = request(pair.url + OPENAI, method="OPTIONS", headers=preflight)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://client.example"
+    status, _, headers = request(pair.url + OPENAI, method="OPTIONS", headers={**preflight, "Origin": "http://evil.example"})
+    assert headers.get("Access-Control-Allow-Origin") is None
+    status, _, headers = request(server.url + "/health", headers={"Origin": "http://client.example"})
+    assert status == 200 and headers.get("Access-Control-Allow-Origin") is None  # off unless --cors-origin
+
+
+def test_no_save_keeps_images_out_of_the_folder(pair):
+    """--no-save: the same worker behind an app that writes nothing; url answers need files."""
+    import uvicorn
+
+    from spo_cli.serve.app import Settings, create_app
+
+    ctx = pair.server.settings.context
+    settings = Settings(pair.server.settings.out, type(ctx)(ctx.models, max_images=ctx.max_images, save=False))
+    app = uvicorn.Server(uvicorn.Config(create_app(pair.server.worker, settings), host="127.0.0.1", port=0,
+                                        log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    while not app.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{app.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        before = sorted(pair.server.settings.out.iterdir())
+        status, body, _ = request(url + OPENAI, {"prompt": "kept in memory", "size": "64x64", "steps": 1,
+                                                 "model": "base"})
+        assert status == 200 and body["spo"]["files"] == [] and body["spo"]["model"] == "base"
+        assert png_pixels(base64.b64decode(body["data"][0]["b64_json"])).shape == (64, 64, 3)
+        assert sorted(pair.server.settings.out.iterdir()) == before
+        status, body, _ = request(url + OPENAI, {"prompt": "x", "response_format": "url"})
+        assert status == 400 and body["error"]["field"] == "response_format"
+    finally:
+        app.should_exit = True
+        thread.join()
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
-def test_the_page_in_a_real_browser(server):
-    """Headless Chromium: type a prompt, click Generate, see the progress bar move and the image
-    arrive with its seed; the gallery already held the images made before."""
+def test_the_page_in_a_real_browser(pair):
+    """Headless Chromium: type a prompt, click Generate, see the progress bar move and the images
+    arrive, SPO and SDXL side by side, with their seed; the gallery already held the earlier image."""
     from playwright.sync_api import sync_playwright
 
-    made = request(server.url + OPENAI, {"prompt": "made before the page opened", "size": "64x64", "steps": 2})
+    made = request(pair.url + OPENAI, {"prompt": "made before the page opened", "size": "64x64", "steps": 2})
     assert made[0] == 200, made
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -382,22 +461,26 @@ def test_the_page_in_a_real_browser(server):
             page.set_default_timeout(HANG * 1000)  # a busy machine is slow, not broken
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.wait_for_selector("#gallery .card img")  # earlier images, from --out
+            page.goto(pair.url + "/")
+            page.wait_for_selector("#gallery .card img")  # the earlier image, from --out
             before = page.locator("#gallery .card").count()
             page.fill("#prompt", "a lighthouse in a storm, seen from the page")
             page.fill("#seed", "4242")
-            page.fill("#steps", "80")  # long enough on the tiny model for the bar to be seen moving
-            page.select_option("#size", "1024x1024")
+            page.fill("#steps", "40")  # long enough on the tiny model for the bar to be seen moving
             page.evaluate("document.getElementById('size').add(new Option('64x64', '64x64', true, true))")
+            assert page.inner_text("#compare-label") == "compare spo with base"
+            page.check("#compare")
             page.click("#generate")
             page.wait_for_function("() => { const v = document.getElementById('progress').value; return v > 0 && v < 1; }")
             card = page.locator("#gallery .card[data-seed='4242']")
             card.wait_for()
             assert page.locator("#gallery .card").count() == before + 1
             assert page.locator("#gallery .card").first.get_attribute("data-seed") == "4242"  # newest first
-            assert "seed 4242" in card.inner_text() and "80 steps" in card.inner_text()
-            assert page.evaluate("() => document.querySelector(\".card[data-seed='4242'] img\").naturalWidth") == 64
+            assert "seed 4242" in card.inner_text() and "40 steps" in card.inner_text()
+            assert card.locator(".tag").all_inner_texts() == ["spo", "base"]  # side by side
+            widths = page.evaluate("() => [...document.querySelectorAll(\".card[data-seed='4242'] img\")]"
+                                   ".map(i => i.naturalWidth)")
+            assert widths == [64, 64]
             assert card.locator("button").inner_text() == "copy spo replay command"
             assert page.inner_text("#message") == "" and not errors, (page.inner_text("#message"), errors)
             if os.environ.get("SPO_SCREENSHOT"):  # for the README: SPO_SCREENSHOT=docs/serve-page.png

@@ -46,28 +46,51 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     app = FastAPI(title="spo serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     requests_total: dict[tuple[str, int], int] = {}
 
-    if settings.cors_origins:
+    def count(path: str, status: int) -> None:
+        key = (path if path in KNOWN_PATHS else "other", status)
+        requests_total[key] = requests_total.get(key, 0) + 1
+
+    class Guard:
+        """The token check and the request count, as plain ASGI: a function middleware would wrap
+        `receive` and hide a client's disconnect from the handler waiting for its images."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            path = scope["path"]
+            if settings.token and path not in OPEN_PATHS and scope["method"] != "OPTIONS":
+                given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+                scheme, _, token = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                         settings.token.encode()):
+                    count(path, 401)
+                    return await error(401, "This server needs a token: send 'Authorization: Bearer <token>'.",
+                                       "Authorization", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            status = [500]
+
+            async def sending(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, sending)
+            finally:
+                count(path, status[0])
+
+    app.add_middleware(Guard)
+    if settings.cors_origins:  # added last: outermost, so that preflights are answered before the token check
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        path = request.url.path
-        if settings.token and path not in OPEN_PATHS and request.method != "OPTIONS":
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.token.encode()):
-                return error(401, "This server needs a token: send 'Authorization: Bearer <token>'.", "Authorization",
-                             {"WWW-Authenticate": "Bearer"})
-        try:
-            response = await call_next(request)
-        except Exception as e:  # a bug of ours: still JSON, still no traceback to the client
-            response = error(500, f"Internal error ({type(e).__name__}); see the server's log.")
-        key = (path if path in KNOWN_PATHS else "other", response.status_code)
-        requests_total[key] = requests_total.get(key, 0) + 1
-        return response
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):  # a bug of ours: JSON all the same, no traceback
+        return error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
 
     async def body_of(request: Request):
         length = request.headers.get("content-length")

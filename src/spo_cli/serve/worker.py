@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,9 @@ class Worker:
         self._abandon = False
         self._current: dict | None = None
         self._thread = threading.Thread(target=self._main, name="spo-gpu", daemon=True)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-serve-writer")
+        self._pending: deque[Future] = deque()
+        self._tickets = threading.Lock()
 
     # -- from the web threads ---------------------------------------------------------------------
 
@@ -175,12 +179,15 @@ class Worker:
             self.drain()
             return
         self.ready = True
-        while True:
-            call = self._next_call()
-            if call is None:
-                return
-            if call:
-                self._run(call)
+        try:
+            while True:
+                call = self._next_call()
+                if call is None:
+                    return
+                if call:
+                    self._run(call)
+        finally:
+            self._writer.shutdown(wait=True)  # every image taken is answered
 
     def _key(self, ticket: Ticket, i: int):
         model = self.models[ticket.job.model]
@@ -247,32 +254,42 @@ class Worker:
                 model.engine, model.describe, model.facts, tasks, results, elapsed)):
             if meta is None:
                 self.stats.failures += 1
-                ticket.images[i] = Image(task.request, error=render.nan_error(model.engine.dtype))
+                self._deliver(ticket, i, Image(task.request, error=render.nan_error(model.engine.dtype)))
             else:
-                ticket.images[i] = self._file(ticket, task.request, res.image, meta, when)
                 self.stats.images += 1
                 self.stats.seconds += elapsed / len(call)
-            if ticket.finished:
-                self._finish(ticket)
+                # Encoding and writing overlap the next call, as in the render loop.
+                self._pending.append(self._writer.submit(self._file, ticket, i, task.request, res.image, meta, when))
+        while len(self._pending) > 2 * self.batch_size:  # bounded: at most two calls' images in memory
+            self._pending.popleft().result()
 
-    def _file(self, ticket: Ticket, request: ImageRequest, image, meta: dict, when) -> Image:
+    def _file(self, ticket: Ticket, i: int, request: ImageRequest, image, meta: dict, when) -> None:
+        """On the writer thread: encode (and unless --no-save, write) one image, then hand it over."""
         try:
             if not ticket.job.save:
-                return Image(request, meta, metadata.encode_image(image, "png", meta))
-            written = files.write_pair(self.out, None, "png", image, meta,
-                                       default_stem=naming.default_stem(request.prompt, request.seed, when))
-            path = Path(written["image"])
-            return Image(request, dict(meta, file=path.name), path.read_bytes(), written)
+                done = Image(request, meta, metadata.encode_image(image, "png", meta))
+            else:
+                written = files.write_pair(self.out, None, "png", image, meta,
+                                           default_stem=naming.default_stem(request.prompt, request.seed, when))
+                path = Path(written["image"])
+                done = Image(request, dict(meta, file=path.name), path.read_bytes(), written)
         except Exception as e:  # a full disk fails this image, and says so
+            self.stats.images -= 1
             self.stats.failures += 1
-            return Image(request, error=f"The image could not be written: {type(e).__name__}: {e}")
+            done = Image(request, error=f"The image could not be written: {type(e).__name__}: {e}")
+        self._deliver(ticket, i, done)
+
+    def _deliver(self, ticket: Ticket, i: int, image: Image) -> None:
+        with self._tickets:  # the worker and writer threads both hand images over
+            ticket.images[i] = image
+            finished = ticket.finished
+        if finished:
+            self._finish(ticket)
 
     def _fail(self, call, error: str) -> None:
         for ticket, i in call:
-            ticket.images[i] = Image(ticket.job.images[i], error=error)
             self.stats.failures += 1
-            if ticket.finished:
-                self._finish(ticket)
+            self._deliver(ticket, i, Image(ticket.job.images[i], error=error))
 
     @staticmethod
     def _finish(ticket: Ticket) -> None:
