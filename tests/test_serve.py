@@ -365,7 +365,7 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache,
         while request(url + "/health")[0] != 200:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.1)
-        slow = {"prompt": "a fox", "size": "64x64", "steps": 60, "seed": 3}
+        slow = {"prompt": "a fox", "size": "64x64", "steps": 30, "seed": 3}
         with ThreadPoolExecutor(3) as pool:
             running = pool.submit(request, url + OPENAI, slow)
             while request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 1:

@@ -145,8 +145,9 @@ def build_vae(seed: int, *, force_upcast: bool = True):
     return AutoencoderKL(**vae_config(force_upcast=force_upcast))
 
 
-def build_pipeline(folder: Path, seed: int = 0):
-    """A tiny random `StableDiffusionXLPipeline`; `folder` receives its tokenizer files."""
+def build_pipeline(folder: Path, seed: int = 0, unet: dict | None = None):
+    """A tiny random `StableDiffusionXLPipeline`; `folder` receives its tokenizer files; `unet`
+    overrides entries of `unet_config()`."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -165,7 +166,7 @@ def build_pipeline(folder: Path, seed: int = 0):
         projection_dim=32,
     )
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config())
+    unet = UNet2DConditionModel(**{**unet_config(), **(unet or {})})
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(text_cfg)
     torch.manual_seed(seed + 2)
@@ -280,6 +281,19 @@ def save_repos(dest: Path, seed: int = 0) -> dict[str, Path]:
         presets.SPO_LORA: lora_dir,
         presets.FP16_FIX_VAE: vae_dir,
     }
+
+
+def save_smaller(dest: Path, seed: int = 0) -> tuple[Path, Path]:
+    """An SDXL smaller still (one ResNet per block, one transformer layer per attention block) as a
+    local diffusers folder, and a LoRA for it: for the test that compiles the model, whose time is
+    the graph's size. Returns (model folder, LoRA file)."""
+    from safetensors.torch import save_file
+
+    pipe = build_pipeline(dest / "_tok", seed, unet=dict(layers_per_block=1, transformer_layers_per_block=(1, 1)))
+    pipe.save_pretrained(dest / "model", safe_serialization=True)
+    _replace_tokenizers(dest / "model")
+    save_file(lora_state_dict(pipe.unet, seed=seed + 10), dest / "lora.safetensors")
+    return dest / "model", dest / "lora.safetensors"
 
 
 def add_to_cache(cache: Path, repo_id: str, source: Path, *, ref: str = "main", repo_type: str = "model") -> str:
