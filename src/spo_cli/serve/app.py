@@ -26,6 +26,7 @@ from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
 
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page holds no data; it asks for the token itself
 SERVED_SUFFIXES = {".png", ".jpg", ".webp", ".json"}
+DRAIN_FACTOR = 4  # bodies up to this many times the limit are read to the end before the 413
 
 
 @dataclass
@@ -93,14 +94,21 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         return error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
 
     async def body_of(request: Request):
+        too_big = api.BadRequest(f"The request body is over {settings.max_body:,} bytes.", None, 413)
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body):
-            raise api.BadRequest(f"The request body is over {settings.max_body:,} bytes.", None, 413)
-        data = bytearray()
+        if length is not None and (not length.isdigit() or int(length) > DRAIN_FACTOR * settings.max_body):
+            raise too_big  # not even read: the client may see the connection close before the answer
+        data, seen = bytearray(), 0
         async for chunk in request.stream():
-            data += chunk
-            if len(data) > settings.max_body:
-                raise api.BadRequest(f"The request body is over {settings.max_body:,} bytes.", None, 413)
+            seen += len(chunk)
+            if seen <= settings.max_body:
+                data += chunk
+            elif seen > DRAIN_FACTOR * settings.max_body:
+                raise too_big
+        # A body somewhat over the limit is read to its end (and dropped), so that the client, still
+        # sending, gets the 413 rather than a reset connection.
+        if seen > settings.max_body:
+            raise too_big
         try:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
