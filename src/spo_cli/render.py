@@ -107,7 +107,11 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
             outcome, future = pending.popleft()
             outcome.written = future.result()  # a write error (disk full) ends the run
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-writer") as writer:
+    # On a GPU the next call runs while this one's images are encoded. On the CPU the pipeline
+    # already uses every core, and an encoder beside it only makes torch's threads wait for each
+    # other (measured in benchmarks/README.md), so there the images are written in line.
+    on_cpu = str(getattr(engine, "device", "")).startswith("cpu")
+    with (_InLine() if on_cpu else ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-writer")) as writer:
         try:
             for call in calls(tasks, batch_size, request=lambda t: t.request, key=engine.call_key):
                 if stop():
@@ -136,6 +140,25 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
         finally:
             settle(limit=0)
     return outcomes
+
+
+class _InLine:
+    """An executor that runs each task as it is submitted."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def submit(fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
 
 
 def raise_for_failures(outcomes: list[Outcome], dtype: str) -> None:
