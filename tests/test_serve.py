@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,26 @@ class Running:
         self.uvicorn.should_exit = True
         self.thread.join()
         self.server.worker.drain()
+
+
+@contextmanager
+def another_app(running: Running, settings):
+    """A second app (other settings: a token, --no-save) on `running`'s loaded worker: its URL."""
+    import uvicorn
+
+    from spo_cli.serve.app import create_app
+
+    app = uvicorn.Server(uvicorn.Config(create_app(running.server.worker, settings), host="127.0.0.1", port=0,
+                                        log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    while not app.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{app.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        app.should_exit = True
+        thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -329,20 +350,10 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
     r = invoke("serve", "--host", "0.0.0.0", "--token-file", str(short))
     assert r.exit_code == 2 and "at least 16" in r.output
     # The same loaded worker behind a second app that wants a token.
-    from spo_cli.serve.app import Settings, create_app
-
-    import uvicorn
+    from spo_cli.serve.app import Settings
 
     settings = Settings(server.server.settings.out, server.server.settings.context, token=TOKEN)
-    guarded = uvicorn.Server(uvicorn.Config(create_app(server.server.worker, settings), host="127.0.0.1", port=0,
-                                            log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=guarded.run, daemon=True)
-    thread.start()
-    while not guarded.started:
-        time.sleep(0.01)
-    port = guarded.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with another_app(server, settings) as url:
         body = {"prompt": "a fox", "size": "64x64", "steps": 1, "seed": 1}
         assert request(url + OPENAI, body)[0] == 401
         assert request(url + OPENAI, body, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
@@ -351,9 +362,6 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
         assert request(url + "/health")[0] == 200 and request(url + "/")[0] == 200  # no data in either
         status, answer, _ = request(url + OPENAI, body, headers={"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and len(answer["data"]) == 1
-    finally:
-        guarded.should_exit = True
-        thread.join()
 
 
 def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache, tmp_path):
@@ -417,20 +425,11 @@ def test_cors_only_for_the_origins_given(server, pair):
 
 def test_no_save_keeps_images_out_of_the_folder(pair):
     """--no-save: the same worker behind an app that writes nothing; url answers need files."""
-    import uvicorn
-
-    from spo_cli.serve.app import Settings, create_app
+    from spo_cli.serve.app import Settings
 
     ctx = pair.server.settings.context
     settings = Settings(pair.server.settings.out, type(ctx)(ctx.models, max_images=ctx.max_images, save=False))
-    app = uvicorn.Server(uvicorn.Config(create_app(pair.server.worker, settings), host="127.0.0.1", port=0,
-                                        log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=app.run, daemon=True)
-    thread.start()
-    while not app.started:
-        time.sleep(0.01)
-    url = f"http://127.0.0.1:{app.servers[0].sockets[0].getsockname()[1]}"
-    try:
+    with another_app(pair, settings) as url:
         before = sorted(pair.server.settings.out.iterdir())
         status, body, _ = request(url + OPENAI, {"prompt": "kept in memory", "size": "64x64", "steps": 1,
                                                  "model": "base"})
@@ -439,9 +438,6 @@ def test_no_save_keeps_images_out_of_the_folder(pair):
         assert sorted(pair.server.settings.out.iterdir()) == before
         status, body, _ = request(url + OPENAI, {"prompt": "x", "response_format": "url"})
         assert status == 400 and body["error"]["field"] == "response_format"
-    finally:
-        app.should_exit = True
-        thread.join()
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")

@@ -139,6 +139,15 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         headers = {"Retry-After": "1"} if e.status in (429, 503) else None
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
+    async def take(request: Request, parse) -> tuple[object, Ticket] | JSONResponse:
+        """Read and check the body with `parse` (→ a job, or a job and more), queue it, wait for it."""
+        try:
+            parsed = parse(await body_of(request), settings.context)
+            job = parsed[0] if isinstance(parsed, tuple) else parsed
+            return parsed, await run(request, job)
+        except api.BadRequest as e:
+            return refuse(e)
+
     def outcome(ticket: Ticket) -> JSONResponse | None:
         if ticket.status == 503:
             return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
@@ -151,11 +160,9 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     @app.post("/v1/images/generations")
     async def openai_generations(request: Request):
-        try:
-            job = api.openai_job(await body_of(request), settings.context)
-            ticket = await run(request, job)
-        except api.BadRequest as e:
-            return refuse(e)
+        if isinstance(taken := await take(request, api.openai_job), JSONResponse):
+            return taken
+        job, ticket = taken
         if (bad := outcome(ticket)) is not None:
             return bad
         made = [img for img in ticket.images if not img.error]
@@ -177,11 +184,9 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(request: Request):
-        try:
-            job, parameters = api.a1111_job(await body_of(request), settings.context)
-            ticket = await run(request, job)
-        except api.BadRequest as e:
-            return refuse(e)
+        if isinstance(taken := await take(request, api.a1111_job), JSONResponse):
+            return taken
+        (job, parameters), ticket = taken
         if (bad := outcome(ticket)) is not None:
             return bad
         made = [img for img in ticket.images if not img.error]
@@ -268,11 +273,9 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     @app.post("/spo/v1/run")
     async def run_images(request: Request):
-        try:
-            job = api.run_job(await body_of(request), settings.context)
-            ticket = await run(request, job)
-        except api.BadRequest as e:
-            return refuse(e)
+        if isinstance(taken := await take(request, api.run_job), JSONResponse):
+            return taken
+        job, ticket = taken
         if ticket.status == 503:
             return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
         return {"images": [{"png": base64.b64encode(img.data).decode(), "meta": img.meta} if not img.error else
