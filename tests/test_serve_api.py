@@ -74,3 +74,19 @@ def test_run_job_takes_exactly_the_request_fields():
     with pytest.raises(api.BadRequest) as e:
         api.run_job({"images": [{"prompt": "a fox", "seed": 3, "steps": 0}]}, CTX)
     assert e.value.field == "images[0].steps"
+
+
+@pytest.mark.parametrize("blocked, command", [("uvicorn", ["serve"]), ("pyarrow", ["eval", "--paper"])])
+def test_a_missing_extra_is_an_instruction(monkeypatch, blocked, command):
+    """Without the extra's library: exit 2 and the pip command, before anything is loaded or bound."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    monkeypatch.setitem(sys.modules, blocked, None)  # how Python blocks an import
+    r = CliRunner().invoke(app, command)
+    assert r.exit_code == 2, r.output
+    extra = "serve" if blocked == "uvicorn" else "score"
+    assert f'pip install "spo-cli[{extra}]"' in " ".join(r.output.split()) and "Traceback" not in r.output

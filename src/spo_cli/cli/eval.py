@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import presets, validate
+from spo_cli import extras, presets, validate
 from spo_cli.cli import app, loading, options as o, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.compare import Scoring, build_columns, build_rows, print_summary, render_columns, score_cells
@@ -140,8 +140,8 @@ def eval(  # noqa: A001 - the command's name
                          "E.g. spo eval prompts.txt --out runs/eval, or spo eval --paper --out runs/paper.")
     if limit is not None:
         validate.integer(limit, "limit", low=1, high=2**31 - 1)
-    if paper_run and (why := paper.missing_reader()):
-        raise UsageError(f"--paper: {why}.", 'Install the scoring extra: pip install "spo-cli[score]".')
+    if paper_run:
+        extras.require("score", "spo eval --paper (reading the Pick-a-Pic parquet files)", "pyarrow")
     names = scoring.metrics(metric, hps_version, score_batch_size)
     fmt = o.prompt_format(prompt_format, None, ui.warn)
     cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device))

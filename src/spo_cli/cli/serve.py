@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import presets, validate
+from spo_cli import extras, presets, validate
 from spo_cli.cli import app, loading, options as o
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape
@@ -93,6 +93,7 @@ def serve(
     offload: o.Offload = None,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
+    extras.require("serve", "spo serve", "fastapi", "uvicorn")
     validate.integer(port, "port", low=0, high=validate.PORT_MAX)
     validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
     validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)

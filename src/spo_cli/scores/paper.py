@@ -65,12 +65,3 @@ def captions(paths: list[Path]) -> list[tuple[int, str]]:
             if isinstance(text, str) and text.strip():
                 seen.setdefault(text, row)
     return [(n, text) for text, n in seen.items()]
-
-
-def missing_reader() -> str | None:
-    """Why the parquet reader cannot be used here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("pyarrow") is None:
-        return "reading the Pick-a-Pic prompts needs pyarrow, which is not installed"
-    return None
