@@ -247,7 +247,8 @@ def test_a_client_that_goes_away_has_its_queued_images_dropped(server):
 
 
 # At least 30 requests a hostile or careless client sends: each is a 4xx with a JSON error that
-# names the field, never a 500, and nothing reaches the GPU.
+# names the field, never a 500, and (but for the DDIM one, which the loaded scheduler refuses)
+# none reaches the pipeline.
 OPENAI = "/v1/images/generations"
 A1111 = "/sdapi/v1/txt2img"
 HOSTILE = [
@@ -273,6 +274,8 @@ HOSTILE = [
     (OPENAI, {"prompt": "a fox", "steps": 10**9}, 400, "steps"),
     (OPENAI, {"prompt": "a fox", "guidance": "high"}, 400, "guidance"),
     (OPENAI, {"prompt": "a fox", "scheduler": "warp-drive"}, 400, "scheduler"),
+    # valid on its face; the loaded model's DDIM cannot lay out 1000 steps (refused before denoising)
+    (OPENAI, {"prompt": "a fox", "scheduler": "ddim", "steps": 1000, "size": "64x64"}, 400, "steps"),
     (OPENAI, {"prompt": "a fox", "generator_device": "tpu"}, 400, "generator_device"),
     (OPENAI, {"prompt": "a fox", "model": 42}, 400, "model"),
     (OPENAI, [1, 2], 400, None),

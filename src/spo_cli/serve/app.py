@@ -152,8 +152,8 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         if ticket.status == 503:
             return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
         if all(img.error for img in ticket.images):
-            status = 409 if ticket.images[0].error in ("interrupted", "abandoned at shutdown") else 500
-            return error(status, f"No image was made: {ticket.images[0].error}")
+            first = ticket.images[0]
+            return error(first.status, f"No image was made: {first.error}", "steps" if first.status == 400 else None)
         return None
 
     # -- OpenAI ------------------------------------------------------------------------------------

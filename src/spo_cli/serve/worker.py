@@ -43,6 +43,7 @@ class Image:
     data: bytes | None = None  # the PNG, metadata embedded, as written
     written: dict | None = None  # files.write_pair's answer when saved
     error: str | None = None
+    status: int = 200  # for an error: 400 (refused by the loaded model's scheduler), 409 (interrupted), 500
 
 
 @dataclass(eq=False)  # a ticket is itself: hashed by identity
@@ -191,7 +192,10 @@ class Worker:
 
     def _key(self, ticket: Ticket, i: int):
         model = self.models[ticket.job.model]
-        return ticket.job.model, model.engine.call_key(ticket.job.images[i])
+        try:
+            return ticket.job.model, model.engine.call_key(ticket.job.images[i])
+        except Exception:  # a call of its own, where engine.run raises the same and fails just this image
+            return "unusable", id(ticket), i
 
     def _next_call(self) -> list[tuple[Ticket, int]] | None:
         """The next pipeline call: the oldest image and up to batch_size − 1 others of its shape,
@@ -235,9 +239,15 @@ class Worker:
                          "estimate": per_step * requests[0].steps}
         t0 = time.perf_counter()
         try:
+            model.engine.check_schedule(requests[0].scheduler, requests[0].steps)
+        except Exception as e:  # a step count this model's scheduler cannot lay out: the request's fault
+            self._current = None
+            self._fail(call, render.call_error(e, self.debug), 400)
+            return
+        try:
             results = model.engine.run(requests, on_step=self._on_step)
         except Interrupted:
-            self._fail(call, "interrupted" if not self._abandon else "abandoned at shutdown")
+            self._fail(call, "interrupted" if not self._abandon else "abandoned at shutdown", 409)
             return
         except Exception as e:
             self._fail(call, render.call_error(e, self.debug))
@@ -250,11 +260,15 @@ class Worker:
             self.stats.batched += len(call)
         tasks = [ImageTask(r) for r in requests]
         when = naming.now()
-        for (ticket, i), (task, res, meta) in zip(call, render.call_metadata(
-                model.engine, model.describe, model.facts, tasks, results, elapsed)):
+        try:
+            described = list(render.call_metadata(model.engine, model.describe, model.facts, tasks, results, elapsed))
+        except Exception as e:  # the images exist but cannot be described: fail them, keep serving
+            self._fail(call, render.call_error(e, self.debug))
+            return
+        for (ticket, i), (task, res, meta) in zip(call, described):
             if meta is None:
                 self.stats.failures += 1
-                self._deliver(ticket, i, Image(task.request, error=render.nan_error(model.engine.dtype)))
+                self._deliver(ticket, i, Image(task.request, error=render.nan_error(model.engine.dtype), status=500))
             else:
                 self.stats.images += 1
                 self.stats.seconds += elapsed / len(call)
@@ -276,7 +290,7 @@ class Worker:
         except Exception as e:  # a full disk fails this image, and says so
             self.stats.images -= 1
             self.stats.failures += 1
-            done = Image(request, error=f"The image could not be written: {type(e).__name__}: {e}")
+            done = Image(request, error=f"The image could not be written: {type(e).__name__}: {e}", status=500)
         self._deliver(ticket, i, done)
 
     def _deliver(self, ticket: Ticket, i: int, image: Image) -> None:
@@ -286,10 +300,10 @@ class Worker:
         if finished:
             self._finish(ticket)
 
-    def _fail(self, call, error: str) -> None:
+    def _fail(self, call, error: str, status: int = 500) -> None:
         for ticket, i in call:
             self.stats.failures += 1
-            self._deliver(ticket, i, Image(ticket.job.images[i], error=error))
+            self._deliver(ticket, i, Image(ticket.job.images[i], error=error, status=status))
 
     @staticmethod
     def _finish(ticket: Ticket) -> None:
