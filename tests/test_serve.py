@@ -368,11 +368,12 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
 
 
 def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache, tmp_path):
-    proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(tmp_path / "out")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(tmp_path / "out"),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        started = json.loads(proc.stdout.readline())  # --json: one line, once listening
+        url = started["url"]
+        assert url.startswith("http://127.0.0.1:") and started["models"] == ["spo"], started
         while request(url + "/health")[0] != 200:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.1)

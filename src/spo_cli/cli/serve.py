@@ -112,7 +112,8 @@ def serve(
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    size_limit=not no_size_limit, vae=vae, device=device, dtype=dtype, fast=fast, offload=offload)
     if ui.json_mode:
-        ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None})
+        ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
+                     one_line=True)
     else:
         ui.info(f"Serving on {escape(server.url)} (the page is at /; /health says when the model is loaded). "
                 "Ctrl-C stops.")

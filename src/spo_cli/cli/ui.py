@@ -160,8 +160,9 @@ class UI:
 
     # -- data (stdout) ----------------------------------------------------------------------------
 
-    def emit_json(self, data) -> None:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    def emit_json(self, data, *, one_line: bool = False) -> None:
+        """`data` on stdout; `one_line` for a long-running command whose readers take a line at a time."""
+        sys.stdout.write(json.dumps(data, indent=None if one_line else 2, ensure_ascii=False, allow_nan=False) + "\n")
         sys.stdout.flush()
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
