@@ -352,6 +352,12 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
     short.write_text("abc\n")
     r = invoke("serve", "--host", "0.0.0.0", "--token-file", str(short))
     assert r.exit_code == 2 and "at least 16" in r.output
+    r = invoke("serve", "--cors-origin", "example.org")
+    assert r.exit_code == 2 and "is not an origin" in r.output
+    r = invoke("serve", "--models", "spo,spo")
+    assert r.exit_code == 2 and "must name each model once" in r.output
+    r = invoke("serve", "--port", "70000")
+    assert r.exit_code == 2 and "--port must be from 0 to 65,535" in r.output
     # The same loaded worker behind a second app that wants a token.
     from spo_cli.serve.app import Settings
 
@@ -369,7 +375,7 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
 
 def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache, tmp_path):
     proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(tmp_path / "out"),
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--json", "--max-queue", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = json.loads(proc.stdout.readline())  # --json: one line, once listening
         url = started["url"]
@@ -385,6 +391,8 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache,
             queued = [pool.submit(request, url + OPENAI, {**slow, "seed": s}) for s in (4, 5)]
             while request(url + "/health")[1]["queued"] < 2:
                 time.sleep(0.05)
+            status, body, headers = request(url + OPENAI, {**slow, "seed": 6})  # --max-queue 2: full
+            assert status == 429 and headers["Retry-After"], body
             proc.send_signal(signal.SIGTERM)
             status, body, _ = running.result()
             assert status == 200 and body["spo"]["seeds"] == [3]  # finished, and written
