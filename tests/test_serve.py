@@ -292,6 +292,17 @@ HOSTILE = [
     (A1111, {"prompt": "a fox", "prompt_syntax": "markdown"}, 400, "prompt_syntax"),
     (A1111, {"prompt": "a fox", "negative_prompt": ["x"]}, 400, "negative_prompt"),
     (A1111, {"negative_prompt": "blurry"}, 400, "prompt"),
+    (A1111, {"prompt": "a fox", "sampler_name": ""}, 400, "sampler_name"),
+    (A1111, {"prompt": "a fox", "scheduler": "Karras"}, 400, "scheduler"),  # a schedule type with no sampler
+    (A1111, {"prompt": "(" * 400 + "a fox" + ")" * 400}, 400, "prompt"),  # 1.1 ** 400: NaN images
+    (OPENAI, {"prompt": "a fox", "size": "\u00b2x\u00b2"}, 400, "size"),  # digits to str.isdigit, not to int()
+    (OPENAI, {"prompt": "a fox", "x": [[[[[[[[[[[[[[[[[[[["a"]]]]]]]]]]]]]]]]]]]]}, 400, "x[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]"),
+    # on this CPU-only server, noise on a GPU is refused by the worker, before any denoising
+    (OPENAI, {"prompt": "a fox", "generator_device": "cuda", "size": "64x64", "steps": 1}, 400, "generator_device"),
+    ("/spo/v1/run", {"images": [{"prompt": "a fox", "seed": None}]}, 400, "images[0]"),
+    ("/spo/v1/run", {"images": [1]}, 400, "images[0]"),
+    ("/spo/v1/run", {"model": 0, "images": [{"prompt": "a fox", "seed": 1}]}, 400, "model"),
+    ("/spo/v1/run", {"images": [{"prompt": "a fox", "seed": 1, "steps": 0}]}, 400, "images[0].steps"),
 ]
 
 
@@ -307,6 +318,12 @@ def test_hostile_transport(server, tmp_path):
     calls = server.server.worker.stats.calls
     cases = [
         (request(url + OPENAI, raw=b"{not json"), 400),
+        # echoed back in answers or warnings, so refused before anything is made
+        (request(url + A1111, raw=b'{"prompt": "a fox", "steps": 1, "width": 64, "height": 64, "zz": NaN}'), 400),
+        (request(url + OPENAI, raw=b'{"prompt": "a fox", "steps": 1, "size": "64x64", "\\ud800": 1}'), 400),
+        (request(url + "/sdapi/v1/options", raw=b'{"\\ud800": 1}'), 400),
+        (request(url + OPENAI, raw=b"[" * 200_000 + b"]" * 200_000), 400),
+        (request(url + "/spo/v1/gallery?limit=abc"), 400),
         (request(url + OPENAI, raw=b'{"prompt": "a fox", "steps": NaN}'), 400),
         (request(url + OPENAI, raw=b"\xff\xfe"), 400),
         (request(url + OPENAI, raw=b'{"prompt": "' + b"x" * (1 << 20) + b'"}'), 413),
@@ -328,6 +345,34 @@ def test_hostile_transport(server, tmp_path):
         assert status == want and isinstance(body, dict) and body["error"]["message"], (want, status, body)
     assert server.server.worker.stats.calls == calls  # none of it reached the pipeline
 
+    # A client that goes away in the middle of its body is not a server error.
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as half:
+        half.sendall(b"POST " + OPENAI.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"pro")
+    while "code=\"499\"" not in request(url + "/metrics")[1]:
+        time.sleep(0.05)
+    assert 'path="/v1/images/generations",code="500"' not in request(url + "/metrics")[1]
+
+
+def test_the_gallery_passes_over_what_spo_did_not_write(server, tmp_path):
+    out = server.server.settings.out
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    (out / "zz-broken.json").symlink_to(tmp_path / "nowhere.json")
+    (out / "zz-types.json").write_text(json.dumps({"file": "zz-types.png", "scheduler": "euler", "model": "x",
+                                                   "seed": "7"}))
+    Image.new("RGB", (8, 8)).save(out / "zz-types.png")
+    (out / "zz-out.json").write_text(json.dumps({"file": "../" + secret.name}))
+    (out / "zz-list.json").write_text("[1, 2]")
+    status, listing, _ = request(server.url + "/spo/v1/gallery?limit=500")
+    assert status == 200, listing
+    files = [item["file"] for item in listing["images"]]
+    assert "zz-types.png" in files and not any(".." in f for f in files)
+    odd = next(item for item in listing["images"] if item["file"] == "zz-types.png")
+    assert (odd["scheduler"], odd["model"], odd["seed"]) == (None, None, None)  # wrong types read as absent
+
 
 def test_metrics_health_page_and_outputs(server):
     status, text, headers = request(server.url + "/metrics")
@@ -344,6 +389,46 @@ def test_metrics_health_page_and_outputs(server):
     assert status == 200
 
 
+def test_interrupt_reaches_a_call_still_waiting_for_company_and_no_later_one(server):
+    url = server.url
+    assert request(url + "/sdapi/v1/interrupt", {})[0] == 200  # idle: nothing to stop, nothing remembered
+    assert request(url + "/sdapi/v1/progress")[1]["state"]["interrupted"] is False
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(request, url + OPENAI, {"prompt": "alone", "size": "64x64", "steps": 100})
+        while not (server.server.worker.queued or request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"]):
+            time.sleep(0.01)
+        assert request(url + "/sdapi/v1/interrupt", {})[0] == 200  # waiting for company, or just started
+        assert job.result()[0] == 409
+    status, body, _ = request(url + OPENAI, {"prompt": "after", "size": "64x64", "steps": 1})
+    assert status == 200, body  # the interrupt stopped one call, not this one
+
+
+def test_a_model_that_does_not_load_is_said_and_ends_the_server(hub_cache):
+    r = invoke("serve", "--port", "0", "--device", "cpu", "--models", "nobody/nothing", "--no-save")
+    assert r.exit_code == 1, r.output
+    assert "nobody/nothing" in r.output and "not available offline" in r.output and "Traceback" not in r.output
+
+
+def test_a_server_that_is_not_spo_is_said_plainly(tmp_path):
+    """--server at some other web server: one paragraph, not an unexpected error."""
+    import functools
+    import http.server
+
+    (tmp_path / "spo" / "v1").mkdir(parents=True)
+    (tmp_path / "spo" / "v1" / "models").write_text("<html>hello</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        r = invoke("generate", "a fox", "--server", url, "--out", str(tmp_path / "o"))
+        assert r.exit_code == 1 and "answered, but not as `spo serve` does" in " ".join(r.output.split())
+        assert "Unexpected" not in r.output
+    finally:
+        other.shutdown()
+
+
 def test_a_token_is_required_off_loopback(server, tmp_path):
     """Off loopback, spo serve refuses to start without a token; with one, every API call needs it."""
     r = invoke("serve", "--host", "0.0.0.0", "--port", "0")
@@ -358,6 +443,10 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
     assert r.exit_code == 2 and "must name each model once" in r.output
     r = invoke("serve", "--port", "70000")
     assert r.exit_code == 2 and "--port must be from 0 to 65,535" in r.output
+    r = invoke("serve", "--cors-origin", "https://a b")
+    assert r.exit_code == 2 and "is not an origin" in r.output
+    r = invoke("serve", "--host", "nonexistent.invalid")
+    assert r.exit_code == 2 and "is not an address of this machine" in r.output
     # The same loaded worker behind a second app that wants a token.
     from spo_cli.serve.app import Settings
 

@@ -34,6 +34,7 @@ ROWS_PER_PAGE_MAX = 1000
 PORT_MAX = 65535
 BATCH_WAIT_MS_MAX = 10_000  # spo serve: longer would only add latency
 TOKEN_MIN_CHARS = 16  # spo serve's bearer token: guessing it must not be practical
+WEIGHT_MAX = 65504.0  # float16's largest number: a prompt weight past it cannot be applied in half precision
 LORA_SCALE_USUAL = 2.0  # outside ±2 a LoRA mostly breaks the image; allowed, with a warning
 SDXL_MEGAPIXELS = (0.5, 2.0)  # outside this, warn: SDXL was trained around one megapixel
 IMAGE_FORMATS = ("png", "jpg", "webp")
@@ -301,11 +302,17 @@ def readable_prompts(prompt: str | None, negative: str | None, prompt_syntax: st
 
     for key, value in (("prompt", prompt), ("negative_prompt", negative)):
         try:
-            syntax.parse(value or "")
+            parts = syntax.parse(value or "")
         except syntax.PromptSyntaxError as e:
             raise where.error(key, f"cannot be read as A1111 prompt syntax: {e}",
                               r"Write weights as (word:1.2), escape literal brackets as \( \), or use "
                               "--prompt-syntax plain to take the text as it is.") from None
+        if any(not math.isfinite(w) or abs(w) > WEIGHT_MAX for _, w in parts):
+            # e.g. hundreds of nested brackets: 1.1 ** 400 is 4e16, and the image would be NaN
+            raise where.error(key, f"has an A1111 weight over {WEIGHT_MAX:g} (brackets nested too deep?), which no "
+                                   "half-precision model can apply",
+                              r"Write the weight as (word:1.5), escape literal brackets as \( \), or use "
+                              "--prompt-syntax plain.")
 
 
 def model_values(values: Mapping, where: Where = ARGV) -> dict:

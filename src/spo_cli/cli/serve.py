@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answe
 JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), nothing else."
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+CONNECTIONS_MAX = 512
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # scheme://host[:port]
 
 
 def is_loopback(host: str) -> bool:
@@ -97,6 +100,10 @@ def serve(
     validate.integer(port, "port", low=0, high=validate.PORT_MAX)
     validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
     validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise UsageError(f"--host {host} is not an address of this machine.", "E.g. 127.0.0.1 or 0.0.0.0.") from None
     token = read_token(token_file)
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} would let anyone on the network use this GPU and read its outputs.",
@@ -106,7 +113,7 @@ def serve(
     if not labels or len(set(labels)) != len(labels):
         raise UsageError(f"--models {models!r} must name each model once.", "E.g. --models spo,base.")
     for origin in cors_origin or []:
-        if origin != "*" and not origin.startswith(("http://", "https://")):
+        if origin != "*" and not ORIGIN.fullmatch(origin):
             raise UsageError(f"--cors-origin {origin!r} is not an origin such as https://example.org.")
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
@@ -203,8 +210,14 @@ def run_server(server: Server, *, debug: bool = False) -> None:
             (worker.abandon if self.should_exit else worker.drain)()
             super().handle_exit(sig, frame)
 
+    # Connections beyond this many are answered 503 at once, so that a flood of idle connections
+    # cannot use up the process's file handles (uvicorn has no header timeout: see the README).
     config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=debug,
-                            timeout_graceful_shutdown=None, lifespan="off")
-    Uvicorn(config).run(sockets=[server.sock])
+                            timeout_graceful_shutdown=None, lifespan="off", limit_concurrency=CONNECTIONS_MAX)
+    running = Uvicorn(config)
+    worker.on_load_error = lambda e: setattr(running, "should_exit", True)  # said below, then exit
+    running.run(sockets=[server.sock])
     worker.drain()
     worker.join(timeout=5)
+    if worker.load_exception is not None:
+        raise worker.load_exception

@@ -8,7 +8,9 @@ with a warning in the answer (never an error), unless they are left at their usu
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, replace
 
 from spo_cli import infotext, presets, validate
@@ -26,7 +28,8 @@ class BadRequest(Exception):
         self.message, self.field, self.status = message, field, status
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "field": self.field, "type": "invalid_request_error"}}
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"  # OpenAI's error types
+        return {"error": {"message": self.message, "field": self.field, "type": kind}}
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,54 @@ def _finite(value, name: str):
     return value
 
 
-def _object(body) -> dict:
+MAX_DEPTH = 16  # objects and lists in a body: the APIs need three levels at most
+
+
+def parse_json(data: bytes):
+    """A request body: JSON text (UTF-8) whose every key and string is valid text and every number
+    finite, at most MAX_DEPTH deep. Checked before anything reads a field, since parts of a body are
+    echoed back in answers (A1111's `parameters`) and warnings (an unknown key)."""
+    try:
+        body = json.loads(data.decode("utf-8"), parse_constant=_constant)
+    except RecursionError:
+        raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f"The request body is not valid JSON ({e}).") from None
+    _check_tree(body, "", 0)
+    return body
+
+
+def _constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_tree(value, path: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.", path or None)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"request: '{path}' is not valid text (a lone surrogate).", path or None) from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"request: '{path}' must be a finite number.", path or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else key
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("request: a key is not valid text (a lone surrogate).") from None
+            _check_tree(item, name, depth + 1)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_tree(item, f"{path}[{n}]", depth + 1)
+
+
+def _object(body, field: str | None = None) -> dict:
     if not isinstance(body, dict):
-        raise BadRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
+        what = f"request: '{field}' must be" if field else "The request body must be"
+        raise BadRequest(f"{what} a JSON object, not {type(body).__name__}.", field)
     return body
 
 
@@ -159,15 +207,16 @@ SPO_FIELDS = {"seed": "seed", "negative_prompt": "negative_prompt", "steps": "st
               "generator_device": "generator_device", "width": "width", "height": "height"}
 
 
+_SIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")  # ASCII digits only: int() takes '²' too
+
+
 def _size(value, name: str = "size") -> tuple[int | None, int | None]:
     if value is None or value == "auto":
         return None, None
-    if not isinstance(value, str) or "x" not in value:
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if not match:
         raise BadRequest(f"request: '{name}' must be WIDTHxHEIGHT such as 1024x1024, not {value!r}.", name)
-    w, _, h = value.partition("x")
-    if not (w.isdigit() and h.isdigit()) or len(w) > 6 or len(h) > 6:
-        raise BadRequest(f"request: '{name}' must be WIDTHxHEIGHT such as 1024x1024, not {value!r}.", name)
-    return int(w), int(h)
+    return int(match[1]), int(match[2])
 
 
 # OpenAI's images API fields that spo reads, and those it accepts and ignores at their defaults.
@@ -257,10 +306,14 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
                          ("emphasis", "emphasis")):
         if body.get(key) is not None:
             values[spo_key] = body[key]
-    sampler = body.get("sampler_name") or body.get("sampler_index")
-    if sampler is not None and sampler != A1111_DEFAULTS["sampler_index"] or body.get("sampler_name"):
-        if not isinstance(sampler, str):
-            raise BadRequest(f"request: 'sampler_name' must be a string, not {type(sampler).__name__}.",
+    sampler = body.get("sampler_name")
+    if sampler is None and body.get("sampler_index") != A1111_DEFAULTS["sampler_index"]:
+        sampler = body.get("sampler_index")  # the name before A1111 1.6
+    if sampler is None and body.get("scheduler") is not None:
+        raise BadRequest("request: 'scheduler' (a schedule type such as Karras) needs a 'sampler_name'.", "scheduler")
+    if sampler is not None:
+        if not isinstance(sampler, str) or not sampler.strip():
+            raise BadRequest(f"request: 'sampler_name' must be a sampler's name such as 'DPM++ 2M', not {sampler!r}.",
                              "sampler_name")
         schedule = body.get("scheduler")
         if schedule is not None and not isinstance(schedule, str):
@@ -336,14 +389,15 @@ def run_job(body, ctx: Context) -> Job:
     if len(images) > ctx.max_images:
         raise BadRequest(f"request: 'images' holds {len(images)}; this server takes at most {ctx.max_images}.",
                          "images")
-    model = body.get("model") or ctx.models[0]
+    model = body.get("model")
+    model = ctx.models[0] if model is None else model
     if model not in ctx.models:
         raise BadRequest(f"request: 'model' {model!r} is not loaded here (loaded: {', '.join(ctx.models)}).", "model")
     requests, warnings = [], []
     for n, item in enumerate(images):
-        item = _object(item)
+        item = _object(item, f"images[{n}]")
         unknown = sorted(set(item) - set(_REQUEST_FIELDS))
-        if unknown or "prompt" not in item or "seed" not in item:
+        if unknown or item.get("prompt") is None or item.get("seed") is None:
             raise BadRequest(f"request: images[{n}] needs 'prompt' and 'seed' and takes only "
                              f"{', '.join(_REQUEST_FIELDS)}" + (f" (not {', '.join(unknown)})" if unknown else "") + ".",
                              f"images[{n}]")

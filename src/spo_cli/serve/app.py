@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from spo_cli import __version__, presets
@@ -26,6 +27,7 @@ from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
 
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page holds no data; it asks for the token itself
 SERVED_SUFFIXES = {".png", ".jpg", ".webp", ".json"}
+CLIENT_GONE = 499  # nginx's code for a client that closed the connection: nobody reads the answer
 DRAIN_FACTOR = 4  # bodies up to this many times the limit are read to the end before the 413
 
 
@@ -99,20 +101,21 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         if length is not None and (not length.isdigit() or int(length) > DRAIN_FACTOR * settings.max_body):
             raise too_big  # not even read: the client may see the connection close before the answer
         data, seen = bytearray(), 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen <= settings.max_body:
-                data += chunk
-            elif seen > DRAIN_FACTOR * settings.max_body:
-                raise too_big
+        try:
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen <= settings.max_body:
+                    data += chunk
+                elif seen > DRAIN_FACTOR * settings.max_body:
+                    raise too_big
+        except ClientDisconnect:
+            raise api.BadRequest("The client closed the connection before its request was complete.", None,
+                                 CLIENT_GONE) from None
         # A body somewhat over the limit is read to its end (and dropped), so that the client, still
         # sending, gets the 413 rather than a reset connection.
         if seen > settings.max_body:
             raise too_big
-        try:
-            return json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise api.BadRequest(f"The request body is not valid JSON ({e}).") from None
+        return api.parse_json(bytes(data))
 
     async def run(request: Request, job: api.Job) -> Ticket:
         loop = asyncio.get_running_loop()
@@ -126,14 +129,16 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         except QueueFull as e:
             raise api.BadRequest(f"The server is busy: {e}. Try again shortly.", None, 429) from None
         except ShuttingDown as e:
-            raise api.BadRequest(f"The server cannot take work: {e}.", None, 503) from None
+            raise api.BadRequest(f"The server cannot take work: {str(e).rstrip('.')}.", None,
+                                 500 if worker.load_error else 503) from None
         while True:
             done, _ = await asyncio.wait({finished}, timeout=settings.poll_s)
             if done:
                 return ticket
             if await request.is_disconnected():
                 worker.cancel(ticket)
-                raise api.BadRequest("The client closed the connection; its queued images were dropped.", None, 499)
+                raise api.BadRequest("The client closed the connection; its queued images were dropped.", None,
+                                     CLIENT_GONE)
 
     def refuse(e: api.BadRequest) -> JSONResponse:
         headers = {"Retry-After": "1"} if e.status in (429, 503) else None
@@ -153,7 +158,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
             return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
         if all(img.error for img in ticket.images):
             first = ticket.images[0]
-            return error(first.status, f"No image was made: {first.error}", "steps" if first.status == 400 else None)
+            return error(first.status, f"No image was made: {first.error}", first.field)
         return None
 
     # -- OpenAI ------------------------------------------------------------------------------------
@@ -319,6 +324,14 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     # Unknown routes and methods: JSON, like every other refusal.
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError):
+        first = (exc.errors() or [{}])[0]
+        field = str(first.get("loc", ["", None])[-1])
+        return error(400, f"request: '{field}' {first.get('msg', 'is not valid').lower()}.", field)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
@@ -327,26 +340,45 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
 
 def list_outputs(out: Path, limit: int) -> list[dict]:
-    """The newest images under `out` that spo wrote (those with a sidecar), with their metadata."""
+    """The newest images under `out` that spo wrote (those with a sidecar), with their settings. A
+    file that is not such a pair (a broken link, another program's JSON, a name pointing out of
+    `out`) is passed over."""
     if not out.is_dir():
         return []
-    sidecars = sorted((p for p in out.glob("*.json") if not p.name.startswith(".") and p.name != "manifest.jsonl"),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
+    dated = []
+    for sidecar in out.glob("*.json"):
+        if sidecar.name.startswith("."):
+            continue
+        try:
+            dated.append((sidecar.stat().st_mtime, sidecar))
+        except OSError:  # a broken link
+            continue
     items = []
-    for sidecar in sidecars:
+    for _, sidecar in sorted(dated, key=lambda d: d[0], reverse=True):
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            name = meta["file"]
+            image = naming.inside(out, name)
+            if image.suffix.lower() not in SERVED_SUFFIXES - {".json"} or not image.is_file():
+                continue
+        except (OSError, ValueError, KeyError, TypeError, UsageError):
             continue
-        if not isinstance(meta, dict) or not isinstance(meta.get("file"), str):
-            continue
-        if not (out / meta["file"]).is_file():
-            continue
-        items.append({"url": f"/outputs/{meta['file']}", "file": meta["file"], "prompt": meta.get("prompt"),
-                      "negative_prompt": meta.get("negative_prompt"), "seed": meta.get("seed"),
-                      "steps": meta.get("steps"), "guidance": meta.get("guidance"), "width": meta.get("width"),
-                      "height": meta.get("height"), "scheduler": (meta.get("scheduler") or {}).get("name"),
-                      "model": (meta.get("model") or {}).get("id"), "created": meta.get("created")})
+        scheduler, model = meta.get("scheduler"), meta.get("model")
+        items.append({"url": f"/outputs/{name}", "file": name, "prompt": _text(meta.get("prompt")),
+                      "negative_prompt": _text(meta.get("negative_prompt")), "seed": _number(meta.get("seed")),
+                      "steps": _number(meta.get("steps")), "guidance": _number(meta.get("guidance")),
+                      "width": _number(meta.get("width")), "height": _number(meta.get("height")),
+                      "scheduler": _text(scheduler.get("name")) if isinstance(scheduler, dict) else None,
+                      "model": _text(model.get("id")) if isinstance(model, dict) else None,
+                      "created": _text(meta.get("created"))})
         if len(items) >= limit:
             break
     return items
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value) -> float | int | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from spo_cli.errors import GenerationError, ModelError, UsageError
 from spo_cli.request import ImageRequest
 
-TIMEOUT_S = 24 * 3600  # a queued call on a busy server may wait long; a dead one fails at connect
+TIMEOUT_S = 24 * 3600  # a queued call on a busy server may wait long
+HELLO_TIMEOUT_S = 30.0  # the first question answers at once from a live server
 
 # Model options that choose weights or how they run: on a server those are the server's.
 SERVER_SIDE = ("--revision", "--lora", "--lora-file", "--lora-scale", "--vae", "--device", "--dtype", "--fast",
@@ -54,7 +55,7 @@ class Client:
         self.url = check_url(url)
         self.token = token if token is not None else (os.environ.get("SPO_TOKEN", "").strip() or None)
 
-    def call(self, path: str, body: dict | None = None) -> dict:
+    def call(self, path: str, body: dict | None = None, timeout: float = TIMEOUT_S) -> dict:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -62,8 +63,14 @@ class Client:
         req = urllib.request.Request(self.url + path, data=data, headers=headers,
                                      method="GET" if data is None else "POST")
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
-                return json.loads(r.read())
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                answer = json.loads(r.read())
+            if not isinstance(answer, dict):
+                raise ValueError("not a JSON object")
+            return answer
+        except ValueError:  # JSON that is not spo's, or no JSON at all
+            raise ModelError(f"{self.url} answered, but not as `spo serve` does.",
+                             "Check the --server address: it should be the URL `spo serve` printed.") from None
         except urllib.error.HTTPError as e:
             try:
                 message = json.loads(e.read())["error"]["message"]
@@ -77,6 +84,8 @@ class Client:
             raise GenerationError(f"The server at {self.url} answered {e.code}: {message}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                reason = f"no answer within {timeout:g} s"
             raise ModelError(f"The server at {self.url} cannot be reached: {reason}.",
                              "Check that `spo serve` runs there, and the address and port.") from None
 
@@ -145,7 +154,12 @@ def _encoding(meta: dict) -> dict:
 def connect(url: str, label: str, ui=None) -> tuple[RemoteEngine, RemoteModel]:
     """The server's loaded model `label`, as an engine and a resolved model."""
     client = Client(url)
-    models = client.call("/spo/v1/models")
+    models = client.call("/spo/v1/models", timeout=HELLO_TIMEOUT_S)
+    if not isinstance(models.get("models"), dict) or any(
+            not isinstance(m, dict) or not {"describe", "identity", "facts", "dtype", "default_size"} <= set(m)
+            for m in models["models"].values()):
+        raise ModelError(f"{client.url} answered, but not as `spo serve` does.",
+                         "Check the --server address: it should be the URL `spo serve` printed.")
     if not models.get("ready"):
         raise ModelError(f"The server at {client.url} has not finished loading its models.",
                          "Try again when its /health says ready.")

@@ -43,7 +43,8 @@ class Image:
     data: bytes | None = None  # the PNG, metadata embedded, as written
     written: dict | None = None  # files.write_pair's answer when saved
     error: str | None = None
-    status: int = 200  # for an error: 400 (refused by the loaded model's scheduler), 409 (interrupted), 500
+    status: int = 200  # for an error: 400 (refused by the loaded model or machine), 409 (interrupted), 500
+    field: str | None = None  # for a 400: the request field at fault
 
 
 @dataclass(eq=False)  # a ticket is itself: hashed by identity
@@ -81,6 +82,7 @@ class Worker:
     def __init__(self, load: Callable[[], dict[str, tuple]], out: Path, *, batch_size: int = 1,
                  batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False):
         self._load = load
+        self.on_load_error: Callable[[BaseException], None] = lambda e: None
         self.out = out
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
@@ -89,6 +91,7 @@ class Worker:
         self.models: dict[str, Model] = {}
         self.ready = False
         self.load_error: str | None = None
+        self.load_exception: BaseException | None = None
         self.stats = Stats()
         self._queue: deque[tuple[Ticket, int]] = deque()
         self._cond = threading.Condition()
@@ -126,7 +129,11 @@ class Worker:
             self._queue.extend(kept)
 
     def interrupt(self) -> None:
-        self._interrupt = True
+        """A1111's interrupt: the call in flight stops at its next step; with none in flight, the next
+        call made from what is queued now does (it may be waiting for company). Idle, it does nothing."""
+        with self._cond:
+            if self._current is not None or self._queue:
+                self._interrupt = True
 
     def drain(self) -> None:
         """Stop accepting; answer every queued request with 503; let the call in flight finish."""
@@ -177,7 +184,9 @@ class Worker:
             from spo_cli.errors import SpoError
 
             self.load_error = e.paragraph() if isinstance(e, SpoError) else f"{type(e).__name__}: {e}"
+            self.load_exception = e
             self.drain()
+            self.on_load_error(e)
             return
         self.ready = True
         try:
@@ -186,7 +195,10 @@ class Worker:
                 if call is None:
                     return
                 if call:
-                    self._run(call)
+                    try:
+                        self._run(call)
+                    finally:
+                        self._interrupt = False  # an interrupt stops one call, never a later one
         finally:
             self._writer.shutdown(wait=True)  # every image taken is answered
 
@@ -220,8 +232,24 @@ class Worker:
             kept = [item for item in self._queue if not any(item is s for s in same)]
             self._queue.clear()
             self._queue.extend(kept)
-            self._interrupt = False
             return same
+
+    def _refusal(self, engine, request: ImageRequest) -> tuple[str, int, str] | None:
+        """(message, 400, field) when the loaded model or this machine cannot make `request`: noise on a
+        device it lacks, a step count its scheduler cannot lay out."""
+        from spo_cli import devices
+
+        why = devices.refusal(request.generator_device, "generator_device", devices.installed())
+        base = request.generator_device.partition(":")[0]
+        if why is None and base != "cpu" and not engine.device.startswith(base):
+            why = f"generator_device {request.generator_device} was asked for, but this server runs on {engine.device}."
+        if why:
+            return f"{why} Use cpu (the same noise on any machine).", 400, "generator_device"
+        try:
+            engine.check_schedule(request.scheduler, request.steps)
+        except Exception as e:
+            return render.call_error(e, self.debug), 400, "steps"
+        return None
 
     def _on_step(self, done: int, total: int) -> None:
         if self._current is not None:
@@ -238,11 +266,10 @@ class Worker:
                          "job": f"{len(call)} image(s)", "timestamp": time.strftime("%Y%m%d%H%M%S"),
                          "estimate": per_step * requests[0].steps}
         t0 = time.perf_counter()
-        try:
-            model.engine.check_schedule(requests[0].scheduler, requests[0].steps)
-        except Exception as e:  # a step count this model's scheduler cannot lay out: the request's fault
+        refusal = self._refusal(model.engine, requests[0])
+        if refusal:  # what only the loaded model and this machine can refuse is still the request's fault
             self._current = None
-            self._fail(call, render.call_error(e, self.debug), 400)
+            self._fail(call, *refusal)
             return
         try:
             results = model.engine.run(requests, on_step=self._on_step)
@@ -300,10 +327,10 @@ class Worker:
         if finished:
             self._finish(ticket)
 
-    def _fail(self, call, error: str, status: int = 500) -> None:
+    def _fail(self, call, error: str, status: int = 500, field: str | None = None) -> None:
         for ticket, i in call:
             self.stats.failures += 1
-            self._deliver(ticket, i, Image(ticket.job.images[i], error=error, status=status))
+            self._deliver(ticket, i, Image(ticket.job.images[i], error=error, status=status, field=field))
 
     @staticmethod
     def _finish(ticket: Ticket) -> None:
