@@ -210,8 +210,9 @@ def run_server(server: Server, *, debug: bool = False) -> None:
             (worker.abandon if self.should_exit else worker.drain)()
             super().handle_exit(sig, frame)
 
-    # Connections beyond this many are answered 503 at once, so that a flood of idle connections
-    # cannot use up the process's file handles (uvicorn has no header timeout: see the README).
+    # Requests on connections beyond this many are answered 503 at once rather than taken on. It does
+    # not stop connections that never finish their headers (uvicorn has no header timeout): on an open
+    # network a reverse proxy belongs in front, as the README says.
     config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=debug,
                             timeout_graceful_shutdown=None, lifespan="off", limit_concurrency=CONNECTIONS_MAX)
     running = Uvicorn(config)
