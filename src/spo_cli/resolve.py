@@ -427,16 +427,20 @@ def _list_files(repo: str, commit: str, snapshot: Path, fetch: Fetch) -> list[st
                   if p.is_file() or p.is_symlink())
 
 
-def _fetch(repo: str, revision: str | None, files: list[str], fetch: Fetch) -> Path:
+def _snapshot(repo: str, revision: str | None, patterns: list[str], fetch: Fetch, repo_type: str = "model") -> Path:
     from huggingface_hub import snapshot_download
 
-    folder = Path(_hub_call(
+    return Path(_hub_call(
         lambda: snapshot_download(
-            repo, revision=revision, allow_patterns=files, local_files_only=fetch.local_only,
+            repo, repo_type=repo_type, revision=revision, allow_patterns=patterns, local_files_only=fetch.local_only,
             force_download=fetch.force, tqdm_class=fetch.tqdm(repo) if fetch.tqdm else None,
         ),
         repo, fetch,
     ))
+
+
+def _fetch(repo: str, revision: str | None, files: list[str], fetch: Fetch) -> Path:
+    folder = _snapshot(repo, revision, files, fetch)
     check_files(folder, files, repo, fetch.repair, lambda: _offline_hint(repo, fetch))
     return folder
 
@@ -529,16 +533,9 @@ def resolve_files(repo: str, required: tuple[str, ...], optional: tuple[str, ...
 def resolve_dataset(repo: str, pattern: str, fetch: Fetch, revision: str | None = None) -> Resolved:
     """The files of a Hub dataset that match `pattern` (a glob), pinned to a commit. Data files
     are named by whoever pushed them (shard counts, hashes), so they are found by pattern."""
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import constants
 
-    folder = Path(_hub_call(
-        lambda: snapshot_download(
-            repo, repo_type="dataset", revision=revision, allow_patterns=[pattern],
-            local_files_only=fetch.local_only, force_download=fetch.force,
-            tqdm_class=fetch.tqdm(repo) if fetch.tqdm else None,
-        ),
-        repo, fetch,
-    ))
+    folder = _snapshot(repo, revision, [pattern], fetch, repo_type="dataset")
     files = sorted(str(p.relative_to(folder)).replace(os.sep, "/") for p in folder.rglob("*")
                    if (p.is_file() or p.is_symlink()) and fnmatch.fnmatch(p.name, pattern.rsplit("/", 1)[-1]))
     if not files:

@@ -205,17 +205,11 @@ def cuda_noise(ui: UI, device: str) -> str:
 def paper_prompts(ui: UI, limit: int | None):
     """Pick-a-Pic v1 validation_unique from the Hub (or the cache): the dataset, its prompt lines, and
     how many captions were dropped as unusable (each named in a warning)."""
-    from huggingface_hub import constants
-
     from spo_cli.prompts import PromptLine
-    from spo_cli.resolve import Fetch, quiet_hub, resolve_dataset, unreachable
+    from spo_cli.resolve import Fetch, quiet_hub, resolve_dataset
 
     quiet_hub(ui.debug)
-    local_only = False
-    if not constants.HF_HUB_OFFLINE and (why := unreachable()):
-        ui.warn(f"The Hub cannot be reached ({why}); using the local cache only.")
-        local_only = True
-    fetch = Fetch(local_only, False, ui.download_tqdm, "spo download paper-prompts")
+    fetch = Fetch(loading.cache_only(ui), False, ui.download_tqdm, "spo download paper-prompts")
     dataset = resolve_dataset(paper.DATASET, paper.PATTERN, fetch)
     ui.info(f"[green]✓[/] Resolved {paper.DATASET} @ {(dataset.commit or '-')[:10]} ({paper.SPLIT})")
     lines, dropped = [], 0

@@ -50,18 +50,10 @@ def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list
 
 def resolve(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, downloading: bool = False):
     """Find (downloading if needed) the files of `request`, saying which commit of what was found."""
-    from huggingface_hub import constants
-
-    from spo_cli.resolve import hub_endpoint, quiet_hub, resolve as resolve_files, unreachable, uses_hub
+    from spo_cli.resolve import quiet_hub, resolve as resolve_files, uses_hub
 
     quiet_hub(ui.debug)
-    local_only = False
-    if not downloading and not constants.HF_HUB_OFFLINE and uses_hub(request, dtype):
-        # huggingface_hub would retry for half a minute before falling back to the cache.
-        why = unreachable()
-        if why:
-            ui.warn(f"The Hub at {hub_endpoint()} cannot be reached ({why}); using the local cache only.")
-            local_only = True
+    local_only = not downloading and uses_hub(request, dtype) and cache_only(ui)
     # No spinner here: download bars may need the live display.
     resolved = resolve_files(request, dtype, tqdm=ui.download_tqdm, force=force, downloading=downloading,
                              local_only=local_only)
@@ -69,6 +61,21 @@ def resolve(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, d
         at = f" @ {part.commit[:10]}" if part.commit else ""
         ui.info(f"[green]✓[/] Resolved {escape(part.id)}{'/' + escape(part.file) if part.file and part.source == 'hub' else ''}{at}")
     return resolved
+
+
+def cache_only(ui: UI) -> bool:
+    """Whether to use the local cache only, because the Hub cannot be reached (said once, here):
+    huggingface_hub would otherwise retry for half a minute before falling back to the cache."""
+    from huggingface_hub import constants
+
+    from spo_cli.resolve import hub_endpoint, unreachable
+
+    if constants.HF_HUB_OFFLINE:
+        return False  # huggingface_hub asks no one, and says so itself
+    why = unreachable()
+    if why:
+        ui.warn(f"The Hub at {hub_endpoint()} cannot be reached ({why}); using the local cache only.")
+    return why is not None
 
 
 def libraries(ui: UI, runtime: Runtime) -> None:

@@ -50,18 +50,12 @@ def device_and_dtype(ui: UI, device: str) -> tuple[str, object]:
 
 
 def resolve(ui: UI, names: list[str], hps_version: str, *, force: bool = False, downloading: bool = False) -> dict:
-    from huggingface_hub import constants
-
-    from spo_cli.resolve import Fetch, quiet_hub, unreachable
+    from spo_cli.cli.loading import cache_only
+    from spo_cli.resolve import Fetch, quiet_hub
     from spo_cli.scores import run
 
     quiet_hub(ui.debug)
-    local_only = False
-    if not downloading and not constants.HF_HUB_OFFLINE:
-        why = unreachable()
-        if why:
-            ui.warn(f"The Hub cannot be reached ({why}); using the local cache only.")
-            local_only = True
+    local_only = not downloading and cache_only(ui)
     command = f"spo download score-models --metric {','.join(names)}" + (
         f" --hps-version {hps_version}" if hps_version != "v2.1" and "hpsv2" in names else "")
     fetch = Fetch(local_only, force, ui.download_tqdm, command, downloading)
