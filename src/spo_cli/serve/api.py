@@ -69,27 +69,25 @@ def _fail(e: UsageError, names: dict[str, str], key: str | None) -> BadRequest:
     return BadRequest(e.paragraph(), names.get(key, key) if key else None)
 
 
-def _finite(value, name: str):
-    # JSON allows no NaN, but Python's json module reads NaN and Infinity: refuse them by name.
-    if isinstance(value, float) and not math.isfinite(value):
-        raise BadRequest(f"request: '{name}' must be a finite number, not {value}.", name)
-    return value
-
-
 MAX_DEPTH = 16  # objects and lists in a body: the APIs need three levels at most
 
 
 def parse_json(data: bytes):
-    """A request body: JSON text (UTF-8) whose every key and string is valid text and every number
-    finite, at most MAX_DEPTH deep. Checked before anything reads a field, since parts of a body are
-    echoed back in answers (A1111's `parameters`) and warnings (an unknown key)."""
+    """A request body's JSON (UTF-8, no NaN or Infinity literals); `checked_body` then checks it."""
     try:
-        body = json.loads(data.decode("utf-8"), parse_constant=_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=_constant)
     except RecursionError:
         raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"The request body is not valid JSON ({e}).") from None
-    _check_tree(body, "", 0)
+
+
+def checked_body(body) -> dict:
+    """A body as every endpoint takes it: an object whose every key and string is valid text and every
+    number finite (1e999 reads as infinity), at most MAX_DEPTH deep. Checked before any field is
+    read, since parts of a body are echoed back in answers (A1111's `parameters`) and warnings (an
+    unknown key)."""
+    _check_tree(_object(body), "", 0)
     return body
 
 
@@ -128,7 +126,7 @@ def _object(body, field: str | None = None) -> dict:
 
 
 def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
-    value = _finite(body.get(name, default), name)
+    value = body.get(name, default)
     if value is None:
         return default
     try:
@@ -140,8 +138,6 @@ def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
 def _image_fields(values: dict, names: dict[str, str], ctx: Context) -> tuple[ImageRequest, list[str]]:
     """Checked ImageRequest fields (seed included) → the request and its warnings."""
     where = _Names(names)
-    for key, value in values.items():
-        _finite(value, names.get(key, key))
     checked = {}
     prompts = ("prompt", "negative_prompt", "prompt_syntax")
     for key, value in values.items():  # one at a time, so that the error names the field that failed
@@ -181,12 +177,12 @@ def _model(value, ctx: Context, name: str, warnings: list[str]) -> str:
     return ctx.models[0]
 
 
-def _seeds(first: int | None, count: int, names: dict[str, str]) -> list[int]:
+def _seeds(first: int | None, count: int) -> list[int]:
     start = random_seed() if first is None else first
     try:
-        validate.seed_range(start, count, _Names(names))
+        validate.seed_range(start, count, _Names({}))
     except UsageError as e:
-        raise _fail(e, names, "seed") from None
+        raise BadRequest(e.paragraph(), "seed") from None
     return [start + i for i in range(count)]
 
 
@@ -227,7 +223,7 @@ _OPENAI_DEFAULTS = {"quality": "auto", "style": "vivid", "user": None, "backgrou
 
 def openai_job(body, ctx: Context) -> Job:
     """POST /v1/images/generations: OpenAI's fields, plus spo's (seed, negative_prompt, steps, …)."""
-    body = _object(body)
+    body = checked_body(body)
     warnings: list[str] = []
     if "prompt" not in body:
         raise BadRequest("request: 'prompt' is required.", "prompt")
@@ -257,10 +253,10 @@ def openai_job(body, ctx: Context) -> Job:
     seed = body.get("seed")
     if seed is not None:
         try:
-            seed = validate.seed(_finite(seed, "seed"), "seed", _Names({}))
+            seed = validate.seed(seed, "seed", _Names({}))
         except UsageError as e:
             raise BadRequest(e.paragraph(), "seed") from None
-    images = tuple(replace(base, seed=s) for s in _seeds(seed, n, {}))
+    images = tuple(replace(base, seed=s) for s in _seeds(seed, n))
     return Job(images, model, tuple(warnings + more), fmt, ctx.save)
 
 
@@ -289,7 +285,7 @@ _A1111_KNOWN = {"prompt", "negative_prompt", "steps", "cfg_scale", "width", "hei
 
 def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
     """POST /sdapi/v1/txt2img → the job, and A1111's `parameters` echo (the request with defaults)."""
-    body = _object(body)
+    body = checked_body(body)
     warnings: list[str] = []
     batch_size = _integer(body, "batch_size", 1, 1, validate.BATCH_SIZE_MAX)
     n_iter = _integer(body, "n_iter", 1, 1, ctx.max_images)
@@ -324,7 +320,7 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
             raise BadRequest(f"request: 'sampler_name': {e}", "sampler_name") from None
     names = dict(A1111_NAMES)
     base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)
-    seed = _finite(body.get("seed", -1), "seed")
+    seed = body.get("seed", -1)
     if seed is None or seed == -1:
         seed = None
     else:
@@ -339,7 +335,7 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         override = {k: v for k, v in override.items() if k != "sd_model_checkpoint"}
         body = {**body, "override_settings": override}
     _ignored(body, _A1111_KNOWN, A1111_DEFAULTS, warnings)
-    images = tuple(replace(base, seed=s) for s in _seeds(seed, batch_size * n_iter, {}))
+    images = tuple(replace(base, seed=s) for s in _seeds(seed, batch_size * n_iter))
     parameters = {**{k: v for k, v in A1111_DEFAULTS.items()}, **body, "batch_size": batch_size, "n_iter": n_iter,
                   "seed": images[0].seed, "steps": base.steps, "cfg_scale": base.guidance,
                   "width": base.width or presets.DEFAULT_SIZE, "height": base.height or presets.DEFAULT_SIZE,
@@ -382,7 +378,7 @@ _REQUEST_FIELDS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "wi
 
 def run_job(body, ctx: Context) -> Job:
     """POST /spo/v1/run: {"model": label, "images": [ImageRequest fields, …]}; nothing saved here."""
-    body = _object(body)
+    body = checked_body(body)
     images = body.get("images")
     if not isinstance(images, list) or not images:
         raise BadRequest("request: 'images' must be a non-empty list of image requests.", "images")

@@ -222,7 +222,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     @app.post("/sdapi/v1/options")
     async def set_options(request: Request):
         try:
-            body = api._object(await body_of(request))
+            body = api.checked_body(await body_of(request))
         except api.BadRequest as e:
             return refuse(e)
         ignored = sorted(body)

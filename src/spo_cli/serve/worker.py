@@ -237,9 +237,10 @@ class Worker:
     def _refusal(self, engine, request: ImageRequest) -> tuple[str, int, str] | None:
         """(message, 400, field) when the loaded model or this machine cannot make `request`: noise on a
         device it lacks, a step count its scheduler cannot lay out."""
-        from spo_cli import devices
+        from spo_cli import devices, engine as engines
 
-        why = devices.refusal(request.generator_device, "generator_device", devices.installed())
+        # torch's own view of this machine (how many GPUs), not only what the build can do
+        why = devices.refusal(request.generator_device, "generator_device", engines.machine())
         base = request.generator_device.partition(":")[0]
         if why is None and base != "cpu" and not engine.device.startswith(base):
             why = f"generator_device {request.generator_device} was asked for, but this server runs on {engine.device}."
