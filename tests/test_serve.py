@@ -375,6 +375,9 @@ def test_the_gallery_passes_over_what_spo_did_not_write(server, tmp_path):
 
 
 def test_metrics_health_page_and_outputs(server):
+    # Two images of its own: the test must not depend on which tests ran before it on this worker.
+    made = request(server.url + OPENAI, {"prompt": "for the metrics", "n": 2, "size": "64x64", "steps": 1})
+    assert made[0] == 200, made
     status, text, headers = request(server.url + "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
