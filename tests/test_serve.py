@@ -1,6 +1,6 @@
 """spo serve over real HTTP: a real uvicorn on a loopback port, the tiny pipeline, no mocks.
 
-One server (one loaded pipeline) serves the module; it runs uvicorn in a thread of the test process,
+One server (one loaded pipeline) serves every test here; it runs uvicorn in a thread of the test process,
 as `spo serve` runs it in its main thread. The shutdown test starts the real command in a process.
 """
 
@@ -113,7 +113,9 @@ def another_app(running: Running, settings):
         thread.join()
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, not module-scoped: under xdist a worker may run other modules' tests between these,
+# and pytest would tear a module's server down and load its pipeline again each time.
+@pytest.fixture(scope="session")
 def server(hub_cache, tmp_path_factory):
     # Batches of up to 2 images, gathered for up to 0.3 s: long enough that two requests sent together
     # share a call on a busy machine, short against a pipeline call.
@@ -503,7 +505,7 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache,
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pair(hub_cache, tmp_path_factory):
     """A second server with two models (the page's compare toggle) and CORS for one origin; /health
     says 'loading' until its worker has loaded them."""
