@@ -8,7 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from spo_cli import __version__, usage
+from spo_cli import __version__, about, usage
 from spo_cli.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +33,8 @@ def test_the_console_script_is_the_fast_entry_point():
 
 def test_the_table_is_the_registered_commands_and_their_docstrings():
     registered = [(c.name or c.callback.__name__, c.callback.__doc__) for c in app.registered_commands]
-    assert [name for name, _ in usage.COMMANDS] == [name for name, _ in registered]
-    for (name, summary), (_, doc) in zip(usage.COMMANDS, registered):
+    assert [name for name, _ in about.COMMANDS] == [name for name, _ in registered]
+    for (name, summary), (_, doc) in zip(about.COMMANDS, registered):
         first_sentence = re.match(r".*?\.(?=\s|$)", " ".join(doc.split())).group(0)
         assert summary == first_sentence, name
 
@@ -45,7 +45,7 @@ def test_help_lists_every_command_without_loading_typer():
         assert proc.returncode == 0
         assert proc.stdout == usage.top_help()
         assert "LOADED:\n" in proc.stderr, proc.stderr
-    for name, _ in usage.COMMANDS:
+    for name, _ in about.COMMANDS:
         assert re.search(rf"^  {name} ", proc.stdout, re.M)
 
 
@@ -71,4 +71,12 @@ def test_help_wraps_to_the_terminal_but_never_breaks_an_example():
     for width in (40, 80, 100):
         lines = usage.top_help(width).splitlines()
         assert max(len(line) for line in lines if not line.startswith("  spo ")) <= width
-        assert [line[2:] for line in lines if line.startswith("  spo ")] == list(usage.EXAMPLES)
+        assert [line[2:] for line in lines if line.startswith("  spo ")] == list(about.EXAMPLES)
+
+
+def test_cli_does_not_import_the_entry_point():
+    # One-way imports: `usage` loads `cli` for a command; `cli` reads the command table from `about`.
+    code = "import sys, spo_cli.cli; print('spo_cli.usage' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

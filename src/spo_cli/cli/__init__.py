@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 import typer.core
 
-from spo_cli import __version__, usage
+from spo_cli import __version__, about
 
 # typer's help shows a `<bool>` type after every flag, as if it took a value; flags take none.
 _display_type = typer.core.TyperOption.display_type_rich
@@ -15,7 +15,7 @@ typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_fla
 
 app = typer.Typer(
     name="spo",
-    help=usage.ABOUT + "\n\n[bold]Examples[/]\n\n" + "\n\n".join(f"  {e}" for e in usage.EXAMPLES),
+    help=about.ABOUT + "\n\n[bold]Examples[/]\n\n" + "\n\n".join(f"  {e}" for e in about.EXAMPLES),
     rich_markup_mode="rich",
     no_args_is_help=True,
     add_completion=False,
