@@ -1,4 +1,8 @@
-"""The only module that imports torch and diffusers: build the pipeline, run batches.
+"""The SDXL pipeline: build it from resolved folders, set its speed and memory options, run one call.
+
+One of the few modules that import torch and diffusers at module level (with `encoding`, `bank`,
+`tiny` and the scorers' `scores/models`); the CLI reaches it only through `cli/loading`, after every
+check that needs no model.
 
 It knows nothing of paths, file names or metadata; it takes resolved local folders and image
 requests and gives back PIL images and plain facts about how they were made.
