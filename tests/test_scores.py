@@ -138,6 +138,38 @@ def test_clip_score(score_cache, images):
     assert any(v < 0 for v in raw) and any(v > 0 for v in raw), raw  # both sides of the clamp are exercised
 
 
+@pytest.mark.parametrize("name", ["pickscore", "clip", "hpsv2"])
+def test_half_towers_give_float32_products(score_cache, images, name):
+    """On a GPU the towers run in float16; the number must still be the float32 product of their
+    embeddings (float16 there rounds PickScore's ~22 in steps of ~0.016). bfloat16 on the CPU
+    stands in for float16 (coarser still, so a half-precision product cannot pass)."""
+    import torch
+
+    from spo_cli.resolve import Fetch
+    from spo_cli.scores import models, run
+
+    resolved = run.resolve([name], "v2.1", Fetch())
+    scorer = models.load(name, {repo: r.path for repo, r in resolved[name].items()}, "cpu", torch.bfloat16)
+    towers = {}
+    for tower in ("get_image_features", "get_text_features"):  # the real towers, their outputs kept
+        real = getattr(scorer.model, tower)
+
+        def keep(*args, _real=real, _tower=tower, **kwargs):
+            towers[_tower] = out = _real(*args, **kwargs)
+            return out
+
+        setattr(scorer.model, tower, keep)
+    ours = scorer.score(images[:3], PROMPTS[:3])
+    raw = {k: v if isinstance(v, torch.Tensor) else v.pooler_output for k, v in towers.items()}
+    assert all(v.dtype == torch.bfloat16 for v in raw.values())  # the towers did run in half precision
+    emb = {k: v.float() for k, v in raw.items()}
+    cos = torch.nn.functional.cosine_similarity(emb["get_image_features"], emb["get_text_features"], dim=-1,
+                                                eps=0).double()
+    scale = {"pickscore": scorer.model.logit_scale.detach().float().exp().item(), "clip": 100.0, "hpsv2": 1.0}[name]
+    expected = (scale * cos).clamp(min=0) if name == "clip" else scale * cos
+    assert np.allclose(ours, expected.numpy(), rtol=1e-6, atol=0), (ours, expected)
+
+
 # --- the commands, end to end on the tiny pipelines --------------------------------------------
 
 SMALL = ["--width", "32", "--height", "32", "--steps", "1", "--device", "cpu"]
