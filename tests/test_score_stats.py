@@ -230,3 +230,94 @@ def test_paper_harness_description():
 
     (lpo,) = [a for a in paper.ASSUMPTIONS if "LPO" in a]
     assert "pickapic-anonymous/pickapic_v1" in lpo and "scores only the first of the four" in lpo
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder the process cannot write to: a read-only bind mount where the tests run as root
+    (root ignores permission bits), else mode 0555."""
+    import contextlib
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+
+    @contextlib.contextmanager
+    def locked():
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            try:
+                yield folder
+            finally:
+                folder.chmod(0o755)
+            return
+        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+        try:
+            if not mounted or subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)],
+                                             capture_output=True).returncode != 0:
+                pytest.skip("running as root without the right to mount: no folder is read-only here")
+            yield folder
+        finally:
+            if mounted:
+                subprocess.run(["umount", str(folder)], check=True)
+
+    return folder, locked
+
+
+def test_scores_on_a_read_only_folder_are_one_paragraph(read_only):
+    from spo_cli.errors import OutputError
+    from spo_cli.scores import store
+
+    folder, locked = read_only
+    image = folder / "x.png"
+    image.write_bytes(b"png")
+    with locked():
+        with pytest.raises(OutputError) as e:
+            store.write(store.Item(image, "a fox", "sidecar"), "d", {"clip": (1.0, {})}, {})
+    assert not isinstance(e.value, store.Unsaved)  # the whole run stops: nothing can be saved there
+    text = e.value.paragraph()
+    assert f"The scores of {image} cannot be saved: {folder} is not writable" in text and "writable folder" in text
+    assert not store.scores_path(image).exists()
+
+
+def test_a_folder_named_like_the_scores_file_fails_that_image(tmp_path):
+    from spo_cli.scores import store
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"png")
+    store.scores_path(image).mkdir()
+    assert store.read(image) == {}
+    with pytest.raises(store.Unsaved, match=r"x\.scores\.json beside it is a folder"):
+        store.write(store.Item(image, "a fox", "sidecar"), "d", {"clip": (1.0, {})}, {})
+    assert store.scores_path(image).is_dir() and list(store.scores_path(image).iterdir()) == []
+
+
+def test_too_large_read_from_the_header(tmp_path):
+    """A 12000×12000 PNG header: refused without decoding (PIL opens lazily), and without PIL's
+    DecompressionBombWarning reaching stderr; a small image passes."""
+    import warnings
+    import zlib
+
+    from PIL import Image
+
+    from spo_cli.scores import store
+
+    def png(path, w, h):
+        def chunk(kind, data):
+            return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+        ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 7))
+                         + chunk(b"IEND", b""))
+        return path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning PIL lets out fails the test
+        assert "12000×12000 (144 Mpx)" in store.too_large(png(tmp_path / "big.png", 12000, 12000))
+        assert "past what PIL will decode" in store.too_large(png(tmp_path / "bomb.png", 20000, 20000))
+        assert store.too_large(png(tmp_path / "edge.png", 8000, 8000)) is None  # exactly 64 Mpx
+        assert "8001×8000" in store.too_large(png(tmp_path / "over.png", 8001, 8000))
+        Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+        assert store.too_large(tmp_path / "small.png") is None
+        (tmp_path / "junk.png").write_bytes(b"not an image")
+        assert store.too_large(tmp_path / "junk.png") is None  # left to the decode, which says why

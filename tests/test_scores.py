@@ -241,6 +241,29 @@ def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
     assert summary["scores"] == index["scores"]
 
 
+def test_score_fails_an_image_not_the_run(score_cache, tmp_path):
+    """A 12000² PNG (refused from its header, never decoded, PIL's warning kept in) and an image
+    whose scores file name is taken by a folder each fail with one line; the others are scored."""
+    import zlib
+
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (12000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 7)) + chunk(b"IEND", b""))
+    for name in ("good", "taken"):
+        Image.new("RGB", (40, 40), (200, 40, 40)).save(tmp_path / f"{name}.png")
+    store_path(tmp_path / "taken.png").mkdir()
+    r = invoke("score", str(tmp_path), "--prompt", "a red square", "--metric", "aesthetic,clip", "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    assert "Unexpected" not in r.output and "DecompressionBomb" not in r.output and "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if "huge.png" in ln and ln.startswith("error")]
+    assert len(lines) == 1 and "12000×12000 (144 Mpx)" in lines[0] and "aesthetic" not in lines[0], r.output
+    assert r.output.count("taken.scores.json beside it is a folder") == 1, r.output
+    assert set(json.loads(store_path(tmp_path / "good.png").read_text())["scores"]) == {"aesthetic", "clip"}
+
+
 def paper_dataset(folder: Path) -> str:
     """Pick-a-Pic v1 as the Hub holds it: parquet shards per split, named by push_to_hub. Only the
     validation_unique shard may be read; the validation shard beside it is a decoy."""

@@ -319,7 +319,7 @@ def print_summary(ui: UI, summary: dict) -> None:
 def score_cells(ui: UI, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
                 failed: dict[tuple[int, int], str], how: Scoring, resolved: dict | None = None) -> dict:
     """Score every cell that exists: {cells: [[{metric: value} | None]], summary, errors}."""
-    from spo_cli.scores import store
+    from spo_cli.scores import run, store
     from spo_cli.scores.summary import summarise
 
     where, items = {}, []
@@ -335,7 +335,7 @@ def score_cells(ui: UI, columns: list[Column], rows: list[ImageTask], cells_dir:
                                   batch_size=how.batch_size, resolved=resolved)
     cells = [[results[where[(ri, ci)]].values or None if (ri, ci) in where else None
               for ci in range(len(columns))] for ri in range(len(rows))]
-    errors = [f"{r.item.image}: {m}: {e}" for r in results for m, e in r.errors.items()]
+    errors = run.error_lines(results)
     for e in errors:
         ui.error(e)
     return {"metrics": how.metrics, "cells": cells, "errors": errors,

@@ -79,12 +79,11 @@ def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: st
     resolved = resolved or resolve(ui, names, hps_version)
     picked, dtype = device_and_dtype(ui, device)
     with ui.count_progress(len(items) * len(names), "scoring") as bar:
-        def on_metric(name: str, todo: int) -> None:
-            skipped = len(items) - todo
+        def on_metric(name: str, todo: int, reused: int) -> None:
             bar.describe(f"{name}")
-            bar.advance(skipped)
-            if skipped and todo:
-                ui.info(f"{name}: {skipped} image(s) already scored with the same models")
+            bar.advance(len(items) - todo)  # reused, or refused before scoring
+            if reused and todo:
+                ui.info(f"{name}: {reused} image(s) already scored with the same models")
 
         results = run.score(items, names, resolved, device=picked, dtype=dtype, batch_size=batch_size,
                             hps_version=hps_version, force=force, on_metric=on_metric, on_batch=bar.advance,
