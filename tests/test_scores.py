@@ -61,7 +61,7 @@ def spo_scores(name: str, images, prompts, hps_version="v2.1", batch_size=3) -> 
     from spo_cli.resolve import Fetch
     from spo_cli.scores import run, store
 
-    resolved = run.resolve([name], hps_version, Fetch())
+    resolved = run.resolve_metrics([name], hps_version, Fetch())
     folders = {repo: r.path for repo, r in resolved[name].items()}
     from spo_cli.scores import models
 
@@ -148,7 +148,7 @@ def test_half_towers_give_float32_products(score_cache, images, name):
     from spo_cli.resolve import Fetch
     from spo_cli.scores import models, run
 
-    resolved = run.resolve([name], "v2.1", Fetch())
+    resolved = run.resolve_metrics([name], "v2.1", Fetch())
     scorer = models.load(name, {repo: r.path for repo, r in resolved[name].items()}, "cpu", torch.bfloat16)
     towers = {}
     for tower in ("get_image_features", "get_text_features"):  # the real towers, their outputs kept
@@ -348,3 +348,8 @@ def test_score_refuses_early(tmp_path):
     assert r.exit_code == 2 and "not both" in r.output
     r = invoke("eval", "--paper", "--limit", "0")
     assert r.exit_code == 2 and "--limit must be from 1" in r.output
+    for columns, twice in (("base,base", "base"), ("base, spo,org/m,spo", "spo"), ("org/m,org/m", "org/m")):
+        r = invoke("eval", str(tmp_path / "p.txt"), "--columns", columns)
+        assert r.exit_code == 2 and f"--columns names '{twice}' twice" in r.output, r.output
+    r = invoke("eval", str(tmp_path / "p.txt"), "--columns", "spo-lora,spo-lora:1")  # one column, spelt twice
+    assert r.exit_code == 2 and "labelled alike" in r.output, r.output

@@ -14,14 +14,16 @@ from spo_cli.scores import store
 
 
 @dataclass
-class Result:
+class Scored:
+    """One image's scores, those reused from its scores file, and why any metric failed."""
+
     item: store.Item
     values: dict[str, float] = field(default_factory=dict)
     reused: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def resolve(metrics: list[str], hps_version: str, fetch) -> dict[str, dict]:
+def resolve_metrics(metrics: list[str], hps_version: str, fetch) -> dict[str, dict]:
     """Each metric's files, fetched (or found in the cache): {metric: {repo: Resolved}}."""
     from spo_cli.resolve import resolve_files
 
@@ -46,13 +48,13 @@ def model_ids(resolved: dict) -> dict[str, str]:
 def score(items: list[store.Item], metrics: list[str], resolved: dict[str, dict], *, device: str, dtype,
           batch_size: int, hps_version: str = "v2.1", force: bool = False,
           on_metric: Callable[[str, int, int], None] = lambda name, todo, reused: None,
-          on_batch: Callable[[int], None] = lambda n: None, debug: bool = False) -> list[Result]:
+          on_batch: Callable[[int], None] = lambda n: None, debug: bool = False) -> list[Scored]:
     """Score `items` with each metric, writing each image's scores file as soon as a metric is done."""
     from PIL import Image
 
     from spo_cli.scores import models
 
-    results = [Result(it) for it in items]
+    results = [Scored(it) for it in items]
     digests = [store.sha256(it.image) for it in items]
     previous = [store.read(it.image) for it in items]
     refused = [store.too_large(it.image) for it in items]
@@ -110,7 +112,7 @@ def _empty_cache(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def error_lines(results: list[Result]) -> list[str]:
+def error_lines(results: list[Scored]) -> list[str]:
     """One line per image and problem: an image refused before any scorer ran (too large) fails
     every metric alike, and is named once."""
     lines = []
@@ -123,7 +125,7 @@ def error_lines(results: list[Result]) -> list[str]:
     return lines
 
 
-def manifests(results: list[Result]) -> list[Path]:
+def manifests(results: list[Scored]) -> list[Path]:
     """Update the manifest.jsonl of every batch folder that holds scored images."""
     by_folder: dict[Path, dict[Path, dict]] = {}
     for r in results:
