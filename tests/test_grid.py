@@ -280,7 +280,7 @@ def test_wrap_clips_a_very_long_word():
 
 
 # ---------------------------------------------------------------------------------------------
-# compare.write_grids: pages and cell sizes
+# comparison.write_grids: pages and cell sizes
 
 
 def fake_comparison(tmp_path: Path, n_rows: int, n_cols: int, image_size: tuple[int, int],

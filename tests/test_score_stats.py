@@ -321,3 +321,24 @@ def test_too_large_read_from_the_header(tmp_path):
         assert store.too_large(tmp_path / "small.png") is None
         (tmp_path / "junk.png").write_bytes(b"not an image")
         assert store.too_large(tmp_path / "junk.png") is None  # left to the decode, which says why
+
+
+def test_manifest_rewritten_only_when_scores_change(read_only):
+    """Scores reused as they were leave a batch folder's manifest alone (a folder made read-only
+    since it was scored is no error then); new values are merged into the image's line."""
+    import json
+
+    from spo_cli.outputs import files
+    from spo_cli.scores import store
+
+    folder, locked = read_only
+    (folder / "a.png").write_bytes(b"png")
+    files.write_manifest(folder, [{"file": "a.png", "scores": {"clip": 30.0}}, {"file": "b.png", "scores": "junk"}])
+    key = (folder / "a.png").resolve()
+    with locked():
+        assert store.update_manifest(folder, {key: {"clip": 30.0}}) is None
+    assert store.update_manifest(folder, {key: {"pickscore": 21.0}}) == folder / files.MANIFEST
+    b = (folder / "b.png").resolve()
+    assert store.update_manifest(folder, {b: {"clip": 1.0}}) == folder / files.MANIFEST  # a junk value replaced
+    rows = [json.loads(line) for line in (folder / files.MANIFEST).read_text().splitlines()]
+    assert rows == [{"file": "a.png", "scores": {"clip": 30.0, "pickscore": 21.0}}, {"file": "b.png", "scores": {"clip": 1.0}}]

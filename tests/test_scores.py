@@ -200,6 +200,10 @@ def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
     assert pair["metrics"]["pickscore"]["n"] == 4
     md = (out / "report.md").read_text()
     assert "| SPO-SDXL vs SDXL base | pickscore |" in md and "report-plot.png" in md
+    # Each scorer says what it computes and in which precision (the product in float32 whatever the towers).
+    pick = report["metrics"]["pickscore"]
+    assert "logit_scale" in pick["computed"] and "logit-scaled dot in float32" in pick["precision"]
+    assert f"| {pick['computed']} | {pick['precision']} |" in md
     with Image.open(out / "report-plot.png") as im:
         assert im.width > 400 and im.height > 200
 

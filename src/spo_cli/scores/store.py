@@ -219,8 +219,10 @@ def update_manifest(folder: Path, values: dict[Path, dict[str, float]]) -> Path 
         image = folder / row["file"] if isinstance(row, dict) and isinstance(row.get("file"), str) else None
         key = image.resolve() if image else None
         if key in values:
-            row["scores"] = {**(row.get("scores") or {}), **values[key]}
-            changed = True
+            old = row.get("scores") if isinstance(row.get("scores"), dict) else {}
+            merged = {**old, **values[key]}
+            changed |= merged != row.get("scores")  # scores reused as they were: the manifest is left alone
+            row["scores"] = merged
         rows.append(row)
     if changed:
         files.write_manifest(folder, rows)
