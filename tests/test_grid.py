@@ -318,6 +318,20 @@ def test_write_grids_pages(tmp_path):
                 assert np.all(a[y0:y1, x0:x1] == PALETTE[((2 * n + r) * 2 + c) % len(PALETTE)])
 
 
+def test_write_grids_shows_a_cell_that_failed_now_as_failed(tmp_path):
+    """A cell that failed in this run is never shown as the image an earlier run left under its name,
+    on whichever page its row falls (row 2 is the first row of page 2 here)."""
+    columns, rows, cells_dir = fake_comparison(tmp_path, 3, 2, (64, 64))
+    paths = comparison.write_grids(tmp_path / "out", "f", columns, rows, cells_dir, 512, 2, failed={(1, 2)})
+    with Image.open(paths[1]) as im:
+        a = pixels(im)
+    lay = grid.layout((64, 64), 2, 1)
+    x0, y0, x1, y1 = lay.cell_box(0, 1)
+    assert not np.any(np.all(a[y0:y1, x0:x1] == PALETTE[2 * 2 + 1], axis=-1))  # not the stale image
+    x0, y0, x1, y1 = lay.cell_box(0, 0)
+    assert np.all(a[y0:y1, x0:x1] == PALETTE[2 * 2])  # its neighbour is drawn
+
+
 def test_write_grids_single_page_has_no_number(tmp_path):
     columns, rows, cells_dir = fake_comparison(tmp_path, 3, 3, (64, 64))
     out = tmp_path / "out"
