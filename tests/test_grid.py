@@ -1,4 +1,4 @@
-"""Comparison grids, without a model: geometry, labels, paging, and `spo compare`'s option parsing."""
+"""Comparison grids, without a model: geometry, labels, paging, the columns, and `spo compare`'s option parsing."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from spo_cli import grid
+from spo_cli import comparison, grid
 from spo_cli import request as jobs
-from spo_cli.cli import compare
-from spo_cli.cli.compare import Column
+from spo_cli.cli import compare, options
+from spo_cli.comparison import Column
 from spo_cli.request import ImageTask as Row
 from spo_cli.errors import EXIT_USAGE, UsageError
 
@@ -280,7 +280,7 @@ def test_wrap_clips_a_very_long_word():
 
 
 # ---------------------------------------------------------------------------------------------
-# compare.write_grids: pages and cell sizes
+# comparison.write_grids: pages and cell sizes
 
 
 def fake_comparison(tmp_path: Path, n_rows: int, n_cols: int, image_size: tuple[int, int],
@@ -304,7 +304,7 @@ def fake_comparison(tmp_path: Path, n_rows: int, n_cols: int, image_size: tuple[
 def test_write_grids_pages(tmp_path):
     columns, rows, cells_dir = fake_comparison(tmp_path, 5, 2, (64, 64))
     out = tmp_path / "out"
-    paths = compare.write_grids(out, "a-fox", columns, rows, cells_dir, 512, 2)
+    paths = comparison.write_grids(out, "a-fox", columns, rows, cells_dir, 512, 2)
     assert [p.name for p in paths] == ["a-fox-grid-1.png", "a-fox-grid-2.png", "a-fox-grid-3.png"]
     assert sorted(p.name for p in out.iterdir()) == [p.name for p in paths]  # nothing else, nothing temporary
     for n, (path, rows_on_page) in enumerate(zip(paths, [2, 2, 1])):
@@ -318,21 +318,35 @@ def test_write_grids_pages(tmp_path):
                 assert np.all(a[y0:y1, x0:x1] == PALETTE[((2 * n + r) * 2 + c) % len(PALETTE)])
 
 
+def test_write_grids_shows_a_cell_that_failed_now_as_failed(tmp_path):
+    """A cell that failed in this run is never shown as the image an earlier run left under its name,
+    on whichever page its row falls (row 2 is the first row of page 2 here)."""
+    columns, rows, cells_dir = fake_comparison(tmp_path, 3, 2, (64, 64))
+    paths = comparison.write_grids(tmp_path / "out", "f", columns, rows, cells_dir, 512, 2, failed={(1, 2)})
+    with Image.open(paths[1]) as im:
+        a = pixels(im)
+    lay = grid.layout((64, 64), 2, 1)
+    x0, y0, x1, y1 = lay.cell_box(0, 1)
+    assert not np.any(np.all(a[y0:y1, x0:x1] == PALETTE[2 * 2 + 1], axis=-1))  # not the stale image
+    x0, y0, x1, y1 = lay.cell_box(0, 0)
+    assert np.all(a[y0:y1, x0:x1] == PALETTE[2 * 2])  # its neighbour is drawn
+
+
 def test_write_grids_single_page_has_no_number(tmp_path):
     columns, rows, cells_dir = fake_comparison(tmp_path, 3, 3, (64, 64))
     out = tmp_path / "out"
-    paths = compare.write_grids(out, "a-fox", columns, rows, cells_dir, 512, 8)
+    paths = comparison.write_grids(out, "a-fox", columns, rows, cells_dir, 512, 8)
     assert paths == [out / "a-fox-grid.png"]
     with Image.open(paths[0]) as im:
         assert im.size == grid.layout((64, 64), 3, 3).size
     # Exactly rows_per_page rows is one page too.
-    assert [p.name for p in compare.write_grids(out, "b", columns, rows, cells_dir, 512, 3)] == ["b-grid.png"]
+    assert [p.name for p in comparison.write_grids(out, "b", columns, rows, cells_dir, 512, 3)] == ["b-grid.png"]
 
 
 def test_write_grids_cell_size_shrinks_cells(tmp_path):
     columns, rows, cells_dir = fake_comparison(tmp_path, 2, 2, (256, 192))
     out = tmp_path / "out"
-    (path,) = compare.write_grids(out, "g", columns, rows, cells_dir, 100, 8)
+    (path,) = comparison.write_grids(out, "g", columns, rows, cells_dir, 100, 8)
     fitted = grid.fit((256, 192), 100)
     assert fitted == (100, 75)
     lay = grid.layout(fitted, 2, 2)
@@ -344,14 +358,14 @@ def test_write_grids_cell_size_shrinks_cells(tmp_path):
             x0, y0, x1, y1 = lay.cell_box(r, c)
             assert np.all(a[y0:y1, x0:x1] == PALETTE[r * 2 + c])
     # A --cell-size larger than the images leaves them at their own size.
-    (path,) = compare.write_grids(out, "h", columns, rows, cells_dir, 1024, 8)
+    (path,) = comparison.write_grids(out, "h", columns, rows, cells_dir, 1024, 8)
     with Image.open(path) as im:
         assert im.size == grid.layout((256, 192), 2, 2).size
 
 
 def test_write_grids_missing_cells_are_placeholders(tmp_path):
     columns, rows, cells_dir = fake_comparison(tmp_path, 2, 2, (64, 64), missing={(0, 1), (1, 1)})
-    (path,) = compare.write_grids(tmp_path / "out", "g", columns, rows, cells_dir, 512, 8)
+    (path,) = comparison.write_grids(tmp_path / "out", "g", columns, rows, cells_dir, 512, 8)
     lay = grid.layout((64, 64), 2, 2)
     with Image.open(path) as im:
         a = pixels(im)
@@ -364,7 +378,7 @@ def test_write_grids_missing_cells_are_placeholders(tmp_path):
 
 def test_write_grids_with_no_image_at_all_uses_the_requested_size(tmp_path):
     columns, rows, cells_dir = fake_comparison(tmp_path, 1, 2, (96, 64), missing={(0, 0), (0, 1)})
-    (path,) = compare.write_grids(tmp_path / "out", "g", columns, rows, cells_dir, 48, 8)
+    (path,) = comparison.write_grids(tmp_path / "out", "g", columns, rows, cells_dir, 48, 8)
     with Image.open(path) as im:
         assert im.size == grid.layout(grid.fit((96, 64), 48), 2, 1).size
 
@@ -406,8 +420,8 @@ COMMON = dict(vae=None, dtype="auto", device="auto")
 
 
 def columns(base=None, spo=None, spo_lora=None, models=(), labels=(), scales=(), lora_scale=None, revision=None):
-    return compare.build_columns(base, spo, spo_lora, list(models), list(labels), list(scales), lora_scale,
-                                 revision, dict(COMMON))
+    return comparison.build_columns(base, spo, spo_lora, list(models), list(labels), list(scales), lora_scale,
+                                    revision, dict(COMMON), options.model_request)
 
 
 def test_build_columns_defaults_to_base_and_spo():

@@ -350,6 +350,29 @@ def test_hostile_names_rejected(name):
     assert problem.startswith(f"f.jsonl:1: 'name' {json.dumps(name)} is not a plain file name"), problem
 
 
+@pytest.mark.parametrize("name, bad", [
+    ("y`touch${IFS}PWNED`", '"$", "`", "{", "}"'), ("a;b", '";"'), ("a|b", '"|"'), ("a&b", '"&"'),
+    ("it's", '"\'"'), ('say "hi"', '"\\""'), ("a\nb", '"\\n"'), ("a\tb", '"\\t"'), ("a$(id)", '"$", "(", ")"'),
+    ("a>b", '">"'), ("a*", '"*"'), ("x\u2028y", '"\\u2028"'),
+])
+def test_names_a_shell_would_act_on_rejected(name, bad):
+    """A name ends up in shell commands (the page's copied replay command): refused where it is made,
+    one line naming file:line, the key and the characters."""
+    problem = one_problem({"prompt": "a", "name": name})
+    assert problem.startswith(f"f.jsonl:1: 'name' {json.dumps(name)} has characters a shell would act on ({bad})"), \
+        problem
+
+
+def test_leading_dash_and_the_scores_suffix_rejected():
+    assert one_problem({"prompt": "a", "name": "-rf"}).startswith("f.jsonl:1: 'name' \"-rf\" starts with '-'")
+    # x.scores.json is the scores file of x.png: a line named x.scores would have its sidecar overwritten.
+    for name in ("x.scores", "X.SCORES"):
+        problem = one_problem({"prompt": "a", "name": name})
+        assert problem.startswith(f"f.jsonl:1: 'name' \"{name}\" ends in '.scores'"), problem
+    parsed = parse_jsonl({"prompt": "a", "name": "x.scores2"}, {"prompt": "b", "name": "a-b c,d+e=f@g%h"})
+    assert parsed.problems == [] and [pl.name for pl in parsed.lines] == ["x.scores2", "a-b c,d+e=f@g%h"]
+
+
 @pytest.mark.parametrize("name, words", [("a\x00b", "contains a NUL character"), ("", "is empty"),
                                          ("x" * 201, "is 201 characters long; the limit is 200")])
 def test_names_that_are_not_text_rejected(name, words):

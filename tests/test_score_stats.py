@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pytest import approx
 
-from spo_cli.scores.stats import Comparison, Estimate, Paired, bootstrap_mean, paired, pairs_table
+from spo_cli.scores.stats import Estimate, Paired, bootstrap_mean, paired
 
 FAST = dict(resamples=2000)  # enough for the shapes checked here, and quick
 
@@ -166,29 +166,179 @@ def test_to_dict():
         assert type(value) in (int, float)  # plain numbers, ready for json
 
 
-def test_pairs_table_aligns_shared_keys_in_column_order():
-    scores = {
-        "base": {(0, 1): 1.0, (1, 1): 1.0, (2, 1): 1.0, (3, 1): 1.0},
-        "spo": {(3, 1): 2.0, (1, 1): 2.0, (0, 1): 0.0, (9, 9): 50.0},  # (9, 9): base lacks it
-        "other": {(0, 1): 1.0, (1, 1): 1.0},
-    }
-    table = pairs_table(scores, ["spo", "base", "other"], **FAST)
-    assert [(c.a, c.b) for c in table] == [("spo", "base"), ("spo", "other"), ("base", "other")]
-    assert all(isinstance(c, Comparison) for c in table)
-    spo_base, spo_other, base_other = (c.result for c in table)
-    # spo against base: keys (0,1) loses by 1, (1,1) and (3,1) win by 1; (2,1) and (9,9) unshared
-    assert (spo_base.n, spo_base.win_rate.value, spo_base.mean_diff.value) == (3, approx(2 / 3), approx(1 / 3))
-    assert (spo_other.n, spo_other.win_rate.value) == (2, 0.5)
-    assert base_other.win_rate == Estimate(0.5, 0.5, 0.5, 2)
-    assert table[0].to_dict() == {"a": "spo", "b": "base", **spo_base.to_dict()}
+
+# --- the comparison summary and the scores files (pure as well) --------------------------------
 
 
-def test_pairs_table_does_not_depend_on_insertion_order():
-    rng = np.random.default_rng(11)
-    keys = [(p, s) for p in range(30) for s in range(2)]
-    a = {k: float(v) for k, v in zip(keys, rng.normal(size=60))}
-    b = {k: float(v) for k, v in zip(keys, rng.normal(size=60))}
-    shuffled = {k: b[k] for k in reversed(keys)}
-    first = pairs_table({"a": a, "b": b}, ["a", "b"], **FAST)
-    assert pairs_table({"a": dict(reversed(a.items())), "b": shuffled}, ["a", "b"], **FAST) == first
-    assert first[0].result == paired([a[k] for k in keys], [b[k] for k in keys], **FAST)
+def test_summary_names_the_better_column_the_winner():
+    """Columns in order base, spo: spo scores higher in 3 rows of 4 and lower in one, so the pair is
+    spo against base with win rate 0.75 and a positive mean difference, never the reverse."""
+    from spo_cli.scores.summary import markdown, summarise
+
+    base = [1.0, 1.0, 1.0, 5.0]
+    spo = [2.0, 3.0, 4.0, 4.0]
+    cells = [[{"pickscore": b}, {"pickscore": s}] for b, s in zip(base, spo)]
+    got = summarise(["base", "spo"], cells, ["pickscore"])
+    (pair,) = got["pairs"]
+    assert (pair["a"], pair["b"]) == ("spo", "base")
+    m = pair["metrics"]["pickscore"]
+    assert m["win_rate"]["value"] == 0.75 and m["mean_diff"]["value"] == approx(1.25) and m["n"] == 4
+    assert got["means"]["base"]["pickscore"]["value"] == 2.0 and got["means"]["spo"]["pickscore"]["value"] == 3.25
+    assert "| spo vs base | pickscore | 0.75 [" in markdown(got)
+
+
+def test_summary_leaves_out_failed_cells_as_pairs():
+    from spo_cli.scores.summary import summarise
+
+    cells = [[{"clip": 1.0}, {"clip": 2.0}], [None, {"clip": 9.0}], [{"clip": 3.0}, {}]]
+    m = summarise(["a", "b"], cells, ["clip"])["pairs"][0]["metrics"]["clip"]
+    assert (m["n"], m["dropped"], m["win_rate"]["value"], m["mean_diff"]["value"]) == (1, 2, 1.0, 1.0)
+
+
+def test_scorer_text_reads_a1111_as_the_generator_did():
+    from spo_cli.scores.store import scorer_text
+
+    assert scorer_text("(red fox:1.3) BREAK in snow", "a1111") == "red fox in snow"
+    assert scorer_text("(red fox:1.3)BREAK in snow", "a1111") == "red fox in snow"
+    assert scorer_text("a  (fox:1.2)", "plain") == "a  (fox:1.2)"  # plain text is scored as written
+
+
+def test_recorded_score_reused_only_for_the_same_image_prompt_and_models(tmp_path):
+    from spo_cli.scores import store
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not really a png")
+    models = {"org/pick": "abc:model.safetensors"}
+    item = store.Item(image, "a red fox", "sidecar")
+    record = store.write(item, "d1", {"pickscore": (21.5, models)}, {})
+    assert store.read(image) == record
+    assert store.current(record, "pickscore", models, "d1", "a red fox") == 21.5
+    assert store.current(record, "pickscore", models, "d1", "a blue fox") is None  # the prompt changed
+    assert store.current(record, "pickscore", models, "d2", "a red fox") is None  # the image changed
+    assert store.current(record, "pickscore", {"org/pick": "def:model.safetensors"}, "d1", "a red fox") is None
+    assert store.current(record, "clip", models, "d1", "a red fox") is None
+    # A new prompt starts a new record: the old prompt's other scores are not carried over.
+    again = store.write(store.Item(image, "a blue fox", "--prompt"), "d1", {"clip": (30.0, models)}, record)
+    assert set(again["scores"]) == {"clip"}
+    same = store.write(item, "d1", {"clip": (30.0, models)}, record)
+    assert set(same["scores"]) == {"clip", "pickscore"}
+
+
+def test_paper_harness_description():
+    """The LPO harness, as its code reads (Kwai-Kolors/LPO evaluation/general_score_pap_val.py)."""
+    from spo_cli.scores import paper
+
+    (lpo,) = [a for a in paper.ASSUMPTIONS if "LPO" in a]
+    assert "pickapic-anonymous/pickapic_v1" in lpo and "scores only the first of the four" in lpo
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder the process cannot write to: a read-only bind mount where the tests run as root
+    (root ignores permission bits), else mode 0555."""
+    import contextlib
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+
+    @contextlib.contextmanager
+    def locked():
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            try:
+                yield folder
+            finally:
+                folder.chmod(0o755)
+            return
+        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+        try:
+            if not mounted or subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)],
+                                             capture_output=True).returncode != 0:
+                pytest.skip("running as root without the right to mount: no folder is read-only here")
+            yield folder
+        finally:
+            if mounted:
+                subprocess.run(["umount", str(folder)], check=True)
+
+    return folder, locked
+
+
+def test_scores_on_a_read_only_folder_are_one_paragraph(read_only):
+    from spo_cli.errors import OutputError
+    from spo_cli.scores import store
+
+    folder, locked = read_only
+    image = folder / "x.png"
+    image.write_bytes(b"png")
+    with locked():
+        with pytest.raises(OutputError) as e:
+            store.write(store.Item(image, "a fox", "sidecar"), "d", {"clip": (1.0, {})}, {})
+    assert not isinstance(e.value, store.Unsaved)  # the whole run stops: nothing can be saved there
+    text = e.value.paragraph()
+    assert f"The scores of {image} cannot be saved: {folder} is not writable" in text and "writable folder" in text
+    assert not store.scores_path(image).exists()
+
+
+def test_a_folder_named_like_the_scores_file_fails_that_image(tmp_path):
+    from spo_cli.scores import store
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"png")
+    store.scores_path(image).mkdir()
+    assert store.read(image) == {}
+    with pytest.raises(store.Unsaved, match=r"x\.scores\.json beside it is a folder"):
+        store.write(store.Item(image, "a fox", "sidecar"), "d", {"clip": (1.0, {})}, {})
+    assert store.scores_path(image).is_dir() and list(store.scores_path(image).iterdir()) == []
+
+
+def test_too_large_read_from_the_header(tmp_path):
+    """A 12000×12000 PNG header: refused without decoding (PIL opens lazily), and without PIL's
+    DecompressionBombWarning reaching stderr; a small image passes."""
+    import warnings
+    import zlib
+
+    from PIL import Image
+
+    from spo_cli.scores import store
+
+    def png(path, w, h):
+        def chunk(kind, data):
+            return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+        ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 7))
+                         + chunk(b"IEND", b""))
+        return path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning PIL lets out fails the test
+        assert "12000×12000 (144 Mpx)" in store.too_large(png(tmp_path / "big.png", 12000, 12000))
+        assert "past what PIL will decode" in store.too_large(png(tmp_path / "bomb.png", 20000, 20000))
+        assert store.too_large(png(tmp_path / "edge.png", 8000, 8000)) is None  # exactly 64 Mpx
+        assert "8001×8000" in store.too_large(png(tmp_path / "over.png", 8001, 8000))
+        Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+        assert store.too_large(tmp_path / "small.png") is None
+        (tmp_path / "junk.png").write_bytes(b"not an image")
+        assert store.too_large(tmp_path / "junk.png") is None  # left to the decode, which says why
+
+
+def test_manifest_rewritten_only_when_scores_change(read_only):
+    """Scores reused as they were leave a batch folder's manifest alone (a folder made read-only
+    since it was scored is no error then); new values are merged into the image's line."""
+    import json
+
+    from spo_cli.outputs import files
+    from spo_cli.scores import store
+
+    folder, locked = read_only
+    (folder / "a.png").write_bytes(b"png")
+    files.write_manifest(folder, [{"file": "a.png", "scores": {"clip": 30.0}}, {"file": "b.png", "scores": "junk"}])
+    key = (folder / "a.png").resolve()
+    with locked():
+        assert store.update_manifest(folder, {key: {"clip": 30.0}}) is None
+    assert store.update_manifest(folder, {key: {"pickscore": 21.0}}) == folder / files.MANIFEST
+    b = (folder / "b.png").resolve()
+    assert store.update_manifest(folder, {b: {"clip": 1.0}}) == folder / files.MANIFEST  # a junk value replaced
+    rows = [json.loads(line) for line in (folder / files.MANIFEST).read_text().splitlines()]
+    assert rows == [{"file": "a.png", "scores": {"clip": 30.0, "pickscore": 21.0}}, {"file": "b.png", "scores": {"clip": 1.0}}]

@@ -61,7 +61,7 @@ def spo_scores(name: str, images, prompts, hps_version="v2.1", batch_size=3) -> 
     from spo_cli.resolve import Fetch
     from spo_cli.scores import run, store
 
-    resolved = run.resolve([name], hps_version, Fetch())
+    resolved = run.resolve_metrics([name], hps_version, Fetch())
     folders = {repo: r.path for repo, r in resolved[name].items()}
     from spo_cli.scores import models
 
@@ -138,6 +138,38 @@ def test_clip_score(score_cache, images):
     assert any(v < 0 for v in raw) and any(v > 0 for v in raw), raw  # both sides of the clamp are exercised
 
 
+@pytest.mark.parametrize("name", ["pickscore", "clip", "hpsv2"])
+def test_half_towers_give_float32_products(score_cache, images, name):
+    """On a GPU the towers run in float16; the number must still be the float32 product of their
+    embeddings (float16 there rounds PickScore's ~22 in steps of ~0.016). bfloat16 on the CPU
+    stands in for float16 (coarser still, so a half-precision product cannot pass)."""
+    import torch
+
+    from spo_cli.resolve import Fetch
+    from spo_cli.scores import models, run
+
+    resolved = run.resolve_metrics([name], "v2.1", Fetch())
+    scorer = models.load(name, {repo: r.path for repo, r in resolved[name].items()}, "cpu", torch.bfloat16)
+    towers = {}
+    for tower in ("get_image_features", "get_text_features"):  # the real towers, their outputs kept
+        real = getattr(scorer.model, tower)
+
+        def keep(*args, _real=real, _tower=tower, **kwargs):
+            towers[_tower] = out = _real(*args, **kwargs)
+            return out
+
+        setattr(scorer.model, tower, keep)
+    ours = scorer.score(images[:3], PROMPTS[:3])
+    raw = {k: v if isinstance(v, torch.Tensor) else v.pooler_output for k, v in towers.items()}
+    assert all(v.dtype == torch.bfloat16 for v in raw.values())  # the towers did run in half precision
+    emb = {k: v.float() for k, v in raw.items()}
+    cos = torch.nn.functional.cosine_similarity(emb["get_image_features"], emb["get_text_features"], dim=-1,
+                                                eps=0).double()
+    scale = {"pickscore": scorer.model.logit_scale.detach().float().exp().item(), "clip": 100.0, "hpsv2": 1.0}[name]
+    expected = (scale * cos).clamp(min=0) if name == "clip" else scale * cos
+    assert np.allclose(ours, expected.numpy(), rtol=1e-6, atol=0), (ours, expected)
+
+
 # --- the commands, end to end on the tiny pipelines --------------------------------------------
 
 SMALL = ["--width", "32", "--height", "32", "--steps", "1", "--device", "cpu"]
@@ -168,6 +200,10 @@ def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
     assert pair["metrics"]["pickscore"]["n"] == 4
     md = (out / "report.md").read_text()
     assert "| SPO-SDXL vs SDXL base | pickscore |" in md and "report-plot.png" in md
+    # Each scorer says what it computes and in which precision (the product in float32 whatever the towers).
+    pick = report["metrics"]["pickscore"]
+    assert "logit_scale" in pick["computed"] and "logit-scaled dot in float32" in pick["precision"]
+    assert f"| {pick['computed']} | {pick['precision']} |" in md
     with Image.open(out / "report-plot.png") as im:
         assert im.width > 400 and im.height > 200
 
@@ -207,6 +243,29 @@ def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
     assert len(values) == 4 and all(isinstance(v, float) for v in values)
     assert index["scores"]["pairs"][0]["metrics"]["pickscore"]["n"] == 2
     assert summary["scores"] == index["scores"]
+
+
+def test_score_fails_an_image_not_the_run(score_cache, tmp_path):
+    """A 12000² PNG (refused from its header, never decoded, PIL's warning kept in) and an image
+    whose scores file name is taken by a folder each fail with one line; the others are scored."""
+    import zlib
+
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (12000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 7)) + chunk(b"IEND", b""))
+    for name in ("good", "taken"):
+        Image.new("RGB", (40, 40), (200, 40, 40)).save(tmp_path / f"{name}.png")
+    store_path(tmp_path / "taken.png").mkdir()
+    r = invoke("score", str(tmp_path), "--prompt", "a red square", "--metric", "aesthetic,clip", "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    assert "Unexpected" not in r.output and "DecompressionBomb" not in r.output and "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if "huge.png" in ln and ln.startswith("error")]
+    assert len(lines) == 1 and "12000×12000 (144 Mpx)" in lines[0] and "aesthetic" not in lines[0], r.output
+    assert r.output.count("taken.scores.json beside it is a folder") == 1, r.output
+    assert set(json.loads(store_path(tmp_path / "good.png").read_text())["scores"]) == {"aesthetic", "clip"}
 
 
 def paper_dataset(folder: Path) -> str:
@@ -293,3 +352,8 @@ def test_score_refuses_early(tmp_path):
     assert r.exit_code == 2 and "not both" in r.output
     r = invoke("eval", "--paper", "--limit", "0")
     assert r.exit_code == 2 and "--limit must be from 1" in r.output
+    for columns, twice in (("base,base", "base"), ("base, spo,org/m,spo", "spo"), ("org/m,org/m", "org/m")):
+        r = invoke("eval", str(tmp_path / "p.txt"), "--columns", columns)
+        assert r.exit_code == 2 and f"--columns names '{twice}' twice" in r.output, r.output
+    r = invoke("eval", str(tmp_path / "p.txt"), "--columns", "spo-lora,spo-lora:1")  # one column, spelt twice
+    assert r.exit_code == 2 and "labelled alike" in r.output, r.output

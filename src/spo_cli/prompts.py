@@ -17,6 +17,29 @@ from spo_cli.request import ImageRequest, ImageTask
 KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height", "scheduler",
         "generator_device", "prompt_syntax", "emphasis", "name")
 SETTINGS = tuple(k for k in KEYS if k in validate.IMAGE_KEYS and k != "prompt")
+# A name becomes a file name, and file names end up in shell commands (the page's "copy replay
+# command", a user's own scripts): characters a shell acts on are refused where the name is made.
+SHELL_CHARACTERS = frozenset("`$;|&'\"<>(){}[]*?!#~^\\")
+# `<stem>.scores.json` is the scores file of `<stem>.png` (spo score): a stem of its own ending in
+# `.scores` would have its sidecar overwritten by them.
+RESERVED_SUFFIXES = (".scores",)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a batch line's 'name' would surprise a shell or collide with spo's own files, or None."""
+    shown = json.dumps(name)
+    odd = sorted({c for c in name if c in SHELL_CHARACTERS or not c.isprintable()})
+    if odd:
+        listed = ", ".join(json.dumps(c) for c in odd)
+        return (f"'name' {shown} has characters a shell would act on ({listed}); use letters, digits, spaces and "
+                "- _ . , + = @ %")
+    if name.startswith("-"):
+        return f"'name' {shown} starts with '-', which a command reads as an option; start it with a letter or digit"
+    for suffix in RESERVED_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return (f"'name' {shown} ends in '{suffix}', which spo keeps for scores files ({name}.json would be "
+                    f"the scores of {name.removesuffix(name[-len(suffix):])}.png); choose another name")
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,9 @@ def _check_line(obj: dict, prompt_syntax: str = "auto") -> PromptLine:
         except UsageError:
             raise UsageError(f"'name' {json.dumps(name)} is not a plain file name (no folders, no leading "
                              "dot, no '/', '\\' or ':')") from None
+        problem = name_problem(name)
+        if problem:
+            raise UsageError(problem)
     return PromptLine(0, prompt, settings, num, name)
 
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
 from time import perf_counter
 from typing import Annotated, Optional
 
@@ -10,11 +8,11 @@ import typer
 from spo_cli import extras, presets, validate
 from spo_cli.cli import app, loading, options as o, scoring
 from spo_cli.cli.command import command
-from spo_cli.cli.compare import Scoring, build_columns, build_rows, print_summary, render_columns, score_cells
 from spo_cli.cli.ui import UI
+from spo_cli.comparison import Scoring, build_columns, build_rows, render_columns, score_cells
 from spo_cli.errors import EXIT_FAILURE, UsageError
-from spo_cli.outputs import files, metadata
-from spo_cli.scores import paper
+from spo_cli.outputs import files
+from spo_cli.scores import paper, report as eval_report
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -39,8 +37,6 @@ every difference from the authors' setting and every assumption.
 """
 JSON_HELP = "Print the report (the same object as report.json) on stdout, nothing else."
 
-SCHEMA = "spo-cli/eval-1"
-
 
 def parse_columns(text: str) -> dict:
     """`base,spo,spo-lora:0.5,org/model` → build_columns arguments."""
@@ -48,6 +44,9 @@ def parse_columns(text: str) -> dict:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UsageError("--columns is empty.", "E.g. --columns base,spo.")
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:  # base,base would otherwise be one column and a report with no pairs
+        raise UsageError(f"--columns names '{repeated}' twice.", "Name each model once, e.g. --columns base,spo.")
     for name in names:
         if name == "base":
             kw["base"] = True
@@ -144,7 +143,8 @@ def eval(  # noqa: A001 - the command's name
         extras.require("score", "spo eval --paper (reading the Pick-a-Pic parquet files)", "pyarrow")
     names = scoring.metrics(metric, hps_version, score_batch_size)
     fmt = o.prompt_format(prompt_format, None, ui.warn)
-    cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device))
+    cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device),
+                         model_request=o.model_request)
     seed_list = parse_seeds(seeds if seeds is not None else ",".join(map(str, paper.SETTINGS["seeds"])) if paper_run
                             else "0-3")
     syntax = prompt_syntax or ("plain" if paper_run else "auto")
@@ -159,10 +159,10 @@ def eval(  # noqa: A001 - the command's name
     dataset = None
     if paper_run:
         dataset, lines, dropped = paper_prompts(ui, limit)
-        rows, more = build_rows(None, None, fmt, defaults, seed_list, ui, not no_size_limit, lines=lines,
+        rows, more = build_rows(None, None, fmt, defaults, seed_list, ui.error, not no_size_limit, lines=lines,
                                 source=paper.DATASET)
     else:
-        rows, more = build_rows(None, prompts_file, fmt, defaults, seed_list, ui, not no_size_limit)
+        rows, more = build_rows(None, prompts_file, fmt, defaults, seed_list, ui.error, not no_size_limit)
         if limit is not None:
             keep = list(dict.fromkeys(r.request.prompt for r in rows))[:limit]
             rows = [r for r in rows if r.request.prompt in set(keep)]
@@ -173,20 +173,21 @@ def eval(  # noqa: A001 - the command's name
         ui.warn(w)
     with files.FolderLock(out, "spo eval"):
         scorers = scoring.resolve(ui, names, hps_version)
-        run = render_columns(ui, cols, rows, options, out, keep_loaded=False)
-        scored = score_cells(ui, cols, rows, out / "cells", run.failed,
+        steps = scoring.steps(ui)
+        run = render_columns(steps, cols, rows, options, out, keep_loaded=False)
+        scored = score_cells(steps, cols, rows, out / "cells", run.failed,
                              Scoring(names, hps_version, score_batch_size, device), scorers)
-        report = build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers, names,
-                              hps_version, perf_counter() - t0)
+        report = eval_report.build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers,
+                                          names, hps_version, perf_counter() - t0)
         if paper_run:
-            add_paper(report, dataset, dropped, names)
+            eval_report.add_paper(report, dataset, dropped, names)
             for d in report["paper"]["deviations"]:
                 ui.warn(f"--paper: {d}")
-        paths = write_report(out, report, cols, rows, scored)
+        paths = eval_report.write_report(out, report, cols, rows, scored)
     if ui.json_mode:
         ui.emit_json(report)
     else:
-        print_summary(ui, scored["summary"])
+        scoring.print_summary(ui, scored["summary"])
         ui.paths([(str(paths["md"]), "the report"), (str(paths["json"]), "the same, as JSON"),
                   (str(paths["plot"]), "paired differences per metric"), (str(out / "cells"), "the images")])
     if run.failed or scored["errors"]:
@@ -226,125 +227,3 @@ def paper_prompts(ui: UI, limit: int | None):
     return dataset, lines, dropped
 
 
-def add_paper(report: dict, dataset, dropped: int, names: list[str]) -> None:
-    """The dataset, what the paper reported, and every way this run differs from the authors' setting."""
-    from spo_cli import scores
-
-    s, want = report["settings"], paper.SETTINGS
-    found = {"guidance": s["guidance"], "steps": s["steps"], "scheduler": s["scheduler"],
-             "width": s["width"] or presets.DEFAULT_SIZE, "height": s["height"] or presets.DEFAULT_SIZE,
-             "negative_prompt": s["negative_prompt"], "prompt_syntax": s["prompt_syntax"], "seeds": report["seeds"]}
-    deviations = [f"{k} is {found[k]!r}; the authors used {want[k]!r}." for k in found if found[k] != want[k]]
-    labels = [c["label"] for c in report["columns"]]
-    if labels != ["SDXL base", "SPO-SDXL"]:
-        deviations.append(f"the columns are {', '.join(labels)}; the paper compares SDXL base with SPO-SDXL.")
-    for c in report["columns"]:
-        if c["vae"]["id"] != want["vae"]:
-            deviations.append(f"{c['label']} decoded with the VAE {c['vae']['id'] or 'of the checkpoint'}; the "
-                              f"authors used {want['vae']} (spo picks it in float16).")
-        if c["dtype"] != "float16":
-            deviations.append(f"{c['label']} ran in {c['dtype']}; the authors ran float16.")
-    report["prompts"].update(dataset=paper.DATASET, split=paper.SPLIT, commit=dataset.commit,
-                             files=list(dataset.files), dropped=dropped)
-    table = scores.metric_table(report["metrics"].get("hpsv2", {}).get("version", "v2.1"))
-    report["paper"] = {"reported": {m: table[m].paper for m in names},
-                       "deviations": deviations, "assumptions": paper.ASSUMPTIONS}
-    report["assumptions"] = paper.ASSUMPTIONS + report["assumptions"]
-
-
-def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers, names, hps_version,
-                 elapsed) -> dict:
-    from spo_cli import engine
-    from spo_cli.scores import run as score_run
-
-    settings = {k: v for k, v in asdict(defaults).items() if k not in ("prompt", "seed")}
-    settings["scheduler"] = defaults.scheduler
-    return {
-        "schema": SCHEMA,
-        "prompts": {"file": str(prompts_file), "count": len({r.request.prompt for r in rows})},
-        "seeds": seeds,
-        "settings": settings,
-        "columns": [{"label": c.label, **res.describe(), "dtype": res.dtype} for c, res in zip(cols, run.resolved)],
-        "images": {"rendered": run.rendered, "reused": run.reused, "failed": len(run.failed),
-                   "scored": sum(1 for row in scored["cells"] for v in row if v)},
-        "metrics": {m: {"models": score_run.model_ids(scorers[m]), **({"version": hps_version} if m == "hpsv2" else {})}
-                    for m in names},
-        "summary": scored["summary"],
-        "versions": engine.versions(),
-        "assumptions": [
-            "Every image has its own generator seeded with its seed (spo's rule), so an image does not depend "
-            "on which others shared its pipeline call.",
-            "Scores are computed as each metric's reference code does; HPS is reported as its raw cosine "
-            "(papers print it ×100).",
-            "Intervals are 95 % percentile bootstrap intervals over prompt×seed pairs (10,000 resamples, seed 0).",
-        ],
-        "elapsed_s": round(elapsed, 1),
-    }
-
-
-def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]:
-    from spo_cli.scores import plot
-    from spo_cli.scores.summary import markdown
-
-    panels = []
-    labels = [c.label for c in cols]
-    for i in range(len(cols)):
-        for j in range(i + 1, len(cols)):
-            for m in scored["metrics"]:
-                a = [(row[j] or {}).get(m) for row in scored["cells"]]
-                b = [(row[i] or {}).get(m) for row in scored["cells"]]
-                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b))
-    paths = {"json": out / "report.json", "md": out / "report.md", "plot": out / "report-plot.png"}
-    if panels:
-        image = plot.paired_differences(panels, f"Paired score differences ({len(rows)} prompt×seed pairs)")
-        import io
-
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        files.atomic_write(paths["plot"], buf.getvalue(), overwrite=True)
-    files.atomic_write(paths["json"], (metadata.dumps(report) + "\n").encode(), overwrite=True)
-    s = report["settings"]
-    lines = [
-        "# spo eval report", "",
-        f"{report['prompts']['count']} prompt(s) from `{report['prompts']['file']}` × seeds "
-        f"{', '.join(map(str, report['seeds'][:10]))}{' …' if len(report['seeds']) > 10 else ''}; "
-        f"{report['images']['scored']} image(s) scored, {report['images']['failed']} failed.", "",
-        "## Scores (mean [95 % CI])", "", markdown(report["summary"]), "",
-    ]
-    if panels:
-        lines += [f"![paired differences]({paths['plot'].name})", ""]
-    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s.items()]
-    lines += ["", "## Models", "", "| column | model | commit | LoRA |", "|---|---|---|---|"]
-    for c in report["columns"]:
-        lora = c.get("lora") or {}
-        lines.append(f"| {c['label']} | {c['model']['id']} | {(c['model'].get('commit') or '-')[:12]} | "
-                     f"{(lora.get('id') or '') + (' ×' + format(lora['scale'], 'g') if lora.get('scale') is not None else '')} |")
-    lines += ["", "## Scorers", "", "| metric | models (repo: commit) |", "|---|---|"]
-    for m, info in report["metrics"].items():
-        lines.append(f"| {m} | " + "<br>".join(f"{r}: {v.split(':')[0][:12]}" for r, v in info["models"].items()) + " |")
-    if "paper" in report:
-        lines += paper_section(report)
-    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
-              "## Assumptions", ""] + [f"- {a}" for a in report["assumptions"]] + [""]
-    files.atomic_write(paths["md"], "\n".join(lines).encode(), overwrite=True)
-    return paths
-
-
-def paper_section(report: dict) -> list[str]:
-    p, q = report["paper"], report["prompts"]
-    lines = ["", "## Against the paper", "",
-             f"Prompts: {q['count']} caption(s) of `{q['dataset']}` split `{q['split']}` at commit "
-             f"{(q['commit'] or '-')[:12]} ({q['dropped']} left out as unusable).", "",
-             "| metric | paper: SDXL → SPO-SDXL | this run |", "|---|---|---|"]
-    means = report["summary"]["means"]
-    for m, v in p["reported"].items():
-        scale = 100 if m == "hpsv2" else 1  # the paper prints HPS ×100
-        here = [means.get(label, {}).get(m, {}).get("value") for label in ("SDXL base", "SPO-SDXL")]
-        ours = " → ".join("-" if x is None else f"{x * scale:.3f}" for x in here)
-        lines.append(f"| {m} | {v} | {ours}{' (×100)' if scale != 1 else ''} |")
-    if p["deviations"]:
-        lines += ["", "**Where this run differs from the authors' setting:**", ""] + [f"- {d}" for d in p["deviations"]]
-    else:
-        lines += ["", "No setting differs from the authors' (see the assumptions below)."]
-    return lines

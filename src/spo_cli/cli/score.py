@@ -67,7 +67,7 @@ def score(
 
 
 def report(ui: UI, results, names: list[str]) -> None:
-    from spo_cli.scores import store
+    from spo_cli.scores import run, store
 
     if ui.json_mode:
         ui.emit_json([{"image": str(r.item.image), "prompt": r.item.prompt, "prompt_source": r.item.source,
@@ -83,6 +83,5 @@ def report(ui: UI, results, names: list[str]) -> None:
             means.append(f"{sum(vals) / len(vals):.4f}" if vals else "-")
         rows.append(["mean", f"{len(results)} images", *means])
     ui.table("Preference scores", ["image", "prompt", *names], rows)
-    for r in results:
-        for n, err in r.errors.items():
-            ui.error(f"{r.item.image}: {n}: {err}")
+    for line in run.error_lines(results):
+        ui.error(line)

@@ -1,5 +1,6 @@
-"""What `spo score`, `spo compare --score` and `spo eval` share: the metric options, and the
-steps from a list of images to their scores (device, resolve, score with a bar)."""
+"""What `spo score`, `spo compare --score` and `spo eval` share: the metric options, the steps from
+a list of images to their scores (device, resolve, score with a bar), and the command line's side
+of a comparison (`steps`)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def resolve(ui: UI, names: list[str], hps_version: str, *, force: bool = False, 
     command = f"spo download score-models --metric {','.join(names)}" + (
         f" --hps-version {hps_version}" if hps_version != "v2.1" and "hpsv2" in names else "")
     fetch = Fetch(local_only, force, ui.download_tqdm, command, downloading)
-    resolved = run.resolve(names, hps_version, fetch)
+    resolved = run.resolve_metrics(names, hps_version, fetch)
     seen = set()
     for parts in resolved.values():
         for repo, r in parts.items():
@@ -69,9 +70,17 @@ def resolve(ui: UI, names: list[str], hps_version: str, *, force: bool = False, 
     return resolved
 
 
+def steps(ui: UI):
+    """The command line's UI, loading and scoring steps, handed to `spo_cli.comparison`."""
+    from spo_cli import comparison
+    from spo_cli.cli import loading
+
+    return comparison.Steps(ui, loading.start_torch, loading.resolve, loading.libraries, score_items, escape)
+
+
 def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: str, batch_size: int,
                 force: bool = False, resolved: dict | None = None):
-    """Score `items` with every metric in `names`: the list of `run.Result`s."""
+    """Score `items` with every metric in `names`: the list of `run.Scored`s."""
     from spo_cli.scores import run
 
     if not items:
@@ -79,14 +88,22 @@ def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: st
     resolved = resolved or resolve(ui, names, hps_version)
     picked, dtype = device_and_dtype(ui, device)
     with ui.count_progress(len(items) * len(names), "scoring") as bar:
-        def on_metric(name: str, todo: int) -> None:
-            skipped = len(items) - todo
+        def on_metric(name: str, todo: int, reused: int) -> None:
             bar.describe(f"{name}")
-            bar.advance(skipped)
-            if skipped and todo:
-                ui.info(f"{name}: {skipped} image(s) already scored with the same models")
+            bar.advance(len(items) - todo)  # reused, or refused before scoring
+            if reused and todo:
+                ui.info(f"{name}: {reused} image(s) already scored with the same models")
 
         results = run.score(items, names, resolved, device=picked, dtype=dtype, batch_size=batch_size,
                             hps_version=hps_version, force=force, on_metric=on_metric, on_batch=bar.advance,
                             debug=ui.debug)
     return results
+
+
+def print_summary(ui: UI, summary: dict) -> None:
+    from spo_cli.scores.summary import means_rows, pair_rows
+
+    ui.table("Mean score [95 % CI]", ["column", *summary["metrics"]], means_rows(summary))
+    if summary["pairs"]:
+        ui.table("Paired comparison (same prompt and seed)", ["pair", "metric", "win rate [95 % CI]",
+                                                              "mean difference", "pairs"], pair_rows(summary))

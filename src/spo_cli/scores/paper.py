@@ -32,7 +32,6 @@ SETTINGS = {
     "seeds": [SEED],
     "vae": presets.FP16_FIX_VAE,
 }
-COLUMNS = "base,spo"
 
 ASSUMPTIONS = [
     f"Prompts: the '{COLUMN}' column of Pick-a-Pic v1 '{SPLIT}' ({DATASET}), in file order, exact "
@@ -46,9 +45,13 @@ ASSUMPTIONS = [
     "from CPU noise for the same seed); elsewhere it is the CPU generator.",
     "The SDXL row uses stabilityai/stable-diffusion-xl-base-1.0 with the same settings and VAE; the paper "
     "does not publish its baseline script.",
-    "A later public harness (Kwai-Kolors/LPO evaluation/general_score_pap_val.py) uses DDIM with 20 steps and "
-    "4 images per prompt from one generator; spo follows the authors' own script instead. Run with "
-    "--scheduler ddim --steps 20 --seeds 42-45 for a close (not identical: one generator per image) variant.",
+    "A later public harness (Kwai-Kolors/LPO evaluation/general_score_pap_val.py) differs: it streams "
+    "validation_unique from pickapic-anonymous/pickapic_v1 (the Pick-a-Pic v1 release with its images; spo "
+    f"reads the captions from {DATASET} and assumes they are the same), renders with DDIM, 20 steps and "
+    "guidance 5.0, 4 images per prompt from one generator seeded 42 per prompt, and scores only the first of "
+    "the four (it zips each prompt with the prompt's images). spo follows the authors' own script instead; "
+    "--scheduler ddim --steps 20 --seeds 42 is the close variant (close, not identical: spo gives each image "
+    "its own generator).",
 ]
 
 

@@ -14,14 +14,16 @@ from spo_cli.scores import store
 
 
 @dataclass
-class Result:
+class Scored:
+    """One image's scores, those reused from its scores file, and why any metric failed."""
+
     item: store.Item
     values: dict[str, float] = field(default_factory=dict)
     reused: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def resolve(metrics: list[str], hps_version: str, fetch) -> dict[str, dict]:
+def resolve_metrics(metrics: list[str], hps_version: str, fetch) -> dict[str, dict]:
     """Each metric's files, fetched (or found in the cache): {metric: {repo: Resolved}}."""
     from spo_cli.resolve import resolve_files
 
@@ -45,27 +47,31 @@ def model_ids(resolved: dict) -> dict[str, str]:
 
 def score(items: list[store.Item], metrics: list[str], resolved: dict[str, dict], *, device: str, dtype,
           batch_size: int, hps_version: str = "v2.1", force: bool = False,
-          on_metric: Callable[[str, int], None] = lambda name, todo: None,
-          on_batch: Callable[[int], None] = lambda n: None, debug: bool = False) -> list[Result]:
+          on_metric: Callable[[str, int, int], None] = lambda name, todo, reused: None,
+          on_batch: Callable[[int], None] = lambda n: None, debug: bool = False) -> list[Scored]:
     """Score `items` with each metric, writing each image's scores file as soon as a metric is done."""
     from PIL import Image
 
     from spo_cli.scores import models
 
-    results = [Result(it) for it in items]
+    results = [Scored(it) for it in items]
     digests = [store.sha256(it.image) for it in items]
     previous = [store.read(it.image) for it in items]
+    refused = [store.too_large(it.image) for it in items]
     for name in metrics:
         ids = model_ids(resolved[name])
         todo = []
         for i, it in enumerate(items):
+            if refused[i]:
+                results[i].errors[name] = refused[i]
+                continue
             value = None if force else store.current(previous[i], name, ids, digests[i], it.prompt)
             if value is None:
                 todo.append(i)
             else:
                 results[i].values[name] = value
                 results[i].reused.add(name)
-        on_metric(name, len(todo))
+        on_metric(name, len(todo), sum(name in r.reused for r in results))
         if not todo:
             continue
         folders = {repo: r.path for repo, r in resolved[name].items()}
@@ -75,7 +81,7 @@ def score(items: list[store.Item], metrics: list[str], resolved: dict[str, dict]
                 chunk, images = [], []
                 for i in todo[start:start + batch_size]:
                     try:
-                        with Image.open(items[i].image) as im:
+                        with store.quiet_bombs(), Image.open(items[i].image) as im:
                             im.load()
                             images.append(im.copy())
                         chunk.append(i)
@@ -87,7 +93,10 @@ def score(items: list[store.Item], metrics: list[str], resolved: dict[str, dict]
                 values = scorer.score(images, [items[i].prompt for i in chunk])
                 for i, v in zip(chunk, values):
                     results[i].values[name] = float(v)
-                    previous[i] = store.write(items[i], digests[i], {name: (float(v), ids)}, previous[i])
+                    try:
+                        previous[i] = store.write(items[i], digests[i], {name: (float(v), ids)}, previous[i])
+                    except store.Unsaved as e:
+                        results[i].errors[name] = e.message
                 on_batch(len(todo[start:start + batch_size]))
         finally:
             del scorer
@@ -103,7 +112,20 @@ def _empty_cache(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def manifests(results: list[Result]) -> list[Path]:
+def error_lines(results: list[Scored]) -> list[str]:
+    """One line per image and problem: an image refused before any scorer ran (too large) fails
+    every metric alike, and is named once."""
+    lines = []
+    for r in results:
+        by_error: dict[str, list[str]] = {}
+        for metric, error in r.errors.items():
+            by_error.setdefault(error, []).append(metric)
+        for error, names in by_error.items():
+            lines.append(f"{r.item.image}: {error}" if len(names) > 1 else f"{r.item.image}: {names[0]}: {error}")
+    return lines
+
+
+def manifests(results: list[Scored]) -> list[Path]:
     """Update the manifest.jsonl of every batch folder that holds scored images."""
     by_folder: dict[Path, dict[Path, dict]] = {}
     for r in results:

@@ -17,12 +17,12 @@ columns separately) keeps the pairing, which is what makes the comparison sharp.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Comparison", "Estimate", "Paired", "bootstrap_mean", "paired", "pairs_table"]
+__all__ = ["Estimate", "Paired", "bootstrap_mean", "paired"]
 
 # Resamples are drawn in blocks of at most this many indices (8 bytes each), to bound memory.
 _BLOCK_CELLS = 1 << 21
@@ -57,18 +57,6 @@ class Paired:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """`paired` of column `a` against column `b`, over the keys both columns have."""
-
-    a: str
-    b: str
-    result: Paired
-
-    def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, **self.result.to_dict()}
 
 
 def _check(resamples: int, level: float) -> None:
@@ -144,33 +132,3 @@ def paired(
     win_rate, mean_diff = _bootstrap(np.stack([wins, x - y]), resamples=resamples, seed=seed, level=level)
     return Paired(win_rate, mean_diff, n=int(keep.sum()), dropped=int((~keep).sum()), level=level)
 
-
-def pairs_table(
-    scores: Mapping[str, Mapping[Hashable, float]],
-    columns: Sequence[str],
-    *,
-    resamples: int = 10000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> list[Comparison]:
-    """`paired` for every ordered pair (A, B) with A before B in `columns`.
-
-    `scores[column]` maps a key, such as (prompt_index, seed), to that column's score. Each
-    comparison uses the keys both columns have, in sorted order where the keys sort (so the
-    bootstrap does not depend on the dicts' insertion order), else in A's order.
-    """
-    table = []
-    for i, name_a in enumerate(columns):
-        for name_b in columns[i + 1 :]:
-            col_a, col_b = scores[name_a], scores[name_b]
-            keys = [k for k in col_a if k in col_b]
-            try:
-                keys = sorted(keys)
-            except TypeError:
-                pass
-            result = paired(
-                [col_a[k] for k in keys], [col_b[k] for k in keys],
-                resamples=resamples, seed=seed, level=level,
-            )
-            table.append(Comparison(name_a, name_b, result))
-    return table

@@ -7,18 +7,30 @@ so a rerun skips what is already scored with the same models and an unchanged im
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from spo_cli import syntax
-from spo_cli.errors import UsageError
+from spo_cli.errors import OutputError, UsageError
 from spo_cli.outputs import files, metadata
 
 SCHEMA = "spo-cli/scores-1"
 SUFFIX = ".scores.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The scorers see 224–448 px; past 64 Mpx (8000²) a full decode costs gigabytes and a minute for
+# nothing (a 12000² PNG of 450 kB took 87 s and 4.9 GB). Such an image is refused from its header.
+MAX_PIXELS = 64_000_000
+
+
+class Unsaved(OutputError):
+    """One image's scores file cannot be written (its name is taken by a folder): that image
+    fails, the others are scored."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +61,52 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")  # spo's temporary files start with "."
 
 
+@contextmanager
+def quiet_bombs():
+    """PIL warns on stderr, in its own words, about any image past 89 Mpx; spo checks sizes itself
+    (`too_large`), so that warning must not reach the user raw."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def too_large(image: Path) -> str | None:
+    """Why an image is too large to score, read from its header alone (PIL decodes lazily); None
+    when it is not (an unreadable file is left to the decode, which says why)."""
+    from PIL import Image
+
+    with quiet_bombs():
+        try:
+            with Image.open(image) as im:
+                w, h = im.size
+        except Image.DecompressionBombError:
+            w = h = None
+        except Exception:
+            return None
+    if w is not None and w * h <= MAX_PIXELS:
+        return None
+    size = "past what PIL will decode" if w is None else f"{w}×{h} ({w * h / 1e6:.0f} Mpx)"
+    return (f"too large to score: {size}, and spo scores images up to {MAX_PIXELS // 10**6} Mpx (the scorers "
+            "see 224–448 px); downscale it first")
+
+
 def prompt_of(image: Path) -> tuple[str, str] | None:
     """(prompt, source) recorded for an image: its spo sidecar or PNG metadata, or A1111 text."""
     try:
-        meta = metadata.read(image)
+        with quiet_bombs():
+            meta = metadata.read(image)
     except UsageError:
-        meta = None
+        sidecar = image.with_suffix(".json")  # a PNG too large to open still has its sidecar
+        try:
+            meta = metadata.read(sidecar) if image.suffix.lower() != ".json" and sidecar.is_file() else None
+        except UsageError:
+            meta = None
     if meta is not None and isinstance(meta.get("prompt"), str):
         return scorer_text(meta["prompt"], meta.get("prompt_syntax", "plain")), "sidecar"
-    params = metadata.foreign_parameters(image)
+    with quiet_bombs():
+        params = metadata.foreign_parameters(image)
     if params:
         from spo_cli import infotext
 
@@ -140,7 +189,19 @@ def write(item: Item, digest: str, values: dict[str, tuple[float, dict]], previo
         entries[metric] = {"value": value, "models": models}
     record = {"schema": SCHEMA, "image": item.image.name, "image_sha256": digest, "prompt": item.prompt,
               "prompt_source": item.source, "scores": dict(sorted(entries.items()))}
-    files.atomic_write(scores_path(item.image), (metadata.dumps(record) + "\n").encode(), overwrite=True)
+    path = scores_path(item.image)
+    try:
+        files.atomic_write(path, (metadata.dumps(record) + "\n").encode(), overwrite=True)
+    except OSError as e:
+        if path.is_dir():
+            raise Unsaved(f"scored, but not saved: {path.name} beside it is a folder, where spo keeps the image's "
+                          "scores; move that folder away and score again") from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise OutputError(f"The scores of {item.image} cannot be saved: {path.parent} is not writable "
+                              f"({os.strerror(e.errno)}).",
+                              "spo keeps scores beside each image (<stem>.scores.json). Make the folder writable, "
+                              "or copy the images to a writable folder and score them there.") from None
+        raise
     return record
 
 
@@ -158,8 +219,10 @@ def update_manifest(folder: Path, values: dict[Path, dict[str, float]]) -> Path 
         image = folder / row["file"] if isinstance(row, dict) and isinstance(row.get("file"), str) else None
         key = image.resolve() if image else None
         if key in values:
-            row["scores"] = {**(row.get("scores") or {}), **values[key]}
-            changed = True
+            old = row.get("scores") if isinstance(row.get("scores"), dict) else {}
+            merged = {**old, **values[key]}
+            changed |= merged != row.get("scores")  # scores reused as they were: the manifest is left alone
+            row["scores"] = merged
         rows.append(row)
     if changed:
         files.write_manifest(folder, rows)

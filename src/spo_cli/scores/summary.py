@@ -28,10 +28,6 @@ def summarise(columns: list[str], cells: list[list[dict | None]], metrics: list[
                     "higher (ties count one half); intervals are 95 % percentile bootstrap over pairs."}
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def _ci(e: dict, digits: int = 3) -> str:
     if e["value"] is None:
         return "—"

@@ -1,0 +1,276 @@
+"""A comparison: columns (models) × rows (prompt and seed), every cell an image rendered once and
+reused while its settings hold, optionally scored. The machinery `spo compare` and `spo eval`
+share: building the columns and rows, rendering the cells column by column, scoring them, the
+grid pages and the cells' index entries.
+
+No torch at import, and nothing from `cli/`: the two steps that talk to the user while they work
+(`render_columns`, `score_cells`) are handed the command line's UI and its loading and scoring steps
+as `Steps`, as `render.render` is handed its progress bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from spo_cli import prompts, validate
+from spo_cli.errors import UsageError
+from spo_cli.outputs import files, metadata, naming
+from spo_cli.request import ImageRequest, ImageTask, ModelRequest
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The command line's side of a comparison (built by `cli.scoring.steps`): its UI, the loading
+    steps of `cli.loading`, the scoring steps of `cli.scoring`, and how user text is shown inert in
+    a message with markup."""
+
+    ui: object
+    start_torch: Callable
+    resolve: Callable
+    libraries: Callable
+    score_items: Callable
+    escape: Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    request: ModelRequest
+    folder: str  # under OUT/cells/
+
+
+def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, models: list[str], labels: list[str],
+                  scales: list[float], lora_scale: float | None, revision: str | None, common: dict,
+                  model_request: Callable[..., tuple[ModelRequest, list[str]]]) -> list[Column]:
+    """The columns the options ask for, each with its checked request (`model_request`: the
+    command line's builder) and a folder under OUT/cells/ no other column shares."""
+    if base is None and spo is None and spo_lora is None and not models and not scales:
+        base = spo = True  # the comparison people come for
+    if len(labels) > len(models):
+        raise UsageError("There are more --label than --model options.", "Each --label names the --model before it.")
+    if lora_scale is not None and not spo_lora:
+        raise UsageError(f"--lora-scale {lora_scale:g} sets the strength of the --spo-lora column, and there is none.",
+                         "Add --spo-lora, or use --lora-scales for one column per strength.")
+    if revision and not models:
+        raise UsageError("--revision applies to --model columns; presets use their published main branch.")
+    cols: list[tuple[str, dict]] = []
+    if base:
+        cols.append(("SDXL base", dict(model="base")))
+    if spo:
+        cols.append(("SPO-SDXL", dict(model="spo")))
+    if spo_lora:
+        scale = 1.0 if lora_scale is None else lora_scale
+        cols.append((f"SPO LoRA x{scale:g}", dict(model="spo-lora", lora_scale=lora_scale)))
+    for s in scales:
+        cols.append((f"SPO LoRA x{s:g}", dict(model="spo-lora", lora_scale=s)))
+    for i, m in enumerate(models):
+        label = labels[i] if i < len(labels) else m.rstrip("/").split("/")[-1]
+        cols.append((label, dict(model=m, revision=revision)))
+    if not cols:
+        raise UsageError("No model chosen to compare.", "Use --base, --spo, --spo-lora, --lora-scales or --model.")
+    columns, seen = [], {}
+    for label, fields in cols:
+        validate.text(label, "label", limit=200)
+        folder = naming.slugify(label)
+        if folder in seen:
+            raise UsageError(f"Two columns would be labelled alike: '{seen[folder]}' and '{label}'.",
+                             "Give each --model its own --label, and list each LoRA scale once.")
+        seen[folder] = label
+        request, _ = model_request(**{**common, **fields})
+        columns.append(Column(label, request, folder))
+    return columns
+
+
+def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, defaults: ImageRequest,
+               seeds: list[int], on_problem: Callable[[str], None], size_limit: bool,
+               lines: list[prompts.PromptLine] | None = None, source: str | None = None
+               ) -> tuple[list[ImageTask], list[str]]:
+    """One task per prompt × seed: the same name in every column's folder. `lines` are prompts read
+    elsewhere (a dataset named `source`); each bad line of a prompt file goes to `on_problem`
+    before the run is refused."""
+    lines = list(lines or [])
+    if prompt is not None:
+        prompt = validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)
+        validate.readable_prompts(prompt, None, defaults.prompt_syntax, validate.PROMPT_ARGUMENT)
+        lines.append(prompts.PromptLine(0, prompt))
+    if prompts_file:
+        parsed = prompts.read(prompts_file, fmt, prompt_syntax=defaults.prompt_syntax)
+        if parsed.problems:
+            for p in parsed.problems:
+                on_problem(p)
+            raise UsageError(f"{len(parsed.problems)} bad line(s) in {parsed.source}; nothing was run.")
+        lines += parsed.lines
+    if not lines:
+        raise UsageError("Nothing to compare: give a PROMPT, or --prompts FILE.")
+    rows, stems, warnings = [], set(), []
+    for pl in lines:
+        where = validate.Where(f"{source or prompts_file}:{pl.line}") if pl.line else validate.PROMPT_ARGUMENT
+        base, more = prompts.line_request(pl, defaults, where, size_limit=size_limit)
+        warnings += more
+        if "seed" in pl.settings:
+            validate.seed_range(pl.settings["seed"], pl.num_images or len(seeds), where)
+            line_seeds = [pl.settings["seed"] + i for i in range(pl.num_images or len(seeds))]
+        else:
+            line_seeds = seeds
+        for s in line_seeds:
+            r = replace(base, seed=s)
+            stem = naming.cell_stem(r.prompt, s, r.spec_hash())
+            if stem not in stems:
+                stems.add(stem)
+                rows.append(ImageTask(r, stem))
+    return rows, sorted(set(warnings))
+
+
+@dataclass(frozen=True)
+class Scoring:
+    metrics: list[str]  # empty: no scoring
+    hps_version: str = "v2.1"
+    batch_size: int = 16
+    device: str = "auto"
+
+
+@dataclass
+class Rendered:
+    """What `render_columns` leaves: the columns resolved, and which cells failed."""
+
+    resolved: list
+    failed: dict[tuple[int, int], str]
+    rendered: int
+    reused: int
+    log: list[str]
+    bytes_loaded: int
+
+
+def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
+                failed: dict[tuple[int, int], str], how: Scoring, resolved: dict | None = None) -> dict:
+    """Score every cell that exists: {cells: [[{metric: value} | None]], summary, errors}."""
+    from spo_cli.scores import run, store
+    from spo_cli.scores.summary import summarise
+
+    where, items = {}, []
+    for ri, r in enumerate(rows):
+        for ci, c in enumerate(columns):
+            image = cells_dir / c.folder / f"{r.stem}.png"
+            recorded = store.prompt_of(image) if (ci, ri) not in failed and image.exists() else None
+            if recorded:
+                where[(ri, ci)] = len(items)
+                items.append(store.Item(image, *recorded))
+    ui = steps.ui
+    ui.info(f"Scoring {len(items)} cell(s) with {', '.join(how.metrics)}")
+    results = steps.score_items(ui, items, how.metrics, how.hps_version, device=how.device,
+                                  batch_size=how.batch_size, resolved=resolved)
+    cells = [[results[where[(ri, ci)]].values or None if (ri, ci) in where else None
+              for ci in range(len(columns))] for ri in range(len(rows))]
+    errors = run.error_lines(results)
+    for e in errors:
+        ui.error(e)
+    return {"metrics": how.metrics, "cells": cells, "errors": errors,
+            "summary": summarise([c.label for c in columns], cells, how.metrics)}
+
+
+def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,
+                   keep_loaded: bool) -> Rendered:
+    """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
+    column by column (columns sharing a UNet back to back), then free the models."""
+    from spo_cli.render import render
+
+    ui, escape = steps.ui, steps.escape
+
+    for c in columns:
+        if (out / "cells" / c.folder).is_dir():
+            files.remove_leftovers(out / "cells" / c.folder)
+
+    # 1. Resolve every column first: a missing model fails now, not after an hour of rendering.
+    rt = steps.start_torch(ui, columns[0].request, options, [r.request for r in rows])
+    resolved = [steps.resolve(ui, c.request, rt.dtype) for c in columns]
+
+    # 2. What is already on disk with the same settings is reused.
+    cells_dir = out / "cells"
+    hashes = [[r.request.spec_hash(res.identity()) for r in rows] for res in resolved]
+    todo = [[i for i, r in enumerate(rows) if files.finished_hash(cells_dir / c.folder, r.stem, "png")
+             != hashes[ci][i]] for ci, c in enumerate(columns)]
+    reused = sum(len(rows) - len(t) for t in todo)
+    if reused:
+        ui.info(f"{reused} cell(s) already rendered with the same settings; reusing them.")
+
+    # 3. Render column by column, columns sharing a UNet back to back, each model set up once.
+    from spo_cli.bank import Bank
+
+    steps.libraries(ui, rt)
+    log: list[str] = []
+    bank = Bank(rt.device, rt.dtype, keep_loaded=keep_loaded, log=lambda m: (log.append(m), ui.info(f"  {escape(m)}")))
+    parts = [bank.parts(res) for res in resolved]
+    order = sorted(range(len(columns)), key=lambda ci: next(
+        j for j in range(len(columns)) if parts[j]["unet"][2] == parts[ci]["unet"][2]))
+    failed: dict[tuple[int, int], str] = {}
+    total = sum(len(t) for t in todo)
+    if total:
+        with ui.images_progress(total, rows[0].request.steps) as bars:
+            for pos, ci in enumerate(order):
+                if not todo[ci]:
+                    continue
+                later = {(p, fp) for cj in order[pos + 1:] if todo[cj] for p, (_, _, fp) in parts[cj].items()}
+                ui.info(f"Setting up [bold]{escape(columns[ci].label)}[/]")
+                log.append(f"column {columns[ci].label}")
+                engine = bank.engine(resolved[ci], needed_later=later)
+                tasks = [replace(rows[i], spec_hash=hashes[ci][i], overwrite=True,
+                                 extra={"compare": {"column": columns[ci].label}}) for i in todo[ci]]
+                outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
+                                  batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug)
+                for i, oc in zip(todo[ci], outcomes):
+                    if oc.error:
+                        failed[(ci, i)] = oc.error
+        bank.release(set())
+    return Rendered(resolved, failed, total - len(failed), reused, log, bank.bytes_loaded)
+
+
+def cell_entry(out: Path, folder: Path, stem: str, error: str | None, scores: dict | None = None) -> dict:
+    image = folder / f"{stem}.png"
+    ok = error is None and image.exists()
+    entry = {"image": str(image.relative_to(out)) if ok else None,
+             "sidecar": str((folder / f"{stem}.json").relative_to(out)) if ok else None,
+             "status": "ok" if ok else "failed", "error": error}
+    if scores is not None:
+        entry["scores"] = scores
+    return entry
+
+
+def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path, cell_size: int,
+                rows_per_page: int, failed: set[tuple[int, int]] = frozenset(), index_name: str = "",
+                captions: list[list[list[str]]] | None = None) -> list[Path]:
+    """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
+    the image an earlier run left under its name."""
+    from PIL import Image
+
+    from spo_cli import grid
+
+    paths = []
+    pages = [rows[i:i + rows_per_page] for i in range(0, len(rows), rows_per_page)]
+    for n, page in enumerate(pages):
+        cells, size = [], None
+        for k, r in enumerate(page):
+            line = []
+            for ci, c in enumerate(columns):
+                path = cells_dir / c.folder / f"{r.stem}.png"
+                if (ci, n * rows_per_page + k) not in failed and path.exists():
+                    with Image.open(path) as im:
+                        im.load()
+                        line.append(im)
+                        size = size or grid.fit(im.size, cell_size)
+                else:
+                    line.append(None)
+            cells.append(line)
+        size = size or grid.fit((r.request.width or 1024, r.request.height or 1024), cell_size)
+        labels = [(r.request.prompt, f"seed {r.request.seed}") for r in page]
+        page_captions = captions[n * rows_per_page:n * rows_per_page + len(page)] if captions else None
+        image = grid.render(cells, [c.label for c in columns], labels, size, page_captions)
+        name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
+        shown = [f"cells/{c.folder}/{r.stem}.png" for r in page for c in columns]
+        files.atomic_write(out / name, metadata.encode_grid(image, index_name, shown), overwrite=True)
+        paths.append(out / name)
+    for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png"]:
+        if old not in paths and old.exists():  # pages of an earlier, longer comparison
+            old.unlink()
+    return paths
