@@ -239,7 +239,7 @@ def test_download_shows_progress_per_repo(repos, tmp_path):
 
 def test_vae_from_a_subfolder_works_offline_after_download(repos, tmp_path):
     """A --vae repo with only vae/config.json: offline, the cache miss of config.json must not stop the
-    look-up before vae/config.json (fixed in resolve._anchor)."""
+    look-up before vae/config.json (fixed in resolve.hub.pin)."""
     import shutil
 
     folder = tmp_path / "pipe-vae"

@@ -1,4 +1,5 @@
-"""Unit tests for spo_cli.resolve, against tiny repos under the real ids in an offline HF cache."""
+"""Unit tests for spo_cli.resolve (file selection, integrity, each part, whole requests), against tiny
+repos under the real ids in an offline HF cache."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def weights(r: resolve.Resolved) -> list[str]:
 
 
 def test_spo_float16(hub_cache):
-    m = resolve.resolve(ModelRequest(), "float16")
+    m = resolve.resolve_model(ModelRequest(), "float16")
     assert m.preset == "spo" and m.dtype == "float16"
     p = m.pipeline
     assert (p.id, p.source, p.revision, p.commit, p.variant) == (MERGED, "hub", "main", hub_cache[MERGED], None)
@@ -68,7 +69,7 @@ def check_files_vae(v: resolve.Resolved) -> None:
 
 
 def test_spo_float16_describe(hub_cache):
-    m = resolve.resolve(ModelRequest(dtype="fp16", device="cuda"), "float16")
+    m = resolve.resolve_model(ModelRequest(dtype="fp16", device="cuda"), "float16")
     d = m.describe()
     assert d["model"] == {"id": MERGED, "source": "hub", "revision": "main", "commit": hub_cache[MERGED],
                           "preset": "spo"}
@@ -79,7 +80,7 @@ def test_spo_float16_describe(hub_cache):
 
 
 def test_spo_lora_float16(hub_cache, repos):
-    m = resolve.resolve(ModelRequest(model="spo-lora", lora_scale=0.7), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo-lora", lora_scale=0.7), "float16")
     assert m.preset == "spo-lora"
     p = m.pipeline
     assert (p.id, p.source, p.commit, p.variant) == (BASE, "hub", hub_cache[BASE], "fp16")
@@ -108,7 +109,7 @@ def test_spo_lora_float16(hub_cache, repos):
 
 @pytest.mark.parametrize("preset", ["spo", "spo-lora", "base"])
 def test_float32_takes_plain_weights_and_the_models_own_vae(hub_cache, preset):
-    m = resolve.resolve(ModelRequest(model=preset), "float32")
+    m = resolve.resolve_model(ModelRequest(model=preset), "float32")
     p = m.pipeline
     assert p.variant is None
     check_files(p)
@@ -121,13 +122,13 @@ def test_float32_takes_plain_weights_and_the_models_own_vae(hub_cache, preset):
 
 
 def test_bfloat16_takes_plain_weights_and_the_models_own_vae(hub_cache):
-    m = resolve.resolve(ModelRequest(model="base"), "bfloat16")
+    m = resolve.resolve_model(ModelRequest(model="base"), "bfloat16")
     assert m.pipeline.variant is None and m.vae is None
     assert all(".fp16." not in f for f in m.pipeline.files)
 
 
 def test_base_preset_has_no_lora(hub_cache):
-    m = resolve.resolve(ModelRequest(model="base"), "float16")
+    m = resolve.resolve_model(ModelRequest(model="base"), "float16")
     assert m.preset == "base"
     assert m.lora is None and m.describe()["lora"] is None
     assert (m.pipeline.id, m.pipeline.variant) == (BASE, "fp16")
@@ -135,7 +136,7 @@ def test_base_preset_has_no_lora(hub_cache):
 
 
 def test_vae_model_keeps_the_checkpoints_vae_in_float16(hub_cache):
-    m = resolve.resolve(ModelRequest(model="base", vae="model"), "float16")
+    m = resolve.resolve_model(ModelRequest(model="base", vae="model"), "float16")
     assert m.vae is None
     assert m.describe()["vae"] == {"id": None, "source": "model"}
     assert m.pipeline.variant == "fp16"
@@ -145,7 +146,7 @@ def test_vae_model_keeps_the_checkpoints_vae_in_float16(hub_cache):
 
 
 def test_hub_id_not_a_preset(hub_cache):
-    m = resolve.resolve(ModelRequest(model=BASE), "float16")
+    m = resolve.resolve_model(ModelRequest(model=BASE), "float16")
     assert m.preset is None
     assert (m.pipeline.id, m.pipeline.source, m.pipeline.variant) == (BASE, "hub", "fp16")
     assert m.describe()["model"]["preset"] is None
@@ -154,31 +155,31 @@ def test_hub_id_not_a_preset(hub_cache):
 
 def test_revision_pinned_to_a_commit(hub_cache):
     commit = hub_cache[MERGED]
-    m = resolve.resolve(ModelRequest(revision=commit), "float16")
+    m = resolve.resolve_model(ModelRequest(revision=commit), "float16")
     assert (m.pipeline.revision, m.pipeline.commit) == (commit, commit)
 
 
 def test_unknown_revision_offline(hub_cache):
     with pytest.raises(ModelError) as e:
-        resolve.resolve(ModelRequest(revision="no-such-branch"), "float16")
+        resolve.resolve_model(ModelRequest(revision="no-such-branch"), "float16")
     assert MERGED in e.value.message
     assert "spo download spo --revision no-such-branch" in e.value.paragraph()
 
 
 def test_explicit_hub_lora_file(hub_cache):
-    m = resolve.resolve(ModelRequest(model="spo", lora=LORA, lora_file=presets.SPO_LORA_FILE), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo", lora=LORA, lora_file=presets.SPO_LORA_FILE), "float16")
     assert (m.lora.id, m.lora.file, m.lora.commit) == (LORA, presets.SPO_LORA_FILE, hub_cache[LORA])
 
 
 def test_hub_lora_without_file_offline_asks_for_it(hub_cache):
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model="spo", lora=LORA), "float16")
+        resolve.resolve_model(ModelRequest(model="spo", lora=LORA), "float16")
     assert "--lora-file" in e.value.message
 
 
 def test_hub_lora_bin_file_is_refused(hub_cache):
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model="spo", lora=LORA, lora_file="pytorch_lora_weights.bin"), "float16")
+        resolve.resolve_model(ModelRequest(model="spo", lora=LORA, lora_file="pytorch_lora_weights.bin"), "float16")
     assert "safetensors" in e.value.message
 
 
@@ -187,7 +188,7 @@ def test_hub_lora_bin_file_is_refused(hub_cache):
 
 
 def test_local_folder(hub_cache, repos):
-    m = resolve.resolve(ModelRequest(model=str(repos[BASE]), vae="model"), "float16")
+    m = resolve.resolve_model(ModelRequest(model=str(repos[BASE]), vae="model"), "float16")
     p = m.pipeline
     assert m.preset is None
     assert (p.source, p.id, p.path, p.commit, p.revision) == ("local", str(repos[BASE].resolve()),
@@ -200,20 +201,20 @@ def test_local_folder(hub_cache, repos):
 
 
 def test_local_folder_float32(repos):
-    m = resolve.resolve(ModelRequest(model=str(repos[MERGED])), "float32")
+    m = resolve.resolve_model(ModelRequest(model=str(repos[MERGED])), "float32")
     assert m.pipeline.source == "local" and m.pipeline.variant is None and m.vae is None
     check_files(m.pipeline)
 
 
 def test_local_folder_relative_path(repos, monkeypatch):
     monkeypatch.chdir(repos[BASE].parent)
-    m = resolve.resolve(ModelRequest(model="./" + repos[MERGED].name), "float32")
+    m = resolve.resolve_model(ModelRequest(model="./" + repos[MERGED].name), "float32")
     assert m.pipeline.source == "local" and m.pipeline.path == repos[MERGED].resolve()
 
 
 def test_local_lora(hub_cache, repos):
     lora_path = repos[LORA] / presets.SPO_LORA_FILE
-    m = resolve.resolve(ModelRequest(model="spo", lora=str(lora_path), lora_scale=0.5), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo", lora=str(lora_path), lora_scale=0.5), "float16")
     lo = m.lora
     assert (lo.source, lo.id, lo.path, lo.file, lo.commit) == ("local", str(lora_path.resolve()),
                                                               lora_path.resolve(), presets.SPO_LORA_FILE, None)
@@ -224,19 +225,19 @@ def test_local_lora(hub_cache, repos):
 
 def test_local_lora_replaces_the_presets(hub_cache, repos):
     lora_path = repos[LORA] / presets.SPO_LORA_FILE
-    m = resolve.resolve(ModelRequest(model="spo-lora", lora=str(lora_path)), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo-lora", lora=str(lora_path)), "float16")
     assert m.lora.source == "local" and m.pipeline.id == BASE
 
 
 def test_local_vae_folder(hub_cache, repos):
-    m = resolve.resolve(ModelRequest(model="spo", vae=str(repos[VAE])), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo", vae=str(repos[VAE])), "float16")
     v = m.vae
     assert (v.source, v.path, v.subfolder) == ("local", repos[VAE].resolve(), None)
     assert v.files == ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 def test_local_vae_from_a_pipeline_folder(hub_cache, repos):
-    m = resolve.resolve(ModelRequest(model="spo", vae=str(repos[BASE])), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo", vae=str(repos[BASE])), "float16")
     v = m.vae
     assert (v.source, v.subfolder, v.variant) == ("local", "vae", "fp16")
     assert v.files == ("vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors")
@@ -244,7 +245,7 @@ def test_local_vae_from_a_pipeline_folder(hub_cache, repos):
 
 
 def test_hub_vae_from_a_pipeline_repos_subfolder_offline(hub_cache):
-    m = resolve.resolve(ModelRequest(model="spo", vae=BASE), "float16")
+    m = resolve.resolve_model(ModelRequest(model="spo", vae=BASE), "float16")
     assert (m.vae.id, m.vae.subfolder, m.vae.commit) == (BASE, "vae", hub_cache[BASE])
 
 
@@ -256,7 +257,7 @@ def test_hub_vae_from_a_pipeline_repos_subfolder_offline(hub_cache):
 def test_unknown_name_lists_presets(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # so that no folder of that name exists
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model=name), "float16")
+        resolve.resolve_model(ModelRequest(model=name), "float16")
     assert e.value.exit_code == 2
     assert f"'{name}'" in e.value.message
     for preset in presets.PRESETS:
@@ -266,14 +267,14 @@ def test_unknown_name_lists_presets(name, tmp_path, monkeypatch):
 def test_missing_local_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model="./does-not-exist"), "float16")
+        resolve.resolve_model(ModelRequest(model="./does-not-exist"), "float16")
     assert "does not exist" in e.value.message
     assert str(tmp_path / "does-not-exist") in e.value.message
 
 
 def test_repo_not_in_cache(hub_cache):
     with pytest.raises(ModelError) as e:
-        resolve.resolve(ModelRequest(model="someone/not-cached-xl"), "float16", local_only=True)
+        resolve.resolve_model(ModelRequest(model="someone/not-cached-xl"), "float16", local_only=True)
     para = e.value.paragraph()
     assert e.value.exit_code == 1
     assert "'someone/not-cached-xl'" in para
@@ -282,7 +283,7 @@ def test_repo_not_in_cache(hub_cache):
 
 def test_vae_repo_not_in_cache(hub_cache):
     with pytest.raises(ModelError) as e:
-        resolve.resolve(ModelRequest(model="spo", vae="someone/missing-vae"), "float16", local_only=True)
+        resolve.resolve_model(ModelRequest(model="spo", vae="someone/missing-vae"), "float16", local_only=True)
     assert "someone/missing-vae" in e.value.paragraph()
 
 
@@ -298,7 +299,7 @@ def bin_only_unet(repos, tmp_path) -> Path:
 
 def test_local_folder_with_only_pickled_unet(bin_only_unet):
     with pytest.raises(ModelError) as e:
-        resolve.resolve(ModelRequest(model=str(bin_only_unet)), "float32")
+        resolve.resolve_model(ModelRequest(model=str(bin_only_unet)), "float32")
     para = e.value.paragraph()
     assert "safetensors" in para and "unet/" in para
     assert "diffusion_pytorch_model.bin" in para
@@ -308,32 +309,32 @@ def test_local_lora_bin_is_refused(hub_cache, tmp_path):
     lora = tmp_path / "pytorch_lora_weights.bin"
     lora.write_bytes(b"pickle")
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model="spo", lora=str(lora)), "float16")
+        resolve.resolve_model(ModelRequest(model="spo", lora=str(lora)), "float16")
     assert "safetensors" in e.value.message and e.value.exit_code == 2
 
 
 def test_missing_local_lora(hub_cache, tmp_path):
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model="spo", lora=str(tmp_path / "nope.safetensors")), "float16")
+        resolve.resolve_model(ModelRequest(model="spo", lora=str(tmp_path / "nope.safetensors")), "float16")
     assert "does not exist" in e.value.message
 
 
 def test_folder_without_model_index(repos):
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model=str(repos[VAE])), "float32")
+        resolve.resolve_model(ModelRequest(model=str(repos[VAE])), "float32")
     assert "model_index.json" in e.value.message
 
 
 def test_single_file_checkpoint_as_model(repos):
     with pytest.raises(UsageError) as e:
-        resolve.resolve(ModelRequest(model=str(repos[BASE] / "sd_xl_base_1.0.safetensors")), "float32")
+        resolve.resolve_model(ModelRequest(model=str(repos[BASE] / "sd_xl_base_1.0.safetensors")), "float32")
     assert "single file" in e.value.message
 
 
 def test_local_vae_folder_without_a_vae(hub_cache, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError):
-        resolve.resolve(ModelRequest(model="spo", vae=str(tmp_path / "empty")), "float16")
+        resolve.resolve_model(ModelRequest(model="spo", vae=str(tmp_path / "empty")), "float16")
 
 
 # ---------------------------------------------------------------------------------------------

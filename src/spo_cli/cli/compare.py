@@ -354,7 +354,7 @@ def render_columns(ui: UI, columns: list[Column], rows: list[ImageTask], options
 
     # 1. Resolve every column first: a missing model fails now, not after an hour of rendering.
     rt = loading.start_torch(ui, columns[0].request, options, [r.request for r in rows])
-    resolved = [loading.resolve(ui, c.request, rt.dtype) for c in columns]
+    resolved = [loading.find_model(ui, c.request, rt.dtype) for c in columns]
 
     # 2. What is already on disk with the same settings is reused.
     cells_dir = out / "cells"
