@@ -11,6 +11,7 @@ import pytest
 from spo_cli import presets, resolve
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.request import ModelRequest
+from spo_cli.resolve import files
 
 BASE, MERGED, LORA, VAE = presets.SDXL_BASE, presets.SPO_MERGED, presets.SPO_LORA, presets.FP16_FIX_VAE
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
@@ -510,3 +511,133 @@ def test_select_always_includes_model_index():
 )
 def test_select_vae_files(files, variant, expected):
     assert resolve.select_vae_files(files, variant) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: model_index.json and safetensors headers, read as hostile input
+
+
+def safetensors_bytes(header: bytes, data: int, length: int | None = None) -> bytes:
+    """A safetensors file: the header's length (or `length`), the header, `data` bytes of tensor data."""
+    return (len(header) if length is None else length).to_bytes(8, "little") + header + bytes(data)
+
+
+TENSOR = b'{"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}'
+
+
+@pytest.mark.parametrize("content, problem", [
+    (safetensors_bytes(TENSOR, 8), None),
+    (safetensors_bytes(b'{"__metadata__": {}}', 0), None),
+    (safetensors_bytes(TENSOR, 7), f"cut short: {8 + len(TENSOR) + 7:,} bytes of {8 + len(TENSOR) + 8:,}"),
+    (b"\x05\x00\x00", "3 bytes, too short for a safetensors header"),
+    # A header length beyond the file, but under the 100 MB cap: cut short, not a JSON error.
+    (safetensors_bytes(TENSOR, 8, length=len(TENSOR) + 9),
+     "its header length is impossible: not a safetensors file, or cut short"),
+    (safetensors_bytes(b'{"w": ', 8), "its header is not JSON: not a safetensors file"),
+    (safetensors_bytes(b"[]", 0), "its header is not a JSON object: not a safetensors file"),
+    (safetensors_bytes(b'{"w": [0, 8]}', 8), "its header has a tensor without valid data_offsets: not a safetensors file"),
+    (safetensors_bytes(b'{"w": {"data_offsets": []}}', 8),
+     "its header has a tensor without valid data_offsets: not a safetensors file"),
+    (safetensors_bytes(b'{"w": {"data_offsets": [0, "8"]}}', 8),
+     "its header has a tensor without valid data_offsets: not a safetensors file"),
+    (safetensors_bytes(b'{"w": {"data_offsets": [0, true]}}', 8),
+     "its header has a tensor without valid data_offsets: not a safetensors file"),
+    (safetensors_bytes(b'{"w": {"data_offsets": [8, 0]}}', 8),
+     "its header has a tensor without valid data_offsets: not a safetensors file"),
+], ids=["whole", "metadata-only", "cut-short", "too-short", "length-beyond-file", "not-json", "not-an-object",
+        "entry-not-an-object", "offsets-empty", "offsets-text", "offsets-bool", "offsets-reversed"])
+def test_safetensors_problem(tmp_path, content, problem):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    assert files.safetensors_problem(path) == problem
+    if problem:  # and check_files names the file, the problem and the repair, as one ModelError
+        with pytest.raises(ModelError) as e:
+            files.check_files(tmp_path, ["model.safetensors"], "org/repo", "spo download x --force")
+        assert e.value.message == f"The copy of 'org/repo' on this machine is damaged: model.safetensors ({problem})."
+        assert e.value.hint == "Repair it with `spo download x --force`."
+    else:
+        files.check_files(tmp_path, ["model.safetensors"], "org/repo", None)
+
+
+def test_check_files_missing_file_takes_the_callers_hint(tmp_path):
+    with pytest.raises(ModelError) as e:
+        files.check_files(tmp_path, ["unet/config.json"], "org/repo", None, lambda: "Fetch it.")
+    assert e.value.message == "The copy of 'org/repo' on this machine is incomplete: unet/config.json is missing."
+    assert e.value.hint == "Fetch it."
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[]", "model_index.json (not a JSON object)"),
+    ('"StableDiffusionXLPipeline"', "model_index.json (not a JSON object)"),
+    ("{", "model_index.json (JSONDecodeError"),
+])
+def test_read_index_refuses_what_is_not_an_index(tmp_path, text, words):
+    (tmp_path / "model_index.json").write_text(text)
+    with pytest.raises(ModelError) as e:
+        files.read_index(tmp_path / "model_index.json", "org/repo", "spo download x --force")
+    assert f"The copy of 'org/repo' on this machine is damaged: {words}" in e.value.message
+
+
+@pytest.mark.parametrize("index, words", [
+    (dict(SDXL_INDEX, _custom_pipeline="pipeline.py"), "needs custom Python code from the repository"),
+    (dict(SDXL_INDEX, unet=["my_unets", "FancyUNet"]), "needs custom Python code from the repository"),
+    ({k: v for k, v in SDXL_INDEX.items() if k != "_class_name"}, "is a pipeline of unknown type, not an SDXL"),
+])
+def test_check_index_refusals(index, words):
+    with pytest.raises(ModelError) as e:
+        files.check_index(index, "org/repo")
+    assert words in e.value.message and "'org/repo'" in e.value.message
+
+
+def test_check_index_accepts_sdxl_with_unused_components():
+    files.check_index(SDXL_INDEX, "org/repo")  # feature_extractor / image_encoder are [null, null]
+
+
+# ---------------------------------------------------------------------------------------------
+# A scorer's repo files and a dataset's files, from the cache
+
+
+def test_resolve_files_takes_the_required_and_the_optional_files_present(hub_cache):
+    r = resolve.resolve_files(VAE, ("config.json",), ("diffusion_pytorch_model.safetensors", "no-such.json",
+                                                      "config.json"), resolve.Fetch(local_only=True))
+    assert (r.id, r.source, r.revision, r.commit) == (VAE, "hub", "main", hub_cache[VAE])
+    assert r.files == ("config.json", "diffusion_pytorch_model.safetensors")
+    assert all((r.path / f).is_file() for f in r.files)
+
+
+def test_resolve_files_names_a_missing_required_file(hub_cache):
+    with pytest.raises(ModelError) as e:
+        resolve.resolve_files(VAE, ("config.json", "model.pt"), (), resolve.Fetch(local_only=True))
+    assert e.value.message == f"'{VAE}' has no model.pt at commit {hub_cache[VAE][:10]}."
+
+
+@pytest.fixture
+def dataset_cache(tmp_path, monkeypatch):
+    """A private cache holding one dataset commit: two validation shards, a train shard, a README."""
+    from huggingface_hub import constants
+
+    from spo_cli.tiny import add_to_cache
+
+    src = tmp_path / "dataset"
+    for name in ("data/validation_unique-00000-of-00002.parquet", "data/validation_unique-00001-of-00002.parquet",
+                 "data/train-00000-of-00001.parquet", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(name.encode())
+    cache = tmp_path / "hub"
+    commit = add_to_cache(cache, "someorg/prompts", src, repo_type="dataset")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return commit
+
+
+def test_resolve_dataset_takes_the_files_matching_the_pattern(dataset_cache):
+    r = resolve.resolve_dataset("someorg/prompts", "*validation_unique-*.parquet", resolve.Fetch(local_only=True))
+    assert (r.id, r.commit, r.revision) == ("someorg/prompts", dataset_cache, "main")
+    assert r.files == ("data/validation_unique-00000-of-00002.parquet", "data/validation_unique-00001-of-00002.parquet")
+
+
+def test_resolve_dataset_without_a_match_says_why_offline(dataset_cache):
+    with pytest.raises(ModelError) as e:
+        resolve.resolve_dataset("someorg/prompts", "*test-*.parquet", resolve.Fetch(local_only=True, command="spo x"))
+    assert e.value.message == (f"The dataset 'someorg/prompts' (commit {dataset_cache[:10]}) has no file matching "
+                               "*test-*.parquet.")
+    assert "HF_HUB_OFFLINE is set" in e.value.hint and "run `spo x` first" in e.value.hint

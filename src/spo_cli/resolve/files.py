@@ -192,8 +192,18 @@ def safetensors_problem(path: Path) -> str | None:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, ValueError):
             return "its header is not JSON: not a safetensors file"
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    if not isinstance(header, dict):
+        return "its header is not a JSON object: not a safetensors file"
+    ends = []
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        # Every other entry is a tensor: data_offsets [begin, end], byte offsets after the header.
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
+            return "its header has a tensor without valid data_offsets: not a safetensors file"
+        ends.append(offsets[1])
     if 8 + n + max(ends, default=0) > size:
         return f"cut short: {size:,} bytes of {8 + n + max(ends):,}"
     return None
