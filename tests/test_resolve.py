@@ -278,7 +278,8 @@ def test_repo_not_in_cache(hub_cache):
         resolve.resolve_model(ModelRequest(model="someone/not-cached-xl"), "float16", local_only=True)
     para = e.value.paragraph()
     assert e.value.exit_code == 1
-    assert "'someone/not-cached-xl'" in para
+    assert e.value.message == "'someone/not-cached-xl' is not available offline."
+    assert "HF_HUB_OFFLINE is set, so the Hub is not asked" in para
     assert "`spo download someone/not-cached-xl`" in para
 
 
@@ -507,6 +508,9 @@ def test_select_always_includes_model_index():
          None, (["vae/config.json", "vae/diffusion_pytorch_model.safetensors"], None, "vae")),
         (["config.json", "diffusion_pytorch_model.bin"], None, ([], None, None)),
         (["diffusion_pytorch_model.safetensors"], None, ([], None, None)),
+        # A VAE repo at its root that also has a vae/ folder: the root, as diffusers' from_pretrained reads it.
+        (["config.json", "diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"],
+         None, (["config.json", "diffusion_pytorch_model.safetensors"], None, None)),
     ],
 )
 def test_select_vae_files(files, variant, expected):
@@ -641,3 +645,47 @@ def test_resolve_dataset_without_a_match_says_why_offline(dataset_cache):
     assert e.value.message == (f"The dataset 'someorg/prompts' (commit {dataset_cache[:10]}) has no file matching "
                                "*test-*.parquet.")
     assert "HF_HUB_OFFLINE is set" in e.value.hint and "run `spo x` first" in e.value.hint
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parts come from where, decided before the Hub or torch is asked
+
+
+def test_another_hub_lora_on_the_lora_preset_does_not_take_the_presets_file_name(hub_cache):
+    # spo-lora names its LoRA file for its own LoRA repo only: another --lora repo needs --lora-file.
+    with pytest.raises(UsageError) as e:
+        resolve.resolve_model(ModelRequest(model="spo-lora", lora="someorg/other-lora"), "float16")
+    assert e.value.message == "Name the LoRA file in 'someorg/other-lora' with --lora-file when offline."
+
+
+def test_precheck_offline_hub_lora_needs_its_file():
+    with pytest.raises(UsageError) as e:
+        resolve.precheck(ModelRequest(model="spo", lora="someorg/a-lora"))
+    assert "--lora-file" in e.value.message
+    resolve.precheck(ModelRequest(model="spo", lora="someorg/a-lora", lora_file="a.safetensors"))
+
+
+def test_precheck_refuses_a_revision_for_a_local_folder(repos):
+    with pytest.raises(UsageError) as e:
+        resolve.precheck(ModelRequest(model=str(repos[BASE]), revision="v1"))
+    assert e.value.message == f"--revision v1 applies to Hub repos; {repos[BASE].resolve()} is a local folder."
+
+
+@pytest.mark.parametrize("model, vae, dtype, hub", [
+    ("spo", None, "float32", True),  # a preset
+    ("someorg/model", "model", "float32", True),  # a repo id
+    ("LOCAL", "model", "float16", False),  # everything on this machine
+    ("LOCAL", None, "float32", False),  # float32: the checkpoint's own VAE
+    ("LOCAL", None, "float16", True),  # float16: the fp16-fix VAE, from the Hub
+    ("LOCAL", "LOCAL", "float16", False),
+])
+def test_uses_hub(repos, model, vae, dtype, hub):
+    local = str(repos[BASE])
+    request = ModelRequest(model=local if model == "LOCAL" else model, vae=local if vae == "LOCAL" else vae)
+    assert resolve.uses_hub(request, dtype) is hub
+
+
+def test_force_is_refused_when_hf_hub_offline_is_set(hub_cache):
+    with pytest.raises(ModelError) as e:
+        resolve.resolve_model(ModelRequest(model="base"), "float32", force=True)
+    assert e.value.message == "--force fetches every file again from the Hub, and HF_HUB_OFFLINE is set."
