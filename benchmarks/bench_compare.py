@@ -45,11 +45,11 @@ DTYPES = {"fp32": "float32", "fp16": "float16"}
 NBYTES = r"""
 import json, sys
 from spo_cli.request import ModelRequest
-from spo_cli.resolve import resolve
+from spo_cli.resolve import resolve_model
 dtype = sys.argv[1]
 out = []
 for model, scale in json.loads(sys.argv[2]):
-    r = resolve(ModelRequest(model=model, lora_scale=scale), dtype, local_only=True)
+    r = resolve_model(ModelRequest(model=model, lora_scale=scale), dtype, local_only=True)
     # What Engine.load actually reads: safetensors of the pipeline (its own vae/ skipped when a separate
     # VAE is given), the LoRA, the separate VAE.
     read = sum((r.pipeline.path / f).stat().st_size for f in r.pipeline.files if f.endswith(".safetensors")

@@ -7,7 +7,7 @@ folder, then times, at 1024×1024, guidance 5.0, batch 1, for each of --steps:
 
   a. the authors' snippet: StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=float16,
      vae=AutoencoderKL.from_pretrained(vae_folder, ...)).to("cuda"), CUDA generator seeded 42;
-  b. spo, default options: Engine.load(resolve(ModelRequest(model=folder, vae=vae_folder)), "cuda");
+  b. spo, default options: Engine.load(resolve_model(ModelRequest(model=folder, vae=vae_folder)), "cuda");
   c. spo --fast (torch.compile with CUDA graphs): the first call (compile) apart from steady state, then
      a second process that loads with --fast again and reports its first call, to show that the
      compile cache (TORCHINDUCTOR_CACHE_DIR, a fresh folder under --workdir for both) is reused;
@@ -348,10 +348,10 @@ def call_snippet(ctx: Ctx, pipe, steps: int) -> None:
 def load_spo(ctx: Ctx, **options):
     from spo_cli.engine import Engine
     from spo_cli.request import ModelRequest, RunOptions
-    from spo_cli.resolve import resolve
+    from spo_cli.resolve import resolve_model
 
     request = ModelRequest(model=str(ctx.model), vae=str(ctx.vae), dtype=ctx.dtype, device=ctx.device)
-    return Engine.load(resolve(request, ctx.dtype, local_only=True), ctx.device, RunOptions(**options))
+    return Engine.load(resolve_model(request, ctx.dtype, local_only=True), ctx.device, RunOptions(**options))
 
 
 def call_spo(ctx: Ctx, engine, steps: int) -> None:

@@ -239,7 +239,7 @@ def test_download_shows_progress_per_repo(repos, tmp_path):
 
 def test_vae_from_a_subfolder_works_offline_after_download(repos, tmp_path):
     """A --vae repo with only vae/config.json: offline, the cache miss of config.json must not stop the
-    look-up before vae/config.json (fixed in resolve._anchor)."""
+    look-up before vae/config.json (fixed in resolve.hub.pin)."""
     import shutil
 
     folder = tmp_path / "pipe-vae"
@@ -344,3 +344,31 @@ def test_doctor_without_a_model_or_a_network_is_not_green(tmp_path):
     report = json.loads(r.stdout)
     assert report["problems"] and "no model to run" in report["problems"][0]
     assert "spo download spo" in report["next_step"]
+
+
+@pytest.mark.parametrize("names, words", [
+    ((), "'someorg/loras' holds 0 .safetensors files; say which with --lora-file."),
+    (("a.safetensors", "b.safetensors"),
+     "'someorg/loras' holds 2 .safetensors files; say which with --lora-file. Files: a.safetensors, b.safetensors."),
+    (("only.safetensors",), None),
+])
+def test_a_lora_repo_named_without_lora_file_is_asked_for_its_safetensors(repos, tmp_path, names, words):
+    """Online, --lora without --lora-file takes the repo's one .safetensors file, and refuses a repo
+    with none or several (naming them) before fetching any."""
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    (folder / "README.md").write_text("LoRAs")
+    for name in names:
+        shutil.copy(repos[LORA] / presets.SPO_LORA_FILE, folder / name)
+    with HubServer({"someorg/loras": folder}) as hub:  # the model is a local folder: only the LoRA is fetched
+        r = run_spo("download", str(repos[BASE]), "--dtype", "fp32", "--lora", "someorg/loras", "--json",
+                    env=hub_env(hub, tmp_path))
+    if words is None:
+        assert r.returncode == 0, r.stderr
+        [lora] = [row for row in json.loads(r.stdout)["repos"] if row["id"] == "someorg/loras"]
+        assert (lora["file"], lora["commit"]) == ("only.safetensors", hub.commits["someorg/loras"])
+        assert hub.fetched("someorg/loras") == {"only.safetensors"}
+    else:
+        assert r.returncode == 2, r.stderr
+        assert words in assert_one_paragraph(r.stderr)
+        assert not hub.downloads

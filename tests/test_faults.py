@@ -55,7 +55,7 @@ def damage(cache: Path, rel: str, how: str) -> None:
 
 
 def base_fp32(**kw):
-    return resolve.resolve(ModelRequest(model="base", **kw), "float32", local_only=True)
+    return resolve.resolve_model(ModelRequest(model="base", **kw), "float32", local_only=True)
 
 
 @pytest.mark.parametrize("rel, how, words", [
@@ -85,7 +85,7 @@ def test_a_damaged_cache_names_the_file_and_the_repair(cache, rel, how, words):
 def test_only_standard_sdxl_pipelines_are_accepted(repos, tmp_path, changes, words):
     folder = base_copy(repos, tmp_path / "model", **changes)
     with pytest.raises(ModelError) as e:
-        resolve.resolve(ModelRequest(model=str(folder)), "float32")
+        resolve.resolve_model(ModelRequest(model=str(folder)), "float32")
     assert words in e.value.message
     assert "trust_remote_code" not in e.value.paragraph()
 
@@ -102,7 +102,7 @@ def test_the_spo_preset_takes_plain_weights_even_beside_fp16_files(repos, tmp_pa
     cache = tmp_path / "hub"
     add_to_cache(cache, presets.SPO_MERGED, merged)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    r = resolve.resolve(ModelRequest(model="spo", vae="model"), "float16", local_only=True)
+    r = resolve.resolve_model(ModelRequest(model="spo", vae="model"), "float16", local_only=True)
     assert r.pipeline.variant is None
     assert "unet/diffusion_pytorch_model.safetensors" in r.pipeline.files
     assert not any(".fp16." in f for f in r.pipeline.files)
@@ -114,8 +114,10 @@ def test_the_spo_preset_takes_plain_weights_even_beside_fp16_files(repos, tmp_pa
 
 @pytest.fixture
 def endpoint(monkeypatch):
+    from huggingface_hub import constants
+
     def point(url: str) -> None:
-        monkeypatch.setattr(resolve, "hub_endpoint", lambda: url)
+        monkeypatch.setattr(constants, "ENDPOINT", url)
     return point
 
 

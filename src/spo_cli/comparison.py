@@ -28,7 +28,7 @@ class Steps:
 
     ui: object
     start_torch: Callable
-    resolve: Callable
+    find_model: Callable
     libraries: Callable
     score_items: Callable
     escape: Callable[[str], str]
@@ -184,7 +184,7 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
 
     # 1. Resolve every column first: a missing model fails now, not after an hour of rendering.
     rt = steps.start_torch(ui, columns[0].request, options, [r.request for r in rows])
-    resolved = [steps.resolve(ui, c.request, rt.dtype) for c in columns]
+    resolved = [steps.find_model(ui, c.request, rt.dtype) for c in columns]
 
     # 2. What is already on disk with the same settings is reused.
     cells_dir = out / "cells"

@@ -93,7 +93,6 @@ A1111_BY_CLASS = {
 
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp32": "float32", "float32": "float32", "auto": "auto"}
-DEVICES = ("auto", "cuda", "mps", "cpu")
 
 # Peak memory of one 1024×1024 float16 image, measured on an H200 (benchmarks/README.md, 2026-11-26):
 # GPU memory (torch.cuda.max_memory_allocated) per --offload mode, and the process's host memory.

@@ -222,7 +222,7 @@ class _Run:
                     distributed.init(rt.device)
                 if not rank.first:
                     distributed.barrier()
-                resolved = loading.resolve(ui, request, rt.dtype)
+                resolved = loading.find_model(ui, request, rt.dtype)
                 if rank.first and rank.several:
                     distributed.barrier()
 

@@ -155,7 +155,7 @@ def compare(
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
              cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([])) -> int:
     # The scorers' files first too: a missing one fails now, not after the rendering.
-    scorers = scoring.resolve(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
+    scorers = scoring.find_scorers(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
     steps = scoring.steps(ui)
     run = render_columns(steps, columns, rows, options, out, keep_loaded)
     cells_dir = out / "cells"

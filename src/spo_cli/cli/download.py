@@ -71,7 +71,7 @@ def download(
             raise ModelError(f"The Hugging Face Hub at {hub_endpoint()} cannot be reached: {why}.",
                              "Check the network, the proxy variables (HTTPS_PROXY) and HF_ENDPOINT; or run "
                              "`spo download` on a machine with network access and the same HF_HOME.")
-    resolved = loading.resolve(ui, request, dtype, force=force, downloading=True)
+    resolved = loading.find_model(ui, request, dtype, force=force, downloading=True)
     parts = resolved.parts()
     rows = [{"id": p.id, "file": p.file, "commit": p.commit, "variant": p.variant, "path": str(p.path)}
             for p in parts]
@@ -85,7 +85,7 @@ def download(
 
 
 def download_scorers(ui: UI, names: list[str], hps_version: str, force: bool) -> None:
-    resolved = scoring.resolve(ui, names, hps_version, force=force, downloading=True)
+    resolved = scoring.find_scorers(ui, names, hps_version, force=force, downloading=True)
     parts = {repo: r for by in resolved.values() for repo, r in by.items()}
     size = sum(r.nbytes() for r in parts.values())
     if ui.json_mode:

@@ -172,7 +172,7 @@ def eval(  # noqa: A001 - the command's name
     for w in warnings + more:
         ui.warn(w)
     with files.FolderLock(out, "spo eval"):
-        scorers = scoring.resolve(ui, names, hps_version)
+        scorers = scoring.find_scorers(ui, names, hps_version)
         steps = scoring.steps(ui)
         run = render_columns(steps, cols, rows, options, out, keep_loaded=False)
         scored = score_cells(steps, cols, rows, out / "cells", run.failed,

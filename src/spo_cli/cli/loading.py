@@ -48,14 +48,14 @@ def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list
     return Runtime(engine, device, dtype)
 
 
-def resolve(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, downloading: bool = False):
+def find_model(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False, downloading: bool = False):
     """Find (downloading if needed) the files of `request`, saying which commit of what was found."""
-    from spo_cli.resolve import quiet_hub, resolve as resolve_files, uses_hub
+    from spo_cli.resolve import quiet_hub, resolve_model, uses_hub
 
     quiet_hub(ui.debug)
     local_only = not downloading and uses_hub(request, dtype) and cache_only(ui)
     # No spinner here: download bars may need the live display.
-    resolved = resolve_files(request, dtype, tqdm=ui.download_tqdm, force=force, downloading=downloading,
+    resolved = resolve_model(request, dtype, tqdm=ui.download_tqdm, force=force, downloading=downloading,
                              local_only=local_only)
     for part in resolved.parts():
         at = f" @ {part.commit[:10]}" if part.commit else ""
@@ -96,7 +96,7 @@ def load(ui: UI, runtime: Runtime, resolved, options: RunOptions):
 def open_model(ui: UI, request: ModelRequest, options: RunOptions, images: list[ImageRequest]):
     """All three steps: (engine, resolved)."""
     runtime = start_torch(ui, request, options, images)
-    resolved = resolve(ui, request, runtime.dtype)
+    resolved = find_model(ui, request, runtime.dtype)
     return load(ui, runtime, resolved, options), resolved
 
 

@@ -19,13 +19,13 @@ JSON_HELP = ("Print a JSON array of the presets on stdout (name, repos, LoRA fil
 
 def cache_state(name: str) -> dict:
     """Whether everything `name` needs in float16 (GPU) and float32 (CPU) is in the local cache, whole."""
-    from spo_cli.resolve import quiet_hub, resolve
+    from spo_cli.resolve import quiet_hub, resolve_model
 
     quiet_hub()
     state = {}
     for dtype in ("float16", "float32"):
         try:
-            resolved = resolve(ModelRequest(model=name), dtype, local_only=True)
+            resolved = resolve_model(ModelRequest(model=name), dtype, local_only=True)
             state[dtype] = {"cached": True, "bytes": resolved.nbytes(), "commit": resolved.pipeline.commit}
         except SpoError as e:
             state[dtype] = {"cached": False, "damaged": "damaged" in e.message}

@@ -50,7 +50,7 @@ def device_and_dtype(ui: UI, device: str) -> tuple[str, object]:
     return picked, engine.TORCH_DTYPES[dtype]
 
 
-def resolve(ui: UI, names: list[str], hps_version: str, *, force: bool = False, downloading: bool = False) -> dict:
+def find_scorers(ui: UI, names: list[str], hps_version: str, *, force: bool = False, downloading: bool = False) -> dict:
     from spo_cli.cli.loading import cache_only
     from spo_cli.resolve import Fetch, quiet_hub
     from spo_cli.scores import run
@@ -75,7 +75,7 @@ def steps(ui: UI):
     from spo_cli import comparison
     from spo_cli.cli import loading
 
-    return comparison.Steps(ui, loading.start_torch, loading.resolve, loading.libraries, score_items, escape)
+    return comparison.Steps(ui, loading.start_torch, loading.find_model, loading.libraries, score_items, escape)
 
 
 def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: str, batch_size: int,
@@ -85,7 +85,7 @@ def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: st
 
     if not items:
         return []
-    resolved = resolved or resolve(ui, names, hps_version)
+    resolved = resolved or find_scorers(ui, names, hps_version)
     picked, dtype = device_and_dtype(ui, device)
     with ui.count_progress(len(items) * len(names), "scoring") as bar:
         def on_metric(name: str, todo: int, reused: int) -> None:

@@ -165,7 +165,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
         runtime = loading.start_torch(ui, requests[0], options)
         loaded = {}
         for label, request in zip(labels, requests):
-            resolved = loading.resolve(ui, request, runtime.dtype)
+            resolved = loading.find_model(ui, request, runtime.dtype)
             loaded[label] = (loading.load(ui, runtime, resolved, options), resolved)
         ui.info(f"[green]✓[/] Ready: {', '.join(labels)} on {runtime.device} ({runtime.dtype})")
         return loaded
