@@ -893,6 +893,40 @@ def test_folder_lock_is_released_when_its_process_is_killed(tmp_path):
         pass
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.symlink_to(p.name), "is a symbolic link loop, where spo keeps the lock"),
+    (lambda p: p.mkdir(), "is a folder, where spo keeps the lock"),
+])
+def test_folder_lock_that_cannot_be_a_file_is_one_paragraph(tmp_path, make, words):
+    make(tmp_path / files.LOCK)
+    with pytest.raises(OutputError) as e:
+        with files.FolderLock(tmp_path, "spo batch"):
+            pass
+    assert str(tmp_path / files.LOCK) in e.value.message and words in e.value.message
+    assert "Remove it" in e.value.hint
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EFBIG, "larger than this process may write (ulimit -f)"),
+    (errno.EROFS, "/out/x.png is on a read-only file system"),
+    (errno.ELOOP, "/out/x.png is a symbolic link loop"),
+    (errno.EISDIR, "/out/x.png is a folder"),
+])
+def test_translate_what_the_file_system_refuses(code, words):
+    err = errors.translate(OSError(code, os.strerror(code), "/out/x.png"))
+    assert isinstance(err, OutputError) and err.exit_code == 1 and words in err.message, err
+    assert err.hint
+
+
+def test_atomic_write_names_the_file_a_write_error_stopped(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda *a, **k: _HalfWriter(real_fdopen(*a, **k)))
+    with pytest.raises(OSError) as e:
+        files.atomic_write(tmp_path / "image.png", b"x" * 10_000)
+    assert e.value.filename == str(tmp_path / "image.png")  # not the temporary name, not None
+    assert "image.png" in errors.translate(e.value).message
+
+
 # ---------------------------------------------------------------------------------------------
 # metadata: reading back what is damaged, foreign or a grid
 
