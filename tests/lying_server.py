@@ -112,7 +112,8 @@ def wire(data: bytes) -> Answer:
 
 
 def stream_answer(total: int, chunk: int = 1 << 20) -> Answer:
-    """A 200 with no Content-Length and `total` bytes of JSON-ish filler, until the client hangs up."""
+    """A 200 with no Content-Length and `total` bytes of JSON-ish filler, until the client hangs up.
+    How many bytes got out is in `answer.sent`."""
     def answer(handler, body):
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
@@ -122,8 +123,10 @@ def stream_answer(total: int, chunk: int = 1 << 20) -> Answer:
             while sent < total:
                 handler.wfile.write(piece)
                 sent += len(piece)
+                answer.sent = sent
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client stopped reading: what it should do
+    answer.sent = 0
     return answer
 
 

@@ -1171,3 +1171,50 @@ def test_replay_of_what_is_not_a_file_is_one_paragraph(tmp_path, make, words):
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
     assert r.returncode == 2 and words in " ".join(r.stderr.split()), r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("error: ") == 1
+
+
+def test_read_metadata_png_chunks_are_checked_and_end_at_iend(tmp_path):
+    meta = make_meta()
+    good = _png_by_hand(64, 64, {metadata.PNG_JSON_KEY: metadata.dumps(meta, indent=None)}, {})
+    path = tmp_path / "pic.png"
+    path.write_bytes(good + b"trailing bytes that are no chunk")  # what some tools append: ignored
+    assert metadata.read(path) == meta
+    at = good.index(b'"prompt"')
+    path.write_bytes(good[:at] + b"X" + good[at + 1:])  # one byte of the chunk changed: its CRC fails
+    with pytest.raises(UsageError) as e:
+        metadata.read(path)
+    assert "a damaged PNG: a damaged iTXt chunk (its CRC does not match)" in e.value.message
+
+
+def test_read_metadata_of_a_huge_jpeg_reads_its_header_only(tmp_path):
+    """A JPEG whose header says 10000×10000 (PIL warns of a decompression bomb at open): its EXIF is
+    read, and nothing is said about pixels replay never decodes."""
+    import warnings
+
+    exif = Image.Exif()
+    exif.get_ifd(metadata.EXIF_IFD)[metadata.EXIF_USER_COMMENT] = b"UNICODE\0" + "a cat\nSteps: 3".encode("utf-16-be")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG", exif=exif.tobytes())
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (10000).to_bytes(2, "big") * 2  # height, width
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metadata.load(path) == (None, "a cat\nSteps: 3")
+
+
+def test_replay_reads_a_process_substitution_once(tmp_path):
+    """`spo replay <(cat x.json)`: the sidecar's settings are read (here, on to a --model folder that
+    does not exist, refused before any model loads)."""
+    import subprocess
+    import sys
+
+    sidecar, _ = _sidecar(tmp_path)
+    r = subprocess.run(["bash", "-c", '"$0" -m spo_cli replay <(cat "$1") --model "$2" --out "$3"', sys.executable,
+                        str(sidecar), str(tmp_path / "no-such-model"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "no-such-model" in said and "Traceback" not in said, r.stderr
+    assert "pipe" not in said and "/dev/fd" not in said
