@@ -1177,7 +1177,7 @@ def test_read_metadata_png_chunks_are_checked_and_end_at_iend(tmp_path):
     meta = make_meta()
     good = _png_by_hand(64, 64, {metadata.PNG_JSON_KEY: metadata.dumps(meta, indent=None)}, {})
     path = tmp_path / "pic.png"
-    path.write_bytes(good + b"trailing bytes that are no chunk")  # what some tools append: ignored
+    path.write_bytes(good + b"\0\0\0\x04\x01\x02\x03\x04 trailing bytes, no chunk")  # some tools append: ignored
     assert metadata.read(path) == meta
     at = good.index(b'"prompt"')
     path.write_bytes(good[:at] + b"X" + good[at + 1:])  # one byte of the chunk changed: its CRC fails
@@ -1218,3 +1218,25 @@ def test_replay_reads_a_process_substitution_once(tmp_path):
     said = " ".join(r.stderr.split())
     assert r.returncode == 2 and "no-such-model" in said and "Traceback" not in said, r.stderr
     assert "pipe" not in said and "/dev/fd" not in said
+
+
+def test_read_metadata_png_text_bounds_and_the_header(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    good = _png_by_hand(8, 8, {}, {})
+    # An iTXt 'parameters' of 10 kB that inflates to 10 MB: passed over, not inflated whole.
+    bomb = chunk(b"iTXt", b"parameters\0\1\0\0\0" + zlib.compress(b"a" * (10 << 20), 9))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(good[:33] + bomb + good[33:])
+    with pytest.raises(UsageError) as e:
+        metadata.load(path)
+    assert "carries no spo-cli metadata" in e.value.message
+    # A PNG's first chunk is its IHDR: text first is not a PNG.
+    path.write_bytes(good[:8] + chunk(b"tEXt", b"parameters\0a cat") + good[8:])
+    with pytest.raises(UsageError) as e:
+        metadata.load(path)
+    assert "a damaged PNG: no IHDR header" in e.value.message
