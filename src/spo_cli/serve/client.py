@@ -46,6 +46,7 @@ ERROR_BODY_BYTES = 64 << 10
 # Per image of /spo/v1/run: the worst case of a PNG (raw RGB rows, each with its filter byte, plus
 # zlib's 5 bytes per 16 kB stored block) in base64, and room for the image's metadata.
 _PNG_SLACK = 1.01
+_PNG_FRAMING = 1 << 12  # signature, IHDR, IEND, each chunk's length and CRC
 _META_BYTES = 1 << 20
 JSON_DEPTH_MAX = 32  # spo's answers nest 5 deep; json's C parser recurses on each level
 JSON_BRACKETS_MAX = 100_000  # objects and arrays in one answer: a real one has hundreds
@@ -416,7 +417,7 @@ def run_answer_limit(batch: list[ImageRequest], size: tuple[int, int]) -> int:
     total = 0
     for r in batch:
         w, h = r.width or size[0], r.height or size[1]
-        png = math.ceil((w * 3 + 1) * h * _PNG_SLACK) + 4096
+        png = math.ceil((w * 3 + 1) * h * _PNG_SLACK) + _PNG_FRAMING
         total += 4 * math.ceil(png / 3) + _META_BYTES
     return total + _META_BYTES
 
