@@ -893,6 +893,40 @@ def test_folder_lock_is_released_when_its_process_is_killed(tmp_path):
         pass
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.symlink_to(p.name), "is a symbolic link loop, where spo keeps the lock"),
+    (lambda p: p.mkdir(), "is a folder, where spo keeps the lock"),
+])
+def test_folder_lock_that_cannot_be_a_file_is_one_paragraph(tmp_path, make, words):
+    make(tmp_path / files.LOCK)
+    with pytest.raises(OutputError) as e:
+        with files.FolderLock(tmp_path, "spo batch"):
+            pass
+    assert str(tmp_path / files.LOCK) in e.value.message and words in e.value.message
+    assert "Remove it" in e.value.hint
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EFBIG, "larger than this process may write (ulimit -f)"),
+    (errno.EROFS, "/out/x.png is on a read-only file system"),
+    (errno.ELOOP, "/out/x.png is a symbolic link loop"),
+    (errno.EISDIR, "/out/x.png is a folder"),
+])
+def test_translate_what_the_file_system_refuses(code, words):
+    err = errors.translate(OSError(code, os.strerror(code), "/out/x.png"))
+    assert isinstance(err, OutputError) and err.exit_code == 1 and words in err.message, err
+    assert err.hint
+
+
+def test_atomic_write_names_the_file_a_write_error_stopped(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda *a, **k: _HalfWriter(real_fdopen(*a, **k)))
+    with pytest.raises(OSError) as e:
+        files.atomic_write(tmp_path / "image.png", b"x" * 10_000)
+    assert e.value.filename == str(tmp_path / "image.png")  # not the temporary name, not None
+    assert "image.png" in errors.translate(e.value).message
+
+
 # ---------------------------------------------------------------------------------------------
 # metadata: reading back what is damaged, foreign or a grid
 
@@ -956,3 +990,253 @@ def test_an_overwrite_that_fails_leaves_no_sidecar_claiming_the_old_image(tmp_pa
         files.write_pair(tmp_path, "pic", "png", make_image(seed=2), make_meta(seed=2), overwrite=True)
     assert not (tmp_path / "pic.json").exists()
     assert files.finished_hash(tmp_path, "pic", "png") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata: reading what replay is pointed at, whatever it is
+
+
+def _sidecar(tmp_path) -> tuple[Path, dict]:
+    meta = make_meta()
+    files.write_pair(tmp_path, "pic", "png", make_image(), meta)
+    return tmp_path / "pic.json", dict(meta, file="pic.png")
+
+
+def _png_by_hand(width: int, height: int, before: dict, after: dict) -> bytes:
+    """A PNG of any claimed size, in a few hundred bytes: IHDR, text chunks, an IDAT that is never
+    decoded, more text chunks, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def itxt(key: str, text: str) -> bytes:
+        return chunk(b"iTXt", key.encode() + b"\0\0\0\0\0" + text.encode())
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + b"".join(itxt(k, v) for k, v in before.items()) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + b"".join(itxt(k, v) for k, v in after.items()) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("side", [10_000, 30_000])  # 100 Mpx: PIL's warning; 900 Mpx: PIL's error
+def test_read_metadata_of_a_huge_png_reads_no_pixels_and_warns_nothing(tmp_path, side, where):
+    import warnings
+
+    meta = make_meta()
+    chunks = {metadata.PNG_JSON_KEY: metadata.dumps(meta, indent=None)}
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_by_hand(side, side, chunks if where == "before" else {}, chunks if where == "after" else {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metadata.read(path) == meta
+
+
+@pytest.mark.timeout(60)
+def test_read_metadata_of_a_fifo_with_no_writer_does_not_hang(tmp_path):
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError) as e:
+        metadata.read(fifo)
+    assert "is a pipe that holds nothing" in e.value.message
+
+
+@pytest.mark.timeout(60)
+def test_read_metadata_of_a_pipe_whose_writer_never_writes_has_a_deadline(tmp_path, monkeypatch):
+    from spo_cli.outputs import reader
+
+    monkeypatch.setattr(reader, "PIPE_WAIT_S", 0.2)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(UsageError) as e:
+            metadata.read(Path(f"/dev/fd/{r}"))
+        assert "is a pipe that sent nothing more for 0.2 s" in e.value.message
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _through_a_pipe(data: bytes):
+    """/dev/fd/N of a pipe that a thread fills with `data`, as `<(cat file)` gives a command."""
+    import threading
+
+    r, w = os.pipe()
+
+    def write():
+        try:
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        except (BrokenPipeError, OSError):
+            pass  # the reader stopped early: what it should do with too much
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return Path(f"/dev/fd/{r}"), r, thread
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", ["sidecar", "png"])
+def test_read_metadata_through_a_pipe_like_process_substitution(tmp_path, what):
+    sidecar, meta = _sidecar(tmp_path)
+    source = sidecar if what == "sidecar" else tmp_path / "pic.png"
+    path, r, thread = _through_a_pipe(source.read_bytes())
+    try:
+        found, params = metadata.load(path)
+    finally:
+        os.close(r)
+        thread.join()
+    assert (found, params) == (meta, None)
+
+
+@pytest.mark.timeout(60)
+def test_read_metadata_of_a_pipe_that_sends_too_much_stops(tmp_path):
+    path, r, thread = _through_a_pipe(b" " * (3 << 20))
+    try:
+        with pytest.raises(UsageError) as e:
+            metadata.read(path)
+    finally:
+        os.close(r)
+        thread.join()
+    assert "is larger than 1,048,576 bytes, more than any sidecar spo writes" in e.value.message
+
+
+def test_read_metadata_of_a_real_process_substitution(tmp_path):
+    import subprocess
+    import sys
+
+    sidecar, meta = _sidecar(tmp_path)
+    code = "import sys, json; from spo_cli.outputs import metadata; print(metadata.read(sys.argv[1])['seed'])"
+    r = subprocess.run(["bash", "-c", f'"$0" -c "$1" <(cat "$2")', sys.executable, code, str(sidecar)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == str(meta["seed"]), r.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.symlink_to("/dev/zero"), "is a device, not a file"),
+    (lambda p: p.symlink_to(p.name), "is a symbolic link loop"),
+    (lambda p: p.symlink_to("gone.json"), "is a symbolic link to gone.json, which does not exist"),
+    (lambda p: p.mkdir(), "is a folder"),
+])
+def test_read_metadata_of_what_is_not_a_file(tmp_path, make, words):
+    """In a process of its own with 1 GB of address space: reading /dev/zero whole must fail, not
+    take the machine's memory, if the check that refuses devices ever goes."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "x.json"
+    make(path)
+    code = ("import sys\nfrom spo_cli.errors import UsageError\nfrom spo_cli.outputs import metadata\n"
+            "try:\n    metadata.read(sys.argv[1])\nexcept UsageError as e:\n    print(e.exit_code, e.message)")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=50,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)))
+    assert r.stdout.startswith("2 ") and words in r.stdout, r.stdout + r.stderr
+
+
+def test_a_jpeg_named_png_is_read_as_the_jpeg_it_is(written, tmp_path):
+    folder, meta = written
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (folder / "pic-jpg.jpg").rename(lone / "photo.png")  # no sidecar beside it any more
+    found, params = metadata.load(lone / "photo.png")
+    assert found is None and params == metadata.a1111_parameters(meta)  # its EXIF, as for a .jpg
+    Image.new("RGB", (8, 8)).save(lone / "plain.png", format="JPEG")
+    with pytest.raises(UsageError) as e:
+        metadata.read(lone / "plain.png")
+    assert "carries no spo-cli metadata and has no sidecar next to it (it is a JPEG, named .png)" in e.value.message
+    (lone / "notes.png").write_text('{"schema": "spo-cli/1"}')
+    with pytest.raises(UsageError) as e:
+        metadata.read(lone / "notes.png")
+    assert "could not be read as an image (it is neither a PNG, a JPEG nor a WebP, named .png)" in e.value.message
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: os.mkfifo(p), "is a pipe that holds nothing"),
+    (lambda p: p.symlink_to("/dev/zero"), "is a device, not a file"),
+    (lambda p: p.symlink_to(p.name), "is a symbolic link loop"),
+])
+def test_replay_of_what_is_not_a_file_is_one_paragraph(tmp_path, make, words):
+    """The real command, in a process of its own with bounded memory and time (a regression would
+    hang on the FIFO or read /dev/zero for ever)."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "x.json"
+    make(path)
+    r = subprocess.run([sys.executable, "-m", "spo_cli", "replay", str(path), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=100,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert r.returncode == 2 and words in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("error: ") == 1
+
+
+def test_read_metadata_png_chunks_are_checked_and_end_at_iend(tmp_path):
+    meta = make_meta()
+    good = _png_by_hand(64, 64, {metadata.PNG_JSON_KEY: metadata.dumps(meta, indent=None)}, {})
+    path = tmp_path / "pic.png"
+    path.write_bytes(good + b"\0\0\0\x04\x01\x02\x03\x04 trailing bytes, no chunk")  # some tools append: ignored
+    assert metadata.read(path) == meta
+    at = good.index(b'"prompt"')
+    path.write_bytes(good[:at] + b"X" + good[at + 1:])  # one byte of the chunk changed: its CRC fails
+    with pytest.raises(UsageError) as e:
+        metadata.read(path)
+    assert "a damaged PNG: a damaged iTXt chunk (its CRC does not match)" in e.value.message
+
+
+def test_read_metadata_of_a_huge_jpeg_reads_its_header_only(tmp_path):
+    """A JPEG whose header says 10000×10000 (PIL warns of a decompression bomb at open): its EXIF is
+    read, and nothing is said about pixels replay never decodes."""
+    import warnings
+
+    exif = Image.Exif()
+    exif.get_ifd(metadata.EXIF_IFD)[metadata.EXIF_USER_COMMENT] = b"UNICODE\0" + "a cat\nSteps: 3".encode("utf-16-be")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG", exif=exif.tobytes())
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (10000).to_bytes(2, "big") * 2  # height, width
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metadata.load(path) == (None, "a cat\nSteps: 3")
+
+
+def test_replay_reads_a_process_substitution_once(tmp_path):
+    """`spo replay <(cat x.json)`: the sidecar's settings are read (here, on to a --model folder that
+    does not exist, refused before any model loads)."""
+    import subprocess
+    import sys
+
+    sidecar, _ = _sidecar(tmp_path)
+    r = subprocess.run(["bash", "-c", '"$0" -m spo_cli replay <(cat "$1") --model "$2" --out "$3"', sys.executable,
+                        str(sidecar), str(tmp_path / "no-such-model"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "no-such-model" in said and "Traceback" not in said, r.stderr
+    assert "pipe" not in said and "/dev/fd" not in said
+
+
+def test_read_metadata_png_text_bounds_and_the_header(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    good = _png_by_hand(8, 8, {}, {})
+    # An iTXt 'parameters' of 10 kB that inflates to 10 MB: passed over, not inflated whole.
+    bomb = chunk(b"iTXt", b"parameters\0\1\0\0\0" + zlib.compress(b"a" * (10 << 20), 9))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(good[:33] + bomb + good[33:])
+    with pytest.raises(UsageError) as e:
+        metadata.load(path)
+    assert "carries no spo-cli metadata" in e.value.message
+    # A PNG's first chunk is its IHDR: text first is not a PNG.
+    path.write_bytes(good[:8] + chunk(b"tEXt", b"parameters\0a cat") + good[8:])
+    with pytest.raises(UsageError) as e:
+        metadata.load(path)
+    assert "a damaged PNG: no IHDR header" in e.value.message

@@ -74,6 +74,30 @@ def oom_hint(batch: int = 1, pixels: int = 1024 * 1024, options=None) -> str:
     return "Try " + ", or ".join(tips) + "."
 
 
+_FILE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ELOOP, errno.EISDIR)
+
+
+def _file_system(e: OSError) -> SpoError:
+    """What the file system refused, whatever spo was writing or reading (images, sidecars, the
+    manifest, the folder lock): none of these is a bug, each has one thing to do."""
+    where = e.filename or "while writing"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"The disk is full ({where}).",
+                           "Free some space or choose another --out folder; nothing half-written was left behind.")
+    if e.errno == errno.EFBIG:
+        return OutputError(f"A file came out larger than this process may write (ulimit -f) or its file system can "
+                           f"hold ({where}).", "Raise the limit (ulimit -f unlimited) or choose another --out folder; "
+                           "nothing half-written was left behind.")
+    if e.errno == errno.EROFS:
+        return OutputError(f"{e.filename or 'The output folder'} is on a read-only file system.",
+                           "Choose another --out folder (or remount it read-write).")
+    if e.errno == errno.ELOOP:
+        return OutputError(f"{e.filename or 'A path'} is a symbolic link loop (a link that leads back to itself, or "
+                           "a chain of links too long to follow).", "Remove the link or point it at a real file.")
+    return OutputError(f"{e.filename or 'A path spo needs as a file'} is a folder.",
+                       "Move it out of the way, or choose another --out folder.")
+
+
 def translate(exc: BaseException, *, repo: str | None = None) -> SpoError | None:
     """Map a library exception to a SpoError, or None when it is a bug (show the traceback)."""
     if isinstance(exc, SpoError):
@@ -81,11 +105,8 @@ def translate(exc: BaseException, *, repo: str | None = None) -> SpoError | None
     for e in _chain(exc):
         if _is(e, "OutOfMemoryError") or (_is(e, "RuntimeError") and "out of memory" in str(e).lower()):
             return GenerationError("The GPU ran out of memory.", oom_hint())
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return OutputError(
-                f"The disk is full ({e.filename or 'while writing'}).",
-                "Free some space or choose another --out folder; nothing half-written was left behind.",
-            )
+        if isinstance(e, OSError) and e.errno in _FILE_SYSTEM:
+            return _file_system(e)
         where = f"'{repo}'" if repo else "the repository"
         if _is(e, "GatedRepoError"):
             return ModelError(

@@ -78,11 +78,12 @@ def replay(
     if (file is None) == (infotext is None):
         raise UsageError("Give one FILE to replay, or --infotext TEXT." if file is None else
                          "Give FILE or --infotext, not both.")
-    foreign = infotext if infotext is not None else metadata.foreign_parameters(file)
-    if foreign is not None:
+    # The file is read once: it may be a pipe (`spo replay <(cat x.json)`).
+    recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
+    if recorded is None:
         image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
     else:
-        image, request = metadata.recorded_requests(metadata.read(file), file)
+        image, request = metadata.recorded_requests(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
                                     height=height, scheduler=scheduler, generator_device=generator_device,
                                     prompt_syntax=prompt_syntax, emphasis=emphasis).items()

@@ -47,8 +47,14 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     tmp = path.parent / _tmp_name(path.name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            # A write error (full disk, ulimit -f) names no file: name the one the user will look for.
+            if e.filename is None:
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -226,6 +232,13 @@ class FolderLock:
         except Timeout:
             raise UsageError(f"{self.out_dir} is in use by another spo run ({self._holder()}).",
                              "Wait for it to finish, or choose another --out.") from None
+        except OSError as e:
+            path = self.out_dir / LOCK
+            what = {errno.ELOOP: "a symbolic link loop", errno.EISDIR: "a folder"}.get(e.errno)
+            if what is None:
+                raise  # a full disk, a read-only folder: errors.translate says those
+            raise OutputError(f"{path} is {what}, where spo keeps the lock of this folder.",
+                              "Remove it (spo makes it again for each run), or choose another --out.") from None
         self._lock = lock
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                 "since": naming.now().isoformat(timespec="seconds")}

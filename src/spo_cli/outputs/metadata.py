@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -148,7 +149,10 @@ def read_user_comment(path: Path) -> str | None:
     from PIL import Image
 
     with Image.open(path) as im:
-        raw = im.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+        return _user_comment(im.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT))
+
+
+def _user_comment(raw) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -171,29 +175,97 @@ def _loads(text: str, path: Path) -> object:
 
 def read(path: Path) -> dict:
     """Recorded settings from a sidecar, a PNG written by spo, or an image beside its sidecar."""
+    meta, _ = load(path)
+    if meta is None:
+        raise _no_metadata(Path(path), None)
+    return meta
+
+
+def load(path: Path) -> tuple[dict | None, str | None]:
+    """What a file records, reading it once (it may be a pipe): (spo-cli metadata, None) from a
+    sidecar, a PNG written by spo or the sidecar beside an image; else (None, A1111 `parameters`
+    text) from an image written by A1111, Forge or SD.Next (PNG text, or EXIF UserComment in a
+    JPEG/WebP), or a JPEG/WebP from spo whose sidecar is gone. Anything else is a UsageError.
+
+    The file's content decides how it is read, not its name."""
+    from spo_cli.outputs import reader
+
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist.")
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder.", "Replay takes one image or sidecar .json file.")
-    if path.suffix.lower() == ".json":
-        try:
-            meta = _loads(path.read_text(encoding="utf-8"), path)
-        except UnicodeDecodeError:
-            raise UsageError(f"{path} is not a spo-cli sidecar (not UTF-8 text).") from None
-    else:
-        meta = None
-        if path.suffix.lower() == ".png":
-            meta, grid = _png_chunks(path)
-            if grid is not None:
-                _refuse_grid(path, grid)
-        if meta is None and path.with_suffix(".json").exists():
-            return read(path.with_suffix(".json"))
-        if meta is None:
-            raise UsageError(
-                f"{path} carries no spo-cli metadata and has no sidecar next to it.",
-                "Replay needs the .json sidecar, or a PNG written by spo.",
-            )
+    with reader.Source(path) as src:
+        head = src.head(12)
+        kind = reader.sniff(head)
+        if src.pipe and not head:
+            raise UsageError(f"{path} is a pipe that holds nothing (nothing was writing to it).",
+                             "Replay takes one image or sidecar .json file.")
+        if kind is None:
+            if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+                raise UsageError(f"{path} could not be read as an image{reader.misnamed(path, None)}.")
+            data = src.read_all(reader.JSON_MAX_BYTES, "sidecar")
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UsageError(f"{path} is not a spo-cli sidecar (not UTF-8 text).") from None
+            return _checked(_loads(text, path), path), None
+        if kind == "png":
+            try:
+                chunks = reader.png_text(src)
+            except reader.NotPNG as e:
+                raise UsageError(f"{path} could not be read as an image (a damaged PNG: {e}).") from None
+        else:
+            chunks = _exif_text(src, path)
+    grid = chunks.get(PNG_GRID_KEY)
+    if grid is not None:
+        g = _loads(grid, path)
+        _refuse_grid(path, g if isinstance(g, dict) else {})
+    own = chunks.get(PNG_JSON_KEY)
+    if own:
+        return _checked(_loads(own, path), path), None
+    beside = path.with_suffix(".json")
+    if beside != path and beside.is_file():
+        return read(beside), None
+    params = chunks.get("parameters")
+    if isinstance(params, str) and params.strip():
+        return None, params
+    raise _no_metadata(path, kind)
+
+
+def _no_metadata(path: Path, kind: str | None) -> UsageError:
+    from spo_cli.outputs import reader
+
+    return UsageError(f"{path} carries no spo-cli metadata and has no sidecar next to it"
+                      f"{reader.misnamed(path, kind)}.", "Replay needs the .json sidecar, or a PNG written by spo.")
+
+
+def _exif_text(src, path: Path) -> dict:
+    """{"parameters": EXIF UserComment} of a JPEG or WebP, read from its header (no pixels)."""
+    import warnings
+
+    from PIL import Image
+
+    from spo_cli.outputs import reader
+
+    try:
+        if src.pipe:
+            f = io.BytesIO(src.read_all(reader.PIPE_MAX_BYTES, "image"))
+        else:
+            f = os.fdopen(os.dup(src.fd), "rb")
+            f.seek(0)
+        with f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # no pixel is decoded here
+            with Image.open(f) as im:
+                exif = im.getexif().get_ifd(EXIF_IFD)
+    except UsageError:
+        raise
+    except Exception as e:  # PIL raises many kinds of error for a broken file
+        raise UsageError(f"{path} could not be read as an image ({type(e).__name__}: {e}).") from None
+    try:
+        text = _user_comment(exif.get(EXIF_USER_COMMENT))
+    except (UnicodeDecodeError, TypeError):  # damaged EXIF: as if there were none
+        text = None
+    return {} if text is None else {"parameters": text}
+
+
+def _checked(meta, path: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("schema"), str) or \
             not meta["schema"].startswith("spo-cli/"):
         if isinstance(meta, dict) and meta.get("schema") == GRID_SCHEMA:
@@ -205,49 +277,15 @@ def read(path: Path) -> dict:
     return meta
 
 
-def _text_chunks(path: Path) -> dict:
-    """An image's text chunks (PNG tEXt/iTXt); PIL raises many kinds of error for a broken file."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return dict(getattr(im, "text", {}) or {})
-
-
-def _png_chunks(path: Path) -> tuple[object, dict | None]:
-    try:
-        text = _text_chunks(path)
-    except Exception as e:
-        raise UsageError(f"{path} could not be read as an image ({type(e).__name__}: {e}).") from None
-    grid = text.get(PNG_GRID_KEY)
-    if grid is not None:
-        g = _loads(grid, path)
-        return None, g if isinstance(g, dict) else {}
-    own = text.get(PNG_JSON_KEY)
-    return (_loads(own, path) if own else None), None
-
-
 def foreign_parameters(path: Path) -> str | None:
     """The A1111 `parameters` text of an image that spo cannot replay exactly: one written by
     A1111, Forge or SD.Next (PNG text chunk, or EXIF UserComment in a JPEG/WebP), or a JPEG/WebP
     from spo whose sidecar is gone. None when the image has spo metadata or a sidecar beside it,
-    or no parameters at all."""
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp") or not path.is_file() \
-            or path.with_suffix(".json").exists():
-        return None
+    or no parameters at all, or cannot be read (`load` says why in its own words)."""
     try:
-        text = _text_chunks(path)
-    except Exception:  # not an image: `read` says so in its own words
+        return load(path)[1]
+    except UsageError:
         return None
-    if PNG_JSON_KEY in text or PNG_GRID_KEY in text:
-        return None
-    params = text.get("parameters")
-    if params is None and path.suffix.lower() != ".png":
-        try:
-            params = read_user_comment(path)
-        except Exception:  # damaged EXIF: as if there were none
-            params = None
-    return params if isinstance(params, str) and params.strip() else None
 
 
 def _refuse_grid(path: Path, grid: dict) -> None:

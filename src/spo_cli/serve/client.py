@@ -4,28 +4,54 @@
 engine and its resolved model (run a call, the facts for the sidecar, the model's identity for
 resume), from the server's /spo/v1 endpoints. So the files on disk are written by the same code as
 a local run, from the server's pixels, and nothing here imports torch. Standard library HTTP only.
+
+The server is not trusted. Whatever it answers is read with a size bound and a nesting bound, and
+checked whole (shapes, types, every image decoded at the size asked, one image per image asked)
+before anything is written; an answer that is not what `spo serve` sends is one paragraph ("answered,
+but not as `spo serve` does") naming what was wrong. Text from the server is shown inert: control
+characters escaped, never read as Rich markup. Redirects are never followed, so the token goes to
+the address the user gave and nowhere else.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import http.client
 import io
 import json
+import math
 import os
+import re
+import struct
+import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
+from spo_cli import validate
 from spo_cli.errors import GenerationError, ModelError, UsageError
 from spo_cli.request import ImageRequest
 
 TIMEOUT_S = 24 * 3600  # a queued call on a busy server may wait long
 HELLO_TIMEOUT_S = 30.0  # the first question answers at once from a live server
 
-# Model options that choose weights or how they run: on a server those are the server's.
-SERVER_SIDE = ("--revision", "--lora", "--lora-file", "--lora-scale", "--vae", "--device", "--dtype", "--fast",
-               "--offload", "--vae-tiling", "--vae-slicing")
+# What an answer may hold. /spo/v1/models is a few kB per model; an error body is a message.
+SMALL_ANSWER_BYTES = 4 << 20
+ERROR_BODY_BYTES = 64 << 10
+# Per image of /spo/v1/run: the worst case of a PNG (raw RGB rows, each with its filter byte, plus
+# zlib's 5 bytes per 16 kB stored block) in base64, and room for the image's metadata.
+_PNG_SLACK = 1.01
+_PNG_FRAMING = 1 << 12  # signature, IHDR, IEND, each chunk's length and CRC
+_META_BYTES = 1 << 20
+JSON_DEPTH_MAX = 32  # spo's answers nest 5 deep; json's C parser recurses on each level
+JSON_BRACKETS_MAX = 100_000  # objects and arrays in one answer: a real one has hundreds
+SHOWN_CHARS = 200  # server text quoted in a message is cut here
+DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -35,10 +61,39 @@ class Result:  # what engine.Result holds, without importing torch
     nan: bool
 
 
+class Lie(Exception):
+    """The server answered, but not as `spo serve` does; the message says where and how."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The address
+
+
 def check_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
+    """--server's URL, checked before anything is sent; the message never repeats a password."""
+    shown = inert(url) if "@" not in url else "(the URL given)"
+    hint = "E.g. --server http://gpu-box:7860, the address `spo serve` printed."
+    if any(c.isspace() or unicodedata.category(c)[0] == "C" for c in url):
+        raise UsageError(f"--server {shown} holds spaces or control characters; a URL has none.", hint)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number from 0 to 65535
+    except ValueError as e:
+        reason = "its port is not a number from 1 to 65,535" if "port" in str(e).lower() else "it is not a valid URL"
+        raise UsageError(f"--server {shown}: {reason}.", hint) from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        # Said without the URL: it would print the password in logs and terminals.
+        raise UsageError("--server holds a user name or password (user:password@host); spo never sends those, "
+                         "and a token does not belong in a URL.",
+                         "Give the address alone, and the token that `spo serve --token-file` was started with in "
+                         "the SPO_TOKEN environment variable.")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--server {url!r} is not an http(s) URL.", "E.g. --server http://gpu-box:7860.")
+        raise UsageError(f"--server {shown} is not an http(s) URL.", hint)
+    if port == 0:
+        raise UsageError(f"--server {shown}: port 0 is not an address to connect to.", hint)
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise UsageError(f"--server {shown} has a query or fragment (after '?' or '#'); spo adds the paths itself.",
+                         "Give the server's address alone, e.g. http://gpu-box:7860.")
     return url.rstrip("/")
 
 
@@ -50,44 +105,321 @@ def refuse_local_options(given: dict[str, object]) -> None:
                          "runs when it started.", "Drop them, or start the server with them (spo serve --help).")
 
 
+def inert(value: object, limit: int = SHOWN_CHARS) -> str:
+    """Text from elsewhere, safe to print on one line: control, format and separator characters
+    (terminal escapes, bidi overrides, newlines) shown as escapes, and cut at `limit`."""
+    text = str(value)
+    cut = len(text) > limit
+    text = "".join(c if unicodedata.category(c)[0] not in "CZ" or c == " " else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text[:limit])
+    return text + ("…" if cut else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading answers: bounded, then parsed
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _read(response, limit: int, deadline: float, what: str) -> bytes:
+    """At most `limit` bytes of a body, whatever Content-Length claims and however it is sent."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise Lie(f"its Content-Length is {inert(declared, 40)!r}, not a number of bytes")
+        if int(declared) > limit:
+            raise Lie(f"it announced {int(declared):,} bytes for {what}, more than the {limit:,} it can take")
+    chunks, size = [], 0
+    while size <= limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = response.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise Lie(f"it sent more than {limit:,} bytes for {what}")
+    if declared is not None and size != int(declared):
+        raise Lie(f"it announced {int(declared):,} bytes for {what} but sent {size:,}")
+    return b"".join(chunks)
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def parse_json(data: bytes) -> object:
+    """JSON from the server, refused (Lie) when invalid, nested too deep or holding NaN/Infinity.
+
+    The depth is measured before json.loads, whose parser recurses once per level."""
+    brackets = _STRING.sub(b'""', data).translate(None, _NOT_BRACKET)
+    depth = 0
+    for b in brackets[:2 * JSON_BRACKETS_MAX]:
+        depth += 1 if b in b"[{" else -1
+        if depth > JSON_DEPTH_MAX:
+            raise Lie(f"its JSON is nested more than {JSON_DEPTH_MAX} deep")
+    if len(brackets) > 2 * JSON_BRACKETS_MAX:
+        raise Lie(f"its JSON holds more than {JSON_BRACKETS_MAX:,} objects and arrays")
+
+    def constant(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(data, parse_constant=constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text" \
+            if isinstance(e, UnicodeDecodeError) else str(e)
+        raise Lie(f"its answer is not JSON ({inert(reason, 80)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking answers
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true or false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _get(obj: dict, key: str, kind, where: str, *, optional: bool = False):
+    """obj[key], of JSON type `kind` (a type or a tuple of types; None allowed when `optional`)."""
+    if key not in obj:
+        if optional:
+            return None
+        raise Lie(f"{where}.{key} is missing")
+    value = obj[key]
+    if value is None and optional:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(dict.fromkeys(_kind(k()) if k is not type(None) else "null" for k in kinds))
+        raise Lie(f"{where}.{key} is {_kind(value)}, not {wanted}")
+    return value
+
+
+def _size(value, where: str) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
+            and all(8 <= v <= 1 << 16 and v % 8 == 0 for v in value)):
+        raise Lie(f"{where} is {inert(json.dumps(value), 60)}, not [width, height] in pixels (multiples of 8)")
+    return value[0], value[1]
+
+
+def check_model(label: str, info: dict, where: str) -> dict:
+    """One model of /spo/v1/models, checked as far as the sidecars written from it rely on: a sidecar
+    built from these facts must be one that `spo replay` accepts."""
+    from spo_cli.outputs import metadata
+
+    if not isinstance(info, dict):
+        raise Lie(f"{where} is {_kind(info)}, not an object")
+    describe = _get(info, "describe", dict, where)
+    _get(info, "identity", dict, where)
+    facts = _get(info, "facts", dict, where)
+    dtype = _get(info, "dtype", str, where)
+    if dtype not in DTYPES:
+        raise Lie(f"{where}.dtype is {inert(dtype, 40)!r}, not one of {', '.join(DTYPES)}")
+    width, height = _size(info.get("default_size"), f"{where}.default_size")
+    unknown = sorted(set(describe) - {"model_request", "model", "lora", "vae"})
+    if unknown:  # the sidecar takes these keys as they are: one named "seed" would replace the image's
+        raise Lie(f"{where}.describe has {', '.join(repr(inert(k, 40)) for k in unknown[:5])}, which spo serve "
+                  "never sends")
+    model = _get(describe, "model", dict, f"{where}.describe")
+    _get(model, "id", str, f"{where}.describe.model")
+    _get(model, "source", str, f"{where}.describe.model")
+    _get(model, "commit", str, f"{where}.describe.model", optional=True)
+    lora = _get(describe, "lora", dict, f"{where}.describe", optional=True)
+    if lora is not None:
+        _get(lora, "id", str, f"{where}.describe.lora")
+        _get(lora, "file", str, f"{where}.describe.lora", optional=True)
+        _get(lora, "scale", (int, float), f"{where}.describe.lora")
+    vae = _get(describe, "vae", dict, f"{where}.describe")
+    _get(vae, "id", str, f"{where}.describe.vae", optional=True)
+    _get(facts, "device", str, f"{where}.facts")
+    _get(facts, "gpu", str, f"{where}.facts", optional=True)
+    _get(facts, "run_options", dict, f"{where}.facts", optional=True)
+    if _get(facts, "dtype", str, f"{where}.facts") != dtype:
+        raise Lie(f"{where}.facts.dtype is {inert(facts['dtype'], 40)!r}, but {where}.dtype is {dtype!r}")
+    _get(_get(facts, "versions", dict, f"{where}.facts"), "spo-cli", str, f"{where}.facts.versions")
+    # What replay will read back from every sidecar written from this model.
+    probe = metadata.build(ImageRequest("probe", 0), describe, facts,
+                           {"name": "default", "class": None, "a1111": "", "config": {}}, width=width,
+                           height=height, batch_size=1, elapsed_s=0.0, created=datetime.now(timezone.utc))
+    try:
+        metadata.recorded_requests(probe, f"{where}.describe")
+        metadata.dumps(probe)
+    except UsageError as e:
+        raise Lie(f"its sidecars would record what `spo replay` refuses: {e.message.rstrip('.')}") from None
+    except ValueError as e:
+        raise Lie(f"{where} holds values a sidecar cannot record ({inert(e, 80)})") from None
+    return info
+
+
+def check_image(item, request: ImageRequest, size: tuple[int, int], n: int):
+    """images[n] of a /spo/v1/run answer → (PIL image or None for NaN, meta or None). The PNG is
+    decoded only once its header says it has the size asked, so a decompression bomb stays a header."""
+    from PIL import Image
+
+    where = f"images[{n}]"
+    if not isinstance(item, dict):
+        raise Lie(f"{where} is {_kind(item)}, not an object")
+    if "error" in item:
+        error = _get(item, "error", str, where)
+        if _get(item, "nan", bool, where, optional=True):
+            return None, None
+        raise GenerationError(f"The server could not make image {n + 1} (seed {request.seed}): {inert(error, 2000)}")
+    text = _get(item, "png", str, where)
+    meta = _get(item, "meta", dict, where)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Lie(f"{where}.png is not base64") from None
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR" or len(data) < 24:
+        raise Lie(f"{where}.png is not a PNG")
+    header = struct.unpack(">II", data[16:24])  # the size, read before PIL sees a byte
+    if header != size:
+        raise Lie(f"{where} is a {header[0]}×{header[1]} image, but {size[0]}×{size[1]} was asked")
+    try:
+        with warnings.catch_warnings():
+            # Only the header is read before the size check below: a bomb never gets decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+                if im.mode != "RGB":
+                    raise Lie(f"{where} is a {inert(im.mode, 20)} image, not RGB")
+                im.load()
+                image = im.copy()
+    except Lie:
+        raise
+    except Exception as e:  # PIL raises many kinds of error for a broken file
+        raise Lie(f"{where}.png does not decode ({type(e).__name__}: {inert(e, 80)})") from None
+    asked = {"seed": request.seed, "steps": request.steps, "guidance": request.guidance, "width": size[0],
+             "height": size[1]}
+    for key, value in asked.items():
+        got = meta.get(key)
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or got != value:
+            raise Lie(f"{where}.meta.{key} is {inert(json.dumps(got), 40)}, but {value} was asked")
+    scheduler = _get(meta, "scheduler", dict, f"{where}.meta")
+    if _get(scheduler, "name", str, f"{where}.meta.scheduler") != request.scheduler:
+        raise Lie(f"{where}.meta.scheduler.name is {inert(scheduler['name'], 40)!r}, "
+                  f"but {request.scheduler!r} was asked")
+    _get(scheduler, "class", str, f"{where}.meta.scheduler", optional=True)
+    _get(scheduler, "a1111", str, f"{where}.meta.scheduler")
+    _get(scheduler, "config", dict, f"{where}.meta.scheduler")
+    syntax = _get(meta, "prompt_syntax", str, f"{where}.meta")
+    if syntax not in ("plain", "a1111") or (request.prompt_syntax != "auto" and syntax != request.prompt_syntax):
+        raise Lie(f"{where}.meta.prompt_syntax is {inert(syntax, 40)!r}, but {request.prompt_syntax!r} was asked")
+    if syntax == "a1111":
+        if _get(meta, "emphasis", str, f"{where}.meta") != request.emphasis:
+            raise Lie(f"{where}.meta.emphasis is {inert(meta['emphasis'], 40)!r}, but {request.emphasis!r} was asked")
+        windows = _get(meta, "prompt_windows", int, f"{where}.meta")
+        if not 1 <= windows <= validate.PROMPT_MAX_CHARS:
+            raise Lie(f"{where}.meta.prompt_windows is {windows}")
+    return image, meta
+
+
+def _encoding(meta: dict) -> dict:
+    keys = ("prompt_syntax", "emphasis", "prompt_windows")
+    return {k: meta[k] for k in keys if k in meta} if meta.get("prompt_syntax") == "a1111" else {"prompt_syntax": "plain"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+
 class Client:
     def __init__(self, url: str, token: str | None = None):
         self.url = check_url(url)
         self.token = token if token is not None else (os.environ.get("SPO_TOKEN", "").strip() or None)
+        if self.token is not None and not all(" " < c < "\x7f" for c in self.token):
+            # A header holds ASCII; `spo serve` takes only printable ASCII tokens. Not shown: it is a secret.
+            raise UsageError("SPO_TOKEN holds spaces or characters that are not printable ASCII; a token of spo "
+                             "serve has none.", "Set it to the token the server was started with.")
 
-    def call(self, path: str, body: dict | None = None, timeout: float = TIMEOUT_S) -> dict:
+    def not_spo(self, what: str) -> ModelError:
+        return ModelError(f"The server at {self.url} answered, but not as `spo serve` does: {what}.",
+                          "Check the --server address: it should be the URL `spo serve` printed, of the same "
+                          "spo-cli version.")
+
+    def call(self, path: str, body: dict | None = None, timeout: float = TIMEOUT_S,
+             limit: int = SMALL_ANSWER_BYTES) -> dict:
+        """The server's JSON object for `path`, read with at most `limit` bytes."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=data, headers=headers,
                                      method="GET" if data is None else "POST")
+        deadline = time.monotonic() + timeout
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                answer = json.loads(r.read())
-            if not isinstance(answer, dict):
-                raise ValueError("not a JSON object")
-            return answer
-        except ValueError:  # JSON that is not spo's, or no JSON at all
-            raise ModelError(f"{self.url} answered, but not as `spo serve` does.",
-                             "Check the --server address: it should be the URL `spo serve` printed.") from None
-        except urllib.error.HTTPError as e:
             try:
-                message = json.loads(e.read())["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = e.reason
-            if e.code == 401:
-                raise UsageError(f"The server at {self.url} needs a token: {message}",
-                                 "Set SPO_TOKEN to the token the server was started with.") from None
-            if e.code in (400, 404, 413):
-                raise UsageError(f"The server at {self.url} refused the request: {message}") from None
-            raise GenerationError(f"The server at {self.url} answered {e.code}: {message}") from None
-        except (urllib.error.URLError, OSError) as e:
+                with _OPENER.open(req, timeout=timeout) as r:
+                    answer = parse_json(_read(r, limit, deadline, path))
+            except urllib.error.HTTPError as e:
+                with e:
+                    raise self._refused(e, deadline) from None
+            if not isinstance(answer, dict):
+                raise Lie(f"{path} answered {_kind(answer)}, not a JSON object")
+            return answer
+        except Lie as e:
+            raise self.not_spo(str(e)) from None
+        except http.client.HTTPException as e:  # a status line or headers that are not HTTP, a body cut short
+            raise self.not_spo(f"its answer is not HTTP as spo serve speaks it ({type(e).__name__})") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client.InvalidURL
             reason = getattr(e, "reason", e)
-            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError) or "timed out" in str(reason):
                 reason = f"no answer within {timeout:g} s"
-            raise ModelError(f"The server at {self.url} cannot be reached: {reason}.",
+            raise ModelError(f"The server at {self.url} cannot be reached: {inert(reason)}.",
                              "Check that `spo serve` runs there, and the address and port.") from None
+
+    def _refused(self, e: urllib.error.HTTPError, deadline: float) -> Exception:
+        """An HTTP error answer as a SpoError, its message (the server's text) inert."""
+        if 300 <= e.code < 400:
+            location = e.headers.get("Location", "") if e.headers else ""
+            target = urllib.parse.urljoin(self.url + "/", location.strip()) if location else ""
+            elsewhere = target and _origin(target) != _origin(self.url)
+            return ModelError(
+                f"The server at {self.url} redirected the request ({e.code}) to "
+                + (f"{inert(target)}" if target else "nowhere") + "; spo does not follow redirects"
+                + (", so the token was not sent to that other address." if elsewhere and self.token else "."),
+                "If the server moved, give its new address with --server." if target else
+                "Check the --server address: it should be the URL `spo serve` printed.")
+        try:
+            message = parse_json(_read(e, ERROR_BODY_BYTES, deadline, "an error"))["error"]["message"]
+            if not isinstance(message, str):
+                raise TypeError
+        except (Lie, OSError, KeyError, TypeError):
+            message = e.reason
+        message = inert(message, 2000)
+        if e.code == 401:
+            return UsageError(f"The server at {self.url} needs a token: {message}",
+                              "Set SPO_TOKEN to the token the server was started with.")
+        if e.code in (400, 404, 413):
+            return UsageError(f"The server at {self.url} refused the request: {message}")
+        return GenerationError(f"The server at {self.url} answered {e.code}: {message}")
+
+
+def _origin(url: str) -> tuple:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def run_answer_limit(batch: list[ImageRequest], size: tuple[int, int]) -> int:
+    """The most bytes a /spo/v1/run answer for `batch` can hold: each PNG at its worst, in base64."""
+    total = 0
+    for r in batch:
+        w, h = r.width or size[0], r.height or size[1]
+        png = math.ceil((w * 3 + 1) * h * _PNG_SLACK) + _PNG_FRAMING
+        total += 4 * math.ceil(png / 3) + _META_BYTES
+    return total + _META_BYTES
 
 
 class RemoteModel:
@@ -126,48 +458,53 @@ class RemoteEngine:
         return self._last["encoding"]
 
     def run(self, batch: list[ImageRequest], on_step=None) -> list[Result]:
-        from PIL import Image
-
-        answer = self.client.call("/spo/v1/run", {"model": self.label, "images": [asdict(r) for r in batch]})
-        results = []
+        default = self.default_size()
+        answer = self.client.call("/spo/v1/run", {"model": self.label, "images": [asdict(r) for r in batch]},
+                                  limit=run_answer_limit(batch, default))
         self._last = self._last or {"scheduler": {"name": batch[0].scheduler, "class": None, "a1111": "",
                                                   "config": {}}, "encoding": {"prompt_syntax": "plain"}}
-        for request, item in zip(batch, answer["images"]):
-            if item.get("error") and not item.get("nan"):
-                raise GenerationError(f"The server could not make the image: {item['error']}")
-            image = None
-            if not item.get("nan"):
-                with Image.open(io.BytesIO(base64.b64decode(item["png"]))) as im:
-                    image = im.convert("RGB")
-                self._last = {"scheduler": item["meta"]["scheduler"], "encoding": _encoding(item["meta"])}
-            results.append(Result(image, request, bool(item.get("nan"))))
+        try:
+            images = _get(answer, "images", list, "the answer")
+            if len(images) != len(batch):
+                raise Lie(f"it sent {len(images)} image(s) for the {len(batch)} asked")
+            checked = [check_image(item, r, (r.width or default[0], r.height or default[1]), n)
+                       for n, (r, item) in enumerate(zip(batch, images))]
+        except Lie as e:
+            raise self.client.not_spo(str(e)) from None
+        results = []
+        for request, (image, meta) in zip(batch, checked):
+            if meta is not None:
+                self._last = {"scheduler": meta["scheduler"], "encoding": _encoding(meta)}
+            results.append(Result(image, request, image is None))
         if on_step:
             on_step(batch[0].steps, batch[0].steps)
         return results
-
-
-def _encoding(meta: dict) -> dict:
-    keys = ("prompt_syntax", "emphasis", "prompt_windows")
-    return {k: meta[k] for k in keys if k in meta} if meta.get("prompt_syntax") == "a1111" else {"prompt_syntax": "plain"}
 
 
 def connect(url: str, label: str, ui=None) -> tuple[RemoteEngine, RemoteModel]:
     """The server's loaded model `label`, as an engine and a resolved model."""
     client = Client(url)
     models = client.call("/spo/v1/models", timeout=HELLO_TIMEOUT_S)
-    if not isinstance(models.get("models"), dict) or any(
-            not isinstance(m, dict) or not {"describe", "identity", "facts", "dtype", "default_size"} <= set(m)
-            for m in models["models"].values()):
-        raise ModelError(f"{client.url} answered, but not as `spo serve` does.",
-                         "Check the --server address: it should be the URL `spo serve` printed.")
-    if not models.get("ready"):
+    try:
+        loaded = _get(models, "models", dict, "/spo/v1/models")
+        ready = _get(models, "ready", bool, "/spo/v1/models")
+        if label in loaded:
+            info = check_model(label, loaded[label], f"/spo/v1/models: models[{json.dumps(label)}]")
+    except Lie as e:
+        raise client.not_spo(str(e)) from None
+    if not ready:
         raise ModelError(f"The server at {client.url} has not finished loading its models.",
                          "Try again when its /health says ready.")
-    if label not in models["models"]:
-        raise UsageError(f"The server at {client.url} has no model '{label}' loaded "
-                         f"(it has {', '.join(models['models'])}).", "Pick one with --model.")
-    info = models["models"][label]
+    if label not in loaded:
+        names = [inert(n, 60) for n in list(loaded)[:10]]
+        have = ", ".join(names) + (", …" if len(loaded) > 10 else "") if names else "none"
+        raise UsageError(f"The server at {client.url} has no model '{inert(label)}' loaded (it has {have}).",
+                         "Pick one with --model.")
     if ui is not None:
-        ui.info(f"[green]✓[/] Using {label} ({info['describe']['model']['id']}) on the server at {client.url} "
-                f"({info['facts']['device']}, {info['dtype']})")
+        from rich.text import Text
+
+        # A Text is printed as it is: no markup, no emoji codes, whatever the server named things.
+        ui.info(Text.assemble(("✓", "green"), f" Using {inert(label)} ({inert(info['describe']['model']['id'])}) on "
+                              f"the server at {client.url} ({inert(info['facts']['device'])}, {info['dtype']})"))
     return RemoteEngine(client, label, info), RemoteModel(info)
+

@@ -1,0 +1,249 @@
+"""Reading a file the user points at (replay's FILE, a sidecar beside an image) without trusting it.
+
+- It is opened non-blocking and checked for what it is before a byte is read: a regular file, or a
+  pipe (`spo replay <(cat x.json)`, a named FIFO); a folder, a device (`/dev/zero`), a socket, a
+  symbolic link loop or a dangling link each get their own sentence.
+- A pipe is read with a size bound and a deadline, so a FIFO with no writer (read at once as
+  empty) or a writer that never writes cannot hang the command.
+- What it holds is told by its first bytes, not its name: a JPEG named `.png` is read as the JPEG
+  it is, and a message about it says so.
+- A PNG's text chunks are read by walking its chunks and skipping the image data, so no pixel is
+  decoded: a 100-megapixel PNG costs its text, not its pixels (and PIL's decompression-bomb
+  warning never fires).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import stat
+import struct
+import time
+import zlib
+from pathlib import Path
+
+from spo_cli.errors import UsageError
+
+PIPE_WAIT_S = 30.0  # how long a pipe gets to deliver what it holds (`<(ssh host cat x.json)` is slow)
+JSON_MAX_BYTES = 1 << 20  # a sidecar with the longest prompts spo takes is under 150 kB
+PIPE_MAX_BYTES = 1 << 30  # an image through a pipe is read through to its text chunks, to this much
+TEXT_CHUNK_MAX_BYTES = 1 << 20  # a PNG text chunk, compressed or not; spo's own are a few kB
+PNG_CHUNKS_MAX = 100_000  # chunks walked in one PNG (a real one has tens, or thousands of IDATs)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_NAMES = {"png": "a PNG", "jpeg": "a JPEG", "webp": "a WebP", None: "neither a PNG, a JPEG nor a WebP"}
+_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def sniff(head: bytes) -> str | None:
+    """The image format of a file from its first 12 bytes: png, jpeg, webp, or None."""
+    if head.startswith(PNG_SIGNATURE):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def misnamed(path: Path, kind: str | None) -> str:
+    """' (it is a JPEG, named .png)' when the name promises another image format than the content."""
+    named = _SUFFIXES.get(path.suffix.lower())
+    if named is None or named == kind:
+        return ""
+    return f" (it is {_NAMES[kind]}, named {path.suffix})"
+
+
+class Source:
+    """An open file to read from: a regular file (seekable) or a pipe (bounded, with a deadline)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd = _open(self.path)
+        self.pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
+        self.deadline = time.monotonic() + PIPE_WAIT_S
+        self.taken = 0  # bytes read from a pipe so far
+        self._ahead = b""  # read to sniff, not yet consumed
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+    def head(self, n: int = 12) -> bytes:
+        if len(self._ahead) < n:
+            self._ahead += self._read(n - len(self._ahead))
+        return self._ahead[:n]
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes; fewer only at the end of the file."""
+        taken, self._ahead = self._ahead[:n], self._ahead[n:]
+        return taken + (self._read(n - len(taken)) if n > len(taken) else b"")
+
+    def skip(self, n: int) -> int:
+        """Pass over `n` bytes; how many there were."""
+        ahead = min(n, len(self._ahead))
+        self._ahead = self._ahead[ahead:]
+        n -= ahead
+        if not self.pipe:
+            here = os.lseek(self.fd, 0, os.SEEK_CUR)
+            end = os.fstat(self.fd).st_size
+            os.lseek(self.fd, min(here + n, end), os.SEEK_SET)
+            return ahead + min(n, max(0, end - here))
+        skipped = 0
+        while skipped < n:
+            piece = self._read(min(n - skipped, 1 << 20))
+            if not piece:
+                break
+            skipped += len(piece)
+        return ahead + skipped
+
+    def read_all(self, limit: int, what: str) -> bytes:
+        data = self.read(limit + 1)
+        if len(data) > limit:
+            raise UsageError(f"{self.path} is larger than {limit:,} bytes, more than any {what} spo writes.")
+        return data
+
+    def _read(self, n: int) -> bytes:
+        if not self.pipe:
+            out = []
+            while n > 0:
+                piece = os.read(self.fd, min(n, 1 << 24))
+                if not piece:
+                    break
+                out.append(piece)
+                n -= len(piece)
+            return b"".join(out)
+        out = []
+        while n > 0:
+            if self.taken >= PIPE_MAX_BYTES:
+                raise UsageError(f"{self.path} is a pipe that sent more than {PIPE_MAX_BYTES:,} bytes "
+                                 "without the metadata spo looks for.")
+            try:
+                piece = os.read(self.fd, min(n, 1 << 20, PIPE_MAX_BYTES - self.taken))
+            except BlockingIOError:  # the writer is there but has sent nothing yet
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise UsageError(f"{self.path} is a pipe that sent nothing more for {PIPE_WAIT_S:g} s.",
+                                     "Replay reads a pipe (e.g. <(cat x.json)) only while its writer sends; give "
+                                     "the file itself instead.") from None
+                select.select([self.fd], [], [], left)
+                continue
+            if not piece:  # end of file: the writer closed it, or no writer had it open
+                break
+            self.taken += len(piece)
+            out.append(piece)
+            n -= len(piece)
+        return b"".join(out)
+
+
+def _open(path: Path) -> int:
+    """A read-only, non-blocking descriptor of `path`, if it is a regular file or a pipe."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise _missing(path, e) from None
+    _refuse_kind(path, st.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise _missing(path, e) from None
+    try:
+        _refuse_kind(path, os.fstat(fd).st_mode)  # what was opened, if the name changed meanwhile
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _missing(path: Path, e: OSError) -> UsageError:
+    if e.errno == errno.ELOOP:
+        return UsageError(f"{path} is a symbolic link loop (a link that leads back to itself).",
+                          "Point it at the sidecar or image it stands for.")
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(path):
+            return UsageError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist.")
+        return UsageError(f"{path} does not exist.")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return UsageError(f"{path} cannot be read (permission denied).")
+    return UsageError(f"{path} cannot be read ({e.strerror or e}).")
+
+
+def _refuse_kind(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path} is a folder.", "Replay takes one image or sidecar .json file.")
+    what = "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+        "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+    raise UsageError(f"{path} is {what}, not a file.", "Replay takes one image or sidecar .json file.")
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG text chunks, without the pixels
+
+
+class NotPNG(Exception):
+    """The file starts as a PNG but its chunks are not a PNG's."""
+
+
+def png_text(src: Source) -> dict[str, str]:
+    """The tEXt, zTXt and iTXt chunks of the PNG `src` (positioned at its start), by keyword.
+
+    Image data is skipped, never decoded; a chunk whose CRC is wrong is damage (NotPNG), a text
+    chunk too large for spo's metadata is passed over. A file cut short keeps what came before."""
+    if src.read(8) != PNG_SIGNATURE:
+        raise NotPNG("no PNG signature")
+    text: dict[str, str] = {}
+    for n in range(PNG_CHUNKS_MAX):
+        head = src.read(8)
+        if len(head) < 8:
+            if n == 0:
+                raise NotPNG("no IHDR header")
+            return text  # cut short: what came before still counts, as PIL has it
+        length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+        if not kind.isalpha() or length > 0x7FFFFFFF or (n == 0 and kind != b"IHDR"):
+            raise NotPNG("no IHDR header" if n == 0 else f"a damaged chunk header after {n} chunks")
+        if kind == b"IEND":
+            return text
+        if kind in (b"tEXt", b"zTXt", b"iTXt", b"IHDR") and length <= TEXT_CHUNK_MAX_BYTES:
+            data = src.read(length)
+            crc = src.read(4)
+            if len(data) < length or len(crc) < 4:
+                return text
+            if struct.unpack(">I", crc)[0] != zlib.crc32(kind + data):
+                raise NotPNG(f"a damaged {kind.decode()} chunk (its CRC does not match)")
+            if kind != b"IHDR":
+                item = _text_chunk(kind, data)
+                if item is not None:
+                    text.setdefault(*item)
+        elif src.skip(length + 4) < length + 4:
+            return text
+    return text
+
+
+def _text_chunk(kind: bytes, data: bytes) -> tuple[str, str] | None:
+    """(keyword, text) of one text chunk, or None when it is malformed (as PIL passes over it)."""
+    try:
+        key, rest = data.split(b"\0", 1)
+        if kind == b"tEXt":
+            value = rest
+        elif kind == b"zTXt":
+            value = _inflate(rest[1:]) if rest[:1] == b"\0" else None
+        else:
+            flag, method, rest = rest[0], rest[1], rest[2:]
+            _lang, _translated, value = rest.split(b"\0", 2)
+            if flag:
+                value = _inflate(value) if method == 0 else None
+        if value is None:
+            return None
+        return key.decode("latin-1"), value.decode("utf-8" if kind == b"iTXt" else "latin-1")
+    except (ValueError, IndexError, zlib.error):
+        return None
+
+
+def _inflate(data: bytes) -> bytes | None:
+    d = zlib.decompressobj()
+    out = d.decompress(data, TEXT_CHUNK_MAX_BYTES)
+    return None if d.unconsumed_tail else out  # more than any text spo reads: passed over
