@@ -336,12 +336,15 @@ def test_the_gallery_reads_only_small_regular_sidecars_inside_out(tmp_path):
 def test_outputs_serves_only_regular_files_inside_out(tmp_path):
     app, _ = make_app(tmp_path)
     Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "good.txt").write_text("not an output")
     os.mkfifo(tmp_path / "fifo.png")
     (tmp_path / "dev.png").symlink_to("/dev/zero")
     assert call(app, "GET", "/outputs/good.png")[0] == 200
     for name in ("fifo.png", "dev.png", "../good.png", "nothing.png", "good.txt"):
         status, body, _ = call(app, "GET", f"/outputs/{name}")
         assert status == 404 and body["error"]["field"] == "path", name
+    status, body, _ = call(app, "GET", "/spo/v1/gallery?limit=abc")  # FastAPI's own check, as JSON naming it
+    assert status == 400 and body["error"]["field"] == "limit"
 
 
 # -- What every endpoint answers when no image was made ---------------------------------------------
