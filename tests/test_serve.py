@@ -502,8 +502,8 @@ def test_interrupt_reaches_a_call_still_waiting_for_company_and_no_later_one(ser
     assert request(url + "/sdapi/v1/progress")[1]["state"]["interrupted"] is False
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(request, url + OPENAI, {"prompt": "alone", "size": "64x64", "steps": 100})
-        wait_for(lambda: server.server.worker.queued or request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"],
-                 "the job to be queued or started", 0.01)
+        wait_for(lambda: server.server.worker.queued
+                 or request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"], "the job to start", 0.01)
         assert request(url + "/sdapi/v1/interrupt", {})[0] == 200  # waiting for company, or just started
         assert job.result()[0] == 409
     status, body, _ = request(url + OPENAI, {"prompt": "after", "size": "64x64", "steps": 1})
@@ -610,7 +610,8 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(spawned):
 
 
 CHROMIUM = "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason="needs Debian's chromium (.ci/run installs it)")
 
 
 def launch(p, *args: str):
@@ -795,7 +796,8 @@ def test_another_site_can_neither_make_images_nor_read_the_gallery(server):
             page.goto(url + "/")
             page.wait_for_function("() => document.getElementById('status').textContent.startsWith('ready')")
             status, made, listing = page.evaluate("""async () => {
-                const r = await fetch('/v1/images/generations', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                const r = await fetch('/v1/images/generations', {method: 'POST',
+                    headers: {'Content-Type': 'application/json'},
                     body: JSON.stringify({prompt: 'made by the page', size: '64x64', steps: 1, seed: 4343})});
                 const body = await r.json();
                 const g = await (await fetch('/spo/v1/gallery?limit=500')).json();

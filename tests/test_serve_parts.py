@@ -363,6 +363,19 @@ def test_a_request_with_some_images_made_is_answered_with_them():
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
 
 
+def test_a1111_options_are_checked_then_ignored(tmp_path):
+    """A1111 clients set options; here each is named as ignored, and the body is checked first, since
+    its keys are echoed back."""
+    app, _ = make_app(tmp_path)
+    status, body, _ = post(app, "/sdapi/v1/options", {"sd_model_checkpoint": "x", "CLIP_stop_at_last_layers": 2})
+    assert status == 200 and [w.split("'")[1] for w in body["warnings"]] == ["CLIP_stop_at_last_layers",
+                                                                           "sd_model_checkpoint"]
+    status, body, _ = call(app, "POST", "/sdapi/v1/options", {"Content-Type": "application/json"}, b'{"\\ud800": 1}')
+    assert status == 400 and "surrogate" in body["error"]["message"]
+    status, body, _ = call(app, "GET", "/sdapi/v1/options")
+    assert status == 200 and body["sd_model_checkpoint"] == "spo" and body["outdir_txt2img_samples"] == str(tmp_path)
+
+
 # -- spo serve's options ------------------------------------------------------------------------------
 
 def invoke(*args: str, env: dict | None = None):

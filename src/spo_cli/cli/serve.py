@@ -41,9 +41,6 @@ JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), no
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 CONNECTIONS_MAX = 512
-# A token is a line of text, so a file longer than this is not one (--token-file /dev/zero would
-# otherwise be read for ever).
-TOKEN_FILE_MAX_BYTES = 4096
 HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?")
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # scheme://host[:port]
@@ -65,13 +62,13 @@ def read_token(token_file: str | None) -> str | None:
         path = Path(os.path.expanduser(token_file))
         try:
             with open(path, "rb") as f:  # a pipe (`--token-file <(pass spo)`) is fine; it is read, bounded
-                data = _read_at_most(f, TOKEN_FILE_MAX_BYTES + 1)
+                data = _read_at_most(f, validate.TOKEN_FILE_MAX_BYTES + 1)
         except OSError as e:
             raise UsageError(f"--token-file {token_file} cannot be read ({e.strerror or type(e).__name__}).",
                              hint) from None
-        if len(data) > TOKEN_FILE_MAX_BYTES:
-            raise UsageError(f"--token-file {token_file} holds more than {TOKEN_FILE_MAX_BYTES:,} bytes, so it is "
-                             "not a token.", hint)
+        if len(data) > validate.TOKEN_FILE_MAX_BYTES:
+            raise UsageError(f"--token-file {token_file} holds more than {validate.TOKEN_FILE_MAX_BYTES:,} bytes, "
+                             "so it is not a token.", hint)
         token, where = data.decode("latin-1").strip(), f"--token-file {token_file}"
     else:
         token, where = os.environ.get("SPO_TOKEN", "").strip(), "SPO_TOKEN"
@@ -154,7 +151,8 @@ def serve(
                              "or path; addresses of this machine need none).")
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
-                   allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device, dtype=dtype, fast=fast, offload=offload)
+                   allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
+                   dtype=dtype, fast=fast, offload=offload)
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -178,8 +176,8 @@ class Server:
 
 def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
-          cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None, device: str = "auto",
-          dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
+          cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
+          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
