@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -32,6 +33,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 
 SIZE = {"width": 64, "height": 64}
 TOKEN = "a-test-token-0123456789"
+WAIT = 300  # a deadline for every polling loop: long against a busy machine, short against a hang
+
+
+def wait_for(condition, what: str, every: float = 0.05):
+    """Poll `condition` until it is true (and return its value), or fail once WAIT seconds have passed."""
+    deadline = time.monotonic() + WAIT
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"waited {WAIT} s for {what}"
+        time.sleep(every)
+    return value
 
 
 def invoke(*args: str):
@@ -52,6 +63,20 @@ def request(url: str, body=None, *, method: str | None = None, headers: dict | N
         return status, json.loads(text), hdrs
     except ValueError:
         return status, text.decode("utf-8", "replace"), hdrs
+
+
+def metrics(url: str) -> dict[tuple, float]:
+    """/metrics parsed by prometheus_client's own parser: {(name, (label, value)…): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text, _ = request(url + "/metrics")
+    assert status == 200, text
+    return {(s.name, *sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(url: str, name: str, **labels) -> float:
+    return metrics(url).get((name, *sorted(labels.items())), 0.0)
 
 
 def png_pixels(data: bytes) -> np.ndarray:
@@ -77,14 +102,15 @@ class Running:
         if worker:
             self.server.worker.start()
         self.thread.start()
-        while not self.uvicorn.started:
-            time.sleep(0.01)
+        wait_for(lambda: self.uvicorn.started, "uvicorn to start", 0.01)
         return self
 
     def ready(self) -> Running:
-        while request(self.url + "/health")[0] != 200:
+        def loaded():
             assert not self.server.worker.load_error, self.server.worker.load_error
-            time.sleep(0.05)
+            return request(self.url + "/health")[0] == 200
+
+        wait_for(loaded, "the model to load")
         return self
 
     def stop(self) -> None:
@@ -104,8 +130,7 @@ def another_app(running: Running, settings):
                                         log_level="warning", lifespan="off"))
     thread = threading.Thread(target=app.run, daemon=True)
     thread.start()
-    while not app.started:
-        time.sleep(0.01)
+    wait_for(lambda: app.started, "uvicorn to start", 0.01)
     try:
         yield f"http://127.0.0.1:{app.servers[0].sockets[0].getsockname()[1]}"
     finally:
@@ -113,10 +138,31 @@ def another_app(running: Running, settings):
         thread.join()
 
 
+@pytest.fixture(scope="session")
+def spawned(hub_cache, tmp_path_factory):
+    """`spo serve` in a process of its own, for the SIGTERM test. Starting it (importing torch and diffusers,
+    loading the model: nearly all of that test's time) overlaps the tests before it, as `server` asks
+    for it first."""
+    folder = tmp_path_factory.mktemp("spawned")
+    # --debug: uvicorn logs every request, and none of it may reach stdout (--json: one line there). Its
+    # stderr goes to a file: a pipe nobody reads until the end could fill and stop the server.
+    # One OpenMP thread: it waits beside the other tests, and threads that outnumber the free cores
+    # spin-wait on each other (a call of the tiny model went from a second to minutes on a busy machine).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(folder / "stderr.log", "w") as log:
+        proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(folder / "out"),
+                                 "--json", "--debug", "--max-queue", "2"], stdout=subprocess.PIPE, stderr=log, text=True,
+                                env=env)
+    yield proc, folder
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 # Session-scoped, not module-scoped: under xdist a worker may run other modules' tests between these,
 # and pytest would tear a module's server down and load its pipeline again each time.
 @pytest.fixture(scope="session")
-def server(hub_cache, tmp_path_factory):
+def server(hub_cache, tmp_path_factory, spawned):
     # Batches of up to 2 images, gathered for up to 0.3 s: long enough that two requests sent together
     # share a call on a busy machine, short against a pipeline call.
     s = Running(tmp_path_factory.mktemp("serve"), batch_size=2, batch_wait_ms=300, max_queue=4).start().ready()
@@ -173,13 +219,13 @@ def test_answers_are_spo_generate_pixels_with_the_same_metadata(server, tmp_path
 
 
 def test_requests_of_one_shape_share_a_call_and_keep_their_pixels(server):
-    before = server.server.worker.stats.batched
+    before = metric(server.url, "spo_batched_images_total", model="spo")
     body = {"prompt": "a lighthouse in a storm", "steps": 2, "size": "64x64"}
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda seed: request(server.url + "/v1/images/generations", {**body, "seed": seed}),
                                 (11, 12)))
     assert [a[0] for a in answers] == [200, 200]
-    assert server.server.worker.stats.batched - before == 2  # one call held both requests' images
+    assert metric(server.url, "spo_batched_images_total", model="spo") - before == 2  # one call held both
     alone = [request(server.url + "/v1/images/generations", {**body, "seed": s, "n": 1})[1] for s in (11,)]
     together = png_pixels(base64.b64decode(answers[0][1]["data"][0]["b64_json"]))
     assert np.abs(together - png_pixels(base64.b64decode(alone[0]["data"][0]["b64_json"]))).max() <= 1
@@ -202,20 +248,23 @@ def test_a1111_endpoints_progress_interrupt_and_a_full_queue(server):
     slow = {"prompt": "a slow one", "n": 4, "size": "64x64", "steps": 200, "seed": 1}
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(request, url + "/v1/images/generations", slow)
-        seen = []
-        while not seen or seen[-1]["state"]["sampling_step"] < 3:
-            seen.append(request(url + "/sdapi/v1/progress")[1])
+        def stepping():
             assert not job.done(), job.result()
-            time.sleep(0.05)
-        p = seen[-1]
+            p = request(url + "/sdapi/v1/progress")[1]
+            return p if p["state"]["sampling_step"] >= 3 else None
+
+        p = wait_for(stepping, "the slow job's third step")
         assert 0 < p["progress"] < 1 and p["eta_relative"] > 0 and p["state"]["sampling_steps"] == 200
         status, body, headers = request(url + "/v1/images/generations", {**slow, "n": 3})
         assert status == 429 and headers["Retry-After"] and "busy" in body["error"]["message"]
         assert request(url + "/sdapi/v1/interrupt", {})[0] == 200
-        while not job.done():  # the job's second call, once it runs, is interrupted too
+
+        def interrupted():  # the job's second call, once it runs, is interrupted too
             if request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1:
                 assert request(url + "/sdapi/v1/interrupt", {})[0] == 200
-            time.sleep(0.05)
+            return job.done()
+
+        wait_for(interrupted, "the job to be interrupted")
         status, body, _ = job.result()
     # Every image of the job was interrupted: no image, and it says why.
     assert status == 409 and "interrupted" in body["error"]["message"], body
@@ -227,25 +276,20 @@ def test_a_client_that_goes_away_has_its_queued_images_dropped(server):
 
     url = server.url
     worker = server.server.worker
-    made = worker.stats.images
+    made = metric(url, "spo_images_total", model="spo")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(request, url + OPENAI, {"prompt": "in flight", "n": 2, "size": "64x64", "steps": 200})
-        while request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 1:
-            time.sleep(0.05)
+        wait_for(lambda: request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1, "the first step")
         host, port = url.removeprefix("http://").split(":")
         gone = http.client.HTTPConnection(host, int(port))
         gone.request("POST", OPENAI, json.dumps({"prompt": "queued, then abandoned", "n": 3, "size": "64x64",
                                                  "steps": 1}), {"Content-Type": "application/json"})
-        while worker.queued < 3:
-            time.sleep(0.02)
+        wait_for(lambda: worker.queued >= 3, "the second request to be queued", 0.02)
         gone.close()  # the client goes away before its turn
-        while worker.queued:
-            time.sleep(0.05)
-        while not slow.done():
-            request(url + "/sdapi/v1/interrupt", {})
-            time.sleep(0.05)
+        wait_for(lambda: not worker.queued, "the abandoned images to be dropped")
+        wait_for(lambda: request(url + "/sdapi/v1/interrupt", {}) and slow.done(), "the slow job to end")
     assert slow.result()[0] == 409
-    assert worker.stats.images == made  # neither the interrupted images nor the abandoned ones were made
+    assert metric(url, "spo_images_total", model="spo") == made  # neither interrupted nor abandoned ones were made
 
 
 # At least 30 requests a hostile or careless client sends: each is a 4xx with a JSON error that
@@ -298,6 +342,10 @@ HOSTILE = [
     (A1111, {"prompt": "a fox", "scheduler": "Karras"}, 400, "scheduler"),  # a schedule type with no sampler
     (A1111, {"prompt": "(" * 400 + "a fox" + ")" * 400}, 400, "prompt"),  # 1.1 ** 400: NaN images
     (OPENAI, {"prompt": "a fox", "size": "\u00b2x\u00b2"}, 400, "size"),  # digits to str.isdigit, not to int()
+    (OPENAI, {"prompt": "a fox", "size": "64x64junk"}, 400, "size"),
+    (OPENAI, {"prompt": "a fox", "size": "64x64", "width": 64}, 400, "width"),
+    (A1111, {"prompt": "a fox", "sampler_name": "DPMSolverMultistepScheduler"}, 400, "sampler_name"),
+    (A1111, {"prompt": "a fox", "sampler_name": "AEvilScheduler"}, 400, "sampler_name"),
     (OPENAI, {"prompt": "a fox", "x": [[[[[[[[[[[[[[[[[[[["a"]]]]]]]]]]]]]]]]]]]]}, 400, "x[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]"),
     # on this CPU-only server, noise on a GPU is refused by the worker, before any denoising
     (OPENAI, {"prompt": "a fox", "generator_device": "cuda", "size": "64x64", "steps": 1}, 400, "generator_device"),
@@ -317,7 +365,7 @@ def test_hostile_request(server, path, body, status, field):
 
 def test_hostile_transport(server, tmp_path):
     url = server.url
-    calls = server.server.worker.stats.calls
+    calls = metric(url, "spo_pipeline_calls_total", model="spo")
     cases = [
         (request(url + OPENAI, raw=b"{not json"), 400),
         # echoed back in answers or warnings, so refused before anything is made
@@ -327,6 +375,7 @@ def test_hostile_transport(server, tmp_path):
         (request(url + OPENAI, raw=b"[" * 200_000 + b"]" * 200_000), 400),
         (request(url + "/spo/v1/gallery?limit=abc"), 400),
         (request(url + OPENAI, raw=b'{"prompt": "a fox", "steps": NaN}'), 400),
+        (request(url + A1111, raw=b'{"prompt": "a fox", "steps": 1, "width": 64, "height": 64, "zz": 1e999}'), 400),
         (request(url + OPENAI, raw=b"\xff\xfe"), 400),
         (request(url + OPENAI, raw=b'{"prompt": "' + b"x" * (1 << 20) + b'"}'), 413),
         (request(url + OPENAI, method="GET"), 405),
@@ -345,17 +394,17 @@ def test_hostile_transport(server, tmp_path):
     cases.append((request(url + "/outputs/link.json"), 404))
     for (status, body, _), want in cases:
         assert status == want and isinstance(body, dict) and body["error"]["message"], (want, status, body)
-    assert server.server.worker.stats.calls == calls  # none of it reached the pipeline
+    assert metric(url, "spo_pipeline_calls_total", model="spo") == calls  # none of it reached the pipeline
 
     # A client that goes away in the middle of its body is not a server error.
     import socket
 
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as half:
-        half.sendall(b"POST " + OPENAI.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"pro")
-    while "code=\"499\"" not in request(url + "/metrics")[1]:
-        time.sleep(0.05)
-    assert 'path="/v1/images/generations",code="500"' not in request(url + "/metrics")[1]
+        half.sendall(b"POST " + OPENAI.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"pro")
+    wait_for(lambda: metric(url, "spo_http_requests_total", path=OPENAI, code="499"), "the 499 to be counted")
+    assert metric(url, "spo_http_requests_total", path=OPENAI, code="500") == 0
 
 
 def test_the_gallery_passes_over_what_spo_did_not_write(server, tmp_path):
@@ -376,22 +425,75 @@ def test_the_gallery_passes_over_what_spo_did_not_write(server, tmp_path):
     assert (odd["scheduler"], odd["model"], odd["seed"]) == (None, None, None)  # wrong types read as absent
 
 
+def test_other_hosts_other_origins_and_other_bodies_are_refused_over_http(server):
+    """The guard in front of the real server: DNS rebinding (Host), other sites (Origin) and bodies a page
+    can send without a preflight (text/plain) are refused before anything is read or made."""
+    url = server.url
+    calls = metric(url, "spo_pipeline_calls_total", model="spo")
+    good = {"prompt": "a fox", "size": "64x64", "steps": 1, "seed": 1}
+    status, body, _ = request(url + "/spo/v1/gallery", headers={"Host": "evil.example:" + url.rsplit(":", 1)[1]})
+    assert status == 421 and body["error"]["field"] == "Host" and "images" not in body
+    status, body, _ = request(url + OPENAI, good, headers={"Origin": "http://evil.example"})
+    assert status == 403 and body["error"]["field"] == "Origin"
+    status, body, _ = request(url + OPENAI, good, headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in body["error"]["message"]
+    status, body, _ = request(url + A1111, good, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415 and body["error"]["field"] == "Content-Type"
+    assert metric(url, "spo_pipeline_calls_total", model="spo") == calls
+    status, body, _ = request(url + OPENAI, {}, headers={"Origin": url, "Host": url.removeprefix("http://")})
+    assert status == 400 and body["error"]["field"] == "prompt"  # the page's own origin passes
+
+
+def test_the_gallery_never_blocks_on_what_is_in_out(server):
+    """A FIFO named like a sidecar (which hung every later gallery request), a link to /dev/zero (which
+    grew the server without end) and a 1 GiB sparse sidecar: passed over, and the answer comes."""
+    out = server.server.settings.out
+    odd = [out / "zz-fifo.json", out / "zz-zero.json", out / "zz-sparse.json"]
+    os.mkfifo(odd[0])
+    odd[1].symlink_to("/dev/zero")
+    with open(odd[2], "wb") as f:
+        f.write(b'{"file": "x.png"')
+        f.truncate(1 << 30)
+    try:
+        for _ in range(3):  # more than once: a blocked read used to hold an executor thread for good
+            status, listing, _ = request(server.url + "/spo/v1/gallery?limit=500")
+            assert status == 200 and not {i["file"] for i in listing["images"]} & {p.name for p in odd}
+        assert request(server.url + "/outputs/zz-fifo.json")[0] == 404
+    finally:
+        for path in odd:
+            path.unlink()
+
+
 def test_metrics_health_page_and_outputs(server):
-    # Two images of its own: the test must not depend on which tests ran before it on this worker.
-    made = request(server.url + OPENAI, {"prompt": "for the metrics", "n": 2, "size": "64x64", "steps": 1})
+    """/metrics read with prometheus_client's own parser, before and after known requests."""
+    url = server.url
+    before = metrics(url)
+
+    def grew(after: dict, key: tuple) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    made = request(url + OPENAI, {"prompt": "for the metrics", "n": 2, "size": "64x64", "steps": 1, "seed": 5})
     assert made[0] == 200, made
-    status, text, headers = request(server.url + "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    assert float(values["spo_images_total"]) >= 1 and values["spo_ready"] == "1"
-    assert {"spo_queue_depth", "spo_image_failures_total", "spo_image_seconds_sum", "spo_image_seconds_count"} <= set(values)
-    status, page, headers = request(server.url + "/")
+    request(url + "/no/such/page")
+    request(url + "/outputs/" + made[1]["spo"]["files"][0])
+    after = metrics(url)
+    spo = ("model", "spo")
+    assert grew(after, ("spo_images_total", spo)) == 2
+    assert grew(after, ("spo_pipeline_calls_total", spo)) == 1  # --batch-size 2: one call for both
+    assert grew(after, ("spo_batched_images_total", spo)) == 0  # one request's images: not batching
+    assert grew(after, ("spo_image_failures_total", spo)) == 0
+    assert grew(after, ("spo_call_seconds_count", spo)) == 1 and grew(after, ("spo_call_seconds_sum", spo)) > 0
+    assert grew(after, ("spo_queue_wait_seconds_count", spo)) == 2
+    assert grew(after, ("spo_http_requests_total", ("code", "200"), ("path", OPENAI))) == 1
+    assert grew(after, ("spo_http_requests_total", ("code", "404"), ("path", "other"))) == 1
+    assert grew(after, ("spo_http_requests_total", ("code", "200"), ("path", "/outputs/{name:path}"))) == 1
+    assert after[("spo_ready",)] == 1 and after[("spo_queue_depth",)] == 0
+
+    status, page, headers = request(url + "/")
     assert status == 200 and "<title>spo serve</title>" in page and "http://" not in page.split("<script>")[1]
-    status, listing, _ = request(server.url + "/spo/v1/gallery?limit=2")
+    status, listing, _ = request(url + "/spo/v1/gallery?limit=2")
     assert status == 200 and len(listing["images"]) == 2
-    first = listing["images"][0]
-    status, data, headers = urllib.request.urlopen(server.url + first["url"]).status, None, None
-    assert status == 200
+    assert urllib.request.urlopen(url + listing["images"][0]["url"], timeout=WAIT).status == 200
 
 
 def test_interrupt_reaches_a_call_still_waiting_for_company_and_no_later_one(server):
@@ -400,8 +502,8 @@ def test_interrupt_reaches_a_call_still_waiting_for_company_and_no_later_one(ser
     assert request(url + "/sdapi/v1/progress")[1]["state"]["interrupted"] is False
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(request, url + OPENAI, {"prompt": "alone", "size": "64x64", "steps": 100})
-        while not (server.server.worker.queued or request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"]):
-            time.sleep(0.01)
+        wait_for(lambda: server.server.worker.queued
+                 or request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"], "the job to start", 0.01)
         assert request(url + "/sdapi/v1/interrupt", {})[0] == 200  # waiting for company, or just started
         assert job.result()[0] == 409
     status, body, _ = request(url + OPENAI, {"prompt": "after", "size": "64x64", "steps": 1})
@@ -462,29 +564,33 @@ def test_a_token_is_required_off_loopback(server, tmp_path):
         assert request(url + OPENAI, body, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
         assert request(url + "/sdapi/v1/progress")[0] == 401
         assert request(url + "/outputs/x.png")[0] == 401
+        assert request(url + "/spo/v1/gallery")[0] == 401 and request(url + "/spo/v1/info")[0] == 401
+        assert request(url + OPENAI, body, headers={"Authorization": f"Basic {TOKEN}"})[0] == 401
         assert request(url + "/health")[0] == 200 and request(url + "/")[0] == 200  # no data in either
+        assert request(url + "/health", headers={"Host": "evil.example"})[0] == 421  # rebinding: token or not
         status, answer, _ = request(url + OPENAI, body, headers={"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and len(answer["data"]) == 1
 
 
-def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache, tmp_path):
-    proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(tmp_path / "out"),
-                             "--json", "--max-queue", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(spawned):
+    proc, folder = spawned
+    out, log = folder / "out", folder / "stderr.log"
     try:
         started = json.loads(proc.stdout.readline())  # --json: one line, once listening
         url = started["url"]
         assert url.startswith("http://127.0.0.1:") and started["models"] == ["spo"], started
-        while request(url + "/health")[0] != 200:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
+
+        def ready():
+            assert proc.poll() is None, log.read_text()
+            return request(url + "/health")[0] == 200
+
+        wait_for(ready, "the model to load", 0.1)
         slow = {"prompt": "a fox", "size": "64x64", "steps": 30, "seed": 3}
         with ThreadPoolExecutor(3) as pool:
             running = pool.submit(request, url + OPENAI, slow)
-            while request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 1:
-                time.sleep(0.05)
+            wait_for(lambda: request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1, "the first step")
             queued = [pool.submit(request, url + OPENAI, {**slow, "seed": s}) for s in (4, 5)]
-            while request(url + "/health")[1]["queued"] < 2:
-                time.sleep(0.05)
+            wait_for(lambda: request(url + "/health")[1]["queued"] >= 2, "two queued requests")
             status, body, headers = request(url + OPENAI, {**slow, "seed": 6})  # --max-queue 2: full
             assert status == 429 and headers["Retry-After"], body
             proc.send_signal(signal.SIGTERM)
@@ -493,16 +599,25 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(hub_cache,
             for q in queued:
                 status, body, headers = q.result()
                 assert status == 503 and headers["Retry-After"], body
-        proc.wait(timeout=HANG)
-        assert "Traceback" not in proc.stderr.read()
-        assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".json", ".png"]
+        proc.wait(timeout=WAIT)
+        assert proc.stdout.read() == ""  # uvicorn's access lines went to stderr
+        logged = log.read_text()
+        assert "Traceback" not in logged and '"POST /v1/images/generations HTTP/1.1" 200' in logged
+        assert sorted(p.suffix for p in out.iterdir()) == [".json", ".png"]
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
 
 
 CHROMIUM = "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason="needs Debian's chromium (.ci/run installs it)")
+
+
+def launch(p, *args: str):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", *args])
 
 
 @pytest.fixture(scope="session")
@@ -526,7 +641,7 @@ def test_cors_only_for_the_origins_given(server, pair):
     status, _, headers = request(pair.url + OPENAI, method="OPTIONS", headers={**preflight, "Origin": "http://evil.example"})
     assert headers.get("Access-Control-Allow-Origin") is None
     status, _, headers = request(server.url + "/health", headers={"Origin": "http://client.example"})
-    assert status == 200 and headers.get("Access-Control-Allow-Origin") is None  # off unless --cors-origin
+    assert status == 403 and headers.get("Access-Control-Allow-Origin") is None  # off unless --cors-origin
 
 
 def test_no_save_keeps_images_out_of_the_folder(pair):
@@ -546,7 +661,7 @@ def test_no_save_keeps_images_out_of_the_folder(pair):
         assert status == 400 and body["error"]["field"] == "response_format"
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
+@needs_chromium
 def test_the_page_in_a_real_browser(pair):
     """Headless Chromium: type a prompt, click Generate, see the progress bar move and the images
     arrive, SPO and SDXL side by side, with their seed; the gallery already held the earlier image."""
@@ -554,10 +669,15 @@ def test_the_page_in_a_real_browser(pair):
 
     made = request(pair.url + OPENAI, {"prompt": "made before the page opened", "size": "64x64", "steps": 2})
     assert made[0] == 200, made
+    # A file whose name a shell would act on: its replay command must be quoted, not run, when pasted.
+    out = pair.server.settings.out
+    hostile = "y`touch${IFS}PWNED`$(id) 'q\";x.png"
+    first = made[1]["spo"]["files"][0]
+    (out / hostile).write_bytes((out / first).read_bytes())
+    sidecar = json.loads((out / first).with_suffix(".json").read_text())
+    (out / "zz-hostile.json").write_text(json.dumps({**sidecar, "file": hostile, "seed": 99}))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 800})
             page.set_default_timeout(HANG * 1000)  # a busy machine is slow, not broken
@@ -566,6 +686,12 @@ def test_the_page_in_a_real_browser(pair):
             page.goto(pair.url + "/")
             page.wait_for_selector("#gallery .card img")  # the earlier image, from --out
             before = page.locator("#gallery .card").count()
+            command = page.locator("#gallery .card[data-seed='99'] button").get_attribute("title")
+            path = f"{out}/{hostile}"
+            assert command == "spo replay " + shlex.quote(path) and shlex.split(command) == ["spo", "replay", path]
+            words = ["", "plain-name_1.png", "a b", "it's", "$HOME", "`id`", "$(id)", "a\nb", "caf\u00e9", "x;y", "\\",
+                     "'", "''", "\"", "*", "~user", "a!b", "%+=:,./-@"]
+            assert page.evaluate("words => words.map(shellQuote)", words) == [shlex.quote(w) for w in words]
             page.fill("#prompt", "a lighthouse in a storm, seen from the page")
             page.fill("#seed", "4242")
             page.fill("#steps", "40")  # long enough on the tiny model for the bar to be seen moving
@@ -589,6 +715,108 @@ def test_the_page_in_a_real_browser(pair):
                 page.screenshot(path=os.environ["SPO_SCREENSHOT"])
         finally:
             browser.close()
+
+
+@contextmanager
+def another_site():
+    """A page on another origin (another loopback port): the URL of its empty page."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = b"<!doctype html><title>another site</title><p>nothing to see"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{site.server_address[1]}/"
+    finally:
+        site.shutdown()
+
+
+# What a page on another site tries, run in its own origin: each answers what the page could learn.
+ATTACKS = """async (spo) => {
+  const body = JSON.stringify({prompt: "made by another site", size: "64x64", steps: 1, seed: 666});
+  const tries = {
+    simple: fetch(spo + "/v1/images/generations", {method: "POST", mode: "no-cors",
+                  headers: {"Content-Type": "text/plain"}, body}).then((r) => r.type),
+    form: fetch(spo + "/sdapi/v1/txt2img", {method: "POST", mode: "no-cors", body: new URLSearchParams({x: body})})
+          .then((r) => r.type),
+    json: fetch(spo + "/v1/images/generations", {method: "POST", headers: {"Content-Type": "application/json"}, body})
+          .then((r) => r.status),
+    gallery: fetch(spo + "/spo/v1/gallery").then((r) => r.text()),
+    info: fetch(spo + "/spo/v1/info").then((r) => r.text()),
+  };
+  const answers = {};
+  for (const [name, attempt] of Object.entries(tries)) {
+    answers[name] = await attempt.then((v) => String(v), (e) => "refused: " + e.name);
+  }
+  return answers;
+}"""
+
+
+@needs_chromium
+def test_another_site_can_neither_make_images_nor_read_the_gallery(server):
+    """Headless Chromium on a page of another origin: blind ("no-cors") and JSON POSTs make no image and
+    reading the gallery fails; a rebinding name (another site's name resolving to 127.0.0.1) reads only
+    a 421; spo's own page, on the same server, still makes images and reads its gallery."""
+    from playwright.sync_api import sync_playwright
+
+    url = server.url
+    port = url.rsplit(":", 1)[1]
+    before = metrics(url)
+    with another_site() as site, sync_playwright() as p:
+        browser = launch(p, "--host-resolver-rules=MAP rebind.test 127.0.0.1")
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(HANG * 1000)
+            page.goto(site)
+            answers = page.evaluate(ATTACKS, url)
+            assert answers["simple"] == answers["form"] == "opaque", answers  # sent blind, answered 403
+            for name in ("json", "gallery", "info"):
+                assert answers[name] == "refused: TypeError", answers  # no CORS for this origin: nothing read
+
+            # DNS rebinding: a name of the attacker's now points at 127.0.0.1, the page is same-origin.
+            response = page.goto(f"http://rebind.test:{port}/")
+            assert response.status == 421
+            status, text = page.evaluate("async () => { const r = await fetch('/spo/v1/gallery'); "
+                                         "return [r.status, await r.text()]; }")
+            assert status == 421 and "images" not in json.loads(text)
+
+            # spo's own page on the same server still works.
+            page.goto(url + "/")
+            page.wait_for_function("() => document.getElementById('status').textContent.startsWith('ready')")
+            status, made, listing = page.evaluate("""async () => {
+                const r = await fetch('/v1/images/generations', {method: 'POST',
+                    headers: {'Content-Type': 'application/json'},
+                    body: JSON.stringify({prompt: 'made by the page', size: '64x64', steps: 1, seed: 4343})});
+                const body = await r.json();
+                const g = await (await fetch('/spo/v1/gallery?limit=500')).json();
+                return [r.status, body.spo.seeds, g.images.map((i) => i.seed)];
+            }""")
+            assert status == 200 and made == [4343] and 4343 in listing and 666 not in listing
+        finally:
+            browser.close()
+    after = metrics(url)
+
+    def grew(code: str, path: str) -> float:
+        key = ("spo_http_requests_total", ("code", code), ("path", path))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    # the server itself refused them (the browser did send the blind ones and the preflight)
+    assert grew("403", OPENAI) == 2 and grew("403", A1111) == 1, after  # blind POST and the JSON one's preflight
+    assert grew("403", "/spo/v1/gallery") == 1 and grew("421", "/spo/v1/gallery") >= 1  # Chromium retries a 421
+    made = after[("spo_images_total", ("model", "spo"))] - before.get(("spo_images_total", ("model", "spo")), 0.0)
+    assert made == 1  # the page's own image, and no other
 
 
 def test_generate_and_batch_with_server_write_what_a_local_run_writes(server, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spo_cli.serve import api
@@ -90,3 +92,56 @@ def test_a_missing_extra_is_an_instruction(monkeypatch, blocked, command):
     assert r.exit_code == 2, r.output
     extra = "serve" if blocked == "uvicorn" else "score"
     assert f'pip install "spo-cli[{extra}]"' in " ".join(r.output.split()) and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("size", ["64x64junk", "64x64 ", " 64x64", "64x64\n", "64X64", "64x", "x64", "64*64",
+                                  "0064x0064x", "1024x1024x1024"])
+def test_a_size_is_exactly_width_x_height(size):
+    with pytest.raises(api.BadRequest) as e:
+        api.openai_job({"prompt": "a fox", "size": size}, CTX)
+    assert e.value.field == "size" and e.value.status == 400
+
+
+def test_a_size_and_a_width_are_not_both_given():
+    for extra in ({"width": 64}, {"height": 64}):
+        with pytest.raises(api.BadRequest) as e:
+            api.openai_job({"prompt": "a fox", "size": "64x64", **extra}, CTX)
+        assert e.value.field == next(iter(extra)) and "not both" in e.value.message
+    job = api.openai_job({"prompt": "a fox", "size": "auto", "width": 64, "height": 128}, CTX)
+    assert (job.images[0].width, job.images[0].height) == (64, 128)
+
+
+@pytest.mark.parametrize("parse", [api.openai_job, api.a1111_job, api.run_job])
+def test_numbers_anywhere_in_a_body_are_finite(parse):
+    """1e999 parses as infinity: refused wherever it is, even in a field spo ignores (A1111 echoes the
+    body back in `parameters`, which cannot hold it)."""
+    body = json.loads('{"prompt": "a fox", "images": [{"prompt": "a fox", "seed": 1}], "zz": [1, {"y": 1e999}]}')
+    with pytest.raises(api.BadRequest) as e:
+        parse(body, CTX)
+    assert e.value.field == "zz[1].y" and "finite" in e.value.message
+
+
+def test_batch_size_times_n_iter_may_reach_the_limit_exactly():
+    job, _ = api.a1111_job({"prompt": "a fox", "batch_size": 4, "n_iter": 2, "seed": 5}, CTX)  # 8, the server's limit
+    assert len(job.images) == 8
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "batch_size": 3, "n_iter": 3}, CTX)
+    assert e.value.field == "n_iter" and "9" in e.value.message
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "AEvilScheduler", "EulerDiscreteScheduler",
+                                  " DDIMScheduler "])
+def test_a_diffusers_class_is_not_an_a1111_sampler(name):
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "sampler_name": name}, CTX)
+    assert e.value.field == "sampler_name" and "not an A1111 sampler" in e.value.message
+    assert "DPM++ 2M" in e.value.message  # and what it could have been
+
+
+def test_seeds_refused_name_the_seed_field():
+    for parse, body in ((api.openai_job, {"prompt": "a fox", "seed": -5}), (api.a1111_job, {"prompt": "a", "seed": -2}),
+                        (api.openai_job, {"prompt": "a fox", "seed": 2**32 - 1, "n": 2}),
+                        (api.a1111_job, {"prompt": "a fox", "seed": "7"})):
+        with pytest.raises(api.BadRequest) as e:
+            parse(body, CTX)
+        assert e.value.field == "seed" and e.value.status == 400

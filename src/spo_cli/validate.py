@@ -34,6 +34,7 @@ ROWS_PER_PAGE_MAX = 1000
 PORT_MAX = 65535
 BATCH_WAIT_MS_MAX = 10_000  # spo serve: longer would only add latency
 TOKEN_MIN_CHARS = 16  # spo serve's bearer token: guessing it must not be practical
+TOKEN_FILE_MAX_BYTES = 4096  # a token is one line: a longer --token-file (/dev/zero) is not one, and is not read on
 WEIGHT_MAX = 65504.0  # float16's largest number: a prompt weight past it cannot be applied in half precision
 LORA_SCALE_USUAL = 2.0  # outside ±2 a LoRA mostly breaks the image; allowed, with a warning
 SDXL_MEGAPIXELS = (0.5, 2.0)  # outside this, warn: SDXL was trained around one megapixel

@@ -22,14 +22,18 @@ EXAMPLES = """[bold]Examples[/]
 
   spo serve --models spo,base                 # both, for the page's compare toggle
 
-  spo serve --host 0.0.0.0 --port 8000 --token-file ~/.spo-token   # a GPU box for a team
+  spo serve --host 0.0.0.0 --port 8000 --token-file ~/.spo-token --allow-host gpu-box   # a GPU box for a team
 
-  curl -s localhost:7860/v1/images/generations -d '{"prompt":"a red fox","n":2,"size":"1024x1024"}'
+  curl -s localhost:7860/v1/images/generations -H 'Content-Type: application/json' \\
+       -d '{"prompt":"a red fox","n":2,"size":"1024x1024"}'
 
-  curl -s localhost:7860/sdapi/v1/txt2img -d '{"prompt":"a red fox","steps":30,"cfg_scale":5,"seed":42}'
+  curl -s localhost:7860/sdapi/v1/txt2img -H 'Content-Type: application/json' \\
+       -d '{"prompt":"a red fox","steps":30,"cfg_scale":5,"seed":42}'
 
 [bold]Endpoints[/]: / (the page), /v1/images/generations (OpenAI), /sdapi/v1/txt2img, sd-models, samplers,
 options, progress, interrupt (AUTOMATIC1111), /health, /metrics (Prometheus), /outputs/<file>.
+Bodies are JSON sent as 'Content-Type: application/json'; pages of other sites and Host names other than
+loopback, --host and --allow-host are refused (see the README's Server section).
 Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answers queued requests with
 503; a second Ctrl-C abandons the call in flight.
 """
@@ -37,6 +41,8 @@ JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), no
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 CONNECTIONS_MAX = 512
+HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?")
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # scheme://host[:port]
 
 
@@ -51,21 +57,41 @@ def is_loopback(host: str) -> bool:
 
 def read_token(token_file: str | None) -> str | None:
     """The token from --token-file, else SPO_TOKEN; None when neither is given."""
+    hint = "Write the token on the file's first line: e.g. `openssl rand -hex 24 > ~/.spo-token`."
     if token_file is not None:
         path = Path(os.path.expanduser(token_file))
         try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--token-file {token_file} cannot be read ({type(e).__name__}).",
-                             "Write the token on the file's first line: e.g. `openssl rand -hex 24 > ~/.spo-token`.") from None
+            with open(path, "rb") as f:  # a pipe (`--token-file <(pass spo)`) is fine; it is read, bounded
+                data = _read_at_most(f, validate.TOKEN_FILE_MAX_BYTES + 1)
+        except OSError as e:
+            raise UsageError(f"--token-file {token_file} cannot be read ({e.strerror or type(e).__name__}).",
+                             hint) from None
+        if len(data) > validate.TOKEN_FILE_MAX_BYTES:
+            raise UsageError(f"--token-file {token_file} holds more than {validate.TOKEN_FILE_MAX_BYTES:,} bytes, "
+                             "so it is not a token.", hint)
+        token, where = data.decode("latin-1").strip(), f"--token-file {token_file}"
     else:
-        token = os.environ.get("SPO_TOKEN", "").strip() or None
-        if token is None:
+        token, where = os.environ.get("SPO_TOKEN", "").strip(), "SPO_TOKEN"
+        if not token:
             return None
-    if len(token) < validate.TOKEN_MIN_CHARS or any(c.isspace() for c in token) or not token.isprintable():
-        raise UsageError(f"The server token must be at least {validate.TOKEN_MIN_CHARS} printable characters "
-                         "with no spaces.", "E.g. `openssl rand -hex 24 > ~/.spo-token`.")
+    # Printable ASCII: HTTP clients encode a header as they please beyond it (curl sends UTF-8, browsers
+    # Latin-1), so any other character would work for some clients and not others.
+    if len(token) < validate.TOKEN_MIN_CHARS or not all("!" <= c <= "~" for c in token):
+        raise UsageError(f"The server token ({where}) must be at least {validate.TOKEN_MIN_CHARS} printable "
+                         "ASCII characters (letters, digits, punctuation) with no spaces.",
+                         "E.g. `openssl rand -hex 24 > ~/.spo-token`.")
     return token
+
+
+def _read_at_most(f, n: int) -> bytes:
+    chunks, size = [], 0
+    while size < n:
+        chunk = f.read(n - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
@@ -88,6 +114,10 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         help="Allow a browser page from this origin to call the API (repeatable). Default: none.",
         show_default=False)] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        help="Also answer requests that name this server so in their Host header (repeatable): a name on "
+        "your network or a proxy's. Default: loopback and the --host address only, against DNS rebinding.",
+        show_default=False)] = None,
     no_size_limit: o.NoSizeLimit = False,
     vae: o.Vae = None,
     device: o.Device = "auto",
@@ -96,7 +126,7 @@ def serve(
     offload: o.Offload = None,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
-    extras.require("serve", "spo serve", "fastapi", "uvicorn")
+    extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client")
     validate.integer(port, "port", low=0, high=validate.PORT_MAX)
     validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
     validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)
@@ -115,9 +145,14 @@ def serve(
     for origin in cors_origin or []:
         if origin != "*" and not ORIGIN.fullmatch(origin):
             raise UsageError(f"--cors-origin {origin!r} is not an origin such as https://example.org.")
+    for name in allow_host or []:
+        if not HOST_NAME.fullmatch(name):
+            raise UsageError(f"--allow-host {name!r} is not a host name such as gpu-box.lan (no scheme, port "
+                             "or path; addresses of this machine need none).")
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
-                   size_limit=not no_size_limit, vae=vae, device=device, dtype=dtype, fast=fast, offload=offload)
+                   allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
+                   dtype=dtype, fast=fast, offload=offload)
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -141,8 +176,8 @@ class Server:
 
 def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
-          cors_origins: list[str] = (), size_limit: bool = True, vae: str | None = None, device: str = "auto",
-          dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
+          cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
+          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
@@ -173,8 +208,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
     worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
                     debug=ui.debug)
     context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
-    settings = Settings(folder, context, token, list(cors_origins))
     bound_host, bound_port = sock.getsockname()[:2]
+    settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host)
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
     return Server(create_app(worker, settings), worker, settings, sock, url)
 
@@ -210,15 +245,33 @@ def run_server(server: Server, *, debug: bool = False) -> None:
             (worker.abandon if self.should_exit else worker.drain)()
             super().handle_exit(sig, frame)
 
+        async def on_tick(self, counter: int) -> bool:
+            # uvicorn asks this every 0.1 s whether to stop. The worker's own state is read here, so a
+            # model that fails to load at any moment (before uvicorn starts or after) ends the server:
+            # a callback set once the worker is running would miss a failure that came first.
+            return await super().on_tick(counter) or worker.load_error is not None
+
     # Requests on connections beyond this many are answered 503 at once rather than taken on. It does
     # not stop connections that never finish their headers (uvicorn has no header timeout): on an open
     # network a reverse proxy belongs in front, as the README says.
     config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=debug,
-                            timeout_graceful_shutdown=None, lifespan="off", limit_concurrency=CONNECTIONS_MAX)
-    running = Uvicorn(config)
-    worker.on_load_error = lambda e: setattr(running, "should_exit", True)  # said below, then exit
-    running.run(sockets=[server.sock])
+                            log_config=log_config(), timeout_graceful_shutdown=None, lifespan="off",
+                            limit_concurrency=CONNECTIONS_MAX)
+    Uvicorn(config).run(sockets=[server.sock])
     worker.drain()
     worker.join(timeout=5)
     if worker.load_exception is not None:
         raise worker.load_exception
+
+
+def log_config() -> dict:
+    """uvicorn's logging, every line on stderr: its access lines go to stdout by default, and stdout is
+    data (`--json` promises one line)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    return config

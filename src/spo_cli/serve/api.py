@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from spo_cli import infotext, presets, validate
@@ -65,8 +67,13 @@ class _Names(validate.Where):
         return f"'{self._names.get(key, key)}'"
 
 
-def _fail(e: UsageError, names: dict[str, str], key: str | None) -> BadRequest:
-    return BadRequest(e.paragraph(), names.get(key, key) if key else None)
+@contextmanager
+def _field(name: str | None) -> Iterator[None]:
+    """validate's refusals (UsageError) as the client's: a 400 naming its field `name`."""
+    try:
+        yield
+    except UsageError as e:
+        raise BadRequest(e.paragraph(), name) from None
 
 
 MAX_DEPTH = 16  # objects and lists in a body: the APIs need three levels at most
@@ -129,10 +136,16 @@ def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
     value = body.get(name, default)
     if value is None:
         return default
-    try:
+    with _field(name):
         return validate.integer(value, name, _Names({}), low=low, high=high)
-    except UsageError as e:
-        raise BadRequest(e.paragraph(), name) from None
+
+
+def _seed(value) -> int | None:
+    """A body's seed; None (random) when absent."""
+    if value is None:
+        return None
+    with _field("seed"):
+        return validate.seed(value, "seed", _Names({}))
 
 
 def _image_fields(values: dict, names: dict[str, str], ctx: Context) -> tuple[ImageRequest, list[str]]:
@@ -141,25 +154,17 @@ def _image_fields(values: dict, names: dict[str, str], ctx: Context) -> tuple[Im
     checked = {}
     prompts = ("prompt", "negative_prompt", "prompt_syntax")
     for key, value in values.items():  # one at a time, so that the error names the field that failed
-        try:
+        with _field(names.get(key, key)):
             checked.update(validate.image_values({key: value}, where) if key not in prompts else {key: value})
-        except UsageError as e:
-            raise _fail(e, names, key) from None
     for key in prompts:
         if key in checked:
-            try:
+            with _field(names.get(key, key)):
                 checked.update(validate.image_values({key: checked[key]}, where))
-            except UsageError as e:
-                raise _fail(e, names, key) from None
-    try:  # the syntax as a whole: unbalanced brackets read as a1111
+    with _field(names.get("prompt", "prompt")):  # the syntax as a whole: unbalanced brackets read as a1111
         validate.readable_prompts(checked.get("prompt"), checked.get("negative_prompt"),
                                   checked.get("prompt_syntax", "auto"), where)
-    except UsageError as e:
-        raise _fail(e, names, "prompt") from None
-    try:
+    with _field(names.get("width", "width")):
         warnings = validate.size(checked.get("width"), checked.get("height"), where, size_limit=ctx.size_limit)
-    except UsageError as e:
-        raise _fail(e, names, "width") from None
     request = ImageRequest(**checked)
     return request, warnings + validate.unsupported_syntax(request, where)
 
@@ -179,10 +184,8 @@ def _model(value, ctx: Context, name: str, warnings: list[str]) -> str:
 
 def _seeds(first: int | None, count: int) -> list[int]:
     start = random_seed() if first is None else first
-    try:
+    with _field("seed"):
         validate.seed_range(start, count, _Names({}))
-    except UsageError as e:
-        raise BadRequest(e.paragraph(), "seed") from None
     return [start + i for i in range(count)]
 
 
@@ -250,13 +253,7 @@ def openai_job(body, ctx: Context) -> Job:
     base, more = _image_fields({**values, "seed": 0}, names, ctx)
     model = _model(body.get("model"), ctx, "model", warnings)
     _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN, _OPENAI_DEFAULTS, warnings)
-    seed = body.get("seed")
-    if seed is not None:
-        try:
-            seed = validate.seed(seed, "seed", _Names({}))
-        except UsageError as e:
-            raise BadRequest(e.paragraph(), "seed") from None
-    images = tuple(replace(base, seed=s) for s in _seeds(seed, n))
+    images = tuple(replace(base, seed=s) for s in _seeds(_seed(body.get("seed")), n))
     return Job(images, model, tuple(warnings + more), fmt, ctx.save)
 
 
@@ -318,16 +315,14 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
             values["scheduler"] = infotext.scheduler_name(sampler, schedule)
         except infotext.InfotextError as e:
             raise BadRequest(f"request: 'sampler_name': {e}", "sampler_name") from None
+        if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
+            known = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
+            raise BadRequest(f"request: 'sampler_name' {sampler!r} is not an A1111 sampler; spo knows {known}. "
+                             "Leave it out for the checkpoint's own scheduler.", "sampler_name")
     names = dict(A1111_NAMES)
     base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)
     seed = body.get("seed", -1)
-    if seed is None or seed == -1:
-        seed = None
-    else:
-        try:
-            seed = validate.seed(seed, "seed", _Names({}))
-        except UsageError as e:
-            raise BadRequest(e.paragraph(), "seed") from None
+    seed = _seed(None if seed == -1 else seed)  # -1: A1111's random
     model = _model(body.get("spo_model"), ctx, "spo_model", warnings)
     override = body.get("override_settings")
     if isinstance(override, dict) and override.get("sd_model_checkpoint"):

@@ -34,6 +34,16 @@ class Interrupted(Exception):
     """Raised from the step callback: /sdapi/v1/interrupt, or a second signal at shutdown."""
 
 
+class NoMetrics:
+    """`Worker.metrics` until the app sets a `serve.metrics.Metrics`: the same calls, recording nothing."""
+
+    def queue_wait(self, model: str, seconds: float) -> None: ...
+
+    def call(self, model: str, images: int, seconds: float, batched: int) -> None: ...
+
+    def image_failed(self, model: str) -> None: ...
+
+
 @dataclass
 class Image:
     """One finished (or failed) image of a ticket."""
@@ -54,6 +64,7 @@ class Ticket:
     on_done: Callable[[], None] = lambda: None  # called from the worker thread when every image is in
     cancelled: bool = False
     status: int = 200  # 503 when the server stopped before the images were made
+    submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -93,6 +104,7 @@ class Worker:
         self.load_error: str | None = None
         self.load_exception: BaseException | None = None
         self.stats = Stats()
+        self.metrics = NoMetrics()
         self._queue: deque[tuple[Ticket, int]] = deque()
         self._cond = threading.Condition()
         self._accepting = True
@@ -267,6 +279,9 @@ class Worker:
                          "job": f"{len(call)} image(s)", "timestamp": time.strftime("%Y%m%d%H%M%S"),
                          "estimate": per_step * requests[0].steps}
         t0 = time.perf_counter()
+        started = time.monotonic()
+        for ticket, _ in call:
+            self.metrics.queue_wait(ticket.job.model, started - ticket.submitted)
         refusal = self._refusal(model.engine, requests[0])
         if refusal:  # what only the loaded model and this machine can refuse is still the request's fault
             self._current = None
@@ -284,8 +299,8 @@ class Worker:
             self._current = None
         elapsed = time.perf_counter() - t0
         self.stats.calls += 1
-        if len({id(t) for t, _ in call}) > 1:
-            self.stats.batched += len(call)
+        batched = len(call) if len({id(t) for t, _ in call}) > 1 else 0
+        self.stats.batched += batched
         tasks = [ImageTask(r) for r in requests]
         when = naming.now()
         try:
@@ -293,9 +308,12 @@ class Worker:
         except Exception as e:  # the images exist but cannot be described: fail them, keep serving
             self._fail(call, render.call_error(e, self.debug))
             return
+        # counted before any image is handed over, so that an answer never precedes its count
+        self.metrics.call(ticket0.job.model, sum(meta is not None for *_, meta in described), elapsed, batched)
         for (ticket, i), (task, res, meta) in zip(call, described):
             if meta is None:
                 self.stats.failures += 1
+                self.metrics.image_failed(ticket.job.model)
                 self._deliver(ticket, i, Image(task.request, error=render.nan_error(model.engine.dtype), status=500))
             else:
                 self.stats.images += 1
@@ -318,6 +336,7 @@ class Worker:
         except Exception as e:  # a full disk fails this image, and says so
             self.stats.images -= 1
             self.stats.failures += 1
+            self.metrics.image_failed(ticket.job.model)
             done = Image(request, error=f"The image could not be written: {type(e).__name__}: {e}", status=500)
         self._deliver(ticket, i, done)
 
@@ -331,6 +350,7 @@ class Worker:
     def _fail(self, call, error: str, status: int = 500, field: str | None = None) -> None:
         for ticket, i in call:
             self.stats.failures += 1
+            self.metrics.image_failed(ticket.job.model)
             self._deliver(ticket, i, Image(ticket.job.images[i], error=error, status=status, field=field))
 
     @staticmethod

@@ -1,0 +1,173 @@
+"""Who may talk to the server, decided before any route runs: one plain-ASGI middleware.
+
+Binding 127.0.0.1 does not keep out the web pages the user's own browser opens. Four checks, in order:
+
+1. **Host** (421). DNS rebinding points a name the attacker owns at 127.0.0.1, so that their page is
+   "same origin" with this server and can read its answers. Only Host values naming this server are
+   served: loopback names and addresses, the bound address, and `--allow-host` names. Any port: a
+   rebinding page forges the name, never the port, and an SSH tunnel or a proxy legitimately reaches
+   the server on another port (`ssh -L 9000:localhost:7860` sends `Host: localhost:9000`).
+2. **Origin** (403). A browser puts `Origin` on every cross-origin request and every POST; one that is
+   not this server's own (the page) nor a `--cors-origin` is refused, so another site cannot make
+   images even "blind" (no-cors, where it could not read the answer anyway).
+3. **Token** (401), when the server has one; the page, `/health` and the favicon hold no data.
+4. **Content-Type** (415). A body must be declared `application/json`: the content types a page may
+   send without a CORS preflight (`text/plain`, forms) are refused even from a browser that sends no
+   Origin. A POST without a body (A1111 clients' interrupt) has nothing to mistake.
+
+Plain ASGI, not a function middleware: that would wrap `receive` and hide a client's disconnect from
+the handler waiting for its images. Every request is counted here, with the status it got.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+from spo_cli.serve import api
+from spo_cli.serve.metrics import Metrics
+from spo_cli.serve.plumbing import Settings
+
+OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page holds no data; it asks for the token itself
+LOOPBACK_NAMES = {"localhost"}
+WILDCARDS = {"0.0.0.0", "::"}
+BODYLESS = {"GET", "HEAD", "OPTIONS"}
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def split_host(value: str) -> tuple[str, str | None] | None:
+    """A Host header → (host in lower case, without brackets or a final dot; port or None); None when
+    it is not a host[:port] at all."""
+    try:
+        parts = urlsplit("//" + value)
+        host, port = parts.hostname, parts.port  # .port raises on a port that is not a number in range
+    except ValueError:
+        return None
+    if not host or parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return host.rstrip("."), None if port is None else str(port)
+
+
+class HostRule:
+    """The Host names and addresses this server answers to."""
+
+    def __init__(self, bound: str | None, allowed: list[str]):
+        self.names = LOOPBACK_NAMES | {n.lower().rstrip(".") for n in allowed}
+        self.bound = _address(bound) if bound else None
+        self.wildcard = bound in WILDCARDS  # bound to every address: any address literal of ours is served
+
+    def allows(self, host: str) -> bool:
+        if host in self.names:
+            return True
+        address = _address(host)
+        if address is None:
+            return False  # a name: only those given (a rebinding page brings its own name)
+        # An address literal cannot be rebound: a browser sends it only for a page loaded from it.
+        return address.is_loopback or address == self.bound or self.wildcard
+
+    def describe(self) -> str:
+        names = ["127.0.0.1", "localhost", "[::1]"]
+        if self.bound is not None and not self.bound.is_loopback and not self.wildcard:
+            names.append(str(self.bound) if self.bound.version == 4 else f"[{self.bound}]")
+        if self.wildcard:
+            names.append("this machine's addresses")
+        names += sorted(self.names - LOOPBACK_NAMES)
+        return ", ".join(names)
+
+
+def _address(text: str):
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+class Guard:
+    def __init__(self, app, settings: Settings, metrics: Metrics):
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.hosts = HostRule(settings.bound, settings.allow_hosts)
+        self.cors = set(settings.cors_origins)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        refusal = self.refusal(scope, headers)
+        if refusal is not None:
+            origin = headers.get("origin")
+            if origin is not None and self.cross_origin_allowed(origin):  # so that the page there can read why
+                refusal.headers["Access-Control-Allow-Origin"] = origin
+                refusal.headers["Vary"] = "Origin"
+            self.metrics.http_request(scope["path"], refusal.status_code)
+            return await refusal(scope, receive, send)
+        status = [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")  # set by the router: the template, so /outputs/<file> is one label
+            self.metrics.http_request(getattr(route, "path", scope["path"]), status[0])
+
+    def refusal(self, scope, headers: Headers) -> JSONResponse | None:
+        host_header = headers.get("host")
+        host = split_host(host_header) if host_header is not None else None
+        if host is None or not self.hosts.allows(host[0]):
+            shown = "no Host header" if host_header is None else f"'Host: {host_header[:200]}'"
+            return _error(421, f"This server answers only to {self.hosts.describe()}, not to {shown}. If this "
+                          "name reaches it on purpose (a proxy, a name on your network), start it with "
+                          "--allow-host NAME.", "Host")
+        origin = headers.get("origin")
+        if origin is not None and not self.same_origin(origin, host) and not self.cross_origin_allowed(origin):
+            return _error(403, f"Requests from pages of another site ('Origin: {origin[:200]}') are refused. "
+                          "To let a page there use this server, start it with --cors-origin ORIGIN.", "Origin")
+        method = scope["method"]
+        if self.settings.token and scope["path"] not in OPEN_PATHS and method != "OPTIONS":
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"),
+                                                                     self.settings.token.encode()):
+                return _error(401, "This server needs a token: send 'Authorization: Bearer <token>'.",
+                              "Authorization", {"WWW-Authenticate": "Bearer"})
+        if method not in BODYLESS and _has_body(headers):
+            kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind != "application/json":
+                shown = f"'{kind[:100]}'" if kind else "none"
+                return _error(415, f"A request body must be JSON sent as 'Content-Type: application/json' "
+                              f"(this one's Content-Type is {shown}).", "Content-Type")
+        return None
+
+    @staticmethod
+    def same_origin(origin: str, host: tuple[str, str | None]) -> bool:
+        """The page's own requests: scheme://host:port naming what the Host header names. https as well
+        as http, for a proxy that ends TLS in front of the server."""
+        try:
+            parts = urlsplit(origin)
+            scheme, name, port = parts.scheme, parts.hostname, parts.port
+        except ValueError:
+            return False
+        if scheme not in DEFAULT_PORTS or not name or parts.path or parts.query or parts.fragment:
+            return False
+        port = str(port) if port is not None else DEFAULT_PORTS[scheme]
+        return name.rstrip(".") == host[0] and port == (host[1] or DEFAULT_PORTS[scheme])
+
+    def cross_origin_allowed(self, origin: str) -> bool:
+        return "*" in self.cors or origin in self.cors
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
+
+
+def _error(status: int, message: str, field: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(api.BadRequest(message, field, status).body(), status_code=status, headers=headers)

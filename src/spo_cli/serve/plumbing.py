@@ -1,0 +1,135 @@
+"""What every endpoint that makes images shares: the server's state, its settings, reading a body
+within its limit, queueing a job and waiting for it (dropping it if the client leaves), and JSON
+refusals. The routers (`serve/routes/`) hold only what is particular to their dialect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from spo_cli.serve import api
+from spo_cli.serve.metrics import Metrics
+from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
+
+CLIENT_GONE = 499  # nginx's code for a client that closed the connection: nobody reads the answer
+DRAIN_FACTOR = 4  # bodies up to this many times the limit are read to the end before the 413
+
+
+@dataclass
+class Settings:
+    out: Path
+    context: api.Context
+    token: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    max_body: int = api.MAX_BODY_BYTES
+    poll_s: float = 0.25  # how often a waiting request checks that its client is still there
+    allow_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback (--allow-host)
+    bound: str | None = None  # the address the socket is bound to (its Host is served too)
+
+
+@dataclass
+class State:
+    """What the routes reach through `request.app.state.spo`."""
+
+    worker: Worker
+    settings: Settings
+    metrics: Metrics
+
+
+def _state(request: Request) -> State:
+    return request.app.state.spo
+
+
+Spo = Annotated[State, Depends(_state)]  # a route's parameter: `spo: Spo`
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return refuse(api.BadRequest(message, field, status), headers)
+
+
+def refuse(e: api.BadRequest, headers: dict | None = None) -> JSONResponse:
+    if headers is None and e.status in (429, 503):
+        headers = {"Retry-After": "1"}
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int):
+    """The body's JSON, read in chunks and never past DRAIN_FACTOR × `limit` bytes."""
+    too_big = api.BadRequest(f"The request body is over {limit:,} bytes.", None, 413)
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > DRAIN_FACTOR * limit):
+        raise too_big  # not even read: the client may see the connection close before the answer
+    data, seen = bytearray(), 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen <= limit:
+                data += chunk
+            elif seen > DRAIN_FACTOR * limit:
+                raise too_big
+    except ClientDisconnect:
+        raise api.BadRequest("The client closed the connection before its request was complete.", None,
+                             CLIENT_GONE) from None
+    # A body somewhat over the limit is read to its end (and dropped), so that the client, still
+    # sending, gets the 413 rather than a reset connection.
+    if seen > limit:
+        raise too_big
+    return api.parse_json(bytes(data))
+
+
+async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
+    """Queue `job` and wait for its images; a client that goes away has its queued images dropped."""
+    worker = spo.worker
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def on_done():
+        loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+    try:
+        ticket = worker.submit(job, on_done)
+    except QueueFull as e:
+        raise api.BadRequest(f"The server is busy: {e}. Try again shortly.", None, 429) from None
+    except ShuttingDown as e:
+        raise api.BadRequest(f"The server cannot take work: {str(e).rstrip('.')}.", None,
+                             500 if worker.load_error else 503) from None
+    while True:
+        done, _ = await asyncio.wait({finished}, timeout=spo.settings.poll_s)
+        if done:
+            return ticket
+        if await request.is_disconnected():
+            worker.cancel(ticket)
+            raise api.BadRequest("The client closed the connection; its queued images were dropped.", None,
+                                 CLIENT_GONE)
+
+
+async def take(request: Request, spo: State, parse) -> tuple[object, Ticket] | JSONResponse:
+    """Read the body, check it with `parse` (→ a job, or a job and more), queue it, wait for it; or the
+    refusal."""
+    try:
+        parsed = parse(await read_body(request, spo.settings.max_body), spo.settings.context)
+        job = parsed[0] if isinstance(parsed, tuple) else parsed
+        return parsed, await submit_and_wait(request, spo, job)
+    except api.BadRequest as e:
+        return refuse(e)
+
+
+def stopped() -> JSONResponse:
+    return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
+
+
+def outcome(ticket: Ticket) -> JSONResponse | None:
+    """The refusal owed when no image of `ticket` was made (the first image's reason); None otherwise."""
+    if ticket.status == 503:
+        return stopped()
+    if all(img.error for img in ticket.images):
+        first = ticket.images[0]
+        return error(first.status, f"No image was made: {first.error}", first.field)
+    return None

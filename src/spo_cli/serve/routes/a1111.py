@@ -1,0 +1,72 @@
+"""AUTOMATIC1111's API (`--api`): txt2img and the few endpoints its clients read around it."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from spo_cli import presets
+from spo_cli.outputs import metadata
+from spo_cli.serve import api
+from spo_cli.serve.plumbing import Spo, outcome, read_body, refuse, take
+
+router = APIRouter(prefix="/sdapi/v1")
+
+
+@router.post("/txt2img")
+async def txt2img(request: Request, spo: Spo):
+    if isinstance(taken := await take(request, spo, api.a1111_job), JSONResponse):
+        return taken
+    (job, parameters), ticket = taken
+    if (bad := outcome(ticket)) is not None:
+        return bad
+    made = [img for img in ticket.images if not img.error]
+    infotexts = [metadata.a1111_parameters(img.meta) for img in made]
+    info = api.a1111_info(job, [img.meta for img in made], infotexts, job.model)
+    info["all_seeds"] = [img.request.seed for img in made]
+    if len(made) < len(ticket.images):
+        info["warnings"] = info["warnings"] + [f"seed {img.request.seed}: {img.error}"
+                                               for img in ticket.images if img.error]
+    return {"images": [base64.b64encode(img.data).decode() for img in made], "parameters": parameters,
+            "info": json.dumps(info)}
+
+
+@router.get("/sd-models")
+async def sd_models(spo: Spo):
+    return [{"title": label, "model_name": label, "hash": None, "sha256": None,
+             "filename": m.describe["model"]["id"], "config": None} for label, m in spo.worker.models.items()]
+
+
+@router.get("/samplers")
+async def samplers():
+    return [{"name": c.a1111, "aliases": [c.name], "options": {}} for c in presets.SCHEDULERS.values() if c.a1111]
+
+
+@router.get("/options")
+async def options(spo: Spo):
+    s = spo.settings
+    return {"sd_model_checkpoint": s.context.models[0], "samples_format": "png",
+            "outdir_txt2img_samples": str(s.out), "samples_save": s.context.save}
+
+
+@router.post("/options")
+async def set_options(request: Request, spo: Spo):
+    try:
+        body = api.checked_body(await read_body(request, spo.settings.max_body))
+    except api.BadRequest as e:
+        return refuse(e)
+    return {"warnings": [f"'{k}' cannot be changed on a running spo server and was ignored." for k in sorted(body)]}
+
+
+@router.get("/progress")
+async def progress(spo: Spo):
+    return spo.worker.progress()
+
+
+@router.post("/interrupt")
+async def interrupt(spo: Spo):
+    spo.worker.interrupt()
+    return {}

@@ -1,0 +1,39 @@
+"""OpenAI's images API: POST /v1/images/generations."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from spo_cli.outputs import metadata
+from spo_cli.serve import api
+from spo_cli.serve.plumbing import Spo, outcome, take
+
+router = APIRouter()
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request, spo: Spo):
+    if isinstance(taken := await take(request, spo, api.openai_job), JSONResponse):
+        return taken
+    job, ticket = taken
+    if (bad := outcome(ticket)) is not None:
+        return bad
+    made = [img for img in ticket.images if not img.error]
+    base = str(request.base_url).rstrip("/")
+    data = []
+    for img in made:
+        if job.response_format == "url":
+            data.append({"url": f"{base}/outputs/{Path(img.written['image']).name}", "revised_prompt": None})
+        else:
+            data.append({"b64_json": base64.b64encode(img.data).decode(), "revised_prompt": None})
+    return {"created": int(time.time()), "data": data, "spo": {
+        "model": job.model, "seeds": [img.request.seed for img in made],
+        "infotexts": [metadata.a1111_parameters(img.meta) for img in made],
+        "files": [Path(img.written["image"]).name for img in made if img.written],
+        "errors": [{"seed": img.request.seed, "error": img.error} for img in ticket.images if img.error],
+        "warnings": list(job.warnings)}}

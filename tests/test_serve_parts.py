@@ -1,0 +1,472 @@
+"""spo serve's parts that need no pipeline: the guard (Host, Origin, token, Content-Type) in front of the
+real app, metrics, the gallery's reading of --out, the token rules, and start-up and shutdown around a
+model that fails to load. The app runs on a real Worker that is never started (no model is loaded),
+called as ASGI, or served by a real uvicorn where the process matters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from spo_cli.cli import app as cli_app
+from spo_cli.serve import api
+
+TOKEN = "a-test-token-0123456789"
+WAIT = 300  # a deadline for every wait: long against a busy machine, short against a hang
+
+
+def make_app(tmp_path: Path, **settings):
+    from spo_cli.serve.app import Settings, create_app
+    from spo_cli.serve.worker import Worker
+
+    worker = Worker(lambda: {}, tmp_path)  # never started: no model, nothing runs
+    settings.setdefault("bound", "127.0.0.1")
+    return create_app(worker, Settings(tmp_path, api.Context(("spo",), max_images=4), **settings)), worker
+
+
+def call(app, method: str = "GET", path: str = "/health", headers: dict | None = None, body: bytes | None = None,
+         host: str | None = "127.0.0.1:7860"):
+    """(status, JSON body or bytes, headers) of one request handed to the ASGI app."""
+    hdrs = dict(headers or {})
+    if host is not None:
+        hdrs.setdefault("Host", host)
+    if body is not None:
+        hdrs.setdefault("Content-Length", str(len(body)))
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in hdrs.items()],
+             "server": ("127.0.0.1", 7860), "client": ("127.0.0.1", 40000)}
+    sent, messages = [False], []
+
+    async def receive():
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body or b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        messages.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = messages[0]
+    data = b"".join(m.get("body", b"") for m in messages[1:])
+    answer_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
+    try:
+        return start["status"], json.loads(data), answer_headers
+    except ValueError:
+        return start["status"], data, answer_headers
+
+
+def post(app, path: str, payload=None, content_type: str | None = "application/json", **kw):
+    headers = dict(kw.pop("headers", {}))
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body = json.dumps({} if payload is None else payload).encode()
+    return call(app, "POST", path, headers, body, **kw)
+
+
+def samples(app_or_metrics) -> dict[tuple, float]:
+    """Every sample of /metrics, parsed by prometheus_client's own parser: {(name, labels…): value}."""
+    text = app_or_metrics.exposition()[0].decode()
+    return {(s.name, *sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+# -- Host: DNS rebinding ----------------------------------------------------------------------------
+
+ALLOWED = ["127.0.0.1:7860", "127.0.0.1", "localhost:7860", "LOCALHOST:1", "localhost.", "[::1]:7860", "[::1]",
+           "127.0.0.2:80", "gpu-box.lan:8000", "GPU-BOX.LAN"]
+REFUSED = ["evil.example", "evil.example:7860", "127.0.0.1.evil.example", "localhost.evil.example", "",
+           "user@localhost", "localhost/x", "[::1", "10.0.0.5:7860", "0.0.0.0:7860", "localhost:99999",
+           "gpu-box.lan.evil.example", "xn--gpu-box.lan"]
+
+
+@pytest.mark.parametrize("host", ALLOWED)
+def test_host_values_naming_this_server_are_served(tmp_path, host):
+    app, _ = make_app(tmp_path, allow_hosts=["gpu-box.lan"])
+    assert call(app, host=host)[0] == 503  # /health: loading (this worker never starts)
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+@pytest.mark.parametrize("host", REFUSED + [None])
+def test_any_other_host_is_misdirected_with_or_without_a_token(tmp_path, host, token):
+    app, worker = make_app(tmp_path, allow_hosts=["gpu-box.lan"], token=token)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for method, path in (("GET", "/health"), ("GET", "/spo/v1/gallery"), ("GET", "/spo/v1/info"), ("GET", "/"),
+                         ("POST", "/v1/images/generations")):
+        if method == "POST":
+            status, body, _ = post(app, path, {"prompt": "a fox"}, host=host, headers=auth)
+        else:
+            status, body, _ = call(app, method, path, auth, host=host)
+        assert status == 421, (path, status, body)
+        assert body["error"]["field"] == "Host" and "--allow-host" in body["error"]["message"]
+    assert worker.queued == 0
+
+
+def test_a_wildcard_bind_serves_its_addresses_but_only_given_names(tmp_path):
+    app, _ = make_app(tmp_path, bound="0.0.0.0", token=TOKEN, allow_hosts=["gpu-box"])
+    assert call(app, host="10.0.0.5:8000")[0] == 503  # an address cannot be rebound
+    assert call(app, host="[fe80::1]:8000")[0] == 503
+    assert call(app, host="gpu-box:8000")[0] == 503
+    assert call(app, host="other-box:8000")[0] == 421
+    app, _ = make_app(tmp_path, bound="10.0.0.5")
+    assert call(app, host="10.0.0.5:7860")[0] == 503 and call(app, host="10.0.0.6:7860")[0] == 421
+
+
+# -- Origin: other sites' pages ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("origin,host", [
+    ("http://127.0.0.1:7860", "127.0.0.1:7860"),
+    ("http://localhost:7860", "localhost:7860"),
+    ("https://localhost", "localhost"),  # a proxy that ends TLS in front of the server
+    ("http://localhost", "localhost:80"),
+    ("http://[::1]:7860", "[::1]:7860"),
+    ("http://client.example", "127.0.0.1:7860"),  # --cors-origin
+])
+def test_the_page_itself_and_cors_origins_pass(tmp_path, origin, host):
+    app, _ = make_app(tmp_path, cors_origins=["http://client.example"])
+    status, body, _ = post(app, "/v1/images/generations", {}, headers={"Origin": origin}, host=host)
+    assert status == 400 and body["error"]["field"] == "prompt"  # past the guard, refused by the body check
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:7861", "http://localhost:7860",
+                                    "https://127.0.0.1:7861", "http://127.0.0.1:7860/x", "file://", "junk",
+                                    "http://client.example.evil"])
+def test_other_origins_are_refused_for_every_method(tmp_path, origin):
+    app, worker = make_app(tmp_path, cors_origins=["http://client.example"])
+    good = {"prompt": "a fox", "size": "64x64", "steps": 1}
+    status, body, _ = post(app, "/v1/images/generations", good, headers={"Origin": origin})
+    assert status == 403 and body["error"]["field"] == "Origin" and "--cors-origin" in body["error"]["message"]
+    status, body, _ = post(app, "/v1/images/generations", good, "text/plain", headers={"Origin": origin})
+    assert status == 403  # a "simple" no-cors POST, the way a page would try it
+    assert call(app, "GET", "/spo/v1/gallery", {"Origin": origin})[0] == 403
+    assert worker.queued == 0
+
+
+def test_a_star_cors_origin_lets_any_page_in_but_not_any_host(tmp_path):
+    app, _ = make_app(tmp_path, cors_origins=["*"])
+    assert post(app, "/v1/images/generations", {}, headers={"Origin": "http://anyone.example"})[0] == 400
+    assert post(app, "/v1/images/generations", {}, headers={"Origin": "http://anyone.example"},
+                host="anyone.example")[0] == 421
+
+
+def test_refusals_to_a_cors_origin_can_be_read_there(tmp_path):
+    app, _ = make_app(tmp_path, cors_origins=["http://client.example"], token=TOKEN)
+    status, body, headers = post(app, "/v1/images/generations", {}, headers={"Origin": "http://client.example"})
+    assert status == 401 and headers["access-control-allow-origin"] == "http://client.example"
+    status, _, headers = post(app, "/v1/images/generations", {}, headers={"Origin": "http://evil.example"})
+    assert status == 403 and "access-control-allow-origin" not in headers
+    preflight = {"Origin": "http://client.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    status, _, headers = call(app, "OPTIONS", "/v1/images/generations", preflight)  # no token on a preflight
+    assert status == 200 and headers["access-control-allow-origin"] == "http://client.example"
+
+
+# -- Content-Type -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["text/plain", "text/plain;charset=UTF-8", None, "application/x-www-form-urlencoded",
+                                  "multipart/form-data; boundary=x", "application/jsonx", "application/json5", ""])
+def test_a_body_must_be_declared_json(tmp_path, kind):
+    app, worker = make_app(tmp_path)
+    good = {"prompt": "a fox", "size": "64x64", "steps": 1}
+    for path in ("/v1/images/generations", "/sdapi/v1/txt2img", "/spo/v1/run", "/sdapi/v1/options",
+                 "/sdapi/v1/interrupt"):
+        status, body, _ = post(app, path, good, kind)
+        assert status == 415, (path, status, body)
+        assert body["error"]["field"] == "Content-Type" and "application/json" in body["error"]["message"]
+    assert worker.queued == 0
+
+
+@pytest.mark.parametrize("kind", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_json_bodies_pass(tmp_path, kind):
+    app, _ = make_app(tmp_path)
+    status, body, _ = post(app, "/v1/images/generations", {"size": "64x64"}, kind)
+    assert status == 400 and body["error"]["field"] == "prompt"
+
+
+def test_a_post_with_no_body_needs_no_content_type(tmp_path):
+    """A1111 clients send interrupt with no body at all; a chunked body still needs its type."""
+    app, _ = make_app(tmp_path)
+    assert call(app, "POST", "/sdapi/v1/interrupt")[0] == 200
+    assert call(app, "POST", "/sdapi/v1/interrupt", {"Content-Length": "0"})[0] == 200
+    status, body, _ = call(app, "POST", "/sdapi/v1/interrupt", {"Transfer-Encoding": "chunked"}, b"")
+    assert status == 415
+
+
+# -- The token ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("authorization,status", [
+    (f"Bearer {TOKEN}", 400), (f"bearer {TOKEN}", 400), (f"Bearer  {TOKEN} ", 400),
+    (None, 401), (f"Basic {TOKEN}", 401), (f"Token {TOKEN}", 401), (TOKEN, 401), (f"Bearer{TOKEN}", 401),
+    ("Bearer wrong-token-0123456789", 401), (f"Bearer {TOKEN}x", 401), ("Bearer ", 401),
+    ("Bearer a-test-token-0123456789\u00e9", 401),
+])
+def test_every_api_call_needs_the_bearer_token(tmp_path, authorization, status):
+    app, _ = make_app(tmp_path, token=TOKEN)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    got, body, answer = post(app, "/v1/images/generations", {}, headers=headers)
+    assert got == status, body
+    if status == 401:
+        assert body["error"]["field"] == "Authorization" and answer["www-authenticate"] == "Bearer"
+
+
+def test_only_the_page_health_and_icon_are_open(tmp_path):
+    app, _ = make_app(tmp_path, token=TOKEN)
+    for path in ("/spo/v1/gallery", "/spo/v1/info", "/spo/v1/models", "/metrics", "/outputs/x.png",
+                 "/sdapi/v1/progress", "/sdapi/v1/options", "/sdapi/v1/sd-models", "/nope"):
+        assert call(app, "GET", path)[0] == 401, path
+    assert call(app, "GET", "/")[0] == 200 and call(app, "GET", "/health")[0] == 503
+    assert call(app, "GET", "/favicon.ico")[0] == 204
+    assert call(app, "GET", "/spo/v1/info", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+
+
+# -- Metrics ------------------------------------------------------------------------------------------
+
+def test_requests_are_counted_by_route_and_status(tmp_path):
+    app, worker = make_app(tmp_path)
+    call(app, "GET", "/health")
+    call(app, "GET", "/health")
+    call(app, "GET", "/no/such/path")
+    call(app, "GET", "/outputs/none.png")
+    call(app, "GET", "/health", host="evil.example")
+    post(app, "/v1/images/generations", {}, "text/plain")
+    got = samples(worker.metrics)
+    http = {k[1:]: v for k, v in got.items() if k[0] == "spo_http_requests_total"}
+    assert http == {(("code", "503"), ("path", "/health")): 2, (("code", "404"), ("path", "other")): 1,
+                    (("code", "404"), ("path", "/outputs/{name:path}")): 1,
+                    (("code", "421"), ("path", "/health")): 1,
+                    (("code", "415"), ("path", "/v1/images/generations")): 1}
+    assert got[("spo_ready",)] == 0 and got[("spo_queue_depth",)] == 0
+    status, text, headers = call(app, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+
+
+def test_the_worker_calls_are_series_labelled_by_model():
+    from spo_cli.serve.metrics import Metrics
+
+    worker = SimpleNamespace(ready=True, queued=3)
+    m = Metrics(worker)
+    m.queue_wait("spo", 0.02)
+    m.queue_wait("spo", 7.0)
+    m.call("spo", images=3, seconds=1.5, batched=3)
+    m.call("base", images=1, seconds=0.2, batched=0)
+    m.image_failed("spo")
+    got = samples(m)
+    assert got[("spo_ready",)] == 1 and got[("spo_queue_depth",)] == 3
+    assert got[("spo_images_total", ("model", "spo"))] == 3 and got[("spo_images_total", ("model", "base"))] == 1
+    assert got[("spo_pipeline_calls_total", ("model", "spo"))] == 1
+    assert got[("spo_batched_images_total", ("model", "spo"))] == 3
+    assert got[("spo_batched_images_total", ("model", "base"))] == 0
+    assert got[("spo_image_failures_total", ("model", "spo"))] == 1
+    assert got[("spo_queue_wait_seconds_count", ("model", "spo"))] == 2
+    assert got[("spo_queue_wait_seconds_sum", ("model", "spo"))] == pytest.approx(7.02)
+    assert got[("spo_queue_wait_seconds_bucket", ("le", "0.05"), ("model", "spo"))] == 1
+    assert got[("spo_queue_wait_seconds_bucket", ("le", "10.0"), ("model", "spo"))] == 2
+    assert got[("spo_call_seconds_sum", ("model", "spo"))] == pytest.approx(1.5)
+    assert got[("spo_call_seconds_count", ("model", "base"))] == 1
+    worker.ready, worker.queued = False, 0  # read when scraped, never stale
+    got = samples(m)
+    assert got[("spo_ready",)] == 0 and got[("spo_queue_depth",)] == 0
+
+
+# -- The gallery: whatever is in --out ----------------------------------------------------------------
+
+def in_time(fn, *args):
+    """fn(*args) on a thread, with a deadline: a read that blocks fails the test rather than hanging it."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(fn(*args)), daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), f"{fn.__name__} blocked"
+    return result[0]
+
+
+def test_the_gallery_reads_only_small_regular_sidecars_inside_out(tmp_path):
+    from spo_cli.serve import gallery
+
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.new("RGB", (8, 8)).save(out / "good.png")
+    (out / "good.json").write_text(json.dumps({"file": "good.png", "prompt": "a fox", "seed": 1}))
+    os.mkfifo(out / "zz-fifo.json")  # read as a file, it would block for ever
+    (out / "zz-zero.json").symlink_to("/dev/zero")  # read whole, it would never end
+    with open(out / "zz-sparse.json", "wb") as f:  # 1 GiB on no disk: must not be read
+        f.write(b'{"file": "good.png", ')
+        f.truncate(1 << 30)
+    # valid JSON naming a real image, over the cap by a byte: the cap, not the parser, passes it over
+    padded = json.dumps({"file": "good.png", "prompt": "padded"})
+    (out / "zz-big.json").write_text(padded[:-1] + " " * (gallery.SIDECAR_MAX_BYTES - len(padded) + 1) + "}")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"file": "good.png", "prompt": "from outside"}))
+    (out / "zz-link.json").symlink_to(outside)  # spo writes no links: not followed
+    os.mkfifo(out / "fifo.png")
+    (out / "zz-names-fifo.json").write_text(json.dumps({"file": "fifo.png"}))
+    (out / "dev.png").symlink_to("/dev/zero")
+    (out / "zz-names-dev.json").write_text(json.dumps({"file": "dev.png"}))
+    (out / "zz-names-dir.json").write_text(json.dumps({"file": "sub.png"}))
+    (out / "sub.png").mkdir()
+    (out / "zz-deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    (out / "zz-names-outside.json").write_text(json.dumps({"file": "../secret.png"}))
+    (out / "zz-names-number.json").write_text(json.dumps({"file": 5}))
+
+    listing = in_time(gallery.list_outputs, out, 500)
+    assert [(i["file"], i["prompt"]) for i in listing] == [("good.png", "a fox")]
+    assert in_time(gallery.read_sidecar, out / "zz-fifo.json") is None
+    assert gallery.read_sidecar(out / "zz-link.json") is None and gallery.read_sidecar(out / "zz-zero.json") is None
+    assert gallery.read_sidecar(out / "good.json") == {"file": "good.png", "prompt": "a fox", "seed": 1}
+    assert gallery.regular_inside(out, "fifo.png") is None and gallery.regular_inside(out, "dev.png") is None
+    assert gallery.regular_inside(out, "good.png") == (out / "good.png").resolve()
+    assert gallery.list_outputs(tmp_path / "missing", 5) == []
+
+
+def test_outputs_serves_only_regular_files_inside_out(tmp_path):
+    app, _ = make_app(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "good.txt").write_text("not an output")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dev.png").symlink_to("/dev/zero")
+    assert call(app, "GET", "/outputs/good.png")[0] == 200
+    for name in ("fifo.png", "dev.png", "../good.png", "nothing.png", "good.txt"):
+        status, body, _ = call(app, "GET", f"/outputs/{name}")
+        assert status == 404 and body["error"]["field"] == "path", name
+    status, body, _ = call(app, "GET", "/spo/v1/gallery?limit=abc")  # FastAPI's own check, as JSON naming it
+    assert status == 400 and body["error"]["field"] == "limit"
+
+
+# -- What every endpoint answers when no image was made ---------------------------------------------
+
+def test_a_request_with_some_images_made_is_answered_with_them():
+    from spo_cli.serve.plumbing import outcome
+
+    made = SimpleNamespace(error=None)
+    failed = SimpleNamespace(error="NaN output", status=500, field=None)
+    refused = SimpleNamespace(error="no such device", status=400, field="generator_device")
+    assert outcome(SimpleNamespace(status=200, images=[made, failed])) is None
+    assert outcome(SimpleNamespace(status=200, images=[failed, made])) is None
+    answer = outcome(SimpleNamespace(status=200, images=[refused, failed]))
+    assert answer.status_code == 400 and json.loads(answer.body)["error"]["field"] == "generator_device"
+    answer = outcome(SimpleNamespace(status=503, images=[made]))
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+
+
+def test_a1111_options_are_checked_then_ignored(tmp_path):
+    """A1111 clients set options; here each is named as ignored, and the body is checked first, since
+    its keys are echoed back."""
+    app, _ = make_app(tmp_path)
+    status, body, _ = post(app, "/sdapi/v1/options", {"sd_model_checkpoint": "x", "CLIP_stop_at_last_layers": 2})
+    assert status == 200 and [w.split("'")[1] for w in body["warnings"]] == ["CLIP_stop_at_last_layers",
+                                                                           "sd_model_checkpoint"]
+    status, body, _ = call(app, "POST", "/sdapi/v1/options", {"Content-Type": "application/json"}, b'{"\\ud800": 1}')
+    assert status == 400 and "surrogate" in body["error"]["message"]
+    status, body, _ = call(app, "GET", "/sdapi/v1/options")
+    assert status == 200 and body["sd_model_checkpoint"] == "spo" and body["outdir_txt2img_samples"] == str(tmp_path)
+
+
+# -- spo serve's options ------------------------------------------------------------------------------
+
+def invoke(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli_app, list(args), env=env)
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom"])
+def test_a_token_file_is_read_bounded(source):
+    r = invoke("serve", "--token-file", source, "--port", "0")
+    assert r.exit_code == 2 and "more than 4,096 bytes" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("token", ["\u00e9" * 20, "a-test-token-012345678\u00e9", "tab\tinside-0123456789",
+                                   "short", "a-test-token-0123456789\x7f"])
+def test_a_token_is_printable_ascii(tmp_path, token):
+    file = tmp_path / "token"
+    file.write_bytes(token.encode("utf-8"))
+    r = invoke("serve", "--token-file", str(file), "--port", "0")
+    assert r.exit_code == 2 and "printable ASCII" in r.output and "--token-file" in r.output, r.output
+    r = invoke("serve", "--port", "0", env={"SPO_TOKEN": token})
+    assert r.exit_code == 2 and "printable ASCII" in r.output and "SPO_TOKEN" in r.output, r.output
+
+
+def test_a_good_token_is_read_whole(tmp_path, monkeypatch):
+    from spo_cli.cli.serve import read_token
+
+    monkeypatch.delenv("SPO_TOKEN", raising=False)
+    assert read_token(None) is None
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    assert read_token(str(path)) == TOKEN
+    path.write_text("x" * 4096)
+    assert read_token(str(path)) == "x" * 4096  # at the limit: still a (long) token
+    monkeypatch.setenv("SPO_TOKEN", TOKEN)
+    assert read_token(None) == TOKEN
+
+
+@pytest.mark.parametrize("name", ["http://gpu-box", "gpu-box:8000", "a b", "gpu-box/x", "-gpu", ""])
+def test_allow_host_takes_names_only(name):
+    r = invoke("serve", "--allow-host", name, "--port", "0")
+    assert r.exit_code == 2 and "--allow-host" in r.output and "is not a host name" in r.output, r.output
+
+
+# -- A model that fails to load, at any moment ------------------------------------------------------
+
+@pytest.mark.parametrize("moment", ["before uvicorn starts", "while serving"])
+def test_a_load_failure_at_any_moment_ends_the_server(monkeypatch, tmp_path, moment):
+    """The worker loads in its own thread while uvicorn starts; a failure before uvicorn's first tick
+    (here: before it is even configured) or long after must both end `spo serve` with exit 1. With
+    --json --debug, stdout stays one JSON line (uvicorn's access lines go to stderr)."""
+    import uvicorn
+
+    from spo_cli.cli import loading, serve
+    from spo_cli.errors import ModelError
+
+    bound = []
+    real_listen, real_config = serve.listen, uvicorn.Config
+
+    def listen(host, port):
+        sock = real_listen(host, port)
+        bound.append(sock.getsockname()[:2])
+        return sock
+
+    def start_torch(*args, **kw):
+        if moment == "while serving":  # once uvicorn answers: the request is also an access log line
+            host, port = bound[0]
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"http://{host}:{port}/health", timeout=WAIT)
+            assert e.value.code == 503
+        raise ModelError("The test model cannot be loaded today.")
+
+    def late_config(app, **kw):
+        if moment == "before uvicorn starts":  # the worker fails, and is done, before uvicorn is configured
+            worker = app.state.spo.worker
+            deadline = time.monotonic() + WAIT
+            while worker.load_error is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            worker.join(WAIT)
+        return real_config(app, **kw)
+
+    monkeypatch.setattr(serve, "listen", listen)
+    monkeypatch.setattr(loading, "start_torch", start_torch)
+    monkeypatch.setattr(uvicorn, "Config", late_config)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(invoke(
+        "serve", "--port", "0", "--out", str(tmp_path / "out"), "--json", "--debug")), daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), "spo serve kept serving after its model failed to load"
+    r = result[0]
+    assert r.exit_code == 1, r.output
+    assert "cannot be loaded today" in r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["url"].startswith("http://127.0.0.1:"), r.stdout
