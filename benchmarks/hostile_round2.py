@@ -2065,7 +2065,60 @@ def report(rows: list[Row], total: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selftest() -> int:
+    """The verdict rules on canned inputs (no spo run): what keeps a broken rule from passing for a fixed bug."""
+    global ROOT
+    ROOT = Path(tempfile.mkdtemp(prefix="spo-hostile2-selftest-"))
+    try:
+        assert judge(Row("a", "x", ""), []).verdict == "good"
+        assert judge(Row("a", "x", ""), [("poor", "p")]).verdict == "poor message"
+        assert judge(Row("a", "x", ""), [("poor", "p"), ("defect", "d")]).verdict == "defect"
+        assert judge(Row("a", "x", "", tb=True), []).verdict == "defect"
+        assert judge(Row("a", "x", "", rss_mb=RSS_BOUND_MB + 1), []).verdict == "defect"
+        assert judge(Row("a", "x", "", rss_mb=RSS_BOUND_MB - 1), []).verdict == "good"
+        assert UNEXPECTED.search("error: Unexpected TypeError: x. Please report it")
+        assert not UNEXPECTED.search("not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig))")
+        assert a1111_schedule("Steps: 1, Sampler: DPM++ 2M, CFG scale: 5") == ("DPM++ 2M", "Karras")
+        assert a1111_schedule("Steps: 1, Sampler: DPM++ 2M, Schedule type: Uniform, Seed: 1") == ("DPM++ 2M", "Uniform")
+        assert a1111_schedule("Sampler: DPM++ 2M SDE Karras, Seed: 1") == ("DPM++ 2M SDE", "Karras")
+        assert a1111_schedule("Sampler: Euler a, Seed: 1") == ("Euler a", "Uniform")
+        assert _a1111_reads({"ok": True, "value": {"written": "Sampler: DPM++ 2M, Seed: 1", "read": "dpm++2m"}},
+                            "dpm++2m")
+        assert not _a1111_reads({"ok": True, "value": {"written": "Sampler: DPM++ 2M Karras, Seed: 1",
+                                                       "read": "dpm++2m-karras"}}, "dpm++2m-karras")
+        assert not _a1111_reads({"ok": True, "value": {"written": "Sampler: DPM++ 2M, Schedule type: Uniform",
+                                                       "read": "dpm++2m"}}, "dpm++2m")
+        assert SHELL_SPECIAL.search("a`b") and SHELL_SPECIAL.search("a$b") and SHELL_SPECIAL.search("a\nb")
+        assert not SHELL_SPECIAL.search("20261202-a-red-fox-s42.png")
+        assert one_line("warning: w\nerror: the real problem\n") == "error: the real problem"
+        assert clean("a\ud800b") == "a\\ud800b"
+        assert _url_line('INFO: x\n{"url": "http://127.0.0.1:1"}\n') == "http://127.0.0.1:1"
+        out = ROOT / "out"
+        out.mkdir()
+        (out / "x.png").write_bytes(png_of(16, 24))
+        (out / "x.json").write_text(json.dumps({"width": 64, "height": 64}))
+        assert any("sidecar says 64×64" in why for _, why in check_written(out, 1, (64, 64)))
+        assert any("2 asked" in why for _, why in check_written(out, 2, None))
+        (out / "x.png").write_bytes(png_of(64, 64))
+        assert check_written(out, 1, (64, 64)) == []
+        from PIL import Image
+
+        with Image.open(io.BytesIO(big_png(300, 200, {"parameters": "p"}))) as im:
+            assert im.size == (300, 200) and im.text["parameters"] == "p"
+        p = run_proc([PY, "-c", "import time; time.sleep(30)"], ROOT, dict(os.environ), deadline=0.5)
+        assert p.hang and p.rc is None and p.wall < 5
+        p = run_proc([PY, "-c", "x = bytearray(4 << 30)"], ROOT, dict(os.environ), deadline=20)
+        assert not p.hang and p.rc == 1 and "MemoryError" in p.err
+        assert ("defect", "MemoryError: the read is unbounded (stopped by RLIMIT_AS)") in base_problems(p, 20)
+    finally:
+        shutil.rmtree(ROOT, ignore_errors=True)
+    print("selftest: the verdict rules hold")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--selftest":
+        sys.exit(selftest())
     if len(sys.argv) == 4 and sys.argv[1] == "--probe":
         probe_main(sys.argv[2], sys.argv[3])
     else:
