@@ -2,6 +2,10 @@
 five rules (and, where a case says so, what its message must name).
 
     python benchmarks/hostile.py [--json rows.json] [--only REGEX] [--keep] [--list]
+    python benchmarks/hostile.py --round2 --out benchmarks/results/DATE-cpu-hostile-round2.md [--only REGEX]
+
+`--round2` runs the second round instead (issue 20: `spo serve`, the `--server` client against a lying
+server, the parsers); its cases and rules are in `hostile_round2.py`.
 
 Every case runs `python -m spo_cli ...` in a subprocess with the tiny random models in a private
 offline Hugging Face cache (`common.offline_cache()`), `--device cpu` and tiny sizes wherever a run
@@ -1238,7 +1242,13 @@ def main() -> int:
     ap.add_argument("--only", help="run only the cases whose id matches this regex (fixtures always run)")
     ap.add_argument("--keep", action="store_true", help="keep the sandboxes, logs and cache")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--round2", action="store_true", help="run round two (server, client, parsers) instead")
+    ap.add_argument("--out", type=Path, help="--round2: write the markdown table here")
     args = ap.parse_args()
+    if args.round2:
+        import hostile_round2
+
+        return hostile_round2.main(args.out, args.only, args.list, args.json)
 
     all_cases = cases()
     ids = [c.id for c in all_cases]
