@@ -84,10 +84,13 @@ def shown(value, limit: int = 60, *, commas: bool = True) -> str:
     """`value` for a message, never more than about `limit` characters: a file can hold a
     4,000-digit number or a megabyte of text, and a message quotes only its start and its size."""
     if isinstance(value, int) and not isinstance(value, bool):
-        digits = len(str(abs(value))) if value.bit_length() < 13_000 else None  # str() refuses past 4,300 digits
-        if digits is not None and digits <= 24:
+        try:
+            digits = len(str(abs(value)))
+        except ValueError:  # str() refuses more than 4,300 digits
+            return f"{'-' if value < 0 else ''}a number of about {int(value.bit_length() * math.log10(2)):,} digits"
+        if digits <= 24:
             return f"{value:,}" if commas else str(value)
-        return f"{'-' if value < 0 else ''}a {f'{digits:,}-digit' if digits else 'huge'} number"
+        return f"{'-' if value < 0 else ''}a {digits:,}-digit number"
     text = repr(value) if isinstance(value, str) else str(value)
     if len(text) <= limit:
         return text
