@@ -7,6 +7,7 @@ quirks included. Pure and fast, except the one test with a real CLIP tokenizer (
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -322,3 +323,40 @@ def test_with_the_real_tiny_clip_tokenizer(tmp_path):
     first = [t for t in cs[0].tokens[1:] if t != tok.eos_token_id]
     assert len(first) == 72 and first[-1] == comma  # the phrase kept whole: moved to chunk 2
     assert list(cs[1].tokens[1:6]) == tokenize(["a red fox in snow"])[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Extra-network tags (A1111's modules/extra_networks.py re_extra_net) and BREAK's windows
+
+
+@pytest.mark.parametrize("text, tags, left", [
+    ("a fox <lora:detail:0.6>", ["<lora:detail:0.6>"], "a fox "),
+    ("<lora:a:1><hypernet:b:0.5> fox", ["<lora:a:1>", "<hypernet:b:0.5>"], " fox"),
+    ("a <lora:x:1:te=0.5> b", ["<lora:x:1:te=0.5>"], "a  b"),
+    ("a <lora> b", [], "a <lora> b"), ("a <:x> b", [], "a <:x> b"), ("a <lo ra:x> b", [], "a <lo ra:x> b"),
+    ("a <lora:> b", [], "a <lora:> b"), ("a <lora:x b", [], "a <lora:x b"), ("a > <b:c", [], "a > <b:c"),
+    ("<a:<b:c>", ["<a:<b:c>"], ""), ("(x) <l:y:1> [z]", ["<l:y:1>"], "(x)  [z]"),
+])
+def test_extra_network_tags_are_found_and_taken_out_as_a1111_does(text, tags, left):
+    a1111 = re.compile(r"<(\w+):([^>]+)>")
+    assert syntax.extra_networks(text) == [m.group(0) for m in a1111.finditer(text)] == tags
+    assert syntax.without_extra_networks(text) == a1111.sub("", text) == left
+    assert has_syntax(text) == bool(tags) or "(" in text
+
+
+@pytest.mark.timeout(30)
+def test_finding_tags_is_linear():
+    # '<a:' with no '>' after it made the regex scan to the end from every one of them.
+    text = "<a:" * 100_000 + " x"
+    start = time.process_time()
+    assert syntax.extra_networks(text) == [] and syntax.without_extra_networks(text) == text
+    assert time.process_time() - start < 1.0  # about 1 ms here; minutes when quadratic
+
+
+@pytest.mark.parametrize("text, windows", [
+    ("a fox", 1), ("", 1), ("a BREAK b", 2), ("a BREAK", 1), ("BREAK", 1), ("BREAK a", 2),
+    ("a BREAK BREAK b", 3), ("a BREAK , ", 1), ("(a BREAK b)", 1), ("a " + "BREAK " * 40 + "b", 41),
+])
+def test_break_windows_count_what_chunks_would_at_the_least(text, windows):
+    assert syntax.break_windows(parse(text)) == windows
+    assert len(cut(text)) >= windows

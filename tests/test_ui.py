@@ -83,3 +83,14 @@ def test_emoji_codes_in_user_text_print_as_typed(capsys, action, expected):
     # (A1111's prompt editing) must print as typed, on every path a user's text takes.
     ui = UI()
     assert expected in _shown(capsys, lambda: action(ui))
+
+
+def test_the_spinner_shows_user_text_as_typed():
+    ui = UI()
+    buf = io.StringIO()
+    ui.err = Console(file=buf, force_terminal=True, emoji=False, highlight=False, width=100)
+    with ui.status(f"Loading {escape('./models/:dog:[x]')}"):
+        pass
+    frames = buf.getvalue().split("\r")
+    shown = [f for f in frames if "Loading" in f]
+    assert len(shown) >= 2 and all("Loading ./models/:dog:[x]" in f for f in shown), shown  # spinner and ✓ line
