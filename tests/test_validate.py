@@ -515,3 +515,7 @@ def test_replay_names_the_sidecars_key_not_an_option(tmp_path):
     result = CliRunner().invoke(app, ["replay", "--infotext", "a fox\nSteps: 20, Seed: 1, Size: 9000x1024",
                                       "--out", str(tmp_path / "out")])
     assert "--infotext: 'width' is 9000 pixels" in " ".join(result.output.split())
+
+
+def test_a_huge_size_without_the_size_limit_is_a_warning_not_a_crash():
+    assert validate.size(8 * 10**400, 1024, size_limit=False)[0].endswith("expect weaker images.")

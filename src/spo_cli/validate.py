@@ -248,7 +248,7 @@ def size(width: int | None, height: int | None, where: Where = ARGV, *, size_lim
                          "Use a smaller size (SDXL is trained at about 1024×1024), or --no-size-limit if your "
                          "GPU has the memory (with --vae-tiling for the decode).")
     low, high = SDXL_MEGAPIXELS
-    if (width or height) and not low <= w * h / 1024**2 <= high:
+    if (width or height) and not low * 1024**2 <= w * h <= high * 1024**2:  # no float(): sides can be huge ints
         return [f"{w}×{h} is far from SDXL's training size of about 1024×1024 (e.g. 1024×1024, 1152×896, "
                 "1216×832); expect weaker images."]
     return []
