@@ -223,13 +223,14 @@ def test_revision_pins_a_model_column(hub_cache, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--no-base", "--no-spo"], "No model chosen"),
     (["--lora-scales", "0,abc"], "'abc' is not a number"),
-    (["--seeds", "1,x"], "not a list of whole numbers"),
+    (["--seeds", "1,x"], "--seeds has 'x', which is not a seed or a range such as 0-3"),
     (["--model", "base", "--label", "SDXL base", "--base"], "labelled alike"),
     (["--label", "orphan"], "more --label than --model"),
     (["--lora-scale", "0.5"], "sets the strength of the --spo-lora column"),
     (["--revision", "v2"], "--revision applies to --model columns"),
     (["--cell-size", "8"], "--cell-size must be from 16 to 4,096"),
-    (["--seeds", "-1"], "--seeds must be from 0 to"),
+    (["--seeds", "-1"], "--seeds has '-1', which is not a seed or a range"),
+    (["--seeds", "3-1"], "--seeds has the range 3-1, which runs backwards"),
 ])
 def test_bad_inputs(hub_cache, tmp_path, args, words):
     r = invoke("compare", PROMPT, *TINY, "--out", str(tmp_path), *args)

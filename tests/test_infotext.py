@@ -7,11 +7,13 @@ and their default schedules are A1111's (sd_samplers_kdiffusion.py, sd_scheduler
 from __future__ import annotations
 
 import random
+import re
+import time
 
 import pytest
 
-from spo_cli import presets
-from spo_cli.infotext import Infotext, InfotextError, parse, scheduler_name, to_request_fields
+from spo_cli import infotext, presets, validate
+from spo_cli.infotext import Infotext, InfotextError, parse, schedule_type, scheduler_name, to_request_fields
 from spo_cli.outputs.metadata import a1111_parameters
 
 # The example in A1111's parse_generation_parameters docstring.
@@ -135,7 +137,9 @@ PARAMS = "a cat\nSteps: 20, {}, CFG scale: 7, Seed: 1, Size: 1024x1024"
     ("Sampler: Euler a", "euler-a"),
     ("Sampler: DDIM", "ddim"),
     ("Sampler: UniPC", "unipc"),
-    ("Sampler: DPM++ 2M", "dpm++2m"),  # before 1.9: plain sigmas
+    ("Sampler: DPM++ 2M", "dpm++2m-karras"),  # no Schedule type is Automatic: Karras for DPM++ 2M, as A1111 1.9 on
+    ("Sampler: DPM++ 2M, Version: spo-cli 0.3.0", "dpm++2m"),  # spo's texts before it wrote Schedule type
+    ("Sampler: DPM++ 2M, Version: v1.10.1", "dpm++2m-karras"),
     ("Sampler: DPM++ 2M Karras", "dpm++2m-karras"),
     ("Sampler: DPM++ 2M SDE Karras", "dpm++2m-sde-karras"),
     ("Sampler: DPM++ 2M, Schedule type: Karras", "dpm++2m-karras"),
@@ -182,10 +186,29 @@ def test_schedule_type_without_sampler_is_ignored():
     assert "scheduler" not in got and left == ["Schedule type"]
 
 
-def test_every_spo_scheduler_maps_back_from_its_a1111_name():
+def test_every_spo_scheduler_maps_back_from_its_a1111_name_and_the_schedule_type_spo_writes():
     for choice in presets.SCHEDULERS.values():
         if choice.a1111:
-            assert scheduler_name(choice.a1111) == choice.name
+            assert scheduler_name(choice.a1111, schedule_type(choice.a1111)) == choice.name
+            assert scheduler_name(choice.a1111, name_only=True) == choice.name
+
+
+@pytest.mark.parametrize(("sampler", "karras", "written"), [
+    ("DPM++ 2M", False, "Uniform"),  # A1111's Automatic for it is Karras: say it is not
+    ("DPM++ 2M", True, None),
+    ("DPM++ 2M Karras", False, None),  # the name carries it
+    ("DPM++ 2M SDE Karras", False, None),
+    ("Euler", False, None), ("Euler a", False, None),  # Automatic is plain sigmas for these
+    ("Euler", True, "Karras"),
+    ("DDIM", True, None), ("UniPC", False, None),  # timestep samplers lay out their own steps
+])
+def test_schedule_type_is_written_when_a1111_would_read_another(sampler, karras, written):
+    assert schedule_type(sampler, karras) == written
+
+
+def test_a_missing_schedule_type_is_automatic_as_in_a1111s_api_too():
+    assert scheduler_name("DPM++ 2M") == scheduler_name("DPM++ 2M", "Automatic") == "dpm++2m-karras"
+    assert scheduler_name("DPM++ 2M", name_only=True) == "dpm++2m"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +227,12 @@ def test_malformed_values_are_refused_naming_key_and_value(pair, key):
     with pytest.raises(InfotextError) as e:
         fields(f"a cat\nSampler: Euler, {pair}, Model: x, Version: y")
     value = pair.split(":", 1)[1].strip()
-    assert str(e.value).startswith(key) and repr(value) in str(e.value)
+    assert str(e.value).startswith(key)
+    if len(value) < 40:
+        assert repr(value) in str(e.value)
+    else:  # a 5,000-digit value is quoted by its start and its length, not whole
+        assert repr(value)[:30] in str(e.value) and f"({len(value):,} characters)" in str(e.value)
+        assert len(str(e.value)) < 200
 
 
 def test_values_out_of_range_are_left_to_validate():
@@ -300,3 +328,95 @@ def test_a_plain_prompt_without_brackets_needs_no_syntax_key():
     m = meta("euler", "EulerDiscreteScheduler", "Euler", prompt="a red fox", negative_prompt=None,
              prompt_syntax="plain")
     assert "Prompt syntax" not in a1111_parameters(m) and "Emphasis" not in a1111_parameters(m)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded and linear
+
+# A1111's re_param (modules/infotext_utils.py): `_pairs` must find exactly what findall finds.
+A1111_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def test_pairs_find_what_a1111s_regex_finds():
+    rng = random.Random(20)
+    alphabet = ["a", "b", "1", "_", " ", " ", "-", "/", ":", ",", '"', "\\", "\t", "é", "\xa0", "\x1c", ".", "Steps"]
+    for _ in range(20_000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert infotext._pairs(line) == A1111_RE_PARAM.findall(line), line
+
+
+@pytest.mark.parametrize("line", [
+    'Steps: 20, Sampler: "DPM, 2M", Seed: 1', 'k: "a\\"b", j: ""', 'k: "a"b, j: 2', 'k: "\\', 'k: "a\\"',
+    "a: b:c, d:", " x y: 1", "x:1, yy:2", 'k: "a", "b": c', "k: v" + ", k: v" * 50,
+])
+def test_pairs_on_chosen_lines(line):
+    assert infotext._pairs(line) == A1111_RE_PARAM.findall(line)
+
+
+@pytest.mark.timeout(30)
+def test_a_megabyte_of_text_is_refused_before_it_is_read():
+    text = "a " * 500_000
+    start = time.process_time()
+    with pytest.raises(InfotextError, match=r"1,000,000 characters long; .* at most 100,000"):
+        parse(text)
+    assert time.process_time() - start < 1.0
+
+
+# Inputs that made A1111's regex (and spo's parser before) quadratic: a run of key characters with
+# no ':', an unclosed quote in every value, many lines, many `Steps:` lines that are not the last.
+WORST = {
+    "no colon": "a " * 50_000,
+    "unclosed quotes": 'k: "a, ' * 15_000,
+    "key characters": "ab-/ " * 20_000,
+    "many lines": "a\n" * 50_000,
+    "many Steps lines": "Steps: a a a\n" * 8_000,
+    "escapes": 'k: "\\\\\\' * 15_000,
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", list(WORST))
+def test_parsing_is_linear_at_the_length_limit(name):
+    # CPU time, not wall time, so a busy machine's other processes do not count. The bound has wide
+    # margins both ways: these take about 0.04 s each here (linear), and took minutes when parsing
+    # was quadratic (10,000 characters took 1.9 s, 20,000 took 7.6 s, 4x for 2x), so a machine 20
+    # times slower still passes and a quadratic parser cannot.
+    text = WORST[name][:validate.INFOTEXT_MAX_CHARS]
+    assert len(text) == validate.INFOTEXT_MAX_CHARS
+    start = time.process_time()
+    try:
+        to_request_fields(parse(text))
+    except InfotextError:
+        pass
+    assert time.process_time() - start < 1.0
+
+
+def test_a_long_prompt_with_all_its_lines_is_read_whole():
+    lines = [f"line {i}" for i in range(5000)]
+    info = parse("\n".join(["", "", *lines, "Negative prompt: ", "", "n1", "Steps: 1, Seed: 2, Size: 8x8"]))
+    assert info.prompt == "\n".join(lines) and info.negative == "n1"
+
+
+# ---------------------------------------------------------------------------------------------
+# A1111's conventions
+
+def test_seed_minus_one_is_a1111s_random_seed():
+    got, left = to_request_fields(parse("a cat\nSteps: 20, Seed: -1, Size: 512x512"))
+    assert "seed" not in got and left == []
+    assert fields("a cat\nSteps: 20, Seed: -2, Size: 512x512")["seed"] == -2  # left to validate, which refuses it
+
+
+@pytest.mark.parametrize("size", ["١٠٢٤x١٠٢٤", "1024x١٠٢٤", "１０２４x1024", "²x8", "1024X1024", " 1024x1024x"])
+def test_size_takes_ascii_digits_only(size):
+    with pytest.raises(InfotextError, match="Size"):
+        fields(f"a cat\nSteps: 20, Seed: 1, Size: {size}")
+
+
+@pytest.mark.parametrize("name", [n for n, c in presets.SCHEDULERS.items() if c.a1111])
+def test_spo_infotext_reads_back_the_same_scheduler_in_a1111s_way(name):
+    # A1111 has no idea of spo's Version: the text alone must say which schedule was used.
+    choice = presets.SCHEDULERS[name]
+    text = a1111_parameters(meta(name, choice.class_name, choice.a1111))
+    info = parse(text)
+    del info.params["Version"]
+    assert to_request_fields(info)[0]["scheduler"] == name

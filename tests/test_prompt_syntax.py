@@ -219,3 +219,67 @@ def test_replay_refuses_a_sampler_spo_does_not_have(hub_cache, out):
     assert not out.exists() or not any(out.iterdir())
     r = CliRunner().invoke(app, ["replay", "--out", str(out)])
     assert r.exit_code == 2 and "Give one FILE to replay, or --infotext TEXT" in " ".join(r.stderr.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding.py alone: the tokenizers and text encoders of the tiny pipeline, no denoising
+
+ONE = "a red fox in fresh snow at golden hour near the old".split()  # one token each ("lighthouse" is 6)
+
+
+def tokens(n: int) -> str:
+    return " ".join((ONE * (n // len(ONE) + 1))[:n])
+
+
+def test_auto_keeps_exactly_75_tokens_plain(pipe):
+    from spo_cli import encoding
+
+    assert encoding.fits_plain(pipe.tokenizer, tokens(75))  # one window holds 75: diffusers sees all
+    assert not encoding.fits_plain(pipe.tokenizer, tokens(76))
+    assert encoding.plan(pipe, tokens(75), None, "auto") == encoding.Plan("plain", 1)
+    assert encoding.plan(pipe, tokens(76), None, "auto") == encoding.Plan("a1111", 2)
+
+
+def test_windows_past_the_limit_are_refused_with_the_count_before_encoding(pipe):
+    from spo_cli import encoding, validate
+    from spo_cli.errors import UsageError
+
+    at_limit = tokens(75 * validate.WINDOWS_MAX)
+    assert encoding.plan(pipe, at_limit, None, "a1111").chunks == validate.WINDOWS_MAX
+    with pytest.raises(UsageError, match=rf"The prompt takes 33 text-encoder windows .* limit is {validate.WINDOWS_MAX}"):
+        encoding.plan(pipe, at_limit + " fox", None, "auto")
+    with pytest.raises(UsageError, match=r"The negative prompt takes 33 text-encoder windows"):
+        encoding.plan(pipe, "a fox", at_limit + " fox", "a1111")
+
+
+def test_extra_network_tags_are_taken_out_of_the_prompt_not_the_negative(pipe):
+    from spo_cli import encoding
+
+    tagged = encoding.embeddings(pipe, ["a red <lora:detail:0.6>fox"], ["blurry <lora:x:1>"], 1, "original")
+    plain = encoding.embeddings(pipe, ["a red fox"], ["blurry <lora:x:1>"], 1, "original")
+    kept = encoding.embeddings(pipe, ["a red fox"], ["blurry"], 1, "original")
+    assert torch.equal(tagged["prompt_embeds"], plain["prompt_embeds"])
+    assert torch.equal(tagged["negative_prompt_embeds"], plain["negative_prompt_embeds"])
+    assert not torch.equal(plain["negative_prompt_embeds"], kept["negative_prompt_embeds"])
+    assert encoding.plan(pipe, "a red fox <lora:detail:0.6>", None, "auto").syntax == "a1111"
+    # 74 words and a tag: one window once the tag is out
+    assert encoding.plan(pipe, tokens(74) + " <lora:long_name_of_a_lora:0.75>", None, "auto").chunks == 1
+
+
+def test_a_weight_half_precision_cannot_hold_is_named_not_a_nan_image(pipe):
+    import copy
+
+    from spo_cli import encoding
+    from spo_cli.errors import GenerationError
+
+    half = copy.deepcopy(pipe.text_encoder).to(torch.float16)
+    chunks = encoding.windows(pipe.tokenizer, "a (red:65504) fox")
+    with pytest.raises(GenerationError, match=r"prompt's A1111 weight 65504 .* float16 holds \(largest 65504\)"):
+        encoding._encode(half, chunks, "none-norm", "prompt")
+    # Weighted in float32 as A1111 does, "Original" brings the values back into range: no error.
+    z, _ = encoding._encode(half, chunks, "original", "prompt")
+    assert z.dtype == torch.float16 and torch.isfinite(z).all()
+    # In float32 the weighting is what it always was.
+    full, _ = encoding._encode(pipe.text_encoder, encoding.windows(pipe.tokenizer, "a (red:1.3) fox"), "original", "p")
+    ref, _ = hand_embeddings(pipe, [("a", 1.0), ("red", 1.3), ("fox", 1.0)])
+    assert torch.equal(full, ref[..., :full.shape[-1]])

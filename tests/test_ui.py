@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
-from spo_cli.cli.ui import UI, _Bars, printable, short
+from spo_cli.cli.ui import UI, _Bars, escape, printable, short
 
 
 def test_the_eta_shows_after_the_first_call_however_long_it_took():
@@ -54,3 +56,41 @@ def test_quiet_still_prints_results(capsys):
     ui.paths([("out/a.png", "seed 1"), ("out/b.png", "seed 2")])
     captured = capsys.readouterr()
     assert captured.out == "out/a.png\nout/b.png\n" and captured.err == ""
+
+
+def _wait(ui: UI, text: str) -> None:
+    with ui.status(text):
+        pass
+
+
+def _shown(capsys, action) -> str:
+    action()
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+@pytest.mark.parametrize("action, expected", [
+    (lambda ui: ui.info(f"A1111 prompt syntax: {escape('a [cat:dog:5]')}"), "a [cat:dog:5]"),
+    (lambda ui: ui.warn("a [cat:dog:5] :smile:"), "a [cat:dog:5] :smile:"),
+    (lambda ui: ui.error("'prompt' has :fox_face:"), ":fox_face:"),
+    (lambda ui: ui.notice(":thumbs_up: done"), ":thumbs_up: done"),
+    (lambda ui: ui.paths([("out/x.png", "seed 1  a [cat:dog:5]")]), "seed 1  a [cat:dog:5]"),
+    (lambda ui: ui.table("scores", ["prompt"], [[escape("a :cat: on :fire:")]]), "a :cat: on :fire:"),
+    (lambda ui: _wait(ui, f"Loading {escape('./models/:dog:')}"), "Loading ./models/:dog:"),
+])
+def test_emoji_codes_in_user_text_print_as_typed(capsys, action, expected):
+    # rich reads ':dog:' as an emoji as it reads '[b]' as markup: a prompt like 'a [cat:dog:5]'
+    # (A1111's prompt editing) must print as typed, on every path a user's text takes.
+    ui = UI()
+    assert expected in _shown(capsys, lambda: action(ui))
+
+
+def test_the_spinner_shows_user_text_as_typed():
+    ui = UI()
+    buf = io.StringIO()
+    ui.err = Console(file=buf, force_terminal=True, emoji=False, highlight=False, width=100)
+    with ui.status(f"Loading {escape('./models/:dog:[x]')}"):
+        pass
+    frames = buf.getvalue().split("\r")
+    shown = [f for f in frames if "Loading" in f]
+    assert len(shown) >= 2 and all("Loading ./models/:dog:[x]" in f for f in shown), shown  # spinner and ✓ line

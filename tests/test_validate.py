@@ -58,7 +58,7 @@ def from_sidecar(key: str, value) -> UsageError:
 
 
 BAD = [
-    ("seed", -1, "must be from 0 to 4,294,967,295, not -1"),
+    ("seed", -2, "must be from 0 to 4,294,967,295, not -2"),
     ("seed", SEED_MAX + 1, "must be from 0 to 4,294,967,295, not 4,294,967,296"),
     ("steps", 0, "must be from 1 to 1,000, not 0"),
     ("steps", 1001, "must be from 1 to 1,000, not 1,001"),
@@ -354,3 +354,168 @@ def test_prompt_editing_and_alternation_warn_that_they_are_read_as_text(text, wa
     from spo_cli.request import ImageRequest
     _, line = prompts.tasks(parsed, ImageRequest(prompt="", seed=1, width=1024, height=1024), 1)
     assert bool(line) == warns and (not warns or line[0].startswith("p.jsonl:1: 'prompt' has ["))
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds: -1, and one grammar for lists and ranges
+
+
+def test_seed_minus_one_on_the_command_line_is_a_random_seed_recorded():
+    drawn = {options.image_request(prompt="a fox", **{**GOOD_ARGV, "seed": -1})[0].seed for _ in range(5)}
+    assert all(0 <= s <= SEED_MAX for s in drawn) and len(drawn) > 1
+    # A file's seed is what made its image: -1 there stays an error, never a new random seed.
+    assert from_sidecar("seed", -1).message.startswith("x.json: 'seed' must be from 0")
+    assert from_jsonl("seed", -1).startswith("p.jsonl:1: 'seed' must be from 0")
+
+
+@pytest.mark.parametrize("text, seeds", [
+    ("0-3", [0, 1, 2, 3]), ("1,2,5", [1, 2, 5]), ("0-3,10", [0, 1, 2, 3, 10]), (" 1 , 2-3 ", [1, 2, 3]),
+    ("5", [5]), ("3-3", [3]), ("2,1,2,0-2", [2, 1, 0]), (f"{SEED_MAX}", [SEED_MAX]),
+    (f"{SEED_MAX - 1}-{SEED_MAX}", [SEED_MAX - 1, SEED_MAX]), ("0-9999", list(range(10_000))),
+])
+def test_seeds_grammar(text, seeds):
+    assert validate.seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "is empty"), ("a", "has 'a', which is not a seed or a range"), ("1,,2", "has '', which"),
+    ("-1", "has '-1', which"), ("1-", "has '1-', which"), ("3-1", "has the range 3-1, which runs backwards"),
+    ("1.5", "has '1.5', which"), ("٣", "has '٣', which"), ("1-٣", "has '1-٣'"), ("１", "has '１'"),
+    (f"{SEED_MAX + 1}", "must be from 0 to 4,294,967,295, not 4,294,967,296"),
+    (f"0-{SEED_MAX + 1}", "must be from 0 to 4,294,967,295"),
+    ("0-10000", "lists more than 10,000 seeds"), ("0-4999,0-4999,1", "lists more than 10,000 seeds"),
+    ("0-4294967295", "lists more than 10,000 seeds"), ("1" * 50, "which is not a seed"),
+])
+def test_seeds_grammar_refuses_with_the_part_named(text, words):
+    with pytest.raises(UsageError) as e:
+        validate.seeds(text)
+    assert e.value.message.startswith("--seeds ") and words in e.value.message, e.value.message
+
+
+def test_compare_and_eval_read_seeds_with_the_one_grammar():
+    from spo_cli.cli import compare, eval as eval_cmd
+
+    assert compare.parse_seeds("0-3", 0, 1) == eval_cmd.parse_seeds("0-3") == [0, 1, 2, 3]
+    assert compare.parse_seeds("1,2,5-6", 0, 1) == eval_cmd.parse_seeds("1,2,5-6") == [1, 2, 5, 6]
+    assert compare.parse_seeds(None, 7, 2) == [7, 8]
+
+
+# ---------------------------------------------------------------------------------------------
+# WIDTHxHEIGHT
+
+
+@pytest.mark.parametrize("text, size", [("1024x768", (1024, 768)), ("8x8", (8, 8)), ("999999x1", (999999, 1)),
+                                        ("0x7", (0, 7))])
+def test_dimensions(text, size):
+    assert validate.parse_dimensions(text) == validate.dimensions(text) == size
+
+
+@pytest.mark.parametrize("text", ["١٠٢٤x١٠٢٤", "1024x１０２４", "²x8", "1024X768", "1024x768 ", " 1024x768",
+                                  "1024", "x768", "1024x", "1024x768x2", "1000000x8", "64x64junk", "", None, 1024])
+def test_dimensions_take_ascii_digits_and_nothing_else(text):
+    assert validate.parse_dimensions(text) is None
+    with pytest.raises(UsageError) as e:
+        validate.dimensions(text, "size", Where("request"))
+    assert e.value.message.startswith("request: 'size' must be WIDTHxHEIGHT such as 1024x1024, not ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs, weights and A1111 syntax spo does not follow
+
+
+def test_breaks_past_the_window_limit_are_refused_before_torch_with_the_count():
+    prompt = "a " + "BREAK " * 1666 + "b"
+    with pytest.raises(UsageError) as e:
+        options.image_request(prompt=prompt, **GOOD_ARGV)
+    assert e.value.message.startswith("PROMPT has BREAKs that make at least 1,667 text-encoder windows")
+    assert f"the limit is {validate.WINDOWS_MAX}" in e.value.message
+    with pytest.raises(UsageError) as e:
+        options.image_request(prompt="a fox", **{**GOOD_ARGV, "negative": "BREAK " * 40})
+    assert e.value.message.startswith("--negative has BREAKs that make at least 40 text-encoder windows")
+    assert from_sidecar_with(prompt=prompt, prompt_syntax="a1111").message.startswith(
+        "x.json: 'prompt' has BREAKs that make at least 1,667")
+    assert from_jsonl("prompt", prompt).startswith("p.jsonl:1: 'prompt' has BREAKs that make at least 1,667")
+    # At the limit it passes; read as plain text BREAK is a word and costs nothing.
+    limit = "a" + " BREAK a" * (validate.WINDOWS_MAX - 1)
+    options.image_request(prompt=limit, **GOOD_ARGV)
+    options.image_request(prompt=limit + " BREAK", **GOOD_ARGV)  # a trailing BREAK adds no window
+    with pytest.raises(UsageError):
+        options.image_request(prompt=limit + " BREAK a", **GOOD_ARGV)
+    options.image_request(prompt=prompt, **{**GOOD_ARGV, "prompt_syntax": "plain"})
+
+
+@pytest.mark.parametrize("prompt", ["(fox:-100000)", "(fox:100000)", "(fox:-65505)", "(" * 120 + "fox"])
+def test_weights_past_half_precision_are_refused_whatever_their_sign(prompt):
+    with pytest.raises(UsageError, match="has an A1111 weight over 65504"):
+        options.image_request(prompt=prompt, **GOOD_ARGV)
+
+
+@pytest.mark.parametrize("prompt", ["(fox:-65504)", "(fox:65504)", "(fox:-1.5)", "[fox]"])
+def test_weights_within_half_precision_pass(prompt):
+    options.image_request(prompt=prompt, **GOOD_ARGV)
+
+
+def test_extra_network_tags_and_and_are_warned_about_naming_the_tag_and_the_way_to_a_lora():
+    _, warnings = options.image_request(prompt="a fox <lora:detail_tweaker:0.6>, <hypernet:x:1> AND a cat",
+                                        **GOOD_ARGV)
+    tags = [w for w in warnings if "extra-network" in w]
+    assert len(tags) == 1 and tags[0].startswith("PROMPT has <lora:detail_tweaker:0.6>, <hypernet:x:1>: A1111")
+    assert "--lora" in tags[0] and "--model spo-lora" in tags[0]
+    assert any(w.startswith("PROMPT has AND, A1111's composable diffusion") for w in warnings)
+    # A1111 reads neither in the negative prompt: no warning there; plain syntax reads all as text.
+    _, warnings = options.image_request(prompt="a fox", **{**GOOD_ARGV, "negative": "<lora:x:1> AND y"})
+    assert warnings == []
+    _, warnings = options.image_request(prompt="a <lora:x:1> AND b", **{**GOOD_ARGV, "prompt_syntax": "plain"})
+    assert warnings == []
+    for text in ("ANDROID", "and", "a <lora>", "a <:x:1>", "a <lo ra:x:1>"):
+        assert options.image_request(prompt=text, **GOOD_ARGV)[1] == [], text
+    parsed = prompts.parse(json.dumps({"prompt": "<lora:x:1> fox"}) + "\n", "p.jsonl")
+    from spo_cli.request import ImageRequest
+    _, line = prompts.tasks(parsed, ImageRequest(prompt="", seed=1, width=1024, height=1024), 1)
+    assert line[0].startswith("p.jsonl:1: 'prompt' has <lora:x:1>: A1111 extra-network tags")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values from files are named as the file names them, and never printed whole
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("seed", 10**4000, "x.json: 'seed' must be from 0 to 4,294,967,295, not a 4,001-digit number"),
+    ("seed", -(10**4000), "x.json: 'seed' must be from 0 to 4,294,967,295, not -a 4,001-digit number"),
+    ("steps", 10**30, "x.json: 'steps' must be from 1 to 1,000, not a 31-digit number"),
+    ("width", 10**4000 + 1, "x.json: 'width' must be a positive multiple of 8, not a 4,001-digit number"),
+    ("guidance", 10**4000, "x.json: 'guidance' must be from 0 to 100, not a 4,001-digit number"),
+    ("seed", 10**5000, "x.json: 'seed' must be from 0 to 4,294,967,295, not a number of about 5,000 digits"),
+], ids=["seed", "negative seed", "steps", "width", "guidance", "beyond str"])
+def test_huge_values_are_named_by_size_not_printed_whole(key, value, words):
+    message = from_sidecar(key, value).message
+    assert message.startswith(words) and len(message) < 200, message[:300]
+
+
+def test_a_long_text_value_is_quoted_by_its_start_and_length():
+    message = from_sidecar("scheduler", {"name": "x" * 5000}).message
+    assert "(5,000 characters)" in message and len(message) < 300
+
+
+def test_replay_names_the_sidecars_key_not_an_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(sidecar(width=1_000_000_000)))
+    result = CliRunner().invoke(app, ["replay", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == EXIT_USAGE
+    message = " ".join(result.output.split())
+    assert f"{path}: 'width' is 1000000000 pixels; the limit is 4096" in message, message
+    assert "--width" not in message.split("limit is 4096")[0]
+    result = CliRunner().invoke(app, ["replay", str(path), "--width", "8192", "--height", "1024",
+                                      "--out", str(tmp_path / "out")])
+    assert "--width is 8192 pixels" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["replay", "--infotext", "a fox\nSteps: 20, Seed: 1, Size: 9000x1024",
+                                      "--out", str(tmp_path / "out")])
+    assert "--infotext: 'width' is 9000 pixels" in " ".join(result.output.split())
+
+
+def test_a_huge_size_without_the_size_limit_is_a_warning_not_a_crash():
+    assert validate.size(8 * 10**400, 1024, size_limit=False)[0].endswith("expect weaker images.")

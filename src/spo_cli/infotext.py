@@ -12,14 +12,10 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from spo_cli import presets
+from spo_cli import presets, validate
 
-# A1111's re_param: a key of 2+ word/space/-/ characters, then a JSON-quoted value (which may hold
-# commas) or anything up to the next comma.
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-_SIZE = re.compile(r"(\d+)x(\d+)")
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _KEY_LINE = re.compile(r"\s*(\w[\w \-/]+):")
 _CLASS_NAME = re.compile(r"[A-Z]\w*Scheduler")  # spo writes the class when A1111 has no name for it
 _NEGATIVE = "Negative prompt:"
@@ -41,49 +37,120 @@ def _unquote(value: str) -> str:
     if len(value) < 2 or value[0] != '"' or value[-1] != '"':
         return value
     try:
-        out = json.loads(value)
+        return json.loads(value)  # a JSON text that starts and ends with '"' can only be a string
     except ValueError:
         return value
-    return out if isinstance(out, str) else value
 
 
-def _params_line(lines: list[str]) -> int | None:
-    """Which line holds the parameters: the last, if it has 3+ pairs (A1111's rule). Failing that,
-    the last `Steps: …` line with 3+ pairs, so that a line appended after it by hand or by another
-    tool (a note, a template) does not turn the parameters into prompt text, as it does in A1111."""
-    if len(_PARAM.findall(lines[-1])) >= 3:
-        return len(lines) - 1
+# A1111 reads `Key: value` pairs with re_param, r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)',
+# a key of 2+ word/space/-/ characters, then a JSON-quoted value (which may hold commas) or anything up
+# to the next comma. Run with findall, that regex is quadratic: a long run of key characters with no
+# ':' is rescanned from each of its characters, and an unclosed quote is scanned to the end of the
+# line from every value that opens one. `_pairs` finds the same pairs in one pass (tests check it
+# against the regex): a match that fails in a run of key characters fails from every start inside
+# it, and where a quoted value ends is worked out once, from the end of the line backwards.
+
+
+def _is_word(c: str) -> bool:  # the regex's \w on str
+    return c.isalnum() or c == "_"
+
+
+def _closing_quotes(line: str) -> list[int]:
+    """For each position p: where a quoted value's body starting at p ends (the index of its
+    closing quote), or -1. The body is escapes (a backslash and any character) and characters other
+    than a quote or backslash, so from p on there is one way to read it."""
+    n = len(line)
+    end = [-1] * (n + 2)
+    for p in range(n - 1, -1, -1):
+        c = line[p]
+        if c == '"':
+            end[p] = p
+        elif c == "\\":
+            end[p] = end[p + 2] if p + 1 < n else -1
+        else:
+            end[p] = end[p + 1]
+    return end
+
+
+def _pairs(line: str) -> list[tuple[str, str]]:
+    """`re_param.findall(line)` in linear time, for a line without newlines."""
+    n = len(line)
+    out = []
+    quotes = None
+    i = 0
+    while i < n:
+        j = i
+        while j < n and line[j].isspace():
+            j += 1
+        if j >= n or not _is_word(line[j]):
+            i = j + 1
+            continue
+        k = j + 1
+        while k < n and (_is_word(line[k]) or line[k] in " -/"):
+            k += 1
+        if k == j + 1 or k >= n or line[k] != ":":
+            i = k  # every start before k meets the same run, and fails the same way
+            continue
+        m = k + 1
+        while m < n and line[m].isspace():
+            m += 1
+        end = -1
+        if m + 1 < n and line[m] == '"':
+            if quotes is None:
+                quotes = _closing_quotes(line)
+            q = quotes[m + 1]
+            if q > m + 1 and (q + 1 == n or line[q + 1] == ","):  # a body of 1+ characters, then ',' or the end
+                end = q + 1
+        if end < 0:
+            comma = line.find(",", m)
+            end = n if comma < 0 else comma
+        out.append((line[j:k], line[m:end]))
+        i = end + 1 if end < n else n  # past the ',' that ended the value
+    return out
+
+
+def _params_line(lines: list[str]) -> tuple[int, list[tuple[str, str]]] | None:
+    """Which line holds the parameters, and its pairs: the last, if it has 3+ pairs (A1111's rule).
+    Failing that, the last `Steps: …` line with 3+ pairs, so that a line appended after it by hand or
+    by another tool (a note, a template) does not turn the parameters into prompt text, as it does in
+    A1111."""
+    pairs = _pairs(lines[-1])
+    if len(pairs) >= 3:
+        return len(lines) - 1, pairs
     for i in range(len(lines) - 2, -1, -1):
-        if lines[i].lstrip().startswith("Steps:") and len(_PARAM.findall(lines[i])) >= 3:
-            return i
+        if lines[i].lstrip().startswith("Steps:"):
+            pairs = _pairs(lines[i])
+            if len(pairs) >= 3:
+                return i, pairs
     return None
 
 
 def parse(text: str) -> Infotext:
-    """Prompt, negative prompt and parameters of an A1111 infotext."""
+    """Prompt, negative prompt and parameters of an A1111 infotext. Linear in the text's length,
+    and text longer than `validate.INFOTEXT_MAX_CHARS` is refused before it is read."""
+    if len(text) > validate.INFOTEXT_MAX_CHARS:
+        raise InfotextError(f"The text is {len(text):,} characters long; an A1111 infotext spo reads is at most "
+                            f"{validate.INFOTEXT_MAX_CHARS:,} (the prompt and negative prompt are "
+                            f"{validate.PROMPT_MAX_CHARS:,} characters at most).")
     lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
-    at = _params_line(lines)
-    prompt_lines = lines if at is None else lines[:at]
-    prompt = negative = ""
-    in_negative = False
-    for line in prompt_lines:
+    found = _params_line(lines)
+    at, pairs = found if found is not None else (len(lines), [])
+    prompt: list[str] = []
+    negative: list[str] = []
+    part = prompt
+    for line in lines[:at]:
         line = line.strip()
         if line.startswith(_NEGATIVE):
-            in_negative = True
+            part = negative
             line = line[len(_NEGATIVE):].strip()
-        # A1111 joins with "\n" only once the text is non-empty: a blank first line vanishes.
-        if in_negative:
-            negative += ("\n" if negative else "") + line
-        else:
-            prompt += ("\n" if prompt else "") + line
-    params: dict[str, str] = {}
-    if at is not None:
-        for key, value in _PARAM.findall(lines[at]):
-            params[key.strip()] = _unquote(value)
+        # A1111 joins with "\n" only once the text is non-empty: blank first lines vanish.
+        if part or line:
+            part.append(line)
+    params = {key.strip(): _unquote(value) for key, value in pairs}
     if not prompt:
         raise InfotextError("The text has no prompt: an A1111 infotext starts with the prompt, "
                             "then `Negative prompt: …`, then `Steps: …, Sampler: …` on the last line.")
-    return Infotext(prompt, negative, params, tuple(lines[at + 1:]) if at is not None else ())
+    return Infotext("\n".join(prompt), "\n".join(negative), params, tuple(lines[at + 1:]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,21 +196,25 @@ _SPO = _spo_by_sampler()
 _KNOWN = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
 
 
-def scheduler_name(sampler: str, schedule_type: str | None = None) -> str:
-    """spo's --scheduler for an A1111 `Sampler` and optional `Schedule type`.
+def scheduler_name(sampler: str, schedule_type: str | None = None, *, name_only: bool = False) -> str:
+    """spo's --scheduler for an A1111 `Sampler` and `Schedule type` (its API's `scheduler`).
 
-    No `Schedule type` (A1111 before 1.9, and spo itself): the sampler name says it all, plain
-    sigmas unless it ends in ' Karras'. `Schedule type: Automatic` (1.9 on) means that sampler's
-    own default, which for 'DPM++ 2M' is Karras."""
+    As A1111 1.9 on reads them (sd_samplers.get_sampler_and_scheduler): a schedule at the end of the
+    sampler's name ('DPM++ 2M Karras', the names before 1.9) wins; otherwise the schedule type, which
+    is 'Automatic' when none is given: the sampler's own default, Karras for 'DPM++ 2M', plain sigmas
+    ('Uniform') for most others. `name_only`, with no schedule type: the sampler's name says it all,
+    as in spo's own texts from before it wrote `Schedule type`."""
     sampler = sampler.strip()
     if _CLASS_NAME.fullmatch(sampler):
         return "default"
     base, schedule = _split_schedule(sampler)
     given = schedule_type.strip() if schedule_type is not None else None
+    if given is None and not name_only:
+        given = "Automatic"
     if schedule is None and given is not None:
         schedule = _SCHEDULE_BY_NAME.get(given.lower())
         if schedule is None:
-            raise InfotextError(f"Schedule type {given!r} is not one A1111 knows "
+            raise InfotextError(f"Schedule type {validate.shown(given)} is not one A1111 knows "
                                 f"({', '.join(_SCHEDULES)}).")
     key = base.lower()
     resolved = schedule
@@ -153,11 +224,24 @@ def scheduler_name(sampler: str, schedule_type: str | None = None) -> str:
         resolved = _AUTOMATIC.get(key, "")
     name = _SPO.get((key, resolved))
     if name is None:
-        what = sampler if given is None else f"{sampler}, Schedule type: {given}"
+        what = sampler if schedule_type is None or given is None else f"{sampler}, Schedule type: {given}"
         why = f" (its Automatic schedule is {resolved})" if schedule == "Automatic" and resolved else ""
-        raise InfotextError(f"spo has no equivalent of the A1111 sampler {what!r}{why}; "
+        raise InfotextError(f"spo has no equivalent of the A1111 sampler {validate.shown(what)}{why}; "
                             f"spo knows these A1111 samplers: {_KNOWN}.")
     return name
+
+
+def schedule_type(sampler: str, karras: bool = False) -> str | None:
+    """The `Schedule type` to write beside `sampler` (a name spo writes) so that A1111 1.9 on reads
+    the schedule spo used; None when the name alone reads right. A name without a schedule means
+    plain sigmas to spo ('Uniform'), but A1111 takes that sampler's Automatic ('DPM++ 2M' alone is
+    DPM++ 2M Karras to it). `karras`: the scheduler's config asks for Karras sigmas."""
+    base, schedule = _split_schedule(sampler)
+    key = base.lower()
+    if schedule is not None or key in _TIMESTEP_SAMPLERS:
+        return None
+    wanted = "Karras" if karras else ""
+    return None if _AUTOMATIC.get(key, "") == wanted else (wanted or "Uniform")
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,14 +260,19 @@ def _number(key: str, value: str, pattern: re.Pattern, kind: str, convert):
             return convert(value.strip())
     except ValueError:
         pass
-    raise InfotextError(f"{key} {value!r} is not {kind}.")
+    raise InfotextError(f"{key} {validate.shown(value)} is not {kind}.")
+
+
+def _written_by_spo(params: dict[str, str]) -> bool:
+    return params.get("Version", "").startswith("spo-cli ")
 
 
 def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
     Always `prompt` and `negative` (None when there is none); the others only when the text has
-    them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`."""
+    them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`.
+    `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it)."""
     p = info.params
     out: dict = {"prompt": info.prompt, "negative": info.negative or None}
     if "Steps" in p:
@@ -191,24 +280,29 @@ def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
     if "CFG scale" in p:
         out["guidance"] = _number("CFG scale", p["CFG scale"], _FLOAT, "a number", float)
     if "Seed" in p:
-        out["seed"] = _number("Seed", p["Seed"], _INT, "a whole number", int)
+        seed = _number("Seed", p["Seed"], _INT, "a whole number", int)
+        if seed != validate.SEED_RANDOM:
+            out["seed"] = seed
     if "Size" in p:
-        m = _SIZE.fullmatch(p["Size"].strip())
-        try:
-            out["width"], out["height"] = int(m.group(1)), int(m.group(2))  # type: ignore[union-attr]
-        except (AttributeError, ValueError):  # no match; more digits than int() takes
-            raise InfotextError(f"Size {p['Size']!r} is not WIDTHxHEIGHT, such as 1024x1024.") from None
+        size = validate.parse_dimensions(p["Size"].strip())
+        if size is None:
+            raise InfotextError(f"Size {validate.shown(p['Size'])} is not WIDTHxHEIGHT, such as 1024x1024.")
+        out["width"], out["height"] = size
     if "Sampler" in p:
-        out["scheduler"] = scheduler_name(p["Sampler"], p.get("Schedule type"))
+        # A missing Schedule type is A1111's Automatic, except in spo's own texts from before spo wrote
+        # one, whose sampler names carry their schedule.
+        out["scheduler"] = scheduler_name(p["Sampler"], p.get("Schedule type"), name_only=_written_by_spo(p))
     if "Emphasis" in p:
         emphasis = _EMPHASIS.get(p["Emphasis"].strip())
         if emphasis is None:
-            raise InfotextError(f"Emphasis {p['Emphasis']!r} is not one A1111 writes ({', '.join(_EMPHASIS)}).")
+            raise InfotextError(f"Emphasis {validate.shown(p['Emphasis'])} is not one A1111 writes "
+                                f"({', '.join(_EMPHASIS)}).")
         out["emphasis"] = emphasis
     if "Prompt syntax" in p:
         chosen = _SYNTAX.get(p["Prompt syntax"].strip())
         if chosen is None:
-            raise InfotextError(f"Prompt syntax {p['Prompt syntax']!r} is not one spo writes ({', '.join(_SYNTAX)}).")
+            raise InfotextError(f"Prompt syntax {validate.shown(p['Prompt syntax'])} is not one spo writes "
+                                f"({', '.join(_SYNTAX)}).")
         out["prompt_syntax"] = chosen
     ignored = [k for k in p if k not in _READ]
     if "Schedule type" in p and "Sampler" not in p:

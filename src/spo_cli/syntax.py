@@ -7,6 +7,8 @@ it before torch to decide whether a prompt needs the weighted encoder at all.
 
 Prompt editing `[a:b:step]` and alternation `[a|b]` are not supported: as in A1111 once its prompt
 scheduling has had its turn, this parser sees them as literal text inside `[...]` emphasis.
+Extra-network tags (`<lora:name:0.8>`) are taken out of the prompt before it is parsed, as A1111's
+modules/extra_networks.py does (the negative prompt keeps them as text, as in A1111).
 """
 
 from __future__ import annotations
@@ -30,6 +32,27 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _ROUND = 1.1
 _SQUARE = 1 / 1.1
 BREAK = ("BREAK", -1.0)  # the marker `parse` emits; only weight exactly -1 counts when chunking
+
+
+# A1111's re_extra_net (modules/extra_networks.py): `<name:args>`, such as <lora:detail:0.6>.
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+
+
+def _extra_network_span(text: str) -> str:
+    # Only up to the last '>': past it no tag can end, and `[^>]+` would rescan the rest of the text
+    # from every '<name:' (quadratic in the text's length).
+    return text[: text.rfind(">") + 1]
+
+
+def extra_networks(text: str) -> list[str]:
+    """The extra-network tags A1111 takes out of a prompt, as written."""
+    return [m.group(0) for m in _EXTRA_NETWORK.finditer(_extra_network_span(text))]
+
+
+def without_extra_networks(text: str) -> str:
+    """The prompt A1111 encodes: extra-network tags removed (their spaces stay, as in A1111)."""
+    end = text.rfind(">") + 1
+    return _EXTRA_NETWORK.sub("", text[:end]) + text[end:] if end else text
 
 
 class PromptSyntaxError(ValueError):
@@ -87,8 +110,10 @@ def parse(text: str) -> list[tuple[str, float]]:
 
 def has_syntax(text: str) -> bool:
     """Whether A1111 would read `text` other than as plain text (for `--prompt-syntax auto`)."""
-    if not any(c in text for c in "()[]\\") and "BREAK" not in text:
+    if not any(c in text for c in "()[]\\<") and "BREAK" not in text:
         return False
+    if extra_networks(text):
+        return True
     try:
         return parse(text) != [(text, 1.0)]
     except PromptSyntaxError:
@@ -99,12 +124,10 @@ def has_syntax(text: str) -> bool:
 class Chunk:
     """One text-encoder window: BOS, `chunk_length` prompt tokens or padding, EOS.
 
-    `multipliers` has one weight per token (1.0 for BOS, EOS and padding); `count` is what the
-    chunk adds to A1111's token counter (the full chunk length unless it is the last one)."""
+    `multipliers` has one weight per token (1.0 for BOS, EOS and padding)."""
 
     tokens: tuple[int, ...]
     multipliers: tuple[float, ...]
-    count: int
 
 
 def chunks(text: str, tokenize: Callable[[list[str]], Sequence[Sequence[int]]], comma_token: int | None, *,
@@ -128,7 +151,7 @@ def chunks(text: str, tokenize: Callable[[list[str]], Sequence[Sequence[int]]], 
     mults: list[float] = []
     last_comma = -1
 
-    def close(is_last: bool = False) -> None:
+    def close() -> None:
         nonlocal toks, mults, last_comma
         fill = chunk_length - len(toks)
         ids = [bos, *toks] + [eos] * (max(fill, 0) + 1)
@@ -136,7 +159,7 @@ def chunks(text: str, tokenize: Callable[[list[str]], Sequence[Sequence[int]]], 
             first = ids.index(eos)
             ids[first + 1:] = [pad] * (len(ids) - first - 1)
         weights = [1.0, *mults] + [1.0] * (max(fill, 0) + 1)
-        out.append(Chunk(tuple(ids), tuple(weights), len(toks) if is_last else chunk_length))
+        out.append(Chunk(tuple(ids), tuple(weights)))
         toks, mults, last_comma = [], [], -1
 
     for ids, (fragment, weight) in zip(tokenized, parsed):
@@ -158,10 +181,13 @@ def chunks(text: str, tokenize: Callable[[list[str]], Sequence[Sequence[int]]], 
             toks.append(token)
             mults.append(weight)
     if toks or not out:  # a trailing BREAK adds no empty window; an empty prompt gets one
-        close(is_last=True)
+        close()
     return out
 
 
-def token_count(chunks: Sequence[Chunk]) -> int:
-    """A1111's token counter: 75 per window before the last, plus the last one's prompt tokens."""
-    return sum(c.count for c in chunks)
+def break_windows(parsed: Sequence[tuple[str, float]]) -> int:
+    """The windows a `parse`d prompt has at the least, known without a tokenizer: one closed by each
+    BREAK, and the last one if words follow the last BREAK (`chunks` counts them all, tokens included)."""
+    breaks = [i for i, item in enumerate(parsed) if item == BREAK]
+    tail = parsed[breaks[-1] + 1:] if breaks else parsed
+    return len(breaks) + (1 if not breaks or any(c.isalnum() for t, _ in tail for c in t) else 0)

@@ -28,6 +28,16 @@ PIXELS_MAX = 2048 * 2048  # 4 MP, four times SDXL's training size; --no-size-lim
 NUM_IMAGES_MAX = 10_000  # per prompt, per command
 BATCH_SIZE_MAX = 64
 PROMPT_MAX_CHARS = 10_000  # A1111-style prompts run to a few thousand characters
+# An A1111 infotext holds the prompt and negative (each up to the limit above), and A1111 and its
+# extensions can copy them again (hires fix and ADetailer prompts) beside their own keys. Checked
+# before the text is read at all: nothing spo accepts is longer.
+INFOTEXT_MAX_CHARS = 100_000
+# Text-encoder windows (A1111's 75-token chunks) per prompt. Each costs a pass through both encoders
+# for every image, and BREAK makes one from a few characters ("BREAK " × 1,666 is 1,667 windows,
+# minutes of encoding). A1111 prompts rarely pass 8 windows (600 tokens); 32 (2,400 tokens) is four
+# times that, about as many as 10,000 characters of ordinary text take, at a few seconds of encoding.
+WINDOWS_MAX = 32
+SEED_RANDOM = -1  # A1111's "random seed", on the command line and in infotext
 PATH_MAX_CHARS = 4096  # model ids, paths, revisions (Linux's PATH_MAX)
 CELL_SIZE_MIN = 16  # compare's grid cells, in pixels
 ROWS_PER_PAGE_MAX = 1000
@@ -71,9 +81,30 @@ ARGV = Where()
 PROMPT_ARGUMENT = Where(arguments=("prompt",))  # generate and compare take the prompt as an argument
 
 
-def _show(value) -> str:
+def shown(value, limit: int = 60, *, commas: bool = True) -> str:
+    """`value` for a message, never more than about `limit` characters: a file can hold a
+    4,000-digit number or a megabyte of text, and a message quotes only its start and its size."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            digits = len(str(abs(value)))
+        except ValueError:  # str() refuses more than 4,300 digits
+            return f"{'-' if value < 0 else ''}a number of about {int(value.bit_length() * math.log10(2)):,} digits"
+        if digits <= 24:
+            return f"{value:,}" if commas else str(value)
+        return f"{'-' if value < 0 else ''}a {digits:,}-digit number"
     text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "…"
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters shown"
+    return f"{text[:limit - 20]}… ({size})"
+
+
+_show = shown
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Text quoted from a prompt inside a message, as written, cut at about `limit` characters."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text):,} characters)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,13 +134,15 @@ def integer(value, key: str, where: Where = ARGV, *, low: int, high: int) -> int
     if isinstance(value, bool) or not isinstance(value, int):
         raise where.error(key, f"must be a whole number, not {_show(value)}")
     if not low <= value <= high:
-        raise where.error(key, f"must be from {low:,} to {high:,}, not {value:,}")
+        raise where.error(key, f"must be from {low:,} to {high:,}, not {shown(value)}")
     return value
 
 
 def number(value, key: str, where: Where = ARGV, *, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(key, f"must be a number, not {_show(value)}")
+    if isinstance(value, int) and not low <= value <= high:  # before float(): a huge int overflows it
+        raise where.error(key, f"must be from {low:g} to {high:g}, not {shown(value)}")
     if not math.isfinite(value):
         raise where.error(key, f"must be a finite number, not {value}")
     if not low <= value <= high:
@@ -136,6 +169,53 @@ def seed_range(first: int, count: int, where: Where = ARGV) -> None:
                                   f"{SEED_MAX:,}", "Use a smaller seed.")
 
 
+# Seeds for every command that takes several (compare, eval): whole numbers and ranges, comma-separated.
+_SEED_ITEM = re.compile(r"([0-9]{1,10})(?:-([0-9]{1,10}))?")  # ASCII digits only: int() takes '٣' too
+
+
+def seeds(value, key: str = "seeds", where: Where = ARGV) -> list[int]:
+    """'0-3', '1,2,5' or '0-3,10' → the seeds in order (a repeat counts once), each a valid seed,
+    at most NUM_IMAGES_MAX of them (counted before any range is laid out, so that no text expands
+    into millions of numbers)."""
+    value = text(value, key, where, limit=PROMPT_MAX_CHARS)
+    out: dict[int, None] = {}
+    listed = 0
+    for part in (p.strip() for p in value.split(",")):
+        m = _SEED_ITEM.fullmatch(part)
+        if m is None:
+            raise where.error(key, f"has {shown(part)}, which is not a seed or a range such as 0-3",
+                              "Give seeds and ranges separated by commas, e.g. 0-3, or 1,2,5, or 0-3,10.")
+        low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+        seed(low, key, where)
+        seed(high, key, where)
+        if high < low:
+            raise where.error(key, f"has the range {low}-{high}, which runs backwards", f"Write {high}-{low}.")
+        listed += high - low + 1
+        if listed > NUM_IMAGES_MAX:
+            raise where.error(key, f"lists more than {NUM_IMAGES_MAX:,} seeds; the limit is {NUM_IMAGES_MAX:,} per prompt")
+        out.update(dict.fromkeys(range(low, high + 1)))
+    return list(out)
+
+
+# Width × height as one text ("1024x768"): A1111's `Size`, OpenAI's `size`. ASCII digits only (int()
+# also reads '١٠٢٤'), at most six per side: the sides are then checked as numbers by `side`/`size`.
+_DIMENSIONS = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
+
+
+def parse_dimensions(value) -> tuple[int, int] | None:
+    """'1024x768' → (1024, 768); None for anything else."""
+    m = _DIMENSIONS.fullmatch(value) if isinstance(value, str) else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def dimensions(value, key: str = "size", where: Where = ARGV) -> tuple[int, int]:
+    """`parse_dimensions`, refusing anything else with a message naming `key` as `where` does."""
+    parsed = parse_dimensions(value)
+    if parsed is None:
+        raise where.error(key, f"must be WIDTHxHEIGHT such as 1024x1024, not {shown(value)}")
+    return parsed
+
+
 def steps(value, where: Where = ARGV) -> int:
     return integer(value, "steps", where, low=1, high=STEPS_MAX)
 
@@ -150,10 +230,11 @@ def side(value, key: str, where: Where = ARGV, *, size_limit: bool = True) -> in
     if isinstance(value, bool) or not isinstance(value, int):
         raise where.error(key, f"must be a whole number of pixels, not {_show(value)}")
     if value < 8 or value % 8:
-        raise where.error(key, f"must be a positive multiple of 8, not {value}",
-                          f"SDXL works on 8×8-pixel latents; try {max(8, round(value / 8) * 8)}.")
+        hint = f"try {max(8, (value + 4) // 8 * 8)}" if value < 10**9 else "try 1024"
+        raise where.error(key, f"must be a positive multiple of 8, not {shown(value, commas=False)}",
+                          f"SDXL works on 8×8-pixel latents; {hint}.")
     if size_limit and value > SIDE_MAX:
-        raise where.error(key, f"is {value} pixels; the limit is {SIDE_MAX}",
+        raise where.error(key, f"is {shown(value, commas=False)} pixels; the limit is {SIDE_MAX}",
                           "--no-size-limit lifts it if your GPU has the memory.")
     return value
 
@@ -168,7 +249,7 @@ def size(width: int | None, height: int | None, where: Where = ARGV, *, size_lim
                          "Use a smaller size (SDXL is trained at about 1024×1024), or --no-size-limit if your "
                          "GPU has the memory (with --vae-tiling for the decode).")
     low, high = SDXL_MEGAPIXELS
-    if (width or height) and not low <= w * h / 1024**2 <= high:
+    if (width or height) and not low * 1024**2 <= w * h <= high * 1024**2:  # no float(): sides can be huge ints
         return [f"{w}×{h} is far from SDXL's training size of about 1024×1024 (e.g. 1024×1024, 1152×896, "
                 "1216×832); expect weaker images."]
     return []
@@ -276,27 +357,45 @@ def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = 
 
 # A1111's prompt editing [a:b:step] / [a:step] and alternation [a|b]: brackets holding `:` or `|`.
 _SCHEDULING = re.compile(r"(?<!\\)\[[^\[\]]*(?:[:|])[^\[\]]*\]")
+# A1111's composable diffusion: prompts joined by AND (modules/prompt_parser.py re_AND), each its own
+# conditioning. spo encodes one prompt, so AND is read as a word.
+_AND = re.compile(r"\bAND\b")
 
 
 def unsupported_syntax(request, where: Where = ARGV) -> list[str]:
-    """A warning for A1111 syntax that spo reads as plain text inside [...]: prompt editing and
-    alternation change the prompt during sampling, which diffusers' pipeline cannot."""
+    """Warnings for A1111 syntax that spo does not follow. Prompt editing and alternation change the
+    prompt during sampling, and AND (composable diffusion) makes several conditionings, which
+    diffusers' pipeline cannot: read as text. Extra-network tags (`<lora:name:0.8>`) are taken out
+    of the prompt, as A1111 does, but what they name is not loaded."""
     if request.prompt_syntax == "plain":
         return []
+    from spo_cli import syntax
+
+    at = f"{where.source}: " if where.source else ""
     out = []
     for key in ("prompt", "negative_prompt"):
         text = getattr(request, key) or ""
         found = _SCHEDULING.search(text)
         if found:
-            out.append(f"{where.source + ': ' if where.source else ''}{where.name(key)} has {found.group(0)}, "
-                       "A1111's prompt editing or alternation, which spo does not support: it is read as "
-                       "text with weight 1/1.1.")
+            out.append(f"{at}{where.name(key)} has {_clip(found.group(0))}, A1111's prompt editing or alternation, "
+                       "which spo does not support: it is read as text with weight 1/1.1.")
+        if key == "prompt" and _AND.search(text):  # A1111 splits the prompt only, never the negative
+            out.append(f"{at}{where.name(key)} has AND, A1111's composable diffusion, which spo does not support: "
+                       "it is read as the word AND in one prompt.")
+    tags = syntax.extra_networks(request.prompt or "")
+    if tags:
+        shown_tags = ", ".join(_clip(t, 40) for t in tags[:3]) + (f" and {len(tags) - 3} more" if len(tags) > 3 else "")
+        out.append(f"{at}{where.name('prompt')} has {shown_tags}: A1111 extra-network tags, taken out of the prompt "
+                   "as A1111 does, but spo loads no LoRA or embedding from a tag. Give a LoRA with --lora (a Hub "
+                   "repo with --lora-file, or a .safetensors file) and --lora-scale; --model spo-lora is SPO "
+                   "itself as a LoRA.")
     return out
 
 
 def readable_prompts(prompt: str | None, negative: str | None, prompt_syntax: str, where: Where = ARGV) -> None:
-    """Refuse, before anything loads, a prompt that its syntax cannot read: under a1111 (or auto),
-    a weight that is no number, `(word:1.2.3)`. Plain text is always readable."""
+    """Refuse, before anything loads, a prompt that its syntax cannot read or that costs too much:
+    under a1111 (or auto), a weight that is no number, `(word:1.2.3)`, one no half-precision model can
+    apply, or more BREAKs than the window limit. Plain text is always readable."""
     if prompt_syntax == "plain":
         return
     from spo_cli import syntax
@@ -314,6 +413,13 @@ def readable_prompts(prompt: str | None, negative: str | None, prompt_syntax: st
                                    "half-precision model can apply",
                               r"Write the weight as (word:1.5), escape literal brackets as \( \), or use "
                               "--prompt-syntax plain.")
+        # The tokens per window are known only to the model's tokenizer (encoding.plan counts them);
+        # the windows that BREAK forces are known now, and are what a few characters can multiply.
+        forced = syntax.break_windows(parts)
+        if forced > WINDOWS_MAX:
+            raise where.error(key, f"has BREAKs that make at least {forced:,} text-encoder windows of 75 tokens; "
+                                   f"the limit is {WINDOWS_MAX}",
+                              f"Use fewer BREAKs (A1111 prompts rarely need more than {WINDOWS_MAX // 4} windows).")
 
 
 def model_values(values: Mapping, where: Where = ARGV) -> dict:

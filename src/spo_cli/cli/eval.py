@@ -66,26 +66,8 @@ def parse_columns(text: str) -> dict:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-3' or '1,2,5' or '0-3,10' → seeds, each checked."""
-    seeds = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (None, None)
-                lo, hi = int(lo), int(hi)
-                if hi < lo or hi - lo >= validate.NUM_IMAGES_MAX:
-                    raise ValueError
-                seeds += list(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
-        except (TypeError, ValueError):
-            raise UsageError(f"--seeds: '{part}' is not a seed or a range such as 0-3.", "E.g. --seeds 0-3 or "
-                             "--seeds 1,2,5.") from None
-    seeds = list(dict.fromkeys(seeds))
-    validate.integer(len(seeds), "seeds", low=1, high=validate.NUM_IMAGES_MAX)  # seeds per prompt, as -n
-    for s in seeds:
-        validate.seed(s, "seeds")
-    return seeds
+    """'0-3' or '1,2,5' or '0-3,10' → seeds, each checked (compare's grammar too)."""
+    return validate.seeds(text)
 
 
 PaperFlag = Annotated[bool, typer.Option(

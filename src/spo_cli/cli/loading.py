@@ -109,7 +109,7 @@ def warn_truncation(ui: UI, engine, requests: list[ImageRequest]) -> None:
         if plan.syntax == "a1111":
             if ui.debug and (r.prompt, r.negative_prompt) not in seen:
                 seen.add((r.prompt, r.negative_prompt))
-                ui.info(f"A1111 prompt syntax, {plan.chunks} window(s) of 75 tokens: {short(r.prompt)}")
+                ui.info(f"A1111 prompt syntax, {plan.chunks} window(s) of 75 tokens: {escape(short(r.prompt))}")
             continue
         for label, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
             if text in seen:

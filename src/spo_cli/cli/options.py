@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import presets, validate
-from spo_cli.request import ImageRequest, ModelRequest, RunOptions
+from spo_cli.request import ImageRequest, ModelRequest, RunOptions, random_seed
 
 _M = "Model"
 _S = "Sampling"
@@ -39,7 +39,7 @@ Dtype = Annotated[str, typer.Option(help="auto (fp16 on GPUs, fp32 on CPU), fp16
 Negative = Annotated[Optional[str], typer.Option(
     "--negative", help="Negative prompt. Default: none (zero embeddings, as the authors ran).",
     rich_help_panel=_S)]
-Seed = Annotated[Optional[int], typer.Option(help="First seed (random when absent; always recorded).",
+Seed = Annotated[Optional[int], typer.Option(help="First seed (random when absent or -1, as in A1111; always recorded).",
                                              rich_help_panel=_S)]
 NumImages = Annotated[int, typer.Option("--num-images", "-n", help="Images to make, seeds seed, seed+1, …",
                                         rich_help_panel=_S)]
@@ -118,6 +118,8 @@ def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: i
                   width: int | None, height: int | None, scheduler: str, generator_device: str,
                   prompt_syntax: str = "auto", emphasis: str = "original", size_limit: bool = True,
                   check_prompt: bool = True) -> tuple[ImageRequest, list[str]]:
+    if seed == validate.SEED_RANDOM:  # A1111's "random": drawn here, so the seed used is recorded
+        seed = random_seed()
     values = dict(seed=seed, negative_prompt=negative, steps=steps, guidance=guidance, width=width, height=height,
                   scheduler=scheduler, generator_device=generator_device, prompt_syntax=prompt_syntax,
                   emphasis=emphasis)

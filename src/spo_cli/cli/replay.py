@@ -46,7 +46,7 @@ def replay(
         "instead of a FILE.", show_default=False)] = None,
     prompt: _opt(str, "Prompt.") = None,
     negative: _opt(str, 'Negative prompt; "" removes the recorded one.', _S, "--negative") = None,
-    seed: _opt(int, "Seed.") = None,
+    seed: _opt(int, "Seed (-1: a random one, recorded).") = None,
     steps: _opt(int, "Denoising steps.") = None,
     guidance: _opt(float, "Guidance scale.") = None,
     width: _opt(int, "Width in pixels, a multiple of 8.") = None,
@@ -90,11 +90,18 @@ def replay(
                if v is not None}
     if negative is not None:
         changes["negative_prompt"] = negative  # "" is a change too: back to none
+    if changes.get("seed") == validate.SEED_RANDOM:
+        changes["seed"] = random_seed()
     changes = validate.image_values(changes)
     image = replace(image, **changes)
-    validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax)
-    warnings = validate.size(image.width, image.height, size_limit=not no_size_limit)
-    warnings += validate.unsupported_syntax(image)
+    # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
+    # as its option.
+    recorded = validate.Where(str(file) if infotext is None else "--infotext")
+    where = validate.ARGV if {"prompt", "negative_prompt", "prompt_syntax"} & changes.keys() else recorded
+    validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
+    where = validate.ARGV if {"width", "height"} & changes.keys() else recorded
+    warnings = validate.size(image.width, image.height, where, size_limit=not no_size_limit)
+    warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded)
     model_changes = {k: v for k, v in dict(revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                                           vae=vae, dtype=dtype).items() if v is not None}
     if model is not None:

@@ -8,7 +8,7 @@ import typer
 from spo_cli import validate
 from spo_cli.cli import app, options as o, scoring
 from spo_cli.cli.command import command
-from spo_cli.cli.ui import UI, short
+from spo_cli.cli.ui import UI, escape, short
 from spo_cli.errors import EXIT_FAILURE
 
 EXAMPLES = """[bold]Examples[/]
@@ -74,7 +74,7 @@ def report(ui: UI, results, names: list[str]) -> None:
                        "scores": {n: r.values.get(n) for n in names}, "reused": sorted(r.reused),
                        "errors": r.errors, "scores_file": str(store.scores_path(r.item.image))} for r in results])
         return
-    rows = [[Path(r.item.image).name, short(r.item.prompt, 40)]
+    rows = [[escape(Path(r.item.image).name), escape(short(r.item.prompt, 40))]
             + [f"{r.values[n]:.4f}" if n in r.values else "failed" for n in names] for r in results]
     if len(results) > 1:
         means = []

@@ -20,14 +20,21 @@ def _sane_columns() -> None:
         del os.environ["COLUMNS"]
 
 
+def _console(**kwargs) -> Console:
+    # emoji=False: rich turns ':dog:' into an emoji as it does markup, and a prompt such as
+    # 'a [cat:dog:5]' must print as typed. Markup stays on for spo's own messages, which escape
+    # every user value they quote (`escape`).
+    return Console(highlight=False, emoji=False, **kwargs)
+
+
 class UI:
     def __init__(self, *, quiet: bool = False, json_mode: bool = False, debug: bool = False):
         _sane_columns()
         self.quiet = quiet
         self.json_mode = json_mode
         self.debug = debug
-        self.err = Console(stderr=True, quiet=quiet, highlight=False)
-        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = _console(stderr=True, quiet=quiet)
+        self.out = _console(soft_wrap=True)
 
     # -- messages (stderr) ------------------------------------------------------------------------
 
@@ -40,16 +47,16 @@ class UI:
 
     def silence(self) -> None:
         self.quiet = True
-        self.err = Console(stderr=True, quiet=True, highlight=False)
+        self.err = _console(stderr=True, quiet=True)
 
     def notice(self, text: str) -> None:
         """A warning that --quiet does not hide: the result is not what was asked for."""
-        Console(stderr=True, highlight=False).print(_labelled("warning: ", "yellow", text))
+        _console(stderr=True).print(_labelled("warning: ", "yellow", text))
 
     def error(self, text: str) -> None:
         # Errors are shown even with --quiet: a silent non-zero exit explains nothing. Plain text:
         # a message quotes what the user typed, and "[/]" in a value must not break the printing.
-        Console(stderr=True, highlight=False).print(_labelled("error: ", "bold red", text))
+        _console(stderr=True).print(_labelled("error: ", "bold red", text))
 
     @contextmanager
     def status(self, text: str):
@@ -63,11 +70,14 @@ class UI:
             return
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        from rich.text import Text
+
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            # the description as plain text: a TextColumn reads markup with emoji codes on
+            SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
             console=self.err, transient=True,
         ) as progress:
-            progress.add_task(text, total=None)
+            progress.add_task(Text.from_markup(text, emoji=False).plain, total=None)
             yield
         self.err.print(f"[green]✓[/] {text}")
 
@@ -107,7 +117,8 @@ class UI:
                     return True  # nothing to fetch (yet): no bar, e.g. when all is cached
                 if RichTqdm.progress is None:
                     RichTqdm.progress = Progress(
-                        TextColumn(f"Downloading {label}"), BarColumn(), DownloadColumn(),
+                        TextColumn("Downloading " + label.replace("{", "{{").replace("}", "}}"), markup=False),
+                        BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=ui.err, transient=False,
                     )
                     RichTqdm.progress.start()
@@ -138,7 +149,7 @@ class UI:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
             console=self.err,
         )
@@ -153,8 +164,8 @@ class UI:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=self.err)
+        progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=self.err)
         with progress:
             yield _Count(progress, progress.add_task(label, total=total))
 

@@ -17,7 +17,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from spo_cli import syntax, validate
+from spo_cli import infotext, syntax, validate
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest, ModelRequest
 
@@ -91,9 +91,13 @@ def a1111_parameters(meta: dict) -> str:
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
-    fields = {
-        "Steps": meta["steps"],
-        "Sampler": meta["scheduler"]["a1111"] or meta["scheduler"]["class"],
+    sampler = meta["scheduler"]["a1111"] or meta["scheduler"]["class"]
+    fields = {"Steps": meta["steps"], "Sampler": sampler}
+    schedule = meta["scheduler"]["a1111"] and infotext.schedule_type(
+        sampler, karras=bool((meta["scheduler"].get("config") or {}).get("use_karras_sigmas")))
+    if schedule:
+        fields["Schedule type"] = schedule  # A1111 1.9 reads a name alone with the sampler's own default
+    fields |= {
         "CFG scale": meta["guidance"],
         "Seed": meta["seed"],
         "Size": f"{meta['width']}x{meta['height']}",
