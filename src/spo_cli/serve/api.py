@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -206,16 +205,14 @@ SPO_FIELDS = {"seed": "seed", "negative_prompt": "negative_prompt", "steps": "st
               "generator_device": "generator_device", "width": "width", "height": "height"}
 
 
-_SIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")  # ASCII digits only: int() takes '²' too
-
-
 def _size(value, name: str = "size") -> tuple[int | None, int | None]:
     if value is None or value == "auto":
         return None, None
-    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-    if not match:
-        raise BadRequest(f"request: '{name}' must be WIDTHxHEIGHT such as 1024x1024, not {value!r}.", name)
-    return int(match[1]), int(match[2])
+    parsed = validate.parse_dimensions(value)  # the one WxH grammar (ASCII digits), as infotext reads it
+    if parsed is None:
+        raise BadRequest(f"request: '{name}' must be WIDTHxHEIGHT such as 1024x1024, not {validate.shown(value)}.",
+                         name)
+    return parsed
 
 
 # OpenAI's images API fields that spo reads, and those it accepts and ignores at their defaults.
