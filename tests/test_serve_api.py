@@ -145,3 +145,20 @@ def test_seeds_refused_name_the_seed_field():
         with pytest.raises(api.BadRequest) as e:
             parse(body, CTX)
         assert e.value.field == "seed" and e.value.status == 400
+
+
+@pytest.mark.parametrize("text", ['{"prompt": "a cat", "prompt": "a dog"}',
+                                  '{"prompt": "a", "extra": {"n": 1, "n": 2}}'])
+def test_a_key_given_twice_is_refused(text):
+    with pytest.raises(api.BadRequest, match="given twice"):
+        api.parse_json(text.encode())
+
+
+def test_a_size_speaks_the_one_grammar_with_a_bounded_echo():
+    assert api._size("1216x832") == (1216, 832)
+    with pytest.raises(api.BadRequest) as e:
+        api._size("٣x٣")  # Arabic-Indic digits: refused here as in infotext
+    assert e.value.field == "size"
+    with pytest.raises(api.BadRequest) as e:
+        api._size("9" * 100_000)
+    assert len(str(e.value)) < 300

@@ -81,7 +81,7 @@ MAX_DEPTH = 16  # objects and lists in a body: the APIs need three levels at mos
 def parse_json(data: bytes):
     """A request body's JSON (UTF-8, no NaN or Infinity literals); `checked_body` then checks it."""
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
     except (UnicodeDecodeError, ValueError) as e:
@@ -95,6 +95,17 @@ def checked_body(body) -> dict:
     unknown key)."""
     _check_tree(_object(body), "", 0)
     return body
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    # A key given twice means what the last one says to Python and what the first says to some proxies
+    # and validators in front of a server: refuse it rather than pick one.
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {validate.shown(key)} is given twice")
+        obj[key] = value
+    return obj
 
 
 def _constant(name: str):
