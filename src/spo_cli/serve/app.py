@@ -230,7 +230,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     @app.get("/sdapi/v1/progress")
     async def progress():
-        return worker.progress()
+        return api.a1111_progress(worker.progress())
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():
