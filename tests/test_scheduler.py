@@ -78,12 +78,16 @@ def take(s: Scheduler):
 
 
 def in_thread(fn):
-    """Run `fn` in a thread; returns (done event, result list)."""
+    """Run `fn` in a thread; returns (done event, [what it returned or raised])."""
     done, result = threading.Event(), []
 
     def run():
-        result.append(fn())
-        done.set()
+        try:
+            result.append(fn())
+        except BaseException as e:
+            result.append(e)
+        finally:
+            done.set()
 
     threading.Thread(target=run, daemon=True).start()
     return done, result
@@ -242,10 +246,7 @@ def test_keys_are_computed_once_at_submit_and_never_under_the_lock():
     seen = []
 
     def key(ticket, i):
-        free = s._cond.acquire(blocking=False)  # the lock is not reentrant: held, this fails
-        if free:
-            s._cond.release()
-        seen.append(free)
+        seen.append(not s._cond._is_owned())
         return ticket.shapes[i]
 
     clock = Clock()
@@ -267,10 +268,7 @@ def test_images_queued_before_the_models_load_are_keyed_by_the_worker_outside_th
     def key(ticket, i):
         if not loaded.is_set():
             return None  # the engine cannot tell yet
-        free = s._cond.acquire(blocking=False)
-        if free:
-            s._cond.release()
-        held.append(not free)
+        held.append(s._cond._is_owned())
         return "odd" if ticket.name == "odd" else ticket.shapes[i]
 
     s = Scheduler(key, images_per_call=3, wait_s=0.0, clock=Clock())
@@ -321,6 +319,28 @@ def test_drain_refuses_new_work_and_gives_back_each_waiting_request_once():
     assert done.wait(DEADLINE) and result == [None]  # the worker ends
 
 
+def test_a_drain_from_a_signal_handler_inside_submit_neither_deadlocks_nor_loses_a_request():
+    """uvicorn drains from its signal handler, on the main thread, which may be inside `submit` with
+    the lock held: here the clock, read inside submit's critical section, plays that handler."""
+    clock = Clock()
+    s = Scheduler(lambda t, i: t.shapes[i], images_per_call=1, clock=clock)
+    a = submit(s, "a", "x")
+    drained = []
+
+    def signal_handler_clock():
+        if not drained:
+            drained.append(s.drain())
+        return clock.now
+
+    s._clock = signal_handler_clock
+    done, result = in_thread(lambda: submit(s, "b", "x", "x"))
+    assert done.wait(DEADLINE), "the drain deadlocked inside submit"
+    assert isinstance(result[0], ShuttingDown), result
+    assert drained == [[a]] and s.queued == 0  # a is answered by the drain, b by the refusal
+    done, result = in_thread(s.next_call)
+    assert done.wait(DEADLINE) and result == [None]
+
+
 def test_a_drain_wakes_a_worker_waiting_for_work_or_company():
     s, _ = scheduler(per_call=2, wait=3600.0)
     submit(s, "a", "x")
@@ -367,6 +387,16 @@ def test_an_interrupt_with_nothing_in_flight_stops_the_call_being_gathered_only(
     s.poll()
     clock.advance(1.0)
     assert not s.stopping(take(s))
+
+
+def test_an_interrupt_stops_one_call_not_every_image_queued_at_the_time():
+    s, _ = scheduler(per_call=1)
+    submit(s, "a", "x")
+    submit(s, "b", "y")
+    assert s.interrupt()
+    assert s.stopping(take(s))
+    assert not s.state().interrupted
+    assert not s.stopping(take(s))  # b was queued then too, but goes in a later call
 
 
 def test_an_interrupt_whose_images_were_cancelled_reaches_no_later_call():
@@ -454,7 +484,7 @@ def test_a_worker_that_cannot_load_says_why_and_turns_every_request_away(tmp_pat
     assert not worker._thread.is_alive()
     assert told == [failure] and worker.load_exception is failure and not worker.ready
     assert "nobody/nothing" in worker.load_error
-    assert answered == ["queued"] and ticket.status == 503 and ticket.answered
+    assert answered == ["queued"] and ticket.status == 503
     with pytest.raises(ShuttingDown, match="nobody/nothing"):
         worker.submit(worker_job(), lambda: None)
 

@@ -132,8 +132,9 @@ def test_what_the_machine_cannot_make_is_refused_before_any_call(loaded, tmp_pat
         (ticket,) = answered(submit(worker, job(7, generator_device="cuda")))
         image = ticket.images[0]
         assert (image.status, image.field) == (400, "generator_device") and "Use cpu" in image.error
-        assert (worker.stats.calls, worker.stats.failures) == (0, 1)
-        assert metrics.calls == [] and metrics.failed == ["spo"] and len(metrics.waits) == 1
+        answered(submit(worker, job(8)))  # the worker is done with the refused call once this is made
+        assert (worker.stats.calls, worker.stats.failures) == (1, 1) and ticket.images[0] is image
+        assert len(metrics.calls) == 1 and metrics.failed == ["spo"] and len(metrics.waits) == 2
     finally:
         stop(worker)
 
@@ -174,3 +175,20 @@ def test_a_bug_in_a_metrics_hook_fails_its_call_and_the_worker_goes_on(loaded, t
         assert after.images[0].error is None
     finally:
         stop(worker)
+
+
+def test_a_second_signal_abandons_the_call_in_flight_and_turns_the_queue_away(loaded, tmp_path):
+    metrics = Recorded()
+    worker = make_worker(loaded, tmp_path / "out", metrics, batch_size=1)
+    worker.start()
+    long = submit(worker, job(14, steps=500))
+    while not (worker.progress().running and worker.progress().step >= 1):
+        assert not long[1].wait(0.01), f"the long call ended before it was seen running: {long[0].images}"
+    queued = submit(worker, job(15))
+    worker.abandon()
+    (ticket, waiting) = answered(long, queued)
+    assert (ticket.images[0].status, ticket.images[0].error) == (409, "abandoned at shutdown")
+    assert waiting.status == 503 and waiting.images == [None]
+    worker.join(DEADLINE)
+    assert not worker._thread.is_alive()
+    assert not list((tmp_path / "out").glob("*.png"))  # nothing of the abandoned call is written

@@ -95,7 +95,9 @@ class Scheduler:
         self.max_images = max_images
         self._key = key
         self._clock = clock
-        self._cond = threading.Condition(threading.Lock())  # not reentrant: nothing slow runs under it
+        # Reentrant: uvicorn's signal handler drains, on the main thread, which may be inside `submit`
+        # at that moment. So each change is one step, and `submit` checks again after its step.
+        self._cond = threading.Condition(threading.RLock())
         self._queue: deque[Queued] = deque()
         self._submitted = 0  # images ever queued: the next one is numbered _submitted + 1
         self._calls = 0
@@ -117,10 +119,12 @@ class Scheduler:
         keys = [self._key(ticket, i) for i in range(size)]  # outside the lock
         with self._cond:
             self._check_room(size)  # again: others may have queued meanwhile
-            now = self._clock()
-            for i, key in enumerate(keys):
-                self._submitted += 1
-                self._queue.append(Queued(ticket, i, key, now, self._submitted))
+            now, first = self._clock(), self._submitted + 1
+            self._submitted += size
+            self._queue.extend(Queued(ticket, i, key, now, first + i) for i, key in enumerate(keys))
+            if not self._open:  # drained in between, by a signal handler on this thread
+                self._queue = deque(q for q in self._queue if q.ticket is not ticket)
+                raise ShuttingDown(self._why_closed)
             self._cond.notify_all()
 
     def _check_room(self, size: int) -> None:
@@ -189,14 +193,14 @@ class Scheduler:
     # -- the worker thread -----------------------------------------------------------------------
 
     def next_call(self) -> Call | None:
-        """Wait for the next call and take it from the queue; None once drained and empty."""
+        """Wait for the next call and take it from the queue; None once drained."""
         while True:
             with self._cond:
                 while not (unkeyed := [q for q in self._queue if q.key is None]):
+                    if not self._open:
+                        return None
                     if (call := self._due()) is not None:
                         return call
-                    if not self._queue and not self._open:
-                        return None
                     # _due left a deadline whenever something is queued; otherwise wait for a submit
                     self._cond.wait(None if self._deadline is None else self._deadline - self._clock())
             # Images submitted while the models loaded: keyed now, outside the lock, as at submit.
@@ -209,7 +213,7 @@ class Scheduler:
         """`next_call` without waiting: the call due now by the clock, or None. The first look at a
         queue with work opens the wait for company."""
         with self._cond:
-            if any(q.key is None for q in self._queue):
+            if not self._open or any(q.key is None for q in self._queue):
                 return None
             return self._due()
 

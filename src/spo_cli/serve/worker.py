@@ -46,14 +46,15 @@ class MadeImage:
 
 @dataclass(eq=False)  # a ticket is itself: hashed by identity
 class Ticket:
-    """One request's images, filled in by the worker and writer threads; `on_done` is called once,
-    from one of them (or from the thread that drains), when the request can be answered."""
+    """One request's images, filled in by the worker and writer threads. `on_done` is called once,
+    when the request can be answered: by the delivery that fills its last image, or by the drain
+    that drops its queued ones (the scheduler hands a ticket to one drain only, and a ticket with
+    images dropped is never filled)."""
 
     job: Job
     images: list[MadeImage | None]
     on_done: Callable[[], None] = lambda: None
     status: int = 200  # 503 when the server stopped before the images were made
-    answered: bool = False  # on_done was called
 
     @property
     def finished(self) -> bool:
@@ -144,7 +145,7 @@ class Worker:
         self.scheduler = Scheduler(self._call_key, images_per_call=batch_size, wait_s=batch_wait_s,
                                    max_images=max_queue, clock=self._clock)
         self._stats = Stats()
-        self._lock = threading.Lock()  # the stats, and tickets' images (worker and writer threads both fill them)
+        self._lock = threading.Lock()  # the stats, and tickets' images (the worker and writer threads fill them)
         self._current: _InFlight | None = None
         self._step_s = 0.0  # the last call's seconds per step, for the estimate before a call's first step
         self._thread = threading.Thread(target=self._main, name="spo-gpu", daemon=True)
@@ -354,16 +355,10 @@ class Worker:
             ticket.images[i] = image
             finished = ticket.finished
         if finished:
-            self._answer(ticket)
+            ticket.on_done()
 
-    def _turn_away(self, tickets: list[Ticket]) -> None:
+    @staticmethod
+    def _turn_away(tickets: list[Ticket]) -> None:
         for ticket in tickets:
             ticket.status = 503
-            self._answer(ticket)
-
-    def _answer(self, ticket: Ticket) -> None:
-        with self._lock:
-            if ticket.answered:
-                return
-            ticket.answered = True
-        ticket.on_done()
+            ticket.on_done()
