@@ -1,52 +1,39 @@
-"""The one thread that owns the GPU: loads the models, then takes images from a bounded queue and
-runs them in pipeline calls, gathering requests of the same shape into one call (micro-batching).
+"""The one thread that owns the GPU in `spo serve`: it loads the models, then runs the pipeline calls
+the scheduler hands it and files their images.
 
-Every image has its own generator seeded with its seed (the engine's rule), so an image is the same
-whether it shared its call or not. Images are built and filed by the render loop's own helpers:
-the same sidecar, the same names, the same atomic writes as `spo generate`.
+Which images share a call, and when a call goes, is `scheduler.Scheduler`'s. Every image has its own
+generator seeded with its seed (the engine's rule), so an image is the same whether it shared its
+call or not. Images are built and filed by the render loop's own helpers: the same sidecar, the same
+names, the same atomic writes as `spo generate`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spo_cli import render
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageRequest, ImageTask
 from spo_cli.serve.api import Job
+from spo_cli.serve.scheduler import Call, QueueFull, Scheduler, ShuttingDown
 
-
-class QueueFull(Exception):
-    pass
-
-
-class ShuttingDown(Exception):
-    pass
+__all__ = ["MadeImage", "Model", "NoMetrics", "Progress", "QueueFull", "ShuttingDown", "Stats", "Ticket", "Worker"]
 
 
 class Interrupted(Exception):
     """Raised from the step callback: /sdapi/v1/interrupt, or a second signal at shutdown."""
 
 
-class NoMetrics:
-    """`Worker.metrics` until the app sets a `serve.metrics.Metrics`: the same calls, recording nothing."""
-
-    def queue_wait(self, model: str, seconds: float) -> None: ...
-
-    def call(self, model: str, images: int, seconds: float, batched: int) -> None: ...
-
-    def image_failed(self, model: str) -> None: ...
-
-
 @dataclass
-class Image:
-    """One finished (or failed) image of a ticket."""
+class MadeImage:
+    """One image of a ticket, made or failed."""
 
     request: ImageRequest
     meta: dict | None = None
@@ -59,26 +46,60 @@ class Image:
 
 @dataclass(eq=False)  # a ticket is itself: hashed by identity
 class Ticket:
+    """One request's images, filled in by the worker and writer threads. `on_done` is called once,
+    when the request can be answered: by the delivery that fills its last image, or by the drain
+    that drops its queued ones (the scheduler hands a ticket to one drain only, and a ticket with
+    images dropped is never filled)."""
+
     job: Job
-    images: list[Image | None]
-    on_done: Callable[[], None] = lambda: None  # called from the worker thread when every image is in
-    cancelled: bool = False
+    images: list[MadeImage | None]
+    on_done: Callable[[], None] = lambda: None
     status: int = 200  # 503 when the server stopped before the images were made
-    submitted: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def finished(self) -> bool:
         return all(i is not None for i in self.images)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stats:
-    images: int = 0
-    failures: int = 0
-    seconds: float = 0.0  # in pipeline calls, for images made
-    calls: int = 0
+    """Counts since start. Replaced whole under a lock, so a reader gets a consistent set."""
+
+    images: int = 0  # made and handed over (written, unless --no-save)
+    failures: int = 0  # images not made: refused, interrupted, failed, NaN, not written
+    seconds: float = 0.0  # pipeline seconds of the images made, each its share of its call
+    calls: int = 0  # pipeline calls that ran to their end
     batched: int = 0  # images that shared a call with another request's
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the GPU is doing now, in neutral terms; `api.a1111_progress` makes A1111's answer of it."""
+
+    waiting: int  # requests with images queued
+    interrupted: bool  # an interrupt will stop, or is stopping, a call
+    images: int = 0  # in the call in flight; 0 when none is
+    step: int = 0  # steps done
+    steps: int = 0
+    elapsed_s: float = 0.0  # since the call started
+    estimate_s: float = 0.0  # the call's expected length, from the last call's seconds per step
+    started: str = "0"  # local time the call started, YYYYmmddHHMMSS
+
+    @property
+    def running(self) -> bool:
+        return self.images > 0
+
+
+@dataclass
+class _InFlight:
+    """The call being denoised: `step` is written by the worker thread, read by `progress`."""
+
+    images: int
+    steps: int
+    started: float  # the worker's clock
+    started_at: str
+    estimate_s: float
+    step: int = 0
 
 
 @dataclass
@@ -89,32 +110,45 @@ class Model:
     facts: dict
 
 
+class NoMetrics:
+    """What the worker reports to; `serve/metrics.py` implements the same three methods for Prometheus.
+    Called from the worker thread, and for `image_failed` also from the writer thread."""
+
+    def queue_wait(self, model: str, seconds: float) -> None:
+        """Once per image, when the call that holds it leaves the queue: how long it waited for the
+        GPU. Images dropped from the queue (a client gone, a drain) are not observed."""
+
+    def call(self, model: str, images: int, seconds: float, batched: int) -> None:
+        """Once per pipeline call that ran to its end (its images made, or NaN): its images, its wall
+        time, and how many of them shared it with another request's (all or none)."""
+
+    def image_failed(self, model: str) -> None:
+        """Once per image not made: refused by the loaded model, interrupted, a failed call, NaN, or
+        not written."""
+
+
 class Worker:
     def __init__(self, load: Callable[[], dict[str, tuple]], out: Path, *, batch_size: int = 1,
-                 batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False):
+                 batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False, metrics=None):
         self._load = load
-        self.on_load_error: Callable[[BaseException], None] = lambda e: None
         self.out = out
         self.batch_size = batch_size
-        self.batch_wait_s = batch_wait_s
-        self.max_queue = max_queue
         self.debug = debug
+        self.metrics = metrics if metrics is not None else NoMetrics()
         self.models: dict[str, Model] = {}
         self.ready = False
         self.load_error: str | None = None
         self.load_exception: BaseException | None = None
-        self.stats = Stats()
-        self.metrics = NoMetrics()
-        self._queue: deque[tuple[Ticket, int]] = deque()
-        self._cond = threading.Condition()
-        self._accepting = True
-        self._interrupt = False
-        self._abandon = False
-        self._current: dict | None = None
+        self._clock = time.monotonic
+        self.scheduler = Scheduler(self._call_key, images_per_call=batch_size, wait_s=batch_wait_s,
+                                   max_images=max_queue, clock=self._clock)
+        self._stats = Stats()
+        self._lock = threading.Lock()  # the stats, and tickets' images (the worker and writer threads fill them)
+        self._current: _InFlight | None = None
+        self._step_s = 0.0  # the last call's seconds per step, for the estimate before a call's first step
         self._thread = threading.Thread(target=self._main, name="spo-gpu", daemon=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-serve-writer")
         self._pending: deque[Future] = deque()
-        self._tickets = threading.Lock()
 
     # -- from the web threads ---------------------------------------------------------------------
 
@@ -122,69 +156,47 @@ class Worker:
         self._thread.start()
 
     def submit(self, job: Job, on_done: Callable[[], None] = lambda: None) -> Ticket:
+        """Queue `job`'s images; `on_done` is called (from another thread) once they can be answered.
+        Raises QueueFull, or ShuttingDown (with the load error when the models failed to load)."""
         ticket = Ticket(job, [None] * len(job.images), on_done)
-        with self._cond:
-            if not self._accepting or self.load_error:
-                raise ShuttingDown(self.load_error or "the server is shutting down")
-            if len(self._queue) + len(job.images) > self.max_queue:
-                raise QueueFull(f"{len(self._queue)} image(s) are queued and the queue holds {self.max_queue}")
-            self._queue.extend((ticket, i) for i in range(len(job.images)))
-            self._cond.notify_all()
+        self.scheduler.submit(ticket, len(job.images))
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
         """The client went away: its images still queued are dropped (a call in flight finishes)."""
-        with self._cond:
-            ticket.cancelled = True
-            kept = [(t, i) for t, i in self._queue if t is not ticket]
-            self._queue.clear()
-            self._queue.extend(kept)
+        self.scheduler.cancel(ticket)
 
     def interrupt(self) -> None:
-        """A1111's interrupt: the call in flight stops at its next step; with none in flight, the next
-        call made from what is queued now does (it may be waiting for company). Idle, it does nothing."""
-        with self._cond:
-            if self._current is not None or self._queue:
-                self._interrupt = True
+        """A1111's interrupt (see `Scheduler.interrupt`)."""
+        self.scheduler.interrupt()
 
     def drain(self) -> None:
         """Stop accepting; answer every queued request with 503; let the call in flight finish."""
-        with self._cond:
-            self._accepting = False
-            queued = list(dict.fromkeys(t for t, _ in self._queue))
-            self._queue.clear()
-            self._cond.notify_all()
-        for ticket in queued:
-            ticket.status = 503
-            self._finish(ticket)
+        self._turn_away(self.scheduler.drain())
 
     def abandon(self) -> None:
         """A second signal: the call in flight stops at its next step, and nothing of it is written."""
-        self._abandon = True
-        self.drain()
+        self._turn_away(self.scheduler.abandon())
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self.scheduler.queued
 
-    def progress(self) -> dict:
-        """A1111's /sdapi/v1/progress answer for the call in flight."""
+    @property
+    def stats(self) -> Stats:
+        return self._stats  # frozen, and replaced whole
+
+    def progress(self) -> Progress:
+        queue = self.scheduler.state()
         cur = self._current
-        state = {"skipped": False, "interrupted": self._interrupt, "stopping_generation": False,
-                 "job": "", "job_count": len({id(t) for t, _ in list(self._queue)}) + (1 if cur else 0),
-                 "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
-        if not cur:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
-        step, steps = cur["step"], cur["steps"]
-        done = step / steps if steps else 0.0
-        elapsed = time.monotonic() - cur["started"]
-        eta = elapsed / done - elapsed if done > 0 else cur.get("estimate", 0.0)
-        state.update(job=cur["job"], job_timestamp=cur["timestamp"], sampling_step=step, sampling_steps=steps)
-        return {"progress": round(done, 4), "eta_relative": round(max(eta, 0.0), 3), "state": state,
-                "current_image": None, "textinfo": None}
+        if cur is None:
+            return Progress(waiting=queue.requests, interrupted=queue.interrupted)
+        return Progress(waiting=queue.requests, interrupted=queue.interrupted, images=cur.images, step=cur.step,
+                        steps=cur.steps, elapsed_s=self._clock() - cur.started, estimate_s=cur.estimate_s,
+                        started=cur.started_at)
 
     # -- the worker thread --------------------------------------------------------------------------
 
@@ -197,54 +209,30 @@ class Worker:
 
             self.load_error = e.paragraph() if isinstance(e, SpoError) else f"{type(e).__name__}: {e}"
             self.load_exception = e
-            self.drain()
-            self.on_load_error(e)
+            # No callback: `spo serve` watches load_error from its own loop, which cannot miss it
+            # whenever it is set (a callback set after start() could).
+            self._turn_away(self.scheduler.drain(self.load_error))
             return
         self.ready = True
         try:
-            while True:
-                call = self._next_call()
-                if call is None:
-                    return
-                if call:
-                    try:
-                        self._run(call)
-                    finally:
-                        self._interrupt = False  # an interrupt stops one call, never a later one
+            while (call := self.scheduler.next_call()) is not None:
+                try:
+                    self._run(call)
+                finally:
+                    self.scheduler.finished(call)
         finally:
             self._writer.shutdown(wait=True)  # every image taken is answered
 
-    def _key(self, ticket: Ticket, i: int):
-        model = self.models[ticket.job.model]
+    def _call_key(self, ticket: Ticket, i: int):
+        """The scheduler's key: the model and what its engine's calls must share. Called from the web
+        threads at submit (and once from the worker thread for images queued while loading)."""
+        if not self.ready:
+            return None  # not known before the models load; the scheduler asks again then
+        job = ticket.job
         try:
-            return ticket.job.model, model.engine.call_key(ticket.job.images[i])
+            return job.model, self.models[job.model].engine.call_key(job.images[i])
         except Exception:  # a call of its own, where engine.run raises the same and fails just this image
-            return "unusable", id(ticket), i
-
-    def _next_call(self) -> list[tuple[Ticket, int]] | None:
-        """The next pipeline call: the oldest image and up to batch_size − 1 others of its shape,
-        waiting up to batch_wait_s for more to arrive. None when the worker should end."""
-        with self._cond:
-            while not self._queue:
-                if not self._accepting:
-                    return None
-                self._cond.wait()
-            deadline = time.monotonic() + self.batch_wait_s
-            while True:
-                first_ticket, first_i = self._queue[0]
-                key = self._key(first_ticket, first_i)
-                same = [item for item in self._queue if self._key(*item) == key][: self.batch_size]
-                left = deadline - time.monotonic()
-                if len(same) >= self.batch_size or left <= 0 or not self._accepting:
-                    break
-                self._cond.wait(left)
-                if not self._queue:
-                    return []
-            # the tuples in `same` are the queue's own objects, so identity finds them
-            kept = [item for item in self._queue if not any(item is s for s in same)]
-            self._queue.clear()
-            self._queue.extend(kept)
-            return same
+            return object()
 
     def _refusal(self, engine, request: ImageRequest) -> tuple[str, int, str] | None:
         """(message, 400, field) when the loaded model or this machine cannot make `request`: noise on a
@@ -264,97 +252,112 @@ class Worker:
             return render.call_error(e, self.debug), 400, "steps"
         return None
 
-    def _on_step(self, done: int, total: int) -> None:
-        if self._current is not None:
-            self._current["step"] = done
-        if self._interrupt or self._abandon:
-            raise Interrupted()
+    def _run(self, call: Call) -> None:
+        slots = [(q.ticket, q.index) for q in call.images]
+        handed: list[tuple[Ticket, int]] = []  # to the writer thread, which answers them
+        try:
+            self._make(call, slots, handed)
+        except Exception as e:  # a bug of ours: answer the call's other images, and keep serving
+            if self.debug:
+                traceback.print_exc()
+            error = f"Internal error ({type(e).__name__}: {e}); the server's log has more with --debug."
+            for ticket, i in slots:
+                with self._lock:
+                    unanswered = ticket.images[i] is None and (ticket, i) not in handed
+                if unanswered:
+                    self._deliver(ticket, i, MadeImage(ticket.job.images[i], error=error, status=500))
 
-    def _run(self, call: list[tuple[Ticket, int]]) -> None:
-        ticket0 = call[0][0]
-        model = self.models[ticket0.job.model]
-        requests = [t.job.images[i] for t, i in call]
-        per_step = self.stats.seconds / self.stats.images / max(requests[0].steps, 1) if self.stats.images else 0.0
-        self._current = {"step": 0, "steps": requests[0].steps, "started": time.monotonic(),
-                         "job": f"{len(call)} image(s)", "timestamp": time.strftime("%Y%m%d%H%M%S"),
-                         "estimate": per_step * requests[0].steps}
-        t0 = time.perf_counter()
-        started = time.monotonic()
-        for ticket, _ in call:
-            self.metrics.queue_wait(ticket.job.model, started - ticket.submitted)
+    def _make(self, call: Call, slots: list[tuple[Ticket, int]], handed: list[tuple[Ticket, int]]) -> None:
+        label = slots[0][0].job.model
+        model = self.models[label]
+        requests = [t.job.images[i] for t, i in slots]
+        for wait in call.waits:
+            self.metrics.queue_wait(label, wait)
         refusal = self._refusal(model.engine, requests[0])
         if refusal:  # what only the loaded model and this machine can refuse is still the request's fault
-            self._current = None
-            self._fail(call, *refusal)
+            self._fail(label, slots, *refusal)
             return
+        steps = requests[0].steps
+        started = self._clock()
+        flight = _InFlight(len(slots), steps, started, time.strftime("%Y%m%d%H%M%S"), self._step_s * steps)
+        self._current = flight
+
+        def on_step(done: int, total: int) -> None:
+            flight.step = done
+            if self.scheduler.stopping(call):
+                raise Interrupted()
+
+        failure = None
         try:
-            results = model.engine.run(requests, on_step=self._on_step)
+            results = model.engine.run(requests, on_step=on_step)
         except Interrupted:
-            self._fail(call, "interrupted" if not self._abandon else "abandoned at shutdown", 409)
-            return
+            failure = "abandoned at shutdown" if self.scheduler.abandoned else "interrupted", 409
         except Exception as e:
-            self._fail(call, render.call_error(e, self.debug))
-            return
+            failure = render.call_error(e, self.debug), 500
         finally:
-            self._current = None
-        elapsed = time.perf_counter() - t0
-        self.stats.calls += 1
-        batched = len(call) if len({id(t) for t, _ in call}) > 1 else 0
-        self.stats.batched += batched
+            self._current = None  # before any answer: a client told 409 then sees nothing running
+        if failure:
+            self._fail(label, slots, *failure)
+            return
+        elapsed = self._clock() - started
+        self._step_s = elapsed / max(steps, 1)
+        self._count(calls=1, batched=call.batched)
+        self.metrics.call(label, len(slots), elapsed, call.batched)
         tasks = [ImageTask(r) for r in requests]
         when = naming.now()
         try:
             described = list(render.call_metadata(model.engine, model.describe, model.facts, tasks, results, elapsed))
         except Exception as e:  # the images exist but cannot be described: fail them, keep serving
-            self._fail(call, render.call_error(e, self.debug))
+            self._fail(label, slots, render.call_error(e, self.debug))
             return
-        # counted before any image is handed over, so that an answer never precedes its count
-        self.metrics.call(ticket0.job.model, sum(meta is not None for *_, meta in described), elapsed, batched)
-        for (ticket, i), (task, res, meta) in zip(call, described):
+        share = elapsed / len(slots)
+        for (ticket, i), (task, res, meta) in zip(slots, described):
             if meta is None:
-                self.stats.failures += 1
-                self.metrics.image_failed(ticket.job.model)
-                self._deliver(ticket, i, Image(task.request, error=render.nan_error(model.engine.dtype), status=500))
+                self._fail(label, [(ticket, i)], render.nan_error(model.engine.dtype))
             else:
-                self.stats.images += 1
-                self.stats.seconds += elapsed / len(call)
                 # Encoding and writing overlap the next call, as in the render loop.
-                self._pending.append(self._writer.submit(self._file, ticket, i, task.request, res.image, meta, when))
+                self._pending.append(self._writer.submit(self._file, label, ticket, i, res.image, meta, when, share))
+                handed.append((ticket, i))
         while len(self._pending) > 2 * self.batch_size:  # bounded: at most two calls' images in memory
             self._pending.popleft().result()
 
-    def _file(self, ticket: Ticket, i: int, request: ImageRequest, image, meta: dict, when) -> None:
+    def _file(self, label: str, ticket: Ticket, i: int, image, meta: dict, when, seconds: float) -> None:
         """On the writer thread: encode (and unless --no-save, write) one image, then hand it over."""
+        request = ticket.job.images[i]
         try:
             if not ticket.job.save:
-                done = Image(request, meta, metadata.encode_image(image, "png", meta))
+                done = MadeImage(request, meta, metadata.encode_image(image, "png", meta))
             else:
                 written = files.write_pair(self.out, None, "png", image, meta,
                                            default_stem=naming.default_stem(request.prompt, request.seed, when))
                 path = Path(written["image"])
-                done = Image(request, dict(meta, file=path.name), path.read_bytes(), written)
+                done = MadeImage(request, dict(meta, file=path.name), path.read_bytes(), written)
         except Exception as e:  # a full disk fails this image, and says so
-            self.stats.images -= 1
-            self.stats.failures += 1
-            self.metrics.image_failed(ticket.job.model)
-            done = Image(request, error=f"The image could not be written: {type(e).__name__}: {e}", status=500)
+            self._fail(label, [(ticket, i)], f"The image could not be written: {type(e).__name__}: {e}")
+            return
+        self._count(images=1, seconds=seconds)
         self._deliver(ticket, i, done)
 
-    def _deliver(self, ticket: Ticket, i: int, image: Image) -> None:
-        with self._tickets:  # the worker and writer threads both hand images over
+    def _count(self, **add) -> None:
+        with self._lock:
+            s = self._stats
+            self._stats = replace(s, **{name: getattr(s, name) + n for name, n in add.items()})
+
+    def _fail(self, label: str, slots, error: str, status: int = 500, field: str | None = None) -> None:
+        self._count(failures=len(slots))
+        for ticket, i in slots:
+            self.metrics.image_failed(label)
+            self._deliver(ticket, i, MadeImage(ticket.job.images[i], error=error, status=status, field=field))
+
+    def _deliver(self, ticket: Ticket, i: int, image: MadeImage) -> None:
+        with self._lock:
             ticket.images[i] = image
             finished = ticket.finished
         if finished:
-            self._finish(ticket)
-
-    def _fail(self, call, error: str, status: int = 500, field: str | None = None) -> None:
-        for ticket, i in call:
-            self.stats.failures += 1
-            self.metrics.image_failed(ticket.job.model)
-            self._deliver(ticket, i, Image(ticket.job.images[i], error=error, status=status, field=field))
+            ticket.on_done()
 
     @staticmethod
-    def _finish(ticket: Ticket) -> None:
-        if not ticket.done.is_set():
-            ticket.done.set()
+    def _turn_away(tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            ticket.status = 503
             ticket.on_done()

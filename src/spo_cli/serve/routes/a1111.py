@@ -63,7 +63,7 @@ async def set_options(request: Request, spo: Spo):
 
 @router.get("/progress")
 async def progress(spo: Spo):
-    return spo.worker.progress()
+    return api.a1111_progress(spo.worker.progress())
 
 
 @router.post("/interrupt")

@@ -1,0 +1,194 @@
+"""spo serve's worker with the tiny pipeline, without HTTP: what it counts, reports and answers.
+
+The worker is driven directly (submit, then wait on each ticket's on_done with a generous deadline);
+the server over HTTP is tests/test_serve.py's. One pipeline is loaded for the module and handed to
+each test's worker, so a test costs its few tiny calls only.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from spo_cli.request import ImageRequest
+from spo_cli.serve.api import Job
+from spo_cli.serve.worker import Progress, Worker
+
+pytestmark = [pytest.mark.slow]
+
+DEADLINE = 300.0  # seconds: only a guard against a hang, never a measure of speed
+
+
+class Recorded:
+    """The worker's metrics hooks, written down."""
+
+    def __init__(self, fail_on_call: bool = False):
+        self.waits, self.calls, self.failed = [], [], []
+        self.fail_on_call = fail_on_call
+
+    def queue_wait(self, model: str, seconds: float) -> None:
+        self.waits.append((model, seconds))
+
+    def call(self, model: str, images: int, seconds: float, batched: int) -> None:
+        if self.fail_on_call:
+            raise RuntimeError("a broken metrics exporter")
+        self.calls.append((model, images, seconds, batched))
+
+    def image_failed(self, model: str) -> None:
+        self.failed.append(model)
+
+
+@pytest.fixture(scope="module")
+def loaded(hub_cache):
+    from spo_cli.cli import loading
+    from spo_cli.cli import options as o
+    from spo_cli.cli.ui import UI
+
+    ui = UI(quiet=True)
+    request, _ = o.model_request(model="spo", device="cpu")
+    options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=2)
+    runtime = loading.start_torch(ui, request, options)
+    resolved = loading.resolve(ui, request, runtime.dtype)
+    return loading.load(ui, runtime, resolved, options), resolved
+
+
+def make_worker(loaded, out: Path, metrics=None, **kw) -> Worker:
+    kw = {"batch_size": 2, "batch_wait_s": 0.0, **kw}
+    return Worker(lambda: {"spo": loaded}, out, metrics=metrics or Recorded(), **kw)
+
+
+def job(*seeds: int, steps: int = 1, save: bool = True, **fields) -> Job:
+    return Job(tuple(ImageRequest("a fox", s, steps=steps, width=64, height=64, **fields) for s in seeds), "spo",
+               save=save)
+
+
+def submit(worker: Worker, j: Job):
+    done = threading.Event()
+    return worker.submit(j, done.set), done
+
+
+def answered(*pending) -> list:
+    for ticket, done in pending:
+        assert done.wait(DEADLINE), "the ticket was never answered"
+    return [ticket for ticket, _ in pending]
+
+
+def stop(worker: Worker) -> None:
+    worker.drain()
+    worker.join(DEADLINE)
+    assert not worker._thread.is_alive()
+
+
+def test_two_requests_in_one_call_are_counted_as_batched_and_reported(loaded, tmp_path):
+    metrics = Recorded()
+    worker = make_worker(loaded, tmp_path / "out", metrics)
+    a, b = submit(worker, job(1)), submit(worker, job(2))  # queued before the worker runs: one call
+    worker.start()
+    try:
+        answered(a, b)
+        s = worker.stats
+        assert (s.images, s.failures, s.calls, s.batched) == (2, 0, 1, 2) and s.seconds > 0
+        assert [(m, n, b) for m, n, _, b in metrics.calls] == [("spo", 2, 2)] and metrics.calls[0][2] > 0
+        assert [m for m, _ in metrics.waits] == ["spo", "spo"] and all(w >= 0 for _, w in metrics.waits)
+        assert metrics.failed == []
+        # One request's two images: a call of its own, shared with no other request.
+        (c,) = answered(submit(worker, job(3, 4)))
+        assert worker.stats.batched == 2 and metrics.calls[-1][1:] == (2, metrics.calls[-1][2], 0)
+        assert all(img.error is None and img.data.startswith(b"\x89PNG") for img in c.images)
+        assert c.images[0].written and Path(c.images[0].written["image"]).is_file()
+    finally:
+        stop(worker)
+
+
+def test_an_image_that_cannot_be_written_fails_and_is_not_counted_as_made(loaded, tmp_path):
+    metrics = Recorded()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    worker = make_worker(loaded, blocked, metrics)
+    worker.start()
+    try:
+        (ticket,) = answered(submit(worker, job(5)))
+        image = ticket.images[0]
+        assert image.status == 500 and image.error.startswith("The image could not be written")
+        s = worker.stats
+        assert (s.images, s.failures, s.calls, s.seconds) == (0, 1, 1, 0.0)
+        assert metrics.failed == ["spo"] and len(metrics.calls) == 1  # the call itself ran
+        # --no-save on the same worker: nothing written, the image made all the same.
+        (kept,) = answered(submit(worker, job(6, save=False)))
+        assert kept.images[0].error is None and kept.images[0].written is None
+        assert kept.images[0].data.startswith(b"\x89PNG")
+        assert (worker.stats.images, worker.stats.failures) == (1, 1)
+    finally:
+        stop(worker)
+
+
+def test_what_the_machine_cannot_make_is_refused_before_any_call(loaded, tmp_path):
+    metrics = Recorded()
+    worker = make_worker(loaded, tmp_path / "out", metrics)
+    worker.start()
+    try:
+        (ticket,) = answered(submit(worker, job(7, generator_device="cuda")))
+        image = ticket.images[0]
+        assert (image.status, image.field) == (400, "generator_device") and "Use cpu" in image.error
+        answered(submit(worker, job(8)))  # the worker is done with the refused call once this is made
+        assert (worker.stats.calls, worker.stats.failures) == (1, 1) and ticket.images[0] is image
+        assert len(metrics.calls) == 1 and metrics.failed == ["spo"] and len(metrics.waits) == 2
+    finally:
+        stop(worker)
+
+
+def test_an_interrupt_stops_one_call_and_progress_says_what_runs(loaded, tmp_path):
+    metrics = Recorded()
+    worker = make_worker(loaded, tmp_path / "out", metrics, batch_size=1)
+    worker.start()
+    try:
+        answered(submit(worker, job(8)))  # a call before: the estimate has a measure
+        long = submit(worker, job(9, steps=500))
+        seen = worker.progress()
+        while not (seen.running and seen.step >= 1):
+            assert not long[1].wait(0.01), f"the long call ended before it was seen running: {long[0].images}"
+            seen = worker.progress()
+        assert isinstance(seen, Progress) and (seen.images, seen.steps, seen.interrupted) == (1, 500, False)
+        assert seen.estimate_s > 0 and seen.elapsed_s >= 0 and len(seen.started) == 14
+        worker.interrupt()
+        (ticket,) = answered(long)
+        assert (ticket.images[0].status, ticket.images[0].error) == (409, "interrupted")
+        assert metrics.failed == ["spo"] and len(metrics.calls) == 1  # an interrupted call is not a call made
+        assert not worker.progress().running
+        (after,) = answered(submit(worker, job(10)))
+        assert after.images[0].error is None  # the interrupt stopped one call, not a later one
+    finally:
+        stop(worker)
+
+
+def test_a_bug_in_a_metrics_hook_fails_its_call_and_the_worker_goes_on(loaded, tmp_path):
+    metrics = Recorded(fail_on_call=True)
+    worker = make_worker(loaded, tmp_path / "out", metrics)
+    worker.start()
+    try:
+        (ticket,) = answered(submit(worker, job(11, 12)))
+        assert all(i.status == 500 and "Internal error (RuntimeError" in i.error for i in ticket.images)
+        metrics.fail_on_call = False
+        (after,) = answered(submit(worker, job(13)))
+        assert after.images[0].error is None
+    finally:
+        stop(worker)
+
+
+def test_a_second_signal_abandons_the_call_in_flight_and_turns_the_queue_away(loaded, tmp_path):
+    metrics = Recorded()
+    worker = make_worker(loaded, tmp_path / "out", metrics, batch_size=1)
+    worker.start()
+    long = submit(worker, job(14, steps=500))
+    while not (worker.progress().running and worker.progress().step >= 1):
+        assert not long[1].wait(0.01), f"the long call ended before it was seen running: {long[0].images}"
+    queued = submit(worker, job(15))
+    worker.abandon()
+    (ticket, waiting) = answered(long, queued)
+    assert (ticket.images[0].status, ticket.images[0].error) == (409, "abandoned at shutdown")
+    assert waiting.status == 503 and waiting.images == [None]
+    worker.join(DEADLINE)
+    assert not worker._thread.is_alive()
+    assert not list((tmp_path / "out").glob("*.png"))  # nothing of the abandoned call is written
