@@ -197,7 +197,7 @@ def test_revision_pins_a_commit(hub_cache, out):
     (["--scheduler", "fancy"], 2, "dpm++2m-karras"),
     (["--width", "100"], 2, "multiple of 8"),
     (["--height", "0"], 2, "multiple of 8"),
-    (["--seed", "-1"], 2, "--seed must be from 0 to 4,294,967,295, not -1"),
+    (["--seed", "-2"], 2, "--seed must be from 0 to 4,294,967,295, not -2"),
     (["--image-format", "gif"], 2, "png, jpg, webp"),
     (["--batch-size", "0"], 2, "--batch-size must be from 1 to 64, not 0"),
     (["--steps", "0"], 2, "--steps must be from 1 to 1,000, not 0"),

@@ -50,7 +50,7 @@ def loaded(hub_cache):
     request, _ = o.model_request(model="spo", device="cpu")
     options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=2)
     runtime = loading.start_torch(ui, request, options)
-    resolved = loading.resolve(ui, request, runtime.dtype)
+    resolved = loading.find_model(ui, request, runtime.dtype)
     return loading.load(ui, runtime, resolved, options), resolved
 
 
