@@ -34,7 +34,6 @@ rows. Exit status 1 when any case is a defect. `--only REGEX` runs a subset (ids
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import http.server
 import io

@@ -6,7 +6,6 @@ and interrupted copies damage it, and `resolve` must say which repo and file, an
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import threading
@@ -16,7 +15,7 @@ import pytest
 
 from conftest import base_copy
 from spo_cli import presets, resolve
-from spo_cli.errors import ModelError, UsageError
+from spo_cli.errors import ModelError
 from spo_cli.request import ModelRequest
 from spo_cli.tiny import add_to_cache
 

@@ -1107,7 +1107,7 @@ def test_read_metadata_of_a_real_process_substitution(tmp_path):
 
     sidecar, meta = _sidecar(tmp_path)
     code = "import sys, json; from spo_cli.outputs import metadata; print(metadata.read(sys.argv[1])['seed'])"
-    r = subprocess.run(["bash", "-c", f'"$0" -c "$1" <(cat "$2")', sys.executable, code, str(sidecar)],
+    r = subprocess.run(["bash", "-c", '"$0" -c "$1" <(cat "$2")', sys.executable, code, str(sidecar)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == str(meta["seed"]), r.stderr
 

@@ -59,7 +59,7 @@ def spo_scores(name: str, images, prompts, hps_version="v2.1", batch_size=3) -> 
     import torch
 
     from spo_cli.resolve import Fetch
-    from spo_cli.scores import run, store
+    from spo_cli.scores import run
 
     resolved = run.resolve_metrics([name], hps_version, Fetch())
     folders = {repo: r.path for repo, r in resolved[name].items()}

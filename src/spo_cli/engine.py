@@ -16,7 +16,6 @@ import platform
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 # Library chatter (offline notices, per-component loading bars, "No LoRA keys for the text
 # encoder") is not for users of a CLI; set before the libraries read these variables on import.
@@ -38,7 +37,7 @@ import torch  # noqa: E402
 
 from spo_cli import __version__, devices, encoding, presets  # noqa: E402
 from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint, translate  # noqa: E402
-from spo_cli.request import ImageRequest, RunOptions  # noqa: E402
+from spo_cli.request import Generated, ImageRequest, RunOptions  # noqa: E402
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 LORA_ADAPTER = "spo"
@@ -127,13 +126,6 @@ def versions() -> dict:
         "huggingface_hub": huggingface_hub.__version__,
         "python": platform.python_version(),
     }
-
-
-@dataclass
-class Result:
-    image: object  # PIL.Image.Image
-    request: ImageRequest
-    nan: bool
 
 
 @contextmanager
@@ -343,7 +335,7 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def run(self, batch: list[ImageRequest], on_step: Callable[[int, int], None] | None = None) -> list[Result]:
+    def run(self, batch: list[ImageRequest], on_step: Callable[[int, int], None] | None = None) -> list[Generated]:
         """One pipeline call for `batch` (requests sharing `group_key`), one generator per image."""
         first = batch[0]
         if any(self.call_key(r) != self.call_key(first) for r in batch):
@@ -396,6 +388,6 @@ class Engine:
         batch = batch[:real]
         images = self.pipe.image_processor.numpy_to_pil(arrays)  # what output_type="pil" would return
         return [
-            Result(img, req, bool(torch.from_numpy(arr).isnan().any()))
+            Generated(img, req, bool(torch.from_numpy(arr).isnan().any()))
             for img, req, arr in zip(images, batch, arrays)
         ]

@@ -78,6 +78,15 @@ class ImageRequest:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass
+class Generated:
+    """One image of a pipeline call, as the engine (or a `--server` it stands for) gives it back."""
+
+    image: object  # PIL.Image.Image
+    request: ImageRequest
+    nan: bool  # the decoded image held NaN: a failed image, not a black one
+
+
 @dataclass(frozen=True)
 class ImageTask:
     """One image to make and how to file it: the unit every command hands to the render loop."""

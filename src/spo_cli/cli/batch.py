@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from spo_cli import distributed, presets, prompts, validate
-from spo_cli.cli import app, loading, options as o
+from spo_cli.cli import app, loading, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_SKIPPED, UsageError
@@ -86,41 +86,41 @@ def batch(
     ui: UI,
     file: Annotated[str, typer.Argument(help="Prompt file (.txt: one prompt per line; .jsonl: one JSON object "
                                         "per line), or - for standard input.", show_default=False)],
-    prompt_format: o.PromptFormat = None,
-    old_format: o.OldPromptFormat = None,
-    negative: o.Negative = None,
+    prompt_format: opts.PromptFormat = None,
+    old_format: opts.OldPromptFormat = None,
+    negative: opts.Negative = None,
     seed: Annotated[int, typer.Option(help="Seed of the file's first image; image k gets seed+k unless its "
                                       "line sets a seed.", rich_help_panel="Sampling")] = 0,
-    num_images: o.NumImages = 1,
-    batch_size: o.BatchSize = 1,
-    steps: o.Steps = presets.DEFAULT_STEPS,
-    guidance: o.Guidance = presets.DEFAULT_GUIDANCE,
-    width: o.Width = None,
-    height: o.Height = None,
-    scheduler: o.Scheduler = "default",
-    generator_device: o.GeneratorDevice = "cpu",
-    prompt_syntax: o.PromptSyntax = "auto",
-    emphasis: o.Emphasis = "original",
-    no_size_limit: o.NoSizeLimit = False,
-    model: o.Model = presets.DEFAULT_PRESET,
-    revision: o.Revision = None,
-    lora: o.Lora = None,
-    lora_file: o.LoraFile = None,
-    lora_scale: o.LoraScale = None,
-    vae: o.Vae = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    fast: o.Fast = False,
-    offload: o.Offload = None,
-    vae_tiling: o.VaeTiling = False,
-    vae_slicing: o.VaeSlicing = False,
-    out: o.Out = "outputs",
-    image_format: o.ImageFormat = "png",
+    num_images: opts.NumImages = 1,
+    batch_size: opts.BatchSize = 1,
+    steps: opts.Steps = presets.DEFAULT_STEPS,
+    guidance: opts.Guidance = presets.DEFAULT_GUIDANCE,
+    width: opts.Width = None,
+    height: opts.Height = None,
+    scheduler: opts.Scheduler = "default",
+    generator_device: opts.GeneratorDevice = "cpu",
+    prompt_syntax: opts.PromptSyntax = "auto",
+    emphasis: opts.Emphasis = "original",
+    no_size_limit: opts.NoSizeLimit = False,
+    model: opts.Model = presets.DEFAULT_PRESET,
+    revision: opts.Revision = None,
+    lora: opts.Lora = None,
+    lora_file: opts.LoraFile = None,
+    lora_scale: opts.LoraScale = None,
+    vae: opts.Vae = None,
+    device: opts.Device = "auto",
+    dtype: opts.Dtype = "auto",
+    fast: opts.Fast = False,
+    offload: opts.Offload = None,
+    vae_tiling: opts.VaeTiling = False,
+    vae_slicing: opts.VaeSlicing = False,
+    out: opts.Out = "outputs",
+    image_format: opts.ImageFormat = "png",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Make every image again, even those already done.",
                                             rich_help_panel="Output")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report bad lines and run the others (exit code 3), instead "
                                                "of running nothing.")] = False,
-    server: o.Server = None,
+    server: opts.Server = None,
 ) -> None:
     """Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."""
     rank = distributed.rank_info()
@@ -129,18 +129,18 @@ def batch(
     t0 = perf_counter()
 
     # 1. Everything that can be checked without the model.
-    image_format = o.image_format(image_format, None, ui.warn)
-    fmt = o.prompt_format(prompt_format, old_format, ui.warn)
-    defaults, warnings = o.image_request(
+    image_format = opts.image_format(image_format, None, ui.warn)
+    fmt = opts.prompt_format(prompt_format, old_format, ui.warn)
+    defaults, warnings = opts.image_request(
         seed=seed, negative=negative, steps=steps, guidance=guidance, width=width, height=height,
         scheduler=scheduler, generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,
         size_limit=not no_size_limit, check_prompt=False)
     validate.num_images(num_images)
-    request, more = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
+    request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
-    options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+    options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
-    server = o.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+    server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
     if server and rank.several:
@@ -262,7 +262,7 @@ class _Run:
             err = translate(e)
             self.error = err.paragraph() if err else f"{type(e).__name__}: {e}"
             raise
-        failures = [{"stem": o.task.stem, "error": o.error} for o in self.outcomes if o.error]
+        failures = [{"stem": oc.task.stem, "error": oc.error} for oc in self.outcomes if oc.error]
         if failures or rank.several:
             files.write_failures(self.out, rank.rank, failures)
         if rank.several and self.interrupted is None:
@@ -271,7 +271,7 @@ class _Run:
     def exit_code(self) -> int:
         if self.interrupted:
             return self.interrupted
-        if self.failed_rows or any(o.error for o in self.outcomes):
+        if self.failed_rows or any(oc.error for oc in self.outcomes):
             return EXIT_FAILURE
         return EXIT_SKIPPED if self.parsed.problems else 0
 
@@ -279,7 +279,7 @@ class _Run:
         """Write the manifest (first process only) from what is on disk, and report."""
         if self.rank.first:
             failed = files.collect_failures(self.out)
-            failed.update({o.task.stem: o.error for o in self.outcomes if o.error})
+            failed.update({oc.task.stem: oc.error for oc in self.outcomes if oc.error})
             rows = [self._row(t, failed) for t in self.tasks]
             rows += [{"source": self.parsed.source, "line": n, "status": "skipped", "error": text}
                      for n, text in self.parsed.bad_lines]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import presets, validate
-from spo_cli.cli import app, loading, options as o, scoring
+from spo_cli.cli import app, loading, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, short
 from spo_cli.comparison import Column, Scoring, build_columns, build_rows, cell_entry, render_columns, score_cells, \
@@ -62,8 +62,8 @@ def compare(
     prompt: Annotated[Optional[str], typer.Argument(help="A prompt (or use --prompts).", show_default=False)] = None,
     prompts_file: Annotated[Optional[str], typer.Option(
         "--prompts", help="A prompt file in the formats `spo batch` reads (.txt, .jsonl, - for stdin).")] = None,
-    prompt_format: o.PromptFormat = None,
-    old_format: o.OldPromptFormat = None,
+    prompt_format: opts.PromptFormat = None,
+    old_format: opts.OldPromptFormat = None,
     base: Annotated[Optional[bool], typer.Option("--base/--no-base", help="A column for SDXL base.",
                                                  rich_help_panel="Columns", show_default=False)] = None,
     spo: Annotated[Optional[bool], typer.Option("--spo/--no-spo", help="A column for SPO-SDXL (merged).",
@@ -84,22 +84,22 @@ def compare(
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, one row each per prompt: a range 0-3 or a list 1,2,5.",
                                                  rich_help_panel="Sampling")] = None,
     seed: Annotated[int, typer.Option(help="First seed when --seeds is not given.", rich_help_panel="Sampling")] = 0,
-    num_images: o.NumImages = 1,
-    negative: o.Negative = None,
-    steps: o.Steps = presets.DEFAULT_STEPS,
-    guidance: o.Guidance = presets.DEFAULT_GUIDANCE,
-    width: o.Width = None,
-    height: o.Height = None,
-    scheduler: o.Scheduler = "default",
-    generator_device: o.GeneratorDevice = "cpu",
-    prompt_syntax: o.PromptSyntax = "auto",
-    emphasis: o.Emphasis = "original",
-    no_size_limit: o.NoSizeLimit = False,
-    batch_size: o.BatchSize = 1,
-    revision: o.Revision = None,
-    vae: o.Vae = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
+    num_images: opts.NumImages = 1,
+    negative: opts.Negative = None,
+    steps: opts.Steps = presets.DEFAULT_STEPS,
+    guidance: opts.Guidance = presets.DEFAULT_GUIDANCE,
+    width: opts.Width = None,
+    height: opts.Height = None,
+    scheduler: opts.Scheduler = "default",
+    generator_device: opts.GeneratorDevice = "cpu",
+    prompt_syntax: opts.PromptSyntax = "auto",
+    emphasis: opts.Emphasis = "original",
+    no_size_limit: opts.NoSizeLimit = False,
+    batch_size: opts.BatchSize = 1,
+    revision: opts.Revision = None,
+    vae: opts.Vae = None,
+    device: opts.Device = "auto",
+    dtype: opts.Dtype = "auto",
     cell_size: Annotated[int, typer.Option(help="Longest side of a cell in the grid, in pixels (cells are "
                                            "only shrunk; full-size images stay in OUT/cells).",
                                            rich_help_panel="Output")] = 512,
@@ -107,7 +107,7 @@ def compare(
                                                rich_help_panel="Output")] = 8,
     keep_loaded: Annotated[bool, typer.Option("--keep-loaded", help="Keep every model's UNet in memory instead of one at a "
                                               "time.", rich_help_panel="Model")] = False,
-    out: o.Out = "outputs",
+    out: opts.Out = "outputs",
     score: Annotated[bool, typer.Option("--score", help="Score every cell with preference models (see `spo score`): "
                                         "scores under the cells, and paired win rates between the columns.",
                                         rich_help_panel="Scoring")] = False,
@@ -123,17 +123,17 @@ def compare(
                          "Add --score.")
     validate.integer(cell_size, "cell_size", low=validate.CELL_SIZE_MIN, high=validate.SIDE_MAX)
     validate.integer(rows_per_page, "rows_per_page", low=1, high=validate.ROWS_PER_PAGE_MAX)
-    fmt = o.prompt_format(prompt_format, old_format, ui.warn)
+    fmt = opts.prompt_format(prompt_format, old_format, ui.warn)
     common = dict(vae=vae, dtype=dtype, device=device)
     columns = build_columns(base, spo, spo_lora, model or [], label or [], parse_scales(lora_scales), lora_scale,
-                            revision, common, o.model_request)
-    defaults, warnings = o.image_request(
+                            revision, common, opts.model_request)
+    defaults, warnings = opts.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
         generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,
         size_limit=not no_size_limit, check_prompt=False)
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui.error,
                             not no_size_limit)
-    options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
     for c in columns:
         loading.precheck(c.request, options, [r.request for r in rows])
     out = validate.output_folder(out)

@@ -9,7 +9,7 @@ from time import perf_counter
 import typer
 
 from spo_cli import presets
-from spo_cli.cli import app, loading, options as o
+from spo_cli.cli import app, loading, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.models import cache_state
 from spo_cli.cli.ui import UI, escape
@@ -56,10 +56,10 @@ def host_ram_gib() -> tuple[float | None, float | None]:
 
 
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
-def doctor(ui: UI, device: o.Device = "auto", dtype: o.Dtype = "auto") -> None:
+def doctor(ui: UI, device: opts.Device = "auto", dtype: opts.Dtype = "auto") -> None:
     """Check this machine: versions, device and memory, the Hub, cached models and disk, then a tiny smoke
     generation; end with the one next step that matters. Exit 1 when spo cannot make an image here."""
-    request, _ = o.model_request(model=presets.DEFAULT_PRESET, dtype=dtype, device=device)
+    request, _ = opts.model_request(model=presets.DEFAULT_PRESET, dtype=dtype, device=device)
     runtime = loading.start_torch(ui, request, RunOptions())
     loading.libraries(ui, runtime)
     engine_mod, picked, picked_dtype = runtime.engine, runtime.device, runtime.dtype

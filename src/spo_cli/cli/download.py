@@ -6,7 +6,7 @@ import typer
 
 from spo_cli import presets, validate
 from spo_cli import scores
-from spo_cli.cli import app, loading, options as o, scoring
+from spo_cli.cli import app, loading, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import ModelError, UsageError
@@ -37,10 +37,10 @@ def download(
     ui: UI,
     model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout); or score-models, or one "
                                          "metric's name, for the scorers; or paper-prompts.")] = presets.DEFAULT_PRESET,
-    revision: o.Revision = None,
-    lora: o.Lora = None,
-    lora_file: o.LoraFile = None,
-    vae: o.Vae = None,
+    revision: opts.Revision = None,
+    lora: opts.Lora = None,
+    lora_file: opts.LoraFile = None,
+    vae: opts.Vae = None,
     dtype: Annotated[str, typer.Option(help="fp16 (GPU runs) or fp32 (CPU runs): decides which weight "
                                        "files and VAE are fetched.")] = "fp16",
     force: Annotated[bool, typer.Option("--force", help="Fetch every file again, even those already cached: "
@@ -57,7 +57,7 @@ def download(
     if metric is not None:
         raise UsageError("--metric chooses scorers for `spo download score-models`.")
     dtype = validate.dtype(dtype, auto=False)
-    request, _ = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file, vae=vae)
+    request, _ = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file, vae=vae)
     from huggingface_hub import constants
 
     from spo_cli.resolve import hub_endpoint, quiet_hub, unreachable

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import extras, presets, validate
-from spo_cli.cli import app, loading, options as o, scoring
+from spo_cli.cli import app, loading, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI
 from spo_cli.comparison import Scoring, build_columns, build_rows, render_columns, score_cells
@@ -92,26 +92,26 @@ def eval(  # noqa: A001 - the command's name
                                                           "or --paper.", show_default=False)] = None,
     paper_run: PaperFlag = False,
     limit: Limit = None,
-    out: o.Out = "outputs/eval",
+    out: opts.Out = "outputs/eval",
     columns: Annotated[str, typer.Option(help="Models to evaluate, comma-separated (see below).")] = "base,spo",
     seeds: Seeds = None,
     metric: scoring.Metric = None,
     hps_version: scoring.HpsVersion = "v2.1",
     score_batch_size: scoring.ScoreBatch = 16,
-    prompt_format: o.PromptFormat = None,
-    negative: o.Negative = None,
-    steps: o.Steps = presets.DEFAULT_STEPS,
-    guidance: o.Guidance = presets.DEFAULT_GUIDANCE,
-    width: o.Width = None,
-    height: o.Height = None,
-    scheduler: o.Scheduler = "default",
+    prompt_format: opts.PromptFormat = None,
+    negative: opts.Negative = None,
+    steps: opts.Steps = presets.DEFAULT_STEPS,
+    guidance: opts.Guidance = presets.DEFAULT_GUIDANCE,
+    width: opts.Width = None,
+    height: opts.Height = None,
+    scheduler: opts.Scheduler = "default",
     generator_device: NoiseDevice = None,
     prompt_syntax: Syntax = None,
-    no_size_limit: o.NoSizeLimit = False,
-    batch_size: o.BatchSize = 1,
-    vae: o.Vae = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
+    no_size_limit: opts.NoSizeLimit = False,
+    batch_size: opts.BatchSize = 1,
+    vae: opts.Vae = None,
+    device: opts.Device = "auto",
+    dtype: opts.Dtype = "auto",
 ) -> None:
     """Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."""
     t0 = perf_counter()
@@ -124,9 +124,9 @@ def eval(  # noqa: A001 - the command's name
     if paper_run:
         extras.require("score", "spo eval --paper (reading the Pick-a-Pic parquet files)", "pyarrow")
     names = scoring.metrics(metric, hps_version, score_batch_size)
-    fmt = o.prompt_format(prompt_format, None, ui.warn)
+    fmt = opts.prompt_format(prompt_format, None, ui.warn)
     cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device),
-                         model_request=o.model_request)
+                         model_request=opts.model_request)
     seed_list = parse_seeds(seeds if seeds is not None else ",".join(map(str, paper.SETTINGS["seeds"])) if paper_run
                             else "0-3")
     syntax = prompt_syntax or ("plain" if paper_run else "auto")
@@ -134,10 +134,10 @@ def eval(  # noqa: A001 - the command's name
     if generator_device is None and paper_run:
         validate.device(device)  # before torch is imported to find the GPU
         noise = cuda_noise(ui, device)
-    defaults, warnings = o.image_request(
+    defaults, warnings = opts.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
         generator_device=noise, prompt_syntax=syntax, size_limit=not no_size_limit, check_prompt=False)
-    options = o.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
     dataset = None
     if paper_run:
         dataset, lines, dropped = paper_prompts(ui, limit)

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from spo_cli import presets, validate
-from spo_cli.cli import app, loading, options as o
+from spo_cli.cli import app, loading, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, short
 from spo_cli.request import ImageRequest, ImageTask, ModelRequest, RunOptions, expand, random_seed
@@ -32,48 +32,48 @@ JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prom
 def generate(
     ui: UI,
     prompt: Annotated[str, typer.Argument(help="What to draw.", show_default=False)],
-    negative: o.Negative = None,
-    seed: o.Seed = None,
-    num_images: o.NumImages = 1,
-    batch_size: o.BatchSize = 1,
-    steps: o.Steps = presets.DEFAULT_STEPS,
-    guidance: o.Guidance = presets.DEFAULT_GUIDANCE,
-    width: o.Width = None,
-    height: o.Height = None,
-    scheduler: o.Scheduler = "default",
-    generator_device: o.GeneratorDevice = "cpu",
-    prompt_syntax: o.PromptSyntax = "auto",
-    emphasis: o.Emphasis = "original",
-    no_size_limit: o.NoSizeLimit = False,
-    model: o.Model = presets.DEFAULT_PRESET,
-    revision: o.Revision = None,
-    lora: o.Lora = None,
-    lora_file: o.LoraFile = None,
-    lora_scale: o.LoraScale = None,
-    vae: o.Vae = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    fast: o.Fast = False,
-    offload: o.Offload = None,
-    vae_tiling: o.VaeTiling = False,
-    vae_slicing: o.VaeSlicing = False,
-    out: o.Out = "outputs",
-    image_format: o.ImageFormat = "png",
-    old_format: o.OldImageFormat = None,
-    server: o.Server = None,
+    negative: opts.Negative = None,
+    seed: opts.Seed = None,
+    num_images: opts.NumImages = 1,
+    batch_size: opts.BatchSize = 1,
+    steps: opts.Steps = presets.DEFAULT_STEPS,
+    guidance: opts.Guidance = presets.DEFAULT_GUIDANCE,
+    width: opts.Width = None,
+    height: opts.Height = None,
+    scheduler: opts.Scheduler = "default",
+    generator_device: opts.GeneratorDevice = "cpu",
+    prompt_syntax: opts.PromptSyntax = "auto",
+    emphasis: opts.Emphasis = "original",
+    no_size_limit: opts.NoSizeLimit = False,
+    model: opts.Model = presets.DEFAULT_PRESET,
+    revision: opts.Revision = None,
+    lora: opts.Lora = None,
+    lora_file: opts.LoraFile = None,
+    lora_scale: opts.LoraScale = None,
+    vae: opts.Vae = None,
+    device: opts.Device = "auto",
+    dtype: opts.Dtype = "auto",
+    fast: opts.Fast = False,
+    offload: opts.Offload = None,
+    vae_tiling: opts.VaeTiling = False,
+    vae_slicing: opts.VaeSlicing = False,
+    out: opts.Out = "outputs",
+    image_format: opts.ImageFormat = "png",
+    old_format: opts.OldImageFormat = None,
+    server: opts.Server = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
-    image_format = o.image_format(image_format, old_format, ui.warn)
-    base, warnings = o.image_request(
+    image_format = opts.image_format(image_format, old_format, ui.warn)
+    base, warnings = opts.image_request(
         prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
         prompt_syntax=prompt_syntax, emphasis=emphasis,
         size_limit=not no_size_limit)
-    request, more = o.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
+    request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
-    options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+    options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
-    server = o.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+    server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
     make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server)
@@ -100,7 +100,7 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
     with ui.images_progress(len(images), images[0].steps) as bars:
         outcomes = render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
                           batch_size=options.batch_size, progress=bars, debug=ui.debug)
-    written = [o.written for o in outcomes if o.written]
+    written = [oc.written for oc in outcomes if oc.written]
     report(ui, written)
     raise_for_failures(outcomes, engine.dtype)
 

@@ -3,7 +3,6 @@ into a checked request. A flag means the same thing in every command that has it
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import infotext as a1111, validate
-from spo_cli.cli import app, options as o
+from spo_cli.cli import app, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.generate import make_images
 from spo_cli.cli.ui import UI
@@ -28,10 +28,10 @@ EXAMPLES = """[bold]Examples[/]
   spo replay a1111_image.png               # a PNG written by A1111, Forge or SD.Next
 """
 JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prompt) on stdout, nothing else."
-_S, _M = "Sampling (each replaces the recorded value)", "Model (each replaces the recorded value)"
+SAMPLING_PANEL, MODEL_PANEL = "Sampling (each replaces the recorded value)", "Model (each replaces the recorded value)"
 
 
-def _opt(kind, help: str, panel: str = _S, *names: str):
+def _opt(kind, help: str, panel: str = SAMPLING_PANEL, *names: str):
     return Annotated[Optional[kind], typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)]
 
 
@@ -45,7 +45,7 @@ def replay(
         help="A1111 \"parameters\" text (prompt, Negative prompt:, Steps, Sampler, CFG scale, Seed, Size) "
         "instead of a FILE.", show_default=False)] = None,
     prompt: _opt(str, "Prompt.") = None,
-    negative: _opt(str, 'Negative prompt; "" removes the recorded one.', _S, "--negative") = None,
+    negative: _opt(str, 'Negative prompt; "" removes the recorded one.', SAMPLING_PANEL, "--negative") = None,
     seed: _opt(int, "Seed (-1: a random one, recorded).") = None,
     steps: _opt(int, "Denoising steps.") = None,
     guidance: _opt(float, "Guidance scale.") = None,
@@ -55,26 +55,26 @@ def replay(
     generator_device: _opt(str, "Where the seeded noise is drawn.") = None,
     prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
-    no_size_limit: o.NoSizeLimit = False,
-    model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", _M,
+    no_size_limit: opts.NoSizeLimit = False,
+    model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
-    revision: _opt(str, "Revision of the model repo.", _M) = None,
-    lora: _opt(str, "LoRA: Hub repo id (with --lora-file) or local .safetensors.", _M) = None,
-    lora_file: _opt(str, "Weight file inside the --lora repo.", _M) = None,
-    lora_scale: _opt(float, "LoRA strength.", _M) = None,
-    vae: _opt(str, "VAE repo or folder, or 'model'.", _M) = None,
-    dtype: _opt(str, "fp16, bf16 or fp32.", _M) = None,
-    device: o.Device = "auto",
-    fast: o.Fast = False,
-    offload: o.Offload = None,
-    vae_tiling: o.VaeTiling = False,
-    vae_slicing: o.VaeSlicing = False,
-    out: o.Out = "outputs",
-    image_format: o.ImageFormat = "png",
-    old_format: o.OldImageFormat = None,
+    revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
+    lora: _opt(str, "LoRA: Hub repo id (with --lora-file) or local .safetensors.", MODEL_PANEL) = None,
+    lora_file: _opt(str, "Weight file inside the --lora repo.", MODEL_PANEL) = None,
+    lora_scale: _opt(float, "LoRA strength.", MODEL_PANEL) = None,
+    vae: _opt(str, "VAE repo or folder, or 'model'.", MODEL_PANEL) = None,
+    dtype: _opt(str, "fp16, bf16 or fp32.", MODEL_PANEL) = None,
+    device: opts.Device = "auto",
+    fast: opts.Fast = False,
+    offload: opts.Offload = None,
+    vae_tiling: opts.VaeTiling = False,
+    vae_slicing: opts.VaeSlicing = False,
+    out: opts.Out = "outputs",
+    image_format: opts.ImageFormat = "png",
+    old_format: opts.OldImageFormat = None,
 ) -> None:
     """Make a recorded image again, from the same commits; options replace recorded settings."""
-    image_format = o.image_format(image_format, old_format, ui.warn)
+    image_format = opts.image_format(image_format, old_format, ui.warn)
     if (file is None) == (infotext is None):
         raise UsageError("Give one FILE to replay, or --infotext TEXT." if file is None else
                          "Give FILE or --infotext, not both.")
@@ -110,9 +110,9 @@ def replay(
                          **model_changes}
     model_changes["device"] = device
     merged = replace(request, **model_changes)
-    request, more = o.model_request(**{k: getattr(merged, k) for k in (
+    request, more = opts.model_request(**{k: getattr(merged, k) for k in (
         "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device")})
-    options = o.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
+    options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
     make_images(ui, request, [image], options, out, image_format, warnings + more)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import validate
-from spo_cli.cli import app, options as o, scoring
+from spo_cli.cli import app, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape, short
 from spo_cli.errors import EXIT_FAILURE
@@ -38,7 +38,7 @@ def score(
         help="The prompt to score every image against, instead of the recorded one.")] = None,
     hps_version: scoring.HpsVersion = "v2.1",
     score_batch_size: scoring.ScoreBatch = 16,
-    device: o.Device = "auto",
+    device: opts.Device = "auto",
     force: Annotated[bool, typer.Option("--force", help="Score again even where the same models already "
                                         "did.")] = False,
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import extras, presets, validate
-from spo_cli.cli import app, loading, options as o
+from spo_cli.cli import app, loading, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import UsageError
@@ -105,7 +105,7 @@ def serve(
     models: Annotated[str, typer.Option(
         help=f"Models to load, comma-separated: presets ({', '.join(presets.PRESETS)}), Hub repos or folders. "
         "The first is the default; requests pick another by name.")] = presets.DEFAULT_PRESET,
-    out: o.Out = "outputs",
+    out: opts.Out = "outputs",
     no_save: Annotated[bool, typer.Option("--no-save", help="Keep images only in the responses; write no files.")] = False,
     max_queue: Annotated[int, typer.Option(help="Images that may wait for the GPU; more get 429 with Retry-After.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Most images per pipeline call, gathered across requests of the "
@@ -118,12 +118,12 @@ def serve(
         help="Also answer requests that name this server so in their Host header (repeatable): a name on "
         "your network or a proxy's. Default: loopback and the --host address only, against DNS rebinding.",
         show_default=False)] = None,
-    no_size_limit: o.NoSizeLimit = False,
-    vae: o.Vae = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    fast: o.Fast = False,
-    offload: o.Offload = None,
+    no_size_limit: opts.NoSizeLimit = False,
+    vae: opts.Vae = None,
+    device: opts.Device = "auto",
+    dtype: opts.Dtype = "auto",
+    fast: opts.Fast = False,
+    offload: opts.Offload = None,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
     extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client")
@@ -182,11 +182,11 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
     started: it loads the models in its own thread) and the app."""
     requests = []
     for label in labels:
-        request, warnings = o.model_request(model=label, vae=vae, dtype=dtype, device=device)
+        request, warnings = opts.model_request(model=label, vae=vae, dtype=dtype, device=device)
         requests.append(request)
         for w in warnings:
             ui.warn(w)
-    options = o.run_options(fast=fast, offload=offload, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    options = opts.run_options(fast=fast, offload=offload, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
     for request in requests:
         loading.precheck(request, options)
     folder = validate.output_folder(out) if save else Path(out)

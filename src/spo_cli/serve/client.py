@@ -30,12 +30,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 from spo_cli import validate
 from spo_cli.errors import GenerationError, ModelError, UsageError
-from spo_cli.request import ImageRequest
+from spo_cli.request import Generated, ImageRequest
 
 TIMEOUT_S = 24 * 3600  # a queued call on a busy server may wait long
 HELLO_TIMEOUT_S = 30.0  # the first question answers at once from a live server
@@ -52,13 +52,6 @@ JSON_DEPTH_MAX = 32  # spo's answers nest 5 deep; json's C parser recurses on ea
 JSON_BRACKETS_MAX = 100_000  # objects and arrays in one answer: a real one has hundreds
 SHOWN_CHARS = 200  # server text quoted in a message is cut here
 DTYPES = ("float16", "bfloat16", "float32")
-
-
-@dataclass(frozen=True)
-class Result:  # what engine.Result holds, without importing torch
-    image: object
-    request: ImageRequest
-    nan: bool
 
 
 class Lie(Exception):
@@ -457,7 +450,7 @@ class RemoteEngine:
     def encoding_facts(self, request: ImageRequest) -> dict:
         return self._last["encoding"]
 
-    def run(self, batch: list[ImageRequest], on_step=None) -> list[Result]:
+    def run(self, batch: list[ImageRequest], on_step=None) -> list[Generated]:
         default = self.default_size()
         answer = self.client.call("/spo/v1/run", {"model": self.label, "images": [asdict(r) for r in batch]},
                                   limit=run_answer_limit(batch, default))
@@ -475,7 +468,7 @@ class RemoteEngine:
         for request, (image, meta) in zip(batch, checked):
             if meta is not None:
                 self._last = {"scheduler": meta["scheduler"], "encoding": _encoding(meta)}
-            results.append(Result(image, request, image is None))
+            results.append(Generated(image, request, image is None))
         if on_step:
             on_step(batch[0].steps, batch[0].steps)
         return results
