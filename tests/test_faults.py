@@ -167,7 +167,7 @@ def test_reachable(endpoint):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         endpoint(f"http://127.0.0.1:{server.server_address[1]}")

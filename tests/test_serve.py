@@ -525,7 +525,7 @@ def test_a_server_that_is_not_spo_is_said_plainly(tmp_path):
     (tmp_path / "spo" / "v1" / "models").write_text("<html>hello</html>")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread = threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{other.server_address[1]}"
@@ -735,7 +735,7 @@ def another_site():
             pass
 
     site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread = threading.Thread(target=site.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{site.server_address[1]}/"
