@@ -383,8 +383,23 @@ def invoke(*args: str, env: dict | None = None):
 
 
 @pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom"])
-def test_a_token_file_is_read_bounded(source):
+def test_a_token_file_that_is_a_device_is_refused_unread(source):
     r = invoke("serve", "--token-file", source, "--port", "0")
+    assert r.exit_code == 2 and "is a device, not a file" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.timeout(60)  # a blocking open would wait for a writer for ever
+def test_a_token_file_that_is_a_fifo_nobody_writes_does_not_hang(tmp_path):
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    r = invoke("serve", "--token-file", str(fifo), "--port", "0")
+    assert r.exit_code == 2 and "printable ASCII" in r.output, r.output
+
+
+def test_a_token_file_is_read_bounded(tmp_path):
+    big = tmp_path / "token"
+    big.write_text("x" * 100_000)
+    r = invoke("serve", "--token-file", str(big), "--port", "0")
     assert r.exit_code == 2 and "more than 4,096 bytes" in r.output and "Traceback" not in r.output
 
 

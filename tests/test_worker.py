@@ -132,9 +132,14 @@ def test_what_the_machine_cannot_make_is_refused_before_any_call(loaded, tmp_pat
         (ticket,) = answered(submit(worker, job(7, generator_device="cuda")))
         image = ticket.images[0]
         assert (image.status, image.field) == (400, "generator_device") and "Use cpu" in image.error
-        answered(submit(worker, job(8)))  # the worker is done with the refused call once this is made
-        assert (worker.stats.calls, worker.stats.failures) == (1, 1) and ticket.images[0] is image
-        assert len(metrics.calls) == 1 and metrics.failed == ["spo"] and len(metrics.waits) == 2
+        # A prompt under the character limit that takes more text-encoder windows than allowed: a 400
+        # naming the field, not a failed call (500).
+        (long,) = answered(submit(worker, job(9, negative_prompt="a cat, " * 1200)))
+        assert (long.images[0].status, long.images[0].field) == (400, "negative_prompt"), long.images[0].error
+        assert "windows" in long.images[0].error
+        answered(submit(worker, job(8)))  # the worker is done with the refused calls once this is made
+        assert (worker.stats.calls, worker.stats.failures) == (1, 2) and ticket.images[0] is image
+        assert len(metrics.calls) == 1 and metrics.failed == ["spo", "spo"] and len(metrics.waits) == 3
     finally:
         stop(worker)
 

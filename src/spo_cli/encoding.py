@@ -71,9 +71,11 @@ def plan(pipe, prompt: str, negative: str | None, choice: str) -> Plan:
             continue
         count = len(windows(pipe.tokenizer, text))
         if count > validate.WINDOWS_MAX:
-            raise UsageError(f"The {name} takes {count:,} text-encoder windows of 75 tokens; the limit is "
-                             f"{validate.WINDOWS_MAX}.", f"Shorten it, or use fewer BREAKs (A1111 prompts rarely "
-                                                         f"need more than {validate.WINDOWS_MAX // 4} windows).")
+            error = UsageError(f"The {name} takes {count:,} text-encoder windows of 75 tokens; the limit is "
+                               f"{validate.WINDOWS_MAX}.", f"Shorten it, or use fewer BREAKs (A1111 prompts rarely "
+                                                           f"need more than {validate.WINDOWS_MAX // 4} windows).")
+            error.field = "negative_prompt" if name.startswith("negative") else "prompt"  # for a server's 400
+            raise error
         n = max(n, count)
     return Plan("a1111", n)
 

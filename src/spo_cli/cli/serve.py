@@ -60,9 +60,13 @@ def read_token(token_file: str | None) -> str | None:
     hint = "Write the token on the file's first line: e.g. `openssl rand -hex 24 > ~/.spo-token`."
     if token_file is not None:
         path = Path(os.path.expanduser(token_file))
+        from spo_cli.outputs import reader
+
         try:
-            with open(path, "rb") as f:  # a pipe (`--token-file <(pass spo)`) is fine; it is read, bounded
-                data = _read_at_most(f, validate.TOKEN_FILE_MAX_BYTES + 1)
+            # Non-blocking, bounded, with a deadline: a pipe (`--token-file <(pass spo)`) is fine, a FIFO
+            # nobody writes reads as empty, and /dev/zero is a device, refused before a byte is read.
+            with reader.Source(path, hint) as src:
+                data = src.read(validate.TOKEN_FILE_MAX_BYTES + 1)
         except OSError as e:
             raise UsageError(f"--token-file {token_file} cannot be read ({e.strerror or type(e).__name__}).",
                              hint) from None
@@ -81,17 +85,6 @@ def read_token(token_file: str | None) -> str | None:
                          "ASCII characters (letters, digits, punctuation) with no spaces.",
                          "E.g. `openssl rand -hex 24 > ~/.spo-token`.")
     return token
-
-
-def _read_at_most(f, n: int) -> bytes:
-    chunks, size = [], 0
-    while size < n:
-        chunk = f.read(n - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)

@@ -31,6 +31,7 @@ PIPE_MAX_BYTES = 1 << 30  # an image through a pipe is read through to its text 
 TEXT_CHUNK_MAX_BYTES = 1 << 20  # a PNG text chunk, compressed or not; spo's own are a few kB
 PNG_CHUNKS_MAX = 100_000  # chunks walked in one PNG (a real one has tens, or thousands of IDATs)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPLAY_HINT = "Replay takes one image or sidecar .json file."
 _NAMES = {"png": "a PNG", "jpeg": "a JPEG", "webp": "a WebP", None: "neither a PNG, a JPEG nor a WebP"}
 _SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
@@ -57,9 +58,9 @@ def misnamed(path: Path, kind: str | None) -> str:
 class Source:
     """An open file to read from: a regular file (seekable) or a pipe (bounded, with a deadline)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, hint: str = REPLAY_HINT):
         self.path = Path(path)
-        self.fd = _open(self.path)
+        self.fd = _open(self.path, hint)
         self.pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
         self.deadline = time.monotonic() + PIPE_WAIT_S
         self.taken = 0  # bytes read from a pipe so far
@@ -126,7 +127,7 @@ class Source:
                 left = self.deadline - time.monotonic()
                 if left <= 0:
                     raise UsageError(f"{self.path} is a pipe that sent nothing more for {PIPE_WAIT_S:g} s.",
-                                     "Replay reads a pipe (e.g. <(cat x.json)) only while its writer sends; give "
+                                     "A pipe (e.g. <(cat x.json)) is read only while its writer sends; give "
                                      "the file itself instead.") from None
                 select.select([self.fd], [], [], left)
                 continue
@@ -138,19 +139,19 @@ class Source:
         return b"".join(out)
 
 
-def _open(path: Path) -> int:
+def _open(path: Path, hint: str) -> int:
     """A read-only, non-blocking descriptor of `path`, if it is a regular file or a pipe."""
     try:
         st = os.stat(path)
     except OSError as e:
         raise _missing(path, e) from None
-    _refuse_kind(path, st.st_mode)
+    _refuse_kind(path, st.st_mode, hint)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise _missing(path, e) from None
     try:
-        _refuse_kind(path, os.fstat(fd).st_mode)  # what was opened, if the name changed meanwhile
+        _refuse_kind(path, os.fstat(fd).st_mode, hint)  # what was opened, if the name changed meanwhile
     except BaseException:
         os.close(fd)
         raise
@@ -170,14 +171,14 @@ def _missing(path: Path, e: OSError) -> UsageError:
     return UsageError(f"{path} cannot be read ({e.strerror or e}).")
 
 
-def _refuse_kind(path: Path, mode: int) -> None:
+def _refuse_kind(path: Path, mode: int, hint: str) -> None:
     if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):
         return
     if stat.S_ISDIR(mode):
-        raise UsageError(f"{path} is a folder.", "Replay takes one image or sidecar .json file.")
+        raise UsageError(f"{path} is a folder.", hint)
     what = "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
         "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
-    raise UsageError(f"{path} is {what}, not a file.", "Replay takes one image or sidecar .json file.")
+    raise UsageError(f"{path} is {what}, not a file.", hint)
 
 
 # ---------------------------------------------------------------------------------------------

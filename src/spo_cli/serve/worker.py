@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spo_cli import render
+from spo_cli.errors import UsageError
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageRequest, ImageTask
 from spo_cli.serve.api import Job
@@ -250,6 +251,10 @@ class Worker:
             engine.check_schedule(request.scheduler, request.steps)
         except Exception as e:
             return render.call_error(e, self.debug), 400, "steps"
+        try:  # a prompt within the character limit can still take more text-encoder windows than allowed
+            engine.plan(request)
+        except UsageError as e:
+            return render.call_error(e, self.debug), 400, getattr(e, "field", "prompt")
         return None
 
     def _run(self, call: Call) -> None:
