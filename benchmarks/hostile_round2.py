@@ -38,6 +38,7 @@ import http.client
 import http.server
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -1212,7 +1213,7 @@ def client_cases(other: str) -> list[CCase]:
         C("cl-and", "prompt 'a cat AND a dog': warned", {}, want="any", args=("--prompt-override", "a cat AND a dog"),
           check=lambda p, o, s: [] if re.search(r"\bAND\b", _warnings(p)) else [("defect", "AND is not warned about")]),
         C("cl-break-1666", "prompt 'BREAK ' × 1666: refused before sending", {},
-          args=("--prompt-override", "BREAK " * 1666), check=lambda p, o, s: [] if p.rc == 2 else
+          want="any", args=("--prompt-override", "BREAK " * 1666), check=lambda p, o, s: [] if p.rc == 2 else
           [("defect", f"exit {p.rc}: {len([x for x in s if x[1].endswith('run')])} call(s) sent with 1,667 windows")]),
     ]
 
@@ -1355,7 +1356,9 @@ def probe_main(name: str, arg: str) -> None:
             info = infotext.parse(text)
             res["value"] = {"prompt": len(info.prompt), "params": len(info.params)}
         elif name == "syntax":
-            res["value"] = len(syntax.parse(text))
+            runs = syntax.parse(text)
+            res["value"] = len(runs)
+            res["finite"] = all(math.isfinite(w) for _, w in runs)
         elif name == "roundtrip":
             meta = json.loads(Path(a["meta"]).read_text())
             sched = presets.SCHEDULERS[a["scheduler"]]
@@ -1451,7 +1454,9 @@ def infotext_cases() -> list[PCase]:
         P("it-steps-fullwidth", "Steps in full-width digits", "infotext", {"expr": "'a cat\\nSteps: ２０, Sampler: Euler, Seed: 1, Size: 64x64'"}),
         P("it-sampler-diffusers", "Sampler: DPMSolverMultistepScheduler", "infotext",
           {"expr": "'a cat\\nSteps: 20, Sampler: DPMSolverMultistepScheduler, Seed: 1, Size: 64x64'"},
-          check=lambda r: [("defect", f"read as {r['value'].get('scheduler')!r}")] if r["ok"] else []),
+          # spo writes the checkpoint scheduler's class as the Sampler where A1111 has no name for it, and reads
+          # a class name back as that default: recorded, not judged (the A1111 API refuses class names).
+          ),
         P("it-dpm2m-no-schedule", "Sampler: DPM++ 2M with no Schedule type (A1111 1.9+: Karras)", "infotext",
           {"expr": "'a cat\\nSteps: 20, Sampler: DPM++ 2M, CFG scale: 5, Seed: 1, Size: 64x64'"},
           check=lambda r: [] if r["ok"] and r["value"].get("scheduler") == "dpm++2m-karras" else
@@ -1493,12 +1498,14 @@ def syntax_cases() -> list[PCase]:
                      allowed=allowed, cpu_max=3.0 if "1mb" in name else 1.0, deadline=20))
     out += [
         P("sx-weight-65504", "(cat:65504)", "syntax", {"expr": "'(cat:65504)'"}, allowed=allowed),
-        P("sx-weight-1e309", "a prompt '(cat:1e309)' through validate", "warnings", {"expr": "'(cat:1e309)'"},
-          allowed=allowed, check=lambda r: [("defect", "an infinite weight is accepted")] if r["ok"] else []),
-        P("sx-weight-nan", "a prompt '(cat:nan)' through validate", "warnings", {"expr": "'(cat:nan)'"},
-          allowed=allowed, check=lambda r: [("defect", "a NaN weight is accepted")] if r["ok"] else []),
-        P("sx-weight-neg-inf", "a prompt '(cat:-inf)' through validate", "warnings", {"expr": "'(cat:-inf)'"},
-          allowed=allowed, check=lambda r: [("defect", "an infinite weight is accepted")] if r["ok"] else []),
+        # A1111's weight grammar is [+-]?[.\d]+ (its re_attention): '(cat:nan)' is the text 'cat:nan' at
+        # weight 1.1 there, and so here. A defect is a weight that is not finite, not the text kept.
+        P("sx-weight-1e309", "a prompt '(cat:1e309)' through syntax.parse", "syntax", {"expr": "'(cat:1e309)'"},
+          allowed=allowed, check=lambda r: [] if r.get("finite", True) else [("defect", "a weight that is not finite")]),
+        P("sx-weight-nan", "a prompt '(cat:nan)' through syntax.parse", "syntax", {"expr": "'(cat:nan)'"},
+          allowed=allowed, check=lambda r: [] if r.get("finite", True) else [("defect", "a weight that is not finite")]),
+        P("sx-weight-neg-inf", "a prompt '(cat:-inf)' through syntax.parse", "syntax", {"expr": "'(cat:-inf)'"},
+          allowed=allowed, check=lambda r: [] if r.get("finite", True) else [("defect", "a weight that is not finite")]),
         P("sx-warn-lora", "warnings for '<lora:foo:1.2> a cat'", "warnings", {"expr": "'<lora:foo:1.2> a cat'"},
           allowed=allowed + ("InfotextError",)),
         P("sx-warn-and", "warnings for 'a cat AND a dog'", "warnings", {"expr": "'a cat AND a dog'"}, allowed=allowed),
@@ -1721,7 +1728,9 @@ def file_cases() -> list[FCase]:
                                                                        ["replay", "x.png", *STEPS0])[1], want_rc=(1, 2)),
         F("gen-cat-65504-fp16", "generate '(cat:65504)' in float16 on the CPU (weight overflows fp16)",
           lambda sb: ["generate", "(cat:65504)", "--device", "cpu", "--dtype", "fp16", "--steps", "1", "--width", "64",
-                      "--height", "64", "--out", "out"], want_rc=(1, 2), deadline=90,
+                      "--height", "64", "--out", "out"], want_rc=(0, 1, 2), deadline=90,
+          # Weights are applied in float32 and the mean restored (A1111's "Original" emphasis), so 65504 may
+          # well give a finite image; what must not happen is a NaN image blamed on the VAE.
           check=lambda p, sb: [("defect", "the message blames the VAE, not the weight 65504")]
           if re.search("VAE", p.err) and "65504" not in p.err and "65,504" not in p.err else []),
     ]

@@ -360,3 +360,12 @@ def test_finding_tags_is_linear():
 def test_break_windows_count_what_chunks_would_at_the_least(text, windows):
     assert syntax.break_windows(parse(text)) == windows
     assert len(cut(text)) >= windows
+
+
+def test_text_past_the_prompt_limit_is_refused_before_it_is_parsed():
+    from spo_cli.validate import PROMPT_MAX_CHARS
+
+    with pytest.raises(syntax.PromptSyntaxError, match="at most 10,000"):
+        syntax.parse("[a:b:" * 8000)  # 40,000 characters of open brackets: seconds of work if parsed
+    at_limit = "[a|" * (PROMPT_MAX_CHARS // 3)
+    assert syntax.parse(at_limit)  # the limit itself is parsed

@@ -60,7 +60,16 @@ class PromptSyntaxError(ValueError):
 
 
 def parse(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) runs, as A1111's `parse_prompt_attention` does."""
+    """Split a prompt into (text, weight) runs, as A1111's `parse_prompt_attention` does.
+
+    Brackets left open are closed by multiplying every run after them, as A1111 does, which costs
+    (open brackets × runs): at most about 0.8 s of CPU at the prompt limit, so text over it is refused
+    here rather than parsed, whichever source it came from."""
+    from spo_cli.validate import PROMPT_MAX_CHARS  # the one limit (validate imports this module)
+
+    if len(text) > PROMPT_MAX_CHARS:
+        raise PromptSyntaxError(f"the text is {len(text):,} characters long; a prompt is at most "
+                                f"{PROMPT_MAX_CHARS:,}")
     res: list[list] = []  # [text, weight] pairs, weights multiplied in place as brackets close
     round_open: list[int] = []
     square_open: list[int] = []
