@@ -244,7 +244,8 @@ def test_windows_past_the_limit_are_refused_with_the_count_before_encoding(pipe)
     from spo_cli import encoding, validate
     from spo_cli.errors import UsageError
 
-    at_limit = tokens(75 * validate.WINDOWS_MAX)
+    at_limit = " ".join(["a"] * (75 * validate.WINDOWS_MAX))  # one token each, within the character limit
+    assert len(at_limit + " fox") <= validate.PROMPT_MAX_CHARS
     assert encoding.plan(pipe, at_limit, None, "a1111").chunks == validate.WINDOWS_MAX
     with pytest.raises(UsageError, match=rf"The prompt takes 33 text-encoder windows .* limit is {validate.WINDOWS_MAX}"):
         encoding.plan(pipe, at_limit + " fox", None, "auto")

@@ -267,6 +267,14 @@ def _written_by_spo(params: dict[str, str]) -> bool:
     return params.get("Version", "").startswith("spo-cli ")
 
 
+def _one_of(p: dict, key: str, names: dict[str, str], writer: str) -> str:
+    """The spo value of a field that takes one of a few names (Emphasis, Prompt syntax)."""
+    value = names.get(p[key].strip())
+    if value is None:
+        raise InfotextError(f"{key} {validate.shown(p[key])} is not one {writer} writes ({', '.join(names)}).")
+    return value
+
+
 def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
@@ -293,17 +301,9 @@ def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
         # one, whose sampler names carry their schedule.
         out["scheduler"] = scheduler_name(p["Sampler"], p.get("Schedule type"), name_only=_written_by_spo(p))
     if "Emphasis" in p:
-        emphasis = _EMPHASIS.get(p["Emphasis"].strip())
-        if emphasis is None:
-            raise InfotextError(f"Emphasis {validate.shown(p['Emphasis'])} is not one A1111 writes "
-                                f"({', '.join(_EMPHASIS)}).")
-        out["emphasis"] = emphasis
+        out["emphasis"] = _one_of(p, "Emphasis", _EMPHASIS, "A1111")
     if "Prompt syntax" in p:
-        chosen = _SYNTAX.get(p["Prompt syntax"].strip())
-        if chosen is None:
-            raise InfotextError(f"Prompt syntax {validate.shown(p['Prompt syntax'])} is not one spo writes "
-                                f"({', '.join(_SYNTAX)}).")
-        out["prompt_syntax"] = chosen
+        out["prompt_syntax"] = _one_of(p, "Prompt syntax", _SYNTAX, "spo")
     ignored = [k for k in p if k not in _READ]
     if "Schedule type" in p and "Sampler" not in p:
         ignored.append("Schedule type")

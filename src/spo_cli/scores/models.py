@@ -143,52 +143,54 @@ class Scorer:
         raise NotImplementedError
 
 
-class PickScore(Scorer):
-    """PickScore README: processor of CLIP-H, `logit_scale.exp() * text_embs @ image_embs.T`."""
+class _ClipPair(Scorer):
+    """A transformers CLIP model with the tokenizer and image processor of another repo: PickScore
+    (CLIP-H's processor, PickScore's weights) and CLIP score (CLIP-L's own). Each adds its formula."""
 
-    name = "pickscore"
+    repos: tuple[str, str]  # the names in `spo_cli.scores` of the processor's repo and the weights' repo
 
     def __init__(self, folders: dict[str, Path], device, dtype):
         from spo_cli import scores
         from transformers import CLIPTokenizer
 
         super().__init__(device, dtype)
-        self.images = _image_processor(folders[scores.CLIP_H])
-        self.tokenizer = CLIPTokenizer.from_pretrained(folders[scores.CLIP_H])
-        self.model = _clip_model(folders[scores.PICKSCORE], device, dtype)
+        processor, weights = (getattr(scores, name) for name in self.repos)
+        self.images = _image_processor(folders[processor])
+        self.tokenizer = CLIPTokenizer.from_pretrained(folders[processor])
+        self.model = _clip_model(folders[weights], device, dtype)
+
+    def _embeddings(self, images, text: dict) -> tuple:
+        """L2-normalised image and text embeddings, in float32 whatever the towers ran in."""
+        pixels = self.images(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        return (_normalised(_features(self.model.get_image_features(pixel_values=pixels))),
+                _normalised(_features(self.model.get_text_features(**text))))
+
+
+class PickScore(_ClipPair):
+    """PickScore README: processor of CLIP-H, `logit_scale.exp() * text_embs @ image_embs.T`."""
+
+    name = "pickscore"
+    repos = ("CLIP_H", "PICKSCORE")
 
     @torch.no_grad()
     def score(self, images, prompts):
-        pixels = self.images(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
         text = self.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
-        image_embs = _normalised(_features(self.model.get_image_features(pixel_values=pixels)))
-        text_embs = _normalised(_features(self.model.get_text_features(**text)))
+        image_embs, text_embs = self._embeddings(images, text)
         return (self.model.logit_scale.float().exp() * (text_embs * image_embs).sum(-1)).tolist()
 
 
-class ClipScore(Scorer):
+class ClipScore(_ClipPair):
     """torchmetrics' CLIPScore per image: max(100 · cos(image, text), 0), text cut at 77 tokens as
     torchmetrics cuts it (after tokenizing, so a long prompt loses its end token, as there)."""
 
     name = "clip"
-
-    def __init__(self, folders, device, dtype):
-        from spo_cli import scores
-        from transformers import CLIPTokenizer
-
-        super().__init__(device, dtype)
-        self.images = _image_processor(folders[scores.CLIP_L])
-        self.tokenizer = CLIPTokenizer.from_pretrained(folders[scores.CLIP_L])
-        self.model = _clip_model(folders[scores.CLIP_L], device, dtype)
+    repos = ("CLIP_L", "CLIP_L")
 
     @torch.no_grad()
     def score(self, images, prompts):
-        pixels = self.images(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
         text = self.tokenizer(prompts, padding=True, return_tensors="pt")
         limit = self.model.config.text_config.max_position_embeddings
-        text = {k: v[..., :limit].to(self.device) for k, v in text.items()}
-        img = _normalised(_features(self.model.get_image_features(pixel_values=pixels)))
-        txt = _normalised(_features(self.model.get_text_features(**text)))
+        img, txt = self._embeddings(images, {k: v[..., :limit].to(self.device) for k, v in text.items()})
         return (100 * (img * txt).sum(-1)).clamp(min=0).tolist()
 
 
@@ -239,7 +241,11 @@ _OPENCLIP_RENAMES = [
 
 def openclip_to_transformers(state: dict) -> dict:
     """OpenCLIP CLIP keys → transformers CLIPModel keys (the in-projection split into q, k, v;
-    projections transposed: OpenCLIP multiplies `x @ proj`, a Linear computes `x @ W.T`)."""
+    projections transposed: OpenCLIP multiplies `x @ proj`, a Linear computes `x @ W.T`).
+
+    `scores/tiny.py` writes the other direction with a table of its own, on purpose: the tiny HPS
+    checkpoint is the test of this mapping, and one shared table would pass its own round trip
+    however wrong it were."""
     out = {}
     for key, value in state.items():
         if key == "visual.proj":
