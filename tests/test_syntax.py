@@ -8,7 +8,6 @@ quirks included. Pure and fast, except the one test with a real CLIP tokenizer (
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from pytest import approx
@@ -112,11 +111,10 @@ def test_parse_refuses_a_weight_that_is_no_number(text):
     assert isinstance(e.value, ValueError)
 
 
-def test_parse_long_prompt_is_fast():
+@pytest.mark.timeout(60)  # a hang guard, not a timing: its speed is benchmarks/hostile.py --round2's to measure
+def test_parse_long_prompt():
     words = [f"(w{i}:1.{i % 9 + 1})" if i % 3 == 0 else f"w{i}" for i in range(1000)]
-    start = time.perf_counter()
     got = parse(" ".join(words))
-    assert time.perf_counter() - start < 1.0
     assert "".join(t for t, _ in got) == " ".join(w.split(":")[0].lstrip("(") for w in words)
     assert got[0] == ("w0", approx(1.1))
     assert len(got) == 667  # 334 weighted words, and the 333 runs of plain text between them
@@ -344,13 +342,12 @@ def test_extra_network_tags_are_found_and_taken_out_as_a1111_does(text, tags, le
     assert has_syntax(text) == bool(tags) or "(" in text
 
 
-@pytest.mark.timeout(30)
-def test_finding_tags_is_linear():
-    # '<a:' with no '>' after it made the regex scan to the end from every one of them.
+@pytest.mark.timeout(60)
+def test_finding_tags_ends_on_unclosed_tags():
+    # '<a:' with no '>' after it made the regex scan to the end from every one of them: minutes here,
+    # which the timeout turns into a failure (about 1 ms now; benchmarks/hostile.py --round2 times it).
     text = "<a:" * 100_000 + " x"
-    start = time.process_time()
     assert syntax.extra_networks(text) == [] and syntax.without_extra_networks(text) == text
-    assert time.process_time() - start < 1.0  # about 1 ms here; minutes when quadratic
 
 
 @pytest.mark.parametrize("text, windows", [
