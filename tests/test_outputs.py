@@ -748,6 +748,18 @@ def test_read_metadata_a1111_png_is_not_spo(tmp_path):
         metadata.read(tmp_path / "a1111.png")
 
 
+def test_an_a1111_image_is_scored_with_the_prompt_of_its_parameters(tmp_path):
+    from spo_cli.scores import store
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a (red:1.3) cat BREAK on a mat\nNegative prompt: blurry\nSteps: 20, Seed: 1")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    assert store.prompt_of(tmp_path / "a1111.png") == (store.scorer_text("a (red:1.3) cat BREAK on a mat", "a1111"),
+                                                       "parameters")
+    Image.new("RGB", (8, 8)).save(tmp_path / "bare.png")
+    assert store.prompt_of(tmp_path / "bare.png") is None
+
+
 @pytest.mark.parametrize(
     "content,expect",
     [

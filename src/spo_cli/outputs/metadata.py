@@ -281,17 +281,6 @@ def _checked(meta, path: Path) -> dict:
     return meta
 
 
-def foreign_parameters(path: Path) -> str | None:
-    """The A1111 `parameters` text of an image that spo cannot replay exactly: one written by
-    A1111, Forge or SD.Next (PNG text chunk, or EXIF UserComment in a JPEG/WebP), or a JPEG/WebP
-    from spo whose sidecar is gone. None when the image has spo metadata or a sidecar beside it,
-    or no parameters at all, or cannot be read (`load` says why in its own words)."""
-    try:
-        return load(path)[1]
-    except UsageError:
-        return None
-
-
 def _refuse_grid(path: Path, grid: dict) -> None:
     # A grid page's chunk lists cell paths; the grid's index file lists rows of {"image": …} entries.
     raw = grid.get("cells", []) if isinstance(grid, dict) else []

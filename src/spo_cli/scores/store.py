@@ -96,8 +96,9 @@ def prompt_of(image: Path) -> tuple[str, str] | None:
     """(prompt, source) recorded for an image: its spo sidecar or PNG metadata, or A1111 text."""
     try:
         with quiet_bombs():
-            meta = metadata.read(image)
+            meta, params = metadata.load(image)  # one read: spo's metadata, else A1111's text
     except UsageError:
+        params = None
         sidecar = image.with_suffix(".json")  # a PNG too large to open still has its sidecar
         try:
             meta = metadata.read(sidecar) if image.suffix.lower() != ".json" and sidecar.is_file() else None
@@ -105,8 +106,6 @@ def prompt_of(image: Path) -> tuple[str, str] | None:
             meta = None
     if meta is not None and isinstance(meta.get("prompt"), str):
         return scorer_text(meta["prompt"], meta.get("prompt_syntax", "plain")), "sidecar"
-    with quiet_bombs():
-        params = metadata.foreign_parameters(image)
     if params:
         from spo_cli import infotext
 
