@@ -254,6 +254,35 @@ def test_requests_are_counted_by_route_and_status(tmp_path):
     assert status == 200 and headers["content-type"].startswith("text/plain; version=")
 
 
+def test_a_request_is_counted_before_its_last_byte_is_sent(tmp_path):
+    """A client that has read a whole answer and then asks /metrics must find that answer counted."""
+    app, worker = make_app(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"not checked here")
+    seen = []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/outputs/a.png", "raw_path": b"/outputs/a.png", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:7860")], "server": ("127.0.0.1", 7860),
+             "client": ("127.0.0.1", 40000)}
+
+    requested = []
+
+    async def receive():
+        if not requested:
+            requested.append(True)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(WAIT)  # the client stays; Starlette cancels this wait once the file is sent
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            seen.append(samples(worker.metrics).get(
+                ("spo_http_requests_total", ("code", "200"), ("path", "/outputs/{name:path}")), 0))
+
+    asyncio.run(app(scope, receive, send))
+    assert seen == [1]
+    assert samples(worker.metrics)[("spo_http_requests_total", ("code", "200"), ("path", "/outputs/{name:path}"))] == 1
+
+
 def test_the_worker_calls_are_series_labelled_by_model():
     from spo_cli.serve.metrics import Metrics
 

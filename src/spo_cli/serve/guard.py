@@ -107,17 +107,27 @@ class Guard:
             self.metrics.http_request(scope["path"], refusal.status_code)
             return await refusal(scope, receive, send)
         status = [500]
+        counted = [False]
+
+        def count():
+            if not counted[0]:
+                counted[0] = True
+                route = scope.get("route")  # set by the router: the template, so /outputs/<file> is one label
+                self.metrics.http_request(getattr(route, "path", scope["path"]), status[0])
 
         async def sending(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last byte goes out: a client that has read the whole answer and asks
+                # /metrics next must find it there (counting after the app returns lost that race in CI).
+                count()
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = scope.get("route")  # set by the router: the template, so /outputs/<file> is one label
-            self.metrics.http_request(getattr(route, "path", scope["path"]), status[0])
+            count()
 
     def refusal(self, scope, headers: Headers) -> JSONResponse | None:
         host_header = headers.get("host")
