@@ -94,3 +94,42 @@ def test_the_spinner_shows_user_text_as_typed():
     frames = buf.getvalue().split("\r")
     shown = [f for f in frames if "Loading" in f]
     assert len(shown) >= 2 and all("Loading ./models/:dog:[x]" in f for f in shown), shown  # spinner and ✓ line
+
+
+# -- help text ------------------------------------------------------------------------------------
+
+
+def _help(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    from spo_cli.cli import app
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_each_help_panel_shows_once(command):
+    # replay had "Sampling (each replaces the recorded value)" and the shared options' "Sampling":
+    # two panels of one kind, the options split between them.
+    import re
+
+    panels = [title.split(" (")[0] for title in re.findall(r"╭─ (.+?) ─", _help(command))]
+    assert len(panels) == len(set(panels)), panels
+
+
+def test_batch_help_names_every_jsonl_key():
+    from spo_cli import prompts
+
+    text = " ".join(_help("batch").split())
+    listed = text.split("jsonl keys: ")[1].split(". ")[0]
+    assert [k.removesuffix(" (required)") for k in listed.split(", ")] == list(prompts.KEYS)

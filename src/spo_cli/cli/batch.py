@@ -28,12 +28,13 @@ EXAMPLES = """[bold]Examples[/]
 
   torchrun --nproc-per-node 8 -m spo_cli batch prompts.txt --out runs/big   # 8 GPUs
 
-[bold]jsonl keys[/]: prompt (required), negative_prompt, seed, num_images, steps, guidance, width, height,
-scheduler, generator_device, name. Command-line options give the defaults for what a line leaves out.
+[bold]jsonl keys[/]: {keys}. Command-line options give the defaults for what a line leaves out.
 
 [bold]Exit codes[/]: 0 all made; 1 some images failed (see the manifest); 2 bad input, nothing run;
 3 made, but --skip-invalid skipped lines; 130/143 stopped by Ctrl-C / SIGTERM (run again to finish).
 """
+# From the list the lines are checked against, so the help cannot name fewer keys than a line takes.
+EXAMPLES = EXAMPLES.replace("{keys}", ", ".join(k + " (required)" if k == "prompt" else k for k in prompts.KEYS))
 JSON_HELP = ("Print the run's summary as JSON on stdout (manifest path, counts of made, resumed, failed, "
              "pending and skipped images, skipped lines), nothing else.")
 

@@ -10,8 +10,8 @@ import typer
 from spo_cli import presets, validate
 from spo_cli.request import ImageRequest, ModelRequest, RunOptions, random_seed
 
-_M = "Model"
-_S = "Sampling"
+_M = MODEL_PANEL = "Model"
+_S = SAMPLING_PANEL = "Sampling"
 _O = "Output"
 _P = "Speed and memory"
 

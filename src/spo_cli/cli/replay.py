@@ -28,7 +28,9 @@ EXAMPLES = """[bold]Examples[/]
   spo replay a1111_image.png               # a PNG written by A1111, Forge or SD.Next
 """
 JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prompt) on stdout, nothing else."
-SAMPLING_PANEL, MODEL_PANEL = "Sampling (each replaces the recorded value)", "Model (each replaces the recorded value)"
+# The shared options' own panel names (--no-size-limit, --device): one panel each, not two that
+# differ by a suffix. That an option replaces the recorded value is said in the command's help.
+SAMPLING_PANEL, MODEL_PANEL = opts.SAMPLING_PANEL, opts.MODEL_PANEL
 
 
 def _opt(kind, help: str, panel: str = SAMPLING_PANEL, *names: str):
@@ -73,7 +75,7 @@ def replay(
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
 ) -> None:
-    """Make a recorded image again, from the same commits; options replace recorded settings."""
+    """Make a recorded image again, from the same commits; a Sampling or Model option replaces the recorded value."""
     image_format = opts.image_format(image_format, old_format, ui.warn)
     if (file is None) == (infotext is None):
         raise UsageError("Give one FILE to replay, or --infotext TEXT." if file is None else
