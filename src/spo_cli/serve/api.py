@@ -409,15 +409,15 @@ def run_job(body, ctx: Context) -> Job:
 
 
 def a1111_progress(p) -> dict:
-    """A1111's /sdapi/v1/progress answer from the worker's `Progress` snapshot. Before the first step
-    the ETA is the worker's estimate; after it, the time so far scaled by the steps left."""
+    """A1111's /sdapi/v1/progress answer from the worker's `Progress` snapshot. The ETA is the
+    worker's, from the steps done (`eta.Eta`); a snapshot without one is scaled by the steps left."""
     state = {"skipped": False, "interrupted": p.interrupted, "stopping_generation": False, "job": "",
              "job_count": p.waiting + (1 if p.running else 0), "job_timestamp": "0", "job_no": 0,
              "sampling_step": 0, "sampling_steps": 0}
     if not p.running:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     done = p.step / p.steps if p.steps else 0.0
-    eta = p.elapsed_s / done - p.elapsed_s if done > 0 else p.estimate_s
+    eta = p.eta_s if p.eta_s is not None else p.elapsed_s / done - p.elapsed_s if done > 0 else p.estimate_s
     state.update(job=f"{p.images} image(s)", job_timestamp=p.started, sampling_step=p.step, sampling_steps=p.steps)
     return {"progress": round(done, 4), "eta_relative": round(max(eta, 0.0), 3), "state": state,
             "current_image": None, "textinfo": None}
