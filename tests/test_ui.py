@@ -323,3 +323,36 @@ def test_batch_help_names_every_jsonl_key():
     text = " ".join(_help("batch").split())
     listed = text.split("jsonl keys: ")[1].split(". ")[0]
     assert [k.removesuffix(" (required)") for k in listed.split(", ")] == list(prompts.KEYS)
+
+
+@pytest.mark.slow
+def test_ctrl_c_lists_the_images_already_written(hub_cache, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import SPO_CLI
+
+    out, stdout, stderr = tmp_path / "out", tmp_path / "stdout", tmp_path / "stderr"
+    with open(stdout, "w") as so, open(stderr, "w") as se:
+        proc = subprocess.Popen([*SPO_CLI, "generate", "a fox", "--seed", "1", "-n", "200", "--width", "64",
+                                 "--height", "64", "--steps", "3", "--device", "cpu", "--out", str(out)],
+                                stdout=so, stderr=se, text=True)
+        try:
+            deadline = time.monotonic() + 300  # a hang guard, not a measure of speed
+            while not (out.exists() and any(out.glob("*.json"))):
+                assert proc.poll() is None, stderr.read_text()
+                assert time.monotonic() < deadline, "no image written in 300 s"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 130, stderr.read_text()
+    on_disk = sorted(str(p) for p in out.glob("*.png"))
+    listed = [line.split("  ")[0] for line in stdout.read_text().splitlines()]
+    assert on_disk and listed == on_disk, (listed, on_disk)
+    assert f"Stopped after {len(on_disk)} of 200 image(s)" in stderr.read_text()
+    assert all(os.path.exists(p[:-4] + ".json") for p in on_disk)

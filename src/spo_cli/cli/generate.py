@@ -97,18 +97,26 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
         from spo_cli.serve import client
 
         engine, resolved = client.connect(server, request.model, ui)
-    with ui.images_progress(len(images), images[0].steps) as bars:
-        outcomes = render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
-                          batch_size=options.batch_size, progress=bars, debug=ui.debug)
-    written = [oc.written for oc in outcomes if oc.written]
-    report(ui, written)
+    outcomes = []  # filled as images are written, so a Ctrl-C still knows what was
+    try:
+        with ui.images_progress(len(images), [r.steps for r in images]) as bars:
+            render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
+                   batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug)
+    except KeyboardInterrupt:
+        # Stopped: the images written so far are whole (render waits for their writes) and worth
+        # their paths; the error boundary then says "Interrupted" and exits 130.
+        report(ui, [oc.written for oc in outcomes if oc.written], stopped_of=len(images))
+        raise
+    report(ui, [oc.written for oc in outcomes if oc.written])
     raise_for_failures(outcomes, engine.dtype)
 
 
-def report(ui: UI, written: list[dict]) -> None:
+def report(ui: UI, written: list[dict], stopped_of: int | None = None) -> None:
     if ui.json_mode:
         ui.emit_json(written)
         return
     if written and not ui.quiet:
-        ui.info(f"Wrote {len(written)} image(s), each with a .json sidecar:")
+        ui.info(f"Wrote {len(written)} image(s), each with a .json sidecar:" if stopped_of is None else
+                f"Stopped after {len(written)} of {stopped_of} image(s); these are complete, each with a "
+                ".json sidecar:")
     ui.paths([(w["image"], f"seed {w['seed']}  {short(w['prompt'])}") for w in written])
