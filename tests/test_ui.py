@@ -356,3 +356,33 @@ def test_ctrl_c_lists_the_images_already_written(hub_cache, tmp_path):
     assert on_disk and listed == on_disk, (listed, on_disk)
     assert f"Stopped after {len(on_disk)} of 200 image(s)" in stderr.read_text()
     assert all(os.path.exists(p[:-4] + ".json") for p in on_disk)
+
+
+@pytest.mark.slow
+def test_replay_of_a_bare_prompt_says_which_settings_are_defaults(hub_cache, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["replay", "--infotext", "just a prompt", "--steps", "2", "--width", "64",
+                                 "--height", "64", "--device", "cpu", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    (written,) = json.loads(r.stdout)
+    meta = json.loads(open(written["sidecar"]).read())
+    said = " ".join(r.stderr.split())
+    # Steps and Size came from the command line: not defaults, not named
+    assert (f"--infotext does not set Sampler, CFG scale or Seed, so spo's defaults are used: Sampler the "
+            f"checkpoint's own, CFG scale 5, Seed random ({meta['seed']}).") in said, said
+    assert meta["guidance"] == 5.0 and meta["steps"] == 2
+
+
+def test_a_whole_infotext_gets_no_defaults_notice(capsys):
+    from spo_cli.cli.replay import from_infotext
+
+    text = "a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 512x512"
+    assert from_infotext(UI(), text, "--infotext")[2] == []
+    # Seed -1 is A1111's "random", asked for: not a default to point out
+    assert from_infotext(UI(), "a fox\nSteps: 20, Sampler: Euler, Seed: -1", "--infotext")[2] == ["CFG scale", "Size"]

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import infotext as a1111, validate
+from spo_cli import infotext as a1111, presets, validate
 from spo_cli.cli import app, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.generate import make_images
@@ -82,8 +82,9 @@ def replay(
                          "Give FILE or --infotext, not both.")
     # The file is read once: it may be a pipe (`spo replay <(cat x.json)`).
     recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
+    unset: list[str] = []
     if recorded is None:
-        image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
+        image, request, unset = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
     else:
         image, request = metadata.recorded_requests(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
@@ -96,6 +97,11 @@ def replay(
         changes["seed"] = random_seed()
     changes = validate.image_values(changes)
     image = replace(image, **changes)
+    defaulted = [k for k in unset if not set(_SETTINGS[k]) & changes.keys()]
+    if defaulted:
+        source = "--infotext" if infotext is not None else str(file)
+        ui.warn(f"{source} does not set {_listed(defaulted)}, so spo's defaults are used: "
+                + ", ".join(f"{k} {_default(k, image)}" for k in defaulted) + ".")
     # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
     # as its option.
     recorded = validate.Where(str(file) if infotext is None else "--infotext")
@@ -118,11 +124,35 @@ def replay(
     make_images(ui, request, [image], options, out, image_format, warnings + more)
 
 
-def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest]:
-    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it)."""
+# The settings A1111 writes in every infotext, and the request fields each sets: one missing (a text
+# cut short, or only a prompt) is spo's default, which the user is told.
+_SETTINGS = {"Steps": ("steps",), "Sampler": ("scheduler",), "CFG scale": ("guidance",), "Seed": ("seed",),
+             "Size": ("width", "height")}
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _default(setting: str, image: ImageRequest) -> str:
+    if setting == "Steps":
+        return str(image.steps)
+    if setting == "CFG scale":
+        return f"{image.guidance:g}"
+    if setting == "Seed":
+        return f"random ({image.seed})"
+    if setting == "Sampler":
+        return "the checkpoint's own" if image.scheduler == "default" else image.scheduler
+    return f"the model's ({presets.DEFAULT_SIZE}x{presets.DEFAULT_SIZE} for SDXL)"
+
+
+def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest, list[str]]:
+    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it), and
+    the A1111 settings the text lacks (see _SETTINGS)."""
     where = validate.Where(source)
     try:
-        fields, ignored = a1111.to_request_fields(a1111.parse(text))
+        info = a1111.parse(text)
+        fields, ignored = a1111.to_request_fields(info)
     except a1111.InfotextError as e:
         raise UsageError(f"{source}: {e}", "Replay takes A1111's \"parameters\" text: the prompt, an optional "
                          "\"Negative prompt:\" line, then \"Steps: …, Sampler: …, CFG scale: …, Seed: …, "
@@ -136,4 +166,4 @@ def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRe
         ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")
     ui.warn("A1111 draws a seed's noise its own way (on the GPU, in its own order), so this image has the same "
             "settings but will not be identical to A1111's.")
-    return image, ModelRequest()
+    return image, ModelRequest(), [k for k in _SETTINGS if k not in info.params]
