@@ -386,3 +386,39 @@ def test_a_whole_infotext_gets_no_defaults_notice(capsys):
     assert from_infotext(UI(), text, "--infotext")[2] == []
     # Seed -1 is A1111's "random", asked for: not a default to point out
     assert from_infotext(UI(), "a fox\nSteps: 20, Sampler: Euler, Seed: -1", "--infotext")[2] == ["CFG scale", "Size"]
+
+
+# -- tables at 80 columns -------------------------------------------------------------------------
+
+
+def test_models_at_80_columns_keeps_every_repo_id_whole():
+    from typer.testing import CliRunner
+
+    from spo_cli import presets
+    from spo_cli.cli import app
+
+    r = CliRunner().invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    ids = {p.repo_id for p in presets.PRESETS.values()} | {p.lora_repo for p in presets.PRESETS.values() if p.lora_repo}
+    cells = {cell.strip() for line in lines for cell in line.split("│")}
+    assert ids <= cells, ids - cells
+
+
+def test_a_table_narrows_the_column_that_can_wrap_rather_than_break_a_word(capsys, monkeypatch):
+    # rich narrows the widest column first, through the middle of its words: here the id column,
+    # though narrowing the prose beside it keeps every word whole.
+    monkeypatch.setenv("COLUMNS", "70")
+    repo = "an-organisation/a-rather-long-repository-name"  # 45 characters
+    prose = "a description of some length that can wrap at any of its spaces"
+    UI().table("t", ["id", "about"], [[repo, prose]])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 70
+    assert repo in out and "description" in out
+
+
+def test_a_table_too_narrow_for_its_words_still_fits_the_screen(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "30")
+    UI().table("t", ["id", "about"], [["an-organisation/a-rather-long-repository-name", "words"]])
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 30  # folded, as before

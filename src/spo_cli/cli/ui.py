@@ -207,9 +207,10 @@ class UI:
 
         t = Table(title=title, title_justify="left")
         for c in columns:
-            t.add_column(c, overflow="fold")
+            t.add_column(c, overflow="fold")  # a word longer than its column, only when nothing else fits
         for r in rows:
             t.add_row(*r)
+        _fit(t, self.out, [columns, *rows])
         self.out.print(t)
 
     def paths(self, lines: list[tuple[str, str]]) -> None:
@@ -222,6 +223,27 @@ class UI:
                 self.out.print(f"{escape(printable(path))}[dim]{'  ' + escape(note) if note else ''}[/]",
                                soft_wrap=True)
         sys.stdout.flush()
+
+
+def _fit(table, console: Console, cells: list[list[str]]) -> None:
+    """Column widths that break no word (a repo id, a number with its unit) when the table can fit the
+    console that way. rich narrows its widest columns first, down through the middle of their
+    words, even when narrowing another column would have kept every word whole."""
+    from rich.measure import Measurement
+
+    options = console.options
+    measured = [[Measurement.get(console, options, console.render_str(cell)) for cell in column]
+                for column in zip(*cells)]
+    least = [max(m.minimum for m in column) for column in measured]  # the longest word
+    widths = [max(m.maximum for m in column) for column in measured]  # the longest line
+    room = options.max_width - (3 * len(widths) + 1)  # a border and a space each side of each column
+    if sum(widths) <= room or sum(least) > room:
+        return  # fits as it is; or cannot without breaking a word, and rich folds
+    while sum(widths) > room:  # narrow the widest column that can still wrap at a space
+        i = max((i for i in range(len(widths)) if widths[i] > least[i]), key=lambda i: widths[i])
+        widths[i] -= 1
+    for column, width in zip(table.columns, widths):
+        column.width = width
 
 
 def _labelled(label: str, style: str, text: str):
