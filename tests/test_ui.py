@@ -44,6 +44,12 @@ def test_the_bars_count_down_between_steps_and_show_seconds_per_step():
     assert str(progress.tasks[bars.images].fields["eta"]) == "ETA 0:00:38"
     progress.console.print(progress.make_tasks_table([progress.tasks[bars.steps]]))
     assert "4.00 s/step ETA 0:00:38" in buf.getvalue()
+    now[0] = 80.0
+    bars.step(20, 20)
+    bars.images_done(1)
+    assert str(progress.tasks[bars.images].fields["eta"]) == "ETA 0:00:00"
+    bars.start_call(1, 10)  # before its first step, the last call's rate stands in
+    assert str(progress.tasks[bars.steps].fields["eta"]) == "ETA 0:00:40"
 
 
 # -- the estimator --------------------------------------------------------------------------------
@@ -73,6 +79,8 @@ def test_the_estimate_counts_down_between_updates():
     assert eta.remaining() == 88.0
     clock.now = 99.0
     eta.update(50)
+    assert eta.remaining() == 0.0
+    clock.now = 1000.0
     assert eta.remaining() == 0.0
 
 

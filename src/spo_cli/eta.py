@@ -44,9 +44,8 @@ class Eta:
         return self.prior
 
     def remaining(self) -> float | None:
-        """Seconds left now; None before anything is known (no unit done and no prior)."""
-        if self.done >= self.total:
-            return 0.0
+        """Seconds left now; None before anything is known (no unit done and no prior). All done is
+        0: the rate then times the total is the time taken, and the floor below is less than it."""
         rate = self.rate()
         if rate is None:
             return None
