@@ -189,6 +189,28 @@ def test_the_images_count_in_steps_of_each_image():
     assert lines.t.eta() == "ETA 0:00:20"
 
 
+def test_scoring_without_a_terminal_logs_its_count_at_the_interval():
+    from spo_cli.cli.ui import _CountLines
+
+    clock, written = FakeClock(), []
+    count = _CountLines(written.append, 100, "scoring", clock=clock, interval=30)
+    count.describe("pickscore")
+    for _ in range(9):  # 10 items every 10 s, then the last 10 in 5 s
+        clock.now += 10
+        count.advance(10)
+    clock.now += 5
+    count.advance(10)
+    assert written == ["pickscore 10/100, elapsed 0:00:10, ETA 0:01:30", "pickscore 40/100, elapsed 0:00:40, ETA 0:01:00",
+                       "pickscore 70/100, elapsed 0:01:10, ETA 0:00:30", "pickscore 100/100, elapsed 0:01:35"]
+
+
+def test_scoring_progress_goes_to_a_log_as_lines(capsys):
+    # capsys's stderr is no terminal, as a log file is not
+    with UI().count_progress(3, "scoring") as count:
+        count.advance(3)
+    assert capsys.readouterr().err == "scoring 3/3, elapsed 0:00:00\n"
+
+
 @pytest.mark.parametrize("value", ["x", "-1", "inf", "nan"])
 def test_a_bad_interval_is_said_and_the_default_used(monkeypatch, capsys, value):
     from spo_cli.cli.ui import PROGRESS_INTERVAL_S

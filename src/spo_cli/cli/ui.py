@@ -182,10 +182,15 @@ class UI:
         return seconds
 
     @contextmanager
-    def count_progress(self, total: int, label: str):
-        """One bar over a count of items (scoring), with `advance(n)` and `describe(text)`."""
+    def count_progress(self, total: int, label: str, *, clock=None):
+        """One bar over a count of items (scoring), with `advance(n)` and `describe(text)`; without a
+        terminal, plain lines as for images."""
         if self.quiet:
             yield _Count(None, None)
+            return
+        if not (self.err.is_terminal or self.err.is_jupyter):
+            yield _CountLines(lambda text: self.err.print(text, markup=False, soft_wrap=True), total, label,
+                              clock=clock or time.monotonic, interval=self._interval())
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -289,6 +294,34 @@ class _Count:
     def describe(self, text: str) -> None:
         if self.progress is not None:
             self.progress.update(self.task, description=text)
+
+
+class _CountLines:
+    """_Count as plain lines for a log: the first advance, then at most one per `interval` seconds,
+    and the last; each with the count, the time so far and the time left."""
+
+    def __init__(self, write, total: int, label: str, *, clock, interval: float):
+        from spo_cli.eta import Eta
+
+        self.write, self.clock, self.interval, self.label = write, clock, interval, label
+        self.total, self.done = total, 0
+        self.eta = Eta(max(total, 1), clock=clock)
+        self.last: float | None = None
+
+    def advance(self, n: int) -> None:
+        from spo_cli.eta import clock_time
+
+        if not n:
+            return
+        self.done += n
+        self.eta.update(self.done)
+        if self.done >= self.total or self.last is None or self.clock() - self.last >= self.interval:
+            self.last = self.clock()
+            left = "" if self.done >= self.total else f", ETA {clock_time(self.eta.remaining())}"
+            self.write(f"{self.label} {self.done}/{self.total}, elapsed {clock_time(self.eta.elapsed())}{left}")
+
+    def describe(self, text: str) -> None:
+        self.label = text
 
 
 class _Tracker:
