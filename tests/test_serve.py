@@ -360,7 +360,7 @@ HOSTILE = [
 def test_hostile_request(server, path, body, status, field):
     got, answer, _ = request(server.url + path, body)
     assert got == status, answer
-    assert answer["error"]["field"] == field and answer["error"]["message"], answer
+    assert answer["error"]["param"] == field and answer["error"]["message"], answer
 
 
 def test_hostile_transport(server, tmp_path):
@@ -432,16 +432,16 @@ def test_other_hosts_other_origins_and_other_bodies_are_refused_over_http(server
     calls = metric(url, "spo_pipeline_calls_total", model="spo")
     good = {"prompt": "a fox", "size": "64x64", "steps": 1, "seed": 1}
     status, body, _ = request(url + "/spo/v1/gallery", headers={"Host": "evil.example:" + url.rsplit(":", 1)[1]})
-    assert status == 421 and body["error"]["field"] == "Host" and "images" not in body
+    assert status == 421 and body["error"]["param"] == "Host" and "images" not in body
     status, body, _ = request(url + OPENAI, good, headers={"Origin": "http://evil.example"})
-    assert status == 403 and body["error"]["field"] == "Origin"
+    assert status == 403 and body["error"]["param"] == "Origin"
     status, body, _ = request(url + OPENAI, good, headers={"Content-Type": "text/plain"})
     assert status == 415 and "application/json" in body["error"]["message"]
     status, body, _ = request(url + A1111, good, headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert status == 415 and body["error"]["field"] == "Content-Type"
+    assert status == 415 and body["error"]["param"] == "Content-Type"
     assert metric(url, "spo_pipeline_calls_total", model="spo") == calls
     status, body, _ = request(url + OPENAI, {}, headers={"Origin": url, "Host": url.removeprefix("http://")})
-    assert status == 400 and body["error"]["field"] == "prompt"  # the page's own origin passes
+    assert status == 400 and body["error"]["param"] == "prompt"  # the page's own origin passes
 
 
 def test_the_gallery_never_blocks_on_what_is_in_out(server):
@@ -658,7 +658,7 @@ def test_no_save_keeps_images_out_of_the_folder(pair):
         assert png_pixels(base64.b64decode(body["data"][0]["b64_json"])).shape == (64, 64, 3)
         assert sorted(pair.server.settings.out.iterdir()) == before
         status, body, _ = request(url + OPENAI, {"prompt": "x", "response_format": "url"})
-        assert status == 400 and body["error"]["field"] == "response_format"
+        assert status == 400 and body["error"]["param"] == "response_format"
 
 
 @needs_chromium
