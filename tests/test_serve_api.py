@@ -334,3 +334,63 @@ def test_bad_api_auth_is_refused_without_echoing_a_password(tmp_path, text, says
     with pytest.raises(UsageError) as e:
         read_api_auth(str(path))
     assert says in e.value.paragraph() and PASSWORD not in e.value.paragraph()
+
+
+# --------------------------------------------------------------------------------------------
+# The same, through the real app and its guard (a worker never started: no model)
+
+def basic(user: str, password: str) -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+TOKEN = "a-test-token-0123456789"
+
+
+def test_basic_auth_beside_the_token(tmp_path):
+    from tests.test_serve_parts import call, make_app
+
+    app, _ = make_app(tmp_path, token=TOKEN, api_auth=(("alice", PASSWORD), ("bob", "another-password-123")))
+    for headers in (basic("alice", PASSWORD), basic("bob", "another-password-123"), {"Authorization": f"Bearer {TOKEN}"},
+                    {"Authorization": "basic " + basic("alice", PASSWORD)["Authorization"].split()[1]}):
+        assert call(app, "GET", "/sdapi/v1/samplers", headers)[0] == 200, headers
+    for headers in (basic("alice", "another-password-123"), basic("alice", PASSWORD + "x"), basic("mallory", PASSWORD),
+                    basic("alice", ""), {"Authorization": "Basic not-base64!"}, {"Authorization": "Basic YWxpY2U="},
+                    {"Authorization": f"Bearer {PASSWORD}"}, {"Authorization": f"Basic {TOKEN}"}, {}):
+        status, body, answer = call(app, "GET", "/sdapi/v1/samplers", headers)
+        assert status == 401, headers
+        assert body["error"] == "HTTPException" and "Basic" in body["detail"] and "Bearer" in body["detail"]
+        assert answer["www-authenticate"] == 'Bearer, Basic realm="spo", charset="UTF-8"'
+        assert PASSWORD not in json.dumps(body)
+    status, body, _ = call(app, "GET", "/v1/models")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key" and body["error"]["param"] == "Authorization"
+
+
+def test_basic_auth_alone_and_not_when_only_a_token_is_set(tmp_path):
+    from tests.test_serve_parts import call, make_app
+
+    app, _ = make_app(tmp_path, api_auth=(("alice", PASSWORD),))
+    assert call(app, "GET", "/v1/models", basic("alice", PASSWORD))[0] == 200
+    status, _, answer = call(app, "GET", "/v1/models", {"Authorization": f"Bearer {PASSWORD}"})
+    assert status == 401 and answer["www-authenticate"] == 'Basic realm="spo", charset="UTF-8"'
+    app, _ = make_app(tmp_path, token=TOKEN)
+    status, _, answer = call(app, "GET", "/v1/models", basic("alice", TOKEN))
+    assert status == 401 and answer["www-authenticate"] == "Bearer"
+
+
+def test_listing_endpoints_answer_before_the_model_is_loaded(tmp_path):
+    from tests.test_serve_parts import call, make_app
+
+    app, _ = make_app(tmp_path)
+    status, body, _ = call(app, "GET", "/v1/models")
+    assert status == 200 and body["object"] == "list" and [m["id"] for m in body["data"]] == ["spo"]
+    assert call(app, "GET", "/v1/models/spo")[1]["id"] == "spo"
+    status, body, _ = call(app, "GET", "/v1/models/dall-e-3")
+    assert status == 404 and body["error"]["code"] == "model_not_found" and "spo" in body["error"]["message"]
+    assert call(app, "GET", "/sdapi/v1/schedulers")[1] == api.a1111_schedulers()
+    assert call(app, "GET", "/sdapi/v1/upscalers")[1] == [{"name": "None", "model_name": None, "model_path": None,
+                                                           "model_url": None, "scale": 4}]
+    assert call(app, "GET", "/sdapi/v1/loras")[:2] == (200, [])
+    status, body, _ = call(app, "GET", "/sdapi/v1/img2img")  # not served: A1111's 404 body
+    assert status == 404 and body["error"] == "HTTPException" and body["errors"].startswith("404: ")
