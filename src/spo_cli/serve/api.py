@@ -365,7 +365,7 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
     batch_size = _integer(body, "batch_size", 1, 1, validate.BATCH_SIZE_MAX)
     n_iter = _integer(body, "n_iter", 1, 1, ctx.max_images)
     if batch_size * n_iter > ctx.max_images:
-        raise BadRequest(f"request: batch_size × n_iter is {batch_size * n_iter}; this server takes at most "
+        raise BadRequest(f"request: 'batch_size' × 'n_iter' is {batch_size * n_iter}; this server takes at most "
                          f"{ctx.max_images} images per request.", "n_iter")
     # Absent fields take spo's defaults (the authors' settings: 50 steps, guidance 5, 1024²), not
     # A1111's 512² at CFG 7, which suit SD 1.5 rather than SDXL.
