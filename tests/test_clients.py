@@ -8,12 +8,15 @@ or HTTP Basic (webuiapi's username and password, A1111's --api-auth).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import urllib.request
 
 import numpy as np
+import openai  # the test extra's: a missing one fails here rather than skipping what it tests
 import pytest
+import webuiapi
 from PIL import Image
 
 from tests.conftest import HANG
@@ -21,8 +24,6 @@ from tests.test_serve import Running, png_pixels
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 
-webuiapi = pytest.importorskip("webuiapi")
-openai = pytest.importorskip("openai")
 
 TOKEN = "a-test-token-0123456789"
 USER, PASSWORD = "alice", "correct-horse-battery"
@@ -93,8 +94,6 @@ def test_webuiapi_needs_its_credentials(served):
 def test_openai_images_generate_as_b64_json_and_url(client, served):
     common = dict(prompt="a red fox", n=1, size="64x64", extra_body={"seed": 11, "steps": 2})
     b64 = client.images.generate(response_format="b64_json", **common)
-    import base64
-
     pixels = png_pixels(base64.b64decode(b64.data[0].b64_json))
     linked = client.images.generate(response_format="url", **common)
     url = linked.data[0].url
