@@ -394,3 +394,14 @@ def test_listing_endpoints_answer_before_the_model_is_loaded(tmp_path):
     assert call(app, "GET", "/sdapi/v1/loras")[:2] == (200, [])
     status, body, _ = call(app, "GET", "/sdapi/v1/img2img")  # not served: A1111's 404 body
     assert status == 404 and body["error"] == "HTTPException" and body["errors"].startswith("404: ")
+
+
+def test_a_refused_body_is_answered_in_its_endpoints_dialect(tmp_path):
+    from tests.test_serve_parts import make_app, post
+
+    app, worker = make_app(tmp_path)
+    status, body, _ = post(app, "/sdapi/v1/txt2img", {"prompt": "a fox", "steps": 0})
+    assert status == 400 and set(body) == {"error", "detail", "body", "errors"} and "'steps'" in body["detail"]
+    status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox", "steps": 0})
+    assert status == 400 and body["error"]["param"] == "steps" and body["error"]["code"] == "invalid_value"
+    assert worker.queued == 0
