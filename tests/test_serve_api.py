@@ -405,3 +405,19 @@ def test_a_refused_body_is_answered_in_its_endpoints_dialect(tmp_path):
     status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox", "steps": 0})
     assert status == 400 and body["error"]["param"] == "steps" and body["error"]["code"] == "invalid_value"
     assert worker.queued == 0
+
+
+def test_off_loopback_basic_users_serve_as_the_token(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    monkeypatch.delenv("SPO_TOKEN", raising=False)
+    monkeypatch.delenv("SPO_API_AUTH", raising=False)
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "--api-auth-file" in " ".join(r.output.split())
+    path = tmp_path / "auth"
+    path.write_text(f"alice:{PASSWORD}")
+    # Past the credentials check, the next one (a model named twice) is what refuses it: nothing loads.
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--api-auth-file", str(path), "--models", "a,a"])
+    assert r.exit_code == 2 and "must name each model once" in r.output, r.output

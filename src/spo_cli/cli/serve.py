@@ -92,7 +92,8 @@ def read_api_auth(auth_file: str | None) -> tuple[tuple[str, str], ...]:
     """A1111's --api-auth credentials, `user:password[,user2:password2]` (commas or lines), from
     --api-auth-file, else SPO_API_AUTH; read from a file, not the command line, where any user of the
     machine could read them. Each password is held to the token's rules: it opens the same doors."""
-    hint = "Write user:password pairs, comma- or line-separated: e.g. `echo \"me:$(openssl rand -hex 12)\" > ~/.spo-auth`."
+    hint = ("Write user:password pairs, comma- or line-separated: e.g. "
+            "`echo \"me:$(openssl rand -hex 12)\" > ~/.spo-auth`.")
     if auth_file is not None:
         text, where = _small_file(auth_file, "--api-auth-file", hint), f"--api-auth-file {auth_file}"
     else:
