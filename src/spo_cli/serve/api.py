@@ -3,7 +3,9 @@
 Three dialects, one path: each body is read field by field into the same `ImageRequest` fields the
 command line builds, through the same `validate` functions and limits, so a request fails the way
 `spo generate` would, naming the client's own field. Fields spo does not implement are ignored
-with a warning in the answer (never an error), unless they are left at their usual default.
+with a warning in the answer (never an error), unless their value would not change the image (A1111's
+default, or a field A1111 reads only in a mode that is off). Errors are written in the dialect of the
+endpoint: OpenAI's body (message, type, param, code), or A1111's under /sdapi/.
 """
 
 from __future__ import annotations
@@ -292,8 +294,8 @@ def openai_job(body, ctx: Context) -> Job:
 
 A1111_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "guidance": "cfg_scale",
                "width": "width", "height": "height", "seed": "seed", "scheduler": "sampler_name"}
-# StableDiffusionProcessingTxt2Img's API fields that spo does not implement, with the values at
-# which they change nothing (A1111's defaults): a client that sends them so is not warned.
+# StableDiffusionProcessingTxt2Img's API fields that spo does not implement, at A1111's defaults (the
+# `parameters` echo fills them in; `_a1111_unchanged` decides which values are worth a warning).
 A1111_DEFAULTS = {
     "styles": [], "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
     "restore_faces": False, "tiling": False, "do_not_save_samples": False, "do_not_save_grid": False,
