@@ -138,7 +138,8 @@ def _small_file(name: str, option: str, hint: str) -> str:
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def serve(
     ui: UI,
-    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token (or --api-auth-file).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. Anything but loopback needs a token (or --api-auth-file).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
     token_file: Annotated[Optional[str], typer.Option(
         help="File holding the token clients send as 'Authorization: Bearer …' (or set SPO_TOKEN).",
