@@ -288,6 +288,8 @@ def test_loras_are_the_ones_the_models_carry():
     assert listed == [{"name": "spo_lora", "alias": "spo_lora", "path": "org/repo/spo_lora.safetensors", "metadata": {}},
                       {"name": "detail", "alias": "detail", "path": "/loras/detail.safetensors", "metadata": {}}]
     assert api.a1111_loras([{"lora": None}]) == []
+    named = dict(local, id="/loras/x/detail-v2.safetensors", file="detail-v2.safetensors", name="detail")  # a tag's name
+    assert api.a1111_loras([{"loras": [named]}])[0]["name"] == "detail"
 
 
 def test_openai_models_list_the_served_labels():

@@ -464,7 +464,7 @@ def a1111_loras(describes) -> list[dict]:
             file = lora.get("file") or ""
             ident = str(lora.get("id") or file)
             path = ident if not file or ident.endswith(file) else f"{ident}/{file}"
-            name = PurePosixPath(path.replace("\\", "/")).stem
+            name = str(lora.get("name") or PurePosixPath(path.replace("\\", "/")).stem)
             seen.setdefault(path, {"name": name, "alias": name, "path": path, "metadata": {}})
     return list(seen.values())
 
