@@ -52,7 +52,8 @@ async def schedulers():
 
 @router.get("/loras")
 async def loras(spo: Spo):
-    return api.a1111_loras(m.describe for m in spo.worker.models.values())
+    # dict(): one copy under the GIL, as the worker thread may be adding the models it has loaded
+    return api.a1111_loras(m.describe for m in dict(spo.worker.models).values())
 
 
 @router.get("/upscalers")

@@ -54,4 +54,5 @@ async def model(model: str, spo: Spo):
 
 
 def _describes(spo) -> dict[str, dict]:
-    return {label: m.describe for label, m in spo.worker.models.items()}
+    # dict(): one copy under the GIL, as the worker thread may be adding the models it has loaded
+    return {label: m.describe for label, m in dict(spo.worker.models).items()}
