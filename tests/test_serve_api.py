@@ -1,4 +1,5 @@
-"""spo serve's request bodies → image requests (pure: no torch, no web server)."""
+"""spo serve's request bodies → image requests, error bodies and the listing endpoints (no torch, no web server: the
+app tests call it as ASGI on a worker that is never started)."""
 
 from __future__ import annotations
 
