@@ -203,6 +203,7 @@ def test_webuiapis_default_call_is_warned_of_nothing_it_did_not_ask():
     ({"styles": ["cinematic"]}, "styles"),
     ({"s_noise": 1.1}, "s_noise"),
     ({"script_name": "x/y/z plot", "script_args": [1]}, "script_args"),
+    ({"seed_resize_from_w": "768", "seed_resize_from_h": 768}, "seed_resize_from_w"),  # not a number: said
 ])
 def test_an_ignored_field_is_warned_of_once_it_would_change_the_image(change, warned):
     job, _ = api.a1111_job({**WEBUIAPI_DEFAULT, **change}, CTX)
@@ -216,6 +217,7 @@ def test_an_ignored_field_is_warned_of_once_it_would_change_the_image(change, wa
     {"seed_resize_from_w": 768, "seed_resize_from_h": -1},  # A1111 resizes only when both are set
     {"s_tmax": 5, "s_tmin": 2},  # without churn
     {"eta": None, "s_churn": None, "styles": None},  # None: A1111's "the server's default"
+    {"do_not_save_grid": True, "override_settings_restore_afterwards": False, "force_task_id": "task-1"},  # no pixel
 ])
 def test_fields_at_values_that_change_nothing_are_not_warned_of(quiet):
     job, _ = api.a1111_job({**WEBUIAPI_DEFAULT, **quiet}, CTX)
