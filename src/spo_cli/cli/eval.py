@@ -39,8 +39,8 @@ JSON_HELP = "Print the report (the same object as report.json) on stdout, nothin
 
 
 def parse_columns(text: str) -> dict:
-    """`base,spo,spo-lora:0.5,org/model` → build_columns arguments."""
-    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None)
+    """`base,spo,spo-lora:0.5,org/model` → build_columns arguments, `order` keeping the order given."""
+    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None, order=[])
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UsageError("--columns is empty.", "E.g. --columns base,spo.")
@@ -50,17 +50,22 @@ def parse_columns(text: str) -> dict:
     for name in names:
         if name == "base":
             kw["base"] = True
+            kw["order"].append("base")
         elif name == "spo":
             kw["spo"] = True
+            kw["order"].append("spo")
         elif name == "spo-lora":
+            kw["order"].append(f"scale:{len(kw['scales'])}")
             kw["scales"].append(1.0)
         elif name.startswith("spo-lora:"):
             try:
                 scale = float(name.split(":", 1)[1])
             except ValueError:
                 raise UsageError(f"--columns: '{name}' has no number after 'spo-lora:'.", "E.g. spo-lora:0.5.") from None
+            kw["order"].append(f"scale:{len(kw['scales'])}")
             kw["scales"].append(validate.lora_scale(scale)[0])
         else:
+            kw["order"].append(f"model:{len(kw['models'])}")
             kw["models"].append(name)
     return kw
 
