@@ -176,7 +176,8 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
     for e in errors:
         ui.error(e)
     return {"metrics": how.metrics, "cells": cells, "errors": errors,
-            "summary": summarise([c.label for c in columns], cells, how.metrics)}
+            "summary": summarise([c.label for c in columns], cells, how.metrics,
+                                 groups=[r.request.prompt for r in rows])}
 
 
 def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,

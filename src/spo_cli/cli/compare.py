@@ -4,7 +4,6 @@ from pathlib import Path
 from time import perf_counter
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from spo_cli import presets, validate
@@ -84,6 +83,7 @@ def column_order(names: list[str], n_models: int, n_scales: int) -> list[str]:
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def compare(
     ui: UI,
+    ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="A prompt (or use --prompts).", show_default=False)] = None,
     prompts_file: Annotated[Optional[str], typer.Option(
         "--prompts", help="A prompt file in the formats `spo batch` reads (.txt, .jsonl, - for stdin).")] = None,
@@ -153,7 +153,7 @@ def compare(
     fmt = opts.prompt_format(prompt_format, old_format, ui.warn)
     common = dict(vae=vae, dtype=dtype, device=device)
     scales = parse_scales(lora_scales)
-    order = column_order(click.get_current_context().meta.get(_ORDER, []), len(model or []), len(scales))
+    order = column_order(ctx.meta.get(_ORDER, []), len(model or []), len(scales))
     columns = build_columns(base, spo, spo_lora, model or [], label or [], scales, lora_scale,
                             revision, common, opts.model_request, order)
     defaults, warnings = opts.image_request(

@@ -139,6 +139,8 @@ def _numbers(*values: float) -> str:
 
 
 def _interval(estimate: Estimate) -> str:
+    if estimate.low is None:  # a single prompt: no interval to show
+        return _numbers(estimate.value)
     value, low, high = _numbers(estimate.value, estimate.low, estimate.high).split(", ")
     return f"{value} [{low}, {high}]"
 
@@ -165,7 +167,8 @@ def _draw_panel(draw: ImageDraw.ImageDraw, top: int, panel: Panel) -> None:
     if panel.win_rate is not None and panel.win_rate.value is not None:
         w = panel.win_rate
         _text(draw, (WIDTH - MARGIN, top + 10),
-              f"win rate {w.value:.2f} [{w.low:.2f}, {w.high:.2f}], n={w.n}", big, INK, "right")
+              f"win rate {w.value:.2f}" + (f" [{w.low:.2f}, {w.high:.2f}]" if w.low is not None else "")
+              + f", n={w.n}", big, INK, "right")
     if panel.mean.value is not None:
         _text(draw, (WIDTH - MARGIN, top + 32),
               f"mean {_interval(panel.mean)} ({panel.level:.0%} interval)", small, MUTED, "right")

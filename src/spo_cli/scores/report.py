@@ -12,6 +12,7 @@ from pathlib import Path
 from spo_cli import presets
 from spo_cli.outputs import files, metadata
 from spo_cli.scores import paper
+from spo_cli.scores.stats import MIN_PROMPTS
 
 SCHEMA = "spo-cli/eval-1"
 
@@ -68,7 +69,12 @@ def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers
             "on which others shared its pipeline call.",
             "Scores are computed as each metric's reference code does; HPS is reported as its raw cosine "
             "(papers print it ×100).",
-            "Intervals are 95 % percentile bootstrap intervals over prompt×seed pairs (10,000 resamples, seed 0).",
+            "Intervals are 95 % percentile bootstrap intervals resampling prompts, all seeds of a prompt together "
+            "(10,000 resamples, seed 0); a single prompt gives none.",
+            "The paired tests (exact two-sided sign and Wilcoxon signed-rank tests) compare the prompts' mean "
+            "differences, the seeds of a prompt averaged first; tied prompts are left out. With fewer than "
+            f"{MIN_PROMPTS} untied prompts no such test can reach p < 0.05, and the report says nothing can be "
+            "concluded.",
         ],
         "elapsed_s": round(elapsed, 1),
     }
@@ -80,15 +86,17 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
 
     panels = []
     labels = [c.label for c in cols]
+    groups = [r.request.prompt for r in rows]  # the plot's intervals resample prompts, as the summary's do
     for i in range(len(cols)):
         for j in range(i + 1, len(cols)):
             for m in scored["metrics"]:
                 a = [(row[j] or {}).get(m) for row in scored["cells"]]
                 b = [(row[i] or {}).get(m) for row in scored["cells"]]
-                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b))
+                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b, groups=groups))
     paths = {"json": out / "report.json", "md": out / "report.md", "plot": out / "report-plot.png"}
     if panels:
-        image = plot.paired_differences(panels, f"Paired score differences ({len(rows)} prompt×seed pairs)")
+        image = plot.paired_differences(panels, f"Paired score differences ({len(rows)} prompt×seed pairs, "
+                                                f"{len(set(groups))} prompts)")
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         files.atomic_write(paths["plot"], buf.getvalue(), overwrite=True)
@@ -99,7 +107,7 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
         f"{report['prompts']['count']} prompt(s) from `{report['prompts']['file']}` × seeds "
         f"{', '.join(map(str, report['seeds'][:10]))}{' …' if len(report['seeds']) > 10 else ''}; "
         f"{report['images']['scored']} image(s) scored, {report['images']['failed']} failed.", "",
-        "## Scores (mean [95 % CI])", "", markdown(report["summary"]), "",
+        "## Scores (mean [95 % CI over prompts])", "", markdown(report["summary"]), "",
     ]
     if panels:
         lines += [f"![paired differences]({paths['plot'].name})", ""]
