@@ -383,6 +383,26 @@ def test_summary_words_for_no_difference_and_ties():
     assert "p < 0.001" in conclusion("a", "b", got["pairs"][0]["metrics"]["m"])
 
 
+def test_summary_says_when_the_tests_disagree():
+    """A difference is claimed only when both tests find it. 8 of 10 prompts won, the two lost by the
+    least: sign p = 0.109, signed-rank p = 10 / 1024. 9 of 10 won by a little, one lost by a lot:
+    sign p = 0.0215, signed-rank p = 86 / 1024 (subsets of ranks 1..10 summing to at most 10: 43)."""
+    from spo_cli.scores.summary import pair_rows, summarise
+
+    def one(diffs):
+        got = summarise(["b", "a"], [[{"m": 0.0}, {"m": d}] for d in diffs], ["m"])
+        return got["pairs"][0]["metrics"]["m"], pair_rows(got)[0][-1]
+
+    r, verdict = one([-1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.109375, 10 / 1024, "tests disagree")
+    assert "only the signed-rank test (which weighs how far apart the scores are) finding a difference" in r["conclusion"]
+    r, verdict = one([0.1 * k for k in range(1, 10)] + [-100.0])
+    assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.021484375, 86 / 1024, "tests disagree")
+    assert "only the sign test (which counts prompts only) finding a difference" in r["conclusion"]
+    r, verdict = one([1.0] * 9 + [-0.5])
+    assert verdict == "a higher" and r["conclusion"].endswith("a difference at the 5% level.")
+
+
 def test_summary_one_prompt_and_means_by_prompt():
     from spo_cli.scores.summary import markdown, means_rows, summarise
 

@@ -28,9 +28,10 @@ EXAMPLES = """[bold]Examples[/]
 
   spo compare --prompts prompts.txt --base --spo --seeds 1,2 --score   # scores under each cell, win rates
 
-[bold]Columns[/] come in the order their options first appear (the --model columns together, at the first
---model); with --score each later column is compared against each earlier one: `--base --spo` reports SPO
-against SDXL, `--spo --base` the reverse.
+[bold]Columns[/] come in the order their options first appear (the --model
+columns together, at the first --model). With --score each later column is
+compared against each earlier one: `--base --spo` reports SPO against SDXL,
+`--spo --base` the reverse.
 """
 
 

@@ -26,9 +26,18 @@ EXAMPLES = """[bold]Examples[/]
 
   spo eval --paper --limit 50 --out runs/paper  # its first 50 prompts; a later full run reuses them
 
-[bold]Columns[/]: base, spo, spo-lora (strength 1), spo-lora:0.5 (any strength), or any Hub repo / local
-folder. Later columns are compared against earlier ones: `--columns base,spo` reports SPO against SDXL.
-Rendering is resumable (finished cells are reused) and so is scoring.
+[bold]Columns[/]: base, spo, spo-lora (strength 1), spo-lora:0.5 (any
+strength), or any Hub repo / local folder. They keep the order given, and
+each later column is compared against each earlier one: `--columns base,spo`
+reports SPO against SDXL; `base,spo-lora:0.5,spo` the LoRA against SDXL, SPO
+against SDXL, then SPO against the LoRA. Rendering is resumable (finished
+cells are reused) and so is scoring.
+
+[bold]Statistics[/]: the prompt is the unit. Intervals resample prompts (all
+seeds of a prompt together); exact two-sided sign and Wilcoxon signed-rank
+tests compare the prompts' mean differences. With fewer than 6 prompts that
+are not tied no such test can reach p < 0.05, and the report says that
+nothing can be concluded.
 
 [bold]--paper[/]: SDXL base against SPO-SDXL on the captions of Pick-a-Pic v1 validation_unique
 (spo download paper-prompts caches them), guidance 5.0, the checkpoint's scheduler, 50 steps, 1024²,

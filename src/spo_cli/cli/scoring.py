@@ -104,11 +104,11 @@ def print_summary(ui: UI, summary: dict) -> None:
     from rich.text import Text
 
     from spo_cli.cli.ui import printable
-    from spo_cli.scores.summary import PAIR_HEADERS, conclusions, means_rows, pair_rows
+    from spo_cli.scores.summary import TERMINAL_HEADERS, conclusions, means_rows, pair_rows
 
     ui.table("Mean score [95 % CI over prompts]", ["column", *summary["metrics"]], means_rows(summary))
     if summary["pairs"]:
-        ui.table("Paired comparison: each later column (a) against each earlier one (b), same prompts and seeds",
-                 PAIR_HEADERS, pair_rows(summary))
+        ui.table("Each later column (a) against each earlier one (b)", TERMINAL_HEADERS,
+                 pair_rows(summary, terminal=True))
         for line in conclusions(summary):  # the words: what each comparison can and cannot say
             ui.out.print(Text(printable(line)))

@@ -71,9 +71,15 @@ def conclusion(a: str, b: str, r: dict) -> str:
     else:
         split = f"{a} and {b} each score higher on {s['wins']} of {untied} untied prompts"
     tests = f"sign test p {_is(s['p_value'])}, signed-rank p {_is(r['wilcoxon_p'])}"
-    if s["p_value"] < ALPHA:
-        return f"{split} ({tests}): a difference at the {ALPHA:.0%} level."
-    return f"{split} ({tests}): no clear difference at the {ALPHA:.0%} level."
+    verdict = _verdict(r)
+    if verdict == "tests disagree":
+        which = "signed-rank test (which weighs how far apart the scores are)" if s["p_value"] >= ALPHA \
+            else "sign test (which counts prompts only)"
+        return (f"{split} ({tests}): the tests disagree at the {ALPHA:.0%} level, only the {which} finding a "
+                f"difference; treat it as unsettled.")
+    if verdict == "no clear difference":
+        return f"{split} ({tests}): no clear difference at the {ALPHA:.0%} level."
+    return f"{split} ({tests}): a difference at the {ALPHA:.0%} level."
 
 
 def _ci(e: dict, digits: int = 3) -> str:
@@ -96,10 +102,15 @@ def means_rows(summary: dict) -> list[list[str]]:
 
 
 def _verdict(r: dict) -> str:
+    """Both tests must find a difference for one to be claimed (the signed-rank test is not run past
+    WILCOXON_MAX prompts: then the sign test decides alone)."""
     if r["too_few"]:
         return "too few prompts"
-    if r["sign"]["p_value"] >= ALPHA:
+    found = [p < ALPHA for p in (r["sign"]["p_value"], r["wilcoxon_p"]) if p is not None]
+    if not any(found):
         return "no clear difference"
+    if not all(found):
+        return "tests disagree"
     return "a higher" if r["sign"]["wins"] > r["sign"]["losses"] else "a lower"
 
 
@@ -107,12 +118,23 @@ PAIR_HEADERS = ["pair (a vs b)", "metric", "win rate [95 % CI]", "mean a − b [
                 "sign p", "signed-rank p", "verdict"]
 
 
-def pair_rows(summary: dict) -> list[list[str]]:
+# The terminal's table: narrower (the sentences printed under it say what the verdict column says).
+TERMINAL_HEADERS = ["a vs b", "metric", "win rate [95 % CI]", "mean a − b [95 % CI]", "prompts (pairs)",
+                    "sign p", "rank p"]
+
+
+def pair_rows(summary: dict, terminal: bool = False) -> list[list[str]]:
     rows = []
     for p in summary["pairs"]:
         for m, r in p["metrics"].items():
-            rows.append([f"{p['a']} vs {p['b']}", m, _pair_ci(r["win_rate"], r, 2), _pair_ci(r["mean_diff"], r, 4),
-                         f"{r['prompts']} ({r['n']})", _p(r["sign"]["p_value"]), _p(r["wilcoxon_p"]), _verdict(r)])
+            if terminal and r["too_few"]:  # the words come below the table
+                win, diff = (f"{e['value']:.{d}f} (too few)" if e["value"] is not None else "—"
+                             for e, d in ((r["win_rate"], 2), (r["mean_diff"], 4)))
+            else:
+                win, diff = _pair_ci(r["win_rate"], r, 2), _pair_ci(r["mean_diff"], r, 4)
+            row = [f"{p['a']} vs {p['b']}", m, win, diff, f"{r['prompts']} ({r['n']})", _p(r["sign"]["p_value"]),
+                   _p(r["wilcoxon_p"])]
+            rows.append(row if terminal else row + [_verdict(r)])
     return rows
 
 
