@@ -286,6 +286,13 @@ def test_tests_are_over_prompts_mean_differences():
     assert got.sign == SignTest(0, 6, 0, 0.03125)
     assert got.wilcoxon_p == 0.03125
     assert (got.prompts, got.too_few) == (6, False)
+    # A prompt's difference is its seeds' mean, not their sum: one prompt of a single seed lost by 3,
+    # five of four seeds won by 1 each. Means -3, 1 ×5 (the loss ranks last); sums would be -3, 4 ×5.
+    from spo_cli.scores.stats import wilcoxon
+
+    a = [-3.0] + [1.0] * 20
+    got = paired(a, [0.0] * 21, groups=["lost"] + [p for p in "uvwxy" for _ in range(4)], **FAST)
+    assert got.wilcoxon_p == wilcoxon([-3.0, 1.0, 1.0, 1.0, 1.0, 1.0]) != wilcoxon([-3.0, 4.0, 4.0, 4.0, 4.0, 4.0])
 
 
 def test_too_few_counts_untied_prompts():
@@ -395,6 +402,9 @@ def test_summary_says_when_the_tests_disagree():
 
     r, verdict = one([-1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
     assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.109375, 10 / 1024, "tests disagree")
+    got = summarise(["b", "a"], [[{"m": 0.0}, {"m": d}] for d in [-1.0, -2.0, *range(3, 11)]], ["m"])
+    assert pair_rows(got)[0][5:] == ["0.109", "0.00977", "tests disagree"]
+    assert pair_rows(got, terminal=True)[0][5:] == ["0.109", "0.00977"]
     assert "only the signed-rank test (which weighs how far apart the scores are) finding a difference" in r["conclusion"]
     r, verdict = one([0.1 * k for k in range(1, 10)] + [-100.0])
     assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.021484375, 86 / 1024, "tests disagree")
@@ -404,7 +414,7 @@ def test_summary_says_when_the_tests_disagree():
 
 
 def test_summary_one_prompt_and_means_by_prompt():
-    from spo_cli.scores.summary import markdown, means_rows, summarise
+    from spo_cli.scores.summary import markdown, means_rows, pair_rows, summarise
 
     rows = [[{"m": 1.0}, {"m": 2.0 + s}] for s in range(4)]
     got = summarise(["b", "a"], rows, ["m"], groups=["one prompt"] * 4)
@@ -413,6 +423,36 @@ def test_summary_one_prompt_and_means_by_prompt():
     md = markdown(got)
     assert "[1.00, 1.00]" not in md and "1.00 (too few prompts)" in md
     assert "Too few prompts to conclude anything: 1 prompt(s), 1 not tied" in md
+    assert pair_rows(got)[0][-1] == "too few prompts"
+    # the terminal's table: no verdict column (the sentences follow it), the values marked, no interval
+    assert pair_rows(got, terminal=True) == [["a vs b", "m", "1.00 (too few)", "2.5000 (too few)", "1 (4)", "1",
+                                              "1"]]
+    # every prompt tied: no p-value to show
+    tied = summarise(["b", "a"], [[{"m": 1.0}, {"m": 1.0}]] * 3, ["m"])
+    assert pair_rows(tied)[0][5:] == ["—", "—", "too few prompts"]
+    assert tied["pairs"][0]["metrics"]["m"]["sign"]["p_value"] is None
+
+
+def test_summary_past_the_exact_signed_rank_bound():
+    """Past WILCOXON_MAX prompts the signed-rank test is not run: the sign test decides alone, and
+    the sentence says the other was not computed."""
+    from spo_cli.scores.stats import WILCOXON_MAX
+    from spo_cli.scores.summary import pair_rows, summarise
+
+    n = WILCOXON_MAX + 1
+    got = summarise(["b", "a"], [[{"m": 0.0}, {"m": 1.0 if p % 3 else -1.0}] for p in range(n)], ["m"])
+    r = got["pairs"][0]["metrics"]["m"]
+    assert r["wilcoxon_p"] is None and r["sign"]["p_value"] < 1e-6
+    assert "signed-rank p not computed): a difference at the 5% level." in r["conclusion"]
+    assert pair_rows(got)[0][5:] == ["< 0.001", "—", "a higher"]
+
+
+def test_caption_under_a_cell():
+    from spo_cli.scores.summary import caption
+
+    assert caption({"pickscore": 21.304, "hpsv2": 0.27123}, ["pickscore", "hpsv2"]) == ["pick 21.3", "hps 0.271"]
+    assert caption({"pickscore": 21.304, "x": 1.0}, ["pickscore", "x"], per_line=2) == ["pick 21.3 · x 1"]
+    assert caption(None, ["pickscore"]) == [] and caption({}, ["pickscore"]) == []
 
 
 def test_summary_leaves_out_failed_cells_as_pairs():
