@@ -610,3 +610,24 @@ def test_manifest_rewritten_only_when_scores_change(read_only):
     assert store.update_manifest(folder, {b: {"clip": 1.0}}) == folder / files.MANIFEST  # a junk value replaced
     rows = [json.loads(line) for line in (folder / files.MANIFEST).read_text().splitlines()]
     assert rows == [{"file": "a.png", "scores": {"clip": 30.0, "pickscore": 21.0}}, {"file": "b.png", "scores": {"clip": 1.0}}]
+
+
+def test_eval_plot_panels_follow_the_summary():
+    """report-plot.png's panels: later minus earlier, in the columns' order, intervals by prompt."""
+    from spo_cli.scores.report import plot_panels
+    from spo_cli.scores.summary import summarise
+
+    cells = [[{"m": 1.0}, {"m": 3.0}, {"m": 2.0}], [{"m": 1.0}, {"m": 5.0}, {"m": 2.5}]]
+    prompts = ["a fox", "a fox"]  # two seeds of one prompt
+    panels = plot_panels(["x", "z", "y"], prompts, {"metrics": ["m"], "cells": cells})
+    assert [p.label for p in panels] == ["z - x", "y - x", "y - z"]
+    assert [list(p.diffs) for p in panels] == [[2.0, 4.0], [1.0, 1.5], [-1.0, -2.5]]
+    summary = summarise(["x", "z", "y"], cells, ["m"], groups=prompts)
+    for panel, pair in zip(panels, summary["pairs"]):
+        assert panel.mean.to_dict() == pair["metrics"]["m"]["mean_diff"]
+        assert panel.mean.low is None and panel.win_rate.clusters == 1  # one prompt: no interval
+    from spo_cli.scores import plot
+
+    image = plot.paired_differences(panels, "one prompt")  # drawn without an interval, no error
+    assert image.size == (plot.WIDTH, plot.TITLE_HEIGHT + 3 * plot.PANEL_HEIGHT)
+    assert plot._interval(panels[0].mean) == "+3.00"

@@ -80,19 +80,27 @@ def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers
     }
 
 
+def plot_panels(labels: list[str], prompts: list[str], scored: dict) -> list:
+    """One panel per pair of columns (later minus earlier, as the summary) and metric; `prompts[row]`
+    groups the rows, so the plot's intervals resample prompts as the summary's do."""
+    from spo_cli.scores import plot
+
+    panels = []
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            for m in scored["metrics"]:
+                a = [(row[j] or {}).get(m) for row in scored["cells"]]
+                b = [(row[i] or {}).get(m) for row in scored["cells"]]
+                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b, groups=prompts))
+    return panels
+
+
 def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]:
     from spo_cli.scores import plot
     from spo_cli.scores.summary import markdown
 
-    panels = []
-    labels = [c.label for c in cols]
-    groups = [r.request.prompt for r in rows]  # the plot's intervals resample prompts, as the summary's do
-    for i in range(len(cols)):
-        for j in range(i + 1, len(cols)):
-            for m in scored["metrics"]:
-                a = [(row[j] or {}).get(m) for row in scored["cells"]]
-                b = [(row[i] or {}).get(m) for row in scored["cells"]]
-                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b, groups=groups))
+    groups = [r.request.prompt for r in rows]
+    panels = plot_panels([c.label for c in cols], groups, scored)
     paths = {"json": out / "report.json", "md": out / "report.md", "plot": out / "report-plot.png"}
     if panels:
         image = plot.paired_differences(panels, f"Paired score differences ({len(rows)} prompt×seed pairs, "
