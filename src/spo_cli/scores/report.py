@@ -14,7 +14,7 @@ from spo_cli.outputs import files, metadata
 from spo_cli.scores import paper
 from spo_cli.scores.stats import MIN_PROMPTS
 
-SCHEMA = "spo-cli/eval-1"
+SCHEMA = "spo-cli/eval-2"  # 2: intervals by prompt, paired tests, too_few, conclusions
 
 
 def add_paper(report: dict, dataset, dropped: int, names: list[str]) -> None:
