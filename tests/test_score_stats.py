@@ -190,6 +190,7 @@ def test_sign_test_known_values():
             tail = sum(Fraction(math.comb(n, i), 2**n) for i in range(min(k, n - k) + 1))
             assert sign_test(k, n - k) == float(min(Fraction(1), 2 * tail))
     assert sign_test(600, 400) == pytest.approx(2.7e-10, rel=0.05)  # big counts: exact integers, no overflow
+    assert sign_test(20000, 20000) == 1.0  # 40,000 prompts: linear in the count (math.comb per term took minutes)
     with pytest.raises(ValueError):
         sign_test(-1, 3)
 

@@ -185,7 +185,10 @@ def sign_test(wins: int, losses: int) -> float | None:
         raise ValueError(f"counts must not be negative, got {wins} and {losses}")
     if n == 0:
         return None
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    term = tail = 1  # C(n, 0)
+    for i in range(min(wins, losses)):  # C(n, i + 1) from C(n, i): exact, and linear (math.comb each time is not)
+        term = term * (n - i) // (i + 1)
+        tail += term
     return min(1.0, 2 * tail / 2**n)  # exact integers to the last division
 
 
