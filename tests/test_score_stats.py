@@ -362,6 +362,9 @@ def test_every_comparison_keeps_the_columns_order_and_direction():
     assert md.index("| mid |") < md.index("| low |") < md.index("| high |")
     assert md.index("| low vs mid |") < md.index("| high vs mid |") < md.index("| high vs low |")
     assert conclusions(got)[0].startswith("low vs mid, m: low scores lower than mid")
+    from spo_cli.scores.summary import verdict
+
+    assert verdict(low_mid) == "a lower (sign p = 0.00781, 8 prompts)"
     # Reversed order, reversed signs: the same data never names the worse column the winner.
     again = summarise(["high", "low", "mid"], [[r[2], r[1], r[0]] for r in rows], ["m"], groups=groups)
     assert [(p["a"], p["b"]) for p in again["pairs"]] == [("low", "high"), ("mid", "high"), ("mid", "low")]
@@ -406,7 +409,8 @@ def test_summary_says_when_the_tests_disagree():
     got = summarise(["b", "a"], [[{"m": 0.0}, {"m": d}] for d in [-1.0, -2.0, *range(3, 11)]], ["m"])
     assert pair_rows(got)[0][5:] == ["0.109", "0.00977", "tests disagree"]
     assert pair_rows(got, terminal=True)[0][5:] == ["0.109", "0.00977"]
-    assert "only the signed-rank test (which weighs how far apart the scores are) finding a difference" in r["conclusion"]
+    assert ("only the signed-rank test (which weighs how far apart the scores are) finding a difference"
+            in r["conclusion"])
     r, verdict = one([0.1 * k for k in range(1, 10)] + [-100.0])
     assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.021484375, 86 / 1024, "tests disagree")
     assert "only the sign test (which counts prompts only) finding a difference" in r["conclusion"]

@@ -13,6 +13,7 @@ from spo_cli import presets
 from spo_cli.outputs import files, metadata
 from spo_cli.scores import paper
 from spo_cli.scores.stats import MIN_PROMPTS
+from spo_cli.scores.summary import verdict
 
 SCHEMA = "spo-cli/eval-2"  # 2: intervals by prompt, paired tests, too_few, conclusions
 
@@ -143,13 +144,18 @@ def paper_section(report: dict) -> list[str]:
     lines = ["", "## Against the paper", "",
              f"Prompts: {q['count']} caption(s) of `{q['dataset']}` split `{q['split']}` at commit "
              f"{(q['commit'] or '-')[:12]} ({q['dropped']} left out as unusable).", "",
-             "| metric | paper: SDXL → SPO-SDXL | this run |", "|---|---|---|"]
+             "| metric | paper: SDXL → SPO-SDXL | this run | this run: SPO-SDXL against SDXL base |",
+             "|---|---|---|---|"]
     means = report["summary"]["means"]
+    # the paper's direction only: with the columns the other way round the pair is base against SPO
+    pair = next((q["metrics"] for q in report["summary"]["pairs"] if (q["a"], q["b"]) == ("SPO-SDXL", "SDXL base")),
+                {})
     for m, v in p["reported"].items():
         scale = 100 if m == "hpsv2" else 1  # the paper prints HPS ×100
         here = [means.get(label, {}).get(m, {}).get("value") for label in ("SDXL base", "SPO-SDXL")]
         ours = " → ".join("-" if x is None else f"{x * scale:.3f}" for x in here)
-        lines.append(f"| {m} | {v} | {ours}{' (×100)' if scale != 1 else ''} |")
+        said = verdict(pair[m]) if m in pair else "-"
+        lines.append(f"| {m} | {v} | {ours}{' (×100)' if scale != 1 else ''} | {said} |")
     if p["deviations"]:
         lines += ["", "**Where this run differs from the authors' setting:**", ""] + [f"- {d}" for d in p["deviations"]]
     else:

@@ -114,6 +114,11 @@ def _verdict(r: dict) -> str:
     return "a higher" if r["sign"]["wins"] > r["sign"]["losses"] else "a lower"
 
 
+def verdict(r: dict) -> str:
+    """The verdict with the prompts it rests on: 'a higher (sign p = 0.021, 10 prompts)'."""
+    return f"{_verdict(r)} (sign p {_is(r['sign']['p_value'])}, {r['prompts']} prompts)"
+
+
 PAIR_HEADERS = ["pair (a vs b)", "metric", "win rate [95 % CI]", "mean a − b [95 % CI]", "prompts (pairs)",
                 "sign p", "signed-rank p", "verdict"]
 
