@@ -135,7 +135,7 @@ def tags(prompt: str, where: validate.Where = validate.ARGV) -> list[tuple[str, 
 def _check_name(name: str, tag: str, where: validate.Where) -> None:
     at = f"{where.source}: " if where.source else ""
     bad = (not name.strip() or len(name) > NAME_MAX_CHARS or name in (".", "..") or "/" in name or "\\" in name
-           or "\0" in name or name.startswith("~") or (len(name) > 1 and name[1] == ":"))
+           or "\0" in name)
     if bad:
         raise UsageError(f"{at}{validate.shown(tag)} does not name a file of the LoRA folder: a LoRA tag's name is "
                          f"a file name without {SUFFIX} (no folders, at most {NAME_MAX_CHARS} characters).",
