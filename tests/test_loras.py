@@ -248,3 +248,20 @@ def test_serve_strips_lora_tags_with_a_warning_in_the_answer():
     assert "not loaded: here spo loads no LoRA named in a prompt" in warning
     assert api.a1111_info(job, [], ["x"], "spo")["warnings"] == list(job.warnings)
     assert not [w for w in api.openai_job({"prompt": "a fox"}, ctx).warnings if "LoRA" in w]
+
+
+def test_stacked_loras_enter_the_spec_hash_and_one_lora_keeps_its_old_identity(tmp_path):
+    from spo_cli.resolve.model import ResolvedModel
+    from spo_cli.resolve.parts import Resolved
+
+    pipeline = Resolved("org/base", "hub", tmp_path, commit="c" * 40)
+    a = Resolved(str(tmp_path / "a.safetensors"), "local", tmp_path / "a.safetensors", file="a.safetensors")
+    one = ResolvedModel(ModelRequest(model="base", lora=a.id), None, pipeline, "float32", a)
+    assert set(one.identity()) == {"model", "lora", "lora_scale", "vae", "dtype"}  # as before stacking
+    two = ResolvedModel(ModelRequest(model="base", lora=a.id), None, pipeline, "float32", a,
+                        extra_loras=((a, LoraRequest(a.id, 0.5)),))
+    other = ResolvedModel(ModelRequest(model="base", lora=a.id), None, pipeline, "float32", a,
+                          extra_loras=((a, LoraRequest(a.id, 0.5, 0.2)),))
+    image = ImageRequest("a fox", 1)
+    hashes = {image.spec_hash(m.identity()) for m in (one, two, other)}
+    assert len(hashes) == 3  # a resumed batch never takes an image made with other LoRAs for finished
