@@ -103,7 +103,7 @@ def test_lora_tags_are_read_as_a1111_reads_them(prompt, found):
 
 
 @pytest.mark.parametrize("prompt", ["<lora:d:x>", "<lora:d:0.5:y>", "<lora:d:te=one>", "<lora:d:nan>",
-                                    "<lora:d:inf>"])
+                                    "<lora:d:inf>", "<lora:d:1e999>", "<lora:d:1:unet=-1e400>"])
 def test_a_tag_weight_that_is_no_number_is_refused_naming_the_tag(prompt):
     message = refused(loras.tags, prompt, validate.Where("p.txt:3"))
     assert message.startswith(f"p.txt:3: '{prompt}' has the weight") and "<lora:name:0.8>" in message

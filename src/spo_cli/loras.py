@@ -101,7 +101,7 @@ def folder(value: str | None, option: str = "--lora-dir") -> str | None:
 
 
 def _weight(text: str, tag: str, where: validate.Where) -> float:
-    if not _SCALE.fullmatch(text):
+    if not _SCALE.fullmatch(text) or not math.isfinite(float(text)):  # 1e999 is a number float() makes inf
         raise UsageError(f"{where.source + ': ' if where.source else ''}{validate.shown(tag)} has the weight "
                          f"{validate.shown(text)}, which is not a number.",
                          "Write a LoRA tag as <lora:name:0.8>, or <lora:name:0.8:0.6> for the text encoders' "

@@ -19,6 +19,10 @@ EXAMPLES = """[bold]Examples[/]
 
   spo generate "a lighthouse in a storm" --model spo-lora --lora-scale 0.8 --scheduler dpm++2m-karras --steps 30
 
+  spo generate "a fox" --model base --lora style.safetensors:0.8 --lora detail.safetensors:0.4
+
+  spo generate "a fox <lora:style:0.8>" --model base --lora-dir ~/loras   # A1111's tags (or SPO_LORA_DIR)
+
   spo generate "a cat" --json | jq -r '.[].image'
 
   spo generate "a cat" -n 8 --batch-size 4 --fast     # compiled: much faster after the first run

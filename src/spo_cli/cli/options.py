@@ -23,13 +23,13 @@ Revision = Annotated[Optional[str], typer.Option(
 Lora = Annotated[Optional[list[str]], typer.Option(
     help="LoRA to add: a local .safetensors file or a Hub repo id (with --lora-file), with its strength after "
     "a colon (style.safetensors:0.8). Repeat to stack LoRAs. It replaces a preset's own LoRA (spo-lora's).",
-    rich_help_panel=_M, show_default=False)]
+    rich_help_panel=_M, show_default=False, metavar="SPEC[:SCALE]")]
 LoraFile = Annotated[Optional[str], typer.Option(
     help="Weight file inside the --lora repo (one --lora only).", rich_help_panel=_M)]
 LoraDir = Annotated[Optional[str], typer.Option(
     "--lora-dir", envvar="SPO_LORA_DIR", help="Folder of LoRA .safetensors files: a prompt's A1111 tag "
     "<lora:name:0.8> loads name.safetensors from it at that strength. Without one, tags are taken out of the "
-    "prompt with a warning.", rich_help_panel=_M, show_default=False)]
+    "prompt with a warning.", rich_help_panel=_M, show_default=False, metavar="DIR")]
 LoraScale = Annotated[Optional[float], typer.Option(
     help="LoRA strength: 0 is the base model, 1 (the default) the full SPO effect. Only for a model with one "
     "LoRA (spo-lora, or one --lora).", rich_help_panel=_M, show_default=False)]

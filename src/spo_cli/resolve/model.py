@@ -159,7 +159,7 @@ def precheck(request: ModelRequest) -> None:
             _check_repo_id(request.lora, "--lora")
             from huggingface_hub import constants
 
-            if request.lora_file is None and constants.HF_HUB_OFFLINE:
+            if request.lora_file is None and _known_lora_file(request.lora) is None and constants.HF_HUB_OFFLINE:
                 raise parts.lora_file_needed(request.lora)
     for extra in request.loras:
         if _lora_is_local(extra.spec):
@@ -231,7 +231,7 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
             lora = parts.lora_from_file(lora_spec)
         else:
             _check_repo_id(lora_spec, "--lora")
-            file = request.lora_file or (preset.lora_file if preset and lora_spec == preset.lora_repo else None)
+            file = request.lora_file or _known_lora_file(lora_spec)  # the SPO LoRA's, by any model
             lora = parts.lora_from_hub(lora_spec, file, fetch)
 
     # 2b. LoRAs stacked after it.
