@@ -265,3 +265,17 @@ def test_stacked_loras_enter_the_spec_hash_and_one_lora_keeps_its_old_identity(t
     image = ImageRequest("a fox", 1)
     hashes = {image.spec_hash(m.identity()) for m in (one, two, other)}
     assert len(hashes) == 3  # a resumed batch never takes an image made with other LoRAs for finished
+
+
+def test_the_spo_loras_repo_needs_no_lora_file_offline_under_any_model(monkeypatch):
+    from huggingface_hub import constants
+
+    from spo_cli import presets
+    from spo_cli.resolve import model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model.precheck(ModelRequest(model="base", lora=presets.SPO_LORA))  # its file is known: no listing needed
+    model.precheck(ModelRequest(model="base", loras=(LoraRequest(presets.SPO_LORA, 0.5),)))
+    assert "--lora-file" in refused(model.precheck, ModelRequest(model="base", lora="someorg/other-lora"))
+    assert "path of its .safetensors" in refused(model.precheck, ModelRequest(
+        model="base", loras=(LoraRequest("someorg/other-lora", 0.5),)))

@@ -70,12 +70,20 @@ def test_stacked_loras_are_recorded_with_their_hashes(lora_dir, stacked):
     assert f'Lora hashes: "{hashes}"' in params and len(meta["loras"][0]["a1111_hash"]) == 12
 
 
-def test_one_lora_records_as_before(lora_dir, out):
-    [one] = generate_json(out, PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--model", "base",
+def test_one_lora_records_as_before_and_replays_stacked_or_replaced(lora_dir, stacked, out):
+    [one] = generate_json(out / "g", PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--model", "base",
                           "--lora", f"{lora_dir / 'a.safetensors'}:0.7")
     meta = json.loads(Path(one["sidecar"]).read_text())
     assert "loras" not in meta and "loras" not in meta["model_request"] and "lora_dir" not in meta["model_request"]
     assert meta["model_request"]["lora_scale"] == 0.7
+
+    def replay(*args):
+        return json.loads(spo("replay", stacked["sidecar"], *args, "--out", str(out / "r"), "--json", "--quiet").stdout)
+
+    [again] = replay()  # the recorded stack, read back
+    assert np.array_equal(pixels(again["image"]), pixels(stacked["image"]))
+    [replaced] = replay("--lora", f"{lora_dir / 'a.safetensors'}:0.7")  # --lora replaces every recorded LoRA
+    assert np.array_equal(pixels(replaced["image"]), pixels(one["image"]))
 
 
 def test_a_prompt_tag_loads_from_the_lora_folder_and_replays(lora_dir, out):

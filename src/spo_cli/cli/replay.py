@@ -60,12 +60,14 @@ def replay(
     model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
     revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
-    lora: _opt(list[str], "LoRA: local .safetensors or Hub repo id (with --lora-file), FILE:STRENGTH; repeat to "
-               "stack. Replaces every recorded LoRA.", MODEL_PANEL) = None,
+    lora: Annotated[Optional[list[str]], typer.Option(
+        help="LoRA: local .safetensors or Hub repo id (with --lora-file), FILE:STRENGTH; repeat to stack. Replaces "
+        "every recorded LoRA.", rich_help_panel=MODEL_PANEL, show_default=False, metavar="SPEC[:SCALE]")] = None,
     lora_file: _opt(str, "Weight file inside the --lora repo.", MODEL_PANEL) = None,
     lora_scale: _opt(float, "LoRA strength.", MODEL_PANEL) = None,
-    lora_dir: _opt(str, "Folder of the LoRAs that <lora:name:weight> tags in the prompt name (default: the recorded "
-                   "one, or SPO_LORA_DIR).", MODEL_PANEL, "--lora-dir") = None,
+    lora_dir: Annotated[Optional[str], typer.Option(
+        "--lora-dir", help="Folder of the LoRAs that <lora:name:weight> tags in the prompt name (default: the "
+        "recorded one, or SPO_LORA_DIR).", rich_help_panel=MODEL_PANEL, show_default=False, metavar="DIR")] = None,
     vae: _opt(str, "VAE repo or folder, or 'model'.", MODEL_PANEL) = None,
     dtype: _opt(str, "fp16, bf16 or fp32.", MODEL_PANEL) = None,
     device: opts.Device = "auto",
