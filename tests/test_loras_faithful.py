@@ -120,3 +120,16 @@ def test_batch_loads_tags_and_draws_seed_minus_one_per_line(lora_dir, out):
     metas = [m for m in metas if "seed" in m]
     assert len(metas) == 2 and sorted(m["seed"] for m in metas)[0] >= 0 and 5 in [m["seed"] for m in metas]
     assert all([(r["name"], r["scale"]) for r in m["loras"]] == [("b", 0.5)] for m in metas)
+
+
+def test_fast_folds_every_stacked_lora_in(lora_dir, stacked, out, monkeypatch):
+    """--fast fuses each adapter into the weights before fusing Q/K/V. torch.compile itself is left
+    out (identity) here: what is tested is the folding, and a real compile costs minutes on the CPU
+    (test_speed compiles for real, with one LoRA)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    [fast] = generate_json(out, PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--model", "base", "--fast",
+                           "--lora", f"{lora_dir / 'a.safetensors'}:0.7", "--lora", f"{lora_dir / 'b.safetensors'}:-0.4")
+    diff = np.abs(pixels(fast["image"]).astype(int) - pixels(stacked["image"]).astype(int))
+    assert diff.max() <= 1  # the same image up to float rounding, the LoRAs folded in or not
