@@ -65,6 +65,7 @@ def test_several_loras_stack_each_with_its_strength():
     (["a.safetensors", "a.safetensors:0.5"], None, None, "is given twice"),
     ([f"l{i}.safetensors" for i in range(validate.LORAS_MAX + 1)], None, None, f"at most {validate.LORAS_MAX}"),
     (["x" * (validate.PATH_MAX_CHARS + 1)], None, None, "characters long"),
+    (["a.safetensors:1e999"], None, None, "strength after the last ':' is not a finite number"),
 ])
 def test_ambiguous_lora_options_are_refused(values, lora_file, scale, words):
     assert words in refused(loras.from_options, values, lora_file, scale)
@@ -135,7 +136,7 @@ def test_a_tag_name_never_leaves_the_folder(lora_dir, name):
 
 def test_a_missing_lora_is_refused_with_what_the_folder_holds(lora_dir):
     message = refused(loras.from_tags, "a <lora:old:1>", str(lora_dir))  # only .safetensors: never a pickle
-    assert "has no old.safetensors" in message and "LoRAs there: detail, my style v2." in message
+    assert "has no 'old.safetensors'" in message and "LoRAs there: detail, my style v2." in message
     assert "named twice" not in refused(loras.from_tags, "<lora:detail><lora:detail:0.5>", str(lora_dir))
     assert "the LoRA 'detail' twice" in refused(loras.from_tags, "<lora:detail><lora:detail:0.5>", str(lora_dir))
 
@@ -176,7 +177,7 @@ def test_batch_refuses_mixed_lora_lines_before_loading_anything(lora_dir, tmp_pa
 def test_generate_refuses_a_missing_tag_lora_from_spo_lora_dir(lora_dir, tmp_path):
     r = CliRunner().invoke(app, ["generate", "a fox <lora:nope:0.5>", "--model", "base", "--out", str(tmp_path / "o")],
                            env={"SPO_LORA_DIR": str(lora_dir)})
-    assert r.exit_code == EXIT_USAGE and "has no nope.safetensors" in " ".join(r.output.split()), r.output
+    assert r.exit_code == EXIT_USAGE and "has no 'nope.safetensors'" in " ".join(r.output.split()), r.output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,3 +280,11 @@ def test_the_spo_loras_repo_needs_no_lora_file_offline_under_any_model(monkeypat
     assert "--lora-file" in refused(model.precheck, ModelRequest(model="base", lora="someorg/other-lora"))
     assert "path of its .safetensors" in refused(model.precheck, ModelRequest(
         model="base", loras=(LoraRequest("someorg/other-lora", 0.5),)))
+
+
+def test_names_from_a_hostile_prompt_or_folder_are_quoted_in_messages(lora_dir):
+    (lora_dir / "evil\x1b[2J.safetensors").write_bytes(b"x")
+    message = refused(loras.from_tags, "a <lora:x\x1b[31m:1>", str(lora_dir))
+    assert "\x1b" not in message and "evil" not in message  # the escape shown as one, the odd file name left out
+    message = refused(loras.from_tags, "<lora:a\x1b:1><lora:a\x1b:1>", str(lora_dir))
+    assert "\x1b" not in message

@@ -38,8 +38,10 @@ def split_spec(value: str) -> tuple[str, float | None]:
     value = validate.text(value, "lora", limit=validate.PATH_MAX_CHARS)
     head, sep, tail = value.rpartition(":")
     if sep and head and _SCALE.fullmatch(tail):
-        scale = validate.number(float(tail), "lora", low=-math.inf, high=math.inf)
-        return head, scale
+        if not math.isfinite(float(tail)):
+            raise UsageError(f"--lora {validate.shown(value)}: the strength after the last ':' is not a finite "
+                             "number.", "Write --lora FILE:0.8.")
+        return head, float(tail)
     return value, None
 
 
@@ -147,7 +149,7 @@ def _available(lora_dir: Path, limit: int = 8) -> list[str]:
     for i, entry in enumerate(lora_dir.iterdir()):  # bounded: a folder may hold anything
         if i >= validate.LORA_FOLDER_SCAN_MAX or len(names) >= limit:
             break
-        if entry.name.endswith(SUFFIX):
+        if entry.name.endswith(SUFFIX) and entry.name.isprintable():  # names go into a message
             names.append(entry.name[: -len(SUFFIX)])
     return sorted(names)
 
@@ -163,7 +165,8 @@ def from_tags(prompt: str, lora_dir: str, where: validate.Where = validate.ARGV)
     for (name, te, unet), tag in zip(found, [t for t in syntax.extra_networks(prompt) if t.startswith("<lora:")]):
         _check_name(name, tag, where)
         if name in seen:
-            raise UsageError(f"{where.source + ': ' if where.source else ''}the prompt names the LoRA '{name}' twice.",
+            raise UsageError(f"{where.source + ': ' if where.source else ''}the prompt names the LoRA "
+                             f"{validate.shown(name)} twice.",
                              "Give each LoRA one tag, with the weight you want.")
         seen.add(name)
         path = base / (name + SUFFIX)
@@ -171,7 +174,7 @@ def from_tags(prompt: str, lora_dir: str, where: validate.Where = validate.ARGV)
         if path.parent != base or not path.is_file():
             shown = ", ".join(_available(base))
             raise UsageError(f"{where.source + ': ' if where.source else ''}{validate.shown(tag)}: the LoRA folder "
-                             f"{base} has no {name}{SUFFIX}.",
+                             f"{base} has no {validate.shown(name + SUFFIX)}.",
                              f"LoRAs there: {shown}." if shown else "The folder holds no .safetensors file.")
         out.append(LoraRequest(str(path), te, None if unet == te else unet, name=name))
     return tuple(out)
@@ -187,15 +190,20 @@ def with_prompt_loras(request: ModelRequest, images: list[ImageRequest], where=l
     as plain text keep their tags as text (`--prompt-syntax plain` means the text as it is)."""
     if request.lora_dir is None:
         return request
-    chosen, first = None, None
+    chosen, first, seen = None, None, {}
     for image in images:
-        lora_set = () if image.prompt_syntax == "plain" else from_tags(image.prompt, request.lora_dir, where(image))
+        key = (image.prompt, image.prompt_syntax)  # a line's images share a prompt: looked up once
+        if key not in seen:
+            seen[key] = () if image.prompt_syntax == "plain" else from_tags(image.prompt, request.lora_dir,
+                                                                           where(image))
+        lora_set = seen[key]
         if chosen is None:
             chosen, first = lora_set, image
         elif lora_set != chosen:
             def shown(s):
-                return " ".join(f"<lora:{lr.name}:{lr.scale:g}{'' if lr.unet_scale is None else f':{lr.unet_scale:g}'}>"
-                                for lr in s) or "no LoRA tag"
+                return validate.shown(" ".join(
+                    f"<lora:{lr.name}:{lr.scale:g}{'' if lr.unet_scale is None else f':{lr.unet_scale:g}'}>"
+                    for lr in s), 120)[1:-1] if s else "no LoRA tag"
             a, b = where(first).source, where(image).source
             raise UsageError(
                 f"{b + ': ' if b else ''}the prompt asks for {shown(lora_set)}, but "
