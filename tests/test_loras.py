@@ -208,7 +208,8 @@ def test_a1111_text_lists_stacked_loras_as_lora_hashes():
     meta = {"prompt": "a fox <lora:detail:0.6>", "steps": 3, "guidance": 5.0, "seed": 1, "width": 64, "height": 64,
             "scheduler": {"a1111": "Euler", "class": "EulerDiscreteScheduler"}, "model": {"id": "org/base"},
             "versions": {"spo-cli": "0"}, "lora": None,
-            "loras": [{"name": "a, b:c", "a1111_hash": "0123456789ab"}, {"name": "detail", "a1111_hash": "ba9876543210"}]}
+            "loras": [{"name": "a, b:c", "a1111_hash": "0123456789ab"},
+                      {"name": "detail", "a1111_hash": "ba9876543210"}]}
     text = metadata.a1111_parameters(meta)
     assert 'Lora hashes: "a bc: 0123456789ab, detail: ba9876543210"' in text
     assert "Lora hashes" not in metadata.a1111_parameters({**meta, "loras": None})

@@ -32,11 +32,15 @@ def lora_dir(base_pipeline, tmp_path_factory) -> Path:
     return folder
 
 
+def two_loras(folder: Path) -> list[str]:
+    return ["--lora", f"{folder / 'a.safetensors'}:0.7", "--lora", f"{folder / 'b.safetensors'}:-0.4"]
+
+
 @pytest.fixture(scope="module")
 def stacked(lora_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("stacked")
     [written] = generate_json(out, PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--model", "base",
-                              "--lora", f"{lora_dir / 'a.safetensors'}:0.7", "--lora", f"{lora_dir / 'b.safetensors'}:-0.4")
+                              *two_loras(lora_dir))
     return written
 
 
@@ -130,6 +134,6 @@ def test_fast_folds_every_stacked_lora_in(lora_dir, stacked, out, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
     [fast] = generate_json(out, PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--model", "base", "--fast",
-                           "--lora", f"{lora_dir / 'a.safetensors'}:0.7", "--lora", f"{lora_dir / 'b.safetensors'}:-0.4")
+                           *two_loras(lora_dir))
     diff = np.abs(pixels(fast["image"]).astype(int) - pixels(stacked["image"]).astype(int))
     assert diff.max() <= 1  # the same image up to float rounding, the LoRAs folded in or not
