@@ -411,7 +411,9 @@ def test_parse_seeds():
     assert compare.parse_seeds(None, 0, 1) == [0]
     for bad in ["1,two", "1.5", "1,,2", "a"]:
         usage_error(compare.parse_seeds, bad, 0, 1)
-    usage_error(compare.parse_seeds, "-1", 0, 1)  # out of range
+    usage_error(compare.parse_seeds, "-2", 0, 1)  # out of range
+    [drawn] = compare.parse_seeds(None, -1, 1)  # --seed -1: a random one, as in A1111
+    assert 0 <= drawn < 2**32 and compare.parse_seeds("-1", 0, 1) != compare.parse_seeds("-1", 0, 1)
     usage_error(compare.parse_seeds, str(2**32), 0, 1)
     usage_error(compare.parse_seeds, None, 0, 0)  # --num-images 0
 

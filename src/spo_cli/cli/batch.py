@@ -91,7 +91,7 @@ def batch(
     old_format: opts.OldPromptFormat = None,
     negative: opts.Negative = None,
     seed: Annotated[int, typer.Option(help="Seed of the file's first image; image k gets seed+k unless its "
-                                      "line sets a seed.", rich_help_panel="Sampling")] = 0,
+                                      "line sets a seed (-1: a random one, recorded).", rich_help_panel="Sampling")] = 0,
     num_images: opts.NumImages = 1,
     batch_size: opts.BatchSize = 1,
     steps: opts.Steps = presets.DEFAULT_STEPS,
@@ -108,6 +108,7 @@ def batch(
     lora: opts.Lora = None,
     lora_file: opts.LoraFile = None,
     lora_scale: opts.LoraScale = None,
+    lora_dir: opts.LoraDir = None,
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
@@ -138,7 +139,8 @@ def batch(
         size_limit=not no_size_limit, check_prompt=False)
     validate.num_images(num_images)
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
-                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
+                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
+                                    lora_dir=None if server else lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
@@ -154,8 +156,16 @@ def batch(
             raise UsageError(f"{len(parsed.problems)} bad line(s) in {parsed.source}; nothing was run.",
                              "Fix them, or pass --skip-invalid to run the other lines.")
     extra = {"rank": rank.rank, "world_size": rank.world} if rank.several else None
-    tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra)
+    tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra,
+                                         lora_tags=opts.lora_tags(request.lora_dir, server))
     if server is None:
+        from spo_cli import loras
+
+        # One set of LoRAs per run: lines whose tags differ are refused, naming them.
+        lines = {id(t.request): f"{t.extra['batch']['source']}:{t.extra['batch']['line']}" for t in tasks}
+        request = loras.with_prompt_loras(request, [t.request for t in tasks],
+                                          lambda image: validate.Where(lines[id(image)]))
+        more += loras.scale_warnings(None, tuple(lr for lr in request.loras if lr.name))
         loading.precheck(request, options, [t.request for t in tasks])
     out = validate.output_folder(out)
     for w in warnings + size_warnings + more:

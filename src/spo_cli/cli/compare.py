@@ -57,6 +57,7 @@ def parse_seeds(text: str | None, seed: int, num_images: int) -> list[int]:
     if text:
         return validate.seeds(text)  # eval's grammar too: 0-3, 1,2,5
     validate.num_images(num_images)
+    seed = validate.seed_or_random(seed)
     validate.seed_range(seed, num_images)
     return [seed + i for i in range(num_images)]
 
@@ -109,9 +110,9 @@ def compare(
         rich_help_panel="Columns")] = None,
     lora_scale: Annotated[Optional[float], typer.Option(
         help="Strength of the --spo-lora column (default 1).", rich_help_panel="Columns", show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Seeds, one row each per prompt: a range 0-3 or a list 1,2,5.",
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds, one row each per prompt: a range 0-3 or a list 1,2,5 (-1: a random one).",
                                                  rich_help_panel="Sampling")] = None,
-    seed: Annotated[int, typer.Option(help="First seed when --seeds is not given.", rich_help_panel="Sampling")] = 0,
+    seed: Annotated[int, typer.Option(help="First seed when --seeds is not given (-1: a random one, recorded).", rich_help_panel="Sampling")] = 0,
     num_images: opts.NumImages = 1,
     negative: opts.Negative = None,
     steps: opts.Steps = presets.DEFAULT_STEPS,

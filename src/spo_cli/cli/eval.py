@@ -90,7 +90,8 @@ PaperFlag = Annotated[bool, typer.Option(
 Limit = Annotated[Optional[int], typer.Option(
     help="Only the first N prompts (a cheap first look at --paper's 500).", show_default=False)]
 Seeds = Annotated[Optional[str], typer.Option(
-    help="Seeds per prompt: a range 0-3 or a list 1,2,5. Default: 0-3; 42 with --paper.", show_default=False)]
+    help="Seeds per prompt: a range 0-3 or a list 1,2,5 (-1: a random one, recorded). Default: 0-3; 42 with "
+    "--paper.", show_default=False)]
 Syntax = Annotated[Optional[str], typer.Option(
     help="auto, a1111 or plain (see spo generate --help). Default: auto; plain with --paper, as the authors "
     "encoded prompts.", show_default=False)]

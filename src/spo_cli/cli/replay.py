@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import infotext as a1111, presets, validate
+from spo_cli import infotext as a1111, loras as lora_names, presets, validate
 from spo_cli.cli import app, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.generate import make_images
@@ -61,9 +62,14 @@ def replay(
     model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
     revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
-    lora: _opt(str, "LoRA: Hub repo id (with --lora-file) or local .safetensors.", MODEL_PANEL) = None,
+    lora: Annotated[Optional[list[str]], typer.Option(
+        help="LoRA: local .safetensors or Hub repo id (with --lora-file), FILE:STRENGTH; repeat to stack. Replaces "
+        "every recorded LoRA.", rich_help_panel=MODEL_PANEL, show_default=False, metavar="SPEC[:SCALE]")] = None,
     lora_file: _opt(str, "Weight file inside the --lora repo.", MODEL_PANEL) = None,
     lora_scale: _opt(float, "LoRA strength.", MODEL_PANEL) = None,
+    lora_dir: Annotated[Optional[str], typer.Option(
+        "--lora-dir", help="Folder of the LoRAs that <lora:name:weight> tags in the prompt name (default: the "
+        "recorded one, or SPO_LORA_DIR).", rich_help_panel=MODEL_PANEL, show_default=False, metavar="DIR")] = None,
     vae: _opt(str, "VAE repo or folder, or 'model'.", MODEL_PANEL) = None,
     dtype: _opt(str, "fp16, bf16 or fp32.", MODEL_PANEL) = None,
     device: opts.Device = "auto",
@@ -109,17 +115,29 @@ def replay(
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
     where = validate.ARGV if {"width", "height"} & changes.keys() else recorded
     warnings = validate.size(image.width, image.height, where, size_limit=not no_size_limit)
-    warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded)
-    model_changes = {k: v for k, v in dict(revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+    model_changes = {k: v for k, v in dict(revision=revision, lora_file=lora_file, lora_scale=lora_scale,
                                           vae=vae, dtype=dtype).items() if v is not None}
+    if lora:
+        # The LoRAs given replace all those recorded; the recorded strength goes with them unless one
+        # LoRA is given bare (as before LoRAs could be stacked).
+        model_changes = {"lora": lora, "loras": (), **model_changes}
+        if len(lora) > 1 or opts.lora_has_scale(lora[0]):
+            model_changes.setdefault("lora_scale", None)
     if model is not None:
-        # Another model: the recorded pin and LoRA belonged to the old one.
+        # Another model: the recorded pin and LoRAs belonged to the old one.
         model_changes = {"model": model, "revision": None, "lora": None, "lora_file": None, "lora_scale": None,
-                         **model_changes}
+                         "loras": (), **model_changes}
     model_changes["device"] = device
     merged = replace(request, **model_changes)
+    # A folder given now, else the recorded one, else SPO_LORA_DIR's; the recorded one only matters
+    # (and must still exist) when the prompt names LoRAs.
+    if lora_dir is None and lora_names.tags(image.prompt):
+        lora_dir = merged.lora_dir or os.environ.get(lora_names.ENV_DIR) or None
+    warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded,
+                                            lora_tags=opts.lora_tags(lora_dir))
     request, more = opts.model_request(**{k: getattr(merged, k) for k in (
-        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device")})
+        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras")},
+        lora_dir=lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
     make_images(ui, request, [image], options, out, image_format, warnings + more)
 
