@@ -163,18 +163,36 @@ def test_replay_overrides_recorded_settings(hub_cache, out):
     assert not np.array_equal(pixels(again["image"]), pixels(orig["image"]))
 
 
-# diffusers' documented mapping of A1111 sampler names to its schedulers (docs: "Schedulers" →
-# the A1111/k-diffusion table), written out here so the test does not check presets.py against itself.
+# diffusers' documented mapping of A1111 sampler names to its schedulers (docs: "Schedulers" → the
+# A1111/k-diffusion table, and "Noise schedules and schedule types": Karras is use_karras_sigmas,
+# Exponential is linspace spacing with use_exponential_sigmas, SGM Uniform is trailing spacing), written
+# out here so the test does not check presets.py against itself. DPM++ 3M SDE is DPM++ 2M SDE at
+# solver_order 3 (DPMSolverMultistepScheduler's docs).
+_EXP = {"timestep_spacing": "linspace", "use_exponential_sigmas": True}
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
 DIFFUSERS_SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
+    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler-exponential": ("EulerDiscreteScheduler", _EXP),
+    "euler-sgm-uniform": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "dpm++2m": ("DPMSolverMultistepScheduler", {}),
     "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpm++2m-exponential": ("DPMSolverMultistepScheduler", _EXP),
+    "dpm++2m-sgm-uniform": ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}),
+    "dpm++2m-sde": ("DPMSolverMultistepScheduler", _SDE),
     "dpm++2m-sde-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True,
                                                            "algorithm_type": "sde-dpmsolver++"}),
+    "dpm++2m-sde-exponential": ("DPMSolverMultistepScheduler", {**_SDE, **_EXP}),
+    "dpm++3m-sde": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3}),
+    "dpm++3m-sde-karras": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3, "use_karras_sigmas": True}),
+    "dpm++3m-sde-exponential": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3, **_EXP}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
+# Enough steps for a third-order multistep update to run (the last two fall back to lower orders).
+_STEPS = {name: 5 for name in DIFFUSERS_SCHEDULERS if name.startswith("dpm++3m")}
 
 
 def test_the_scheduler_table_covers_every_choice():
@@ -192,12 +210,14 @@ def _strict_json(text: str):
 def test_every_scheduler_matches_diffusers(merged_pipeline, out, name):
     import diffusers
 
-    [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--device", "cpu", "--scheduler", name)
+    steps = _STEPS.get(name, 3)
+    [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--steps", str(steps), "--device", "cpu",
+                              "--scheduler", name)
     cls, kwargs = DIFFUSERS_SCHEDULERS[name]
     scheduler = getattr(diffusers, cls).from_config(merged_pipeline.scheduler.config, **kwargs)
     pipe = diffusers.StableDiffusionXLPipeline.from_pipe(merged_pipeline, scheduler=scheduler)
     assert type(pipe.scheduler).__name__ == cls and type(merged_pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert np.array_equal(pixels(written["image"]), reference(pipe, 9))
+    assert np.array_equal(pixels(written["image"]), reference(pipe, 9, steps=steps))
     meta = _strict_json(Path(written["sidecar"]).read_text())  # DPM's -inf config value included
     assert meta["scheduler"]["class"] == cls
 
