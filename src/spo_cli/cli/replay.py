@@ -81,7 +81,8 @@ def replay(
     # The file is read once: it may be a pipe (`spo replay <(cat x.json)`).
     recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
     if recorded is None:
-        image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
+        image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file),
+                                       read_sampler=scheduler is None)
     else:
         image, request = metadata.recorded_requests(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
@@ -116,11 +117,15 @@ def replay(
     make_images(ui, request, [image], options, out, image_format, warnings + more)
 
 
-def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest]:
-    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it)."""
+def from_infotext(ui: UI, text: str, source: str, *, read_sampler: bool = True) -> tuple[ImageRequest, ModelRequest]:
+    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it).
+    `read_sampler` False: --scheduler replaces the text's sampler, which may be one spo lacks."""
     where = validate.Where(source)
     try:
-        fields, ignored = a1111.to_request_fields(a1111.parse(text))
+        fields, ignored = a1111.to_request_fields(a1111.parse(text), sampler=read_sampler)
+    except a1111.UnknownSampler as e:
+        raise UsageError(f"{source}: {e}", "Give --scheduler (spo's name or A1111's) to make the image with "
+                         "that sampler instead.") from None
     except a1111.InfotextError as e:
         raise UsageError(f"{source}: {e}", "Replay takes A1111's \"parameters\" text: the prompt, an optional "
                          "\"Negative prompt:\" line, then \"Steps: …, Sampler: …, CFG scale: …, Seed: …, "
