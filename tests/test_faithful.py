@@ -222,6 +222,43 @@ def test_every_scheduler_matches_diffusers(merged_pipeline, out, name):
     assert meta["scheduler"]["class"] == cls
 
 
+def test_a1111_sampler_names_make_the_same_images_as_spos(hub_cache, out):
+    [ours] = generate_json(out / "spo", PROMPT, "--seed", "5", *TINY, "--device", "cpu", "--scheduler",
+                           "dpm++2m-sde-karras")
+    [theirs] = generate_json(out / "a1111", PROMPT, "--seed", "5", *TINY, "--device", "cpu", "--scheduler",
+                             "dpm++ 2m sde KARRAS")
+    [again] = generate_json(out / "again", PROMPT, "--seed", "5", *TINY, "--device", "cpu", "--scheduler",
+                            "DPM++ 2M SDE Karras")
+    # The SDE noise comes from the seed's generator: the same seed, the same image.
+    assert np.array_equal(pixels(ours["image"]), pixels(theirs["image"]))
+    assert np.array_equal(pixels(again["image"]), pixels(theirs["image"]))
+    meta = json.loads(Path(theirs["sidecar"]).read_text())
+    assert (meta["scheduler"]["name"], meta["scheduler"]["a1111"]) == ("dpm++2m-sde-karras", "DPM++ 2M SDE Karras")
+
+
+@pytest.mark.parametrize("name", ["euler-sgm-uniform", "dpm++2m-sde"])
+def test_an_a1111_text_spo_wrote_replays_to_the_same_image(hub_cache, out, name):
+    # euler-sgm-uniform is written with its Schedule type apart, dpm++2m-sde with `Schedule type: Uniform`.
+    [written] = generate_json(out / "g", PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--scheduler", name)
+    with Image.open(written["image"]) as im:
+        text = im.info["parameters"]
+    text = ", ".join(p for p in text.split(", ") if not p.startswith("Version: "))  # as A1111 reads it
+    assert "Schedule type: " in text
+    [again] = json.loads(spo("replay", "--infotext", text, "--device", "cpu", "--out", str(out / "r"), "--json",
+                             "--quiet").stdout)
+    assert json.loads(Path(again["sidecar"]).read_text())["scheduler"]["name"] == name
+    assert np.array_equal(pixels(again["image"]), pixels(written["image"]))
+
+
+def test_scheduler_replaces_a_sampler_spo_lacks_in_an_infotext(hub_cache, out):
+    text = f"{PROMPT}\nSteps: 3, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 5, Seed: 8, Size: 64x64"
+    [again] = json.loads(spo("replay", "--infotext", text, "--scheduler", "Euler a", "--device", "cpu",
+                             "--out", str(out / "r"), "--json", "--quiet").stdout)
+    [ref] = generate_json(out / "g", PROMPT, "--seed", "8", *TINY, "--device", "cpu", "--scheduler", "euler-a")
+    assert json.loads(Path(again["sidecar"]).read_text())["scheduler"]["name"] == "euler-a"
+    assert np.array_equal(pixels(again["image"]), pixels(ref["image"]))
+
+
 def test_replay_changes_model_lora_dtype_and_negative(hub_cache, out):
     [orig] = generate_json(out / "o", PROMPT, "--seed", "4", *SMALL, "--device", "cpu", "--model", "spo-lora",
                            "--lora-scale", "0.5", "--negative", "blurry")

@@ -402,6 +402,41 @@ def test_spo_checkpoint_default_round_trips():
     assert fields(a1111_parameters(meta("default", "KDPM2DiscreteScheduler", "")))["scheduler"] == "default"
 
 
+@pytest.mark.parametrize(("config", "read"), [
+    ({}, "dpm++2m"), ({"use_karras_sigmas": True}, "dpm++2m-karras"),
+    ({"use_exponential_sigmas": True}, "dpm++2m-exponential"),
+])
+def test_a_checkpoints_own_sigmas_are_written_as_its_schedule_type(config, read):
+    m = meta("default", "DPMSolverMultistepScheduler", "DPM++ 2M")
+    m["scheduler"]["config"] = config
+    info = parse(a1111_parameters(m))
+    del info.params["Version"]  # as A1111 reads it
+    assert to_request_fields(info)[0]["scheduler"] == read
+
+
+def test_replay_suggests_scheduler_for_a_sampler_spo_lacks_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    text = "a fox\nSteps: 3, Sampler: DPM++ SDE Karras, Seed: 1, Size: 64x64"
+    r = CliRunner().invoke(app, ["replay", "--infotext", text, "--out", str(tmp_path / "o")])
+    message = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "'DPM++ SDE Karras'" in message and "Give --scheduler" in message
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(app, ["replay", "--infotext", text, "--scheduler", "DPM++ 3M  SDE", "--out", str(tmp_path)])
+    message = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "--scheduler cannot be 'DPM++ 3M" in message and "DPM++ 3M SDE Karras" in message
+
+
+def test_scheduler_replaces_the_texts_sampler_unread():
+    text = "a fox\nSteps: 3, Sampler: LCM, Schedule type: Sideways, Seed: 1"
+    got, left = to_request_fields(parse(text), sampler=False)
+    assert "scheduler" not in got and left == []
+    with pytest.raises(InfotextError):
+        to_request_fields(parse(text))
+
+
 @pytest.mark.parametrize("over, key, value", [
     ({"prompt_syntax": "a1111", "emphasis": "none-norm"}, "emphasis", "none-norm"),
     ({"prompt_syntax": "plain"}, "prompt_syntax", "plain"),  # brackets read as text: said so
