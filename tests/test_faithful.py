@@ -136,6 +136,20 @@ def test_batch_size_does_not_change_images_beyond_rounding(hub_cache, out):
     assert {m["batch_size"] for m in metas} == {4}
 
 
+@pytest.mark.parametrize("name", ["dpm++sde-karras", "dpm++2m-sde"])
+def test_sde_noise_follows_each_images_seed_whatever_the_batch(hub_cache, out, name):
+    # DPM++ SDE's Brownian noise has seeds of its own (one tree per image), DPM++ 2M SDE's comes from the
+    # generators: either way an image is its seed's, alone or in a batch, and different seeds differ.
+    args = [PROMPT, "--seed", "30", "-n", "2", *TINY, "--device", "cpu", "--scheduler", name]
+    one = generate_json(out / "b1", *args, "--batch-size", "1")
+    two = generate_json(out / "b2", *args, "--batch-size", "2")
+    alone = generate_json(out / "n1", PROMPT, "--seed", "31", *TINY, "--device", "cpu", "--scheduler", name)
+    for a, b in zip(one, two):
+        assert int(np.abs(pixels(a["image"]).astype(int) - pixels(b["image"]).astype(int)).max()) <= 1
+    assert np.array_equal(pixels(one[1]["image"]), pixels(alone[0]["image"]))
+    assert not np.array_equal(pixels(one[0]["image"]), pixels(one[1]["image"]))
+
+
 def test_images_in_one_call_differ_by_seed(hub_cache, out):
     written = generate_json(out, PROMPT, "--seed", "1", "-n", "2", "--batch-size", "2", *TINY, "--device", "cpu")
     assert not np.array_equal(pixels(written[0]["image"]), pixels(written[1]["image"]))
@@ -190,6 +204,10 @@ DIFFUSERS_SCHEDULERS = {
     "dpm++3m-sde-karras": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3, "use_karras_sigmas": True}),
     "dpm++3m-sde-exponential": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3, **_EXP}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Not the table's DPMSolverSinglestepScheduler, a deterministic solver: diffusers' port of the
+    # stochastic k-diffusion sampler A1111 runs (DPMSolverSDEScheduler's docs), its noise seeded per image.
+    "dpm++sde": ("DPMSolverSDEScheduler", {}),
+    "dpm++sde-karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
 }
 # Enough steps for a third-order multistep update to run (the last two fall back to lower orders).
 _STEPS = {name: 5 for name in DIFFUSERS_SCHEDULERS if name.startswith("dpm++3m")}
@@ -214,6 +232,8 @@ def test_every_scheduler_matches_diffusers(merged_pipeline, out, name):
     [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--steps", str(steps), "--device", "cpu",
                               "--scheduler", name)
     cls, kwargs = DIFFUSERS_SCHEDULERS[name]
+    if cls == "DPMSolverSDEScheduler":
+        kwargs = {**kwargs, "noise_sampler_seed": 9}  # the seed, as spo seeds the Brownian noise
     scheduler = getattr(diffusers, cls).from_config(merged_pipeline.scheduler.config, **kwargs)
     pipe = diffusers.StableDiffusionXLPipeline.from_pipe(merged_pipeline, scheduler=scheduler)
     assert type(pipe.scheduler).__name__ == cls and type(merged_pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
@@ -251,7 +271,7 @@ def test_an_a1111_text_spo_wrote_replays_to_the_same_image(hub_cache, out, name)
 
 
 def test_scheduler_replaces_a_sampler_spo_lacks_in_an_infotext(hub_cache, out):
-    text = f"{PROMPT}\nSteps: 3, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 5, Seed: 8, Size: 64x64"
+    text = f"{PROMPT}\nSteps: 3, Sampler: DPM++ 2S a, Schedule type: Karras, CFG scale: 5, Seed: 8, Size: 64x64"
     [again] = json.loads(spo("replay", "--infotext", text, "--scheduler", "Euler a", "--device", "cpu",
                              "--out", str(out / "r"), "--json", "--quiet").stdout)
     [ref] = generate_json(out / "g", PROMPT, "--seed", "8", *TINY, "--device", "cpu", "--scheduler", "euler-a")

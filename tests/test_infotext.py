@@ -170,6 +170,9 @@ PARAMS = "a cat\nSteps: 20, {}, CFG scale: 7, Seed: 1, Size: 1024x1024"
     ("Sampler: DPM++ 3M SDE, Schedule type: Karras", "dpm++3m-sde-karras"),
     ("Sampler: Heun", "heun"),
     ("Sampler: Heun, Schedule type: Automatic", "heun"),
+    ("Sampler: DPM++ SDE Karras", "dpm++sde-karras"),
+    ("Sampler: DPM++ SDE", "dpm++sde-karras"),  # Automatic: Karras
+    ("Sampler: DPM++ SDE, Schedule type: Uniform", "dpm++sde"),
     ("Sampler: EulerDiscreteScheduler", "default"),  # spo's own text for a checkpoint default
     ("Sampler: KDPM2DiscreteScheduler", "default"),
 ])
@@ -179,7 +182,8 @@ def test_samplers_map_to_spo_schedulers(sampler, expected):
 
 @pytest.mark.parametrize(("sampler", "named"), [
     ("Sampler: LCM", "'LCM'"),
-    ("Sampler: DPM++ SDE Karras", "'DPM++ SDE Karras'"),
+    ("Sampler: DPM++ 2S a Karras", "'DPM++ 2S a Karras'"),
+    ("Sampler: DPM++ SDE, Schedule type: Exponential", "'DPM++ SDE, Schedule type: Exponential'"),
     ("Sampler: DPM++ 2M SDE Heun", "(its Automatic schedule is Exponential)"),
     ("Sampler: Euler a, Schedule type: Karras", "'Euler a, Schedule type: Karras'"),
     ("Sampler: Heun, Schedule type: Karras", "'Heun, Schedule type: Karras'"),
@@ -239,10 +243,10 @@ _A1111_SCHEDULES = [("automatic", "Automatic", ()), ("uniform", "Uniform", ()), 
                     ("sgm_uniform", "SGM Uniform", ("SGMUniform",)), ("kl_optimal", "KL Optimal", ()),
                     ("align_your_steps", "Align Your Steps", ()), ("simple", "Simple", ()), ("normal", "Normal", ()),
                     ("ddim", "DDIM", ()), ("beta", "Beta", ())]
-_A1111_DEFAULT = {"DPM++ 2M": "karras", "DPM++ 2M SDE": "exponential", "DPM++ 3M SDE": "exponential",
+_A1111_DEFAULT = {"DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential", "DPM++ 3M SDE": "exponential",
                   "Euler": "uniform", "Euler a": "uniform", "Heun": "uniform", "DDIM": None, "UniPC": None}
 # A1111 before 1.9: the names that carried a schedule (sd_samplers_kdiffusion.py, 1.8).
-_A1111_OLD = {"DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Exponential", "DPM++ 3M SDE Karras",
+_A1111_OLD = {"DPM++ 2M Karras", "DPM++ SDE Karras", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Exponential", "DPM++ 3M SDE Karras",
               "DPM++ 3M SDE Exponential", *_A1111_DEFAULT}
 # What each spo scheduler is in A1111's terms (diffusers' table): sampler, schedule (None: timestep samplers).
 SPO_IN_A1111 = {
@@ -255,6 +259,7 @@ SPO_IN_A1111 = {
     "dpm++2m-sde-exponential": ("DPM++ 2M SDE", "Exponential"),
     "dpm++3m-sde": ("DPM++ 3M SDE", "Uniform"), "dpm++3m-sde-karras": ("DPM++ 3M SDE", "Karras"),
     "dpm++3m-sde-exponential": ("DPM++ 3M SDE", "Exponential"),
+    "dpm++sde": ("DPM++ SDE", "Uniform"), "dpm++sde-karras": ("DPM++ SDE", "Karras"),
 }
 
 
@@ -419,10 +424,10 @@ def test_replay_suggests_scheduler_for_a_sampler_spo_lacks_before_loading_anythi
 
     from spo_cli.cli import app
 
-    text = "a fox\nSteps: 3, Sampler: DPM++ SDE Karras, Seed: 1, Size: 64x64"
+    text = "a fox\nSteps: 3, Sampler: DPM++ 2S a Karras, Seed: 1, Size: 64x64"
     r = CliRunner().invoke(app, ["replay", "--infotext", text, "--out", str(tmp_path / "o")])
     message = " ".join(r.stderr.split())
-    assert r.exit_code == 2 and "'DPM++ SDE Karras'" in message and "Give --scheduler" in message
+    assert r.exit_code == 2 and "'DPM++ 2S a Karras'" in message and "Give --scheduler" in message
     assert not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, ["replay", "--infotext", text, "--scheduler", "DPM++ 3M  SDE", "--out", str(tmp_path)])
     message = " ".join(r.stderr.split())

@@ -44,7 +44,7 @@ def test_a1111_api_schedule_types():
 
 @pytest.mark.parametrize("body", [{"sampler_name": "dpm++2m-karras", "scheduler": "Karras"},  # spo's name: alone
                                   {"sampler_name": "default"}, {"sampler_name": "Heun", "scheduler": "Karras"},
-                                  {"sampler_name": "DPM++ SDE Karras"}])
+                                  {"sampler_name": "DPM++ 2S a Karras"}])
 def test_a1111_api_refuses_what_spo_lacks_naming_the_field(body):
     with pytest.raises(api.BadRequest) as e:
         api.a1111_job({"prompt": "a fox", **body}, CTX)
@@ -55,5 +55,32 @@ def test_openai_and_spo_bodies_take_a1111_names_in_scheduler():
     job = api.openai_job({"prompt": "a fox", "scheduler": "DPM++ 2M SDE Exponential"}, CTX)
     assert job.images[0].scheduler == "dpm++2m-sde-exponential"
     with pytest.raises(api.BadRequest) as e:
-        api.openai_job({"prompt": "a fox", "scheduler": "DPM++ SDE"}, CTX)
+        api.openai_job({"prompt": "a fox", "scheduler": "DPM++ 2S a"}, CTX)
     assert e.value.field == "scheduler" and "dpm++3m-sde, " in e.value.message and "DPM++ 3M SDE," in e.value.message
+
+
+@pytest.mark.parametrize("command", [["generate", "a fox", "--scheduler", "DPM++ SDE Karras"],
+                                     ["generate", "a fox", "--scheduler", "dpm++sde"]])
+def test_dpmpp_sde_without_torchsde_is_an_instruction_before_anything_loads(monkeypatch, tmp_path, command):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    monkeypatch.setitem(sys.modules, "torchsde", None)  # how Python blocks an import
+    r = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "o")])
+    message = " ".join(r.output.split())
+    assert r.exit_code == 2 and "needs torchsde" in message and 'pip install "spo-cli[sde]"' in message, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_every_scheduler_extra_is_in_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name, modules in presets.SCHEDULER_EXTRAS.items():
+        assert all(any(m in req for req in extras[name]) for m in modules)
+        own = next(r for r in extras["test"] if r.startswith("spo-cli["))  # the tests run every sampler
+        assert name in own[len("spo-cli["):-1].split(",")

@@ -206,7 +206,7 @@ def test_a1111_schedule_type_names_after_the_sampler(value, name):
     assert validate.scheduler(value) == name
 
 
-@pytest.mark.parametrize("value", ["DPM++ SDE Karras", "Euler a Karras", "EulerDiscreteScheduler", "DPM++2M Karras",
+@pytest.mark.parametrize("value", ["DPM++ 2S a Karras", "Euler a Karras", "EulerDiscreteScheduler", "DPM++2M Karras",
                                    "DPM++ 2M  Karras", "Karras", "", "DPM++ 2M " * 50, 3, None, ["euler"]])
 def test_names_spo_lacks_are_refused_with_both_lists(value):
     with pytest.raises(UsageError) as e:

@@ -53,6 +53,7 @@ class SchedulerChoice:
     class_name: str
     kwargs: tuple[tuple[str, object], ...] = ()
     a1111: str = ""  # the sampler name AUTOMATIC1111-style "PNG info" readers know
+    extra: str = ""  # the spo-cli extra that installs what the scheduler imports (SCHEDULER_EXTRAS)
 
 
 # diffusers' own table of A1111 equivalents (docs: api/schedulers/overview, "A1111/k-diffusion" and
@@ -87,9 +88,15 @@ SCHEDULERS: dict[str, SchedulerChoice] = {
         SchedulerChoice("dpm++3m-sde", _DPM, _3M_SDE, a1111="DPM++ 3M SDE"),
         SchedulerChoice("dpm++3m-sde-karras", _DPM, (*_3M_SDE, *_KARRAS), a1111="DPM++ 3M SDE Karras"),
         SchedulerChoice("dpm++3m-sde-exponential", _DPM, (*_3M_SDE, *_EXPONENTIAL), a1111="DPM++ 3M SDE Exponential"),
+        # k-diffusion's sample_dpmpp_sde, which A1111 runs, as diffusers ported it; its Brownian noise
+        # needs torchsde, so it is an extra.
+        SchedulerChoice("dpm++sde", "DPMSolverSDEScheduler", a1111="DPM++ SDE", extra="sde"),
+        SchedulerChoice("dpm++sde-karras", "DPMSolverSDEScheduler", _KARRAS, a1111="DPM++ SDE Karras", extra="sde"),
         SchedulerChoice("unipc", "UniPCMultistepScheduler", a1111="UniPC"),
     )
 }
+# The modules each extra of a scheduler brings (pyproject.toml's optional dependencies).
+SCHEDULER_EXTRAS = {"sde": ("torchsde",)}
 
 # For naming the checkpoint's own scheduler ("default") in A1111 parameters.
 A1111_BY_CLASS = {
