@@ -150,6 +150,23 @@ def test_sde_noise_follows_each_images_seed_whatever_the_batch(hub_cache, out, n
     assert not np.array_equal(pixels(one[0]["image"]), pixels(one[1]["image"]))
 
 
+def test_a_loaded_engine_without_torchsde_refuses_dpm_sde_with_the_extra(hub_cache, monkeypatch):
+    # spo serve's path: requests reach the engine with no command-line precheck before them.
+    import sys
+
+    from spo_cli.cli import loading
+    from spo_cli.cli.ui import UI
+    from spo_cli.errors import UsageError
+    from spo_cli.request import ModelRequest, RunOptions
+
+    engine, _ = loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])
+    monkeypatch.setitem(sys.modules, "torchsde", None)  # how Python blocks an import
+    with pytest.raises(UsageError) as e:
+        engine.scheduler("dpm++sde-karras")
+    assert "needs torchsde" in str(e.value) and 'pip install "spo-cli[sde]"' in e.value.hint
+    assert engine.scheduler("dpm++2m-sde") is engine.scheduler("dpm++2m-sde")  # the others are unaffected
+
+
 def test_images_in_one_call_differ_by_seed(hub_cache, out):
     written = generate_json(out, PROMPT, "--seed", "1", "-n", "2", "--batch-size", "2", *TINY, "--device", "cpu")
     assert not np.array_equal(pixels(written[0]["image"]), pixels(written[1]["image"]))

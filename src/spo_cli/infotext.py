@@ -270,7 +270,7 @@ def a1111_scheduler(name: str) -> str | None:
     jsonl `scheduler`): as A1111 spells it, in any case, with the schedule type at the end as A1111
     before 1.9 named them ('DPM++ 2M Karras'); a sampler's name alone is its plain schedule, as spo
     writes it. None when it names nothing spo has."""
-    if len(name) > 100 or _CLASS_NAME.fullmatch(name.strip()):
+    if _CLASS_NAME.fullmatch(name.strip()):
         return None
     try:
         return scheduler_name(name, name_only=True)

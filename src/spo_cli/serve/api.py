@@ -320,7 +320,7 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         if schedule is not None and not isinstance(schedule, str):
             raise BadRequest("request: 'scheduler' must be a string such as Karras.", "scheduler")
         try:  # spo's own names too, as everywhere else spo takes a scheduler
-            values["scheduler"] = (sampler if sampler in presets.SCHEDULERS and sampler != "default" and schedule is None
+            values["scheduler"] = (sampler if sampler in presets.SCHEDULERS and schedule is None
                                    else infotext.scheduler_name(sampler, schedule))
         except infotext.InfotextError as e:
             raise BadRequest(f"request: 'sampler_name': {e}", "sampler_name") from None
