@@ -167,6 +167,19 @@ def test_a_loaded_engine_without_torchsde_refuses_dpm_sde_with_the_extra(hub_cac
     assert engine.scheduler("dpm++2m-sde") is engine.scheduler("dpm++2m-sde")  # the others are unaffected
 
 
+@pytest.mark.parametrize("name", ["heun", "dpm++sde", "euler"])
+def test_progress_counts_the_steps_asked_for_with_second_order_samplers(hub_cache, name):
+    # Heun and DPM++ SDE call the model twice a step: the callback comes 5 times for 3 steps.
+    from spo_cli.cli import loading
+    from spo_cli.cli.ui import UI
+    from spo_cli.request import ImageRequest, ModelRequest, RunOptions
+
+    engine, _ = loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])
+    seen = []
+    engine.run([ImageRequest(PROMPT, 1, steps=3, width=64, height=64, scheduler=name)], on_step=lambda *a: seen.append(a))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_images_in_one_call_differ_by_seed(hub_cache, out):
     written = generate_json(out, PROMPT, "--seed", "1", "-n", "2", "--batch-size", "2", *TINY, "--device", "cpu")
     assert not np.array_equal(pixels(written[0]["image"]), pixels(written[1]["image"]))

@@ -359,9 +359,16 @@ class Engine:
             self.pipe.scheduler.noise_sampler_seed = [r.seed for r in batch]
         negatives = [r.negative_prompt for r in batch]
 
+        reported = 0
+
         def step_end(pipe, i, t, kwargs):
-            if on_step:
-                on_step(i + 1, first.steps)
+            nonlocal reported
+            # Second-order samplers (Heun, DPM++ SDE) call the model twice a step, and their timesteps
+            # hold both calls: the callback comes 2×steps−1 times. Steps are what the user asked for.
+            done = (i + 1) * first.steps // max(len(pipe.scheduler.timesteps), first.steps)
+            if on_step and done > reported:
+                reported = done
+                on_step(done, first.steps)
             return kwargs
 
         plan = self.plan(first)
