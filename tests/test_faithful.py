@@ -150,16 +150,24 @@ def test_sde_noise_follows_each_images_seed_whatever_the_batch(hub_cache, out, n
     assert not np.array_equal(pixels(one[0]["image"]), pixels(one[1]["image"]))
 
 
-def test_a_loaded_engine_without_torchsde_refuses_dpm_sde_with_the_extra(hub_cache, monkeypatch):
+@pytest.fixture(scope="module")
+def cpu_engine(hub_cache):
+    """spo's own engine on the merged checkpoint, as generate loads it (no test here builds
+    dpm++sde-karras on it but the one that blocks torchsde)."""
+    from spo_cli.cli import loading
+    from spo_cli.cli.ui import UI
+    from spo_cli.request import ModelRequest, RunOptions
+
+    return loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])[0]
+
+
+def test_a_loaded_engine_without_torchsde_refuses_dpm_sde_with_the_extra(cpu_engine, monkeypatch):
     # spo serve's path: requests reach the engine with no command-line precheck before them.
     import sys
 
-    from spo_cli.cli import loading
-    from spo_cli.cli.ui import UI
     from spo_cli.errors import UsageError
-    from spo_cli.request import ModelRequest, RunOptions
 
-    engine, _ = loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])
+    engine = cpu_engine
     monkeypatch.setitem(sys.modules, "torchsde", None)  # how Python blocks an import
     with pytest.raises(UsageError) as e:
         engine.scheduler("dpm++sde-karras")
@@ -168,15 +176,12 @@ def test_a_loaded_engine_without_torchsde_refuses_dpm_sde_with_the_extra(hub_cac
 
 
 @pytest.mark.parametrize("name", ["heun", "dpm++sde", "euler"])
-def test_progress_counts_the_steps_asked_for_with_second_order_samplers(hub_cache, name):
+def test_progress_counts_the_steps_asked_for_with_second_order_samplers(cpu_engine, name):
     # Heun and DPM++ SDE call the model twice a step: the callback comes 5 times for 3 steps.
-    from spo_cli.cli import loading
-    from spo_cli.cli.ui import UI
-    from spo_cli.request import ImageRequest, ModelRequest, RunOptions
+    from spo_cli.request import ImageRequest
 
-    engine, _ = loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])
     seen = []
-    engine.run([ImageRequest(PROMPT, 1, steps=3, width=64, height=64, scheduler=name)], on_step=lambda *a: seen.append(a))
+    cpu_engine.run([ImageRequest(PROMPT, 1, steps=3, width=64, height=64, scheduler=name)], on_step=lambda *a: seen.append(a))
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
