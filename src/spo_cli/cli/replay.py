@@ -51,7 +51,7 @@ def replay(
     guidance: _opt(float, "Guidance scale.") = None,
     width: _opt(int, "Width in pixels, a multiple of 8.") = None,
     height: _opt(int, "Height in pixels, a multiple of 8.") = None,
-    scheduler: _opt(str, "Sampler.") = None,
+    scheduler: _opt(str, "Sampler (spo's or A1111's name); replaces the text's, even one spo lacks.") = None,
     generator_device: _opt(str, "Where the seeded noise is drawn.") = None,
     prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
