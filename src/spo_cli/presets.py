@@ -58,8 +58,8 @@ class SchedulerChoice:
 
 # diffusers' own table of A1111 equivalents (docs: api/schedulers/overview, "A1111/k-diffusion" and
 # "Noise schedules and schedule types"): the class, and the kwargs each A1111 name is built with on top
-# of the model's scheduler config. `a1111` is the name A1111 before 1.9 gave the pair, schedule appended;
-# A1111 1.9 on reads it too (sd_samplers.get_sampler_and_scheduler).
+# of the model's scheduler config. `a1111` is the name A1111 before 1.9 gave the pair, schedule appended,
+# which A1111 1.9 on reads too (infotext.sampler_fields writes the few it misreads apart).
 _KARRAS = (("use_karras_sigmas", True),)
 _EXPONENTIAL = (("timestep_spacing", "linspace"), ("use_exponential_sigmas", True))
 _SGM_UNIFORM = (("timestep_spacing", "trailing"),)
