@@ -136,6 +136,55 @@ def test_batch_size_does_not_change_images_beyond_rounding(hub_cache, out):
     assert {m["batch_size"] for m in metas} == {4}
 
 
+@pytest.mark.parametrize("name", ["dpm++sde-karras", "dpm++2m-sde"])
+def test_sde_noise_follows_each_images_seed_whatever_the_batch(hub_cache, out, name):
+    # DPM++ SDE's Brownian noise has seeds of its own (one tree per image), DPM++ 2M SDE's comes from the
+    # generators: either way an image is its seed's, alone or in a batch, and different seeds differ.
+    args = [PROMPT, "--seed", "30", "-n", "2", *TINY, "--device", "cpu", "--scheduler", name]
+    one = generate_json(out / "b1", *args, "--batch-size", "1")
+    two = generate_json(out / "b2", *args, "--batch-size", "2")
+    alone = generate_json(out / "n1", PROMPT, "--seed", "31", *TINY, "--device", "cpu", "--scheduler", name)
+    for a, b in zip(one, two):
+        assert int(np.abs(pixels(a["image"]).astype(int) - pixels(b["image"]).astype(int)).max()) <= 1
+    assert np.array_equal(pixels(one[1]["image"]), pixels(alone[0]["image"]))
+    assert not np.array_equal(pixels(one[0]["image"]), pixels(one[1]["image"]))
+
+
+@pytest.fixture(scope="module")
+def cpu_engine(hub_cache):
+    """spo's own engine on the merged checkpoint, as generate loads it (no test here builds
+    dpm++sde-karras on it but the one that blocks torchsde)."""
+    from spo_cli.cli import loading
+    from spo_cli.cli.ui import UI
+    from spo_cli.request import ModelRequest, RunOptions
+
+    return loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])[0]
+
+
+def test_a_loaded_engine_without_torchsde_refuses_dpm_sde_with_the_extra(cpu_engine, monkeypatch):
+    # spo serve's path: requests reach the engine with no command-line precheck before them.
+    import sys
+
+    from spo_cli.errors import UsageError
+
+    engine = cpu_engine
+    monkeypatch.setitem(sys.modules, "torchsde", None)  # how Python blocks an import
+    with pytest.raises(UsageError) as e:
+        engine.scheduler("dpm++sde-karras")
+    assert "needs torchsde" in str(e.value) and 'pip install "spo-cli[sde]"' in e.value.hint
+    assert engine.scheduler("dpm++2m-sde") is engine.scheduler("dpm++2m-sde")  # the others are unaffected
+
+
+@pytest.mark.parametrize("name", ["heun", "dpm++sde", "euler"])
+def test_progress_counts_the_steps_asked_for_with_second_order_samplers(cpu_engine, name):
+    # Heun and DPM++ SDE call the model twice a step: the callback comes 5 times for 3 steps.
+    from spo_cli.request import ImageRequest
+
+    seen = []
+    cpu_engine.run([ImageRequest(PROMPT, 1, steps=3, width=64, height=64, scheduler=name)], on_step=lambda *a: seen.append(a))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_images_in_one_call_differ_by_seed(hub_cache, out):
     written = generate_json(out, PROMPT, "--seed", "1", "-n", "2", "--batch-size", "2", *TINY, "--device", "cpu")
     assert not np.array_equal(pixels(written[0]["image"]), pixels(written[1]["image"]))
@@ -163,18 +212,40 @@ def test_replay_overrides_recorded_settings(hub_cache, out):
     assert not np.array_equal(pixels(again["image"]), pixels(orig["image"]))
 
 
-# diffusers' documented mapping of A1111 sampler names to its schedulers (docs: "Schedulers" →
-# the A1111/k-diffusion table), written out here so the test does not check presets.py against itself.
+# diffusers' documented mapping of A1111 sampler names to its schedulers (docs: "Schedulers" → the
+# A1111/k-diffusion table, and "Noise schedules and schedule types": Karras is use_karras_sigmas,
+# Exponential is linspace spacing with use_exponential_sigmas, SGM Uniform is trailing spacing), written
+# out here so the test does not check presets.py against itself. DPM++ 3M SDE is DPM++ 2M SDE at
+# solver_order 3 (DPMSolverMultistepScheduler's docs).
+_EXP = {"timestep_spacing": "linspace", "use_exponential_sigmas": True}
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
 DIFFUSERS_SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
+    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler-exponential": ("EulerDiscreteScheduler", _EXP),
+    "euler-sgm-uniform": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "dpm++2m": ("DPMSolverMultistepScheduler", {}),
     "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpm++2m-exponential": ("DPMSolverMultistepScheduler", _EXP),
+    "dpm++2m-sgm-uniform": ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}),
+    "dpm++2m-sde": ("DPMSolverMultistepScheduler", _SDE),
     "dpm++2m-sde-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True,
                                                            "algorithm_type": "sde-dpmsolver++"}),
+    "dpm++2m-sde-exponential": ("DPMSolverMultistepScheduler", {**_SDE, **_EXP}),
+    "dpm++3m-sde": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3}),
+    "dpm++3m-sde-karras": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3, "use_karras_sigmas": True}),
+    "dpm++3m-sde-exponential": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3, **_EXP}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Not the table's DPMSolverSinglestepScheduler, a deterministic solver: diffusers' port of the
+    # stochastic k-diffusion sampler A1111 runs (DPMSolverSDEScheduler's docs), its noise seeded per image.
+    "dpm++sde": ("DPMSolverSDEScheduler", {}),
+    "dpm++sde-karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
 }
+# Enough steps for a third-order multistep update to run (the last two fall back to lower orders).
+_STEPS = {name: 5 for name in DIFFUSERS_SCHEDULERS if name.startswith("dpm++3m")}
 
 
 def test_the_scheduler_table_covers_every_choice():
@@ -192,14 +263,55 @@ def _strict_json(text: str):
 def test_every_scheduler_matches_diffusers(merged_pipeline, out, name):
     import diffusers
 
-    [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--device", "cpu", "--scheduler", name)
+    steps = _STEPS.get(name, 3)
+    [written] = generate_json(out, PROMPT, "--seed", "9", *TINY, "--steps", str(steps), "--device", "cpu",
+                              "--scheduler", name)
     cls, kwargs = DIFFUSERS_SCHEDULERS[name]
+    if cls == "DPMSolverSDEScheduler":
+        kwargs = {**kwargs, "noise_sampler_seed": 9}  # the seed, as spo seeds the Brownian noise
     scheduler = getattr(diffusers, cls).from_config(merged_pipeline.scheduler.config, **kwargs)
     pipe = diffusers.StableDiffusionXLPipeline.from_pipe(merged_pipeline, scheduler=scheduler)
     assert type(pipe.scheduler).__name__ == cls and type(merged_pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert np.array_equal(pixels(written["image"]), reference(pipe, 9))
+    assert np.array_equal(pixels(written["image"]), reference(pipe, 9, steps=steps))
     meta = _strict_json(Path(written["sidecar"]).read_text())  # DPM's -inf config value included
     assert meta["scheduler"]["class"] == cls
+
+
+def test_a1111_sampler_names_make_the_same_images_as_spos(hub_cache, out):
+    [ours] = generate_json(out / "spo", PROMPT, "--seed", "5", *TINY, "--device", "cpu", "--scheduler",
+                           "dpm++2m-sde-karras")
+    [theirs] = generate_json(out / "a1111", PROMPT, "--seed", "5", *TINY, "--device", "cpu", "--scheduler",
+                             "dpm++ 2m sde KARRAS")
+    [again] = generate_json(out / "again", PROMPT, "--seed", "5", *TINY, "--device", "cpu", "--scheduler",
+                            "DPM++ 2M SDE Karras")
+    # The SDE noise comes from the seed's generator: the same seed, the same image.
+    assert np.array_equal(pixels(ours["image"]), pixels(theirs["image"]))
+    assert np.array_equal(pixels(again["image"]), pixels(theirs["image"]))
+    meta = json.loads(Path(theirs["sidecar"]).read_text())
+    assert (meta["scheduler"]["name"], meta["scheduler"]["a1111"]) == ("dpm++2m-sde-karras", "DPM++ 2M SDE Karras")
+
+
+@pytest.mark.parametrize("name", ["euler-sgm-uniform", "dpm++2m-sde"])
+def test_an_a1111_text_spo_wrote_replays_to_the_same_image(hub_cache, out, name):
+    # euler-sgm-uniform is written with its Schedule type apart, dpm++2m-sde with `Schedule type: Uniform`.
+    [written] = generate_json(out / "g", PROMPT, "--seed", "3", *TINY, "--device", "cpu", "--scheduler", name)
+    with Image.open(written["image"]) as im:
+        text = im.info["parameters"]
+    text = ", ".join(p for p in text.split(", ") if not p.startswith("Version: "))  # as A1111 reads it
+    assert "Schedule type: " in text
+    [again] = json.loads(spo("replay", "--infotext", text, "--device", "cpu", "--out", str(out / "r"), "--json",
+                             "--quiet").stdout)
+    assert json.loads(Path(again["sidecar"]).read_text())["scheduler"]["name"] == name
+    assert np.array_equal(pixels(again["image"]), pixels(written["image"]))
+
+
+def test_scheduler_replaces_a_sampler_spo_lacks_in_an_infotext(hub_cache, out):
+    text = f"{PROMPT}\nSteps: 3, Sampler: DPM++ 2S a, Schedule type: Karras, CFG scale: 5, Seed: 8, Size: 64x64"
+    [again] = json.loads(spo("replay", "--infotext", text, "--scheduler", "Euler a", "--device", "cpu",
+                             "--out", str(out / "r"), "--json", "--quiet").stdout)
+    [ref] = generate_json(out / "g", PROMPT, "--seed", "8", *TINY, "--device", "cpu", "--scheduler", "euler-a")
+    assert json.loads(Path(again["sidecar"]).read_text())["scheduler"]["name"] == "euler-a"
+    assert np.array_equal(pixels(again["image"]), pixels(ref["image"]))
 
 
 def test_replay_changes_model_lora_dtype_and_negative(hub_cache, out):

@@ -12,7 +12,8 @@ import re
 import pytest
 
 from spo_cli import infotext, presets, validate
-from spo_cli.infotext import Infotext, InfotextError, parse, schedule_type, scheduler_name, to_request_fields
+from spo_cli.infotext import (Infotext, InfotextError, UnknownSampler, parse, sampler_fields, scheduler_name,
+                              to_request_fields)
 from spo_cli.outputs.metadata import a1111_parameters
 
 # The example in A1111's parse_generation_parameters docstring.
@@ -150,6 +151,28 @@ PARAMS = "a cat\nSteps: 20, {}, CFG scale: 7, Seed: 1, Size: 1024x1024"
     ("Sampler: DDIM, Schedule type: Karras", "ddim"),  # timestep samplers ignore the schedule type
     ("Sampler: UniPC, Schedule type: Exponential", "unipc"),
     ("Sampler: dpm++ 2m karras", "dpm++2m-karras"),
+    ("Sampler: Euler, Schedule type: Karras", "euler-karras"),
+    ("Sampler: Euler Karras", "euler-karras"),
+    ("Sampler: Euler, Schedule type: Exponential", "euler-exponential"),
+    ("Sampler: Euler, Schedule type: SGM Uniform", "euler-sgm-uniform"),
+    ("Sampler: Euler, Schedule type: sgm_uniform", "euler-sgm-uniform"),  # A1111's name for it, as its API takes
+    ("Sampler: Euler SGMUniform", "euler-sgm-uniform"),  # and its alias
+    ("Sampler: Euler SGM Uniform", "euler-sgm-uniform"),  # longest schedule first, unlike A1111
+    ("Sampler: DPM++ 2M, Schedule type: Exponential", "dpm++2m-exponential"),
+    ("Sampler: DPM++ 2M, Schedule type: SGM Uniform", "dpm++2m-sgm-uniform"),
+    ("Sampler: DPM++ 2M SDE", "dpm++2m-sde-exponential"),  # Automatic: Exponential for the SDE samplers
+    ("Sampler: DPM++ 2M SDE, Schedule type: Uniform", "dpm++2m-sde"),
+    ("Sampler: DPM++ 2M SDE Exponential", "dpm++2m-sde-exponential"),
+    ("Sampler: DPM++ 2M SDE, Version: spo-cli 0.3.0", "dpm++2m-sde"),
+    ("Sampler: DPM++ 3M SDE", "dpm++3m-sde-exponential"),
+    ("Sampler: DPM++ 3M SDE, Schedule type: Uniform", "dpm++3m-sde"),
+    ("Sampler: DPM++ 3M SDE Karras", "dpm++3m-sde-karras"),
+    ("Sampler: DPM++ 3M SDE, Schedule type: Karras", "dpm++3m-sde-karras"),
+    ("Sampler: Heun", "heun"),
+    ("Sampler: Heun, Schedule type: Automatic", "heun"),
+    ("Sampler: DPM++ SDE Karras", "dpm++sde-karras"),
+    ("Sampler: DPM++ SDE", "dpm++sde-karras"),  # Automatic: Karras
+    ("Sampler: DPM++ SDE, Schedule type: Uniform", "dpm++sde"),
     ("Sampler: EulerDiscreteScheduler", "default"),  # spo's own text for a checkpoint default
     ("Sampler: KDPM2DiscreteScheduler", "default"),
 ])
@@ -159,15 +182,16 @@ def test_samplers_map_to_spo_schedulers(sampler, expected):
 
 @pytest.mark.parametrize(("sampler", "named"), [
     ("Sampler: LCM", "'LCM'"),
-    ("Sampler: Heun", "'Heun'"),
-    ("Sampler: DPM++ SDE Karras", "'DPM++ SDE Karras'"),
-    ("Sampler: Euler, Schedule type: Karras", "'Euler, Schedule type: Karras'"),
-    ("Sampler: DPM++ 2M, Schedule type: Exponential", "'DPM++ 2M, Schedule type: Exponential'"),
-    ("Sampler: DPM++ 2M SDE, Schedule type: Automatic", "(its Automatic schedule is Exponential)"),
-    ("Sampler: DPM++ 2M SDE", "'DPM++ 2M SDE'"),
+    ("Sampler: DPM++ 2S a Karras", "'DPM++ 2S a Karras'"),
+    ("Sampler: DPM++ SDE, Schedule type: Exponential", "'DPM++ SDE, Schedule type: Exponential'"),
+    ("Sampler: DPM++ 2M SDE Heun", "(its Automatic schedule is Exponential)"),
+    ("Sampler: Euler a, Schedule type: Karras", "'Euler a, Schedule type: Karras'"),
+    ("Sampler: Heun, Schedule type: Karras", "'Heun, Schedule type: Karras'"),
+    ("Sampler: DPM++ 2M SDE, Schedule type: SGM Uniform", "'DPM++ 2M SDE, Schedule type: SGM Uniform'"),
+    ("Sampler: Euler, Schedule type: Polyexponential", "'Euler, Schedule type: Polyexponential'"),
 ])
 def test_samplers_spo_lacks_are_refused_with_the_list(sampler, named):
-    with pytest.raises(InfotextError) as e:
+    with pytest.raises(UnknownSampler) as e:
         fields(PARAMS.format(sampler))
     message = str(e.value)
     assert named in message
@@ -185,24 +209,95 @@ def test_schedule_type_without_sampler_is_ignored():
     assert "scheduler" not in got and left == ["Schedule type"]
 
 
-def test_every_spo_scheduler_maps_back_from_its_a1111_name_and_the_schedule_type_spo_writes():
+def test_every_spo_scheduler_maps_back_from_its_a1111_name_and_the_fields_spo_writes():
     for choice in presets.SCHEDULERS.values():
         if choice.a1111:
-            assert scheduler_name(choice.a1111, schedule_type(choice.a1111)) == choice.name
+            written = sampler_fields(choice.a1111)
+            assert scheduler_name(written["Sampler"], written.get("Schedule type")) == choice.name
             assert scheduler_name(choice.a1111, name_only=True) == choice.name
 
 
-@pytest.mark.parametrize(("sampler", "karras", "written"), [
-    ("DPM++ 2M", False, "Uniform"),  # A1111's Automatic for it is Karras: say it is not
-    ("DPM++ 2M", True, None),
-    ("DPM++ 2M Karras", False, None),  # the name carries it
-    ("DPM++ 2M SDE Karras", False, None),
-    ("Euler", False, None), ("Euler a", False, None),  # Automatic is plain sigmas for these
-    ("Euler", True, "Karras"),
-    ("DDIM", True, None), ("UniPC", False, None),  # timestep samplers lay out their own steps
+@pytest.mark.parametrize(("sampler", "schedule", "written"), [
+    ("DPM++ 2M", "", {"Schedule type": "Uniform"}),  # A1111's Automatic for it is Karras: say it is not
+    ("DPM++ 2M", "Karras", {}),
+    ("DPM++ 2M", "Exponential", {"Schedule type": "Exponential"}),
+    ("DPM++ 2M Karras", "", {}),  # the name carries it
+    ("DPM++ 2M SDE Karras", "", {}),
+    ("DPM++ 2M SDE", "", {"Schedule type": "Uniform"}),  # Automatic is Exponential for it
+    ("DPM++ 3M SDE Exponential", "", {}),
+    ("Euler", "", {}), ("Euler a", "", {}), ("Heun", "", {}),  # Automatic is plain sigmas for these
+    ("Euler", "Karras", {"Schedule type": "Karras"}),
+    ("Euler Exponential", "", {}),
+    ("Euler SGM Uniform", "", {"Sampler": "Euler", "Schedule type": "SGM Uniform"}),  # A1111 takes 'Uniform' off
+    ("DPM++ 2M SGM Uniform", "", {"Sampler": "DPM++ 2M", "Schedule type": "SGM Uniform"}),
+    ("DDIM", "Karras", {}), ("UniPC", "", {}),  # timestep samplers lay out their own steps
 ])
-def test_schedule_type_is_written_when_a1111_would_read_another(sampler, karras, written):
-    assert schedule_type(sampler, karras) == written
+def test_schedule_type_is_written_when_a1111_would_read_another(sampler, schedule, written):
+    assert sampler_fields(sampler, schedule) == {"Sampler": sampler, **written}
+
+
+# A1111 1.9 on, as written (sd_schedulers.py, sd_samplers.get_sampler_and_scheduler, the default schedule of
+# each sampler in sd_samplers_kdiffusion.py), for the samplers spo names: what it runs for an infotext.
+_A1111_SCHEDULES = [("automatic", "Automatic", ()), ("uniform", "Uniform", ()), ("karras", "Karras", ()),
+                    ("exponential", "Exponential", ()), ("polyexponential", "Polyexponential", ()),
+                    ("sgm_uniform", "SGM Uniform", ("SGMUniform",)), ("kl_optimal", "KL Optimal", ()),
+                    ("align_your_steps", "Align Your Steps", ()), ("simple", "Simple", ()), ("normal", "Normal", ()),
+                    ("ddim", "DDIM", ()), ("beta", "Beta", ())]
+_A1111_DEFAULT = {"DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential", "DPM++ 3M SDE": "exponential",
+                  "Euler": "uniform", "Euler a": "uniform", "Heun": "uniform", "DDIM": None, "UniPC": None}
+# A1111 before 1.9: the names that carried a schedule (sd_samplers_kdiffusion.py, 1.8).
+_A1111_OLD = {"DPM++ 2M Karras", "DPM++ SDE Karras", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Exponential", "DPM++ 3M SDE Karras",
+              "DPM++ 3M SDE Exponential", *_A1111_DEFAULT}
+# What each spo scheduler is in A1111's terms (diffusers' table): sampler, schedule (None: timestep samplers).
+SPO_IN_A1111 = {
+    "euler": ("Euler", "Uniform"), "euler-karras": ("Euler", "Karras"), "euler-exponential": ("Euler", "Exponential"),
+    "euler-sgm-uniform": ("Euler", "SGM Uniform"), "euler-a": ("Euler a", "Uniform"), "heun": ("Heun", "Uniform"),
+    "ddim": ("DDIM", None), "unipc": ("UniPC", None),
+    "dpm++2m": ("DPM++ 2M", "Uniform"), "dpm++2m-karras": ("DPM++ 2M", "Karras"),
+    "dpm++2m-exponential": ("DPM++ 2M", "Exponential"), "dpm++2m-sgm-uniform": ("DPM++ 2M", "SGM Uniform"),
+    "dpm++2m-sde": ("DPM++ 2M SDE", "Uniform"), "dpm++2m-sde-karras": ("DPM++ 2M SDE", "Karras"),
+    "dpm++2m-sde-exponential": ("DPM++ 2M SDE", "Exponential"),
+    "dpm++3m-sde": ("DPM++ 3M SDE", "Uniform"), "dpm++3m-sde-karras": ("DPM++ 3M SDE", "Karras"),
+    "dpm++3m-sde-exponential": ("DPM++ 3M SDE", "Exponential"),
+    "dpm++sde": ("DPM++ SDE", "Uniform"), "dpm++sde-karras": ("DPM++ SDE", "Karras"),
+}
+
+
+def a1111_runs(sampler: str, schedule_type: str | None) -> tuple[str | None, str | None]:
+    found = next((s for s in _A1111_SCHEDULES if schedule_type in s[:2]), _A1111_SCHEDULES[0])
+    for schedule in _A1111_SCHEDULES:
+        for option in (schedule[1], schedule[0], *schedule[2]):
+            if sampler.endswith(" " + option):
+                found, sampler = schedule, sampler[:-len(option) - 1]
+                break
+    if sampler not in _A1111_DEFAULT:
+        return None, None  # A1111 falls back to its default sampler
+    if _A1111_DEFAULT[sampler] is None:
+        return sampler, None
+    name = _A1111_DEFAULT[sampler] if found[0] == "automatic" else found[0]
+    return sampler, next(s[1] for s in _A1111_SCHEDULES if s[0] == name)
+
+
+def test_every_spo_scheduler_has_its_a1111_meaning_written_down():
+    assert set(SPO_IN_A1111) == set(presets.SCHEDULERS) - {"default"}
+
+
+@pytest.mark.parametrize("name", list(SPO_IN_A1111))
+def test_a1111_runs_the_sampler_and_schedule_spo_used(name):
+    written = sampler_fields(presets.SCHEDULERS[name].a1111)
+    assert a1111_runs(written["Sampler"], written.get("Schedule type")) == SPO_IN_A1111[name]
+    sampler, schedule = SPO_IN_A1111[name]
+    old = sampler if schedule in ("Uniform", None) else f"{sampler} {schedule}"
+    if old in _A1111_OLD:  # A1111 before 1.9 reads the sampler's name alone
+        assert written["Sampler"] == old
+
+
+@pytest.mark.parametrize("name", list(SPO_IN_A1111))
+def test_a1111s_own_split_text_reads_as_the_same_scheduler(name):
+    # As A1111 1.9 on writes it: the sampler, and the schedule type apart, always.
+    sampler, schedule = SPO_IN_A1111[name]
+    if schedule is not None:
+        assert scheduler_name(sampler, schedule) == name
 
 
 def test_a_missing_schedule_type_is_automatic_as_in_a1111s_api_too():
@@ -310,6 +405,41 @@ def test_spo_checkpoint_default_round_trips():
     # EulerDiscreteScheduler is written "Euler": the same sampler), by its class when there is not.
     assert fields(a1111_parameters(meta("default", "EulerDiscreteScheduler", "Euler")))["scheduler"] == "euler"
     assert fields(a1111_parameters(meta("default", "KDPM2DiscreteScheduler", "")))["scheduler"] == "default"
+
+
+@pytest.mark.parametrize(("config", "read"), [
+    ({}, "dpm++2m"), ({"use_karras_sigmas": True}, "dpm++2m-karras"),
+    ({"use_exponential_sigmas": True}, "dpm++2m-exponential"),
+])
+def test_a_checkpoints_own_sigmas_are_written_as_its_schedule_type(config, read):
+    m = meta("default", "DPMSolverMultistepScheduler", "DPM++ 2M")
+    m["scheduler"]["config"] = config
+    info = parse(a1111_parameters(m))
+    del info.params["Version"]  # as A1111 reads it
+    assert to_request_fields(info)[0]["scheduler"] == read
+
+
+def test_replay_suggests_scheduler_for_a_sampler_spo_lacks_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    text = "a fox\nSteps: 3, Sampler: DPM++ 2S a Karras, Seed: 1, Size: 64x64"
+    r = CliRunner().invoke(app, ["replay", "--infotext", text, "--out", str(tmp_path / "o")])
+    message = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "'DPM++ 2S a Karras'" in message and "Give --scheduler" in message
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(app, ["replay", "--infotext", text, "--scheduler", "DPM++ 3M  SDE", "--out", str(tmp_path)])
+    message = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "--scheduler cannot be 'DPM++ 3M" in message and "DPM++ 3M SDE Karras" in message
+
+
+def test_scheduler_replaces_the_texts_sampler_unread():
+    text = "a fox\nSteps: 3, Sampler: LCM, Schedule type: Sideways, Seed: 1"
+    got, left = to_request_fields(parse(text), sampler=False)
+    assert "scheduler" not in got and left == []
+    with pytest.raises(InfotextError):
+        to_request_fields(parse(text))
 
 
 @pytest.mark.parametrize("over, key, value", [

@@ -272,6 +272,11 @@ def test_jsonl_bad_values_reported_with_file_and_line(obj, fragment):
     assert fragment in problem, problem
 
 
+def test_jsonl_takes_a1111_sampler_names():
+    parsed = parse_jsonl({"prompt": "a", "scheduler": "DPM++ 2M SDE Karras"}, {"prompt": "b", "scheduler": "euler a"})
+    assert [pl.settings for pl in parsed.lines] == [{"scheduler": "dpm++2m-sde-karras"}, {"scheduler": "euler-a"}]
+
+
 def test_jsonl_unknown_scheduler_lists_valid_names():
     problem = one_problem({"prompt": "a", "scheduler": "eulerr"})
     assert all(name in problem for name in presets.SCHEDULERS)

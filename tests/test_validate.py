@@ -187,6 +187,31 @@ def test_unknown_scheduler_lists_the_valid_names():
     with pytest.raises(UsageError) as e:
         validate.scheduler("k_euler")
     assert all(n in e.value.hint for n in presets.SCHEDULERS)
+    assert all(c.a1111 in e.value.hint for c in presets.SCHEDULERS.values())
+
+
+@pytest.mark.parametrize("name", [n for n, c in presets.SCHEDULERS.items() if c.a1111])
+def test_every_scheduler_is_accepted_by_its_a1111_name_in_any_case(name):
+    a1111 = presets.SCHEDULERS[name].a1111
+    assert validate.scheduler(a1111) == validate.scheduler(a1111.upper()) == validate.scheduler(a1111.lower()) == name
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    ("DPM++ 2M", "dpm++2m"),  # a sampler's name alone is its plain schedule, as spo writes it
+    ("DPM++ 2M Automatic", "dpm++2m-karras"),  # A1111's Automatic, spelled out
+    ("DPM++ 2M SDE Uniform", "dpm++2m-sde"),
+    ("Euler sgm_uniform", "euler-sgm-uniform"), ("Euler SGMUniform", "euler-sgm-uniform"),  # A1111's other names
+])
+def test_a1111_schedule_type_names_after_the_sampler(value, name):
+    assert validate.scheduler(value) == name
+
+
+@pytest.mark.parametrize("value", ["DPM++ 2S a Karras", "Euler a Karras", "EulerDiscreteScheduler", "DPM++2M Karras",
+                                   "DPM++ 2M  Karras", "Karras", "", "DPM++ 2M " * 50, 3, None, ["euler"]])
+def test_names_spo_lacks_are_refused_with_both_lists(value):
+    with pytest.raises(UsageError) as e:
+        validate.scheduler(value)
+    assert "dpm++2m-karras" in e.value.hint and "DPM++ 2M Karras" in e.value.hint
 
 
 @pytest.mark.parametrize("value", ["cpu", "cuda", "cuda:0", "cuda:7", "mps"])

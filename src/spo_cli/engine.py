@@ -278,6 +278,10 @@ class Engine:
             import diffusers
 
             choice = presets.SCHEDULERS[name]
+            if choice.extra:  # diffusers' stand-in class would fail later, with pip's name for nothing
+                from spo_cli import extras
+
+                extras.require(choice.extra, f"--scheduler {name}", *presets.SCHEDULER_EXTRAS[choice.extra])
             scheduler_cls = getattr(diffusers, choice.class_name)
             self._schedulers[name] = scheduler_cls.from_config(self._schedulers["default"].config, **dict(choice.kwargs))
         return self._schedulers[name]
@@ -372,11 +376,23 @@ class Engine:
             # Same shapes every call: a short batch would recompile (and re-capture CUDA graphs).
             batch = batch + [batch[-1]] * (self.options.batch_size - real)
         generators = [torch.Generator(first.generator_device).manual_seed(r.seed) for r in batch]
+        if hasattr(self.pipe.scheduler, "noise_sampler_seed"):
+            # DPM++ SDE's Brownian noise comes from seeds of its own, not the generators; unset, from
+            # torch's global one. One tree per image, seeded with the image's seed: a seed is one image
+            # whatever the batch.
+            self.pipe.scheduler.noise_sampler_seed = [r.seed for r in batch]
         negatives = [r.negative_prompt for r in batch]
 
+        reported = 0
+
         def step_end(pipe, i, t, kwargs):
-            if on_step:
-                on_step(i + 1, first.steps)
+            nonlocal reported
+            # Second-order samplers (Heun, DPM++ SDE) call the model twice a step, and their timesteps
+            # hold both calls: the callback comes 2×steps−1 times. Steps are what the user asked for.
+            done = (i + 1) * first.steps // max(len(pipe.scheduler.timesteps), first.steps)
+            if on_step and done > reported:
+                reported = done
+                on_step(done, first.steps)
             return kwargs
 
         plan = self.plan(first)

@@ -25,6 +25,10 @@ class InfotextError(ValueError):
     """The text is no infotext, or holds a value spo cannot take over."""
 
 
+class UnknownSampler(InfotextError):
+    """A sampler (or sampler and schedule type) spo has no equivalent of: --scheduler can stand in."""
+
+
 @dataclass(frozen=True)
 class Infotext:
     prompt: str
@@ -193,7 +197,6 @@ def _spo_by_sampler() -> dict[tuple[str, str], str]:
 
 
 _SPO = _spo_by_sampler()
-_KNOWN = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
 
 
 def scheduler_name(sampler: str, schedule_type: str | None = None, *, name_only: bool = False) -> str:
@@ -226,22 +229,58 @@ def scheduler_name(sampler: str, schedule_type: str | None = None, *, name_only:
     if name is None:
         what = sampler if schedule_type is None or given is None else f"{sampler}, Schedule type: {given}"
         why = f" (its Automatic schedule is {resolved})" if schedule == "Automatic" and resolved else ""
-        raise InfotextError(f"spo has no equivalent of the A1111 sampler {validate.shown(what)}{why}; "
-                            f"spo knows these A1111 samplers: {_KNOWN}.")
+        raise UnknownSampler(f"spo has no equivalent of the A1111 sampler {validate.shown(what)}{why}; "
+                             f"spo knows these A1111 samplers: {', '.join(a1111_names())}.")
     return name
 
 
-def schedule_type(sampler: str, karras: bool = False) -> str | None:
-    """The `Schedule type` to write beside `sampler` (a name spo writes) so that A1111 1.9 on reads
-    the schedule spo used; None when the name alone reads right. A name without a schedule means
-    plain sigmas to spo ('Uniform'), but A1111 takes that sampler's Automatic ('DPM++ 2M' alone is
-    DPM++ 2M Karras to it). `karras`: the scheduler's config asks for Karras sigmas."""
-    base, schedule = _split_schedule(sampler)
+def _a1111_split(sampler: str) -> tuple[str, str | None]:
+    """How A1111 1.9 on splits a sampler name (sd_samplers.get_sampler_and_scheduler): schedule types in
+    its list's order, label then name then aliases, case as written, the first one found at the end
+    taken off; then the next types, on what is left."""
+    found = None
+    for label, names in _SCHEDULES.items():
+        for option in (label, *names):
+            if sampler.endswith(" " + option):
+                sampler, found = sampler[:-len(option) - 1], label
+                break
+    return sampler, found
+
+
+def sampler_fields(sampler: str, schedule: str = "") -> dict[str, str]:
+    """`Sampler`, and `Schedule type` where needed, for `sampler`, a name spo writes, so that A1111
+    reads the schedule spo used whatever its version. A name that carries its schedule ('DPM++ 2M
+    Karras') is written as it is: A1111 before 1.9 knows the names it had, 1.9 on takes the schedule off
+    the end. Except where 1.9 would take off the wrong one ('Euler SGM Uniform' ends with 'Uniform'):
+    then the sampler and the schedule type apart, as 1.9 writes them. A name without a schedule means
+    `schedule` (the checkpoint's own scheduler's: '' for plain sigmas, 'Karras', 'Exponential'), but to
+    A1111 1.9 the sampler's Automatic: 'DPM++ 2M' alone is DPM++ 2M Karras to it."""
+    base, named = _split_schedule(sampler)
     key = base.lower()
-    if schedule is not None or key in _TIMESTEP_SAMPLERS:
+    if named is not None:
+        return {"Sampler": sampler} if _a1111_split(sampler) == (base, named) else {
+            "Sampler": base, "Schedule type": named}
+    if key in _TIMESTEP_SAMPLERS or _AUTOMATIC.get(key, "") == schedule:
+        return {"Sampler": sampler}
+    return {"Sampler": sampler, "Schedule type": schedule or "Uniform"}
+
+
+def a1111_scheduler(name: str) -> str | None:
+    """spo's scheduler for an A1111 sampler name given where spo's own names are taken (--scheduler, a
+    jsonl `scheduler`): as A1111 spells it, in any case, with the schedule type at the end as A1111
+    before 1.9 named them ('DPM++ 2M Karras'); a sampler's name alone is its plain schedule, as spo
+    writes it. None when it names nothing spo has."""
+    if _CLASS_NAME.fullmatch(name.strip()):
         return None
-    wanted = "Karras" if karras else ""
-    return None if _AUTOMATIC.get(key, "") == wanted else (wanted or "Uniform")
+    try:
+        return scheduler_name(name, name_only=True)
+    except InfotextError:
+        return None
+
+
+def a1111_names() -> list[str]:
+    """The A1111 names of spo's schedulers, in spo's order."""
+    return [c.a1111 for c in presets.SCHEDULERS.values() if c.a1111]
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,12 +314,13 @@ def _one_of(p: dict, key: str, names: dict[str, str], writer: str) -> str:
     return value
 
 
-def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
+def to_request_fields(info: Infotext, *, sampler: bool = True) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
     Always `prompt` and `negative` (None when there is none); the others only when the text has
     them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`.
-    `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it)."""
+    `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it).
+    `sampler` False: `Sampler` and `Schedule type` are left unread (the caller has its own scheduler)."""
     p = info.params
     out: dict = {"prompt": info.prompt, "negative": info.negative or None}
     if "Steps" in p:
@@ -296,7 +336,7 @@ def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
         if size is None:
             raise InfotextError(f"Size {validate.shown(p['Size'])} is not WIDTHxHEIGHT, such as 1024x1024.")
         out["width"], out["height"] = size
-    if "Sampler" in p:
+    if "Sampler" in p and sampler:
         # A missing Schedule type is A1111's Automatic, except in spo's own texts from before spo wrote
         # one, whose sampler names carry their schedule.
         out["scheduler"] = scheduler_name(p["Sampler"], p.get("Schedule type"), name_only=_written_by_spo(p))
@@ -305,7 +345,7 @@ def to_request_fields(info: Infotext) -> tuple[dict, list[str]]:
     if "Prompt syntax" in p:
         out["prompt_syntax"] = _one_of(p, "Prompt syntax", _SYNTAX, "spo")
     ignored = [k for k in p if k not in _READ]
-    if "Schedule type" in p and "Sampler" not in p:
+    if "Schedule type" in p and "Sampler" not in p and sampler:
         ignored.append("Schedule type")
     for line in info.extra:
         m = _KEY_LINE.match(line)

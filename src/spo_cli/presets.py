@@ -53,31 +53,50 @@ class SchedulerChoice:
     class_name: str
     kwargs: tuple[tuple[str, object], ...] = ()
     a1111: str = ""  # the sampler name AUTOMATIC1111-style "PNG info" readers know
+    extra: str = ""  # the spo-cli extra that installs what the scheduler imports (SCHEDULER_EXTRAS)
 
+
+# diffusers' own table of A1111 equivalents (docs: api/schedulers/overview, "A1111/k-diffusion" and
+# "Noise schedules and schedule types"): the class, and the kwargs each A1111 name is built with on top
+# of the model's scheduler config. `a1111` is the name A1111 before 1.9 gave the pair, schedule appended,
+# which A1111 1.9 on reads too (infotext.sampler_fields writes the few it misreads apart).
+_KARRAS = (("use_karras_sigmas", True),)
+_EXPONENTIAL = (("timestep_spacing", "linspace"), ("use_exponential_sigmas", True))
+_SGM_UNIFORM = (("timestep_spacing", "trailing"),)
+_SDE = (("algorithm_type", "sde-dpmsolver++"),)
+_3M_SDE = (("solver_order", 3), *_SDE)
+_DPM = "DPMSolverMultistepScheduler"
 
 SCHEDULERS: dict[str, SchedulerChoice] = {
     s.name: s
     for s in (
         SchedulerChoice("default", "", a1111=""),
         SchedulerChoice("euler", "EulerDiscreteScheduler", a1111="Euler"),
+        SchedulerChoice("euler-karras", "EulerDiscreteScheduler", _KARRAS, a1111="Euler Karras"),
+        SchedulerChoice("euler-exponential", "EulerDiscreteScheduler", _EXPONENTIAL, a1111="Euler Exponential"),
+        SchedulerChoice("euler-sgm-uniform", "EulerDiscreteScheduler", _SGM_UNIFORM, a1111="Euler SGM Uniform"),
         SchedulerChoice("euler-a", "EulerAncestralDiscreteScheduler", a1111="Euler a"),
+        SchedulerChoice("heun", "HeunDiscreteScheduler", a1111="Heun"),
         SchedulerChoice("ddim", "DDIMScheduler", a1111="DDIM"),
-        SchedulerChoice("dpm++2m", "DPMSolverMultistepScheduler", a1111="DPM++ 2M"),
-        SchedulerChoice(
-            "dpm++2m-karras",
-            "DPMSolverMultistepScheduler",
-            (("use_karras_sigmas", True),),
-            a1111="DPM++ 2M Karras",
-        ),
-        SchedulerChoice(
-            "dpm++2m-sde-karras",
-            "DPMSolverMultistepScheduler",
-            (("algorithm_type", "sde-dpmsolver++"), ("use_karras_sigmas", True)),
-            a1111="DPM++ 2M SDE Karras",
-        ),
+        SchedulerChoice("dpm++2m", _DPM, a1111="DPM++ 2M"),
+        SchedulerChoice("dpm++2m-karras", _DPM, _KARRAS, a1111="DPM++ 2M Karras"),
+        SchedulerChoice("dpm++2m-exponential", _DPM, _EXPONENTIAL, a1111="DPM++ 2M Exponential"),
+        SchedulerChoice("dpm++2m-sgm-uniform", _DPM, _SGM_UNIFORM, a1111="DPM++ 2M SGM Uniform"),
+        SchedulerChoice("dpm++2m-sde", _DPM, _SDE, a1111="DPM++ 2M SDE"),
+        SchedulerChoice("dpm++2m-sde-karras", _DPM, (*_SDE, *_KARRAS), a1111="DPM++ 2M SDE Karras"),
+        SchedulerChoice("dpm++2m-sde-exponential", _DPM, (*_SDE, *_EXPONENTIAL), a1111="DPM++ 2M SDE Exponential"),
+        SchedulerChoice("dpm++3m-sde", _DPM, _3M_SDE, a1111="DPM++ 3M SDE"),
+        SchedulerChoice("dpm++3m-sde-karras", _DPM, (*_3M_SDE, *_KARRAS), a1111="DPM++ 3M SDE Karras"),
+        SchedulerChoice("dpm++3m-sde-exponential", _DPM, (*_3M_SDE, *_EXPONENTIAL), a1111="DPM++ 3M SDE Exponential"),
+        # k-diffusion's sample_dpmpp_sde, which A1111 runs, as diffusers ported it; its Brownian noise
+        # needs torchsde, so it is an extra.
+        SchedulerChoice("dpm++sde", "DPMSolverSDEScheduler", a1111="DPM++ SDE", extra="sde"),
+        SchedulerChoice("dpm++sde-karras", "DPMSolverSDEScheduler", _KARRAS, a1111="DPM++ SDE Karras", extra="sde"),
         SchedulerChoice("unipc", "UniPCMultistepScheduler", a1111="UniPC"),
     )
 }
+# The modules each extra of a scheduler brings (pyproject.toml's optional dependencies).
+SCHEDULER_EXTRAS = {"sde": ("torchsde",)}
 
 # For naming the checkpoint's own scheduler ("default") in A1111 parameters.
 A1111_BY_CLASS = {

@@ -278,7 +278,17 @@ def size(width: int | None, height: int | None, where: Where = ARGV, *, size_lim
 
 
 def scheduler(value, where: Where = ARGV) -> str:
-    return choice(value, "scheduler", list(presets.SCHEDULERS), where)
+    """spo's name of a scheduler, given spo's or A1111's ('DPM++ 2M Karras', any case)."""
+    from spo_cli import infotext  # it imports this module
+
+    if isinstance(value, str):
+        name = value if value in presets.SCHEDULERS else infotext.a1111_scheduler(value)
+        if name is not None:
+            return name
+    raise where.error("scheduler", f"cannot be {_show(value)}",
+                      f"Choose one of spo's names: {', '.join(presets.SCHEDULERS)}; or A1111's, in any case: "
+                      f"{', '.join(infotext.a1111_names())} (a sampler's name alone is its plain, Uniform, "
+                      "schedule).")
 
 
 def device(value, key: str = "device", where: Where = ARGV, *, auto: bool = True) -> str:

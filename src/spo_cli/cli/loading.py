@@ -27,7 +27,18 @@ def precheck(request: ModelRequest, options: RunOptions, images: list[ImageReque
     from spo_cli.resolve import precheck as precheck_files
 
     devices.precheck(request.device, [r.generator_device for r in images], options.offload)
+    for name in dict.fromkeys(r.scheduler for r in images):
+        scheduler_extra(name)
     precheck_files(request)
+
+
+def scheduler_extra(name: str) -> None:
+    """A scheduler whose libraries are an extra (DPM++ SDE: torchsde), installed or said so."""
+    from spo_cli import extras, presets
+
+    extra = presets.SCHEDULERS[name].extra
+    if extra:
+        extras.require(extra, f"--scheduler {name}", *presets.SCHEDULER_EXTRAS[extra])
 
 
 def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list[ImageRequest] = (),

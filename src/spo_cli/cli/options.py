@@ -57,7 +57,8 @@ Width = Annotated[Optional[int], typer.Option(help="Width in pixels, a multiple 
 Height = Annotated[Optional[int], typer.Option(help="Height in pixels, a multiple of 8 (default 1024).",
                                                rich_help_panel=_S, show_default=False)]
 Scheduler = Annotated[str, typer.Option(
-    help="Sampler: " + ", ".join(presets.SCHEDULERS) + " (default: the checkpoint's own).",
+    help="Sampler: spo's name (euler, euler-a, dpm++2m-karras, dpm++2m-sde-karras, …) or A1111's "
+    "(\"DPM++ 2M Karras\"); all of them in the README's sampler table. Default: the checkpoint's own.",
     rich_help_panel=_S)]
 GeneratorDevice = Annotated[str, typer.Option(
     help="Where the seeded noise is drawn. cpu makes a seed mean the same image on any machine; "

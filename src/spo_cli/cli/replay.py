@@ -54,7 +54,7 @@ def replay(
     guidance: _opt(float, "Guidance scale.") = None,
     width: _opt(int, "Width in pixels, a multiple of 8.") = None,
     height: _opt(int, "Height in pixels, a multiple of 8.") = None,
-    scheduler: _opt(str, "Sampler.") = None,
+    scheduler: _opt(str, "Sampler (spo's or A1111's name); replaces the text's, even one spo lacks.") = None,
     generator_device: _opt(str, "Where the seeded noise is drawn.") = None,
     prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
@@ -90,7 +90,8 @@ def replay(
     recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
     unset: list[str] = []
     if recorded is None:
-        image, request, unset = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
+        image, request, unset = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file),
+                                              read_sampler=scheduler is None)
     else:
         image, request = metadata.recorded_requests(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
@@ -164,13 +165,18 @@ def _default(setting: str, image: ImageRequest) -> str:
     return f"the model's ({presets.DEFAULT_SIZE}x{presets.DEFAULT_SIZE} for SDXL)"
 
 
-def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest, list[str]]:
+def from_infotext(ui: UI, text: str, source: str, *,
+                  read_sampler: bool = True) -> tuple[ImageRequest, ModelRequest, list[str]]:
     """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it), and
-    the A1111 settings the text lacks (see _SETTINGS)."""
+    the A1111 settings the text lacks (see _SETTINGS). `read_sampler` False: --scheduler replaces the
+    text's sampler, which may be one spo lacks."""
     where = validate.Where(source)
     try:
         info = a1111.parse(text)
-        fields, ignored = a1111.to_request_fields(info)
+        fields, ignored = a1111.to_request_fields(info, sampler=read_sampler)
+    except a1111.UnknownSampler as e:
+        raise UsageError(f"{source}: {e}", "Give --scheduler (spo's name or A1111's) to make the image with "
+                         "that sampler instead.") from None
     except a1111.InfotextError as e:
         raise UsageError(f"{source}: {e}", "Replay takes A1111's \"parameters\" text: the prompt, an optional "
                          "\"Negative prompt:\" line, then \"Steps: …, Sampler: …, CFG scale: …, Seed: …, "

@@ -91,12 +91,12 @@ def a1111_parameters(meta: dict) -> str:
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
-    sampler = meta["scheduler"]["a1111"] or meta["scheduler"]["class"]
-    fields = {"Steps": meta["steps"], "Sampler": sampler}
-    schedule = meta["scheduler"]["a1111"] and infotext.schedule_type(
-        sampler, karras=bool((meta["scheduler"].get("config") or {}).get("use_karras_sigmas")))
-    if schedule:
-        fields["Schedule type"] = schedule  # A1111 1.9 reads a name alone with the sampler's own default
+    fields = {"Steps": meta["steps"], "Sampler": meta["scheduler"]["class"]}
+    if meta["scheduler"]["a1111"]:
+        config = meta["scheduler"].get("config") or {}
+        schedule = ("Karras" if config.get("use_karras_sigmas") else
+                    "Exponential" if config.get("use_exponential_sigmas") else "")
+        fields |= infotext.sampler_fields(meta["scheduler"]["a1111"], schedule)
     fields |= {
         "CFG scale": meta["guidance"],
         "Seed": meta["seed"],

@@ -397,8 +397,9 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
                              f"{validate.shown(sampler)}.", sampler_field)
         if schedule is not None and not isinstance(schedule, str):
             raise BadRequest("request: 'scheduler' must be a string such as Karras.", "scheduler")
-        try:
-            values["scheduler"] = infotext.scheduler_name(sampler, schedule)
+        try:  # spo's own names too, as everywhere else spo takes a scheduler
+            values["scheduler"] = (sampler if sampler in presets.SCHEDULERS and schedule is None
+                                   else infotext.scheduler_name(sampler, schedule))
         except infotext.InfotextError as e:
             raise BadRequest(f"request: '{sampler_field}': {e}", sampler_field) from None
         if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
