@@ -145,7 +145,7 @@ def serve(
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
-                   dtype=dtype, fast=fast, offload=offload)
+                   dtype=dtype, fast=fast, offload=offload, access_log=not ui.quiet)
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -170,7 +170,8 @@ class Server:
 def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
-          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
+          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None,
+          access_log: bool = False) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
@@ -202,7 +203,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
                     debug=ui.debug)
     context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
     bound_host, bound_port = sock.getsockname()[:2]
-    settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host)
+    settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host,
+                        access_log=access_log)
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
     return Server(create_app(worker, settings), worker, settings, sock, url)
 
@@ -226,7 +228,13 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+ANSWER_GRACE_S = 5.0  # after a second Ctrl-C, how long the requests in progress get to send their answers
+STOP_WAIT_S = 5.0  # after the server stops, how long the worker thread gets to end
+
+
 def run_server(server: Server, *, debug: bool = False) -> None:
+    import asyncio
+
     import uvicorn
 
     worker = server.worker
@@ -234,9 +242,17 @@ def run_server(server: Server, *, debug: bool = False) -> None:
     class Uvicorn(uvicorn.Server):
         def handle_exit(self, sig, frame):
             # First signal: no new work, queued requests answered 503, the call in flight finishes.
-            # Second: the call in flight is abandoned too.
+            # Second: the call in flight is abandoned too, its requests answered 503 at once.
             (worker.abandon if self.should_exit else worker.drain)()
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets)
+            # A second Ctrl-C makes uvicorn stop waiting for the requests in progress, and asyncio.run
+            # would then cancel them: a plain-text 500 to clients that `abandon` has just answered 503.
+            # Their answers are let out first (a request still sending its body waits no longer).
+            if self.force_exit and self.server_state.tasks:
+                await asyncio.wait(list(self.server_state.tasks), timeout=ANSWER_GRACE_S)
 
         async def on_tick(self, counter: int) -> bool:
             # uvicorn asks this every 0.1 s whether to stop. The worker's own state is read here, so a
@@ -247,14 +263,38 @@ def run_server(server: Server, *, debug: bool = False) -> None:
     # Requests on connections beyond this many are answered 503 at once rather than taken on. It does
     # not stop connections that never finish their headers (uvicorn has no header timeout): on an open
     # network a reverse proxy belongs in front, as the README says.
-    config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=debug,
+    # uvicorn's access lines carry the query string, which may hold what a client meant to keep secret:
+    # the guard writes spo's own line instead (serve/guard.py).
+    config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=False,
                             log_config=log_config(), timeout_graceful_shutdown=None, lifespan="off",
                             limit_concurrency=CONNECTIONS_MAX)
-    Uvicorn(config).run(sockets=[server.sock])
-    worker.drain()
-    worker.join(timeout=5)
+    try:
+        Uvicorn(config).run(sockets=[server.sock])  # re-raises the signal that stopped it: Ctrl-C as KeyboardInterrupt
+    finally:
+        worker.drain()
+        if worker.abandoned or not worker.join(timeout=STOP_WAIT_S):
+            leave(worker)
     if worker.load_exception is not None:
         raise worker.load_exception
+
+
+def leave(worker) -> None:
+    """Exit 130 now, the worker thread perhaps inside a pipeline call (an abandoned call stops only at its
+    next step, and a decode not at all). The interpreter must not shut down around that thread: Python
+    ends a daemon thread that wakes during finalization with pthread_exit, whose unwinding through
+    torch's C++ frames aborts the process ('terminate called without an active exception', exit 134).
+    So the images being written are finished, and the process ends without finalization."""
+    import sys
+
+    from spo_cli.cli.ui import UI
+    from spo_cli.errors import EXIT_INTERRUPTED
+
+    worker.stop_writing()
+    UI().error("Interrupted: the call in flight was abandoned and its requests answered 503. Files already "
+               "written are complete; nothing half-written was left behind.")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def log_config() -> dict:

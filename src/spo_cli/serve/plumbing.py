@@ -32,6 +32,7 @@ class Settings:
     poll_s: float = 0.25  # how often a waiting request checks that its client is still there
     allow_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback (--allow-host)
     bound: str | None = None  # the address the socket is bound to (its Host is served too)
+    access_log: bool = False  # one line per request on stderr (serve/guard.py access_line)
 
 
 @dataclass
