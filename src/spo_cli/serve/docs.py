@@ -21,7 +21,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from spo_cli import __version__, presets, validate
+from spo_cli import presets, validate
+from spo_cli.serve import guard
 
 router = APIRouter()
 
@@ -192,7 +193,7 @@ OPERATIONS: dict[tuple[str, str], tuple[type[BaseModel] | None, dict[int, type[B
     ("post", "/spo/v1/run"): (SpoRun, {200: SpoRunResponse}),
     ("get", "/health"): (None, {200: Health, 503: Health}),
 }
-BODYLESS_POSTS = {"/sdapi/v1/interrupt"}  # A1111 clients send it with no body
+BODYLESS_POSTS = {"/sdapi/v1/interrupt"}  # A1111 clients send it with no body: no schema to give
 REFUSALS = {400: "Bad request: the message names the field", 401: "A token is needed",
             403: "A page of another site", 404: "No such route or file", 413: "The body is too large",
             415: "The body is not sent as application/json", 421: "A Host this server does not answer to",
@@ -223,7 +224,10 @@ def document(app) -> dict:
             for status, model in answers.items():
                 described = {"description": responses.get(str(status), {}).get("description") or REFUSALS[status]}
                 responses[str(status)] = {**described, "content": {"application/json": {"schema": _ref(model, schemas)}}}
-            for status in (400, 401, 413, 415, 429, 503) if body is not None else (401, 421):
+            refusals = [403, 421] + ([] if path in guard.OPEN_PATHS else [401])
+            if body is not None:
+                refusals += [400, 413, 415] + ([429, 503] if answers else [])  # those that queue images answer
+            for status in refusals:
                 responses.setdefault(str(status), {"description": REFUSALS[status], **error})
     app.openapi_schema = doc
     return doc
