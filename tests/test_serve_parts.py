@@ -659,3 +659,41 @@ def test_one_access_line_per_request_without_query_token_or_body(tmp_path, capsy
     make_app(tmp_path, access_log=False)[0]  # off: nothing
     call(make_app(tmp_path)[0], "GET", "/health")
     assert capsys.readouterr().err == ""
+
+
+LEAVE_WITH_TORCH_BUSY = """
+import sys, threading, time, types
+import torch
+from spo_cli.cli.serve import leave
+
+torch.set_num_threads(1)
+inside = threading.Event()
+
+def denoise():  # a GPU thread that is inside torch whenever the process ends
+    x, w = torch.randn(1, 64, 128, 128), torch.randn(64, 64, 3, 3)
+    while True:
+        inside.set()
+        torch.nn.functional.conv2d(x, w, padding=1)
+
+threading.Thread(target=denoise, daemon=True).start()
+inside.wait()
+if sys.argv[1] == "leave":
+    leave(types.SimpleNamespace(stop_writing=lambda: None))
+sys.exit(130)  # what `spo serve` did: the interpreter shuts down around the thread, and aborts
+"""
+
+
+@pytest.mark.slow
+def test_leaving_with_the_gpu_thread_inside_torch_exits_130_without_aborting(tmp_path):
+    """What a second Ctrl-C ends with: the worker thread may still be in a step. A plain exit shuts the
+    interpreter down around it and aborts (exit 134, 'terminate called without an active exception');
+    `leave` finishes the writes and exits 130 without that."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_WITH_TORCH_BUSY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), "leave"], capture_output=True, text=True, env=env, timeout=WAIT)
+    assert done.returncode == 130 and "terminate called" not in done.stderr, done.stderr
+    assert "Interrupted" in done.stderr and "Traceback" not in done.stderr
