@@ -31,11 +31,14 @@ EXAMPLES = """[bold]Examples[/]
        -d '{"prompt":"a red fox","steps":30,"cfg_scale":5,"seed":42}'
 
 [bold]Endpoints[/]: / (the page), /v1/images/generations (OpenAI), /sdapi/v1/txt2img, sd-models, samplers,
-options, progress, interrupt (AUTOMATIC1111), /health, /metrics (Prometheus), /outputs/<file>.
+options, progress, interrupt (AUTOMATIC1111), /health, /metrics (Prometheus), /outputs/<file>, and
+/openapi.json and /docs (every endpoint and body; no token needed).
 Bodies are JSON sent as 'Content-Type: application/json'; pages of other sites and Host names other than
 loopback, --host and --allow-host are refused (see the README's Server section).
 Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answers queued requests with
-503; a second Ctrl-C abandons the call in flight.
+503; a second Ctrl-C abandons the call in flight, answers its requests 503 and exits 130.
+One line per request on stderr (client, method, path, status, seconds; never the query, token or
+prompt); --quiet turns it off.
 """
 JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), nothing else."
 
