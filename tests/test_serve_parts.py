@@ -678,7 +678,7 @@ def denoise():  # a GPU thread that is inside torch whenever the process ends
 threading.Thread(target=denoise, daemon=True).start()
 inside.wait()
 if sys.argv[1] == "leave":
-    leave(types.SimpleNamespace(stop_writing=lambda: print("writes finished", file=sys.stderr)))
+    leave(types.SimpleNamespace(stop_writing=lambda: print("writes finished", file=sys.stderr)), "busy")
 sys.exit(130)  # what `spo serve` did: the interpreter shuts down around the thread, and aborts
 """
 

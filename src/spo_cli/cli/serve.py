@@ -4,6 +4,7 @@ import ipaddress
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -275,26 +276,25 @@ def run_server(server: Server, *, debug: bool = False) -> None:
         Uvicorn(config).run(sockets=[server.sock])  # re-raises the signal that stopped it: Ctrl-C as KeyboardInterrupt
     finally:
         worker.drain()
-        if worker.abandoned or not worker.join(timeout=STOP_WAIT_S):
-            leave(worker)
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        if (worker.abandoned or not worker.join(timeout=STOP_WAIT_S)) and interrupted:
+            leave(worker, "the call in flight was abandoned and its requests answered 503" if worker.abandoned
+                  else "the worker was still busy (loading the models, or writing images)")
     if worker.load_exception is not None:
         raise worker.load_exception
 
 
-def leave(worker) -> None:
+def leave(worker, what: str) -> None:
     """Exit 130 now, the worker thread perhaps inside a pipeline call (an abandoned call stops only at its
     next step, and a decode not at all). The interpreter must not shut down around that thread: Python
     ends a daemon thread that wakes during finalization with pthread_exit, whose unwinding through
     torch's C++ frames aborts the process ('terminate called without an active exception', exit 134).
     So the images being written are finished, and the process ends without finalization."""
-    import sys
-
     from spo_cli.cli.ui import UI
     from spo_cli.errors import EXIT_INTERRUPTED
 
     worker.stop_writing()
-    UI().error("Interrupted: the call in flight was abandoned and its requests answered 503. Files already "
-               "written are complete; nothing half-written was left behind.")
+    UI().error(f"Interrupted: {what}. Files already written are complete; nothing half-written was left behind.")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED)
