@@ -697,3 +697,15 @@ def test_leaving_with_the_gpu_thread_inside_torch_exits_130_without_aborting(tmp
     done = subprocess.run([sys.executable, str(script), "leave"], capture_output=True, text=True, env=env, timeout=WAIT)
     assert done.returncode == 130 and "terminate called" not in done.stderr, done.stderr
     assert "writes finished" in done.stderr and "Interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_answer_that_comes_after_the_server_stopped_is_dropped(tmp_path):
+    """A call abandoned at shutdown reaches its next step after the event loop has closed: answering its
+    (already answered) ticket then must not raise in the worker thread."""
+    app, worker = make_app(tmp_path, poll_s=0.01)
+    tickets = []
+    submit = worker.submit
+    worker.submit = lambda job, on_done: tickets.append(submit(job, on_done)) or tickets[-1]
+    status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox"})  # the client leaves; the loop ends
+    assert status == 499 and len(tickets) == 1, body
+    tickets[0].on_done()

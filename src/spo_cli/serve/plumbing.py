@@ -92,7 +92,10 @@ async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
     finished = loop.create_future()
 
     def on_done():
-        loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+        try:
+            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+        except RuntimeError:  # the loop has closed: a call abandoned at shutdown, answered already
+            pass
 
     try:
         ticket = worker.submit(job, on_done)
