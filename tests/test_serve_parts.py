@@ -567,8 +567,8 @@ def test_openapi_describes_every_route_and_its_methods(tmp_path):
     status, doc, _ = call(app, "GET", "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
     # FastAPI wraps each included router in one route of the app's: their own routes are what is served.
-    routes = [r for wrapper in app.routes for r in getattr(getattr(wrapper, "original_router", None), "routes", [wrapper])
-              if isinstance(r, APIRoute)]
+    routes = [r for wrapper in app.routes
+              for r in getattr(getattr(wrapper, "original_router", None), "routes", [wrapper]) if isinstance(r, APIRoute)]
     served: dict[str, set[str]] = {}
     for route in routes:
         served.setdefault(route.path_format, set()).update(m.lower() for m in route.methods)

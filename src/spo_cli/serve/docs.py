@@ -223,10 +223,13 @@ def document(app) -> dict:
             responses.pop("422", None)
             for status, model in answers.items():
                 described = {"description": responses.get(str(status), {}).get("description") or REFUSALS[status]}
-                responses[str(status)] = {**described, "content": {"application/json": {"schema": _ref(model, schemas)}}}
+                content = {"application/json": {"schema": _ref(model, schemas)}}
+                responses[str(status)] = {**described, "content": content}
             refusals = [403, 421] + ([] if path in guard.OPEN_PATHS else [401])
             if body is not None:
                 refusals += [400, 413, 415] + ([429, 503] if answers else [])  # those that queue images answer
+            elif op.get("parameters"):
+                refusals.append(400)  # a parameter of the wrong type (FastAPI's 422, answered 400 in app.py)
             for status in refusals:
                 responses.setdefault(str(status), {"description": REFUSALS[status], **error})
     app.openapi_schema = doc
@@ -263,7 +266,8 @@ def page(doc: dict) -> str:
              "code,td:first-child{font-family:ui-monospace,monospace}table{border-collapse:collapse;margin:.4rem 0}"
              "td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left;vertical-align:top}"
              "h2{font-size:1.05rem;margin-top:1.6rem}.m{font-weight:bold;color:#2a6}</style>",
-             f"<h1>{e(doc['info']['title'])} {e(doc['info']['version'])}</h1><p>{e(doc['info'].get('description', ''))}</p>"
+             f"<h1>{e(doc['info']['title'])} {e(doc['info']['version'])}</h1>",
+             f"<p>{e(doc['info'].get('description', ''))}</p>"
              "<p>The machine-readable document: <a href=/openapi.json>/openapi.json</a>.</p>"]
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
@@ -277,7 +281,8 @@ def page(doc: dict) -> str:
             body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body:
                 parts.append(_fields(_resolve(body, schemas), schemas))
-            answers = ", ".join(f"{e(code)} {e(r.get('description', ''))}" for code, r in op.get("responses", {}).items())
+            answers = ", ".join(f"{e(code)} {e(answer.get('description', ''))}"
+                                for code, answer in op.get("responses", {}).items())
             parts.append(f"<p>Answers: {answers}</p>")
     return "".join(parts) + "</html>"
 
