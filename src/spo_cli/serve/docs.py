@@ -32,7 +32,7 @@ _SCHEDULER = ("A scheduler: one of spo's names (" + ", ".join(presets.SCHEDULERS
 
 
 class _Open(BaseModel):
-    """Fields not listed are accepted and ignored, with a warning when their value would matter."""
+    """Fields not listed are accepted and ignored, with a warning unless left at their usual default."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -310,7 +310,8 @@ def _fields(schema: dict, schemas: dict) -> str:
     e = html.escape
     required = set(schema.get("required", []))
     rows = []
-    for name, prop in schema.get("properties", {}).items():
+    # Required fields first: a model lists the fields it inherits before its own.
+    for name, prop in sorted(schema.get("properties", {}).items(), key=lambda item: item[0] not in required):
         limits = [f"{k} {prop[k]}" for k in ("minimum", "maximum", "multipleOf", "maxLength", "pattern") if k in prop]
         for option in prop.get("anyOf", []):
             limits += [f"{k} {option[k]}" for k in ("minimum", "maximum", "multipleOf", "maxLength", "pattern")
@@ -319,6 +320,6 @@ def _fields(schema: dict, schemas: dict) -> str:
         rows.append(f"<tr><td>{e(name)}{' *' if name in required else ''}</td><td>{e(_kind(prop, schemas))}</td>"
                     f"<td>{e(note)}</td></tr>")
     extra = "" if schema.get("additionalProperties") is False else "<p>Other fields are accepted and ignored, " \
-        "with a warning when their value would change the image.</p>"
+        "with a warning unless left at their usual default.</p>"
     return (f"<p>Body (JSON){': ' + e(schema['description']) if schema.get('description') else ''}</p>"
             f"<table><tr><th>field (* required)</th><th>type</th><th>notes</th></tr>{''.join(rows)}</table>{extra}")
