@@ -114,7 +114,8 @@ class Guard:
         try:
             await self.checked(scope, receive, sending)
         finally:
-            print(access_line(scope, status[0], time.monotonic() - started), file=sys.stderr, flush=True)
+            if sys.stderr is not None:  # started with stderr closed: print(file=None) would write on stdout
+                print(access_line(scope, status[0], time.monotonic() - started), file=sys.stderr, flush=True)
 
     async def checked(self, scope, receive, send):
         headers = Headers(scope=scope)
