@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -138,31 +139,40 @@ def another_app(running: Running, settings):
         thread.join()
 
 
-@pytest.fixture(scope="session")
-def spawned(hub_cache, tmp_path_factory):
-    """`spo serve` in a process of its own, for the SIGTERM test. Starting it (importing torch and diffusers,
-    loading the model: nearly all of that test's time) overlaps the tests before it, as `server` asks
-    for it first."""
-    folder = tmp_path_factory.mktemp("spawned")
-    # --debug: uvicorn logs every request, and none of it may reach stdout (--json: one line there). Its
-    # stderr goes to a file: a pipe nobody reads until the end could fill and stop the server.
+def spawn(folder: Path, *args: str):
+    # Its stderr goes to a file: a pipe nobody reads until the end could fill and stop the server.
     # One OpenMP thread: it waits beside the other tests, and threads that outnumber the free cores
     # spin-wait on each other (a call of the tiny model went from a second to minutes on a busy machine).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(folder / "stderr.log", "w") as log:
         proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(folder / "out"),
-                                 "--json", "--debug", "--max-queue", "2"], stdout=subprocess.PIPE, stderr=log, text=True,
-                                env=env)
+                                 "--json", *args], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     yield proc, folder
     if proc.poll() is None:
         proc.kill()
     proc.wait()
 
 
+@pytest.fixture(scope="session")
+def spawned(hub_cache, tmp_path_factory):
+    """`spo serve` in a process of its own, for the SIGTERM test. Starting it (importing torch and diffusers,
+    loading the model: nearly all of that test's time) overlaps the tests before it, as `server` asks
+    for it first."""
+    # --debug: uvicorn logs at info level, and none of it may reach stdout (--json: one line there); and
+    # the access lines hold no secret even then.
+    yield from spawn(tmp_path_factory.mktemp("spawned"), "--debug", "--max-queue", "2")
+
+
+@pytest.fixture(scope="session")
+def spawned_for_ctrl_c(hub_cache, tmp_path_factory):
+    """Another `spo serve` process, for the second Ctrl-C; started early, as `spawned` is."""
+    yield from spawn(tmp_path_factory.mktemp("spawned-ctrl-c"))
+
+
 # Session-scoped, not module-scoped: under xdist a worker may run other modules' tests between these,
 # and pytest would tear a module's server down and load its pipeline again each time.
 @pytest.fixture(scope="session")
-def server(hub_cache, tmp_path_factory, spawned):
+def server(hub_cache, tmp_path_factory, spawned, spawned_for_ctrl_c):
     # Batches of up to 2 images, gathered for up to 0.3 s: long enough that two requests sent together
     # share a call on a busy machine, short against a pipeline call.
     s = Running(tmp_path_factory.mktemp("serve"), batch_size=2, batch_wait_ms=300, max_queue=4).start().ready()
@@ -594,6 +604,9 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(spawned):
         with ThreadPoolExecutor(3) as pool:
             running = pool.submit(request, url + OPENAI, slow)
             wait_for(lambda: request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1, "the first step")
+            # Nothing of these may reach the log: a query string, the Authorization header, the prompt.
+            request(url + "/spo/v1/gallery?limit=2&key=query-secret", headers={"Authorization": "Bearer header-secret"})
+            assert request(url + OPENAI, {"prompt": "a private prompt", "n": 0})[0] == 400
             queued = [pool.submit(request, url + OPENAI, {**slow, "seed": s}) for s in (4, 5)]
             wait_for(lambda: request(url + "/health")[1]["queued"] >= 2, "two queued requests")
             status, body, headers = request(url + OPENAI, {**slow, "seed": 6})  # --max-queue 2: full
@@ -607,8 +620,49 @@ def test_sigterm_finishes_the_call_in_flight_and_turns_the_queue_away(spawned):
         proc.wait(timeout=WAIT)
         assert proc.stdout.read() == ""  # uvicorn's access lines went to stderr
         logged = log.read_text()
-        assert "Traceback" not in logged and '"POST /v1/images/generations HTTP/1.1" 200' in logged
+        assert "Traceback" not in logged
+        # spo's access lines, not uvicorn's: client, method and path, status, seconds.
+        assert re.search(r'^127\.0\.0\.1:\d+ - "POST /v1/images/generations" 200 \d+\.\d{3}s$', logged, re.M), logged
+        assert re.search(r'^127\.0\.0\.1:\d+ - "GET /spo/v1/gallery" 200 \d+\.\d{3}s$', logged, re.M), logged
+        assert "HTTP/1.1" not in logged  # uvicorn's own line is off
+        assert not any(secret in logged for secret in ("query-secret", "limit=", "header-secret", "private prompt"))
         assert sorted(p.suffix for p in out.iterdir()) == [".json", ".png"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_second_ctrl_c_abandons_the_call_in_flight_answers_json_and_exits_130(spawned_for_ctrl_c):
+    """The first Ctrl-C turns the queue away and lets the call in flight finish; the second abandons it:
+    its client is answered JSON 503 (not uvicorn's plain-text 500), nothing of it is written, and the
+    process exits 130 (it aborted with 134: the interpreter shut down around the GPU thread in torch)."""
+    proc, folder = spawned_for_ctrl_c
+    out, log = folder / "out", folder / "stderr.log"
+    try:
+        url = json.loads(proc.stdout.readline())["url"]
+
+        def ready():
+            assert proc.poll() is None, log.read_text()
+            return request(url + "/health")[0] == 200
+
+        wait_for(ready, "the model to load", 0.1)
+        slow = {"prompt": "a fox", "size": "64x64", "steps": 900, "seed": 3}  # far longer than the test
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(request, url + OPENAI, slow)
+            wait_for(lambda: request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1, "the first step")
+            queued = pool.submit(request, url + OPENAI, {**slow, "seed": 4})
+            wait_for(lambda: request(url + "/health")[1]["queued"] >= 1, "a queued request")
+            proc.send_signal(signal.SIGINT)
+            status, body, _ = queued.result()  # answered: the first Ctrl-C has been taken
+            assert status == 503 and body["error"]["type"] == "server_error", body
+            proc.send_signal(signal.SIGINT)
+            status, body, headers = running.result()
+        assert status == 503 and headers["Retry-After"] and "stopped" in body["error"]["message"], body
+        assert proc.wait(timeout=WAIT) == 130
+        logged = log.read_text()
+        assert "terminate called" not in logged and "Traceback" not in logged, logged
+        assert "Interrupted: the call in flight was abandoned" in logged  # by `leave`, which never waits for it
+        assert not out.exists() or list(out.iterdir()) == []
     finally:
         if proc.poll() is None:
             proc.kill()

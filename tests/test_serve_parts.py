@@ -525,3 +525,198 @@ def test_a_load_failure_at_any_moment_ends_the_server(monkeypatch, tmp_path, mom
     assert "cannot be loaded today" in r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["url"].startswith("http://127.0.0.1:"), r.stdout
+
+
+# -- /openapi.json, /docs and the access log ---------------------------------------------------------
+
+def conforms(value, schema: dict, schemas: dict) -> bool:
+    """Whether `value` satisfies the JSON Schema keywords the document uses (jsonschema is not a
+    dependency of spo; this reads $ref, anyOf, type, enum, const, bounds, lengths, pattern, multipleOf,
+    properties, required and additionalProperties)."""
+    import re
+
+    if "$ref" in schema:
+        return conforms(value, schemas[schema["$ref"].rpartition("/")[2]], schemas)
+    if "anyOf" in schema:
+        return any(conforms(value, s, schemas) for s in schema["anyOf"])
+    if "enum" in schema and value not in schema["enum"] or "const" in schema and value != schema["const"]:
+        return False
+    types = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "null": type(None),
+             "array": list, "object": dict}
+    kind = schema.get("type")
+    if kind is not None and (not isinstance(value, types[kind]) or isinstance(value, bool) and kind != "boolean"):
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            return False
+        if "multipleOf" in schema and value % schema["multipleOf"]:
+            return False
+    if isinstance(value, str):
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+            return False
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return False
+    if isinstance(value, list):
+        return len(value) >= schema.get("minItems", 0) and all(conforms(v, schema.get("items", {}), schemas)
+                                                               for v in value)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        if not set(schema.get("required", [])) <= set(value):
+            return False
+        if schema.get("additionalProperties", True) is False and set(value) - set(props):
+            return False
+        return all(conforms(v, props[k], schemas) for k, v in value.items() if k in props)
+    return True
+
+
+def test_openapi_describes_every_route_and_its_methods(tmp_path):
+    from fastapi.routing import APIRoute
+
+    from spo_cli.serve import docs
+
+    app, _ = make_app(tmp_path, token=TOKEN)  # open, as A1111 serves it: the document holds no data
+    status, doc, _ = call(app, "GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    # FastAPI wraps each included router in one route of the app's: their own routes are what is served.
+    routes = [r for wrapper in app.routes
+              for r in getattr(getattr(wrapper, "original_router", None), "routes", [wrapper]) if isinstance(r, APIRoute)]
+    served: dict[str, set[str]] = {}
+    for route in routes:
+        served.setdefault(route.path_format, set()).update(m.lower() for m in route.methods)
+    assert len(served) >= 18 and {path: set(ops) for path, ops in doc["paths"].items()} == served
+    for path, described in doc["paths"].items():
+        for method, op in described.items():
+            assert "422" not in op["responses"]  # a bad parameter is a 400 with the error body here
+            if method == "post" and path not in docs.BODYLESS_POSTS:
+                assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"], path
+            if path not in {"/", "/health", "/favicon.ico", "/openapi.json", "/docs"}:
+                assert "401" in op["responses"], path
+    assert {path for _, path in docs.OPERATIONS} <= set(doc["paths"])
+    assert call(app, "GET", "/openapi.json", host="evil.example")[0] == 421  # behind the Host check all the same
+    assert call(app, "GET", "/docs", {"Origin": "http://evil.example"})[0] == 403
+
+
+ACCEPTED = {  # bodies api takes (checked below), each as a client sends it
+    "/v1/images/generations": [
+        {"prompt": "a fox", "n": 2, "size": "64x64", "seed": 7, "steps": 2, "scheduler": "dpm++2m-karras",
+         "model": "dall-e-3", "quality": "hd", "response_format": "b64_json", "negative_prompt": None},
+        {"prompt": "a fox", "width": 512, "height": 768, "guidance": 7.5, "prompt_syntax": "a1111"}],
+    "/sdapi/v1/txt2img": [
+        {"prompt": "a fox", "seed": -1, "steps": 20, "cfg_scale": 5, "width": 64, "height": 64,
+         "sampler_name": "DPM++ 2M", "scheduler": "Karras", "batch_size": 2, "n_iter": 2, "enable_hr": False,
+         "styles": [], "override_settings": {"sd_model_checkpoint": "spo"}}],
+    "/spo/v1/run": [{"model": "spo", "images": [{"prompt": "a fox", "seed": 1, "steps": 2, "width": 64, "height": 64,
+                                                   "negative_prompt": None, "emphasis": "none-norm"}]}],
+}
+REFUSED_BODIES = {  # bodies api refuses for a field's type or range, which the schema must refuse too
+    "/v1/images/generations": [{"prompt": 5}, {"prompt": "a fox", "n": 0}, {"prompt": "a fox", "steps": "many"},
+                               {"prompt": "a fox", "width": 65}, {"prompt": "a fox", "response_format": "gif"},
+                               {"n": 1}, {"prompt": "a fox", "seed": -1}],
+    "/sdapi/v1/txt2img": [{"prompt": "a fox", "cfg_scale": 1000}, {"prompt": "a fox", "batch_size": 0},
+                          {"prompt": ""}],
+    "/spo/v1/run": [{"images": []}, {"images": [{"prompt": "a fox"}]},
+                    {"images": [{"prompt": "a fox", "seed": 1, "cfg_scale": 5}]}],
+}
+PARSERS = {"/v1/images/generations": api.openai_job, "/sdapi/v1/txt2img": api.a1111_job, "/spo/v1/run": api.run_job}
+
+
+@pytest.mark.parametrize("path", sorted(ACCEPTED))
+def test_the_body_schemas_agree_with_what_the_server_accepts(tmp_path, path):
+    app, _ = make_app(tmp_path)
+    doc = call(app, "GET", "/openapi.json")[1]
+    schemas = doc["components"]["schemas"]
+    body_schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ctx = api.Context(("spo",), max_images=4)
+    for body in ACCEPTED[path]:
+        PARSERS[path](body, ctx)  # accepted by the server's own checks
+        assert conforms(body, body_schema, schemas), body
+    for body in REFUSED_BODIES[path]:
+        with pytest.raises(api.BadRequest):
+            PARSERS[path](body, ctx)
+        assert not conforms(body, body_schema, schemas), body
+
+
+def test_the_docs_page_needs_no_network_and_escapes_what_it_shows(tmp_path):
+    from spo_cli.serve import docs
+
+    app, _ = make_app(tmp_path, token=TOKEN)
+    status, page, headers = call(app, "GET", "/docs")
+    page = page.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "<script" not in page and "src=" not in page and "default-src 'none'" in headers["content-security-policy"]
+    for path in ("/v1/images/generations", "/sdapi/v1/txt2img", "/spo/v1/run", "/health", "cfg_scale", "sampler_name"):
+        assert path in page
+    hostile = {"info": {"title": "<script>x</script>", "version": "1"}, "paths": {"/<b>": {"get": {
+        "description": "<img src=x>", "responses": {"200": {"description": "<i>"}}}}}}
+    shown = docs.page(hostile)
+    assert "<script>x" not in shown and "<img" not in shown and "<b>" not in shown and "&lt;img src=x&gt;" in shown
+
+
+def test_one_access_line_per_request_without_query_token_or_body(tmp_path, capsys):
+    app, _ = make_app(tmp_path, token=TOKEN, access_log=True)
+    secret = {"Authorization": f"Bearer {TOKEN}"}
+    call(app, "GET", "/spo/v1/gallery?limit=3&key=query-secret", secret)
+    post(app, "/v1/images/generations", {"prompt": "a private prompt", "n": 0}, headers=secret)
+    call(app, "GET", "/health", host="evil.example")
+    call(app, "GET", '/x"\n127.0.0.1:1 - "GET /forged" 200 0.001s')
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4, lines
+    assert lines[0].startswith('127.0.0.1:40000 - "GET /spo/v1/gallery" 200 ') and lines[0].endswith("s")
+    assert lines[1].startswith('127.0.0.1:40000 - "POST /v1/images/generations" 400 ')
+    assert lines[2].startswith('127.0.0.1:40000 - "GET /health" 421 ')  # refusals too
+    assert lines[3].startswith('127.0.0.1:40000 - "GET /x\\"\\n127.0.0.1:1 - \\"GET /forged\\" 200 0.001s" 401 ')
+    text = "\n".join(lines)
+    assert TOKEN not in text and "query-secret" not in text and "limit" not in text and "private" not in text
+    make_app(tmp_path, access_log=False)[0]  # off: nothing
+    call(make_app(tmp_path)[0], "GET", "/health")
+    assert capsys.readouterr().err == ""
+
+
+LEAVE_WITH_TORCH_BUSY = """
+import sys, threading, time, types
+import torch
+from spo_cli.cli.serve import leave
+
+torch.set_num_threads(1)
+inside = threading.Event()
+
+def denoise():  # a GPU thread that is inside torch whenever the process ends
+    x, w = torch.randn(1, 64, 128, 128), torch.randn(64, 64, 3, 3)
+    while True:
+        inside.set()
+        torch.nn.functional.conv2d(x, w, padding=1)
+
+threading.Thread(target=denoise, daemon=True).start()
+inside.wait()
+if sys.argv[1] == "leave":
+    leave(types.SimpleNamespace(stop_writing=lambda: print("writes finished", file=sys.stderr)), "busy")
+sys.exit(130)  # what `spo serve` did: the interpreter shuts down around the thread, and aborts
+"""
+
+
+@pytest.mark.slow
+def test_leaving_with_the_gpu_thread_inside_torch_exits_130_without_aborting(tmp_path):
+    """What a second Ctrl-C ends with: the worker thread may still be in a step. A plain exit shuts the
+    interpreter down around it and aborts (exit 134, 'terminate called without an active exception');
+    `leave` finishes the writes and exits 130 without that."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_WITH_TORCH_BUSY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), "leave"], capture_output=True, text=True, env=env, timeout=WAIT)
+    assert done.returncode == 130 and "terminate called" not in done.stderr, done.stderr
+    assert "writes finished" in done.stderr and "Interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_answer_that_comes_after_the_server_stopped_is_dropped(tmp_path):
+    """A call abandoned at shutdown reaches its next step after the event loop has closed: answering its
+    (already answered) ticket then must not raise in the worker thread."""
+    app, worker = make_app(tmp_path, poll_s=0.01)
+    tickets = []
+    submit = worker.submit
+    worker.submit = lambda job, on_done: tickets.append(submit(job, on_done)) or tickets[-1]
+    status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox"})  # the client leaves; the loop ends
+    assert status == 499 and len(tickets) == 1, body
+    tickets[0].on_done()

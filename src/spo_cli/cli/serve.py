@@ -4,6 +4,7 @@ import ipaddress
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,11 +33,13 @@ EXAMPLES = """[bold]Examples[/]
 
 [bold]Endpoints[/]: / (the page), /v1/images/generations, /v1/models (OpenAI), /sdapi/v1/txt2img, sd-models,
 samplers, schedulers, loras, upscalers, options, progress, interrupt (AUTOMATIC1111), /health, /metrics
-(Prometheus), /outputs/<file>.
+(Prometheus), /outputs/<file>, and /openapi.json and /docs (every endpoint and body; no token needed).
 Bodies are JSON sent as 'Content-Type: application/json'; pages of other sites and Host names other than
 loopback, --host and --allow-host are refused (see the README's Server section).
 Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answers queued requests with
-503; a second Ctrl-C abandons the call in flight.
+503; a second Ctrl-C abandons the call in flight, answers its requests 503 and exits 130.
+One line per request on stderr (client, method, path, status, seconds; never the query, token or
+prompt); --quiet turns it off.
 """
 JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), nothing else."
 
@@ -200,7 +203,8 @@ def serve(
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
-                   dtype=dtype, fast=fast, offload=offload, api_auth=api_auth)
+                   dtype=dtype, fast=fast, offload=offload, api_auth=api_auth,
+                   access_log=not ui.quiet)
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -226,7 +230,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
           device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None,
-          api_auth: tuple[tuple[str, str], ...] = ()) -> Server:
+          api_auth: tuple[tuple[str, str], ...] = (),
+          access_log: bool = False) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
@@ -259,7 +264,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
     context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
     bound_host, bound_port = sock.getsockname()[:2]
     settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host,
-                        api_auth=tuple(api_auth))
+                        api_auth=tuple(api_auth), access_log=access_log)
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
     return Server(create_app(worker, settings), worker, settings, sock, url)
 
@@ -283,7 +288,13 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+ANSWER_GRACE_S = 5.0  # after a second Ctrl-C, how long the requests in progress get to send their answers
+STOP_WAIT_S = 5.0  # after the server stops, how long the worker thread gets to end
+
+
 def run_server(server: Server, *, debug: bool = False) -> None:
+    import asyncio
+
     import uvicorn
 
     worker = server.worker
@@ -291,9 +302,17 @@ def run_server(server: Server, *, debug: bool = False) -> None:
     class Uvicorn(uvicorn.Server):
         def handle_exit(self, sig, frame):
             # First signal: no new work, queued requests answered 503, the call in flight finishes.
-            # Second: the call in flight is abandoned too.
+            # Second: the call in flight is abandoned too, its requests answered 503 at once.
             (worker.abandon if self.should_exit else worker.drain)()
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets)
+            # A second Ctrl-C makes uvicorn stop waiting for the requests in progress, and asyncio.run
+            # would then cancel them: a plain-text 500 to clients that `abandon` has just answered 503.
+            # Their answers are let out first (a request still sending its body waits no longer).
+            if self.force_exit and self.server_state.tasks:
+                await asyncio.wait(list(self.server_state.tasks), timeout=ANSWER_GRACE_S)
 
         async def on_tick(self, counter: int) -> bool:
             # uvicorn asks this every 0.1 s whether to stop. The worker's own state is read here, so a
@@ -304,14 +323,37 @@ def run_server(server: Server, *, debug: bool = False) -> None:
     # Requests on connections beyond this many are answered 503 at once rather than taken on. It does
     # not stop connections that never finish their headers (uvicorn has no header timeout): on an open
     # network a reverse proxy belongs in front, as the README says.
-    config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=debug,
+    # uvicorn's access lines carry the query string, which may hold what a client meant to keep secret:
+    # the guard writes spo's own line instead (serve/guard.py).
+    config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=False,
                             log_config=log_config(), timeout_graceful_shutdown=None, lifespan="off",
                             limit_concurrency=CONNECTIONS_MAX)
-    Uvicorn(config).run(sockets=[server.sock])
-    worker.drain()
-    worker.join(timeout=5)
+    try:
+        Uvicorn(config).run(sockets=[server.sock])  # re-raises the signal that stopped it: Ctrl-C as KeyboardInterrupt
+    finally:
+        worker.drain()
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        if (worker.abandoned or not worker.join(timeout=STOP_WAIT_S)) and interrupted:
+            leave(worker, "the call in flight was abandoned and its requests answered 503" if worker.abandoned
+                  else "the worker was still busy (loading the models, or writing images)")
     if worker.load_exception is not None:
         raise worker.load_exception
+
+
+def leave(worker, what: str) -> None:
+    """Exit 130 now, the worker thread perhaps inside a pipeline call (an abandoned call stops only at its
+    next step, and a decode not at all). The interpreter must not shut down around that thread: Python
+    ends a daemon thread that wakes during finalization with pthread_exit, whose unwinding through
+    torch's C++ frames aborts the process ('terminate called without an active exception', exit 134).
+    So the images being written are finished, and the process ends without finalization."""
+    from spo_cli.cli.ui import UI
+    from spo_cli.errors import EXIT_INTERRUPTED
+
+    worker.stop_writing()
+    UI().error(f"Interrupted: {what}. Files already written are complete; nothing half-written was left behind.")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def log_config() -> dict:

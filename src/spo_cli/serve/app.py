@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spo_cli import __version__
+from spo_cli.serve import docs
 from spo_cli.serve.guard import Guard
 from spo_cli.serve.metrics import Metrics
 from spo_cli.serve.plumbing import Settings, State, error
@@ -22,8 +23,10 @@ __all__ = ["Settings", "create_app"]
 
 
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
+    # FastAPI's own /docs loads Swagger UI from a CDN: `docs` serves the document and a page of its own.
     app = FastAPI(title="spo serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    routers = (openai.router, a1111.router, spo.router)
+    app.openapi = lambda: docs.document(app)
+    routers = (openai.router, a1111.router, spo.router, docs.router)
     for router in routers:
         app.include_router(router)
     # One Metrics per worker: a second app on the same worker (the tests run several) shares it.

@@ -17,7 +17,8 @@ Binding 127.0.0.1 does not keep out the web pages the user's own browser opens. 
    Origin. A POST without a body (A1111 clients' interrupt) has nothing to mistake.
 
 Plain ASGI, not a function middleware: that would wrap `receive` and hide a client's disconnect from
-the handler waiting for its images. Every request is counted here, with the status it got.
+the handler waiting for its images. Every request is counted here, with the status it got, and with
+`Settings.access_log` logged on stderr in one line (`access_line`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import ipaddress
+import sys
+import time
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -36,6 +40,7 @@ from spo_cli.serve.metrics import Metrics
 from spo_cli.serve.plumbing import Settings
 
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # the page holds no data; it asks for the token itself
+OPEN_PATHS |= {"/openapi.json", "/docs"}  # what the API takes, as A1111 serves it: no data of the server's
 LOOPBACK_NAMES = {"localhost"}
 WILDCARDS = {"0.0.0.0", "::"}
 BODYLESS = {"GET", "HEAD", "OPTIONS"}
@@ -100,6 +105,22 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if not self.settings.access_log:
+            return await self.checked(scope, receive, send)
+        started, status = time.monotonic(), [500]  # no answer sent: uvicorn's is a 500
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.checked(scope, receive, sending)
+        finally:
+            if sys.stderr is not None:  # started with stderr closed: print(file=None) would write on stdout
+                print(access_line(scope, status[0], time.monotonic() - started), file=sys.stderr, flush=True)
+
+    async def checked(self, scope, receive, send):
         headers = Headers(scope=scope)
         refusal = self.refusal(scope, headers)
         if refusal is not None:
@@ -202,6 +223,19 @@ class Guard:
 
     def cross_origin_allowed(self, origin: str) -> bool:
         return "*" in self.cors or origin in self.cors
+
+
+def access_line(scope, status: int, seconds: float) -> str:
+    """One request, for the log: client, method, path, status and duration. Never the query string (a
+    client may put a secret there), the headers (the token) or the body (the prompt). The path is the
+    client's own text: shown escaped and cut, so that it cannot forge a line of its own."""
+    client = scope.get("client")
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    return f'{who} - "{_printable(scope["method"], 20)} {_printable(scope["path"], 300)}" {status} {seconds:.3f}s'
+
+
+def _printable(text: str, limit: int) -> str:
+    return json.dumps(text[:limit])[1:-1] + ("..." if len(text) > limit else "")  # ASCII, quotes and controls escaped
 
 
 def _has_body(headers: Headers) -> bool:

@@ -34,6 +34,7 @@ class Settings:
     allow_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback (--allow-host)
     bound: str | None = None  # the address the socket is bound to (its Host is served too)
     api_auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs for HTTP Basic (--api-auth-file)
+    access_log: bool = False  # one line per request on stderr (serve/guard.py access_line)
 
 
 @dataclass
@@ -96,7 +97,10 @@ async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
     finished = loop.create_future()
 
     def on_done():
-        loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+        try:
+            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+        except RuntimeError:  # the loop has closed: a call abandoned at shutdown, answered already
+            pass
 
     try:
         ticket = worker.submit(job, on_done)

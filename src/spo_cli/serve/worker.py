@@ -42,7 +42,8 @@ class MadeImage:
     data: bytes | None = None  # the PNG, metadata embedded, as written
     written: dict | None = None  # files.write_pair's answer when saved
     error: str | None = None
-    status: int = 200  # for an error: 400 (refused by the loaded model or machine), 409 (interrupted), 500
+    status: int = 200  # for an error: 400 (refused by the loaded model or machine), 409 (interrupted), 500,
+    # 503 (abandoned at shutdown)
     field: str | None = None  # for a 400: the request field at fault
 
 
@@ -153,6 +154,7 @@ class Worker:
         self._stats = Stats()
         self._lock = threading.Lock()  # the stats, and tickets' images (the worker and writer threads fill them)
         self._current: _InFlight | None = None
+        self._call: Call | None = None  # the call the worker thread holds, from the queue until answered
         self._step_s = 0.0  # the last call's seconds per step, for the estimate before a call's first step
         self._thread = threading.Thread(target=self._main, name="spo-gpu", daemon=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spo-serve-writer")
@@ -183,11 +185,25 @@ class Worker:
         self._turn_away(self.scheduler.drain())
 
     def abandon(self) -> None:
-        """A second signal: the call in flight stops at its next step, and nothing of it is written."""
-        self._turn_away(self.scheduler.abandon())
+        """A second signal: the call in flight stops at its next step and nothing of it is written; its
+        requests are answered 503 now, with the queued ones, so that the server need not wait for it."""
+        queued = self.scheduler.abandon()
+        call = self._call
+        running = [t for t in call.tickets if not t.finished] if call is not None else []
+        self._turn_away(list(dict.fromkeys(queued + running)))
 
-    def join(self, timeout: float | None = None) -> None:
+    @property
+    def abandoned(self) -> bool:
+        return self.scheduler.abandoned
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Whether the worker thread has ended (within `timeout`)."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop_writing(self) -> None:
+        """Let the images being written finish, and take no more: the last step before a hard exit."""
+        self._writer.shutdown(wait=True)
 
     @property
     def queued(self) -> int:
@@ -224,9 +240,11 @@ class Worker:
         self.ready = True
         try:
             while (call := self.scheduler.next_call()) is not None:
+                self._call = call
                 try:
                     self._run(call)
                 finally:
+                    self._call = None
                     self.scheduler.finished(call)
         finally:
             self._writer.shutdown(wait=True)  # every image taken is answered
@@ -302,11 +320,13 @@ class Worker:
         try:
             results = model.engine.run(requests, on_step=on_step)
         except Interrupted:
-            failure = "abandoned at shutdown" if self.scheduler.abandoned else "interrupted", 409
+            failure = ("abandoned at shutdown", 503) if self.scheduler.abandoned else ("interrupted", 409)
         except Exception as e:
             failure = render.call_error(e, self.debug), 500
         finally:
             self._current = None  # before any answer: a client told 409 then sees nothing running
+        if failure is None and self.scheduler.abandoned:  # its last step came before the second signal
+            failure = "abandoned at shutdown", 503
         if failure:
             self._fail(label, slots, *failure)
             return
@@ -341,6 +361,9 @@ class Worker:
     def _file(self, label: str, ticket: Ticket, i: int, image, meta: dict, when, seconds: float) -> None:
         """On the writer thread: encode (and unless --no-save, write) one image, then hand it over."""
         request = ticket.job.images[i]
+        if ticket.status == 503:  # abandoned at shutdown and already answered: nothing of it is written
+            self._fail(label, [(ticket, i)], "abandoned at shutdown", 503)
+            return
         try:
             if not ticket.job.save:
                 done = MadeImage(request, meta, metadata.encode_image(image, "png", meta))
