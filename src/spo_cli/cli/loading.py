@@ -56,11 +56,38 @@ def find_model(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False
     local_only = not downloading and uses_hub(request, dtype) and cache_only(ui)
     # No spinner here: download bars may need the live display.
     resolved = resolve_model(request, dtype, tqdm=ui.download_tqdm, force=force, downloading=downloading,
-                             local_only=local_only)
+                             local_only=local_only, hashing=hash_progress(ui))
     for part in resolved.parts():
         at = f" @ {part.commit[:10]}" if part.commit else ""
         ui.info(f"[green]✓[/] Resolved {escape(part.id)}{'/' + escape(part.file) if part.file and part.source == 'hub' else ''}{at}")
     return resolved
+
+
+def hash_progress(ui: UI):
+    """How hashing a single-file checkpoint (A1111's Model hash) is shown: a byte bar on a terminal,
+    a line before and after elsewhere. Only the first time: the hash is cached."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def show(name: str, size: int):
+        what = f"the SHA-256 of {escape(name)} ({size / 1e9:.2f} GB) for its Model hash"
+        if ui.quiet:
+            yield lambda n: None
+            return
+        if not ui.err.is_terminal:
+            ui.info(f"Computing {what}; it is cached for later runs.")
+            yield lambda n: None
+            ui.info(f"[green]✓[/] Computed {what}")
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                      TimeRemainingColumn(), console=ui.err, transient=True) as progress:
+            task = progress.add_task(f"Hashing {name}", total=size)
+            yield lambda n: progress.advance(task, n)
+        ui.info(f"[green]✓[/] Computed {what} (cached for later runs)")
+
+    return show
 
 
 def cache_only(ui: UI) -> bool:

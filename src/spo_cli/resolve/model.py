@@ -10,7 +10,7 @@ from pathlib import Path
 from spo_cli import presets
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.request import ModelRequest
-from spo_cli.resolve import parts
+from spo_cli.resolve import parts, single
 from spo_cli.resolve.files import WEIGHT_SUFFIXES, read_index
 from spo_cli.resolve.hub import Fetch, TqdmFactory, offline
 from spo_cli.resolve.parts import Resolved
@@ -25,13 +25,14 @@ class ResolvedModel:
     lora: Resolved | None = None
     vae: Resolved | None = None  # None: the checkpoint's own VAE
     model_index: dict = field(default_factory=dict)  # the pipeline's model_index.json, parsed once, checked
+    config: Resolved | None = None  # a single-file checkpoint's configs and tokenizers (SDXL base's)
 
     @property
     def lora_scale(self) -> float | None:
         return self.request.effective_lora_scale if self.lora else None
 
     def parts(self) -> list[Resolved]:
-        return [p for p in (self.pipeline, self.lora, self.vae) if p is not None]
+        return [p for p in (self.pipeline, self.config, self.lora, self.vae) if p is not None]
 
     def nbytes(self) -> int:
         return sum(p.nbytes() for p in self.parts())
@@ -39,8 +40,11 @@ class ResolvedModel:
     def identity(self) -> dict:
         """What decides the weights, for spec hashes: ids, commits, LoRA scale, dtype; not paths."""
         def ident(p: Resolved | None) -> dict | None:
-            return None if p is None else {"id": p.id, "commit": p.commit, "variant": p.variant, "file": p.file,
-                                           "subfolder": p.subfolder}
+            if p is None:
+                return None
+            d = {"id": p.id, "commit": p.commit, "variant": p.variant, "file": p.file, "subfolder": p.subfolder}
+            # Only where there is one, so that the spec hashes of earlier runs stay what they were.
+            return d | {"sha256": p.sha256} if p.sha256 else d
 
         return {"model": ident(self.pipeline), "lora": ident(self.lora),
                 "lora_scale": self.lora_scale, "vae": ident(self.vae),
@@ -54,7 +58,8 @@ class ResolvedModel:
         request.pop("device")  # where it ran is recorded separately; a replay picks its own
         return {
             "model_request": request,  # what the user asked for, so replay can ask again
-            "model": dict(self.pipeline.describe(), preset=self.preset),
+            "model": dict(self.pipeline.describe(), preset=self.preset,
+                          **({"config": {"id": self.config.id, "commit": self.config.commit}} if self.config else {})),
             "lora": lora,
             "vae": self.vae.describe() if self.vae else {"id": None, "source": "model"},
         }
@@ -95,6 +100,12 @@ def _refuse_revision(revision: str | None, folder) -> None:
                          "Drop --revision, or check out that revision of the folder yourself.")
 
 
+def _refuse_file_revision(revision: str | None) -> None:
+    if revision:
+        raise UsageError(f"--revision {revision} applies to Hub repos; a single-file checkpoint is one file.",
+                         "Drop --revision.")
+
+
 def _vae_spec(request: ModelRequest, dtype: str) -> str:
     """--vae, else the fp16-fix VAE in float16 (as the authors do) and the checkpoint's own otherwise."""
     if request.vae is not None:
@@ -109,7 +120,10 @@ def precheck(request: ModelRequest) -> None:
     """What can be known of `request` without the Hub or torch: local paths exist and are what they
     should be (a local pipeline's model_index.json is read and checked too), repo ids are repo ids."""
     preset = presets.PRESETS.get(request.model)
-    if not preset:
+    if not preset and single.is_single_file(request.model):
+        _refuse_file_revision(request.revision)
+        single.checked_file(request.model)
+    elif not preset:
         if _looks_local(request.model):
             folder = parts.local_pipeline_folder(request.model)
             _refuse_revision(request.revision, folder)
@@ -148,11 +162,13 @@ def download_command(request: ModelRequest, dtype: str) -> str:
 
 
 def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False, force: bool = False,
-                  tqdm: TqdmFactory | None = None, downloading: bool = False) -> ResolvedModel:
+                  tqdm: TqdmFactory | None = None, downloading: bool = False,
+                  hashing: single.HashProgress | None = None) -> ResolvedModel:
     """Find (and fetch, unless `local_only` or offline) everything `request` needs in `dtype`.
 
     Each pipeline's model_index.json is fetched first and checked (an SDXL pipeline, no custom
-    code) before any weight file is; every file is checked to be whole before it is handed on."""
+    code) before any weight file is; every file is checked to be whole before it is handed on.
+    A single-file checkpoint is checked from its header, then hashed (`hashing` shows progress)."""
     fetch = Fetch(local_only, force, tqdm, download_command(request, dtype), downloading)
     if force and offline(fetch):
         raise ModelError("--force fetches every file again from the Hub, and HF_HUB_OFFLINE is set.",
@@ -164,7 +180,15 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
     skip = ("vae",) if vae_spec != "model" else ()  # a replaced VAE is never loaded: don't fetch it
 
     # 1. The pipeline.
-    if preset:
+    config = None
+    if not preset and single.is_single_file(request.model):
+        _refuse_file_revision(request.revision)
+        path, header = single.checked_file(request.model)
+        if vae_spec == "model" and not single.has_vae(header):
+            raise single.no_vae(path)
+        config, index = single.configs(fetch, path)
+        pipeline = parts.Resolved(str(path), "local", path, file=path.name, sha256=single.sha256(path, hashing))
+    elif preset:
         pipeline, index = parts.pipeline_from_hub(preset.repo_id, request.revision,
                                                   variant if preset.has_fp16_variant else None, fetch, skip)
     elif _looks_local(request.model):
@@ -194,4 +218,4 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
             _check_repo_id(vae_spec, "--vae")
             vae = parts.vae_from_hub(vae_spec, variant, fetch)
 
-    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae, index)
+    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae, index, config)
