@@ -90,6 +90,31 @@ def hash_progress(ui: UI):
     return show
 
 
+def recorded_file(ui: UI, meta: dict) -> list[str]:
+    """Replaying an image made from a single-file checkpoint: the file must still be where it was
+    read from (else say how to point at it), and a file changed since is a warning (its images
+    will differ). Hashing is cached, so resolving it again costs nothing."""
+    from pathlib import Path
+
+    from spo_cli.errors import UsageError
+    from spo_cli.resolve import single
+
+    model = meta.get("model")
+    recorded = model.get("sha256") if isinstance(model, dict) else None
+    if not (isinstance(recorded, str) and isinstance(model.get("id"), str)):
+        return []
+    path = Path(model["id"])
+    if not path.is_file():
+        raise UsageError(f"The image was made from the single-file checkpoint {path} (Model hash "
+                         f"{single.short_hash(recorded)}), which is no longer there.",
+                         "Give its new path with --model.")
+    now = single.sha256(path, hash_progress(ui))
+    if now == recorded:
+        return []
+    return [f"{path} has changed since the image was made (SHA-256 {single.short_hash(now)}, was "
+            f"{single.short_hash(recorded)}): the image will differ."]
+
+
 def cache_only(ui: UI) -> bool:
     """Whether to use the local cache only, because the Hub cannot be reached (said once, here):
     huggingface_hub would otherwise retry for half a minute before falling back to the cache."""
