@@ -424,10 +424,13 @@ def _resolved(tiny_file, **parts):
     from spo_cli.resolve.parts import Resolved
 
     pipeline = Resolved(str(tiny_file.file), "local", tiny_file.file, file=tiny_file.file.name, sha256=tiny_file.sha256)
-    config = Resolved(BASE, "hub", tiny_file.base)
+    files = sorted(f.relative_to(tiny_file.base).as_posix() for f in tiny_file.base.rglob("*")
+                   if f.suffix in (".json", ".txt"))
+    config = Resolved(BASE, "hub", tiny_file.base, files=tuple(files))
     request = ModelRequest(model=str(tiny_file.file), lora=str(tiny_file.lora) if "lora" in parts else None,
                            lora_scale=parts.get("scale"))
-    return ResolvedModel(request, None, pipeline, "float32", parts.get("lora"), parts.get("vae"), {}, config)
+    index = json.loads((tiny_file.base / "model_index.json").read_text())
+    return ResolvedModel(request, None, pipeline, "float32", parts.get("lora"), parts.get("vae"), index, config)
 
 
 @pytest.mark.slow
@@ -498,3 +501,21 @@ def test_download_then_generate_and_replay_offline(tiny_file, bare_image, tmp_pa
     assert result.exit_code == 0, result.output
     [replayed] = json.loads(result.stdout)
     assert np.array_equal(_pixels(replayed["image"]), bare_image)
+
+
+@pytest.mark.slow
+def test_compare_bank_builds_a_single_file_column_as_the_engine_does(tiny_file, bare_image):
+    """spo compare / eval build each column from shared parts (bank.py): a single file's column makes
+    bare diffusers' image too, and a second column of the same file reuses its models."""
+    import numpy as np
+
+    from spo_cli.bank import Bank
+    from spo_cli.request import ImageRequest
+
+    log = []
+    bank = Bank("cpu", "float32", log=log.append)
+    request = ImageRequest("a red fox in fresh snow", 3, steps=3, guidance=5.0, width=64, height=64)
+    [made] = bank.engine(_resolved(tiny_file)).run([request])
+    assert np.array_equal(np.asarray(made.image), bare_image)
+    bank.engine(_resolved(tiny_file))
+    assert log[-1] == "reuse text_encoder, text_encoder_2, tokenizer, tokenizer_2, vae, unet", log

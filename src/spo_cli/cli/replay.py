@@ -56,7 +56,7 @@ def replay(
     prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
     no_size_limit: opts.NoSizeLimit = False,
-    model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", MODEL_PANEL,
+    model: _opt(str, "Model: preset, Hub repo id, folder or .safetensors file (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
     revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
     lora: _opt(str, "LoRA: Hub repo id (with --lora-file) or local .safetensors.", MODEL_PANEL) = None,

@@ -73,6 +73,12 @@ def checkpoint_path(spec: str) -> Path:
         raise UsageError(f"Model file {path} does not exist.")
     if not path.is_file():
         raise UsageError(f"{path} is not a file.")
+    if path.name == "model_index.json":
+        raise UsageError(f"{path} is a diffusers pipeline's index; --model takes the folder that holds it.",
+                         f"--model {path.parent}")
+    if path.suffix.lower() not in SUFFIXES:
+        raise UsageError(f"{path} is a file, but not a .safetensors checkpoint.",
+                         "--model takes a preset, a Hub repo id, a diffusers folder or an SDXL .safetensors file.")
     return path
 
 
