@@ -221,6 +221,27 @@ def test_the_hash_is_cached_by_path_size_and_mtime(tmp_path):
     assert single.sha256(path) == hashlib.sha256(b"z" * 10).hexdigest()
 
 
+def test_a_file_written_to_while_hashed_is_not_cached(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"a" * 3_000_000)
+
+    def progress(name, total):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            def advance(n):  # a download still writing the file
+                with open(path, "ab") as f:
+                    f.write(b"b")
+                os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))
+            yield advance
+        return ctx()
+
+    # What was there when hashing began, and not cached: the file is hashed again next time.
+    assert single.sha256(path, progress) == hashlib.sha256(b"a" * 3_000_000).hexdigest()
+    assert single.sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"/x": {"sha256": "nothex"}}', b"\xff\xfe", b" " * (17 << 20)])
 def test_a_damaged_hash_cache_is_ignored_and_rewritten(tmp_path, content):
     cache = single.cache_folder() / single.HASH_CACHE
@@ -519,3 +540,17 @@ def test_compare_bank_builds_a_single_file_column_as_the_engine_does(tiny_file, 
     assert np.array_equal(np.asarray(made.image), bare_image)
     bank.engine(_resolved(tiny_file))
     assert log[-1] == "reuse text_encoder, text_encoder_2, tokenizer, tokenizer_2, vae, unet", log
+
+
+@pytest.mark.slow
+def test_compare_bank_keys_single_file_models_by_content(tiny_file, tmp_path):
+    from dataclasses import replace
+
+    from spo_cli.bank import Bank
+
+    one = _resolved(tiny_file)
+    other = replace(one, pipeline=replace(one.pipeline, sha256="f" * 64))
+    a, b = Bank("cpu", "float32").parts(one), Bank("cpu", "float32").parts(other)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert a[part][0] is None and a[part][2] != b[part][2], part
+    assert a["tokenizer"][2] == b["tokenizer"][2]  # from the same configs

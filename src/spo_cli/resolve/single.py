@@ -299,9 +299,11 @@ def sha256(path: Path, progress: HashProgress | None = None) -> str:
     digest = hashlib.sha256()
     with (progress(path.name, before.st_size) if progress else nullcontext(lambda n: None)) as advance:
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
+            left = before.st_size  # a file still growing (a download) is not read forever
+            while left and (chunk := f.read(min(1 << 20, left))):
                 digest.update(chunk)
                 advance(len(chunk))
+                left -= len(chunk)
     value = digest.hexdigest()
     after = path.stat()
     if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):  # not written to meanwhile
