@@ -80,6 +80,7 @@ KINDS = {
     "Stable Diffusion 3": {UNET + "joint_blocks.0.x_block.attn.qkv.weight": [6, 2]},
     "Flux": {"double_blocks.0.img_attn.qkv.weight": [6, 2]},
     "LoRA": {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": [4, 8]},
+    "missing one of its two text encoders": {k: v for k, v in SDXL.items() if not k.startswith(OPENCLIP_G)},
     "SDXL UNet alone": {UNET + "input_blocks.0.0.weight": [8, 4, 3, 3], UNET + "label_emb.0.0.weight": [4, 4]},
     "diffusers layout": {"down_blocks.0.resnets.0.conv1.weight": [4, 4, 3, 3]},
     "VAE alone": {"encoder.down.0.block.0.conv1.weight": [4, 4, 3, 3], "decoder.up.0.block.0.conv1.weight": [4]},
@@ -107,7 +108,7 @@ def test_pickles_are_refused_unopened(tmp_path, suffix):
     path.mkdir()  # a folder: opening it as a file would fail differently, so the refusal is by name alone
     with pytest.raises(UsageError) as e:
         resolve_model_module.precheck(ModelRequest(model=str(path)))
-    assert "pickle" in e.value.message
+    assert "is a pickled checkpoint" in e.value.message and "never loads pickles" in e.value.message
 
 
 @pytest.mark.parametrize("spec, words", [

@@ -117,6 +117,8 @@ def kind(keys: set[str], shapes: dict[str, list]) -> str | None:
             return "a Stable Diffusion 1.x checkpoint"
         if has("conditioner.embedders.0.model.") and not has(OPENCLIP_G):
             return "an SDXL refiner checkpoint (spo-cli runs SDXL base and its fine-tunes)"
+        if has(CLIP_L) != has(OPENCLIP_G):
+            return "an SDXL checkpoint missing one of its two text encoders"
         if has(CLIP_L) and has(OPENCLIP_G):
             conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
             if isinstance(conv_in, list) and len(conv_in) == 4 and conv_in[1] != 4:
@@ -305,7 +307,6 @@ def sha256(path: Path, progress: HashProgress | None = None) -> str:
                 advance(len(chunk))
                 left -= len(chunk)
     value = digest.hexdigest()
-    after = path.stat()
-    if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):  # not written to meanwhile
-        _store(cache_file, str(path), {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "sha256": value})
+    # Keyed by the size and mtime from before the read: a file written to meanwhile no longer matches.
+    _store(cache_file, str(path), {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "sha256": value})
     return value
