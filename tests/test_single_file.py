@@ -496,6 +496,8 @@ def test_download_then_generate_and_replay_offline(tiny_file, bare_image, tmp_pa
                          "scheduler/scheduler_config.json"}
     assert not [f for f in requested if not f.endswith((".json", ".txt"))], requested  # not one weight
     assert hub.fetched_repos() == {BASE}
+    # Hashed once, with a line saying so where stderr is not a terminal; cached for the runs below.
+    assert f"Computing the SHA-256 of {tiny_file.file.name}" in " ".join(r.stderr.split())
     listed = {row["id"]: row for row in json.loads(r.stdout)["repos"]}
     assert listed[str(tiny_file.file)]["path"] == str(tiny_file.file) and listed[BASE]["commit"] == hub.commits[BASE]
 
@@ -504,8 +506,9 @@ def test_download_then_generate_and_replay_offline(tiny_file, bare_image, tmp_pa
     out = tmp_path / "out"
     runner = CliRunner()
     result = runner.invoke(app, ["generate", "a red fox in fresh snow", "--model", str(tiny_file.file), "--seed", "3",
-                                 *TINY, "--device", "cpu", "--out", str(out), "--json", "--quiet"])
+                                 *TINY, "--device", "cpu", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
+    assert "SHA-256" not in result.stderr  # the hash came from the cache the download filled
     [written] = json.loads(result.stdout)
     import numpy as np
 
