@@ -59,6 +59,7 @@ def find_model(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False
                              local_only=local_only, hashing=hash_progress(ui))
     for part in resolved.parts():
         at = f" @ {part.commit[:10]}" if part.commit else ""
+        at += " (configs and tokenizers for the file)" if part is resolved.config else ""
         ui.info(f"[green]✓[/] Resolved {escape(part.id)}{'/' + escape(part.file) if part.file and part.source == 'hub' else ''}{at}")
     return resolved
 
