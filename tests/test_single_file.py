@@ -359,6 +359,10 @@ def test_refusals_come_before_torch_with_their_exit_codes(tmp_path, out):
 # The slow tier: a tiny SDXL in the original layout, loaded and run
 
 
+# The tests of the tiny file below share it and bare diffusers' image (xdist_group "single-file"):
+# one worker builds them once.
+
+
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory):
     """A tiny SDXL saved as a diffusers folder (the config repo) and as one original-layout file."""
@@ -419,6 +423,7 @@ def bare_image(tiny_file):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("single-file")
 def test_the_conversion_is_exact(tiny_file, bare_image):
     """The test file is faithful: bare diffusers loads from it what the diffusers folder holds."""
     import warnings
@@ -456,6 +461,7 @@ def _resolved(tiny_file, **parts):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("single-file")
 def test_engine_with_lora_and_vae_matches_bare_diffusers(tiny_file):
     import numpy as np
     import torch
@@ -477,6 +483,7 @@ def test_engine_with_lora_and_vae_matches_bare_diffusers(tiny_file):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("single-file")
 def test_download_then_generate_and_replay_offline(tiny_file, bare_image, tmp_path, monkeypatch):
     """`spo download FILE` fetches SDXL base's configs and tokenizers and nothing else; then, offline,
     `spo generate --model FILE` makes bare diffusers' image, records the file's hash as A1111 does,
@@ -529,6 +536,7 @@ def test_download_then_generate_and_replay_offline(tiny_file, bare_image, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("single-file")
 def test_compare_bank_builds_a_single_file_column_as_the_engine_does(tiny_file, bare_image):
     """spo compare / eval build each column from shared parts (bank.py): a single file's column makes
     bare diffusers' image too, and a second column of the same file reuses its models."""
@@ -547,6 +555,7 @@ def test_compare_bank_builds_a_single_file_column_as_the_engine_does(tiny_file, 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("single-file")
 def test_compare_bank_keys_single_file_models_by_content(tiny_file, tmp_path):
     from dataclasses import replace
 
