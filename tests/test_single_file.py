@@ -114,6 +114,7 @@ def test_pickles_are_refused_unopened(tmp_path, suffix):
 @pytest.mark.parametrize("spec, words", [
     ("https://huggingface.co/org/repo/blob/main/model.safetensors", "not from a URL"),
     ("missing.safetensors", "does not exist"),
+    ("a" * 300 + ".safetensors", "cannot be read: File name too long"),
 ])
 def test_a_file_that_cannot_be_read_here(tmp_path, monkeypatch, spec, words):
     monkeypatch.chdir(tmp_path)
@@ -134,6 +135,12 @@ def test_a_damaged_or_disguised_file_is_refused_before_loading(tmp_path, damage,
     with pytest.raises(ModelError) as e:
         resolve_model_module.precheck(ModelRequest(model=str(path)))
     assert words in e.value.message
+
+
+def test_a_name_too_long_for_the_file_system_is_no_path():
+    with pytest.raises(UsageError) as e:
+        resolve_model_module.precheck(ModelRequest(model="a" * 300))
+    assert "neither a preset, an existing folder" in e.value.message
 
 
 def test_revision_does_not_apply_to_a_file(tmp_path):

@@ -71,7 +71,12 @@ class ResolvedModel:
 
 def _looks_local(spec: str) -> bool:
     # A Hub id is exactly "org/name"; anything path-like, or an existing path, is local (as in diffusers).
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or Path(spec).expanduser().exists()
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        return True
+    try:
+        return Path(spec).expanduser().exists()
+    except OSError:  # a name too long for the file system: no such path here
+        return False
 
 
 def _lora_is_local(spec: str) -> bool:

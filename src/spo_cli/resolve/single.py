@@ -46,7 +46,10 @@ VAE = "first_stage_model."
 def is_single_file(spec: str) -> bool:
     """Whether --model names one checkpoint file (by its name, or because it is a file), rather
     than a preset, a Hub repo or a diffusers folder."""
-    return spec.lower().endswith(SUFFIXES) or Path(spec).expanduser().is_file()
+    try:
+        return spec.lower().endswith(SUFFIXES) or Path(spec).expanduser().is_file()
+    except OSError:  # a name too long for the file system: not a file here
+        return False
 
 
 def short_hash(sha256: str) -> str:
@@ -69,9 +72,13 @@ def checkpoint_path(spec: str) -> Path:
                          "code when they are opened.",
                          "Use the model's .safetensors file (most fine-tunes publish one), or convert it to safetensors "
                          "on a machine you do not mind exposing.")
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:  # a name too long for the file system, a path through a file
+        raise UsageError(f"Model file {path} cannot be read: {e.strerror or e}.") from None
+    if not exists:
         raise UsageError(f"Model file {path} does not exist.")
-    if not path.is_file():
+    if not is_file:
         raise UsageError(f"{path} is not a file.")
     if path.name == "model_index.json":
         raise UsageError(f"{path} is a diffusers pipeline's index; --model takes the folder that holds it.",
