@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from spo_cli import infotext as a1111, validate
-from spo_cli.cli import app, loading, options as opts
+from spo_cli.cli import app, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.generate import make_images
 from spo_cli.cli.ui import UI
@@ -80,7 +80,6 @@ def replay(
                          "Give FILE or --infotext, not both.")
     # The file is read once: it may be a pipe (`spo replay <(cat x.json)`).
     recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
-    recorded_meta = recorded
     if recorded is None:
         image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
     else:
@@ -97,6 +96,7 @@ def replay(
     image = replace(image, **changes)
     # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
     # as its option.
+    meta = recorded
     recorded = validate.Where(str(file) if infotext is None else "--infotext")
     where = validate.ARGV if {"prompt", "negative_prompt", "prompt_syntax"} & changes.keys() else recorded
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
@@ -109,8 +109,10 @@ def replay(
         # Another model: the recorded pin and LoRA belonged to the old one.
         model_changes = {"model": model, "revision": None, "lora": None, "lora_file": None, "lora_scale": None,
                          **model_changes}
-    elif recorded_meta is not None:
-        warnings += loading.recorded_file(ui, recorded_meta)
+    elif meta is not None:  # the recorded model; a single file must be there, and the same
+        from spo_cli.cli import loading
+
+        warnings += loading.recorded_file(ui, meta)
     model_changes["device"] = device
     merged = replace(request, **model_changes)
     request, more = opts.model_request(**{k: getattr(merged, k) for k in (
