@@ -229,7 +229,7 @@ def test_revision_pins_a_model_column(hub_cache, tmp_path):
     (["--lora-scale", "0.5"], "sets the strength of the --spo-lora column"),
     (["--revision", "v2"], "--revision applies to --model columns"),
     (["--cell-size", "8"], "--cell-size must be from 16 to 4,096"),
-    (["--seeds", "-1"], "--seeds has '-1', which is not a seed or a range"),
+    (["--seeds", "-2"], "--seeds has '-2', which is not a seed or a range"),
     (["--seeds", "3-1"], "--seeds has the range 3-1, which runs backwards"),
 ])
 def test_bad_inputs(hub_cache, tmp_path, args, words):

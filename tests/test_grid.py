@@ -411,7 +411,9 @@ def test_parse_seeds():
     assert compare.parse_seeds(None, 0, 1) == [0]
     for bad in ["1,two", "1.5", "1,,2", "a"]:
         usage_error(compare.parse_seeds, bad, 0, 1)
-    usage_error(compare.parse_seeds, "-1", 0, 1)  # out of range
+    usage_error(compare.parse_seeds, "-2", 0, 1)  # out of range
+    [drawn] = compare.parse_seeds(None, -1, 1)  # --seed -1: a random one, as in A1111
+    assert 0 <= drawn < 2**32 and compare.parse_seeds("-1", 0, 1) != compare.parse_seeds("-1", 0, 1)
     usage_error(compare.parse_seeds, str(2**32), 0, 1)
     usage_error(compare.parse_seeds, None, 0, 0)  # --num-images 0
 
@@ -466,3 +468,40 @@ def test_build_columns_errors():
     e = usage_error(columns, True, True, revision="abc")  # --revision pins --model columns only
     assert "--revision applies to --model columns" in e.message
     assert [c.request.revision for c in columns(models=["org/a"], revision="v2")] == ["v2"]
+
+
+def test_columns_keep_the_order_given():
+    """eval --columns and compare's column options build the columns in the order the user named
+    them: the grid, the tables and every "later against earlier" comparison follow it (issue 27:
+    `base,spo-lora:0.5,spo` used to become base, spo, LoRA and report "LoRA vs SPO")."""
+    import typer
+
+    from spo_cli.cli import app
+    from spo_cli.cli import eval as eval_cli
+
+    def eval_labels(text):
+        return [c.label for c in comparison.build_columns(**eval_cli.parse_columns(text), revision=None,
+                                                          common=dict(COMMON), model_request=options.model_request)]
+
+    assert eval_labels("base,spo-lora:0.5,spo") == ["SDXL base", "SPO LoRA x0.5", "SPO-SDXL"]
+    assert eval_labels("spo,base") == ["SPO-SDXL", "SDXL base"]
+    assert eval_labels("org/mine,spo-lora,base,spo-lora:0.25,spo") == [
+        "mine", "SPO LoRA x1", "SDXL base", "SPO LoRA x0.25", "SPO-SDXL"]
+
+    command = typer.main.get_command(app).commands["compare"]
+
+    def compare_labels(*args):
+        ctx = command.make_context("compare", ["a prompt", *args])
+        p = ctx.params
+        scales = compare.parse_scales(p["lora_scales"])
+        order = compare.column_order(ctx.meta.get(compare._ORDER, []), len(p["model"] or []), len(scales))
+        return [c.label for c in comparison.build_columns(
+            p["base"], p["spo"], p["spo_lora"], p["model"] or [], p["label"] or [], scales, p["lora_scale"], None,
+            dict(COMMON), options.model_request, order)]
+
+    assert compare_labels("--spo", "--base") == ["SPO-SDXL", "SDXL base"]
+    assert compare_labels("--lora-scales", "1,0", "--base") == ["SPO LoRA x1", "SPO LoRA x0", "SDXL base"]
+    assert compare_labels("--model", "org/a", "--spo-lora", "--spo", "--model", "org/b") == [
+        "a", "b", "SPO LoRA x1", "SPO-SDXL"]  # the --model columns at the first --model, in their order
+    assert compare_labels("--no-base", "--spo") == ["SPO-SDXL"]
+    assert compare_labels() == ["SDXL base", "SPO-SDXL"]  # the default pair, SPO against SDXL

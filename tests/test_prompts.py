@@ -244,7 +244,7 @@ def test_jsonl_several_unknown_keys_all_named():
     ({"prompt": "a", "seed": 1.5}, "'seed' must be a whole number"),
     ({"prompt": "a", "seed": 5.0}, "'seed' must be a whole number"),
     ({"prompt": "a", "seed": None}, "'seed' must be a whole number"),
-    ({"prompt": "a", "seed": -1}, f"'seed' must be from 0 to {SEED_MAX:,}"),
+    ({"prompt": "a", "seed": -2}, f"'seed' must be from 0 to {SEED_MAX:,}"),
     ({"prompt": "a", "seed": SEED_MAX + 1}, f"'seed' must be from 0 to {SEED_MAX:,}"),
     ({"prompt": "a", "steps": 0}, "'steps' must be from 1 to 1,000"),
     ({"prompt": "a", "steps": 1001}, "'steps' must be from 1 to 1,000"),

@@ -174,8 +174,10 @@ def test_explicit_hub_lora_file(hub_cache):
 
 def test_hub_lora_without_file_offline_asks_for_it(hub_cache):
     with pytest.raises(UsageError) as e:
-        resolve.resolve_model(ModelRequest(model="spo", lora=LORA), "float16")
+        resolve.resolve_model(ModelRequest(model="spo", lora="someorg/other-lora"), "float16")
     assert "--lora-file" in e.value.message
+    # The SPO LoRA's file is known (a preset names it): under any model it needs no --lora-file.
+    assert resolve.resolve_model(ModelRequest(model="spo", lora=LORA), "float16").lora.file == presets.SPO_LORA_FILE
 
 
 def test_hub_lora_bin_file_is_refused(hub_cache):

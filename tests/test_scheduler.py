@@ -458,6 +458,28 @@ def test_a1111_progress_of_a_call_in_flight():
     assert before["progress"] == 0.0 and before["eta_relative"] == 7.5  # before the first step: the estimate
 
 
+def test_the_progress_eta_comes_from_steps_done_and_moves(tmp_path):
+    # `eta_relative: 3.7` stood for 10 minutes at step 0: the last call's estimate, never revised.
+    # The worker's snapshot of a call in flight, driven by a clock that moves only when told.
+    from spo_cli.serve.worker import Worker
+
+    clock = Clock()
+    worker = Worker(lambda: {}, tmp_path)
+    worker._clock = clock
+    worker._step_s = 0.185  # the last call: 3.7 s for 20 steps
+    flight = worker._current = worker._flight(1, 20)
+    assert a1111_progress(worker.progress())["eta_relative"] == 3.7
+    clock.now += 0.1
+    assert a1111_progress(worker.progress())["eta_relative"] == 3.6  # counts down
+    clock.now += 599.9  # 10 minutes at step 0: step 1 alone has taken 600 s
+    assert a1111_progress(worker.progress())["eta_relative"] == 600.0 * 19
+    flight.stepped(10)  # then the steps come, 60 s each
+    clock.now += 30.0
+    answer = a1111_progress(worker.progress())
+    assert answer["progress"] == 0.5 and answer["eta_relative"] == 570.0
+    assert answer["state"]["sampling_step"] == 10
+
+
 # -- the worker around it, with no pipeline: loading fails, or never finishes --------------------------
 
 def worker_job(n: int = 1):

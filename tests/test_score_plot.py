@@ -181,3 +181,19 @@ def test_readable_numbers():
 def test_missing_glyphs_replaced():
     # Pillow's bundled font has no U+2212, ×, é: they would be drawn as boxes
     assert plot._plain("spo − base × 2, café · ok") == "spo - base x 2, cafe · ok"
+
+
+def test_too_few_prompts_draws_no_interval_bar():
+    """With too few prompts to conclude (issue 27) the panel shows the mean tick and the dots, and no
+    interval bar: the strip differs from the same panel's with enough prompts only by the bar."""
+    diffs = [1.0] * 5 + [3.0] * 5
+    sure = Panel("m", "a − b", diffs, Estimate(2.0, 1.5, 2.5, 10), Estimate(1.0, 1.0, 1.0, 10))
+    few = Panel("m", "a − b", diffs, Estimate(2.0, 1.5, 2.5, 10), Estimate(1.0, 1.0, 1.0, 10), too_few=True)
+    bare = Panel("m", "a − b", diffs, Estimate(2.0, None, None, 10), Estimate(1.0, 1.0, 1.0, 10))
+    strip = {k: _strip(_panel(paired_differences([p], "t"), 0)) for k, p in
+             (("sure", sure), ("few", few), ("bare", bare))}
+    assert (strip["few"] == strip["bare"]).all()  # the axis spans the dots only, as with no interval
+    black = {k: (v < 40).all(axis=-1).sum() for k, v in strip.items()}
+    assert black["sure"] > black["few"] + 30  # the bar's ink
+    assert Panel.from_scores("m", "a − b", [2.0] * 5, [1.0] * 5, **KW).too_few
+    assert not Panel.from_scores("m", "a − b", [2.0] * 6, [1.0] * 6, **KW).too_few

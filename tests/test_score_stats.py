@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pytest import approx
 
-from spo_cli.scores.stats import Estimate, Paired, bootstrap_mean, paired
+from spo_cli.scores.stats import Estimate, Paired, SignTest, bootstrap_mean, paired
 
 FAST = dict(resamples=2000)  # enough for the shapes checked here, and quick
 
@@ -27,21 +27,21 @@ def test_no_torch():
 
 def test_all_wins():
     got = paired([2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 1.0, 1.0], **FAST)
-    assert got.win_rate == Estimate(1.0, 1.0, 1.0, 4)
+    assert got.win_rate == Estimate(1.0, 1.0, 1.0, 4, 4)
     assert got.mean_diff.value == approx(2.5)
     assert (got.n, got.dropped, got.level) == (4, 0, 0.95)
 
 
 def test_all_losses():
     got = paired([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], **FAST)
-    assert got.win_rate == Estimate(0.0, 0.0, 0.0, 3)
+    assert got.win_rate == Estimate(0.0, 0.0, 0.0, 3, 3)
     assert got.mean_diff.value == approx(-2.0)
 
 
 def test_all_ties():
     got = paired([0.3] * 10, [0.3] * 10, **FAST)
-    assert got.win_rate == Estimate(0.5, 0.5, 0.5, 10)
-    assert got.mean_diff == Estimate(0.0, 0.0, 0.0, 10)
+    assert got.win_rate == Estimate(0.5, 0.5, 0.5, 10, 10)
+    assert got.mean_diff == Estimate(0.0, 0.0, 0.0, 10, 10)
 
 
 def test_a_tie_counts_one_half():
@@ -110,7 +110,7 @@ def test_missing_scores_dropped_as_pairs():
 
 def test_all_dropped_and_empty():
     for got in (paired([math.nan], [1.0], **FAST), paired([], [], **FAST)):
-        assert got.win_rate == got.mean_diff == Estimate(None, None, None, 0)
+        assert got.win_rate == got.mean_diff == Estimate(None, None, None, 0, 0)
     assert paired([None, 1.0], [1.0, None], **FAST).dropped == 2
 
 
@@ -148,9 +148,10 @@ def test_bootstrap_mean_level():
 
 
 def test_bootstrap_mean_small_samples():
-    assert bootstrap_mean([]) == Estimate(None, None, None, 0)
-    assert bootstrap_mean([2.5]) == Estimate(2.5, 2.5, 2.5, 1)
-    assert bootstrap_mean([math.nan, 2.5, None]) == Estimate(2.5, 2.5, 2.5, 1)
+    assert bootstrap_mean([]) == Estimate(None, None, None, 0, 0)
+    # one value is one prompt: a value, and no interval (a zero-width one would claim certainty)
+    assert bootstrap_mean([2.5]) == Estimate(2.5, None, None, 1, 1)
+    assert bootstrap_mean([math.nan, 2.5, None]) == Estimate(2.5, None, None, 1, 1)
     got = bootstrap_mean([1.0, 3.0], **FAST)
     assert (got.value, got.low, got.high) == (2.0, 1.0, 3.0)
 
@@ -159,12 +160,152 @@ def test_to_dict():
     got = paired([2.0, 1.0], [1.0, 1.0], **FAST)
     d = got.to_dict()
     assert d["win_rate"] == got.win_rate.to_dict() == {
-        "value": 0.75, "low": got.win_rate.low, "high": got.win_rate.high, "n": 2}
-    assert (d["n"], d["dropped"], d["level"]) == (2, 0, 0.95)
+        "value": 0.75, "low": got.win_rate.low, "high": got.win_rate.high, "n": 2, "clusters": 2}
+    assert (d["n"], d["dropped"], d["level"], d["prompts"], d["too_few"]) == (2, 0, 0.95, 2, True)
+    assert d["sign"] == {"wins": 1, "losses": 0, "ties": 1, "p_value": 1.0}
+    assert d["wilcoxon_p"] == 1.0
     assert d["mean_diff"]["value"] == 0.5
-    for value in (*d["win_rate"].values(), *d["mean_diff"].values()):
+    for value in (*d["win_rate"].values(), *d["mean_diff"].values(), *d["sign"].values(), d["wilcoxon_p"]):
         assert type(value) in (int, float)  # plain numbers, ready for json
+    assert type(d["too_few"]) is bool
 
+
+
+# --- prompts as the unit: clustered bootstrap, paired tests, too few to conclude ---------------
+
+
+def test_sign_test_known_values():
+    from fractions import Fraction
+
+    from spo_cli.scores.stats import sign_test
+
+    assert sign_test(6, 0) == sign_test(0, 6) == 0.03125  # 2 / 2^6: the smallest n that gets under 0.05
+    assert sign_test(5, 0) == 0.0625  # 2 / 2^5: five prompts, a clean sweep, still not under 0.05
+    assert sign_test(8, 2) == sign_test(2, 8) == 0.109375  # 2 (1 + 10 + 45) / 1024
+    assert sign_test(5, 5) == sign_test(1, 0) == 1.0  # capped at 1
+    assert sign_test(0, 0) is None
+    assert sign_test(9, 1) == 0.021484375  # 2 (1 + 10) / 1024
+    for n in range(1, 16):  # the binomial tail, in exact fractions
+        for k in range(n + 1):
+            tail = sum(Fraction(math.comb(n, i), 2**n) for i in range(min(k, n - k) + 1))
+            assert sign_test(k, n - k) == float(min(Fraction(1), 2 * tail))
+    assert sign_test(600, 400) == pytest.approx(2.7e-10, rel=0.05)  # big counts: exact integers, no overflow
+    assert sign_test(20000, 20000) == 1.0  # 40,000 prompts: linear in the count (math.comb per term took minutes)
+    with pytest.raises(ValueError):
+        sign_test(-1, 3)
+
+
+def _wilcoxon_by_enumeration(d):
+    """Every one of the 2^n sign patterns, counted: the definition of the exact test."""
+    import itertools
+
+    d = [v for v in d if v != 0]
+    m = np.abs(d)
+    ranks = [(m < v).sum() + ((m == v).sum() + 1) / 2 for v in m]  # mean ranks for tied magnitudes
+    observed = sum(r for r, v in zip(ranks, d) if v > 0)
+    sums = np.array([sum(r for r, up in zip(ranks, signs) if up) for signs in itertools.product([0, 1], repeat=len(d))])
+    return min(1.0, 2 * min((sums <= observed + 1e-9).mean(), (sums >= observed - 1e-9).mean()))
+
+
+def test_wilcoxon_known_values():
+    from spo_cli.scores.stats import WILCOXON_MAX, wilcoxon
+
+    # Darwin's maize differences (scipy's documented example): W- = 24, exact two-sided p = 0.041259765625
+    darwin = [6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75]
+    assert wilcoxon(darwin) == 0.041259765625
+    assert wilcoxon([-v for v in darwin]) == 0.041259765625  # two-sided: a sign flip changes nothing
+    assert wilcoxon([1, 2, 3, 4, 5, 6]) == 0.03125 and wilcoxon([1, 2, 3, 4, 5]) == 0.0625
+    assert wilcoxon([0, 1, 2, 0, 3, 4, 5, 6]) == 0.03125  # zero differences are left out
+    assert wilcoxon([]) is None and wilcoxon([0.0, 0.0]) is None
+    assert wilcoxon([3.0]) == 1.0
+    rng = np.random.default_rng(3)
+    for _ in range(40):  # ties in magnitude (mean ranks) and zeros, against the definition
+        d = rng.integers(-4, 5, size=int(rng.integers(1, 12))).astype(float)
+        if (d != 0).any():
+            assert wilcoxon(d) == approx(_wilcoxon_by_enumeration(d), abs=1e-12), d
+    # at the bound it runs (all positive: only the first entry of the distribution is counted, quickly)
+    assert wilcoxon(np.arange(1.0, WILCOXON_MAX + 1)) == 2.0 ** (1 - WILCOXON_MAX)
+    assert wilcoxon(np.arange(1.0, WILCOXON_MAX + 2)) is None  # past the exact test's cost bound
+
+
+def test_one_prompt_with_many_seeds_gives_no_interval():
+    """Fifty seeds of one prompt are one draw of a prompt: resampled by prompt there is nothing to
+    vary, and an interval would claim a certainty the sample does not have."""
+    a, b = [1.0 + 0.01 * i for i in range(50)], [0.0] * 50
+    got = paired(a, b, groups=["a fox"] * 50, **FAST)
+    assert got.win_rate == Estimate(1.0, None, None, 50, 1)
+    assert got.mean_diff.low is None and got.mean_diff.high is None
+    assert (got.prompts, got.sign.wins, got.too_few) == (1, 1, True)
+    assert got.sign.p_value == 1.0
+    assert bootstrap_mean(a, groups=["a fox"] * 50, **FAST).low is None
+    # the same numbers taken as fifty prompts: a narrow interval, as pairs would (wrongly) have given
+    loose = paired(a, b, **FAST)
+    assert loose.mean_diff.high - loose.mean_diff.low < 0.2 and loose.too_few is False
+
+
+def test_clustered_interval_by_hand():
+    """Two prompts of 50 seeds each, a winning every seed of one by 1 and losing every seed of the
+    other by 1. Drawing 2 prompts with replacement gives a mean difference of +1 (1/4), 0 (1/2) or
+    -1 (1/4), so the 95 % interval is exactly [-1, 1]; resampling the 100 pairs as if independent
+    would give about ±0.2."""
+    a = [1.0] * 50 + [-1.0] * 50
+    groups = ["fox"] * 50 + ["cat"] * 50
+    got = paired(a, [0.0] * 100, groups=groups, **FAST)
+    assert (got.mean_diff.value, got.mean_diff.low, got.mean_diff.high) == (0.0, -1.0, 1.0)
+    assert (got.win_rate.value, got.win_rate.low, got.win_rate.high) == (0.5, 0.0, 1.0)
+    assert got.mean_diff.clusters == 2 and got.prompts == 2 and got.n == 100
+    naive = paired(a, [0.0] * 100, **FAST).mean_diff
+    assert naive.high - naive.low < 0.5
+    # a prompt's rows need not be together, and unequal prompts weigh by their pairs: one prompt of
+    # 3 pairs (+1 each) and one of 1 pair (+5) resample to means 1 (1/4), 2 (1/2) or 5 (1/4)
+    got = paired([1.0, 5.0, 1.0, 1.0], [0.0] * 4, groups=["p", "q", "p", "p"], level=0.4, **FAST).mean_diff
+    assert (got.value, got.low, got.high) == (2.0, 2.0, 2.0)
+    assert bootstrap_mean([1.0, 5.0, 1.0, 1.0], groups=["p", "q", "p", "p"], level=0.4, **FAST) == got
+    got = paired([1.0, 5.0, 1.0, 1.0], [0.0] * 4, groups=["p", "q", "p", "p"], **FAST).mean_diff
+    assert (got.low, got.high) == (1.0, 5.0)
+
+
+def test_clusters_after_missing_scores():
+    # every pair of prompt "q" is missing: it is no prompt of the comparison any more
+    got = paired([1.0, None, 2.0, math.nan], [0.0, 1.0, 0.0, 1.0], groups=["p", "q", "r", "q"], **FAST)
+    assert (got.n, got.dropped, got.prompts, got.mean_diff.clusters) == (2, 2, 2, 2)
+    assert got.mean_diff.low == 1.0 and got.mean_diff.high == 2.0
+    got = bootstrap_mean([1.0, None, 3.0], groups=["p", "q", "p"], **FAST)
+    assert got == Estimate(2.0, None, None, 2, 1)
+    with pytest.raises(ValueError, match="one label per value"):
+        paired([1.0, 2.0], [0.0, 0.0], groups=["p"])
+    with pytest.raises(ValueError, match="one label per value"):
+        bootstrap_mean([1.0, 2.0], groups=["p", "q", "r"])
+
+
+def test_tests_are_over_prompts_mean_differences():
+    """Each prompt: a wins two seeds by 0.1 and loses one by 1. Two pairs in three go to a, yet every
+    prompt's mean difference is negative: the tests see six prompts a lost, p = 2 / 2^6."""
+    a = [0.1, 0.1, -1.0] * 6
+    groups = [p for p in "uvwxyz" for _ in range(3)]
+    got = paired(a, [0.0] * 18, groups=groups, **FAST)
+    assert got.win_rate.value == approx(2 / 3)
+    assert got.sign == SignTest(0, 6, 0, 0.03125)
+    assert got.wilcoxon_p == 0.03125
+    assert (got.prompts, got.too_few) == (6, False)
+    # A prompt's difference is its seeds' mean, not their sum: one prompt of a single seed lost by 3,
+    # five of four seeds won by 1 each. Means -3, 1 ×5 (the loss ranks last); sums would be -3, 4 ×5.
+    from spo_cli.scores.stats import wilcoxon
+
+    a = [-3.0] + [1.0] * 20
+    got = paired(a, [0.0] * 21, groups=["lost"] + [p for p in "uvwxy" for _ in range(4)], **FAST)
+    assert got.wilcoxon_p == wilcoxon([-3.0, 1.0, 1.0, 1.0, 1.0, 1.0]) != wilcoxon([-3.0, 4.0, 4.0, 4.0, 4.0, 4.0])
+
+
+def test_too_few_counts_untied_prompts():
+    five = paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.0] * 5, **FAST)
+    assert five.too_few and five.sign == SignTest(5, 0, 0, 0.0625) and five.win_rate.low == 1.0
+    six = paired([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0] * 6, **FAST)
+    assert not six.too_few and six.sign.p_value == 0.03125
+    # eight prompts, three of them tied: five untied, too few
+    tied = paired([1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0, 0.0], [0.0] * 8, **FAST)
+    assert tied.too_few and tied.sign == SignTest(5, 0, 3, 0.0625) and tied.prompts == 8
+    assert paired([], [], **FAST).too_few and paired([], [], **FAST).sign == SignTest(0, 0, 0, None)
 
 
 # --- the comparison summary and the scores files (pure as well) --------------------------------
@@ -184,7 +325,140 @@ def test_summary_names_the_better_column_the_winner():
     m = pair["metrics"]["pickscore"]
     assert m["win_rate"]["value"] == 0.75 and m["mean_diff"]["value"] == approx(1.25) and m["n"] == 4
     assert got["means"]["base"]["pickscore"]["value"] == 2.0 and got["means"]["spo"]["pickscore"]["value"] == 3.25
-    assert "| spo vs base | pickscore | 0.75 [" in markdown(got)
+    # four prompts are too few to conclude: the value, said so, and no interval
+    assert "| spo vs base | pickscore | 0.75 (too few prompts) | 1.2500 (too few prompts) | 4 (4) |" in markdown(got)
+    assert "spo vs base, pickscore: Too few prompts to conclude anything: 4 prompt(s), 4 not tied" in markdown(got)
+
+
+def test_every_comparison_keeps_the_columns_order_and_direction():
+    """Columns in the order given — mid, low, high — with scores known by construction: on every one
+    of 8 prompts (2 seeds each) high > mid > low. Each later column is a against each earlier b,
+    and the better one wins every comparison, whichever side of it the order put it on."""
+    from spo_cli.scores.summary import conclusions, markdown, pair_rows, summarise
+
+    rows, groups = [], []
+    for p in range(8):
+        for seed in range(2):
+            base = 10.0 * p + seed  # prompts differ a lot; the models by a steady margin
+            rows.append([{"m": base + 1.0}, {"m": base + 0.5 - 0.1 * p}, {"m": base + 2.0 + 0.1 * seed}])
+            groups.append(f"prompt {p}")
+    got = summarise(["mid", "low", "high"], rows, ["m"], groups=groups)
+    assert list(got["means"]) == ["mid", "low", "high"]
+    assert [(p["a"], p["b"]) for p in got["pairs"]] == [("low", "mid"), ("high", "mid"), ("high", "low")]
+    (low_mid, high_mid, high_low) = (p["metrics"]["m"] for p in got["pairs"])
+    assert low_mid["win_rate"]["value"] == 0.0 and low_mid["mean_diff"]["value"] < 0
+    assert low_mid["sign"] == {"wins": 0, "losses": 8, "ties": 0, "p_value": 0.0078125}
+    for r in (high_mid, high_low):
+        assert r["win_rate"]["value"] == 1.0 and r["mean_diff"]["value"] > 0
+        assert r["sign"] == {"wins": 8, "losses": 0, "ties": 0, "p_value": 0.0078125}
+        assert r["wilcoxon_p"] == 0.0078125 and r["too_few"] is False and r["prompts"] == 8 and r["n"] == 16
+    assert high_mid["mean_diff"]["value"] == approx(1.05)  # 1 and 1.1 on every prompt
+    assert low_mid["conclusion"] == ("low scores lower than mid on 8 of 8 untied prompts (sign test p = 0.00781, "
+                                     "signed-rank p = 0.00781): a difference at the 5% level.")
+    assert high_low["conclusion"].startswith("high scores higher than low on 8 of 8 untied prompts")
+    assert [r[0] for r in pair_rows(got)] == ["low vs mid", "high vs mid", "high vs low"]
+    assert [r[-1] for r in pair_rows(got)] == ["a lower", "a higher", "a higher"]
+    assert pair_rows(got)[1][4:7] == ["8 (16)", "0.00781", "0.00781"]
+    md = markdown(got)
+    assert md.index("| mid |") < md.index("| low |") < md.index("| high |")
+    assert md.index("| low vs mid |") < md.index("| high vs mid |") < md.index("| high vs low |")
+    assert conclusions(got)[0].startswith("low vs mid, m: low scores lower than mid")
+    from spo_cli.scores.summary import verdict
+
+    assert verdict(low_mid) == "a lower (sign p = 0.00781, 8 prompts)"
+    # Reversed order, reversed signs: the same data never names the worse column the winner.
+    again = summarise(["high", "low", "mid"], [[r[2], r[1], r[0]] for r in rows], ["m"], groups=groups)
+    assert [(p["a"], p["b"]) for p in again["pairs"]] == [("low", "high"), ("mid", "high"), ("mid", "low")]
+    assert [p["metrics"]["m"]["sign"]["wins"] for p in again["pairs"]] == [0, 0, 8]
+    assert again["pairs"][1]["metrics"]["m"]["mean_diff"]["value"] == approx(-1.05)
+
+
+def test_summary_words_for_no_difference_and_ties():
+    from spo_cli.scores.summary import conclusion, pair_rows, summarise
+
+    # 10 prompts, a wins 6 and loses 4: a difference in neither test
+    rows = [[{"m": 0.0}, {"m": 1.0 if p < 6 else -1.0}] for p in range(10)]
+    got = summarise(["b", "a"], rows, ["m"])
+    r = got["pairs"][0]["metrics"]["m"]
+    assert r["sign"]["p_value"] == 0.75390625
+    assert r["conclusion"] == ("a scores higher than b on 6 of 10 untied prompts (sign test p = 0.754, "
+                               "signed-rank p = 0.754): no clear difference at the 5% level.")
+    assert pair_rows(got)[0][-1] == "no clear difference"
+    rows = [[{"m": 0.0}, {"m": 1.0 if p < 4 else -1.0}] for p in range(8)]
+    r = summarise(["b", "a"], rows, ["m"])["pairs"][0]["metrics"]["m"]
+    assert r["conclusion"].startswith("a and b each score higher on 4 of 8 untied prompts")
+    # a tiny p-value is printed as a bound, never rounded to 0
+    rows = [[{"m": 0.0}, {"m": 1.0}] for _ in range(20)]
+    got = summarise(["b", "a"], rows, ["m"])
+    assert "sign test p = < 0.001" not in got["pairs"][0]["metrics"]["m"]["conclusion"]
+    assert pair_rows(got)[0][5] == "< 0.001"
+    assert "p < 0.001" in conclusion("a", "b", got["pairs"][0]["metrics"]["m"])
+
+
+def test_summary_says_when_the_tests_disagree():
+    """A difference is claimed only when both tests find it. 8 of 10 prompts won, the two lost by the
+    least: sign p = 0.109, signed-rank p = 10 / 1024. 9 of 10 won by a little, one lost by a lot:
+    sign p = 0.0215, signed-rank p = 86 / 1024 (subsets of ranks 1..10 summing to at most 10: 43)."""
+    from spo_cli.scores.summary import pair_rows, summarise
+
+    def one(diffs):
+        got = summarise(["b", "a"], [[{"m": 0.0}, {"m": d}] for d in diffs], ["m"])
+        return got["pairs"][0]["metrics"]["m"], pair_rows(got)[0][-1]
+
+    r, verdict = one([-1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.109375, 10 / 1024, "tests disagree")
+    got = summarise(["b", "a"], [[{"m": 0.0}, {"m": d}] for d in [-1.0, -2.0, *range(3, 11)]], ["m"])
+    assert pair_rows(got)[0][5:] == ["0.109", "0.00977", "tests disagree"]
+    assert pair_rows(got, terminal=True)[0][5:] == ["0.109", "0.00977"]
+    assert ("only the signed-rank test (which weighs how far apart the scores are) finding a difference"
+            in r["conclusion"])
+    r, verdict = one([0.1 * k for k in range(1, 10)] + [-100.0])
+    assert (r["sign"]["p_value"], r["wilcoxon_p"], verdict) == (0.021484375, 86 / 1024, "tests disagree")
+    assert "only the sign test (which counts prompts only) finding a difference" in r["conclusion"]
+    r, verdict = one([1.0] * 9 + [-0.5])
+    assert verdict == "a higher" and r["conclusion"].endswith("a difference at the 5% level.")
+
+
+def test_summary_one_prompt_and_means_by_prompt():
+    from spo_cli.scores.summary import markdown, means_rows, pair_rows, summarise
+
+    rows = [[{"m": 1.0}, {"m": 2.0 + s}] for s in range(4)]
+    got = summarise(["b", "a"], rows, ["m"], groups=["one prompt"] * 4)
+    assert got["means"]["a"]["m"] == {"value": 3.5, "low": None, "high": None, "n": 4, "clusters": 1}
+    assert means_rows(got) == [["b", "1.000 (one prompt: no interval)"], ["a", "3.500 (one prompt: no interval)"]]
+    md = markdown(got)
+    assert "[1.00, 1.00]" not in md and "1.00 (too few prompts)" in md
+    assert "Too few prompts to conclude anything: 1 prompt(s), 1 not tied" in md
+    assert pair_rows(got)[0][-1] == "too few prompts"
+    # the terminal's table: no verdict column (the sentences follow it), the values marked, no interval
+    assert pair_rows(got, terminal=True) == [["a vs b", "m", "1.00 (too few)", "2.5000 (too few)", "1 (4)", "1",
+                                              "1"]]
+    # every prompt tied: no p-value to show
+    tied = summarise(["b", "a"], [[{"m": 1.0}, {"m": 1.0}]] * 3, ["m"])
+    assert pair_rows(tied)[0][5:] == ["—", "—", "too few prompts"]
+    assert tied["pairs"][0]["metrics"]["m"]["sign"]["p_value"] is None
+
+
+def test_summary_past_the_exact_signed_rank_bound():
+    """Past WILCOXON_MAX prompts the signed-rank test is not run: the sign test decides alone, and
+    the sentence says the other was not computed."""
+    from spo_cli.scores.stats import WILCOXON_MAX
+    from spo_cli.scores.summary import pair_rows, summarise
+
+    n = WILCOXON_MAX + 1
+    got = summarise(["b", "a"], [[{"m": 0.0}, {"m": 1.0 if p % 3 else -1.0}] for p in range(n)], ["m"])
+    r = got["pairs"][0]["metrics"]["m"]
+    assert r["wilcoxon_p"] is None and r["sign"]["p_value"] < 1e-6
+    assert "signed-rank p not computed): a difference at the 5% level." in r["conclusion"]
+    assert pair_rows(got)[0][5:] == ["< 0.001", "—", "a higher"]
+
+
+def test_caption_under_a_cell():
+    from spo_cli.scores.summary import caption
+
+    assert caption({"pickscore": 21.304, "hpsv2": 0.27123}, ["pickscore", "hpsv2"]) == ["pick 21.3", "hps 0.271"]
+    assert caption({"pickscore": 21.304, "x": 1.0}, ["pickscore", "x"], per_line=2) == ["pick 21.3 · x 1"]
+    assert caption(None, ["pickscore"]) == [] and caption({}, ["pickscore"]) == []
 
 
 def test_summary_leaves_out_failed_cells_as_pairs():
@@ -342,3 +616,24 @@ def test_manifest_rewritten_only_when_scores_change(read_only):
     assert store.update_manifest(folder, {b: {"clip": 1.0}}) == folder / files.MANIFEST  # a junk value replaced
     rows = [json.loads(line) for line in (folder / files.MANIFEST).read_text().splitlines()]
     assert rows == [{"file": "a.png", "scores": {"clip": 30.0, "pickscore": 21.0}}, {"file": "b.png", "scores": {"clip": 1.0}}]
+
+
+def test_eval_plot_panels_follow_the_summary():
+    """report-plot.png's panels: later minus earlier, in the columns' order, intervals by prompt."""
+    from spo_cli.scores.report import plot_panels
+    from spo_cli.scores.summary import summarise
+
+    cells = [[{"m": 1.0}, {"m": 3.0}, {"m": 2.0}], [{"m": 1.0}, {"m": 5.0}, {"m": 2.5}]]
+    prompts = ["a fox", "a fox"]  # two seeds of one prompt
+    panels = plot_panels(["x", "z", "y"], prompts, {"metrics": ["m"], "cells": cells})
+    assert [p.label for p in panels] == ["z - x", "y - x", "y - z"]
+    assert [list(p.diffs) for p in panels] == [[2.0, 4.0], [1.0, 1.5], [-1.0, -2.5]]
+    summary = summarise(["x", "z", "y"], cells, ["m"], groups=prompts)
+    for panel, pair in zip(panels, summary["pairs"]):
+        assert panel.mean.to_dict() == pair["metrics"]["m"]["mean_diff"]
+        assert panel.mean.low is None and panel.win_rate.clusters == 1  # one prompt: no interval
+    from spo_cli.scores import plot
+
+    image = plot.paired_differences(panels, "one prompt")  # drawn without an interval, no error
+    assert image.size == (plot.WIDTH, plot.TITLE_HEIGHT + 3 * plot.PANEL_HEIGHT)
+    assert plot._interval(panels[0].mean) == "+3.00"

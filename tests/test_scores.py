@@ -233,16 +233,65 @@ def test_compare_score_and_eval_and_score(score_cache, hub_cache, tmp_path):
     assert again["images"]["rendered"] == 0 and again["images"]["reused"] == 8
     assert again["summary"] == report["summary"]
 
-    # compare --score: the grid's index carries every cell's scores and the summary.
+    # compare --score: the grid's index carries every cell's scores and the summary. The columns in
+    # the order the options came (--spo first), so the comparison is SDXL base against SPO-SDXL.
     r = invoke("compare", "a red fox in fresh snow", "--seeds", "1,2", *SMALL, "--out", str(tmp_path / "cmp"),
-               "--score", "--metric", "pickscore", "--json", "--quiet")
+               "--spo", "--base", "--score", "--metric", "pickscore", "--json", "--quiet")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     index = json.loads(Path(summary["index"]).read_text())
+    assert [c["label"] for c in index["columns"]] == ["SPO-SDXL", "SDXL base"]
     values = [c["scores"]["pickscore"] for row in index["cells"] for c in row]
     assert len(values) == 4 and all(isinstance(v, float) for v in values)
-    assert index["scores"]["pairs"][0]["metrics"]["pickscore"]["n"] == 2
+    (pair,) = index["scores"]["pairs"]
+    assert (pair["a"], pair["b"]) == ("SDXL base", "SPO-SDXL")
+    got = pair["metrics"]["pickscore"]
+    diffs = [row[1]["scores"]["pickscore"] - row[0]["scores"]["pickscore"] for row in index["cells"]]
+    assert got["mean_diff"]["value"] == pytest.approx(np.mean(diffs))  # base minus SPO, as ordered
+    assert (got["n"], got["prompts"], got["too_few"]) == (2, 1, True)  # two seeds of one prompt
+    assert got["mean_diff"]["low"] is None  # one prompt: no interval
     assert summary["scores"] == index["scores"]
+
+
+def test_eval_columns_keep_their_order_and_direction(score_cache, hub_cache, tmp_path):
+    """`--columns base,spo-lora:0.5,spo,spo-lora:0` (issue 27: the list used to be regrouped, and
+    "later against earlier" reported LoRA against SPO). Every comparison is the later column
+    minus the earlier one, as the cells' own score files say; spo-lora:0 draws SDXL base's pixels,
+    so against base it is a tie on every prompt by construction."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in fresh snow\na cat on the moon\n")
+    out = tmp_path / "eval"
+    r = invoke("eval", str(prompts), "--out", str(out), "--seeds", "0", *SMALL, "--metric", "pickscore",
+               "--columns", "base,spo-lora:0.5,spo,spo-lora:0", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    labels = ["SDXL base", "SPO LoRA x0.5", "SPO-SDXL", "SPO LoRA x0"]
+    assert [c["label"] for c in report["columns"]] == labels
+    assert list(report["summary"]["means"]) == labels
+    pairs = report["summary"]["pairs"]
+    assert [(p["a"], p["b"]) for p in pairs] == [(labels[j], labels[i]) for i in range(4) for j in range(i + 1, 4)]
+
+    def scores(label):  # the scorer's own record of each cell, by prompt
+        from spo_cli.outputs import naming
+
+        folder = out / "cells" / naming.slugify(label)
+        recs = [json.loads(store_path(c).read_text()) for c in sorted(folder.glob("*.png"))]
+        return {rec["prompt"]: rec["scores"]["pickscore"]["value"] for rec in recs}
+
+    for p in pairs:
+        a, b = scores(p["a"]), scores(p["b"])
+        diffs = [a[k] - b[k] for k in sorted(a)]
+        got = p["metrics"]["pickscore"]
+        assert got["mean_diff"]["value"] == pytest.approx(np.mean(diffs), abs=1e-9)
+        assert got["sign"]["wins"] == sum(d > 0 for d in diffs) and got["sign"]["losses"] == sum(d < 0 for d in diffs)
+        assert got["too_few"] and "Too few prompts to conclude anything: 2 prompt(s)" in got["conclusion"]
+    tie = pairs[2]["metrics"]["pickscore"]  # SPO LoRA x0 against SDXL base: the same pixels
+    assert (pairs[2]["a"], pairs[2]["b"]) == ("SPO LoRA x0", "SDXL base")
+    assert tie["sign"] == {"wins": 0, "losses": 0, "ties": 2, "p_value": None}
+    assert tie["win_rate"]["value"] == 0.5 and tie["mean_diff"]["value"] == 0.0
+    md = (out / "report.md").read_text()
+    rows = [line for line in md.splitlines() if " vs " in line and line.startswith("| ") and "(a vs b)" not in line]
+    assert [line.split(" | ")[0][2:] for line in rows] == [f"{p['a']} vs {p['b']}" for p in pairs]
 
 
 def test_score_fails_an_image_not_the_run(score_cache, tmp_path):
@@ -324,6 +373,8 @@ def test_eval_paper(score_cache, hub_cache, tmp_path, monkeypatch):
     assert prompts == {"a red fox in fresh snow", "(a cat:1.3) on the moon"}
     md = (out / "report.md").read_text()
     assert "## Against the paper" in md and "| pickscore | 21.95 → 23.06 |" in md and "- steps is 1;" in md
+    # beside the paper's numbers, what this run can say of SPO against SDXL: with 2 prompts, nothing
+    assert "| too few prompts (sign p " in md and ", 2 prompts) |" in md
 
 
 def store_path(image: Path) -> Path:

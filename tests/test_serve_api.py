@@ -1,4 +1,5 @@
-"""spo serve's request bodies → image requests (pure: no torch, no web server)."""
+"""spo serve's request bodies → image requests, error bodies and the listing endpoints (no torch, no web server: the
+app tests call it as ASGI on a worker that is never started)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,266 @@ def test_a_size_speaks_the_one_grammar_with_a_bounded_echo():
     with pytest.raises(api.BadRequest) as e:
         api._size("9" * 100_000)
     assert len(str(e.value)) < 300
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 27: A1111's defaults are not "ignored", sampler_index, error bodies, the listing endpoints
+
+# What webuiapi 0.9's WebUIApi().txt2img(prompt=…) sends, every field at the library's default.
+WEBUIAPI_DEFAULT = {
+    "enable_hr": False, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 0,
+    "hr_resize_y": 0, "hr_checkpoint_name": None, "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "",
+    "hr_negative_prompt": "", "denoising_strength": 0.7, "firstphase_width": 0, "firstphase_height": 0,
+    "prompt": "a fox", "styles": [], "seed": -1, "subseed": -1, "subseed_strength": 0.0, "seed_resize_from_h": 0,
+    "seed_resize_from_w": 0, "batch_size": 1, "n_iter": 1, "steps": 20, "cfg_scale": 7.0, "width": 512,
+    "height": 512, "restore_faces": False, "tiling": False, "do_not_save_samples": False, "do_not_save_grid": False,
+    "negative_prompt": "", "eta": 1.0, "s_churn": 0, "s_tmax": 0, "s_tmin": 0, "s_noise": 1, "override_settings": {},
+    "override_settings_restore_afterwards": True, "sampler_name": "Euler a", "scheduler": "automatic",
+    "sampler_index": "Euler a", "script_name": None, "script_args": [], "send_images": True, "save_images": False,
+    "alwayson_scripts": {}}
+
+
+def ignored(job) -> set[str]:
+    return {w.split("'")[1] for w in job.warnings if "was ignored" in w}
+
+
+def test_webuiapis_default_call_is_warned_of_nothing_it_did_not_ask():
+    job, _ = api.a1111_job(WEBUIAPI_DEFAULT, CTX)
+    assert ignored(job) == set()
+    assert job.images[0].scheduler == "euler-a" and job.images[0].steps == 20
+
+
+@pytest.mark.parametrize("change, warned", [
+    ({"eta": 0.5}, "eta"),  # Euler a adds noise at eta 1; another eta changes it
+    ({"sampler_name": "DDIM", "sampler_index": "DDIM"}, "eta"),  # webuiapi's eta 1 is not DDIM's 0
+    ({"enable_hr": True}, "denoising_strength"),  # read only with the hires fix, which is then on
+    ({"enable_hr": True}, "hr_upscaler"),
+    ({"seed_resize_from_w": 768, "seed_resize_from_h": 768}, "seed_resize_from_w"),
+    ({"s_churn": 1}, "s_tmax"),  # 0 is A1111's "no limit", read only with churn
+    ({"subseed_strength": 0.5, "subseed": 3}, "subseed"),
+    ({"styles": ["cinematic"]}, "styles"),
+    ({"s_noise": 1.1}, "s_noise"),
+    ({"script_name": "x/y/z plot", "script_args": [1]}, "script_args"),
+    ({"seed_resize_from_w": "768", "seed_resize_from_h": 768}, "seed_resize_from_w"),  # not a number: said
+])
+def test_an_ignored_field_is_warned_of_once_it_would_change_the_image(change, warned):
+    job, _ = api.a1111_job({**WEBUIAPI_DEFAULT, **change}, CTX)
+    assert warned in ignored(job)
+
+
+@pytest.mark.parametrize("quiet", [
+    {"sampler_name": "Euler", "sampler_index": "Euler", "eta": 0.3},  # Euler never reads eta
+    {"sampler_name": "DDIM", "sampler_index": "DDIM", "eta": 0},
+    {"seed_resize_from_w": 512, "seed_resize_from_h": 512},  # the image's own size: no resize
+    {"seed_resize_from_w": 768, "seed_resize_from_h": -1},  # A1111 resizes only when both are set
+    {"s_tmax": 5, "s_tmin": 2},  # without churn
+    {"eta": None, "s_churn": None, "styles": None},  # None: A1111's "the server's default"
+    {"do_not_save_grid": True, "override_settings_restore_afterwards": False, "force_task_id": "task-1"},  # no pixel
+])
+def test_fields_at_values_that_change_nothing_are_not_warned_of(quiet):
+    job, _ = api.a1111_job({**WEBUIAPI_DEFAULT, **quiet}, CTX)
+    assert ignored(job) == set()
+
+
+def test_sampler_index_is_applied_and_never_called_ignored():
+    job, parameters = api.a1111_job({"prompt": "a fox", "sampler_index": "DPM++ 2M Karras"}, CTX)
+    assert job.images[0].scheduler == "dpm++2m-karras" and parameters["sampler_name"] == "DPM++ 2M Karras"
+    assert ignored(job) == set()
+    # A1111 reads `sampler_name or sampler_index`: the name wins, an empty name gives way.
+    job, _ = api.a1111_job({"prompt": "a fox", "sampler_name": "DDIM", "sampler_index": "UniPC"}, CTX)
+    assert job.images[0].scheduler == "ddim" and ignored(job) == set()
+    job, _ = api.a1111_job({"prompt": "a fox", "sampler_name": "", "sampler_index": "UniPC"}, CTX)
+    assert job.images[0].scheduler == "unipc"
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "sampler_index": "Nope 3000"}, CTX)
+    assert e.value.field == "sampler_index"  # the field the client used
+
+
+def test_automatic_needs_no_sampler():
+    job, _ = api.a1111_job({"prompt": "a fox", "scheduler": "automatic"}, CTX)
+    assert job.images[0].scheduler == "default"
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "scheduler": "Karras"}, CTX)
+    assert e.value.field == "scheduler"
+
+
+def test_error_bodies_speak_each_dialect():
+    bad = api.BadRequest("request: 'size' must be WIDTHxHEIGHT.", "size")
+    assert bad.body("/v1/images/generations") == {"error": {
+        "message": "request: 'size' must be WIDTHxHEIGHT.", "type": "invalid_request_error", "param": "size",
+        "code": "invalid_value"}}
+    assert bad.body("/spo/v1/run") == bad.body("/v1/images/generations")  # spo's own clients read OpenAI's
+    # A1111's handle_exception: {error, detail, body, errors}, which its clients print.
+    assert bad.body("/sdapi/v1/txt2img") == {"error": "HTTPException", "detail": bad.message, "body": "",
+                                             "errors": f"400: {bad.message}"}
+    with pytest.raises(api.BadRequest) as e:
+        api.openai_job({"n": 1}, CTX)
+    assert e.value.body()["error"]["code"] == "missing_required_parameter"
+    assert api.BadRequest("m", None, 401).body()["error"] == {"message": "m", "type": "invalid_request_error",
+                                                              "param": None, "code": "invalid_api_key"}
+    assert api.BadRequest("m", None, 429).body()["error"]["code"] == "rate_limit_exceeded"
+    assert api.BadRequest("m", None, 503).body()["error"]["type"] == "server_error"
+    assert api.BadRequest("m", None, 400).body()["error"]["code"] is None  # the body as a whole: no field
+
+
+def test_schedulers_listed_are_the_ones_a_request_can_use():
+    listed = api.a1111_schedulers()
+    assert {"name", "label", "aliases", "default_rho", "need_inner_model"} == set(listed[0])
+    labels = [s["label"] for s in listed]
+    assert labels[:2] == ["Automatic", "Uniform"] and "Karras" in labels
+    assert "Beta" not in labels  # A1111 has it; no sampler of spo runs it
+    for label in labels:  # each one is accepted with some sampler spo knows
+        assert any(_accepts(c.a1111.removesuffix(" " + label), label) for c in api.presets.SCHEDULERS.values()
+                   if c.a1111), label
+
+
+def _accepts(sampler: str, schedule: str) -> bool:
+    try:
+        api.a1111_job({"prompt": "a fox", "sampler_name": sampler, "scheduler": schedule}, CTX)
+        return True
+    except api.BadRequest:
+        return False
+
+
+def test_loras_are_the_ones_the_models_carry():
+    hub = {"id": "org/repo", "source": "hub", "file": "spo_lora.safetensors", "scale": 0.5}
+    local = {"id": "/loras/detail.safetensors", "source": "local", "file": "detail.safetensors", "scale": 1.0}
+    listed = api.a1111_loras([{"lora": hub}, {"lora": None}, {"loras": [local, hub]}])
+    assert listed == [{"name": "spo_lora", "alias": "spo_lora", "path": "org/repo/spo_lora.safetensors", "metadata": {}},
+                      {"name": "detail", "alias": "detail", "path": "/loras/detail.safetensors", "metadata": {}}]
+    assert api.a1111_loras([{"lora": None}]) == []
+    named = dict(local, id="/loras/x/detail-v2.safetensors", file="detail-v2.safetensors", name="detail")  # a tag's name
+    assert api.a1111_loras([{"loras": [named]}])[0]["name"] == "detail"
+
+
+def test_openai_models_list_the_served_labels():
+    listed = api.openai_models(CTX, {"spo": {"model": {"id": "org/spo-sdxl", "source": "hub"}},
+                                     "base": {"model": {"id": "/models/base", "source": "local"}}}, 1700000000)
+    assert listed == {"object": "list", "data": [
+        {"id": "spo", "object": "model", "created": 1700000000, "owned_by": "org"},
+        {"id": "base", "object": "model", "created": 1700000000, "owned_by": "local"}]}
+    assert api.openai_models(CTX, {}, 1)["data"][0]["owned_by"] == "spo"  # not loaded yet
+
+
+# --------------------------------------------------------------------------------------------
+# --api-auth-file: A1111's credentials, held to the token's rules
+
+PASSWORD = "correct-horse-battery"
+
+
+def test_api_auth_is_read_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from spo_cli.cli.serve import read_api_auth
+
+    path = tmp_path / "auth"
+    path.write_text(f"alice:{PASSWORD}, bob:{PASSWORD}:with-colon\n carol:{PASSWORD}\n")
+    assert read_api_auth(str(path)) == (("alice", PASSWORD), ("bob", f"{PASSWORD}:with-colon"), ("carol", PASSWORD))
+    monkeypatch.delenv("SPO_API_AUTH", raising=False)
+    assert read_api_auth(None) == ()
+    monkeypatch.setenv("SPO_API_AUTH", f"dave:{PASSWORD}")
+    assert read_api_auth(None) == (("dave", PASSWORD),)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("alice", "not user:password"),
+    (f":{PASSWORD}", "not user:password"),
+    ("alice:short", "at least 16"),
+    (f"alice:{PASSWORD} x", "at least 16"),  # a space: not one password
+    (f"alice:{PASSWORD},alice:{PASSWORD}", "given twice"),
+    ("  \n", "no user:password"),
+])
+def test_bad_api_auth_is_refused_without_echoing_a_password(tmp_path, text, says):
+    from spo_cli.cli.serve import read_api_auth
+    from spo_cli.errors import UsageError
+
+    path = tmp_path / "auth"
+    path.write_text(text)
+    with pytest.raises(UsageError) as e:
+        read_api_auth(str(path))
+    assert says in e.value.paragraph() and PASSWORD not in e.value.paragraph()
+
+
+# --------------------------------------------------------------------------------------------
+# The same, through the real app and its guard (a worker never started: no model)
+
+def basic(user: str, password: str) -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+TOKEN = "a-test-token-0123456789"
+
+
+def test_basic_auth_beside_the_token(tmp_path):
+    from tests.test_serve_parts import call, make_app
+
+    app, _ = make_app(tmp_path, token=TOKEN, api_auth=(("alice", PASSWORD), ("bob", "another-password-123")))
+    for headers in (basic("alice", PASSWORD), basic("bob", "another-password-123"), {"Authorization": f"Bearer {TOKEN}"},
+                    {"Authorization": "basic " + basic("alice", PASSWORD)["Authorization"].split()[1]}):
+        assert call(app, "GET", "/sdapi/v1/samplers", headers)[0] == 200, headers
+    for headers in (basic("alice", "another-password-123"), basic("alice", PASSWORD + "x"), basic("mallory", PASSWORD),
+                    basic("alice", ""), {"Authorization": "Basic not-base64!"}, {"Authorization": "Basic YWxpY2U="},
+                    {"Authorization": f"Bearer {PASSWORD}"}, {"Authorization": f"Basic {TOKEN}"}, {}):
+        status, body, answer = call(app, "GET", "/sdapi/v1/samplers", headers)
+        assert status == 401, headers
+        assert body["error"] == "HTTPException" and "Basic" in body["detail"] and "Bearer" in body["detail"]
+        assert answer["www-authenticate"] == 'Bearer, Basic realm="spo", charset="UTF-8"'
+        assert PASSWORD not in json.dumps(body)
+    status, body, _ = call(app, "GET", "/v1/models")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key" and body["error"]["param"] == "Authorization"
+
+
+def test_basic_auth_alone_and_not_when_only_a_token_is_set(tmp_path):
+    from tests.test_serve_parts import call, make_app
+
+    app, _ = make_app(tmp_path, api_auth=(("alice", PASSWORD),))
+    assert call(app, "GET", "/v1/models", basic("alice", PASSWORD))[0] == 200
+    status, _, answer = call(app, "GET", "/v1/models", {"Authorization": f"Bearer {PASSWORD}"})
+    assert status == 401 and answer["www-authenticate"] == 'Basic realm="spo", charset="UTF-8"'
+    app, _ = make_app(tmp_path, token=TOKEN)
+    status, _, answer = call(app, "GET", "/v1/models", basic("alice", TOKEN))
+    assert status == 401 and answer["www-authenticate"] == "Bearer"
+
+
+def test_listing_endpoints_answer_before_the_model_is_loaded(tmp_path):
+    from tests.test_serve_parts import call, make_app
+
+    app, _ = make_app(tmp_path)
+    status, body, _ = call(app, "GET", "/v1/models")
+    assert status == 200 and body["object"] == "list" and [m["id"] for m in body["data"]] == ["spo"]
+    assert call(app, "GET", "/v1/models/spo")[1]["id"] == "spo"
+    status, body, _ = call(app, "GET", "/v1/models/dall-e-3")
+    assert status == 404 and body["error"]["code"] == "model_not_found" and "spo" in body["error"]["message"]
+    assert call(app, "GET", "/sdapi/v1/schedulers")[1] == api.a1111_schedulers()
+    assert call(app, "GET", "/sdapi/v1/upscalers")[1] == [{"name": "None", "model_name": None, "model_path": None,
+                                                           "model_url": None, "scale": 4}]
+    assert call(app, "GET", "/sdapi/v1/loras")[:2] == (200, [])
+    status, body, _ = call(app, "GET", "/sdapi/v1/img2img")  # not served: A1111's 404 body
+    assert status == 404 and body["error"] == "HTTPException" and body["errors"].startswith("404: ")
+
+
+def test_a_refused_body_is_answered_in_its_endpoints_dialect(tmp_path):
+    from tests.test_serve_parts import make_app, post
+
+    app, worker = make_app(tmp_path)
+    status, body, _ = post(app, "/sdapi/v1/txt2img", {"prompt": "a fox", "steps": 0})
+    assert status == 400 and set(body) == {"error", "detail", "body", "errors"} and "'steps'" in body["detail"]
+    status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox", "steps": 0})
+    assert status == 400 and body["error"]["param"] == "steps" and body["error"]["code"] == "invalid_value"
+    assert worker.queued == 0
+
+
+def test_off_loopback_basic_users_serve_as_the_token(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    monkeypatch.delenv("SPO_TOKEN", raising=False)
+    monkeypatch.delenv("SPO_API_AUTH", raising=False)
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "--api-auth-file" in " ".join(r.output.split())
+    path = tmp_path / "auth"
+    path.write_text(f"alice:{PASSWORD}")
+    # Past the credentials check, the next one (a model named twice) is what refuses it: nothing loads.
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--api-auth-file", str(path), "--models", "a,a"])
+    assert r.exit_code == 2 and "must name each model once" in r.output, r.output

@@ -464,7 +464,7 @@ def _resolved(tiny_file, **parts):
     request = ModelRequest(model=str(tiny_file.file), lora=str(tiny_file.lora) if "lora" in parts else None,
                            lora_scale=parts.get("scale"))
     index = json.loads((tiny_file.base / "model_index.json").read_text())
-    return ResolvedModel(request, None, pipeline, "float32", parts.get("lora"), parts.get("vae"), index, config)
+    return ResolvedModel(request, None, pipeline, "float32", parts.get("lora"), parts.get("vae"), index, config=config)
 
 
 @pytest.mark.slow

@@ -362,9 +362,25 @@ def test_prompt_editing_and_alternation_warn_that_they_are_read_as_text(text, wa
 def test_seed_minus_one_on_the_command_line_is_a_random_seed_recorded():
     drawn = {options.image_request(prompt="a fox", **{**GOOD_ARGV, "seed": -1})[0].seed for _ in range(5)}
     assert all(0 <= s <= SEED_MAX for s in drawn) and len(drawn) > 1
-    # A file's seed is what made its image: -1 there stays an error, never a new random seed.
+    # A sidecar's seed is what made its image: -1 there stays an error, never a new random seed.
     assert from_sidecar("seed", -1).message.startswith("x.json: 'seed' must be from 0")
-    assert from_jsonl("seed", -1).startswith("p.jsonl:1: 'seed' must be from 0")
+    # A prompt file's line asks, as the command line does: -1 is a random seed there, -2 an error.
+    assert from_jsonl("seed", -2).startswith("p.jsonl:1: 'seed' must be from 0")
+    assert from_jsonl("seed", -1.0).startswith("p.jsonl:1: 'seed' must be a whole number")
+
+
+def test_seed_minus_one_in_a_prompt_file_line_is_drawn_once_per_line():
+    text = "".join(json.dumps({"prompt": p, "seed": -1}) + "\n" for p in ("a", "b", "c"))
+    drawn = [line.settings["seed"] for line in prompts.parse(text, "p.jsonl").lines]
+    assert all(0 <= s <= SEED_MAX for s in drawn) and len(set(drawn)) > 1
+
+
+def test_seeds_minus_one_is_a_random_seed_in_seed_lists():
+    drawn = validate.seeds("-1,-1,-1,5")
+    assert len(drawn) == 4 and drawn[-1] == 5 and all(0 <= s <= SEED_MAX for s in drawn)
+    assert len(validate.seeds("0-9998,-1")) == 10_000
+    with pytest.raises(UsageError, match="lists more than 10,000"):
+        validate.seeds("0-9999,-1")
 
 
 @pytest.mark.parametrize("text, seeds", [
@@ -378,7 +394,7 @@ def test_seeds_grammar(text, seeds):
 
 @pytest.mark.parametrize("text, words", [
     ("", "is empty"), ("a", "has 'a', which is not a seed or a range"), ("1,,2", "has '', which"),
-    ("-1", "has '-1', which"), ("1-", "has '1-', which"), ("3-1", "has the range 3-1, which runs backwards"),
+    ("-2", "has '-2', which"), ("-1-3", "has '-1-3', which"), ("1-", "has '1-', which"), ("3-1", "has the range 3-1, which runs backwards"),
     ("1.5", "has '1.5', which"), ("٣", "has '٣', which"), ("1-٣", "has '1-٣'"), ("１", "has '１'"),
     (f"{SEED_MAX + 1}", "must be from 0 to 4,294,967,295, not 4,294,967,296"),
     (f"0-{SEED_MAX + 1}", "must be from 0 to 4,294,967,295"),
@@ -457,9 +473,14 @@ def test_weights_within_half_precision_pass(prompt):
 def test_extra_network_tags_and_and_are_warned_about_naming_the_tag_and_the_way_to_a_lora():
     _, warnings = options.image_request(prompt="a fox <lora:detail_tweaker:0.6>, <hypernet:x:1> AND a cat",
                                         **GOOD_ARGV)
-    tags = [w for w in warnings if "extra-network" in w]
-    assert len(tags) == 1 and tags[0].startswith("PROMPT has <lora:detail_tweaker:0.6>, <hypernet:x:1>: A1111")
-    assert "--lora" in tags[0] and "--model spo-lora" in tags[0]
+    tags = [w for w in warnings if "tags" in w]
+    assert len(tags) == 2 and tags[0].startswith("PROMPT has <lora:detail_tweaker:0.6>: A1111 LoRA tags, taken out")
+    assert "--lora-dir" in tags[0] and "SPO_LORA_DIR" in tags[0] and "--lora FILE" in tags[0]
+    assert tags[1].startswith("PROMPT has <hypernet:x:1>: A1111 extra-network tags")
+    # With a LoRA folder, the LoRA tags are loaded: only the hypernetwork is warned about.
+    _, loaded = options.image_request(prompt="a fox <lora:detail_tweaker:0.6>, <hypernet:x:1>", **GOOD_ARGV,
+                                      lora_tags="loaded")
+    assert len(loaded) == 1 and loaded[0].startswith("PROMPT has <hypernet:x:1>:")
     assert any(w.startswith("PROMPT has AND, A1111's composable diffusion") for w in warnings)
     # A1111 reads neither in the negative prompt: no warning there; plain syntax reads all as text.
     _, warnings = options.image_request(prompt="a fox", **{**GOOD_ARGV, "negative": "<lora:x:1> AND y"})
@@ -471,7 +492,8 @@ def test_extra_network_tags_and_and_are_warned_about_naming_the_tag_and_the_way_
     parsed = prompts.parse(json.dumps({"prompt": "<lora:x:1> fox"}) + "\n", "p.jsonl")
     from spo_cli.request import ImageRequest
     _, line = prompts.tasks(parsed, ImageRequest(prompt="", seed=1, width=1024, height=1024), 1)
-    assert line[0].startswith("p.jsonl:1: 'prompt' has <lora:x:1>: A1111 extra-network tags")
+    assert line[0].startswith("p.jsonl:1: 'prompt' has <lora:x:1>: A1111 LoRA tags, taken out of the prompt and not "
+                              "loaded: here spo loads no LoRA")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -168,6 +168,23 @@ def test_an_interrupt_stops_one_call_and_progress_says_what_runs(loaded, tmp_pat
         stop(worker)
 
 
+def test_the_first_call_has_an_eta_from_its_first_step(loaded, tmp_path):
+    # No call before it, so no earlier rate: the estimate must come from the steps this call has done.
+    worker = make_worker(loaded, tmp_path / "out", batch_size=1)
+    worker.start()
+    try:
+        long = submit(worker, job(9, steps=500))
+        seen = worker.progress()
+        while not (seen.running and seen.step >= 1):
+            assert not long[1].wait(0.01), f"the long call ended before it was seen running: {long[0].images}"
+            seen = worker.progress()
+        assert seen.eta_s is not None and seen.eta_s > 0
+        worker.interrupt()
+        answered(long)
+    finally:
+        stop(worker)
+
+
 def test_a_bug_in_a_metrics_hook_fails_its_call_and_the_worker_goes_on(loaded, tmp_path):
     metrics = Recorded(fail_on_call=True)
     worker = make_worker(loaded, tmp_path / "out", metrics)

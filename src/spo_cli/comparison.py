@@ -43,9 +43,15 @@ class Column:
 
 def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, models: list[str], labels: list[str],
                   scales: list[float], lora_scale: float | None, revision: str | None, common: dict,
-                  model_request: Callable[..., tuple[ModelRequest, list[str]]]) -> list[Column]:
+                  model_request: Callable[..., tuple[ModelRequest, list[str]]],
+                  order: list[str] | None = None) -> list[Column]:
     """The columns the options ask for, each with its checked request (`model_request`: the
-    command line's builder) and a folder under OUT/cells/ no other column shares."""
+    command line's builder) and a folder under OUT/cells/ no other column shares.
+
+    `order` is the order the user named them in, as column keys ("base", "spo", "spo-lora",
+    "scale:<i>" for scales[i], "model:<i>" for models[i]); a key it lacks goes after the named
+    ones, in the order above. The order matters beyond the grid: every later column is compared
+    against every earlier one, so reordering would flip the sign of a comparison."""
     if base is None and spo is None and spo_lora is None and not models and not scales:
         base = spo = True  # the comparison people come for
     if len(labels) > len(models):
@@ -55,19 +61,22 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
                          "Add --spo-lora, or use --lora-scales for one column per strength.")
     if revision and not models:
         raise UsageError("--revision applies to --model columns; presets use their published main branch.")
-    cols: list[tuple[str, dict]] = []
+    keyed: list[tuple[str, str, dict]] = []
     if base:
-        cols.append(("SDXL base", dict(model="base")))
+        keyed.append(("base", "SDXL base", dict(model="base")))
     if spo:
-        cols.append(("SPO-SDXL", dict(model="spo")))
+        keyed.append(("spo", "SPO-SDXL", dict(model="spo")))
     if spo_lora:
         scale = 1.0 if lora_scale is None else lora_scale
-        cols.append((f"SPO LoRA x{scale:g}", dict(model="spo-lora", lora_scale=lora_scale)))
-    for s in scales:
-        cols.append((f"SPO LoRA x{s:g}", dict(model="spo-lora", lora_scale=s)))
+        keyed.append(("spo-lora", f"SPO LoRA x{scale:g}", dict(model="spo-lora", lora_scale=lora_scale)))
+    for i, s in enumerate(scales):
+        keyed.append((f"scale:{i}", f"SPO LoRA x{s:g}", dict(model="spo-lora", lora_scale=s)))
     for i, m in enumerate(models):
         label = labels[i] if i < len(labels) else m.rstrip("/").split("/")[-1]
-        cols.append((label, dict(model=m, revision=revision)))
+        keyed.append((f"model:{i}", label, dict(model=m, revision=revision)))
+    rank = {key: i for i, key in enumerate(order or [])}
+    keyed.sort(key=lambda k: rank.get(k[0], len(rank)))  # stable: unnamed keys keep their places
+    cols = [(label, fields) for _, label, fields in keyed]
     if not cols:
         raise UsageError("No model chosen to compare.", "Use --base, --spo, --spo-lora, --lora-scales or --model.")
     columns, seen = [], {}
@@ -167,7 +176,8 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
     for e in errors:
         ui.error(e)
     return {"metrics": how.metrics, "cells": cells, "errors": errors,
-            "summary": summarise([c.label for c in columns], cells, how.metrics)}
+            "summary": summarise([c.label for c in columns], cells, how.metrics,
+                                 groups=[r.request.prompt for r in rows])}
 
 
 def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,

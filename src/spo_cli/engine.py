@@ -153,15 +153,38 @@ def _json_safe(value):
     return value
 
 
+def stack_loras(pipe, resolved, lora_scale: float | None) -> tuple[str, ...]:
+    """Load the LoRAs stacked after the first (more --lora, a prompt's <lora:> tags) as adapters of
+    their own, and weigh them all with one set_adapters: diffusers' multi-adapter API, which sums each
+    adapter's update at its weight. With none, the one LoRA stays as loaded above, to the pixel."""
+    names = [LORA_ADAPTER] if resolved.lora is not None else []
+    if not resolved.extra_loras:
+        return tuple(names)
+    weights: list = [lora_scale] if names else []
+    for i, (part, asked) in enumerate(resolved.extra_loras, 1):
+        name = f"lora{i}"
+        with unloadable(part):
+            pipe.load_lora_weights(str(part.path.parent), weight_name=part.path.name, adapter_name=name)
+        names.append(name)
+        if asked.unet_scale is None:
+            weights.append(asked.scale)
+        else:  # A1111's <lora:name:te:unet>: the text encoders' weight apart from the UNet's
+            weights.append({"unet": asked.unet_scale, "text_encoder": asked.scale, "text_encoder_2": asked.scale})
+    pipe.set_adapters(names, adapter_weights=weights)
+    return tuple(names)
+
+
 class Engine:
     """A loaded pipeline on a device, ready to run batches of `ImageRequest`s."""
 
     def __init__(self, pipe, device: str, dtype: str, *, lora_scale: float | None = None,
-                 options: RunOptions = RunOptions()):
+                 options: RunOptions = RunOptions(), adapters: tuple[str, ...] | None = None):
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
         self.lora_scale = lora_scale
+        # The LoRA adapters in use, for fast mode to fold in: the one LoRA's unless stacked.
+        self.adapters = adapters if adapters is not None else ((LORA_ADAPTER,) if lora_scale is not None else ())
         self.options = options
         pipe.set_progress_bar_config(disable=True)
         self._schedulers = {"default": pipe.scheduler}
@@ -211,6 +234,7 @@ class Engine:
                     str(resolved.lora.path.parent), weight_name=resolved.lora.path.name, adapter_name=LORA_ADAPTER
                 )
             pipe.set_adapters([LORA_ADAPTER], adapter_weights=[lora_scale])
+        adapters = stack_loras(pipe, resolved, lora_scale)
         if options.offload == "model":
             pipe.enable_model_cpu_offload(device=device)
         elif options.offload == "sequential":
@@ -221,7 +245,7 @@ class Engine:
             pipe.vae.enable_tiling()
         if options.vae_slicing:
             pipe.vae.enable_slicing()
-        engine = cls(pipe, device, resolved.dtype, lora_scale=lora_scale, options=options)
+        engine = cls(pipe, device, resolved.dtype, lora_scale=lora_scale, options=options, adapters=adapters)
         if options.fast:
             engine.make_fast()
         return engine
@@ -230,10 +254,10 @@ class Engine:
         """Lossless speed-ups: LoRA folded in, fused QKV, channels_last, torch.compile of the UNet
         and the VAE decoder. Compiled code is cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
         pipe = self.pipe
-        if self.lora_scale is not None:
-            # Fused QKV projections cannot carry separate LoRA layers: fold the adapter in first.
-            # lora_scale=1: the adapter's weight, set by set_adapters, is already the user's scale.
-            pipe.fuse_lora(lora_scale=1.0, adapter_names=[LORA_ADAPTER])
+        if self.adapters:
+            # Fused QKV projections cannot carry separate LoRA layers: fold the adapters in first.
+            # lora_scale=1: each adapter's weight, set by set_adapters, is already the user's scale.
+            pipe.fuse_lora(lora_scale=1.0, adapter_names=list(self.adapters))
             pipe.unload_lora_weights()
         pipe.fuse_qkv_projections()
         pipe.unet.to(memory_format=torch.channels_last)

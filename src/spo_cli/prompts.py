@@ -101,8 +101,9 @@ def _check_line(obj: dict, prompt_syntax: str = "auto") -> PromptLine:
                          f"(valid: {', '.join(KEYS)})")
     if "prompt" not in obj:
         raise UsageError("no 'prompt'")
+    # seed -1: a random seed, as on the command line (drawn once per line, recorded in its sidecars)
     settings = validate.image_values({k: obj[k] for k in ("prompt", *SETTINGS) if k in obj}, _LINE,
-                                     default_syntax=prompt_syntax)
+                                     default_syntax=prompt_syntax, random_seed_ok=True)
     prompt = settings.pop("prompt")
     num = validate.num_images(obj["num_images"], _LINE) if "num_images" in obj else None
     name = obj.get("name")
@@ -200,18 +201,18 @@ def read(path: str, fmt: str | None = None, stdin=None, prompt_syntax: str = "au
 
 
 def line_request(pl: PromptLine, defaults: ImageRequest, where: validate.Where, *,
-                 size_limit: bool = True) -> tuple[ImageRequest, list[str]]:
+                 size_limit: bool = True, lora_tags: str = "not here") -> tuple[ImageRequest, list[str]]:
     """A line's request: the command line's defaults with the line's own settings over them, and
     the warnings for a size set half by each."""
     base = replace(defaults, prompt=pl.prompt, **pl.settings)
     warnings = []
     if "width" in pl.settings or "height" in pl.settings:
         warnings = validate.size(base.width, base.height, where, size_limit=size_limit)
-    return base, warnings + validate.unsupported_syntax(base, where)
+    return base, warnings + validate.unsupported_syntax(base, where, lora_tags=lora_tags)
 
 
 def tasks(parsed: ParsedFile, defaults: ImageRequest, num_images: int, *, size_limit: bool = True,
-          extra: dict | None = None) -> tuple[list[ImageTask], list[str]]:
+          extra: dict | None = None, lora_tags: str = "not here") -> tuple[list[ImageTask], list[str]]:
     """Lines → image tasks (with their stems), and size warnings.
 
     Image k of the file (counting every image of every line, in file order) gets seed
@@ -223,7 +224,7 @@ def tasks(parsed: ParsedFile, defaults: ImageRequest, num_images: int, *, size_l
     for pl in parsed.lines:
         where = validate.Where(f"{parsed.source}:{pl.line}")
         n = pl.num_images or num_images
-        base, more = line_request(pl, defaults, where, size_limit=size_limit)
+        base, more = line_request(pl, defaults, where, size_limit=size_limit, lora_tags=lora_tags)
         warnings += more
         first = pl.settings.get("seed", defaults.seed + k)
         if "seed" in pl.settings:

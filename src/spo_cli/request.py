@@ -14,6 +14,17 @@ from spo_cli import presets, validate
 
 
 @dataclass(frozen=True)
+class LoraRequest:
+    """One more LoRA stacked on the model: from `--lora SPEC:SCALE` (repeated), or a prompt's
+    `<lora:name:te:unet>` tag found in the LoRA folder."""
+
+    spec: str  # Hub repo id or local .safetensors path (a tag's: the folder's file, absolute)
+    scale: float = 1.0  # its weight (A1111's te multiplier; the UNet's too unless `unet_scale`)
+    unet_scale: float | None = None  # A1111's unet multiplier, when a tag gives one apart
+    name: str | None = None  # a tag's name: the LoRA came from the prompt, not the command line
+
+
+@dataclass(frozen=True)
 class ModelRequest:
     """Which weights to load; everything `resolve` needs."""
 
@@ -25,6 +36,9 @@ class ModelRequest:
     vae: str | None = None  # None: the fp16-fix VAE in float16, the model's own otherwise; "model": always its own
     dtype: str = "auto"
     device: str = "auto"
+    # Stacked after the one LoRA above (the preset's, or the first --lora), each with its own weight.
+    loras: tuple[LoraRequest, ...] = ()
+    lora_dir: str | None = None  # where a prompt's <lora:name> tags are looked up (absolute)
 
     @property
     def effective_lora_scale(self) -> float:
@@ -99,9 +113,7 @@ class ImageTask:
 
 
 def random_seed() -> int:
-    import secrets
-
-    return secrets.randbelow(validate.SEED_MAX + 1)
+    return validate.random_seed()
 
 
 def expand(base: ImageRequest, num_images: int) -> list[ImageRequest]:

@@ -47,6 +47,9 @@ TOKEN_MIN_CHARS = 16  # spo serve's bearer token: guessing it must not be practi
 TOKEN_FILE_MAX_BYTES = 4096  # a token is one line: a longer --token-file (/dev/zero) is not one, and is not read on
 WEIGHT_MAX = 65504.0  # float16's largest number: a prompt weight past it cannot be applied in half precision
 LORA_SCALE_USUAL = 2.0  # outside ±2 a LoRA mostly breaks the image; allowed, with a warning
+LORAS_MAX = 16  # stacked LoRAs per run: each adds adapter layers to every attention block
+LORA_NAME_MAX_CHARS = 200  # a <lora:name> tag's name: a file name, with room for ".safetensors"
+LORA_FOLDER_SCAN_MAX = 10_000  # entries of a LoRA folder read to list its LoRAs in a message
 SDXL_MEGAPIXELS = (0.5, 2.0)  # outside this, warn: SDXL was trained around one megapixel
 IMAGE_FORMATS = ("png", "jpg", "webp")
 PROMPT_FORMATS = ("txt", "jsonl")
@@ -160,6 +163,19 @@ def seed(value, key: str = "seed", where: Where = ARGV) -> int:
     return integer(value, key, where, low=0, high=SEED_MAX)
 
 
+def random_seed() -> int:
+    import secrets
+
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+def seed_or_random(value, key: str = "seed", where: Where = ARGV) -> int:
+    """A seed, or SEED_RANDOM (-1, A1111's "random"): then one drawn now, so the seed used is recorded."""
+    if type(value) is int and value == SEED_RANDOM:  # not -1.0 or True: a seed is a whole number
+        return random_seed()
+    return seed(value, key, where)
+
+
 def seed_range(first: int, count: int, where: Where = ARGV) -> None:
     """Seeds first, first+1, … first+count-1 must all be valid."""
     seed(first, "seed", where)
@@ -176,11 +192,17 @@ _SEED_ITEM = re.compile(r"([0-9]{1,10})(?:-([0-9]{1,10}))?")  # ASCII digits onl
 def seeds(value, key: str = "seeds", where: Where = ARGV) -> list[int]:
     """'0-3', '1,2,5' or '0-3,10' → the seeds in order (a repeat counts once), each a valid seed,
     at most NUM_IMAGES_MAX of them (counted before any range is laid out, so that no text expands
-    into millions of numbers)."""
+    into millions of numbers). -1 is a random seed, as in A1111 ('-1,-1': two)."""
     value = text(value, key, where, limit=PROMPT_MAX_CHARS)
     out: dict[int, None] = {}
     listed = 0
     for part in (p.strip() for p in value.split(",")):
+        if part == str(SEED_RANDOM):
+            listed += 1
+            if listed > NUM_IMAGES_MAX:
+                raise where.error(key, f"lists more than {NUM_IMAGES_MAX:,} seeds; the limit is {NUM_IMAGES_MAX:,} per prompt")
+            out[random_seed()] = None
+            continue
         m = _SEED_ITEM.fullmatch(part)
         if m is None:
             raise where.error(key, f"has {shown(part)}, which is not a seed or a range such as 0-3",
@@ -321,11 +343,13 @@ IMAGE_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width",
               "generator_device", "prompt_syntax", "emphasis")
 
 
-def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = "plain") -> dict:
+def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = "plain",
+                 random_seed_ok: bool = False) -> dict:
     """Check the ImageRequest fields present in `values` (types too: files carry any JSON), and
     return them normalised (an empty negative prompt is None, integer guidance a float). The
     prompts are read with `values`' prompt_syntax, or `default_syntax` when it has none (a
-    prompt-file line gets the command line's)."""
+    prompt-file line gets the command line's). With `random_seed_ok` (what a user asks for, not
+    what a file records as having made an image), seed -1 is a random seed, drawn here."""
     out = {}
     for key, value in values.items():
         if key == "prompt":
@@ -333,7 +357,7 @@ def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = 
         elif key == "negative_prompt":
             out[key] = None if value is None or value == "" else text(value, key, where, empty_ok=True) or None
         elif key == "seed":
-            out[key] = seed(value, key, where)
+            out[key] = seed_or_random(value, key, where) if random_seed_ok else seed(value, key, where)
         elif key == "steps":
             out[key] = steps(value, where)
         elif key == "guidance":
@@ -362,11 +386,17 @@ _SCHEDULING = re.compile(r"(?<!\\)\[[^\[\]]*(?:[:|])[^\[\]]*\]")
 _AND = re.compile(r"\bAND\b")
 
 
-def unsupported_syntax(request, where: Where = ARGV) -> list[str]:
+# What becomes of a prompt's <lora:…> tags, by command: loaded from the LoRA folder; taken out for want
+# of one; or taken out because the command loads no LoRA per prompt (serve, compare, eval).
+LORA_TAGS = ("loaded", "no folder", "not here")
+
+
+def unsupported_syntax(request, where: Where = ARGV, *, lora_tags: str = "not here") -> list[str]:
     """Warnings for A1111 syntax that spo does not follow. Prompt editing and alternation change the
     prompt during sampling, and AND (composable diffusion) makes several conditionings, which
     diffusers' pipeline cannot: read as text. Extra-network tags (`<lora:name:0.8>`) are taken out
-    of the prompt, as A1111 does, but what they name is not loaded."""
+    of the prompt, as A1111 does; `<lora:>` tags are loaded when `lora_tags` is "loaded" (generate,
+    batch and replay with a LoRA folder), the others never."""
     if request.prompt_syntax == "plain":
         return []
     from spo_cli import syntax
@@ -383,12 +413,23 @@ def unsupported_syntax(request, where: Where = ARGV) -> list[str]:
             out.append(f"{at}{where.name(key)} has AND, A1111's composable diffusion, which spo does not support: "
                        "it is read as the word AND in one prompt.")
     tags = syntax.extra_networks(request.prompt or "")
-    if tags:
-        shown_tags = ", ".join(_clip(t, 40) for t in tags[:3]) + (f" and {len(tags) - 3} more" if len(tags) > 3 else "")
-        out.append(f"{at}{where.name('prompt')} has {shown_tags}: A1111 extra-network tags, taken out of the prompt "
-                   "as A1111 does, but spo loads no LoRA or embedding from a tag. Give a LoRA with --lora (a Hub "
-                   "repo with --lora-file, or a .safetensors file) and --lora-scale; --model spo-lora is SPO "
-                   "itself as a LoRA.")
+    lora = [t for t in tags if t.startswith("<lora:")]
+    other = [t for t in tags if not t.startswith("<lora:")]
+
+    def listed(found):
+        return ", ".join(_clip(t, 40) for t in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+    if lora and lora_tags == "no folder":
+        out.append(f"{at}{where.name('prompt')} has {listed(lora)}: A1111 LoRA tags, taken out of the prompt and not "
+                   "loaded, since no LoRA folder is set. Give the folder that holds name.safetensors with --lora-dir "
+                   "(or SPO_LORA_DIR), or the file itself with --lora FILE:STRENGTH.")
+    elif lora and lora_tags == "not here":
+        out.append(f"{at}{where.name('prompt')} has {listed(lora)}: A1111 LoRA tags, taken out of the prompt and not "
+                   "loaded: here spo loads no LoRA named in a prompt (spo generate and spo batch do, with --lora-dir).")
+    if other:
+        out.append(f"{at}{where.name('prompt')} has {listed(other)}: A1111 extra-network tags, taken out of the prompt "
+                   "as A1111 does, but spo loads only LoRAs (<lora:name:weight> with --lora-dir), no hypernetwork "
+                   "or other network.")
     return out
 
 
@@ -428,8 +469,10 @@ def model_values(values: Mapping, where: Where = ARGV) -> dict:
     for key, value in values.items():
         if key in ("model",):
             out[key] = text(value, key, where, limit=PATH_MAX_CHARS)
-        elif key in ("revision", "lora", "lora_file", "vae"):
+        elif key in ("revision", "lora", "lora_file", "vae", "lora_dir"):
             out[key] = None if value is None else text(value, key, where, limit=PATH_MAX_CHARS)
+        elif key == "loras":
+            out[key] = stacked_loras(value, where)
         elif key == "lora_scale":
             out[key] = lora_scale(value, where)[0]
         elif key == "dtype":
@@ -439,6 +482,25 @@ def model_values(values: Mapping, where: Where = ARGV) -> dict:
         else:
             raise ValueError(f"not a ModelRequest field: {key}")
     return out
+
+
+def stacked_loras(value, where: Where = ARGV) -> tuple:
+    """A sidecar's `model_request.loras`: [{"spec", "scale", "unet_scale"?}, …] → LoraRequests."""
+    from spo_cli.request import LoraRequest
+
+    if not isinstance(value, (list, tuple)):
+        raise where.error("loras", f"must be a list, not {_show(value)}")
+    if len(value) > LORAS_MAX:
+        raise where.error("loras", f"lists {len(value):,} LoRAs; at most {LORAS_MAX} can be stacked")
+    out = []
+    for item in value:
+        if not isinstance(item, Mapping) or set(item) - {"spec", "scale", "unet_scale", "name"}:
+            raise where.error("loras", "holds an entry that is not {\"spec\", \"scale\"}")
+        unet = item.get("unet_scale")
+        out.append(LoraRequest(text(item.get("spec"), "loras", where, limit=PATH_MAX_CHARS),
+                               number(item.get("scale"), "loras", where, low=-math.inf, high=math.inf),
+                               None if unet is None else number(unet, "loras", where, low=-math.inf, high=math.inf)))
+    return tuple(out)
 
 
 def lora_applies(model: str, lora: str | None, scale: float | None, where: Where = ARGV,

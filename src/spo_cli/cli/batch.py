@@ -28,12 +28,13 @@ EXAMPLES = """[bold]Examples[/]
 
   torchrun --nproc-per-node 8 -m spo_cli batch prompts.txt --out runs/big   # 8 GPUs
 
-[bold]jsonl keys[/]: prompt (required), negative_prompt, seed, num_images, steps, guidance, width, height,
-scheduler, generator_device, name. Command-line options give the defaults for what a line leaves out.
+[bold]jsonl keys[/]: {keys}. Command-line options give the defaults for what a line leaves out.
 
 [bold]Exit codes[/]: 0 all made; 1 some images failed (see the manifest); 2 bad input, nothing run;
 3 made, but --skip-invalid skipped lines; 130/143 stopped by Ctrl-C / SIGTERM (run again to finish).
 """
+# From the list the lines are checked against, so the help cannot name fewer keys than a line takes.
+EXAMPLES = EXAMPLES.replace("{keys}", ", ".join(k + " (required)" if k == "prompt" else k for k in prompts.KEYS))
 JSON_HELP = ("Print the run's summary as JSON on stdout (manifest path, counts of made, resumed, failed, "
              "pending and skipped images, skipped lines), nothing else.")
 
@@ -90,7 +91,7 @@ def batch(
     old_format: opts.OldPromptFormat = None,
     negative: opts.Negative = None,
     seed: Annotated[int, typer.Option(help="Seed of the file's first image; image k gets seed+k unless its "
-                                      "line sets a seed.", rich_help_panel="Sampling")] = 0,
+                                      "line sets a seed (-1: a random one, recorded).", rich_help_panel="Sampling")] = 0,
     num_images: opts.NumImages = 1,
     batch_size: opts.BatchSize = 1,
     steps: opts.Steps = presets.DEFAULT_STEPS,
@@ -107,6 +108,7 @@ def batch(
     lora: opts.Lora = None,
     lora_file: opts.LoraFile = None,
     lora_scale: opts.LoraScale = None,
+    lora_dir: opts.LoraDir = None,
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
@@ -137,7 +139,8 @@ def batch(
         size_limit=not no_size_limit, check_prompt=False)
     validate.num_images(num_images)
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
-                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
+                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
+                                    lora_dir=None if server else lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
@@ -153,8 +156,16 @@ def batch(
             raise UsageError(f"{len(parsed.problems)} bad line(s) in {parsed.source}; nothing was run.",
                              "Fix them, or pass --skip-invalid to run the other lines.")
     extra = {"rank": rank.rank, "world_size": rank.world} if rank.several else None
-    tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra)
+    tasks, size_warnings = prompts.tasks(parsed, defaults, num_images, size_limit=not no_size_limit, extra=extra,
+                                         lora_tags=opts.lora_tags(request.lora_dir, server))
     if server is None:
+        from spo_cli import loras
+
+        # One set of LoRAs per run: lines whose tags differ are refused, naming them.
+        lines = {id(t.request): f"{t.extra['batch']['source']}:{t.extra['batch']['line']}" for t in tasks}
+        request = loras.with_prompt_loras(request, [t.request for t in tasks],
+                                          lambda image: validate.Where(lines[id(image)]))
+        more += loras.scale_warnings(None, tuple(lr for lr in request.loras if lr.name))
         loading.precheck(request, options, [t.request for t in tasks])
     out = validate.output_folder(out)
     for w in warnings + size_warnings + more:
@@ -246,7 +257,7 @@ class _Run:
                 if remote is None:
                     loading.warn_truncation(ui, engine, [t.request for t in mine])
                 stopper = self.stopper
-                with ui.images_progress(len(mine), mine[0].request.steps) as bars:
+                with ui.images_progress(len(mine), [t.request.steps for t in mine]) as bars:
                     stopper.rendering = True
                     try:
                         render(engine, resolved, mine, out=self.out, image_format=self.fmt,

@@ -27,6 +27,11 @@ EXAMPLES = """[bold]Examples[/]
   spo compare "…" --base --spo --model ./my-sdxl-finetune --label "mine"
 
   spo compare --prompts prompts.txt --base --spo --seeds 1,2 --score   # scores under each cell, win rates
+
+[bold]Columns[/] come in the order their options first appear (the --model
+columns together, at the first --model). With --score each later column is
+compared against each earlier one: `--base --spo` reports SPO against SDXL,
+`--spo --base` the reverse.
 """
 
 
@@ -52,38 +57,62 @@ def parse_seeds(text: str | None, seed: int, num_images: int) -> list[int]:
     if text:
         return validate.seeds(text)  # eval's grammar too: 0-3, 1,2,5
     validate.num_images(num_images)
+    seed = validate.seed_or_random(seed)
     validate.seed_range(seed, num_images)
     return [seed + i for i in range(num_images)]
+
+
+_ORDER = "spo_column_order"
+
+
+def _named(ctx: typer.Context, param: typer.CallbackParam, value):
+    """Click calls this for each column option in the order the options first appear on the command line
+    (the options not given after them): the order the columns are built in, so that the "later against
+    earlier" comparisons of --score keep the direction the user chose."""
+    if value:  # given, and not --no-base / an empty list
+        ctx.meta.setdefault(_ORDER, []).append(param.name)
+    return value
+
+
+def column_order(names: list[str], n_models: int, n_scales: int) -> list[str]:
+    """Column option names in command-line order → `build_columns`'s order keys (the --model columns in
+    their own order, at the place of the first --model)."""
+    keys = {"base": ["base"], "spo": ["spo"], "spo_lora": ["spo-lora"],
+            "lora_scales": [f"scale:{i}" for i in range(n_scales)], "model": [f"model:{i}" for i in range(n_models)]}
+    return [k for name in names for k in keys.get(name, [])]
 
 
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def compare(
     ui: UI,
+    ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="A prompt (or use --prompts).", show_default=False)] = None,
     prompts_file: Annotated[Optional[str], typer.Option(
         "--prompts", help="A prompt file in the formats `spo batch` reads (.txt, .jsonl, - for stdin).")] = None,
     prompt_format: opts.PromptFormat = None,
     old_format: opts.OldPromptFormat = None,
-    base: Annotated[Optional[bool], typer.Option("--base/--no-base", help="A column for SDXL base.",
+    base: Annotated[Optional[bool], typer.Option("--base/--no-base", callback=_named, help="A column for SDXL base.",
                                                  rich_help_panel="Columns", show_default=False)] = None,
-    spo: Annotated[Optional[bool], typer.Option("--spo/--no-spo", help="A column for SPO-SDXL (merged).",
+    spo: Annotated[Optional[bool], typer.Option("--spo/--no-spo", callback=_named,
+                                                help="A column for SPO-SDXL (merged).",
                                                 rich_help_panel="Columns", show_default=False)] = None,
-    spo_lora: Annotated[Optional[bool], typer.Option("--spo-lora/--no-spo-lora", help="A column for SDXL base + "
+    spo_lora: Annotated[Optional[bool], typer.Option("--spo-lora/--no-spo-lora", callback=_named,
+                                                     help="A column for SDXL base + "
                                                      "the SPO LoRA at --lora-scale.",
                                                      rich_help_panel="Columns", show_default=False)] = None,
     model: Annotated[Optional[list[str]], typer.Option(
-        "--model", "-m", help="A column for any preset, Hub repo or local folder (repeatable).",
+        "--model", "-m", help="A column for any preset, Hub repo or local folder (repeatable).", callback=_named,
         rich_help_panel="Columns")] = None,
     label: Annotated[Optional[list[str]], typer.Option(
         help="Label of the --model column before it (repeatable).", rich_help_panel="Columns")] = None,
     lora_scales: Annotated[Optional[str], typer.Option(
-        help="One column per SPO LoRA strength on SDXL base, e.g. 0,0.5,1 (0 = SDXL, 1 = SPO).",
+        help="One column per SPO LoRA strength on SDXL base, e.g. 0,0.5,1 (0 = SDXL, 1 = SPO).", callback=_named,
         rich_help_panel="Columns")] = None,
     lora_scale: Annotated[Optional[float], typer.Option(
         help="Strength of the --spo-lora column (default 1).", rich_help_panel="Columns", show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Seeds, one row each per prompt: a range 0-3 or a list 1,2,5.",
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds, one row each per prompt: a range 0-3 or a list 1,2,5 (-1: a random one).",
                                                  rich_help_panel="Sampling")] = None,
-    seed: Annotated[int, typer.Option(help="First seed when --seeds is not given.", rich_help_panel="Sampling")] = 0,
+    seed: Annotated[int, typer.Option(help="First seed when --seeds is not given (-1: a random one, recorded).", rich_help_panel="Sampling")] = 0,
     num_images: opts.NumImages = 1,
     negative: opts.Negative = None,
     steps: opts.Steps = presets.DEFAULT_STEPS,
@@ -125,8 +154,10 @@ def compare(
     validate.integer(rows_per_page, "rows_per_page", low=1, high=validate.ROWS_PER_PAGE_MAX)
     fmt = opts.prompt_format(prompt_format, old_format, ui.warn)
     common = dict(vae=vae, dtype=dtype, device=device)
-    columns = build_columns(base, spo, spo_lora, model or [], label or [], parse_scales(lora_scales), lora_scale,
-                            revision, common, opts.model_request)
+    scales = parse_scales(lora_scales)
+    order = column_order(ctx.meta.get(_ORDER, []), len(model or []), len(scales))
+    columns = build_columns(base, spo, spo_lora, model or [], label or [], scales, lora_scale,
+                            revision, common, opts.model_request, order)
     defaults, warnings = opts.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
         generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,

@@ -26,9 +26,18 @@ EXAMPLES = """[bold]Examples[/]
 
   spo eval --paper --limit 50 --out runs/paper  # its first 50 prompts; a later full run reuses them
 
-[bold]Columns[/]: base, spo, spo-lora (strength 1), spo-lora:0.5 (any strength), or any Hub repo / local
-folder. Later columns are compared against earlier ones: `--columns base,spo` reports SPO against SDXL.
-Rendering is resumable (finished cells are reused) and so is scoring.
+[bold]Columns[/]: base, spo, spo-lora (strength 1), spo-lora:0.5 (any
+strength), or any Hub repo / local folder. They keep the order given, and
+each later column is compared against each earlier one: `--columns base,spo`
+reports SPO against SDXL; `base,spo-lora:0.5,spo` the LoRA against SDXL, SPO
+against SDXL, then SPO against the LoRA. Rendering is resumable (finished
+cells are reused) and so is scoring.
+
+[bold]Statistics[/]: the prompt is the unit. Intervals resample prompts (all
+seeds of a prompt together); exact two-sided sign and Wilcoxon signed-rank
+tests compare the prompts' mean differences. With fewer than 6 prompts that
+are not tied no such test can reach p < 0.05, and the report says that
+nothing can be concluded.
 
 [bold]--paper[/]: SDXL base against SPO-SDXL on the captions of Pick-a-Pic v1 validation_unique
 (spo download paper-prompts caches them), guidance 5.0, the checkpoint's scheduler, 50 steps, 1024²,
@@ -39,8 +48,8 @@ JSON_HELP = "Print the report (the same object as report.json) on stdout, nothin
 
 
 def parse_columns(text: str) -> dict:
-    """`base,spo,spo-lora:0.5,org/model` → build_columns arguments."""
-    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None)
+    """`base,spo,spo-lora:0.5,org/model` → build_columns arguments, `order` keeping the order given."""
+    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None, order=[])
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UsageError("--columns is empty.", "E.g. --columns base,spo.")
@@ -50,17 +59,22 @@ def parse_columns(text: str) -> dict:
     for name in names:
         if name == "base":
             kw["base"] = True
+            kw["order"].append("base")
         elif name == "spo":
             kw["spo"] = True
+            kw["order"].append("spo")
         elif name == "spo-lora":
+            kw["order"].append(f"scale:{len(kw['scales'])}")
             kw["scales"].append(1.0)
         elif name.startswith("spo-lora:"):
             try:
                 scale = float(name.split(":", 1)[1])
             except ValueError:
                 raise UsageError(f"--columns: '{name}' has no number after 'spo-lora:'.", "E.g. spo-lora:0.5.") from None
+            kw["order"].append(f"scale:{len(kw['scales'])}")
             kw["scales"].append(validate.lora_scale(scale)[0])
         else:
+            kw["order"].append(f"model:{len(kw['models'])}")
             kw["models"].append(name)
     return kw
 
@@ -76,7 +90,8 @@ PaperFlag = Annotated[bool, typer.Option(
 Limit = Annotated[Optional[int], typer.Option(
     help="Only the first N prompts (a cheap first look at --paper's 500).", show_default=False)]
 Seeds = Annotated[Optional[str], typer.Option(
-    help="Seeds per prompt: a range 0-3 or a list 1,2,5. Default: 0-3; 42 with --paper.", show_default=False)]
+    help="Seeds per prompt: a range 0-3 or a list 1,2,5 (-1: a random one, recorded). Default: 0-3; 42 with "
+    "--paper.", show_default=False)]
 Syntax = Annotated[Optional[str], typer.Option(
     help="auto, a1111 or plain (see spo generate --help). Default: auto; plain with --paper, as the authors "
     "encoded prompts.", show_default=False)]

@@ -19,6 +19,10 @@ EXAMPLES = """[bold]Examples[/]
 
   spo generate "a lighthouse in a storm" --model spo-lora --lora-scale 0.8 --scheduler dpm++2m-karras --steps 30
 
+  spo generate "a fox" --model base --lora style.safetensors:0.8 --lora detail.safetensors:0.4
+
+  spo generate "a fox <lora:style:0.8>" --model base --lora-dir ~/loras   # A1111's tags (or SPO_LORA_DIR)
+
   spo generate "a cat" --json | jq -r '.[].image'
 
   spo generate "a cat" -n 8 --batch-size 4 --fast     # compiled: much faster after the first run
@@ -50,6 +54,7 @@ def generate(
     lora: opts.Lora = None,
     lora_file: opts.LoraFile = None,
     lora_scale: opts.LoraScale = None,
+    lora_dir: opts.LoraDir = None,
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
@@ -68,9 +73,10 @@ def generate(
         prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
         prompt_syntax=prompt_syntax, emphasis=emphasis,
-        size_limit=not no_size_limit)
+        size_limit=not no_size_limit, lora_tags=opts.lora_tags(lora_dir, server))
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
-                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device)
+                                    lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
+                                    lora_dir=None if server else lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
@@ -86,6 +92,11 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
     from spo_cli.render import raise_for_failures, render
 
     if server is None:
+        from spo_cli import loras
+
+        request = loras.with_prompt_loras(request, images)  # <lora:name:w> tags, from the LoRA folder
+        more = loras.scale_warnings(None, tuple(lr for lr in request.loras if lr.name))
+        warnings = warnings + more
         loading.precheck(request, options, images)
     out = validate.output_folder(out)
     for w in warnings:
@@ -97,18 +108,26 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
         from spo_cli.serve import client
 
         engine, resolved = client.connect(server, request.model, ui)
-    with ui.images_progress(len(images), images[0].steps) as bars:
-        outcomes = render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
-                          batch_size=options.batch_size, progress=bars, debug=ui.debug)
-    written = [oc.written for oc in outcomes if oc.written]
-    report(ui, written)
+    outcomes = []  # filled as images are written, so a Ctrl-C still knows what was
+    try:
+        with ui.images_progress(len(images), [r.steps for r in images]) as bars:
+            render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
+                   batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug)
+    except KeyboardInterrupt:
+        # Stopped: the images written so far are whole (render waits for their writes) and worth
+        # their paths; the error boundary then says "Interrupted" and exits 130.
+        report(ui, [oc.written for oc in outcomes if oc.written], stopped_of=len(images))
+        raise
+    report(ui, [oc.written for oc in outcomes if oc.written])
     raise_for_failures(outcomes, engine.dtype)
 
 
-def report(ui: UI, written: list[dict]) -> None:
+def report(ui: UI, written: list[dict], stopped_of: int | None = None) -> None:
     if ui.json_mode:
         ui.emit_json(written)
         return
     if written and not ui.quiet:
-        ui.info(f"Wrote {len(written)} image(s), each with a .json sidecar:")
+        ui.info(f"Wrote {len(written)} image(s), each with a .json sidecar:" if stopped_of is None else
+                f"Stopped after {len(written)} of {stopped_of} image(s); these are complete, each with a "
+                ".json sidecar:")
     ui.paths([(w["image"], f"seed {w['seed']}  {short(w['prompt'])}") for w in written])

@@ -48,15 +48,17 @@ def models(ui: UI) -> None:
 
     def show(c: dict) -> str:
         if c["cached"]:
-            return f"[green]yes[/] ({c['bytes'] / 1e9:.1f} GB)"
+            return f"[green]{c['bytes'] / 1e9:.1f} GB[/]"
         return "[red]damaged[/]" if c.get("damaged") else "[dim]no[/]"
 
+    # Repo ids one a line, each whole (they are copied into commands), with the description under
+    # them: beside them, it left too little room at 80 columns and the ids were broken mid-word.
     ui.table(
-        "Model presets (cached: everything the preset needs is in the Hugging Face cache)",
-        ["preset", "weights", "cached fp16", "cached fp32", "about"],
+        "Model presets (cached: all a preset needs is in the HF cache, with its size)",
+        ["preset", "weights", "cached fp16", "cached fp32"],
         [[r["name"] + (" (default)" if r["default"] else ""),
-          r["repo"] + (f"\n+ {r['lora_repo']}" if r["lora_repo"] else ""),
-          show(r["cache"]["float16"]), show(r["cache"]["float32"]), r["description"]] for r in rows],
+          "\n".join([r["repo"], *([r["lora_repo"]] if r["lora_repo"] else []), f"[dim]{r['description']}[/]"]),
+          show(r["cache"]["float16"]), show(r["cache"]["float32"])] for r in rows],
     )
     if not ui.quiet:
         ui.info("Any Hub repo id or local diffusers folder also works with --model; "

@@ -10,8 +10,8 @@ import typer
 from spo_cli import presets, validate
 from spo_cli.request import ImageRequest, ModelRequest, RunOptions, random_seed
 
-_M = "Model"
-_S = "Sampling"
+_M = MODEL_PANEL = "Model"
+_S = SAMPLING_PANEL = "Sampling"
 _O = "Output"
 _P = "Speed and memory"
 
@@ -21,13 +21,19 @@ Model = Annotated[str, typer.Option(
     ".safetensors checkpoint (A1111 layout).")]
 Revision = Annotated[Optional[str], typer.Option(
     help="Branch, tag or commit of the model repo.", rich_help_panel=_M)]
-Lora = Annotated[Optional[str], typer.Option(
-    help="LoRA to add: a Hub repo id (with --lora-file) or a local .safetensors file.", rich_help_panel=_M)]
+Lora = Annotated[Optional[list[str]], typer.Option(
+    help="LoRA to add: a local .safetensors file or a Hub repo id (with --lora-file), with its strength after "
+    "a colon (style.safetensors:0.8). Repeat to stack LoRAs. It replaces a preset's own LoRA (spo-lora's).",
+    rich_help_panel=_M, show_default=False, metavar="SPEC[:SCALE]")]
 LoraFile = Annotated[Optional[str], typer.Option(
-    help="Weight file inside the --lora repo.", rich_help_panel=_M)]
+    help="Weight file inside the --lora repo (one --lora only).", rich_help_panel=_M)]
+LoraDir = Annotated[Optional[str], typer.Option(
+    "--lora-dir", envvar="SPO_LORA_DIR", help="Folder of LoRA .safetensors files: a prompt's A1111 tag "
+    "<lora:name:0.8> loads name.safetensors from it at that strength. Without one, tags are taken out of the "
+    "prompt with a warning.", rich_help_panel=_M, show_default=False, metavar="DIR")]
 LoraScale = Annotated[Optional[float], typer.Option(
-    help="LoRA strength: 0 is the base model, 1 (the default) the full SPO effect. Only for a model with a "
-    "LoRA (spo-lora, or --lora).", rich_help_panel=_M, show_default=False)]
+    help="LoRA strength: 0 is the base model, 1 (the default) the full SPO effect. Only for a model with one "
+    "LoRA (spo-lora, or one --lora).", rich_help_panel=_M, show_default=False)]
 Vae = Annotated[Optional[str], typer.Option(
     help=f"VAE repo or folder; 'model' keeps the checkpoint's own. Default: {presets.FP16_FIX_VAE} in "
     "float16, the checkpoint's own otherwise.", rich_help_panel=_M)]
@@ -117,7 +123,7 @@ def prompt_format(value: str | None, old: str | None, warn) -> str | None:
 def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: int, guidance: float,
                   width: int | None, height: int | None, scheduler: str, generator_device: str,
                   prompt_syntax: str = "auto", emphasis: str = "original", size_limit: bool = True,
-                  check_prompt: bool = True) -> tuple[ImageRequest, list[str]]:
+                  check_prompt: bool = True, lora_tags: str = "no folder") -> tuple[ImageRequest, list[str]]:
     if seed == validate.SEED_RANDOM:  # A1111's "random": drawn here, so the seed used is recorded
         seed = random_seed()
     values = dict(seed=seed, negative_prompt=negative, steps=steps, guidance=guidance, width=width, height=height,
@@ -128,17 +134,36 @@ def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: i
     checked = validate.image_values(values, validate.PROMPT_ARGUMENT)
     request = ImageRequest(**{"prompt": prompt, **checked})
     warnings = validate.size(width, height, size_limit=size_limit)
-    return request, warnings + validate.unsupported_syntax(request, validate.PROMPT_ARGUMENT)
+    return request, warnings + validate.unsupported_syntax(request, validate.PROMPT_ARGUMENT, lora_tags=lora_tags)
 
 
-def model_request(*, model: str, revision: str | None = None, lora: str | None = None, lora_file: str | None = None,
-                  lora_scale: float | None = None, vae: str | None = None, dtype: str = "auto",
-                  device: str = "auto") -> tuple[ModelRequest, list[str]]:
+def model_request(*, model: str, revision: str | None = None, lora: str | list[str] | None = None,
+                  lora_file: str | None = None, lora_scale: float | None = None, vae: str | None = None,
+                  dtype: str = "auto", device: str = "auto", loras: tuple = (),
+                  lora_dir: str | None = None) -> tuple[ModelRequest, list[str]]:
+    """`lora`: --lora's values (SPEC or SPEC:SCALE each), or one recorded spec; `loras`: recorded
+    LoRAs stacked after it (replay); `lora_dir`: --lora-dir / SPO_LORA_DIR."""
+    from spo_cli import loras as lora_names
+
+    lora, lora_scale, extras = lora_names.from_options([lora] if isinstance(lora, str) else lora, lora_file,
+                                                       lora_scale)
+    extras = extras + tuple(loras)
     checked = validate.model_values(dict(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                          lora_scale=lora_scale, vae=vae, dtype=dtype, device=device))
     validate.lora_applies(model, lora, lora_scale, lora_file=lora_file)
-    _, warnings = validate.lora_scale(lora_scale)
-    return ModelRequest(**checked), warnings
+    warnings = lora_names.scale_warnings(lora_scale, extras)
+    return ModelRequest(**checked, loras=extras, lora_dir=lora_names.folder(lora_dir)), warnings
+
+
+def lora_has_scale(value: str) -> bool:
+    from spo_cli import loras
+
+    return loras.split_spec(value)[1] is not None
+
+
+def lora_tags(lora_dir: str | None, server: str | None = None) -> str:
+    """What becomes of a prompt's <lora:> tags in a command that can load them (validate.LORA_TAGS)."""
+    return "not here" if server else "loaded" if lora_dir else "no folder"
 
 
 def run_options(*, fast: bool, offload: str | None, vae_tiling: bool, vae_slicing: bool,
@@ -155,7 +180,7 @@ def server_request(server: str | None, *, revision=None, lora=None, lora_file=No
         return None
     from spo_cli.serve.client import check_url, refuse_local_options
 
-    refuse_local_options({"--revision": revision, "--lora": lora, "--lora-file": lora_file,
+    refuse_local_options({"--revision": revision, "--lora": bool(lora), "--lora-file": lora_file,
                           "--lora-scale": lora_scale is not None, "--vae": vae, "--device": device != "auto",
                           "--dtype": dtype != "auto", "--fast": fast, "--offload": offload,
                           "--vae-tiling": vae_tiling, "--vae-slicing": vae_slicing})

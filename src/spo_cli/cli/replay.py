@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import infotext as a1111, validate
+from spo_cli import infotext as a1111, loras as lora_names, presets, validate
 from spo_cli.cli import app, options as opts
 from spo_cli.cli.command import command
 from spo_cli.cli.generate import make_images
@@ -28,7 +29,9 @@ EXAMPLES = """[bold]Examples[/]
   spo replay a1111_image.png               # a PNG written by A1111, Forge or SD.Next
 """
 JSON_HELP = "Print a JSON array of the written files (image, sidecar, seed, prompt) on stdout, nothing else."
-SAMPLING_PANEL, MODEL_PANEL = "Sampling (each replaces the recorded value)", "Model (each replaces the recorded value)"
+# The shared options' own panel names (--no-size-limit, --device): one panel each, not two that
+# differ by a suffix. That an option replaces the recorded value is said in the command's help.
+SAMPLING_PANEL, MODEL_PANEL = opts.SAMPLING_PANEL, opts.MODEL_PANEL
 
 
 def _opt(kind, help: str, panel: str = SAMPLING_PANEL, *names: str):
@@ -59,9 +62,14 @@ def replay(
     model: _opt(str, "Model: preset, Hub repo id, folder or .safetensors file (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
     revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
-    lora: _opt(str, "LoRA: Hub repo id (with --lora-file) or local .safetensors.", MODEL_PANEL) = None,
+    lora: Annotated[Optional[list[str]], typer.Option(
+        help="LoRA: local .safetensors or Hub repo id (with --lora-file), FILE:STRENGTH; repeat to stack. Replaces "
+        "every recorded LoRA.", rich_help_panel=MODEL_PANEL, show_default=False, metavar="SPEC[:SCALE]")] = None,
     lora_file: _opt(str, "Weight file inside the --lora repo.", MODEL_PANEL) = None,
     lora_scale: _opt(float, "LoRA strength.", MODEL_PANEL) = None,
+    lora_dir: Annotated[Optional[str], typer.Option(
+        "--lora-dir", help="Folder of the LoRAs that <lora:name:weight> tags in the prompt name (default: the "
+        "recorded one, or SPO_LORA_DIR).", rich_help_panel=MODEL_PANEL, show_default=False, metavar="DIR")] = None,
     vae: _opt(str, "VAE repo or folder, or 'model'.", MODEL_PANEL) = None,
     dtype: _opt(str, "fp16, bf16 or fp32.", MODEL_PANEL) = None,
     device: opts.Device = "auto",
@@ -73,15 +81,16 @@ def replay(
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
 ) -> None:
-    """Make a recorded image again, from the same commits; options replace recorded settings."""
+    """Make a recorded image again, from the same commits; a Sampling or Model option replaces the recorded value."""
     image_format = opts.image_format(image_format, old_format, ui.warn)
     if (file is None) == (infotext is None):
         raise UsageError("Give one FILE to replay, or --infotext TEXT." if file is None else
                          "Give FILE or --infotext, not both.")
     # The file is read once: it may be a pipe (`spo replay <(cat x.json)`).
     recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
+    unset: list[str] = []
     if recorded is None:
-        image, request = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
+        image, request, unset = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file))
     else:
         image, request = metadata.recorded_requests(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
@@ -94,6 +103,11 @@ def replay(
         changes["seed"] = random_seed()
     changes = validate.image_values(changes)
     image = replace(image, **changes)
+    defaulted = [k for k in unset if not set(_SETTINGS[k]) & changes.keys()]
+    if defaulted:
+        source = "--infotext" if infotext is not None else str(file)
+        ui.warn(f"{source} does not set {_listed(defaulted)}, so spo's defaults are used: "
+                + ", ".join(f"{k} {_default(k, image)}" for k in defaulted) + ".")
     # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
     # as its option.
     meta = recorded
@@ -102,30 +116,66 @@ def replay(
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
     where = validate.ARGV if {"width", "height"} & changes.keys() else recorded
     warnings = validate.size(image.width, image.height, where, size_limit=not no_size_limit)
-    warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded)
-    model_changes = {k: v for k, v in dict(revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
+    model_changes = {k: v for k, v in dict(revision=revision, lora_file=lora_file, lora_scale=lora_scale,
                                           vae=vae, dtype=dtype).items() if v is not None}
+    if lora:
+        # The LoRAs given replace all those recorded; the recorded strength goes with them unless one
+        # LoRA is given bare (as before LoRAs could be stacked).
+        model_changes = {"lora": lora, "loras": (), **model_changes}
+        if len(lora) > 1 or opts.lora_has_scale(lora[0]):
+            model_changes.setdefault("lora_scale", None)
     if model is not None:
-        # Another model: the recorded pin and LoRA belonged to the old one.
+        # Another model: the recorded pin and LoRAs belonged to the old one.
         model_changes = {"model": model, "revision": None, "lora": None, "lora_file": None, "lora_scale": None,
-                         **model_changes}
+                         "loras": (), **model_changes}
     elif meta is not None:  # the recorded model; a single file must be there, and the same
         from spo_cli.cli import loading
 
         warnings += loading.recorded_file(ui, meta)
     model_changes["device"] = device
     merged = replace(request, **model_changes)
+    # A folder given now, else the recorded one, else SPO_LORA_DIR's; the recorded one only matters
+    # (and must still exist) when the prompt names LoRAs.
+    if lora_dir is None and lora_names.tags(image.prompt):
+        lora_dir = merged.lora_dir or os.environ.get(lora_names.ENV_DIR) or None
+    warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded,
+                                            lora_tags=opts.lora_tags(lora_dir))
     request, more = opts.model_request(**{k: getattr(merged, k) for k in (
-        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device")})
+        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras")},
+        lora_dir=lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
     make_images(ui, request, [image], options, out, image_format, warnings + more)
 
 
-def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest]:
-    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it)."""
+# The settings A1111 writes in every infotext, and the request fields each sets: one missing (a text
+# cut short, or only a prompt) is spo's default, which the user is told.
+_SETTINGS = {"Steps": ("steps",), "Sampler": ("scheduler",), "CFG scale": ("guidance",), "Seed": ("seed",),
+             "Size": ("width", "height")}
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _default(setting: str, image: ImageRequest) -> str:
+    if setting == "Steps":
+        return str(image.steps)
+    if setting == "CFG scale":
+        return f"{image.guidance:g}"
+    if setting == "Seed":
+        return f"random ({image.seed})"
+    if setting == "Sampler":
+        return "the checkpoint's own" if image.scheduler == "default" else image.scheduler
+    return f"the model's ({presets.DEFAULT_SIZE}x{presets.DEFAULT_SIZE} for SDXL)"
+
+
+def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRequest, list[str]]:
+    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it), and
+    the A1111 settings the text lacks (see _SETTINGS)."""
     where = validate.Where(source)
     try:
-        fields, ignored = a1111.to_request_fields(a1111.parse(text))
+        info = a1111.parse(text)
+        fields, ignored = a1111.to_request_fields(info)
     except a1111.InfotextError as e:
         raise UsageError(f"{source}: {e}", "Replay takes A1111's \"parameters\" text: the prompt, an optional "
                          "\"Negative prompt:\" line, then \"Steps: …, Sampler: …, CFG scale: …, Seed: …, "
@@ -139,4 +189,4 @@ def from_infotext(ui: UI, text: str, source: str) -> tuple[ImageRequest, ModelRe
         ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")
     ui.warn("A1111 draws a seed's noise its own way (on the GPU, in its own order), so this image has the same "
             "settings but will not be identical to A1111's.")
-    return image, ModelRequest()
+    return image, ModelRequest(), [k for k in _SETTINGS if k not in info.params]

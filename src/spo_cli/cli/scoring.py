@@ -101,9 +101,14 @@ def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: st
 
 
 def print_summary(ui: UI, summary: dict) -> None:
-    from spo_cli.scores.summary import means_rows, pair_rows
+    from rich.text import Text
 
-    ui.table("Mean score [95 % CI]", ["column", *summary["metrics"]], means_rows(summary))
+    from spo_cli.cli.ui import printable
+    from spo_cli.scores.summary import TERMINAL_HEADERS, conclusions, means_rows, pair_rows
+
+    ui.table("Mean score [95 % CI over prompts]", ["column", *summary["metrics"]], means_rows(summary))
     if summary["pairs"]:
-        ui.table("Paired comparison (same prompt and seed)", ["pair", "metric", "win rate [95 % CI]",
-                                                              "mean difference", "pairs"], pair_rows(summary))
+        ui.table("Each later column (a) against each earlier one (b)", TERMINAL_HEADERS,
+                 pair_rows(summary, terminal=True))
+        for line in conclusions(summary):  # the words: what each comparison can and cannot say
+            ui.out.print(Text(printable(line)))

@@ -30,8 +30,9 @@ EXAMPLES = """[bold]Examples[/]
   curl -s localhost:7860/sdapi/v1/txt2img -H 'Content-Type: application/json' \\
        -d '{"prompt":"a red fox","steps":30,"cfg_scale":5,"seed":42}'
 
-[bold]Endpoints[/]: / (the page), /v1/images/generations (OpenAI), /sdapi/v1/txt2img, sd-models, samplers,
-options, progress, interrupt (AUTOMATIC1111), /health, /metrics (Prometheus), /outputs/<file>.
+[bold]Endpoints[/]: / (the page), /v1/images/generations, /v1/models (OpenAI), /sdapi/v1/txt2img, sd-models,
+samplers, schedulers, loras, upscalers, options, progress, interrupt (AUTOMATIC1111), /health, /metrics
+(Prometheus), /outputs/<file>.
 Bodies are JSON sent as 'Content-Type: application/json'; pages of other sites and Host names other than
 loopback, --host and --allow-host are refused (see the README's Server section).
 Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answers queued requests with
@@ -87,13 +88,65 @@ def read_token(token_file: str | None) -> str | None:
     return token
 
 
+def read_api_auth(auth_file: str | None) -> tuple[tuple[str, str], ...]:
+    """A1111's --api-auth credentials, `user:password[,user2:password2]` (commas or lines), from
+    --api-auth-file, else SPO_API_AUTH; read from a file, not the command line, where any user of the
+    machine could read them. Each password is held to the token's rules: it opens the same doors."""
+    hint = ("Write user:password pairs, comma- or line-separated: e.g. "
+            "`echo \"me:$(openssl rand -hex 12)\" > ~/.spo-auth`.")
+    if auth_file is not None:
+        text, where = _small_file(auth_file, "--api-auth-file", hint), f"--api-auth-file {auth_file}"
+    else:
+        text, where = os.environ.get("SPO_API_AUTH", ""), "SPO_API_AUTH"
+    entries = [e.strip() for e in text.replace("\n", ",").split(",") if e.strip()]
+    if not entries:
+        if auth_file is None:
+            return ()
+        raise UsageError(f"{where} holds no user:password pair.", hint)
+    pairs: dict[str, str] = {}
+    for n, entry in enumerate(entries, 1):
+        user, colon, password = entry.partition(":")
+        if not colon or not user or not all("!" <= c <= "~" for c in user):
+            raise UsageError(f"{where}: entry {n} is not user:password (a user name of printable ASCII, a colon, "
+                             "then the password).", hint)
+        if user in pairs:
+            raise UsageError(f"{where}: the user {user!r} is given twice.", hint)
+        if len(password) < validate.TOKEN_MIN_CHARS or not all("!" <= c <= "~" for c in password):
+            # Not echoed: the message may end up in a log.
+            raise UsageError(f"{where}: the password of {user!r} must be at least {validate.TOKEN_MIN_CHARS} "
+                             "printable ASCII characters (letters, digits, punctuation) with no spaces or commas.",
+                             hint)
+        pairs[user] = password
+    return tuple(pairs.items())
+
+
+def _small_file(name: str, option: str, hint: str) -> str:
+    """A secret's file, read as --token-file is: bounded, non-blocking, Latin-1, stripped."""
+    from spo_cli.outputs import reader
+
+    try:
+        with reader.Source(Path(os.path.expanduser(name)), hint) as src:
+            data = src.read(validate.TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as e:
+        raise UsageError(f"{option} {name} cannot be read ({e.strerror or type(e).__name__}).", hint) from None
+    if len(data) > validate.TOKEN_FILE_MAX_BYTES:
+        raise UsageError(f"{option} {name} holds more than {validate.TOKEN_FILE_MAX_BYTES:,} bytes, so it is not "
+                         "a list of credentials.", hint)
+    return data.decode("latin-1").strip()
+
+
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def serve(
     ui: UI,
-    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. Anything but loopback needs a token (or --api-auth-file).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
     token_file: Annotated[Optional[str], typer.Option(
         help="File holding the token clients send as 'Authorization: Bearer …' (or set SPO_TOKEN).",
+        show_default=False)] = None,
+    api_auth_file: Annotated[Optional[str], typer.Option(
+        help="File holding A1111's --api-auth credentials, user:password[,user2:password2] (or set SPO_API_AUTH): "
+        "clients may send HTTP Basic auth (webuiapi's username/password) instead of the token.",
         show_default=False)] = None,
     models: Annotated[str, typer.Option(
         help=f"Models to load, comma-separated: presets ({', '.join(presets.PRESETS)}), Hub repos or folders. "
@@ -128,10 +181,12 @@ def serve(
     except (socket.gaierror, UnicodeError):
         raise UsageError(f"--host {host} is not an address of this machine.", "E.g. 127.0.0.1 or 0.0.0.0.") from None
     token = read_token(token_file)
-    if not is_loopback(host) and token is None:
+    api_auth = read_api_auth(api_auth_file)
+    if not is_loopback(host) and token is None and not api_auth:
         raise UsageError(f"--host {host} would let anyone on the network use this GPU and read its outputs.",
                          "Give a token with --token-file FILE or SPO_TOKEN (clients send 'Authorization: Bearer "
-                         "<token>'), or keep the default --host 127.0.0.1.")
+                         "<token>') or user names and passwords with --api-auth-file FILE, or keep the default "
+                         "--host 127.0.0.1.")
     labels = [m.strip() for m in models.split(",") if m.strip()]
     if not labels or len(set(labels)) != len(labels):
         raise UsageError(f"--models {models!r} must name each model once.", "E.g. --models spo,base.")
@@ -145,7 +200,7 @@ def serve(
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
-                   dtype=dtype, fast=fast, offload=offload)
+                   dtype=dtype, fast=fast, offload=offload, api_auth=api_auth)
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -170,7 +225,8 @@ class Server:
 def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
-          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None) -> Server:
+          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None,
+          api_auth: tuple[tuple[str, str], ...] = ()) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
@@ -202,7 +258,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
                     debug=ui.debug)
     context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
     bound_host, bound_port = sock.getsockname()[:2]
-    settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host)
+    settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host,
+                        api_auth=tuple(api_auth))
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
     return Server(create_app(worker, settings), worker, settings, sock, url)
 

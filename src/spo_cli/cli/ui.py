@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import unicodedata
 from contextlib import contextmanager
 
 from rich.console import Console
 
 # rich.progress and rich.table are imported where used: `spo --help` never needs them.
+
+# Without a terminal, a progress line at most this often (SPO_PROGRESS_INTERVAL overrides it): a
+# log of a run of hours stays readable, and a run that is stuck shows it within the minute.
+PROGRESS_INTERVAL_S = 30.0
 
 
 def _sane_columns() -> None:
@@ -139,28 +144,53 @@ class UI:
         return RichTqdm
 
     @contextmanager
-    def images_progress(self, total: int, steps: int):
-        """An overall bar over images and a denoising bar for the pipeline call in flight."""
+    def images_progress(self, total: int, steps, *, clock=None):
+        """An overall bar over images and a denoising bar for the pipeline call in flight; without a
+        terminal (a log file, nohup, Slurm, CI), a plain line every SPO_PROGRESS_INTERVAL seconds.
+        `steps`: each image's denoising steps, or one count for all (the ETA counts steps)."""
         if self.quiet:
             from spo_cli.render import NoProgress
 
             yield NoProgress()
+            return
+        if not (self.err.is_terminal or self.err.is_jupyter):
+            # rich draws nothing there until the end; a line at a steady pace, as tqdm writes to files
+            yield _Lines(lambda text: self.err.print(text, markup=False, soft_wrap=True), total, steps,
+                         clock=clock or time.monotonic, interval=self._interval())
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
             TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
-            console=self.err,
+            console=self.err, **({"get_time": clock} if clock else {}),
         )
         with progress:
             yield _Bars(progress, total, steps)
 
+    def _interval(self) -> float:
+        raw = os.environ.get("SPO_PROGRESS_INTERVAL")
+        if raw is None:
+            return PROGRESS_INTERVAL_S
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            self.warn(f"SPO_PROGRESS_INTERVAL={raw!r} is not a number of seconds; using {PROGRESS_INTERVAL_S:g}.")
+            return PROGRESS_INTERVAL_S
+        return seconds
+
     @contextmanager
-    def count_progress(self, total: int, label: str):
-        """One bar over a count of items (scoring), with `advance(n)` and `describe(text)`."""
+    def count_progress(self, total: int, label: str, *, clock=None):
+        """One bar over a count of items (scoring), with `advance(n)` and `describe(text)`; without a
+        terminal, plain lines as for images."""
         if self.quiet:
             yield _Count(None, None)
+            return
+        if not (self.err.is_terminal or self.err.is_jupyter):
+            yield _CountLines(lambda text: self.err.print(text, markup=False, soft_wrap=True), total, label,
+                              clock=clock or time.monotonic, interval=self._interval())
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -182,9 +212,10 @@ class UI:
 
         t = Table(title=title, title_justify="left")
         for c in columns:
-            t.add_column(c, overflow="fold")
+            t.add_column(c, overflow="fold")  # a word longer than its column, only when nothing else fits
         for r in rows:
             t.add_row(*r)
+        _fit(t, self.out, [columns, *rows])
         self.out.print(t)
 
     def paths(self, lines: list[tuple[str, str]]) -> None:
@@ -197,6 +228,27 @@ class UI:
                 self.out.print(f"{escape(printable(path))}[dim]{'  ' + escape(note) if note else ''}[/]",
                                soft_wrap=True)
         sys.stdout.flush()
+
+
+def _fit(table, console: Console, cells: list[list[str]]) -> None:
+    """Column widths that break no word (a repo id, a number with its unit) when the table can fit the
+    console that way. rich narrows its widest columns first, down through the middle of their
+    words, even when narrowing another column would have kept every word whole."""
+    from rich.measure import Measurement
+
+    options = console.options
+    measured = [[Measurement.get(console, options, console.render_str(cell)) for cell in column]
+                for column in zip(*cells)]
+    least = [max(m.minimum for m in column) for column in measured]  # the longest word
+    widths = [max(m.maximum for m in column) for column in measured]  # the longest line
+    room = options.max_width - (3 * len(widths) + 1)  # a border and a space each side of each column
+    if sum(widths) <= room or sum(least) > room:
+        return  # fits as it is; or cannot without breaking a word, and rich folds
+    while sum(widths) > room:  # narrow the widest column that can still wrap at a space
+        i = max((i for i in range(len(widths)) if widths[i] > least[i]), key=lambda i: widths[i])
+        widths[i] -= 1
+    for column, width in zip(table.columns, widths):
+        column.width = width
 
 
 def _labelled(label: str, style: str, text: str):
@@ -244,27 +296,167 @@ class _Count:
             self.progress.update(self.task, description=text)
 
 
+class _CountLines:
+    """_Count as plain lines for a log: the first advance, then at most one per `interval` seconds,
+    and the last; each with the count, the time so far and the time left."""
+
+    def __init__(self, write, total: int, label: str, *, clock, interval: float):
+        from spo_cli.eta import Eta
+
+        self.write, self.clock, self.interval, self.label = write, clock, interval, label
+        self.total, self.done = total, 0
+        self.eta = Eta(max(total, 1), clock=clock)
+        self.last: float | None = None
+
+    def advance(self, n: int) -> None:
+        from spo_cli.eta import clock_time
+
+        if not n:
+            return
+        self.done += n
+        self.eta.update(self.done)
+        if self.done >= self.total or self.last is None or self.clock() - self.last >= self.interval:
+            self.last = self.clock()
+            left = "" if self.done >= self.total else f", ETA {clock_time(self.eta.remaining())}"
+            self.write(f"{self.label} {self.done}/{self.total}, elapsed {clock_time(self.eta.elapsed())}{left}")
+
+    def describe(self, text: str) -> None:
+        self.label = text
+
+
+class _Tracker:
+    """What the bars and the log lines both show: images done, and the time left, counted in
+    denoising steps of images (a call of k images at n steps is k·n), so it is known from the first
+    step of the first call, and counts down while a call runs."""
+
+    def __init__(self, total: int, steps, clock):
+        from spo_cli.eta import Eta
+
+        per_image = [steps] * total if isinstance(steps, int) else list(steps)
+        self.total, self.clock = total, clock
+        self.run = Eta(max(sum(per_image), 1), clock=clock)
+        self.call = Eta(per_image[0] if per_image else 1, clock=clock)
+        self.images = 0
+        self.units = 0  # image-steps of the calls that have ended
+        self.size = self.steps = self.step = 0
+
+    def start_call(self, size: int, steps: int) -> None:
+        from spo_cli.eta import Eta
+
+        self.size, self.steps, self.step = size, steps, 0
+        # the last call's rate stands in until this one's first step
+        self.call = Eta(max(steps, 1), clock=self.clock, prior=self.call.rate())
+
+    def on_step(self, done: int, total: int) -> None:
+        self.step, self.steps = done, total
+        self.call.total = max(total, 1)
+        self.call.update(done)
+        self.run.update(self.units + done * self.size)
+
+    def images_done(self, n: int) -> None:
+        self.images += n
+        self.units += n * self.steps
+        self.run.update(self.units)
+
+    def per_minute(self) -> str:
+        elapsed = self.run.elapsed()
+        return f"{self.images / elapsed * 60:.1f} img/min" if self.images and elapsed > 0 else ""
+
+    def eta(self) -> str:
+        from spo_cli.eta import clock_time
+
+        return "ETA " + clock_time(self.run.remaining())
+
+    def call_eta(self) -> str:
+        from spo_cli.eta import clock_time
+
+        return "ETA " + clock_time(self.call.remaining())
+
+    def step_rate(self) -> str:
+        from spo_cli.eta import step_rate
+
+        return step_rate(self.call.rate() if self.call.done else None)
+
+
+class _Live:
+    """A rich task field worked out each time the bar is drawn (ten times a second), so an ETA
+    counts down between the updates that move the bar."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __format__(self, spec: str) -> str:
+        return format(self.fn(), spec)
+
+    def __str__(self) -> str:
+        return self.fn()
+
+
 class _Bars:
     """render.NoProgress's three methods, drawn: images overall, and the call in flight."""
 
-    def __init__(self, progress, total: int, steps: int):
+    def __init__(self, progress, total: int, steps):
         self.progress = progress
-        self.images = progress.add_task("images", total=total, rate="", eta="ETA -:--:--")
-        self.steps = progress.add_task("denoising", total=steps, rate="", eta="")
+        self.t = t = _Tracker(total, steps, progress.get_time)
+        self.images = progress.add_task("images", total=total, rate=_Live(t.per_minute), eta=_Live(t.eta))
+        first = steps if isinstance(steps, int) else (list(steps) or [0])[0]
+        self.steps = progress.add_task("denoising", total=first, rate=_Live(t.step_rate), eta=_Live(t.call_eta))
 
     def start_call(self, size: int, steps: int) -> None:
+        self.t.start_call(size, steps)
         self.progress.reset(self.steps, total=steps, description=f"denoising ×{size}")
 
     def step(self, done: int, total: int) -> None:
+        self.t.on_step(done, total)
         self.progress.update(self.steps, completed=done, total=total)
 
     def images_done(self, n: int) -> None:
+        self.t.images_done(n)
         self.progress.advance(self.images, n)
-        task = self.progress.tasks[self.images]
-        if task.elapsed and task.completed:
-            # From the average so far, not rich's 30-second window: a call of several minutes
-            # would leave that window empty and the ETA blank for the whole run.
-            per_image = task.elapsed / task.completed
-            left = max(0, int(per_image * (task.total - task.completed)))
-            self.progress.update(self.images, rate=f"{60 / per_image:.1f} img/min",
-                                 eta=f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+
+
+class _Lines:
+    """render.NoProgress's three methods as plain lines for a log: one when the first call starts,
+    then at most one per `interval` seconds, at a step or an image's end, and one when the last
+    image is done. Each says images done of the total, the step of the call in flight, its s/step,
+    images per minute, the time so far and the time left."""
+
+    def __init__(self, write, total: int, steps, *, clock, interval: float):
+        self.write, self.clock, self.interval = write, clock, interval
+        self.t = _Tracker(total, steps, clock)
+        self.last: float | None = None  # when the last line was written
+
+    def start_call(self, size: int, steps: int) -> None:
+        self.t.start_call(size, steps)
+        if self.last is None:
+            self._line()
+
+    def step(self, done: int, total: int) -> None:
+        self.t.on_step(done, total)
+        self._due()
+
+    def images_done(self, n: int) -> None:
+        self.t.images_done(n)
+        if self.t.images >= self.t.total:
+            self._line()
+        else:
+            self._due()
+
+    def _due(self) -> None:
+        if self.last is None or self.clock() - self.last >= self.interval:
+            self._line()
+
+    def _line(self) -> None:
+        from spo_cli.eta import clock_time
+
+        t = self.t
+        self.last = self.clock()
+        parts = [f"images {t.images}/{t.total}"]
+        finished = t.images >= t.total
+        if not finished:
+            parts.append(f"step {t.step}/{t.steps}" + (f" (×{t.size})" if t.size > 1 else ""))
+            parts.append(t.step_rate())
+        parts += [t.per_minute(), f"elapsed {clock_time(t.run.elapsed())}"]
+        if not finished:
+            parts.append(t.eta())
+        self.write(", ".join(p for p in parts if p))

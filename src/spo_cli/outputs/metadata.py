@@ -17,7 +17,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from spo_cli import infotext, syntax, validate
+from spo_cli import infotext, loras, syntax, validate
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest, ModelRequest
 
@@ -106,7 +106,8 @@ def a1111_parameters(meta: dict) -> str:
     }
     if meta["model"].get("sha256"):
         fields.pop("Model")
-        fields |= {"Model hash": meta["model"]["sha256"][:10], "Model": Path(meta["model"].get("file") or meta["model"]["id"]).stem}
+        fields |= {"Model hash": meta["model"]["sha256"][:10],
+                   "Model": Path(meta["model"].get("file") or meta["model"]["id"]).stem}
     if meta.get("prompt_syntax") == "a1111" and meta.get("emphasis") == "none-norm":
         fields["Emphasis"] = "No norm"  # A1111 writes the mode only when it is not its default, Original
     elif meta.get("prompt_syntax", "plain") == "plain" and any(
@@ -114,6 +115,9 @@ def a1111_parameters(meta: dict) -> str:
         fields["Prompt syntax"] = "plain"  # brackets that were read as text, not as A1111 emphasis
     if meta.get("lora"):
         fields["Lora"] = f"{Path(meta['lora']['file'] or meta['lora']['id']).stem}:{meta['lora']['scale']}"
+    hashed = [r for r in meta.get("loras") or [] if r.get("a1111_hash")]
+    if hashed:  # stacked LoRAs, as A1111 writes them: name and its hash of the file (loras.file_hashes)
+        fields["Lora hashes"] = ", ".join(f"{loras.hash_name(r['name'])}: {r['a1111_hash']}" for r in hashed)
     if meta.get("vae") and meta["vae"].get("id"):
         fields["VAE"] = meta["vae"]["id"].rstrip("/").split("/")[-1]
     fields["Version"] = f"spo-cli {meta['versions']['spo-cli']}"
@@ -321,7 +325,8 @@ def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelReques
     values["scheduler"] = field(field(meta, "scheduler", dict), "name", str, "scheduler.name")
     image = ImageRequest(**validate.image_values(values, where))
     asked = field(meta, "model_request", dict)
-    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae") if k in asked}
+    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae", "loras", "lora_dir")
+             if k in asked}
     model = field(meta, "model", dict)
     if "model" not in known:
         raise where.error("model_request.model", "is missing")

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from spo_cli import loras as lora_names
 from spo_cli import presets
 from spo_cli.errors import ModelError, UsageError
-from spo_cli.request import ModelRequest
+from spo_cli.request import LoraRequest, ModelRequest
 from spo_cli.resolve import parts, single
 from spo_cli.resolve.files import WEIGHT_SUFFIXES, read_index
 from spo_cli.resolve.hub import Fetch, TqdmFactory, offline
@@ -25,6 +26,9 @@ class ResolvedModel:
     lora: Resolved | None = None
     vae: Resolved | None = None  # None: the checkpoint's own VAE
     model_index: dict = field(default_factory=dict)  # the pipeline's model_index.json, parsed once, checked
+    # LoRAs stacked after `lora` (more --lora, a prompt's <lora:> tags), each with what asked for it.
+    extra_loras: tuple[tuple[Resolved, LoraRequest], ...] = ()
+    _hashes: dict = field(default_factory=dict, repr=False, compare=False)  # LoRA file → hashes, computed once
     config: Resolved | None = None  # a single-file checkpoint's configs and tokenizers (SDXL base's)
 
     @property
@@ -32,7 +36,7 @@ class ResolvedModel:
         return self.request.effective_lora_scale if self.lora else None
 
     def parts(self) -> list[Resolved]:
-        return [p for p in (self.pipeline, self.config, self.lora, self.vae) if p is not None]
+        return [p for p in (self.pipeline, self.config, self.lora, self.vae) if p is not None] + [p for p, _ in self.extra_loras]
 
     def nbytes(self) -> int:
         return sum(p.nbytes() for p in self.parts())
@@ -46,23 +50,50 @@ class ResolvedModel:
             # Only where there is one, so that the spec hashes of earlier runs stay what they were.
             return d | {"sha256": p.sha256} if p.sha256 else d
 
-        return {"model": ident(self.pipeline), "lora": ident(self.lora),
-                "lora_scale": self.lora_scale, "vae": ident(self.vae),
-                "dtype": self.dtype}
+        identity = {"model": ident(self.pipeline), "lora": ident(self.lora),
+                    "lora_scale": self.lora_scale, "vae": ident(self.vae),
+                    "dtype": self.dtype}
+        if self.extra_loras:  # only then: the hashes of runs made before stacking stay as they were
+            identity["loras"] = [dict(ident(p), scale=r.scale, unet_scale=r.unet_scale) for p, r in self.extra_loras]
+        return identity
 
     def describe(self) -> dict:
         lora = None
         if self.lora:
             lora = dict(self.lora.describe(), file=self.lora.file, scale=self.lora_scale)
-        request = asdict(self.request)
+        request = asdict(lora_names.from_command_line(self.request))
         request.pop("device")  # where it ran is recorded separately; a replay picks its own
-        return {
+        for key in ("loras", "lora_dir"):  # recorded only when used: sidecars without them stay as they were
+            if not request[key]:
+                del request[key]
+        described = {
             "model_request": request,  # what the user asked for, so replay can ask again
             "model": dict(self.pipeline.describe(), preset=self.preset,
                           **({"config": {"id": self.config.id, "commit": self.config.commit}} if self.config else {})),
             "lora": lora,
             "vae": self.vae.describe() if self.vae else {"id": None, "source": "model"},
         }
+        if self.extra_loras:
+            described["loras"] = self.lora_records()
+        return described
+
+    def lora_records(self) -> list[dict]:
+        """Every LoRA applied, in order, for the sidecar: where it came from, its weights, and its
+        SHA-256 (and A1111's hash of it, for `Lora hashes`)."""
+        out = []
+        entries = ([(self.lora, self.lora_scale, None, None)] if self.lora else []) + [
+            (p, r.scale, r.unet_scale, r.name) for p, r in self.extra_loras]
+        for part, scale, unet_scale, name in entries:
+            if part.path not in self._hashes:
+                self._hashes[part.path] = lora_names.file_hashes(part.path)
+            sha256, a1111 = self._hashes[part.path]
+            record = dict(part.describe(), file=part.file, scale=scale)
+            if unet_scale is not None:
+                record["unet_scale"] = unet_scale
+            record |= {"name": name or Path(part.file or part.id).stem, "tag": name is not None,
+                       "sha256": sha256, "a1111_hash": a1111[:12] if a1111 else None}
+            out.append(record)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +112,11 @@ def _looks_local(spec: str) -> bool:
 
 def _lora_is_local(spec: str) -> bool:
     return _looks_local(spec) or spec.endswith(WEIGHT_SUFFIXES)
+
+
+def _known_lora_file(repo: str) -> str | None:
+    """The LoRA file of a repo a preset names (the SPO LoRA's), so a stacked one needs no --lora-file."""
+    return next((p.lora_file for p in presets.PRESETS.values() if p.lora_repo == repo), None)
 
 
 def _check_repo_id(spec: str, what: str) -> None:
@@ -142,8 +178,19 @@ def precheck(request: ModelRequest) -> None:
             _check_repo_id(request.lora, "--lora")
             from huggingface_hub import constants
 
-            if request.lora_file is None and constants.HF_HUB_OFFLINE:
+            if request.lora_file is None and _known_lora_file(request.lora) is None and constants.HF_HUB_OFFLINE:
                 raise parts.lora_file_needed(request.lora)
+    for extra in request.loras:
+        if _lora_is_local(extra.spec):
+            parts.local_lora_path(extra.spec)
+        else:
+            _check_repo_id(extra.spec, "--lora")
+            from huggingface_hub import constants
+
+            if _known_lora_file(extra.spec) is None and constants.HF_HUB_OFFLINE:
+                raise UsageError(f"--lora {extra.spec}: offline, spo cannot list the repo to find its LoRA file, and "
+                                 "with several LoRAs there is no --lora-file.",
+                                 "Give that LoRA as the path of its .safetensors file.")
     if request.vae and request.vae != "model":
         if _looks_local(request.vae):
             parts.local_vae_folder(request.vae)
@@ -155,7 +202,8 @@ def uses_hub(request: ModelRequest, dtype: str) -> bool:
     """Whether any part of `request` comes from the Hub (a preset, a repo id), not a local path."""
     preset = presets.PRESETS.get(request.model)
     vae = _vae_spec(request, dtype)
-    specs = [request.model, request.lora or (preset.lora_repo if preset else None), None if vae == "model" else vae]
+    specs = [request.model, request.lora or (preset.lora_repo if preset else None), None if vae == "model" else vae,
+             *(r.spec for r in request.loras)]
     return bool(preset) or any(s and not _looks_local(s) for s in specs)
 
 
@@ -163,6 +211,7 @@ def download_command(request: ModelRequest, dtype: str) -> str:
     """The exact `spo download` that fetches what `request` needs in `dtype`."""
     flags = [("--revision", request.revision), ("--lora", request.lora), ("--lora-file", request.lora_file),
              ("--vae", request.vae), ("--dtype", {"float32": "fp32", "bfloat16": "bf16"}.get(dtype))]
+    flags += [("--lora", r.spec) for r in request.loras if r.name is None]
     return " ".join(["spo download", request.model] + [f"{k} {v}" for k, v in flags if v])
 
 
@@ -211,8 +260,17 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
             lora = parts.lora_from_file(lora_spec)
         else:
             _check_repo_id(lora_spec, "--lora")
-            file = request.lora_file or (preset.lora_file if preset and lora_spec == preset.lora_repo else None)
+            file = request.lora_file or _known_lora_file(lora_spec)  # the SPO LoRA's, by any model
             lora = parts.lora_from_hub(lora_spec, file, fetch)
+
+    # 2b. LoRAs stacked after it.
+    extras = []
+    for extra in request.loras:
+        if _lora_is_local(extra.spec):
+            extras.append((parts.lora_from_file(extra.spec), extra))
+        else:
+            _check_repo_id(extra.spec, "--lora")
+            extras.append((parts.lora_from_hub(extra.spec, _known_lora_file(extra.spec), fetch), extra))
 
     # 3. The VAE.
     vae = None
@@ -223,4 +281,5 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
             _check_repo_id(vae_spec, "--vae")
             vae = parts.vae_from_hub(vae_spec, variant, fetch)
 
-    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae, index, config)
+    return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae, index,
+                         extra_loras=tuple(extras), config=config)

@@ -50,7 +50,8 @@ _STAND_INS = {"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "x", "\u224
 class Panel:
     """One metric: `label` names the difference ("spo − base"), `diffs` are the per-pair
     differences a - b, `mean` their mean with its interval, `win_rate` the share of pairs a won
-    (ties one half) with its interval, at confidence `level`."""
+    (ties one half) with its interval, at confidence `level`. `too_few`: too few untied prompts
+    to conclude anything (see stats.MIN_PROMPTS): the panel says so and draws no interval."""
 
     metric: str
     label: str
@@ -58,6 +59,7 @@ class Panel:
     mean: Estimate
     win_rate: Estimate | None = None
     level: float = 0.95
+    too_few: bool = False
 
     @classmethod
     def from_scores(cls, metric: str, label: str, a: Sequence[float], b: Sequence[float], **kwargs) -> Panel:
@@ -66,7 +68,8 @@ class Panel:
         x = np.array([math.nan if v is None else v for v in a], dtype=float)
         y = np.array([math.nan if v is None else v for v in b], dtype=float)
         keep = np.isfinite(x) & np.isfinite(y)
-        return cls(metric, label, (x[keep] - y[keep]).tolist(), result.mean_diff, result.win_rate, result.level)
+        return cls(metric, label, (x[keep] - y[keep]).tolist(), result.mean_diff, result.win_rate, result.level,
+                   result.too_few)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,6 +142,8 @@ def _numbers(*values: float) -> str:
 
 
 def _interval(estimate: Estimate) -> str:
+    if estimate.low is None:  # a single prompt: no interval to show
+        return _numbers(estimate.value)
     value, low, high = _numbers(estimate.value, estimate.low, estimate.high).split(", ")
     return f"{value} [{low}, {high}]"
 
@@ -162,18 +167,21 @@ def _draw_panel(draw: ImageDraw.ImageDraw, top: int, panel: Panel) -> None:
     diffs = [float(d) for d in panel.diffs]
     _text(draw, (MARGIN, top + 10), panel.metric, big, INK)
     _text(draw, (MARGIN, top + 32), f"{panel.label}: difference per pair", small, MUTED)
+    shown = panel.mean if not panel.too_few else Estimate(panel.mean.value, None, None, panel.mean.n)
     if panel.win_rate is not None and panel.win_rate.value is not None:
         w = panel.win_rate
         _text(draw, (WIDTH - MARGIN, top + 10),
-              f"win rate {w.value:.2f} [{w.low:.2f}, {w.high:.2f}], n={w.n}", big, INK, "right")
+              f"win rate {w.value:.2f}" + (f" [{w.low:.2f}, {w.high:.2f}]" if w.low is not None and not panel.too_few
+                                           else "") + f", n={w.n}", big, INK, "right")
     if panel.mean.value is not None:
-        _text(draw, (WIDTH - MARGIN, top + 32),
-              f"mean {_interval(panel.mean)} ({panel.level:.0%} interval)", small, MUTED, "right")
+        _text(draw, (WIDTH - MARGIN, top + 32), f"mean {_interval(shown)} " + (
+            "(too few prompts to conclude)" if panel.too_few else f"({panel.level:.0%} interval)"),
+            small, MUTED, "right")
     if not diffs and panel.mean.value is None:
         _text(draw, (WIDTH / 2, top + STRIP_TOP + STRIP_HEIGHT / 2 - 8), "no pairs", big, MUTED, "center")
         return
 
-    marks = diffs + [v for v in (panel.mean.value, panel.mean.low, panel.mean.high) if v is not None]
+    marks = diffs + [v for v in (shown.value, shown.low, shown.high) if v is not None]
     lo, hi = _range(marks)
 
     def x_of(value: float) -> float:
@@ -198,8 +206,8 @@ def _draw_panel(draw: ImageDraw.ImageDraw, top: int, panel: Panel) -> None:
         draw.ellipse([x - DOT_RADIUS, y - DOT_RADIUS, x + DOT_RADIUS, y + DOT_RADIUS], fill=colour)
     # the interval as a bar and the mean as a bold tick, over the dots
     middle = strip_top + STRIP_HEIGHT / 2
-    if panel.mean.low is not None and panel.mean.high is not None:
-        low, high = x_of(panel.mean.low), x_of(panel.mean.high)
+    if shown.low is not None and shown.high is not None:
+        low, high = x_of(shown.low), x_of(shown.high)
         draw.line([(low, middle), (high, middle)], fill=INTERVAL, width=3)
         for x in (low, high):
             draw.line([(x, middle - 6), (x, middle + 6)], fill=INTERVAL, width=2)

@@ -12,8 +12,10 @@ from pathlib import Path
 from spo_cli import presets
 from spo_cli.outputs import files, metadata
 from spo_cli.scores import paper
+from spo_cli.scores.stats import MIN_PROMPTS
+from spo_cli.scores.summary import verdict
 
-SCHEMA = "spo-cli/eval-1"
+SCHEMA = "spo-cli/eval-2"  # 2: intervals by prompt, paired tests, too_few, conclusions
 
 
 def add_paper(report: dict, dataset, dropped: int, names: list[str]) -> None:
@@ -68,27 +70,42 @@ def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers
             "on which others shared its pipeline call.",
             "Scores are computed as each metric's reference code does; HPS is reported as its raw cosine "
             "(papers print it ×100).",
-            "Intervals are 95 % percentile bootstrap intervals over prompt×seed pairs (10,000 resamples, seed 0).",
+            "Intervals are 95 % percentile bootstrap intervals resampling prompts, all seeds of a prompt together "
+            "(10,000 resamples, seed 0); a single prompt gives none.",
+            "The paired tests (exact two-sided sign and Wilcoxon signed-rank tests) compare the prompts' mean "
+            "differences, the seeds of a prompt averaged first; tied prompts are left out. With fewer than "
+            f"{MIN_PROMPTS} untied prompts no such test can reach p < 0.05, and the report says nothing can be "
+            "concluded.",
         ],
         "elapsed_s": round(elapsed, 1),
     }
+
+
+def plot_panels(labels: list[str], prompts: list[str], scored: dict) -> list:
+    """One panel per pair of columns (later minus earlier, as the summary) and metric; `prompts[row]`
+    groups the rows, so the plot's intervals resample prompts as the summary's do."""
+    from spo_cli.scores import plot
+
+    panels = []
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            for m in scored["metrics"]:
+                a = [(row[j] or {}).get(m) for row in scored["cells"]]
+                b = [(row[i] or {}).get(m) for row in scored["cells"]]
+                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b, groups=prompts))
+    return panels
 
 
 def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]:
     from spo_cli.scores import plot
     from spo_cli.scores.summary import markdown
 
-    panels = []
-    labels = [c.label for c in cols]
-    for i in range(len(cols)):
-        for j in range(i + 1, len(cols)):
-            for m in scored["metrics"]:
-                a = [(row[j] or {}).get(m) for row in scored["cells"]]
-                b = [(row[i] or {}).get(m) for row in scored["cells"]]
-                panels.append(plot.Panel.from_scores(m, f"{labels[j]} - {labels[i]}", a, b))
+    groups = [r.request.prompt for r in rows]
+    panels = plot_panels([c.label for c in cols], groups, scored)
     paths = {"json": out / "report.json", "md": out / "report.md", "plot": out / "report-plot.png"}
     if panels:
-        image = plot.paired_differences(panels, f"Paired score differences ({len(rows)} prompt×seed pairs)")
+        image = plot.paired_differences(panels, f"Paired score differences ({len(rows)} prompt×seed pairs, "
+                                                f"{len(set(groups))} prompts)")
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         files.atomic_write(paths["plot"], buf.getvalue(), overwrite=True)
@@ -99,7 +116,7 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
         f"{report['prompts']['count']} prompt(s) from `{report['prompts']['file']}` × seeds "
         f"{', '.join(map(str, report['seeds'][:10]))}{' …' if len(report['seeds']) > 10 else ''}; "
         f"{report['images']['scored']} image(s) scored, {report['images']['failed']} failed.", "",
-        "## Scores (mean [95 % CI])", "", markdown(report["summary"]), "",
+        "## Scores (mean [95 % CI over prompts])", "", markdown(report["summary"]), "",
     ]
     if panels:
         lines += [f"![paired differences]({paths['plot'].name})", ""]
@@ -127,13 +144,18 @@ def paper_section(report: dict) -> list[str]:
     lines = ["", "## Against the paper", "",
              f"Prompts: {q['count']} caption(s) of `{q['dataset']}` split `{q['split']}` at commit "
              f"{(q['commit'] or '-')[:12]} ({q['dropped']} left out as unusable).", "",
-             "| metric | paper: SDXL → SPO-SDXL | this run |", "|---|---|---|"]
+             "| metric | paper: SDXL → SPO-SDXL | this run | this run: SPO-SDXL against SDXL base |",
+             "|---|---|---|---|"]
     means = report["summary"]["means"]
+    # the paper's direction only: with the columns the other way round the pair is base against SPO
+    pair = next((q["metrics"] for q in report["summary"]["pairs"] if (q["a"], q["b"]) == ("SPO-SDXL", "SDXL base")),
+                {})
     for m, v in p["reported"].items():
         scale = 100 if m == "hpsv2" else 1  # the paper prints HPS ×100
         here = [means.get(label, {}).get(m, {}).get("value") for label in ("SDXL base", "SPO-SDXL")]
         ours = " → ".join("-" if x is None else f"{x * scale:.3f}" for x in here)
-        lines.append(f"| {m} | {v} | {ours}{' (×100)' if scale != 1 else ''} |")
+        said = verdict(pair[m]) if m in pair else "-"
+        lines.append(f"| {m} | {v} | {ours}{' (×100)' if scale != 1 else ''} | {said} |")
     if p["deviations"]:
         lines += ["", "**Where this run differs from the authors' setting:**", ""] + [f"- {d}" for d in p["deviations"]]
     else:

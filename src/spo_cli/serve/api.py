@@ -3,7 +3,9 @@
 Three dialects, one path: each body is read field by field into the same `ImageRequest` fields the
 command line builds, through the same `validate` functions and limits, so a request fails the way
 `spo generate` would, naming the client's own field. Fields spo does not implement are ignored
-with a warning in the answer (never an error), unless they are left at their usual default.
+with a warning in the answer (never an error), unless their value would not change the image (A1111's
+default, or a field A1111 reads only in a mode that is off). Errors are written in the dialect of the
+endpoint: OpenAI's body (message, type, param, code), or A1111's under /sdapi/.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 
 from spo_cli import infotext, presets, validate
 from spo_cli.errors import UsageError
@@ -21,16 +24,37 @@ from spo_cli.request import ImageRequest, random_seed
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a prompt is at most validate.PROMPT_MAX_CHARS characters
 
 
+A1111_PREFIX = "/sdapi/"  # answers under it speak A1111's dialect, errors included
+
+# OpenAI's `code` for a refusal that names none of its own, by status (its API's codes: the openai SDK
+# exposes them as e.code).
+_OPENAI_CODES = {401: "invalid_api_key", 404: None, 429: "rate_limit_exceeded"}
+
+
 class BadRequest(Exception):
-    """A request the server refuses: `field` names the client's field (None: the body as a whole)."""
+    """A request the server refuses: `field` names the client's field (None: the body as a whole);
+    `code` is OpenAI's machine-readable reason (None: derived from the status)."""
 
-    def __init__(self, message: str, field: str | None = None, status: int = 400):
+    def __init__(self, message: str, field: str | None = None, status: int = 400, code: str | None = None):
         super().__init__(message)
-        self.message, self.field, self.status = message, field, status
+        self.message, self.field, self.status, self.code = message, field, status, code
 
-    def body(self) -> dict:
-        kind = "server_error" if self.status >= 500 else "invalid_request_error"  # OpenAI's error types
-        return {"error": {"message": self.message, "field": self.field, "type": kind}}
+    def body(self, path: str = "") -> dict:
+        """The answer's body as the dialect of `path` writes errors: A1111's under /sdapi/ (its
+        modules/api/api.py handle_exception), OpenAI's everywhere else (spo's own clients read it too)."""
+        if path.startswith(A1111_PREFIX):
+            return {"error": "HTTPException", "detail": self.message, "body": "",
+                    "errors": f"{self.status}: {self.message}"}
+        if self.status >= 500:
+            kind = "server_error"
+        elif self.status == 429:
+            kind = "requests"  # OpenAI's type for a rate limit on requests
+        else:
+            kind = "invalid_request_error"
+        code = self.code
+        if code is None:
+            code = "invalid_value" if self.status == 400 and self.field else _OPENAI_CODES.get(self.status)
+        return {"error": {"message": self.message, "type": kind, "param": self.field, "code": code}}
 
 
 @dataclass(frozen=True)
@@ -199,13 +223,12 @@ def _seeds(first: int | None, count: int) -> list[int]:
     return [start + i for i in range(count)]
 
 
-def _ignored(body: dict, known: set[str], defaults: dict, warnings: list[str]) -> None:
+def _ignored(body: dict, known: set[str], unchanged, warnings: list[str]) -> None:
+    """A warning for each field spo does not read, unless `unchanged(key, value)`: clients send every
+    field, and one at a value that would not change the image is nothing to warn about."""
     for key in sorted(body):
-        if key in known:
-            continue
-        if key in defaults and body[key] == defaults[key]:
-            continue  # clients send every field; one left at its default changes nothing
-        warnings.append(f"'{key}' is not supported by spo and was ignored.")
+        if key not in known and not unchanged(key, body[key]):
+            warnings.append(f"'{key}' is not supported by spo and was ignored.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +260,7 @@ def openai_job(body, ctx: Context) -> Job:
     body = checked_body(body)
     warnings: list[str] = []
     if "prompt" not in body:
-        raise BadRequest("request: 'prompt' is required.", "prompt")
+        raise BadRequest("request: 'prompt' is required.", "prompt", code="missing_required_parameter")
     n = _integer(body, "n", 1, 1, ctx.max_images)
     fmt = body.get("response_format") or "b64_json"
     if fmt not in ("b64_json", "url"):
@@ -260,7 +283,8 @@ def openai_job(body, ctx: Context) -> Job:
             names[spo_key] = key
     base, more = _image_fields({**values, "seed": 0}, names, ctx)
     model = _model(body.get("model"), ctx, "model", warnings)
-    _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN, _OPENAI_DEFAULTS, warnings)
+    _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN,
+             lambda key, value: key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key], warnings)
     images = tuple(replace(base, seed=s) for s in _seeds(_seed(body.get("seed")), n))
     return Job(images, model, tuple(warnings + more), fmt, ctx.save)
 
@@ -270,8 +294,8 @@ def openai_job(body, ctx: Context) -> Job:
 
 A1111_NAMES = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "guidance": "cfg_scale",
                "width": "width", "height": "height", "seed": "seed", "scheduler": "sampler_name"}
-# StableDiffusionProcessingTxt2Img's API fields that spo does not implement, with the values at
-# which they change nothing (A1111's defaults): a client that sends them so is not warned.
+# StableDiffusionProcessingTxt2Img's API fields that spo does not implement, at A1111's defaults (the
+# `parameters` echo fills them in; `_a1111_unchanged` decides which values are worth a warning).
 A1111_DEFAULTS = {
     "styles": [], "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
     "restore_faces": False, "tiling": False, "do_not_save_samples": False, "do_not_save_grid": False,
@@ -285,7 +309,55 @@ A1111_DEFAULTS = {
     "send_images": True, "save_images": False, "alwayson_scripts": {}, "infotext": None,
 }
 _A1111_KNOWN = {"prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "seed", "sampler_name",
-                "scheduler", "batch_size", "n_iter", "spo_model", "prompt_syntax", "emphasis"}
+                "sampler_index", "scheduler", "batch_size", "n_iter", "spo_model", "prompt_syntax", "emphasis"}
+# Fields A1111 reads only while another is set (hires fix, variation seeds, churn, a script, a
+# refiner): at any value they change nothing while it is not.
+_READ_ONLY_WITH = {"denoising_strength": "enable_hr", "firstphase_width": "enable_hr",
+                   "firstphase_height": "enable_hr", "subseed": "subseed_strength", "s_tmin": "s_churn",
+                   "s_tmax": "s_churn", "script_args": "script_name", "refiner_switch_at": "refiner_checkpoint"}
+# Fields that change neither the image nor the answer here: spo makes no grid and has no settings to restore.
+_NO_EFFECT = {"do_not_save_grid", "override_settings_restore_afterwards", "force_task_id"}
+
+
+def _a1111_unchanged(body: dict, scheduler: str, size: tuple[int, int]):
+    """Whether an A1111 field spo does not implement would leave the image as spo makes it, given the
+    rest of `body`: at A1111's default, or read by A1111 only in a mode that is off. None is A1111's
+    "the server's default" for every field."""
+
+    def unchanged(key: str, value) -> bool:
+        if value is None or key in _NO_EFFECT:
+            return True
+        on = "enable_hr" if key.startswith("hr_") else _READ_ONLY_WITH.get(key)
+        if on is not None and not body.get(on):
+            return True
+        if key == "eta":
+            return _eta_unchanged(value, scheduler)
+        if key in ("seed_resize_from_w", "seed_resize_from_h"):
+            return _resize_unchanged(body, size)
+        return key in A1111_DEFAULTS and value == A1111_DEFAULTS[key]
+
+    return unchanged
+
+
+def _eta_unchanged(eta, scheduler: str) -> bool:
+    """A1111 gives eta to the samplers that add noise (ancestral 'a' and SDE ones, whose noise spo's
+    diffusers schedulers add at eta 1) and to DDIM (which diffusers runs at eta 0); the others
+    never read it."""
+    words = sampler_label(scheduler).split()
+    if "DDIM" in words:
+        return eta == 0
+    if "a" in words or "SDE" in words:
+        return eta == 1
+    return True
+
+
+def _resize_unchanged(body: dict, size: tuple[int, int]) -> bool:
+    """A1111 resizes the seed's noise only when both sizes are positive and differ from the image's."""
+    wanted = (body.get("seed_resize_from_w"), body.get("seed_resize_from_h"))
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in wanted):
+        return False  # not a size: the client meant something spo cannot tell
+    w, h = (-1 if v is None else v for v in wanted)
+    return w <= 0 or h <= 0 or (w, h) == size
 
 
 def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
@@ -295,7 +367,7 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
     batch_size = _integer(body, "batch_size", 1, 1, validate.BATCH_SIZE_MAX)
     n_iter = _integer(body, "n_iter", 1, 1, ctx.max_images)
     if batch_size * n_iter > ctx.max_images:
-        raise BadRequest(f"request: batch_size × n_iter is {batch_size * n_iter}; this server takes at most "
+        raise BadRequest(f"request: 'batch_size' × 'n_iter' is {batch_size * n_iter}; this server takes at most "
                          f"{ctx.max_images} images per request.", "n_iter")
     # Absent fields take spo's defaults (the authors' settings: 50 steps, guidance 5, 1024²), not
     # A1111's 512² at CFG 7, which suit SD 1.5 rather than SDXL.
@@ -307,26 +379,32 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
                          ("emphasis", "emphasis")):
         if body.get(key) is not None:
             values[spo_key] = body[key]
-    sampler = body.get("sampler_name")
-    if sampler is None and body.get("sampler_index") != A1111_DEFAULTS["sampler_index"]:
-        sampler = body.get("sampler_index")  # the name before A1111 1.6
-    if sampler is None and body.get("scheduler") is not None:
+    # A1111 reads `sampler_name or sampler_index` (the name before 1.6); its model's default
+    # sampler_index, Euler, is SDXL's own scheduler, which spo's default keeps.
+    sampler, sampler_field = body.get("sampler_name"), "sampler_name"
+    if sampler in (None, ""):
+        sampler, sampler_field = body.get("sampler_index"), "sampler_index"
+        if sampler in ("", A1111_DEFAULTS["sampler_index"]):
+            sampler = None
+    schedule = body.get("scheduler")
+    if sampler is None and isinstance(schedule, str) and schedule.strip().lower() == "automatic":
+        schedule = None  # the default sampler's own schedule: what spo's default runs
+    if sampler is None and schedule is not None:
         raise BadRequest("request: 'scheduler' (a schedule type such as Karras) needs a 'sampler_name'.", "scheduler")
     if sampler is not None:
         if not isinstance(sampler, str) or not sampler.strip():
-            raise BadRequest(f"request: 'sampler_name' must be a sampler's name such as 'DPM++ 2M', not {sampler!r}.",
-                             "sampler_name")
-        schedule = body.get("scheduler")
+            raise BadRequest(f"request: '{sampler_field}' must be a sampler's name such as 'DPM++ 2M', not "
+                             f"{validate.shown(sampler)}.", sampler_field)
         if schedule is not None and not isinstance(schedule, str):
             raise BadRequest("request: 'scheduler' must be a string such as Karras.", "scheduler")
         try:
             values["scheduler"] = infotext.scheduler_name(sampler, schedule)
         except infotext.InfotextError as e:
-            raise BadRequest(f"request: 'sampler_name': {e}", "sampler_name") from None
+            raise BadRequest(f"request: '{sampler_field}': {e}", sampler_field) from None
         if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
             known = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
-            raise BadRequest(f"request: 'sampler_name' {sampler!r} is not an A1111 sampler; spo knows {known}. "
-                             "Leave it out for the checkpoint's own scheduler.", "sampler_name")
+            raise BadRequest(f"request: '{sampler_field}' {sampler!r} is not an A1111 sampler; spo knows {known}. "
+                             "Leave it out for the checkpoint's own scheduler.", sampler_field)
     names = dict(A1111_NAMES)
     base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)
     seed = body.get("seed", -1)
@@ -337,13 +415,77 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         model = _model(override["sd_model_checkpoint"], ctx, "override_settings.sd_model_checkpoint", warnings)
         override = {k: v for k, v in override.items() if k != "sd_model_checkpoint"}
         body = {**body, "override_settings": override}
-    _ignored(body, _A1111_KNOWN, A1111_DEFAULTS, warnings)
+    size = (base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE)
+    _ignored(body, _A1111_KNOWN, _a1111_unchanged(body, base.scheduler, size), warnings)
     images = tuple(replace(base, seed=s) for s in _seeds(seed, batch_size * n_iter))
     parameters = {**{k: v for k, v in A1111_DEFAULTS.items()}, **body, "batch_size": batch_size, "n_iter": n_iter,
                   "seed": images[0].seed, "steps": base.steps, "cfg_scale": base.guidance,
                   "width": base.width or presets.DEFAULT_SIZE, "height": base.height or presets.DEFAULT_SIZE,
                   "sampler_name": sampler_label(base.scheduler)}
     return Job(images, model, tuple(warnings + more), "b64_json", ctx.save), parameters
+
+
+# A1111's schedule types (modules/sd_schedulers.py), as its /sdapi/v1/schedulers lists them:
+# label → (name, default_rho, need_inner_model, aliases).
+_A1111_SCHEDULES = {
+    "Automatic": ("automatic", -1.0, False, None), "Uniform": ("uniform", -1.0, True, None),
+    "Karras": ("karras", 7.0, False, None), "Exponential": ("exponential", -1.0, False, None),
+    "Polyexponential": ("polyexponential", 1.0, False, None),
+    "SGM Uniform": ("sgm_uniform", -1.0, True, ["SGMUniform"]), "KL Optimal": ("kl_optimal", -1.0, False, None),
+    "Align Your Steps": ("align_your_steps", -1.0, False, None), "Simple": ("simple", -1.0, True, None),
+    "Normal": ("normal", -1.0, True, None), "DDIM": ("ddim", -1.0, True, None), "Beta": ("beta", -1.0, True, None),
+}
+
+
+def a1111_schedulers() -> list[dict]:
+    """GET /sdapi/v1/schedulers: the schedule types a txt2img `scheduler` may name here. Automatic
+    (each sampler's own) and Uniform (its plain sigmas) always; the others only where one of spo's
+    samplers runs them (its A1111 name ends with the type: 'DPM++ 2M Karras'), since a type spo
+    has for no sampler would only be refused."""
+    names = [c.a1111 for c in presets.SCHEDULERS.values() if c.a1111]
+    offered = {"Automatic", "Uniform"}
+    for name in names:
+        for label in sorted(_A1111_SCHEDULES, key=len, reverse=True):  # 'SGM Uniform' before 'Uniform'
+            if name.endswith(" " + label):
+                offered.add(label)
+                break
+    return [{"name": name, "label": label, "aliases": aliases, "default_rho": rho, "need_inner_model": inner}
+            for label, (name, rho, inner, aliases) in _A1111_SCHEDULES.items() if label in offered]
+
+
+def a1111_loras(describes) -> list[dict]:
+    """GET /sdapi/v1/loras: A1111's entries (name, alias, path, metadata) for the LoRAs the loaded
+    models carry, from each model's `describe` ('lora': one, or 'loras': a list). A1111 names a LoRA
+    by its file's stem, as `<lora:name:1>` calls it."""
+    seen: dict[str, dict] = {}
+    for describe in describes:
+        found = describe.get("loras") or ([describe["lora"]] if describe.get("lora") else [])
+        for lora in found:
+            file = lora.get("file") or ""
+            ident = str(lora.get("id") or file)
+            path = ident if not file or ident.endswith(file) else f"{ident}/{file}"
+            name = str(lora.get("name") or PurePosixPath(path.replace("\\", "/")).stem)
+            seen.setdefault(path, {"name": name, "alias": name, "path": path, "metadata": {}})
+    return list(seen.values())
+
+
+# spo has no upscaler: A1111's "None" entry (modules/upscaler.py UpscalerNone) is the whole list.
+A1111_UPSCALERS = [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+
+
+def openai_models(ctx: Context, describes: dict[str, dict], created: int) -> dict:
+    """GET /v1/models: OpenAI's list of the served models, by the labels requests name them with.
+    `owned_by`: the Hub organisation of a loaded model's weights; "local" for a folder on this
+    machine; "spo" while it is still loading."""
+    def owner(label: str) -> str:
+        model = describes.get(label, {}).get("model") or {}
+        ident = str(model.get("id") or "")
+        if model.get("source") == "hub" and "/" in ident:
+            return ident.split("/")[0]
+        return "local" if model.get("source") == "local" else "spo"
+
+    return {"object": "list", "data": [{"id": label, "object": "model", "created": created, "owned_by": owner(label)}
+                                       for label in ctx.models]}
 
 
 def sampler_label(scheduler: str) -> str:
@@ -409,15 +551,15 @@ def run_job(body, ctx: Context) -> Job:
 
 
 def a1111_progress(p) -> dict:
-    """A1111's /sdapi/v1/progress answer from the worker's `Progress` snapshot. Before the first step
-    the ETA is the worker's estimate; after it, the time so far scaled by the steps left."""
+    """A1111's /sdapi/v1/progress answer from the worker's `Progress` snapshot. The ETA is the
+    worker's, from the steps done (`eta.Eta`); a snapshot without one is scaled by the steps left."""
     state = {"skipped": False, "interrupted": p.interrupted, "stopping_generation": False, "job": "",
              "job_count": p.waiting + (1 if p.running else 0), "job_timestamp": "0", "job_no": 0,
              "sampling_step": 0, "sampling_steps": 0}
     if not p.running:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     done = p.step / p.steps if p.steps else 0.0
-    eta = p.elapsed_s / done - p.elapsed_s if done > 0 else p.estimate_s
+    eta = p.eta_s if p.eta_s is not None else p.elapsed_s / done - p.elapsed_s if done > 0 else p.estimate_s
     state.update(job=f"{p.images} image(s)", job_timestamp=p.started, sampling_step=p.step, sampling_steps=p.steps)
     return {"progress": round(done, 4), "eta_relative": round(max(eta, 0.0), 3), "state": state,
             "current_image": None, "textinfo": None}

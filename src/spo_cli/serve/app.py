@@ -42,16 +42,17 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # a bug of ours: JSON all the same, no traceback
-        return error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
+        return error(500, f"Internal error ({type(exc).__name__}); see the server's log.", path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(request: Request, exc: RequestValidationError):
         first = (exc.errors() or [{}])[0]
         field = str(first.get("loc", ["", None])[-1])
-        return error(400, f"request: '{field}' {first.get('msg', 'is not valid').lower()}.", field)
+        return error(400, f"request: '{field}' {first.get('msg', 'is not valid').lower()}.", field,
+                     path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)  # unknown routes and methods: JSON, like every refusal
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None), path=request.url.path)
 
     return app

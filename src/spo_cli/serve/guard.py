@@ -10,7 +10,8 @@ Binding 127.0.0.1 does not keep out the web pages the user's own browser opens. 
 2. **Origin** (403). A browser puts `Origin` on every cross-origin request and every POST; one that is
    not this server's own (the page) nor a `--cors-origin` is refused, so another site cannot make
    images even "blind" (no-cors, where it could not read the answer anyway).
-3. **Token** (401), when the server has one; the page, `/health` and the favicon hold no data.
+3. **Token** (401), when the server has one (a bearer token, or A1111's HTTP Basic user names and
+   passwords, `--api-auth-file`: either passes); the page, `/health` and the favicon hold no data.
 4. **Content-Type** (415). A body must be declared `application/json`: the content types a page may
    send without a CORS preflight (`text/plain`, forms) are refused even from a browser that sends no
    Origin. A POST without a body (A1111 clients' interrupt) has nothing to mistake.
@@ -21,6 +22,8 @@ the handler waiting for its images. Every request is counted here, with the stat
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 from urllib.parse import urlsplit
@@ -136,25 +139,52 @@ class Guard:
             shown = "no Host header" if host_header is None else f"'Host: {host_header[:200]}'"
             return _error(421, f"This server answers only to {self.hosts.describe()}, not to {shown}. If this "
                           "name reaches it on purpose (a proxy, a name on your network), start it with "
-                          "--allow-host NAME.", "Host")
+                          "--allow-host NAME.", "Host", path=scope["path"])
         origin = headers.get("origin")
         if origin is not None and not self.same_origin(origin, host) and not self.cross_origin_allowed(origin):
             return _error(403, f"Requests from pages of another site ('Origin: {origin[:200]}') are refused. "
-                          "To let a page there use this server, start it with --cors-origin ORIGIN.", "Origin")
-        method = scope["method"]
-        if self.settings.token and scope["path"] not in OPEN_PATHS and method != "OPTIONS":
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"),
-                                                                     self.settings.token.encode()):
-                return _error(401, "This server needs a token: send 'Authorization: Bearer <token>'.",
-                              "Authorization", {"WWW-Authenticate": "Bearer"})
+                          "To let a page there use this server, start it with --cors-origin ORIGIN.", "Origin",
+                          path=scope["path"])
+        method, path = scope["method"], scope["path"]
+        settings = self.settings
+        if (settings.token or settings.api_auth) and path not in OPEN_PATHS and method != "OPTIONS":
+            if not self.authorized(headers.get("authorization", "")):
+                ways, challenges = [], []
+                if settings.token:
+                    ways.append("a token as 'Authorization: Bearer <token>'")
+                    challenges.append("Bearer")
+                if settings.api_auth:
+                    ways.append("a user name and password (HTTP Basic, as A1111's --api-auth)")
+                    challenges.append('Basic realm="spo", charset="UTF-8"')
+                return _error(401, f"This server needs credentials: send {' or '.join(ways)}.", "Authorization",
+                              {"WWW-Authenticate": ", ".join(challenges)}, path)
         if method not in BODYLESS and _has_body(headers):
             kind = headers.get("content-type", "").partition(";")[0].strip().lower()
             if kind != "application/json":
                 shown = f"'{kind[:100]}'" if kind else "none"
                 return _error(415, f"A request body must be JSON sent as 'Content-Type: application/json' "
-                              f"(this one's Content-Type is {shown}).", "Content-Type")
+                              f"(this one's Content-Type is {shown}).", "Content-Type", path=path)
         return None
+
+    def authorized(self, header: str) -> bool:
+        """Whether an Authorization header carries the token or one of the Basic credentials. Every
+        comparison is hmac.compare_digest, and every user's is made, so that the time taken says
+        nothing of which part was wrong."""
+        scheme, _, value = header.partition(" ")
+        scheme, value = scheme.lower(), value.strip().encode("latin-1")  # Starlette decodes headers as Latin-1
+        if scheme == "bearer" and self.settings.token:
+            return hmac.compare_digest(value, self.settings.token.encode())
+        if scheme == "basic" and self.settings.api_auth:
+            try:
+                user, colon, password = base64.b64decode(value, validate=True).partition(b":")
+            except (binascii.Error, ValueError):
+                return False
+            found = False
+            for known_user, known_password in self.settings.api_auth:
+                found |= hmac.compare_digest(user, known_user.encode()) & hmac.compare_digest(
+                    password, known_password.encode())
+            return found and bool(colon)
+        return False
 
     @staticmethod
     def same_origin(origin: str, host: tuple[str, str | None]) -> bool:
@@ -179,5 +209,5 @@ def _has_body(headers: Headers) -> bool:
     return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
 
 
-def _error(status: int, message: str, field: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(api.BadRequest(message, field, status).body(), status_code=status, headers=headers)
+def _error(status: int, message: str, field: str, headers: dict | None = None, path: str = "") -> JSONResponse:
+    return JSONResponse(api.BadRequest(message, field, status).body(path), status_code=status, headers=headers)

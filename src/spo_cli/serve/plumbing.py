@@ -6,6 +6,7 @@ refusals. The routers (`serve/routes/`) hold only what is particular to their di
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +33,7 @@ class Settings:
     poll_s: float = 0.25  # how often a waiting request checks that its client is still there
     allow_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback (--allow-host)
     bound: str | None = None  # the address the socket is bound to (its Host is served too)
+    api_auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs for HTTP Basic (--api-auth-file)
 
 
 @dataclass
@@ -41,6 +43,7 @@ class State:
     worker: Worker
     settings: Settings
     metrics: Metrics
+    started: int = field(default_factory=lambda: int(time.time()))  # OpenAI's `created` of the served models
 
 
 def _state(request: Request) -> State:
@@ -50,14 +53,16 @@ def _state(request: Request) -> State:
 Spo = Annotated[State, Depends(_state)]  # a route's parameter: `spo: Spo`
 
 
-def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return refuse(api.BadRequest(message, field, status), headers)
+def error(status: int, message: str, field: str | None = None, headers: dict | None = None,
+          path: str = "") -> JSONResponse:
+    return refuse(api.BadRequest(message, field, status), headers, path)
 
 
-def refuse(e: api.BadRequest, headers: dict | None = None) -> JSONResponse:
+def refuse(e: api.BadRequest, headers: dict | None = None, path: str = "") -> JSONResponse:
+    """`e` as the answer to a request for `path` (its dialect decides the body's shape)."""
     if headers is None and e.status in (429, 503):
         headers = {"Retry-After": "1"}
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+    return JSONResponse(e.body(path), status_code=e.status, headers=headers)
 
 
 async def read_body(request: Request, limit: int):
@@ -118,18 +123,18 @@ async def take(request: Request, spo: State, parse) -> tuple[object, Ticket] | J
         job = parsed[0] if isinstance(parsed, tuple) else parsed
         return parsed, await submit_and_wait(request, spo, job)
     except api.BadRequest as e:
-        return refuse(e)
+        return refuse(e, path=request.url.path)
 
 
-def stopped() -> JSONResponse:
-    return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"})
+def stopped(path: str = "") -> JSONResponse:
+    return error(503, "The server stopped before these images were made.", headers={"Retry-After": "5"}, path=path)
 
 
-def outcome(ticket: Ticket) -> JSONResponse | None:
+def outcome(ticket: Ticket, path: str = "") -> JSONResponse | None:
     """The refusal owed when no image of `ticket` was made (the first image's reason); None otherwise."""
     if ticket.status == 503:
-        return stopped()
+        return stopped(path)
     if all(img.error for img in ticket.images):
         first = ticket.images[0]
-        return error(first.status, f"No image was made: {first.error}", first.field)
+        return error(first.status, f"No image was made: {first.error}", first.field, path=path)
     return None

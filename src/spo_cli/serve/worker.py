@@ -20,6 +20,7 @@ from pathlib import Path
 
 from spo_cli import render
 from spo_cli.errors import UsageError
+from spo_cli.eta import Eta
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageRequest, ImageTask
 from spo_cli.serve.api import Job
@@ -85,6 +86,7 @@ class Progress:
     elapsed_s: float = 0.0  # since the call started
     estimate_s: float = 0.0  # the call's expected length, from the last call's seconds per step
     started: str = "0"  # local time the call started, YYYYmmddHHMMSS
+    eta_s: float | None = None  # time left, from the steps done (`eta.Eta`); None when nothing is known yet
 
     @property
     def running(self) -> bool:
@@ -100,7 +102,12 @@ class _InFlight:
     started: float  # the worker's clock
     started_at: str
     estimate_s: float
+    eta: Eta
     step: int = 0
+
+    def stepped(self, done: int) -> None:
+        self.step = done
+        self.eta.update(done)
 
 
 @dataclass
@@ -197,7 +204,7 @@ class Worker:
             return Progress(waiting=queue.requests, interrupted=queue.interrupted)
         return Progress(waiting=queue.requests, interrupted=queue.interrupted, images=cur.images, step=cur.step,
                         steps=cur.steps, elapsed_s=self._clock() - cur.started, estimate_s=cur.estimate_s,
-                        started=cur.started_at)
+                        started=cur.started_at, eta_s=cur.eta.remaining())
 
     # -- the worker thread --------------------------------------------------------------------------
 
@@ -283,12 +290,11 @@ class Worker:
             self._fail(label, slots, *refusal)
             return
         steps = requests[0].steps
-        started = self._clock()
-        flight = _InFlight(len(slots), steps, started, time.strftime("%Y%m%d%H%M%S"), self._step_s * steps)
-        self._current = flight
+        flight = self._current = self._flight(len(slots), steps)
+        started = flight.started
 
         def on_step(done: int, total: int) -> None:
-            flight.step = done
+            flight.stepped(done)
             if self.scheduler.stopping(call):
                 raise Interrupted()
 
@@ -325,6 +331,12 @@ class Worker:
                 handed.append((ticket, i))
         while len(self._pending) > 2 * self.batch_size:  # bounded: at most two calls' images in memory
             self._pending.popleft().result()
+
+    def _flight(self, images: int, steps: int) -> _InFlight:
+        """A call about to be denoised: its ETA counts its steps, the last call's rate standing in
+        until its first step (a rate that a slow first step raises, rather than one kept for minutes)."""
+        eta = Eta(steps, clock=self._clock, prior=self._step_s)
+        return _InFlight(images, steps, eta.started, time.strftime("%Y%m%d%H%M%S"), self._step_s * steps, eta)
 
     def _file(self, label: str, ticket: Ticket, i: int, image, meta: dict, when, seconds: float) -> None:
         """On the writer thread: encode (and unless --no-save, write) one image, then hand it over."""

@@ -21,7 +21,7 @@ async def txt2img(request: Request, spo: Spo):
     if isinstance(taken := await take(request, spo, api.a1111_job), JSONResponse):
         return taken
     (job, parameters), ticket = taken
-    if (bad := outcome(ticket)) is not None:
+    if (bad := outcome(ticket, request.url.path)) is not None:
         return bad
     made = [img for img in ticket.images if not img.error]
     infotexts = [metadata.a1111_parameters(img.meta) for img in made]
@@ -45,6 +45,22 @@ async def samplers():
     return [{"name": c.a1111, "aliases": [c.name], "options": {}} for c in presets.SCHEDULERS.values() if c.a1111]
 
 
+@router.get("/schedulers")
+async def schedulers():
+    return api.a1111_schedulers()
+
+
+@router.get("/loras")
+async def loras(spo: Spo):
+    # dict(): one copy under the GIL, as the worker thread may be adding the models it has loaded
+    return api.a1111_loras(m.describe for m in dict(spo.worker.models).values())
+
+
+@router.get("/upscalers")
+async def upscalers():
+    return api.A1111_UPSCALERS
+
+
 @router.get("/options")
 async def options(spo: Spo):
     s = spo.settings
@@ -57,7 +73,7 @@ async def set_options(request: Request, spo: Spo):
     try:
         body = api.checked_body(await read_body(request, spo.settings.max_body))
     except api.BadRequest as e:
-        return refuse(e)
+        return refuse(e, path=request.url.path)
     return {"warnings": [f"'{k}' cannot be changed on a running spo server and was ignored." for k in sorted(body)]}
 
 

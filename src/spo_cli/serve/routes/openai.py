@@ -1,4 +1,4 @@
-"""OpenAI's images API: POST /v1/images/generations."""
+"""OpenAI's images API: POST /v1/images/generations, and GET /v1/models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from spo_cli.outputs import metadata
 from spo_cli.serve import api
-from spo_cli.serve.plumbing import Spo, outcome, take
+from spo_cli.serve.plumbing import Spo, outcome, refuse, take
 
 router = APIRouter()
 
@@ -37,3 +37,22 @@ async def generations(request: Request, spo: Spo):
         "files": [Path(img.written["image"]).name for img in made if img.written],
         "errors": [{"seed": img.request.seed, "error": img.error} for img in ticket.images if img.error],
         "warnings": list(job.warnings)}}
+
+
+@router.get("/v1/models")
+async def models(spo: Spo):
+    return api.openai_models(spo.settings.context, _describes(spo), spo.started)
+
+
+@router.get("/v1/models/{model:path}")
+async def model(model: str, spo: Spo):
+    listed = {m["id"]: m for m in api.openai_models(spo.settings.context, _describes(spo), spo.started)["data"]}
+    if model not in listed:
+        return refuse(api.BadRequest(f"The model '{model[:200]}' is not served here (served: "
+                                     f"{', '.join(listed)}).", None, 404, "model_not_found"))
+    return listed[model]
+
+
+def _describes(spo) -> dict[str, dict]:
+    # dict(): one copy under the GIL, as the worker thread may be adding the models it has loaded
+    return {label: m.describe for label, m in dict(spo.worker.models).items()}
