@@ -302,6 +302,18 @@ def test_infotext_of_a_diffusers_model_has_no_model_hash():
     assert "Model hash" not in text and "Model: stable-diffusion-xl-base-1.0" in text
 
 
+def test_a1111_api_info_carries_the_model_hash():
+    from spo_cli.request import ImageRequest
+    from spo_cli.serve import api
+
+    sha = hashlib.sha256(b"weights").hexdigest()
+    job = api.Job((ImageRequest("a fox", 1),), "merge")
+    single_file = _meta({"id": "/m/merge.safetensors", "source": "local", "file": "merge.safetensors", "sha256": sha})
+    assert api.a1111_info(job, [single_file], [""], "merge")["sd_model_hash"] == sha[:10]
+    folder = _meta({"id": BASE, "source": "hub"})
+    assert api.a1111_info(job, [folder], [""], "base")["sd_model_hash"] is None
+
+
 def test_replay_reads_the_file_from_where_it_was(tmp_path):
     sha = hashlib.sha256(b"w").hexdigest()
     meta = {**_meta({"id": str(tmp_path / "m.safetensors"), "source": "local", "file": "m.safetensors",
