@@ -128,7 +128,7 @@ def kind(keys: set[str], shapes: dict[str, list]) -> str | None:
             return "an SDXL checkpoint missing one of its two text encoders"
         if has(CLIP_L) and has(OPENCLIP_G):
             conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
-            if isinstance(conv_in, list) and len(conv_in) == 4 and conv_in[1] != 4:
+            if isinstance(conv_in, list) and len(conv_in) == 4 and type(conv_in[1]) is int and conv_in[1] != 4:
                 return f"an SDXL inpainting (or other {conv_in[1]}-channel) checkpoint, not a text-to-image one"
             return None
         if has(UNET + "label_emb."):
