@@ -35,6 +35,7 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
     COLUMNS="200",  # rich wraps long paths otherwise
     TORCHINDUCTOR_CACHE_DIR=str(_ROOT / "torch-compile"),  # --fast tests: never the user's cache
+    XDG_CACHE_HOME=str(_ROOT / "cache"),  # spo's own cache (single-file hashes): never the user's
 )
 os.environ.pop("HF_TOKEN", None)
 

@@ -330,9 +330,19 @@ def test_folder_without_model_index(repos):
 
 
 def test_single_file_checkpoint_as_model(repos):
-    with pytest.raises(UsageError) as e:
+    # Read as a single-file checkpoint (tests/test_single_file.py), and this one is not a safetensors file.
+    with pytest.raises(ModelError) as e:
         resolve.resolve_model(ModelRequest(model=str(repos[BASE] / "sd_xl_base_1.0.safetensors")), "float32")
-    assert "single file" in e.value.message
+    assert "not a usable single-file checkpoint" in e.value.message
+
+
+def test_a_folder_file_as_model(repos):
+    with pytest.raises(UsageError) as e:
+        resolve.resolve_model(ModelRequest(model=str(repos[BASE] / "model_index.json")), "float32")
+    assert "takes the folder" in e.value.message
+    with pytest.raises(UsageError) as e:
+        resolve.resolve_model(ModelRequest(model=str(repos[BASE] / "unet" / "openvino_model.xml")), "float32")
+    assert "not a .safetensors checkpoint" in e.value.message
 
 
 def test_local_vae_folder_without_a_vae(hub_cache, tmp_path):

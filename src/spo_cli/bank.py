@@ -58,11 +58,19 @@ class Bank:
         self.bytes_loaded = 0
 
     def parts(self, resolved) -> dict[str, tuple[object, list[str], str]]:
-        """For each part: (folder, files relative to it, fingerprint)."""
+        """For each part: (folder, files relative to it, fingerprint). A single-file checkpoint's
+        models are one file: their folder is None and their fingerprint the file's SHA-256."""
         out = {}
         p = resolved.pipeline
         for part in self.PARTS:
-            if part == "vae" and resolved.vae is not None:
+            if resolved.config is not None and not part.startswith("tokenizer") and not (
+                    part == "vae" and resolved.vae is not None):
+                out[part] = (None, [], f"{p.sha256[:20]}:{part}")
+                continue
+            if resolved.config is not None and part.startswith("tokenizer"):
+                folder = resolved.config.path / part
+                files = [f.split("/", 1)[1] for f in resolved.config.files if f.startswith(part + "/")]
+            elif part == "vae" and resolved.vae is not None:
                 v = resolved.vae
                 folder = v.path / v.subfolder if v.subfolder else v.path
                 prefix = f"{v.subfolder}/" if v.subfolder else ""
@@ -101,6 +109,21 @@ class Bank:
         self.bytes_loaded += sum((folder / f).stat().st_size for f in files if f.endswith(".safetensors"))
         return module.to(self.device)
 
+    def _load_single(self, resolved, parts: dict, needed: list[str]) -> None:
+        """The `needed` models of a single-file checkpoint, in one pass over the file, as Engine.load
+        builds them; the parts already loaded are handed in, so they are not built again."""
+        from diffusers import StableDiffusionXLPipeline
+
+        given = {part: self.modules[(part, fp)] for part, (_, _, fp) in parts.items()
+                 if part not in needed and (part, fp) in self.modules}
+        with unloadable(resolved.pipeline):
+            pipe = StableDiffusionXLPipeline.from_single_file(
+                str(resolved.pipeline.path), config=str(resolved.config.path), torch_dtype=TORCH_DTYPES[self.dtype],
+                local_files_only=True, **given)
+        self.bytes_loaded += resolved.pipeline.path.stat().st_size
+        for part in needed:
+            self.modules[(part, parts[part][2])] = getattr(pipe, part).to(self.device)
+
     def engine(self, resolved, needed_later: set[tuple[str, str]] = frozenset()) -> Engine:
         """The pipeline for one column, loading only what is not loaded yet."""
         import diffusers
@@ -110,7 +133,10 @@ class Bank:
         wanted = {(part, fp) for part, (_, _, fp) in parts.items()}
         self.release(wanted | set(needed_later))
         components, loaded, reused = {}, [], []
+        single = [part for part, (folder, _, fp) in parts.items() if folder is None and (part, fp) not in self.modules]
         for part, (folder, files, fp) in parts.items():
+            if part in single:
+                continue  # below, in one pass over the file
             if (part, fp) not in self.modules:
                 variant = resolved.vae.variant if part == "vae" and resolved.vae else resolved.pipeline.variant
                 self.modules[(part, fp)] = self._load(part, folder, files, variant)
@@ -118,10 +144,15 @@ class Bank:
             else:
                 reused.append(part)
             components[part] = self.modules[(part, fp)]
+        if single:
+            self._load_single(resolved, parts, single)
+            loaded += single
+            components |= {part: self.modules[(part, parts[part][2])] for part in single}
         self.log("; ".join(f"{verb} {', '.join(ps)}" for verb, ps in (("load", loaded), ("reuse", reused)) if ps))
         index = resolved.model_index  # parsed and checked once, by resolve
         scheduler_cls = getattr(diffusers, index["scheduler"][1])
-        components["scheduler"] = scheduler_cls.from_pretrained(resolved.pipeline.path / "scheduler")
+        configs = resolved.config.path if resolved.config is not None else resolved.pipeline.path
+        components["scheduler"] = scheduler_cls.from_pretrained(configs / "scheduler")
         pipe = StableDiffusionXLPipeline(
             **components,
             force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),

@@ -140,6 +140,7 @@ def unloadable(part):
             raise
         first = (str(e).strip().splitlines() or [""])[0][:200]
         fix = (f"For a Hub model, `spo download {part.id} --force` fetches its files again." if part.source == "hub"
+               else "spo loads SDXL single-file checkpoints in the original (A1111) layout." if part.sha256
                else "Check its config files and weights: spo loads standard diffusers SDXL folders.")
         raise ModelError(f"'{part.id}' could not be loaded: {type(e).__name__}: {first}", fix) from e
 
@@ -203,7 +204,8 @@ class Engine:
         # Straight to the GPU: safetensors are memory-mapped and each tensor is copied once, to the
         # device, in the target dtype (no float32 detour, no second copy in host memory). diffusers
         # takes only the bare "cuda" here; other devices load to host memory and move.
-        direct = device == "cuda" and options.offload is None
+        # (diffusers' single-file loader takes no device_map.)
+        direct = device == "cuda" and options.offload is None and resolved.config is None
         kwargs = {"device_map": "cuda"} if direct else {}
         if resolved.vae is not None:
             with unloadable(resolved.vae):
@@ -212,10 +214,18 @@ class Engine:
                     use_safetensors=True, variant=resolved.vae.variant, **({"device_map": "cuda"} if direct else {}),
                 )
         with unloadable(resolved.pipeline):
-            pipe = StableDiffusionXLPipeline.from_pretrained(
-                resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
-                variant=resolved.pipeline.variant, **kwargs,
-            )
+            if resolved.config is not None:
+                # One file in the original layout, built with SDXL base's configs from the cache
+                # (resolve has checked it is an SDXL safetensors file); nothing is fetched here.
+                pipe = StableDiffusionXLPipeline.from_single_file(
+                    str(resolved.pipeline.path), config=str(resolved.config.path), torch_dtype=torch_dtype,
+                    local_files_only=True, **kwargs,
+                )
+            else:
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
+                    variant=resolved.pipeline.variant, **kwargs,
+                )
         lora_scale = None
         if resolved.lora is not None:
             lora_scale = resolved.lora_scale

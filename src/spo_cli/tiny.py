@@ -145,9 +145,12 @@ def build_vae(seed: int, *, force_upcast: bool = True):
     return AutoencoderKL(**vae_config(force_upcast=force_upcast))
 
 
-def build_pipeline(folder: Path, seed: int = 0, unet: dict | None = None):
+def build_pipeline(folder: Path, seed: int = 0, unet: dict | None = None, text_2_width: int | None = None):
     """A tiny random `StableDiffusionXLPipeline`; `folder` receives its tokenizer files; `unet`
-    overrides entries of `unet_config()`."""
+    overrides entries of `unet_config()`. `text_2_width` gives the second text encoder its own
+    width (the UNet's cross-attention and added-embedding inputs follow): diffusers' single-file
+    loader tells SDXL's two encoders apart by width (768 and 1280), which the default, both 32,
+    would not let it do."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -165,12 +168,18 @@ def build_pipeline(folder: Path, seed: int = 0, unet: dict | None = None):
         hidden_act="gelu",
         projection_dim=32,
     )
+    text_2_cfg = text_cfg
+    if text_2_width is not None:
+        text_2_cfg = CLIPTextConfig(**{**text_cfg.to_dict(), "hidden_size": text_2_width})
+        width = text_cfg.hidden_size + text_2_width
+        unet = {"cross_attention_dim": width, "projection_class_embeddings_input_dim": 6 * 8 + text_cfg.projection_dim,
+                **(unet or {})}
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**{**unet_config(), **(unet or {})})
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(text_cfg)
     torch.manual_seed(seed + 2)
-    text_encoder_2 = CLIPTextModelWithProjection(text_cfg)
+    text_encoder_2 = CLIPTextModelWithProjection(text_2_cfg)
     vae = build_vae(seed + 3)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     return StableDiffusionXLPipeline(

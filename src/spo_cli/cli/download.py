@@ -21,6 +21,8 @@ EXAMPLES = """[bold]Examples[/]
 
   spo download spo --force        # fetch every file again (repairs a damaged cache)
 
+  spo download my-sdxl-merge.safetensors --dtype fp32   # SDXL base's configs for a single file
+
   HF_HOME=/shared/hf spo download spo   # into a shared cache
 
   spo download score-models       # every preference scorer `spo score` uses (or one: spo download pickscore)
@@ -35,7 +37,8 @@ JSON_HELP = ("Print a JSON object on stdout (model, dtype, bytes, and per repo i
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def download(
     ui: UI,
-    model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout); or score-models, or one "
+    model: Annotated[str, typer.Argument(help="Preset, Hub repo id (diffusers layout), or an SDXL .safetensors "
+                                         "file (fetches SDXL base's configs for it); or score-models, or one "
                                          "metric's name, for the scorers; or paper-prompts.")] = presets.DEFAULT_PRESET,
     revision: opts.Revision = None,
     lora: opts.Lora = None,

@@ -67,11 +67,64 @@ def find_model(ui: UI, request: ModelRequest, dtype: str, *, force: bool = False
     local_only = not downloading and uses_hub(request, dtype) and cache_only(ui)
     # No spinner here: download bars may need the live display.
     resolved = resolve_model(request, dtype, tqdm=ui.download_tqdm, force=force, downloading=downloading,
-                             local_only=local_only)
+                             local_only=local_only, hashing=hash_progress(ui))
     for part in resolved.parts():
         at = f" @ {part.commit[:10]}" if part.commit else ""
+        at += " (configs and tokenizers for the file)" if part is resolved.config else ""
         ui.info(f"[green]✓[/] Resolved {escape(part.id)}{'/' + escape(part.file) if part.file and part.source == 'hub' else ''}{at}")
     return resolved
+
+
+def hash_progress(ui: UI):
+    """How hashing a single-file checkpoint (A1111's Model hash) is shown: a byte bar on a terminal,
+    a line before and after elsewhere. Only the first time: the hash is cached."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def show(name: str, size: int):
+        what = f"the SHA-256 of {escape(name)} ({size / 1e9:.2f} GB) for its Model hash"
+        if ui.quiet:
+            yield lambda n: None
+            return
+        if not ui.err.is_terminal:
+            ui.info(f"Computing {what}; it is cached for later runs.")
+            yield lambda n: None
+            ui.info(f"[green]✓[/] Computed {what}")
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                      TimeRemainingColumn(), console=ui.err, transient=True) as progress:
+            task = progress.add_task(f"Hashing {name}", total=size)
+            yield lambda n: progress.advance(task, n)
+        ui.info(f"[green]✓[/] Computed {what} (cached for later runs)")
+
+    return show
+
+
+def recorded_file(ui: UI, meta: dict) -> list[str]:
+    """Replaying an image made from a single-file checkpoint: the file must still be where it was
+    read from (else say how to point at it), and a file changed since is a warning (its images
+    will differ). Hashing is cached, so resolving it again costs nothing."""
+    from pathlib import Path
+
+    from spo_cli.errors import UsageError
+    from spo_cli.resolve import single
+
+    model = meta.get("model")
+    recorded = model.get("sha256") if isinstance(model, dict) else None
+    if not (isinstance(recorded, str) and isinstance(model.get("id"), str)):
+        return []
+    path = Path(model["id"])
+    if not path.is_file():
+        raise UsageError(f"The image was made from the single-file checkpoint {path} (Model hash "
+                         f"{single.short_hash(recorded)}), which is no longer there.",
+                         "Give its new path with --model.")
+    now = single.sha256(path, hash_progress(ui))
+    if now == recorded:
+        return []
+    return [f"{path} has changed since the image was made (SHA-256 {single.short_hash(now)}, was "
+            f"{single.short_hash(recorded)}): the image will differ."]
 
 
 def cache_only(ui: UI) -> bool:

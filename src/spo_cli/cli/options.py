@@ -17,7 +17,8 @@ _P = "Speed and memory"
 
 Model = Annotated[str, typer.Option(
     "--model", "-m", rich_help_panel=_M,
-    help=f"Preset ({', '.join(presets.PRESETS)}), Hub repo id, or local diffusers folder.")]
+    help=f"Preset ({', '.join(presets.PRESETS)}), Hub repo id, local diffusers folder, or SDXL single-file "
+    ".safetensors checkpoint (A1111 layout).")]
 Revision = Annotated[Optional[str], typer.Option(
     help="Branch, tag or commit of the model repo.", rich_help_panel=_M)]
 Lora = Annotated[Optional[list[str]], typer.Option(

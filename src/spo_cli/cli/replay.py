@@ -59,7 +59,7 @@ def replay(
     prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
     no_size_limit: opts.NoSizeLimit = False,
-    model: _opt(str, "Model: preset, Hub repo id or folder (the recorded revision and LoRA are dropped).", MODEL_PANEL,
+    model: _opt(str, "Model: preset, Hub repo id, folder or .safetensors file (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
     revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
     lora: Annotated[Optional[list[str]], typer.Option(
@@ -111,6 +111,7 @@ def replay(
                 + ", ".join(f"{k} {_default(k, image)}" for k in defaulted) + ".")
     # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
     # as its option.
+    meta = recorded
     recorded = validate.Where(str(file) if infotext is None else "--infotext")
     where = validate.ARGV if {"prompt", "negative_prompt", "prompt_syntax"} & changes.keys() else recorded
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
@@ -128,6 +129,10 @@ def replay(
         # Another model: the recorded pin and LoRAs belonged to the old one.
         model_changes = {"model": model, "revision": None, "lora": None, "lora_file": None, "lora_scale": None,
                          "loras": (), **model_changes}
+    elif meta is not None:  # the recorded model; a single file must be there, and the same
+        from spo_cli.cli import loading
+
+        warnings += loading.recorded_file(ui, meta)
     model_changes["device"] = device
     merged = replace(request, **model_changes)
     # A folder given now, else the recorded one, else SPO_LORA_DIR's; the recorded one only matters

@@ -86,8 +86,9 @@ def _a1111_quote(value: str) -> str:
 def a1111_parameters(meta: dict) -> str:
     """The `parameters` text that AUTOMATIC1111, ComfyUI and other "PNG info" readers show.
 
-    No `Model hash`: A1111 means the SHA-256 of a single checkpoint file by it, and a diffusers
-    model has none; the commit it came from is in the spo-cli JSON instead."""
+    `Model hash` only for a single-file checkpoint: A1111 means the first 10 hex digits of the
+    file's SHA-256 by it (and its name without extension by `Model`); a diffusers model has no one
+    file to hash, and the commit it came from is in the spo-cli JSON instead."""
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
@@ -103,6 +104,10 @@ def a1111_parameters(meta: dict) -> str:
         "Size": f"{meta['width']}x{meta['height']}",
         "Model": meta["model"]["id"].rstrip("/").split("/")[-1],
     }
+    if meta["model"].get("sha256"):
+        fields.pop("Model")
+        fields |= {"Model hash": meta["model"]["sha256"][:10],
+                   "Model": Path(meta["model"].get("file") or meta["model"]["id"]).stem}
     if meta.get("prompt_syntax") == "a1111" and meta.get("emphasis") == "none-norm":
         fields["Emphasis"] = "No norm"  # A1111 writes the mode only when it is not its default, Original
     elif meta.get("prompt_syntax", "plain") == "plain" and any(
@@ -327,6 +332,8 @@ def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelReques
         raise where.error("model_request.model", "is missing")
     if model.get("source") == "hub" and isinstance(model.get("commit"), str):
         known["revision"] = model["commit"]  # the exact weights, even if the branch moved
+    if model.get("sha256") and isinstance(model.get("id"), str):
+        known["model"] = model["id"]  # a single file, by the absolute path it was read from
     known["dtype"] = field(meta, "dtype", str)  # what actually ran, not "auto"
     lora = meta.get("lora")
     if not lora:

@@ -8,6 +8,8 @@ tokenizer files, never `.bin`, ONNX, OpenVINO, Flax or single-file checkpoints.
 - `hub`: Hub access (downloads into the cache, reachability, the messages for what is not there);
 - `files`: which files are read (allow-lists, variants), model_index.json checks, integrity;
 - `parts`: each part alone (pipeline, VAE, LoRA, a scorer's files, a dataset), Hub or local;
+- `single`: a single-file checkpoint (`--model file.safetensors`): its header checked (SDXL only),
+  SDXL base's configs for it, its SHA-256 (A1111's Model hash), cached;
 - `model`: a `ModelRequest` → its parts (`resolve_model`), and what is refused before the Hub.
 
 No torch here, nor diffusers: a missing or damaged model is named before either is imported.

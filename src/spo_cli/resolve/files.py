@@ -180,20 +180,30 @@ def check_files(folder: Path, files: list[str], where: str, repair: str | None,
 
 def safetensors_problem(path: Path) -> str | None:
     """Why a .safetensors file cannot be whole (from its header and length), or None."""
+    return safetensors_header(path)[1]
+
+
+def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
+    """(header, None) for a whole .safetensors file, (None, why not) otherwise. The header is read
+    bounded (100 MB; SDXL's is about 200 KB) and each tensor entry is checked for its offsets."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            return f"{size} bytes, too short for a safetensors header"
+            return None, f"{size} bytes, too short for a safetensors header"
         n = int.from_bytes(head, "little")
         if n > min(size - 8, 100 << 20):
-            return "its header length is impossible: not a safetensors file, or cut short"
+            return None, "its header length is impossible: not a safetensors file, or cut short"
         try:
             header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, ValueError):
-            return "its header is not JSON: not a safetensors file"
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None, "its header is not JSON: not a safetensors file"
     if not isinstance(header, dict):
-        return "its header is not a JSON object: not a safetensors file"
+        return None, "its header is not a JSON object: not a safetensors file"
+    return header, _tensors_problem(header, 8 + n, size)
+
+
+def _tensors_problem(header: dict, start: int, size: int) -> str | None:
     ends = []
     for k, v in header.items():
         if k == "__metadata__":
@@ -204,6 +214,6 @@ def safetensors_problem(path: Path) -> str | None:
                 and all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
             return "its header has a tensor without valid data_offsets: not a safetensors file"
         ends.append(offsets[1])
-    if 8 + n + max(ends, default=0) > size:
-        return f"cut short: {size:,} bytes of {8 + n + max(ends):,}"
+    if start + max(ends, default=0) > size:
+        return f"cut short: {size:,} bytes of {start + max(ends):,}"
     return None

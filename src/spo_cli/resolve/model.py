@@ -11,7 +11,7 @@ from spo_cli import loras as lora_names
 from spo_cli import presets
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.request import LoraRequest, ModelRequest
-from spo_cli.resolve import parts
+from spo_cli.resolve import parts, single
 from spo_cli.resolve.files import WEIGHT_SUFFIXES, read_index
 from spo_cli.resolve.hub import Fetch, TqdmFactory, offline
 from spo_cli.resolve.parts import Resolved
@@ -29,13 +29,14 @@ class ResolvedModel:
     # LoRAs stacked after `lora` (more --lora, a prompt's <lora:> tags), each with what asked for it.
     extra_loras: tuple[tuple[Resolved, LoraRequest], ...] = ()
     _hashes: dict = field(default_factory=dict, repr=False, compare=False)  # LoRA file → hashes, computed once
+    config: Resolved | None = None  # a single-file checkpoint's configs and tokenizers (SDXL base's)
 
     @property
     def lora_scale(self) -> float | None:
         return self.request.effective_lora_scale if self.lora else None
 
     def parts(self) -> list[Resolved]:
-        return [p for p in (self.pipeline, self.lora, self.vae) if p is not None] + [p for p, _ in self.extra_loras]
+        return [p for p in (self.pipeline, self.config, self.lora, self.vae) if p is not None] + [p for p, _ in self.extra_loras]
 
     def nbytes(self) -> int:
         return sum(p.nbytes() for p in self.parts())
@@ -43,8 +44,11 @@ class ResolvedModel:
     def identity(self) -> dict:
         """What decides the weights, for spec hashes: ids, commits, LoRA scale, dtype; not paths."""
         def ident(p: Resolved | None) -> dict | None:
-            return None if p is None else {"id": p.id, "commit": p.commit, "variant": p.variant, "file": p.file,
-                                           "subfolder": p.subfolder}
+            if p is None:
+                return None
+            d = {"id": p.id, "commit": p.commit, "variant": p.variant, "file": p.file, "subfolder": p.subfolder}
+            # Only where there is one, so that the spec hashes of earlier runs stay what they were.
+            return d | {"sha256": p.sha256} if p.sha256 else d
 
         identity = {"model": ident(self.pipeline), "lora": ident(self.lora),
                     "lora_scale": self.lora_scale, "vae": ident(self.vae),
@@ -64,7 +68,8 @@ class ResolvedModel:
                 del request[key]
         described = {
             "model_request": request,  # what the user asked for, so replay can ask again
-            "model": dict(self.pipeline.describe(), preset=self.preset),
+            "model": dict(self.pipeline.describe(), preset=self.preset,
+                          **({"config": {"id": self.config.id, "commit": self.config.commit}} if self.config else {})),
             "lora": lora,
             "vae": self.vae.describe() if self.vae else {"id": None, "source": "model"},
         }
@@ -97,7 +102,12 @@ class ResolvedModel:
 
 def _looks_local(spec: str) -> bool:
     # A Hub id is exactly "org/name"; anything path-like, or an existing path, is local (as in diffusers).
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or Path(spec).expanduser().exists()
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        return True
+    try:
+        return Path(spec).expanduser().exists()
+    except OSError:  # a name too long for the file system: no such path here
+        return False
 
 
 def _lora_is_local(spec: str) -> bool:
@@ -131,6 +141,12 @@ def _refuse_revision(revision: str | None, folder) -> None:
                          "Drop --revision, or check out that revision of the folder yourself.")
 
 
+def _refuse_file_revision(revision: str | None) -> None:
+    if revision:
+        raise UsageError(f"--revision {revision} applies to Hub repos; a single-file checkpoint is one file.",
+                         "Drop --revision.")
+
+
 def _vae_spec(request: ModelRequest, dtype: str) -> str:
     """--vae, else the fp16-fix VAE in float16 (as the authors do) and the checkpoint's own otherwise."""
     if request.vae is not None:
@@ -145,7 +161,10 @@ def precheck(request: ModelRequest) -> None:
     """What can be known of `request` without the Hub or torch: local paths exist and are what they
     should be (a local pipeline's model_index.json is read and checked too), repo ids are repo ids."""
     preset = presets.PRESETS.get(request.model)
-    if not preset:
+    if not preset and single.is_single_file(request.model):
+        _refuse_file_revision(request.revision)
+        single.checked_file(request.model)
+    elif not preset:
         if _looks_local(request.model):
             folder = parts.local_pipeline_folder(request.model)
             _refuse_revision(request.revision, folder)
@@ -197,11 +216,13 @@ def download_command(request: ModelRequest, dtype: str) -> str:
 
 
 def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False, force: bool = False,
-                  tqdm: TqdmFactory | None = None, downloading: bool = False) -> ResolvedModel:
+                  tqdm: TqdmFactory | None = None, downloading: bool = False,
+                  hashing: single.HashProgress | None = None) -> ResolvedModel:
     """Find (and fetch, unless `local_only` or offline) everything `request` needs in `dtype`.
 
     Each pipeline's model_index.json is fetched first and checked (an SDXL pipeline, no custom
-    code) before any weight file is; every file is checked to be whole before it is handed on."""
+    code) before any weight file is; every file is checked to be whole before it is handed on.
+    A single-file checkpoint is checked from its header, then hashed (`hashing` shows progress)."""
     fetch = Fetch(local_only, force, tqdm, download_command(request, dtype), downloading)
     if force and offline(fetch):
         raise ModelError("--force fetches every file again from the Hub, and HF_HUB_OFFLINE is set.",
@@ -213,7 +234,15 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
     skip = ("vae",) if vae_spec != "model" else ()  # a replaced VAE is never loaded: don't fetch it
 
     # 1. The pipeline.
-    if preset:
+    config = None
+    if not preset and single.is_single_file(request.model):
+        _refuse_file_revision(request.revision)
+        path, header = single.checked_file(request.model)
+        if vae_spec == "model" and not single.has_vae(header):
+            raise single.no_vae(path)
+        config, index = single.configs(fetch, path)
+        pipeline = parts.Resolved(str(path), "local", path, file=path.name, sha256=single.sha256(path, hashing))
+    elif preset:
         pipeline, index = parts.pipeline_from_hub(preset.repo_id, request.revision,
                                                   variant if preset.has_fp16_variant else None, fetch, skip)
     elif _looks_local(request.model):
@@ -253,4 +282,4 @@ def resolve_model(request: ModelRequest, dtype: str, *, local_only: bool = False
             vae = parts.vae_from_hub(vae_spec, variant, fetch)
 
     return ResolvedModel(request, request.model if preset else None, pipeline, dtype, lora, vae, index,
-                         extra_loras=tuple(extras))
+                         extra_loras=tuple(extras), config=config)

@@ -30,6 +30,7 @@ class Resolved:
     file: str | None = None  # LoRA weight file name
     subfolder: str | None = None  # a VAE taken from a pipeline repo's vae/ folder
     files: tuple[str, ...] = ()  # what the pipeline reads, relative to `path` (a folder)
+    sha256: str | None = None  # a single-file checkpoint's (A1111's Model hash is its first 10 digits)
 
     def nbytes(self) -> int:
         if self.path.is_file():
@@ -42,6 +43,8 @@ class Resolved:
             d["variant"] = self.variant
         if self.subfolder:
             d["subfolder"] = self.subfolder
+        if self.sha256:
+            d |= {"file": self.file, "sha256": self.sha256}
         return d
 
 

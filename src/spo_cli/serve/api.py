@@ -499,6 +499,7 @@ def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: st
     first = job.images[0]
     width = metas[0]["width"] if metas else first.width or presets.DEFAULT_SIZE
     height = metas[0]["height"] if metas else first.height or presets.DEFAULT_SIZE
+    sha256 = (metas[0].get("model") or {}).get("sha256") if metas else None  # a single-file checkpoint's
     return {
         "prompt": first.prompt, "all_prompts": [r.prompt for r in job.images],
         "negative_prompt": first.negative_prompt or "", "all_negative_prompts": [r.negative_prompt or ""
@@ -507,7 +508,7 @@ def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: st
         "all_subseeds": [-1] * len(job.images), "subseed_strength": 0, "width": width, "height": height,
         "sampler_name": sampler_label(first.scheduler), "cfg_scale": first.guidance, "steps": first.steps,
         "batch_size": len(job.images), "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": model_name, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
+        "sd_model_name": model_name, "sd_model_hash": sha256[:10] if sha256 else None, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": 0, "extra_generation_params": {},
         "index_of_first_image": 0, "infotexts": infotexts, "styles": [], "job_timestamp": None, "clip_skip": 1,
         "is_using_inpainting_conditioning": False, "version": "spo-cli",
