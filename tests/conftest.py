@@ -53,6 +53,19 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_ROOT, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """Each test starts and ends with the process's own SIGINT/SIGTERM handlers. A batch stopped
+    in-process (CliRunner) leaves SIGINT ignored, as a real `spo batch` on its way out should; a
+    child started later inherits SIG_IGN across exec, and a Ctrl-C test's `spo` then ignores it."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session")
 def repos() -> dict[str, Path]:
     """Source folders of the tiny repos, by real repo id."""
