@@ -295,6 +295,16 @@ def test_loras_are_the_ones_the_models_carry():
     assert api.a1111_loras([{"loras": [named]}])[0]["name"] == "detail"
 
 
+def test_sd_models_give_a_single_files_hash_as_a1111_does():
+    sha = "0123456789abcdef" * 4
+    listed = api.a1111_sd_models({"merge": {"model": {"id": "/ckpt/merge.safetensors", "source": "file", "sha256": sha}},
+                                  "spo": {"model": {"id": "org/spo-sdxl", "source": "hub"}}})
+    assert listed == [
+        {"title": "merge [0123456789]", "model_name": "merge", "hash": "0123456789", "sha256": sha,
+         "filename": "/ckpt/merge.safetensors", "config": None},
+        {"title": "spo", "model_name": "spo", "hash": None, "sha256": None, "filename": "org/spo-sdxl", "config": None}]
+
+
 def test_openai_models_list_the_served_labels():
     listed = api.openai_models(CTX, {"spo": {"model": {"id": "org/spo-sdxl", "source": "hub"}},
                                      "base": {"model": {"id": "/models/base", "source": "local"}}}, 1700000000)

@@ -470,6 +470,20 @@ def a1111_loras(describes) -> list[dict]:
     return list(seen.values())
 
 
+def a1111_sd_models(describes: dict[str, dict]) -> list[dict]:
+    """GET /sdapi/v1/sd-models: A1111's entries for the served models. A single-file checkpoint has a
+    SHA-256, given as A1111 gives it: `sha256` whole, `hash` its first 10 characters (the `Model hash`
+    of its infotext), and the title "name [hash]"; a diffusers folder or repo has none."""
+    listed = []
+    for label, describe in describes.items():
+        model = describe.get("model") or {}
+        sha256 = model.get("sha256")
+        short = sha256[:10] if isinstance(sha256, str) else None
+        listed.append({"title": f"{label} [{short}]" if short else label, "model_name": label, "hash": short,
+                       "sha256": sha256 if short else None, "filename": model.get("id"), "config": None})
+    return listed
+
+
 # spo has no upscaler: A1111's "None" entry (modules/upscaler.py UpscalerNone) is the whole list.
 A1111_UPSCALERS = [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
 

@@ -36,8 +36,7 @@ async def txt2img(request: Request, spo: Spo):
 
 @router.get("/sd-models")
 async def sd_models(spo: Spo):
-    return [{"title": label, "model_name": label, "hash": None, "sha256": None,
-             "filename": m.describe["model"]["id"], "config": None} for label, m in spo.worker.models.items()]
+    return api.a1111_sd_models({label: m.describe for label, m in dict(spo.worker.models).items()})
 
 
 @router.get("/samplers")
