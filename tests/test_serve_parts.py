@@ -672,6 +672,23 @@ def test_one_access_line_per_request_without_query_token_or_body(tmp_path, capsy
     assert capsys.readouterr().err == ""
 
 
+def test_the_access_line_hides_secrets_in_the_path_and_escapes_the_client(tmp_path, capsys):
+    """A client may put the token or a password in the path itself (`curl host/v1/models/$SPO_TOKEN`):
+    the line shows neither. The client's address is text too: behind a proxy on loopback (an SSH
+    tunnel), uvicorn takes it from X-Forwarded-For, which may hold quotes and terminal escapes."""
+    from spo_cli.serve.guard import access_line
+
+    password = "correct-horse-battery"
+    app, _ = make_app(tmp_path, token=TOKEN, api_auth=(("alice", password),), access_log=True)
+    call(app, "GET", f"/v1/models/{TOKEN}", {"Authorization": f"Bearer {TOKEN}"})
+    call(app, "GET", f"/outputs/{password}/{'x' * 261}{TOKEN}")  # the token across the cut at 300
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith('127.0.0.1:40000 - "GET /v1/models/***" 404 '), lines
+    assert all(TOKEN[:8] not in line and password[:8] not in line for line in lines), lines
+    line = access_line({"method": "GET", "path": "/", "client": ('1.2.3.4" 200 0.001s \x1b[2J', 0)}, 200, 0.5)
+    assert "\x1b" not in line and line.startswith('1.2.3.4\\" 200 0.001s \\u001b[2J:0 - "GET /" 200 '), line
+
+
 LEAVE_WITH_TORCH_BUSY = """
 import sys, threading, time, types
 import torch
