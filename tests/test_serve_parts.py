@@ -636,6 +636,29 @@ def test_the_body_schemas_agree_with_what_the_server_accepts(tmp_path, path):
         assert not conforms(body, body_schema, schemas), body
 
 
+def test_the_documented_refusals_are_the_bodies_sent(tmp_path):
+    """Each refusal /openapi.json describes is the body that path really answers: OpenAI's error
+    (message, type, param, code) and A1111's under /sdapi/, which its clients read."""
+    app, _ = make_app(tmp_path, token=TOKEN)
+    doc = call(app, "GET", "/openapi.json")[1]
+    schemas = doc["components"]["schemas"]
+    checked = set()
+    for path, described in doc["paths"].items():
+        url = path.replace("{model}", "dall-e-3").replace("{name}", "none.png")
+        for method, op in described.items():
+            ways = {"403": dict(headers={"Origin": "http://evil.example"}), "421": dict(host="evil.example"),
+                    "401": {}, "404": dict(headers={"Authorization": f"Bearer {TOKEN}"})}
+            for status, kw in ways.items():
+                if status not in op["responses"] or status == "404" and "{" not in path:
+                    continue
+                got, body, _ = call(app, method.upper(), url, **kw)
+                schema = op["responses"][status]["content"]["application/json"]["schema"]
+                assert got == int(status) and conforms(body, schema, schemas), (method, path, status, body)
+                checked.add((path, status))
+    assert {("/sdapi/v1/txt2img", "401"), ("/v1/models/{model}", "404"), ("/v1/images/generations", "421"),
+            ("/outputs/{name}", "404")} <= checked
+
+
 def test_the_docs_page_needs_no_network_and_escapes_what_it_shows(tmp_path):
     from spo_cli.serve import docs
 
