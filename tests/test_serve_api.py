@@ -436,3 +436,19 @@ def test_off_loopback_basic_users_serve_as_the_token(tmp_path, monkeypatch):
     # Past the credentials check, the next one (a model named twice) is what refuses it: nothing loads.
     r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--api-auth-file", str(path), "--models", "a,a"])
     assert r.exit_code == 2 and "must name each model once" in r.output, r.output
+
+
+def test_an_empty_schedule_type_is_automatic_and_an_unknown_one_is_named():
+    """Clients send '' for a field they leave unset (sampler_name '' is unset too), and A1111 reads an
+    empty schedule type as Automatic. A type it does not know is the 'scheduler' field's fault."""
+    assert api.a1111_job({"prompt": "a fox", "scheduler": ""}, CTX)[0].images[0].scheduler == "default"
+    own = api.a1111_job({"prompt": "a fox", "sampler_name": "DPM++ 2M"}, CTX)[0].images[0].scheduler
+    for empty in ("", "  "):
+        job, _ = api.a1111_job({"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": empty}, CTX)
+        assert job.images[0].scheduler == own == "dpm++2m-karras"
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": "Sideways"}, CTX)
+    assert e.value.field == "scheduler" and "'Sideways'" in e.value.message
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "sampler_name": "Sideways", "scheduler": "Karras"}, CTX)
+    assert e.value.field == "sampler_name"

@@ -387,6 +387,8 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         if sampler in ("", A1111_DEFAULTS["sampler_index"]):
             sampler = None
     schedule = body.get("scheduler")
+    if isinstance(schedule, str) and not schedule.strip():
+        schedule = None  # unset, as a client writes it: A1111 reads a type it lacks as Automatic
     if sampler is None and isinstance(schedule, str) and schedule.strip().lower() == "automatic":
         schedule = None  # the default sampler's own schedule: what spo's default runs
     if sampler is None and schedule is not None:
@@ -400,8 +402,10 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         try:  # spo's own names too, as everywhere else spo takes a scheduler
             values["scheduler"] = (sampler if sampler in presets.SCHEDULERS and schedule is None
                                    else infotext.scheduler_name(sampler, schedule))
-        except infotext.InfotextError as e:
+        except infotext.UnknownSampler as e:
             raise BadRequest(f"request: '{sampler_field}': {e}", sampler_field) from None
+        except infotext.InfotextError as e:  # the schedule type is not one A1111 has
+            raise BadRequest(f"request: 'scheduler': {e}", "scheduler") from None
         if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
             known = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
             raise BadRequest(f"request: '{sampler_field}' {sampler!r} is not an A1111 sampler; spo knows {known}. "
