@@ -452,3 +452,29 @@ def test_an_empty_schedule_type_is_automatic_and_an_unknown_one_is_named():
     with pytest.raises(api.BadRequest) as e:
         api.a1111_job({"prompt": "a fox", "sampler_name": "Sideways", "scheduler": "Karras"}, CTX)
     assert e.value.field == "sampler_name"
+
+
+def test_what_a_body_holds_is_echoed_bounded():
+    """Names a client sent come back in refusals and warnings: a 200,000-character one is quoted by
+    its start and size, and a thousand unknown fields are not a thousand warnings."""
+    huge = "B" + "b" * 200_000
+    refusals = [(api.a1111_job, {"sampler_name": huge + "Scheduler"}), (api.openai_job, {"response_format": huge})]
+    for parse, body in refusals:
+        with pytest.raises(api.BadRequest) as e:
+            parse({"prompt": "a fox", **body}, CTX)
+        assert len(e.value.message) < 1000 and "200,0" in e.value.message, parse
+    warned = [(api.a1111_job, {"spo_model": huge}),
+              (api.a1111_job, {"override_settings": {"sd_model_checkpoint": huge}}),
+              (api.openai_job, {"model": huge}), (api.openai_job, {"output_format": huge}),
+              (api.openai_job, {huge: 1}), (api.a1111_job, {huge: 1, **{f"k{i}": 1 for i in range(1000)}})]
+    for parse, body in warned:
+        job = parse({"prompt": "a fox", **body}, CTX)
+        job = job[0] if isinstance(job, tuple) else job
+        assert 0 < len(job.warnings) <= 21 and sum(map(len, job.warnings)) < 5000, (parse, job.warnings[:3])
+    job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i}": 1 for i in range(1000)}}, CTX)
+    assert job.warnings[-1] == "980 more fields spo does not support were ignored."
+    job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i:02}": 1 for i in range(21)}}, CTX)
+    assert len(job.warnings) == 21 and job.warnings[-1] == "1 more field spo does not support was ignored."
+    assert {w.split("'")[1] for w in job.warnings[:-1]} == {f"k{i:02}" for i in range(20)}
+    job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i:02}": 1 for i in range(20)}}, CTX)
+    assert len(job.warnings) == 20 and ignored(job) == {f"k{i:02}" for i in range(20)}  # all named, none counted

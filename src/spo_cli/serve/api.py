@@ -211,7 +211,7 @@ def _model(value, ctx: Context, name: str, warnings: list[str]) -> str:
     if value in ctx.models:
         return value
     # OpenAI clients always name a model of their own ("dall-e-3", "gpt-image-1"): serve the default.
-    warnings.append(f"'{name}' {value!r} is not loaded here (loaded: {', '.join(ctx.models)}); "
+    warnings.append(f"'{name}' {validate.shown(value)} is not loaded here (loaded: {', '.join(ctx.models)}); "
                     f"used {ctx.models[0]}.")
     return ctx.models[0]
 
@@ -223,12 +223,18 @@ def _seeds(first: int | None, count: int) -> list[int]:
     return [start + i for i in range(count)]
 
 
+IGNORED_SHOWN = 20  # warnings for ignored fields, one by one; the rest are counted (a body may hold thousands)
+
+
 def _ignored(body: dict, known: set[str], unchanged, warnings: list[str]) -> None:
     """A warning for each field spo does not read, unless `unchanged(key, value)`: clients send every
     field, and one at a value that would not change the image is nothing to warn about."""
-    for key in sorted(body):
-        if key not in known and not unchanged(key, body[key]):
-            warnings.append(f"'{key}' is not supported by spo and was ignored.")
+    keys = [key for key in sorted(body) if key not in known and not unchanged(key, body[key])]
+    warnings += [f"{validate.shown(key)} is not supported by spo and was ignored." for key in keys[:IGNORED_SHOWN]]
+    if len(keys) > IGNORED_SHOWN:
+        more = len(keys) - IGNORED_SHOWN
+        fields = "field spo does not support was" if more == 1 else "fields spo does not support were"
+        warnings.append(f"{more:,} more {fields} ignored.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,12 +270,14 @@ def openai_job(body, ctx: Context) -> Job:
     n = _integer(body, "n", 1, 1, ctx.max_images)
     fmt = body.get("response_format") or "b64_json"
     if fmt not in ("b64_json", "url"):
-        raise BadRequest(f"request: 'response_format' must be b64_json or url, not {fmt!r}.", "response_format")
+        raise BadRequest(f"request: 'response_format' must be b64_json or url, not {validate.shown(fmt)}.",
+                         "response_format")
     if fmt == "url" and not ctx.save:
         raise BadRequest("request: 'response_format' url needs saved images; this server runs with --no-save.",
                          "response_format")
     if body.get("output_format", "png") not in ("png", None):
-        warnings.append(f"'output_format' {body['output_format']!r} is not supported; the images are PNG.")
+        warnings.append(f"'output_format' {validate.shown(body['output_format'])} is not supported; "
+                        "the images are PNG.")
     width, height = _size(body.get("size"))
     values = {"prompt": body["prompt"]}
     if width is not None:
@@ -408,7 +416,8 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
             raise BadRequest(f"request: 'scheduler': {e}", "scheduler") from None
         if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
             known = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
-            raise BadRequest(f"request: '{sampler_field}' {sampler!r} is not an A1111 sampler; spo knows {known}. "
+            raise BadRequest(f"request: '{sampler_field}' {validate.shown(sampler)} is not an A1111 sampler; spo knows "
+                             f"{known}. "
                              "Leave it out for the checkpoint's own scheduler.", sampler_field)
     names = dict(A1111_NAMES)
     base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)
