@@ -478,3 +478,14 @@ def test_what_a_body_holds_is_echoed_bounded():
     assert {w.split("'")[1] for w in job.warnings[:-1]} == {f"k{i:02}" for i in range(20)}
     job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i:02}": 1 for i in range(20)}}, CTX)
     assert len(job.warnings) == 20 and ignored(job) == {f"k{i:02}" for i in range(20)}  # all named, none counted
+
+
+def test_a_schedule_type_with_the_default_sampler_index_is_euler_with_it():
+    """sampler_index 'Euler' is A1111's default, which spo's own scheduler stands for; but with a schedule
+    type it is what A1111 runs: 'Euler' and 'Karras' make Euler Karras, not a refusal."""
+    def scheduler(**body):
+        return api.a1111_job({"prompt": "a fox", **body}, CTX)[0].images[0].scheduler
+
+    assert scheduler(sampler_index="Euler", scheduler="Karras") == scheduler(sampler_name="Euler", scheduler="Karras")
+    assert scheduler(sampler_index="Euler", scheduler="Karras") != "default"
+    assert scheduler(sampler_index="Euler") == scheduler(sampler_index="Euler", scheduler="Automatic") == "default"

@@ -387,17 +387,19 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
                          ("emphasis", "emphasis")):
         if body.get(key) is not None:
             values[spo_key] = body[key]
-    # A1111 reads `sampler_name or sampler_index` (the name before 1.6); its model's default
-    # sampler_index, Euler, is SDXL's own scheduler, which spo's default keeps.
-    sampler, sampler_field = body.get("sampler_name"), "sampler_name"
-    if sampler in (None, ""):
-        sampler, sampler_field = body.get("sampler_index"), "sampler_index"
-        if sampler in ("", A1111_DEFAULTS["sampler_index"]):
-            sampler = None
     schedule = body.get("scheduler")
     if isinstance(schedule, str) and not schedule.strip():
         schedule = None  # unset, as a client writes it: A1111 reads a type it lacks as Automatic
-    if sampler is None and isinstance(schedule, str) and schedule.strip().lower() == "automatic":
+    automatic = schedule is None or isinstance(schedule, str) and schedule.strip().lower() == "automatic"
+    # A1111 reads `sampler_name or sampler_index` (the name before 1.6); its model's default
+    # sampler_index, Euler, is SDXL's own scheduler, which spo's default keeps (with another schedule
+    # type, it is Euler with that type).
+    sampler, sampler_field = body.get("sampler_name"), "sampler_name"
+    if sampler in (None, ""):
+        sampler, sampler_field = body.get("sampler_index"), "sampler_index"
+        if sampler == "" or sampler == A1111_DEFAULTS["sampler_index"] and automatic:
+            sampler = None
+    if sampler is None and automatic:
         schedule = None  # the default sampler's own schedule: what spo's default runs
     if sampler is None and schedule is not None:
         raise BadRequest("request: 'scheduler' (a schedule type such as Karras) needs a 'sampler_name'.", "scheduler")
