@@ -489,3 +489,13 @@ def test_a_schedule_type_with_the_default_sampler_index_is_euler_with_it():
     assert scheduler(sampler_index="Euler", scheduler="Karras") == scheduler(sampler_name="Euler", scheduler="Karras")
     assert scheduler(sampler_index="Euler", scheduler="Karras") != "default"
     assert scheduler(sampler_index="Euler") == scheduler(sampler_index="Euler", scheduler="Automatic") == "default"
+
+
+def test_openai_fields_that_never_change_the_image_are_not_warned_of():
+    """`user` (an end user's id, for abuse monitoring), `moderation` and `output_compression` (PNG has
+    none to set) change no pixel at any value; quality and style would."""
+    quiet = {"user": "user-1234", "moderation": "low", "output_compression": 50}
+    job = api.openai_job({"prompt": "a fox", **quiet}, CTX)
+    assert job.warnings == ()
+    job = api.openai_job({"prompt": "a fox", **quiet, "quality": "hd", "style": "natural"}, CTX)
+    assert {w.split("'")[1] for w in job.warnings} == {"quality", "style"}

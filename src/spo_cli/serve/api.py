@@ -259,6 +259,8 @@ def _size(value, name: str = "size") -> tuple[int | None, int | None]:
 _OPENAI_KNOWN = {"prompt", "n", "size", "response_format", "model", *SPO_FIELDS}
 _OPENAI_DEFAULTS = {"quality": "auto", "style": "vivid", "user": None, "background": "auto", "moderation": "auto",
                     "output_format": "png", "output_compression": 100, "stream": False, "partial_images": 0}
+# …and those that change no pixel at any value: an end user's id, the moderation level, a JPEG's compression.
+_OPENAI_NO_EFFECT = {"user", "moderation", "output_compression"}
 
 
 def openai_job(body, ctx: Context) -> Job:
@@ -292,7 +294,8 @@ def openai_job(body, ctx: Context) -> Job:
     base, more = _image_fields({**values, "seed": 0}, names, ctx)
     model = _model(body.get("model"), ctx, "model", warnings)
     _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN,
-             lambda key, value: key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key], warnings)
+             lambda key, value: key in _OPENAI_NO_EFFECT or key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key],
+             warnings)
     images = tuple(replace(base, seed=s) for s in _seeds(_seed(body.get("seed")), n))
     return Job(images, model, tuple(warnings + more), fmt, ctx.save)
 
