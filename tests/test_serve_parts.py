@@ -414,6 +414,11 @@ def test_a1111_options_are_checked_then_ignored(tmp_path):
     assert status == 400 and "surrogate" in refused("/sdapi/v1/options", body)[1]
     status, body, _ = call(app, "GET", "/sdapi/v1/options")
     assert status == 200 and body["sd_model_checkpoint"] == "spo" and body["outdir_txt2img_samples"] == str(tmp_path)
+    many = {"a" * 100_000: 1, **{f"opt{i:04}": 1 for i in range(1000)}}  # names echoed: by their start, 20 at most
+    status, body, _ = post(app, "/sdapi/v1/options", many)
+    warnings = body["warnings"]
+    assert status == 200 and len(warnings) == 21 and sum(map(len, warnings)) < 5000 and "100,000" in warnings[0]
+    assert body["warnings"][-1] == "981 more settings cannot be changed on a running spo server and were ignored."
 
 
 # -- spo serve's options ------------------------------------------------------------------------------
