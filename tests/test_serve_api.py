@@ -436,3 +436,66 @@ def test_off_loopback_basic_users_serve_as_the_token(tmp_path, monkeypatch):
     # Past the credentials check, the next one (a model named twice) is what refuses it: nothing loads.
     r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--api-auth-file", str(path), "--models", "a,a"])
     assert r.exit_code == 2 and "must name each model once" in r.output, r.output
+
+
+def test_an_empty_schedule_type_is_automatic_and_an_unknown_one_is_named():
+    """Clients send '' for a field they leave unset (sampler_name '' is unset too), and A1111 reads an
+    empty schedule type as Automatic. A type it does not know is the 'scheduler' field's fault."""
+    assert api.a1111_job({"prompt": "a fox", "scheduler": ""}, CTX)[0].images[0].scheduler == "default"
+    own = api.a1111_job({"prompt": "a fox", "sampler_name": "DPM++ 2M"}, CTX)[0].images[0].scheduler
+    for empty in ("", "  "):
+        job, _ = api.a1111_job({"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": empty}, CTX)
+        assert job.images[0].scheduler == own == "dpm++2m-karras"
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": "Sideways"}, CTX)
+    assert e.value.field == "scheduler" and "'Sideways'" in e.value.message
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_job({"prompt": "a fox", "sampler_name": "Sideways", "scheduler": "Karras"}, CTX)
+    assert e.value.field == "sampler_name"
+
+
+def test_what_a_body_holds_is_echoed_bounded():
+    """Names a client sent come back in refusals and warnings: a 200,000-character one is quoted by
+    its start and size, and a thousand unknown fields are not a thousand warnings."""
+    huge = "B" + "b" * 200_000
+    refusals = [(api.a1111_job, {"sampler_name": huge + "Scheduler"}), (api.openai_job, {"response_format": huge})]
+    for parse, body in refusals:
+        with pytest.raises(api.BadRequest) as e:
+            parse({"prompt": "a fox", **body}, CTX)
+        assert len(e.value.message) < 1000 and "200,0" in e.value.message, parse
+    warned = [(api.a1111_job, {"spo_model": huge}),
+              (api.a1111_job, {"override_settings": {"sd_model_checkpoint": huge}}),
+              (api.openai_job, {"model": huge}), (api.openai_job, {"output_format": huge}),
+              (api.openai_job, {huge: 1}), (api.a1111_job, {huge: 1, **{f"k{i}": 1 for i in range(1000)}})]
+    for parse, body in warned:
+        job = parse({"prompt": "a fox", **body}, CTX)
+        job = job[0] if isinstance(job, tuple) else job
+        assert 0 < len(job.warnings) <= 21 and sum(map(len, job.warnings)) < 5000, (parse, job.warnings[:3])
+    job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i}": 1 for i in range(1000)}}, CTX)
+    assert job.warnings[-1] == "980 more fields spo does not support were ignored."
+    job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i:02}": 1 for i in range(21)}}, CTX)
+    assert len(job.warnings) == 21 and job.warnings[-1] == "1 more field spo does not support was ignored."
+    assert {w.split("'")[1] for w in job.warnings[:-1]} == {f"k{i:02}" for i in range(20)}
+    job, _ = api.a1111_job({"prompt": "a fox", **{f"k{i:02}": 1 for i in range(20)}}, CTX)
+    assert len(job.warnings) == 20 and ignored(job) == {f"k{i:02}" for i in range(20)}  # all named, none counted
+
+
+def test_a_schedule_type_with_the_default_sampler_index_is_euler_with_it():
+    """sampler_index 'Euler' is A1111's default, which spo's own scheduler stands for; but with a schedule
+    type it is what A1111 runs: 'Euler' and 'Karras' make Euler Karras, not a refusal."""
+    def scheduler(**body):
+        return api.a1111_job({"prompt": "a fox", **body}, CTX)[0].images[0].scheduler
+
+    assert scheduler(sampler_index="Euler", scheduler="Karras") == scheduler(sampler_name="Euler", scheduler="Karras")
+    assert scheduler(sampler_index="Euler", scheduler="Karras") != "default"
+    assert scheduler(sampler_index="Euler") == scheduler(sampler_index="Euler", scheduler="Automatic") == "default"
+
+
+def test_openai_fields_that_never_change_the_image_are_not_warned_of():
+    """`user` (an end user's id, for abuse monitoring), `moderation` and `output_compression` (PNG has
+    none to set) change no pixel at any value; quality and style would."""
+    quiet = {"user": "user-1234", "moderation": "low", "output_compression": 50}
+    job = api.openai_job({"prompt": "a fox", **quiet}, CTX)
+    assert job.warnings == ()
+    job = api.openai_job({"prompt": "a fox", **quiet, "quality": "hd", "style": "natural"}, CTX)
+    assert {w.split("'")[1] for w in job.warnings} == {"quality", "style"}

@@ -414,6 +414,11 @@ def test_a1111_options_are_checked_then_ignored(tmp_path):
     assert status == 400 and "surrogate" in refused("/sdapi/v1/options", body)[1]
     status, body, _ = call(app, "GET", "/sdapi/v1/options")
     assert status == 200 and body["sd_model_checkpoint"] == "spo" and body["outdir_txt2img_samples"] == str(tmp_path)
+    many = {"a" * 100_000: 1, **{f"opt{i:04}": 1 for i in range(1000)}}  # names echoed: by their start, 20 at most
+    status, body, _ = post(app, "/sdapi/v1/options", many)
+    warnings = body["warnings"]
+    assert status == 200 and len(warnings) == 21 and sum(map(len, warnings)) < 5000 and "100,000" in warnings[0]
+    assert body["warnings"][-1] == "981 more settings cannot be changed on a running spo server and were ignored."
 
 
 # -- spo serve's options ------------------------------------------------------------------------------
@@ -636,6 +641,29 @@ def test_the_body_schemas_agree_with_what_the_server_accepts(tmp_path, path):
         assert not conforms(body, body_schema, schemas), body
 
 
+def test_the_documented_refusals_are_the_bodies_sent(tmp_path):
+    """Each refusal /openapi.json describes is the body that path really answers: OpenAI's error
+    (message, type, param, code) and A1111's under /sdapi/, which its clients read."""
+    app, _ = make_app(tmp_path, token=TOKEN)
+    doc = call(app, "GET", "/openapi.json")[1]
+    schemas = doc["components"]["schemas"]
+    checked = set()
+    for path, described in doc["paths"].items():
+        url = path.replace("{model}", "dall-e-3").replace("{name}", "none.png")
+        for method, op in described.items():
+            ways = {"403": dict(headers={"Origin": "http://evil.example"}), "421": dict(host="evil.example"),
+                    "401": {}, "404": dict(headers={"Authorization": f"Bearer {TOKEN}"})}
+            for status, kw in ways.items():
+                if status not in op["responses"] or status == "404" and "{" not in path:
+                    continue
+                got, body, _ = call(app, method.upper(), url, **kw)
+                schema = op["responses"][status]["content"]["application/json"]["schema"]
+                assert got == int(status) and conforms(body, schema, schemas), (method, path, status, body)
+                checked.add((path, status))
+    assert {("/sdapi/v1/txt2img", "401"), ("/v1/models/{model}", "404"), ("/v1/images/generations", "421"),
+            ("/outputs/{name}", "404")} <= checked
+
+
 def test_the_docs_page_needs_no_network_and_escapes_what_it_shows(tmp_path):
     from spo_cli.serve import docs
 
@@ -670,6 +698,23 @@ def test_one_access_line_per_request_without_query_token_or_body(tmp_path, capsy
     make_app(tmp_path, access_log=False)[0]  # off: nothing
     call(make_app(tmp_path)[0], "GET", "/health")
     assert capsys.readouterr().err == ""
+
+
+def test_the_access_line_hides_secrets_in_the_path_and_escapes_the_client(tmp_path, capsys):
+    """A client may put the token or a password in the path itself (`curl host/v1/models/$SPO_TOKEN`):
+    the line shows neither. The client's address is text too: behind a proxy on loopback (an SSH
+    tunnel), uvicorn takes it from X-Forwarded-For, which may hold quotes and terminal escapes."""
+    from spo_cli.serve.guard import access_line
+
+    password = "correct-horse-battery"
+    app, _ = make_app(tmp_path, token=TOKEN, api_auth=(("alice", password),), access_log=True)
+    call(app, "GET", f"/v1/models/{TOKEN}", {"Authorization": f"Bearer {TOKEN}"})
+    call(app, "GET", f"/outputs/{password}/{'x' * 261}{TOKEN}")  # the token across the cut at 300
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith('127.0.0.1:40000 - "GET /v1/models/***" 404 '), lines
+    assert all(TOKEN[:8] not in line and password[:8] not in line for line in lines), lines
+    line = access_line({"method": "GET", "path": "/", "client": ('1.2.3.4" 200 0.001s \x1b[2J', 0)}, 200, 0.5)
+    assert "\x1b" not in line and line.startswith('1.2.3.4\\" 200 0.001s \\u001b[2J:0 - "GET /" 200 '), line
 
 
 LEAVE_WITH_TORCH_BUSY = """

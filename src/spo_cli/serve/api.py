@@ -211,7 +211,7 @@ def _model(value, ctx: Context, name: str, warnings: list[str]) -> str:
     if value in ctx.models:
         return value
     # OpenAI clients always name a model of their own ("dall-e-3", "gpt-image-1"): serve the default.
-    warnings.append(f"'{name}' {value!r} is not loaded here (loaded: {', '.join(ctx.models)}); "
+    warnings.append(f"'{name}' {validate.shown(value)} is not loaded here (loaded: {', '.join(ctx.models)}); "
                     f"used {ctx.models[0]}.")
     return ctx.models[0]
 
@@ -223,12 +223,18 @@ def _seeds(first: int | None, count: int) -> list[int]:
     return [start + i for i in range(count)]
 
 
+IGNORED_SHOWN = 20  # warnings for ignored fields, one by one; the rest are counted (a body may hold thousands)
+
+
 def _ignored(body: dict, known: set[str], unchanged, warnings: list[str]) -> None:
     """A warning for each field spo does not read, unless `unchanged(key, value)`: clients send every
     field, and one at a value that would not change the image is nothing to warn about."""
-    for key in sorted(body):
-        if key not in known and not unchanged(key, body[key]):
-            warnings.append(f"'{key}' is not supported by spo and was ignored.")
+    keys = [key for key in sorted(body) if key not in known and not unchanged(key, body[key])]
+    warnings += [f"{validate.shown(key)} is not supported by spo and was ignored." for key in keys[:IGNORED_SHOWN]]
+    if len(keys) > IGNORED_SHOWN:
+        more = len(keys) - IGNORED_SHOWN
+        fields = "field spo does not support was" if more == 1 else "fields spo does not support were"
+        warnings.append(f"{more:,} more {fields} ignored.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +259,8 @@ def _size(value, name: str = "size") -> tuple[int | None, int | None]:
 _OPENAI_KNOWN = {"prompt", "n", "size", "response_format", "model", *SPO_FIELDS}
 _OPENAI_DEFAULTS = {"quality": "auto", "style": "vivid", "user": None, "background": "auto", "moderation": "auto",
                     "output_format": "png", "output_compression": 100, "stream": False, "partial_images": 0}
+# …and those that change no pixel at any value: an end user's id, the moderation level, a JPEG's compression.
+_OPENAI_NO_EFFECT = {"user", "moderation", "output_compression"}
 
 
 def openai_job(body, ctx: Context) -> Job:
@@ -264,12 +272,14 @@ def openai_job(body, ctx: Context) -> Job:
     n = _integer(body, "n", 1, 1, ctx.max_images)
     fmt = body.get("response_format") or "b64_json"
     if fmt not in ("b64_json", "url"):
-        raise BadRequest(f"request: 'response_format' must be b64_json or url, not {fmt!r}.", "response_format")
+        raise BadRequest(f"request: 'response_format' must be b64_json or url, not {validate.shown(fmt)}.",
+                         "response_format")
     if fmt == "url" and not ctx.save:
         raise BadRequest("request: 'response_format' url needs saved images; this server runs with --no-save.",
                          "response_format")
     if body.get("output_format", "png") not in ("png", None):
-        warnings.append(f"'output_format' {body['output_format']!r} is not supported; the images are PNG.")
+        warnings.append(f"'output_format' {validate.shown(body['output_format'])} is not supported; "
+                        "the images are PNG.")
     width, height = _size(body.get("size"))
     values = {"prompt": body["prompt"]}
     if width is not None:
@@ -284,7 +294,8 @@ def openai_job(body, ctx: Context) -> Job:
     base, more = _image_fields({**values, "seed": 0}, names, ctx)
     model = _model(body.get("model"), ctx, "model", warnings)
     _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN,
-             lambda key, value: key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key], warnings)
+             lambda key, value: key in _OPENAI_NO_EFFECT or key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key],
+             warnings)
     images = tuple(replace(base, seed=s) for s in _seeds(_seed(body.get("seed")), n))
     return Job(images, model, tuple(warnings + more), fmt, ctx.save)
 
@@ -379,15 +390,19 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
                          ("emphasis", "emphasis")):
         if body.get(key) is not None:
             values[spo_key] = body[key]
+    schedule = body.get("scheduler")
+    if isinstance(schedule, str) and not schedule.strip():
+        schedule = None  # unset, as a client writes it: A1111 reads a type it lacks as Automatic
+    automatic = schedule is None or isinstance(schedule, str) and schedule.strip().lower() == "automatic"
     # A1111 reads `sampler_name or sampler_index` (the name before 1.6); its model's default
-    # sampler_index, Euler, is SDXL's own scheduler, which spo's default keeps.
+    # sampler_index, Euler, is SDXL's own scheduler, which spo's default keeps (with another schedule
+    # type, it is Euler with that type).
     sampler, sampler_field = body.get("sampler_name"), "sampler_name"
     if sampler in (None, ""):
         sampler, sampler_field = body.get("sampler_index"), "sampler_index"
-        if sampler in ("", A1111_DEFAULTS["sampler_index"]):
+        if sampler == "" or sampler == A1111_DEFAULTS["sampler_index"] and automatic:
             sampler = None
-    schedule = body.get("scheduler")
-    if sampler is None and isinstance(schedule, str) and schedule.strip().lower() == "automatic":
+    if sampler is None and automatic:
         schedule = None  # the default sampler's own schedule: what spo's default runs
     if sampler is None and schedule is not None:
         raise BadRequest("request: 'scheduler' (a schedule type such as Karras) needs a 'sampler_name'.", "scheduler")
@@ -400,11 +415,14 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         try:  # spo's own names too, as everywhere else spo takes a scheduler
             values["scheduler"] = (sampler if sampler in presets.SCHEDULERS and schedule is None
                                    else infotext.scheduler_name(sampler, schedule))
-        except infotext.InfotextError as e:
+        except infotext.UnknownSampler as e:
             raise BadRequest(f"request: '{sampler_field}': {e}", sampler_field) from None
+        except infotext.InfotextError as e:  # the schedule type is not one A1111 has
+            raise BadRequest(f"request: 'scheduler': {e}", "scheduler") from None
         if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
             known = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
-            raise BadRequest(f"request: '{sampler_field}' {sampler!r} is not an A1111 sampler; spo knows {known}. "
+            raise BadRequest(f"request: '{sampler_field}' {validate.shown(sampler)} is not an A1111 sampler; spo knows "
+                             f"{known}. "
                              "Leave it out for the checkpoint's own scheduler.", sampler_field)
     names = dict(A1111_NAMES)
     base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from spo_cli import presets, validate
-from spo_cli.serve import guard
+from spo_cli.serve import api, guard
 
 router = APIRouter()
 
@@ -171,16 +171,27 @@ class A1111Progress(BaseModel):
     textinfo: None = None
 
 
-class ErrorDetail(_Open):
+class ErrorDetail(BaseModel):
     message: str
-    field: str | None = Field(description="The request field at fault (the client's name); null: the body.")
-    type: str = Field(examples=["invalid_request_error", "server_error"])
+    type: str = Field(examples=["invalid_request_error", "requests", "server_error"])
+    param: str | None = Field(description="The request field at fault (the client's name); null: the body.")
+    code: str | None = Field(examples=["invalid_value", "missing_required_parameter", "invalid_api_key",
+                                       "model_not_found", "rate_limit_exceeded"])
 
 
 class ErrorBody(BaseModel):
-    """Every refusal and failure, whatever the endpoint: OpenAI's error shape."""
+    """A refusal or failure outside /sdapi/: OpenAI's error shape (the openai SDK's e.param, e.code)."""
 
     error: ErrorDetail
+
+
+class A1111Error(BaseModel):
+    """A refusal or failure under /sdapi/: A1111's (its API's handle_exception)."""
+
+    error: str = Field(examples=["HTTPException"])
+    detail: str = Field(description="The message.")
+    body: str
+    errors: str = Field(description="The status and the message.")
 
 
 # (method, path) → (body model or None, {status: answer model}). Every POST that reads a body must be here:
@@ -194,14 +205,15 @@ OPERATIONS: dict[tuple[str, str], tuple[type[BaseModel] | None, dict[int, type[B
     ("get", "/health"): (None, {200: Health, 503: Health}),
 }
 BODYLESS_POSTS = {"/sdapi/v1/interrupt"}  # A1111 clients send it with no body: no schema to give
-REFUSALS = {400: "Bad request: the message names the field", 401: "A token is needed",
+REFUSALS = {400: "Bad request: the message names the field", 401: "Credentials are needed",
             403: "A page of another site", 404: "No such route or file", 413: "The body is too large",
             415: "The body is not sent as application/json", 421: "A Host this server does not answer to",
             429: "The queue is full (Retry-After)", 500: "Internal error", 503: "Stopped or not loaded (Retry-After)"}
 DESCRIPTION = ("SPO-SDXL behind OpenAI's images API, AUTOMATIC1111's /sdapi/v1 and spo's own endpoints. "
                "Bodies are JSON sent as 'Content-Type: application/json'; with a token, send "
-               "'Authorization: Bearer <token>'. Every refusal is JSON: {\"error\": {\"message\", \"field\", "
-               "\"type\"}}.")
+               "'Authorization: Bearer <token>' (or, with --api-auth-file, HTTP Basic). Every refusal is JSON: "
+               "{\"error\": {\"message\", \"type\", \"param\", \"code\"}} as OpenAI writes it, and under "
+               "/sdapi/ {\"error\", \"detail\", \"body\", \"errors\"} as A1111 does.")
 
 
 def document(app) -> dict:
@@ -213,8 +225,9 @@ def document(app) -> dict:
     # FastAPI's 422 for a bad query or path parameter is answered 400 with ErrorBody here (app.py).
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    error = {"content": {"application/json": {"schema": _ref(ErrorBody, schemas)}}}
     for path, operations in doc["paths"].items():
+        error = {"content": {"application/json": {"schema": _ref(
+            A1111Error if path.startswith(api.A1111_PREFIX) else ErrorBody, schemas)}}}
         for method, op in operations.items():
             body, answers = OPERATIONS.get((method, path), (None, {}))
             if body is not None:
@@ -230,6 +243,8 @@ def document(app) -> dict:
                 refusals += [400, 413, 415] + ([429, 503] if answers else [])  # those that queue images answer
             elif op.get("parameters"):
                 refusals.append(400)  # a parameter of the wrong type (FastAPI's 422, answered 400 in app.py)
+            if "{" in path:
+                refusals.append(404)  # no such model or file
             for status in refusals:
                 responses.setdefault(str(status), {"description": REFUSALS[status], **error})
     app.openapi_schema = doc

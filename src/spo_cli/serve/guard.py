@@ -101,6 +101,7 @@ class Guard:
         self.metrics = metrics
         self.hosts = HostRule(settings.bound, settings.allow_hosts)
         self.cors = set(settings.cors_origins)
+        self.secrets = tuple(filter(None, [settings.token, *(password for _, password in settings.api_auth)]))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -118,7 +119,8 @@ class Guard:
             await self.checked(scope, receive, sending)
         finally:
             if sys.stderr is not None:  # started with stderr closed: print(file=None) would write on stdout
-                print(access_line(scope, status[0], time.monotonic() - started), file=sys.stderr, flush=True)
+                print(access_line(scope, status[0], time.monotonic() - started, self.secrets), file=sys.stderr,
+                      flush=True)
 
     async def checked(self, scope, receive, send):
         headers = Headers(scope=scope)
@@ -225,13 +227,18 @@ class Guard:
         return "*" in self.cors or origin in self.cors
 
 
-def access_line(scope, status: int, seconds: float) -> str:
+def access_line(scope, status: int, seconds: float, secrets: tuple[str, ...] = ()) -> str:
     """One request, for the log: client, method, path, status and duration. Never the query string (a
-    client may put a secret there), the headers (the token) or the body (the prompt). The path is the
-    client's own text: shown escaped and cut, so that it cannot forge a line of its own."""
+    client may put a secret there), the headers (the token) or the body (the prompt), nor `secrets`
+    (the token, the passwords) where a client put one in the path. The path is the client's own text,
+    and so is the client's address behind a proxy (uvicorn reads X-Forwarded-For from loopback, an SSH
+    tunnel's end): both shown escaped and cut, so that they cannot forge a line or reach the terminal."""
     client = scope.get("client")
-    who = f"{client[0]}:{client[1]}" if client else "-"
-    return f'{who} - "{_printable(scope["method"], 20)} {_printable(scope["path"], 300)}" {status} {seconds:.3f}s'
+    who = _printable(f"{client[0]}:{client[1]}", 100) if client else "-"
+    path = scope["path"]
+    for secret in secrets:  # before the cut, which could leave a secret's start
+        path = path.replace(secret, "***")
+    return f'{who} - "{_printable(scope["method"], 20)} {_printable(path, 300)}" {status} {seconds:.3f}s'
 
 
 def _printable(text: str, limit: int) -> str:

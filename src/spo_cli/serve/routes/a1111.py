@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from spo_cli import presets
+from spo_cli import presets, validate
 from spo_cli.outputs import metadata
 from spo_cli.serve import api
 from spo_cli.serve.plumbing import Spo, outcome, read_body, refuse, take
@@ -73,7 +73,13 @@ async def set_options(request: Request, spo: Spo):
         body = api.checked_body(await read_body(request, spo.settings.max_body))
     except api.BadRequest as e:
         return refuse(e, path=request.url.path)
-    return {"warnings": [f"'{k}' cannot be changed on a running spo server and was ignored." for k in sorted(body)]}
+    keys = sorted(body)  # echoed: each by its start, and past api.IGNORED_SHOWN only counted
+    warnings = [f"{validate.shown(k)} cannot be changed on a running spo server and was ignored."
+                for k in keys[:api.IGNORED_SHOWN]]
+    if len(keys) > api.IGNORED_SHOWN:
+        warnings.append(f"{len(keys) - api.IGNORED_SHOWN:,} more settings cannot be changed on a running spo server "
+                        "and were ignored.")
+    return {"warnings": warnings}
 
 
 @router.get("/progress")
