@@ -38,11 +38,21 @@ def refused(fn, *args, **kw) -> str:
     ("org/name:.5", "org/name", 0.5),
     ("C:\\loras\\a.safetensors", "C:\\loras\\a.safetensors", None),  # a drive letter is no strength
     ("a:b.safetensors", "a:b.safetensors", None),
-    ("a.safetensors:inf", "a.safetensors:inf", None),  # not a number spo takes: all of it is the spec
     (":0.5", ":0.5", None),
 ])
 def test_lora_spec_and_its_strength(text, spec, scale):
     assert loras.split_spec(text) == (spec, scale)
+
+
+@pytest.mark.parametrize("text", ["a.safetensors:inf", "a.safetensors:nan", "a.safetensors:-Infinity",
+                                  "a.safetensors:", "x:", "name: "])
+def test_a_strength_that_is_no_finite_number_is_named_as_one(text, tmp_path, monkeypatch):
+    # Before: all of it was taken as the spec, and the message said it was no Hub repo id.
+    monkeypatch.chdir(tmp_path)
+    message = refused(loras.split_spec, text)
+    assert "after the last ':' is not a strength" in message and "FILE:0.8" in message
+    (tmp_path / text).write_bytes(b"x")  # a file of that very name is what it names
+    assert loras.split_spec(text) == (text, None)
 
 
 def test_one_lora_is_what_it_was_before_stacking():

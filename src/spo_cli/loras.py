@@ -42,7 +42,30 @@ def split_spec(value: str) -> tuple[str, float | None]:
             raise UsageError(f"--lora {validate.shown(value)}: the strength after the last ':' is not a finite "
                              "number.", "Write --lora FILE:0.8.")
         return head, float(tail)
+    if sep and head and _no_strength(tail) and not _exists(value):
+        # 'a.safetensors:nan' or 'a.safetensors:' meant a strength; only a file of that very name is a spec
+        # (otherwise the message was that it is no Hub repo id, which sent people the wrong way).
+        raise UsageError(f"--lora {validate.shown(value)}: {'nothing' if not tail.strip() else validate.shown(tail)} "
+                         "after the last ':' is not a strength (a finite number).",
+                         "Write --lora FILE:0.8, or leave out the ':' for strength 1.")
     return value, None
+
+
+def _no_strength(tail: str) -> bool:
+    """An empty strength, or one float() reads but is not finite (nan, inf, infinity)."""
+    if not tail.strip():
+        return True
+    try:
+        return not math.isfinite(float(tail))
+    except ValueError:
+        return False
+
+
+def _exists(value: str) -> bool:
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL
+        return False
 
 
 def from_options(loras: list[str] | None, lora_file: str | None, lora_scale: float | None
