@@ -299,3 +299,39 @@ def test_names_from_a_hostile_prompt_or_folder_are_quoted_in_messages(lora_dir):
     assert "\x1b" not in message and "evil" not in message  # the escape shown as one, the odd file name left out
     message = refused(loras.from_tags, "<lora:a\x1b:1><lora:a\x1b:1>", str(lora_dir))
     assert "\x1b" not in message
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"notlora", "not a whole safetensors file (7 bytes, too short"),
+    (struct.pack("<Q", 2**63) + b"{}", "not a whole safetensors file (its header length is impossible"),
+    (struct.pack("<Q", 5) + b"[1,2]", "not a whole safetensors file (its header is not a JSON object"),
+    (struct.pack("<Q", 60) + b'{"unet.conv.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'[:60]
+     + b"\0" * 4, "not a whole safetensors file"),
+])
+def test_a_lora_file_that_is_no_safetensors_is_refused_as_a_lora_before_loading(tmp_path, content, words):
+    # Before: "The copy of '<its folder>' on this machine is damaged … Save or copy the folder again",
+    # exit 1, after PyTorch started.
+    from spo_cli.resolve import model
+
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(content)
+    for request in (ModelRequest(model="base", lora=str(path)),
+                    ModelRequest(model="base", loras=(LoraRequest(str(path), 0.5),))):
+        message = refused(model.precheck, request)
+        assert message.startswith(f"LoRA file {path} is ") and words in message, message
+
+
+def test_a_safetensors_file_with_no_lora_weights_is_refused_before_loading(tmp_path):
+    # Before: the pipeline loaded, then "'…' could not be loaded: ValueError: Invalid LoRA checkpoint …
+    # spo loads standard diffusers SDXL folders".
+    from spo_cli.resolve import model
+
+    path = tmp_path / "vae.safetensors"
+    _safetensors(path, {"decoder.conv_in.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                        "__metadata__": {"format": "pt"}}, b"\0" * 4)
+    message = refused(model.precheck, ModelRequest(model="base", lora=str(path)))
+    assert f"LoRA file {path} holds no LoRA weights" in message and "--model" in message
+    lora = tmp_path / "ok.safetensors"
+    _safetensors(lora, {"lora_unet_down_blocks_0.alpha": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}},
+                 b"\0" * 4)
+    model.precheck(ModelRequest(model="base", lora=str(lora)))  # kohya's names are a LoRA's too
