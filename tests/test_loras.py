@@ -335,3 +335,18 @@ def test_a_safetensors_file_with_no_lora_weights_is_refused_before_loading(tmp_p
     _safetensors(lora, {"lora_unet_down_blocks_0.alpha": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}},
                  b"\0" * 4)
     model.precheck(ModelRequest(model="base", lora=str(lora)))  # kohya's names are a LoRA's too
+
+
+def test_a_tag_naming_a_fifo_or_a_broken_link_says_what_it_is_and_lists_only_files(lora_dir):
+    # Before: "the LoRA folder has no 'pipe.safetensors'. LoRAs there: detail, my style v2, pipe, …",
+    # naming as there what it had just said was not.
+    import os
+
+    os.mkfifo(lora_dir / "pipe.safetensors")
+    (lora_dir / "gone.safetensors").symlink_to(lora_dir / "nowhere.safetensors")
+    (lora_dir / "sub.safetensors").mkdir()
+    for name in ("pipe", "gone", "sub"):
+        message = refused(loras.from_tags, f"a <lora:{name}:1>", str(lora_dir))
+        assert f"'{name}.safetensors' is not a file (a folder, a FIFO or a link to nothing)" in message, message
+        assert "LoRAs there: detail, my style v2." in message
+    assert "LoRAs there: detail, my style v2." in refused(loras.from_tags, "<lora:nope:1>", str(lora_dir))

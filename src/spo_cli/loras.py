@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from pathlib import Path
 
@@ -172,7 +173,8 @@ def _available(lora_dir: Path, limit: int = 8) -> list[str]:
     for i, entry in enumerate(lora_dir.iterdir()):  # bounded: a folder may hold anything
         if i >= validate.LORA_FOLDER_SCAN_MAX or len(names) >= limit:
             break
-        if entry.name.endswith(SUFFIX) and entry.name.isprintable():  # names go into a message
+        # Names go into a message; only what a tag can load is listed (not a FIFO, a folder, a broken link).
+        if entry.name.endswith(SUFFIX) and entry.name.isprintable() and entry.is_file():
             names.append(entry.name[: -len(SUFFIX)])
     return sorted(names)
 
@@ -196,8 +198,11 @@ def from_tags(prompt: str, lora_dir: str, where: validate.Where = validate.ARGV)
         # The name has no separator, so the file is in the folder; a link there is the user's own choice.
         if path.parent != base or not path.is_file():
             shown = ", ".join(_available(base))
-            raise UsageError(f"{where.source + ': ' if where.source else ''}{validate.shown(tag)}: the LoRA folder "
-                             f"{base} has no {validate.shown(name + SUFFIX)}.",
+            there = os.path.lexists(path) and path.parent == base
+            raise UsageError(f"{where.source + ': ' if where.source else ''}{validate.shown(tag)}: "
+                             + (f"in the LoRA folder {base}, {validate.shown(name + SUFFIX)} is not a file (a folder, "
+                                "a FIFO or a link to nothing)." if there else
+                                f"the LoRA folder {base} has no {validate.shown(name + SUFFIX)}."),
                              f"LoRAs there: {shown}." if shown else "The folder holds no .safetensors file.")
         out.append(LoraRequest(str(path), te, None if unet == te else unet, name=name))
     return tuple(out)
