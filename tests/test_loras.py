@@ -350,3 +350,13 @@ def test_a_tag_naming_a_fifo_or_a_broken_link_says_what_it_is_and_lists_only_fil
         assert f"'{name}.safetensors' is not a file (a folder, a FIFO or a link to nothing)" in message, message
         assert "LoRAs there: detail, my style v2." in message
     assert "LoRAs there: detail, my style v2." in refused(loras.from_tags, "<lora:nope:1>", str(lora_dir))
+
+
+def test_a_sidecar_that_stacks_one_lora_twice_is_refused_as_the_command_line_is(tmp_path):
+    # Before: replay stacked it twice (the same file as two adapters), where --lora refuses it.
+    twice = [{"spec": "b.safetensors", "scale": 0.5}, {"spec": "b.safetensors", "scale": 0.3}]
+    message = refused(metadata.recorded_requests, _sidecar(loras=twice), Path("x.json"))
+    assert message.startswith("x.json: 'loras' names b.safetensors twice") and "Give each LoRA once" in message
+    again = [{"spec": "a.safetensors", "scale": 0.3}]  # the first LoRA is the sidecar's "lora"
+    assert "names a.safetensors twice" in refused(metadata.recorded_requests, _sidecar(loras=again), Path("x.json"))
+    metadata.recorded_requests(_sidecar(loras=[{"spec": "b.safetensors", "scale": 0.5}]), Path("x.json"))

@@ -491,6 +491,11 @@ def model_values(values: Mapping, where: Where = ARGV) -> dict:
             out[key] = device(value, key, where)
         else:
             raise ValueError(f"not a ModelRequest field: {key}")
+    # As --lora refuses it: a sidecar edited to stack one file twice would load it as two adapters.
+    specs = [out.get("lora")] + [lr.spec for lr in out.get("loras", ())]
+    for i, spec in enumerate(specs):
+        if spec is not None and spec in specs[:i]:
+            raise where.error("loras", f"names {_clip(spec)} twice", "Give each LoRA once, with the strength you want.")
     return out
 
 
