@@ -565,3 +565,15 @@ def test_replay_names_the_sidecars_key_not_an_option(tmp_path):
 
 def test_a_huge_size_without_the_size_limit_is_a_warning_not_a_crash():
     assert validate.size(8 * 10**400, 1024, size_limit=False)[0].endswith("expect weaker images.")
+
+
+@pytest.mark.parametrize("key, limit", [("lora", validate.PATH_MAX_CHARS), ("model", validate.PATH_MAX_CHARS),
+                                        ("seeds", validate.PROMPT_MAX_CHARS)])
+def test_a_too_long_value_that_is_no_prompt_gets_no_prompt_file_hint(key, limit):
+    # Before: every text over its limit was told "a prompt file (spo batch) takes one prompt per line".
+    with pytest.raises(UsageError) as e:
+        validate.text("a" * (limit + 1), key, limit=limit)
+    assert "characters long" in e.value.message and "prompt" not in (e.value.hint or "")
+    with pytest.raises(UsageError) as e:
+        validate.text("a" * (validate.PROMPT_MAX_CHARS + 1), "prompt")
+    assert "one prompt per line" in e.value.hint

@@ -120,7 +120,8 @@ def text(value, key: str, where: Where = ARGV, *, empty_ok: bool = False, limit:
         raise where.error(key, f"must be a string, not {type(value).__name__} {_show(value)}")
     if len(value) > limit:
         raise where.error(key, f"is {len(value):,} characters long; the limit is {limit:,}",
-                          "Shorten it; a prompt file (spo batch) takes one prompt per line.")
+                          "Shorten it; a prompt file (spo batch) takes one prompt per line."
+                          if key in ("prompt", "negative_prompt") else "Shorten it.")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
