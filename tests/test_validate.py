@@ -94,7 +94,10 @@ def test_every_source_gets_the_same_limit_and_message(key, value, words):
     else:
         line = from_jsonl(key, value)
     assert line.startswith(f"p.jsonl:1: '{key}' {words}"), line
-    # The hint, where there is one, is the same too.
+    # The hint, where there is one, is the same too; but a sidecar records the seed used, never -1.
+    if key == "seed":
+        assert "-1 draws a random seed" in argv.hint and side.hint is None
+        return
     assert (argv.hint or "").split(";")[0] == (side.hint or "").split(";")[0]
 
 
@@ -577,3 +580,17 @@ def test_a_too_long_value_that_is_no_prompt_gets_no_prompt_file_hint(key, limit)
     with pytest.raises(UsageError) as e:
         validate.text("a" * (validate.PROMPT_MAX_CHARS + 1), "prompt")
     assert "one prompt per line" in e.value.hint
+
+
+@pytest.mark.parametrize("args", [["generate", "a fox", "--seed", "-2"], ["generate", "a fox", "--seed", "4294967296"],
+                                  ["compare", "a fox", "--seed", "-2"]])
+def test_a_seed_out_of_range_says_that_minus_one_is_a_random_one(args, tmp_path):
+    # Before: "--seed must be from 0 to 4,294,967,295, not -2." with no word of -1, which is accepted.
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
+    text = " ".join(r.output.split())
+    assert r.exit_code == EXIT_USAGE and "--seed must be from 0 to 4,294,967,295" in text, text
+    assert "-1 draws a random seed" in text and not (tmp_path / "o").exists()

@@ -174,7 +174,12 @@ def seed_or_random(value, key: str = "seed", where: Where = ARGV) -> int:
     """A seed, or SEED_RANDOM (-1, A1111's "random"): then one drawn now, so the seed used is recorded."""
     if type(value) is int and value == SEED_RANDOM:  # not -1.0 or True: a seed is a whole number
         return random_seed()
-    return seed(value, key, where)
+    try:
+        return seed(value, key, where)
+    except UsageError as e:
+        if e.hint is None:  # where -1 is taken, the refusal says so
+            e.hint = f"{SEED_RANDOM} draws a random seed (recorded with the image)."
+        raise
 
 
 def seed_range(first: int, count: int, where: Where = ARGV) -> None:
