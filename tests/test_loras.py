@@ -360,3 +360,20 @@ def test_a_sidecar_that_stacks_one_lora_twice_is_refused_as_the_command_line_is(
     again = [{"spec": "a.safetensors", "scale": 0.3}]  # the first LoRA is the sidecar's "lora"
     assert "names a.safetensors twice" in refused(metadata.recorded_requests, _sidecar(loras=again), Path("x.json"))
     metadata.recorded_requests(_sidecar(loras=[{"spec": "b.safetensors", "scale": 0.5}]), Path("x.json"))
+
+
+def test_one_file_named_two_ways_is_still_given_twice(lora_dir, monkeypatch):
+    # Before: './x' beside 'x', or a tag naming the --lora file, stacked one file as two adapters.
+    monkeypatch.chdir(lora_dir.parent)
+    message = refused(loras.from_options, ["loras/detail.safetensors", "./loras/detail.safetensors:0.5"], None, None)
+    assert "is given twice" in message
+    (lora_dir / "link.safetensors").symlink_to(lora_dir / "detail.safetensors")
+    assert "is given twice" in refused(loras.from_options, ["loras/detail.safetensors", "loras/link.safetensors"],
+                                       None, None)
+    request = ModelRequest(model="base", lora="loras/detail.safetensors", lora_dir=str(lora_dir))
+    message = refused(loras.with_prompt_loras, request, [ImageRequest("a <lora:detail:0.6>", 1)])
+    assert message.startswith("'<lora:detail:0.6>' names the file that --lora loads already") and "once" in message
+    stacked = ModelRequest(model="base", loras=(LoraRequest("loras/detail.safetensors", 0.5),), lora_dir=str(lora_dir))
+    assert "--lora loads already" in refused(loras.with_prompt_loras, stacked, [ImageRequest("a <lora:detail>", 1)])
+    other = ModelRequest(model="base", lora="loras/my style v2.safetensors", lora_dir=str(lora_dir))
+    assert loras.with_prompt_loras(other, [ImageRequest("a <lora:detail:0.6>", 1)]).loras[0].name == "detail"

@@ -62,6 +62,12 @@ def _no_strength(tail: str) -> bool:
         return False
 
 
+def same_file(spec: str) -> str:
+    """What identifies a LoRA: an existing file by its real path ('./a' and 'a', a link and its target are
+    one file, which stacked twice would load as two adapters); anything else (a Hub repo) as written."""
+    return os.path.realpath(os.path.expanduser(spec)) if _exists(spec) else spec
+
+
 def _exists(value: str) -> bool:
     try:
         return Path(value).expanduser().exists()
@@ -92,9 +98,9 @@ def from_options(loras: list[str] | None, lora_file: str | None, lora_scale: flo
                          "only one .safetensors file (or the SPO LoRA's repo).")
     seen = set()
     for spec, _ in specs:
-        if spec in seen:
+        if same_file(spec) in seen:
             raise UsageError(f"--lora {spec} is given twice.", "Give each LoRA once, with the strength you want.")
-        seen.add(spec)
+        seen.add(same_file(spec))
     extras = tuple(LoraRequest(spec, 1.0 if s is None else s) for spec, s in rest)
     return first, (lora_scale if first_scale is None else first_scale), extras
 
@@ -239,9 +245,19 @@ def with_prompt_loras(request: ModelRequest, images: list[ImageRequest], where=l
                 "Put the lines of each LoRA set in a prompt file of their own (one `spo batch` each).")
     if not chosen:
         return request
+    given = {same_file(spec) for spec in [request.lora, *(lr.spec for lr in request.loras)] if spec}
+    for lr in chosen:
+        if same_file(lr.spec) in given:
+            at = where(first).source
+            raise UsageError(f"{at + ': ' if at else ''}{validate.shown(_tag_text(lr))} names the file that --lora loads already "
+                             f"({lr.spec}).", "Give each LoRA once: the tag, or --lora with the strength you want.")
     if len(request.loras) + len(chosen) + 1 > LORAS_MAX:
         raise UsageError(f"--lora and the prompt's tags make more than {LORAS_MAX} LoRAs; that is the most stacked.")
     return _replace(request, loras=request.loras + chosen)
+
+
+def _tag_text(lr: LoraRequest) -> str:
+    return f"<lora:{lr.name}:{lr.scale:g}{'' if lr.unet_scale is None else f':{lr.unet_scale:g}'}>"
 
 
 def _replace(request, **changes):
