@@ -505,3 +505,20 @@ def test_columns_keep_the_order_given():
         "a", "b", "SPO LoRA x1", "SPO-SDXL"]  # the --model columns at the first --model, in their order
     assert compare_labels("--no-base", "--spo") == ["SPO-SDXL"]
     assert compare_labels() == ["SDXL base", "SPO-SDXL"]  # the default pair, SPO against SDXL
+
+
+@pytest.mark.parametrize("text, words", [
+    ("base,spo-lora:nan", "--columns: 'spo-lora:nan' needs a finite number after 'spo-lora:'"),
+    ("base,spo-lora:1e999", "--columns: 'spo-lora:1e999' needs a finite number after 'spo-lora:'"),
+    ("base,spo-lora:0.5,spo-lora:.5", "--columns names the SPO LoRA at strength 0.5 twice"),
+    ("spo-lora,spo-lora:1", "--columns names the SPO LoRA at strength 1 twice"),
+])
+def test_eval_columns_refusals_name_the_columns_option(text, words):
+    # Before: "--lora-scale must be a finite number, not nan" (an option not given), and "Give each --model
+    # its own --label", options eval does not have.
+    from spo_cli.cli import eval as eval_cli
+    from spo_cli.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        eval_cli.parse_columns(text)
+    assert e.value.paragraph().startswith(words) and "--label" not in e.value.paragraph(), e.value.paragraph()
