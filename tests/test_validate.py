@@ -594,3 +594,10 @@ def test_a_seed_out_of_range_says_that_minus_one_is_a_random_one(args, tmp_path)
     text = " ".join(r.output.split())
     assert r.exit_code == EXIT_USAGE and "--seed must be from 0 to 4,294,967,295" in text, text
     assert "-1 draws a random seed" in text and not (tmp_path / "o").exists()
+
+
+def test_a_seeds_item_out_of_range_says_that_minus_one_is_a_random_one():
+    # Before: '-2' was "not a seed or a range" with examples that left out -1, which --seeds takes.
+    with pytest.raises(UsageError) as e:
+        validate.seeds("0,-2")
+    assert "-1 draws a random seed" in e.value.hint

@@ -212,7 +212,8 @@ def seeds(value, key: str = "seeds", where: Where = ARGV) -> list[int]:
         m = _SEED_ITEM.fullmatch(part)
         if m is None:
             raise where.error(key, f"has {shown(part)}, which is not a seed or a range such as 0-3",
-                              "Give seeds and ranges separated by commas, e.g. 0-3, or 1,2,5, or 0-3,10.")
+                              "Give seeds and ranges separated by commas, e.g. 0-3, or 1,2,5, or 0-3,10; "
+                              f"{SEED_RANDOM} draws a random seed (recorded).")
         low, high = int(m.group(1)), int(m.group(2) or m.group(1))
         seed(low, key, where)
         seed(high, key, where)
