@@ -522,3 +522,19 @@ def test_eval_columns_refusals_name_the_columns_option(text, words):
     with pytest.raises(UsageError) as e:
         eval_cli.parse_columns(text)
     assert e.value.paragraph().startswith(words) and "--label" not in e.value.paragraph(), e.value.paragraph()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("nan", "--lora-scales: 'nan' is not a finite number"),
+    ("0.5,1e999", "--lora-scales: '1e999' is not a finite number"),
+    ("0.5,.5", "--lora-scales lists 0.5 twice"),
+    ("x" * 5000, "--lora-scales: 'xxx"),
+])
+def test_compare_lora_scales_refusals_name_the_option_given(text, words):
+    # Before: "--lora-scale must be a finite number" (another option), "Give each --model its own --label"
+    # for 0.5,.5, and a bad item quoted whole.
+    from spo_cli.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        compare.parse_scales(text)
+    assert e.value.paragraph().startswith(words) and len(e.value.paragraph()) < 300, e.value.paragraph()
