@@ -50,7 +50,8 @@ def test_a_strength_that_is_no_finite_number_is_named_as_one(text, tmp_path, mon
     # Before: all of it was taken as the spec, and the message said it was no Hub repo id.
     monkeypatch.chdir(tmp_path)
     message = refused(loras.split_spec, text)
-    assert "after the last ':' is not a strength" in message and "FILE:0.8" in message
+    assert ("no strength after the last ':'." in message if text.endswith((":", ": ")) else
+            "after the last ':', " in message and "is not a finite number" in message) and "FILE:0.8" in message
     (tmp_path / text).write_bytes(b"x")  # a file of that very name is what it names
     assert loras.split_spec(text) == (text, None)
 
@@ -377,3 +378,15 @@ def test_one_file_named_two_ways_is_still_given_twice(lora_dir, monkeypatch):
     assert "--lora loads already" in refused(loras.with_prompt_loras, stacked, [ImageRequest("a <lora:detail>", 1)])
     other = ModelRequest(model="base", lora="loras/my style v2.safetensors", lora_dir=str(lora_dir))
     assert loras.with_prompt_loras(other, [ImageRequest("a <lora:detail:0.6>", 1)]).loras[0].name == "detail"
+
+
+@pytest.mark.parametrize("spec", ["spo-lora", "base"])
+def test_a_model_preset_given_as_a_lora_is_named_as_one(spec, tmp_path, monkeypatch):
+    # Before: "'spo-lora' is neither a preset, … Presets: spo, spo-lora, base." (a preset, listed as one)
+    from spo_cli.resolve import model
+
+    monkeypatch.chdir(tmp_path)
+    for request in (ModelRequest(model="base", lora=spec), ModelRequest(model="base", loras=(LoraRequest(spec, 1),))):
+        message = refused(model.precheck, request)
+        assert message.startswith(f"--lora {spec}: '{spec}' is a model preset, not a LoRA") and "--model" in message
+    assert "Presets:" not in refused(model.precheck, ModelRequest(model="base", lora="x:y:z"))

@@ -46,8 +46,9 @@ def split_spec(value: str) -> tuple[str, float | None]:
     if sep and head and _no_strength(tail) and not _exists(value):
         # 'a.safetensors:nan' or 'a.safetensors:' meant a strength; only a file of that very name is a spec
         # (otherwise the message was that it is no Hub repo id, which sent people the wrong way).
-        raise UsageError(f"--lora {validate.shown(value)}: {'nothing' if not tail.strip() else validate.shown(tail)} "
-                         "after the last ':' is not a strength (a finite number).",
+        raise UsageError(f"--lora {validate.shown(value)}: "
+                         + ("no strength after the last ':'." if not tail.strip() else
+                            f"the strength after the last ':', {validate.shown(tail)}, is not a finite number."),
                          "Write --lora FILE:0.8, or leave out the ':' for strength 1.")
     return value, None
 
