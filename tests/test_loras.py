@@ -390,3 +390,16 @@ def test_a_model_preset_given_as_a_lora_is_named_as_one(spec, tmp_path, monkeypa
         message = refused(model.precheck, request)
         assert message.startswith(f"--lora {spec}: '{spec}' is a model preset, not a LoRA") and "--model" in message
     assert "Presets:" not in refused(model.precheck, ModelRequest(model="base", lora="x:y:z"))
+
+
+def test_a_missing_relative_lora_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    # Before: "LoRA file /elsewhere/loras/a.safetensors does not exist." and nothing more: a sidecar records
+    # --lora as given, so replaying from another folder missed it with no word why.
+    from spo_cli.resolve import model
+
+    monkeypatch.chdir(tmp_path)
+    message = refused(model.precheck, ModelRequest(model="base", lora="loras/a.safetensors"))
+    assert f"LoRA file {tmp_path / 'loras/a.safetensors'} does not exist" in message
+    assert "'loras/a.safetensors' is relative to the current folder" in message and "replay" in message
+    message = refused(model.precheck, ModelRequest(model="base", lora=str(tmp_path / "b.safetensors")))
+    assert "is relative to the current folder" not in message

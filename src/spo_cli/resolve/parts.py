@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from spo_cli import validate
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.resolve import hub
 from spo_cli.resolve.files import (check_files, folder_files, read_index, safetensors_header, select_pipeline_files,
@@ -181,7 +182,10 @@ def local_lora_path(spec: str) -> Path:
     if path.suffix != ".safetensors":
         raise UsageError(f"LoRA file {path} is not .safetensors; spo-cli never loads pickled weights.")
     if not path.is_file():
-        raise UsageError(f"LoRA file {path} does not exist." if not path.exists() else f"LoRA {path} is not a file.")
+        relative = not path.exists() and not Path(spec).expanduser().is_absolute()
+        raise UsageError(f"LoRA file {path} does not exist." if not path.exists() else f"LoRA {path} is not a file.",
+                         f"{validate.shown(spec, 200)} is relative to the current folder (a sidecar records --lora as "
+                         "given: replay from the folder it ran in, or give --lora)." if relative else None)
     _check_lora_header(path)
     return path
 
