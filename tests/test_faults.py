@@ -201,3 +201,10 @@ def test_unreachable_through_a_proxy(endpoint, monkeypatch):
     monkeypatch.delenv("no_proxy", raising=False)
     endpoint("https://huggingface.co")
     assert resolve.unreachable() == f"127.0.0.1:{port} refused the connection through the proxy 127.0.0.1:{port}"
+
+
+def test_the_nan_hint_names_a_lora_strength_too():
+    # Before: a LoRA at strength 1e308 made NaN images and the hint spoke of --guidance only.
+    from spo_cli.render import nan_hint
+
+    assert "--guidance" in nan_hint("float32") and "LoRA strength" in nan_hint("float32")

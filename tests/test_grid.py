@@ -505,3 +505,36 @@ def test_columns_keep_the_order_given():
         "a", "b", "SPO LoRA x1", "SPO-SDXL"]  # the --model columns at the first --model, in their order
     assert compare_labels("--no-base", "--spo") == ["SPO-SDXL"]
     assert compare_labels() == ["SDXL base", "SPO-SDXL"]  # the default pair, SPO against SDXL
+
+
+@pytest.mark.parametrize("text, words", [
+    ("base,spo-lora:nan", "--columns: 'spo-lora:nan' needs a finite number after 'spo-lora:'"),
+    ("base,spo-lora:1e999", "--columns: 'spo-lora:1e999' needs a finite number after 'spo-lora:'"),
+    ("base,spo-lora:0.5,spo-lora:.5", "--columns names the SPO LoRA at strength 0.5 twice"),
+    ("spo-lora,spo-lora:1", "--columns names the SPO LoRA at strength 1 twice"),
+])
+def test_eval_columns_refusals_name_the_columns_option(text, words):
+    # Before: "--lora-scale must be a finite number, not nan" (an option not given), and "Give each --model
+    # its own --label", options eval does not have.
+    from spo_cli.cli import eval as eval_cli
+    from spo_cli.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        eval_cli.parse_columns(text)
+    assert e.value.paragraph().startswith(words) and "--label" not in e.value.paragraph(), e.value.paragraph()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("nan", "--lora-scales: 'nan' is not a finite number"),
+    ("0.5,1e999", "--lora-scales: '1e999' is not a finite number"),
+    ("0.5,.5", "--lora-scales lists 0.5 twice"),
+    ("x" * 5000, "--lora-scales: 'xxx"),
+])
+def test_compare_lora_scales_refusals_name_the_option_given(text, words):
+    # Before: "--lora-scale must be a finite number" (another option), "Give each --model its own --label"
+    # for 0.5,.5, and a bad item quoted whole.
+    from spo_cli.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        compare.parse_scales(text)
+    assert e.value.paragraph().startswith(words) and len(e.value.paragraph()) < 300, e.value.paragraph()

@@ -546,3 +546,21 @@ def test_spo_infotext_reads_back_the_same_scheduler_in_a1111s_way(name):
     info = parse(text)
     del info.params["Version"]
     assert to_request_fields(info)[0]["scheduler"] == name
+
+
+@pytest.mark.parametrize("text, warned", [
+    ("a fox\nSteps: 3, Sampler: Euler", True),  # two settings: A1111 reads the line as prompt text
+    ("a fox\nSteps: 3", True),
+    ("a fox\nSteps: 3, Sampler: Euler, Seed: 1", False),  # a settings line
+    ("a fox: red, tail: long", False),  # colons in a prompt are no settings line
+])
+def test_a_settings_line_too_short_to_be_one_is_said_to_be_prompt_text(capsys, text, warned):
+    # Before: the prompt became 'a fox Steps: 3, Sampler: Euler' and the warning said the text set no Sampler.
+    from spo_cli.cli.replay import from_infotext
+    from spo_cli.cli.ui import UI
+
+    image, _, _ = from_infotext(UI(), text, "--infotext")
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("holds fewer than 3 settings, so it is read as part of the prompt, as A1111 reads it" in err) == warned
+    if warned:
+        assert "'Steps: 3" in err and "Steps:" in image.prompt

@@ -38,11 +38,22 @@ def refused(fn, *args, **kw) -> str:
     ("org/name:.5", "org/name", 0.5),
     ("C:\\loras\\a.safetensors", "C:\\loras\\a.safetensors", None),  # a drive letter is no strength
     ("a:b.safetensors", "a:b.safetensors", None),
-    ("a.safetensors:inf", "a.safetensors:inf", None),  # not a number spo takes: all of it is the spec
     (":0.5", ":0.5", None),
 ])
 def test_lora_spec_and_its_strength(text, spec, scale):
     assert loras.split_spec(text) == (spec, scale)
+
+
+@pytest.mark.parametrize("text", ["a.safetensors:inf", "a.safetensors:nan", "a.safetensors:-Infinity",
+                                  "a.safetensors:", "x:", "name: "])
+def test_a_strength_that_is_no_finite_number_is_named_as_one(text, tmp_path, monkeypatch):
+    # Before: all of it was taken as the spec, and the message said it was no Hub repo id.
+    monkeypatch.chdir(tmp_path)
+    message = refused(loras.split_spec, text)
+    assert ("no strength after the last ':'." in message if text.endswith((":", ": ")) else
+            "after the last ':', " in message and "is not a finite number" in message) and "FILE:0.8" in message
+    (tmp_path / text).write_bytes(b"x")  # a file of that very name is what it names
+    assert loras.split_spec(text) == (text, None)
 
 
 def test_one_lora_is_what_it_was_before_stacking():
@@ -289,3 +300,106 @@ def test_names_from_a_hostile_prompt_or_folder_are_quoted_in_messages(lora_dir):
     assert "\x1b" not in message and "evil" not in message  # the escape shown as one, the odd file name left out
     message = refused(loras.from_tags, "<lora:a\x1b:1><lora:a\x1b:1>", str(lora_dir))
     assert "\x1b" not in message
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"notlora", "not a whole safetensors file (7 bytes, too short"),
+    (struct.pack("<Q", 2**63) + b"{}", "not a whole safetensors file (its header length is impossible"),
+    (struct.pack("<Q", 5) + b"[1,2]", "not a whole safetensors file (its header is not a JSON object"),
+    (struct.pack("<Q", 60) + b'{"unet.conv.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'[:60]
+     + b"\0" * 4, "not a whole safetensors file"),
+])
+def test_a_lora_file_that_is_no_safetensors_is_refused_as_a_lora_before_loading(tmp_path, content, words):
+    # Before: "The copy of '<its folder>' on this machine is damaged … Save or copy the folder again",
+    # exit 1, after PyTorch started.
+    from spo_cli.resolve import model
+
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(content)
+    for request in (ModelRequest(model="base", lora=str(path)),
+                    ModelRequest(model="base", loras=(LoraRequest(str(path), 0.5),))):
+        message = refused(model.precheck, request)
+        assert message.startswith(f"LoRA file {path} is ") and words in message, message
+
+
+def test_a_safetensors_file_with_no_lora_weights_is_refused_before_loading(tmp_path):
+    # Before: the pipeline loaded, then "'…' could not be loaded: ValueError: Invalid LoRA checkpoint …
+    # spo loads standard diffusers SDXL folders".
+    from spo_cli.resolve import model
+
+    path = tmp_path / "vae.safetensors"
+    _safetensors(path, {"decoder.conv_in.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                        "__metadata__": {"format": "pt"}}, b"\0" * 4)
+    message = refused(model.precheck, ModelRequest(model="base", lora=str(path)))
+    assert f"LoRA file {path} holds no LoRA weights" in message and "--model" in message
+    lora = tmp_path / "ok.safetensors"
+    _safetensors(lora, {"lora_unet_down_blocks_0.alpha": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}},
+                 b"\0" * 4)
+    model.precheck(ModelRequest(model="base", lora=str(lora)))  # kohya's names are a LoRA's too
+
+
+def test_a_tag_naming_a_fifo_or_a_broken_link_says_what_it_is_and_lists_only_files(lora_dir):
+    # Before: "the LoRA folder has no 'pipe.safetensors'. LoRAs there: detail, my style v2, pipe, …",
+    # naming as there what it had just said was not.
+    import os
+
+    os.mkfifo(lora_dir / "pipe.safetensors")
+    (lora_dir / "gone.safetensors").symlink_to(lora_dir / "nowhere.safetensors")
+    (lora_dir / "sub.safetensors").mkdir()
+    for name in ("pipe", "gone", "sub"):
+        message = refused(loras.from_tags, f"a <lora:{name}:1>", str(lora_dir))
+        assert f"'{name}.safetensors' is not a file (a folder, a FIFO or a link to nothing)" in message, message
+        assert "LoRAs there: detail, my style v2." in message
+    assert "LoRAs there: detail, my style v2." in refused(loras.from_tags, "<lora:nope:1>", str(lora_dir))
+
+
+def test_a_sidecar_that_stacks_one_lora_twice_is_refused_as_the_command_line_is(tmp_path):
+    # Before: replay stacked it twice (the same file as two adapters), where --lora refuses it.
+    twice = [{"spec": "b.safetensors", "scale": 0.5}, {"spec": "b.safetensors", "scale": 0.3}]
+    message = refused(metadata.recorded_requests, _sidecar(loras=twice), Path("x.json"))
+    assert message.startswith("x.json: 'loras' names b.safetensors twice") and "Give each LoRA once" in message
+    again = [{"spec": "a.safetensors", "scale": 0.3}]  # the first LoRA is the sidecar's "lora"
+    assert "names a.safetensors twice" in refused(metadata.recorded_requests, _sidecar(loras=again), Path("x.json"))
+    metadata.recorded_requests(_sidecar(loras=[{"spec": "b.safetensors", "scale": 0.5}]), Path("x.json"))
+
+
+def test_one_file_named_two_ways_is_still_given_twice(lora_dir, monkeypatch):
+    # Before: './x' beside 'x', or a tag naming the --lora file, stacked one file as two adapters.
+    monkeypatch.chdir(lora_dir.parent)
+    message = refused(loras.from_options, ["loras/detail.safetensors", "./loras/detail.safetensors:0.5"], None, None)
+    assert "is given twice" in message
+    (lora_dir / "link.safetensors").symlink_to(lora_dir / "detail.safetensors")
+    assert "is given twice" in refused(loras.from_options, ["loras/detail.safetensors", "loras/link.safetensors"],
+                                       None, None)
+    request = ModelRequest(model="base", lora="loras/detail.safetensors", lora_dir=str(lora_dir))
+    message = refused(loras.with_prompt_loras, request, [ImageRequest("a <lora:detail:0.6>", 1)])
+    assert message.startswith("'<lora:detail:0.6>' names the file that --lora loads already") and "once" in message
+    stacked = ModelRequest(model="base", loras=(LoraRequest("loras/detail.safetensors", 0.5),), lora_dir=str(lora_dir))
+    assert "--lora loads already" in refused(loras.with_prompt_loras, stacked, [ImageRequest("a <lora:detail>", 1)])
+    other = ModelRequest(model="base", lora="loras/my style v2.safetensors", lora_dir=str(lora_dir))
+    assert loras.with_prompt_loras(other, [ImageRequest("a <lora:detail:0.6>", 1)]).loras[0].name == "detail"
+
+
+@pytest.mark.parametrize("spec", ["spo-lora", "base"])
+def test_a_model_preset_given_as_a_lora_is_named_as_one(spec, tmp_path, monkeypatch):
+    # Before: "'spo-lora' is neither a preset, … Presets: spo, spo-lora, base." (a preset, listed as one)
+    from spo_cli.resolve import model
+
+    monkeypatch.chdir(tmp_path)
+    for request in (ModelRequest(model="base", lora=spec), ModelRequest(model="base", loras=(LoraRequest(spec, 1),))):
+        message = refused(model.precheck, request)
+        assert message.startswith(f"--lora {spec}: '{spec}' is a model preset, not a LoRA") and "--model" in message
+    assert "Presets:" not in refused(model.precheck, ModelRequest(model="base", lora="x:y:z"))
+
+
+def test_a_missing_relative_lora_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    # Before: "LoRA file /elsewhere/loras/a.safetensors does not exist." and nothing more: a sidecar records
+    # --lora as given, so replaying from another folder missed it with no word why.
+    from spo_cli.resolve import model
+
+    monkeypatch.chdir(tmp_path)
+    message = refused(model.precheck, ModelRequest(model="base", lora="loras/a.safetensors"))
+    assert f"LoRA file {tmp_path / 'loras/a.safetensors'} does not exist" in message
+    assert "'loras/a.safetensors' is relative to the current folder" in message and "replay" in message
+    message = refused(model.precheck, ModelRequest(model="base", lora=str(tmp_path / "b.safetensors")))
+    assert "is relative to the current folder" not in message

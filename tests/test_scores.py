@@ -408,3 +408,27 @@ def test_score_refuses_early(tmp_path):
         assert r.exit_code == 2 and f"--columns names '{twice}' twice" in r.output, r.output
     r = invoke("eval", str(tmp_path / "p.txt"), "--columns", "spo-lora,spo-lora:1")  # one column, spelt twice
     assert r.exit_code == 2 and "labelled alike" in r.output, r.output
+
+
+@pytest.mark.parametrize("text", ['{"a":' * 100_000, '{"schema": "spo-cli/scores-1"}' + " " * (2 << 20)])
+def test_a_hostile_scores_file_is_not_reused_and_never_raises(tmp_path, text):
+    # Before: a deeply nested file raised RecursionError (a traceback from `spo score`), and any size was read.
+    from spo_cli.scores import store
+
+    image = tmp_path / "a.png"
+    store_path(image).write_text(text)
+    assert store.read(image) == {}
+    store_path(image).unlink()
+    os.mkfifo(store_path(image))  # never opened: reading a FIFO waits for a writer forever
+    assert store.read(image) == {}
+
+
+@pytest.mark.parametrize("value", [10**400, True, float("nan"), float("inf"), -float("inf"), "0.5", None])
+def test_a_recorded_score_that_is_no_finite_number_is_computed_again(value):
+    # Before: 10**400 raised OverflowError, True was reused as the score 1.0, NaN and inf as themselves.
+    from spo_cli.scores import store
+
+    record = {"image_sha256": "d", "prompt": "p", "scores": {"m": {"models": {"x": "1"}, "value": value}}}
+    assert store.current(record, "m", {"x": "1"}, "d", "p") is None
+    record["scores"]["m"]["value"] = 21.5
+    assert store.current(record, "m", {"x": "1"}, "d", "p") == 21.5

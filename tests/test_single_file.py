@@ -591,3 +591,24 @@ def test_compare_bank_keys_single_file_models_by_content(tiny_file, tmp_path):
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         assert a[part][0] is None and a[part][2] != b[part][2], part
     assert a["tokenizer"][2] == b["tokenizer"][2]  # from the same configs
+
+
+def test_a_hash_cache_that_is_a_fifo_is_ignored_not_waited_on(tmp_path, monkeypatch):
+    # Before: open() on the FIFO waited for a writer forever (spo hung before loading anything).
+    import threading
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = single.cache_folder() / single.HASH_CACHE
+    cache.parent.mkdir(parents=True)
+    os.mkfifo(cache)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"abc")
+    got = []
+    worker = threading.Thread(target=lambda: got.append(single.sha256(path)), daemon=True)
+    worker.start()
+    worker.join(60)  # a hang guard only: hashing 3 bytes takes no time
+    if worker.is_alive():  # release the stuck open() so the thread ends, then fail
+        with open(cache, "wb"):
+            pass
+        pytest.fail("sha256 waited on a FIFO in place of the hash cache")
+    assert got == [hashlib.sha256(b"abc").hexdigest()]

@@ -452,3 +452,12 @@ def test_a_table_too_narrow_for_its_words_still_fits_the_screen(capsys, monkeypa
     monkeypatch.setenv("COLUMNS", "30")
     UI().table("t", ["id", "about"], [["an-organisation/a-rather-long-repository-name", "words"]])
     assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 30  # folded, as before
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "\x1b[2J" + "x" * 5000])
+def test_a_bad_interval_is_quoted_short(monkeypatch, capsys, value):
+    # Before: the whole value went into the warning (5,000 digits float() reads as inf; an escape as is).
+    monkeypatch.setenv("SPO_PROGRESS_INTERVAL", value)
+    UI()._interval()
+    err = capsys.readouterr().err
+    assert "SPO_PROGRESS_INTERVAL=" in err and len(err) < 300 and "\x1b" not in err and ",00" in err and "characters)" in err

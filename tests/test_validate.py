@@ -94,7 +94,10 @@ def test_every_source_gets_the_same_limit_and_message(key, value, words):
     else:
         line = from_jsonl(key, value)
     assert line.startswith(f"p.jsonl:1: '{key}' {words}"), line
-    # The hint, where there is one, is the same too.
+    # The hint, where there is one, is the same too; but a sidecar records the seed used, never -1.
+    if key == "seed":
+        assert "-1 draws a random seed" in argv.hint and side.hint is None
+        return
     assert (argv.hint or "").split(";")[0] == (side.hint or "").split(";")[0]
 
 
@@ -565,3 +568,36 @@ def test_replay_names_the_sidecars_key_not_an_option(tmp_path):
 
 def test_a_huge_size_without_the_size_limit_is_a_warning_not_a_crash():
     assert validate.size(8 * 10**400, 1024, size_limit=False)[0].endswith("expect weaker images.")
+
+
+@pytest.mark.parametrize("key, limit", [("lora", validate.PATH_MAX_CHARS), ("model", validate.PATH_MAX_CHARS),
+                                        ("seeds", validate.PROMPT_MAX_CHARS)])
+def test_a_too_long_value_that_is_no_prompt_gets_no_prompt_file_hint(key, limit):
+    # Before: every text over its limit was told "a prompt file (spo batch) takes one prompt per line".
+    with pytest.raises(UsageError) as e:
+        validate.text("a" * (limit + 1), key, limit=limit)
+    assert "characters long" in e.value.message and "prompt" not in (e.value.hint or "")
+    with pytest.raises(UsageError) as e:
+        validate.text("a" * (validate.PROMPT_MAX_CHARS + 1), "prompt")
+    assert "one prompt per line" in e.value.hint
+
+
+@pytest.mark.parametrize("args", [["generate", "a fox", "--seed", "-2"], ["generate", "a fox", "--seed", "4294967296"],
+                                  ["compare", "a fox", "--seed", "-2"]])
+def test_a_seed_out_of_range_says_that_minus_one_is_a_random_one(args, tmp_path):
+    # Before: "--seed must be from 0 to 4,294,967,295, not -2." with no word of -1, which is accepted.
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
+    text = " ".join(r.output.split())
+    assert r.exit_code == EXIT_USAGE and "--seed must be from 0 to 4,294,967,295" in text, text
+    assert "-1 draws a random seed" in text and not (tmp_path / "o").exists()
+
+
+def test_a_seeds_item_out_of_range_says_that_minus_one_is_a_random_one():
+    # Before: '-2' was "not a seed or a range" with examples that left out -1, which --seeds takes.
+    with pytest.raises(UsageError) as e:
+        validate.seeds("0,-2")
+    assert "-1 draws a random seed" in e.value.hint

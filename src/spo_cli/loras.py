@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from pathlib import Path
 
@@ -42,7 +43,37 @@ def split_spec(value: str) -> tuple[str, float | None]:
             raise UsageError(f"--lora {validate.shown(value)}: the strength after the last ':' is not a finite "
                              "number.", "Write --lora FILE:0.8.")
         return head, float(tail)
+    if sep and head and _no_strength(tail) and not _exists(value):
+        # 'a.safetensors:nan' or 'a.safetensors:' meant a strength; only a file of that very name is a spec
+        # (otherwise the message was that it is no Hub repo id, which sent people the wrong way).
+        raise UsageError(f"--lora {validate.shown(value)}: "
+                         + ("no strength after the last ':'." if not tail.strip() else
+                            f"the strength after the last ':', {validate.shown(tail)}, is not a finite number."),
+                         "Write --lora FILE:0.8, or leave out the ':' for strength 1.")
     return value, None
+
+
+def _no_strength(tail: str) -> bool:
+    """An empty strength, or one float() reads but is not finite (nan, inf, infinity)."""
+    if not tail.strip():
+        return True
+    try:
+        return not math.isfinite(float(tail))
+    except ValueError:
+        return False
+
+
+def same_file(spec: str) -> str:
+    """What identifies a LoRA: an existing file by its real path ('./a' and 'a', a link and its target are
+    one file, which stacked twice would load as two adapters); anything else (a Hub repo) as written."""
+    return os.path.realpath(os.path.expanduser(spec)) if _exists(spec) else spec
+
+
+def _exists(value: str) -> bool:
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL
+        return False
 
 
 def from_options(loras: list[str] | None, lora_file: str | None, lora_scale: float | None
@@ -68,9 +99,9 @@ def from_options(loras: list[str] | None, lora_file: str | None, lora_scale: flo
                          "only one .safetensors file (or the SPO LoRA's repo).")
     seen = set()
     for spec, _ in specs:
-        if spec in seen:
+        if same_file(spec) in seen:
             raise UsageError(f"--lora {spec} is given twice.", "Give each LoRA once, with the strength you want.")
-        seen.add(spec)
+        seen.add(same_file(spec))
     extras = tuple(LoraRequest(spec, 1.0 if s is None else s) for spec, s in rest)
     return first, (lora_scale if first_scale is None else first_scale), extras
 
@@ -149,7 +180,8 @@ def _available(lora_dir: Path, limit: int = 8) -> list[str]:
     for i, entry in enumerate(lora_dir.iterdir()):  # bounded: a folder may hold anything
         if i >= validate.LORA_FOLDER_SCAN_MAX or len(names) >= limit:
             break
-        if entry.name.endswith(SUFFIX) and entry.name.isprintable():  # names go into a message
+        # Names go into a message; only what a tag can load is listed (not a FIFO, a folder, a broken link).
+        if entry.name.endswith(SUFFIX) and entry.name.isprintable() and entry.is_file():
             names.append(entry.name[: -len(SUFFIX)])
     return sorted(names)
 
@@ -173,8 +205,11 @@ def from_tags(prompt: str, lora_dir: str, where: validate.Where = validate.ARGV)
         # The name has no separator, so the file is in the folder; a link there is the user's own choice.
         if path.parent != base or not path.is_file():
             shown = ", ".join(_available(base))
-            raise UsageError(f"{where.source + ': ' if where.source else ''}{validate.shown(tag)}: the LoRA folder "
-                             f"{base} has no {validate.shown(name + SUFFIX)}.",
+            there = os.path.lexists(path) and path.parent == base
+            raise UsageError(f"{where.source + ': ' if where.source else ''}{validate.shown(tag)}: "
+                             + (f"in the LoRA folder {base}, {validate.shown(name + SUFFIX)} is not a file (a folder, "
+                                "a FIFO or a link to nothing)." if there else
+                                f"the LoRA folder {base} has no {validate.shown(name + SUFFIX)}."),
                              f"LoRAs there: {shown}." if shown else "The folder holds no .safetensors file.")
         out.append(LoraRequest(str(path), te, None if unet == te else unet, name=name))
     return tuple(out)
@@ -211,9 +246,19 @@ def with_prompt_loras(request: ModelRequest, images: list[ImageRequest], where=l
                 "Put the lines of each LoRA set in a prompt file of their own (one `spo batch` each).")
     if not chosen:
         return request
+    given = {same_file(spec) for spec in [request.lora, *(lr.spec for lr in request.loras)] if spec}
+    for lr in chosen:
+        if same_file(lr.spec) in given:
+            at = where(first).source
+            raise UsageError(f"{at + ': ' if at else ''}{validate.shown(_tag_text(lr))} names the file that --lora loads already "
+                             f"({lr.spec}).", "Give each LoRA once: the tag, or --lora with the strength you want.")
     if len(request.loras) + len(chosen) + 1 > LORAS_MAX:
         raise UsageError(f"--lora and the prompt's tags make more than {LORAS_MAX} LoRAs; that is the most stacked.")
     return _replace(request, loras=request.loras + chosen)
+
+
+def _tag_text(lr: LoraRequest) -> str:
+    return f"<lora:{lr.name}:{lr.scale:g}{'' if lr.unet_scale is None else f':{lr.unet_scale:g}'}>"
 
 
 def _replace(request, **changes):

@@ -45,7 +45,7 @@ def nan_hint(dtype: str) -> str:
     if dtype == "float16":
         return ("This is float16 overflow: keep the default fp16-fix VAE (drop --vae), or run with --dtype fp32 "
                 "(or bf16 on GPUs that support it).")
-    return "Check the settings (an extreme --guidance overflows) and the model's weights."
+    return "Check the settings (an extreme --guidance or LoRA strength overflows) and the model's weights."
 
 
 def nan_error(dtype: str) -> str:

@@ -120,7 +120,8 @@ def text(value, key: str, where: Where = ARGV, *, empty_ok: bool = False, limit:
         raise where.error(key, f"must be a string, not {type(value).__name__} {_show(value)}")
     if len(value) > limit:
         raise where.error(key, f"is {len(value):,} characters long; the limit is {limit:,}",
-                          "Shorten it; a prompt file (spo batch) takes one prompt per line.")
+                          "Shorten it; a prompt file (spo batch) takes one prompt per line."
+                          if key in ("prompt", "negative_prompt") else "Shorten it.")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -173,7 +174,12 @@ def seed_or_random(value, key: str = "seed", where: Where = ARGV) -> int:
     """A seed, or SEED_RANDOM (-1, A1111's "random"): then one drawn now, so the seed used is recorded."""
     if type(value) is int and value == SEED_RANDOM:  # not -1.0 or True: a seed is a whole number
         return random_seed()
-    return seed(value, key, where)
+    try:
+        return seed(value, key, where)
+    except UsageError as e:
+        if e.hint is None:  # where -1 is taken, the refusal says so
+            e.hint = f"{SEED_RANDOM} draws a random seed (recorded with the image)."
+        raise
 
 
 def seed_range(first: int, count: int, where: Where = ARGV) -> None:
@@ -206,7 +212,8 @@ def seeds(value, key: str = "seeds", where: Where = ARGV) -> list[int]:
         m = _SEED_ITEM.fullmatch(part)
         if m is None:
             raise where.error(key, f"has {shown(part)}, which is not a seed or a range such as 0-3",
-                              "Give seeds and ranges separated by commas, e.g. 0-3, or 1,2,5, or 0-3,10.")
+                              "Give seeds and ranges separated by commas, e.g. 0-3, or 1,2,5, or 0-3,10; "
+                              f"{SEED_RANDOM} draws a random seed (recorded).")
         low, high = int(m.group(1)), int(m.group(2) or m.group(1))
         seed(low, key, where)
         seed(high, key, where)
@@ -491,6 +498,11 @@ def model_values(values: Mapping, where: Where = ARGV) -> dict:
             out[key] = device(value, key, where)
         else:
             raise ValueError(f"not a ModelRequest field: {key}")
+    # As --lora refuses it: a sidecar edited to stack one file twice would load it as two adapters.
+    specs = [out.get("lora")] + [lr.spec for lr in out.get("loras", ())]
+    for i, spec in enumerate(specs):
+        if spec is not None and spec in specs[:i]:
+            raise where.error("loras", f"names {_clip(spec)} twice", "Give each LoRA once, with the strength you want.")
     return out
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from time import perf_counter
 from typing import Annotated, Optional
@@ -47,8 +48,13 @@ def parse_scales(text: str | None) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise UsageError(f"--lora-scales: '{part.strip()}' is not a number.",
+            raise UsageError(f"--lora-scales: {validate.shown(part.strip())} is not a number.",
                              "Give numbers separated by commas, e.g. --lora-scales 0,0.5,1.") from None
+        if not math.isfinite(value):  # named here: lora_scale() names --lora-scale, which was not given
+            raise UsageError(f"--lora-scales: {validate.shown(part.strip())} is not a finite number.",
+                             "Give numbers separated by commas, e.g. --lora-scales 0,0.5,1.")
+        if value in scales:  # 0.5 and .5 would be two columns labelled alike
+            raise UsageError(f"--lora-scales lists {value:g} twice.", "List each strength once.")
         scales.append(validate.lora_scale(value)[0])
     return scales
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from time import perf_counter
 from typing import Annotated, Optional
 
@@ -63,14 +64,17 @@ def parse_columns(text: str) -> dict:
         elif name == "spo":
             kw["spo"] = True
             kw["order"].append("spo")
-        elif name == "spo-lora":
-            kw["order"].append(f"scale:{len(kw['scales'])}")
-            kw["scales"].append(1.0)
-        elif name.startswith("spo-lora:"):
+        elif name == "spo-lora" or name.startswith("spo-lora:"):
             try:
-                scale = float(name.split(":", 1)[1])
+                scale = float(name.split(":", 1)[1]) if ":" in name else 1.0
             except ValueError:
                 raise UsageError(f"--columns: '{name}' has no number after 'spo-lora:'.", "E.g. spo-lora:0.5.") from None
+            if not math.isfinite(scale):  # named here: --lora-scale, which lora_scale() names, was not given
+                raise UsageError(f"--columns: {validate.shown(name)} needs a finite number after 'spo-lora:'.",
+                                 "E.g. spo-lora:0.5.")
+            if scale in kw["scales"]:  # spo-lora:0.5 and spo-lora:.5 are one column
+                raise UsageError(f"--columns names the SPO LoRA at strength {scale:g} twice.",
+                                 "Name each strength once, e.g. --columns base,spo-lora:0.5,spo-lora:1.")
             kw["order"].append(f"scale:{len(kw['scales'])}")
             kw["scales"].append(validate.lora_scale(scale)[0])
         else:

@@ -132,7 +132,7 @@ def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: i
                   emphasis=emphasis)
     if check_prompt:
         values["prompt"] = prompt
-    checked = validate.image_values(values, validate.PROMPT_ARGUMENT)
+    checked = validate.image_values(values, validate.PROMPT_ARGUMENT, random_seed_ok=True)  # -1 drawn above
     request = ImageRequest(**{"prompt": prompt, **checked})
     warnings = validate.size(width, height, size_limit=size_limit)
     return request, warnings + validate.unsupported_syntax(request, validate.PROMPT_ARGUMENT, lora_tags=lora_tags)

@@ -193,6 +193,11 @@ def from_infotext(ui: UI, text: str, source: str, *,
     image = ImageRequest(**validate.image_values(values, where))
     if ignored:
         ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")
+    short = next((ln.strip() for ln in text.splitlines() if ln.lstrip().startswith("Steps:")), None)
+    if not info.params and short is not None:  # else the prompt silently ends in 'Steps: 3, …'
+        ui.warn(f"{source}: the line {validate.shown(short)} holds fewer than 3 settings, so it is read as part of "
+                "the prompt, as A1111 reads it. Give the settings line whole (Steps: …, Sampler: …, CFG scale: …, "
+                "Seed: …, Size: …), or the settings as options.")
     ui.warn("A1111 draws a seed's noise its own way (on the GPU, in its own order), so this image has the same "
             "settings but will not be identical to A1111's.")
     return image, ModelRequest(), [k for k in _SETTINGS if k not in info.params]

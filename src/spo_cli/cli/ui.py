@@ -177,7 +177,9 @@ class UI:
         except ValueError:
             seconds = -1.0
         if not 0 <= seconds < float("inf"):
-            self.warn(f"SPO_PROGRESS_INTERVAL={raw!r} is not a number of seconds; using {PROGRESS_INTERVAL_S:g}.")
+            from spo_cli.validate import shown  # quoted short: the environment may hold anything
+
+            self.warn(f"SPO_PROGRESS_INTERVAL={shown(raw)} is not a number of seconds; using {PROGRESS_INTERVAL_S:g}.")
             return PROGRESS_INTERVAL_S
         return seconds
 

@@ -127,6 +127,14 @@ def _check_repo_id(spec: str, what: str) -> None:
         ok = spec.count("/") == 1
     except Exception:
         ok = False
+    if not ok and what != "--model":  # presets name models: listing them for --lora or --vae misled
+        kind, local = {"--lora": ("LoRA", "a local .safetensors file"), "--vae": ("VAE", "a local VAE folder")}.get(
+            what, (what, "a local path"))
+        if spec in presets.PRESETS:
+            raise UsageError(f"{what} {spec}: '{spec}' is a model preset, not a {kind}.",
+                             f"Give it with --model {spec}; {what} takes {local} or a Hub repo id (org/name).")
+        raise UsageError(f"'{spec}' is neither an existing path nor a Hub repo id (org/name) for {what}.",
+                         f"Give {what} {local}, or a Hub repo id.")
     if not ok:
         names = ", ".join(presets.PRESETS)
         raise UsageError(

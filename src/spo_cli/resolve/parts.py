@@ -9,9 +9,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from spo_cli import validate
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.resolve import hub
-from spo_cli.resolve.files import check_files, folder_files, read_index, select_pipeline_files, select_vae_files
+from spo_cli.resolve.files import (check_files, folder_files, read_index, safetensors_header, select_pipeline_files,
+                                   select_vae_files)
 from spo_cli.resolve.hub import Fetch
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -180,8 +182,32 @@ def local_lora_path(spec: str) -> Path:
     if path.suffix != ".safetensors":
         raise UsageError(f"LoRA file {path} is not .safetensors; spo-cli never loads pickled weights.")
     if not path.is_file():
-        raise UsageError(f"LoRA file {path} does not exist." if not path.exists() else f"LoRA {path} is not a file.")
+        relative = not path.exists() and not Path(spec).expanduser().is_absolute()
+        raise UsageError(f"LoRA file {path} does not exist." if not path.exists() else f"LoRA {path} is not a file.",
+                         f"{validate.shown(spec, 200)} is relative to the current folder (a sidecar records --lora as "
+                         "given: replay from the folder it ran in, or give --lora)." if relative else None)
+    _check_lora_header(path)
     return path
+
+
+def _check_lora_header(path: Path) -> None:
+    """A LoRA file the user named is checked as one, from its header, before anything loads: a cut or
+    foreign file was called a damaged copy of its folder (exit 1, after PyTorch started), and a model's
+    weights given as a LoRA failed only once the whole pipeline had loaded. Lenient: a file with any
+    key holding 'lora' passes (diffusers wants every key to; kohya, PEFT and diffusers names all do)."""
+    try:
+        header, problem = safetensors_header(path)
+    except OSError as e:
+        raise UsageError(f"LoRA file {path} cannot be read ({e.strerror or type(e).__name__}).",
+                         "Check that it is readable, or use another LoRA.") from None
+    if problem:
+        raise UsageError(f"LoRA file {path} is not a whole safetensors file ({problem}).",
+                         "Download or copy it again, or use another LoRA.")
+    tensors = [k for k in header if k != "__metadata__"]
+    if not any("lora" in k for k in tensors):
+        raise UsageError(f"LoRA file {path} holds no LoRA weights: none of its {len(tensors):,} tensors is named as "
+                         "a LoRA's (lora_A/lora_B, lora_down/lora_up, lora_unet_…).",
+                         "It may be a whole model or a part of one: a single-file checkpoint goes with --model FILE.")
 
 
 def lora_from_file(spec: str) -> Resolved:

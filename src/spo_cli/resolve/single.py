@@ -256,7 +256,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def _load_cache(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
+        # Non-blocking: a plain open() of a FIFO put in its place waits for a writer forever (one with no
+        # writer reads as empty, a damaged cache; os.replace later puts a file there).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
             data = f.read(_CACHE_MAX_BYTES + 1)
         if len(data) > _CACHE_MAX_BYTES:
             return {}

@@ -160,11 +160,24 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# A scores file holds a prompt (at most 10,000 characters) and a few numbers: one far larger is not ours.
+_READ_MAX_BYTES = 1 << 20
+
+
 def read(image: Path) -> dict:
+    """The image's scores file, or {} when there is none usable (missing, damaged, hostile: its scores
+    are computed again and the file rewritten). Not a regular file (a FIFO would wait forever), over
+    the size limit, or nested too deep for the parser counts as damaged."""
     path = scores_path(image)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not path.is_file():
+            return {}
+        with open(path, "rb") as f:
+            raw = f.read(_READ_MAX_BYTES + 1)
+        if len(raw) > _READ_MAX_BYTES:
+            return {}
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else {}
 
@@ -174,8 +187,10 @@ def current(record: dict, metric: str, models: dict, digest: str, prompt: str) -
     if record.get("image_sha256") != digest or record.get("prompt") != prompt:
         return None
     entry = (record.get("scores") or {}).get(metric)
-    if isinstance(entry, dict) and entry.get("models") == models and isinstance(entry.get("value"), (int, float)):
-        return float(entry["value"])
+    value = entry.get("value") if isinstance(entry, dict) and entry.get("models") == models else None
+    # A hand-edited file may hold true, NaN, Infinity or a 400-digit integer (float() overflows): not a score.
+    if type(value) in (int, float) and abs(value) < 1e300:  # False for NaN and the infinities too
+        return float(value)
     return None
 
 
