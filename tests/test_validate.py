@@ -601,3 +601,12 @@ def test_a_seeds_item_out_of_range_says_that_minus_one_is_a_random_one():
     with pytest.raises(UsageError) as e:
         validate.seeds("0,-2")
     assert "-1 draws a random seed" in e.value.hint
+
+
+def test_a_drawn_seed_leaves_room_for_the_most_images(monkeypatch):
+    import secrets
+
+    monkeypatch.setattr(secrets, "randbelow", lambda n: n - 1)  # the highest seed it can draw
+    top = validate.random_seed()
+    validate.seed_range(top, validate.NUM_IMAGES_MAX)  # seeds top … top + NUM_IMAGES_MAX - 1, all valid
+    assert top + validate.NUM_IMAGES_MAX - 1 == validate.SEED_MAX

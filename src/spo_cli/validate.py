@@ -165,9 +165,11 @@ def seed(value, key: str = "seed", where: Where = ARGV) -> int:
 
 
 def random_seed() -> int:
+    """A random first seed: low enough that the most images a run may make (NUM_IMAGES_MAX, seeds
+    seed, seed+1, …) never run past SEED_MAX, so a drawn seed is never refused."""
     import secrets
 
-    return secrets.randbelow(SEED_MAX + 1)
+    return secrets.randbelow(SEED_MAX + 2 - NUM_IMAGES_MAX)
 
 
 def seed_or_random(value, key: str = "seed", where: Where = ARGV) -> int:
