@@ -407,7 +407,7 @@ def test_score_refuses_early(tmp_path):
         r = invoke("eval", str(tmp_path / "p.txt"), "--columns", columns)
         assert r.exit_code == 2 and f"--columns names '{twice}' twice" in r.output, r.output
     r = invoke("eval", str(tmp_path / "p.txt"), "--columns", "spo-lora,spo-lora:1")  # one column, spelt twice
-    assert r.exit_code == 2 and "labelled alike" in r.output, r.output
+    assert r.exit_code == 2 and "--columns names the SPO LoRA at strength 1 twice" in r.output, r.output
 
 
 @pytest.mark.parametrize("text", ['{"a":' * 100_000, '{"schema": "spo-cli/scores-1"}' + " " * (2 << 20)])

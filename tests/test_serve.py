@@ -341,7 +341,7 @@ HOSTILE = [
     (A1111, {"prompt": "a fox", "width": -64}, 400, "width"),
     (A1111, {"prompt": "a fox", "width": 60}, 400, "width"),
     (A1111, {"prompt": "a fox", "sampler_name": "LMS Karras++"}, 400, "sampler_name"),
-    (A1111, {"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": "Sometimes"}, 400, "sampler_name"),
+    (A1111, {"prompt": "a fox", "sampler_name": "DPM++ 2M", "scheduler": "Sometimes"}, 400, "scheduler"),
     (A1111, {"prompt": "a fox", "batch_size": 65}, 400, "batch_size"),
     (A1111, {"prompt": "a fox", "batch_size": 2, "n_iter": 3}, 400, "n_iter"),
     (A1111, {"prompt": "a fox", "seed": 1e30}, 400, "seed"),
