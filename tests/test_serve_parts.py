@@ -601,6 +601,20 @@ def test_openapi_describes_every_route_and_its_methods(tmp_path):
     assert call(app, "GET", "/docs", {"Origin": "http://evil.example"})[0] == 403
 
 
+@pytest.mark.parametrize("token,users,schemes", [(TOKEN, (), ["bearer"]), (None, (("ann", TOKEN),), ["basic"]),
+                                                  (TOKEN, (("ann", TOKEN),), ["bearer", "basic"]), (None, (), [])])
+def test_openapi_names_the_credentials_this_server_takes(tmp_path, token, users, schemes):
+    app, _ = make_app(tmp_path, token=token, api_auth=users)
+    doc = call(app, "GET", "/openapi.json")[1]
+    assert sorted(doc["components"].get("securitySchemes", {})) == sorted(schemes)
+    want = [{name: []} for name in schemes]
+    for path, described in doc["paths"].items():
+        for op in described.values():
+            # Either scheme lets a request in; the open pages ask for none, nor does a server with none.
+            assert op.get("security", []) == ([] if path in {"/", "/health", "/favicon.ico", "/openapi.json",
+                                                              "/docs"} else want), path
+
+
 ACCEPTED = {  # bodies api takes (checked below), each as a client sends it
     "/v1/images/generations": [
         {"prompt": "a fox", "n": 2, "size": "64x64", "seed": 7, "steps": 2, "scheduler": "dpm++2m-karras",

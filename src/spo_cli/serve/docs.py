@@ -222,6 +222,16 @@ def document(app) -> dict:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    # The credentials this server takes, so that generated clients ask for them (none: none asked).
+    settings = app.state.spo.settings
+    schemes = {name: scheme for name, scheme, on in (
+        ("bearer", {"type": "http", "scheme": "bearer", "description": "The server's token (--token-file, SPO_TOKEN)."},
+         settings.token is not None),
+        ("basic", {"type": "http", "scheme": "basic", "description": "A user of --api-auth-file or SPO_API_AUTH."},
+         bool(settings.api_auth))) if on}
+    if schemes:
+        doc["components"]["securitySchemes"] = schemes
+    requirements = [{name: []} for name in schemes]  # either one lets a request in
     # FastAPI's 422 for a bad query or path parameter is answered 400 with ErrorBody here (app.py).
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -247,6 +257,8 @@ def document(app) -> dict:
                 refusals.append(404)  # no such model or file
             for status in refusals:
                 responses.setdefault(str(status), {"description": REFUSALS[status], **error})
+            if requirements and path not in guard.OPEN_PATHS:
+                op["security"] = requirements
     app.openapi_schema = doc
     return doc
 
