@@ -14,6 +14,7 @@ import pytest
 from pytest import approx
 
 from spo_cli.scores.stats import Estimate, Paired, SignTest, bootstrap_mean, paired
+from spo_cli.scores import stats
 
 FAST = dict(resamples=2000)  # enough for the shapes checked here, and quick
 
@@ -637,3 +638,25 @@ def test_eval_plot_panels_follow_the_summary():
     image = plot.paired_differences(panels, "one prompt")  # drawn without an interval, no error
     assert image.size == (plot.WIDTH, plot.TITLE_HEIGHT + 3 * plot.PANEL_HEIGHT)
     assert plot._interval(panels[0].mean) == "+3.00"
+
+
+def test_both_tests_significant_for_opposite_models_claim_nothing():
+    """61 prompts lost by a little, 39 won by a lot: the sign test finds b ahead, the signed-rank test a."""
+    from spo_cli.scores import summary
+
+    diffs = [-float(k) for k in range(1, 62)] + [float(k) for k in range(62, 101)]
+    r = stats.paired(diffs, [0.0] * len(diffs), resamples=200).to_dict()
+    assert r["sign"]["p_value"] < 0.05 and r["wilcoxon_p"] < 0.05
+    assert (r["sign"]["wins"], r["sign"]["losses"], r["rank_side"]) == (39, 61, 1)
+    assert summary._verdict(r) == "tests disagree"
+    assert "each finding the other model ahead" in summary.conclusion("a", "b", r)
+    flipped = stats.paired([-d for d in diffs], [0.0] * len(diffs), resamples=200).to_dict()
+    assert flipped["rank_side"] == -1 and summary._verdict(flipped) == "tests disagree"
+    agree = stats.paired([float(k) for k in range(1, 31)], [0.0] * 30, resamples=200).to_dict()
+    assert agree["rank_side"] == 1 and summary._verdict(agree) == "a higher"
+
+
+def test_rank_side():
+    assert stats.rank_side([]) == 0 and stats.rank_side([0.0, 0.0]) == 0
+    assert stats.rank_side([1.0, -2.0]) == -1 and stats.rank_side([-1.0, 2.0]) == 1
+    assert stats.rank_side([1.0, -1.0]) == 0  # tied magnitudes share their rank: no side

@@ -98,6 +98,7 @@ class Paired:
     sign: SignTest
     wilcoxon_p: float | None
     too_few: bool
+    rank_side: int = 0  # the signed-rank test's side (see rank_side): +1 a ahead, -1 b ahead
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,6 +193,33 @@ def sign_test(wins: int, losses: int) -> float | None:
     return min(1.0, 2 * tail / 2**n)  # exact integers to the last division
 
 
+def _doubled_ranks(d: np.ndarray) -> np.ndarray:
+    """Twice the mean rank of each |d| (ties share their mean rank): integers, so sums stay exact."""
+    n = d.size
+    magnitude = np.abs(d)
+    order = np.argsort(magnitude, kind="stable")
+    ranks2 = np.empty(n, dtype=np.int64)
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and magnitude[order[j + 1]] == magnitude[order[i]]:
+            j += 1
+        ranks2[order[i:j + 1]] = i + j + 2  # ranks i+1 .. j+1, mean (i + j + 2) / 2, doubled
+        i = j + 1
+    return ranks2
+
+
+def rank_side(diffs: Sequence[float]) -> int:
+    """Which way the signed-rank statistic leans: +1 when the positive differences' rank sum is above
+    half the total (a ahead), -1 below, 0 at it or with no nonzero difference. The sign test's side
+    is its wins against losses; the two can differ (many small losses, a few large wins)."""
+    d = np.asarray([v for v in diffs if v != 0], dtype=float)
+    if d.size == 0:
+        return 0
+    ranks2 = _doubled_ranks(d)
+    return int(np.sign(2 * int(ranks2[d > 0].sum()) - int(ranks2.sum())))
+
+
 def wilcoxon(diffs: Sequence[float]) -> float | None:
     """Exact two-sided Wilcoxon signed-rank p-value of `diffs` (zeros left out, tied magnitudes
     given their mean rank). The null distribution of the positive rank sum is counted over all
@@ -201,16 +229,7 @@ def wilcoxon(diffs: Sequence[float]) -> float | None:
     n = d.size
     if n == 0 or n > WILCOXON_MAX:
         return None
-    magnitude = np.abs(d)
-    order = np.argsort(magnitude, kind="stable")
-    ranks2 = np.empty(n, dtype=np.int64)  # twice the mean rank: an integer
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and magnitude[order[j + 1]] == magnitude[order[i]]:
-            j += 1
-        ranks2[order[i:j + 1]] = i + j + 2  # ranks i+1 .. j+1, mean (i + j + 2) / 2, doubled
-        i = j + 1
+    ranks2 = _doubled_ranks(d)
     observed = int(ranks2[d > 0].sum())
     # Flipping every sign maps a sum s to total - s: the null distribution is symmetric, so the
     # two-sided p is twice the lower tail up to the nearer of the two, and only that far is counted
@@ -262,4 +281,5 @@ def paired(
     up, down = int((per_prompt > 0).sum()), int((per_prompt < 0).sum())
     sign = SignTest(up, down, g - up - down, sign_test(up, down))
     return Paired(win_rate, mean_diff, n=int(keep.sum()), dropped=int((~keep).sum()), level=level, prompts=g,
-                  sign=sign, wilcoxon_p=wilcoxon(per_prompt), too_few=up + down < MIN_PROMPTS)
+                  sign=sign, wilcoxon_p=wilcoxon(per_prompt), too_few=up + down < MIN_PROMPTS,
+                  rank_side=rank_side(per_prompt))

@@ -16,7 +16,8 @@ NOTE = ("pairs: a (the later column) against b (the earlier one) over the same p
         "share of pairs a scores higher (ties count one half), mean_diff the mean of a - b; intervals are 95 % "
         "percentile bootstrap intervals resampling prompts (all seeds of a prompt together; none from a single "
         "prompt); sign is an exact two-sided sign test over the prompts' mean differences (tied prompts left out), "
-        "wilcoxon_p an exact two-sided signed-rank test over the same; too_few: fewer than "
+        "wilcoxon_p an exact two-sided signed-rank test over the same, rank_side the side its statistic leans to "
+        "(1: a, -1: b); a difference is claimed only when both tests find it, for the same model; too_few: fewer than "
         f"{MIN_PROMPTS} untied prompts, with which no such test can reach p < 0.05, so nothing can be concluded.")
 
 
@@ -73,6 +74,10 @@ def conclusion(a: str, b: str, r: dict) -> str:
     tests = f"sign test p {_is(s['p_value'])}, signed-rank p {_is(r['wilcoxon_p'])}"
     verdict = _verdict(r)
     if verdict == "tests disagree":
+        if s["p_value"] < ALPHA and r["wilcoxon_p"] is not None and r["wilcoxon_p"] < ALPHA:
+            return (f"{split} ({tests}): the tests disagree at the {ALPHA:.0%} level, each finding the other "
+                    f"model ahead (the sign test counts prompts; the signed-rank test weighs how far apart the "
+                    f"scores are); treat it as unsettled.")
         which = "signed-rank test (which weighs how far apart the scores are)" if s["p_value"] >= ALPHA \
             else "sign test (which counts prompts only)"
         return (f"{split} ({tests}): the tests disagree at the {ALPHA:.0%} level, only the {which} finding a "
@@ -111,7 +116,10 @@ def _verdict(r: dict) -> str:
         return "no clear difference"
     if not all(found):
         return "tests disagree"
-    return "a higher" if r["sign"]["wins"] > r["sign"]["losses"] else "a lower"
+    side = 1 if r["sign"]["wins"] > r["sign"]["losses"] else -1
+    if r["wilcoxon_p"] is not None and r.get("rank_side", side) != side:
+        return "tests disagree"  # both significant, but each for the other model: no direction to claim
+    return "a higher" if side > 0 else "a lower"
 
 
 def verdict(r: dict) -> str:
