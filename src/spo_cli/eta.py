@@ -19,7 +19,8 @@ class Eta:
     (an earlier call's rate), if any. Between updates the estimate counts down. When the unit in
     flight has already taken longer than the rate allows, the time spent so far becomes the lower
     bound of the rate, so the estimate grows instead of sitting at zero (or at an old figure) while
-    the work is stuck: a slow first step makes the estimate honest, not frozen.
+    the work is stuck: a slow first step makes the estimate honest, not frozen. On the last unit that
+    bound is the time taken, so there the estimate reads zero until the unit ends (as tqdm's does).
     """
 
     def __init__(self, total: float, *, clock: Callable[[], float] = time.monotonic, prior: float | None = None):
