@@ -214,14 +214,15 @@ def test_replay_overrides_recorded_settings(hub_cache, out):
 
 # diffusers' documented mapping of A1111 sampler names to its schedulers (docs: "Schedulers" → the
 # A1111/k-diffusion table, and "Noise schedules and schedule types": Karras is use_karras_sigmas,
-# Exponential is linspace spacing with use_exponential_sigmas, SGM Uniform is trailing spacing), written
+# Exponential is linspace spacing with use_exponential_sigmas, SGM Uniform is trailing spacing; Euler's
+# and DPM++ SDE's Karras also take linspace spacing, for A1111's whole sigma range), written
 # out here so the test does not check presets.py against itself. DPM++ 3M SDE is DPM++ 2M SDE at
 # solver_order 3 (DPMSolverMultistepScheduler's docs).
 _EXP = {"timestep_spacing": "linspace", "use_exponential_sigmas": True}
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
 DIFFUSERS_SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
-    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler-karras": ("EulerDiscreteScheduler", {"timestep_spacing": "linspace", "use_karras_sigmas": True}),
     "euler-exponential": ("EulerDiscreteScheduler", _EXP),
     "euler-sgm-uniform": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
@@ -242,7 +243,7 @@ DIFFUSERS_SCHEDULERS = {
     # Not the table's DPMSolverSinglestepScheduler, a deterministic solver: diffusers' port of the
     # stochastic k-diffusion sampler A1111 runs (DPMSolverSDEScheduler's docs), its noise seeded per image.
     "dpm++sde": ("DPMSolverSDEScheduler", {}),
-    "dpm++sde-karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
+    "dpm++sde-karras": ("DPMSolverSDEScheduler", {"timestep_spacing": "linspace", "use_karras_sigmas": True}),
 }
 # Enough steps for a third-order multistep update to run (the last two fall back to lower orders).
 _STEPS = {name: 5 for name in DIFFUSERS_SCHEDULERS if name.startswith("dpm++3m")}

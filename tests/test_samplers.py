@@ -84,3 +84,25 @@ def test_every_scheduler_extra_is_in_pyproject():
         assert all(any(m in req for req in extras[name]) for m in modules)
         own = next(r for r in extras["test"] if r.startswith("spo-cli["))  # the tests run every sampler
         assert name in own[len("spo-cli["):-1].split(",")
+
+
+@pytest.mark.parametrize("name", [n for n, c in presets.SCHEDULERS.items() if "Karras" in c.a1111])
+def test_every_karras_schedule_spans_the_models_whole_sigma_range_as_a1111s(name):
+    """A1111's Karras runs from the model's largest sigma to its smallest (k-diffusion's sigma_max,
+    sigma_min). Euler and DPM++ SDE under SDXL's "leading" spacing started at 11.48, not 14.61."""
+    import diffusers
+    import numpy as np
+
+    from spo_cli import tiny
+
+    choice = presets.SCHEDULERS[name]
+    if choice.extra:
+        pytest.importorskip("torchsde")
+    config = tiny.scheduler_config()  # SDXL base's own scheduler settings
+    scheduler = getattr(diffusers, choice.class_name).from_config(config, **dict(choice.kwargs))
+    scheduler.set_timesteps(30)
+    alphas = np.cumprod(1 - np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5,
+                                        config["num_train_timesteps"]) ** 2)
+    sigmas = ((1 - alphas) / alphas) ** 0.5
+    got = scheduler.sigmas.numpy()
+    assert got[0] == pytest.approx(sigmas[-1], rel=1e-4) and got[-2] == pytest.approx(sigmas[0], rel=1e-4)

@@ -61,6 +61,10 @@ class SchedulerChoice:
 # of the model's scheduler config. `a1111` is the name A1111 before 1.9 gave the pair, schedule appended,
 # which A1111 1.9 on reads too (infotext.sampler_fields writes the few it misreads apart).
 _KARRAS = (("use_karras_sigmas", True),)
+# Euler's and DPM++ SDE's Karras curves run between the first and last sigma of the config's timesteps,
+# which SDXL's "leading" spacing cuts short (11.48 to 0.041 at 30 steps); A1111's Karras runs the model's
+# whole range (14.61 to 0.029), as DPMSolverMultistep's does under any spacing: "linspace" gives it.
+_KARRAS_FULL_RANGE = (("timestep_spacing", "linspace"), *_KARRAS)
 _EXPONENTIAL = (("timestep_spacing", "linspace"), ("use_exponential_sigmas", True))
 _SGM_UNIFORM = (("timestep_spacing", "trailing"),)
 _SDE = (("algorithm_type", "sde-dpmsolver++"),)
@@ -72,7 +76,7 @@ SCHEDULERS: dict[str, SchedulerChoice] = {
     for s in (
         SchedulerChoice("default", "", a1111=""),
         SchedulerChoice("euler", "EulerDiscreteScheduler", a1111="Euler"),
-        SchedulerChoice("euler-karras", "EulerDiscreteScheduler", _KARRAS, a1111="Euler Karras"),
+        SchedulerChoice("euler-karras", "EulerDiscreteScheduler", _KARRAS_FULL_RANGE, a1111="Euler Karras"),
         SchedulerChoice("euler-exponential", "EulerDiscreteScheduler", _EXPONENTIAL, a1111="Euler Exponential"),
         SchedulerChoice("euler-sgm-uniform", "EulerDiscreteScheduler", _SGM_UNIFORM, a1111="Euler SGM Uniform"),
         SchedulerChoice("euler-a", "EulerAncestralDiscreteScheduler", a1111="Euler a"),
@@ -91,7 +95,8 @@ SCHEDULERS: dict[str, SchedulerChoice] = {
         # k-diffusion's sample_dpmpp_sde, which A1111 runs, as diffusers ported it; its Brownian noise
         # needs torchsde, so it is an extra.
         SchedulerChoice("dpm++sde", "DPMSolverSDEScheduler", a1111="DPM++ SDE", extra="sde"),
-        SchedulerChoice("dpm++sde-karras", "DPMSolverSDEScheduler", _KARRAS, a1111="DPM++ SDE Karras", extra="sde"),
+        SchedulerChoice("dpm++sde-karras", "DPMSolverSDEScheduler", _KARRAS_FULL_RANGE, a1111="DPM++ SDE Karras",
+                        extra="sde"),
         SchedulerChoice("unipc", "UniPCMultistepScheduler", a1111="UniPC"),
     )
 }
