@@ -77,6 +77,7 @@ KINDS = {
                      "conditioner.embedders.0.model.positional_embedding": [77, 4]},
     "SDXL inpainting": {**SDXL, UNET + "input_blocks.0.0.weight": [8, 9, 3, 3]},
     "Playground v2.5": {**SDXL, "edm_mean": [1, 4, 1, 1]},
+    "v-prediction SDXL": {**SDXL, "v_pred": [0]},
     "Stable Diffusion 3": {UNET + "joint_blocks.0.x_block.attn.qkv.weight": [6, 2]},
     "Flux": {"double_blocks.0.img_attn.qkv.weight": [6, 2]},
     "LoRA": {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": [4, 8]},

@@ -118,6 +118,9 @@ def kind(keys: set[str], shapes: dict[str, list]) -> str | None:
     if has(UNET):
         if "edm_mean" in keys or "edm_vp_mean" in keys:
             return "a Playground v2.5 checkpoint (EDM), not SDXL"
+        if "v_pred" in keys:  # the marker v-prediction fine-tunes carry; diffusers would run it as epsilon
+            return ("a v-prediction SDXL checkpoint (its 'v_pred' key), which the SDXL base config spo loads "
+                    "it with would run as epsilon prediction, making wrong images")
         if has("cond_stage_model.model."):
             return "a Stable Diffusion 2.x checkpoint"
         if has("cond_stage_model.transformer."):
