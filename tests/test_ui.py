@@ -208,7 +208,8 @@ def test_scoring_progress_goes_to_a_log_as_lines(capsys):
     # capsys's stderr is no terminal, as a log file is not
     with UI().count_progress(3, "scoring") as count:
         count.advance(3)
-    assert capsys.readouterr().err == "scoring 3/3, elapsed 0:00:00\n"
+    # The elapsed time is the real clock's: its format is checked, never its value (a busy machine is slow).
+    assert re.fullmatch(r"scoring 3/3, elapsed \d+:\d\d:\d\d\n", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("value", ["x", "-1", "inf", "nan"])
