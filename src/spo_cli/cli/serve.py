@@ -63,21 +63,7 @@ def read_token(token_file: str | None) -> str | None:
     """The token from --token-file, else SPO_TOKEN; None when neither is given."""
     hint = "Write the token on the file's first line: e.g. `openssl rand -hex 24 > ~/.spo-token`."
     if token_file is not None:
-        path = Path(os.path.expanduser(token_file))
-        from spo_cli.outputs import reader
-
-        try:
-            # Non-blocking, bounded, with a deadline: a pipe (`--token-file <(pass spo)`) is fine, a FIFO
-            # nobody writes reads as empty, and /dev/zero is a device, refused before a byte is read.
-            with reader.Source(path, hint) as src:
-                data = src.read(validate.TOKEN_FILE_MAX_BYTES + 1)
-        except OSError as e:
-            raise UsageError(f"--token-file {token_file} cannot be read ({e.strerror or type(e).__name__}).",
-                             hint) from None
-        if len(data) > validate.TOKEN_FILE_MAX_BYTES:
-            raise UsageError(f"--token-file {token_file} holds more than {validate.TOKEN_FILE_MAX_BYTES:,} bytes, "
-                             "so it is not a token.", hint)
-        token, where = data.decode("latin-1").strip(), f"--token-file {token_file}"
+        token, where = _small_file(token_file, "--token-file", hint, "a token"), f"--token-file {token_file}"
     else:
         token, where = os.environ.get("SPO_TOKEN", "").strip(), "SPO_TOKEN"
         if not token:
@@ -98,7 +84,8 @@ def read_api_auth(auth_file: str | None) -> tuple[tuple[str, str], ...]:
     hint = ("Write user:password pairs, comma- or line-separated: e.g. "
             "`echo \"me:$(openssl rand -hex 12)\" > ~/.spo-auth`.")
     if auth_file is not None:
-        text, where = _small_file(auth_file, "--api-auth-file", hint), f"--api-auth-file {auth_file}"
+        text, where = (_small_file(auth_file, "--api-auth-file", hint, "a list of credentials"),
+                       f"--api-auth-file {auth_file}")
     else:
         text, where = os.environ.get("SPO_API_AUTH", ""), "SPO_API_AUTH"
     entries = [e.strip() for e in text.replace("\n", ",").split(",") if e.strip()]
@@ -123,8 +110,10 @@ def read_api_auth(auth_file: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs.items())
 
 
-def _small_file(name: str, option: str, hint: str) -> str:
-    """A secret's file, read as --token-file is: bounded, non-blocking, Latin-1, stripped."""
+def _small_file(name: str, option: str, hint: str, what: str) -> str:
+    """A secret's file (--token-file, --api-auth-file): Latin-1, stripped. Non-blocking, bounded, with a
+    deadline: a pipe (`--token-file <(pass spo)`) is fine, a FIFO nobody writes reads as empty, and
+    /dev/zero is a device, refused before a byte is read."""
     from spo_cli.outputs import reader
 
     try:
@@ -134,7 +123,7 @@ def _small_file(name: str, option: str, hint: str) -> str:
         raise UsageError(f"{option} {name} cannot be read ({e.strerror or type(e).__name__}).", hint) from None
     if len(data) > validate.TOKEN_FILE_MAX_BYTES:
         raise UsageError(f"{option} {name} holds more than {validate.TOKEN_FILE_MAX_BYTES:,} bytes, so it is not "
-                         "a list of credentials.", hint)
+                         f"{what}.", hint)
     return data.decode("latin-1").strip()
 
 
