@@ -72,21 +72,23 @@ def _unet_layers(unet) -> list[tuple[str, str]]:
     return layers
 
 
+def _rename(mapping: dict[str, str], pairs, within: str = "") -> None:
+    """The script's renaming pass: in each new name whose diffusers key holds `within`, every
+    diffusers part replaced by its original one, in the order given."""
+    for k, v in mapping.items():
+        if within in k:
+            for sd_part, hf_part in pairs:
+                v = v.replace(hf_part, sd_part)
+            mapping[k] = v
+
+
 def unet_state_dict(unet) -> dict[str, torch.Tensor]:
     state = unet.state_dict()
     mapping = {k: k for k in state}
     for sd_name, hf_name in _UNET:
         mapping[hf_name] = sd_name
-    for k, v in mapping.items():
-        if "resnets" in k:
-            for sd_part, hf_part in _UNET_RESNET:
-                v = v.replace(hf_part, sd_part)
-            mapping[k] = v
-    layers = _unet_layers(unet)
-    for k, v in mapping.items():
-        for sd_part, hf_part in layers:
-            v = v.replace(hf_part, sd_part)
-        mapping[k] = v
+    _rename(mapping, _UNET_RESNET, within="resnets")
+    _rename(mapping, _unet_layers(unet))
     return {sd_name: state[hf_name] for hf_name, sd_name in mapping.items()}
 
 
@@ -111,15 +113,8 @@ def vae_state_dict(vae) -> dict[str, torch.Tensor]:
         pairs.append((f"mid.block_{i + 1}.", f"mid_block.resnets.{i}."))
     state = vae.state_dict()
     mapping = {k: k for k in state}
-    for k, v in mapping.items():
-        for sd_part, hf_part in pairs:
-            v = v.replace(hf_part, sd_part)
-        mapping[k] = v
-    for k, v in mapping.items():
-        if "attentions" in k:
-            for sd_part, hf_part in _VAE_ATTN:
-                v = v.replace(hf_part, sd_part)
-            mapping[k] = v
+    _rename(mapping, pairs)
+    _rename(mapping, _VAE_ATTN, within="attentions")
     out = {v: state[k] for k, v in mapping.items()}
     for k, w in out.items():
         # The original's attention projections are 1×1 convolutions.
