@@ -12,8 +12,6 @@ from pathlib import Path
 from spo_cli import presets
 from spo_cli.outputs import files, metadata
 from spo_cli.scores import paper
-from spo_cli.scores.stats import MIN_PROMPTS
-from spo_cli.scores.summary import verdict
 
 SCHEMA = "spo-cli/eval-2"  # 2: intervals by prompt, paired tests, too_few, conclusions
 
@@ -48,6 +46,7 @@ def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers
                  elapsed) -> dict:
     from spo_cli import engine, scores
     from spo_cli.scores import run as score_run
+    from spo_cli.scores.stats import MIN_PROMPTS
 
     table = scores.metric_table(hps_version)
 
@@ -140,6 +139,8 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
 
 
 def paper_section(report: dict) -> list[str]:
+    from spo_cli.scores.summary import verdict
+
     p, q = report["paper"], report["prompts"]
     lines = ["", "## Against the paper", "",
              f"Prompts: {q['count']} caption(s) of `{q['dataset']}` split `{q['split']}` at commit "
