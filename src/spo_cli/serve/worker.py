@@ -213,6 +213,11 @@ class Worker:
     def stats(self) -> Stats:
         return self._stats  # frozen, and replaced whole
 
+    def loaded(self) -> dict[str, Model]:
+        """The models loaded so far, by label: a copy, made in one step under the GIL, as this worker's
+        thread may be adding the next one while a route reads them."""
+        return dict(self.models)
+
     def progress(self) -> Progress:
         queue = self.scheduler.state()
         cur = self._current

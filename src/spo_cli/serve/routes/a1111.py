@@ -36,7 +36,7 @@ async def txt2img(request: Request, spo: Spo):
 
 @router.get("/sd-models")
 async def sd_models(spo: Spo):
-    return api.a1111_sd_models({label: m.describe for label, m in dict(spo.worker.models).items()})
+    return api.a1111_sd_models({label: m.describe for label, m in spo.worker.loaded().items()})
 
 
 @router.get("/samplers")
@@ -52,7 +52,7 @@ async def schedulers():
 @router.get("/loras")
 async def loras(spo: Spo):
     # dict(): one copy under the GIL, as the worker thread may be adding the models it has loaded
-    return api.a1111_loras(m.describe for m in dict(spo.worker.models).values())
+    return api.a1111_loras(m.describe for m in spo.worker.loaded().values())
 
 
 @router.get("/upscalers")

@@ -54,5 +54,4 @@ async def model(model: str, spo: Spo):
 
 
 def _describes(spo) -> dict[str, dict]:
-    # dict(): one copy under the GIL, as the worker thread may be adding the models it has loaded
-    return {label: m.describe for label, m in dict(spo.worker.models).items()}
+    return {label: m.describe for label, m in spo.worker.loaded().items()}

@@ -24,7 +24,7 @@ async def health(spo: Spo):
         return JSONResponse({"status": "failed", "error": worker.load_error}, status_code=503)
     if not worker.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
-    return {"status": "ready", "models": list(worker.models), "queued": worker.queued}
+    return {"status": "ready", "models": list(worker.loaded()), "queued": worker.queued}
 
 
 @router.get("/metrics")
@@ -38,7 +38,7 @@ async def loaded_models(spo: Spo):
     """What `--server` clients record: each model's description, identity and run facts."""
     return {"ready": spo.worker.ready, "models": {label: {
         "describe": m.describe, "identity": m.resolved.identity(), "facts": m.facts, "dtype": m.engine.dtype,
-        "default_size": list(m.engine.default_size())} for label, m in spo.worker.models.items()}}
+        "default_size": list(m.engine.default_size())} for label, m in spo.worker.loaded().items()}}
 
 
 @router.post("/spo/v1/run")
