@@ -153,25 +153,23 @@ def _json_safe(value):
     return value
 
 
-def stack_loras(pipe, resolved, lora_scale: float | None) -> tuple[str, ...]:
-    """Load the LoRAs stacked after the first (more --lora, a prompt's <lora:> tags) as adapters of
-    their own, and weigh them all with one set_adapters: diffusers' multi-adapter API, which sums each
-    adapter's update at its weight. With none, the one LoRA stays as loaded above, to the pixel."""
-    names = [LORA_ADAPTER] if resolved.lora is not None else []
-    if not resolved.extra_loras:
-        return tuple(names)
-    weights: list = [lora_scale] if names else []
+def load_loras(pipe, resolved) -> tuple[str, ...]:
+    """Load the model's LoRA (the preset's, or the first --lora) as adapter LORA_ADAPTER and those
+    stacked after it (more --lora, a prompt's <lora:> tags) as adapters of their own, then weigh them
+    all with one set_adapters: diffusers' multi-adapter API, which sums each adapter's update at its
+    weight. The adapters' names, in that order."""
+    loras = ([(LORA_ADAPTER, resolved.lora, resolved.lora_scale)] if resolved.lora is not None else [])
     for i, (part, asked) in enumerate(resolved.extra_loras, 1):
-        name = f"lora{i}"
+        # A1111's <lora:name:te:unet> gives the text encoders a weight apart from the UNet's.
+        weight = asked.scale if asked.unet_scale is None else {
+            "unet": asked.unet_scale, "text_encoder": asked.scale, "text_encoder_2": asked.scale}
+        loras.append((f"lora{i}", part, weight))
+    for name, part, _ in loras:
         with unloadable(part):
             pipe.load_lora_weights(str(part.path.parent), weight_name=part.path.name, adapter_name=name)
-        names.append(name)
-        if asked.unet_scale is None:
-            weights.append(asked.scale)
-        else:  # A1111's <lora:name:te:unet>: the text encoders' weight apart from the UNet's
-            weights.append({"unet": asked.unet_scale, "text_encoder": asked.scale, "text_encoder_2": asked.scale})
-    pipe.set_adapters(names, adapter_weights=weights)
-    return tuple(names)
+    if loras:
+        pipe.set_adapters([name for name, _, _ in loras], adapter_weights=[weight for _, _, weight in loras])
+    return tuple(name for name, _, _ in loras)
 
 
 class Engine:
@@ -226,15 +224,8 @@ class Engine:
                     resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
                     variant=resolved.pipeline.variant, **kwargs,
                 )
-        lora_scale = None
-        if resolved.lora is not None:
-            lora_scale = resolved.lora_scale
-            with unloadable(resolved.lora):
-                pipe.load_lora_weights(
-                    str(resolved.lora.path.parent), weight_name=resolved.lora.path.name, adapter_name=LORA_ADAPTER
-                )
-            pipe.set_adapters([LORA_ADAPTER], adapter_weights=[lora_scale])
-        adapters = stack_loras(pipe, resolved, lora_scale)
+        lora_scale = resolved.lora_scale if resolved.lora is not None else None
+        adapters = load_loras(pipe, resolved)
         if options.offload == "model":
             pipe.enable_model_cpu_offload(device=device)
         elif options.offload == "sequential":
