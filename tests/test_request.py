@@ -9,7 +9,7 @@ import pytest
 
 from spo_cli import request as jobs
 from spo_cli.errors import UsageError
-from spo_cli.request import ImageRequest
+from spo_cli.request import Hires, ImageRequest, InputImage
 from spo_cli.validate import SEED_MAX
 
 
@@ -189,6 +189,12 @@ _DIFFERENT = {
     "generator_device": "cuda",
     "prompt_syntax": "a1111",
     "emphasis": "none-norm",
+    "image": InputImage("/in.png", "ab" * 32, 64, 64, 100),
+    "mask": InputImage("/mask.png", "cd" * 32, 64, 64, 100),
+    "strength": 0.5,
+    "mask_blur": 4,
+    "mask_crop": 32,
+    "hires": Hires(1.5),
 }
 
 

@@ -217,7 +217,7 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
     failed: dict[tuple[int, int], str] = {}
     total = sum(len(t) for t in todo)
     if total:
-        with ui.images_progress(total, rows[0].request.steps) as bars:
+        with ui.images_progress(total, rows[0].request.denoising_steps) as bars:
             for pos, ci in enumerate(order):
                 if not todo[ci]:
                     continue

@@ -188,6 +188,7 @@ class Engine:
         self._schedulers = {"default": pipe.scheduler}
         self._schedules_ok: set[tuple[str, int]] = set()
         self._plans: dict[tuple, encoding.Plan] = {}
+        self._derived: dict[str, object] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -364,38 +365,59 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------------
 
+    def derived(self, mode: str):
+        """The pipeline for `mode` (img2img, inpaint), made from the loaded one with from_pipe: the same
+        modules, not a second copy of the weights. The watermarker stays off (diffusers turns it on
+        when invisible-watermark is installed), and the dtype is the loaded one (from_pipe casts every
+        shared module to float32 otherwise)."""
+        if mode in ("txt2img",):
+            return self.pipe
+        if mode not in self._derived:
+            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+            cls = StableDiffusionXLInpaintPipeline if mode == "inpaint" else StableDiffusionXLImg2ImgPipeline
+            pipe = cls.from_pipe(self.pipe, torch_dtype=TORCH_DTYPES[self.dtype], add_watermarker=False)
+            pipe.set_progress_bar_config(disable=True)
+            self._derived[mode] = pipe
+        return self._derived[mode]
+
+    def output_size(self, request: ImageRequest) -> tuple[int, int]:
+        """The size of the image `request` makes (hires: after the upscale)."""
+        if request.image is not None:
+            from spo_cli import inputs
+
+            w, h, _ = inputs.output_size(request.image, request.width, request.height)
+            return w, h
+        w, h = request.width or self.default_size()[0], request.height or self.default_size()[1]
+        if request.hires is not None:
+            from spo_cli.validate import hires_size
+
+            return hires_size(w, h, request.hires.scale)
+        return w, h
+
+    def recorded_size(self, request: ImageRequest) -> dict:
+        """The sidecar's width and height: the image's, but for hires the first pass's (as A1111's
+        `Size`; the hires block records the final size)."""
+        if request.hires is not None:
+            return {"width": request.width or self.default_size()[0], "height": request.height or self.default_size()[1]}
+        w, h = self.output_size(request)
+        return {"width": w, "height": h}
+
     def run(self, batch: list[ImageRequest], on_step: Callable[[int, int], None] | None = None) -> list[Generated]:
-        """One pipeline call for `batch` (requests sharing `group_key`), one generator per image."""
+        """One pipeline call for `batch` (requests sharing `group_key`), one generator per image
+        (hires: two calls, the second re-seeded with the same seeds, as A1111 does)."""
         first = batch[0]
         if any(self.call_key(r) != self.call_key(first) for r in batch):
             raise ValueError("a batch must share steps, guidance, size, scheduler, generator device and "
                              "the shape of its prompt embeddings")
         self.check_schedule(first.scheduler, first.steps)
-        self.pipe.scheduler = self.scheduler(first.scheduler)
+        if first.hires is not None and first.hires.steps:
+            self.check_schedule(first.scheduler, first.hires.steps)
         real = len(batch)
         if self.options.fast and real < self.options.batch_size:
             # Same shapes every call: a short batch would recompile (and re-capture CUDA graphs).
             batch = batch + [batch[-1]] * (self.options.batch_size - real)
-        generators = [torch.Generator(first.generator_device).manual_seed(r.seed) for r in batch]
-        if hasattr(self.pipe.scheduler, "noise_sampler_seed"):
-            # DPM++ SDE's Brownian noise comes from seeds of its own, not the generators; unset, from
-            # torch's global one. One tree per image, seeded with the image's seed: a seed is one image
-            # whatever the batch.
-            self.pipe.scheduler.noise_sampler_seed = [r.seed for r in batch]
         negatives = [r.negative_prompt for r in batch]
-
-        reported = 0
-
-        def step_end(pipe, i, t, kwargs):
-            nonlocal reported
-            # Second-order samplers (Heun, DPM++ SDE) call the model twice a step, and their timesteps
-            # hold both calls: the callback comes 2×steps−1 times. Steps are what the user asked for.
-            done = (i + 1) * first.steps // max(len(pipe.scheduler.timesteps), first.steps)
-            if on_step and done > reported:
-                reported = done
-                on_step(done, first.steps)
-            return kwargs
-
         plan = self.plan(first)
         if plan.syntax == "plain":
             # None, not "": SDXL then uses zero embeddings for the unconditional branch, as the
@@ -405,25 +427,75 @@ class Engine:
         else:
             prompts = encoding.embeddings(self.pipe, [r.prompt for r in batch], negatives, plan.chunks, first.emphasis)
 
+        total = first.denoising_steps
+        done_before = 0
+        reported = 0
+
+        def step_end(pipe, i, t, kwargs):
+            nonlocal reported
+            # Second-order samplers (Heun, DPM++ SDE) call the model twice a step, and their timesteps
+            # hold both calls: the callback comes 2×steps−1 times. Steps are what the user asked for;
+            # an image-to-image pass runs only its share of them.
+            done = done_before + (i + 1) * pass_steps // max(pipe.num_timesteps, pass_steps)
+            if on_step and done > reported:
+                reported = done
+                on_step(done, total)
+            return kwargs
+
+        def call(mode: str, steps: int, **kwargs):
+            pipe = self.derived(mode)
+            pipe.scheduler = self.scheduler(first.scheduler)
+            if hasattr(pipe.scheduler, "noise_sampler_seed"):
+                # DPM++ SDE's Brownian noise comes from seeds of its own, not the generators; unset, from
+                # torch's global one. One tree per image, seeded with the image's seed: a seed is one image
+                # whatever the batch.
+                pipe.scheduler.noise_sampler_seed = [r.seed for r in batch]
+            generators = [torch.Generator(first.generator_device).manual_seed(r.seed) for r in batch]
+            return pipe(**prompts, **kwargs, num_inference_steps=steps, guidance_scale=first.guidance,
+                        generator=generators, callback_on_step_end=step_end)
+
+        width, height = self.output_size(first)
+        pass_steps = first.steps
         try:
             with torch.inference_mode():
-                out = self.pipe(
-                    **prompts,
-                    num_inference_steps=first.steps,
-                    guidance_scale=first.guidance,
-                    width=first.width,
-                    height=first.height,
-                    generator=generators,
-                    output_type="np",
-                    callback_on_step_end=step_end,
-                )
+                if first.image is not None:
+                    from spo_cli import inputs
+
+                    pass_steps = first.denoising_steps
+                    image = inputs.as_rgb(inputs.load(first.image))
+                    edit = {"image": [image] * len(batch), "strength": first.strength, "width": width,
+                            "height": height}
+                    if first.mask is not None:
+                        mask = inputs.as_mask(inputs.load(first.mask, "mask"), image.size, first.mask_blur)
+                        edit |= {"mask_image": [mask] * len(batch), "padding_mask_crop": first.mask_crop}
+                    out = call(first.mode, first.steps, output_type="np", **edit)
+                elif first.hires is not None:
+                    # A1111's hires fix: the first pass at the asked size, the upscale, then img2img of the
+                    # large image over the second pass's share of its steps.
+                    hr = first.hires
+                    latent = hr.upscaler == "latent"
+                    low = call("txt2img", first.steps, width=first.width, height=first.height,
+                               output_type="latent" if latent else "pil").images
+                    if latent:  # A1111's "Latent": bilinear, no antialiasing, in the latent space
+                        f = self.pipe.vae_scale_factor
+                        big = torch.nn.functional.interpolate(low, size=(height // f, width // f), mode="bilinear",
+                                                              antialias=False)
+                    else:
+                        from PIL import Image
+
+                        big = [im.resize((width, height), Image.Resampling.LANCZOS) for im in low]
+                    second = hr.steps or first.steps
+                    done_before, pass_steps = first.steps, min(int(second * hr.strength), second)
+                    out = call("img2img", second, image=big, strength=hr.strength, width=width, height=height,
+                               output_type="np")
+                else:
+                    out = call("txt2img", first.steps, width=first.width, height=first.height, output_type="np")
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            w, h = first.width or self.default_size()[0], first.height or self.default_size()[1]
             raise GenerationError(
-                f"The GPU ran out of memory generating {real} image(s) at {w}×{h}.",
-                oom_hint(batch=real, pixels=w * h, options=self.options),
+                f"The GPU ran out of memory generating {real} image(s) at {width}×{height}.",
+                oom_hint(batch=real, pixels=width * height, options=self.options),
             ) from None
         arrays = out.images[:real]
         batch = batch[:real]

@@ -287,6 +287,9 @@ def a1111_names() -> list[str]:
 # Request fields
 
 # A1111's sd_emphasis.py options. It writes `Emphasis` only when not Original: absent means Original.
+# A1111's names of the hires fix's two main upscalers (its `Hires upscaler`), by spo's names.
+HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}
+
 _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore", "None": "none"}
 _READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax")
 # spo's own key, written when brackets in a prompt were read as text (--prompt-syntax plain).

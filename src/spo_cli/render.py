@@ -56,14 +56,13 @@ def call_metadata(engine, model: dict, facts: dict, call: list[ImageTask], resul
     """(task, result, sidecar) for each image of one pipeline call; the sidecar is None for a NaN
     image, which is never written. `model` is `resolved.describe()`, `facts` `engine.facts()`."""
     batch = [t.request for t in call]
-    default_w, default_h = engine.default_size()
     scheduler = engine.scheduler_facts(batch[0].scheduler)
     encoding = engine.encoding_facts(batch[0])
     created = naming.now()
     for task, res in zip(call, results):
         r = res.request
         meta = None if res.nan else metadata.build(
-            r, model, facts, scheduler, width=r.width or default_w, height=r.height or default_h,
+            r, model, facts, scheduler, **engine.recorded_size(r),
             batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=task.spec_hash,
             encoding=encoding, extra=task.extra,
         )
@@ -117,7 +116,7 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
                 if stop():
                     break
                 batch = [t.request for t in call]
-                progress.start_call(len(batch), batch[0].steps)
+                progress.start_call(len(batch), batch[0].denoising_steps)
                 t0 = perf_counter()
                 try:
                     results = engine.run(batch, on_step=progress.step)

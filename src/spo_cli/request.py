@@ -57,6 +57,37 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
+class InputImage:
+    """An image file a request starts from (img2img's image, inpainting's mask), known by its bytes.
+
+    Checked by `spo_cli.inputs` before anything loads; the engine reads the file again and refuses
+    it if its bytes have changed since."""
+
+    path: str  # absolute, as read: for the sidecar, and for replay to find it again
+    sha256: str  # of the file's bytes: what the image is (resume and replay compare it)
+    width: int  # as a viewer shows it, EXIF rotation applied
+    height: int
+    bytes: int  # the file's size
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+HIRES_UPSCALERS = ("latent", "lanczos")  # A1111's "Latent" (its default) and "Lanczos"
+
+
+@dataclass(frozen=True)
+class Hires:
+    """A1111's hires fix: the first pass at the asked size, an upscale by `scale`, then img2img of
+    the large image at `strength` over `steps` (None: the first pass's steps, A1111's 0)."""
+
+    scale: float
+    upscaler: str = "latent"
+    steps: int | None = None
+    strength: float = 0.7  # A1111's txt2img default denoising strength for the second pass
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """Everything that decides one image's pixels once the model is loaded."""
 
@@ -71,22 +102,57 @@ class ImageRequest:
     generator_device: str = "cpu"
     prompt_syntax: str = "auto"  # auto, a1111 or plain: how the prompts become embeddings (spo_cli.encoding)
     emphasis: str = "original"  # A1111's emphasis mode, for a1111 syntax
+    # Image to image: the image to start from and how much of it to re-draw (0 keeps it, 1 draws anew);
+    # with a mask, only its white part is re-drawn (inpainting), its edge blurred by `mask_blur` pixels,
+    # and with `mask_crop` only a crop around the mask (that many pixels of margin) is worked on at the
+    # full size (A1111's "Only masked"). Width and height None: the image's own size.
+    image: InputImage | None = None
+    mask: InputImage | None = None
+    strength: float | None = None
+    mask_blur: int = 0
+    mask_crop: int | None = None
+    hires: Hires | None = None  # text to image only: a second pass at a larger size
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask else "img2img" if self.image else "hires" if self.hires else "txt2img"
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps actually run: img2img runs the last int(steps × strength) of a `steps` schedule
+        (diffusers' get_timesteps); hires adds its second pass's share."""
+        if self.image is not None:
+            return min(int(self.steps * self.strength), self.steps)
+        if self.hires is not None:
+            second = self.hires.steps or self.steps
+            return self.steps + min(int(second * self.hires.strength), second)
+        return self.steps
 
     def group_key(self) -> tuple:
         """Images sharing this key can go through one pipeline call together."""
         # A negative prompt of None means zero embeddings for the unconditional branch (SDXL's
         # force_zeros_for_empty_prompt); that choice is per pipeline call, so it splits groups too.
-        return (self.steps, self.guidance, self.width, self.height, self.scheduler, self.generator_device,
-                self.negative_prompt is None, self.prompt_syntax, self.emphasis)
+        key = (self.steps, self.guidance, self.width, self.height, self.scheduler, self.generator_device,
+               self.negative_prompt is None, self.prompt_syntax, self.emphasis)
+        if self.mode == "txt2img":
+            return key
+        # One input image per call: the images of a call are the seeds of one edit.
+        return key + (self.image and self.image.sha256, self.mask and self.mask.sha256, self.strength,
+                      self.mask_blur, self.mask_crop, self.hires)
 
     def spec_hash(self, model: dict | None = None) -> str:
         """A stable id of the settings (and model identity) that produce this image."""
         image = asdict(self)
         # Fields added after 0.1 enter the hash only when set, so that resuming a folder made
         # before them finds its images finished.
-        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original")):
+        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original"), ("image", None), ("mask", None),
+                             ("strength", None), ("mask_blur", 0), ("mask_crop", None), ("hires", None)):
             if image[key] == default:
                 del image[key]
+        # An input is what its bytes are: the same file moved elsewhere is the same spec.
+        for key in ("image", "mask"):
+            if key in image:
+                image[key] = image[key]["sha256"]
         payload = {"image": image, "model": model or {}}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

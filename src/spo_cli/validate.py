@@ -286,6 +286,33 @@ def size(width: int | None, height: int | None, where: Where = ARGV, *, size_lim
     return []
 
 
+HIRES_SCALE_MAX = 4.0  # A1111's slider stops at 4
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The hires fix's output size: each side times `scale`, down to a multiple of 8 (A1111 takes
+    int(side × scale) and its latents cut the rest)."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
+def strength(value, key: str = "strength", where: Where = ARGV) -> float:
+    """Img2img's denoising strength: above 0 (0 would return the input unchanged) up to 1 (all new)."""
+    value = number(value, key, where, low=0.0, high=1.0)
+    if value == 0:
+        raise where.error(key, "must be above 0 (0 would give back the input unchanged)", "Use e.g. 0.3 to 0.8.")
+    return value
+
+
+def steps_run(steps_: int, strength_: float, key: str = "strength", where: Where = ARGV, *,
+              steps_key: str = "steps") -> None:
+    """diffusers runs the last int(steps × strength) steps of the schedule, silently none below 1."""
+    if int(steps_ * strength_) < 1:
+        need = math.ceil(1 / strength_)
+        raise where.error(key, f"{strength_:g} with {steps_} {where.name(steps_key)} runs {steps_ * strength_:.2f} "
+                               "denoising steps, which is none (image to image runs int(steps × strength))",
+                          f"Raise {where.name(steps_key)} to at least {need}, or the strength.")
+
+
 def scheduler(value, where: Where = ARGV) -> str:
     """spo's name of a scheduler, given spo's or A1111's ('DPM++ 2M Karras', any case)."""
     from spo_cli import infotext  # it imports this module

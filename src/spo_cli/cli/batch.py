@@ -257,7 +257,7 @@ class _Run:
                 if remote is None:
                     loading.warn_truncation(ui, engine, [t.request for t in mine])
                 stopper = self.stopper
-                with ui.images_progress(len(mine), [t.request.steps for t in mine]) as bars:
+                with ui.images_progress(len(mine), [t.request.denoising_steps for t in mine]) as bars:
                     stopper.rendering = True
                     try:
                         render(engine, resolved, mine, out=self.out, image_format=self.fmt,

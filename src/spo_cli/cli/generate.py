@@ -23,6 +23,12 @@ EXAMPLES = """[bold]Examples[/]
 
   spo generate "a fox <lora:style:0.8>" --model base --lora-dir ~/loras   # A1111's tags (or SPO_LORA_DIR)
 
+  spo generate "the same fox, in winter" --image fox.png --strength 0.6 --seed 7
+
+  spo generate "a red scarf" --image fox.png --mask scarf-mask.png --strength 0.9     # white = repaint
+
+  spo generate "a lighthouse in a storm" --hires 1.5     # 1024² → 1536², A1111's hires fix
+
   spo generate "a cat" --json | jq -r '.[].image'
 
   spo generate "a cat" -n 8 --batch-size 4 --fast     # compiled: much faster after the first run
@@ -49,6 +55,15 @@ def generate(
     prompt_syntax: opts.PromptSyntax = "auto",
     emphasis: opts.Emphasis = "original",
     no_size_limit: opts.NoSizeLimit = False,
+    image: opts.Image = None,
+    mask: opts.Mask = None,
+    strength: opts.Strength = None,
+    mask_blur: opts.MaskBlur = None,
+    mask_crop: opts.MaskCrop = None,
+    hires: opts.Hires = None,
+    hires_upscaler: opts.HiresUpscaler = None,
+    hires_steps: opts.HiresSteps = None,
+    hires_strength: opts.HiresStrength = None,
     model: opts.Model = presets.DEFAULT_PRESET,
     revision: opts.Revision = None,
     lora: opts.Lora = None,
@@ -74,6 +89,10 @@ def generate(
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
         prompt_syntax=prompt_syntax, emphasis=emphasis,
         size_limit=not no_size_limit, lora_tags=opts.lora_tags(lora_dir, server))
+    base, more = opts.edit_request(base, image=image, mask=mask, strength=strength, mask_blur=mask_blur,
+                                   mask_crop=mask_crop, hires=hires, hires_upscaler=hires_upscaler,
+                                   hires_steps=hires_steps, hires_strength=hires_strength, size_limit=not no_size_limit)
+    warnings += more
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
                                     lora_dir=None if server else lora_dir)
@@ -110,7 +129,7 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
         engine, resolved = client.connect(server, request.model, ui)
     outcomes = []  # filled as images are written, so a Ctrl-C still knows what was
     try:
-        with ui.images_progress(len(images), [r.steps for r in images]) as bars:
+        with ui.images_progress(len(images), [r.denoising_steps for r in images]) as bars:
             render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
                    batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug)
     except KeyboardInterrupt:

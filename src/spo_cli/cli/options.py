@@ -75,6 +75,33 @@ NoSizeLimit = Annotated[bool, typer.Option(
     "--no-size-limit", help=f"Allow sides over {validate.SIDE_MAX} px and more than "
     f"{validate.PIXELS_MAX / 1e6:.1f} megapixels (for GPUs with the memory).", rich_help_panel=_S)]
 
+_E = EDIT_PANEL = "Image to image"
+Image = Annotated[Optional[str], typer.Option(
+    "--image", help="Start from this image (img2img): the output has its size unless --width/--height are given.",
+    rich_help_panel=_E, show_default=False, metavar="FILE")]
+Mask = Annotated[Optional[str], typer.Option(
+    "--mask", help="Inpainting: re-draw only the mask's white part of --image (A1111's convention; a mask with "
+    "transparency: its opaque part).", rich_help_panel=_E, show_default=False, metavar="FILE")]
+Strength = Annotated[Optional[float], typer.Option(
+    help="How much of --image to re-draw: 0.1 keeps almost all of it, 1 draws anew. Runs int(steps × strength) "
+    "steps. Default 0.75 (A1111's).", rich_help_panel=_E, show_default=False)]
+MaskBlur = Annotated[Optional[int], typer.Option(
+    help="Blur the mask's edge by this many pixels. Default 4 (A1111's).", rich_help_panel=_E, show_default=False)]
+MaskCrop = Annotated[Optional[int], typer.Option(
+    help="Inpaint only a crop around the mask, with this many pixels of margin, at full resolution, then paste "
+    "it back (A1111's \"Only masked\").", rich_help_panel=_E, show_default=False, metavar="PIXELS")]
+Hires = Annotated[Optional[float], typer.Option(
+    "--hires", help="A1111's hires fix: make the image at --width×--height, upscale it by this factor (e.g. 1.5), "
+    "then re-draw the large image.", rich_help_panel=_E, show_default=False, metavar="SCALE")]
+HiresUpscaler = Annotated[Optional[str], typer.Option(
+    help="latent (A1111's default: the latents, bilinear) or lanczos (the decoded image).", rich_help_panel=_E,
+    show_default=False)]
+HiresSteps = Annotated[Optional[int], typer.Option(
+    help="Steps of the hires pass's schedule (it runs int(steps × --hires-strength) of them). Default: --steps.",
+    rich_help_panel=_E, show_default=False)]
+HiresStrength = Annotated[Optional[float], typer.Option(
+    help="Denoising strength of the hires pass. Default 0.7 (A1111's).", rich_help_panel=_E, show_default=False)]
+
 # A string, not a Path: typer would turn an empty value (an unset shell variable) into ".".
 Out = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=_O)]
 ImageFormat = Annotated[str, typer.Option("--image-format", help="png, jpg or webp.", rich_help_panel=_O)]
@@ -136,6 +163,19 @@ def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: i
     request = ImageRequest(**{"prompt": prompt, **checked})
     warnings = validate.size(width, height, size_limit=size_limit)
     return request, warnings + validate.unsupported_syntax(request, validate.PROMPT_ARGUMENT, lora_tags=lora_tags)
+
+
+def edit_request(base: ImageRequest, *, image=None, mask=None, strength=None, mask_blur=None, mask_crop=None,
+                 hires=None, hires_upscaler=None, hires_steps=None, hires_strength=None,
+                 size_limit: bool = True) -> tuple[ImageRequest, list[str]]:
+    """`base` with the image-to-image or hires options, every input file checked (before torch)."""
+    values = dict(image=image, mask=mask, strength=strength, mask_blur=mask_blur, mask_crop=mask_crop, hires=hires,
+                  hires_upscaler=hires_upscaler, hires_steps=hires_steps, hires_strength=hires_strength)
+    if all(v is None for v in values.values()):
+        return base, []
+    from spo_cli import inputs
+
+    return inputs.edit_request(base, values, validate.ARGV, size_limit=size_limit)
 
 
 def model_request(*, model: str, revision: str | None = None, lora: str | list[str] | None = None,

@@ -66,10 +66,29 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
         "elapsed_s": round(elapsed_s, 3),
         "created": created.isoformat(timespec="seconds"),
     }
+    meta.update(edit_fields(request, width, height))
     if spec_hash:
         meta["spec_hash"] = spec_hash
     meta.update(extra or {})
     return meta
+
+
+def edit_fields(request: ImageRequest, width: int, height: int) -> dict:
+    """Image to image and the hires fix, in the sidecar: each input file (path, SHA-256, size), the
+    strength, the mask's blur and crop; the hires pass's settings and the size it makes."""
+    out = {}
+    if request.image is not None:
+        out |= {"init_image": request.image.describe(), "strength": request.strength}
+    if request.mask is not None:
+        out |= {"mask_image": request.mask.describe(), "mask_blur": request.mask_blur, "mask_crop": request.mask_crop}
+    if request.hires is not None:
+        from dataclasses import asdict
+
+        from spo_cli.validate import hires_size
+
+        out["hires"] = asdict(request.hires) | dict(zip(("width", "height"), hires_size(width, height,
+                                                                                          request.hires.scale)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +137,16 @@ def a1111_parameters(meta: dict) -> str:
     hashed = [r for r in meta.get("loras") or [] if r.get("a1111_hash")]
     if hashed:  # stacked LoRAs, as A1111 writes them: name and its hash of the file (loras.file_hashes)
         fields["Lora hashes"] = ", ".join(f"{loras.hash_name(r['name'])}: {r['a1111_hash']}" for r in hashed)
+    if meta.get("strength") is not None:
+        fields["Denoising strength"] = meta["strength"]
+    if meta.get("mask_image"):
+        fields["Mask blur"] = meta.get("mask_blur", 0)
+    if meta.get("hires"):
+        hr = meta["hires"]
+        fields |= {"Denoising strength": hr["strength"], "Hires upscale": hr["scale"]}
+        if hr.get("steps"):  # A1111 writes it only when it is not the first pass's count
+            fields["Hires steps"] = hr["steps"]
+        fields["Hires upscaler"] = infotext.HIRES_UPSCALER_NAMES[hr["upscaler"]]
     if meta.get("vae") and meta["vae"].get("id"):
         fields["VAE"] = meta["vae"]["id"].rstrip("/").split("/")[-1]
     fields["Version"] = f"spo-cli {meta['versions']['spo-cli']}"

@@ -441,6 +441,10 @@ class RemoteEngine:
     def default_size(self) -> tuple[int, int]:
         return tuple(self.info["default_size"])
 
+    def recorded_size(self, request: ImageRequest) -> dict:
+        default = self.default_size()
+        return {"width": request.width or default[0], "height": request.height or default[1]}
+
     def call_key(self, request: ImageRequest) -> tuple:
         return request.group_key()  # the server regroups by its own engine's key
 
