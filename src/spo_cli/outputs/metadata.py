@@ -256,10 +256,14 @@ def load(path: Path) -> tuple[dict | None, str | None]:
     raise _no_metadata(path, kind)
 
 
+class NoMetadata(UsageError):
+    """A file that records no settings at all (as opposed to damaged or foreign ones)."""
+
+
 def _no_metadata(path: Path, kind: str | None) -> UsageError:
     from spo_cli.outputs import reader
 
-    return UsageError(f"{path} carries no spo-cli metadata and has no sidecar next to it"
+    return NoMetadata(f"{path} carries no spo-cli metadata and has no sidecar next to it"
                       f"{reader.misnamed(path, kind)}.", "Replay needs the .json sidecar, or a PNG written by spo.")
 
 
