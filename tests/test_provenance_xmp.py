@@ -284,3 +284,71 @@ def test_no_provenance_reaches_the_writer_and_a_resume_does_not_redo_the_images(
     r = invoke("generate", "a fox", *TINY, "--out", str(tmp_path / "g"), "--no-provenance", "--json", "--quiet")
     [w] = json.loads(r.stdout)
     assert packet_of(Path(w["image"])) is None
+
+
+@pytest.mark.slow
+def test_serve_no_provenance_reaches_the_images_it_returns_and_writes(hub_cache, tmp_path):
+    import threading
+
+    from spo_cli.cli import serve
+    from spo_cli.cli.ui import UI
+    from spo_cli.serve.api import Job
+
+    def made(server, save: bool):
+        done = threading.Event()
+        ticket = server.worker.submit(Job((ImageRequest("a fox", 1, steps=1, width=16, height=16),), "spo",
+                                          save=save), done.set)
+        assert done.wait(300), "the image was never made"
+        [image] = ticket.images
+        assert image.error is None, image.error
+        return image
+
+    for provenance in (True, False):
+        server = serve.build(UI(quiet=True), ["spo"], out=str(tmp_path / str(provenance)), device="cpu",
+                             provenance=provenance)
+        server.sock.close()  # the worker alone: no HTTP
+        server.worker.start()
+        try:
+            returned, saved = made(server, save=False), made(server, save=True)
+        finally:
+            server.worker.drain()
+            server.worker.join(300)
+        (tmp_path / "r.png").write_bytes(returned.data)
+        for path in (tmp_path / "r.png", Path(saved.written["image"])):
+            raw = packet_of(path)
+            assert (raw is not None) == provenance
+            if provenance:
+                assert xmp.parse(raw)["digital_source_type"] == xmp.TRAINED
+        assert returned.meta["provenance"]["xmp"] is provenance
+
+
+@pytest.mark.slow
+def test_compare_eval_and_replay_take_no_provenance_too(hub_cache, tmp_path):
+    from spo_cli import tiny
+    from spo_cli.scores import tiny as score_tiny
+
+    for repo, src in score_tiny.save_repos(tmp_path / "score-repos").items():  # eval scores what it makes
+        tiny.add_to_cache(Path(os.environ["HF_HUB_CACHE"]), repo, src)
+    out = tmp_path / "cmp"
+    r = invoke("compare", "a fox", "--base", "--spo", "--seeds", "1", *TINY, "--out", str(out), "--no-provenance",
+               "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    written = json.loads(r.stdout)
+    cells = sorted((out / "cells").rglob("*.png"))
+    assert len(cells) == 2 and all(packet_of(p) is None for p in [*cells, *map(Path, written["grid"])])
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    r = invoke("eval", str(prompts), "--out", str(tmp_path / "eval"), "--seeds", "0", *TINY, "--metric", "aesthetic",
+               "--no-provenance", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    made = sorted((tmp_path / "eval" / "cells").rglob("*.png"))
+    assert len(made) == 2 and all(packet_of(p) is None for p in made)
+
+    r = invoke("replay", str(cells[0]), "--out", str(tmp_path / "again"), "--no-provenance", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    [w] = json.loads(r.stdout)
+    assert packet_of(Path(w["image"])) is None
+    r = invoke("replay", str(cells[0]), "--out", str(tmp_path / "again"), "--json", "--quiet")
+    [w] = json.loads(r.stdout)
+    assert xmp.parse(packet_of(Path(w["image"])))["digital_source_type"] == xmp.TRAINED
