@@ -38,16 +38,18 @@ PROBES: tuple[tuple[str, str], ...] = (
 @command(app, examples=EXAMPLES, json_help=JSON_HELP)
 def inspect(
     ui: UI,
-    files: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or WebP).", show_default=False)],
+    files: Annotated[list[str], typer.Argument(help="Image files (PNG, JPEG or WebP).", show_default=False,
+                                               metavar="FILE...")],
 ) -> None:
     """Show what image files say about how they were made: the recorded recipe and the provenance marks."""
     from spo_cli.outputs import probes
 
     # Every file is checked before any is reported: a bad one fails the command with nothing printed.
-    kinds = [probes.image(path)[0] for path in files]
+    paths = [Path(f) for f in files]
+    kinds = [probes.image(path)[0] for path in paths]
     probe_fns = [(name, _load(target)) for name, target in PROBES]
     reports = [{"file": str(path), "format": kind, **{name: fn(path) for name, fn in probe_fns}}
-               for path, kind in zip(files, kinds)]
+               for path, kind in zip(paths, kinds)]
     if ui.json_mode:
         ui.emit_json(reports)
         return
