@@ -144,11 +144,14 @@ def test_parse_reads_attributes_and_resources_as_other_tools_write_them():
     resource = (f'<rdf:RDF xmlns:rdf="{rdf}"><rdf:Description xmlns:Iptc4xmpExt="{ext}"><Iptc4xmpExt:DigitalSourceType '
                 f'rdf:resource="{xmp.TRAINED}"/></rdf:Description></rdf:RDF>')
     assert xmp.parse(resource) == {"digital_source_type": xmp.TRAINED}
+    assert xmp.parse(resource.encode("utf-16")) == {"digital_source_type": xmp.TRAINED}
 
 
 @pytest.mark.parametrize("packet, words", [
     (b'<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]><x>&b;</x>', "DTD"),
+    ('\ufeff<!DOCTYPE x [<!ENTITY a "a">]><x>&a;</x>'.encode("utf-16"), "DTD"),  # not hidden by another encoding
     (b"<x:xmpmeta><unclosed>", "not well-formed"),
+    (b"<x>\xff\xfe\xfa</x>", "neither UTF-8"),
     (b"<x>" + b" " * (xmp.READ_MAX_BYTES + 1) + b"</x>", "larger than"),
 ])
 def test_parse_refuses_what_is_not_xmp(packet, words):
@@ -352,3 +355,19 @@ def test_compare_eval_and_replay_take_no_provenance_too(hub_cache, tmp_path):
     r = invoke("replay", str(cells[0]), "--out", str(tmp_path / "again"), "--json", "--quiet")
     [w] = json.loads(r.stdout)
     assert xmp.parse(packet_of(Path(w["image"])))["digital_source_type"] == xmp.TRAINED
+
+
+def _bare_probe(path: Path) -> dict:
+    return {"present": path.suffix == ".png", "size": path.stat().st_size}
+
+
+def test_a_probe_is_one_line_in_the_table(tmp_path, monkeypatch):
+    # What prov-c2pa's and prov-wm's sections do: a function path -> dict, named in inspect.PROBES.
+    from spo_cli.cli import inspect
+
+    monkeypatch.setattr(inspect, "PROBES", (*inspect.PROBES, ("extra", f"{__name__}:_bare_probe")))
+    path = write(tmp_path, "png", build())
+    r = invoke("inspect", str(path), "--json")
+    assert json.loads(r.stdout)[0]["extra"] == {"present": True, "size": path.stat().st_size}
+    r = invoke("inspect", str(path), env={"COLUMNS": "200"})
+    assert r.stdout.splitlines()[3] == "  extra   present"  # no summary: present or absent

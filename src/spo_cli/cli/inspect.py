@@ -58,8 +58,8 @@ def inspect(
         ui.paths([(report["file"], probes.FORMATS[report["format"]])])
         for name, _ in PROBES:
             section = report[name]
-            ui.out.print(f"  [bold]{name:<{width}}[/]  {escape(_one_line(section.get('summary', '')))}",
-                         soft_wrap=True)
+            said = section.get("summary") or ("present" if section.get("present") else "absent")
+            ui.out.print(f"  [bold]{name:<{width}}[/]  {escape(_one_line(said))}", soft_wrap=True)
 
 
 def _load(target: str):

@@ -47,7 +47,7 @@ FIELDS = {
 # XML 1.0's Char production leaves out most C0 controls, lone surrogates and U+FFFE/U+FFFF.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"}
-_DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.I)
+_DTD = re.compile(r"<!(DOCTYPE|ENTITY)", re.I)
 
 
 class XMPError(ValueError):
@@ -138,10 +138,15 @@ def parse(data: bytes | str) -> dict:
         data = data.encode("utf-8", "surrogatepass")
     if len(data) > READ_MAX_BYTES:
         raise XMPError(f"its XMP packet is larger than {READ_MAX_BYTES:,} bytes")
-    if _DTD.search(data):
+    # Decoded here, so the DTD check sees the text whatever its encoding (XMP allows UTF-8 and UTF-16).
+    try:
+        text = data.decode("utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        raise XMPError("its XMP packet is neither UTF-8 nor UTF-16 text") from None
+    if _DTD.search(text):
         raise XMPError("its XMP packet declares a DTD or entities, which XMP does not allow")
     try:
-        root = ElementTree.fromstring(data)
+        root = ElementTree.fromstring(text)
     except ElementTree.ParseError as e:
         raise XMPError(f"its XMP packet is not well-formed XML ({e})") from None
     wanted = {f"{{{NS[ns]}}}{name}": key for key, (ns, name) in FIELDS.items()}
