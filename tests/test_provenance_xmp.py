@@ -21,7 +21,8 @@ from spo_cli.request import ImageRequest
 
 FORMATS = ["png", "jpg", "webp"]
 KIND = {"png": "png", "jpg": "jpeg", "webp": "webp"}
-HOSTILE = 'a <b>fox</b> & "cat" \'n\' ]]> </Iptc4xmpExt:AIPromptInformation> <?xpacket end="w"?> <!-- x'
+HOSTILE = ('a <b>fox</b> & "cat" \'n\' ]]> </Iptc4xmpExt:AIPromptInformation> <?xpacket end="w"?> <!-- x '
+           "[bold]not markup[/]")
 TINY = ["--width", "16", "--height", "16", "--steps", "1", "--device", "cpu"]
 INIT_IMAGE = {"path": "/in/fox.png", "sha256": "0" * 64, "width": 16, "height": 16, "bytes": 1234}
 
@@ -173,6 +174,9 @@ def test_inspect_json_reports_the_recipe_and_the_mark(tmp_path, fmt):
     assert report["recipe"]["provenance"] == {"xmp": True, "digital_source_type": xmp.TRAINED}
     assert report["xmp"]["present"] and report["xmp"]["digital_source_type"] == xmp.TRAINED
     assert report["xmp"]["creator_tool"] == f"spo-cli {__version__}"
+    r = invoke("inspect", str(path), env={"COLUMNS": "400"})  # people see the prompt as it was typed
+    assert r.exit_code == 0, r.output
+    assert f'"{HOSTILE}"' in r.stdout and f"A1111 parameters: {HOSTILE}" not in r.stdout
 
 
 def test_inspect_human_output_and_a_file_that_carries_nothing(tmp_path):
@@ -201,13 +205,16 @@ def test_inspect_reports_a_damaged_packet_without_failing(tmp_path):
 
 
 def _hostile(tmp_path: Path, case: str) -> tuple[Path, Path]:
-    good = write(tmp_path, {"cut-jpg": "jpg", "cut-webp": "webp"}.get(case, "png"), build())
+    good = write(tmp_path, {"cut-jpg": "jpg", "cut-webp": "webp", "long-webp": "webp"}.get(case, "png"), build())
     if case == "text":
         path = tmp_path / "notes.png"
         path.write_text("not an image")
     elif case.startswith("cut"):
         path = tmp_path / f"cut{good.suffix}"
         path.write_bytes(good.read_bytes()[: len(good.read_bytes()) - 5])
+    elif case == "long-webp":  # bytes after the RIFF: not what the header describes
+        path = tmp_path / "long.webp"
+        path.write_bytes(good.read_bytes() + b"\0" * 8)
     elif case == "folder":
         path = tmp_path / "folder.png"
         path.mkdir()
@@ -221,7 +228,7 @@ def _hostile(tmp_path: Path, case: str) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("case, words", [
     ("text", "is not an image"), ("cut-png", "damaged PNG"), ("cut-jpg", "damaged JPEG"),
-    ("cut-webp", "damaged WebP"), ("folder", "is a folder"), ("fifo", "is a pipe"), ("missing", "does not exist"),
+    ("cut-webp", "damaged WebP"), ("long-webp", "file holds"), ("folder", "is a folder"), ("fifo", "is a pipe"), ("missing", "does not exist"),
 ])
 def test_inspect_refuses_a_hostile_file_with_one_paragraph(tmp_path, case, words):
     good, bad = _hostile(tmp_path, case)
