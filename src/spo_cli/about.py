@@ -18,6 +18,8 @@ COMMANDS = (
     ("batch", "Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."),
     ("compare", "Render the same prompts and seeds through several models or SPO strengths, side by side."),
     ("replay", "Make a recorded image again, from the same commits; a Sampling or Model option replaces the recorded value."),
+    ("inspect", "Show what image files say about how they were made: the recorded recipe and the provenance "
+                "marks."),
     ("score", "Score images with preference models (PickScore, HPSv2, ImageReward, aesthetic, CLIP)."),
     ("eval", "Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."),
     ("serve", "Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."),

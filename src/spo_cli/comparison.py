@@ -181,9 +181,10 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
 
 
 def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,
-                   keep_loaded: bool) -> Rendered:
+                   keep_loaded: bool, provenance: bool = True) -> Rendered:
     """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
-    column by column (columns sharing a UNet back to back), then free the models."""
+    column by column (columns sharing a UNet back to back), then free the models. `provenance`:
+    render's (XMP in the cells; a reused cell keeps what it was written with)."""
     from spo_cli.render import render
 
     ui, escape = steps.ui, steps.escape
@@ -228,7 +229,8 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                 tasks = [replace(rows[i], spec_hash=hashes[ci][i], overwrite=True,
                                  extra={"compare": {"column": columns[ci].label}}) for i in todo[ci]]
                 outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
-                                  batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug)
+                                  batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug,
+                                  provenance=provenance)
                 for i, oc in zip(todo[ci], outcomes):
                     if oc.error:
                         failed[(ci, i)] = oc.error
@@ -249,9 +251,9 @@ def cell_entry(out: Path, folder: Path, stem: str, error: str | None, scores: di
 
 def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path, cell_size: int,
                 rows_per_page: int, failed: set[tuple[int, int]] = frozenset(), index_name: str = "",
-                captions: list[list[list[str]]] | None = None) -> list[Path]:
+                captions: list[list[list[str]]] | None = None, provenance: bool = True) -> list[Path]:
     """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
-    the image an earlier run left under its name."""
+    the image an earlier run left under its name. `provenance`: XMP on each page (encode_grid)."""
     from PIL import Image
 
     from spo_cli import grid
@@ -278,7 +280,7 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTas
         image = grid.render(cells, [c.label for c in columns], labels, size, page_captions)
         name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
         shown = [f"cells/{c.folder}/{r.stem}.png" for r in page for c in columns]
-        files.atomic_write(out / name, metadata.encode_grid(image, index_name, shown), overwrite=True)
+        files.atomic_write(out / name, metadata.encode_grid(image, index_name, shown, provenance=provenance), overwrite=True)
         paths.append(out / name)
     for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png"]:
         if old not in paths and old.exists():  # pages of an earlier, longer comparison

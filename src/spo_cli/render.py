@@ -52,9 +52,11 @@ def nan_error(dtype: str) -> str:
     return "NaN output (the image would be all black). " + nan_hint(dtype)
 
 
-def call_metadata(engine, model: dict, facts: dict, call: list[ImageTask], results, elapsed: float):
+def call_metadata(engine, model: dict, facts: dict, call: list[ImageTask], results, elapsed: float, *,
+                  provenance: bool = True):
     """(task, result, sidecar) for each image of one pipeline call; the sidecar is None for a NaN
-    image, which is never written. `model` is `resolved.describe()`, `facts` `engine.facts()`."""
+    image, which is never written. `model` is `resolved.describe()`, `facts` `engine.facts()`;
+    `provenance` False (--no-provenance) writes no XMP (metadata.build)."""
     batch = [t.request for t in call]
     scheduler = engine.scheduler_facts(batch[0].scheduler)
     encoding = engine.encoding_facts(batch[0])
@@ -64,7 +66,7 @@ def call_metadata(engine, model: dict, facts: dict, call: list[ImageTask], resul
         meta = None if res.nan else metadata.build(
             r, model, facts, scheduler, **engine.recorded_size(r),
             batch_size=len(batch), elapsed_s=elapsed, created=created, spec_hash=task.spec_hash,
-            encoding=encoding, extra=task.extra,
+            encoding=encoding, extra=task.extra, provenance=provenance,
         )
         yield task, res, meta
 
@@ -81,13 +83,15 @@ def call_error(exc: Exception, debug: bool = False) -> str:
 
 def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format: str, batch_size: int,
            keep_going: bool = False, stop: Callable[[], bool] = lambda: False, progress=None,
-           outcomes: list[Outcome] | None = None, debug: bool = False) -> list[Outcome]:
+           outcomes: list[Outcome] | None = None, debug: bool = False, provenance: bool = True) -> list[Outcome]:
     """Run `tasks` in pipeline calls of `batch_size` and write each image with its sidecar.
 
     With `keep_going`, a call that fails (out of memory, an encoder error, anything the pipeline
     raises) fails its images and the run goes on; otherwise the error propagates. `stop()` is
     checked between calls. Outcomes are appended to `outcomes` as they happen, so a caller keeps
-    them across an interruption. A write error (a full disk) always ends the run.
+    them across an interruption. A write error (a full disk) always ends the run. `provenance`
+    False (--no-provenance): no XMP in the images; it is not part of a spec hash, since no pixel
+    depends on it.
     """
     progress = progress or NoProgress()
     outcomes = [] if outcomes is None else outcomes
@@ -127,7 +131,8 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
                     outcomes.extend(Outcome(t, error=error) for t in call)
                     progress.images_done(len(call))
                     continue
-                for task, res, meta in call_metadata(engine, model, facts, call, results, perf_counter() - t0):
+                for task, res, meta in call_metadata(engine, model, facts, call, results, perf_counter() - t0,
+                                                        provenance=provenance):
                     outcome = Outcome(task)
                     outcomes.append(outcome)
                     if meta is None:

@@ -43,6 +43,7 @@ from spo_cli.cli import generate  # noqa: E402,F401,I001
 from spo_cli.cli import batch  # noqa: E402,F401
 from spo_cli.cli import compare  # noqa: E402,F401
 from spo_cli.cli import replay  # noqa: E402,F401
+from spo_cli.cli import inspect  # noqa: E402,F401
 from spo_cli.cli import score  # noqa: E402,F401
 from spo_cli.cli import eval  # noqa: E402,F401
 from spo_cli.cli import serve  # noqa: E402,F401

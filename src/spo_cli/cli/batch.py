@@ -118,6 +118,7 @@ def batch(
     vae_slicing: opts.VaeSlicing = False,
     out: opts.Out = "outputs",
     image_format: opts.ImageFormat = "png",
+    no_provenance: opts.NoProvenance = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Make every image again, even those already done.",
                                             rich_help_panel="Output")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report bad lines and run the others (exit code 3), instead "
@@ -177,7 +178,7 @@ def batch(
         if rank.first:
             files.remove_leftovers(out)
             files.clear_failures(out)
-        run = _Run(ui, parsed, tasks, out, image_format, rank, server)
+        run = _Run(ui, parsed, tasks, out, image_format, rank, server, provenance=not no_provenance)
         with Stopper(ui) as stopper:
             run.stopper = stopper
             try:
@@ -203,9 +204,11 @@ class _Nothing:
 class _Run:
     """One batch run's state, so that the manifest can be written from whatever point it stopped at."""
 
-    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank, server: str | None = None):
+    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank, server: str | None = None, *,
+                 provenance: bool = True):
         self.ui, self.parsed, self.tasks, self.out, self.fmt, self.rank = ui, parsed, tasks, out, image_format, rank
         self.server = server
+        self.provenance = provenance
         self.hashes: dict[str, str] = {}
         self.done_before: set[str] = set()
         self.outcomes = []
@@ -262,7 +265,8 @@ class _Run:
                     try:
                         render(engine, resolved, mine, out=self.out, image_format=self.fmt,
                                batch_size=options.batch_size, keep_going=True, stop=stopper.requested,
-                               progress=bars, outcomes=self.outcomes, debug=ui.debug)
+                               progress=bars, outcomes=self.outcomes, debug=ui.debug,
+                               provenance=self.provenance)
                     finally:
                         stopper.rendering = False
                 if stopper.requested():

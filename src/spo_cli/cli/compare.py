@@ -143,6 +143,7 @@ def compare(
     keep_loaded: Annotated[bool, typer.Option("--keep-loaded", help="Keep every model's UNet in memory instead of one at a "
                                               "time.", rich_help_panel="Model")] = False,
     out: opts.Out = "outputs",
+    no_provenance: opts.NoProvenance = False,
     score: Annotated[bool, typer.Option("--score", help="Score every cell with preference models (see `spo score`): "
                                         "scores under the cells, and paired win rates between the columns.",
                                         rich_help_panel="Scoring")] = False,
@@ -178,17 +179,19 @@ def compare(
         ui.warn(w)
     with files.FolderLock(out, "spo compare"):
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
-                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device))
+                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device),
+                        provenance=not no_provenance)
     if code:
         raise typer.Exit(code)
 
 
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
-             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([])) -> int:
+             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([]), *,
+             provenance: bool = True) -> int:
     # The scorers' files first too: a missing one fails now, not after the rendering.
     scorers = scoring.find_scorers(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
     steps = scoring.steps(ui)
-    run = render_columns(steps, columns, rows, options, out, keep_loaded)
+    run = render_columns(steps, columns, rows, options, out, keep_loaded, provenance=provenance)
     cells_dir = out / "cells"
     failed = run.failed
     scored = score_cells(steps, columns, rows, cells_dir, failed, scoring_, scorers) if scoring_.metrics else None
@@ -201,7 +204,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
 
         captions = [[caption(v, scored["metrics"]) for v in row] for row in scored["cells"]]
     pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
-                        index_name=index_name, captions=captions)
+                        index_name=index_name, captions=captions, provenance=provenance)
     index = {
         "schema": metadata.GRID_SCHEMA,
         "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}

@@ -112,6 +112,7 @@ def eval(  # noqa: A001 - the command's name
     paper_run: PaperFlag = False,
     limit: Limit = None,
     out: opts.Out = "outputs/eval",
+    no_provenance: opts.NoProvenance = False,
     columns: Annotated[str, typer.Option(help="Models to evaluate, comma-separated (see below).")] = "base,spo",
     seeds: Seeds = None,
     metric: scoring.Metric = None,
@@ -175,7 +176,7 @@ def eval(  # noqa: A001 - the command's name
     with files.FolderLock(out, "spo eval"):
         scorers = scoring.find_scorers(ui, names, hps_version)
         steps = scoring.steps(ui)
-        run = render_columns(steps, cols, rows, options, out, keep_loaded=False)
+        run = render_columns(steps, cols, rows, options, out, keep_loaded=False, provenance=not no_provenance)
         scored = score_cells(steps, cols, rows, out / "cells", run.failed,
                              Scoring(names, hps_version, score_batch_size, device), scorers)
         report = eval_report.build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers,

@@ -80,6 +80,7 @@ def generate(
     out: opts.Out = "outputs",
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
+    no_provenance: opts.NoProvenance = False,
     server: opts.Server = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
@@ -101,11 +102,12 @@ def generate(
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
-    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server)
+    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server,
+                provenance=not no_provenance)
 
 
 def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], options: RunOptions, out: Path,
-                image_format: str, warnings: list[str], server: str | None = None) -> None:
+                image_format: str, warnings: list[str], server: str | None = None, provenance: bool = True) -> None:
     """The rest of generate and replay, once their checked requests are known: load (or reach the
     server), render, report."""
     from spo_cli.render import raise_for_failures, render
@@ -131,7 +133,8 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
     try:
         with ui.images_progress(len(images), [r.denoising_steps for r in images]) as bars:
             render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
-                   batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug)
+                   batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug,
+                   provenance=provenance)
     except KeyboardInterrupt:
         # Stopped: the images written so far are whole (render waits for their writes) and worth
         # their paths; the error boundary then says "Interrupted" and exits 130.

@@ -107,6 +107,12 @@ Out = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_hel
 ImageFormat = Annotated[str, typer.Option("--image-format", help="png, jpg or webp.", rich_help_panel=_O)]
 PromptFormat = Annotated[Optional[str], typer.Option(
     "--prompt-format", help="txt or jsonl (default: by file name, or by content for stdin).", show_default=False)]
+NoProvenance = Annotated[bool, typer.Option(
+    "--no-provenance", help="Write no XMP provenance mark (IPTC DigitalSourceType: made by a model, as exiftool, "
+    "C2PA tools and platforms read it). Under the EU AI Act, Art. 50(2), whoever provides an image generator "
+    "must mark its outputs machine-readably as AI-generated: turn the mark off only when you mark the images "
+    "another way or that duty is not yours. Metadata only: the pixels, the recipe and a resume are the same.",
+    rich_help_panel=_O)]
 # Until 0.2, --format meant the image format in generate/replay and the prompt-file format in
 # batch/compare. Accepted, hidden, for one release.
 OldImageFormat = Annotated[Optional[str], typer.Option("--format", hidden=True)]

@@ -80,6 +80,7 @@ def replay(
     out: opts.Out = "outputs",
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
+    no_provenance: opts.NoProvenance = False,
 ) -> None:
     """Make a recorded image again, from the same commits; a Sampling or Model option replaces the recorded value."""
     image_format = opts.image_format(image_format, old_format, ui.warn)
@@ -145,7 +146,7 @@ def replay(
         "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras")},
         lora_dir=lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
-    make_images(ui, request, [image], options, out, image_format, warnings + more)
+    make_images(ui, request, [image], options, out, image_format, warnings + more, provenance=not no_provenance)
 
 
 # The settings A1111 writes in every infotext, and the request fields each sets: one missing (a text

@@ -3,7 +3,9 @@
 - the sidecar JSON (`"schema": "spo-cli/1"`): everything needed to make the same image again;
 - in a PNG, the same JSON in an `spo-cli` iTXt chunk, and the AUTOMATIC1111 `parameters` text
   that A1111, ComfyUI, Civitai and other "PNG info" readers show;
-- in a JPEG or WebP, the A1111 text in EXIF UserComment.
+- in a JPEG or WebP, the A1111 text in EXIF UserComment;
+- in every image (unless --no-provenance), an XMP packet saying a model made it (`xmp`), where
+  each format keeps XMP: a PNG iTXt chunk, a JPEG APP1 segment, a WebP `XMP ` chunk.
 
 Reading back accepts any of these files and checks every value through `validate`, so a damaged
 or foreign file fails with the field named, never with a stack trace.
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from spo_cli import infotext, loras, syntax, validate
 from spo_cli.errors import UsageError
+from spo_cli.outputs import xmp
 from spo_cli.request import ImageRequest, ModelRequest
 
 SCHEMA = "spo-cli/1"
@@ -37,12 +40,13 @@ def dumps(data, *, indent: int | None = 2) -> str:
 
 def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, width: int, height: int,
           batch_size: int, elapsed_s: float, created: datetime, spec_hash: str | None = None,
-          encoding: dict | None = None, extra: dict | None = None) -> dict:
+          encoding: dict | None = None, extra: dict | None = None, provenance: bool = True) -> dict:
     """The sidecar: everything needed to make the same image again, and nothing secret.
 
     `model` is what `ResolvedModel.describe()` returns, `run` the engine's facts (device, dtype,
     versions), `scheduler` the engine's scheduler facts, `encoding` how the prompts were read
     (`prompt_syntax`, and for a1111 `emphasis` and `prompt_windows`; plain when absent).
+    `provenance` False (--no-provenance): the image gets no XMP, and `"provenance"` says so.
     """
     meta = {
         "schema": SCHEMA,
@@ -70,6 +74,8 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
     if spec_hash:
         meta["spec_hash"] = spec_hash
     meta.update(extra or {})
+    # Last: an image-to-image input (`init_image`, from `extra`) makes the image a composite.
+    meta["provenance"] = xmp.record(meta, provenance)
     return meta
 
 
@@ -155,15 +161,19 @@ def a1111_parameters(meta: dict) -> str:
 
 
 def encode_image(image, fmt: str, meta: dict) -> bytes:
-    """Encode a PIL image with its metadata embedded the way each format's readers expect."""
+    """Encode a PIL image with its metadata embedded the way each format's readers expect; the XMP
+    packet when `meta["provenance"]` says one is written."""
     from PIL import Image, PngImagePlugin
 
     params = a1111_parameters(meta)
+    packet = xmp.for_image(meta)
     buf = io.BytesIO()
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", params)
         info.add_itxt(PNG_JSON_KEY, dumps(meta, indent=None))
+        if packet:  # uncompressed, as XMP's spec asks, so readers that do not inflate find it
+            info.add_itxt(xmp.PNG_KEY, packet.decode("utf-8"), zip=False)
         image.save(buf, format="PNG", pnginfo=info)
     else:
         exif = Image.Exif()
@@ -171,16 +181,21 @@ def encode_image(image, fmt: str, meta: dict) -> bytes:
         # and AUTOMATIC1111 write it).
         exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\0" + params.encode("utf-16-be")
         kwargs = {"quality": 95} if fmt == "jpg" else {"quality": 95, "method": 4}
+        if packet:  # PIL writes a JPEG's APP1 XMP segment, and a WebP's XMP chunk with its VP8X flag
+            kwargs["xmp"] = packet
         image.save(buf, format=PIL_FORMATS[fmt], exif=exif.tobytes(), **kwargs)
     return buf.getvalue()
 
 
-def encode_grid(image, index_name: str, cells: list[str]) -> bytes:
-    """A grid page as PNG, with the cells it shows (so `replay` can point at them)."""
+def encode_grid(image, index_name: str, cells: list[str], *, provenance: bool = True) -> bytes:
+    """A grid page as PNG, with the cells it shows (so `replay` can point at them); with
+    `provenance`, XMP that calls it a composite (model-made cells, spo's labels)."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_itxt(PNG_GRID_KEY, dumps({"schema": GRID_SCHEMA, "index": index_name, "cells": cells}, indent=None))
+    if provenance:
+        info.add_itxt(xmp.PNG_KEY, xmp.packet(xmp.COMPOSITE).decode("utf-8"), zip=False)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
@@ -270,10 +285,14 @@ def load(path: Path) -> tuple[dict | None, str | None]:
     raise _no_metadata(path, kind)
 
 
+class NoMetadata(UsageError):
+    """A file that records no settings at all (as opposed to damaged or foreign ones)."""
+
+
 def _no_metadata(path: Path, kind: str | None) -> UsageError:
     from spo_cli.outputs import reader
 
-    return UsageError(f"{path} carries no spo-cli metadata and has no sidecar next to it"
+    return NoMetadata(f"{path} carries no spo-cli metadata and has no sidecar next to it"
                       f"{reader.misnamed(path, kind)}.", "Replay needs the .json sidecar, or a PNG written by spo.")
 
 

@@ -9,7 +9,8 @@
   it is, and a message about it says so.
 - A PNG's text chunks are read by walking its chunks and skipping the image data, so no pixel is
   decoded: a 100-megapixel PNG costs its text, not its pixels (and PIL's decompression-bomb
-  warning never fires).
+  warning never fires). A JPEG's segments and a WebP's chunks are walked the same way for the
+  XMP packet (`image_xmp`), which also tells a whole file from one cut short.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ JSON_MAX_BYTES = 1 << 20  # a sidecar with the longest prompts spo takes is unde
 PIPE_MAX_BYTES = 1 << 30  # an image through a pipe is read through to its text chunks, to this much
 TEXT_CHUNK_MAX_BYTES = 1 << 20  # a PNG text chunk, compressed or not; spo's own are a few kB
 PNG_CHUNKS_MAX = 100_000  # chunks walked in one PNG (a real one has tens, or thousands of IDATs)
+JPEG_SEGMENTS_MAX = 5_000  # segments before a JPEG's image data (a real one has tens)
+JPEG_FILL_MAX = 1 << 16  # fill bytes before one marker (encoders write none, or a few)
+WEBP_CHUNKS_MAX = 5_000  # chunks walked in one WebP (a still image has a handful)
+XMP_MAX_BYTES = 1 << 20  # an XMP packet read (xmp.READ_MAX_BYTES); a larger one is passed over
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPLAY_HINT = "Replay takes one image or sidecar .json file."
 _NAMES = {"png": "a PNG", "jpeg": "a JPEG", "webp": "a WebP", None: "neither a PNG, a JPEG nor a WebP"}
@@ -189,11 +194,18 @@ class NotPNG(Exception):
     """The file starts as a PNG but its chunks are not a PNG's."""
 
 
-def png_text(src: Source) -> dict[str, str]:
+def png_text(src: Source, *, whole: bool = False) -> dict[str, str]:
     """The tEXt, zTXt and iTXt chunks of the PNG `src` (positioned at its start), by keyword.
 
     Image data is skipped, never decoded; a chunk whose CRC is wrong is damage (NotPNG), a text
-    chunk too large for spo's metadata is passed over. A file cut short keeps what came before."""
+    chunk too large for spo's metadata is passed over. A file cut short keeps what came before,
+    unless `whole` asks for the file to end with its IEND chunk (NotPNG)."""
+
+    def cut_short() -> dict[str, str]:
+        if whole:
+            raise NotPNG("it ends before its IEND chunk: cut short")
+        return text
+
     if src.read(8) != PNG_SIGNATURE:
         raise NotPNG("no PNG signature")
     text: dict[str, str] = {}
@@ -202,17 +214,19 @@ def png_text(src: Source) -> dict[str, str]:
         if len(head) < 8:
             if n == 0:
                 raise NotPNG("no IHDR header")
-            return text  # cut short: what came before still counts, as PIL has it
+            return cut_short()  # what came before still counts, as PIL has it
         length, kind = struct.unpack(">I", head[:4])[0], head[4:]
         if not kind.isalpha() or length > 0x7FFFFFFF or (n == 0 and kind != b"IHDR"):
             raise NotPNG("no IHDR header" if n == 0 else f"a damaged chunk header after {n} chunks")
         if kind == b"IEND":
+            if whole and src.read(4) != struct.pack(">I", zlib.crc32(b"IEND")):
+                raise NotPNG("its IEND chunk is cut short or damaged")
             return text
         if kind in (b"tEXt", b"zTXt", b"iTXt", b"IHDR") and length <= TEXT_CHUNK_MAX_BYTES:
             data = src.read(length)
             crc = src.read(4)
             if len(data) < length or len(crc) < 4:
-                return text
+                return cut_short()
             if struct.unpack(">I", crc)[0] != zlib.crc32(kind + data):
                 raise NotPNG(f"a damaged {kind.decode()} chunk (its CRC does not match)")
             if kind != b"IHDR":
@@ -220,7 +234,9 @@ def png_text(src: Source) -> dict[str, str]:
                 if item is not None:
                     text.setdefault(*item)
         elif src.skip(length + 4) < length + 4:
-            return text
+            return cut_short()
+    if whole:
+        raise NotPNG(f"more than {PNG_CHUNKS_MAX:,} chunks")
     return text
 
 
@@ -248,3 +264,109 @@ def _inflate(data: bytes) -> bytes | None:
     d = zlib.decompressobj()
     out = d.decompress(data, TEXT_CHUNK_MAX_BYTES)
     return None if d.unconsumed_tail else out  # more than any text spo reads: passed over
+
+
+# ---------------------------------------------------------------------------------------------
+# XMP packets, without the pixels
+
+
+class Damaged(Exception):
+    """An image file whose container is broken or cut short; the message says how."""
+
+
+def image_xmp(src: Source, kind: str) -> bytes | None:
+    """The XMP packet of the `kind` image `src` (positioned at its start), or None; walks the
+    container to its end, so a file cut short or with a broken structure is Damaged. Reads headers
+    only: image data is skipped, never decoded."""
+    from spo_cli.outputs import xmp
+
+    if kind == "png":
+        try:
+            packet = png_text(src, whole=True).get(xmp.PNG_KEY)
+        except NotPNG as e:
+            raise Damaged(str(e)) from None
+        return None if packet is None else packet.encode("utf-8", "surrogatepass")
+    if kind == "jpeg":
+        return _jpeg_xmp(src, xmp.JPEG_NAMESPACE)
+    return _webp_xmp(src, xmp.WEBP_CHUNK)
+
+
+def _jpeg_xmp(src: Source, namespace: bytes) -> bytes | None:
+    if src.read(2) != b"\xff\xd8":
+        raise Damaged("no JPEG start-of-image marker")
+    short = "it ends before its image data: cut short"
+    packet = None
+    for n in range(JPEG_SEGMENTS_MAX):
+        mark = src.read(2)
+        for _ in range(JPEG_FILL_MAX):  # fill bytes (0xFF) may pad the space before a marker
+            if mark != b"\xff\xff":
+                break
+            mark = b"\xff" + src.read(1)
+        if len(mark) < 2:
+            raise Damaged(short)
+        if mark[0] != 0xFF or mark[1] == 0xFF:
+            raise Damaged(f"a damaged segment marker after {n} segments")
+        code = mark[1]
+        if code == 0xD9:
+            raise Damaged("it ends before any image data")
+        if 0xD0 <= code <= 0xD7 or code == 0x01:  # markers without a length
+            continue
+        size = src.read(2)
+        if len(size) < 2:
+            raise Damaged(short)
+        length = struct.unpack(">H", size)[0] - 2
+        if length < 0:
+            raise Damaged(f"a segment with an impossible length after {n} segments")
+        if code == 0xE1 and packet is None:  # APP1: EXIF or XMP, told apart by the namespace
+            data = src.read(length)
+            if len(data) < length:
+                raise Damaged(short)
+            if data.startswith(namespace):
+                packet = data[len(namespace):]
+            continue
+        if src.skip(length) < length:
+            raise Damaged(short)
+        if code == 0xDA:  # start of scan: the image data runs from here to the end-of-image marker
+            if not src.pipe and _tail(src, 2) != b"\xff\xd9":
+                raise Damaged("it does not end with the end-of-image marker: cut short")
+            return packet
+    raise Damaged(f"more than {JPEG_SEGMENTS_MAX:,} segments before its image data")
+
+
+def _webp_xmp(src: Source, fourcc: bytes) -> bytes | None:
+    head = src.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        raise Damaged("no RIFF WEBP header")
+    left = struct.unpack("<I", head[4:8])[0] - 4  # the RIFF size counts "WEBP" and the chunks
+    if not src.pipe and left + 12 != os.fstat(src.fd).st_size:
+        raise Damaged(f"its header promises {left + 12:,} bytes and the file holds "
+                      f"{os.fstat(src.fd).st_size:,}" + (": cut short" if left + 12 > os.fstat(src.fd).st_size else ""))
+    packet = None
+    for n in range(WEBP_CHUNKS_MAX):
+        if left == 0:
+            if n == 0:
+                raise Damaged("no image chunk")
+            return packet
+        chunk = src.read(8)
+        if len(chunk) < 8 or left < 8:
+            raise Damaged("cut short in a chunk header")
+        kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if n == 0 and kind not in (b"VP8 ", b"VP8L", b"VP8X"):
+            raise Damaged("its first chunk is not VP8, VP8L or VP8X")
+        padded = size + (size & 1)
+        if padded > left - 8:
+            raise Damaged(f"a {kind.decode('latin-1')!r} chunk runs past the end of the file")
+        if kind == fourcc and packet is None and size <= XMP_MAX_BYTES:
+            packet = src.read(size)
+            got = len(packet) + src.skip(padded - size)
+        else:
+            got = src.skip(padded)
+        if got < padded:
+            raise Damaged("cut short in a chunk")
+        left -= 8 + padded
+    raise Damaged(f"more than {WEBP_CHUNKS_MAX:,} chunks")
+
+
+def _tail(src: Source, n: int) -> bytes:
+    size = os.fstat(src.fd).st_size
+    return os.pread(src.fd, n, max(0, size - n))

@@ -138,9 +138,11 @@ class NoMetrics:
 
 class Worker:
     def __init__(self, load: Callable[[], dict[str, tuple]], out: Path, *, batch_size: int = 1,
-                 batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False, metrics=None):
+                 batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False, metrics=None,
+                 provenance: bool = True):
         self._load = load
         self.out = out
+        self.provenance = provenance  # XMP in every image it makes, saved or only returned (--no-provenance)
         self.batch_size = batch_size
         self.debug = debug
         self.metrics = metrics if metrics is not None else NoMetrics()
@@ -342,7 +344,8 @@ class Worker:
         tasks = [ImageTask(r) for r in requests]
         when = naming.now()
         try:
-            described = list(render.call_metadata(model.engine, model.describe, model.facts, tasks, results, elapsed))
+            described = list(render.call_metadata(model.engine, model.describe, model.facts, tasks, results, elapsed,
+                                                  provenance=self.provenance))
         except Exception as e:  # the images exist but cannot be described: fail them, keep serving
             self._fail(label, slots, render.call_error(e, self.debug))
             return
