@@ -74,7 +74,7 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
     if spec_hash:
         meta["spec_hash"] = spec_hash
     meta.update(extra or {})
-    # Last: an image-to-image input (`init_image`, from `extra`) makes the image a composite.
+    # Last: an image-to-image input (`init_image`, above) makes the image a composite.
     meta["provenance"] = xmp.record(meta, provenance)
     return meta
 
