@@ -181,9 +181,10 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
 
 
 def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,
-                   keep_loaded: bool) -> Rendered:
+                   keep_loaded: bool, signer=None) -> Rendered:
     """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
-    column by column (columns sharing a UNet back to back), then free the models."""
+    column by column (columns sharing a UNet back to back), then free the models. With `signer`
+    the cells are signed (the grid pages are not: they are pictures of the signed cells)."""
     from spo_cli.render import render
 
     ui, escape = steps.ui, steps.escape
@@ -228,7 +229,8 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                 tasks = [replace(rows[i], spec_hash=hashes[ci][i], overwrite=True,
                                  extra={"compare": {"column": columns[ci].label}}) for i in todo[ci]]
                 outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
-                                  batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug)
+                                  batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug,
+                                  signer=signer)
                 for i, oc in zip(todo[ci], outcomes):
                     if oc.error:
                         failed[(ci, i)] = oc.error

@@ -122,6 +122,9 @@ def batch(
                                             rich_help_panel="Output")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report bad lines and run the others (exit code 3), instead "
                                                "of running nothing.")] = False,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
     server: opts.Server = None,
 ) -> None:
     """Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."""
@@ -167,6 +170,7 @@ def batch(
                                           lambda image: validate.Where(lines[id(image)]))
         more += loras.scale_warnings(None, tuple(lr for lr in request.loras if lr.name))
         loading.precheck(request, options, [t.request for t in tasks])
+    signer = opts.signer(sign, sign_key, sign_cert)
     out = validate.output_folder(out)
     for w in warnings + size_warnings + more:
         ui.warn(w)
@@ -177,7 +181,7 @@ def batch(
         if rank.first:
             files.remove_leftovers(out)
             files.clear_failures(out)
-        run = _Run(ui, parsed, tasks, out, image_format, rank, server)
+        run = _Run(ui, parsed, tasks, out, image_format, rank, server, signer)
         with Stopper(ui) as stopper:
             run.stopper = stopper
             try:
@@ -203,9 +207,11 @@ class _Nothing:
 class _Run:
     """One batch run's state, so that the manifest can be written from whatever point it stopped at."""
 
-    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank, server: str | None = None):
+    def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank, server: str | None = None,
+                 signer=None):
         self.ui, self.parsed, self.tasks, self.out, self.fmt, self.rank = ui, parsed, tasks, out, image_format, rank
         self.server = server
+        self.signer = signer
         self.hashes: dict[str, str] = {}
         self.done_before: set[str] = set()
         self.outcomes = []
@@ -262,7 +268,7 @@ class _Run:
                     try:
                         render(engine, resolved, mine, out=self.out, image_format=self.fmt,
                                batch_size=options.batch_size, keep_going=True, stop=stopper.requested,
-                               progress=bars, outcomes=self.outcomes, debug=ui.debug)
+                               progress=bars, outcomes=self.outcomes, debug=ui.debug, signer=self.signer)
                     finally:
                         stopper.rendering = False
                 if stopper.requested():

@@ -149,6 +149,9 @@ def compare(
     metric: scoring.Metric = None,
     hps_version: scoring.HpsVersion = "v2.1",
     score_batch_size: scoring.ScoreBatch = 16,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
@@ -173,22 +176,24 @@ def compare(
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
     for c in columns:
         loading.precheck(c.request, options, [r.request for r in rows])
+    signer = opts.signer(sign, sign_key, sign_cert)
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
     with files.FolderLock(out, "spo compare"):
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
-                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device))
+                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device),
+                        signer=signer)
     if code:
         raise typer.Exit(code)
 
 
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
-             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([])) -> int:
+             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([]), signer=None) -> int:
     # The scorers' files first too: a missing one fails now, not after the rendering.
     scorers = scoring.find_scorers(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
     steps = scoring.steps(ui)
-    run = render_columns(steps, columns, rows, options, out, keep_loaded)
+    run = render_columns(steps, columns, rows, options, out, keep_loaded, signer)
     cells_dir = out / "cells"
     failed = run.failed
     scored = score_cells(steps, columns, rows, cells_dir, failed, scoring_, scorers) if scoring_.metrics else None

@@ -65,6 +65,9 @@ def generate(
     out: opts.Out = "outputs",
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
     server: opts.Server = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
@@ -82,13 +85,15 @@ def generate(
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
-    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server)
+    signer = opts.signer(sign, sign_key, sign_cert)
+    make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server,
+                signer=signer)
 
 
 def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], options: RunOptions, out: Path,
-                image_format: str, warnings: list[str], server: str | None = None) -> None:
+                image_format: str, warnings: list[str], server: str | None = None, signer=None) -> None:
     """The rest of generate and replay, once their checked requests are known: load (or reach the
-    server), render, report."""
+    server), render, report. `signer`: opts.signer's, already checked."""
     from spo_cli.render import raise_for_failures, render
 
     if server is None:
@@ -112,7 +117,8 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
     try:
         with ui.images_progress(len(images), [r.steps for r in images]) as bars:
             render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
-                   batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug)
+                   batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug,
+                   signer=signer)
     except KeyboardInterrupt:
         # Stopped: the images written so far are whole (render waits for their writes) and worth
         # their paths; the error boundary then says "Interrupted" and exits 130.
