@@ -149,6 +149,7 @@ def batch(
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
+    signer = opts.signer(sign, sign_key, sign_cert)
     if server and rank.several:
         raise UsageError("--server sends the work to one server; run it as a single process, not under torchrun.")
     parsed = prompts.read(file, fmt, prompt_syntax=defaults.prompt_syntax)
@@ -170,7 +171,6 @@ def batch(
                                           lambda image: validate.Where(lines[id(image)]))
         more += loras.scale_warnings(None, tuple(lr for lr in request.loras if lr.name))
         loading.precheck(request, options, [t.request for t in tasks])
-    signer = opts.signer(sign, sign_key, sign_cert)
     out = validate.output_folder(out)
     for w in warnings + size_warnings + more:
         ui.warn(w)

@@ -174,9 +174,9 @@ def compare(
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui.error,
                             not no_size_limit)
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    signer = opts.signer(sign, sign_key, sign_cert)
     for c in columns:
         loading.precheck(c.request, options, [r.request for r in rows])
-    signer = opts.signer(sign, sign_key, sign_cert)
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
