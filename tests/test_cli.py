@@ -59,6 +59,7 @@ FAST_PATHS = [
     ["generate", "x", "--lora-scale", "0.5"], ["generate", "x", "--out", "/etc/hostname"],
     ["batch", "no-such-file.txt"], ["replay", "no-such-file.json"], ["compare", "x", "--seeds", "a"],
     ["generate", "a (fox:1.2.3)"], ["replay", "--infotext", "x\nSteps: 3, Sampler: LCM, Seed: 1"],
+    ["generate", "x", "--sign", "--sign-key", "no-such.key", "--sign-cert", "no-such.pem"],
 ]
 
 

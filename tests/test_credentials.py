@@ -102,6 +102,18 @@ def test_a_byte_changed_in_the_image_data_fails_validation(tmp_path, signer, fmt
     assert any(r.startswith("assertion.dataHash.mismatch") for r in got["reasons"]), got["reasons"]
 
 
+def test_a_damaged_manifest_or_a_cut_file_is_invalid_not_absent(tmp_path, signer):
+    path = write(tmp_path, "png", signer)
+    data = path.read_bytes()
+    signature = bytearray(data)
+    signature[data.index(b"c2pa.signature") + 40] ^= 0xFF
+    (tmp_path / "sig.png").write_bytes(bytes(signature))
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    for name in ("sig.png", "cut.png"):
+        got = credentials.probe(tmp_path / name)
+        assert got["present"] and got["state"] == "invalid" and got["reasons"], (name, got)
+
+
 def test_the_recipe_hash_catches_an_edited_sidecar(tmp_path, signer):
     path = write(tmp_path, "jpg", signer)  # a JPEG: its spo metadata is the sidecar beside it
     sidecar = path.with_suffix(".json")
@@ -332,3 +344,11 @@ def test_generate_sign_end_to_end(hub_cache, tmp_path):
     sidecar = json.loads(Path(written["sidecar"]).read_text())
     assert got["recipe_matches"] is True and got["recipe"]["model"]["commit"] == sidecar["model"]["commit"]
     assert sidecar["c2pa"]["local_certificate"] is True and "spec_hash" not in got["recipe"]
+    # Replay reads a signed image; signing is not part of the recipe: without --sign, no manifest.
+    again = tmp_path / "again"
+    r = CliRunner().invoke(app, ["replay", written["image"], "--device", "cpu", "--json", "--out", str(again)])
+    assert r.exit_code == 0, r.output
+    (replayed,) = json.loads(r.stdout)
+    assert credentials.probe(Path(replayed["image"]))["present"] is False
+    assert "c2pa" not in json.loads(Path(replayed["sidecar"]).read_text())
+    assert Image.open(replayed["image"]).tobytes() == Image.open(written["image"]).tobytes()

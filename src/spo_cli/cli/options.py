@@ -103,7 +103,7 @@ Sign = Annotated[bool, typer.Option(
     "--sign", help="Sign each image with C2PA Content Credentials: a manifest saying spo-cli made it with a model "
     "(digital source type trainedAlgorithmicMedia), binding the model and the recipe. With --sign-key/--sign-cert, "
     "your certificate; else a local one spo makes on first use (valid, but from a signer on no trust list). "
-    "Needs spo-cli[c2pa].", rich_help_panel=_O)]
+    "Needs the extra: pip install \"spo-cli\\[c2pa]\".", rich_help_panel=_O)]
 SignKey = Annotated[Optional[str], typer.Option(
     "--sign-key", help="With --sign: your PEM private key (EC P-256/384/521, RSA or Ed25519; or SPO_SIGN_KEY). It "
     "stays on this machine and is never logged or written into an output.", rich_help_panel=_O, show_default=False,

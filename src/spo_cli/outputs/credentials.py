@@ -53,7 +53,7 @@ MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 KEY_ENV, CERT_ENV = "SPO_SIGN_KEY", "SPO_SIGN_CERT"
 PEM_MAX_BYTES = 1 << 20  # a key or a chain of a few certificates is a few kB
 PARENT_MAX_BYTES = 256 << 20  # the parent image read into the manifest as an ingredient
-PROBE_MAX_BYTES = 1 << 30  # the largest file `probe` hands to the SDK
+PROBE_MAX_BYTES = 256 << 20  # the largest file `probe` reads (spo's largest images are tens of MB)
 LOCAL_DAYS = 3650
 LOCAL_DIR = ("spo-cli", "c2pa")
 LOCAL_KEY, LOCAL_CERT = "signer.key", "signer.pem"
@@ -448,7 +448,6 @@ def signer_from_options(sign: bool, key: str | None, cert: str | None, *, now: d
         if local:  # spo's own pair: say where it is and how to get a new one
             e.hint = f"spo's local certificate is in {local_dir()}; remove that folder and spo makes a new one."
         raise
-    del private
     import c2pa
 
     try:
@@ -481,23 +480,28 @@ def probe(path: Path) -> dict:
     if fmt is None:
         return {"present": False, "checked": False, "summary": "Not a PNG, JPEG or WebP file."}
     try:
-        size = path.stat().st_size
+        if path.stat().st_size > PROBE_MAX_BYTES:
+            return {"present": False, "checked": False,
+                    "summary": f"Not checked: over {PROBE_MAX_BYTES >> 20} MiB."}
+        data = path.read_bytes()
     except OSError as e:
         return {"present": False, "checked": False, "summary": f"Cannot be read ({e.strerror or e})."}
-    if size > PROBE_MAX_BYTES:
-        return {"present": False, "checked": False, "summary": f"Not checked: over {PROBE_MAX_BYTES >> 30} GiB."}
     import c2pa
 
     try:
-        with open(path, "rb") as f:
-            reader = c2pa.Reader(MIME[fmt], f, context=_context())
-            state = reader.get_validation_state()
-            store = json.loads(reader.json())
+        reader = c2pa.Reader(MIME[fmt], io.BytesIO(data), context=_context())
+        state = reader.get_validation_state()
+        store = json.loads(reader.json())
     except c2pa.C2paError as e:
-        if "ManifestNotFound" in type(e).__name__ or "JumbfNotFound" in str(e):
+        if "ManifestNotFound" in type(e).__name__:
             return {"present": False, "checked": True, "summary": "No C2PA manifest."}
-        return {"present": True, "checked": True, "state": "invalid", "reasons": [_first_line(e)],
-                "summary": f"A C2PA manifest that cannot be read: {_first_line(e)}."}
+        # The SDK stopped before it found a manifest or while reading one: a damaged image, or a
+        # damaged manifest store. Its JUMBF box ("jumb", labelled "c2pa") says which.
+        if b"jumb" in data and b"c2pa" in data:
+            return {"present": True, "checked": True, "state": "invalid", "reasons": [_first_line(e)],
+                    "summary": f"The manifest does not validate: {_first_line(e)}."}
+        return {"present": False, "checked": False,
+                "summary": f"Could not be read as a {fmt.upper()} ({_first_line(e)})."}
     return _describe(store, state, path)
 
 
