@@ -352,3 +352,28 @@ def test_generate_sign_end_to_end(hub_cache, tmp_path):
     assert credentials.probe(Path(replayed["image"]))["present"] is False
     assert "c2pa" not in json.loads(Path(replayed["sidecar"]).read_text())
     assert Image.open(replayed["image"]).tobytes() == Image.open(written["image"]).tobytes()
+
+
+@pytest.mark.slow
+def test_batch_and_compare_sign_and_a_resume_keeps_signed_images(hub_cache, tmp_path):
+    from spo_cli import presets
+
+    tiny = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+    (tmp_path / "p.txt").write_text("a fox\n")
+    out = tmp_path / "batch"
+    r = CliRunner().invoke(app, ["batch", str(tmp_path / "p.txt"), *tiny, "--sign", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    (image,) = out.glob("*.png")
+    got = credentials.probe(image)
+    assert got["state"] == "untrusted" and got["recipe"]["spec_hash"] == json.loads(
+        image.with_suffix(".json").read_text())["spec_hash"]
+    # Signing is metadata only: the same recipe without --sign finds the image finished and keeps it.
+    before = image.read_bytes()
+    r = CliRunner().invoke(app, ["batch", str(tmp_path / "p.txt"), *tiny, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert image.read_bytes() == before
+    r = CliRunner().invoke(app, ["compare", "a fox", *tiny, "--seeds", "1", "--no-base", "--no-spo", "--model",
+                                 presets.SDXL_BASE, "--sign", "--out", str(tmp_path / "cmp"), "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    (cell,) = (tmp_path / "cmp" / "cells").glob("*/*.png")
+    assert credentials.probe(cell)["action"] == "c2pa.created"
