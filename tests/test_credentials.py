@@ -208,6 +208,29 @@ def test_the_local_certificate_is_made_once_private_and_valid(tmp_path, monkeypa
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["signer.key", "signer.pem"]
 
 
+def test_a_damaged_local_certificate_says_where_it_is_and_how_to_remake_it(tmp_path, monkeypatch):
+    from spo_cli.errors import UsageError
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    credentials.local_credentials()
+    (tmp_path / "config" / "spo-cli" / "c2pa" / "signer.pem").write_text("damaged\n")
+    with pytest.raises(UsageError) as e:
+        credentials.signer_from_options(True, None, None)
+    assert "(spo's local certificate) is not PEM" in e.value.paragraph()
+    assert "remove that folder and spo makes a new one" in e.value.paragraph()
+
+
+def test_serve_sign_hands_the_signer_to_the_worker(hub_cache, signer, tmp_path):
+    from spo_cli.cli import serve
+    from spo_cli.cli.ui import UI
+
+    server = serve.build(UI(quiet=True), ["spo"], port=0, out=str(tmp_path / "out"), signer=signer)
+    try:
+        assert server.worker.signer is signer
+    finally:
+        server.sock.close()
+
+
 def test_the_environment_names_the_key_and_certificate(tmp_path, monkeypatch):
     key, cert = pair_files(tmp_path, "env")
     monkeypatch.setenv(credentials.KEY_ENV, key)

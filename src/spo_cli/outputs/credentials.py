@@ -133,7 +133,7 @@ def _load_key(data: bytes, where: str):
         raise UsageError(f"The signing key {where} is encrypted with a password, which spo cannot ask for.",
                          "Give an unencrypted copy kept private (mode 0600): openssl pkey -in KEY -out KEY.plain."
                          ) from None
-    except (ValueError, Exception) as e:  # cryptography's UnsupportedAlgorithm is not a ValueError
+    except Exception as e:  # ValueError for a damaged key; cryptography's UnsupportedAlgorithm is not one
         raise UsageError(f"The signing key {where} is not a private key spo can read ({_first_line(e)}).",
                          "Give a PEM private key (BEGIN PRIVATE KEY or BEGIN EC PRIVATE KEY).") from None
 
@@ -436,14 +436,14 @@ def signer_from_options(sign: bool, key: str | None, cert: str | None, *, now: d
                          f"Give {missing} too, or neither to sign with spo's local certificate.")
     local = key is None
     key_path, cert_path = local_credentials() if local else (Path(key).expanduser(), Path(cert).expanduser())
-    key_where, cert_where = f"{key_path} (--sign-key)", f"{cert_path} (--sign-cert)"
-    key_pem = _read_pem(key_path, "key", "--sign-key")
-    chain_pem = _read_pem(cert_path, "certificate", "--sign-cert")
-    private = _load_key(key_pem, key_where)
-    chain = _load_chain(chain_pem, cert_where)
+    key_opt, cert_opt = ("spo's local key", "spo's local certificate") if local else ("--sign-key", "--sign-cert")
+    key_where, cert_where = f"{key_path} ({key_opt})", f"{cert_path} ({cert_opt})"
     now = now or datetime.now(timezone.utc)
     try:
-        alg = _check(private, chain, key_where, cert_where, now)
+        key_pem = _read_pem(key_path, "key", key_opt)
+        chain_pem = _read_pem(cert_path, "certificate", cert_opt)
+        chain = _load_chain(chain_pem, cert_where)
+        alg = _check(_load_key(key_pem, key_where), chain, key_where, cert_where, now)
     except UsageError as e:
         if local:  # spo's own pair: say where it is and how to get a new one
             e.hint = f"spo's local certificate is in {local_dir()}; remove that folder and spo makes a new one."
