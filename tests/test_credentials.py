@@ -133,8 +133,14 @@ def test_image_to_image_records_its_signed_parent(tmp_path, signer):
     digest = hashlib.sha256(parent.read_bytes()).hexdigest()
     meta = dict(META, init_image={"path": str(parent), "sha256": digest, "width": 32, "height": 32,
                                   "bytes": parent.stat().st_size})
-    got = credentials.probe(write(tmp_path / "second", "png", signer, meta))
+    child = write(tmp_path / "second", "png", signer, meta)
+    got = credentials.probe(child)
     assert got["state"] == "untrusted", got["reasons"]
+    _, store = read_back(child)
+    active = store["manifests"][store["active_manifest"]]
+    (actions,) = [a["data"]["actions"] for a in active["assertions"] if a["label"] == "c2pa.actions.v2"]
+    (link,) = actions[0]["parameters"]["ingredients"]  # c2pa.opened points at the parentOf ingredient
+    assert link["url"].endswith(active["ingredients"][0]["label"])
     assert got["actions"] == ["c2pa.opened", "c2pa.edited"]
     assert (got["action"], got["digital_source_type"]) == ("c2pa.edited", COMPOSITE)
     assert got["parents"] == [{"title": parent.name, "manifest": True}]
@@ -280,7 +286,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "junk.pem").write_text("hello\n")
     self_key, self_cert = _self_signed(tmp)
     return {
-        "missing key": (["--sign-key", str(tmp / "nope.key"), "--sign-cert", good_cert], "nope.key (--sign-key) does not exist"),
+        "missing key": (["--sign-key", str(tmp / "nope.key"), "--sign-cert", good_cert],
+                        "nope.key (--sign-key) does not exist"),
         "key not PEM": (["--sign-key", str(tmp / "junk.pem"), "--sign-cert", good_cert], "is not PEM"),
         "cert not PEM": (["--sign-key", good_key, "--sign-cert", str(tmp / "junk.pem")], "is not PEM"),
         "mismatch": (["--sign-key", other_key, "--sign-cert", good_cert], "does not match the signing key"),

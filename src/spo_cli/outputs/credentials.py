@@ -332,9 +332,8 @@ class Signer:
         with self._lock:
             builder = c2pa.Builder(manifest, self._context)
             if parent is not None:
-                path, ingredient = parent
-                with open(path, "rb") as f:
-                    builder.add_ingredient(ingredient, MIME[_sniff(path) or "png"], f)
+                parent_bytes, kind, ingredient = parent
+                builder.add_ingredient(ingredient, MIME[kind], io.BytesIO(parent_bytes))
             builder.sign(self._sdk, MIME[fmt], io.BytesIO(data), out)
         return out.getvalue()
 
@@ -345,9 +344,9 @@ def recipe_hash(meta: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build_manifest(meta: dict) -> tuple[dict, tuple[Path, dict] | None]:
+def build_manifest(meta: dict) -> tuple[dict, tuple[bytes, str, dict] | None]:
     """The manifest definition for an image's sidecar, and the parent to add as an ingredient
-    (path, ingredient definition) when the image was made from one that is still where it was."""
+    (`_parent`'s) when the image was made from one that is still where it was."""
     agent = {"name": "spo-cli", "version": __version__}
     model = meta.get("model") or {}
     recipe = {
@@ -378,26 +377,32 @@ def build_manifest(meta: dict) -> tuple[dict, tuple[Path, dict] | None]:
     return manifest, parent
 
 
-def _parent(init: dict) -> tuple[Path, dict] | None:
-    """The parent image, only when it is the very file the image was made from (same SHA-256)."""
+def _parent(init: dict) -> tuple[bytes, str, dict] | None:
+    """The parent image (its bytes, format, ingredient definition), only when it is the very file the
+    image was made from (same SHA-256). Read once: what is hashed is what goes into the manifest."""
     try:
         path = Path(str(init.get("path")))
-        if not path.is_file() or path.stat().st_size > PARENT_MAX_BYTES or _sniff(path) is None:
+        if not path.is_file() or path.stat().st_size > PARENT_MAX_BYTES:
             return None
-        if hashlib.sha256(path.read_bytes()).hexdigest() != init.get("sha256"):
-            return None
+        data = path.read_bytes()
     except (OSError, ValueError):
         return None
-    return path, {"title": path.name, "relationship": "parentOf", "label": "parent"}
+    fmt = _kind(data[:12])
+    if fmt is None or hashlib.sha256(data).hexdigest() != init.get("sha256"):
+        return None
+    return data, fmt, {"title": path.name, "relationship": "parentOf", "label": "parent"}
 
 
 def _sniff(path: Path) -> str | None:
     """png, jpg or webp by the file's first bytes (a name can lie), else None."""
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
+            return _kind(f.read(12))
     except OSError:
         return None
+
+
+def _kind(head: bytes) -> str | None:
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
