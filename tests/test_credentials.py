@@ -191,6 +191,21 @@ def test_a_signing_failure_is_a_write_error_and_leaves_nothing(tmp_path, signer,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_grid_page_is_signed_as_a_composite_and_its_record_hashed(tmp_path, signer):
+    from test_grid import fake_comparison
+
+    from spo_cli import comparison
+    from spo_cli.outputs import metadata
+
+    columns, rows, cells_dir = fake_comparison(tmp_path, 2, 2, (32, 32))
+    (page,) = comparison.write_grids(tmp_path / "out", "g", columns, rows, cells_dir, 64, 8, index_name="g-grid.json",
+                                     signer=signer)
+    got = credentials.probe(page)
+    assert (got["state"], got["action"], got["digital_source_type"]) == ("untrusted", "c2pa.created", COMPOSITE)
+    shown = [f"cells/{c.folder}/{r.stem}.png" for r in rows for c in columns]
+    assert got["recipe"]["grid_sha256"] == credentials.recipe_hash(metadata.grid_record("g-grid.json", shown))
+
+
 def test_unsigned_writes_are_unchanged(tmp_path):
     path = write(tmp_path, "png", None)
     assert "c2pa" not in json.loads(path.with_suffix(".json").read_text())
@@ -407,3 +422,6 @@ def test_batch_and_compare_sign_and_a_resume_keeps_signed_images(hub_cache, tmp_
     assert r.exit_code == 0, r.output
     (cell,) = (tmp_path / "cmp" / "cells").glob("*/*.png")
     assert credentials.probe(cell)["action"] == "c2pa.created"
+    (page,) = (tmp_path / "cmp").glob("*-grid.png")
+    got = credentials.probe(page)
+    assert (got["state"], got["digital_source_type"]) == ("untrusted", COMPOSITE)

@@ -184,7 +184,7 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                    keep_loaded: bool, signer=None) -> Rendered:
     """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
     column by column (columns sharing a UNet back to back), then free the models. With `signer`
-    the cells are signed (the grid pages are not: they are pictures of the signed cells)."""
+    the cells are signed."""
     from spo_cli.render import render
 
     ui, escape = steps.ui, steps.escape
@@ -251,9 +251,10 @@ def cell_entry(out: Path, folder: Path, stem: str, error: str | None, scores: di
 
 def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path, cell_size: int,
                 rows_per_page: int, failed: set[tuple[int, int]] = frozenset(), index_name: str = "",
-                captions: list[list[list[str]]] | None = None) -> list[Path]:
+                captions: list[list[list[str]]] | None = None, signer=None) -> list[Path]:
     """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
-    the image an earlier run left under its name."""
+    the image an earlier run left under its name. With `signer`, each page is signed before it is
+    written (a composite of generated images)."""
     from PIL import Image
 
     from spo_cli import grid
@@ -280,7 +281,10 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTas
         image = grid.render(cells, [c.label for c in columns], labels, size, page_captions)
         name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
         shown = [f"cells/{c.folder}/{r.stem}.png" for r in page for c in columns]
-        files.atomic_write(out / name, metadata.encode_grid(image, index_name, shown), overwrite=True)
+        data = metadata.encode_grid(image, index_name, shown)
+        if signer is not None:
+            data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
+        files.atomic_write(out / name, data, overwrite=True)
         paths.append(out / name)
     for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png"]:
         if old not in paths and old.exists():  # pages of an earlier, longer comparison

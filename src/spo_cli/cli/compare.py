@@ -206,7 +206,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
 
         captions = [[caption(v, scored["metrics"]) for v in row] for row in scored["cells"]]
     pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
-                        index_name=index_name, captions=captions)
+                        index_name=index_name, captions=captions, signer=signer)
     index = {
         "schema": metadata.GRID_SCHEMA,
         "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}

@@ -316,18 +316,40 @@ class Signer:
 
     def sign(self, data: bytes, fmt: str, meta: dict) -> bytes:
         """`data` (an encoded image) with a signed manifest embedded; `meta` is its final sidecar."""
+        return self._checked(meta.get("file"), self._sign, data, fmt, meta)
+
+    def sign_grid(self, data: bytes, name: str, grid: dict) -> bytes:
+        """A comparison grid page (PNG) with a signed manifest: a composite of generated cells;
+        `grid` is what the page embeds (its index file and cells), its hash the recipe."""
+        manifest = {
+            "claim_generator_info": [_agent()],
+            "title": name,
+            "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": [
+                {"action": "c2pa.created", "digitalSourceType": COMPOSITE, "softwareAgent": _agent()}]}},
+                {"label": RECIPE_LABEL, "data": {"generator": "spo-cli", "version": __version__,
+                                                 "grid_sha256": recipe_hash(grid),
+                                                 "recipe_hash_of": "the page's spo-cli-grid JSON (sorted keys, "
+                                                 "no whitespace, UTF-8)"}}],
+        }
+        return self._checked(name, self._sign_manifest, data, "png", manifest, None)
+
+    @staticmethod
+    def _checked(name: str | None, fn, *args) -> bytes:
         import c2pa
 
         try:
-            return self._sign(data, fmt, meta)
+            return fn(*args)
         except (c2pa.C2paError, OSError) as e:
-            raise OutputError(f"{meta.get('file') or 'The image'} could not be signed with C2PA "
-                              f"({_first_line(e)}); it was not written.") from None
+            raise OutputError(f"{name or 'The image'} could not be signed with C2PA ({_first_line(e)}); it was not "
+                              "written.") from None
 
     def _sign(self, data: bytes, fmt: str, meta: dict) -> bytes:
+        manifest, parent = build_manifest(meta)
+        return self._sign_manifest(data, fmt, manifest, parent)
+
+    def _sign_manifest(self, data: bytes, fmt: str, manifest: dict, parent) -> bytes:
         import c2pa
 
-        manifest, parent = build_manifest(meta)
         out = io.BytesIO()
         with self._lock:
             builder = c2pa.Builder(manifest, self._context)
@@ -336,6 +358,10 @@ class Signer:
                 builder.add_ingredient(ingredient, MIME[kind], io.BytesIO(parent_bytes))
             builder.sign(self._sdk, MIME[fmt], io.BytesIO(data), out)
         return out.getvalue()
+
+
+def _agent() -> dict:
+    return {"name": "spo-cli", "version": __version__}
 
 
 def recipe_hash(meta: dict) -> str:
@@ -347,7 +373,7 @@ def recipe_hash(meta: dict) -> str:
 def build_manifest(meta: dict) -> tuple[dict, tuple[bytes, str, dict] | None]:
     """The manifest definition for an image's sidecar, and the parent to add as an ingredient
     (`_parent`'s) when the image was made from one that is still where it was."""
-    agent = {"name": "spo-cli", "version": __version__}
+    agent = _agent()
     model = meta.get("model") or {}
     recipe = {
         "generator": "spo-cli",
