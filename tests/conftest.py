@@ -36,6 +36,7 @@ os.environ.update(
     COLUMNS="200",  # rich wraps long paths otherwise
     TORCHINDUCTOR_CACHE_DIR=str(_ROOT / "torch-compile"),  # --fast tests: never the user's cache
     XDG_CACHE_HOME=str(_ROOT / "cache"),  # spo's own cache (single-file hashes): never the user's
+    XDG_CONFIG_HOME=str(_ROOT / "config"),  # spo's local signing certificate (--sign): never the user's
 )
 os.environ.pop("HF_TOKEN", None)
 

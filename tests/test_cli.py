@@ -60,6 +60,7 @@ FAST_PATHS = [
     ["batch", "no-such-file.txt"], ["replay", "no-such-file.json"], ["compare", "x", "--seeds", "a"],
     ["generate", "a (fox:1.2.3)"], ["replay", "--infotext", "x\nSteps: 3, Sampler: LCM, Seed: 1"],
     ["inspect", "--help"], ["inspect", "no-such-file.png"],
+    ["generate", "x", "--sign", "--sign-key", "no-such.key", "--sign-cert", "no-such.pem"],
 ]
 
 

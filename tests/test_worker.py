@@ -124,6 +124,29 @@ def test_an_image_that_cannot_be_written_fails_and_is_not_counted_as_made(loaded
         stop(worker)
 
 
+def test_a_signing_worker_signs_saved_and_unsaved_images(loaded, tmp_path):
+    c2pa = pytest.importorskip("c2pa")
+    import io
+
+    from spo_cli.outputs import credentials
+
+    key, chain = credentials.make_local_pair()
+    (tmp_path / "k.pem").write_bytes(key)
+    (tmp_path / "c.pem").write_bytes(chain)
+    signer = credentials.signer_from_options(True, str(tmp_path / "k.pem"), str(tmp_path / "c.pem"))
+    worker = make_worker(loaded, tmp_path / "out", signer=signer)
+    worker.start()
+    try:
+        saved, kept = answered(submit(worker, job(8)), submit(worker, job(9, save=False)))
+        for image in (saved.images[0], kept.images[0]):
+            assert image.error is None and image.meta["c2pa"]["cert_sha256"] == signer.sha256
+            reader = c2pa.Reader("image/png", io.BytesIO(image.data))
+            assert reader.get_validation_state() == "Valid"
+        assert Path(saved.images[0].written["image"]).read_bytes() == saved.images[0].data
+    finally:
+        stop(worker)
+
+
 def test_what_the_machine_cannot_make_is_refused_before_any_call(loaded, tmp_path):
     metrics = Recorded()
     worker = make_worker(loaded, tmp_path / "out", metrics)

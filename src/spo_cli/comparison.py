@@ -181,10 +181,11 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
 
 
 def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,
-                   keep_loaded: bool, provenance: bool = True) -> Rendered:
+                   keep_loaded: bool, provenance: bool = True, signer=None) -> Rendered:
     """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
     column by column (columns sharing a UNet back to back), then free the models. `provenance`:
-    render's (XMP in the cells; a reused cell keeps what it was written with)."""
+    render's (XMP in the cells; a reused cell keeps what it was written with); with `signer` the
+    cells are signed."""
     from spo_cli.render import render
 
     ui, escape = steps.ui, steps.escape
@@ -230,7 +231,7 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                                  extra={"compare": {"column": columns[ci].label}}) for i in todo[ci]]
                 outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
                                   batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug,
-                                  provenance=provenance)
+                                  provenance=provenance, signer=signer)
                 for i, oc in zip(todo[ci], outcomes):
                     if oc.error:
                         failed[(ci, i)] = oc.error
@@ -251,9 +252,10 @@ def cell_entry(out: Path, folder: Path, stem: str, error: str | None, scores: di
 
 def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path, cell_size: int,
                 rows_per_page: int, failed: set[tuple[int, int]] = frozenset(), index_name: str = "",
-                captions: list[list[list[str]]] | None = None, provenance: bool = True) -> list[Path]:
+                captions: list[list[list[str]]] | None = None, provenance: bool = True, signer=None) -> list[Path]:
     """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
-    the image an earlier run left under its name. `provenance`: XMP on each page (encode_grid)."""
+    the image an earlier run left under its name. `provenance`: XMP on each page (encode_grid); with
+    `signer`, each page is signed before it is written (a composite of generated images)."""
     from PIL import Image
 
     from spo_cli import grid
@@ -280,7 +282,10 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTas
         image = grid.render(cells, [c.label for c in columns], labels, size, page_captions)
         name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
         shown = [f"cells/{c.folder}/{r.stem}.png" for r in page for c in columns]
-        files.atomic_write(out / name, metadata.encode_grid(image, index_name, shown, provenance=provenance), overwrite=True)
+        data = metadata.encode_grid(image, index_name, shown, provenance=provenance)
+        if signer is not None:
+            data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
+        files.atomic_write(out / name, data, overwrite=True)
         paths.append(out / name)
     for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png"]:
         if old not in paths and old.exists():  # pages of an earlier, longer comparison

@@ -83,7 +83,8 @@ def call_error(exc: Exception, debug: bool = False) -> str:
 
 def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format: str, batch_size: int,
            keep_going: bool = False, stop: Callable[[], bool] = lambda: False, progress=None,
-           outcomes: list[Outcome] | None = None, debug: bool = False, provenance: bool = True) -> list[Outcome]:
+           outcomes: list[Outcome] | None = None, debug: bool = False, provenance: bool = True,
+           signer=None) -> list[Outcome]:
     """Run `tasks` in pipeline calls of `batch_size` and write each image with its sidecar.
 
     With `keep_going`, a call that fails (out of memory, an encoder error, anything the pipeline
@@ -91,7 +92,8 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
     checked between calls. Outcomes are appended to `outcomes` as they happen, so a caller keeps
     them across an interruption. A write error (a full disk) always ends the run. `provenance`
     False (--no-provenance): no XMP in the images; it is not part of a spec hash, since no pixel
-    depends on it.
+    depends on it. With `signer` (outputs.credentials.Signer) each image is written with a signed
+    C2PA manifest.
     """
     progress = progress or NoProgress()
     outcomes = [] if outcomes is None else outcomes
@@ -103,7 +105,7 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
     def write(task: ImageTask, image, meta: dict) -> dict:
         default = None if task.stem else naming.default_stem(task.request.prompt, task.request.seed, when)
         return files.write_pair(out, task.stem, image_format, image, meta, overwrite=task.overwrite,
-                                default_stem=default)
+                                default_stem=default, signer=signer)
 
     def settle(limit: int) -> None:
         while len(pending) > limit:

@@ -123,6 +123,9 @@ def batch(
                                             rich_help_panel="Output")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report bad lines and run the others (exit code 3), instead "
                                                "of running nothing.")] = False,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
     server: opts.Server = None,
 ) -> None:
     """Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."""
@@ -147,6 +150,7 @@ def batch(
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
+    signer = opts.signer(sign, sign_key, sign_cert)
     if server and rank.several:
         raise UsageError("--server sends the work to one server; run it as a single process, not under torchrun.")
     parsed = prompts.read(file, fmt, prompt_syntax=defaults.prompt_syntax)
@@ -178,7 +182,7 @@ def batch(
         if rank.first:
             files.remove_leftovers(out)
             files.clear_failures(out)
-        run = _Run(ui, parsed, tasks, out, image_format, rank, server, provenance=not no_provenance)
+        run = _Run(ui, parsed, tasks, out, image_format, rank, server, provenance=not no_provenance, signer=signer)
         with Stopper(ui) as stopper:
             run.stopper = stopper
             try:
@@ -205,10 +209,11 @@ class _Run:
     """One batch run's state, so that the manifest can be written from whatever point it stopped at."""
 
     def __init__(self, ui: UI, parsed, tasks, out: Path, image_format: str, rank, server: str | None = None, *,
-                 provenance: bool = True):
+                 provenance: bool = True, signer=None):
         self.ui, self.parsed, self.tasks, self.out, self.fmt, self.rank = ui, parsed, tasks, out, image_format, rank
         self.server = server
         self.provenance = provenance
+        self.signer = signer
         self.hashes: dict[str, str] = {}
         self.done_before: set[str] = set()
         self.outcomes = []
@@ -266,7 +271,7 @@ class _Run:
                         render(engine, resolved, mine, out=self.out, image_format=self.fmt,
                                batch_size=options.batch_size, keep_going=True, stop=stopper.requested,
                                progress=bars, outcomes=self.outcomes, debug=ui.debug,
-                               provenance=self.provenance)
+                               provenance=self.provenance, signer=self.signer)
                     finally:
                         stopper.rendering = False
                 if stopper.requested():

@@ -150,6 +150,9 @@ def compare(
     metric: scoring.Metric = None,
     hps_version: scoring.HpsVersion = "v2.1",
     score_batch_size: scoring.ScoreBatch = 16,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
@@ -172,6 +175,7 @@ def compare(
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui.error,
                             not no_size_limit)
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    signer = opts.signer(sign, sign_key, sign_cert)
     for c in columns:
         loading.precheck(c.request, options, [r.request for r in rows])
     out = validate.output_folder(out)
@@ -180,18 +184,18 @@ def compare(
     with files.FolderLock(out, "spo compare"):
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
                         cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device),
-                        provenance=not no_provenance)
+                        provenance=not no_provenance, signer=signer)
     if code:
         raise typer.Exit(code)
 
 
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
              cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([]), *,
-             provenance: bool = True) -> int:
+             provenance: bool = True, signer=None) -> int:
     # The scorers' files first too: a missing one fails now, not after the rendering.
     scorers = scoring.find_scorers(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
     steps = scoring.steps(ui)
-    run = render_columns(steps, columns, rows, options, out, keep_loaded, provenance=provenance)
+    run = render_columns(steps, columns, rows, options, out, keep_loaded, provenance=provenance, signer=signer)
     cells_dir = out / "cells"
     failed = run.failed
     scored = score_cells(steps, columns, rows, cells_dir, failed, scoring_, scorers) if scoring_.metrics else None
@@ -204,7 +208,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
 
         captions = [[caption(v, scored["metrics"]) for v in row] for row in scored["cells"]]
     pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
-                        index_name=index_name, captions=captions, provenance=provenance)
+                        index_name=index_name, captions=captions, provenance=provenance, signer=signer)
     index = {
         "schema": metadata.GRID_SCHEMA,
         "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}

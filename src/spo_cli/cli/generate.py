@@ -81,6 +81,9 @@ def generate(
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
     no_provenance: opts.NoProvenance = False,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
     server: opts.Server = None,
 ) -> None:
     """Generate images from a prompt and write each with a JSON sidecar of its settings."""
@@ -102,14 +105,16 @@ def generate(
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing)
+    signer = opts.signer(sign, sign_key, sign_cert)
     make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server,
-                provenance=not no_provenance)
+                provenance=not no_provenance, signer=signer)
 
 
 def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], options: RunOptions, out: Path,
-                image_format: str, warnings: list[str], server: str | None = None, provenance: bool = True) -> None:
+                image_format: str, warnings: list[str], server: str | None = None, provenance: bool = True,
+                signer=None) -> None:
     """The rest of generate and replay, once their checked requests are known: load (or reach the
-    server), render, report."""
+    server), render, report. `signer`: opts.signer's, already checked."""
     from spo_cli.render import raise_for_failures, render
 
     if server is None:
@@ -134,7 +139,7 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
         with ui.images_progress(len(images), [r.denoising_steps for r in images]) as bars:
             render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
                    batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug,
-                   provenance=provenance)
+                   provenance=provenance, signer=signer)
     except KeyboardInterrupt:
         # Stopped: the images written so far are whole (render waits for their writes) and worth
         # their paths; the error boundary then says "Interrupted" and exits 130.

@@ -132,6 +132,18 @@ Server = Annotated[Optional[str], typer.Option(
     help="Send the work to a running `spo serve` at this URL instead of loading a model here (SPO_TOKEN for its "
     "token); --model picks one of its models. The same files are written here.", rich_help_panel=_M,
     show_default=False)]
+Sign = Annotated[bool, typer.Option(
+    "--sign", help="Sign each image with C2PA Content Credentials: a manifest saying spo-cli made it with a model "
+    "(digital source type trainedAlgorithmicMedia), binding the model and the recipe. With --sign-key/--sign-cert, "
+    "your certificate; else a local one spo makes on first use (valid, but from a signer on no trust list). "
+    "Needs the extra: pip install \"spo-cli\\[c2pa]\".", rich_help_panel=_O)]
+SignKey = Annotated[Optional[str], typer.Option(
+    "--sign-key", help="With --sign: your PEM private key (EC P-256/384/521, RSA or Ed25519; or SPO_SIGN_KEY). It "
+    "stays on this machine and is never logged or written into an output.", rich_help_panel=_O, show_default=False,
+    metavar="PEM")]
+SignCert = Annotated[Optional[str], typer.Option(
+    "--sign-cert", help="With --sign: the PEM certificate of --sign-key, then its issuers' (or SPO_SIGN_CERT).",
+    rich_help_panel=_O, show_default=False, metavar="PEM")]
 
 
 def _renamed(new, old, new_name: str, warn):
@@ -211,6 +223,16 @@ def lora_has_scale(value: str) -> bool:
 def lora_tags(lora_dir: str | None, server: str | None = None) -> str:
     """What becomes of a prompt's <lora:> tags in a command that can load them (validate.LORA_TAGS)."""
     return "not here" if server else "loaded" if lora_dir else "no folder"
+
+
+def signer(sign: bool, key: str | None, cert: str | None):
+    """--sign/--sign-key/--sign-cert → an outputs.credentials.Signer, or None; every check done
+    (exit 2) before a model loads. Imports the SDK only when signing."""
+    if not (sign or key or cert):
+        return None
+    from spo_cli.outputs import credentials
+
+    return credentials.signer_from_options(sign, key, cert)
 
 
 def run_options(*, fast: bool, offload: str | None, vae_tiling: bool, vae_slicing: bool,

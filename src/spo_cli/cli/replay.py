@@ -81,6 +81,9 @@ def replay(
     image_format: opts.ImageFormat = "png",
     old_format: opts.OldImageFormat = None,
     no_provenance: opts.NoProvenance = False,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
 ) -> None:
     """Make a recorded image again, from the same commits; a Sampling or Model option replaces the recorded value."""
     image_format = opts.image_format(image_format, old_format, ui.warn)
@@ -146,7 +149,9 @@ def replay(
         "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras")},
         lora_dir=lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
-    make_images(ui, request, [image], options, out, image_format, warnings + more, provenance=not no_provenance)
+    signer = opts.signer(sign, sign_key, sign_cert)
+    make_images(ui, request, [image], options, out, image_format, warnings + more, provenance=not no_provenance,
+                signer=signer)
 
 
 # The settings A1111 writes in every infotext, and the request fields each sets: one missing (a text

@@ -163,6 +163,9 @@ def serve(
     dtype: opts.Dtype = "auto",
     fast: opts.Fast = False,
     offload: opts.Offload = None,
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
     extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client")
@@ -194,7 +197,7 @@ def serve(
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
                    dtype=dtype, fast=fast, offload=offload, api_auth=api_auth,
-                   access_log=not ui.quiet, provenance=not no_provenance)
+                   access_log=not ui.quiet, provenance=not no_provenance, signer=opts.signer(sign, sign_key, sign_cert))
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -221,7 +224,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
           device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None,
           api_auth: tuple[tuple[str, str], ...] = (),
-          access_log: bool = False, provenance: bool = True) -> Server:
+          access_log: bool = False, provenance: bool = True, signer=None) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
@@ -250,7 +253,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
         return loaded
 
     worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
-                    debug=ui.debug, provenance=provenance)
+                    debug=ui.debug, provenance=provenance, signer=signer)
     context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
     bound_host, bound_port = sock.getsockname()[:2]
     settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host,

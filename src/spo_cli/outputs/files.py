@@ -74,24 +74,37 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
             os.unlink(tmp)
 
 
+def encode(image, fmt: str, meta: dict, signer=None) -> tuple[bytes, dict]:
+    """An image's final bytes and its final sidecar. With a `signer` (outputs.credentials.Signer)
+    the sidecar records the signing, and the bytes, encoded with that sidecar embedded, carry the
+    signed C2PA manifest: signed in memory, so the file is only ever written signed."""
+    if signer is not None:
+        meta = dict(meta, c2pa=signer.record())
+    data = metadata.encode_image(image, fmt, meta)
+    if signer is not None:
+        data = signer.sign(data, fmt, meta)
+    return data, meta
+
+
 def write_pair(out_dir: Path, stem: str | None, fmt: str, image, meta: dict, *, overwrite: bool = False,
-               default_stem: str | None = None) -> dict:
+               default_stem: str | None = None, signer=None) -> dict:
     """Write `stem.<fmt>` then `stem.json`; the sidecar's presence marks the pair complete.
 
     With `stem` None, the first free name from `default_stem` is taken (never overwriting, even
-    when another process takes names in the same folder at the same time)."""
+    when another process takes names in the same folder at the same time). With a `signer`, the
+    image is written with its C2PA manifest already in it (`encode`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
         name = stem if stem is not None else naming.free_stem(out_dir, default_stem, fmt)
         try:
-            return _write_pair(out_dir, name, fmt, image, meta, overwrite)
+            return _write_pair(out_dir, name, fmt, image, meta, overwrite, signer)
         except OutputError:
             if stem is not None:
                 raise
     raise OutputError(f"No free file name for {default_stem} in {out_dir}.")
 
 
-def _write_pair(out_dir: Path, stem: str, fmt: str, image, meta: dict, overwrite: bool) -> dict:
+def _write_pair(out_dir: Path, stem: str, fmt: str, image, meta: dict, overwrite: bool, signer=None) -> dict:
     image_path = naming.inside(out_dir, f"{stem}.{fmt}")
     sidecar_path = naming.inside(out_dir, f"{stem}.json")
     meta = dict(meta, file=image_path.name)
@@ -101,7 +114,8 @@ def _write_pair(out_dir: Path, stem: str, fmt: str, image, meta: dict, overwrite
         sidecar_path.unlink(missing_ok=True)
     elif sidecar_path.exists():
         raise OutputError(f"{sidecar_path} already exists; it was left untouched.")
-    atomic_write(image_path, metadata.encode_image(image, fmt, meta), overwrite=overwrite)
+    data, meta = encode(image, fmt, meta, signer)
+    atomic_write(image_path, data, overwrite=overwrite)
     try:
         atomic_write(sidecar_path, (metadata.dumps(meta) + "\n").encode(), overwrite=overwrite)
     except BaseException:

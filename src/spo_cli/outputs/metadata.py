@@ -187,13 +187,18 @@ def encode_image(image, fmt: str, meta: dict) -> bytes:
     return buf.getvalue()
 
 
+def grid_record(index_name: str, cells: list[str]) -> dict:
+    """What a grid page embeds: its index file and the cells it shows."""
+    return {"schema": GRID_SCHEMA, "index": index_name, "cells": cells}
+
+
 def encode_grid(image, index_name: str, cells: list[str], *, provenance: bool = True) -> bytes:
     """A grid page as PNG, with the cells it shows (so `replay` can point at them); with
     `provenance`, XMP that calls it a composite (model-made cells, spo's labels)."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(PNG_GRID_KEY, dumps({"schema": GRID_SCHEMA, "index": index_name, "cells": cells}, indent=None))
+    info.add_itxt(PNG_GRID_KEY, dumps(grid_record(index_name, cells), indent=None))
     if provenance:
         info.add_itxt(xmp.PNG_KEY, xmp.packet(xmp.COMPOSITE).decode("utf-8"), zip=False)
     buf = io.BytesIO()

@@ -21,7 +21,7 @@ from pathlib import Path
 from spo_cli import render
 from spo_cli.errors import UsageError
 from spo_cli.eta import Eta
-from spo_cli.outputs import files, metadata, naming
+from spo_cli.outputs import files, naming
 from spo_cli.request import ImageRequest, ImageTask
 from spo_cli.serve.api import Job
 from spo_cli.serve.scheduler import Call, QueueFull, Scheduler, ShuttingDown
@@ -139,10 +139,11 @@ class NoMetrics:
 class Worker:
     def __init__(self, load: Callable[[], dict[str, tuple]], out: Path, *, batch_size: int = 1,
                  batch_wait_s: float = 0.05, max_queue: int = 64, debug: bool = False, metrics=None,
-                 provenance: bool = True):
+                 provenance: bool = True, signer=None):
         self._load = load
         self.out = out
         self.provenance = provenance  # XMP in every image it makes, saved or only returned (--no-provenance)
+        self.signer = signer  # outputs.credentials.Signer: every image, saved or not, is signed
         self.batch_size = batch_size
         self.debug = debug
         self.metrics = metrics if metrics is not None else NoMetrics()
@@ -374,12 +375,14 @@ class Worker:
             return
         try:
             if not ticket.job.save:
-                done = MadeImage(request, meta, metadata.encode_image(image, "png", meta))
+                data, meta = files.encode(image, "png", meta, self.signer)
+                done = MadeImage(request, meta, data)
             else:
-                written = files.write_pair(self.out, None, "png", image, meta,
+                written = files.write_pair(self.out, None, "png", image, meta, signer=self.signer,
                                            default_stem=naming.default_stem(request.prompt, request.seed, when))
                 path = Path(written["image"])
-                done = MadeImage(request, dict(meta, file=path.name), path.read_bytes(), written)
+                signed = {"c2pa": self.signer.record()} if self.signer else {}
+                done = MadeImage(request, dict(meta, file=path.name, **signed), path.read_bytes(), written)
         except Exception as e:  # a full disk fails this image, and says so
             self._fail(label, [(ticket, i)], f"The image could not be written: {type(e).__name__}: {e}")
             return
