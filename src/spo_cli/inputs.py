@@ -35,6 +35,12 @@ MASK_THRESHOLD = 128  # A1111's: a mask pixel over half-white is repainted
 _VIEWABLE = ("L", "LA", "RGB", "RGBA")
 
 
+def _path(name: str) -> str:
+    """A path for a message: whole as far as real paths go (the file's name is at its end), cut only
+    when a value is no plausible path."""
+    return validate.shown(name, 300)
+
+
 def _kind(mode: int) -> str:
     return ("a folder" if stat.S_ISDIR(mode) else "a pipe (FIFO)" if stat.S_ISFIFO(mode)
             else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
@@ -49,7 +55,7 @@ def read_bytes(path: str | Path, key: str = "image", where: Where = ARGV, *, wit
     not make spo read, and copy into its outputs, images from anywhere on the disk. On the command
     line (no `within`) any readable file is fine."""
     name = validate.text(str(path), key, where, limit=validate.PATH_MAX_CHARS)
-    shown = validate.shown(name)
+    shown = _path(name)
     p = Path(name).expanduser()
     if within is not None and not p.is_absolute():
         p = within / p
@@ -57,7 +63,7 @@ def read_bytes(path: str | Path, key: str = "image", where: Where = ARGV, *, wit
     if within is not None:
         root = Path(os.path.realpath(within))
         if not real.is_relative_to(root):
-            raise where.error(key, f"{shown} leads out of the prompt file's folder {root} (to {validate.shown(str(real))})",
+            raise where.error(key, f"{shown} leads out of the prompt file's folder {root} (to {_path(str(real))})",
                               "Put the image in that folder or one below it, and name it by its path from there.")
         # The folder's own links are resolved: open the resolved path, and refuse a link put there since.
         target, flags = real, getattr(os, "O_NOFOLLOW", 0)
@@ -192,7 +198,7 @@ def decode(data: bytes, key: str = "image", where: Where = ARGV, *, name: str = 
 
 def _checked(path, key: str, where: Where, within: Path | None):
     real, data = read_bytes(path, key, where, within=within)
-    img, notes = _decode(data, key, where, validate.shown(str(path)))
+    img, notes = _decode(data, key, where, _path(str(path)))
     image = InputImage(str(real), hashlib.sha256(data).hexdigest(), img.width, img.height, len(data))
     return image, img, notes
 
@@ -369,7 +375,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
         warnings += [at + n for n in notes]
         low, high = _binary_mask(mask_img).getextrema()
         if high == 0:
-            raise where.error("mask", f"{validate.shown(str(v['mask']))} is all black (or all transparent): it marks "
+            raise where.error("mask", f"{_path(str(v['mask']))} is all black (or all transparent): it marks "
                                       "nothing to repaint",
                               "White marks what to repaint (A1111's convention); invert the mask if it is the other "
                               f"way round, or drop {where.name('mask')} to re-draw the whole image.")
