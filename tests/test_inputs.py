@@ -107,6 +107,12 @@ def test_what_is_not_an_image_file_is_refused_naming_the_option(tmp_path, make, 
     assert text.startswith(f"--mask '{path}' ") and words in text
 
 
+@pytest.mark.parametrize("value, words", [(5, "must be a string, not int 5"), (["a.png"], "not list"),
+                                           ("", "is empty"), ("a\0.png", "contains a NUL character")])
+def test_a_path_from_json_must_be_a_path(value, words):
+    assert words in refused(inputs.check, value, "image", FILE)
+
+
 def test_devices_and_stdin_are_refused_without_reading(monkeypatch):
     assert "is a device, not an image file" in refused(inputs.check, "/dev/zero")
     read, write = os.pipe()
@@ -215,6 +221,11 @@ def test_spo_limit_holds_whatever_pil_is_told(tmp_path, monkeypatch):
     assert "declares 20,000×20,000 pixels" in refused(inputs.check, bomb)
 
 
+def test_a_lowered_pil_limit_is_said_as_pils(fox, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64×48 is over twice that: PIL refuses to open it
+    assert "declares 3,072 pixels, more than PIL is set to open in this process" in refused(inputs.check, fox)
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_files_fail_before_the_run(tmp_path, fmt):
     whole = save(tmp_path / f"x.{fmt.lower()}", Image.effect_noise((64, 64), 60).convert("RGB"), fmt).read_bytes()
@@ -252,6 +263,8 @@ def _transparent_palette(path: Path) -> None:
 # What a viewer shows: (the file, the RGB of its pixel (0, 0) that as_rgb must give)
 VIEWS = {
     "16-bit grey": (lambda p: save(p, Image.new("I;16", (4, 4), 30000), "PNG"), (117, 117, 117)),
+    "16-bit grey tRNS": (lambda p: save(p, Image.new("I;16", (4, 4), 30000), "PNG", transparency=30000),
+                         (117, 117, 117)),
     "16-bit RGB": (lambda p: p.write_bytes(_png16(0x8080)), (128, 0, 255)),
     "CMYK JPEG": (lambda p: save(p, Image.new("RGB", (8, 8), (200, 30, 60)).convert("CMYK"), "JPEG", quality=100),
                   (200, 30, 60)),
@@ -384,7 +397,8 @@ def test_an_edit_is_checked_with_its_defaults(fox):
     request, warned = inputs.edit_request(BASE, {"image": str(fox)})
     assert request.image == inputs.check(fox) and request.strength == 0.75 and request.mask is None
     assert request.mode == "img2img" and request.denoising_steps == 7
-    assert warned == [w for w in validate.size(64, 48) if w]  # SDXL far from its size: said
+    assert warned == ["64×48 is far from SDXL's training size of about 1024×1024 (e.g. 1024×1024, 1152×896, "
+                      "1216×832); expect weaker images."]  # a size the user did not choose: said
 
 
 def test_an_inpaint_is_checked_with_its_defaults(tmp_path, fox):

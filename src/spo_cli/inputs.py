@@ -54,7 +54,9 @@ def read_bytes(path: str | Path, key: str = "image", where: Where = ARGV, *, wit
     (after every symlink) must lie inside it, absolute paths too: a prompt file from elsewhere must
     not make spo read, and copy into its outputs, images from anywhere on the disk. On the command
     line (no `within`) any readable file is fine."""
-    name = validate.text(str(path), key, where, limit=validate.PATH_MAX_CHARS)
+    # A prompt file's value is any JSON: 5 or ["a.png"] is refused as no text, not looked up as "5".
+    name = validate.text(os.fspath(path) if isinstance(path, os.PathLike) else path, key, where,
+                         limit=validate.PATH_MAX_CHARS)
     shown = _path(name)
     p = Path(name).expanduser()
     if within is not None and not p.is_absolute():
@@ -107,21 +109,21 @@ def read_bytes(path: str | Path, key: str = "image", where: Where = ARGV, *, wit
 def _viewable(img, key: str, where: Where, name: str):
     """`img` as 8-bit grey or colour (L, LA, RGB or RGBA), with transparency where it has some, as a
     viewer shows it."""
-    if "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
-        return img.convert("RGBA")  # a palette's or tRNS chunk's transparent colour, or premultiplied alpha
-    if img.mode in _VIEWABLE:
-        return img
-    if img.mode == "1":
-        return img.convert("L")
     if img.mode.startswith("I;16") or img.mode == "I":
         # 16-bit grey (PNG, TIFF): Pillow's own convert() clips at 255, which is white for nearly every
-        # pixel; a viewer scales 0…65535 to 0…255.
+        # pixel; a viewer scales 0…65535 to 0…255. (A transparent grey level in its tRNS is not kept.)
         wide = img.convert("I")
         low, high = wide.getextrema()
         if low < 0 or high > 65535:
             raise where.error(key, f"{name} is a 32-bit integer image, which has no one way to be shown",
                               "Save it as an 8- or 16-bit PNG.")
         return wide.point(lambda v: v * (1 / 257) + 0.5).convert("L")
+    if "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
+        return img.convert("RGBA")  # a palette's or tRNS chunk's transparent colour, or premultiplied alpha
+    if img.mode in _VIEWABLE:
+        return img
+    if img.mode == "1":
+        return img.convert("L")
     if img.mode in ("P", "CMYK", "YCbCr", "RGBX", "HSV"):
         return img.convert("RGB")  # CMYK: Pillow's plain conversion; an embedded ICC profile is not applied
     raise where.error(key, f"{name} is a {img.mode} image (floating-point or Lab), which has no one way to be shown",
@@ -140,15 +142,19 @@ def _decode(data: bytes, key: str, where: Where, name: str):
     readable = ", ".join(names[:-1]) + " or " + names[-1]
     # PIL warns about odd EXIF, palettes and sizes on stderr; whatever is wrong is refused here, in one
     # paragraph, or does not matter. PIL's own bomb limit (DecompressionBombError at twice
-    # Image.MAX_IMAGE_PIXELS, 179 MP by default) sits above spo's and is reported the same way.
+    # Image.MAX_IMAGE_PIXELS, 179 MP by default) sits above spo's and is reported the same way. (The
+    # filter is process-wide while it lasts; a server thread racing it can at worst lose a warning.)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             img = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
         except Image.DecompressionBombError as e:
             found = re.search(r"\((\d+) pixels\)", str(e))
-            declared = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL opens"
-            raise _too_large(key, where, name, declared) from None
+            pixels = int(found.group(1)) if found else None
+            if pixels is not None and pixels <= INPUT_PIXELS_MAX:  # whoever imported PIL lowered its limit
+                raise where.error(key, f"{name} declares {pixels:,} pixels, more than PIL is set to open in this "
+                                       "process (Image.MAX_IMAGE_PIXELS)", "Resize it first.") from None
+            raise _too_large(key, where, name, f"{pixels:,} pixels" if pixels else "more pixels than PIL opens") from None
         except Exception:  # noqa: BLE001 - a hostile header can raise anything from a parser
             raise where.error(key, f"{name} is not an image spo can read{_what_it_is(data)}",
                               f"Give a {readable} file.") from None
