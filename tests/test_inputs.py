@@ -186,6 +186,24 @@ def test_paths_out_of_the_folder_are_refused_links_included(folder, name, monkey
                            f"folder {folder} (to '{folder.parent / 'fox.png'}')")
 
 
+def test_a_link_swapped_in_after_the_check_is_not_followed(folder, fox, monkeypatch):
+    # The race, made deterministic: the file is replaced by a link out of the folder just after its
+    # path was resolved and found inside.
+    resolve = os.path.realpath
+    image = folder / "in" / "cat.png"
+
+    def then_swapped(path, *args, **kwargs):
+        out = resolve(path, *args, **kwargs)
+        if out == str(image):
+            image.unlink()
+            image.symlink_to(fox)
+        return out
+
+    monkeypatch.setattr(inputs.os.path, "realpath", then_swapped)
+    text = refused(inputs.check, "in/cat.png", "image", FILE, within=folder)
+    assert "cannot be opened (Too many levels of symbolic links)" in text
+
+
 def test_a_dangling_link_out_is_refused_as_out(folder):
     (folder / "later.png").symlink_to("/nonexistent/x.png")
     assert "leads out of" in refused(inputs.check, "later.png", "image", FILE, within=folder)
@@ -527,9 +545,9 @@ def test_hires_is_checked_with_its_defaults():
 # validate's part
 
 
-@pytest.mark.parametrize("scale, size", [(1.5, (1536, 1536)), (1.33, (1360, 1360)), (2, (2048, 2048))])
-def test_hires_size_is_a1111s(scale, size):
-    assert validate.hires_size(1024, 1024, scale) == size
+@pytest.mark.parametrize("side, scale, size", [(1024, 1.5, 1536), (1024, 1.33, 1360), (1000, 1.5, 1496), (832, 2, 1664)])
+def test_hires_size_is_a1111s_int_then_down_to_8(side, scale, size):
+    assert validate.hires_size(side, 1024, scale) == (size, int(1024 * scale) // 8 * 8)
 
 
 def test_steps_run_tells_a_count_that_really_runs_a_step():
