@@ -97,7 +97,7 @@ def _loop(p):
     (_loop, "cannot be opened (Too many levels of symbolic links)"),
     (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
     (lambda p: p.write_text("<html><body>Not Found</body></html>\n"), "is not an image spo can read (it holds text)"),
-    (lambda p: p.write_bytes(os.urandom(300)), "is not an image spo can read. Give a PNG, JPEG, WebP, GIF, BMP or TIFF"),
+    (lambda p: p.write_bytes(bytes(range(256))), "is not an image spo can read. Give a PNG, JPEG, WebP, GIF, BMP or TIFF"),
 ], ids=["folder", "fifo", "missing", "dangling-link", "link-loop", "empty", "text", "noise"])
 def test_what_is_not_an_image_file_is_refused_naming_the_option(tmp_path, make, words):
     path = tmp_path / "in.png"
