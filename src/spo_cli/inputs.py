@@ -386,8 +386,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
                               "White marks what to repaint (A1111's convention); invert the mask if it is the other "
                               f"way round, or drop {where.name('mask')} to re-draw the whole image.")
         if low == 255:
-            warnings.append(f"{at}The mask is all white: the whole image is repainted (without "
-                            f"{where.name('mask')}, image to image re-draws it all too, keeping more of it).")
+            warnings.append(f"{at}The mask is all white: the whole image is repainted, as without {where.name('mask')}.")
         if (mask.width, mask.height) != (image.width, image.height):
             warnings.append(f"{at}The mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
                             "the mask is resized to the image.")
