@@ -555,6 +555,9 @@ def test_hires_size_is_a1111s_int_then_down_to_8(side, scale, size):
 
 def test_steps_run_tells_a_count_that_really_runs_a_step():
     validate.steps_run(4, 0.25)
+    assert refused(validate.steps_run, 3, 0.2) == (
+        "--strength 0.2 with 3 --steps runs 0.60 denoising steps, which is none (image to image runs int(steps × "
+        "strength)). Raise --steps to at least 5, or the strength.")
     strength = math.nextafter(0.2, 0)  # 1/s rounds to 5.0 exactly, and 5 × s is still under 1
     text = refused(validate.steps_run, 4, strength)
     need = int(text.split("at least ")[1].split(",")[0])
