@@ -109,10 +109,11 @@ def test_hostile_inputs_exit_2_in_one_paragraph_before_torch(probed, name):
     stderr = stderrs[name]
     *said, status = stderr.rstrip("\n").split("\n")
     assert status == "EXIT:2:HEAVY:", (status, said)
-    # batch lists each bad line, then how many there were
-    assert len(said) == (2 if name in BATCH else 1) and all(ln.startswith("error: ") for ln in said), said
+    # batch may list each bad line, then how many there were
+    assert all(ln.startswith("error: ") for ln in said), said
+    assert len(said) == 1 or (name in BATCH and len(said) == 2 and "bad line" in said[1]), said
     assert "Traceback" not in stderr
-    assert SAYS[name].format(root=root) in said[0], said[0]
+    assert SAYS[name].format(root=root) in said[0], said
     assert not (root / "out").exists()  # refused before the output folder was made
 
 
