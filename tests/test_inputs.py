@@ -306,6 +306,16 @@ def test_every_mode_becomes_the_rgb_a_viewer_shows(tmp_path, name):
         inputs.as_rgb(img).getpixel((0, 0))
 
 
+def test_as_rgb_makes_the_output_size_as_a1111_just_resize():
+    img = Image.new("RGBA", (40, 24), (255, 0, 0, 255))
+    img.paste((0, 0, 255, 255), (20, 0, 40, 24))
+    made = inputs.as_rgb(img, (32, 16))
+    assert made.size == (32, 16) and made.mode == "RGB"
+    assert made.getpixel((2, 8)) == (255, 0, 0) and made.getpixel((29, 8)) == (0, 0, 255)
+    assert made.tobytes() == img.convert("RGB").resize((32, 16), Image.Resampling.LANCZOS).tobytes()
+    assert inputs.as_rgb(img, (40, 24)).tobytes() == img.convert("RGB").tobytes()
+
+
 def test_modes_with_no_one_view_are_refused(tmp_path):
     floats = save(tmp_path / "f.tiff", Image.new("F", (4, 4), 0.5), "TIFF")
     assert "is a F image (floating-point or Lab)" in refused(inputs.check, floats)

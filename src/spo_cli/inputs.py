@@ -232,17 +232,22 @@ def _has_alpha(img) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
-def as_rgb(img, background=(255, 255, 255)):
+def as_rgb(img, size: tuple[int, int] | None = None, background=(255, 255, 255)):
     """What a viewer shows: transparency laid on white (A1111's img2img background), palette and
-    greyscale made RGB."""
+    greyscale made RGB; at `size` (`output_size`'s) when given, resized as A1111's "Just resize" does
+    (Lanczos). diffusers' img2img pipeline takes no width or height: it makes the image's own size."""
     from PIL import Image
 
     if _has_alpha(img):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, background + (255,))
         flat.alpha_composite(rgba)
-        return flat.convert("RGB")
-    return img.convert("RGB")
+        rgb = flat.convert("RGB")
+    else:
+        rgb = img.convert("RGB")
+    if size is not None and rgb.size != tuple(size):
+        rgb = rgb.resize(tuple(size), Image.Resampling.LANCZOS)
+    return rgb
 
 
 def _binary_mask(img):
