@@ -305,7 +305,6 @@ def output_size(image: InputImage, width: int | None, height: int | None, where:
 # Image to image and hires settings, from any source (options, a prompt-file line, a sidecar, a request)
 
 DEFAULT_STRENGTH = 0.75  # A1111's img2img denoising strength
-DEFAULT_HIRES_STRENGTH = 0.7  # A1111's txt2img "Denoising strength" for the hires pass
 DEFAULT_MASK_BLUR = 4  # A1111's
 MASK_BLUR_MAX = 64  # A1111's slider
 MASK_CROP_MAX = 256  # A1111's "Only masked padding" slider
@@ -348,12 +347,13 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
 
     if v["hires"] is not None:
         scale = validate.hires_scale(v["hires"], "hires", where)
-        upscaler = "latent" if v["hires_upscaler"] is None else validate.choice(
+        defaults = Hires(scale)  # A1111's upscaler and second-pass strength, defined there
+        upscaler = defaults.upscaler if v["hires_upscaler"] is None else validate.choice(
             v["hires_upscaler"], "hires_upscaler", HIRES_UPSCALERS, where)
         # 0 is A1111's "the first pass's steps", as None is here
         hr_steps = None if v["hires_steps"] is None else validate.integer(
             v["hires_steps"], "hires_steps", where, low=0, high=validate.STEPS_MAX) or None
-        hr_strength = DEFAULT_HIRES_STRENGTH if v["hires_strength"] is None else validate.strength(
+        hr_strength = defaults.strength if v["hires_strength"] is None else validate.strength(
             v["hires_strength"], "hires_strength", where)
         validate.steps_run(hr_steps or base.steps, hr_strength, "hires_strength", where,
                            steps_key="hires_steps" if hr_steps else "steps")
