@@ -18,7 +18,7 @@ from spo_cli.usage import main
 try:
     main()
 finally:
-    print("LOADED:" + ",".join(m for m in ("typer", "rich", "click", "torch") if m in sys.modules), file=sys.stderr)
+    print("LOADED:" + ",".join(m for m in ("typer", "rich", "click", "torch", "PIL", "numpy") if m in sys.modules), file=sys.stderr)
 """
 
 
@@ -63,6 +63,8 @@ def test_version_without_loading_typer():
 def test_anything_else_goes_to_the_typer_app():
     proc = spo("generate", "--help")
     assert proc.returncode == 0 and "--negative" in proc.stdout and "typer" in proc.stderr
+    # image to image's options read files with PIL, imported when one is given, never for --help
+    assert "--image" in proc.stdout and not {"PIL", "numpy", "torch"} & set(proc.stderr.split("LOADED:")[1].strip().split(","))
     proc = spo("no-such-command")
     assert proc.returncode == 2 and "No such command" in proc.stderr
 

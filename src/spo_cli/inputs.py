@@ -5,7 +5,7 @@ PIL only, no torch. A file is read once, whole, within a byte limit; its header 
 pixels, so a decompression bomb is refused from its declared size; it is then decoded completely,
 so a truncated file fails here and not in the middle of a run. What the pipeline gets is what an
 image viewer shows: EXIF rotation applied, transparency laid on white (A1111's img2img background),
-palette and greyscale images made RGB.
+palette, greyscale, CMYK and 16-bit images made 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -23,89 +24,194 @@ from spo_cli.validate import ARGV, Where
 
 INPUT_BYTES_MAX = 256 * 1024**2  # a 8192² PNG of noise is about 200 MB
 INPUT_SIDE_MAX = 16384
-INPUT_PIXELS_MAX = 8192 * 8192  # 67 MP: an 8K photo fits; a 20000² "bomb" does not
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+INPUT_PIXELS_MAX = 8192 * 8192  # 67 MP: an 8K photo fits; a 20000² "bomb" does not (nor --no-size-limit lifts it)
+# What a browser shows and image editors save, decoded by Pillow's own codecs: PNG (and APNG), JPEG,
+# WebP, GIF, BMP, and TIFF (photo editors and scanners). Only these parsers ever see a file: the
+# others Pillow has (EPS calls Ghostscript; PSD, TGA, PCX, ICO, … are legacy parsers) are attack
+# surface no SD user needs. (A camera's JPEG with a second, preview picture opens as MPO: JPEG's parser.)
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MASK_THRESHOLD = 128  # A1111's: a mask pixel over half-white is repainted
+# The modes `_viewable` makes everything into: grey or colour, each with or without transparency.
+_VIEWABLE = ("L", "LA", "RGB", "RGBA")
 
 
-def _refuse(where: Where, key: str, problem: str, hint: str) -> UsageError:
-    return where.error(key, problem, hint)
+def _path(name: str) -> str:
+    """A path for a message: whole as far as real paths go (the file's name is at its end), cut only
+    when a value is no plausible path."""
+    return validate.shown(name, 300)
+
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
 
 
 def read_bytes(path: str | Path, key: str = "image", where: Where = ARGV, *, within: Path | None = None) -> tuple[Path, bytes]:
-    """The file's bytes, refusing what is not a regular readable file of reasonable size. With
-    `within`, the file (after symlinks) must lie inside that folder: paths a prompt file or a
-    sidecar names must not reach out of the folder they came with."""
-    name = validate.text(str(path), key, where, limit=validate.PATH_MAX_CHARS)
+    """The file's bytes and real path, refusing what is not a regular readable file of reasonable size.
+
+    With `within` (a prompt file's folder), a relative path is read from that folder, and the file
+    (after every symlink) must lie inside it, absolute paths too: a prompt file from elsewhere must
+    not make spo read, and copy into its outputs, images from anywhere on the disk. On the command
+    line (no `within`) any readable file is fine."""
+    # A prompt file's value is any JSON: 5 or ["a.png"] is refused as no text, not looked up as "5".
+    name = validate.text(os.fspath(path) if isinstance(path, os.PathLike) else path, key, where,
+                         limit=validate.PATH_MAX_CHARS)
+    shown = _path(name)
     p = Path(name).expanduser()
     if within is not None and not p.is_absolute():
         p = within / p
+    real = Path(os.path.realpath(p))  # non-strict: a dangling link out of the folder is still refused as out
+    if within is not None:
+        root = Path(os.path.realpath(within))
+        if not real.is_relative_to(root):
+            raise where.error(key, f"{shown} leads out of the prompt file's folder {root} (to {_path(str(real))})",
+                              "Put the image in that folder or one below it, and name it by its path from there.")
+        # The folder's own links are resolved: open the resolved path, and refuse a link put there since.
+        target, flags = real, getattr(os, "O_NOFOLLOW", 0)
+    else:
+        # The path as given: /dev/stdin and other /proc links resolve to no real path, only open() follows them.
+        target, flags = p, 0
     try:
-        real = p.resolve(strict=True)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. The kind of
+        # file is then known from the open descriptor (fstat), so nothing can swap it in between.
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | flags)
     except (FileNotFoundError, NotADirectoryError):
-        raise _refuse(where, key, f"{validate.shown(name)} does not exist", "Check the path.") from None
-    except (OSError, RuntimeError) as e:  # a symlink loop, a permission error on a parent
-        raise _refuse(where, key, f"{validate.shown(name)} cannot be opened ({getattr(e, 'strerror', None) or e})",
-                      "Check the path and its permissions.") from None
-    if within is not None and not real.is_relative_to(within.resolve()):
-        raise _refuse(where, key, f"{validate.shown(name)} leads out of {within} (to {validate.shown(str(real))})",
-                      "Copy the image into that folder, or give it on the command line.")
+        raise where.error(key, f"{shown} does not exist", "Check the path.") from None
+    except OSError as e:  # permission denied, a symlink loop, a name too long
+        raise where.error(key, f"{shown} cannot be opened ({e.strerror or e})",
+                          "Check the path and its permissions.") from None
     try:
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as e:
-        raise _refuse(where, key, f"{validate.shown(name)} cannot be opened ({e.strerror or e})",
-                      "Check the path and its permissions.") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise _refuse(where, key, f"{validate.shown(name)} is a folder, not an image file",
-                          "Give one image file (PNG, JPEG, WebP, …).")
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _refuse(where, key, f"{validate.shown(name)} is not a regular file (a pipe or a device)",
-                          "Give an image file saved on disk.")
+            raise where.error(key, f"{shown} is {_kind(info.st_mode)}, not an image file",
+                              "Give one image file saved on disk (PNG, JPEG, WebP, …).")
         if info.st_size > INPUT_BYTES_MAX:
-            raise _refuse(where, key, f"{validate.shown(name)} is {info.st_size / 1024**2:,.0f} MB; the limit is "
-                                      f"{INPUT_BYTES_MAX // 1024**2} MB", "Use a smaller image (SDXL works at about 1 MP).")
-        data = f.read(INPUT_BYTES_MAX + 1)
-    if len(data) > INPUT_BYTES_MAX:  # grew while read
-        raise _refuse(where, key, f"{validate.shown(name)} is over {INPUT_BYTES_MAX // 1024**2} MB",
-                      "Use a smaller image.")
-    return real, data
+            raise where.error(key, f"{shown} is {info.st_size / 1024**2:,.0f} MB; the limit is "
+                                   f"{INPUT_BYTES_MAX // 1024**2} MB", "Use a smaller image (SDXL works at about 1 MP).")
+        chunks, total = [], 0
+        while total <= INPUT_BYTES_MAX:  # bounded even if the file grows while read (or lies, as /proc does)
+            chunk = os.read(fd, min(1024**2, INPUT_BYTES_MAX + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:  # an I/O error mid-read
+        raise where.error(key, f"{shown} could not be read ({e.strerror or e})", "Check the file.") from None
+    finally:
+        os.close(fd)
+    if total > INPUT_BYTES_MAX:
+        raise where.error(key, f"{shown} grew past {INPUT_BYTES_MAX // 1024**2} MB while it was read",
+                          "Give a finished image file of reasonable size.")
+    return real, b"".join(chunks)
+
+
+def _viewable(img, key: str, where: Where, name: str):
+    """`img` as 8-bit grey or colour (L, LA, RGB or RGBA), with transparency where it has some, as a
+    viewer shows it."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grey (PNG, TIFF): Pillow's own convert() clips at 255, which is white for nearly every
+        # pixel; a viewer scales 0…65535 to 0…255. (A transparent grey level in its tRNS is not kept.)
+        wide = img.convert("I")
+        low, high = wide.getextrema()
+        if low < 0 or high > 65535:
+            raise where.error(key, f"{name} is a 32-bit integer image, which has no one way to be shown",
+                              "Save it as an 8- or 16-bit PNG.")
+        return wide.point(lambda v: v * (1 / 257) + 0.5).convert("L")
+    if "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
+        return img.convert("RGBA")  # a palette's or tRNS chunk's transparent colour, or premultiplied alpha
+    if img.mode in _VIEWABLE:
+        return img
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode in ("P", "CMYK", "YCbCr", "RGBX", "HSV"):
+        return img.convert("RGB")  # CMYK: Pillow's plain conversion; an embedded ICC profile is not applied
+    raise where.error(key, f"{name} is a {img.mode} image (floating-point or Lab), which has no one way to be shown",
+                      "Save it as an 8- or 16-bit PNG or a JPEG.")
+
+
+def _decode(data: bytes, key: str, where: Where, name: str):
+    """(the viewable image, notes): the declared size checked before any pixel is decoded."""
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    if not data:
+        raise where.error(key, f"{name} is empty (0 bytes)", "Give an image file.")
+    names = [f if f != "WEBP" else "WebP" for f in INPUT_FORMATS]
+    readable = ", ".join(names[:-1]) + " or " + names[-1]
+    # PIL warns about odd EXIF, palettes and sizes on stderr; whatever is wrong is refused here, in one
+    # paragraph, or does not matter. PIL's own bomb limit (DecompressionBombError at twice
+    # Image.MAX_IMAGE_PIXELS, 179 MP by default) sits above spo's and is reported the same way. (The
+    # filter is process-wide while it lasts; a server thread racing it can at worst lose a warning.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+        except Image.DecompressionBombError as e:
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            pixels = int(found.group(1)) if found else None
+            if pixels is not None and pixels <= INPUT_PIXELS_MAX:  # whoever imported PIL lowered its limit
+                raise where.error(key, f"{name} declares {pixels:,} pixels, more than PIL is set to open in this "
+                                       "process (Image.MAX_IMAGE_PIXELS)", "Resize it first.") from None
+            raise _too_large(key, where, name, f"{pixels:,} pixels" if pixels else "more pixels than PIL opens") from None
+        except Exception:  # noqa: BLE001 - a hostile header can raise anything from a parser
+            raise where.error(key, f"{name} is not an image spo can read{_what_it_is(data)}",
+                              f"Give a {readable} file.") from None
+        with img:
+            w, h = img.size
+            if w > INPUT_SIDE_MAX or h > INPUT_SIDE_MAX or w * h > INPUT_PIXELS_MAX:
+                raise _too_large(key, where, name, f"{w:,}×{h:,} pixels")
+            notes = []
+            try:
+                if getattr(img, "is_animated", False):  # before load(): it seeks to frame 1 and back
+                    notes.append(f"{name} is animated: its first frame is used.")
+                img.load()  # every pixel now: a truncated file fails here
+                shown = ImageOps.exif_transpose(img)  # a copy, rotated as a viewer shows it
+                return _viewable(shown, key, where, name), notes
+            except UsageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - truncated, corrupt, or a decoder's own refusal
+                raise where.error(key, f"{name} could not be decoded ({validate.shown(str(e), 100)}); it may be "
+                                       "truncated or damaged", "Save it again from an image editor.") from None
+
+
+def _what_it_is(data: bytes) -> str:
+    """A word on what a file that is no image holds, when it is plainly text (a web page or an error
+    message saved under an image's name is the usual case)."""
+    head = data[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut by the 512-byte slice
+            return ""
+        text = head[:e.start].decode("utf-8")
+    return " (it holds text)" if text and all(c.isprintable() or c in "\t\r\n" for c in text) else ""
+
+
+def _too_large(key: str, where: Where, name: str, declared: str) -> UsageError:
+    return where.error(key, f"{name} declares {declared}; the limit is {INPUT_SIDE_MAX:,} pixels a side and "
+                            f"{INPUT_PIXELS_MAX / 1e6:.0f} megapixels in all",
+                       "Resize it first (SDXL works at about one megapixel); a file this large can also be a "
+                       "decompression bomb.")
 
 
 def decode(data: bytes, key: str = "image", where: Where = ARGV, *, name: str = "the image"):
-    """The PIL image (fully decoded, EXIF rotation applied) of `data`, after its declared size is checked."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """The PIL image of `data` as a viewer shows it (L, LA, RGB or RGBA; EXIF rotation applied;
+    an animation's first frame), fully decoded, after its declared size is checked."""
+    return _decode(data, key, where, name)[0]
 
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt, (w, h) = probe.format, probe.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise _refuse(where, key, f"{name} is not an image spo can read",
-                      f"Give a {', '.join(f.lower() for f in INPUT_FORMATS[:3])} or other common image file.") from None
-    if fmt not in INPUT_FORMATS:
-        raise _refuse(where, key, f"{name} is a {fmt} image, which spo does not read",
-                      f"Convert it to PNG; spo reads {', '.join(INPUT_FORMATS)}.")
-    if w > INPUT_SIDE_MAX or h > INPUT_SIDE_MAX or w * h > INPUT_PIXELS_MAX:
-        raise _refuse(where, key, f"{name} declares {w:,}×{h:,} pixels; the limit is "
-                                  f"{INPUT_PIXELS_MAX / 1e6:.0f} megapixels",
-                      "Resize it first (SDXL works at about one megapixel); a file this large can also be a "
-                      "decompression bomb.")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # every pixel now: a truncated file fails here
-            return ImageOps.exif_transpose(img)  # a copy, rotated as a viewer shows it
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise _refuse(where, key, f"{name} could not be decoded ({validate.shown(str(e), 100)}); it may be "
-                                  "truncated or damaged", "Save it again from an image editor.") from None
+
+def _checked(path, key: str, where: Where, within: Path | None):
+    real, data = read_bytes(path, key, where, within=within)
+    img, notes = _decode(data, key, where, _path(str(path)))
+    image = InputImage(str(real), hashlib.sha256(data).hexdigest(), img.width, img.height, len(data))
+    return image, img, notes
 
 
 def check(path: str | Path, key: str = "image", where: Where = ARGV, *, within: Path | None = None) -> InputImage:
-    """An input image file, checked whole, as the request records it."""
-    real, data = read_bytes(path, key, where, within=within)
-    img = decode(data, key, where, name=validate.shown(str(path)))
-    return InputImage(str(real), hashlib.sha256(data).hexdigest(), img.width, img.height, len(data))
+    """An input image file, checked whole, as the request records it (its size as a viewer shows it)."""
+    return _checked(path, key, where, within)[0]
 
 
 def load(image: InputImage, key: str = "image"):
@@ -122,52 +228,76 @@ def load(image: InputImage, key: str = "image"):
     return decode(data, key, name=image.path)
 
 
-def as_rgb(img, background=(255, 255, 255)):
+def _has_alpha(img) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def as_rgb(img, size: tuple[int, int] | None = None, background=(255, 255, 255)):
     """What a viewer shows: transparency laid on white (A1111's img2img background), palette and
-    greyscale made RGB."""
+    greyscale made RGB; at `size` (`output_size`'s) when given, resized as A1111's "Just resize" does
+    (Lanczos). diffusers' img2img pipeline takes no width or height: it makes the image's own size."""
     from PIL import Image
 
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, background + (255,))
         flat.alpha_composite(rgba)
-        return flat.convert("RGB")
-    return img.convert("RGB")
+        rgb = flat.convert("RGB")
+    else:
+        rgb = img.convert("RGB")
+    if size is not None and rgb.size != tuple(size):
+        rgb = rgb.resize(tuple(size), Image.Resampling.LANCZOS)
+    return rgb
 
 
-def as_mask(img, size: tuple[int, int], blur: int = 0):
-    """A mask as A1111 reads it, white = repaint: its alpha channel when it has real transparency
-    (transparent = keep), else its grey level; made black or white at half grey, resized to the
-    image's size, then its edge blurred by `blur` pixels."""
-    from PIL import ImageFilter
-
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+def _binary_mask(img):
+    """A1111's reading of a mask, white = repaint: its alpha channel when it has real transparency
+    (transparent = keep), else its grey level; made black or white at half grey."""
+    if _has_alpha(img):
         alpha = img.convert("RGBA").getchannel("A")
         grey = alpha if alpha.getextrema()[0] < 255 else img.convert("L")
     else:
         grey = img.convert("L")
-    mask = grey.point(lambda v: 255 if v > MASK_THRESHOLD else 0)
-    if mask.size != tuple(size):
-        from PIL import Image
+    return grey.point(lambda v: 255 if v > MASK_THRESHOLD else 0)
 
-        mask = mask.resize(size, Image.Resampling.NEAREST)
+
+def as_mask(img, size: tuple[int, int], blur: int = 0):
+    """The mask the pipeline gets: `_binary_mask`, resized to the image's size (nearest: no new grey),
+    then its edge blurred by `blur` pixels."""
+    from PIL import Image, ImageFilter
+
+    mask = _binary_mask(img)
+    if mask.size != tuple(size):
+        mask = mask.resize(tuple(size), Image.Resampling.NEAREST)
     if blur:
         mask = mask.filter(ImageFilter.GaussianBlur(blur))
     return mask
 
 
-def output_size(image: InputImage, width: int | None, height: int | None) -> tuple[int, int, list[str]]:
-    """The size an edit is made at: the given one, else the input's, rounded down to a multiple of 8
-    (SDXL's latents are 8×8 pixels), with a note when the input is resized."""
-    w = width or image.width // 8 * 8
-    h = height or image.height // 8 * 8
-    if min(w, h) < 8:
-        raise UsageError(f"The input {image.path} is {image.width}×{image.height}; an edit needs at least 8×8 pixels.",
-                         "Use a larger image, or give --width and --height.")
+def output_size(image: InputImage, width: int | None, height: int | None, where: Where = ARGV,
+                key: str = "image") -> tuple[int, int, list[str]]:
+    """The size an edit is made at: the given one; with one side given, the other keeps the input's
+    shape; with none, the input's size. Sides are rounded to multiples of 8 (SDXL's latents are 8×8
+    pixels), with a note when the input is resized."""
+    def side(n: float) -> int:
+        return max(8, round(n / 8) * 8)
+
+    if width and height:
+        w, h = width, height
+    elif width:
+        w, h = width, side(image.height * width / image.width)
+    elif height:
+        w, h = side(image.width * height / image.height), height
+    else:
+        w, h = image.width // 8 * 8, image.height // 8 * 8
+        if min(w, h) < 8:
+            raise where.error(key, f"is {image.width}×{image.height} pixels; an edit needs at least 8×8",
+                              f"Use a larger image, or give {where.name('width')} and {where.name('height')}.")
     notes = []
     if (w, h) != (image.width, image.height):
-        notes.append(f"The input is {image.width}×{image.height}; it is resized to {w}×{h}"
-                     + (" (sides are multiples of 8)." if (width, height) == (None, None) else "."))
+        why = (" (sides are multiples of 8)" if not (width or height) else
+               " (the same shape)" if not (width and height) else "")
+        notes.append(f"The input is {image.width}×{image.height}; it is resized to {w}×{h}{why}.")
     return w, h, notes
 
 
@@ -186,7 +316,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
     """`base` (an ImageRequest) with the image-to-image or hires settings in `values` (EDIT_KEYS; an
     absent or None value is unset), every file and value checked: (request, warnings).
 
-    `within`: the folder relative paths are read from and must stay in (a prompt file's)."""
+    `within`: the folder relative paths are read from and every path must stay in (a prompt file's)."""
     from dataclasses import replace
 
     from spo_cli.request import HIRES_UPSCALERS, Hires
@@ -195,6 +325,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
     unknown = set(values) - set(EDIT_KEYS)
     if unknown:
         raise ValueError(f"not edit settings: {sorted(unknown)}")
+    at = f"{where.source}: " if where.source else ""
     warnings: list[str] = []
 
     def needs(key, other, what):
@@ -202,7 +333,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
             raise where.error(key, f"has nothing to act on without {where.name(other)}", f"Add {where.name(other)} {what}.")
 
     needs("mask", "image", "(the image the mask belongs to)")
-    needs("strength", "image", "(the image to re-draw), or use --hires-strength for the hires pass")
+    needs("strength", "image", f"(the image to re-draw), or use {where.name('hires_strength')} for the hires pass")
     for key in ("mask_blur", "mask_crop"):
         needs(key, "mask", "(white = repaint)")
     for key in ("hires_upscaler", "hires_steps", "hires_strength"):
@@ -215,13 +346,15 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
         return base, warnings
 
     if v["hires"] is not None:
-        scale = validate.number(v["hires"], "hires", where, low=1.0, high=validate.HIRES_SCALE_MAX)
-        if scale == 1.0:
-            raise where.error("hires", "must be over 1 (1 would re-draw the image at its own size)", "Use e.g. 1.5.")
-        upscaler = validate.choice(v["hires_upscaler"] or "latent", "hires_upscaler", HIRES_UPSCALERS, where)
-        hr_steps = None if v["hires_steps"] in (None, 0) else validate.integer(
-            v["hires_steps"], "hires_steps", where, low=0, high=validate.STEPS_MAX)
-        hr_strength = 0.7 if v["hires_strength"] is None else validate.strength(v["hires_strength"], "hires_strength", where)
+        scale = validate.hires_scale(v["hires"], "hires", where)
+        defaults = Hires(scale)  # A1111's upscaler and second-pass strength, defined there
+        upscaler = defaults.upscaler if v["hires_upscaler"] is None else validate.choice(
+            v["hires_upscaler"], "hires_upscaler", HIRES_UPSCALERS, where)
+        # 0 is A1111's "the first pass's steps", as None is here
+        hr_steps = None if v["hires_steps"] is None else validate.integer(
+            v["hires_steps"], "hires_steps", where, low=0, high=validate.STEPS_MAX) or None
+        hr_strength = defaults.strength if v["hires_strength"] is None else validate.strength(
+            v["hires_strength"], "hires_strength", where)
         validate.steps_run(hr_steps or base.steps, hr_strength, "hires_strength", where,
                            steps_key="hires_steps" if hr_steps else "steps")
         from spo_cli import presets
@@ -230,37 +363,60 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
         _size_ok(w, h, where, "hires", size_limit)
         return replace(base, hires=Hires(scale, upscaler, hr_steps, hr_strength)), warnings
 
-    image = check(v["image"], "image", where, within=within)
+    # The numbers first: a wrong one is refused before a large file is read.
     strength_ = DEFAULT_STRENGTH if v["strength"] is None else validate.strength(v["strength"], "strength", where)
     validate.steps_run(base.steps, strength_, "strength", where)
-    w, h, notes = output_size(image, base.width, base.height)
-    warnings += notes
-    _size_ok(w, h, where, "image", size_limit, image=image)
-    changes = {"image": image, "strength": strength_}
+    changes = {"strength": strength_}
     if v["mask"] is not None:
-        mask = check(v["mask"], "mask", where, within=within)
-        if (mask.width, mask.height) != (image.width, image.height):
-            warnings.append(f"The mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
-                            "the mask is resized to the image.")
-        changes |= {"mask": mask,
-                    "mask_blur": DEFAULT_MASK_BLUR if v["mask_blur"] is None else validate.integer(
+        changes |= {"mask_blur": DEFAULT_MASK_BLUR if v["mask_blur"] is None else validate.integer(
                         v["mask_blur"], "mask_blur", where, low=0, high=MASK_BLUR_MAX),
                     "mask_crop": None if v["mask_crop"] is None else validate.integer(
                         v["mask_crop"], "mask_crop", where, low=0, high=MASK_CROP_MAX)}
+
+    image, _, notes = _checked(v["image"], "image", where, within)
+    warnings += [at + n for n in notes]
+    w, h, notes = output_size(image, base.width, base.height, where)
+    warnings += [at + n for n in notes]
+    _size_ok(w, h, where, "image", size_limit, image=image, given=(base.width, base.height))
+    if not (base.width and base.height):  # a size the user did not choose: say when SDXL will struggle with it
+        warnings += validate.size(w, h, where, size_limit=False)
+    changes["image"] = image
+    if v["mask"] is not None:
+        mask, mask_img, notes = _checked(v["mask"], "mask", where, within)
+        warnings += [at + n for n in notes]
+        low, high = _binary_mask(mask_img).getextrema()
+        if high == 0:
+            raise where.error("mask", f"{_path(str(v['mask']))} is all black (or all transparent): it marks "
+                                      "nothing to repaint",
+                              "White marks what to repaint (A1111's convention); invert the mask if it is the other "
+                              f"way round, or drop {where.name('mask')} to re-draw the whole image.")
+        if low == 255:
+            warnings.append(f"{at}The mask is all white: the whole image is repainted, as without {where.name('mask')}.")
+        if (mask.width, mask.height) != (image.width, image.height):
+            warnings.append(f"{at}The mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
+                            "the mask is resized to the image.")
+        changes["mask"] = mask
     return replace(base, **changes), warnings
 
 
-def _size_ok(w: int, h: int, where: Where, key: str, size_limit: bool, image: InputImage | None = None) -> None:
+def _size_ok(w: int, h: int, where: Where, key: str, size_limit: bool, image: InputImage | None = None,
+             given: tuple[int | None, int | None] = (None, None)) -> None:
     if not size_limit or (w <= validate.SIDE_MAX and h <= validate.SIDE_MAX and w * h <= validate.PIXELS_MAX):
         return
+    limit = f"the limit is {validate.SIDE_MAX} a side and {validate.PIXELS_MAX / 1e6:.1f} MP"
     if image is not None:
         import math
 
-        k = math.sqrt(1024 * 1024 / (w * h))
-        raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP, the input's size); the limit is "
-                               f"{validate.PIXELS_MAX / 1e6:.1f} MP",
-                          f"Give the size to make, e.g. {where.name('width')} {int(w * k) // 8 * 8} "
-                          f"{where.name('height')} {int(h * k) // 8 * 8} (about 1 MP, the same shape), or "
-                          "--no-size-limit.")
-    raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP); the limit is "
-                           f"{validate.PIXELS_MAX / 1e6:.1f} MP", "Use a smaller factor or size, or --no-size-limit.")
+        # The same shape at about one megapixel, each side within the limit and at least 8.
+        k = min(math.sqrt(1024 * 1024 / (w * h)), validate.SIDE_MAX / w, validate.SIDE_MAX / h)
+        whose = "the input's size" if given == (None, None) else "the input's shape"
+        raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP, {whose}); {limit}",
+                          f"Give the size to make, e.g. {where.name('width')} {max(8, int(w * k) // 8 * 8)} "
+                          f"{where.name('height')} {max(8, int(h * k) // 8 * 8)} (about 1 MP, the same shape), or "
+                          f"{_no_size_limit(where)}.")
+    raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP); {limit}",
+                      f"Use a smaller factor or size, or {_no_size_limit(where)}.")
+
+
+def _no_size_limit(where: Where) -> str:
+    return "--no-size-limit" if where.source is None else "--no-size-limit on the command line"

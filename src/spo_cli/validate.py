@@ -289,6 +289,24 @@ def size(width: int | None, height: int | None, where: Where = ARGV, *, size_lim
 HIRES_SCALE_MAX = 4.0  # A1111's slider stops at 4
 
 
+def above(value, key: str, where: Where = ARGV, *, low: float, high: float, why: str, hint: str) -> float:
+    """A number in (low, high]: `low` itself is refused for the reason `why`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise where.error(key, f"must be a number, not {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise where.error(key, f"must be a finite number, not {value}")
+    if not low < value <= high:  # compared as given: a huge int would overflow float()
+        raise where.error(key, f"must be over {low:g} ({why}) and at most {high:g}, not "
+                               f"{shown(value) if isinstance(value, int) else format(value, 'g')}", hint)
+    return float(value)
+
+
+def hires_scale(value, key: str = "hires", where: Where = ARGV) -> float:
+    """A1111's "Upscale by": over 1, up to HIRES_SCALE_MAX."""
+    return above(value, key, where, low=1.0, high=HIRES_SCALE_MAX, why="1 would re-draw the image at its own size",
+                 hint="Use e.g. 1.5 (1024×1024 → 1536×1536) or 2.")
+
+
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The hires fix's output size: each side times `scale`, down to a multiple of 8 (A1111 takes
     int(side × scale) and its latents cut the rest)."""
@@ -297,10 +315,8 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
 
 def strength(value, key: str = "strength", where: Where = ARGV) -> float:
     """Img2img's denoising strength: above 0 (0 would return the input unchanged) up to 1 (all new)."""
-    value = number(value, key, where, low=0.0, high=1.0)
-    if value == 0:
-        raise where.error(key, "must be above 0 (0 would give back the input unchanged)", "Use e.g. 0.3 to 0.8.")
-    return value
+    return above(value, key, where, low=0.0, high=1.0, why="0 would give back the input unchanged",
+                 hint="Use e.g. 0.3 (keep most of the image) to 0.8 (keep its layout).")
 
 
 def steps_run(steps_: int, strength_: float, key: str = "strength", where: Where = ARGV, *,
@@ -308,6 +324,8 @@ def steps_run(steps_: int, strength_: float, key: str = "strength", where: Where
     """diffusers runs the last int(steps × strength) steps of the schedule, silently none below 1."""
     if int(steps_ * strength_) < 1:
         need = math.ceil(1 / strength_)
+        while int(need * strength_) < 1:  # float rounding: 1/s × s can land just under 1
+            need += 1
         raise where.error(key, f"{strength_:g} with {steps_} {where.name(steps_key)} runs {steps_ * strength_:.2f} "
                                "denoising steps, which is none (image to image runs int(steps × strength))",
                           f"Raise {where.name(steps_key)} to at least {need}, or the strength.")
