@@ -188,6 +188,7 @@ class Engine:
         self._schedulers = {"default": pipe.scheduler}
         self._schedules_ok: set[tuple[str, int]] = set()
         self._plans: dict[tuple, encoding.Plan] = {}
+        self._watermarker = None  # diffusers' StableDiffusionXLWatermarker, made on the first --watermark
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -217,12 +218,14 @@ class Engine:
                 # (resolve has checked it is an SDXL safetensors file); nothing is fetched here.
                 pipe = StableDiffusionXLPipeline.from_single_file(
                     str(resolved.pipeline.path), config=str(resolved.config.path), torch_dtype=torch_dtype,
-                    local_files_only=True, **kwargs,
+                    local_files_only=True, add_watermarker=False, **kwargs,
                 )
             else:
+                # add_watermarker=False: diffusers' default (None) marks every image whenever
+                # invisible-watermark is installed; spo marks only on --watermark (see `run`).
                 pipe = StableDiffusionXLPipeline.from_pretrained(
                     resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
-                    variant=resolved.pipeline.variant, **kwargs,
+                    variant=resolved.pipeline.variant, add_watermarker=False, **kwargs,
                 )
         lora_scale = resolved.lora_scale if resolved.lora is not None else None
         adapters = load_loras(pipe, resolved)
@@ -286,6 +289,27 @@ class Engine:
             scheduler_cls = getattr(diffusers, choice.class_name)
             self._schedulers[name] = scheduler_cls.from_config(self._schedulers["default"].config, **dict(choice.kwargs))
         return self._schedulers[name]
+
+    def derived(self, pipe_cls):
+        """Another SDXL pipeline class (image-to-image, inpainting) on this pipeline's loaded parts.
+        from_pipe builds it with add_watermarker=None, which diffusers reads as "mark every image if
+        invisible-watermark is installed": spo's pipelines never mark unless asked (`_watermark`)."""
+        return pipe_cls.from_pipe(self.pipe, add_watermarker=False)
+
+    def _watermark(self, pipe, request: ImageRequest) -> None:
+        """SDXL's invisible watermark on this call's images, or none: diffusers' own watermarker, which
+        its pipeline applies to the decoded images before postprocessing (--watermark)."""
+        if not request.watermark:
+            pipe.watermark = None
+            return
+        if self._watermarker is None:
+            from spo_cli import watermark
+
+            watermark.require()
+            from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
+
+            self._watermarker = StableDiffusionXLWatermarker()
+        pipe.watermark = self._watermarker
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -371,7 +395,12 @@ class Engine:
             raise ValueError("a batch must share steps, guidance, size, scheduler, generator device and "
                              "the shape of its prompt embeddings")
         self.check_schedule(first.scheduler, first.steps)
+        if first.watermark:  # the size the model makes when none is asked: known only now
+            from spo_cli import validate
+
+            validate.watermark_size(first.width or self.default_size()[0], first.height or self.default_size()[1])
         self.pipe.scheduler = self.scheduler(first.scheduler)
+        self._watermark(self.pipe, first)
         real = len(batch)
         if self.options.fast and real < self.options.batch_size:
             # Same shapes every call: a short batch would recompile (and re-capture CUDA graphs).

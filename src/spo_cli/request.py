@@ -71,20 +71,21 @@ class ImageRequest:
     generator_device: str = "cpu"
     prompt_syntax: str = "auto"  # auto, a1111 or plain: how the prompts become embeddings (spo_cli.encoding)
     emphasis: str = "original"  # A1111's emphasis mode, for a1111 syntax
+    watermark: bool = False  # SDXL's invisible watermark (diffusers' DWT-DCT 48 bits): it changes pixels
 
     def group_key(self) -> tuple:
         """Images sharing this key can go through one pipeline call together."""
         # A negative prompt of None means zero embeddings for the unconditional branch (SDXL's
         # force_zeros_for_empty_prompt); that choice is per pipeline call, so it splits groups too.
         return (self.steps, self.guidance, self.width, self.height, self.scheduler, self.generator_device,
-                self.negative_prompt is None, self.prompt_syntax, self.emphasis)
+                self.negative_prompt is None, self.prompt_syntax, self.emphasis, self.watermark)
 
     def spec_hash(self, model: dict | None = None) -> str:
         """A stable id of the settings (and model identity) that produce this image."""
         image = asdict(self)
         # Fields added after 0.1 enter the hash only when set, so that resuming a folder made
         # before them finds its images finished.
-        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original")):
+        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original"), ("watermark", False)):
             if image[key] == default:
                 del image[key]
         payload = {"image": image, "model": model or {}}

@@ -48,6 +48,7 @@ def generate(
     generator_device: opts.GeneratorDevice = "cpu",
     prompt_syntax: opts.PromptSyntax = "auto",
     emphasis: opts.Emphasis = "original",
+    watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
     model: opts.Model = presets.DEFAULT_PRESET,
     revision: opts.Revision = None,
@@ -72,7 +73,7 @@ def generate(
     base, warnings = opts.image_request(
         prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
-        prompt_syntax=prompt_syntax, emphasis=emphasis,
+        prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark,
         size_limit=not no_size_limit, lora_tags=opts.lora_tags(lora_dir, server))
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
