@@ -189,6 +189,7 @@ _DIFFERENT = {
     "generator_device": "cuda",
     "prompt_syntax": "a1111",
     "emphasis": "none-norm",
+    "watermark": True,
 }
 
 

@@ -203,7 +203,8 @@ def _image_fields(values: dict, names: dict[str, str], ctx: Context) -> tuple[Im
     if ctx.watermark:
         if checked.get("watermark") is False:
             raise BadRequest(f"request: {where.name('watermark')} is false, but this server marks every image it "
-                             "makes with SDXL's invisible watermark (it was started with --watermark).",
+                             "makes with SDXL's invisible watermark (it was started with --watermark). Leave the "
+                             "field out, or set it true (spo generate and spo batch: --watermark).",
                              names.get("watermark", "watermark"))
         checked["watermark"] = True
     if checked.get("watermark"):
