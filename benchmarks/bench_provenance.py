@@ -4,14 +4,18 @@ Two kinds of mark, timed where spo spends them:
 
 - written with the file (XMP): one function per row, `row(image, fmt, meta) -> bytes`, the final bytes
   of one image as spo writes them with that mark; `baseline` is the bare encode (spo's metadata, no
-  provenance). In memory (no disk), the median of --repeat runs, each against the baseline.
+  provenance). In memory (no disk), --repeat runs (see --clock), each against the baseline.
 - made with the pixels (the watermark): diffusers' SDXL watermarker on the decoded image, inside the
   pipeline call, before postprocessing. Timed alone at 1024² (the step the pipeline adds), and end to
   end in spo's engine on the tiny random SDXL (CPU), with and without --watermark, at --tiny-size
   (the tiny model takes minutes per image at 1024² on a CPU; 256² is the smallest the mark takes).
 
     python benchmarks/bench_provenance.py [--size 1024] [--repeat 7] [--formats png,jpg,webp]
-                                          [--tiny-size 256] [--tiny-steps 2] [--tiny-repeat 3]
+                                          [--tiny-size 256] [--tiny-steps 2] [--tiny-repeat 3] [--clock cpu]
+
+--clock cpu (the default) times the CPU seconds of this process, one torch thread, and keeps the fastest
+of the repeats: on a shared machine wall time measures the neighbours (a first run here, at a load
+average of 9 on 2 cores, had the XMP rows faster than the baseline). --clock wall, median: on a quiet one.
 
 Add a row: write `def row_NAME(image, fmt, meta) -> bytes` and list it in ROWS.
 """
@@ -98,14 +102,23 @@ def row_xmp(image, fmt: str, meta: dict) -> bytes:
 ROWS = {"baseline": row_baseline, "xmp": row_xmp}
 
 
-def measure(fn, image, fmt: str, repeat: int) -> float:
-    fn(image, fmt, META)  # warm: imports, first-call set-up
+CLOCK = {"cpu": (time.process_time, min), "wall": (time.perf_counter, statistics.median)}
+clock, summary = CLOCK["cpu"]
+
+
+def timed(fn, repeat: int) -> float:
+    """`fn()`'s time by `clock`, summarised over `repeat` calls after a warm-up (imports, first-call set-up)."""
+    fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(image, fmt, META)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return summary(times)
+
+
+def measure(fn, image, fmt: str, repeat: int) -> float:
+    return timed(lambda: fn(image, fmt, META), repeat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,25 +127,19 @@ def measure(fn, image, fmt: str, repeat: int) -> float:
 
 def watermark_step(image, repeat: int) -> float:
     """Seconds diffusers' StableDiffusionXLWatermarker.apply_watermark takes on one decoded image
-    (1×3×H×W in [-1, 1], what the VAE hands the pipeline), the median of `repeat`."""
+    (1×3×H×W in [-1, 1], what the VAE hands the pipeline), over `repeat` calls."""
     import numpy as np
     import torch
     from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 
     decoded = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     marker = StableDiffusionXLWatermarker()
-    marker.apply_watermark(decoded)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        marker.apply_watermark(decoded)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed(lambda: marker.apply_watermark(decoded), repeat)
 
 
 def tiny_images(size: int, steps: int, repeat: int) -> tuple[float, float]:
-    """(s per image without, with --watermark): spo's engine on the tiny random SDXL, on the CPU, each the
-    median of `repeat` images after a warm-up (alternating, so that load on the machine hits both)."""
+    """(s per image without, with --watermark): spo's engine on the tiny random SDXL, on the CPU, each
+    summarised over `repeat` images after a warm-up (alternating, so that load on the machine hits both)."""
     from spo_cli import tiny
     from spo_cli.engine import Engine
     from spo_cli.request import ImageRequest
@@ -147,10 +154,10 @@ def tiny_images(size: int, steps: int, repeat: int) -> tuple[float, float]:
     times = {False: [], True: []}
     for _ in range(repeat):
         for request in (plain, marked):
-            t0 = time.perf_counter()
+            t0 = clock()
             engine.run([request])
-            times[request.watermark].append(time.perf_counter() - t0)
-    return statistics.median(times[False]), statistics.median(times[True])
+            times[request.watermark].append(clock() - t0)
+    return summary(times[False]), summary(times[True])
 
 
 def main() -> None:
@@ -161,12 +168,18 @@ def main() -> None:
     ap.add_argument("--tiny-size", type=int, default=256)
     ap.add_argument("--tiny-steps", type=int, default=2)
     ap.add_argument("--tiny-repeat", type=int, default=3)
+    ap.add_argument("--clock", choices=list(CLOCK), default="cpu")
     args = ap.parse_args()
+    global clock, summary
+    clock, summary = CLOCK[args.clock]
     import torch
 
     torch.set_grad_enabled(False)
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
     image = test_image(args.size)
-    print(f"{args.size}x{args.size}, median of {args.repeat}; ms per image; GPU image: {GPU_S_PER_IMAGE} s "
+    how = "CPU time, fastest" if args.clock == "cpu" else "wall time, median"
+    print(f"{args.size}x{args.size}, {how} of {args.repeat}; ms per image; GPU image: {GPU_S_PER_IMAGE} s "
           f"(H200, spo default, 30 steps)")
     print(f"{'format':<6} {'row':<10} {'ms':>9} {'added ms':>9} {'ratio':>7} {'bytes':>10} {'of GPU image':>12}")
     added: dict[tuple[str, str], float] = {}
@@ -185,7 +198,7 @@ def main() -> None:
           f"{step / GPU_S_PER_IMAGE:.2%} of the GPU image ({step / GPU_FAST_S_PER_IMAGE:.2%} with --fast)")
     small = watermark_step(test_image(args.tiny_size), args.repeat)
     plain, marked = tiny_images(args.tiny_size, args.tiny_steps, args.tiny_repeat)
-    print(f"tiny SDXL on the CPU, spo's engine, {args.tiny_size}², {args.tiny_steps} steps, median of "
+    print(f"tiny SDXL on the CPU, spo's engine, {args.tiny_size}², {args.tiny_steps} steps, {how} of "
           f"{args.tiny_repeat}: {plain:.3f} s per image, {marked:.3f} s with --watermark "
           f"(+{(marked - plain) * 1e3:.1f} ms, ratio {marked / plain:.3f}); apply_watermark alone at "
           f"{args.tiny_size}²: {small * 1e3:.1f} ms = {small / plain:.2%} of the tiny image")
