@@ -203,8 +203,8 @@ def main() -> None:
           f"(+{(marked - plain) * 1e3:.1f} ms, ratio {marked / plain:.3f}); apply_watermark alone at "
           f"{args.tiny_size}²: {small * 1e3:.1f} ms = {small / plain:.2%} of the tiny image")
     xmp = ", ".join(f"{fmt} {t / plain:.4f}×" for (fmt, name), t in added.items() if name == "xmp")
-    print(f"time added per {args.size}² image ÷ one tiny CPU image ({args.tiny_size}²): watermark {step / plain:.3f}×; "
-          f"XMP {xmp}")
+    print(f"time added per {args.size}² image ÷ one tiny CPU image ({args.tiny_size}²): "
+          f"watermark {step / plain:.3f}×; XMP {xmp}")
 
 
 if __name__ == "__main__":

@@ -293,7 +293,7 @@ def test_the_default_is_the_unmarked_image_and_watermark_is_diffusers_marked_one
 
 
 @pytest.mark.slow
-def test_replay_and_batch_make_the_marked_image_again(tmp_path):
+def test_replay_and_batch_make_the_marked_image_again(hub_cache, tmp_path):
     [marked] = spo("generate", PROMPT, "--seed", "5", *MARKABLE, "--device", "cpu", "--watermark",
                    "--out", str(tmp_path / "g"))
     [again] = spo("replay", marked["image"], "--device", "cpu", "--out", str(tmp_path / "r"))
@@ -313,12 +313,15 @@ def test_replay_and_batch_make_the_marked_image_again(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pipeline_derived_from_the_engines_never_marks_unasked(diffusers_pipes):
+def test_the_engine_and_pipelines_derived_from_it_never_mark_unasked(hub_cache):
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    from spo_cli.engine import Engine
+    from spo_cli.cli import loading
+    from spo_cli.cli.ui import UI
+    from spo_cli.request import ModelRequest, RunOptions
 
-    engine = Engine(diffusers_pipes["plain"], "cpu", "float32")
+    engine = loading.open_model(UI(quiet=True), ModelRequest(device="cpu"), RunOptions(), [])[0]
+    assert engine.pipe.watermark is None  # as loaded: from_pretrained's default would mark
     assert StableDiffusionXLImg2ImgPipeline.from_pipe(engine.pipe).watermark is not None  # diffusers' default
     assert engine.derived(StableDiffusionXLImg2ImgPipeline).watermark is None
 
@@ -326,7 +329,8 @@ def test_a_pipeline_derived_from_the_engines_never_marks_unasked(diffusers_pipes
 def test_the_extra_is_in_pyproject_and_the_tests_install_it():
     import tomllib
 
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     assert any(req.startswith("invisible-watermark") for req in extras[watermark.EXTRA])
     own = next(r for r in extras["test"] if r.startswith("spo-cli["))
     assert watermark.EXTRA in own[len("spo-cli["):-1].split(",")
