@@ -178,6 +178,8 @@ def test_a_jsonl_line_sets_it_and_a_small_image_is_refused_by_line():
     (["generate", "a fox", "--watermark"], 'pip install "spo-cli[watermark]"'),
     (["batch", "-", "--watermark"], 'pip install "spo-cli[watermark]"'),
     (["serve", "--watermark"], 'pip install "spo-cli[watermark]"'),
+    (["compare", "a fox", "--watermark"], 'pip install "spo-cli[watermark]"'),
+    (["replay", "--infotext", "a fox\nSteps: 2, Seed: 1, Watermark: SDXL"], 'pip install "spo-cli[watermark]"'),
 ])
 def test_without_the_extra_it_is_the_pip_command_before_anything_loads(monkeypatch, tmp_path, args, words):
     monkeypatch.setitem(sys.modules, "imwatermark", None)
