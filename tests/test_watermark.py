@@ -63,10 +63,12 @@ def test_a_marked_image_is_found_and_an_unmarked_one_is_not(tmp_path):
     marked = watermark.probe(save(marked_by_diffusers(smooth()), tmp_path / "marked.png"))
     assert marked["checked"] and marked["present"], marked
     assert marked["bits_matching"] >= watermark.MATCH_MIN_BITS and marked["verdict"] == "very likely watermarked"
+    assert marked["summary"].startswith("SDXL invisible watermark: ") and "of 48 bits match" in marked["summary"]
     for seed in range(3):
         plain = watermark.probe(save(smooth(seed=seed), tmp_path / f"plain{seed}.png"))
         assert plain["checked"] and not plain["present"], plain
         assert plain["bits_matching"] <= 33  # nowhere near: Stability's "no watermark" or "undecided"
+        assert plain["summary"].startswith("none found: ")
     assert json.dumps(marked)  # what `spo inspect --json` prints
 
 
@@ -81,6 +83,7 @@ def test_the_decoder_reads_what_invisible_watermarks_own_decoder_reads(tmp_path)
 def test_a_file_that_cannot_carry_or_show_the_mark_is_not_checked(tmp_path, monkeypatch):
     small = watermark.probe(save(smooth(128), tmp_path / "small.png"))
     assert small["checked"] is False and small["present"] is False and "too small" in small["note"]
+    assert small["summary"] == small["note"]
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     junk = watermark.probe(tmp_path / "junk.png")
     assert junk["checked"] is False and "not a readable image" in junk["note"]

@@ -74,10 +74,21 @@ def decode_bits(rgb) -> list[int]:
 
 
 def probe(path: Path) -> dict:
-    """What `spo inspect` says of the watermark in `path`: {"present": bool, "checked": bool,
-    "bits_matching": n, "bits": 48, "threshold": 36, "verdict": …, "scheme": …, "note": …}. `checked` False (and
-    `present` False) when the file could not be examined (no extra, not an image, too small or too
-    large), with `note` saying why. Never raises for what the file holds."""
+    """What `spo inspect` says of the watermark in `path` (its probe contract): {"present": bool,
+    "summary": one line for people, "checked": bool, "bits_matching": n, "bits": 48, "threshold": 36,
+    "verdict": …, "scheme": …, "note": …}. `checked` False (and `present` False) when the file could
+    not be examined (no extra, not an image, too small or too large), with `note` saying why. Never
+    raises for what the file holds."""
+    out = _probe(path)
+    if not out["checked"]:
+        out["summary"] = out["note"]
+    else:
+        found = "SDXL invisible watermark" if out["present"] else "none found"
+        out["summary"] = f"{found}: {out['bits_matching']} of {len(BITS)} bits match ({out['verdict']})"
+    return out
+
+
+def _probe(path: Path) -> dict:
     from spo_cli import extras
 
     out = {"present": False, "checked": False, "bits_matching": None, "bits": len(BITS),
