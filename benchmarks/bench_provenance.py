@@ -1,14 +1,24 @@
-"""What provenance costs per image: the time each mark adds to writing one 1024² image.
+"""What provenance costs per image: the time each mark adds to one 1024² image.
 
-Each row is one function `row(image, fmt, meta) -> bytes` that makes the final bytes of one image
-the way spo writes them with that mark; `baseline` is the bare encode (spo's metadata, no
-provenance). Rows run interleaved on the same image, in memory (no disk), the median of --repeat runs;
-the table gives each row's time, the time it adds to the baseline, and the ratio.
+Two kinds of mark, timed where spo spends them:
+
+- written with the file (XMP, C2PA): one function per row, `row(image, fmt, meta) -> bytes`, the final
+  bytes of one image as spo writes them (outputs.files.encode); `baseline` is the bare encode (spo's
+  metadata, no provenance), `xmp` spo's default, `c2pa` the default plus --sign (a local ES256 key). In
+  memory (no disk), --repeat runs (see --clock), each against the baseline. The signer's one-off costs
+  (making the local certificate, its checks and trial signing) are printed apart.
+- made with the pixels (the watermark): diffusers' SDXL watermarker on the decoded image, inside the
+  pipeline call, before postprocessing. Timed alone at 1024² (the step the pipeline adds), and end to
+  end in spo's engine on the tiny random SDXL (CPU), with and without --watermark, at --tiny-size
+  (the tiny model takes minutes per image at 1024² on a CPU; 256² is the smallest the mark takes).
 
     python benchmarks/bench_provenance.py [--size 1024] [--repeat 7] [--formats png,jpg,webp]
+                                          [--tiny-size 256] [--tiny-steps 2] [--tiny-repeat 3] [--clock cpu]
 
-Rows: baseline; c2pa (sign with a C2PA manifest, outputs.credentials, a local ES256 key).
-One-off costs (the signer's set-up and trial signing, once per run) are printed apart.
+--clock cpu (the default) times the CPU seconds of this process, one torch thread, and keeps the fastest
+of the repeats: on a shared machine wall time measures the neighbours (a first run here, at a load
+average of 9 on 2 cores, had the XMP rows faster than the baseline). --clock wall, median: on a quiet one.
+
 Add a row: write `def row_NAME(image, fmt, meta) -> bytes` and list it in ROWS.
 """
 
@@ -29,11 +39,14 @@ META = {"schema": "spo-cli/1", "prompt": "a child and a penguin sitting on the m
         "model": {"id": "SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep", "commit": "0" * 40},
         "versions": {"spo-cli": "bench"}, "file": "bench.png"}
 
-_SIGNER = None
-# One 1024² image at 30 steps, spo's default, on an H200 (benchmarks/README.md, run 2): the share of it
-# each mark adds. On a GPU the writes overlap the next pipeline call (render's writer thread), so
-# this share is an upper bound on the wall time a mark adds.
+# One 1024² image at 30 steps, spo's default, on an H200 (benchmarks/README.md, "Results", run 1, row
+# b: 1.802 s; --fast: 1.094 s, run 4, row c). Marks written with the file overlap the next pipeline call
+# on a GPU (render's writer thread), so their share is an upper bound; the watermark runs inside the
+# pipeline call, on the CPU, so its share is time added to every image.
 GPU_S_PER_IMAGE = 1.802
+GPU_FAST_S_PER_IMAGE = 1.094
+
+_SIGNER = None  # outputs.credentials.Signer, made by `setup`
 
 
 def test_image(size: int):
@@ -47,25 +60,33 @@ def test_image(size: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows
+# Rows: marks written with the file
+
+
+def _meta(meta: dict, xmp: bool) -> dict:
+    from spo_cli.outputs import xmp as marks
+
+    return dict(meta, provenance=marks.record(meta, xmp))
 
 
 def row_baseline(image, fmt: str, meta: dict) -> bytes:
     from spo_cli.outputs import files
 
-    return files.encode(image, fmt, meta)[0]
+    return files.encode(image, fmt, _meta(meta, False))[0]
+
+
+def row_xmp(image, fmt: str, meta: dict) -> bytes:
+    """spo's default: the XMP packet (PNG iTXt XML:com.adobe.xmp, JPEG APP1, WebP's XMP chunk)."""
+    from spo_cli.outputs import files
+
+    return files.encode(image, fmt, _meta(meta, True))[0]
 
 
 def row_c2pa(image, fmt: str, meta: dict) -> bytes:
+    """--sign: the default's bytes, then a C2PA manifest signed into them."""
     from spo_cli.outputs import files
 
-    return files.encode(image, fmt, meta, _SIGNER)[0]
-
-
-ROWS = {"baseline": row_baseline, "c2pa": row_c2pa}
-
-
-# ---------------------------------------------------------------------------------------------
+    return files.encode(image, fmt, _meta(meta, True), _SIGNER)[0]
 
 
 def setup() -> dict[str, float]:
@@ -84,18 +105,65 @@ def setup() -> dict[str, float]:
     return {"local certificate, made once per user": t1 - t0, "signer checks + trial signing, once per run": t2 - t1}
 
 
-def measure(image, fmt: str, repeat: int) -> dict[str, float]:
-    """Median seconds per row. The rows are interleaved (each repeat runs every row once), so a
-    busy machine slows them alike instead of whichever row ran during the busy spell."""
-    for fn in ROWS.values():
-        fn(image, fmt, META)  # warm: imports, first-call set-up
-    times: dict[str, list[float]] = {name: [] for name in ROWS}
+ROWS = {"baseline": row_baseline, "xmp": row_xmp, "c2pa": row_c2pa}
+
+
+CLOCK = {"cpu": (time.process_time, min), "wall": (time.perf_counter, statistics.median)}
+clock, summary = CLOCK["cpu"]
+
+
+def timed(fn, repeat: int) -> float:
+    """`fn()`'s time by `clock`, summarised over `repeat` calls after a warm-up (imports, first-call set-up)."""
+    fn()
+    times = []
     for _ in range(repeat):
-        for name, fn in ROWS.items():
-            t0 = time.perf_counter()
-            fn(image, fmt, META)
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return summary(times)
+
+
+def measure(fn, image, fmt: str, repeat: int) -> float:
+    return timed(lambda: fn(image, fmt, META), repeat)
+
+
+# ---------------------------------------------------------------------------------------------
+# The watermark: made with the pixels
+
+
+def watermark_step(image, repeat: int) -> float:
+    """Seconds diffusers' StableDiffusionXLWatermarker.apply_watermark takes on one decoded image
+    (1×3×H×W in [-1, 1], what the VAE hands the pipeline), over `repeat` calls."""
+    import numpy as np
+    import torch
+    from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
+
+    decoded = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    marker = StableDiffusionXLWatermarker()
+    return timed(lambda: marker.apply_watermark(decoded), repeat)
+
+
+def tiny_images(size: int, steps: int, repeat: int) -> tuple[float, float]:
+    """(s per image without, with --watermark): spo's engine on the tiny random SDXL, on the CPU, each
+    summarised over `repeat` images after a warm-up (alternating, so that load on the machine hits both)."""
+    from spo_cli import tiny
+    from spo_cli.engine import Engine
+    from spo_cli.request import ImageRequest
+
+    folder = Path(tempfile.mkdtemp(prefix="spo-bench-tiny-"))
+    (folder / "tokenizer").mkdir()
+    tiny.write_tokenizer(folder / "tokenizer")
+    engine = Engine(tiny.build_pipeline(folder), "cpu", "float32")
+    plain = ImageRequest(META["prompt"], 1, steps=steps, width=size, height=size)
+    marked = ImageRequest(META["prompt"], 1, steps=steps, width=size, height=size, watermark=True)
+    engine.run([plain]), engine.run([marked])
+    times = {False: [], True: []}
+    for _ in range(repeat):
+        for request in (plain, marked):
+            t0 = clock()
+            engine.run([request])
+            times[request.watermark].append(clock() - t0)
+    return summary(times[False]), summary(times[True])
 
 
 def main() -> None:
@@ -103,29 +171,48 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--formats", default="png,jpg,webp")
+    ap.add_argument("--tiny-size", type=int, default=256)
+    ap.add_argument("--tiny-steps", type=int, default=2)
+    ap.add_argument("--tiny-repeat", type=int, default=3)
+    ap.add_argument("--clock", choices=list(CLOCK), default="cpu")
     args = ap.parse_args()
+    global clock, summary
+    clock, summary = CLOCK[args.clock]
+    import torch
+
+    torch.set_grad_enabled(False)
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
     once = setup()
     image = test_image(args.size)
-    print(f"{args.size}x{args.size}, median of {args.repeat}; ms per image")
+    how = "CPU time, fastest" if args.clock == "cpu" else "wall time, median"
+    print(f"{args.size}x{args.size}, {how} of {args.repeat}; ms per image; GPU image: {GPU_S_PER_IMAGE} s "
+          f"(H200, spo default, 30 steps)")
     print(f"{'format':<6} {'row':<10} {'ms':>9} {'added ms':>9} {'ratio':>7} {'bytes':>10} {'of GPU image':>12}")
+    added: dict[tuple[str, str], float] = {}
     for fmt in args.formats.split(","):
-        medians = measure(image, fmt, args.repeat)
-        base = medians["baseline"]
+        base = None
         for name, fn in ROWS.items():
-            t, size = medians[name], len(fn(image, fmt, META))
+            t = measure(fn, image, fmt, args.repeat)
+            size = len(fn(image, fmt, META))
+            base = base if base is not None else t
+            added[fmt, name] = t - base
             print(f"{fmt:<6} {name:<10} {t * 1e3:>9.1f} {(t - base) * 1e3:>9.1f} {t / base:>7.3f} {size:>10,} "
                   f"{(t - base) / GPU_S_PER_IMAGE:>12.2%}")
-        # The step alone, on bytes already encoded: what a row adds, without the encoder's noise
-        # (on a busy machine the encode varies by more than the signing costs).
-        data = row_baseline(image, fmt, META)
-        alone = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            _SIGNER.sign(data, fmt, META)
-            alone.append(time.perf_counter() - t0)
-        t = statistics.median(alone)
-        print(f"{fmt:<6} {'c2pa step alone':<17} {t * 1e3:>9.1f} ms, {t / base:.1%} of the bare encode, "
-              f"{t / GPU_S_PER_IMAGE:.2%} of a GPU image")
+
+    step = watermark_step(image, args.repeat)
+    print(f"\nwatermark, diffusers' apply_watermark on one decoded {args.size}² image: {step * 1e3:.1f} ms = "
+          f"{step / GPU_S_PER_IMAGE:.2%} of the GPU image ({step / GPU_FAST_S_PER_IMAGE:.2%} with --fast)")
+    small = watermark_step(test_image(args.tiny_size), args.repeat)
+    plain, marked = tiny_images(args.tiny_size, args.tiny_steps, args.tiny_repeat)
+    print(f"tiny SDXL on the CPU, spo's engine, {args.tiny_size}², {args.tiny_steps} steps, {how} of "
+          f"{args.tiny_repeat}: {plain:.3f} s per image, {marked:.3f} s with --watermark "
+          f"(+{(marked - plain) * 1e3:.1f} ms, ratio {marked / plain:.3f}); apply_watermark alone at "
+          f"{args.tiny_size}²: {small * 1e3:.1f} ms = {small / plain:.2%} of the tiny image")
+    for row in ("xmp", "c2pa"):
+        shares = ", ".join(f"{fmt} {t / plain:.4f}×" for (fmt, name), t in added.items() if name == row)
+        print(f"time {row} adds per {args.size}² image ÷ one tiny CPU image ({args.tiny_size}²): {shares}")
+    print(f"time the watermark adds per {args.size}² image ÷ one tiny CPU image: {step / plain:.3f}×")
     for what, s in once.items():
         print(f"one-off: {what}: {s * 1e3:.1f} ms")
 

@@ -169,6 +169,7 @@ LIES = [
     pytest.param(*meta(scheduler={"name": "ddim", "class": None, "a1111": "", "config": {}}),
                  "scheduler.name is 'ddim', but 'default' was asked", id="other-scheduler"),
     pytest.param(*meta(prompt_syntax="fancy"), "prompt_syntax is 'fancy'", id="syntax"),
+    pytest.param(*meta(watermark=True), "images[0].meta.watermark is true, but false was asked", id="marked"),
     pytest.param(*image(1, error=5), "images[1].error is a number, not a string", id="error-int"),
     pytest.param("/spo/v1/run", raw_answer(b"{}", length=3_000_000_000), "announced 3,000,000,000 bytes for /spo/v1/run, more than",
                  id="run-3GB"),

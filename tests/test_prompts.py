@@ -23,7 +23,7 @@ from spo_cli.prompts import ParsedFile, PromptLine
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.txt"
 
 ALL_KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height",
-            "scheduler", "generator_device", "prompt_syntax", "emphasis", "name")
+            "scheduler", "generator_device", "prompt_syntax", "emphasis", "watermark", "name")
 
 
 def jl(*objs) -> str:
@@ -139,14 +139,15 @@ def test_jsonl_raw_line_separator_inside_a_string():
 def test_jsonl_every_key_is_parsed():
     obj = {"prompt": "a red fox", "negative_prompt": "blurry", "seed": 5, "num_images": 3, "steps": 20,
            "guidance": 7.5, "width": 832, "height": 1216, "scheduler": "euler", "generator_device": "cuda",
-           "prompt_syntax": "a1111", "emphasis": "none-norm", "name": "hero"}
+           "prompt_syntax": "a1111", "emphasis": "none-norm", "watermark": True, "name": "hero"}
     assert set(obj) == set(ALL_KEYS) == set(prompts.KEYS)
     parsed = parse_jsonl(obj)
     assert parsed.problems == []
     assert parsed.lines == [PromptLine(
         1, "a red fox",
         {"negative_prompt": "blurry", "seed": 5, "steps": 20, "guidance": 7.5, "width": 832, "height": 1216,
-         "scheduler": "euler", "generator_device": "cuda", "prompt_syntax": "a1111", "emphasis": "none-norm"},
+         "scheduler": "euler", "generator_device": "cuda", "prompt_syntax": "a1111", "emphasis": "none-norm",
+         "watermark": True},
         3, "hero")]
 
 

@@ -195,6 +195,7 @@ _DIFFERENT = {
     "mask_blur": 4,
     "mask_crop": 32,
     "hires": Hires(1.5),
+    "watermark": True,
 }
 
 

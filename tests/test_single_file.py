@@ -499,6 +499,7 @@ def test_engine_with_lora_and_vae_matches_bare_diffusers(tiny_file):
     lora = Resolved(str(tiny_file.lora), "local", tiny_file.lora, file=tiny_file.lora.name)
     vae = Resolved(str(tiny_file.vae), "local", tiny_file.vae, files=("config.json", "diffusion_pytorch_model.safetensors"))
     engine = Engine.load(_resolved(tiny_file, lora=lora, vae=vae, scale=0.7), "cpu")
+    assert engine.pipe.watermark is None  # from_single_file's default marks once invisible-watermark is installed
     [made] = engine.run([ImageRequest("a red fox in fresh snow", 3, steps=3, guidance=5.0, width=64, height=64)])
 
     bare = _bare(tiny_file, vae=AutoencoderKL.from_pretrained(tiny_file.vae, torch_dtype=torch.float32))

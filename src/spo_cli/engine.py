@@ -16,6 +16,7 @@ import platform
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 
 # Library chatter (offline notices, per-component loading bars, "No LoRA keys for the text
 # encoder") is not for users of a CLI; set before the libraries read these variables on import.
@@ -189,6 +190,7 @@ class Engine:
         self._schedules_ok: set[tuple[str, int]] = set()
         self._plans: dict[tuple, encoding.Plan] = {}
         self._derived: dict[str, object] = {}
+        self._watermarker = None  # diffusers' StableDiffusionXLWatermarker, made on the first --watermark
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -218,12 +220,14 @@ class Engine:
                 # (resolve has checked it is an SDXL safetensors file); nothing is fetched here.
                 pipe = StableDiffusionXLPipeline.from_single_file(
                     str(resolved.pipeline.path), config=str(resolved.config.path), torch_dtype=torch_dtype,
-                    local_files_only=True, **kwargs,
+                    local_files_only=True, add_watermarker=False, **kwargs,
                 )
             else:
+                # add_watermarker=False: diffusers' default (None) marks every image whenever
+                # invisible-watermark is installed; spo marks only on --watermark (see `run`).
                 pipe = StableDiffusionXLPipeline.from_pretrained(
                     resolved.pipeline.path, torch_dtype=torch_dtype, use_safetensors=True,
-                    variant=resolved.pipeline.variant, **kwargs,
+                    variant=resolved.pipeline.variant, add_watermarker=False, **kwargs,
                 )
         lora_scale = resolved.lora_scale if resolved.lora is not None else None
         adapters = load_loras(pipe, resolved)
@@ -287,6 +291,21 @@ class Engine:
             scheduler_cls = getattr(diffusers, choice.class_name)
             self._schedulers[name] = scheduler_cls.from_config(self._schedulers["default"].config, **dict(choice.kwargs))
         return self._schedulers[name]
+
+    def _watermark(self, pipe, request: ImageRequest) -> None:
+        """SDXL's invisible watermark on this call's images, or none: diffusers' own watermarker, which
+        its pipeline applies to the decoded images before postprocessing (--watermark)."""
+        if not request.watermark:
+            pipe.watermark = None
+            return
+        if self._watermarker is None:
+            from spo_cli import watermark
+
+            watermark.require()
+            from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
+
+            self._watermarker = StableDiffusionXLWatermarker()
+        pipe.watermark = self._watermarker
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -413,6 +432,10 @@ class Engine:
         self.check_schedule(first.scheduler, first.steps)
         if first.hires is not None and first.hires.steps:
             self.check_schedule(first.scheduler, first.hires.steps)
+        if first.watermark:  # the size the model makes when none is asked: known only now
+            from spo_cli import validate
+
+            validate.watermark_size(*self.output_size(first))
         real = len(batch)
         if self.options.fast and real < self.options.batch_size:
             # Same shapes every call: a short batch would recompile (and re-capture CUDA graphs).
@@ -442,9 +465,11 @@ class Engine:
                 on_step(done, total)
             return kwargs
 
-        def call(mode: str, steps: int, **kwargs):
+        def call(mode: str, steps: int, *, last: bool = True, **kwargs):
             pipe = self.derived(mode)
             pipe.scheduler = self.scheduler(first.scheduler)
+            # The watermark goes on the image made, not on hires' first pass that is drawn over.
+            self._watermark(pipe, first if last else replace(first, watermark=False))
             if hasattr(pipe.scheduler, "noise_sampler_seed"):
                 # DPM++ SDE's Brownian noise comes from seeds of its own, not the generators; unset, from
                 # torch's global one. One tree per image, seeded with the image's seed: a seed is one image
@@ -474,7 +499,7 @@ class Engine:
                     # large image over the second pass's share of its steps.
                     hr = first.hires
                     latent = hr.upscaler == "latent"
-                    low = call("txt2img", first.steps, width=first.width, height=first.height,
+                    low = call("txt2img", first.steps, last=False, width=first.width, height=first.height,
                                output_type="latent" if latent else "pil").images
                     if latent:  # A1111's "Latent": bilinear, no antialiasing, in the latent space
                         f = self.pipe.vae_scale_factor

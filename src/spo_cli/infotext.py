@@ -291,7 +291,10 @@ def a1111_names() -> list[str]:
 HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}
 
 _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore", "None": "none"}
-_READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax")
+# spo's own key for --watermark (A1111 has none): the scheme's name, written only when the image has it.
+WATERMARK_KEY, WATERMARK_SDXL = "Watermark", "SDXL"
+_WATERMARK = {WATERMARK_SDXL: True}
+_READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax", WATERMARK_KEY)
 # spo's own key, written when brackets in a prompt were read as text (--prompt-syntax plain).
 _SYNTAX = {"plain": "plain", "a1111": "a1111"}
 
@@ -309,7 +312,7 @@ def _written_by_spo(params: dict[str, str]) -> bool:
     return params.get("Version", "").startswith("spo-cli ")
 
 
-def _one_of(p: dict, key: str, names: dict[str, str], writer: str) -> str:
+def _one_of(p: dict, key: str, names: dict, writer: str):
     """The spo value of a field that takes one of a few names (Emphasis, Prompt syntax)."""
     value = names.get(p[key].strip())
     if value is None:
@@ -321,7 +324,8 @@ def to_request_fields(info: Infotext, *, sampler: bool = True) -> tuple[dict, li
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
     Always `prompt` and `negative` (None when there is none); the others only when the text has
-    them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`.
+    them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`,
+    `watermark`.
     `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it).
     `sampler` False: `Sampler` and `Schedule type` are left unread (the caller has its own scheduler)."""
     p = info.params
@@ -347,6 +351,8 @@ def to_request_fields(info: Infotext, *, sampler: bool = True) -> tuple[dict, li
         out["emphasis"] = _one_of(p, "Emphasis", _EMPHASIS, "A1111")
     if "Prompt syntax" in p:
         out["prompt_syntax"] = _one_of(p, "Prompt syntax", _SYNTAX, "spo")
+    if WATERMARK_KEY in p:
+        out["watermark"] = _one_of(p, WATERMARK_KEY, _WATERMARK, "spo")
     ignored = [k for k in p if k not in _READ]
     if "Schedule type" in p and "Sampler" not in p and sampler:
         ignored.append("Schedule type")

@@ -15,7 +15,7 @@ from spo_cli.request import ImageRequest, ImageTask
 
 # jsonl keys: the ImageRequest fields a line may set, and two of its own.
 KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height", "scheduler",
-        "generator_device", "prompt_syntax", "emphasis", "name")
+        "generator_device", "prompt_syntax", "emphasis", "watermark", "name")
 SETTINGS = tuple(k for k in KEYS if k in validate.IMAGE_KEYS and k != "prompt")
 # A name becomes a file name, and file names end up in shell commands (the page's "copy replay
 # command", a user's own scripts): characters a shell acts on are refused where the name is made.
@@ -208,6 +208,8 @@ def line_request(pl: PromptLine, defaults: ImageRequest, where: validate.Where, 
     warnings = []
     if "width" in pl.settings or "height" in pl.settings:
         warnings = validate.size(base.width, base.height, where, size_limit=size_limit)
+    if base.watermark:
+        validate.watermark_size(base.width, base.height, where)
     return base, warnings + validate.unsupported_syntax(base, where, lora_tags=lora_tags)
 
 

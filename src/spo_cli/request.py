@@ -112,6 +112,7 @@ class ImageRequest:
     mask_blur: int = 0
     mask_crop: int | None = None
     hires: Hires | None = None  # text to image only: a second pass at a larger size
+    watermark: bool = False  # SDXL's invisible watermark (diffusers' DWT-DCT 48 bits): it changes pixels
 
     @property
     def mode(self) -> str:
@@ -133,7 +134,7 @@ class ImageRequest:
         # A negative prompt of None means zero embeddings for the unconditional branch (SDXL's
         # force_zeros_for_empty_prompt); that choice is per pipeline call, so it splits groups too.
         key = (self.steps, self.guidance, self.width, self.height, self.scheduler, self.generator_device,
-               self.negative_prompt is None, self.prompt_syntax, self.emphasis)
+               self.negative_prompt is None, self.prompt_syntax, self.emphasis, self.watermark)
         if self.mode == "txt2img":
             return key
         # One input image per call: the images of a call are the seeds of one edit.
@@ -145,8 +146,9 @@ class ImageRequest:
         image = asdict(self)
         # Fields added after 0.1 enter the hash only when set, so that resuming a folder made
         # before them finds its images finished.
-        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original"), ("image", None), ("mask", None),
-                             ("strength", None), ("mask_blur", 0), ("mask_crop", None), ("hires", None)):
+        for key, default in (("prompt_syntax", "auto"), ("emphasis", "original"), ("watermark", False),
+                             ("image", None), ("mask", None), ("strength", None), ("mask_blur", 0),
+                             ("mask_crop", None), ("hires", None)):
             if image[key] == default:
                 del image[key]
         # An input is what its bytes are: the same file moved elsewhere is the same spec.

@@ -50,6 +50,10 @@ LORA_SCALE_USUAL = 2.0  # outside ±2 a LoRA mostly breaks the image; allowed, w
 LORAS_MAX = 16  # stacked LoRAs per run: each adds adapter layers to every attention block
 LORA_NAME_MAX_CHARS = 200  # a <lora:name> tag's name: a file name, with room for ".safetensors"
 LORA_FOLDER_SCAN_MAX = 10_000  # entries of a LoRA folder read to list its LoRAs in a message
+# SDXL's invisible watermark (--watermark): diffusers' watermarker leaves images under 256 px wide
+# unmarked, and invisible-watermark refuses to embed in (or read from) fewer than 256×256 pixels.
+WATERMARK_WIDTH_MIN = 256
+WATERMARK_PIXELS_MIN = 256 * 256
 SDXL_MEGAPIXELS = (0.5, 2.0)  # outside this, warn: SDXL was trained around one megapixel
 IMAGE_FORMATS = ("png", "jpg", "webp")
 PROMPT_FORMATS = ("txt", "jsonl")
@@ -331,6 +335,26 @@ def steps_run(steps_: int, strength_: float, key: str = "strength", where: Where
                           f"Raise {where.name(steps_key)} to at least {need}, or the strength.")
 
 
+def flag(value, key: str, where: Where = ARGV) -> bool:
+    """true or false, as a file writes it (not 1, not "true")."""
+    if not isinstance(value, bool):
+        raise where.error(key, f"must be true or false, not {_show(value)}")
+    return value
+
+
+def watermark_size(width: int | None, height: int | None, where: Where = ARGV) -> None:
+    """--watermark on an image too small to carry SDXL's watermark: diffusers would leave it unmarked
+    (narrower than 256 px) or fail after denoising (fewer than 256×256 pixels), so refuse it first."""
+    w, h = width or presets.DEFAULT_SIZE, height or presets.DEFAULT_SIZE
+    if w < WATERMARK_WIDTH_MIN or w * h < WATERMARK_PIXELS_MIN:
+        at = f"{where.source}: " if where.source else ""
+        raise UsageError(f"{at}{w}×{h} is too small for {where.name('watermark')}: SDXL's invisible watermark needs "
+                         f"images at least {WATERMARK_WIDTH_MIN} px wide and of at least "
+                         f"{WATERMARK_WIDTH_MIN}×{WATERMARK_WIDTH_MIN} pixels in all.",
+                         f"Make the image larger (e.g. {WATERMARK_WIDTH_MIN}×{WATERMARK_WIDTH_MIN}), or drop "
+                         f"{where.name('watermark')}.")
+
+
 def scheduler(value, where: Where = ARGV) -> str:
     """spo's name of a scheduler, given spo's or A1111's ('DPM++ 2M Karras', any case)."""
     from spo_cli import infotext  # it imports this module
@@ -404,7 +428,7 @@ def prompt_format(value, where: Where = ARGV) -> str | None:
 
 
 IMAGE_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler",
-              "generator_device", "prompt_syntax", "emphasis")
+              "generator_device", "prompt_syntax", "emphasis", "watermark")
 
 
 def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = "plain",
@@ -436,6 +460,8 @@ def image_values(values: Mapping, where: Where = ARGV, *, default_syntax: str = 
             out[key] = choice(value, key, PROMPT_SYNTAXES, where)
         elif key == "emphasis":
             out[key] = choice(value, key, EMPHASES, where)
+        elif key == "watermark":
+            out[key] = flag(value, key, where)
         else:
             raise ValueError(f"not an ImageRequest field: {key}")
     readable_prompts(out.get("prompt"), out.get("negative_prompt"), out.get("prompt_syntax", default_syntax),

@@ -102,6 +102,7 @@ def batch(
     generator_device: opts.GeneratorDevice = "cpu",
     prompt_syntax: opts.PromptSyntax = "auto",
     emphasis: opts.Emphasis = "original",
+    watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
     model: opts.Model = presets.DEFAULT_PRESET,
     revision: opts.Revision = None,
@@ -140,6 +141,7 @@ def batch(
     defaults, warnings = opts.image_request(
         seed=seed, negative=negative, steps=steps, guidance=guidance, width=width, height=height,
         scheduler=scheduler, generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,
+        watermark=watermark,
         size_limit=not no_size_limit, check_prompt=False)
     validate.num_images(num_images)
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,

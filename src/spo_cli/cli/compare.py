@@ -129,6 +129,7 @@ def compare(
     generator_device: opts.GeneratorDevice = "cpu",
     prompt_syntax: opts.PromptSyntax = "auto",
     emphasis: opts.Emphasis = "original",
+    watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
     batch_size: opts.BatchSize = 1,
     revision: opts.Revision = None,
@@ -170,7 +171,7 @@ def compare(
                             revision, common, opts.model_request, order)
     defaults, warnings = opts.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
-        generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis,
+        generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark,
         size_limit=not no_size_limit, check_prompt=False)
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui.error,
                             not no_size_limit)

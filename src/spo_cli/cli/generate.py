@@ -54,6 +54,7 @@ def generate(
     generator_device: opts.GeneratorDevice = "cpu",
     prompt_syntax: opts.PromptSyntax = "auto",
     emphasis: opts.Emphasis = "original",
+    watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
     image: opts.Image = None,
     mask: opts.Mask = None,
@@ -91,7 +92,7 @@ def generate(
     base, warnings = opts.image_request(
         prompt=prompt, seed=random_seed() if seed is None else seed, negative=negative, steps=steps,
         guidance=guidance, width=width, height=height, scheduler=scheduler, generator_device=generator_device,
-        prompt_syntax=prompt_syntax, emphasis=emphasis,
+        prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark,
         size_limit=not no_size_limit, lora_tags=opts.lora_tags(lora_dir, server))
     base, more = opts.edit_request(base, image=image, mask=mask, strength=strength, mask_blur=mask_blur,
                                    mask_crop=mask_crop, hires=hires, hires_upscaler=hires_upscaler,

@@ -29,6 +29,10 @@ def precheck(request: ModelRequest, options: RunOptions, images: list[ImageReque
     devices.precheck(request.device, [r.generator_device for r in images], options.offload)
     for name in dict.fromkeys(r.scheduler for r in images):
         scheduler_extra(name)
+    if any(r.watermark for r in images):
+        from spo_cli import watermark
+
+        watermark.require()
     precheck_files(request)
 
 

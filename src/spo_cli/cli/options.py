@@ -71,6 +71,11 @@ PromptSyntax = Annotated[str, typer.Option(
 Emphasis = Annotated[str, typer.Option(
     help="With a1111 syntax: original (A1111's default: weights, then the mean restored) or none-norm "
     "(A1111's \"No norm\": weights only).", rich_help_panel=_S)]
+# Optional: in generate, batch and compare absent is off; in replay absent is what the image recorded.
+Watermark = Annotated[Optional[bool], typer.Option(
+    "--watermark/--no-watermark", help="Add SDXL's invisible watermark (diffusers' DWT-DCT mark, which `spo inspect` "
+    "detects). It changes pixels slightly, so it is off by default and recorded with the image. Needs "
+    "spo-cli[watermark] and images at least 256 px wide.", rich_help_panel=_S, show_default=False)]
 NoSizeLimit = Annotated[bool, typer.Option(
     "--no-size-limit", help=f"Allow sides over {validate.SIDE_MAX} px and more than "
     f"{validate.PIXELS_MAX / 1e6:.1f} megapixels (for GPUs with the memory).", rich_help_panel=_S)]
@@ -168,18 +173,21 @@ def prompt_format(value: str | None, old: str | None, warn) -> str | None:
 
 def image_request(*, prompt: str = "", seed: int, negative: str | None, steps: int, guidance: float,
                   width: int | None, height: int | None, scheduler: str, generator_device: str,
-                  prompt_syntax: str = "auto", emphasis: str = "original", size_limit: bool = True,
-                  check_prompt: bool = True, lora_tags: str = "no folder") -> tuple[ImageRequest, list[str]]:
+                  prompt_syntax: str = "auto", emphasis: str = "original", watermark: bool | None = False,
+                  size_limit: bool = True, check_prompt: bool = True,
+                  lora_tags: str = "no folder") -> tuple[ImageRequest, list[str]]:
     if seed == validate.SEED_RANDOM:  # A1111's "random": drawn here, so the seed used is recorded
         seed = random_seed()
     values = dict(seed=seed, negative_prompt=negative, steps=steps, guidance=guidance, width=width, height=height,
                   scheduler=scheduler, generator_device=generator_device, prompt_syntax=prompt_syntax,
-                  emphasis=emphasis)
+                  emphasis=emphasis, watermark=bool(watermark))
     if check_prompt:
         values["prompt"] = prompt
     checked = validate.image_values(values, validate.PROMPT_ARGUMENT, random_seed_ok=True)  # -1 drawn above
     request = ImageRequest(**{"prompt": prompt, **checked})
     warnings = validate.size(width, height, size_limit=size_limit)
+    if request.watermark:
+        validate.watermark_size(width, height)
     return request, warnings + validate.unsupported_syntax(request, validate.PROMPT_ARGUMENT, lora_tags=lora_tags)
 
 

@@ -58,6 +58,7 @@ def replay(
     generator_device: _opt(str, "Where the seeded noise is drawn.") = None,
     prompt_syntax: _opt(str, "auto, a1111 or plain (see spo generate --help).") = None,
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
+    watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
     model: _opt(str, "Model: preset, Hub repo id, folder or .safetensors file (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
@@ -100,7 +101,7 @@ def replay(
         image, request = metadata.recorded_requests(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
                                     height=height, scheduler=scheduler, generator_device=generator_device,
-                                    prompt_syntax=prompt_syntax, emphasis=emphasis).items()
+                                    prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark).items()
                if v is not None}
     if negative is not None:
         changes["negative_prompt"] = negative  # "" is a change too: back to none
@@ -121,6 +122,9 @@ def replay(
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
     where = validate.ARGV if {"width", "height"} & changes.keys() else recorded
     warnings = validate.size(image.width, image.height, where, size_limit=not no_size_limit)
+    if image.watermark:
+        where = validate.ARGV if {"width", "height", "watermark"} & changes.keys() else recorded
+        validate.watermark_size(image.width, image.height, where)
     model_changes = {k: v for k, v in dict(revision=revision, lora_file=lora_file, lora_scale=lora_scale,
                                           vae=vae, dtype=dtype).items() if v is not None}
     if lora:
@@ -195,7 +199,7 @@ def from_infotext(ui: UI, text: str, source: str, *,
     values = {"prompt": fields["prompt"], "negative_prompt": fields["negative"],
               "seed": fields.get("seed", random_seed())}
     values |= {k: fields[k] for k in ("steps", "guidance", "width", "height", "scheduler", "emphasis",
-                                       "prompt_syntax") if k in fields}
+                                       "prompt_syntax", "watermark") if k in fields}
     image = ImageRequest(**validate.image_values(values, where))
     if ignored:
         ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")

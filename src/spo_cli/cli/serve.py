@@ -166,9 +166,17 @@ def serve(
     sign: opts.Sign = False,
     sign_key: opts.SignKey = None,
     sign_cert: opts.SignCert = None,
+    watermark: Annotated[bool, typer.Option(
+        "--watermark", help="Mark every image this server makes with SDXL's invisible watermark, whichever API asks "
+        "(A1111's has no field for it); without it, spo's and OpenAI's APIs mark an image whose request says "
+        "\"watermark\": true. Needs spo-cli[watermark].", show_default=False)] = False,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
     extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client")
+    if watermark:
+        from spo_cli import watermark as marks
+
+        marks.require("spo serve --watermark")
     validate.integer(port, "port", low=0, high=validate.PORT_MAX)
     validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
     validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)
@@ -197,7 +205,8 @@ def serve(
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
                    dtype=dtype, fast=fast, offload=offload, api_auth=api_auth,
-                   access_log=not ui.quiet, provenance=not no_provenance, signer=opts.signer(sign, sign_key, sign_cert))
+                   access_log=not ui.quiet, provenance=not no_provenance, signer=opts.signer(sign, sign_key, sign_cert),
+                   watermark=watermark)
     if ui.json_mode:
         ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
                      one_line=True)
@@ -224,7 +233,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
           device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None,
           api_auth: tuple[tuple[str, str], ...] = (),
-          access_log: bool = False, provenance: bool = True, signer=None) -> Server:
+          access_log: bool = False, provenance: bool = True, signer=None, watermark: bool = False) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: it loads the models in its own thread) and the app."""
     requests = []
@@ -254,7 +263,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
 
     worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
                     debug=ui.debug, provenance=provenance, signer=signer)
-    context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save)
+    context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save, watermark=watermark)
     bound_host, bound_port = sock.getsockname()[:2]
     settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host,
                         api_auth=tuple(api_auth), access_log=access_log)

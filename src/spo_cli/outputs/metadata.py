@@ -60,6 +60,7 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
         "height": height,
         "scheduler": scheduler,
         **(encoding or {"prompt_syntax": "plain"}),
+        "watermark": request.watermark,  # SDXL's invisible watermark: part of the recipe, it changes pixels
         **model,
         "dtype": run["dtype"],
         "device": run["device"],
@@ -155,6 +156,8 @@ def a1111_parameters(meta: dict) -> str:
         fields["Hires upscaler"] = infotext.HIRES_UPSCALER_NAMES[hr["upscaler"]]
     if meta.get("vae") and meta["vae"].get("id"):
         fields["VAE"] = meta["vae"]["id"].rstrip("/").split("/")[-1]
+    if meta.get("watermark") is True:
+        fields[infotext.WATERMARK_KEY] = infotext.WATERMARK_SDXL  # spo's key: A1111 writes no watermark
     fields["Version"] = f"spo-cli {meta['versions']['spo-cli']}"
     lines.append(", ".join(f"{k}: {_a1111_quote(str(v))}" for k, v in fields.items()))
     return "\n".join(lines)

@@ -77,6 +77,7 @@ class Context:
     size_limit: bool = True
     max_images: int = 64  # per request: at most the queue's capacity
     save: bool = True
+    watermark: bool = False  # spo serve --watermark: every image gets SDXL's invisible watermark
 
 
 class _Names(validate.Where):
@@ -199,6 +200,20 @@ def _image_fields(values: dict, names: dict[str, str], ctx: Context) -> tuple[Im
                                   checked.get("prompt_syntax", "auto"), where)
     with _field(names.get("width", "width")):
         warnings = validate.size(checked.get("width"), checked.get("height"), where, size_limit=ctx.size_limit)
+    if ctx.watermark:
+        if checked.get("watermark") is False:
+            raise BadRequest(f"request: {where.name('watermark')} is false, but this server marks every image it "
+                             "makes with SDXL's invisible watermark (it was started with --watermark). Leave the "
+                             "field out, or set it true (spo generate and spo batch: --watermark).",
+                             names.get("watermark", "watermark"))
+        checked["watermark"] = True
+    if checked.get("watermark"):
+        with _field(names.get("watermark", "watermark")):
+            if not ctx.watermark:  # started with --watermark, the server checked the extra then
+                from spo_cli import watermark
+
+                watermark.require(f"request: {where.name('watermark')}")
+            validate.watermark_size(checked.get("width"), checked.get("height"), where)
     request = ImageRequest(**checked)
     return request, warnings + validate.unsupported_syntax(request, where)
 
@@ -242,7 +257,7 @@ def _ignored(body: dict, known: set[str], unchanged, warnings: list[str]) -> Non
 
 SPO_FIELDS = {"seed": "seed", "negative_prompt": "negative_prompt", "steps": "steps", "guidance": "guidance",
               "scheduler": "scheduler", "prompt_syntax": "prompt_syntax", "emphasis": "emphasis",
-              "generator_device": "generator_device", "width": "width", "height": "height"}
+              "generator_device": "generator_device", "width": "width", "height": "height", "watermark": "watermark"}
 
 
 def _size(value, name: str = "size") -> tuple[int | None, int | None]:
@@ -552,7 +567,7 @@ def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: st
 # spo's own: the CLI's --server client sends checked ImageRequests as they are
 
 _REQUEST_FIELDS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
-                   "generator_device", "prompt_syntax", "emphasis")
+                   "generator_device", "prompt_syntax", "emphasis", "watermark")
 
 
 def run_job(body, ctx: Context) -> Job:

@@ -296,6 +296,9 @@ def check_image(item, request: ImageRequest, size: tuple[int, int], n: int):
         got = meta.get(key)
         if isinstance(got, bool) or not isinstance(got, (int, float)) or got != value:
             raise Lie(f"{where}.meta.{key} is {inert(json.dumps(got), 40)}, but {value} was asked")
+    marked = _get(meta, "watermark", bool, f"{where}.meta", optional=True) or False
+    if marked != request.watermark:
+        raise Lie(f"{where}.meta.watermark is {json.dumps(marked)}, but {json.dumps(request.watermark)} was asked")
     scheduler = _get(meta, "scheduler", dict, f"{where}.meta")
     if _get(scheduler, "name", str, f"{where}.meta.scheduler") != request.scheduler:
         raise Lie(f"{where}.meta.scheduler.name is {inert(scheduler['name'], 40)!r}, "

@@ -49,6 +49,8 @@ class SpoImageFields(_Open):
                                          "same noise on any machine), cuda, cuda:N or mps.")
     width: int | None = Field(None, ge=8, multiple_of=8, description="Instead of `size`.")
     height: int | None = Field(None, ge=8, multiple_of=8, description="Instead of `size`.")
+    watermark: bool | None = Field(None, description="SDXL's invisible watermark (images at least 256 px wide); "
+                                   "on a server started with --watermark, every image has it.")
 
 
 class OpenAIImageRequest(SpoImageFields):
@@ -137,6 +139,7 @@ class SpoImage(BaseModel):
     generator_device: str | None = None
     prompt_syntax: Literal[validate.PROMPT_SYNTAXES] | None = None  # type: ignore[valid-type]
     emphasis: Literal[validate.EMPHASES] | None = None  # type: ignore[valid-type]
+    watermark: bool | None = None
 
 
 class SpoRun(_Open):
