@@ -19,9 +19,11 @@ EXAMPLES = """[bold]Examples[/]
   spo inspect photo.webp        # any image: says what it carries, or that it carries nothing
 
 [bold]Sections[/]: recipe (the settings spo recorded: the PNG chunk, the sidecar beside the image, or A1111's
-parameters text) and xmp (IPTC's DigitalSourceType, which says a model made the image, and the tool that
-wrote it). Metadata can be removed or forged by anyone who edits the file: a section that is absent proves
-nothing about where an image came from.
+parameters text); xmp (IPTC's DigitalSourceType, which says a model made the image, and the tool that
+wrote it); c2pa (a Content Credentials manifest and whether it validates: who signed, and that the bytes are
+unchanged since; needs spo-cli[c2pa]); watermark (SDXL's invisible watermark in the pixels; needs
+spo-cli[watermark]). Metadata can be removed or forged by anyone who edits the file: a section that is absent
+proves nothing about where an image came from.
 """
 JSON_HELP = "Print a JSON array, one object per file (file, format, and one object per section), nothing else."
 
@@ -32,6 +34,8 @@ JSON_HELP = "Print a JSON array, one object per file (file, format, and one obje
 PROBES: tuple[tuple[str, str], ...] = (
     ("recipe", "spo_cli.outputs.probes:recipe"),
     ("xmp", "spo_cli.outputs.probes:xmp"),
+    ("c2pa", "spo_cli.outputs.credentials:probe"),
+    ("watermark", "spo_cli.watermark:probe"),
 )
 
 
