@@ -48,7 +48,7 @@ def test_a1111_fields_spo_lacks_warn_only_when_they_would_change_the_image():
                               "subseed": -1, "tiling": False}, CTX)
     assert quiet.warnings == ()
     loud, _ = api.a1111_job({"prompt": "a fox", "enable_hr": True, "tiling": True, "made_up": 1}, CTX)
-    assert {w.split("'")[1] for w in loud.warnings} == {"enable_hr", "tiling", "made_up"}
+    assert {w.split("'")[1] for w in loud.warnings} == {"tiling", "made_up"}  # enable_hr is spo's hires fix
 
 
 @pytest.mark.parametrize("body,field", [
@@ -195,8 +195,8 @@ def test_webuiapis_default_call_is_warned_of_nothing_it_did_not_ask():
 @pytest.mark.parametrize("change, warned", [
     ({"eta": 0.5}, "eta"),  # Euler a adds noise at eta 1; another eta changes it
     ({"sampler_name": "DDIM", "sampler_index": "DDIM"}, "eta"),  # webuiapi's eta 1 is not DDIM's 0
-    ({"enable_hr": True}, "denoising_strength"),  # read only with the hires fix, which is then on
-    ({"enable_hr": True}, "hr_upscaler"),
+    ({"enable_hr": True, "hr_sampler_name": "DDIM"}, "hr_sampler_name"),  # read only with the hires fix, then on
+    ({"enable_hr": True, "hr_prompt": "a cat"}, "hr_prompt"),
     ({"seed_resize_from_w": 768, "seed_resize_from_h": 768}, "seed_resize_from_w"),
     ({"s_churn": 1}, "s_tmax"),  # 0 is A1111's "no limit", read only with churn
     ({"subseed_strength": 0.5, "subseed": 3}, "subseed"),
