@@ -407,7 +407,7 @@ def test_listing_endpoints_answer_before_the_model_is_loaded(tmp_path):
     assert call(app, "GET", "/sdapi/v1/upscalers")[1] == [{"name": "None", "model_name": None, "model_path": None,
                                                            "model_url": None, "scale": 4}]
     assert call(app, "GET", "/sdapi/v1/loras")[:2] == (200, [])
-    status, body, _ = call(app, "GET", "/sdapi/v1/img2img")  # not served: A1111's 404 body
+    status, body, _ = call(app, "GET", "/sdapi/v1/extra-single-image")  # not served: A1111's 404 body
     assert status == 404 and body["error"] == "HTTPException" and body["errors"].startswith("404: ")
 
 
