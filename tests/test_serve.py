@@ -1102,3 +1102,47 @@ def test_generate_image_with_server_writes_what_a_local_run_writes(server, tmp_p
         for key in ("init_image", "mask_image", "strength", "mask_blur", "width", "height", "seed"):
             assert sa[key] == sb[key], key
         assert sb["init_image"]["path"] == str(image.resolve())
+
+
+@needs_chromium
+def test_the_page_uploads_an_image_and_a_mask(pair, tmp_path):
+    """Headless Chromium: choose an image and a mask, set the strength, Generate: the image comes back at
+    the input's size, and its sidecar records the uploaded image and mask."""
+    import hashlib
+
+    from playwright.sync_api import sync_playwright
+
+    image = noise_png(tmp_path / "upload.png", (48, 32), seed=3)
+    mask = square_mask(tmp_path / "mask.png", (48, 32))
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(HANG * 1000)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(pair.url + "/")
+            page.wait_for_function("() => document.getElementById('scheduler').options.length > 0")
+            assert page.locator("#edit-box").is_hidden()  # the mask and strength appear with an image
+            page.set_input_files("#image", str(image))
+            page.set_input_files("#mask", str(mask))
+            page.locator("#strength").fill("0.5")
+            assert page.inner_text("#strength-value") == "0.5"
+            assert page.eval_on_selector("#size", "s => s.value") == ""  # the image's own size
+            page.fill("#prompt", "a fox, from the page")
+            page.fill("#seed", "5151")
+            page.fill("#steps", "2")
+            page.click("#generate")
+            card = page.locator("#gallery .card[data-seed='5151']")
+            card.wait_for()
+            assert "48×32" in card.inner_text() and "strength 0.5" in card.inner_text()
+            assert page.evaluate("() => document.querySelector(\".card[data-seed='5151'] img\").naturalWidth") == 48
+            assert page.inner_text("#message") == "" and not errors, (page.inner_text("#message"), errors)
+        finally:
+            browser.close()
+    out = pair.server.settings.out
+    sidecar = next(m for m in (json.loads(f.read_text()) for f in out.glob("*.json")) if m.get("seed") == 5151)
+    for key, sent in (("init_image", image), ("mask_image", mask)):
+        assert sidecar[key]["sha256"] == hashlib.sha256(sent.read_bytes()).hexdigest()
+        assert Path(sidecar[key]["path"]).read_bytes() == sent.read_bytes()
+    assert sidecar["strength"] == 0.5 and (sidecar["width"], sidecar["height"]) == (48, 32)
