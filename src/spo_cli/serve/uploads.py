@@ -30,9 +30,12 @@ from pathlib import Path
 from spo_cli import inputs
 from spo_cli.errors import UsageError
 
-UPLOAD_BYTES_MAX = 24 << 20  # one image, decoded: a 4 MP photo as PNG is ~12 MB; SDXL works at ~1 MP
-# A body may hold an image and its mask in base64 (4/3 of their bytes) and the rest of the request.
-EDIT_BODY_BYTES = 2 * (UPLOAD_BYTES_MAX * 4 // 3) + (1 << 20)
+UPLOAD_BYTES_MAX = 16 << 20  # one image, decoded: a 4 MP photo as PNG is ~12 MB; SDXL works at ~1 MP
+# A body may hold an image and its mask in base64 (4/3 of their bytes: 2 × 21.3 MiB) and the rest of the
+# request. Read whole into memory before anything is checked, so it is also what a slow or hostile
+# client can make the server hold per connection.
+EDIT_BODY_BYTES = 44 << 20
+assert EDIT_BODY_BYTES >= 2 * (UPLOAD_BYTES_MAX + 2) // 3 * 4 + (1 << 20)
 INPUTS_FOLDER = "inputs"  # under the server's --out
 FORMAT_SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
 DATA_URL = "data:image/"  # A1111 strips "data:image/png;base64," before decoding: clients send it
