@@ -164,7 +164,7 @@ def serve(
     offload: opts.Offload = None,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
-    extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client")
+    extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client", "python_multipart")
     validate.integer(port, "port", low=0, high=validate.PORT_MAX)
     validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
     validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)
