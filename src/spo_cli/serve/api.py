@@ -906,7 +906,7 @@ def run_job(body, ctx: Context) -> Job:
     folder = _uploads(ctx)
     kept = _run_inputs(body, folder)
     for n, item in enumerate(images):
-        item = _object(item, f"images[{n}]")
+        item = dict(_object(item, f"images[{n}]"))  # a copy: the edit fields are taken out of it
         edit = {k: item.pop(k) for k in _EDIT_FIELDS if k in item}
         unknown = sorted(set(item) - set(_REQUEST_FIELDS))
         if unknown or item.get("prompt") is None or item.get("seed") is None:
