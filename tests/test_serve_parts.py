@@ -780,3 +780,33 @@ def test_an_answer_that_comes_after_the_server_stopped_is_dropped(tmp_path):
     status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox"})  # the client leaves; the loop ends
     assert status == 499 and len(tickets) == 1, body
     tickets[0].on_done()
+
+
+def test_bodies_that_carry_images_have_their_own_limit(tmp_path):
+    """A 2 MB body is over the 1 MiB of a txt2img (413, unread) but within img2img's (read, then refused
+    for what it holds); the edits route takes only multipart, and a link for the inputs folder is not
+    written through."""
+    import base64
+
+    from spo_cli.serve import uploads
+
+    app, _ = make_app(tmp_path)
+    junk = base64.b64encode(b"\x00" * (3 << 19)).decode()  # 1.5 MiB of bytes, 2 MiB of base64
+    body = json.dumps({"prompt": "a fox", "init_images": [junk]}).encode()
+    json_type = {"Content-Type": "application/json"}
+    assert call(app, "POST", "/sdapi/v1/txt2img", json_type, body)[0] == 413
+    status, answer, _ = call(app, "POST", "/sdapi/v1/img2img", json_type, body)
+    assert status == 400 and "not an image" in answer["detail"]
+    status, answer, _ = call(app, "POST", "/v1/images/edits", json_type, b'{"prompt": "a fox"}')
+    assert status == 415 and "multipart/form-data" in answer["error"]["message"]
+    form = {"Content-Type": "multipart/form-data; boundary=x"}
+    status, answer, _ = call(app, "POST", "/v1/images/edits", form, b"--x\r\nnot a part\r\n--x--\r\n")
+    assert status == 400 and answer["error"]["param"] in ("image", None)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "inputs").symlink_to(elsewhere)
+    with pytest.raises(uploads.BadUpload) as e:
+        uploads.store_png(__import__("PIL.Image", fromlist=["Image"]).new("L", (8, 8)), tmp_path / "out" / "inputs")
+    assert e.value.status == 500 and not list(elsewhere.iterdir())

@@ -125,6 +125,10 @@ def _keep(data: bytes, folder: Path, name: str) -> Path:
     from spo_cli.outputs import files
 
     folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.resolve().parent != folder.parent.resolve():
+        # The server writes only inside its own folder: a link put there would send uploads elsewhere.
+        raise BadUpload(f"The server's inputs folder {folder} is a link; uploads are not written through it. "
+                        "Its operator should remove the link.", "image", 500)
     path = folder / name
     try:
         info = os.lstat(path)
