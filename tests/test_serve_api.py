@@ -642,8 +642,11 @@ def test_run_job_takes_inputs_by_their_checksum(tmp_path, ctx):
     image = _png(tmp_path / "in.png")
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
     item = {"prompt": "a fox", "seed": 1, "steps": 10, "image": sha, "strength": 0.5}
+    ctx.uploads.mkdir(parents=True)
+    (ctx.uploads / f"{sha}.png").write_bytes(b"planted under the name")  # a name is not its content
     job = api.run_job({"images": [item, {**item, "seed": 2}], "inputs": {sha: _b64(image)}}, ctx)
     assert [r.image.sha256 for r in job.images] == [sha, sha] and job.images[0].strength == 0.5
+    assert (ctx.uploads / f"{sha}.png").read_bytes() == image.read_bytes()
     hires = api.run_job({"images": [{"prompt": "a fox", "seed": 1, "steps": 10, "width": 64, "height": 64,
                                      "hires": {"scale": 1.5, "upscaler": "lanczos", "steps": None, "strength": 0.7}}]},
                         ctx).images[0].hires
