@@ -392,7 +392,7 @@ def test_hostile_transport(server, tmp_path):
         (request(url + OPENAI, raw=b"\xff\xfe"), 400),
         (request(url + OPENAI, raw=b'{"prompt": "' + b"x" * (1 << 20) + b'"}'), 413),
         (request(url + OPENAI, method="GET"), 405),
-        (request(url + "/sdapi/v1/img2img", {"prompt": "x"}), 404),
+        (request(url + "/sdapi/v1/extra-single-image", {"prompt": "x"}), 404),  # not served
         (request(url + "/outputs/../../../etc/passwd"), 404),
         (request(url + "/outputs/%2e%2e%2f%2e%2e%2fetc%2fpasswd"), 404),
         (request(url + "/outputs/..%2fserve.py"), 404),
