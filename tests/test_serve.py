@@ -1102,6 +1102,15 @@ def test_generate_image_with_server_writes_what_a_local_run_writes(server, tmp_p
         for key in ("init_image", "mask_image", "strength", "mask_blur", "width", "height", "seed"):
             assert sa[key] == sb[key], key
         assert sb["init_image"]["path"] == str(image.resolve())
+    hires = ["a lighthouse", "--seed", "9", "--steps", "2", "--width", "32", "--height", "32", "--hires", "1.5",
+             "--hires-upscaler", "lanczos", "--json", "--quiet"]
+    local = invoke("generate", *hires, "--device", "cpu", "--out", str(tmp_path / "local-hires"))
+    remote = invoke("generate", *hires, "--server", server.url, "--out", str(tmp_path / "remote-hires"))
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    a, b = (json.loads(r.stdout)[0] for r in (local, remote))
+    assert np.array_equal(png_pixels(Path(a["image"]).read_bytes()), png_pixels(Path(b["image"]).read_bytes()))
+    sa, sb = (json.loads(Path(x["sidecar"]).read_text()) for x in (a, b))
+    assert sa["hires"] == sb["hires"] and (sb["width"], sb["hires"]["width"]) == (32, 48)
 
 
 @needs_chromium

@@ -657,3 +657,22 @@ def test_run_job_takes_inputs_by_their_checksum(tmp_path, ctx):
     with pytest.raises(api.BadRequest) as e:
         api.run_job({"images": [item]}, ctx)
     assert e.value.field == "images[0].image"
+
+
+def test_base64_is_read_strictly_but_may_be_wrapped():
+    import base64
+    import textwrap
+
+    from spo_cli.serve import uploads
+
+    data = bytes(range(256)) * 3
+    text = base64.b64encode(data).decode()
+    assert uploads.from_base64("\n".join(textwrap.wrap(text, 76)), "f") == data  # as `base64` prints it
+    assert uploads.from_base64("data:image/png;base64," + text, "f") == data
+    for bad in (text[:40] + "*" + text[40:], text[:-1], "data:image/png," + text, "", None, 5):
+        with pytest.raises(uploads.BadUpload) as e:
+            uploads.from_base64(bad, "f")
+        assert e.value.field == "f" and e.value.status == 400
+    with pytest.raises(uploads.BadUpload) as e:
+        uploads.from_base64("A" * (uploads.UPLOAD_BYTES_MAX // 3 * 4 + 8), "f")
+    assert e.value.status == 413

@@ -38,6 +38,7 @@ EDIT_BODY_BYTES = 44 << 20
 assert EDIT_BODY_BYTES >= 2 * (UPLOAD_BYTES_MAX + 2) // 3 * 4 + (1 << 20)
 INPUTS_FOLDER = "inputs"  # under the server's --out
 FORMAT_SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
+_WHITESPACE = {ord(c): None for c in " \t\r\n"}
 DATA_URL = "data:image/"  # A1111 strips "data:image/png;base64," before decoding: clients send it
 
 
@@ -60,6 +61,9 @@ def from_base64(text, field: str) -> bytes:
     if len(text) > (UPLOAD_BYTES_MAX + 2) // 3 * 4 + 4:  # before decoding: the bound in base64 characters
         raise BadUpload(f"request: '{field}' holds over {UPLOAD_BYTES_MAX >> 20} MB of image; resize it first "
                         "(SDXL works at about one megapixel).", field, 413)
+    # Line breaks are allowed (`base64` wraps at 76 columns); any other character outside the alphabet
+    # is refused, where a lax decoder would skip it and decode something other than what was sent.
+    text = text.translate(_WHITESPACE)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
