@@ -27,7 +27,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from spo_cli import inputs
+from spo_cli import inputs, validate
 from spo_cli.errors import UsageError
 
 UPLOAD_BYTES_MAX = 16 << 20  # one image, decoded: a 4 MP photo as PNG is ~12 MB; SDXL works at ~1 MP
@@ -90,8 +90,11 @@ def decoded(data: bytes, field: str):
         raise BadUpload(e.paragraph(), field) from None
 
 
-class _FieldWhere:
+class _FieldWhere(validate.Where):
     """inputs' messages, which name the value itself (`name=`), need no prefix of their own."""
+
+    def __init__(self):
+        super().__init__("request")
 
     def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
         return UsageError(f"{problem}.", hint)
