@@ -525,8 +525,13 @@ def ctx(tmp_path):
 def test_a1111_img2img_reads_a1111s_fields_into_the_cli_request(tmp_path, ctx):
     import hashlib
 
-    image = _png(tmp_path / "in.png")
-    mask = _png(tmp_path / "mask.png", mode="L", color=255)
+    from PIL import Image
+
+    image = _png(tmp_path / "in.png", (1024, 1024))  # SDXL's size: nothing to warn of
+    mask = Image.new("L", (1024, 1024), 0)
+    mask.paste(255, (256, 256, 768, 768))
+    mask.save(tmp_path / "mask.png")
+    mask = tmp_path / "mask.png"
     job, parameters = api.a1111_img2img_job({
         "prompt": "a fox", "init_images": [_b64(image)], "mask": _b64(mask), "denoising_strength": 0.6, "steps": 10,
         "seed": 3, "batch_size": 2, "mask_blur": 6, "inpaint_full_res": True, "inpaint_full_res_padding": 32,
@@ -536,7 +541,7 @@ def test_a1111_img2img_reads_a1111s_fields_into_the_cli_request(tmp_path, ctx):
     assert (first.strength, first.mask_blur, first.mask_crop) == (0.6, 6, 32)
     assert first.image.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
     assert first.image.path == str(ctx.uploads / f"{first.image.sha256}.png")  # kept by its content
-    assert job.warnings == () and (parameters["width"], parameters["height"]) == (64, 48)
+    assert job.warnings == () and (parameters["width"], parameters["height"]) == (1024, 1024)
     assert parameters["init_images"] is None and parameters["mask"] is None
     # Defaults: A1111's strength and blur, spo's whole picture when inpaint_full_res is absent.
     job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [_b64(image)], "mask": _b64(mask)}, ctx)

@@ -618,18 +618,21 @@ def test_openapi_names_the_credentials_this_server_takes(tmp_path, token, users,
                                                               "/docs"} else want), path
 
 
-def _tiny_png_b64() -> str:
+def _tiny_png_b64(mask: bool = False) -> str:
     import base64
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (9, 99, 199)).save(buf, "PNG")
+    im = Image.new("RGB", (16, 16), (9, 99, 199))
+    if mask:  # white = repaint, on part of it
+        im.paste((255, 255, 255), (0, 0, 8, 16))
+    im.save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
-PNG = _tiny_png_b64()
+PNG, MASK = _tiny_png_b64(), _tiny_png_b64(mask=True)
 ACCEPTED = {  # bodies api takes (checked below), each as a client sends it
     "/v1/images/generations": [
         {"prompt": "a fox", "n": 2, "size": "64x64", "seed": 7, "steps": 2, "scheduler": "dpm++2m-karras",
@@ -642,7 +645,7 @@ ACCEPTED = {  # bodies api takes (checked below), each as a client sends it
         {"prompt": "a fox", "steps": 10, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 1.5,
          "hr_upscaler": "Lanczos", "hr_second_pass_steps": 4, "denoising_strength": 0.5}],
     "/sdapi/v1/img2img": [
-        {"prompt": "a fox", "init_images": [PNG], "mask": PNG, "denoising_strength": 0.5, "steps": 4,
+        {"prompt": "a fox", "init_images": [PNG], "mask": MASK, "denoising_strength": 0.5, "steps": 4,
          "mask_blur": 2, "inpaint_full_res": True, "inpaint_full_res_padding": 8, "inpainting_fill": 1,
          "include_init_images": False, "resize_mode": 0}],
     "/spo/v1/run": [{"model": "spo", "images": [{"prompt": "a fox", "seed": 1, "steps": 2, "width": 64, "height": 64,

@@ -114,9 +114,11 @@ def _edit(base: ImageRequest, values: dict, names: dict[str, str], ctx: Context,
           ) -> tuple[ImageRequest, list[str]]:
     """`base` with image-to-image or hires settings, through the one function every source uses
     (inputs.edit_request); its refusals name the client's field."""
+    # Kept uploads go in by their names in `folder`, so that a message quotes a file name, not the
+    # server's folders; the request still records the real (absolute) path.
+    given = {k: v.name if isinstance(v, Path) else v for k, v in values.items() if v is not None}
     try:
-        return inputs.edit_request(base, {k: v for k, v in values.items() if v is not None}, _Names(names),
-                                   within=folder, size_limit=ctx.size_limit)
+        return inputs.edit_request(base, given, _Names(names), within=folder, size_limit=ctx.size_limit)
     except UsageError as e:
         raise BadRequest(e.paragraph(), getattr(e, "field", None)) from None
 
@@ -402,9 +404,9 @@ def openai_edit_job(fields: dict, files: dict[str, list[bytes]], ctx: Context) -
                                  "repaint transparent (alpha 0) in a PNG with an alpha channel.", "mask")
         else:
             mask = uploads.openai_mask(image)  # None: no transparent area, the whole image is re-drawn
-        values = {"image": str(path), "strength": body.get("strength")}
+        values = {"image": path, "strength": body.get("strength")}
         if mask is not None:
-            values["mask"] = str(uploads.store_png(mask, folder))
+            values["mask"] = uploads.store_png(mask, folder)
             values["mask_blur"] = body.get("mask_blur")
             if values["strength"] is None:
                 values["strength"] = OPENAI_MASKED_STRENGTH
@@ -683,16 +685,16 @@ def a1111_img2img_job(body, ctx: Context) -> tuple[Job, dict]:
     warnings = common.warnings
     folder = _uploads(ctx)
     path, image = _kept(init[0], "init_images[0]", folder)
-    values = {"image": str(path), "strength": body.get("denoising_strength")}
+    values = {"image": path, "strength": body.get("denoising_strength")}
     if body.get("mask") not in (None, ""):
         invert = _integer(body, "inpainting_mask_invert", 0, 0, 1)
         if invert:
             with _upload():
                 data = uploads.from_base64(body["mask"], "mask")
                 mask = uploads.decoded(data, "mask")
-                values["mask"] = str(uploads.store_png(uploads.inverted_mask(mask, mask.size), folder))
+                values["mask"] = uploads.store_png(uploads.inverted_mask(mask, mask.size), folder)
         else:
-            values["mask"] = str(_kept(body["mask"], "mask", folder)[0])
+            values["mask"] = _kept(body["mask"], "mask", folder)[0]
         values["mask_blur"] = _a1111_mask_blur(body)
         if _flag(body, "inpaint_full_res"):  # absent: spo's whole picture (A1111's UI default)
             values["mask_crop"] = body.get("inpaint_full_res_padding") or 0
@@ -874,7 +876,7 @@ def _run_edit(item: dict, n: int, kept: dict[str, Path]) -> dict:
         if item.get(key) is not None:
             if item[key] not in kept:
                 raise BadRequest(f"request: images[{n}].{key} names no entry of 'inputs'.", f"images[{n}].{key}")
-            values[key] = str(kept[item[key]])
+            values[key] = kept[item[key]]
     for key in ("strength", "mask_blur", "mask_crop"):
         values[key] = item.get(key)
     if values.get("mask") is None:
