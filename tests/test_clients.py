@@ -137,3 +137,25 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_openai_images_edit_and_webuiapi_img2img_are_spo_generate_pixels(client, webui, tmp_path):
+    """The SDK's client.images.edit (multipart, OpenAI's transparent = repaint mask) and webuiapi's
+    img2img (base64, white = repaint, every field at webuiapi's defaults) give `spo generate`'s pixels."""
+    from tests.test_serve import cli_image, noise_png, square_mask
+
+    image = noise_png(tmp_path / "in.png")
+    white = square_mask(tmp_path / "white.png")
+    masked, _ = cli_image(tmp_path, "a red fox", "--image", str(image), "--mask", str(white), "--seed", "4",
+                          "--steps", "2", "--strength", "1")
+    with image.open("rb") as f, square_mask(tmp_path / "clear.png", openai=True).open("rb") as m:
+        edited = client.images.edit(image=f, mask=m, prompt="a red fox", model="gpt-image-1",
+                                    extra_body={"seed": 4, "steps": 2})
+    assert np.array_equal(png_pixels(base64.b64decode(edited.data[0].b64_json)), masked)
+
+    redrawn, _ = cli_image(tmp_path, "a red fox", "--image", str(image), "--seed", "4", "--steps", "2",
+                           "--strength", "0.5", "--width", "64", "--height", "64")
+    result = webui.img2img(images=[Image.open(image)], prompt="a red fox", seed=4, steps=2, cfg_scale=5,
+                           denoising_strength=0.5, width=64, height=64, sampler_name="Euler", scheduler="automatic")
+    assert np.array_equal(png_pixels(_png(result.images[0])), redrawn)
+    assert [w for w in result.info["warnings"] if "ignored" in w or "not supported" in w] == []

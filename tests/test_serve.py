@@ -392,7 +392,7 @@ def test_hostile_transport(server, tmp_path):
         (request(url + OPENAI, raw=b"\xff\xfe"), 400),
         (request(url + OPENAI, raw=b'{"prompt": "' + b"x" * (1 << 20) + b'"}'), 413),
         (request(url + OPENAI, method="GET"), 405),
-        (request(url + "/sdapi/v1/img2img", {"prompt": "x"}), 404),
+        (request(url + "/sdapi/v1/extra-single-image", {"prompt": "x"}), 404),  # not served
         (request(url + "/outputs/../../../etc/passwd"), 404),
         (request(url + "/outputs/%2e%2e%2f%2e%2e%2fetc%2fpasswd"), 404),
         (request(url + "/outputs/..%2fserve.py"), 404),
@@ -922,3 +922,250 @@ def test_generate_watermark_with_server_is_marked_there_as_here(server, tmp_path
     assert np.abs(png_pixels(Path(a["image"]).read_bytes()) - png_pixels(Path(b["image"]).read_bytes())).max() <= 1
     assert json.loads(Path(b["sidecar"]).read_text())["watermark"] is True
     assert watermark.probe(Path(b["image"]))["present"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# Image to image over HTTP: A1111's img2img and hires fix, OpenAI's edits, --image with --server
+
+IMG2IMG = "/sdapi/v1/img2img"
+EDITS = "/v1/images/edits"
+
+
+def noise_png(path: Path, size=(64, 64), mode="RGB", seed=0) -> Path:
+    """An input image: seeded noise, so that a pipeline that ignored it would not match."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    Image.fromarray(pixels, mode).save(path)
+    return path
+
+
+def square_mask(path: Path, size=(64, 64), *, openai: bool = False) -> Path:
+    """The centre square to repaint: spo's convention (white on black), or OpenAI's (transparent on opaque)."""
+    if openai:
+        im = Image.new("RGBA", size, (0, 0, 0, 255))
+        im.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    else:
+        im = Image.new("L", size, 0)
+        im.paste(255, (16, 16, 48, 48))
+    im.save(path)
+    return path
+
+
+def b64_file(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def cli_image(tmp_path: Path, *args: str) -> tuple[np.ndarray, dict]:
+    """`spo generate` in this process (its own copy of the tiny pipeline): the pixels and sidecar."""
+    out = tmp_path / f"cli-{len(list(tmp_path.glob('cli-*')))}"
+    r = invoke("generate", *args, "--device", "cpu", "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    written = json.loads(r.stdout)[0]
+    return png_pixels(Path(written["image"]).read_bytes()), json.loads(Path(written["sidecar"]).read_text())
+
+
+def multipart(url: str, fields: dict, files: dict[str, Path], headers: dict | None = None):
+    """POST multipart/form-data, as OpenAI's clients send image edits: (status, JSON)."""
+    boundary = "spo-test-boundary-7f3a"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, path in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return request(url, raw=data, headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                           **(headers or {})})[:2]
+
+
+def test_a1111_img2img_and_inpaint_are_spo_generate_pixels(server, tmp_path):
+    """/sdapi/v1/img2img gives `spo generate --image [--mask]`'s pixels; the upload is kept once under
+    --out/inputs, and the sidecar names that file and its checksum."""
+    image, mask = noise_png(tmp_path / "in.png"), square_mask(tmp_path / "mask.png")
+    args = ["a red fox in winter", "--image", str(image), "--strength", "0.5", "--seed", "5", "--steps", "2"]
+    plain, plain_sidecar = cli_image(tmp_path, *args)
+    masked, _ = cli_image(tmp_path, *args, "--mask", str(mask), "--mask-blur", "2")
+
+    body = {"prompt": "a red fox in winter", "init_images": ["data:image/png;base64," + b64_file(image)],
+            "denoising_strength": 0.5, "seed": 5, "steps": 2}
+    status, answer, _ = request(server.url + IMG2IMG, body)
+    assert status == 200, answer
+    info = json.loads(answer["info"])
+    assert np.array_equal(png_pixels(base64.b64decode(answer["images"][0])), plain)
+    assert info["denoising_strength"] == 0.5 and "Denoising strength: 0.5" in info["infotexts"][0]
+    assert answer["parameters"]["init_images"] is None and answer["parameters"]["width"] == 64  # the input's size
+    out = server.server.settings.out
+    sidecar = json.loads((out / info["files"][0]).with_suffix(".json").read_text())
+    kept = Path(sidecar["init_image"]["path"])
+    assert kept.parent == out / "inputs" and kept.read_bytes() == image.read_bytes()
+    assert {k: sidecar["init_image"][k] for k in ("sha256", "width", "height", "bytes")} == \
+        {k: plain_sidecar["init_image"][k] for k in ("sha256", "width", "height", "bytes")}
+
+    # webuiapi's defaults beside the mask: inpainting_fill 0 is A1111's "fill", which spo does not do
+    status, answer, _ = request(server.url + IMG2IMG, {**body, "mask": b64_file(mask), "mask_blur": 2,
+                                                       "inpainting_fill": 0, "initial_noise_multiplier": 1,
+                                                       "image_cfg_scale": 1.5, "include_init_images": True})
+    assert status == 200, answer
+    info = json.loads(answer["info"])
+    assert np.array_equal(png_pixels(base64.b64decode(answer["images"][0])), masked)
+    assert [w.split("'")[1] for w in info["warnings"] if "not supported" in w] == ["inpainting_fill"]
+    assert answer["parameters"]["init_images"] == body["init_images"]  # include_init_images: echoed
+    assert sorted(p.name for p in (out / "inputs").iterdir()) == sorted(
+        f"{__import__('hashlib').sha256(p.read_bytes()).hexdigest()}.png" for p in (image, mask))
+
+
+def test_a1111_hires_fix_is_spo_generate_hires(server, tmp_path):
+    cli, sidecar = cli_image(tmp_path, "a lighthouse", "--seed", "9", "--steps", "2", "--width", "32", "--height",
+                             "32", "--hires", "2", "--hires-strength", "0.5")
+    status, answer, _ = request(server.url + A1111, {
+        "prompt": "a lighthouse", "seed": 9, "steps": 2, "width": 32, "height": 32, "enable_hr": True,
+        "denoising_strength": 0.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 64})
+    assert status == 200, answer
+    served = png_pixels(base64.b64decode(answer["images"][0]))
+    assert served.shape == (64, 64, 3) and np.array_equal(served, cli)
+    info = json.loads(answer["info"])
+    assert (info["width"], info["height"]) == (32, 32)  # A1111's Size: the first pass's
+    assert "Hires upscale: 2.0" in info["infotexts"][0] and "Hires upscaler: Latent" in info["infotexts"][0]
+    assert sidecar["hires"]["strength"] == 0.5 and answer["parameters"]["denoising_strength"] == 0.5
+
+
+def test_openai_edits_are_spo_generate_pixels_in_openais_mask_convention(server, tmp_path):
+    """Multipart /v1/images/edits: OpenAI's mask (transparent = repaint) is spo's white = repaint; without a
+    mask, an opaque image is re-drawn whole at spo's strength."""
+    image = noise_png(tmp_path / "in.png")
+    args = ["a boat at dusk", "--image", str(image), "--seed", "3", "--steps", "2"]
+    whole, _ = cli_image(tmp_path, *args)  # strength 0.75, spo's default
+    masked, _ = cli_image(tmp_path, *args, "--mask", str(square_mask(tmp_path / "white.png")), "--strength", "1")
+    fields = {"prompt": "a boat at dusk", "seed": "3", "steps": "2", "model": "gpt-image-1"}
+    status, answer = multipart(server.url + EDITS, fields, {"image": image})
+    assert status == 200, answer
+    assert np.array_equal(png_pixels(base64.b64decode(answer["data"][0]["b64_json"])), whole)
+    status, answer = multipart(server.url + EDITS, fields,
+                               {"image": image, "mask": square_mask(tmp_path / "clear.png", openai=True)})
+    assert status == 200, answer
+    assert np.array_equal(png_pixels(base64.b64decode(answer["data"][0]["b64_json"])), masked)  # strength 1
+    assert "Denoising strength: 1.0" in answer["spo"]["infotexts"][0]
+
+
+def test_hostile_uploads_are_refused_in_each_dialect(server, tmp_path):
+    import hashlib
+    import http.client
+
+    from tests.test_client import bomb
+
+    image = noise_png(tmp_path / "in.png")
+    body = {"prompt": "a fox", "init_images": [b64_file(image)], "steps": 2, "seed": 1}
+    cases = [
+        ({"init_images": [base64.b64encode(b"GIF89a but not really").decode()]}, "init_images[0]", "not an image"),
+        ({"init_images": ["not base64 at all!"]}, "init_images[0]", "not valid base64"),
+        ({"init_images": [base64.b64encode(bomb()).decode()]}, "init_images[0]", ""),  # wording: inputs.py's
+        ({"init_images": [b64_file(image)] * 2}, "init_images", "one per request"),
+        ({"denoising_strength": 1.5}, "denoising_strength", "denoising_strength"),
+        ({"denoising_strength": 0.2}, "denoising_strength", "which is none"),  # int(2 × 0.2) = 0 steps
+        ({"mask": b64_file(image), "mask_blur_x": 2, "mask_blur_y": 8}, "mask_blur_x", "differ"),
+        ({"width": 32, "height": 48, "resize_mode": 1}, "resize_mode", "Crop and resize"),
+    ]
+    for change, field, words in cases:
+        status, answer, _ = request(server.url + IMG2IMG, {**body, **change})
+        assert status == 400 and set(answer) == {"error", "detail", "body", "errors"}, (change, answer)
+        assert field in answer["detail"] and words in answer["detail"], (change, answer["detail"])
+    # Nothing refused was kept: only the good image's own file (had it been sent before) is there.
+    kept = {p.name for p in (server.server.settings.out / "inputs").glob("*")} \
+        if (server.server.settings.out / "inputs").exists() else set()
+    assert hashlib.sha256(bomb()).hexdigest() + ".png" not in kept
+
+    # A mask of another size: resized to the image, and said.
+    status, answer, _ = request(server.url + IMG2IMG, {**body, "mask": b64_file(square_mask(tmp_path / "m.png",
+                                                                                          (32, 32)))})
+    assert status == 200 and any("the mask is resized" in w for w in json.loads(answer["info"])["warnings"])
+
+    # Over the edit routes' body limit: refused from its Content-Length, unread, in A1111's shape.
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=HANG)
+    conn.putrequest("POST", IMG2IMG)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(1 << 34))
+    conn.endheaders()
+    reply = conn.getresponse()
+    refused = json.loads(reply.read())
+    conn.close()
+    assert reply.status == 413 and refused["error"] == "HTTPException" and "over" in refused["detail"]
+
+    # OpenAI's shape on /v1/images/edits: an opaque mask marks nothing; JSON is not what it takes.
+    status, answer = multipart(server.url + EDITS, {"prompt": "a fox", "steps": "2", "strength": "0"},
+                               {"image": image})
+    assert status == 400 and answer["error"]["param"] == "strength", answer
+    status, answer = multipart(server.url + EDITS, {"prompt": "a fox", "steps": "2"},
+                               {"image": image, "mask": square_mask(tmp_path / "opaque.png")})
+    assert status == 400 and answer["error"]["param"] == "mask" and "transparent" in answer["error"]["message"]
+    status, answer, _ = request(server.url + EDITS, {"prompt": "a fox"})
+    assert status == 415 and "multipart/form-data" in answer["error"]["message"]
+
+
+def test_generate_image_with_server_writes_what_a_local_run_writes(server, tmp_path):
+    """--image and --mask with --server: the input goes to the server, the files written here are a
+    local run's (pixels, and a sidecar naming the local input)."""
+    image, mask = noise_png(tmp_path / "in.png", (48, 40)), square_mask(tmp_path / "mask.png", (48, 40))
+    args = ["a fox", "--image", str(image), "--mask", str(mask), "--strength", "0.5", "--seed", "2", "--steps",
+            "2", "-n", "2", "--json", "--quiet"]
+    local = invoke("generate", *args, "--device", "cpu", "--out", str(tmp_path / "local"))
+    remote = invoke("generate", *args, "--server", server.url, "--out", str(tmp_path / "remote"))
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    for a, b in zip(json.loads(local.stdout), json.loads(remote.stdout)):
+        assert np.abs(png_pixels(Path(a["image"]).read_bytes()) - png_pixels(Path(b["image"]).read_bytes())).max() <= 1
+        sa, sb = (json.loads(Path(x["sidecar"]).read_text()) for x in (a, b))
+        for key in ("init_image", "mask_image", "strength", "mask_blur", "width", "height", "seed"):
+            assert sa[key] == sb[key], key
+        assert sb["init_image"]["path"] == str(image.resolve())
+    hires = ["a lighthouse", "--seed", "9", "--steps", "2", "--width", "32", "--height", "32", "--hires", "1.5",
+             "--hires-upscaler", "lanczos", "--json", "--quiet"]
+    local = invoke("generate", *hires, "--device", "cpu", "--out", str(tmp_path / "local-hires"))
+    remote = invoke("generate", *hires, "--server", server.url, "--out", str(tmp_path / "remote-hires"))
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    a, b = (json.loads(r.stdout)[0] for r in (local, remote))
+    assert np.array_equal(png_pixels(Path(a["image"]).read_bytes()), png_pixels(Path(b["image"]).read_bytes()))
+    sa, sb = (json.loads(Path(x["sidecar"]).read_text()) for x in (a, b))
+    assert sa["hires"] == sb["hires"] and (sb["width"], sb["hires"]["width"]) == (32, 48)
+
+
+@needs_chromium
+def test_the_page_uploads_an_image_and_a_mask(pair, tmp_path):
+    """Headless Chromium: choose an image and a mask, set the strength, Generate: the image comes back at
+    the input's size, and its sidecar records the uploaded image and mask."""
+    import hashlib
+
+    from playwright.sync_api import sync_playwright
+
+    image = noise_png(tmp_path / "upload.png", (48, 32), seed=3)
+    mask = square_mask(tmp_path / "mask.png", (48, 32))
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(HANG * 1000)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(pair.url + "/")
+            page.wait_for_function("() => document.getElementById('scheduler').options.length > 0")
+            assert page.locator("#edit-box").is_hidden()  # the mask and strength appear with an image
+            page.set_input_files("#image", str(image))
+            page.set_input_files("#mask", str(mask))
+            page.locator("#strength").fill("0.5")
+            assert page.inner_text("#strength-value") == "0.5"
+            assert page.eval_on_selector("#size", "s => s.value") == ""  # the image's own size
+            page.fill("#prompt", "a fox, from the page")
+            page.fill("#seed", "5151")
+            page.fill("#steps", "2")
+            page.click("#generate")
+            card = page.locator("#gallery .card[data-seed='5151']")
+            card.wait_for()
+            assert "48×32" in card.inner_text() and "strength 0.5" in card.inner_text()
+            assert page.evaluate("() => document.querySelector(\".card[data-seed='5151'] img\").naturalWidth") == 48
+            assert page.inner_text("#message") == "" and not errors, (page.inner_text("#message"), errors)
+        finally:
+            browser.close()
+    out = pair.server.settings.out
+    sidecar = next(m for m in (json.loads(f.read_text()) for f in out.glob("*.json")) if m.get("seed") == 5151)
+    for key, sent in (("init_image", image), ("mask_image", mask)):
+        assert sidecar[key]["sha256"] == hashlib.sha256(sent.read_bytes()).hexdigest()
+        assert Path(sidecar[key]["path"]).read_bytes() == sent.read_bytes()
+    assert sidecar["strength"] == 0.5 and (sidecar["width"], sidecar["height"]) == (48, 32)

@@ -48,7 +48,7 @@ def test_a1111_fields_spo_lacks_warn_only_when_they_would_change_the_image():
                               "subseed": -1, "tiling": False}, CTX)
     assert quiet.warnings == ()
     loud, _ = api.a1111_job({"prompt": "a fox", "enable_hr": True, "tiling": True, "made_up": 1}, CTX)
-    assert {w.split("'")[1] for w in loud.warnings} == {"enable_hr", "tiling", "made_up"}
+    assert {w.split("'")[1] for w in loud.warnings} == {"tiling", "made_up"}  # enable_hr is spo's hires fix
 
 
 @pytest.mark.parametrize("body,field", [
@@ -195,8 +195,8 @@ def test_webuiapis_default_call_is_warned_of_nothing_it_did_not_ask():
 @pytest.mark.parametrize("change, warned", [
     ({"eta": 0.5}, "eta"),  # Euler a adds noise at eta 1; another eta changes it
     ({"sampler_name": "DDIM", "sampler_index": "DDIM"}, "eta"),  # webuiapi's eta 1 is not DDIM's 0
-    ({"enable_hr": True}, "denoising_strength"),  # read only with the hires fix, which is then on
-    ({"enable_hr": True}, "hr_upscaler"),
+    ({"enable_hr": True, "hr_sampler_name": "DDIM"}, "hr_sampler_name"),  # read only with the hires fix, then on
+    ({"enable_hr": True, "hr_prompt": "a cat"}, "hr_prompt"),
     ({"seed_resize_from_w": 768, "seed_resize_from_h": 768}, "seed_resize_from_w"),
     ({"s_churn": 1}, "s_tmax"),  # 0 is A1111's "no limit", read only with churn
     ({"subseed_strength": 0.5, "subseed": 3}, "subseed"),
@@ -407,7 +407,7 @@ def test_listing_endpoints_answer_before_the_model_is_loaded(tmp_path):
     assert call(app, "GET", "/sdapi/v1/upscalers")[1] == [{"name": "None", "model_name": None, "model_path": None,
                                                            "model_url": None, "scale": 4}]
     assert call(app, "GET", "/sdapi/v1/loras")[:2] == (200, [])
-    status, body, _ = call(app, "GET", "/sdapi/v1/img2img")  # not served: A1111's 404 body
+    status, body, _ = call(app, "GET", "/sdapi/v1/extra-single-image")  # not served: A1111's 404 body
     assert status == 404 and body["error"] == "HTTPException" and body["errors"].startswith("404: ")
 
 
@@ -499,3 +499,185 @@ def test_openai_fields_that_never_change_the_image_are_not_warned_of():
     assert job.warnings == ()
     job = api.openai_job({"prompt": "a fox", **quiet, "quality": "hd", "style": "natural"}, CTX)
     assert {w.split("'")[1] for w in job.warnings} == {"quality", "style"}
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 23: image to image in the bodies (no pipeline: the jobs the routes would queue)
+
+def _png(path, size=(64, 48), mode="RGB", color=(200, 30, 30)):
+    from PIL import Image
+
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+def _b64(path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return api.Context(("spo",), max_images=8, uploads=tmp_path / "out" / "inputs")
+
+
+def test_a1111_img2img_reads_a1111s_fields_into_the_cli_request(tmp_path, ctx):
+    import hashlib
+
+    from PIL import Image
+
+    image = _png(tmp_path / "in.png", (1024, 1024))  # SDXL's size: nothing to warn of
+    mask = Image.new("L", (1024, 1024), 0)
+    mask.paste(255, (256, 256, 768, 768))
+    mask.save(tmp_path / "mask.png")
+    mask = tmp_path / "mask.png"
+    job, parameters = api.a1111_img2img_job({
+        "prompt": "a fox", "init_images": [_b64(image)], "mask": _b64(mask), "denoising_strength": 0.6, "steps": 10,
+        "seed": 3, "batch_size": 2, "mask_blur": 6, "inpaint_full_res": True, "inpaint_full_res_padding": 32,
+        "inpainting_fill": 1}, ctx)
+    first = job.images[0]
+    assert [r.seed for r in job.images] == [3, 4] and first.mode == "inpaint"
+    assert (first.strength, first.mask_blur, first.mask_crop) == (0.6, 6, 32)
+    assert first.image.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert first.image.path == str(ctx.uploads / f"{first.image.sha256}.png")  # kept by its content
+    assert job.warnings == () and (parameters["width"], parameters["height"]) == (1024, 1024)
+    assert parameters["init_images"] is None and parameters["mask"] is None
+    # Defaults: A1111's strength and blur, spo's whole picture when inpaint_full_res is absent.
+    job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [_b64(image)], "mask": _b64(mask)}, ctx)
+    assert (job.images[0].strength, job.images[0].mask_blur, job.images[0].mask_crop) == (0.75, 4, None)
+    job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [_b64(image)], "mask_blur_x": 2,
+                                    "mask_blur_y": 2, "mask": _b64(mask)}, ctx)
+    assert job.images[0].mask_blur == 2
+    # Without a mask, the mask's fields change nothing and say nothing.
+    job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [_b64(image)], "inpainting_fill": 0,
+                                    "inpaint_full_res": True, "mask_blur": 9}, ctx)
+    assert job.images[0].mode == "img2img" and job.images[0].mask_blur == 0 and job.warnings == ()
+
+
+def test_a1111_inverted_mask_is_kept_as_the_mask_that_runs(tmp_path, ctx):
+    from PIL import Image
+
+    image = _png(tmp_path / "in.png")
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (0, 0, 32, 48))
+    mask.save(tmp_path / "half.png")
+    job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [_b64(image)],
+                                    "mask": _b64(tmp_path / "half.png"), "inpainting_mask_invert": 1}, ctx)
+    with Image.open(job.images[0].mask.path) as kept:
+        assert kept.getpixel((0, 0)) == 0 and kept.getpixel((63, 0)) == 255  # white is now the right half
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"init_images": []}, "init_images"),
+    ({"init_images": "abc"}, "init_images"),
+    ({"denoising_strength": 0}, "denoising_strength"),
+    ({"denoising_strength": 2}, "denoising_strength"),
+    ({"mask": "%%%"}, "mask"),
+    ({"inpainting_mask_invert": 2, "mask": None}, None),  # without a mask: never read
+    ({"resize_mode": 2, "width": 32, "height": 32}, "resize_mode"),
+])
+def test_a1111_img2img_refusals_name_the_field(tmp_path, ctx, change, field):
+    body = {"prompt": "a fox", "init_images": [_b64(_png(tmp_path / "in.png"))], "steps": 10, **change}
+    if field is None:
+        api.a1111_img2img_job(body, ctx)
+        return
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_img2img_job(body, ctx)
+    assert e.value.field == field and e.value.status == 400
+
+
+def test_a1111_hires_fields_map_to_the_cli_hires(ctx):
+    job, parameters = api.a1111_job({"prompt": "a fox", "enable_hr": True, "width": 512, "height": 768}, ctx)
+    hires = job.images[0].hires
+    assert (hires.scale, hires.upscaler, hires.steps, hires.strength) == (2.0, "latent", None, 0.75)  # A1111's API
+    assert parameters["hr_upscaler"] == "Latent" and parameters["denoising_strength"] == 0.75
+    job, _ = api.a1111_job({"prompt": "a fox", "enable_hr": True, "width": 512, "height": 768, "hr_resize_x": 768,
+                            "hr_upscaler": "lanczos", "hr_second_pass_steps": 20, "denoising_strength": 0.4}, ctx)
+    hires = job.images[0].hires
+    assert (hires.scale, hires.upscaler, hires.steps, hires.strength) == (1.5, "lanczos", 20, 0.4)
+    job, _ = api.a1111_job({"prompt": "a fox", "enable_hr": True, "width": 512, "height": 768, "hr_resize_y": 1152,
+                            "hr_resize_x": 768}, ctx)
+    assert job.images[0].hires.scale == 1.5  # both given, the same shape: a scale
+    assert api.a1111_job({"prompt": "a fox", "enable_hr": False, "hr_scale": 3}, ctx)[0].images[0].hires is None
+    for change, field in (({"hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"), ({"hr_resize_x": 1024,
+                          "hr_resize_y": 1024}, "hr_resize_x"), ({"hr_scale": 1}, "hr_scale"),
+                          ({"denoising_strength": 0.01}, "denoising_strength"), ({"enable_hr": "yes"}, "enable_hr")):
+        with pytest.raises(api.BadRequest) as e:
+            api.a1111_job({"prompt": "a fox", "enable_hr": True, "width": 512, "height": 768, **change}, ctx)
+        assert e.value.field == field, change
+
+
+def test_openai_edit_masks_are_converted_to_white_means_repaint(tmp_path, ctx):
+    import io
+
+    from PIL import Image
+
+    def png(im) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        return buf.getvalue()
+
+    image = png(Image.new("RGB", (64, 48), (10, 120, 200)))
+    mask = Image.new("RGBA", (64, 48), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (8, 8, 24, 24))
+    fields = {"prompt": "a boat", "n": "2", "seed": "7", "steps": "4", "size": "", "model": "dall-e-2"}
+    job = api.openai_edit_job(fields, {"image": [image], "mask": [png(mask)]}, ctx)
+    first = job.images[0]
+    assert [r.seed for r in job.images] == [7, 8] and first.steps == 4 and first.strength == 1.0
+    with Image.open(first.mask.path) as kept:
+        assert kept.mode == "L" and kept.getpixel((10, 10)) == 255 and kept.getpixel((40, 40)) == 0
+    # No mask, no transparency: the whole image at spo's strength. No mask, a transparent hole: that hole.
+    assert api.openai_edit_job(fields, {"image": [image]}, ctx).images[0].mode == "img2img"
+    holed = api.openai_edit_job({**fields, "strength": "0.5"}, {"image[]": [png(mask)]}, ctx).images[0]
+    assert holed.mode == "inpaint" and holed.strength == 0.5
+    for files, extra, param in (({}, {}, "image"), ({"image": [image, image]}, {}, "image"),
+                                ({"image": [image], "mask": [image]}, {}, "mask"),
+                                ({"image": [b"not a png"]}, {}, "image"),
+                                ({"image": [image]}, {"steps": "many"}, "steps"),
+                                ({"image": [image], "other": [image]}, {}, "other")):
+        with pytest.raises(api.BadRequest) as e:
+            api.openai_edit_job({**fields, **extra}, files, ctx)
+        assert e.value.field == param, (files.keys(), extra)
+
+
+def test_run_job_takes_inputs_by_their_checksum(tmp_path, ctx):
+    import hashlib
+
+    image = _png(tmp_path / "in.png")
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    item = {"prompt": "a fox", "seed": 1, "steps": 10, "image": sha, "strength": 0.5}
+    ctx.uploads.mkdir(parents=True)
+    (ctx.uploads / f"{sha}.png").write_bytes(b"planted under the name")  # a name is not its content
+    job = api.run_job({"images": [item, {**item, "seed": 2}], "inputs": {sha: _b64(image)}}, ctx)
+    assert [r.image.sha256 for r in job.images] == [sha, sha] and job.images[0].strength == 0.5
+    assert (ctx.uploads / f"{sha}.png").read_bytes() == image.read_bytes()
+    hires = api.run_job({"images": [{"prompt": "a fox", "seed": 1, "steps": 10, "width": 64, "height": 64,
+                                     "hires": {"scale": 1.5, "upscaler": "lanczos", "steps": None, "strength": 0.7}}]},
+                        ctx).images[0].hires
+    assert (hires.scale, hires.upscaler) == (1.5, "lanczos")
+    with pytest.raises(api.BadRequest) as e:
+        api.run_job({"images": [item], "inputs": {"0" * 64: _b64(image)}}, ctx)
+    assert e.value.field == "inputs" and "SHA-256" in e.value.message
+    with pytest.raises(api.BadRequest) as e:
+        api.run_job({"images": [item]}, ctx)
+    assert e.value.field == "images[0].image"
+
+
+def test_base64_is_read_strictly_but_may_be_wrapped():
+    import base64
+    import textwrap
+
+    from spo_cli.serve import uploads
+
+    data = bytes(range(256)) * 3
+    text = base64.b64encode(data).decode()
+    assert uploads.from_base64("\n".join(textwrap.wrap(text, 76)), "f") == data  # as `base64` prints it
+    assert uploads.from_base64("data:image/png;base64," + text, "f") == data
+    for bad in (text[:40] + "*" + text[40:], text[:-1], "data:image/png," + text, "", None, 5):
+        with pytest.raises(uploads.BadUpload) as e:
+            uploads.from_base64(bad, "f")
+        assert e.value.field == "f" and e.value.status == 400
+    with pytest.raises(uploads.BadUpload) as e:
+        uploads.from_base64("A" * (uploads.UPLOAD_BYTES_MAX // 3 * 4 + 8), "f")
+    assert e.value.status == 413

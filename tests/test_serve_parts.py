@@ -536,7 +536,7 @@ def test_a_load_failure_at_any_moment_ends_the_server(monkeypatch, tmp_path, mom
 
 def conforms(value, schema: dict, schemas: dict) -> bool:
     """Whether `value` satisfies the JSON Schema keywords the document uses (jsonschema is not a
-    dependency of spo; this reads $ref, anyOf, type, enum, const, bounds, lengths, pattern, multipleOf,
+    dependency of spo; this reads $ref, anyOf, type, enum, const, bounds (exclusive too), lengths, pattern, multipleOf,
     properties, required and additionalProperties)."""
     import re
 
@@ -554,6 +554,8 @@ def conforms(value, schema: dict, schemas: dict) -> bool:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < schema.get("minimum", value) or value > schema.get("maximum", value):
             return False
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            return False
         if "multipleOf" in schema and value % schema["multipleOf"]:
             return False
     if isinstance(value, str):
@@ -562,7 +564,7 @@ def conforms(value, schema: dict, schemas: dict) -> bool:
         if "pattern" in schema and not re.search(schema["pattern"], value):
             return False
     if isinstance(value, list):
-        return len(value) >= schema.get("minItems", 0) and all(conforms(v, schema.get("items", {}), schemas)
+        return schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)) and all(conforms(v, schema.get("items", {}), schemas)
                                                                for v in value)
     if isinstance(value, dict):
         props = schema.get("properties", {})
@@ -593,7 +595,8 @@ def test_openapi_describes_every_route_and_its_methods(tmp_path):
         for method, op in described.items():
             assert "422" not in op["responses"]  # a bad parameter is a 400 with the error body here
             if method == "post" and path not in docs.BODYLESS_POSTS:
-                assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"], path
+                kind = "multipart/form-data" if path == "/v1/images/edits" else "application/json"
+                assert op["requestBody"]["content"][kind]["schema"]["$ref"], path
             if path not in {"/", "/health", "/favicon.ico", "/openapi.json", "/docs"}:
                 assert "401" in op["responses"], path
     assert {path for _, path in docs.OPERATIONS} <= set(doc["paths"])
@@ -615,6 +618,21 @@ def test_openapi_names_the_credentials_this_server_takes(tmp_path, token, users,
                                                               "/docs"} else want), path
 
 
+def _tiny_png_b64(mask: bool = False) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    im = Image.new("RGB", (16, 16), (9, 99, 199))
+    if mask:  # white = repaint, on part of it
+        im.paste((255, 255, 255), (0, 0, 8, 16))
+    im.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+PNG, MASK = _tiny_png_b64(), _tiny_png_b64(mask=True)
 ACCEPTED = {  # bodies api takes (checked below), each as a client sends it
     "/v1/images/generations": [
         {"prompt": "a fox", "n": 2, "size": "64x64", "seed": 7, "steps": 2, "scheduler": "dpm++2m-karras",
@@ -623,7 +641,13 @@ ACCEPTED = {  # bodies api takes (checked below), each as a client sends it
     "/sdapi/v1/txt2img": [
         {"prompt": "a fox", "seed": -1, "steps": 20, "cfg_scale": 5, "width": 64, "height": 64,
          "sampler_name": "DPM++ 2M", "scheduler": "Karras", "batch_size": 2, "n_iter": 2, "enable_hr": False,
-         "styles": [], "override_settings": {"sd_model_checkpoint": "spo"}}],
+         "styles": [], "override_settings": {"sd_model_checkpoint": "spo"}},
+        {"prompt": "a fox", "steps": 10, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 1.5,
+         "hr_upscaler": "Lanczos", "hr_second_pass_steps": 4, "denoising_strength": 0.5}],
+    "/sdapi/v1/img2img": [
+        {"prompt": "a fox", "init_images": [PNG], "mask": MASK, "denoising_strength": 0.5, "steps": 4,
+         "mask_blur": 2, "inpaint_full_res": True, "inpaint_full_res_padding": 8, "inpainting_fill": 1,
+         "include_init_images": False, "resize_mode": 0}],
     "/spo/v1/run": [{"model": "spo", "images": [{"prompt": "a fox", "seed": 1, "steps": 2, "width": 64, "height": 64,
                                                    "negative_prompt": None, "emphasis": "none-norm"}]}],
 }
@@ -632,11 +656,15 @@ REFUSED_BODIES = {  # bodies api refuses for a field's type or range, which the 
                                {"prompt": "a fox", "width": 65}, {"prompt": "a fox", "response_format": "gif"},
                                {"n": 1}, {"prompt": "a fox", "seed": -1}],
     "/sdapi/v1/txt2img": [{"prompt": "a fox", "cfg_scale": 1000}, {"prompt": "a fox", "batch_size": 0},
-                          {"prompt": ""}],
+                          {"prompt": ""}, {"prompt": "a fox", "enable_hr": True, "hr_scale": 1},
+                          {"prompt": "a fox", "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}],
+    "/sdapi/v1/img2img": [{"prompt": "a fox", "init_images": []}, {"prompt": "a fox", "init_images": [PNG, PNG]},
+                          {"prompt": "a fox", "init_images": [PNG], "denoising_strength": 0}],
     "/spo/v1/run": [{"images": []}, {"images": [{"prompt": "a fox"}]},
                     {"images": [{"prompt": "a fox", "seed": 1, "cfg_scale": 5}]}],
 }
-PARSERS = {"/v1/images/generations": api.openai_job, "/sdapi/v1/txt2img": api.a1111_job, "/spo/v1/run": api.run_job}
+PARSERS = {"/v1/images/generations": api.openai_job, "/sdapi/v1/txt2img": api.a1111_job, "/spo/v1/run": api.run_job,
+           "/sdapi/v1/img2img": api.a1111_img2img_job}
 
 
 @pytest.mark.parametrize("path", sorted(ACCEPTED))
@@ -645,7 +673,7 @@ def test_the_body_schemas_agree_with_what_the_server_accepts(tmp_path, path):
     doc = call(app, "GET", "/openapi.json")[1]
     schemas = doc["components"]["schemas"]
     body_schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    ctx = api.Context(("spo",), max_images=4)
+    ctx = api.Context(("spo",), max_images=4, uploads=tmp_path / "inputs")
     for body in ACCEPTED[path]:
         PARSERS[path](body, ctx)  # accepted by the server's own checks
         assert conforms(body, body_schema, schemas), body
@@ -779,3 +807,33 @@ def test_an_answer_that_comes_after_the_server_stopped_is_dropped(tmp_path):
     status, body, _ = post(app, "/v1/images/generations", {"prompt": "a fox"})  # the client leaves; the loop ends
     assert status == 499 and len(tickets) == 1, body
     tickets[0].on_done()
+
+
+def test_bodies_that_carry_images_have_their_own_limit(tmp_path):
+    """A 2 MB body is over the 1 MiB of a txt2img (413, unread) but within img2img's (read, then refused
+    for what it holds); the edits route takes only multipart, and a link for the inputs folder is not
+    written through."""
+    import base64
+
+    from spo_cli.serve import uploads
+
+    app, _ = make_app(tmp_path)
+    junk = base64.b64encode(b"\x00" * (3 << 19)).decode()  # 1.5 MiB of bytes, 2 MiB of base64
+    body = json.dumps({"prompt": "a fox", "init_images": [junk]}).encode()
+    json_type = {"Content-Type": "application/json"}
+    assert call(app, "POST", "/sdapi/v1/txt2img", json_type, body)[0] == 413
+    status, answer, _ = call(app, "POST", "/sdapi/v1/img2img", json_type, body)
+    assert status == 400 and "not an image" in answer["detail"]
+    status, answer, _ = call(app, "POST", "/v1/images/edits", json_type, b'{"prompt": "a fox"}')
+    assert status == 415 and "multipart/form-data" in answer["error"]["message"]
+    form = {"Content-Type": "multipart/form-data; boundary=x"}
+    status, answer, _ = call(app, "POST", "/v1/images/edits", form, b"--x\r\nnot a part\r\n--x--\r\n")
+    assert status == 400 and answer["error"]["param"] in ("image", None)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "inputs").symlink_to(elsewhere)
+    with pytest.raises(uploads.BadUpload) as e:
+        uploads.store_png(__import__("PIL.Image", fromlist=["Image"]).new("L", (8, 8)), tmp_path / "out" / "inputs")
+    assert e.value.status == 500 and not list(elsewhere.iterdir())

@@ -172,7 +172,7 @@ def serve(
         "\"watermark\": true. Needs spo-cli[watermark].", show_default=False)] = False,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
-    extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client")
+    extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client", "python_multipart")
     if watermark:
         from spo_cli import watermark as marks
 
@@ -263,7 +263,10 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
 
     worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
                     debug=ui.debug, provenance=provenance, signer=signer)
-    context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save, watermark=watermark)
+    from spo_cli.serve import uploads
+
+    context = api.Context(tuple(labels), size_limit=size_limit, max_images=max_queue, save=save, watermark=watermark,
+                          uploads=uploads.folder(folder, save))
     bound_host, bound_port = sock.getsockname()[:2]
     settings = Settings(folder, context, token, list(cors_origins), allow_hosts=list(allow_hosts), bound=bound_host,
                         api_auth=tuple(api_auth), access_log=access_log)

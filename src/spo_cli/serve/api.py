@@ -10,18 +10,23 @@ endpoint: OpenAI's body (message, type, param, code), or A1111's under /sdapi/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-from spo_cli import infotext, presets, validate
+from spo_cli import infotext, inputs, presets, validate
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest, random_seed
+from spo_cli.serve import uploads
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a prompt is at most validate.PROMPT_MAX_CHARS characters
+# The routes whose bodies carry images (base64 or multipart): a larger limit, uploads.EDIT_BODY_BYTES.
+EDIT_PATHS = frozenset({"/sdapi/v1/img2img", "/v1/images/edits", "/spo/v1/run"})
+MULTIPART_PATHS = frozenset({"/v1/images/edits"})  # OpenAI's edits are multipart/form-data, not JSON
 
 
 A1111_PREFIX = "/sdapi/"  # answers under it speak A1111's dialect, errors included
@@ -78,6 +83,7 @@ class Context:
     max_images: int = 64  # per request: at most the queue's capacity
     save: bool = True
     watermark: bool = False  # spo serve --watermark: every image gets SDXL's invisible watermark
+    uploads: Path | None = None  # where uploaded images are kept (None: a private temporary folder)
 
 
 class _Names(validate.Where):
@@ -90,6 +96,11 @@ class _Names(validate.Where):
     def name(self, key: str) -> str:
         return f"'{self._names.get(key, key)}'"
 
+    def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
+        e = super().error(key, problem, hint)
+        e.field = self._names.get(key, key)  # for `_edit`: the field a refusal names
+        return e
+
 
 @contextmanager
 def _field(name: str | None) -> Iterator[None]:
@@ -98,6 +109,39 @@ def _field(name: str | None) -> Iterator[None]:
         yield
     except UsageError as e:
         raise BadRequest(e.paragraph(), name) from None
+
+
+def _edit(base: ImageRequest, values: dict, names: dict[str, str], ctx: Context, folder: Path | None = None
+          ) -> tuple[ImageRequest, list[str]]:
+    """`base` with image-to-image or hires settings, through the one function every source uses
+    (inputs.edit_request); its refusals name the client's field."""
+    # Kept uploads go in by their names in `folder`, so that a message quotes a file name, not the
+    # server's folders; the request still records the real (absolute) path.
+    given = {k: v.name if isinstance(v, Path) else v for k, v in values.items() if v is not None}
+    try:
+        return inputs.edit_request(base, given, _Names(names), within=folder, size_limit=ctx.size_limit)
+    except UsageError as e:
+        raise BadRequest(e.paragraph(), getattr(e, "field", None)) from None
+
+
+def _uploads(ctx: Context) -> Path:
+    return ctx.uploads if ctx.uploads is not None else uploads.folder(Path(), save=False)
+
+
+@contextmanager
+def _upload() -> Iterator[None]:
+    try:
+        yield
+    except uploads.BadUpload as e:
+        raise BadRequest(e.message, e.field, e.status) from None
+
+
+def _kept(text, field: str, folder: Path) -> tuple[Path, object]:
+    """A base64 image field, checked and kept: its file and its decoded image."""
+    with _upload():
+        data = uploads.from_base64(text, field)
+        image = uploads.decoded(data, field)
+        return uploads.store(data, folder, field, image), image
 
 
 MAX_DEPTH = 16  # objects and lists in a body: the APIs need three levels at most
@@ -281,6 +325,12 @@ _OPENAI_NO_EFFECT = {"user", "moderation", "output_compression"}
 def openai_job(body, ctx: Context) -> Job:
     """POST /v1/images/generations: OpenAI's fields, plus spo's (seed, negative_prompt, steps, …)."""
     body = checked_body(body)
+    base, seeds, model, warnings, fmt = _openai_common(body, ctx, _OPENAI_KNOWN)
+    return Job(tuple(replace(base, seed=s) for s in seeds), model, tuple(warnings), fmt, ctx.save)
+
+
+def _openai_common(body: dict, ctx: Context, known: set[str]):
+    """What generations and edits share: (base request, seeds, model, warnings, response_format)."""
     warnings: list[str] = []
     if "prompt" not in body:
         raise BadRequest("request: 'prompt' is required.", "prompt", code="missing_required_parameter")
@@ -308,11 +358,77 @@ def openai_job(body, ctx: Context) -> Job:
             names[spo_key] = key
     base, more = _image_fields({**values, "seed": 0}, names, ctx)
     model = _model(body.get("model"), ctx, "model", warnings)
-    _ignored({k: v for k, v in body.items() if k != "output_format"}, _OPENAI_KNOWN,
+    _ignored({k: v for k, v in body.items() if k != "output_format"}, known,
              lambda key, value: key in _OPENAI_NO_EFFECT or key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key],
              warnings)
-    images = tuple(replace(base, seed=s) for s in _seeds(_seed(body.get("seed")), n))
-    return Job(images, model, tuple(warnings + more), fmt, ctx.save)
+    return base, _seeds(_seed(body.get("seed")), n), model, warnings + more, fmt
+
+
+# /v1/images/edits: multipart form fields are text; these are read as numbers (OpenAI's `n`, spo's extras).
+_FORM_NUMBERS = {"n", "seed", "steps", "guidance", "width", "height", "strength", "mask_blur"}
+_OPENAI_EDIT_KNOWN = _OPENAI_KNOWN | {"image", "image[]", "mask", "strength", "mask_blur", "input_fidelity"}
+OPENAI_MASKED_STRENGTH = 1.0  # OpenAI's edit draws the transparent area anew: all noise there, as strength 1
+
+
+def form_value(key: str, text: str):
+    """A multipart text field as the JSON value it stands for: numbers for the numeric fields, "" as absent."""
+    if text == "":
+        return None
+    if key in _FORM_NUMBERS:
+        try:
+            return int(text) if text.lstrip("-").isdigit() and text.isascii() else float(text)
+        except ValueError:
+            return text  # refused by the field's own check, which names it
+    return text
+
+
+def openai_edit_job(fields: dict, files: dict[str, list[bytes]], ctx: Context) -> Job:
+    """POST /v1/images/edits: multipart `image` (one), optional `mask` (OpenAI's: fully transparent =
+    repaint; without one, the image's own fully transparent area is), `prompt`, `n`, `size`,
+    `response_format`, `model`, and spo's extras (seed, steps, strength, …). `size` absent or "auto":
+    the image's own size (sides down to multiples of 8)."""
+    body = checked_body({k: form_value(k, v) for k, v in fields.items()})
+    given = [(name, data) for name in ("image", "image[]") for data in files.get(name, [])]
+    if not given:
+        raise BadRequest("request: 'image' is required: the image to edit, as a file part.", "image",
+                         code="missing_required_parameter")
+    if len(given) > 1:
+        raise BadRequest(f"request: {len(given)} images were sent; spo edits one image per request.", given[1][0])
+    if len(files.get("mask", [])) > 1:
+        raise BadRequest("request: send at most one 'mask'.", "mask")
+    unknown_files = sorted(set(files) - {"image", "image[]", "mask"})
+    if unknown_files:
+        raise BadRequest(f"request: the file part {validate.shown(unknown_files[0])} is not one spo reads "
+                         "(it reads 'image' and 'mask').", unknown_files[0])
+    for key in set(files) & set(fields):
+        raise BadRequest(f"request: '{key}' is given as a file and as a text field.", key)
+    base, seeds, model, warnings, fmt = _openai_common(body, ctx, _OPENAI_EDIT_KNOWN)
+    folder = _uploads(ctx)
+    name, data = given[0]
+    with _upload():
+        data = uploads.checked_size(data, name)
+        image = uploads.decoded(data, name)
+        path = uploads.store(data, folder, name, image)
+        mask = None
+        if files.get("mask"):
+            mask_data = uploads.checked_size(files["mask"][0], "mask")
+            mask = uploads.openai_mask(uploads.decoded(mask_data, "mask"))
+            if mask is None:
+                raise BadRequest("request: 'mask' has no fully transparent pixel, so it marks nothing to repaint "
+                                 "(OpenAI's mask: fully transparent = repaint, opaque = keep). Make the area to "
+                                 "repaint transparent (alpha 0) in a PNG with an alpha channel.", "mask")
+        else:
+            mask = uploads.openai_mask(image)  # None: no transparent area, the whole image is re-drawn
+        values = {"image": path, "strength": body.get("strength")}
+        if mask is not None:
+            values["mask"] = uploads.store_png(mask, folder)
+            values["mask_blur"] = body.get("mask_blur")
+            if values["strength"] is None:
+                values["strength"] = OPENAI_MASKED_STRENGTH
+    names = {"image": name, "mask": "mask", "strength": "strength", "mask_blur": "mask_blur", "width": "size",
+             "height": "size", "steps": "steps"}
+    request, more = _edit(base, values, names, ctx, folder)
+    return Job(tuple(replace(request, seed=s) for s in seeds), model, tuple(warnings + more), fmt, ctx.save)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,7 +461,11 @@ _READ_ONLY_WITH = {"denoising_strength": "enable_hr", "firstphase_width": "enabl
 _NO_EFFECT = {"do_not_save_grid", "override_settings_restore_afterwards", "force_task_id"}
 
 
-def _a1111_unchanged(body: dict, scheduler: str, size: tuple[int, int]):
+# Values of img2img fields that leave the image as it is: noise at its strength, no latent mask.
+_UNCHANGED_AT = {"initial_noise_multiplier": 1, "latent_mask": ""}
+
+
+def _a1111_unchanged(body: dict, scheduler: str, size: tuple[int, int], defaults: dict | None = None):
     """Whether an A1111 field spo does not implement would leave the image as spo makes it, given the
     rest of `body`: at A1111's default, or read by A1111 only in a mode that is off. None is A1111's
     "the server's default" for every field."""
@@ -360,7 +480,10 @@ def _a1111_unchanged(body: dict, scheduler: str, size: tuple[int, int]):
             return _eta_unchanged(value, scheduler)
         if key in ("seed_resize_from_w", "seed_resize_from_h"):
             return _resize_unchanged(body, size)
-        return key in A1111_DEFAULTS and value == A1111_DEFAULTS[key]
+        if key in _UNCHANGED_AT and value == _UNCHANGED_AT[key]:
+            return True
+        table = A1111_DEFAULTS if defaults is None else defaults
+        return key in table and value == table[key]
 
     return unchanged
 
@@ -386,9 +509,19 @@ def _resize_unchanged(body: dict, size: tuple[int, int]) -> bool:
     return w <= 0 or h <= 0 or (w, h) == size
 
 
-def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
-    """POST /sdapi/v1/txt2img → the job, and A1111's `parameters` echo (the request with defaults)."""
-    body = checked_body(body)
+@dataclass
+class _A1111:
+    """What txt2img and img2img share, read from a body: the base request (seed 0), the seeds, the
+    model, the warnings and the `parameters` echo so far."""
+
+    base: ImageRequest
+    seeds: list[int]
+    model: str
+    warnings: list[str]
+    parameters: dict
+
+
+def _a1111_common(body: dict, ctx: Context, known: set[str], defaults: dict) -> _A1111:
     warnings: list[str] = []
     batch_size = _integer(body, "batch_size", 1, 1, validate.BATCH_SIZE_MAX)
     n_iter = _integer(body, "n_iter", 1, 1, ctx.max_images)
@@ -435,12 +568,11 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         except infotext.InfotextError as e:  # the schedule type is not one A1111 has
             raise BadRequest(f"request: 'scheduler': {e}", "scheduler") from None
         if values["scheduler"] == "default":  # read from a diffusers class name, as infotexts may hold
-            known = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
+            known_names = ", ".join(c.a1111 for c in presets.SCHEDULERS.values() if c.a1111)
             raise BadRequest(f"request: '{sampler_field}' {validate.shown(sampler)} is not an A1111 sampler; spo knows "
-                             f"{known}. "
+                             f"{known_names}. "
                              "Leave it out for the checkpoint's own scheduler.", sampler_field)
-    names = dict(A1111_NAMES)
-    base, more = _image_fields({**values, "seed": 0}, {k: v for k, v in names.items()}, ctx)
+    base, more = _image_fields({**values, "seed": 0}, dict(A1111_NAMES), ctx)
     seed = body.get("seed", -1)
     seed = _seed(None if seed == -1 else seed)  # -1: A1111's random
     model = _model(body.get("spo_model"), ctx, "spo_model", warnings)
@@ -450,13 +582,172 @@ def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
         override = {k: v for k, v in override.items() if k != "sd_model_checkpoint"}
         body = {**body, "override_settings": override}
     size = (base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE)
-    _ignored(body, _A1111_KNOWN, _a1111_unchanged(body, base.scheduler, size), warnings)
-    images = tuple(replace(base, seed=s) for s in _seeds(seed, batch_size * n_iter))
-    parameters = {**{k: v for k, v in A1111_DEFAULTS.items()}, **body, "batch_size": batch_size, "n_iter": n_iter,
-                  "seed": images[0].seed, "steps": base.steps, "cfg_scale": base.guidance,
+    _ignored(body, known, _a1111_unchanged(body, base.scheduler, size, defaults), warnings)
+    seeds = _seeds(seed, batch_size * n_iter)
+    parameters = {**defaults, **body, "batch_size": batch_size, "n_iter": n_iter,
+                  "seed": seeds[0], "steps": base.steps, "cfg_scale": base.guidance,
                   "width": base.width or presets.DEFAULT_SIZE, "height": base.height or presets.DEFAULT_SIZE,
                   "sampler_name": sampler_label(base.scheduler)}
-    return Job(images, model, tuple(warnings + more), "b64_json", ctx.save), parameters
+    return _A1111(base, seeds, model, warnings + more, parameters)
+
+
+# The hires fix's fields (read only with enable_hr), by spo's names in inputs.edit_request.
+_HIRES_NAMES = {"hires": "hr_scale", "hires_upscaler": "hr_upscaler", "hires_steps": "hr_second_pass_steps",
+                "hires_strength": "denoising_strength"}
+_HIRES_KNOWN = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "denoising_strength",
+                "hr_resize_x", "hr_resize_y"}
+A1111_HIRES_STRENGTH = 0.75  # StableDiffusionProcessingTxt2Img's denoising_strength, what its API runs unless told
+A1111_HR_SCALE = 2.0  # its hr_scale
+
+
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key)
+    if value in (None, False, 0, True, 1):
+        return bool(value)
+    raise BadRequest(f"request: '{key}' must be true or false, not {validate.shown(value)}.", key)
+
+
+def a1111_job(body, ctx: Context) -> tuple[Job, dict]:
+    """POST /sdapi/v1/txt2img → the job, and A1111's `parameters` echo (the request with defaults).
+    With `enable_hr`, A1111's hires fix: hr_scale (or hr_resize_x/y where they are a scale), hr_upscaler
+    Latent or Lanczos, hr_second_pass_steps, denoising_strength."""
+    body = checked_body(body)
+    hires = _flag(body, "enable_hr")
+    common = _a1111_common(body, ctx, _A1111_KNOWN | (_HIRES_KNOWN if hires else {"enable_hr"}), A1111_DEFAULTS)
+    request, more = common.base, []
+    if hires:
+        request, more = _a1111_hires(body, common.base, ctx)
+        common.parameters.update(hr_scale=request.hires.scale, denoising_strength=request.hires.strength,
+                                 hr_upscaler=A1111_UPSCALER_NAMES[request.hires.upscaler])
+    images = tuple(replace(request, seed=s) for s in common.seeds)
+    return Job(images, common.model, tuple(common.warnings + more), "b64_json", ctx.save), common.parameters
+
+
+A1111_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}  # A1111's names of spo's hires upscalers
+
+
+def _a1111_hires(body: dict, base: ImageRequest, ctx: Context) -> tuple[ImageRequest, list[str]]:
+    upscaler = body.get("hr_upscaler")
+    if upscaler in (None, ""):
+        upscaler = "latent"  # A1111's default, its "Latent"
+    elif isinstance(upscaler, str) and upscaler.strip().lower() in A1111_UPSCALER_NAMES:
+        upscaler = upscaler.strip().lower()
+    else:
+        raise BadRequest(f"request: 'hr_upscaler' {validate.shown(upscaler)} is not one spo has; it has "
+                         f"{' and '.join(A1111_UPSCALER_NAMES.values())} (A1111's default is Latent).", "hr_upscaler")
+    scale = body.get("hr_scale")
+    scale = A1111_HR_SCALE if scale is None else scale
+    resize = (_integer(body, "hr_resize_x", 0, 0, validate.SIDE_MAX * 4),
+              _integer(body, "hr_resize_y", 0, 0, validate.SIDE_MAX * 4))
+    if any(resize):
+        scale = _scale_of_resize(base, resize)
+    steps = body.get("hr_second_pass_steps")
+    strength = body.get("denoising_strength")
+    values = {"hires": scale, "hires_upscaler": upscaler, "hires_steps": steps,
+              "hires_strength": A1111_HIRES_STRENGTH if strength is None else strength}
+    return _edit(base, values, {**A1111_NAMES, **_HIRES_NAMES}, ctx)
+
+
+def _scale_of_resize(base: ImageRequest, resize: tuple[int, int]) -> float:
+    """hr_resize_x/y as the scale that makes that size (as A1111 computes its target: a side left 0 keeps
+    the shape); refused when no scale does (A1111 would crop to another shape)."""
+    w, h = base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE
+    rx, ry = resize
+    target = (rx, ry) if rx and ry else (rx, rx * h // w) if rx else (ry * w // h, ry)
+    wanted = (target[0] // 8 * 8, target[1] // 8 * 8)
+    for scale in (target[0] / w, target[1] / h):
+        if validate.hires_size(w, h, scale) == wanted:
+            return scale
+    field = "hr_resize_x" if rx else "hr_resize_y"
+    raise BadRequest(f"request: 'hr_resize_x' × 'hr_resize_y' {rx}×{ry} is not the {w}×{h} image scaled (A1111 "
+                     "would crop it to that shape; spo's hires fix only scales). Give 'hr_scale', or a size of the "
+                     "same shape.", field)
+
+
+# StableDiffusionProcessingImg2Img's API fields beyond txt2img's, at A1111's defaults (modules/api/models.py).
+A1111_IMG2IMG_DEFAULTS = {
+    **{k: v for k, v in A1111_DEFAULTS.items() if k not in _HIRES_KNOWN and not k.startswith(("hr_", "firstphase_"))},
+    "init_images": None, "resize_mode": 0, "denoising_strength": 0.75, "image_cfg_scale": None, "mask": None,
+    "mask_blur_x": 4, "mask_blur_y": 4, "mask_blur": None, "mask_round": True, "inpainting_fill": 0,
+    "inpaint_full_res": True, "inpaint_full_res_padding": 0, "inpainting_mask_invert": 0,
+    "initial_noise_multiplier": None, "latent_mask": None, "include_init_images": False,
+}
+_A1111_IMG2IMG_KNOWN = _A1111_KNOWN | {
+    "init_images", "mask", "denoising_strength", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill",
+    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "include_init_images",
+    "image_cfg_scale",  # read only by instruct-pix2pix models: no SDXL checkpoint
+}
+_IMG2IMG_NAMES = {**A1111_NAMES, "image": "init_images[0]", "mask": "mask", "strength": "denoising_strength",
+                  "mask_blur": "mask_blur", "mask_crop": "inpaint_full_res_padding"}
+A1111_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+A1111_RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill", 3: "Just resize (latent upscale)"}
+
+
+def a1111_img2img_job(body, ctx: Context) -> tuple[Job, dict]:
+    """POST /sdapi/v1/img2img: one base64 `init_images` image, an optional `mask` (A1111's: white =
+    repaint, or its alpha when it has transparency), `denoising_strength`, `mask_blur`,
+    `inpaint_full_res` (+ padding: diffusers' padding_mask_crop), `inpainting_mask_invert`, and every
+    txt2img field; width and height absent: the image's own size."""
+    body = checked_body(body)
+    init = body.get("init_images")
+    if not isinstance(init, list) or not init:
+        raise BadRequest("request: 'init_images' must be a list holding one base64-encoded image.", "init_images")
+    if len(init) > 1:
+        # A1111 gives each image of a batch its own init image; spo makes one input's images per call.
+        raise BadRequest(f"request: 'init_images' holds {len(init)} images; spo takes one per request (send one "
+                         "request per image).", "init_images")
+    common = _a1111_common(body, ctx, _A1111_IMG2IMG_KNOWN, A1111_IMG2IMG_DEFAULTS)
+    warnings = common.warnings
+    folder = _uploads(ctx)
+    path, image = _kept(init[0], "init_images[0]", folder)
+    values = {"image": path, "strength": body.get("denoising_strength")}
+    if body.get("mask") not in (None, ""):
+        invert = _integer(body, "inpainting_mask_invert", 0, 0, 1)
+        if invert:
+            with _upload():
+                data = uploads.from_base64(body["mask"], "mask")
+                mask = uploads.decoded(data, "mask")
+                values["mask"] = uploads.store_png(uploads.inverted_mask(mask, mask.size), folder)
+        else:
+            values["mask"] = _kept(body["mask"], "mask", folder)[0]
+        values["mask_blur"] = _a1111_mask_blur(body)
+        if _flag(body, "inpaint_full_res"):  # absent: spo's whole picture (A1111's UI default)
+            values["mask_crop"] = body.get("inpaint_full_res_padding") or 0
+        fill = body.get("inpainting_fill")
+        if fill is not None and fill != 1:
+            what = A1111_FILLS.get(fill) if isinstance(fill, int) and not isinstance(fill, bool) else None
+            warnings.append(f"'inpainting_fill' {validate.shown(fill)}{f' ({what})' if what else ''} is not "
+                            "supported; spo starts the masked area from the image (1, 'original'), as diffusers' "
+                            "inpainting does.")
+    mode = body.get("resize_mode")
+    if mode not in (None, 0) and (body.get("width") or body.get("height")):
+        size = (body.get("width") or image.width, body.get("height") or image.height)
+        if size != image.size:
+            what = A1111_RESIZE_MODES.get(mode) if isinstance(mode, int) else None
+            raise BadRequest(f"request: 'resize_mode' {validate.shown(mode)}{f' ({what})' if what else ''} is not "
+                             "supported; spo resizes the whole image to width × height (0, 'Just resize'). Use 0, or "
+                             "leave width and height out to keep the image's size.", "resize_mode")
+    request, more = _edit(common.base, values, _IMG2IMG_NAMES, ctx, folder)
+    width, height, _ = inputs.output_size(request.image, request.width, request.height)
+    parameters = {**common.parameters, "denoising_strength": request.strength, "width": width, "height": height}
+    if not _flag(body, "include_init_images"):  # A1111 echoes the images only when asked to
+        parameters.update(init_images=None, mask=None)
+    images = tuple(replace(request, seed=s) for s in common.seeds)
+    return Job(images, common.model, tuple(warnings + more), "b64_json", ctx.save), parameters
+
+
+def _a1111_mask_blur(body: dict):
+    """A1111's mask_blur sets both directions; alone, mask_blur_x and mask_blur_y (4 each) must agree."""
+    if body.get("mask_blur") is not None:
+        return body["mask_blur"]
+    x, y = body.get("mask_blur_x"), body.get("mask_blur_y")
+    if x is None and y is None:
+        return None  # spo's default, A1111's 4
+    x, y = (4 if v is None else v for v in (x, y))
+    if x != y:
+        raise BadRequest(f"request: 'mask_blur_x' {validate.shown(x)} and 'mask_blur_y' {validate.shown(y)} differ; "
+                         "spo blurs the mask's edge by one amount. Give 'mask_blur'.", "mask_blur_x")
+    return x
 
 
 # A1111's schedule types (modules/sd_schedulers.py), as its /sdapi/v1/schedulers lists them:
@@ -556,7 +847,9 @@ def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: st
         "sampler_name": sampler_label(first.scheduler), "cfg_scale": first.guidance, "steps": first.steps,
         "batch_size": len(job.images), "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model_name, "sd_model_hash": sha256[:10] if sha256 else None, "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": 0, "extra_generation_params": {},
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": first.strength or (first.hires.strength if first.hires else 0),
+        "extra_generation_params": {},
         "index_of_first_image": 0, "infotexts": infotexts, "styles": [], "job_timestamp": None, "clip_skip": 1,
         "is_using_inpainting_conditioning": False, "version": "spo-cli",
         "warnings": list(job.warnings),
@@ -568,6 +861,49 @@ def a1111_info(job: Job, metas: list[dict], infotexts: list[str], model_name: st
 
 _REQUEST_FIELDS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
                    "generator_device", "prompt_syntax", "emphasis", "watermark")
+# Image to image: `image` and `mask` name an entry of the body's `inputs` ({sha256: base64 bytes}), sent
+# once however many images of the call start from it; `hires` is request.Hires's fields.
+_EDIT_FIELDS = ("image", "mask", "strength", "mask_blur", "mask_crop", "hires")
+_HIRES_FIELDS = {"scale": "hires", "upscaler": "hires_upscaler", "steps": "hires_steps", "strength": "hires_strength"}
+MAX_INPUTS = 8  # distinct input files in one /spo/v1/run body: a call's images share one image and mask
+
+
+def _run_inputs(body: dict, folder: Path) -> dict[str, Path]:
+    """/spo/v1/run's `inputs`, each checked (its sha256 is its bytes') and kept: {sha256: file}."""
+    given = body.get("inputs") or {}
+    given = _object(given, "inputs")
+    if len(given) > MAX_INPUTS:
+        raise BadRequest(f"request: 'inputs' holds {len(given)} files; at most {MAX_INPUTS}.", "inputs")
+    kept = {}
+    for sha, text in given.items():
+        field = f"inputs[{validate.shown(sha, 70)}]"
+        with _upload():
+            data = uploads.from_base64(text, field)
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise BadRequest(f"request: {field}: the bytes sent are not the file of that SHA-256.", "inputs")
+            kept[sha] = uploads.store(data, folder, field)
+    return kept
+
+
+def _run_edit(item: dict, n: int, kept: dict[str, Path]) -> dict:
+    values = {}
+    for key in ("image", "mask"):
+        if item.get(key) is not None:
+            if item[key] not in kept:
+                raise BadRequest(f"request: images[{n}].{key} names no entry of 'inputs'.", f"images[{n}].{key}")
+            values[key] = kept[item[key]]
+    for key in ("strength", "mask_blur", "mask_crop"):
+        values[key] = item.get(key)
+    if values.get("mask") is None:
+        values.update(mask_blur=None, mask_crop=None)  # 0 and None: a request's values without a mask
+    hires = item.get("hires")
+    if hires is not None:
+        hires = _object(hires, f"images[{n}].hires")
+        unknown = sorted(set(hires) - set(_HIRES_FIELDS))
+        if unknown:
+            raise BadRequest(f"request: images[{n}].hires takes only {', '.join(_HIRES_FIELDS)}.", f"images[{n}].hires")
+        values.update({spo: hires.get(key) for key, spo in _HIRES_FIELDS.items()})
+    return values
 
 
 def run_job(body, ctx: Context) -> Job:
@@ -584,16 +920,24 @@ def run_job(body, ctx: Context) -> Job:
     if model not in ctx.models:
         raise BadRequest(f"request: 'model' {model!r} is not loaded here (loaded: {', '.join(ctx.models)}).", "model")
     requests, warnings = [], []
+    folder = _uploads(ctx)
+    kept = _run_inputs(body, folder)
     for n, item in enumerate(images):
-        item = _object(item, f"images[{n}]")
+        item = dict(_object(item, f"images[{n}]"))  # a copy: the edit fields are taken out of it
+        edit = {k: item.pop(k) for k in _EDIT_FIELDS if k in item}
         unknown = sorted(set(item) - set(_REQUEST_FIELDS))
         if unknown or item.get("prompt") is None or item.get("seed") is None:
             raise BadRequest(f"request: images[{n}] needs 'prompt' and 'seed' and takes only "
-                             f"{', '.join(_REQUEST_FIELDS)}" + (f" (not {', '.join(unknown)})" if unknown else "") + ".",
+                             f"{', '.join(_REQUEST_FIELDS + _EDIT_FIELDS)}" + (f" (not {', '.join(unknown)})" if unknown else "") + ".",
                              f"images[{n}]")
         names = {k: f"images[{n}].{k}" for k in _REQUEST_FIELDS}
         request, more = _image_fields({k: v for k, v in item.items() if v is not None or k == "negative_prompt"},
                                       names, ctx)
+        if any(v is not None for v in edit.values()):
+            request, edited = _edit(request, _run_edit(edit, n, kept),
+                                    {k: f"images[{n}].{k}" for k in (*_EDIT_FIELDS, *_HIRES_FIELDS.values())}, ctx,
+                                    folder)
+            more = more + edited
         requests.append(request)
         warnings += more
     return Job(tuple(requests), model, tuple(dict.fromkeys(warnings)), "b64_json", save=False)

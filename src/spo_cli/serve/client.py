@@ -253,9 +253,10 @@ def check_model(label: str, info: dict, where: str) -> dict:
     return info
 
 
-def check_image(item, request: ImageRequest, size: tuple[int, int], n: int):
+def check_image(item, request: ImageRequest, size: tuple[int, int], n: int, recorded: tuple[int, int] | None = None):
     """images[n] of a /spo/v1/run answer → (PIL image or None for NaN, meta or None). The PNG is
-    decoded only once its header says it has the size asked, so a decompression bomb stays a header."""
+    decoded only once its header says it has the size asked, so a decompression bomb stays a header.
+    `recorded`: the size its metadata must give (the hires fix records its first pass's), else `size`."""
     from PIL import Image
 
     where = f"images[{n}]"
@@ -290,8 +291,9 @@ def check_image(item, request: ImageRequest, size: tuple[int, int], n: int):
         raise
     except Exception as e:  # PIL raises many kinds of error for a broken file
         raise Lie(f"{where}.png does not decode ({type(e).__name__}: {inert(e, 80)})") from None
-    asked = {"seed": request.seed, "steps": request.steps, "guidance": request.guidance, "width": size[0],
-             "height": size[1]}
+    recorded = recorded or size
+    asked = {"seed": request.seed, "steps": request.steps, "guidance": request.guidance, "width": recorded[0],
+             "height": recorded[1]}
     for key, value in asked.items():
         got = meta.get(key)
         if isinstance(got, bool) or not isinstance(got, (int, float)) or got != value:
@@ -306,6 +308,11 @@ def check_image(item, request: ImageRequest, size: tuple[int, int], n: int):
     _get(scheduler, "class", str, f"{where}.meta.scheduler", optional=True)
     _get(scheduler, "a1111", str, f"{where}.meta.scheduler")
     _get(scheduler, "config", dict, f"{where}.meta.scheduler")
+    for key, given in (("init_image", request.image), ("mask_image", request.mask)):
+        if given is not None:  # the input the server started from is the file sent
+            got = _get(_get(meta, key, dict, f"{where}.meta"), "sha256", str, f"{where}.meta.{key}")
+            if got != given.sha256:
+                raise Lie(f"{where}.meta.{key}.sha256 is {inert(got, 70)!r}, not the file sent ({given.sha256})")
     syntax = _get(meta, "prompt_syntax", str, f"{where}.meta")
     if syntax not in ("plain", "a1111") or (request.prompt_syntax != "auto" and syntax != request.prompt_syntax):
         raise Lie(f"{where}.meta.prompt_syntax is {inert(syntax, 40)!r}, but {request.prompt_syntax!r} was asked")
@@ -408,11 +415,28 @@ def _origin(url: str) -> tuple:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
+def output_size(request: ImageRequest, default: tuple[int, int]) -> tuple[int, int]:
+    """The size of the image `request` makes, as the engine computes it (Engine.output_size)."""
+    if request.image is not None:
+        from spo_cli import inputs
+
+        return inputs.output_size(request.image, request.width, request.height)[:2]
+    w, h = request.width or default[0], request.height or default[1]
+    return validate.hires_size(w, h, request.hires.scale) if request.hires is not None else (w, h)
+
+
+def recorded_size(request: ImageRequest, default: tuple[int, int]) -> tuple[int, int]:
+    """The sidecar's size (Engine.recorded_size): the hires fix records its first pass's."""
+    if request.hires is not None:
+        return request.width or default[0], request.height or default[1]
+    return output_size(request, default)
+
+
 def run_answer_limit(batch: list[ImageRequest], size: tuple[int, int]) -> int:
     """The most bytes a /spo/v1/run answer for `batch` can hold: each PNG at its worst, in base64."""
     total = 0
     for r in batch:
-        w, h = r.width or size[0], r.height or size[1]
+        w, h = output_size(r, size)
         png = math.ceil((w * 3 + 1) * h * _PNG_SLACK) + _PNG_FRAMING
         total += 4 * math.ceil(png / 3) + _META_BYTES
     return total + _META_BYTES
@@ -444,9 +468,12 @@ class RemoteEngine:
     def default_size(self) -> tuple[int, int]:
         return tuple(self.info["default_size"])
 
+    def output_size(self, request: ImageRequest) -> tuple[int, int]:
+        return output_size(request, self.default_size())
+
     def recorded_size(self, request: ImageRequest) -> dict:
-        default = self.default_size()
-        return {"width": request.width or default[0], "height": request.height or default[1]}
+        w, h = recorded_size(request, self.default_size())
+        return {"width": w, "height": h}
 
     def call_key(self, request: ImageRequest) -> tuple:
         return request.group_key()  # the server regroups by its own engine's key
@@ -459,15 +486,23 @@ class RemoteEngine:
 
     def run(self, batch: list[ImageRequest], on_step=None) -> list[Generated]:
         default = self.default_size()
-        answer = self.client.call("/spo/v1/run", {"model": self.label, "images": [asdict(r) for r in batch]},
-                                  limit=run_answer_limit(batch, default))
+        images, files = [], {}
+        for r in batch:
+            images.append(_sent(r))
+            for given in (r.image, r.mask):
+                if given is not None and given.sha256 not in files:
+                    files[given.sha256] = base64.b64encode(_input_bytes(given)).decode()
+        body = {"model": self.label, "images": images}
+        if files:
+            body["inputs"] = files
+        answer = self.client.call("/spo/v1/run", body, limit=run_answer_limit(batch, default))
         self._last = self._last or {"scheduler": {"name": batch[0].scheduler, "class": None, "a1111": "",
                                                   "config": {}}, "encoding": {"prompt_syntax": "plain"}}
         try:
             images = _get(answer, "images", list, "the answer")
             if len(images) != len(batch):
                 raise Lie(f"it sent {len(images)} image(s) for the {len(batch)} asked")
-            checked = [check_image(item, r, (r.width or default[0], r.height or default[1]), n)
+            checked = [check_image(item, r, output_size(r, default), n, recorded_size(r, default))
                        for n, (r, item) in enumerate(zip(batch, images))]
         except Lie as e:
             raise self.client.not_spo(str(e)) from None
@@ -477,8 +512,39 @@ class RemoteEngine:
                 self._last = {"scheduler": meta["scheduler"], "encoding": _encoding(meta)}
             results.append(Generated(image, request, image is None))
         if on_step:
-            on_step(batch[0].steps, batch[0].steps)
+            on_step(batch[0].denoising_steps, batch[0].denoising_steps)
         return results
+
+
+def _sent(request: ImageRequest) -> dict:
+    """An ImageRequest as /spo/v1/run takes it: its inputs by SHA-256 (their bytes go once, in `inputs`),
+    the mask's settings only with a mask."""
+    sent = asdict(request)
+    sent["image"] = request.image.sha256 if request.image else None
+    sent["mask"] = request.mask.sha256 if request.mask else None
+    if request.mask is None:
+        sent["mask_blur"] = None
+    # Unset, they are not sent: a text-to-image request stays what servers before image to image take.
+    for key in ("image", "mask", "strength", "mask_blur", "mask_crop", "hires"):
+        if sent[key] is None:
+            del sent[key]
+    return sent
+
+
+def _input_bytes(given) -> bytes:
+    """An input file's bytes, read again as the engine reads it: refused if it changed since checked."""
+    import hashlib
+
+    from spo_cli import inputs
+
+    try:
+        data = inputs.read_bytes(given.path)[1]
+    except UsageError as e:
+        raise GenerationError(f"The input {given.path} could not be read again: {e.message}") from None
+    if hashlib.sha256(data).hexdigest() != given.sha256:
+        raise GenerationError(f"The input {given.path} changed while spo was running.",
+                              "Leave input files alone while a run reads them, then run again.")
+    return data
 
 
 def connect(url: str, label: str, ui=None) -> tuple[RemoteEngine, RemoteModel]:

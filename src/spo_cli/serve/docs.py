@@ -21,8 +21,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from spo_cli import presets, validate
-from spo_cli.serve import api, guard
+from spo_cli import inputs, presets, validate
+from spo_cli.serve import api, guard, uploads
 
 router = APIRouter()
 
@@ -112,6 +112,64 @@ class A1111Txt2Img(_Open):
                                                      "loaded model's label.")
     prompt_syntax: Literal[validate.PROMPT_SYNTAXES] | None = None  # type: ignore[valid-type]
     emphasis: Literal[validate.EMPHASES] | None = None  # type: ignore[valid-type]
+    enable_hr: bool | None = Field(False, description="A1111's hires fix: the image at width × height, upscaled "
+                                   "by hr_scale, then re-drawn at denoising_strength.")
+    hr_scale: float | None = Field(api.A1111_HR_SCALE, gt=1, le=validate.HIRES_SCALE_MAX)
+    hr_upscaler: Literal["Latent", "Lanczos"] | None = Field(None, description="Absent: Latent (A1111's default); "
+                                                            "A1111's other upscalers are refused.")
+    hr_second_pass_steps: int | None = Field(0, ge=0, le=validate.STEPS_MAX, description="0: the same as steps.")
+    hr_resize_x: int | None = Field(0, ge=0, description="Instead of hr_scale, where the size is the image scaled.")
+    hr_resize_y: int | None = Field(0, ge=0)
+    denoising_strength: float | None = Field(None, gt=0, le=1, description="With enable_hr: the second pass's "
+                                             f"strength; absent: {api.A1111_HIRES_STRENGTH} (A1111's API default).")
+
+
+_MASK_RULE = ("spo's and A1111's convention: white = repaint, black = keep (grey above half counts as white); a "
+              "mask with transparency is read by its alpha instead (opaque = repaint).")
+
+
+class A1111Img2Img(A1111Txt2Img):
+    """AUTOMATIC1111's StableDiffusionProcessingImg2Img body. Absent width and height: the image's own size
+    (sides down to multiples of 8). Absent fields take spo's defaults, not A1111's."""
+
+    init_images: list[str] = Field(min_length=1, max_length=1, description="One image, base64 (a data: URL too).")
+    mask: str | None = Field(None, description="Inpainting: a base64 image. " + _MASK_RULE)
+    denoising_strength: float | None = Field(None, gt=0, le=1, description=f"Default {inputs.DEFAULT_STRENGTH}; "
+                                             "int(steps × strength) must be at least 1.")
+    mask_blur: int | None = Field(None, ge=0, le=inputs.MASK_BLUR_MAX,
+                                  description=f"The mask's edge, in pixels; default {inputs.DEFAULT_MASK_BLUR}.")
+    mask_blur_x: int | None = Field(None, description="Equal to mask_blur_y, or refused.")
+    mask_blur_y: int | None = None
+    inpainting_fill: int | None = Field(None, description="Only 1 (original) is what spo does; others are warned of.")
+    inpaint_full_res: bool | None = Field(None, description="Only masked: a crop around the mask, made at full "
+                                          "size (diffusers' padding_mask_crop). Absent: the whole picture.")
+    inpaint_full_res_padding: int | None = Field(None, ge=0, le=inputs.MASK_CROP_MAX)
+    inpainting_mask_invert: int | None = Field(0, ge=0, le=1, description="1: repaint the black part.")
+    resize_mode: int | None = Field(0, description="Only 0 (Just resize) when width × height differs from the image.")
+    include_init_images: bool | None = Field(False, description="Echo the images in `parameters`.")
+
+
+class OpenAIImageEdit(BaseModel):
+    """OpenAI's image edits, multipart/form-data: text fields as text, the images as file parts. The mask
+    follows OpenAI's convention: fully transparent (alpha 0) = repaint, opaque = keep; without a mask, the
+    image's own fully transparent area is repainted, and an image without one is re-drawn whole."""
+
+    model_config = ConfigDict(extra="allow")
+    image: bytes = Field(description="The image to edit (one file).", json_schema_extra={"format": "binary"})
+    mask: bytes | None = Field(None, description="OpenAI's mask: fully transparent = repaint.",
+                               json_schema_extra={"format": "binary"})
+    prompt: str = _Prompt
+    n: int | None = Field(1, ge=1)
+    size: str | None = Field(None, description="WIDTHxHEIGHT; absent or auto: the image's own size.")
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    model: str | None = None
+    seed: int | None = Field(None, ge=0, le=validate.SEED_MAX)
+    strength: float | None = Field(None, gt=0, le=1, description=f"spo's: {api.OPENAI_MASKED_STRENGTH} with a "
+                                   f"mask (the area drawn anew), {inputs.DEFAULT_STRENGTH} without.")
+    steps: int | None = Field(None, ge=1, le=validate.STEPS_MAX)
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    scheduler: str | None = Field(None, description=_SCHEDULER)
 
 
 class A1111Txt2ImgResponse(BaseModel):
@@ -140,11 +198,18 @@ class SpoImage(BaseModel):
     prompt_syntax: Literal[validate.PROMPT_SYNTAXES] | None = None  # type: ignore[valid-type]
     emphasis: Literal[validate.EMPHASES] | None = None  # type: ignore[valid-type]
     watermark: bool | None = None
+    image: str | None = Field(None, description="Image to image: the SHA-256 of an entry of `inputs`.")
+    mask: str | None = Field(None, description="Inpainting: the SHA-256 of an entry of `inputs`. " + _MASK_RULE)
+    strength: float | None = Field(None, gt=0, le=1)
+    mask_blur: int | None = Field(None, ge=0, le=inputs.MASK_BLUR_MAX)
+    mask_crop: int | None = Field(None, ge=0, le=inputs.MASK_CROP_MAX)
+    hires: dict[str, Any] | None = Field(None, description="The hires fix: {scale, upscaler, steps, strength}.")
 
 
 class SpoRun(_Open):
     model: str | None = Field(None, description="A loaded model's label; absent: the first.")
     images: list[SpoImage] = Field(min_length=1)
+    inputs: dict[str, str] | None = Field(None, description="The input files, base64, by their SHA-256.")
 
 
 class SpoRunImage(BaseModel):
@@ -201,7 +266,9 @@ class A1111Error(BaseModel):
 # a test checks it against the app's routes.
 OPERATIONS: dict[tuple[str, str], tuple[type[BaseModel] | None, dict[int, type[BaseModel]]]] = {
     ("post", "/v1/images/generations"): (OpenAIImageRequest, {200: OpenAIImagesResponse}),
+    ("post", "/v1/images/edits"): (OpenAIImageEdit, {200: OpenAIImagesResponse}),
     ("post", "/sdapi/v1/txt2img"): (A1111Txt2Img, {200: A1111Txt2ImgResponse}),
+    ("post", "/sdapi/v1/img2img"): (A1111Img2Img, {200: A1111Txt2ImgResponse}),
     ("post", "/sdapi/v1/options"): (A1111Options, {}),
     ("get", "/sdapi/v1/progress"): (None, {200: A1111Progress}),
     ("post", "/spo/v1/run"): (SpoRun, {200: SpoRunResponse}),
@@ -210,10 +277,13 @@ OPERATIONS: dict[tuple[str, str], tuple[type[BaseModel] | None, dict[int, type[B
 BODYLESS_POSTS = {"/sdapi/v1/interrupt"}  # A1111 clients send it with no body: no schema to give
 REFUSALS = {400: "Bad request: the message names the field", 401: "Credentials are needed",
             403: "A page of another site", 404: "No such route or file", 413: "The body is too large",
-            415: "The body is not sent as application/json", 421: "A Host this server does not answer to",
+            415: "The body is not sent as application/json (multipart/form-data for /v1/images/edits)", 421: "A Host this server does not answer to",
             429: "The queue is full (Retry-After)", 500: "Internal error", 503: "Stopped or not loaded (Retry-After)"}
 DESCRIPTION = ("SPO-SDXL behind OpenAI's images API, AUTOMATIC1111's /sdapi/v1 and spo's own endpoints. "
-               "Bodies are JSON sent as 'Content-Type: application/json'; with a token, send "
+               "Bodies are JSON sent as 'Content-Type: application/json' (OpenAI's /v1/images/edits: multipart/form-data); "
+               "images in JSON are base64, at most " f"{uploads.UPLOAD_BYTES_MAX >> 20} MB each, in bodies of at most "
+               f"{uploads.EDIT_BODY_BYTES >> 20} MB. Masks: white = repaint on /sdapi/v1/img2img and /spo/v1/run "
+               "(A1111's convention); fully transparent = repaint on /v1/images/edits (OpenAI's). With a token, send "
                "'Authorization: Bearer <token>' (or, with --api-auth-file, HTTP Basic). Every refusal is JSON: "
                "{\"error\": {\"message\", \"type\", \"param\", \"code\"}} as OpenAI writes it, and under "
                "/sdapi/ {\"error\", \"detail\", \"body\", \"errors\"} as A1111 does.")
@@ -244,7 +314,8 @@ def document(app) -> dict:
         for method, op in operations.items():
             body, answers = OPERATIONS.get((method, path), (None, {}))
             if body is not None:
-                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body, schemas)}}}
+                kind = "multipart/form-data" if path in api.MULTIPART_PATHS else "application/json"
+                op["requestBody"] = {"required": True, "content": {kind: {"schema": _ref(body, schemas)}}}
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
             for status, model in answers.items():
@@ -308,7 +379,8 @@ def page(doc: dict) -> str:
             if params:
                 parts.append("<p>Parameters: " + ", ".join(f"<code>{e(p['name'])}</code> ({e(p['in'])})"
                                                              for p in params) + "</p>")
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            content = op.get("requestBody", {}).get("content", {})
+            body = next(iter(content.values()), {}).get("schema")
             if body:
                 parts.append(_fields(_resolve(body, schemas), schemas))
             answers = ", ".join(f"{e(code)} {e(answer.get('description', ''))}"

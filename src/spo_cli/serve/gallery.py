@@ -89,6 +89,7 @@ def list_outputs(out: Path, limit: int) -> list[dict]:
                       "width": _number(meta.get("width")), "height": _number(meta.get("height")),
                       "scheduler": _text(scheduler.get("name")) if isinstance(scheduler, dict) else None,
                       "model": _text(model.get("id")) if isinstance(model, dict) else None,
+                      "strength": _number(meta.get("strength")),  # image to image: the card says so
                       "created": _text(meta.get("created"))})
         if len(items) >= limit:
             break

@@ -14,7 +14,10 @@ Binding 127.0.0.1 does not keep out the web pages the user's own browser opens. 
    passwords, `--api-auth-file`: either passes); the page, `/health` and the favicon hold no data.
 4. **Content-Type** (415). A body must be declared `application/json`: the content types a page may
    send without a CORS preflight (`text/plain`, forms) are refused even from a browser that sends no
-   Origin. A POST without a body (A1111 clients' interrupt) has nothing to mistake.
+   Origin. A POST without a body (A1111 clients' interrupt) has nothing to mistake. The one exception
+   is OpenAI's `/v1/images/edits`, whose clients send `multipart/form-data` (and only that, there): a
+   form another site posts there is still refused by the Origin check (every current browser sends
+   Origin on a cross-site POST), and with a token, by the token.
 
 Plain ASGI, not a function middleware: that would wrap `receive` and hide a client's disconnect from
 the handler waiting for its images. Every request is counted here, with the status it got, and with
@@ -183,9 +186,11 @@ class Guard:
                               {"WWW-Authenticate": ", ".join(challenges)}, path)
         if method not in BODYLESS and _has_body(headers):
             kind = headers.get("content-type", "").partition(";")[0].strip().lower()
-            if kind != "application/json":
+            wanted = "multipart/form-data" if path in api.MULTIPART_PATHS else "application/json"
+            if kind != wanted:
                 shown = f"'{kind[:100]}'" if kind else "none"
-                return _error(415, f"A request body must be JSON sent as 'Content-Type: application/json' "
+                what = "multipart/form-data (OpenAI's image edits)" if wanted != "application/json" else "JSON"
+                return _error(415, f"A request body here must be {what} sent as 'Content-Type: {wanted}' "
                               f"(this one's Content-Type is {shown}).", "Content-Type", path=path)
         return None
 

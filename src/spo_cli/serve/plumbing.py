@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from spo_cli.serve import api
+from spo_cli.serve import api, uploads
 from spo_cli.serve.metrics import Metrics
 from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
 
@@ -30,6 +30,7 @@ class Settings:
     token: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_body: int = api.MAX_BODY_BYTES
+    max_edit_body: int = uploads.EDIT_BODY_BYTES  # api.EDIT_PATHS: bodies that carry images
     poll_s: float = 0.25  # how often a waiting request checks that its client is still there
     allow_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback (--allow-host)
     bound: str | None = None  # the address the socket is bound to (its Host is served too)
@@ -68,6 +69,11 @@ def refuse(e: api.BadRequest, headers: dict | None = None, path: str = "") -> JS
 
 async def read_body(request: Request, limit: int):
     """The body's JSON, read in chunks and never past DRAIN_FACTOR × `limit` bytes."""
+    return api.parse_json(await read_bytes(request, limit))
+
+
+async def read_bytes(request: Request, limit: int) -> bytes:
+    """The body, read in chunks and never past DRAIN_FACTOR × `limit` bytes."""
     too_big = api.BadRequest(f"The request body is over {limit:,} bytes.", None, 413)
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > DRAIN_FACTOR * limit):
@@ -87,7 +93,46 @@ async def read_body(request: Request, limit: int):
     # sending, gets the 413 rather than a reset connection.
     if seen > limit:
         raise too_big
-    return api.parse_json(bytes(data))
+    return bytes(data)
+
+
+MAX_FORM_PARTS = 32  # an edit's form: an image, a mask and a dozen text fields
+
+
+async def read_form(request: Request, limit: int) -> tuple[dict[str, str], dict[str, list[bytes]]]:
+    """A multipart/form-data body, read whole within `limit` first (Starlette's parser would spool a
+    file part of any size to disk), then parsed: (text fields, {name: [file bytes, …]})."""
+    from starlette.datastructures import UploadFile
+
+    data = await read_bytes(request, limit)
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS,
+                                                          max_part_size=limit)
+    except Exception as e:  # python-multipart's and Starlette's refusals of a malformed body
+        raise api.BadRequest(f"The request body is not multipart/form-data spo can read ({type(e).__name__}: "
+                             f"{str(getattr(e, 'detail', e))[:200]}).") from None
+    fields: dict[str, str] = {}
+    files: dict[str, list[bytes]] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.setdefault(name, []).append(await value.read())
+            elif name in fields:
+                raise api.BadRequest(f"request: the field {api.validate.shown(name)} is given twice.", name)
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, files
 
 
 async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
@@ -119,11 +164,21 @@ async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
                                  CLIENT_GONE)
 
 
-async def take(request: Request, spo: State, parse) -> tuple[object, Ticket] | JSONResponse:
+async def take(request: Request, spo: State, parse, *, form: bool = False) -> tuple[object, Ticket] | JSONResponse:
     """Read the body, check it with `parse` (→ a job, or a job and more), queue it, wait for it; or the
-    refusal."""
+    refusal. Bodies of api.EDIT_PATHS may be larger, and hold images: they are decoded and written in
+    a thread, off the event loop. `form`: a multipart body, parsed as parse(fields, files, context)."""
     try:
-        parsed = parse(await read_body(request, spo.settings.max_body), spo.settings.context)
+        settings = spo.settings
+        if request.url.path in api.EDIT_PATHS:
+            if form:
+                fields, files = await read_form(request, settings.max_edit_body)
+                parsed = await asyncio.to_thread(parse, fields, files, settings.context)
+            else:
+                parsed = await asyncio.to_thread(parse, await read_body(request, settings.max_edit_body),
+                                                 settings.context)
+        else:
+            parsed = parse(await read_body(request, settings.max_body), settings.context)
         job = parsed[0] if isinstance(parsed, tuple) else parsed
         return parsed, await submit_and_wait(request, spo, job)
     except api.BadRequest as e:

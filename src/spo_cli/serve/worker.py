@@ -315,7 +315,7 @@ class Worker:
         if refusal:  # what only the loaded model and this machine can refuse is still the request's fault
             self._fail(label, slots, *refusal)
             return
-        steps = requests[0].steps
+        steps = requests[0].denoising_steps  # what the engine's on_step counts: an edit runs its share
         flight = self._current = self._flight(len(slots), steps)
         started = flight.started
 

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's API (`--api`): txt2img and the few endpoints its clients read around it."""
+"""AUTOMATIC1111's API (`--api`): txt2img, img2img and the few endpoints its clients read around them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ router = APIRouter(prefix="/sdapi/v1")
 
 @router.post("/txt2img")
 async def txt2img(request: Request, spo: Spo):
-    if isinstance(taken := await take(request, spo, api.a1111_job), JSONResponse):
+    return await _answer(request, spo, api.a1111_job)
+
+
+@router.post("/img2img")
+async def img2img(request: Request, spo: Spo):
+    return await _answer(request, spo, api.a1111_img2img_job)
+
+
+async def _answer(request: Request, spo, parse):
+    """A1111's TextToImageResponse / ImageToImageResponse: images, parameters, info (a JSON string)."""
+    if isinstance(taken := await take(request, spo, parse), JSONResponse):
         return taken
     (job, parameters), ticket = taken
     if (bad := outcome(ticket, request.url.path)) is not None:
@@ -27,6 +37,7 @@ async def txt2img(request: Request, spo: Spo):
     infotexts = [metadata.a1111_parameters(img.meta) for img in made]
     info = api.a1111_info(job, [img.meta for img in made], infotexts, job.model)
     info["all_seeds"] = [img.request.seed for img in made]
+    info["files"] = [img.meta["file"] for img in made if img.written]  # spo's: under --out, for the page
     if len(made) < len(ticket.images):
         info["warnings"] = info["warnings"] + [f"seed {img.request.seed}: {img.error}"
                                                for img in ticket.images if img.error]

@@ -1,4 +1,4 @@
-"""OpenAI's images API: POST /v1/images/generations, and GET /v1/models."""
+"""OpenAI's images API: POST /v1/images/generations and /v1/images/edits, and GET /v1/models."""
 
 from __future__ import annotations
 
@@ -18,7 +18,16 @@ router = APIRouter()
 
 @router.post("/v1/images/generations")
 async def generations(request: Request, spo: Spo):
-    if isinstance(taken := await take(request, spo, api.openai_job), JSONResponse):
+    return await _answer(request, spo, api.openai_job)
+
+
+@router.post("/v1/images/edits")
+async def edits(request: Request, spo: Spo):
+    return await _answer(request, spo, api.openai_edit_job, form=True)
+
+
+async def _answer(request: Request, spo, parse, form: bool = False):
+    if isinstance(taken := await take(request, spo, parse, form=form), JSONResponse):
         return taken
     job, ticket = taken
     if (bad := outcome(ticket)) is not None:
