@@ -64,9 +64,11 @@ def test_civitai_shaped_text_with_extensions():
     assert got["scheduler"] == "dpm++2m-karras"
     assert (got["steps"], got["guidance"], got["seed"], got["width"], got["height"]) == (28, 6.5, 1234567890, 832, 1216)
     assert got["emphasis"] == "none-norm"
-    assert left == ["Model hash", "Model", "VAE hash", "VAE", "Denoising strength", "Clip skip", "ADetailer model",
-                    "ADetailer confidence", "ADetailer version", "Hires upscale", "Hires steps", "Hires upscaler",
-                    "Lora hashes", "Version"]
+    # the hires fix: Denoising strength is its second pass's, and no img2img strength
+    assert (got["hires"], got["hires_steps"], got["hires_upscaler"], got["hires_strength"]) == (2.0, 10, "latent", 0.4)
+    assert "strength" not in got
+    assert left == ["Model hash", "Model", "VAE hash", "VAE", "Clip skip", "ADetailer model",
+                    "ADetailer confidence", "ADetailer version", "Lora hashes", "Version"]
 
 
 def test_no_negative_prompt():
