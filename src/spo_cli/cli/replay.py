@@ -193,8 +193,11 @@ def replay_edits(ui: UI, image: ImageRequest, edits: dict, found: list, recorded
                              f"(recorded SHA-256 {rec.sha256}).",
                              f"Give {validate.ARGV.name(rec.key)} to point at the right file.")
         sources[rec.key] = rec
+    for key in ("image", "mask"):  # a file given here is named as its option, whatever else is wrong
+        if key in given:
+            inputs.check(given[key], key)
     values |= given
-    where = validate.ARGV if given else recorded
+    where = validate.ARGV if "strength" in given else recorded  # the other values are the file's
     edited, warnings = inputs.edit_request(image, values, where, size_limit=size_limit)
     for key, rec in sources.items():
         read = getattr(edited, key)
