@@ -30,8 +30,8 @@ EXAMPLES = """[bold]Examples[/]
 
   spo batch edits.jsonl --strength 0.6            # {"prompt": "…", "image": "fox.png", "mask": "m.png"}
 
-[bold]jsonl keys[/]: {keys}. Command-line options give the defaults for what a line leaves out. A line's
-"image" and "mask" are paths relative to the prompt file's folder (stdin's: the current folder), and must
+[bold]jsonl keys[/]: {keys}. Command-line options give the defaults for what a line leaves out. A line's \
+"image" and "mask" are paths relative to the prompt file's folder (stdin's: the current folder), and must \
 stay inside it.
 
 [bold]Exit codes[/]: 0 all made; 1 some images failed (see the manifest); 2 bad input, nothing run;

@@ -280,6 +280,8 @@ def keep_inputs(out: Path, requests) -> dict[str, Path]:
     from spo_cli import inputs
 
     kept: dict[str, Path] = {}
+    if (out / INPUTS_DIR).is_dir():
+        remove_leftovers(out / INPUTS_DIR)  # a copy a killed run left half made
     for r in requests:
         for image in (r.image, r.mask):
             if image is None or image.sha256 in kept:
