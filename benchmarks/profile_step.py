@@ -168,7 +168,6 @@ def main() -> None:
         raise SystemExit(f"No model in {args.workdir}/model: run benchmarks/bench_gpu.py"
                          f"{' --toy' if args.toy else ''} --workdir {args.workdir} first.")
 
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     bench_gpu.quiet()

@@ -64,9 +64,11 @@ def test_civitai_shaped_text_with_extensions():
     assert got["scheduler"] == "dpm++2m-karras"
     assert (got["steps"], got["guidance"], got["seed"], got["width"], got["height"]) == (28, 6.5, 1234567890, 832, 1216)
     assert got["emphasis"] == "none-norm"
-    assert left == ["Model hash", "Model", "VAE hash", "VAE", "Denoising strength", "Clip skip", "ADetailer model",
-                    "ADetailer confidence", "ADetailer version", "Hires upscale", "Hires steps", "Hires upscaler",
-                    "Lora hashes", "Version"]
+    # the hires fix: Denoising strength is its second pass's, and no img2img strength
+    assert (got["hires"], got["hires_steps"], got["hires_upscaler"], got["hires_strength"]) == (2.0, 10, "latent", 0.4)
+    assert "strength" not in got
+    assert left == ["Model hash", "Model", "VAE hash", "VAE", "Clip skip", "ADetailer model",
+                    "ADetailer confidence", "ADetailer version", "Lora hashes", "Version"]
 
 
 def test_no_negative_prompt():
@@ -559,8 +561,53 @@ def test_a_settings_line_too_short_to_be_one_is_said_to_be_prompt_text(capsys, t
     from spo_cli.cli.replay import from_infotext
     from spo_cli.cli.ui import UI
 
-    image, _, _ = from_infotext(UI(), text, "--infotext")
+    image, _, _, _ = from_infotext(UI(), text, "--infotext")
     err = " ".join(capsys.readouterr().err.split())
     assert ("holds fewer than 3 settings, so it is read as part of the prompt, as A1111 reads it" in err) == warned
     if warned:
         assert "'Steps: 3" in err and "Steps:" in image.prompt
+
+
+# --------------------------------------------------------------------------------------------
+# Image to image and the hires fix
+
+
+def test_hires_fields_as_a1111_writes_them():
+    got = fields("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.55, "
+                 "Hires upscale: 1.5, Hires upscaler: Lanczos")
+    assert (got["hires"], got["hires_upscaler"], got["hires_strength"]) == (1.5, "lanczos", 0.55)
+    assert "hires_steps" not in got and "strength" not in got  # A1111 writes Hires steps only when set
+
+
+def test_img2img_strength_and_mask_blur_without_hires():
+    got, left = to_request_fields(parse("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Denoising strength: 0.6, "
+                                        "Mask blur: 4, Inpaint area: Only masked"))
+    assert (got["strength"], got["mask_blur"]) == (0.6, 4) and "hires" not in got
+    assert left == ["Inpaint area"]
+
+
+@pytest.mark.parametrize("name, upscaler, warned", [
+    ("Latent", "latent", False), ("latent", "latent", False), ("Lanczos", "lanczos", False),
+    ("Latent (antialiased)", "latent", True), ("Latent (bicubic antialiased)", "latent", True),
+    ("ESRGAN_4x", "lanczos", True), ("R-ESRGAN 4x+", "lanczos", True), ("Nearest", "lanczos", True),
+])
+def test_a1111_hires_upscalers_map_to_the_nearest_of_spos_two(name, upscaler, warned):
+    notes = []
+    got, _ = to_request_fields(parse(f"a fox\nSteps: 20, Sampler: Euler, Hires upscale: 2, Hires upscaler: {name}"),
+                               notes=notes)
+    assert got["hires_upscaler"] == upscaler
+    assert bool(notes) == warned
+    if warned:
+        assert name in notes[0] and "will differ" in notes[0]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("Hires upscale: big", "Hires upscale 'big' is not a number"),
+    ("Hires upscale: 2, Hires steps: 1.5", "Hires steps '1.5' is not a whole number"),
+    ("Denoising strength: lots", "Denoising strength 'lots' is not a number"),
+    ("Mask blur: 4px", "Mask blur '4px' is not a whole number"),
+    ("Hires upscale: 2, Hires upscaler: ", "Hires upscaler is empty"),
+])
+def test_unreadable_edit_values_are_named(text, says):
+    with pytest.raises(InfotextError, match=re.escape(says)):
+        fields(f"a fox\nSteps: 20, Sampler: Euler, {text}")

@@ -7,7 +7,6 @@ is tests/test_img2img_inputs_cli.py).
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import signal
@@ -24,7 +23,7 @@ from PIL import Image
 from spo_cli import inputs, validate
 from spo_cli.errors import GenerationError, UsageError
 from spo_cli.request import Hires, ImageRequest
-from spo_cli.validate import ARGV, Where
+from spo_cli.validate import Where
 
 BASE = ImageRequest(prompt="a fox", seed=1, steps=10)
 FILE = Where("edits.jsonl:3")

@@ -23,7 +23,8 @@ from spo_cli.prompts import ParsedFile, PromptLine
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "prompts.txt"
 
 ALL_KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height",
-            "scheduler", "generator_device", "prompt_syntax", "emphasis", "watermark", "name")
+            "scheduler", "generator_device", "prompt_syntax", "emphasis", "watermark", "name", "image", "mask",
+            "strength", "mask_blur", "mask_crop", "hires", "hires_upscaler", "hires_steps", "hires_strength")
 
 
 def jl(*objs) -> str:
@@ -140,7 +141,7 @@ def test_jsonl_every_key_is_parsed():
     obj = {"prompt": "a red fox", "negative_prompt": "blurry", "seed": 5, "num_images": 3, "steps": 20,
            "guidance": 7.5, "width": 832, "height": 1216, "scheduler": "euler", "generator_device": "cuda",
            "prompt_syntax": "a1111", "emphasis": "none-norm", "watermark": True, "name": "hero"}
-    assert set(obj) == set(ALL_KEYS) == set(prompts.KEYS)
+    assert set(obj) | set(prompts.EDIT_KEYS) == set(ALL_KEYS) == set(prompts.KEYS)  # edits: test_i2i_cli.py
     parsed = parse_jsonl(obj)
     assert parsed.problems == []
     assert parsed.lines == [PromptLine(
@@ -158,7 +159,7 @@ def test_jsonl_prompt_only_sets_nothing_else():
 def test_jsonl_settings_keys_are_image_request_fields():
     fields = set(ImageRequest.__dataclass_fields__)
     assert set(prompts.SETTINGS) <= fields
-    assert set(prompts.KEYS) - set(prompts.SETTINGS) == {"prompt", "num_images", "name"}
+    assert set(prompts.KEYS) - set(prompts.SETTINGS) == {"prompt", "num_images", "name", *prompts.EDIT_KEYS}
 
 
 def test_jsonl_integer_guidance_becomes_float():

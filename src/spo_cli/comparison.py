@@ -94,18 +94,29 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
 
 def build_rows(prompt: str | None, prompts_file: str | None, fmt: str | None, defaults: ImageRequest,
                seeds: list[int], on_problem: Callable[[str], None], size_limit: bool,
-               lines: list[prompts.PromptLine] | None = None, source: str | None = None
-               ) -> tuple[list[ImageTask], list[str]]:
+               lines: list[prompts.PromptLine] | None = None, source: str | None = None,
+               edits: dict | None = None) -> tuple[list[ImageTask], list[str]]:
     """One task per prompt × seed: the same name in every column's folder. `lines` are prompts read
     elsewhere (a dataset named `source`); each bad line of a prompt file goes to `on_problem`
-    before the run is refused."""
+    before the run is refused. `edits`: the command line's image-to-image options (EDIT_KEYS), for
+    the prompt and every line of the prompt file that does not set its own (as `spo batch` does)."""
     lines = list(lines or [])
+    edits = {k: v for k, v in (edits or {}).items() if v is not None}
     if prompt is not None:
         prompt = validate.text(prompt, "prompt", validate.PROMPT_ARGUMENT)
         validate.readable_prompts(prompt, None, defaults.prompt_syntax, validate.PROMPT_ARGUMENT)
-        lines.append(prompts.PromptLine(0, prompt))
+        line = prompts.PromptLine(0, prompt)
+        if edits:
+            from spo_cli import inputs
+
+            edited, notes = inputs.edit_request(replace(defaults, prompt=prompt), edits, validate.ARGV,
+                                                size_limit=size_limit)
+            line = replace(line, settings={k: getattr(edited, k) for k in prompts.EDIT_FIELDS}, notes=tuple(notes))
+        lines.append(line)
     if prompts_file:
         parsed = prompts.read(prompts_file, fmt, prompt_syntax=defaults.prompt_syntax)
+        folder = Path.cwd() if prompts_file == "-" else Path(prompts_file).parent
+        parsed = prompts.apply_edits(parsed, defaults, edits, folder, size_limit=size_limit)
         if parsed.problems:
             for p in parsed.problems:
                 on_problem(p)
@@ -181,9 +192,10 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
 
 
 def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], options, out: Path,
-                   keep_loaded: bool, provenance: bool = True, signer=None) -> Rendered:
+                   keep_loaded: bool, kept: dict | None = None, provenance: bool = True, signer=None) -> Rendered:
     """Steps 1–3 of a comparison: resolve every column, reuse finished cells, render the rest
-    column by column (columns sharing a UNet back to back), then free the models. `provenance`:
+    column by column (columns sharing a UNet back to back), then free the models. `kept`: the
+    inputs --keep-inputs copied (files.keep_inputs), recorded in each cell's sidecar. `provenance`:
     render's (XMP in the cells; a reused cell keeps what it was written with); with `signer` the
     cells are signed."""
     from spo_cli.render import render
@@ -227,8 +239,11 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                 ui.info(f"Setting up [bold]{escape(columns[ci].label)}[/]")
                 log.append(f"column {columns[ci].label}")
                 engine = bank.engine(resolved[ci], needed_later=later)
+                folder = cells_dir / columns[ci].folder
                 tasks = [replace(rows[i], spec_hash=hashes[ci][i], overwrite=True,
-                                 extra={"compare": {"column": columns[ci].label}}) for i in todo[ci]]
+                                 extra={"compare": {"column": columns[ci].label},
+                                        **metadata.kept_fields(rows[i].request, kept or {}, folder)})
+                         for i in todo[ci]]
                 outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
                                   batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug,
                                   provenance=provenance, signer=signer)

@@ -289,12 +289,18 @@ def a1111_names() -> list[str]:
 # A1111's sd_emphasis.py options. It writes `Emphasis` only when not Original: absent means Original.
 # A1111's names of the hires fix's two main upscalers (its `Hires upscaler`), by spo's names.
 HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}
+# A1111's other hires upscalers (its `Hires upscaler`) are read as the nearest of spo's two, with a
+# warning: "Latent (bicubic)" and the other latent modes as Latent; an image upscaler (ESRGAN_4x,
+# R-ESRGAN 4x+, SwinIR, LDSR, Nearest, …) as Lanczos, the image upscale spo has. The image has the
+# same settings otherwise; the upscale, and so its pixels, differ.
+HIRES_UPSCALER_BY_NAME = {v.lower(): k for k, v in HIRES_UPSCALER_NAMES.items()}
 
 _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore", "None": "none"}
 # spo's own key for --watermark (A1111 has none): the scheme's name, written only when the image has it.
 WATERMARK_KEY, WATERMARK_SDXL = "Watermark", "SDXL"
 _WATERMARK = {WATERMARK_SDXL: True}
-_READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax", WATERMARK_KEY)
+_READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax", WATERMARK_KEY,
+         "Denoising strength", "Mask blur", "Hires upscale", "Hires steps", "Hires upscaler")
 # spo's own key, written when brackets in a prompt were read as text (--prompt-syntax plain).
 _SYNTAX = {"plain": "plain", "a1111": "a1111"}
 
@@ -320,14 +326,33 @@ def _one_of(p: dict, key: str, names: dict, writer: str):
     return value
 
 
-def to_request_fields(info: Infotext, *, sampler: bool = True) -> tuple[dict, list[str]]:
+def hires_upscaler(name: str, notes: list[str]) -> str:
+    """spo's hires upscaler for A1111's `Hires upscaler` (see HIRES_UPSCALER_BY_NAME); a name spo
+    reads as the nearest of its two is said in `notes`."""
+    name = name.strip()
+    if not name:
+        raise InfotextError("Hires upscaler is empty.")
+    upscaler = HIRES_UPSCALER_BY_NAME.get(name.lower())
+    if upscaler is None:
+        upscaler = "latent" if name.lower().startswith("latent") else "lanczos"
+        notes.append(f"A1111's hires upscaler {validate.shown(name)} is not one spo has; spo upscales with "
+                     f"{HIRES_UPSCALER_NAMES[upscaler]} instead (the nearest of its two, Latent and Lanczos), so "
+                     "the image will differ.")
+    return upscaler
+
+
+def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] | None = None) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
     Always `prompt` and `negative` (None when there is none); the others only when the text has
     them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`,
-    `watermark`.
+    `watermark`; image to image's (`inputs.EDIT_KEYS`): with `Hires upscale`, `hires`, `hires_upscaler`,
+    `hires_steps` and `hires_strength` (A1111's `Denoising strength` is then the hires pass's);
+    without, `strength` (img2img's: the caller needs the image) and `mask_blur`.
     `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it).
-    `sampler` False: `Sampler` and `Schedule type` are left unread (the caller has its own scheduler)."""
+    `sampler` False: `Sampler` and `Schedule type` are left unread (the caller has its own scheduler).
+    `notes` collects what was read approximately (a hires upscaler spo lacks)."""
+    notes = [] if notes is None else notes
     p = info.params
     out: dict = {"prompt": info.prompt, "negative": info.negative or None}
     if "Steps" in p:
@@ -353,7 +378,24 @@ def to_request_fields(info: Infotext, *, sampler: bool = True) -> tuple[dict, li
         out["prompt_syntax"] = _one_of(p, "Prompt syntax", _SYNTAX, "spo")
     if WATERMARK_KEY in p:
         out["watermark"] = _one_of(p, WATERMARK_KEY, _WATERMARK, "spo")
+    strength = (_number("Denoising strength", p["Denoising strength"], _FLOAT, "a number", float)
+                if "Denoising strength" in p else None)
     ignored = [k for k in p if k not in _READ]
+    if "Hires upscale" in p:
+        out["hires"] = _number("Hires upscale", p["Hires upscale"], _FLOAT, "a number", float)
+        if "Hires steps" in p:
+            out["hires_steps"] = _number("Hires steps", p["Hires steps"], _INT, "a whole number", int)
+        if "Hires upscaler" in p:
+            out["hires_upscaler"] = hires_upscaler(p["Hires upscaler"], notes)
+        if strength is not None:
+            out["hires_strength"] = strength
+        ignored += [k for k in ("Mask blur",) if k in p]
+    else:
+        if strength is not None:
+            out["strength"] = strength
+        if "Mask blur" in p:
+            out["mask_blur"] = _number("Mask blur", p["Mask blur"], _INT, "a whole number", int)
+        ignored += [k for k in ("Hires steps", "Hires upscaler") if k in p]
     if "Schedule type" in p and "Sampler" not in p and sampler:
         ignored.append("Schedule type")
     for line in info.extra:

@@ -13,10 +13,17 @@ from spo_cli.errors import UsageError
 from spo_cli.outputs import naming
 from spo_cli.request import ImageRequest, ImageTask
 
-# jsonl keys: the ImageRequest fields a line may set, and two of its own.
+# jsonl keys: the ImageRequest fields a line may set, two of its own, and image to image's (the
+# command line's --image … options, read by `inputs.edit_request` once the line's steps are known).
+EDIT_KEYS = ("image", "mask", "strength", "mask_blur", "mask_crop", "hires", "hires_upscaler", "hires_steps",
+             "hires_strength")  # = inputs.EDIT_KEYS (inputs imports PIL lazily; this list is checked equal by a test)
+FILE_KEYS = ("image", "mask")
 KEYS = ("prompt", "negative_prompt", "seed", "num_images", "steps", "guidance", "width", "height", "scheduler",
-        "generator_device", "prompt_syntax", "emphasis", "watermark", "name")
+        "generator_device", "prompt_syntax", "emphasis", "watermark", "name", *EDIT_KEYS)
 SETTINGS = tuple(k for k in KEYS if k in validate.IMAGE_KEYS and k != "prompt")
+# The request fields an edit sets: a line that has one replaces all of them, so that nothing of the
+# command line's edit is left half applied.
+EDIT_FIELDS = ("image", "mask", "strength", "mask_blur", "mask_crop", "hires")
 # A name becomes a file name, and file names end up in shell commands (the page's "copy replay
 # command", a user's own scripts): characters a shell acts on are refused where the name is made.
 SHELL_CHARACTERS = frozenset("`$;|&'\"<>(){}[]*?!#~^\\")
@@ -51,6 +58,8 @@ class PromptLine:
     settings: dict = field(default_factory=dict)  # ImageRequest fields the line overrides
     num_images: int | None = None
     name: str | None = None
+    edits: dict = field(default_factory=dict)  # the line's own image-to-image values (EDIT_KEYS), unchecked
+    notes: tuple[str, ...] = ()  # what checking its edit said (an input resized)
 
 
 @dataclass
@@ -117,7 +126,11 @@ def _check_line(obj: dict, prompt_syntax: str = "auto") -> PromptLine:
         problem = name_problem(name)
         if problem:
             raise UsageError(problem)
-    return PromptLine(0, prompt, settings, num, name)
+    edits = {k: obj[k] for k in EDIT_KEYS if k in obj and obj[k] is not None}
+    for key in FILE_KEYS:  # a path: a number or an object would otherwise be read as a file of that name
+        if key in edits:
+            validate.text(edits[key], key, _LINE, limit=validate.PATH_MAX_CHARS)
+    return PromptLine(0, prompt, settings, num, name, edits)
 
 
 def _lower_first(sentence: str) -> str:
@@ -200,6 +213,48 @@ def read(path: str, fmt: str | None = None, stdin=None, prompt_syntax: str = "au
     return parsed
 
 
+def apply_edits(parsed: ParsedFile, defaults: ImageRequest, options: dict, folder, *,
+                size_limit: bool = True) -> ParsedFile:
+    """Each line's image-to-image settings checked, its files read: the command line's values
+    (`options`, EDIT_KEYS, paths as given there) with the line's own over them, key by key.
+
+    A line's paths are relative to `folder` (the prompt file's; stdin's: the current folder) and
+    must not lead out of it, as the command line's may. A line whose edit is wrong becomes a bad
+    line, as any other wrong value (--skip-invalid skips it). Lines with no edit are left alone."""
+    from pathlib import Path
+
+    from spo_cli import inputs
+
+    folder = Path(folder).resolve()
+    options = {k: v for k, v in options.items() if v is not None}
+    lines, bad = [], list(parsed.bad_lines)
+    for pl in parsed.lines:
+        values = options | pl.edits
+        if not values:
+            lines.append(pl)
+            continue
+        base = replace(defaults, prompt=pl.prompt, **pl.settings)
+        from_line = [k for k in FILE_KEYS if k in pl.edits]
+        within = None
+        try:
+            if from_line and len(from_line) == len([k for k in FILE_KEYS if k in values]):
+                within = folder  # every file from the line: read within its folder
+            elif from_line:
+                # One file from the line, one from the command line: the line's is placed in its
+                # folder here, and both are then read as given.
+                for k in from_line:
+                    values[k] = str(inputs.read_bytes(values[k], k, _LINE, within=folder)[0])
+            edited, notes = inputs.edit_request(base, values, _LINE, within=within, size_limit=size_limit)
+        except UsageError as e:
+            hint = f"; {_lower_first(e.hint).rstrip('.')}" if e.hint else ""
+            bad.append((pl.line, e.message.rstrip(".") + hint))
+            continue
+        settings = pl.settings | {k: getattr(edited, k) for k in EDIT_FIELDS}
+        lines.append(replace(pl, settings=settings, notes=tuple(notes)))
+    bad.sort(key=lambda p: p[0])
+    return ParsedFile(parsed.source, lines, bad)
+
+
 def line_request(pl: PromptLine, defaults: ImageRequest, where: validate.Where, *,
                  size_limit: bool = True, lora_tags: str = "not here") -> tuple[ImageRequest, list[str]]:
     """A line's request: the command line's defaults with the line's own settings over them, and
@@ -210,7 +265,7 @@ def line_request(pl: PromptLine, defaults: ImageRequest, where: validate.Where, 
         warnings = validate.size(base.width, base.height, where, size_limit=size_limit)
     if base.watermark:
         validate.watermark_size(base.width, base.height, where)
-    return base, warnings + validate.unsupported_syntax(base, where, lora_tags=lora_tags)
+    return base, warnings + list(pl.notes) + validate.unsupported_syntax(base, where, lora_tags=lora_tags)
 
 
 def tasks(parsed: ParsedFile, defaults: ImageRequest, num_images: int, *, size_limit: bool = True,

@@ -28,7 +28,11 @@ EXAMPLES = """[bold]Examples[/]
 
   torchrun --nproc-per-node 8 -m spo_cli batch prompts.txt --out runs/big   # 8 GPUs
 
-[bold]jsonl keys[/]: {keys}. Command-line options give the defaults for what a line leaves out.
+  spo batch edits.jsonl --strength 0.6            # {"prompt": "…", "image": "fox.png", "mask": "m.png"}
+
+[bold]jsonl keys[/]: {keys}. Command-line options give the defaults for what a line leaves out. A line's \
+"image" and "mask" are paths relative to the prompt file's folder (stdin's: the current folder), and must \
+stay inside it.
 
 [bold]Exit codes[/]: 0 all made; 1 some images failed (see the manifest); 2 bad input, nothing run;
 3 made, but --skip-invalid skipped lines; 130/143 stopped by Ctrl-C / SIGTERM (run again to finish).
@@ -104,6 +108,16 @@ def batch(
     emphasis: opts.Emphasis = "original",
     watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
+    image: opts.Image = None,
+    mask: opts.Mask = None,
+    strength: opts.Strength = None,
+    mask_blur: opts.MaskBlur = None,
+    mask_crop: opts.MaskCrop = None,
+    hires: opts.Hires = None,
+    hires_upscaler: opts.HiresUpscaler = None,
+    hires_steps: opts.HiresSteps = None,
+    hires_strength: opts.HiresStrength = None,
+    keep_inputs: opts.KeepInputs = False,
     model: opts.Model = presets.DEFAULT_PRESET,
     revision: opts.Revision = None,
     lora: opts.Lora = None,
@@ -156,6 +170,18 @@ def batch(
     if server and rank.several:
         raise UsageError("--server sends the work to one server; run it as a single process, not under torchrun.")
     parsed = prompts.read(file, fmt, prompt_syntax=defaults.prompt_syntax)
+    # Image to image: the options apply to every line that does not set its own; a line's files are
+    # read from the prompt file's folder (stdin's: the current folder) and must stay in it.
+    edits = dict(image=image, mask=mask, strength=strength, mask_blur=mask_blur, mask_crop=mask_crop, hires=hires,
+                 hires_upscaler=hires_upscaler, hires_steps=hires_steps, hires_strength=hires_strength)
+    if image is not None or mask is not None:  # a wrong --image is the command line's error, not every line's
+        from spo_cli import inputs
+
+        for key, value in (("image", image), ("mask", mask)):
+            if value is not None:
+                inputs.check(value, key)
+    parsed = prompts.apply_edits(parsed, defaults, edits, Path.cwd() if file == "-" else Path(file).parent,
+                                 size_limit=not no_size_limit)
     if parsed.problems:
         for p in parsed.problems:
             (ui.warn if skip_invalid else ui.error)(p)
@@ -184,6 +210,10 @@ def batch(
         if rank.first:
             files.remove_leftovers(out)
             files.clear_failures(out)
+        if keep_inputs:
+            from spo_cli.cli.generate import kept_tasks
+
+            tasks = kept_tasks(tasks, out, out)
         run = _Run(ui, parsed, tasks, out, image_format, rank, server, provenance=not no_provenance, signer=signer)
         with Stopper(ui) as stopper:
             run.stopper = stopper

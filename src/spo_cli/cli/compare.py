@@ -29,6 +29,8 @@ EXAMPLES = """[bold]Examples[/]
 
   spo compare --prompts prompts.txt --base --spo --seeds 1,2 --score   # scores under each cell, win rates
 
+  spo compare "the same fox, in winter" --image fox.png --base --spo --seeds 1,2   # SDXL vs SPO on one input
+
 [bold]Columns[/] come in the order their options first appear (the --model
 columns together, at the first --model). With --score each later column is
 compared against each earlier one: `--base --spo` reports SPO against SDXL,
@@ -131,6 +133,16 @@ def compare(
     emphasis: opts.Emphasis = "original",
     watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
+    image: opts.Image = None,
+    mask: opts.Mask = None,
+    strength: opts.Strength = None,
+    mask_blur: opts.MaskBlur = None,
+    mask_crop: opts.MaskCrop = None,
+    hires: opts.Hires = None,
+    hires_upscaler: opts.HiresUpscaler = None,
+    hires_steps: opts.HiresSteps = None,
+    hires_strength: opts.HiresStrength = None,
+    keep_inputs: opts.KeepInputs = False,
     batch_size: opts.BatchSize = 1,
     revision: opts.Revision = None,
     vae: opts.Vae = None,
@@ -173,8 +185,10 @@ def compare(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
         generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark,
         size_limit=not no_size_limit, check_prompt=False)
+    edits = dict(image=image, mask=mask, strength=strength, mask_blur=mask_blur, mask_crop=mask_crop, hires=hires,
+                 hires_upscaler=hires_upscaler, hires_steps=hires_steps, hires_strength=hires_strength)
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui.error,
-                            not no_size_limit)
+                            not no_size_limit, edits=edits)
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
     signer = opts.signer(sign, sign_key, sign_cert)
     for c in columns:
@@ -183,20 +197,21 @@ def compare(
     for w in warnings + more:
         ui.warn(w)
     with files.FolderLock(out, "spo compare"):
+        kept = files.keep_inputs(out, [r.request for r in rows]) if keep_inputs else None
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
-                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device),
+                        cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device), kept,
                         provenance=not no_provenance, signer=signer)
     if code:
         raise typer.Exit(code)
 
 
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
-             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([]), *,
-             provenance: bool = True, signer=None) -> int:
+             cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([]),
+             kept: dict | None = None, *, provenance: bool = True, signer=None) -> int:
     # The scorers' files first too: a missing one fails now, not after the rendering.
     scorers = scoring.find_scorers(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
     steps = scoring.steps(ui)
-    run = render_columns(steps, columns, rows, options, out, keep_loaded, provenance=provenance, signer=signer)
+    run = render_columns(steps, columns, rows, options, out, keep_loaded, kept, provenance=provenance, signer=signer)
     cells_dir = out / "cells"
     failed = run.failed
     scored = score_cells(steps, columns, rows, cells_dir, failed, scoring_, scorers) if scoring_.metrics else None

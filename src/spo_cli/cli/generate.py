@@ -65,6 +65,7 @@ def generate(
     hires_upscaler: opts.HiresUpscaler = None,
     hires_steps: opts.HiresSteps = None,
     hires_strength: opts.HiresStrength = None,
+    keep_inputs: opts.KeepInputs = False,
     model: opts.Model = presets.DEFAULT_PRESET,
     revision: opts.Revision = None,
     lora: opts.Lora = None,
@@ -108,12 +109,12 @@ def generate(
                               vae_slicing=vae_slicing)
     signer = opts.signer(sign, sign_key, sign_cert)
     make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server,
-                provenance=not no_provenance, signer=signer)
+                provenance=not no_provenance, signer=signer, keep_inputs=keep_inputs)
 
 
 def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], options: RunOptions, out: Path,
                 image_format: str, warnings: list[str], server: str | None = None, provenance: bool = True,
-                signer=None) -> None:
+                signer=None, keep_inputs: bool = False) -> None:
     """The rest of generate and replay, once their checked requests are known: load (or reach the
     server), render, report. `signer`: opts.signer's, already checked."""
     from spo_cli.render import raise_for_failures, render
@@ -135,10 +136,13 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
         from spo_cli.serve import client
 
         engine, resolved = client.connect(server, request.model, ui)
+    tasks = [ImageTask(r) for r in images]
+    if keep_inputs:
+        tasks = kept_tasks(tasks, out, out)
     outcomes = []  # filled as images are written, so a Ctrl-C still knows what was
     try:
         with ui.images_progress(len(images), [r.denoising_steps for r in images]) as bars:
-            render(engine, resolved, [ImageTask(r) for r in images], out=out, image_format=image_format,
+            render(engine, resolved, tasks, out=out, image_format=image_format,
                    batch_size=options.batch_size, progress=bars, outcomes=outcomes, debug=ui.debug,
                    provenance=provenance, signer=signer)
     except KeyboardInterrupt:
@@ -148,6 +152,16 @@ def make_images(ui: UI, request: ModelRequest, images: list[ImageRequest], optio
         raise
     report(ui, [oc.written for oc in outcomes if oc.written])
     raise_for_failures(outcomes, engine.dtype)
+
+
+def kept_tasks(tasks: list[ImageTask], out: Path, sidecar_dir: Path) -> list[ImageTask]:
+    """--keep-inputs: the tasks' inputs copied into OUT/inputs/, each task's sidecar told where."""
+    from dataclasses import replace
+
+    from spo_cli.outputs import files, metadata
+
+    kept = files.keep_inputs(out, [t.request for t in tasks])
+    return [replace(t, extra={**t.extra, **metadata.kept_fields(t.request, kept, sidecar_dir)}) for t in tasks]
 
 
 def report(ui: UI, written: list[dict], stopped_of: int | None = None) -> None:

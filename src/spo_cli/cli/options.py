@@ -106,6 +106,9 @@ HiresSteps = Annotated[Optional[int], typer.Option(
     rich_help_panel=_E, show_default=False)]
 HiresStrength = Annotated[Optional[float], typer.Option(
     help="Denoising strength of the hires pass. Default 0.7 (A1111's).", rich_help_panel=_E, show_default=False)]
+KeepInputs = Annotated[bool, typer.Option(
+    "--keep-inputs", help="Copy each input image (and mask) into OUT/inputs/ and record the copy in the sidecars, "
+    "so the folder replays anywhere, even once the originals are gone.", rich_help_panel=_E)]
 
 # A string, not a Path: typer would turn an empty value (an unset shell variable) into ".".
 Out = Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=_O)]

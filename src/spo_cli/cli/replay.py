@@ -60,6 +60,15 @@ def replay(
     emphasis: _opt(str, "original or none-norm, with a1111 syntax.") = None,
     watermark: opts.Watermark = None,
     no_size_limit: opts.NoSizeLimit = False,
+    image_file: Annotated[Optional[str], typer.Option(
+        "--image", help="The input image to start from, instead of the recorded one (needed for an A1111 img2img "
+        "text). A file other than the recorded one makes other pixels.", rich_help_panel=opts.EDIT_PANEL,
+        show_default=False, metavar="FILE")] = None,
+    mask: Annotated[Optional[str], typer.Option(
+        "--mask", help="The inpainting mask (white = repaint), instead of the recorded one.",
+        rich_help_panel=opts.EDIT_PANEL, show_default=False, metavar="FILE")] = None,
+    strength: _opt(float, "Denoising strength of the img2img, instead of the recorded one.", opts.EDIT_PANEL) = None,
+    keep_inputs: opts.KeepInputs = False,
     model: _opt(str, "Model: preset, Hub repo id, folder or .safetensors file (the recorded revision and LoRA are dropped).", MODEL_PANEL,
                 "--model", "-m") = None,
     revision: _opt(str, "Revision of the model repo.", MODEL_PANEL) = None,
@@ -94,11 +103,21 @@ def replay(
     # The file is read once: it may be a pipe (`spo replay <(cat x.json)`).
     recorded, foreign = (None, infotext) if infotext is not None else metadata.load(file)
     unset: list[str] = []
+    found: list[metadata.RecordedInput] = []
     if recorded is None:
-        image, request, unset = from_infotext(ui, foreign, "--infotext" if infotext is not None else str(file),
-                                              read_sampler=scheduler is None)
+        source = "--infotext" if infotext is not None else str(file)
+        image, request, unset, edits = from_infotext(ui, foreign, source, read_sampler=scheduler is None)
+        # An A1111 img2img text has the strength but not the image (nor an inpainting's mask).
+        if "strength" in edits and image_file is None:
+            raise UsageError(f"{source} is from img2img (Denoising strength: {edits['strength']:g}, and no Hires "
+                             "upscale), and the image it started from is not in it.",
+                             "Give --image FILE, the image it started from.")
+        if "mask_blur" in edits and mask is None:
+            ui.warn(f"{source} is from inpainting (Mask blur: {edits.pop('mask_blur')}); without --mask the whole "
+                    "image is re-drawn.")
     else:
         image, request = metadata.recorded_requests(recorded, file)
+        edits, found = metadata.recorded_edits(recorded, file)
     changes = {k: v for k, v in dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=width,
                                     height=height, scheduler=scheduler, generator_device=generator_device,
                                     prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark).items()
@@ -122,6 +141,9 @@ def replay(
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
     where = validate.ARGV if {"width", "height"} & changes.keys() else recorded
     warnings = validate.size(image.width, image.height, where, size_limit=not no_size_limit)
+    image, more = replay_edits(ui, image, edits, found, recorded, dict(image=image_file, mask=mask, strength=strength),
+                               size_limit=not no_size_limit)
+    warnings += more
     if image.watermark:
         where = validate.ARGV if {"width", "height", "watermark"} & changes.keys() else recorded
         validate.watermark_size(image.width, image.height, where)
@@ -155,7 +177,53 @@ def replay(
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
     signer = opts.signer(sign, sign_key, sign_cert)
     make_images(ui, request, [image], options, out, image_format, warnings + more, provenance=not no_provenance,
-                signer=signer)
+                signer=signer, keep_inputs=keep_inputs)
+
+
+def replay_edits(ui: UI, image: ImageRequest, edits: dict, found: list, recorded: validate.Where, given: dict, *,
+                 size_limit: bool) -> tuple[ImageRequest, list[str]]:
+    """`image` with the recorded image-to-image settings (`edits`) and input files (`found`), or
+    those the command line gives instead (`given`: --image, --mask, --strength).
+
+    A recorded input is read from its --keep-inputs copy when that is there, else from its recorded
+    path; either must hold the bytes recorded (its SHA-256), or replay is refused: other bytes make
+    other pixels. A file given on the command line is taken as it is, with a warning if it differs."""
+    from spo_cli import inputs
+
+    given = {k: v for k, v in given.items() if v is not None}
+    values = dict(edits)
+    sources: dict[str, metadata.RecordedInput] = {}
+    for rec in found:
+        if rec.key in given:
+            continue
+        if rec.copy is not None and rec.copy.is_file():
+            values[rec.key] = str(rec.copy)
+        elif not os.path.lexists(rec.path):
+            raise UsageError(f"The {_what(rec.key)} this was made from is gone: {rec.path} does not exist "
+                             f"(recorded SHA-256 {rec.sha256}).",
+                             f"Give {validate.ARGV.name(rec.key)} to point at the right file.")
+        sources[rec.key] = rec
+    for key in ("image", "mask"):  # a file given here is named as its option, whatever else is wrong
+        if key in given:
+            inputs.check(given[key], key)
+    values |= given
+    where = validate.ARGV if "strength" in given else recorded  # the other values are the file's
+    edited, warnings = inputs.edit_request(image, values, where, size_limit=size_limit)
+    for key, rec in sources.items():
+        read = getattr(edited, key)
+        if read.sha256 != rec.sha256:
+            raise UsageError(f"The {_what(key)} at {read.path} is not the one this was made from: its SHA-256 is "
+                             f"{read.sha256}, recorded {rec.sha256}.",
+                             f"Give {validate.ARGV.name(key)} to point at the right file.")
+    for rec in found:
+        if rec.key in given and getattr(edited, rec.key).sha256 != rec.sha256:
+            ui.warn(f"{given[rec.key]} is not the {_what(rec.key)} this was made from (its SHA-256 differs from the "
+                    f"recorded {rec.sha256[:16]}…), so the pixels will differ from the original.")
+    return edited, warnings
+
+
+def _what(key: str) -> str:
+    return "input image" if key == "image" else "mask"
 
 
 # The settings A1111 writes in every infotext, and the request fields each sets: one missing (a text
@@ -181,14 +249,16 @@ def _default(setting: str, image: ImageRequest) -> str:
 
 
 def from_infotext(ui: UI, text: str, source: str, *,
-                  read_sampler: bool = True) -> tuple[ImageRequest, ModelRequest, list[str]]:
-    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it), and
-    the A1111 settings the text lacks (see _SETTINGS). `read_sampler` False: --scheduler replaces the
-    text's sampler, which may be one spo lacks."""
+                  read_sampler: bool = True) -> tuple[ImageRequest, ModelRequest, list[str], dict]:
+    """The settings of an A1111 `parameters` text, on spo's default model (--model replaces it), the
+    A1111 settings the text lacks (see _SETTINGS), and its image-to-image and hires settings (values
+    for `inputs.edit_request`; an img2img text's image is not in it: --image gives it). `read_sampler`
+    False: --scheduler replaces the text's sampler, which may be one spo lacks."""
     where = validate.Where(source)
+    notes: list[str] = []
     try:
         info = a1111.parse(text)
-        fields, ignored = a1111.to_request_fields(info, sampler=read_sampler)
+        fields, ignored = a1111.to_request_fields(info, sampler=read_sampler, notes=notes)
     except a1111.UnknownSampler as e:
         raise UsageError(f"{source}: {e}", "Give --scheduler (spo's name or A1111's) to make the image with "
                          "that sampler instead.") from None
@@ -201,6 +271,10 @@ def from_infotext(ui: UI, text: str, source: str, *,
     values |= {k: fields[k] for k in ("steps", "guidance", "width", "height", "scheduler", "emphasis",
                                        "prompt_syntax", "watermark") if k in fields}
     image = ImageRequest(**validate.image_values(values, where))
+    for note in notes:
+        ui.warn(note)
+    edits = {k: fields[k] for k in ("strength", "mask_blur", "hires", "hires_upscaler", "hires_steps",
+                                    "hires_strength") if k in fields}
     if ignored:
         ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")
     short = next((ln.strip() for ln in text.splitlines() if ln.lstrip().startswith("Steps:")), None)
@@ -210,4 +284,4 @@ def from_infotext(ui: UI, text: str, source: str, *,
                 "Seed: …, Size: …), or the settings as options.")
     ui.warn("A1111 draws a seed's noise its own way (on the GPU, in its own order), so this image has the same "
             "settings but will not be identical to A1111's.")
-    return image, ModelRequest(), [k for k in _SETTINGS if k not in info.params]
+    return image, ModelRequest(), [k for k in _SETTINGS if k not in info.params], edits

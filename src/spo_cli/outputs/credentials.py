@@ -86,8 +86,8 @@ def _read_pem(path: Path, what: str, option: str) -> bytes:
     try:
         if not path.is_file():
             raise UsageError(f"The {where} {'is not a file' if path.exists() else 'does not exist'}.",
-                             f"Give the path of a PEM file, or leave out --sign-key and --sign-cert to sign with "
-                             f"spo's local certificate.")
+                             "Give the path of a PEM file, or leave out --sign-key and --sign-cert to sign with "
+                             "spo's local certificate.")
         if path.stat().st_size > PEM_MAX_BYTES:
             raise UsageError(f"The {where} is over {PEM_MAX_BYTES >> 20} MiB: not a PEM {what}.",
                              "Give the PEM file itself.")

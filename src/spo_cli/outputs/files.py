@@ -269,3 +269,43 @@ class FolderLock:
             return f"{info['command']}, process {info['pid']} on {info['host']}, since {info['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "details unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# --keep-inputs: the input images beside the outputs, so that a folder replays anywhere
+
+INPUTS_DIR = "inputs"
+KEPT_SUFFIXES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")  # the formats inputs.py reads
+
+
+def kept_name(image) -> str:
+    """The copy's name under OUT/inputs/: the input's SHA-256 (so one copy serves every image made
+    from those bytes, and a copy is never mistaken for other bytes) and its own suffix."""
+    suffix = Path(image.path).suffix.lower().lstrip(".")
+    return f"{image.sha256[:16]}.{suffix if suffix in KEPT_SUFFIXES else 'img'}"
+
+
+def keep_inputs(out: Path, requests) -> dict[str, Path]:
+    """Copy each distinct input file of `requests` (InputImage, by SHA-256) into OUT/inputs/, once,
+    atomically; {sha256: the copy}. The bytes copied are checked against the SHA-256 the request was
+    made with: a file changed since it was checked is refused, as the engine refuses it."""
+    import hashlib
+
+    from spo_cli import inputs
+
+    kept: dict[str, Path] = {}
+    if (out / INPUTS_DIR).is_dir():
+        remove_leftovers(out / INPUTS_DIR)  # a copy a killed run left half made
+    for r in requests:
+        for image in (r.image, r.mask):
+            if image is None or image.sha256 in kept:
+                continue
+            target = out / INPUTS_DIR / kept_name(image)
+            if not target.is_file():
+                data = inputs.read_bytes(image.path)[1]
+                if hashlib.sha256(data).hexdigest() != image.sha256:
+                    raise UsageError(f"The input {image.path} changed after it was checked; it was not copied.",
+                                     "Leave input files alone while a run reads them, then run again.")
+                atomic_write(target, data, overwrite=True)  # two processes of one run may both copy it
+            kept[image.sha256] = target
+    return kept

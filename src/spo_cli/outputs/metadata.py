@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -74,10 +76,25 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
     meta.update(edit_fields(request, width, height))
     if spec_hash:
         meta["spec_hash"] = spec_hash
-    meta.update(extra or {})
+    for key, value in (extra or {}).items():  # an input's kept copy joins its record (init_image: {…, copy})
+        meta[key] = meta[key] | value if isinstance(value, dict) and isinstance(meta.get(key), dict) else value
     # Last: an image-to-image input (`init_image`, above) makes the image a composite.
     meta["provenance"] = xmp.record(meta, provenance)
     return meta
+
+
+INPUT_FIELDS = {"image": "init_image", "mask": "mask_image"}  # request field → sidecar field
+
+
+def kept_fields(request: ImageRequest, kept: dict, sidecar_dir: Path) -> dict:
+    """The sidecar's record of --keep-inputs' copies (`kept`: files.keep_inputs), each as a path
+    relative to the sidecar's folder, so that the folder can be moved and replayed anywhere."""
+    out = {}
+    for key, field in INPUT_FIELDS.items():
+        image = getattr(request, key)
+        if image is not None and image.sha256 in kept:
+            out[field] = {"copy": Path(os.path.relpath(kept[image.sha256], sidecar_dir)).as_posix()}
+    return out
 
 
 def edit_fields(request: ImageRequest, width: int, height: int) -> dict:
@@ -395,3 +412,67 @@ def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelReques
     if not lora:
         known["lora_scale"] = None  # files from before 0.2 recorded 1.0 for models without a LoRA
     return image, ModelRequest(**validate.model_values(known, where))
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# A --keep-inputs copy as spo records it: OUT/inputs/<sha256[:16]>.<ext>, from the sidecar's folder
+# (a compare cell's is two folders down). Nothing else is read: a sidecar is a file from anywhere.
+_KEPT_COPY = re.compile(r"(?:\.\./){0,2}inputs/[0-9a-f]{16}\.[a-z]{2,4}")
+
+
+@dataclass(frozen=True)
+class RecordedInput:
+    """An input file a sidecar records: where it was, what its bytes were, and a kept copy."""
+
+    key: str  # "image" or "mask" (the request field)
+    path: str  # as recorded: absolute, on the machine that made the image
+    sha256: str
+    copy: Path | None  # --keep-inputs' copy, resolved against the sidecar's folder
+
+    @property
+    def field(self) -> str:
+        return INPUT_FIELDS[self.key]
+
+
+def recorded_edits(meta: dict, path: Path) -> tuple[dict, list[RecordedInput]]:
+    """Image to image and hires settings a sidecar records, as `inputs.edit_request` values (checked
+    there, named as the file's fields), and its input files (checked here: a path, a SHA-256, a copy
+    of the shape spo writes). The caller decides which file to read (`RecordedInput`)."""
+    where = validate.Where(str(path))
+    values: dict = {}
+    found: list[RecordedInput] = []
+
+    def needed(obj: dict, key: str, name: str):
+        if key not in obj:
+            raise where.error(name, "is missing")
+        return obj[key]
+
+    for key, name in INPUT_FIELDS.items():
+        rec = meta.get(name)
+        if rec is None:
+            continue
+        if not isinstance(rec, dict):
+            raise where.error(name, f"should be an object, not {_JSON_TYPES.get(type(rec), type(rec).__name__)}")
+        recorded = validate.text(needed(rec, "path", f"{name}.path"), f"{name}.path", where,
+                                 limit=validate.PATH_MAX_CHARS)
+        sha = needed(rec, "sha256", f"{name}.sha256")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise where.error(f"{name}.sha256", f"is not a SHA-256 (64 hex digits): {validate.shown(sha)}")
+        copy = rec.get("copy")
+        if copy is not None and (not isinstance(copy, str) or not _KEPT_COPY.fullmatch(copy)):
+            raise where.error(f"{name}.copy", f"is not a copy spo keeps ({validate.shown(copy)}; spo writes "
+                                              "inputs/<16 hex digits>.<ext>, beside the sidecar)")
+        found.append(RecordedInput(key, recorded, sha, None if copy is None else Path(path).parent / copy))
+        values[key] = recorded
+    if "init_image" in meta:
+        values["strength"] = needed(meta, "strength", "strength")
+    if "mask_image" in meta:
+        values["mask_blur"] = needed(meta, "mask_blur", "mask_blur")
+        values["mask_crop"] = meta.get("mask_crop")
+    hires = meta.get("hires")
+    if hires is not None:
+        if not isinstance(hires, dict):
+            raise where.error("hires", f"should be an object, not {_JSON_TYPES.get(type(hires), type(hires).__name__)}")
+        values |= {"hires": needed(hires, "scale", "hires.scale"), "hires_upscaler": needed(hires, "upscaler", "hires.upscaler"),
+                   "hires_steps": hires.get("steps"), "hires_strength": needed(hires, "strength", "hires.strength")}
+    return values, found
