@@ -87,9 +87,6 @@ SAYS = {
 # `spo batch` reads the image keys once the batch command takes them (branch i2i-cli); until then it
 # refuses the line for an unknown key, and this case fails loudly when that changes.
 BATCH = {"link out of the folder"}
-NOT_YET = {"link out of the folder": "spo batch does not read 'image' yet (i2i-cli wires it)"}
-
-
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
@@ -102,8 +99,7 @@ def probed(tmp_path_factory):
     return root, {name: part.split("\n", 1)[1] for name, part in zip(cases, parts)}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True))
-                                  if n in NOT_YET else n for n in SAYS])
+@pytest.mark.parametrize("name", list(SAYS))
 def test_hostile_inputs_exit_2_in_one_paragraph_before_torch(probed, name):
     root, stderrs = probed
     stderr = stderrs[name]

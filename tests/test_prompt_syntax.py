@@ -187,7 +187,7 @@ def test_compare_gives_every_column_the_same_encoding(hub_cache, tmp_path):
 
 A1111_TEXT = ("a (red:1.2) fox in fresh snow\nNegative prompt: blurry, [dark]\n"
               "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 11, Size: 64x64, "
-              'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Hires upscale: 2, Lora hashes: "a: 1, b: 2", '
+              'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, VAE hash: 235745af8d, Lora hashes: "a: 1, b: 2", '
               "ADetailer model: face_yolov8n.pt, Version: v1.10.1")
 
 
@@ -203,7 +203,7 @@ def test_replay_takes_a1111_parameters_from_text_or_an_a1111_png(hub_cache, out)
         assert r.exit_code == 0, r.output
         [written] = json.loads(r.stdout)
         msg = " ".join(r.stderr.split())
-        assert "Model hash, Model, Hires upscale, Lora hashes, ADetailer model, Version" in msg
+        assert "Model hash, Model, VAE hash, Lora hashes, ADetailer model, Version" in msg
         assert "will not be identical to A1111's" in msg
         again = json.loads(Path(written["sidecar"]).read_text())
         assert (again["scheduler"]["name"], again["steps"], again["seed"], again["negative_prompt"]) == \
