@@ -300,3 +300,76 @@ def test_progress_counts_the_steps_each_pass_runs(engine, files, mode, name, exp
     seen = []
     engine.run([request], on_step=lambda *a: seen.append(a))
     assert seen == [(i, expected) for i in range(1, expected + 1)]
+
+
+# -- memory: offload on derived pipelines, the VAE fitted to the GPU ---------------------------------
+
+
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_offloaded_edits_match_the_unhooked_pipeline(hub_cache, i2i, files, offload):
+    # accelerate's hooks live on the shared modules; on the CPU they run with the CPU as the execution
+    # device, which is enough to check that the derived pipeline runs through them, pixel for pixel.
+    from spo_cli.engine import Engine
+    from spo_cli.request import ImageRequest, RunOptions
+
+    pipe = authors_pipeline(presets.SPO_MERGED)  # its own: the hooks stay on these modules
+    getattr(pipe, f"enable_{offload}_cpu_offload")(device="cpu")
+    engine = Engine(pipe, "cpu", "float32", options=RunOptions(offload=offload))
+    [got] = engine.run([edit(files, "img2img", steps=4, strength=0.5)])
+    expected = run(i2i, (11,), steps=4, image=rgb(files["small"]), strength=0.5)[0]
+    assert np.array_equal(np.asarray(got.image), expected)
+    derived = engine.derived("img2img")
+    if offload == "model":  # it knows it offloads: its calls end with every module back in host memory
+        assert derived._offload_device == torch.device("cpu", 0) and len(derived._all_hooks) == 4
+    [again] = engine.run([ImageRequest(PROMPT, 4, steps=2, width=32, height=32)])  # text to image still runs
+    assert again.image.size == (32, 32)
+
+
+def test_a_vae_pass_that_would_not_fit_is_tiled_for_that_call_and_recorded(hub_cache, files, out, monkeypatch):
+    # No GPU here: the free memory is what the policy reads, so it is made tiny; the tiny VAE's tiles
+    # are 64 px, so the 96 px second pass of a hires fix is tiled and its 64 px first pass is not.
+    from spo_cli.engine import Engine
+
+    seen = []
+    real = Engine._vae_fits
+
+    def spy(self, w, h, n):
+        seen.append((w, h))
+        return real(self, w, h, n)
+
+    monkeypatch.setattr(Engine, "_available_memory", lambda self: 1)
+    monkeypatch.setattr(Engine, "_vae_fits", spy)
+    args = [PROMPT, "--seed", "5", "--width", "64", "--height", "64", "--steps", "3", "--hires", "1.5", *CPU]
+    [tiled] = generate_json(out / "t", *args)
+    meta = json.loads(Path(tiled["sidecar"]).read_text())
+    assert seen == [(64, 64), (96, 96)]
+    assert meta["run_options"]["vae_tiling"] is True and meta["run_options"]["vae_auto"]["vae_tiling"] is True
+    monkeypatch.undo()
+    [plain] = generate_json(out / "p", *args)
+    plain_meta = json.loads(Path(plain["sidecar"]).read_text())
+    assert plain_meta["run_options"]["vae_tiling"] is False and "vae_auto" not in plain_meta["run_options"]
+    assert not np.array_equal(pixels(tiled["image"]), pixels(plain["image"]))  # tiling shows in the pixels
+
+
+def test_off_cuda_the_vae_policy_reads_no_memory_and_leaves_the_vae_alone(engine, files, monkeypatch):
+    from spo_cli.request import Hires, ImageRequest
+
+    assert engine._available_memory() is None
+    engine.run([edit(files, "img2img", steps=4)])
+    assert not engine.pipe.vae.use_tiling and not engine.pipe.vae.use_slicing
+    assert engine.call_facts({"run_options": {"vae_tiling": False}}, []) == {"run_options": {"vae_tiling": False}}
+    # Turned on for one call, off again after it.
+    monkeypatch.setattr(engine, "_available_memory", lambda: 1)
+    engine.run([ImageRequest(PROMPT, 1, steps=3, width=64, height=64, hires=Hires(1.5))] * 2)
+    assert engine.call_facts({}, [])["run_options"] == {
+        "vae_slicing": True, "vae_tiling": True, "vae_auto": engine._vae_auto}
+    assert not engine.pipe.vae.use_tiling and not engine.pipe.vae.use_slicing
+
+
+def test_derived_pipelines_share_the_modules_and_add_no_watermark(engine):
+    # The watermarker skips images under 256 px, so the tiny pipelines' pixels cannot show it.
+    for mode in ("img2img", "inpaint"):
+        derived = engine.derived(mode)
+        assert derived.watermark is None and derived is engine.derived(mode)
+        assert all(getattr(derived, name) is getattr(engine.pipe, name)
+                   for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer"))
