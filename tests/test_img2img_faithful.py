@@ -305,10 +305,12 @@ def test_progress_counts_the_steps_each_pass_runs(engine, files, mode, name, exp
 # -- memory: offload on derived pipelines, the VAE fitted to the GPU ---------------------------------
 
 
-@pytest.mark.parametrize("offload", ["model", "sequential"])
-def test_offloaded_edits_match_the_unhooked_pipeline(hub_cache, i2i, files, offload):
+def test_model_offloaded_edits_match_the_unhooked_pipeline(hub_cache, i2i, files):
     # accelerate's hooks live on the shared modules; on the CPU they run with the CPU as the execution
     # device, which is enough to check that the derived pipeline runs through them, pixel for pixel.
+    # (Sequential offload cannot run so: accelerate fails to move its meta weights to the CPU, even for
+    # diffusers' own text to image.)
+    offload = "model"
     from spo_cli.engine import Engine
     from spo_cli.request import ImageRequest, RunOptions
 
@@ -319,8 +321,8 @@ def test_offloaded_edits_match_the_unhooked_pipeline(hub_cache, i2i, files, offl
     expected = run(i2i, (11,), steps=4, image=rgb(files["small"]), strength=0.5)[0]
     assert np.array_equal(np.asarray(got.image), expected)
     derived = engine.derived("img2img")
-    if offload == "model":  # it knows it offloads: its calls end with every module back in host memory
-        assert derived._offload_device == torch.device("cpu", 0) and len(derived._all_hooks) == 4
+    # It knows it offloads: its calls end with every module back in host memory.
+    assert derived._offload_device == torch.device("cpu", 0) and len(derived._all_hooks) == 4
     [again] = engine.run([ImageRequest(PROMPT, 4, steps=2, width=32, height=32)])  # text to image still runs
     assert again.image.size == (32, 32)
 
