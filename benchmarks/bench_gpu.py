@@ -418,9 +418,9 @@ def call_spo_hires(ctx: Ctx, engine, steps: int) -> None:
 
     engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
                              height=ctx.size, hires=Hires(HIRES))])
-    auto = getattr(engine, "_vae_auto", None)
-    if auto:  # the VAE options spo turned on to fit (sidecar's run_options.vae_auto)
-        print(f"  VAE options turned on to fit: {auto}", flush=True)
+    auto = engine.call_facts({}).get("run_options")
+    if auto:  # the VAE options spo turned on to fit (the sidecar's run_options.vae_auto)
+        print(f"  VAE options turned on to fit: {auto['vae_auto']}", flush=True)
 
 
 def release(ctx: Ctx) -> None:

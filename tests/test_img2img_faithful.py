@@ -359,11 +359,11 @@ def test_off_cuda_the_vae_policy_reads_no_memory_and_leaves_the_vae_alone(engine
     assert engine._available_memory() is None
     engine.run([edit(files, "img2img", steps=4)])
     assert not engine.pipe.vae.use_tiling and not engine.pipe.vae.use_slicing
-    assert engine.call_facts({"run_options": {"vae_tiling": False}}, []) == {"run_options": {"vae_tiling": False}}
+    assert engine.call_facts({"run_options": {"vae_tiling": False}}) == {"run_options": {"vae_tiling": False}}
     # Turned on for one call, off again after it.
     monkeypatch.setattr(engine, "_available_memory", lambda: 1)
     engine.run([ImageRequest(PROMPT, 1, steps=3, width=64, height=64, hires=Hires(1.5))] * 2)
-    assert engine.call_facts({}, [])["run_options"] == {
+    assert engine.call_facts({})["run_options"] == {
         "vae_slicing": True, "vae_tiling": True, "vae_auto": engine._vae_auto}
     assert not engine.pipe.vae.use_tiling and not engine.pipe.vae.use_slicing
 

@@ -154,9 +154,9 @@ def _json_safe(value):
 
 
 # Peak memory of one SDXL VAE decode without tiling, in bytes per output pixel per image at float32
-# (float16: half). ESTIMATED, not measured on a GPU: benchmarks/vae_memory.py measures it on the CPU
+# (float16: half). ESTIMATED, not measured on a GPU: benchmarks/vae_memory.py measured it on the CPU
 # with SDXL's VAE architecture (random weights), where a decode at 512² and 768² peaked at about
-# 3.9 kB per pixel above the loaded model, linear in the pixels: about 7.5 float32 tensors of the
+# 3.9 kB per pixel above the loaded model (2026-12-02), linear in the pixels: about 7.5 float32 tensors of the
 # decoder's last 128 channels at full size alive at once. CUDA's memory-efficient attention is
 # linear too, and its caching allocator rounds blocks up, hence the margin. An encode (img2img's
 # input) peaked at two thirds of that, so the decode's figure covers both.
@@ -365,9 +365,9 @@ class Engine:
             facts["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
         return facts
 
-    def call_facts(self, facts: dict, batch: list[ImageRequest]) -> dict:
-        """`facts` for the sidecars of the call `run` just made of `batch`: the VAE options it had to
-        turn on to fit in memory join run_options (tiling changes pixels slightly)."""
+    def call_facts(self, facts: dict) -> dict:
+        """`facts` (from `facts()`) for the sidecars of the call `run` has just made: the VAE options it
+        had to turn on to fit in memory join run_options (tiling changes pixels slightly)."""
         if not self._vae_auto:
             return facts
         options = dict(facts.get("run_options") or {})
@@ -570,12 +570,12 @@ class Engine:
                     pass_steps = first.denoising_steps
                     image = inputs.as_rgb(inputs.load(first.image))
                     edit = {"strength": first.strength}
+                    # One per image, but padding_mask_crop takes a single image (call_key makes such calls
+                    # one seed each; --fast pads them with copies, the first generator still the seed's).
+                    each = (lambda x: [x] * len(batch)) if first.mask_crop is None else (lambda x: x)
                     if first.mask is not None:
                         mask = inputs.as_mask(inputs.load(first.mask, "mask"), image.size, first.mask_blur)
-                        # padding_mask_crop takes one image (call_key: one seed per call; a --fast call's
-                        # padding repeats it, and the first generator is the seed's own).
-                        many = (lambda x: x) if first.mask_crop is not None else (lambda x: [x] * len(batch))
-                        edit |= {"mask_image": many(mask), "padding_mask_crop": first.mask_crop,
+                        edit |= {"mask_image": each(mask), "padding_mask_crop": first.mask_crop,
                                  "width": width, "height": height}
                     elif image.size != (width, height):
                         # The img2img pipeline takes no size (its **kwargs swallow width and height): it
@@ -584,7 +584,7 @@ class Engine:
                         from PIL import Image
 
                         image = image.resize((width, height), Image.Resampling.LANCZOS)
-                    edit["image"] = many(image) if first.mask is not None else [image] * len(batch)
+                    edit["image"] = each(image)
                     # diffusers pastes a mask crop back only into PIL images (and takes no other output_type).
                     out = call(first.mode, first.steps, output_type="pil" if first.mask_crop is not None else "np",
                                **edit)
