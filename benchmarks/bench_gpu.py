@@ -11,7 +11,11 @@ folder, then times, at 1024×1024, guidance 5.0, batch 1, for each of --steps:
   c. spo --fast (torch.compile with CUDA graphs): the first call (compile) apart from steady state, then
      a second process that loads with --fast again and reports its first call, to show that the
      compile cache (TORCHINDUCTOR_CACHE_DIR, a fresh folder under --workdir for both) is reused;
-  d. spo --offload model, and --offload sequential (slow: at --seq-steps steps only).
+  d. spo --offload model, and --offload sequential (slow: at --seq-steps steps only);
+  e. diffusers' img2img made with from_pipe from a.'s pipeline, on an input image at --size, strength 0.75;
+  f. spo --image, the same input and strength (its time ÷ e.'s in the ratio column);
+  g. spo --hires 1.5 (latent upscaler, A1111's default): --size, then 1.5× — its peak VRAM is what must
+     fit a 24 GB GPU at 1024 → 1536; the VAE options spo turns on to fit are printed.
 
 For each: seconds per image, it/s (steps ÷ seconds per image, end to end: text encoders, denoising
 and VAE decode), achieved TFLOP/s and MFU (UNet FLOPs only, counted once with FlopCounterMode on
@@ -84,8 +88,17 @@ CONTENDERS = {  # key → table label, in table order
     "fast-reuse": "c. spo --fast, 2nd process",
     "offload-model": "d. spo --offload model",
     "offload-sequential": "d. spo --offload sequential",
+    "img2img-snippet": "e. diffusers img2img (from_pipe of a.)",
+    "img2img": "f. spo --image",
+    "hires": "g. spo --hires 1.5 (latent)",
 }
-RUN_ORDER = ["snippet", "spo", "offload-model", "offload-sequential", "fast", "fast-reuse"]
+RUN_ORDER = ["snippet", "spo", "offload-model", "offload-sequential", "fast", "fast-reuse", "img2img-snippet",
+             "img2img", "hires"]
+STRENGTH = 0.75  # img2img rows: A1111's default; they run int(steps × STRENGTH) of each step count
+HIRES = 1.5  # the hires row: --size, then ×1.5 (1024² → 1536², what must fit a 24 GB GPU)
+# Whose time each row is divided by in the table's "time ÷ snippet" column.
+BASELINE = {"spo": "snippet", "fast": "snippet", "offload-model": "snippet", "offload-sequential": "snippet",
+            "img2img": "img2img-snippet"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +315,18 @@ class Ctx:
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    @property
+    def input_image(self) -> Path:
+        """The img2img rows' input: smooth random colours at --size, written once beside the model."""
+        path = self.model.parent / f"input-{self.size}.png"
+        if not path.exists():
+            import numpy as np
+            from PIL import Image
+
+            noise = np.random.default_rng(SEED).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(noise).resize((self.size, self.size), Image.Resampling.BICUBIC).save(path)
+        return path
+
     def sync(self) -> None:
         if self.cuda:
             import torch
@@ -359,6 +384,43 @@ def call_spo(ctx: Ctx, engine, steps: int) -> None:
 
     engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
                              height=ctx.size)])
+
+
+def load_snippet_img2img(ctx: Ctx):
+    # diffusers' own img2img on the snippet's components: what spo's --image is checked against.
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    return StableDiffusionXLImg2ImgPipeline.from_pipe(load_snippet(ctx), torch_dtype=getattr(torch, ctx.dtype),
+                                                      add_watermarker=False)
+
+
+def call_snippet_img2img(ctx: Ctx, pipe, steps: int) -> None:
+    import torch
+    from PIL import Image
+
+    with Image.open(ctx.input_image) as im:
+        image = im.convert("RGB")
+    pipe(prompt=PROMPT, image=image, strength=STRENGTH, num_inference_steps=steps, guidance_scale=ctx.guidance,
+         generator=torch.Generator(ctx.device).manual_seed(SEED)).images[0]
+
+
+def call_spo_img2img(ctx: Ctx, engine, steps: int) -> None:
+    from spo_cli import inputs
+    from spo_cli.request import ImageRequest
+
+    engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance,
+                             image=inputs.check(ctx.input_image), strength=STRENGTH)])
+
+
+def call_spo_hires(ctx: Ctx, engine, steps: int) -> None:
+    from spo_cli.request import Hires, ImageRequest
+
+    engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
+                             height=ctx.size, hires=Hires(HIRES))])
+    auto = engine.call_facts({}).get("run_options")
+    if auto:  # the VAE options spo turned on to fit (the sidecar's run_options.vae_auto)
+        print(f"  VAE options turned on to fit: {auto['vae_auto']}", flush=True)
 
 
 def release(ctx: Ctx) -> None:
@@ -504,7 +566,6 @@ def header(ctx: Ctx) -> dict:
 
 def table(ctx: Ctx, info: dict, rows: dict[str, Row], step_flops: int, peak: float | None) -> str:
     out = []
-    snippet = rows.get("snippet")
     out.append("| contender | steps | s/image | it/s | TFLOP/s | MFU | time ÷ snippet | peak VRAM GiB "
                "| load s | peak RSS GiB |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -518,14 +579,18 @@ def table(ctx: Ctx, info: dict, rows: dict[str, Row], step_flops: int, peak: flo
             continue
         if key == "fast-reuse":
             continue  # in the compile table
+        base_row = rows.get(BASELINE.get(key, ""))
         for s, t in sorted(row.times.items()):
-            tflops = step_flops * s / t / 1e12
-            mfu = f"{100 * tflops / peak:.3g} %" if peak and key != "offload-sequential" else "n/a"
+            # Steps the UNet ran: img2img runs the last int(steps × strength); the hires row mixes two
+            # sizes, so no FLOP count (its it/s are of the steps asked for).
+            ran = int(s * STRENGTH) if key.startswith("img2img") else s
+            tflops = step_flops * ran / t / 1e12
+            mfu = f"{100 * tflops / peak:.3g} %" if peak and key not in ("offload-sequential", "hires") else "n/a"
             if key == "offload-sequential":
                 tflops_s, its = "n/a", f"{s / t:.3g} ({t / s:.3g} s/step)"
             else:
-                tflops_s, its = f"{tflops:.3g}", f"{s / t:.3g}"
-            base = snippet.times.get(s) if snippet and not snippet.error and not snippet.skipped else None
+                tflops_s, its = ("n/a" if key == "hires" else f"{tflops:.3g}"), f"{ran / t:.3g}"
+            base = (base_row.times.get(s) if base_row and not base_row.error and not base_row.skipped else None)
             ratio = f"{t / base:.3f}" if base else "n/a"
             rss = gib(row.peak_rss) + (" (cumulative)" if row.rss_is_cumulative else "")
             out.append(f"| {row.label} | {s} | {t:.3f} | {its} | {tflops_s} | {mfu} | {ratio} | "
@@ -728,6 +793,14 @@ def main() -> None:
         elif key == "offload-sequential":
             measure(ctx, row, lambda: load_spo(ctx, offload="sequential"), lambda e, s: call_spo(ctx, e, s),
                     [args.seq_steps])
+        elif key == "img2img-snippet":
+            measure(ctx, row, lambda: load_snippet_img2img(ctx), lambda p, s: call_snippet_img2img(ctx, p, s), steps,
+                    repeat=args.repeat)
+        elif key == "img2img":
+            measure(ctx, row, lambda: load_spo(ctx), lambda e, s: call_spo_img2img(ctx, e, s), steps,
+                    repeat=args.repeat)
+        elif key == "hires":
+            measure(ctx, row, lambda: load_spo(ctx), lambda e, s: call_spo_hires(ctx, e, s), steps, repeat=args.repeat)
         if ctx.cuda and row.peak_vram is not None:
             print(f"  peak VRAM {gib(row.peak_vram)} GiB, peak RSS {gib(row.peak_rss)} GiB", flush=True)
         save()

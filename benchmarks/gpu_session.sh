@@ -2,6 +2,7 @@
 # Everything issue 13 asks of a short GPU lease, in one command that ends inside a time budget:
 #
 #   1. bench_gpu.py: the authors' snippet, spo (default) and spo --offload model at --steps;
+#   1b. bench_gpu.py: diffusers' img2img, spo --image and spo --hires 1.5 (issue 23);
 #   2. gpu_cli_check.py: spo generate / batch / compare end to end on CUDA at full size;
 #   3. bench_gpu.py: spo --fast (first call in a fresh compile cache, steady state, and a second
 #      process reusing the cache);
@@ -13,7 +14,7 @@
 # measured), and the whole log goes to OUTDIR/session.log. A phase is started only if the time it
 # needs is left, and runs under `timeout` so the script itself ends before the budget.
 #
-#   benchmarks/gpu_session.sh [--toy] [--budget-s 570] [--out OUTDIR] [--steps 30,50] [--phases run1,cli,fast,seq,prof]
+#   benchmarks/gpu_session.sh [--toy] [--budget-s 570] [--out OUTDIR] [--steps 30,50] [--phases run1,edit,cli,fast,seq,prof]
 #
 # OUTDIR defaults to $OUT (set by the lab's device runner) or benchmarks/results/session-<time>/.
 # If the repository root holds a .whl/ folder (wheels the node lacks, e.g. diffusers), they are
@@ -25,7 +26,7 @@ PY="${PYTHON:-python3}"
 BUDGET=570
 TOY=""
 STEPS="30,50"
-PHASES="run1,cli,fast,seq,prof"
+PHASES="run1,edit,cli,fast,seq,prof"
 OUTDIR="${OUT:-}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -75,6 +76,8 @@ BENCH=("$PY" "$REPO/benchmarks/bench_gpu.py" $TOY --workdir "$WD" --steps "$STEP
 
 phase run1 "run 1: snippet, spo, offload model" 120 "${BENCH[@]}" --only snippet,spo,offload-model --repeat 2
 keep results-run1.json
+phase edit "run 1b: img2img (diffusers, spo) and hires 1.5" 90 "${BENCH[@]}" --only img2img-snippet,img2img,hires
+keep results-run1b-edit.json
 phase cli "run 1: CLI end to end" 150 "$PY" "$REPO/benchmarks/gpu_cli_check.py" $TOY --workdir "$WD" \
   --out-json "$OUTDIR/cli_check.json"
 # --fast: the first call compiles for minutes; the second process needs the cache plus a load.

@@ -154,6 +154,39 @@ def _json_safe(value):
     return value
 
 
+# Peak memory of one SDXL VAE decode without tiling, in bytes per output pixel per image at float32
+# (float16: half). ESTIMATED, not measured on a GPU: benchmarks/vae_memory.py measured it on the CPU
+# with SDXL's VAE architecture (random weights), where a decode at 512² and 768² peaked at about
+# 3.9 kB per pixel above the loaded model (2026-12-02), linear in the pixels: about 7.5 float32 tensors of the
+# decoder's last 128 channels at full size alive at once. CUDA's memory-efficient attention is
+# linear too, and its caching allocator rounds blocks up, hence the margin. An encode (img2img's
+# input) peaked at two thirds of that, so the decode's figure covers both.
+VAE_BYTES_PER_PIXEL_FP32 = 3900
+VAE_MARGIN = 1.3
+
+
+def vae_bytes(width: int, height: int, images: int, element_bytes: int) -> int:
+    """Estimated GPU memory one un-tiled SDXL VAE decode of `images` images needs."""
+    return int(VAE_BYTES_PER_PIXEL_FP32 * element_bytes / 4 * width * height * images * VAE_MARGIN)
+
+
+def vae_plan(width: int, height: int, images: int, element_bytes: int, available: int | None,
+             tile_above: int) -> dict:
+    """What a VAE pass of `images` images at width×height needs to fit in `available` bytes (None:
+    not a GPU, nothing to decide): {} when it fits; else slicing (one image at a time) when a batch
+    is what does not fit, and tiling when one image does not, if the image is larger than a tile
+    (`tile_above` pixels a side: diffusers tiles only such images). Each entry is a fact for the sidecar."""
+    if available is None or vae_bytes(width, height, images, element_bytes) <= available:
+        return {}
+    plan = {"estimated_gib": round(vae_bytes(width, height, images, element_bytes) / 2**30, 2),
+            "available_gib": round(available / 2**30, 2)}
+    if images > 1:
+        plan["vae_slicing"] = True
+    if vae_bytes(width, height, 1, element_bytes) > available and max(width, height) > tile_above:
+        plan["vae_tiling"] = True
+    return plan if len(plan) > 2 else {}
+
+
 def load_loras(pipe, resolved) -> tuple[str, ...]:
     """Load the model's LoRA (the preset's, or the first --lora) as adapter LORA_ADAPTER and those
     stacked after it (more --lora, a prompt's <lora:> tags) as adapters of their own, then weigh them
@@ -191,6 +224,7 @@ class Engine:
         self._plans: dict[tuple, encoding.Plan] = {}
         self._derived: dict[str, object] = {}
         self._watermarker = None  # diffusers' StableDiffusionXLWatermarker, made on the first --watermark
+        self._vae_auto: dict = {}  # what the last run turned on for the VAE to fit (vae_plan), for its sidecars
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -350,6 +384,54 @@ class Engine:
             facts["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
         return facts
 
+    def call_facts(self, facts: dict) -> dict:
+        """`facts` (from `facts()`) for the sidecars of the call `run` has just made: the VAE options it
+        had to turn on to fit in memory join run_options (tiling changes pixels slightly)."""
+        if not self._vae_auto:
+            return facts
+        options = dict(facts.get("run_options") or {})
+        for key in ("vae_slicing", "vae_tiling"):
+            options[key] = options.get(key) or bool(self._vae_auto.get(key))
+        options["vae_auto"] = self._vae_auto
+        return {**facts, "run_options": options}
+
+    def _available_memory(self) -> int | None:
+        """Bytes a VAE pass could use now on this GPU: free memory, plus what torch's caching allocator
+        holds unused. None off CUDA (the CPU has no such limit spo can see; MPS shares host memory)."""
+        if not self.device.startswith("cuda"):
+            return None
+        dev = torch.device(self.device)
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+
+    @contextmanager
+    def _vae_fits(self, width: int, height: int, images: int):
+        """For one pipeline call at width×height: VAE slicing and tiling turned on when its decode
+        would not fit in the GPU memory left (vae_plan), and off again after; the user's own
+        --vae-tiling / --vae-slicing are left alone."""
+        vae = self.pipe.vae
+        slicing, tiling = self.options.vae_slicing or vae.use_slicing, self.options.vae_tiling or vae.use_tiling
+        if tiling and slicing:
+            yield
+            return
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # diffusers decodes in float32 then
+        element = 4 if upcast or vae.dtype == torch.float32 else 2
+        plan = vae_plan(width, height, 1 if slicing else images, element, self._available_memory(),
+                        vae.tile_sample_min_size)
+        turn_on = [k for k in ("vae_slicing", "vae_tiling") if plan.get(k) and not {"vae_slicing": slicing,
+                                                                                  "vae_tiling": tiling}[k]]
+        if not turn_on:
+            yield
+            return
+        self._vae_auto |= {**plan, **{k: True for k in turn_on}}
+        for k in turn_on:
+            getattr(vae, "enable_" + k[4:])()
+        try:
+            yield
+        finally:
+            for k in turn_on:
+                getattr(vae, "disable_" + k[4:])()
+
     def plan(self, request: ImageRequest) -> encoding.Plan:
         """How `request`'s prompts become embeddings: the syntax `auto` resolves to, and the windows."""
         key = (request.prompt, request.negative_prompt, request.prompt_syntax)
@@ -361,7 +443,13 @@ class Engine:
         """What images must share to go through one pipeline call. The number of 77-token windows
         is a shape: images are grouped by it rather than padded, since padding with empty windows
         would make an image depend on the prompts it happened to share a call with."""
-        return request.group_key(), self.plan(request)
+        key = (request.group_key(), self.plan(request))
+        if request.mask_crop is not None:
+            # diffusers' padding_mask_crop takes one PIL image, not one per image of the call; given one,
+            # the inpaint pipeline samples its encoding with the first generator only, and the others'
+            # noise would then differ from their seeds' made alone. One image per call keeps a seed one image.
+            key += (request.seed,)
+        return key
 
     def encoding_facts(self, request: ImageRequest) -> dict:
         """For the sidecar: the syntax the prompts were read with (and, for a1111, the emphasis
@@ -397,6 +485,17 @@ class Engine:
             cls = StableDiffusionXLInpaintPipeline if mode == "inpaint" else StableDiffusionXLImg2ImgPipeline
             pipe = cls.from_pipe(self.pipe, torch_dtype=TORCH_DTYPES[self.dtype], add_watermarker=False)
             pipe.set_progress_bar_config(disable=True)
+            if self.options.offload == "model":
+                # The offload hooks live on the shared modules, so they already move each one to the GPU
+                # when it runs (AutoencoderKL's encode and decode included); but the new pipeline does
+                # not know it offloads, and its maybe_free_model_hooks, which puts every module back in
+                # host memory after a call, would do nothing, leaving the last one on the GPU. Enabling
+                # it here re-hooks the same modules in the same order (every SDXL pipeline's
+                # model_cpu_offload_seq); each pipeline re-hooks them after its own calls.
+                pipe.enable_model_cpu_offload(device=self.device)
+            # Sequential offload is left as loaded: its hooks sit on every submodule and keep no state
+            # on the pipeline (the execution device is read from them), and enabling it again would
+            # rebuild the modules' weights from the meta tensors they now hold.
             self._derived[mode] = pipe
         return self._derived[mode]
 
@@ -463,6 +562,8 @@ class Engine:
             if on_step and done > reported:
                 reported = done
                 on_step(done, total)
+            if first.mask_crop is not None:  # its images come back as PIL, where NaN no longer shows
+                latent_nan[:] = kwargs["latents"].isnan().flatten(1).any(1).tolist()
             return kwargs
 
         def call(mode: str, steps: int, *, last: bool = True, **kwargs):
@@ -476,11 +577,16 @@ class Engine:
                 # whatever the batch.
                 pipe.scheduler.noise_sampler_seed = [r.seed for r in batch]
             generators = [torch.Generator(first.generator_device).manual_seed(r.seed) for r in batch]
-            return pipe(**prompts, **kwargs, num_inference_steps=steps, guidance_scale=first.guidance,
-                        generator=generators, callback_on_step_end=step_end)
+            w, h = size
+            with self._vae_fits(w, h, len(batch)):
+                return pipe(**prompts, **kwargs, num_inference_steps=steps, guidance_scale=first.guidance,
+                            generator=generators, callback_on_step_end=step_end)
 
+        latent_nan: list[bool] = []
         width, height = self.output_size(first)
+        size = (width, height)  # of the images the next pipeline call decodes (hires: the first pass's, then this)
         pass_steps = first.steps
+        self._vae_auto = {}
         try:
             with torch.inference_mode():
                 if first.image is not None:
@@ -488,19 +594,34 @@ class Engine:
 
                     pass_steps = first.denoising_steps
                     image = inputs.as_rgb(inputs.load(first.image))
-                    edit = {"image": [image] * len(batch), "strength": first.strength, "width": width,
-                            "height": height}
+                    edit = {"strength": first.strength}
+                    # One per image, but padding_mask_crop takes a single image (call_key makes such calls
+                    # one seed each; --fast pads them with copies, the first generator still the seed's).
+                    each = (lambda x: [x] * len(batch)) if first.mask_crop is None else (lambda x: x)
                     if first.mask is not None:
                         mask = inputs.as_mask(inputs.load(first.mask, "mask"), image.size, first.mask_blur)
-                        edit |= {"mask_image": [mask] * len(batch), "padding_mask_crop": first.mask_crop}
-                    out = call(first.mode, first.steps, output_type="np", **edit)
+                        edit |= {"mask_image": each(mask), "padding_mask_crop": first.mask_crop,
+                                 "width": width, "height": height}
+                    elif image.size != (width, height):
+                        # The img2img pipeline takes no size (its **kwargs swallow width and height): it
+                        # makes the input's size, rounded down to multiples of 8. Resized here as its image
+                        # processor resizes (Lanczos), which is also A1111's "Just resize".
+                        from PIL import Image
+
+                        image = image.resize((width, height), Image.Resampling.LANCZOS)
+                    edit["image"] = each(image)
+                    # diffusers pastes a mask crop back only into PIL images (and takes no other output_type).
+                    out = call(first.mode, first.steps, output_type="pil" if first.mask_crop is not None else "np",
+                               **edit)
                 elif first.hires is not None:
                     # A1111's hires fix: the first pass at the asked size, the upscale, then img2img of the
                     # large image over the second pass's share of its steps.
                     hr = first.hires
                     latent = hr.upscaler == "latent"
+                    size = (first.width or self.default_size()[0], first.height or self.default_size()[1])
                     low = call("txt2img", first.steps, last=False, width=first.width, height=first.height,
                                output_type="latent" if latent else "pil").images
+                    size = (width, height)
                     if latent:  # A1111's "Latent": bilinear, no antialiasing, in the latent space
                         f = self.pipe.vae_scale_factor
                         big = torch.nn.functional.interpolate(low, size=(height // f, width // f), mode="bilinear",
@@ -511,8 +632,7 @@ class Engine:
                         big = [im.resize((width, height), Image.Resampling.LANCZOS) for im in low]
                     second = hr.steps or first.steps
                     done_before, pass_steps = first.steps, min(int(second * hr.strength), second)
-                    out = call("img2img", second, image=big, strength=hr.strength, width=width, height=height,
-                               output_type="np")
+                    out = call("img2img", second, image=big, strength=hr.strength, output_type="np")
                 else:
                     out = call("txt2img", first.steps, width=first.width, height=first.height, output_type="np")
         except torch.OutOfMemoryError:
@@ -520,10 +640,16 @@ class Engine:
                 torch.cuda.empty_cache()
             raise GenerationError(
                 f"The GPU ran out of memory generating {real} image(s) at {width}×{height}.",
-                oom_hint(batch=real, pixels=width * height, options=self.options),
+                oom_hint(batch=real, pixels=width * height, options=self.options, hires=first.hires,
+                         edit=first.image is not None),
             ) from None
-        arrays = out.images[:real]
         batch = batch[:real]
+        if first.mask_crop is not None:
+            # The latents are what can be checked: a NaN there is a NaN image. (A float16 VAE overflow
+            # would not show, but diffusers decodes in float32 with a VAE that needs it, and spo's
+            # float16 default is the fp16-fix VAE.)
+            return [Generated(img, req, nan) for img, req, nan in zip(out.images[:real], batch, latent_nan)]
+        arrays = out.images[:real]
         images = self.pipe.image_processor.numpy_to_pil(arrays)  # what output_type="pil" would return
         return [
             Generated(img, req, bool(torch.from_numpy(arr).isnan().any()))

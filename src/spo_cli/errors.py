@@ -58,14 +58,23 @@ def _is(exc: BaseException, *names: str) -> bool:
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
-def oom_hint(batch: int = 1, pixels: int = 1024 * 1024, options=None) -> str:
-    """The memory option most likely to help, given what the failed call was doing."""
+def oom_hint(batch: int = 1, pixels: int = 1024 * 1024, options=None, hires=None, edit: bool = False) -> str:
+    """The memory option most likely to help, given what the failed call was doing (`hires`: the
+    request's Hires settings; `edit`: it started from an input image)."""
     offload = getattr(options, "offload", None)
     tips = []
     if batch > 1:
         tips.append(f"a smaller --batch-size (this call had {batch} images)")
+    if hires is not None:
+        tips.append(f"a lower --hires (this call upscaled by {hires.scale:g})")
     if pixels > 1024 * 1024 and not getattr(options, "vae_tiling", False):
-        tips.append("--vae-tiling (decodes large images in tiles)")
+        # SDXL's VAE tiles only images over 1024 px a side; the input's encode is tiled as well.
+        tips.append("--vae-tiling (" + ("encodes the input and decodes the image" if edit else "decodes large images")
+                    + " in tiles)")
+    if hires is not None and hires.upscaler != "latent":
+        tips.append("--hires-upscaler latent (no decode and encode between the two passes)")
+    if edit and pixels > 1024 * 1024:
+        tips.append("--width and --height under the input's size (the edit is made at the input's size)")
     if offload is None:
         tips.append("--offload model (only the part of SDXL that is running stays on the GPU)")
     elif offload == "model":

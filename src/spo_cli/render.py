@@ -58,6 +58,9 @@ def call_metadata(engine, model: dict, facts: dict, call: list[ImageTask], resul
     image, which is never written. `model` is `resolved.describe()`, `facts` `engine.facts()`;
     `provenance` False (--no-provenance) writes no XMP (metadata.build)."""
     batch = [t.request for t in call]
+    # The VAE options the engine turned on for this call to fit in memory (a --server's engine
+    # stand-in has none: its server writes its own record).
+    facts = engine.call_facts(facts) if hasattr(engine, "call_facts") else facts
     scheduler = engine.scheduler_facts(batch[0].scheduler)
     encoding = engine.encoding_facts(batch[0])
     created = naming.now()
