@@ -346,29 +346,3 @@ def test_an_img2img_infotext_with_image_replays_to_the_same_image(hub_cache, pic
     [again] = json.loads(r.stdout)
     assert np.array_equal(pixels(again["image"]), pixels(written["image"]))
 
-
-@pytest.mark.slow
-@pytest.mark.early
-def test_a_sharded_batch_of_edits_matches_one_process(hub_cache, pictures, out):
-    import os
-    import subprocess
-    import sys
-
-    f = write_lines(pictures / "e.jsonl", *({"prompt": f"a fox {i}", "image": "fox.png", "strength": 0.5 + i / 10}
-                                            for i in range(3)), {"prompt": "inpaint", "image": "fox.png",
-                                                                 "mask": "mask.png"})
-    args = ["batch", str(f), *TINY, "--seed", "3", "--keep-inputs"]
-    ok(*args, "--out", out / "one", "--quiet")
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            "-m", "spo_cli", *args, "--out", str(out / "two"), "--json"],
-                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert multi.returncode == 0, multi.stderr
-    assert json.loads(multi.stdout)["generated"] == 4
-    names = sorted(p.name for p in (out / "one").glob("*.png"))
-    assert names == sorted(p.name for p in (out / "two").glob("*.png")) and len(names) == 4
-    for name in names:
-        assert np.array_equal(pixels(out / "one" / name), pixels(out / "two" / name))
-    ranks = {json.loads((out / "two" / name).with_suffix(".json").read_text())["batch"]["rank"] for name in names}
-    assert ranks == {0, 1}
-    assert sorted(p.name for p in (out / "two" / "inputs").iterdir()) == sorted(
-        p.name for p in (out / "one" / "inputs").iterdir())
