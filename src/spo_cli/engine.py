@@ -593,7 +593,9 @@ class Engine:
                     from spo_cli import inputs
 
                     pass_steps = first.denoising_steps
-                    image = inputs.as_rgb(inputs.load(first.image))
+                    # The img2img pipeline takes no size (its **kwargs swallow width and height): it makes
+                    # the input's size, so the input comes at the size asked; inpainting takes a size.
+                    image = inputs.as_rgb(inputs.load(first.image), None if first.mask is not None else (width, height))
                     edit = {"strength": first.strength}
                     # One per image, but padding_mask_crop takes a single image (call_key makes such calls
                     # one seed each; --fast pads them with copies, the first generator still the seed's).
@@ -602,13 +604,6 @@ class Engine:
                         mask = inputs.as_mask(inputs.load(first.mask, "mask"), image.size, first.mask_blur)
                         edit |= {"mask_image": each(mask), "padding_mask_crop": first.mask_crop,
                                  "width": width, "height": height}
-                    elif image.size != (width, height):
-                        # The img2img pipeline takes no size (its **kwargs swallow width and height): it
-                        # makes the input's size, rounded down to multiples of 8. Resized here as its image
-                        # processor resizes (Lanczos), which is also A1111's "Just resize".
-                        from PIL import Image
-
-                        image = image.resize((width, height), Image.Resampling.LANCZOS)
                     edit["image"] = each(image)
                     # diffusers pastes a mask crop back only into PIL images (and takes no other output_type).
                     out = call(first.mode, first.steps, output_type="pil" if first.mask_crop is not None else "np",
