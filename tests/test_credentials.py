@@ -83,10 +83,62 @@ def test_signed_image_reads_back_with_the_sdk(tmp_path, signer, fmt):
 def test_probe_says_untrusted_for_a_local_certificate_and_what_was_signed(tmp_path, signer):
     got = credentials.probe(write(tmp_path, "png", signer))
     assert got["present"] and got["state"] == "untrusted" and got["reasons"] == []
-    assert got["summary"] == "The manifest validates structurally, but the signer is not on a trust list."
+    # No trust list is checked (spo loads none): the words say so, not that the signer is on none.
+    assert got["summary"] == credentials.LOCAL_WORDS and "vouches for no person" in got["summary"]
     assert (got["action"], got["digital_source_type"]) == ("c2pa.created", TRAINED)
     assert got["recipe"]["model"]["commit"] == "a" * 40 and got["recipe_matches"] is True
     assert got["signer"]["common_name"].startswith("spo-cli")
+
+
+def _issued_pair(folder: Path, org: str, key=None) -> tuple[str, str]:
+    """A key and chain (end-entity, then its CA) from a CA of organisation `org`, as a user's own CA
+    would issue it; `key` (default P-256) is the end-entity's key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), key or ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{org} CA"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+
+    def usage(ca):
+        return x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                             data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                             encipher_only=False, decipher_only=False)
+
+    def cert(subject, public, ca):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
+             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+             .not_valid_after(now + timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+             .add_extension(usage(ca), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
+        if not ca:
+            b = (b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                critical=False))
+        return b.sign(ca_key, hashes.SHA256())
+
+    root = cert(ca_name, ca_key.public_key(), True)
+    leaf = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Jo Example"),
+                           x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)]), key.public_key(), False)
+    pem = serialization.Encoding.PEM
+    (folder / "user.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    (folder / "user.pem").write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
+    return str(folder / "user.key"), str(folder / "user.pem")
+
+
+def test_a_users_certificate_is_named_and_no_trust_list_is_claimed(tmp_path):
+    signer = credentials.signer_from_options(True, *_issued_pair(tmp_path, "Example Org"))
+    got = credentials.probe(write(tmp_path, "png", signer))
+    assert got["state"] == "untrusted" and got["reasons"] == []
+    assert got["summary"].startswith(credentials.VALID_WORDS)
+    assert '"Jo Example" of "Example Org"' in got["summary"]
+    assert got["signer"] == {"common_name": "Jo Example", "organization": "Example Org", "alg": "Es256"}
+    assert "checks no trust list" in got["summary"] and "local" not in got["summary"]
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
