@@ -397,6 +397,7 @@ def test_bad_key_or_certificate_is_refused_before_anything_loads(cases, tmp_path
 
 
 @pytest.mark.parametrize("command", [["batch", "prompts.txt"], ["compare", "a fox", "--base", "--spo"],
+                                     ["eval", "prompts.txt"],
                                      ["replay", "--infotext", "a fox\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 1, "
                                       "Size: 64x64"], ["serve"]])
 def test_every_command_that_writes_images_checks_the_key(cases, tmp_path, command, monkeypatch):
@@ -477,3 +478,23 @@ def test_batch_and_compare_sign_and_a_resume_keeps_signed_images(hub_cache, tmp_
     (page,) = (tmp_path / "cmp").glob("*-grid.png")
     got = credentials.probe(page)
     assert (got["state"], got["digital_source_type"]) == ("untrusted", COMPOSITE)
+
+
+@pytest.mark.slow
+def test_eval_signs_the_cells_it_writes(hub_cache, tmp_path):
+    from spo_cli import tiny
+    from spo_cli.scores import tiny as score_tiny
+
+    for repo, src in score_tiny.save_repos(tmp_path / "score-repos").items():  # eval scores what it makes
+        tiny.add_to_cache(Path(os.environ["HF_HUB_CACHE"]), repo, src)
+    (tmp_path / "p.txt").write_text("a fox\n")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "p.txt"), "--seeds", "0", "--width", "64", "--height", "64",
+                                 "--steps", "1", "--device", "cpu", "--metric", "aesthetic", "--sign", "--json",
+                                 "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cells = sorted((out / "cells").rglob("*.png"))
+    assert len(cells) == 2
+    for cell in cells:
+        got = credentials.probe(cell)
+        assert (got["state"], got["action"], got["recipe_matches"]) == ("untrusted", "c2pa.created", True)
