@@ -498,3 +498,15 @@ def test_eval_signs_the_cells_it_writes(hub_cache, tmp_path):
     for cell in cells:
         got = credentials.probe(cell)
         assert (got["state"], got["action"], got["recipe_matches"]) == ("untrusted", "c2pa.created", True)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519", "p384"])
+def test_rsa_ed25519_and_p384_keys_sign_and_validate(tmp_path, kind):
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    key = {"rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+           "ed25519": ed25519.Ed25519PrivateKey.generate, "p384": lambda: ec.generate_private_key(ec.SECP384R1())}[kind]()
+    signer = credentials.signer_from_options(True, *_issued_pair(tmp_path, "Example Org", key))
+    got = credentials.probe(write(tmp_path, "jpg", signer))
+    assert got["state"] == "untrusted" and got["reasons"] == [], got
+    assert got["signer"]["alg"].lower() == {"rsa": "ps256", "ed25519": "ed25519", "p384": "es384"}[kind]
