@@ -172,6 +172,7 @@ def test_the_recipe_hash_catches_an_edited_sidecar(tmp_path, signer):
     sidecar.write_text(sidecar.read_text().replace('"seed": 7', '"seed": 8'))
     got = credentials.probe(path)
     assert got["state"] == "untrusted" and got["recipe_matches"] is False
+    assert got["summary"].endswith("is not the signed recipe (its hash differs): it was changed after signing.")
 
 
 def test_an_unsigned_image_has_no_manifest(tmp_path):

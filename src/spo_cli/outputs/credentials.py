@@ -582,11 +582,14 @@ def _describe(store: dict, state: str | None, path: Path) -> dict:
         "signer": {"common_name": sig.get("common_name"), "organization": sig.get("issuer"), "alg": sig.get("alg")},
         "claim_generator": [g.get("name") for g in active.get("claim_generator_info") or [] if isinstance(g, dict)],
         "recipe": recipe,
-        "recipe_matches": _recipe_matches(recipe, path),
+        "recipe_matches": (matches := _recipe_matches(recipe, path)),
         "parents": [{"title": i.get("title"), "manifest": bool(i.get("active_manifest"))}
                     for i in active.get("ingredients") or []
                     if isinstance(i, dict) and i.get("relationship") == "parentOf"],
     }
+    if matches is False:  # the recipe section shows that metadata: say here that the signature does not cover it
+        out["summary"] += (" The spo-cli metadata found with the file is not the signed recipe (its hash differs): "
+                           "it was changed after signing.")
     return out
 
 
