@@ -131,6 +131,19 @@ def _issued_pair(folder: Path, org: str, key=None) -> tuple[str, str]:
     return str(folder / "user.key"), str(folder / "user.pem")
 
 
+def test_the_root_is_not_embedded_and_intermediates_are(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key, cert = pair_files(tmp_path, "local")  # spo's local pair: end-entity certificate, then its root
+    leaf, root = x509.load_pem_x509_certificates(Path(cert).read_bytes())
+    signed = write(tmp_path, "png", credentials.signer_from_options(True, key, cert)).read_bytes()
+    # C2PA 2.2 §14.5: the trust anchor should not be in x5chain; a validator holds its own.
+    assert leaf.public_bytes(Encoding.DER) in signed and root.public_bytes(Encoding.DER) not in signed
+    assert credentials._without_anchor([leaf]) == [leaf]  # a lone end-entity certificate is kept
+    assert credentials._without_anchor([leaf, leaf]) == [leaf, leaf]  # same names as a root would have, not one
+
+
 def test_a_users_certificate_is_named_and_no_trust_list_is_claimed(tmp_path):
     signer = credentials.signer_from_options(True, *_issued_pair(tmp_path, "Example Org"))
     got = credentials.probe(write(tmp_path, "png", signer))

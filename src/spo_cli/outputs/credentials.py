@@ -187,6 +187,20 @@ def _check(key, chain: list, key_where: str, cert_where: str, now: datetime) -> 
     return alg
 
 
+def _without_anchor(chain: list) -> list:
+    """The certificates to embed: the end-entity one and its intermediates. C2PA 2.2 §14.5 (x5chain):
+    the trust anchor's (root) certificate "should not be included", since a validator trusts only the
+    anchors it holds; a trailing self-signed certificate is that root. The end-entity one always stays."""
+    chain = list(chain)
+    while len(chain) > 1 and chain[-1].subject == chain[-1].issuer:
+        try:
+            chain[-1].verify_directly_issued_by(chain[-1])
+        except Exception:  # same names, but not self-signed: not a root, keep it
+            break
+        chain.pop()
+    return chain
+
+
 def fingerprint(cert) -> str:
     from cryptography.hazmat.primitives import hashes
 
@@ -489,9 +503,11 @@ def signer_from_options(sign: bool, key: str | None, cert: str | None, *, now: d
             e.hint = f"spo's local certificate is in {local_dir()}; remove that folder and spo makes a new one."
         raise
     import c2pa
+    from cryptography.hazmat.primitives.serialization import Encoding
 
+    embedded = b"".join(c.public_bytes(Encoding.PEM) for c in _without_anchor(chain))
     try:
-        signer = Signer(key_pem, chain_pem, alg, chain[0], local=local)
+        signer = Signer(key_pem, embedded, alg, chain[0], local=local)
         signer._sign(_tiny_png(), "png", {"file": "trial.png"})
     except c2pa.C2paError as e:
         raise UsageError(f"The C2PA SDK refused to sign with the certificate {cert_where}: {_first_line(e)}.",
