@@ -524,3 +524,11 @@ def test_rsa_ed25519_and_p384_keys_sign_and_validate(tmp_path, kind):
     got = credentials.probe(write(tmp_path, "jpg", signer))
     assert got["state"] == "untrusted" and got["reasons"] == [], got
     assert got["signer"]["alg"].lower() == {"rsa": "ps256", "ed25519": "ed25519", "p384": "es384"}[kind]
+
+
+def test_the_c2pa_sdk_reads_its_manifest_not_the_xmp_mark(tmp_path):
+    # What the docs say: the XMP source type is for exiftool and platforms; C2PA readers see only a manifest.
+    unsigned = write(tmp_path, "png", None, dict(META, provenance={"xmp": True, "digital_source_type": TRAINED}))
+    assert b"Iptc4xmpExt:DigitalSourceType" in unsigned.read_bytes()
+    with open(unsigned, "rb") as f, pytest.raises(c2pa.C2paError):
+        c2pa.Reader("image/png", f)  # no manifest: the XMP mark is not one
