@@ -83,10 +83,75 @@ def test_signed_image_reads_back_with_the_sdk(tmp_path, signer, fmt):
 def test_probe_says_untrusted_for_a_local_certificate_and_what_was_signed(tmp_path, signer):
     got = credentials.probe(write(tmp_path, "png", signer))
     assert got["present"] and got["state"] == "untrusted" and got["reasons"] == []
-    assert got["summary"] == "The manifest validates structurally, but the signer is not on a trust list."
+    # No trust list is checked (spo loads none): the words say so, not that the signer is on none.
+    assert got["summary"] == credentials.LOCAL_WORDS and "vouches for no person" in got["summary"]
     assert (got["action"], got["digital_source_type"]) == ("c2pa.created", TRAINED)
     assert got["recipe"]["model"]["commit"] == "a" * 40 and got["recipe_matches"] is True
     assert got["signer"]["common_name"].startswith("spo-cli")
+
+
+def _issued_pair(folder: Path, org: str, key=None) -> tuple[str, str]:
+    """A key and chain (end-entity, then its CA) from a CA of organisation `org`, as a user's own CA
+    would issue it; `key` (default P-256) is the end-entity's key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), key or ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{org} CA"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+
+    def usage(ca):
+        return x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                             data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                             encipher_only=False, decipher_only=False)
+
+    def cert(subject, public, ca):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
+             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+             .not_valid_after(now + timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+             .add_extension(usage(ca), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
+        if not ca:
+            b = (b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                critical=False))
+        return b.sign(ca_key, hashes.SHA256())
+
+    root = cert(ca_name, ca_key.public_key(), True)
+    leaf = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Jo Example"),
+                           x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)]), key.public_key(), False)
+    pem = serialization.Encoding.PEM
+    (folder / "user.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    (folder / "user.pem").write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
+    return str(folder / "user.key"), str(folder / "user.pem")
+
+
+def test_the_root_is_not_embedded_and_intermediates_are(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key, cert = pair_files(tmp_path, "local")  # spo's local pair: end-entity certificate, then its root
+    leaf, root = x509.load_pem_x509_certificates(Path(cert).read_bytes())
+    signed = write(tmp_path, "png", credentials.signer_from_options(True, key, cert)).read_bytes()
+    # C2PA 2.2 §14.5: the trust anchor should not be in x5chain; a validator holds its own.
+    assert leaf.public_bytes(Encoding.DER) in signed and root.public_bytes(Encoding.DER) not in signed
+    assert credentials._without_anchor([leaf]) == [leaf]  # a lone end-entity certificate is kept
+    assert credentials._without_anchor([leaf, leaf]) == [leaf, leaf]  # same names as a root would have, not one
+
+
+def test_a_users_certificate_is_named_and_no_trust_list_is_claimed(tmp_path):
+    signer = credentials.signer_from_options(True, *_issued_pair(tmp_path, "Example Org"))
+    got = credentials.probe(write(tmp_path, "png", signer))
+    assert got["state"] == "untrusted" and got["reasons"] == []
+    assert got["summary"].startswith(credentials.VALID_WORDS)
+    assert '"Jo Example" of "Example Org"' in got["summary"]
+    assert got["signer"] == {"common_name": "Jo Example", "organization": "Example Org", "alg": "Es256"}
+    assert "checks no trust list" in got["summary"] and "local" not in got["summary"]
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
@@ -120,6 +185,7 @@ def test_the_recipe_hash_catches_an_edited_sidecar(tmp_path, signer):
     sidecar.write_text(sidecar.read_text().replace('"seed": 7', '"seed": 8'))
     got = credentials.probe(path)
     assert got["state"] == "untrusted" and got["recipe_matches"] is False
+    assert got["summary"].endswith("is not the signed recipe (its hash differs): it was changed after signing.")
 
 
 def test_an_unsigned_image_has_no_manifest(tmp_path):
@@ -345,6 +411,7 @@ def test_bad_key_or_certificate_is_refused_before_anything_loads(cases, tmp_path
 
 
 @pytest.mark.parametrize("command", [["batch", "prompts.txt"], ["compare", "a fox", "--base", "--spo"],
+                                     ["eval", "prompts.txt"],
                                      ["replay", "--infotext", "a fox\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 1, "
                                       "Size: 64x64"], ["serve"]])
 def test_every_command_that_writes_images_checks_the_key(cases, tmp_path, command, monkeypatch):
@@ -425,3 +492,43 @@ def test_batch_and_compare_sign_and_a_resume_keeps_signed_images(hub_cache, tmp_
     (page,) = (tmp_path / "cmp").glob("*-grid.png")
     got = credentials.probe(page)
     assert (got["state"], got["digital_source_type"]) == ("untrusted", COMPOSITE)
+
+
+@pytest.mark.slow
+def test_eval_signs_the_cells_it_writes(hub_cache, tmp_path):
+    from spo_cli import tiny
+    from spo_cli.scores import tiny as score_tiny
+
+    for repo, src in score_tiny.save_repos(tmp_path / "score-repos").items():  # eval scores what it makes
+        tiny.add_to_cache(Path(os.environ["HF_HUB_CACHE"]), repo, src)
+    (tmp_path / "p.txt").write_text("a fox\n")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "p.txt"), "--seeds", "0", "--width", "64", "--height", "64",
+                                 "--steps", "1", "--device", "cpu", "--metric", "aesthetic", "--sign", "--json",
+                                 "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cells = sorted((out / "cells").rglob("*.png"))
+    assert len(cells) == 2
+    for cell in cells:
+        got = credentials.probe(cell)
+        assert (got["state"], got["action"], got["recipe_matches"]) == ("untrusted", "c2pa.created", True)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519", "p384"])
+def test_rsa_ed25519_and_p384_keys_sign_and_validate(tmp_path, kind):
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    key = {"rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+           "ed25519": ed25519.Ed25519PrivateKey.generate, "p384": lambda: ec.generate_private_key(ec.SECP384R1())}[kind]()
+    signer = credentials.signer_from_options(True, *_issued_pair(tmp_path, "Example Org", key))
+    got = credentials.probe(write(tmp_path, "jpg", signer))
+    assert got["state"] == "untrusted" and got["reasons"] == [], got
+    assert got["signer"]["alg"].lower() == {"rsa": "ps256", "ed25519": "ed25519", "p384": "es384"}[kind]
+
+
+def test_the_c2pa_sdk_reads_its_manifest_not_the_xmp_mark(tmp_path):
+    # What the docs say: the XMP source type is for exiftool and platforms; C2PA readers see only a manifest.
+    unsigned = write(tmp_path, "png", None, dict(META, provenance={"xmp": True, "digital_source_type": TRAINED}))
+    assert b"Iptc4xmpExt:DigitalSourceType" in unsigned.read_bytes()
+    with open(unsigned, "rb") as f, pytest.raises(c2pa.C2paError):
+        c2pa.Reader("image/png", f)  # no manifest: the XMP mark is not one

@@ -132,6 +132,9 @@ def eval(  # noqa: A001 - the command's name
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
+    sign: opts.Sign = False,
+    sign_key: opts.SignKey = None,
+    sign_cert: opts.SignCert = None,
 ) -> None:
     """Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."""
     t0 = perf_counter()
@@ -158,6 +161,7 @@ def eval(  # noqa: A001 - the command's name
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
         generator_device=noise, prompt_syntax=syntax, size_limit=not no_size_limit, check_prompt=False)
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
+    signer = opts.signer(sign, sign_key, sign_cert)
     dataset = None
     if paper_run:
         dataset, lines, dropped = paper_prompts(ui, limit)
@@ -176,7 +180,8 @@ def eval(  # noqa: A001 - the command's name
     with files.FolderLock(out, "spo eval"):
         scorers = scoring.find_scorers(ui, names, hps_version)
         steps = scoring.steps(ui)
-        run = render_columns(steps, cols, rows, options, out, keep_loaded=False, provenance=not no_provenance)
+        run = render_columns(steps, cols, rows, options, out, keep_loaded=False, provenance=not no_provenance,
+                             signer=signer)
         scored = score_cells(steps, cols, rows, out / "cells", run.failed,
                              Scoring(names, hps_version, score_batch_size, device), scorers)
         report = eval_report.build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers,

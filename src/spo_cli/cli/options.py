@@ -117,7 +117,7 @@ PromptFormat = Annotated[Optional[str], typer.Option(
     "--prompt-format", help="txt or jsonl (default: by file name, or by content for stdin).", show_default=False)]
 NoProvenance = Annotated[bool, typer.Option(
     "--no-provenance", help="Write no XMP provenance mark (IPTC DigitalSourceType: made by a model, as exiftool, "
-    "C2PA tools and platforms read it). Under the EU AI Act, Art. 50(2), whoever provides an image generator "
+    "photo tools and platforms read it; --sign's C2PA manifest is separate). Under the EU AI Act, Art. 50(2), whoever provides an image generator "
     "must mark its outputs machine-readably as AI-generated: turn the mark off only when you mark the images "
     "another way or that duty is not yours. Metadata only: the pixels, the recipe and a resume are the same.",
     rich_help_panel=_O)]

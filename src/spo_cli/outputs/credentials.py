@@ -21,8 +21,10 @@ Credentials: the user's key and certificate chain (--sign-key/--sign-cert or SPO
 SPO_SIGN_CERT), or a local pair that spo makes on first use under $XDG_CONFIG_HOME/spo-cli/c2pa/.
 c2pa-rs refuses a self-signed end-entity certificate, so the local pair is an end-entity
 certificate issued by a one-off local root whose key is thrown away once it has signed: nothing on
-disk can issue more certificates. Such a manifest validates structurally, but its signer is on no
-trust list, and `probe` says exactly that.
+disk can issue more certificates. Such a manifest is valid (signature and hashes check out), but
+its certificate vouches for no one, and `probe` says exactly that. `probe` loads no trust list (c2pa-rs
+has none built in), so for any certificate it reports a valid manifest and the signer's name as the
+certificate gives it, never "trusted".
 
 Everything about the key and certificate is checked by `signer_from_options` before a model loads
 (exit 2, one paragraph), ending with one trial signing of a tiny in-memory PNG: c2pa-rs applies its
@@ -58,7 +60,14 @@ LOCAL_DAYS = 3650
 LOCAL_DIR = ("spo-cli", "c2pa")
 LOCAL_KEY, LOCAL_CERT = "signer.key", "signer.pem"
 UNTRUSTED = "signingCredential.untrusted"
-UNTRUSTED_WORDS = "The manifest validates structurally, but the signer is not on a trust list."
+LOCAL_ORG = "spo-cli local certificate (untrusted)"  # the O= of spo's local pair, how `probe` tells it
+VALID_WORDS = "Valid: the signature checks out and the image is unchanged since it was signed"
+# c2pa-rs reports signingCredential.untrusted for every signer when no trust anchors are loaded, and
+# spo loads none: the summary says that no trust list was checked, not that the signer is on none.
+LOCAL_WORDS = (VALID_WORDS + ", with a certificate that names itself spo-cli's local one: made on one machine, "
+               "it vouches for no person or organisation.")
+SIGNER_WORDS = (VALID_WORDS + ", by {signer}. spo inspect checks no trust list, so that name is only what the "
+                "certificate says; https://contentcredentials.org/verify checks it against the C2PA trust list.")
 # What the SDK reads: never a remote manifest or an OCSP responder named by a file it is shown.
 _SETTINGS = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False},
              "builder": {"thumbnail": {"enabled": False}}}  # the image itself is its own preview
@@ -178,6 +187,20 @@ def _check(key, chain: list, key_where: str, cert_where: str, now: datetime) -> 
     return alg
 
 
+def _without_anchor(chain: list) -> list:
+    """The certificates to embed: the end-entity one and its intermediates. C2PA 2.2 §14.5 (x5chain):
+    the trust anchor's (root) certificate "should not be included", since a validator trusts only the
+    anchors it holds; a trailing self-signed certificate is that root. The end-entity one always stays."""
+    chain = list(chain)
+    while len(chain) > 1 and chain[-1].subject == chain[-1].issuer:
+        try:
+            chain[-1].verify_directly_issued_by(chain[-1])
+        except Exception:  # same names, but not self-signed: not a root, keep it
+            break
+        chain.pop()
+    return chain
+
+
 def fingerprint(cert) -> str:
     from cryptography.hazmat.primitives import hashes
 
@@ -248,7 +271,7 @@ def make_local_pair(now: datetime | None = None, days: int = LOCAL_DAYS) -> tupl
 
     def name(cn: str):
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn[:64]),
-                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spo-cli local certificate (untrusted)")])
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, LOCAL_ORG)])
 
     def usage(ca: bool):
         return x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
@@ -480,9 +503,11 @@ def signer_from_options(sign: bool, key: str | None, cert: str | None, *, now: d
             e.hint = f"spo's local certificate is in {local_dir()}; remove that folder and spo makes a new one."
         raise
     import c2pa
+    from cryptography.hazmat.primitives.serialization import Encoding
 
+    embedded = b"".join(c.public_bytes(Encoding.PEM) for c in _without_anchor(chain))
     try:
-        signer = Signer(key_pem, chain_pem, alg, chain[0], local=local)
+        signer = Signer(key_pem, embedded, alg, chain[0], local=local)
         signer._sign(_tiny_png(), "png", {"file": "trial.png"})
     except c2pa.C2paError as e:
         raise UsageError(f"The C2PA SDK refused to sign with the certificate {cert_where}: {_first_line(e)}.",
@@ -548,7 +573,7 @@ def _describe(store: dict, state: str | None, path: Path) -> dict:
     if state == "Trusted" and not failures:
         verdict, summary = "trusted", "The manifest is valid and its signer is on a trust list."
     elif state in ("Valid", "Trusted") and not failures:
-        verdict, summary = ("untrusted", UNTRUSTED_WORDS) if UNTRUSTED in codes else (
+        verdict, summary = ("untrusted", _signer_words(active.get("signature_info"))) if UNTRUSTED in codes else (
             "valid", "The manifest is valid.")
     else:
         verdict = "invalid"
@@ -568,15 +593,31 @@ def _describe(store: dict, state: str | None, path: Path) -> dict:
         "present": True, "checked": True, "state": verdict, "summary": summary, "reasons": failures,
         "action": main.get("action"), "digital_source_type": main.get("digitalSourceType"),
         "actions": [x.get("action") for x in actions],
-        "signer": {"common_name": sig.get("common_name"), "issuer": sig.get("issuer"), "alg": sig.get("alg")},
+        # c2pa-rs's signature_info "issuer" is the signing certificate's own organisation (its subject's
+        # O), the claim's issuer in C2PA's sense, not the CA that issued the certificate.
+        "signer": {"common_name": sig.get("common_name"), "organization": sig.get("issuer"), "alg": sig.get("alg")},
         "claim_generator": [g.get("name") for g in active.get("claim_generator_info") or [] if isinstance(g, dict)],
         "recipe": recipe,
-        "recipe_matches": _recipe_matches(recipe, path),
+        "recipe_matches": (matches := _recipe_matches(recipe, path)),
         "parents": [{"title": i.get("title"), "manifest": bool(i.get("active_manifest"))}
                     for i in active.get("ingredients") or []
                     if isinstance(i, dict) and i.get("relationship") == "parentOf"],
     }
+    if matches is False:  # the recipe section shows that metadata: say here that the signature does not cover it
+        out["summary"] += (" The spo-cli metadata found with the file is not the signed recipe (its hash differs): "
+                           "it was changed after signing.")
     return out
+
+
+def _signer_words(sig) -> str:
+    """The summary for a valid manifest whose signer was not checked against a trust list: the
+    signer as the certificate names it (hostile text: bounded here, made printable by inspect)."""
+    sig = sig if isinstance(sig, dict) else {}
+    name, org = (str(sig.get(k) or "")[:80] for k in ("common_name", "issuer"))  # issuer: the signer's O=
+    if org == LOCAL_ORG:
+        return LOCAL_WORDS
+    signer = " ".join(filter(None, [f'"{name}"' if name else "an unnamed signer", f'of "{org}"' if org else ""]))
+    return SIGNER_WORDS.format(signer=signer)
 
 
 def _recipe_matches(recipe, path: Path) -> bool | None:

@@ -1,9 +1,9 @@
 """The XMP packet every image spo writes carries, saying that a model made it, and reading it back.
 
 EU AI Act Art. 50(2) asks providers of image generators to mark each output as artificially
-generated, machine-readably. Platforms and tools (exiftool, the C2PA SDK, Adobe's apps, IPTC's
-GetPMD) read that mark from XMP's `Iptc4xmpExt:DigitalSourceType`, with a term from IPTC's
-digital-source-type vocabulary. Beside it: the tool (`xmp:CreatorTool`), when, and the IPTC 2025.1
+generated, machine-readably. Platforms and tools (exiftool, Adobe's apps, IPTC's GetPMD; not the
+C2PA SDK, which reads only its manifest) read that mark from XMP's `Iptc4xmpExt:DigitalSourceType`,
+with a term from IPTC's digital-source-type vocabulary. Beside it: the tool (`xmp:CreatorTool`), when, and the IPTC 2025.1
 AI properties for the model and the prompt. The full recipe stays in the sidecar and the PNG chunk.
 
 Pure: no file, no PIL. Every value is written as XML text, escaped, with the characters XML 1.0
