@@ -495,10 +495,9 @@ WRONG = [
     ({"hires": 2, "hires_steps": False}, "--hires-steps must be a whole number, not False"),
     ({"hires": 2, "hires_steps": -1}, "--hires-steps must be from 0 to 1,000"),
     ({"hires": 2, "hires_strength": 0}, "--hires-strength must be over 0"),
-    ({"hires": 2, "hires_strength": 0.05}, "--hires-strength 0.05 with 10 --steps runs 0.50"),
-    ({"hires": 2, "hires_steps": 4, "hires_strength": 0.2}, "--hires-strength 0.2 with 4 --hires-steps runs 0.80 "
-                                                            "denoising steps, which is none (image to image runs int("
-                                                            "steps × strength)). Raise --hires-steps to at least 5"),
+    ({"hires": 2, "hires_strength": 0.005}, "--hires-strength 0.005 with 10 --steps stretches the hires pass's "
+                                            "schedule to 2000 steps (A1111's: steps / strength), over the 1000"),
+    ({"hires": 2, "hires_steps": 4, "hires_strength": 0.002}, "Raise the strength above 0.004, or lower --hires-steps."),
     ({"hires": 2.5}, "--hires would make a 2560×2560 image (6.6 MP); the limit is 4096 a side and 4.2 MP. Use a "
                      "smaller factor or size, or --no-size-limit."),
 ]
@@ -560,6 +559,20 @@ def test_hires_is_checked_with_its_defaults():
 @pytest.mark.parametrize("side, scale, size", [(1024, 1.5, 1536), (1024, 1.33, 1360), (1000, 1.5, 1496), (832, 2, 1664)])
 def test_hires_size_is_a1111s_int_then_down_to_8(side, scale, size):
     assert validate.hires_size(side, 1024, scale) == (size, int(1024 * scale) // 8 * 8)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 20, 30, 150])
+@pytest.mark.parametrize("strength", [0.01, 0.05, 0.1, 0.3, 0.33, 0.5, 0.55, 0.7, 0.75, 0.9, 0.999, 1.0])
+def test_hires_schedule_is_a1111s_steps_as_diffusers_runs_them(steps, strength):
+    """A1111 (sd_samplers_common.setup_img2img_steps, steps given, as its hires pass always does): a
+    schedule of n = int(steps / min(strength, 0.999)), t_enc = steps - 1, sampled from sigmas[n - t_enc - 1:].
+    diffusers' img2img (get_timesteps): int(n × strength') steps, from index n - int(n × strength')."""
+    n, diffusers_strength = validate.hires_schedule(steps, strength)
+    assert n == int(steps / min(strength, 0.999))
+    runs = min(int(n * diffusers_strength), n)
+    assert runs == steps  # all the hires steps, as A1111 runs them
+    assert n - runs == n - (steps - 1) - 1  # from the same step of the same schedule
+    assert 0 < diffusers_strength <= 1
 
 
 def test_steps_run_tells_a_count_that_really_runs_a_step():
