@@ -582,8 +582,27 @@ def test_hires_fields_as_a1111_writes_them():
 def test_img2img_strength_and_mask_blur_without_hires():
     got, left = to_request_fields(parse("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Denoising strength: 0.6, "
                                         "Mask blur: 4, Inpaint area: Only masked"))
-    assert (got["strength"], got["mask_blur"]) == (0.6, 4) and "hires" not in got
-    assert left == ["Inpaint area"]
+    # A1111's parser reads a missing padding as 32 (infotext_utils.parse_generation_parameters).
+    assert (got["strength"], got["mask_blur"], got["mask_crop"]) == (0.6, 4, 32) and "hires" not in got
+    assert left == []
+
+
+def test_mask_crop_is_written_as_a1111s_only_masked_and_read_back():
+    # A1111 writes Inpaint area and Masked area padding for Only masked (processing.py, inpaint_full_res);
+    # its paste reads a text without them as Whole picture.
+    m = meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9, mask_image={"path": "/m.png"}, mask_blur=4,
+             mask_crop=24)
+    text = a1111_parameters(m)
+    assert "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 24" in text
+    got, left = to_request_fields(parse(text))
+    assert (got["strength"], got["mask_blur"], got["mask_crop"]) == (0.9, 4, 24) and left == ["Model", "Version"]
+    whole = a1111_parameters(meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9,
+                                  mask_image={"path": "/m.png"}, mask_blur=4, mask_crop=None))
+    assert "Inpaint area" not in whole and "mask_crop" not in to_request_fields(parse(whole))[0]
+    assert "mask_crop" not in fields("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Inpaint area: Whole picture, "
+                                     "Masked area padding: 32")
+    with pytest.raises(InfotextError, match="Inpaint area 'Everywhere' is not one A1111 writes"):
+        fields("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Inpaint area: Everywhere")
 
 
 @pytest.mark.parametrize("name, upscaler, warned", [

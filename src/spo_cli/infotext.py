@@ -300,7 +300,12 @@ _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore",
 WATERMARK_KEY, WATERMARK_SDXL = "Watermark", "SDXL"
 _WATERMARK = {WATERMARK_SDXL: True}
 _READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax", WATERMARK_KEY,
-         "Denoising strength", "Mask blur", "Hires upscale", "Hires steps", "Hires upscaler")
+         "Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Hires upscale", "Hires steps",
+         "Hires upscaler")
+# A1111's inpaint area (its `Inpaint area`, written only for Only masked, with `Masked area padding`):
+# spo's --mask-crop PADDING is its Only masked. A1111's parser takes a missing padding as 32.
+INPAINT_ONLY_MASKED, INPAINT_WHOLE = "Only masked", "Whole picture"
+A1111_PADDING_DEFAULT = 32
 # spo's own key, written when brackets in a prompt were read as text (--prompt-syntax plain).
 _SYNTAX = {"plain": "plain", "a1111": "a1111"}
 
@@ -348,7 +353,8 @@ def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] 
     them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`,
     `watermark`; image to image's (`inputs.EDIT_KEYS`): with `Hires upscale`, `hires`, `hires_upscaler`,
     `hires_steps` and `hires_strength` (A1111's `Denoising strength` is then the hires pass's);
-    without, `strength` (img2img's: the caller needs the image) and `mask_blur`.
+    without, `strength` (img2img's: the caller needs the image), `mask_blur`, and `mask_crop` (A1111's
+    `Inpaint area: Only masked` with its `Masked area padding`).
     `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it).
     `sampler` False: `Sampler` and `Schedule type` are left unread (the caller has its own scheduler).
     `notes` collects what was read approximately (a hires upscaler spo lacks)."""
@@ -389,12 +395,19 @@ def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] 
             out["hires_upscaler"] = hires_upscaler(p["Hires upscaler"], notes)
         if strength is not None:
             out["hires_strength"] = strength
-        ignored += [k for k in ("Mask blur",) if k in p]
+        ignored += [k for k in ("Mask blur", "Inpaint area", "Masked area padding") if k in p]
     else:
         if strength is not None:
             out["strength"] = strength
         if "Mask blur" in p:
             out["mask_blur"] = _number("Mask blur", p["Mask blur"], _INT, "a whole number", int)
+        area = _one_of(p, "Inpaint area", {INPAINT_ONLY_MASKED: True, INPAINT_WHOLE: False}, "A1111") \
+            if "Inpaint area" in p else False
+        if area:
+            out["mask_crop"] = (_number("Masked area padding", p["Masked area padding"], _INT, "a whole number", int)
+                                if "Masked area padding" in p else A1111_PADDING_DEFAULT)
+        elif "Masked area padding" in p:
+            ignored.append("Masked area padding")
         ignored += [k for k in ("Hires steps", "Hires upscaler") if k in p]
     if "Schedule type" in p and "Sampler" not in p and sampler:
         ignored.append("Schedule type")
