@@ -584,3 +584,24 @@ def test_steps_run_tells_a_count_that_really_runs_a_step():
     text = refused(validate.steps_run, 4, strength)
     need = int(text.split("at least ")[1].split(",")[0])
     assert int(need * strength) >= 1 and int((need - 1) * strength) < 1
+
+
+def test_mask_blur_only_rounds_the_corners_of_what_diffusers_repaints():
+    """What the README and --mask-blur say: the inpaint pipeline's mask_processor makes the blurred mask
+    black and white again at half grey, so on the whole picture the blur only rounds the mask's corners
+    (the soft edge exists only where the result is pasted back through it, with --mask-crop)."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    # StableDiffusionXLInpaintPipeline's mask_processor.
+    processor = VaeImageProcessor(vae_scale_factor=8, do_normalize=False, do_binarize=True, do_convert_grayscale=True)
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 40, 96, 104))
+    sharp = processor.preprocess(inputs.as_mask(mask, (128, 128), 0), 128, 128)[0, 0].numpy()
+    soft = processor.preprocess(inputs.as_mask(mask, (128, 128), 4), 128, 128)[0, 0].numpy()
+    assert set(np.unique(soft)) == {0.0, 1.0}  # no grey reaches the pipeline
+    ys, xs = np.nonzero(sharp != soft)
+    assert len(ys) > 0  # the corners are rounded ...
+    corners = np.array([(32, 40), (95, 40), (32, 103), (95, 103)])
+    nearest = np.abs(np.stack([xs, ys], 1)[:, None, :] - corners[None]).max(2).min(1)
+    assert nearest.max() <= 3 * 4  # ... and nothing else changes: the edges stay where they were
