@@ -599,6 +599,14 @@ def test_mask_crop_is_written_as_a1111s_only_masked_and_read_back():
     whole = a1111_parameters(meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9,
                                   mask_image={"path": "/m.png"}, mask_blur=4, mask_crop=None))
     assert "Inpaint area" not in whole and "mask_crop" not in to_request_fields(parse(whole))[0]
+    # Padding 0 (A1111's API default) is a crop too: the mask's own box.
+    zero = a1111_parameters(meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9,
+                                 mask_image={"path": "/m.png"}, mask_blur=4, mask_crop=0))
+    assert "Inpaint area: Only masked, Masked area padding: 0" in zero and fields(zero)["mask_crop"] == 0
+    # With Hires upscale the text is text to image's: its inpaint keys are not taken, and said so.
+    got, left = to_request_fields(parse("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Hires upscale: 2, "
+                                        "Inpaint area: Only masked, Masked area padding: 8"))
+    assert "mask_crop" not in got and left == ["Inpaint area", "Masked area padding"]
     assert "mask_crop" not in fields("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Inpaint area: Whole picture, "
                                      "Masked area padding: 32")
     with pytest.raises(InfotextError, match="Inpaint area 'Everywhere' is not one A1111 writes"):
