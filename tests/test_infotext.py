@@ -638,3 +638,20 @@ def test_a1111_hires_upscalers_map_to_the_nearest_of_spos_two(name, upscaler, wa
 def test_unreadable_edit_values_are_named(text, says):
     with pytest.raises(InfotextError, match=re.escape(says)):
         fields(f"a fox\nSteps: 20, Sampler: Euler, {text}")
+
+
+@pytest.mark.parametrize("resize, scale", [("1536x1152", 1.5), ("1536x0", 1.5), ("0x1728", 2.25), ("2048x1536", 2.0)])
+def test_a1111_hires_resize_is_read_as_the_scale_it_makes(resize, scale):
+    # A1111 writes `Hires resize: WxH` instead of `Hires upscale` when hr_resize_x/y were given
+    # (processing.py calculate_target_resolution); its Denoising strength is then the hires pass's too.
+    got, left = to_request_fields(parse(f"a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Size: 1024x768, "
+                                        f"Denoising strength: 0.5, Hires resize: {resize}, Hires upscaler: Latent"))
+    assert (got["hires"], got["hires_strength"], got["hires_upscaler"]) == (scale, 0.5, "latent")
+    assert "strength" not in got and left == []
+
+
+@pytest.mark.parametrize("resize, says", [("1536x1536", "is not the 1024x768 image scaled"), ("0x0", "is not WIDTHxHEIGHT"),
+                                          ("big", "is not WIDTHxHEIGHT")])
+def test_a1111_hires_resize_of_another_shape_is_refused(resize, says):
+    with pytest.raises(InfotextError, match=says):
+        fields(f"a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Size: 1024x768, Hires resize: {resize}")

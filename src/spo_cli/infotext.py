@@ -17,6 +17,7 @@ from spo_cli import presets, validate
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _KEY_LINE = re.compile(r"\s*(\w[\w \-/]+):")
+_RESIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")  # A1111's Hires resize: a side may be 0 (the same shape)
 _CLASS_NAME = re.compile(r"[A-Z]\w*Scheduler")  # spo writes the class when A1111 has no name for it
 _NEGATIVE = "Negative prompt:"
 
@@ -300,8 +301,8 @@ _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore",
 WATERMARK_KEY, WATERMARK_SDXL = "Watermark", "SDXL"
 _WATERMARK = {WATERMARK_SDXL: True}
 _READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax", WATERMARK_KEY,
-         "Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Hires upscale", "Hires steps",
-         "Hires upscaler")
+         "Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Hires upscale", "Hires resize",
+         "Hires steps", "Hires upscaler")
 # A1111's inpaint area (its `Inpaint area`, written only for Only masked, with `Masked area padding`):
 # spo's --mask-crop PADDING is its Only masked. A1111's parser takes a missing padding as 32.
 INPAINT_ONLY_MASKED, INPAINT_WHOLE = "Only masked", "Whole picture"
@@ -346,6 +347,19 @@ def hires_upscaler(name: str, notes: list[str]) -> str:
     return upscaler
 
 
+def _resize_scale(value: str, width: int | None, height: int | None) -> float:
+    """The hires scale of A1111's `Hires resize: WxH` (0 for a side: the same shape) from the text's Size."""
+    m = _RESIZE.fullmatch(value.strip())
+    size = (int(m.group(1)), int(m.group(2))) if m else None
+    if not size or not any(size) or width is None or height is None:
+        raise InfotextError(f"Hires resize {validate.shown(value)} is not WIDTHxHEIGHT with the text's Size beside it.")
+    scale = validate.hires_scale_of_resize(width, height, *size)
+    if scale is None:
+        raise InfotextError(f"Hires resize {validate.shown(value)} is not the {width}x{height} image scaled (A1111 "
+                            "crops it to that shape; spo's hires fix only scales).")
+    return scale
+
+
 def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] | None = None) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
@@ -387,8 +401,10 @@ def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] 
     strength = (_number("Denoising strength", p["Denoising strength"], _FLOAT, "a number", float)
                 if "Denoising strength" in p else None)
     ignored = [k for k in p if k not in _READ]
-    if "Hires upscale" in p:
-        out["hires"] = _number("Hires upscale", p["Hires upscale"], _FLOAT, "a number", float)
+    if "Hires upscale" in p or "Hires resize" in p:
+        # A1111 writes Hires resize (a size) instead of Hires upscale when hr_resize_x/y were given.
+        out["hires"] = (_number("Hires upscale", p["Hires upscale"], _FLOAT, "a number", float) if "Hires upscale" in p
+                        else _resize_scale(p["Hires resize"], out.get("width"), out.get("height")))
         if "Hires steps" in p:
             out["hires_steps"] = _number("Hires steps", p["Hires steps"], _INT, "a whole number", int)
         if "Hires upscaler" in p:

@@ -340,6 +340,18 @@ def hires_steps_run(steps_: int, strength_: float, key: str = "hires_strength", 
                                "was trained on", f"Raise the strength above {low:.3g}, or lower {where.name(steps_key)}.")
 
 
+def hires_scale_of_resize(width: int, height: int, rx: int, ry: int) -> float | None:
+    """A1111's hires resize (hr_resize_x/y, its infotext's `Hires resize: WxH`) as the scale that makes
+    that size from width×height, as A1111 computes its target (a side left 0 keeps the shape); None
+    when no scale does (A1111 would crop to another shape)."""
+    target = (rx, ry) if rx and ry else (rx, rx * height // width) if rx else (ry * width // height, ry)
+    wanted = (target[0] // 8 * 8, target[1] // 8 * 8)
+    for scale in (target[0] / width, target[1] / height):
+        if hires_size(width, height, scale) == wanted:
+            return scale
+    return None
+
+
 def strength(value, key: str = "strength", where: Where = ARGV) -> float:
     """Img2img's denoising strength: above 0 (0 would return the input unchanged) up to 1 (all new)."""
     return above(value, key, where, low=0.0, high=1.0, why="0 would give back the input unchanged",
