@@ -346,3 +346,27 @@ def test_an_img2img_infotext_with_image_replays_to_the_same_image(hub_cache, pic
     [again] = json.loads(r.stdout)
     assert np.array_equal(pixels(again["image"]), pixels(written["image"]))
 
+
+
+@pytest.mark.slow
+def test_a_mask_crop_infotext_with_image_and_mask_replays_to_the_same_image(hub_cache, pictures, out):
+    [written] = generate(out / "g", "a fox", "--seed", "4", "--image", pictures / "fox.png", "--mask",
+                         pictures / "mask.png", "--strength", "0.9", "--mask-crop", "4", "--mask-blur", "2")
+    with Image.open(written["image"]) as im:
+        text = im.info["parameters"]
+    assert "Mask blur: 2, Inpaint area: Only masked, Masked area padding: 4" in text  # A1111's keys
+    [again] = json.loads(ok("replay", "--infotext", text, "--image", pictures / "fox.png", "--mask",
+                            pictures / "mask.png", "--device", "cpu", "--out", out / "r", "--json", "--quiet").stdout)
+    assert json.loads(Path(again["sidecar"]).read_text())["mask_crop"] == 4
+    assert np.array_equal(pixels(again["image"]), pixels(written["image"]))
+
+
+@pytest.mark.slow
+def test_an_only_masked_infotext_without_mask_warns_and_redraws_the_whole_image(hub_cache, pictures, out):
+    text = ("a fox\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 32x32, Denoising strength: 0.6, "
+            "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 8")
+    r = ok("replay", "--infotext", text, "--image", pictures / "fox.png", "--device", "cpu", "--out", out, "--json")
+    assert "is from inpainting (Mask blur: 4); without --mask the whole image is re-drawn" in " ".join(r.output.split())
+    [made] = json.loads(r.stdout)
+    meta = json.loads(Path(made["sidecar"]).read_text())
+    assert meta["strength"] == 0.6 and "mask_image" not in meta and meta.get("mask_crop") is None

@@ -217,8 +217,10 @@ def test_hires_fix_is_the_two_passes_composed_by_hand(merged, i2i, out, upscaler
         big = torch.nn.functional.interpolate(low, size=(72 // f, 96 // f), mode="bilinear", antialias=False)
     else:
         big = [low[0].resize((96, 72), Image.Resampling.LANCZOS)]
-    steps, strength = (4, 0.5) if extra else (3, 0.7)
-    expected = run(i2i, (5,), steps=steps, image=big, strength=strength)[0]  # re-seeded, as A1111 does
+    # A1111 runs all the hires steps (3, or 4) of a schedule stretched to steps / strength: 4 and 8 steps,
+    # the last 3 and 4 of them, which diffusers runs as int(4 × 0.875) and int(8 × 0.5625).
+    schedule, strength = (8, 0.5625) if extra else (4, 0.875)
+    expected = run(i2i, (5,), steps=schedule, image=big, strength=strength)[0]  # re-seeded, as A1111 does
     got = pixels(w["image"])
     assert got.shape == (72, 96, 3)
     assert np.array_equal(got, expected)
@@ -285,10 +287,10 @@ def test_a_text_to_image_after_an_edit_is_unchanged(engine, files):
 
 @pytest.mark.parametrize("mode,name,expected", [
     ("img2img", "euler", 2), ("img2img", "heun", 2), ("inpaint", "dpm++sde", 2),
-    ("hires", "euler", 3 + 2), ("hires", "heun", 3 + 2),
+    ("hires", "euler", 3 + 3), ("hires", "heun", 3 + 3),
 ])
 def test_progress_counts_the_steps_each_pass_runs(engine, files, mode, name, expected):
-    # img2img at 0.5 runs int(4 × 0.5) = 2 of 4 steps; hires 3 steps then int(3 × 0.7) = 2. Heun and
+    # img2img at 0.5 runs int(4 × 0.5) = 2 of 4 steps; hires 3 steps then all 3 again (A1111's). Heun and
     # DPM++ SDE call back about twice a step.
     from spo_cli.request import Hires, ImageRequest
 

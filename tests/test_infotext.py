@@ -582,8 +582,35 @@ def test_hires_fields_as_a1111_writes_them():
 def test_img2img_strength_and_mask_blur_without_hires():
     got, left = to_request_fields(parse("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Denoising strength: 0.6, "
                                         "Mask blur: 4, Inpaint area: Only masked"))
-    assert (got["strength"], got["mask_blur"]) == (0.6, 4) and "hires" not in got
-    assert left == ["Inpaint area"]
+    # A1111's parser reads a missing padding as 32 (infotext_utils.parse_generation_parameters).
+    assert (got["strength"], got["mask_blur"], got["mask_crop"]) == (0.6, 4, 32) and "hires" not in got
+    assert left == []
+
+
+def test_mask_crop_is_written_as_a1111s_only_masked_and_read_back():
+    # A1111 writes Inpaint area and Masked area padding for Only masked (processing.py, inpaint_full_res);
+    # its paste reads a text without them as Whole picture.
+    m = meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9, mask_image={"path": "/m.png"}, mask_blur=4,
+             mask_crop=24)
+    text = a1111_parameters(m)
+    assert "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 24" in text
+    got, left = to_request_fields(parse(text))
+    assert (got["strength"], got["mask_blur"], got["mask_crop"]) == (0.9, 4, 24) and left == ["Model", "Version"]
+    whole = a1111_parameters(meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9,
+                                  mask_image={"path": "/m.png"}, mask_blur=4, mask_crop=None))
+    assert "Inpaint area" not in whole and "mask_crop" not in to_request_fields(parse(whole))[0]
+    # Padding 0 (A1111's API default) is a crop too: the mask's own box.
+    zero = a1111_parameters(meta("euler", "EulerDiscreteScheduler", "Euler", strength=0.9,
+                                 mask_image={"path": "/m.png"}, mask_blur=4, mask_crop=0))
+    assert "Inpaint area: Only masked, Masked area padding: 0" in zero and fields(zero)["mask_crop"] == 0
+    # With Hires upscale the text is text to image's: its inpaint keys are not taken, and said so.
+    got, left = to_request_fields(parse("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Hires upscale: 2, "
+                                        "Inpaint area: Only masked, Masked area padding: 8"))
+    assert "mask_crop" not in got and left == ["Inpaint area", "Masked area padding"]
+    assert "mask_crop" not in fields("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Inpaint area: Whole picture, "
+                                     "Masked area padding: 32")
+    with pytest.raises(InfotextError, match="Inpaint area 'Everywhere' is not one A1111 writes"):
+        fields("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Inpaint area: Everywhere")
 
 
 @pytest.mark.parametrize("name, upscaler, warned", [
@@ -611,3 +638,20 @@ def test_a1111_hires_upscalers_map_to_the_nearest_of_spos_two(name, upscaler, wa
 def test_unreadable_edit_values_are_named(text, says):
     with pytest.raises(InfotextError, match=re.escape(says)):
         fields(f"a fox\nSteps: 20, Sampler: Euler, {text}")
+
+
+@pytest.mark.parametrize("resize, scale", [("1536x1152", 1.5), ("1536x0", 1.5), ("0x1728", 2.25), ("2048x1536", 2.0)])
+def test_a1111_hires_resize_is_read_as_the_scale_it_makes(resize, scale):
+    # A1111 writes `Hires resize: WxH` instead of `Hires upscale` when hr_resize_x/y were given
+    # (processing.py calculate_target_resolution); its Denoising strength is then the hires pass's too.
+    got, left = to_request_fields(parse(f"a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Size: 1024x768, "
+                                        f"Denoising strength: 0.5, Hires resize: {resize}, Hires upscaler: Latent"))
+    assert (got["hires"], got["hires_strength"], got["hires_upscaler"]) == (scale, 0.5, "latent")
+    assert "strength" not in got and left == []
+
+
+@pytest.mark.parametrize("resize, says", [("1536x1536", "is not the 1024x768 image scaled"), ("0x0", "is not WIDTHxHEIGHT"),
+                                          ("big", "is not WIDTHxHEIGHT")])
+def test_a1111_hires_resize_of_another_shape_is_refused(resize, says):
+    with pytest.raises(InfotextError, match=says):
+        fields(f"a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Size: 1024x768, Hires resize: {resize}")

@@ -495,10 +495,9 @@ WRONG = [
     ({"hires": 2, "hires_steps": False}, "--hires-steps must be a whole number, not False"),
     ({"hires": 2, "hires_steps": -1}, "--hires-steps must be from 0 to 1,000"),
     ({"hires": 2, "hires_strength": 0}, "--hires-strength must be over 0"),
-    ({"hires": 2, "hires_strength": 0.05}, "--hires-strength 0.05 with 10 --steps runs 0.50"),
-    ({"hires": 2, "hires_steps": 4, "hires_strength": 0.2}, "--hires-strength 0.2 with 4 --hires-steps runs 0.80 "
-                                                            "denoising steps, which is none (image to image runs int("
-                                                            "steps × strength)). Raise --hires-steps to at least 5"),
+    ({"hires": 2, "hires_strength": 0.005}, "--hires-strength 0.005 with 10 --steps stretches the hires pass's "
+                                            "schedule to 2000 steps (A1111's: steps / strength), over the 1000"),
+    ({"hires": 2, "hires_steps": 4, "hires_strength": 0.002}, "Raise the strength above 0.004, or lower --hires-steps."),
     ({"hires": 2.5}, "--hires would make a 2560×2560 image (6.6 MP); the limit is 4096 a side and 4.2 MP. Use a "
                      "smaller factor or size, or --no-size-limit."),
 ]
@@ -562,6 +561,20 @@ def test_hires_size_is_a1111s_int_then_down_to_8(side, scale, size):
     assert validate.hires_size(side, 1024, scale) == (size, int(1024 * scale) // 8 * 8)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 20, 30, 150])
+@pytest.mark.parametrize("strength", [0.01, 0.05, 0.1, 0.3, 0.33, 0.5, 0.55, 0.7, 0.75, 0.9, 0.999, 1.0])
+def test_hires_schedule_is_a1111s_steps_as_diffusers_runs_them(steps, strength):
+    """A1111 (sd_samplers_common.setup_img2img_steps, steps given, as its hires pass always does): a
+    schedule of n = int(steps / min(strength, 0.999)), t_enc = steps - 1, sampled from sigmas[n - t_enc - 1:].
+    diffusers' img2img (get_timesteps): int(n × strength') steps, from index n - int(n × strength')."""
+    n, diffusers_strength = validate.hires_schedule(steps, strength)
+    assert n == int(steps / min(strength, 0.999))
+    runs = min(int(n * diffusers_strength), n)
+    assert runs == steps  # all the hires steps, as A1111 runs them
+    assert n - runs == n - (steps - 1) - 1  # from the same step of the same schedule
+    assert 0 < diffusers_strength <= 1
+
+
 def test_steps_run_tells_a_count_that_really_runs_a_step():
     validate.steps_run(4, 0.25)
     assert refused(validate.steps_run, 3, 0.2) == (
@@ -571,3 +584,24 @@ def test_steps_run_tells_a_count_that_really_runs_a_step():
     text = refused(validate.steps_run, 4, strength)
     need = int(text.split("at least ")[1].split(",")[0])
     assert int(need * strength) >= 1 and int((need - 1) * strength) < 1
+
+
+def test_mask_blur_only_rounds_the_corners_of_what_diffusers_repaints():
+    """What the README and --mask-blur say: the inpaint pipeline's mask_processor makes the blurred mask
+    black and white again at half grey, so on the whole picture the blur only rounds the mask's corners
+    (the soft edge exists only where the result is pasted back through it, with --mask-crop)."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    # StableDiffusionXLInpaintPipeline's mask_processor.
+    processor = VaeImageProcessor(vae_scale_factor=8, do_normalize=False, do_binarize=True, do_convert_grayscale=True)
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 40, 96, 104))
+    sharp = processor.preprocess(inputs.as_mask(mask, (128, 128), 0), 128, 128)[0, 0].numpy()
+    soft = processor.preprocess(inputs.as_mask(mask, (128, 128), 4), 128, 128)[0, 0].numpy()
+    assert set(np.unique(soft)) == {0.0, 1.0}  # no grey reaches the pipeline
+    ys, xs = np.nonzero(sharp != soft)
+    assert len(ys) > 0  # the corners are rounded ...
+    corners = np.array([(32, 40), (95, 40), (32, 103), (95, 103)])
+    nearest = np.abs(np.stack([xs, ys], 1)[:, None, :] - corners[None]).max(2).min(1)
+    assert nearest.max() <= 3 * 4  # ... and nothing else changes: the edges stay where they were

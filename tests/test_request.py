@@ -232,3 +232,9 @@ def test_requests_are_frozen_and_hashable():
 def test_lora_scale_unset_means_the_full_effect():
     assert jobs.ModelRequest().effective_lora_scale == 1.0
     assert jobs.ModelRequest(lora_scale=0.0).effective_lora_scale == 0.0
+
+
+def test_a_hires_request_runs_its_first_pass_and_all_its_hires_steps():
+    # A1111 runs every hires step (of a schedule stretched to steps / strength), not int(steps × strength).
+    assert ImageRequest("a", 1, steps=20, hires=Hires(1.5, strength=0.5)).denoising_steps == 20 + 20
+    assert ImageRequest("a", 1, steps=20, hires=Hires(1.5, steps=7, strength=0.3)).denoising_steps == 20 + 7

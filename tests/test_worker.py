@@ -241,19 +241,20 @@ def test_a_second_signal_abandons_the_call_in_flight_and_turns_the_queue_away(lo
 
 
 def test_progress_counts_the_steps_an_edit_or_hires_call_runs(loaded, tmp_path):
-    """The hires fix runs its first pass and int(steps × strength) more: progress counts those, as
-    the engine's on_step does, so that A1111's progress reaches 1 at the end and not past it."""
+    """The hires fix runs its first pass and all its hires steps (A1111's: of a schedule stretched to
+    steps / strength): progress counts those, as the engine's on_step does, so that A1111's progress
+    reaches 1 at the end and not past it."""
     from spo_cli.request import Hires
 
     worker = make_worker(loaded, tmp_path / "out", batch_size=1)
     worker.start()
     try:
-        long = submit(worker, job(9, steps=500, hires=Hires(2.0, strength=0.5)))
+        long = submit(worker, job(9, steps=400, hires=Hires(2.0, strength=0.5)))
         seen = worker.progress()
         while not (seen.running and seen.step >= 1):
             assert not long[1].wait(0.01), f"the long call ended before it was seen running: {long[0].images}"
             seen = worker.progress()
-        assert seen.steps == 500 + 250
+        assert seen.steps == 400 + 400  # not 400 + 200: A1111 runs all the hires steps
         worker.interrupt()
         answered(long)
     finally:

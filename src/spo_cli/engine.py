@@ -529,8 +529,10 @@ class Engine:
             raise ValueError("a batch must share steps, guidance, size, scheduler, generator device and "
                              "the shape of its prompt embeddings")
         self.check_schedule(first.scheduler, first.steps)
-        if first.hires is not None and first.hires.steps:
-            self.check_schedule(first.scheduler, first.hires.steps)
+        if first.hires is not None:
+            from spo_cli.validate import hires_schedule
+
+            self.check_schedule(first.scheduler, hires_schedule(first.hires.steps or first.steps, first.hires.strength)[0])
         if first.watermark:  # the size the model makes when none is asked: known only now
             from spo_cli import validate
 
@@ -625,9 +627,13 @@ class Engine:
                         from PIL import Image
 
                         big = [im.resize((width, height), Image.Resampling.LANCZOS) for im in low]
+                    # A1111 runs all the hires steps, of a schedule stretched to steps / strength.
+                    from spo_cli.validate import hires_schedule
+
                     second = hr.steps or first.steps
-                    done_before, pass_steps = first.steps, min(int(second * hr.strength), second)
-                    out = call("img2img", second, image=big, strength=hr.strength, output_type="np")
+                    schedule, strength = hires_schedule(second, hr.strength)
+                    done_before, pass_steps = first.steps, second
+                    out = call("img2img", schedule, image=big, strength=strength, output_type="np")
                 else:
                     out = call("txt2img", first.steps, width=first.width, height=first.height, output_type="np")
         except torch.OutOfMemoryError:

@@ -17,6 +17,7 @@ from spo_cli import presets, validate
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _KEY_LINE = re.compile(r"\s*(\w[\w \-/]+):")
+_RESIZE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")  # A1111's Hires resize: a side may be 0 (the same shape)
 _CLASS_NAME = re.compile(r"[A-Z]\w*Scheduler")  # spo writes the class when A1111 has no name for it
 _NEGATIVE = "Negative prompt:"
 
@@ -300,7 +301,12 @@ _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore",
 WATERMARK_KEY, WATERMARK_SDXL = "Watermark", "SDXL"
 _WATERMARK = {WATERMARK_SDXL: True}
 _READ = ("Steps", "CFG scale", "Seed", "Size", "Sampler", "Schedule type", "Emphasis", "Prompt syntax", WATERMARK_KEY,
-         "Denoising strength", "Mask blur", "Hires upscale", "Hires steps", "Hires upscaler")
+         "Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Hires upscale", "Hires resize",
+         "Hires steps", "Hires upscaler")
+# A1111's inpaint area (its `Inpaint area`, written only for Only masked, with `Masked area padding`):
+# spo's --mask-crop PADDING is its Only masked. A1111's parser takes a missing padding as 32.
+INPAINT_ONLY_MASKED, INPAINT_WHOLE = "Only masked", "Whole picture"
+A1111_PADDING_DEFAULT = 32
 # spo's own key, written when brackets in a prompt were read as text (--prompt-syntax plain).
 _SYNTAX = {"plain": "plain", "a1111": "a1111"}
 
@@ -341,6 +347,19 @@ def hires_upscaler(name: str, notes: list[str]) -> str:
     return upscaler
 
 
+def _resize_scale(value: str, width: int | None, height: int | None) -> float:
+    """The hires scale of A1111's `Hires resize: WxH` (0 for a side: the same shape) from the text's Size."""
+    m = _RESIZE.fullmatch(value.strip())
+    size = (int(m.group(1)), int(m.group(2))) if m else None
+    if not size or not any(size) or width is None or height is None:
+        raise InfotextError(f"Hires resize {validate.shown(value)} is not WIDTHxHEIGHT with the text's Size beside it.")
+    scale = validate.hires_scale_of_resize(width, height, *size)
+    if scale is None:
+        raise InfotextError(f"Hires resize {validate.shown(value)} is not the {width}x{height} image scaled (A1111 "
+                            "crops it to that shape; spo's hires fix only scales).")
+    return scale
+
+
 def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] | None = None) -> tuple[dict, list[str]]:
     """spo's request fields from an infotext, and the keys it had that spo does not take over.
 
@@ -348,7 +367,8 @@ def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] 
     them: `steps`, `guidance`, `seed`, `width`, `height`, `scheduler`, `emphasis`, `prompt_syntax`,
     `watermark`; image to image's (`inputs.EDIT_KEYS`): with `Hires upscale`, `hires`, `hires_upscaler`,
     `hires_steps` and `hires_strength` (A1111's `Denoising strength` is then the hires pass's);
-    without, `strength` (img2img's: the caller needs the image) and `mask_blur`.
+    without, `strength` (img2img's: the caller needs the image), `mask_blur`, and `mask_crop` (A1111's
+    `Inpaint area: Only masked` with its `Masked area padding`).
     `Seed: -1` is A1111's "a random seed": no `seed`, so the caller draws one (and records it).
     `sampler` False: `Sampler` and `Schedule type` are left unread (the caller has its own scheduler).
     `notes` collects what was read approximately (a hires upscaler spo lacks)."""
@@ -381,20 +401,29 @@ def to_request_fields(info: Infotext, *, sampler: bool = True, notes: list[str] 
     strength = (_number("Denoising strength", p["Denoising strength"], _FLOAT, "a number", float)
                 if "Denoising strength" in p else None)
     ignored = [k for k in p if k not in _READ]
-    if "Hires upscale" in p:
-        out["hires"] = _number("Hires upscale", p["Hires upscale"], _FLOAT, "a number", float)
+    if "Hires upscale" in p or "Hires resize" in p:
+        # A1111 writes Hires resize (a size) instead of Hires upscale when hr_resize_x/y were given.
+        out["hires"] = (_number("Hires upscale", p["Hires upscale"], _FLOAT, "a number", float) if "Hires upscale" in p
+                        else _resize_scale(p["Hires resize"], out.get("width"), out.get("height")))
         if "Hires steps" in p:
             out["hires_steps"] = _number("Hires steps", p["Hires steps"], _INT, "a whole number", int)
         if "Hires upscaler" in p:
             out["hires_upscaler"] = hires_upscaler(p["Hires upscaler"], notes)
         if strength is not None:
             out["hires_strength"] = strength
-        ignored += [k for k in ("Mask blur",) if k in p]
+        ignored += [k for k in ("Mask blur", "Inpaint area", "Masked area padding") if k in p]
     else:
         if strength is not None:
             out["strength"] = strength
         if "Mask blur" in p:
             out["mask_blur"] = _number("Mask blur", p["Mask blur"], _INT, "a whole number", int)
+        area = _one_of(p, "Inpaint area", {INPAINT_ONLY_MASKED: True, INPAINT_WHOLE: False}, "A1111") \
+            if "Inpaint area" in p else False
+        if area:
+            out["mask_crop"] = (_number("Masked area padding", p["Masked area padding"], _INT, "a whole number", int)
+                                if "Masked area padding" in p else A1111_PADDING_DEFAULT)
+        elif "Masked area padding" in p:
+            ignored.append("Masked area padding")
         ignored += [k for k in ("Hires steps", "Hires upscaler") if k in p]
     if "Schedule type" in p and "Sampler" not in p and sampler:
         ignored.append("Schedule type")

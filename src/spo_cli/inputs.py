@@ -355,8 +355,8 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
             v["hires_steps"], "hires_steps", where, low=0, high=validate.STEPS_MAX) or None
         hr_strength = defaults.strength if v["hires_strength"] is None else validate.strength(
             v["hires_strength"], "hires_strength", where)
-        validate.steps_run(hr_steps or base.steps, hr_strength, "hires_strength", where,
-                           steps_key="hires_steps" if hr_steps else "steps")
+        validate.hires_steps_run(hr_steps or base.steps, hr_strength, "hires_strength", where,
+                                 steps_key="hires_steps" if hr_steps else "steps")
         from spo_cli import presets
 
         w, h = validate.hires_size(base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE, scale)

@@ -79,7 +79,8 @@ HIRES_UPSCALERS = ("latent", "lanczos")  # A1111's "Latent" (its default) and "L
 @dataclass(frozen=True)
 class Hires:
     """A1111's hires fix: the first pass at the asked size, an upscale by `scale`, then img2img of
-    the large image at `strength` over `steps` (None: the first pass's steps, A1111's 0)."""
+    the large image at `strength`, running `steps` steps (None: the first pass's steps, A1111's 0)
+    of a schedule stretched to steps / strength (validate.hires_schedule), as A1111 does."""
 
     scale: float
     upscaler: str = "latent"
@@ -121,12 +122,11 @@ class ImageRequest:
     @property
     def denoising_steps(self) -> int:
         """The steps actually run: img2img runs the last int(steps × strength) of a `steps` schedule
-        (diffusers' get_timesteps); hires adds its second pass's share."""
+        (diffusers' get_timesteps); hires adds its second pass's steps (A1111 runs all of them)."""
         if self.image is not None:
             return min(int(self.steps * self.strength), self.steps)
         if self.hires is not None:
-            second = self.hires.steps or self.steps
-            return self.steps + min(int(second * self.hires.strength), second)
+            return self.steps + (self.hires.steps or self.steps)
         return self.steps
 
     def group_key(self) -> tuple:

@@ -317,6 +317,41 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
 
 
+def hires_schedule(steps_: int, strength_: float) -> tuple[int, float]:
+    """A1111's hires pass as diffusers' img2img arguments (num_inference_steps, strength).
+
+    A1111 gives its sampler the hires steps (or the first pass's), so it runs that many steps: it
+    stretches the schedule to int(steps / min(strength, 0.999)) and starts `steps` from its end
+    (sd_samplers_common.setup_img2img_steps with steps given; sigmas[steps - t_enc - 1:]). diffusers
+    runs the last int(n × strength) steps of n; (steps + 0.5) / n makes that exactly `steps`, from
+    the same step of the same schedule."""
+    n = int(steps_ / min(strength_, 0.999))
+    return n, min((steps_ + 0.5) / n, 1.0)
+
+
+def hires_steps_run(steps_: int, strength_: float, key: str = "hires_strength", where: Where = ARGV, *,
+                    steps_key: str = "steps") -> None:
+    """The hires pass's stretched schedule (hires_schedule) must fit the scheduler's training timesteps."""
+    n, _ = hires_schedule(steps_, strength_)
+    if n > STEPS_MAX:
+        low = steps_ / STEPS_MAX
+        raise where.error(key, f"{strength_:g} with {steps_} {where.name(steps_key)} stretches the hires pass's "
+                               f"schedule to {n} steps (A1111's: steps / strength), over the {STEPS_MAX} the model "
+                               "was trained on", f"Raise the strength above {low:.3g}, or lower {where.name(steps_key)}.")
+
+
+def hires_scale_of_resize(width: int, height: int, rx: int, ry: int) -> float | None:
+    """A1111's hires resize (hr_resize_x/y, its infotext's `Hires resize: WxH`) as the scale that makes
+    that size from width×height, as A1111 computes its target (a side left 0 keeps the shape); None
+    when no scale does (A1111 would crop to another shape)."""
+    target = (rx, ry) if rx and ry else (rx, rx * height // width) if rx else (ry * width // height, ry)
+    wanted = (target[0] // 8 * 8, target[1] // 8 * 8)
+    for scale in (target[0] / width, target[1] / height):
+        if hires_size(width, height, scale) == wanted:
+            return scale
+    return None
+
+
 def strength(value, key: str = "strength", where: Where = ARGV) -> float:
     """Img2img's denoising strength: above 0 (0 would return the input unchanged) up to 1 (all new)."""
     return above(value, key, where, low=0.0, high=1.0, why="0 would give back the input unchanged",

@@ -89,9 +89,11 @@ Mask = Annotated[Optional[str], typer.Option(
     "transparency: its opaque part).", rich_help_panel=_E, show_default=False, metavar="FILE")]
 Strength = Annotated[Optional[float], typer.Option(
     help="How much of --image to re-draw: 0.1 keeps almost all of it, 1 draws anew. Runs int(steps × strength) "
-    "steps. Default 0.75 (A1111's).", rich_help_panel=_E, show_default=False)]
+    "steps, as diffusers (A1111: one more). Default 0.75 (A1111's).", rich_help_panel=_E, show_default=False)]
 MaskBlur = Annotated[Optional[int], typer.Option(
-    help="Blur the mask's edge by this many pixels. Default 4 (A1111's).", rich_help_panel=_E, show_default=False)]
+    help="Blur the mask by this many pixels. The pipeline repaints its over-half part (the mask with rounded "
+    "corners); only with --mask-crop is the result pasted back through it, with a soft edge. Default 4 (A1111's).",
+    rich_help_panel=_E, show_default=False)]
 MaskCrop = Annotated[Optional[int], typer.Option(
     help="Inpaint only a crop around the mask, with this many pixels of margin, at full resolution, then paste "
     "it back (A1111's \"Only masked\").", rich_help_panel=_E, show_default=False, metavar="PIXELS")]
@@ -102,7 +104,7 @@ HiresUpscaler = Annotated[Optional[str], typer.Option(
     help="latent (A1111's default: the latents, bilinear) or lanczos (the decoded image).", rich_help_panel=_E,
     show_default=False)]
 HiresSteps = Annotated[Optional[int], typer.Option(
-    help="Steps of the hires pass's schedule (it runs int(steps × --hires-strength) of them). Default: --steps.",
+    help="Steps the hires pass runs, as A1111 (the last of a schedule of steps ÷ --hires-strength). Default: --steps.",
     rich_help_panel=_E, show_default=False)]
 HiresStrength = Annotated[Optional[float], typer.Option(
     help="Denoising strength of the hires pass. Default 0.7 (A1111's).", rich_help_panel=_E, show_default=False)]

@@ -115,6 +115,8 @@ def replay(
         if "mask_blur" in edits and mask is None:
             ui.warn(f"{source} is from inpainting (Mask blur: {edits.pop('mask_blur')}); without --mask the whole "
                     "image is re-drawn.")
+        if mask is None:
+            edits.pop("mask_crop", None)
     else:
         image, request = metadata.recorded_requests(recorded, file)
         edits, found = metadata.recorded_edits(recorded, file)
@@ -273,7 +275,7 @@ def from_infotext(ui: UI, text: str, source: str, *,
     image = ImageRequest(**validate.image_values(values, where))
     for note in notes:
         ui.warn(note)
-    edits = {k: fields[k] for k in ("strength", "mask_blur", "hires", "hires_upscaler", "hires_steps",
+    edits = {k: fields[k] for k in ("strength", "mask_blur", "mask_crop", "hires", "hires_upscaler", "hires_steps",
                                     "hires_strength") if k in fields}
     if ignored:
         ui.warn(f"Ignored from the A1111 parameters (spo has no equivalent, or sets it itself): {', '.join(ignored)}.")

@@ -165,6 +165,8 @@ def a1111_parameters(meta: dict) -> str:
         fields["Denoising strength"] = meta["strength"]
     if meta.get("mask_image"):
         fields["Mask blur"] = meta.get("mask_blur", 0)
+        if meta.get("mask_crop") is not None:  # A1111's Only masked: without these its paste reads Whole picture
+            fields |= {"Inpaint area": infotext.INPAINT_ONLY_MASKED, "Masked area padding": meta["mask_crop"]}
     if meta.get("hires"):
         hr = meta["hires"]
         fields |= {"Denoising strength": hr["strength"], "Hires upscale": hr["scale"]}

@@ -653,11 +653,9 @@ def _scale_of_resize(base: ImageRequest, resize: tuple[int, int]) -> float:
     the shape); refused when no scale does (A1111 would crop to another shape)."""
     w, h = base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE
     rx, ry = resize
-    target = (rx, ry) if rx and ry else (rx, rx * h // w) if rx else (ry * w // h, ry)
-    wanted = (target[0] // 8 * 8, target[1] // 8 * 8)
-    for scale in (target[0] / w, target[1] / h):
-        if validate.hires_size(w, h, scale) == wanted:
-            return scale
+    scale = validate.hires_scale_of_resize(w, h, rx, ry)
+    if scale is not None:
+        return scale
     field = "hr_resize_x" if rx else "hr_resize_y"
     raise BadRequest(f"request: 'hr_resize_x' × 'hr_resize_y' {rx}×{ry} is not the {w}×{h} image scaled (A1111 "
                      "would crop it to that shape; spo's hires fix only scales). Give 'hr_scale', or a size of the "

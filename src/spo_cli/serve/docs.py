@@ -117,7 +117,8 @@ class A1111Txt2Img(_Open):
     hr_scale: float | None = Field(api.A1111_HR_SCALE, gt=1, le=validate.HIRES_SCALE_MAX)
     hr_upscaler: Literal["Latent", "Lanczos"] | None = Field(None, description="Absent: Latent (A1111's default); "
                                                             "A1111's other upscalers are refused.")
-    hr_second_pass_steps: int | None = Field(0, ge=0, le=validate.STEPS_MAX, description="0: the same as steps.")
+    hr_second_pass_steps: int | None = Field(0, ge=0, le=validate.STEPS_MAX, description="0: the same as steps. All "
+                                        "of them run, as A1111 runs them (of a schedule of steps / denoising_strength).")
     hr_resize_x: int | None = Field(0, ge=0, description="Instead of hr_scale, where the size is the image scaled.")
     hr_resize_y: int | None = Field(0, ge=0)
     denoising_strength: float | None = Field(None, gt=0, le=1, description="With enable_hr: the second pass's "
@@ -137,7 +138,9 @@ class A1111Img2Img(A1111Txt2Img):
     denoising_strength: float | None = Field(None, gt=0, le=1, description=f"Default {inputs.DEFAULT_STRENGTH}; "
                                              "int(steps × strength) must be at least 1.")
     mask_blur: int | None = Field(None, ge=0, le=inputs.MASK_BLUR_MAX,
-                                  description=f"The mask's edge, in pixels; default {inputs.DEFAULT_MASK_BLUR}.")
+                                  description=f"Blur of the mask, in pixels; default {inputs.DEFAULT_MASK_BLUR}. The "
+                                  "pipeline repaints its over-half part; only with inpaint_full_res is the result "
+                                  "pasted back through it, with a soft edge.")
     mask_blur_x: int | None = Field(None, description="Equal to mask_blur_y, or refused.")
     mask_blur_y: int | None = None
     inpainting_fill: int | None = Field(None, description="Only 1 (original) is what spo does; others are warned of.")
