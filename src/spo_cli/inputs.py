@@ -378,6 +378,8 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
     w, h, notes = output_size(image, base.width, base.height, where)
     warnings += [at + n for n in notes]
     _size_ok(w, h, where, "image", size_limit, image=image, given=(base.width, base.height))
+    if base.watermark:  # the size comes from the input: the check on the request's own size passed 1024²
+        validate.watermark_size(w, h, where)
     if not (base.width and base.height):  # a size the user did not choose: say when SDXL will struggle with it
         warnings += validate.size(w, h, where, size_limit=False)
     changes["image"] = image
