@@ -78,3 +78,35 @@ def test_refused_with_exit_2_in_one_paragraph_before_torch(probed, name):
     assert status == "EXIT:2:HEAVY:", (status, said)
     assert len(said) == 1 and said[0].startswith(SAYS[name]), said
     assert not out.exists()
+
+
+def _sidecar(tmp_path: Path, **fields) -> Path:
+    from spo_cli.outputs import metadata
+
+    meta = {"schema": metadata.SCHEMA, "prompt": "x", "seed": 1, "steps": 2, "guidance": 5.0, "width": 64,
+            "height": 64, "scheduler": {"name": "default"}, "model_request": {"model": "spo"}, "model": {},
+            "dtype": "float32", **fields}
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(meta))
+    return path
+
+
+HIRES = {"scale": 1.5, "upscaler": "latent", "steps": None, "strength": 0.7}
+INFOTEXT = "a fox\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, "
+
+
+@pytest.mark.parametrize("source, says", [
+    ({"hires": {**HIRES, "steps": -3}}, "x.json: 'hires.steps' must be from 0"),
+    ({"hires": {**HIRES, "scale": 100}}, "x.json: 'hires.scale' must be over 1"),
+    ({"hires": {**HIRES, "upscaler": "R-ESRGAN 4x+"}}, "x.json: 'hires.upscaler' cannot be"),
+    ({"hires": {**HIRES, "strength": 0}}, "x.json: 'hires.strength' must be over 0"),
+    ({"init_image": {"path": "/etc/passwd", "sha256": "a" * 64}, "strength": 0.5},
+     "x.json: 'init_image' '/etc/passwd' is not an image"),
+    ("Denoising strength: 0.7, Hires upscale: 100", "--infotext: 'Hires upscale' must be over 1"),
+    ("Denoising strength: 0.7, Hires upscale: 2, Hires steps: -5", "--infotext: 'Hires steps' must be from 0"),
+    ("Denoising strength: 2, Hires upscale: 2", "--infotext: 'Denoising strength' must be over 0"),
+])
+def test_a_recorded_edit_value_is_named_as_its_file_names_it(tmp_path, source, says):
+    args = (["--infotext", INFOTEXT + source] if isinstance(source, str) else [_sidecar(tmp_path, **source)])
+    code, said = invoke("replay", *args, "--out", tmp_path / "out")
+    assert code == 2 and says in said and "Traceback" not in said, said

@@ -71,13 +71,16 @@ class Where:
 
     source: str | None = None  # None: the command line; else "prompts.jsonl:3" or "x.json"
     arguments: tuple[str, ...] = ()  # on the command line, values given as arguments, not options
+    # In a file, the names it gives values that are not its request fields' own ((field, name), …):
+    # a sidecar's hires.steps, an A1111 text's Hires steps. A message names what the user can find.
+    fields: tuple[tuple[str, str], ...] = ()
 
     def name(self, key: str) -> str:
         if self.source is None:
             if key in self.arguments:
                 return key.upper()  # as --help shows it
             return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
-        return f"'{key}'"
+        return f"'{dict(self.fields).get(key, key)}'"
 
     def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
         where = f"{self.source}: " if self.source else ""

@@ -136,7 +136,9 @@ def replay(
     # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
     # as its option.
     meta = recorded
-    recorded = validate.Where(str(file) if infotext is None else "--infotext")
+    # The edit values keep the names the source gives them: a sidecar's (hires.steps), A1111's (Hires steps).
+    recorded = validate.Where(str(file) if infotext is None else "--infotext",
+                              fields=metadata.EDIT_NAMES if meta is not None else a1111.EDIT_NAMES)
     where = validate.ARGV if {"prompt", "negative_prompt", "prompt_syntax"} & changes.keys() else recorded
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
     where = validate.ARGV if {"width", "height"} & changes.keys() else recorded

@@ -84,6 +84,10 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
 
 
 INPUT_FIELDS = {"image": "init_image", "mask": "mask_image"}  # request field → sidecar field
+# The sidecar's names of the edit values `recorded_edits` reads (validate.Where.fields): a message
+# about a hand-edited hires.steps names hires.steps, which the file has, not hires_steps.
+EDIT_NAMES = tuple(INPUT_FIELDS.items()) + (("hires", "hires.scale"), ("hires_upscaler", "hires.upscaler"),
+                                            ("hires_steps", "hires.steps"), ("hires_strength", "hires.strength"))
 
 
 def kept_fields(request: ImageRequest, kept: dict, sidecar_dir: Path) -> dict:
