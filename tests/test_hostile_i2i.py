@@ -45,17 +45,19 @@ def fox(tmp_path_factory) -> Path:
 
 
 def _cases(fox: Path, out: Path) -> dict[str, list[str]]:
-    def generate(*args):
-        return ["generate", "a fox", "--steps", "4", *args, "--out", str(out)]
+    def generate(*args):  # each case its own output folder (OUT/<its first option>): checked apart
+        return ["generate", "a fox", "--steps", "4", *args, "--out", str(out / args[0].strip("-"))]
 
     return {
         # the input's size, not 1024², is the image's: too small for the watermark
         "watermark on a small input": generate("--image", str(fox), "--watermark"),
+        "hires no larger": generate("--hires", "1.0001", "--width", "64", "--height", "64"),
     }
 
 
 SAYS = {
     "watermark on a small input": "error: 64×48 is too small for --watermark",
+    "hires no larger": "error: --hires 1.0001 makes no larger image from 64×64",
 }
 
 
@@ -77,7 +79,8 @@ def test_refused_with_exit_2_in_one_paragraph_before_torch(probed, name):
     *said, status = stderrs[name].rstrip("\n").split("\n")
     assert status == "EXIT:2:HEAVY:", (status, said)
     assert len(said) == 1 and said[0].startswith(SAYS[name]), said
-    assert not out.exists()
+    args = _cases(Path("fox.png"), out)[name]
+    assert not Path(args[args.index("--out") + 1]).exists()  # refused before the output folder was made
 
 
 def _sidecar(tmp_path: Path, **fields) -> Path:
@@ -110,3 +113,24 @@ def test_a_recorded_edit_value_is_named_as_its_file_names_it(tmp_path, source, s
     args = (["--infotext", INFOTEXT + source] if isinstance(source, str) else [_sidecar(tmp_path, **source)])
     code, said = invoke("replay", *args, "--out", tmp_path / "out")
     assert code == 2 and says in said and "Traceback" not in said, said
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--hires", "1.0001", "--width", "64", "--height", "64"],
+     "--hires 1.0001 makes no larger image from 64×64: sides are cut to multiples of 8, so the second pass would "
+     "re-draw it at its own size. Use at least 1.13."),
+    (["--hires", "1.001"], "--hires 1.001 makes no larger image from 1024×1024"),
+])
+def test_a_hires_factor_that_makes_no_larger_image_is_refused(tmp_path, args, says):
+    code, said = invoke("generate", "a fox", "--steps", "4", *args, "--out", tmp_path / "out")
+    assert code == 2 and f"error: {says}" in said and not (tmp_path / "out").exists(), said
+
+
+def test_the_least_factor_offered_makes_a_larger_image():
+    from spo_cli import validate
+
+    for w, h in [(64, 64), (1024, 1024), (64, 1024), (8, 8), (1016, 8)]:
+        with pytest.raises(Exception) as e:
+            validate.hires_grows(w, h, 1.0000001)
+        least = float(e.value.hint.split("at least ")[1].rstrip("."))
+        assert validate.hires_grows(w, h, least) != (w, h)

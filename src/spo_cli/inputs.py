@@ -359,7 +359,8 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
                            steps_key="hires_steps" if hr_steps else "steps")
         from spo_cli import presets
 
-        w, h = validate.hires_size(base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE, scale)
+        w, h = validate.hires_grows(base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE, scale,
+                                    "hires", where)
         _size_ok(w, h, where, "hires", size_limit)
         return replace(base, hires=Hires(scale, upscaler, hr_steps, hr_strength)), warnings
 

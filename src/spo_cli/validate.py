@@ -320,6 +320,19 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
 
 
+def hires_grows(width: int, height: int, scale: float, key: str = "hires", where: Where = ARGV) -> tuple[int, int]:
+    """`hires_size`, refused when it is the first pass's own: a factor just over 1 is cut back to
+    the same multiple of 8, and a second pass at the same size is what a factor of 1 would make."""
+    w, h = hires_size(width, height, scale)
+    if (w, h) == (width, height):
+        side = max(width, height)  # the long side is the first to reach its next multiple of 8
+        least = math.ceil((side + 8) / side * 100) / 100
+        raise where.error(key, f"{scale:g} makes no larger image from {width}×{height}: sides are cut to multiples "
+                               "of 8, so the second pass would re-draw it at its own size",
+                          f"Use at least {least:g}.")
+    return w, h
+
+
 def strength(value, key: str = "strength", where: Where = ARGV) -> float:
     """Img2img's denoising strength: above 0 (0 would return the input unchanged) up to 1 (all new)."""
     return above(value, key, where, low=0.0, high=1.0, why="0 would give back the input unchanged",
