@@ -134,3 +134,17 @@ def test_the_least_factor_offered_makes_a_larger_image():
             validate.hires_grows(w, h, 1.0000001)
         least = float(e.value.hint.split("at least ")[1].rstrip("."))
         assert validate.hires_grows(w, h, least) != (w, h)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--image", "FOX", "--strength", "1.0000001"], "--strength must be over 0 (0 would give back the input "
+     "unchanged) and at most 1, not 1.0000001."),
+    (["--image", "FOX", "--strength", "1e-400"], "at most 1, not 0."),  # underflows to 0 as it is read
+    (["--hires", "4.0000001"], "--hires must be over 1 (1 would re-draw the image at its own size) and at most 4, "
+     "not 4.0000001."),
+    (["--guidance", "100.0000001"], "--guidance must be from 0 to 100, not 100.0000001."),
+])
+def test_a_refused_number_is_shown_as_given_not_rounded_onto_the_limit(tmp_path, fox, args, says):
+    args = [str(fox) if a == "FOX" else a for a in args]
+    code, said = invoke("generate", "a fox", "--steps", "4", *args, "--out", tmp_path / "out")
+    assert code == 2 and says in said and not (tmp_path / "out").exists(), said

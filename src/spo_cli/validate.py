@@ -149,6 +149,13 @@ def integer(value, key: str, where: Where = ARGV, *, low: int, high: int) -> int
     return value
 
 
+def _g(value: float) -> str:
+    """A float for a message: short (%g), unless that rounds it onto another number (1.0000001 shown
+    as 1 beside "at most 1" says the limit refused itself)."""
+    short = format(value, "g")
+    return short if float(short) == value else repr(value)
+
+
 def number(value, key: str, where: Where = ARGV, *, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(key, f"must be a number, not {_show(value)}")
@@ -157,7 +164,7 @@ def number(value, key: str, where: Where = ARGV, *, low: float, high: float) -> 
     if not math.isfinite(value):
         raise where.error(key, f"must be a finite number, not {value}")
     if not low <= value <= high:
-        raise where.error(key, f"must be from {low:g} to {high:g}, not {value:g}")
+        raise where.error(key, f"must be from {low:g} to {high:g}, not {_g(value)}")
     return float(value)
 
 
@@ -304,7 +311,7 @@ def above(value, key: str, where: Where = ARGV, *, low: float, high: float, why:
         raise where.error(key, f"must be a finite number, not {value}")
     if not low < value <= high:  # compared as given: a huge int would overflow float()
         raise where.error(key, f"must be over {low:g} ({why}) and at most {high:g}, not "
-                               f"{shown(value) if isinstance(value, int) else format(value, 'g')}", hint)
+                               f"{shown(value) if isinstance(value, int) else _g(value)}", hint)
     return float(value)
 
 
