@@ -148,3 +148,12 @@ def test_a_refused_number_is_shown_as_given_not_rounded_onto_the_limit(tmp_path,
     args = [str(fox) if a == "FOX" else a for a in args]
     code, said = invoke("generate", "a fox", "--steps", "4", *args, "--out", tmp_path / "out")
     assert code == 2 and says in said and not (tmp_path / "out").exists(), said
+
+
+def test_a_bright_colour_mask_is_refused_saying_colours_are_read_by_brightness(tmp_path, fox):
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(tmp_path / "red.png")
+    Image.new("RGB", (64, 48), (100, 100, 100)).save(tmp_path / "grey.png")
+    code, said = invoke("generate", "a fox", "--image", fox, "--mask", tmp_path / "red.png", "--out", tmp_path / "out")
+    assert code == 2 and "no pixel is lighter than half grey" in said and "pure red is 76 of 255" in said, said
+    code, said = invoke("generate", "a fox", "--image", fox, "--mask", tmp_path / "grey.png", "--out", tmp_path / "out")
+    assert code == 2 and "no pixel is lighter than half grey" in said and "red" not in said, said

@@ -261,6 +261,16 @@ def _binary_mask(img):
     return grey.point(lambda v: 255 if v > MASK_THRESHOLD else 0)
 
 
+def _colourful(img) -> bool:
+    """Whether an image has a pixel that is not grey."""
+    from PIL import ImageChops
+
+    if img.mode not in ("RGB", "RGBA"):
+        return False
+    rgb = img.convert("RGB")
+    return ImageChops.difference(rgb, rgb.convert("L").convert("RGB")).getbbox() is not None
+
+
 def as_mask(img, size: tuple[int, int], blur: int = 0):
     """The mask the pipeline gets: `_binary_mask`, resized to the image's size (nearest: no new grey),
     then its edge blurred by `blur` pixels."""
@@ -389,8 +399,11 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
         warnings += [at + n for n in notes]
         low, high = _binary_mask(mask_img).getextrema()
         if high == 0:
-            raise where.error("mask", f"{_path(str(v['mask']))} is all black (or all transparent): it marks "
-                                      "nothing to repaint",
+            # A colour mask is read by its brightness, as A1111 reads it: a bright red (76 of 255) is dark.
+            colour = ("; a colour is read by its brightness (pure red is 76 of 255), so paint the area white"
+                      if _colourful(mask_img) else "")
+            raise where.error("mask", f"{_path(str(v['mask']))} marks nothing to repaint: no pixel is lighter than "
+                                      f"half grey (or all are transparent){colour}",
                               "White marks what to repaint (A1111's convention); invert the mask if it is the other "
                               f"way round, or drop {where.name('mask')} to re-draw the whole image.")
         if low == 255:
