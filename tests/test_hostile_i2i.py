@@ -157,3 +157,13 @@ def test_a_bright_colour_mask_is_refused_saying_colours_are_read_by_brightness(t
     assert code == 2 and "no pixel is lighter than half grey" in said and "pure red is 76 of 255" in said, said
     code, said = invoke("generate", "a fox", "--image", fox, "--mask", tmp_path / "grey.png", "--out", tmp_path / "out")
     assert code == 2 and "no pixel is lighter than half grey" in said and "red" not in said, said
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"init_image": {"path": "/nowhere/fox.png", "sha256": "a" * 64}, "strength": None}, "x.json: 'strength' is null."),
+    ({"hires": {**HIRES, "strength": None}}, "x.json: 'hires.strength' is null."),
+    ({"hires": {**HIRES, "scale": None}}, "x.json: 'hires.scale' is null."),
+])
+def test_a_recorded_edit_value_set_to_null_is_refused_not_defaulted(tmp_path, fields, says):
+    code, said = invoke("replay", _sidecar(tmp_path, **fields), "--out", tmp_path / "out")
+    assert code == 2 and says in said, said

@@ -447,8 +447,9 @@ def recorded_edits(meta: dict, path: Path) -> tuple[dict, list[RecordedInput]]:
     found: list[RecordedInput] = []
 
     def needed(obj: dict, key: str, name: str):
-        if key not in obj:
-            raise where.error(name, "is missing")
+        # null is missing too: spo always writes these, and a None here would be read as "use the default"
+        if obj.get(key) is None:
+            raise where.error(name, "is missing" if key not in obj else "is null")
         return obj[key]
 
     for key, name in INPUT_FIELDS.items():
