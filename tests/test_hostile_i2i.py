@@ -167,3 +167,10 @@ def test_a_bright_colour_mask_is_refused_saying_colours_are_read_by_brightness(t
 def test_a_recorded_edit_value_set_to_null_is_refused_not_defaulted(tmp_path, fields, says):
     code, said = invoke("replay", _sidecar(tmp_path, **fields), "--out", tmp_path / "out")
     assert code == 2 and says in said, said
+
+
+def test_the_size_offered_for_a_long_input_says_its_megapixels(tmp_path):
+    Image.new("RGB", (16, 4096), (90, 90, 90)).save(tmp_path / "tall.png")
+    code, said = invoke("generate", "a fox", "--image", tmp_path / "tall.png", "--width", "64", "--out", tmp_path / "o")
+    assert code == 2 and "would make a 64×16384 image" in said, said
+    assert "--width 16 --height 4096 (0.066 MP, as long as a side may be, the same shape)" in said, said

@@ -426,10 +426,12 @@ def _size_ok(w: int, h: int, where: Where, key: str, size_limit: bool, image: In
         # The same shape at about one megapixel, each side within the limit and at least 8.
         k = min(math.sqrt(1024 * 1024 / (w * h)), validate.SIDE_MAX / w, validate.SIDE_MAX / h)
         whose = "the input's size" if given == (None, None) else "the input's shape"
+        sw, sh = max(8, int(w * k) // 8 * 8), max(8, int(h * k) // 8 * 8)
+        # A shape too long for one megapixel within the side limit gets less: say what it gets.
+        about = "about 1 MP" if sw * sh >= 0.8 * 1024 * 1024 else f"{sw * sh / 1e6:.2g} MP, as long as a side may be"
         raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP, {whose}); {limit}",
-                          f"Give the size to make, e.g. {where.name('width')} {max(8, int(w * k) // 8 * 8)} "
-                          f"{where.name('height')} {max(8, int(h * k) // 8 * 8)} (about 1 MP, the same shape), or "
-                          f"{_no_size_limit(where)}.")
+                          f"Give the size to make, e.g. {where.name('width')} {sw} {where.name('height')} {sh} "
+                          f"({about}, the same shape), or {_no_size_limit(where)}.")
     raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP); {limit}",
                       f"Use a smaller factor or size, or {_no_size_limit(where)}.")
 
