@@ -174,3 +174,15 @@ def test_the_size_offered_for_a_long_input_says_its_megapixels(tmp_path):
     code, said = invoke("generate", "a fox", "--image", tmp_path / "tall.png", "--width", "64", "--out", tmp_path / "o")
     assert code == 2 and "would make a 64×16384 image" in said, said
     assert "--width 16 --height 4096 (0.066 MP, as long as a side may be, the same shape)" in said, said
+
+
+def test_replay_with_strength_names_a_bad_recorded_value_as_the_files(tmp_path, fox):
+    import hashlib
+
+    image = {"path": str(fox), "sha256": hashlib.sha256(fox.read_bytes()).hexdigest()}
+    path = _sidecar(tmp_path, init_image=image, strength=0.5, mask_image=image, mask_blur=10**9)
+    code, said = invoke("replay", path, "--strength", "0.5", "--out", tmp_path / "out")
+    # replay has no --mask-blur: the value is the file's
+    assert code == 2 and f"{path}: 'mask_blur' must be from 0 to 64" in said, said
+    code, said = invoke("replay", path, "--strength", "0.1", "--out", tmp_path / "out")
+    assert code == 2 and said.startswith("error: --strength 0.1 with 2 --steps runs 0.20"), said

@@ -208,9 +208,10 @@ def replay_edits(ui: UI, image: ImageRequest, edits: dict, found: list, recorded
     for key in ("image", "mask"):  # a file given here is named as its option, whatever else is wrong
         if key in given:
             inputs.check(given[key], key)
+    if "strength" in given:  # named as its option here; the file's own values keep the file's names below
+        validate.steps_run(image.steps, validate.strength(given["strength"], "strength"), "strength")
     values |= given
-    where = validate.ARGV if "strength" in given else recorded  # the other values are the file's
-    edited, warnings = inputs.edit_request(image, values, where, size_limit=size_limit)
+    edited, warnings = inputs.edit_request(image, values, recorded, size_limit=size_limit)
     for key, rec in sources.items():
         read = getattr(edited, key)
         if read.sha256 != rec.sha256:
