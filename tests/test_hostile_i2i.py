@@ -186,3 +186,21 @@ def test_replay_with_strength_names_a_bad_recorded_value_as_the_files(tmp_path, 
     assert code == 2 and f"{path}: 'mask_blur' must be from 0 to 64" in said, said
     code, said = invoke("replay", path, "--strength", "0.1", "--out", tmp_path / "out")
     assert code == 2 and said.startswith("error: --strength 0.1 with 2 --steps runs 0.20"), said
+
+
+def test_a_prompt_files_edit_notes_and_refusals_name_their_line(tmp_path):
+    from spo_cli import prompts
+    from spo_cli.request import ImageRequest
+
+    Image.new("RGB", (62, 46), (90, 90, 90)).save(tmp_path / "odd.png")
+    text = "".join(json.dumps({"prompt": "a fox", "image": "odd.png"}) + "\n" for _ in range(2))
+    parsed = prompts.apply_edits(prompts.parse(text, "p.jsonl"), ImageRequest(prompt="", seed=1, steps=4), {},
+                                 tmp_path)
+    # one note per line, each saying which: the same words from two lines are two notes
+    assert [pl.notes[0] for pl in parsed.lines] == [
+        f"p.jsonl:{n}: The input is 62×46; it is resized to 56×40 (sides are multiples of 8)." for n in (1, 2)]
+    assert all(note.startswith(f"p.jsonl:{pl.line}: ") for pl in parsed.lines for note in pl.notes)
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a fox", "image": "odd.png", "watermark": True}) + "\n")
+    code, said = invoke("batch", tmp_path / "p.jsonl", "--out", tmp_path / "out")
+    assert code == 2 and f"{tmp_path / 'p.jsonl'}:1: 56×40 is too small for 'watermark'" in said, said
+    assert "line:" not in said

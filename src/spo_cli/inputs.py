@@ -335,7 +335,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
     unknown = set(values) - set(EDIT_KEYS)
     if unknown:
         raise ValueError(f"not edit settings: {sorted(unknown)}")
-    at = f"{where.source}: " if where.source else ""
+    at = where.at()
     warnings: list[str] = []
 
     def needs(key, other, what):

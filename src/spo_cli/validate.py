@@ -82,9 +82,12 @@ class Where:
             return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
         return f"'{dict(self.fields).get(key, key)}'"
 
+    def at(self) -> str:
+        """What a message about a value from here starts with ("x.json: "; nothing on the command line)."""
+        return f"{self.source}: " if self.source else ""
+
     def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
-        where = f"{self.source}: " if self.source else ""
-        return UsageError(f"{where}{self.name(key)} {problem}.", hint)
+        return UsageError(f"{self.at()}{self.name(key)} {problem}.", hint)
 
 
 ARGV = Where()
@@ -370,8 +373,7 @@ def watermark_size(width: int | None, height: int | None, where: Where = ARGV) -
     (narrower than 256 px) or fail after denoising (fewer than 256×256 pixels), so refuse it first."""
     w, h = width or presets.DEFAULT_SIZE, height or presets.DEFAULT_SIZE
     if w < WATERMARK_WIDTH_MIN or w * h < WATERMARK_PIXELS_MIN:
-        at = f"{where.source}: " if where.source else ""
-        raise UsageError(f"{at}{w}×{h} is too small for {where.name('watermark')}: SDXL's invisible watermark needs "
+        raise UsageError(f"{where.at()}{w}×{h} is too small for {where.name('watermark')}: SDXL's invisible watermark needs "
                          f"images at least {WATERMARK_WIDTH_MIN} px wide and of at least "
                          f"{WATERMARK_WIDTH_MIN}×{WATERMARK_WIDTH_MIN} pixels in all.",
                          f"Make the image larger (e.g. {WATERMARK_WIDTH_MIN}×{WATERMARK_WIDTH_MIN}), or drop "
