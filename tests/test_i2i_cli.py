@@ -155,8 +155,8 @@ def test_a_damaged_sidecars_edit_fields_are_refused_in_one_paragraph(tmp_path, f
 
 @pytest.mark.parametrize("fields, says", [
     ({"init_image": GOOD, "strength": 7}, "'strength'"),
-    ({"hires": {"scale": "big", "upscaler": "latent", "strength": 0.7}}, "'hires'"),
-    ({"hires": {"scale": 1.5, "upscaler": "esrgan", "strength": 0.7}}, "'hires_upscaler'"),
+    ({"hires": {"scale": "big", "upscaler": "latent", "strength": 0.7}}, "'hires.scale'"),
+    ({"hires": {"scale": 1.5, "upscaler": "esrgan", "strength": 0.7}}, "'hires.upscaler'"),
 ])
 def test_a_sidecars_edit_values_go_through_the_same_checks(pictures, tmp_path, fields, says):
     path = sidecar(tmp_path, **fields)

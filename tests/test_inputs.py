@@ -455,7 +455,7 @@ def test_a_mask_of_another_size_is_resized_said_once(tmp_path, fox):
 def test_an_all_black_mask_is_refused_and_an_all_white_one_said(tmp_path, fox):
     for black in (_mask(tmp_path, 0), _mask(tmp_path, (255, 255, 255, 0), mode="RGBA")):
         text = refused(inputs.edit_request, BASE, {"image": str(fox), "mask": black})
-        assert "is all black (or all transparent): it marks nothing to repaint" in text and "invert" in text
+        assert "marks nothing to repaint: no pixel is lighter than half grey (or all are transparent)" in text and "invert" in text
     _, warned = inputs.edit_request(BASE, {"image": str(fox), "mask": _mask(tmp_path, 255)})
     assert any("The mask is all white: the whole image is repainted" in w for w in warned)
 

@@ -295,6 +295,9 @@ HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}
 # R-ESRGAN 4x+, SwinIR, LDSR, Nearest, …) as Lanczos, the image upscale spo has. The image has the
 # same settings otherwise; the upscale, and so its pixels, differ.
 HIRES_UPSCALER_BY_NAME = {v.lower(): k for k, v in HIRES_UPSCALER_NAMES.items()}
+# A1111's names of the edit values `to_request_fields` reads (validate.Where.fields), for messages.
+EDIT_NAMES = (("strength", "Denoising strength"), ("hires_strength", "Denoising strength"), ("mask_blur", "Mask blur"),
+              ("hires", "Hires upscale"), ("hires_steps", "Hires steps"), ("hires_upscaler", "Hires upscaler"))
 
 _EMPHASIS = {"Original": "original", "No norm": "none-norm", "Ignore": "ignore", "None": "none"}
 # spo's own key for --watermark (A1111 has none): the scheme's name, written only when the image has it.

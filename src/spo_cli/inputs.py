@@ -261,6 +261,16 @@ def _binary_mask(img):
     return grey.point(lambda v: 255 if v > MASK_THRESHOLD else 0)
 
 
+def _colourful(img) -> bool:
+    """Whether an image has a pixel that is not grey."""
+    from PIL import ImageChops
+
+    if img.mode not in ("RGB", "RGBA"):
+        return False
+    rgb = img.convert("RGB")
+    return ImageChops.difference(rgb, rgb.convert("L").convert("RGB")).getbbox() is not None
+
+
 def as_mask(img, size: tuple[int, int], blur: int = 0):
     """The mask the pipeline gets: `_binary_mask`, resized to the image's size (nearest: no new grey),
     then its edge blurred by `blur` pixels."""
@@ -325,7 +335,7 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
     unknown = set(values) - set(EDIT_KEYS)
     if unknown:
         raise ValueError(f"not edit settings: {sorted(unknown)}")
-    at = f"{where.source}: " if where.source else ""
+    at = where.at()
     warnings: list[str] = []
 
     def needs(key, other, what):
@@ -359,7 +369,8 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
                                  steps_key="hires_steps" if hr_steps else "steps")
         from spo_cli import presets
 
-        w, h = validate.hires_size(base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE, scale)
+        w, h = validate.hires_grows(base.width or presets.DEFAULT_SIZE, base.height or presets.DEFAULT_SIZE, scale,
+                                    "hires", where)
         _size_ok(w, h, where, "hires", size_limit)
         return replace(base, hires=Hires(scale, upscaler, hr_steps, hr_strength)), warnings
 
@@ -378,6 +389,8 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
     w, h, notes = output_size(image, base.width, base.height, where)
     warnings += [at + n for n in notes]
     _size_ok(w, h, where, "image", size_limit, image=image, given=(base.width, base.height))
+    if base.watermark:  # the size comes from the input: the check on the request's own size passed 1024²
+        validate.watermark_size(w, h, where)
     if not (base.width and base.height):  # a size the user did not choose: say when SDXL will struggle with it
         warnings += validate.size(w, h, where, size_limit=False)
     changes["image"] = image
@@ -386,8 +399,11 @@ def edit_request(base, values, where: Where = ARGV, *, within: Path | None = Non
         warnings += [at + n for n in notes]
         low, high = _binary_mask(mask_img).getextrema()
         if high == 0:
-            raise where.error("mask", f"{_path(str(v['mask']))} is all black (or all transparent): it marks "
-                                      "nothing to repaint",
+            # A colour mask is read by its brightness, as A1111 reads it: a bright red (76 of 255) is dark.
+            colour = ("; a colour is read by its brightness (pure red is 76 of 255), so paint the area white"
+                      if _colourful(mask_img) else "")
+            raise where.error("mask", f"{_path(str(v['mask']))} marks nothing to repaint: no pixel is lighter than "
+                                      f"half grey (or all are transparent){colour}",
                               "White marks what to repaint (A1111's convention); invert the mask if it is the other "
                               f"way round, or drop {where.name('mask')} to re-draw the whole image.")
         if low == 255:
@@ -410,10 +426,12 @@ def _size_ok(w: int, h: int, where: Where, key: str, size_limit: bool, image: In
         # The same shape at about one megapixel, each side within the limit and at least 8.
         k = min(math.sqrt(1024 * 1024 / (w * h)), validate.SIDE_MAX / w, validate.SIDE_MAX / h)
         whose = "the input's size" if given == (None, None) else "the input's shape"
+        sw, sh = max(8, int(w * k) // 8 * 8), max(8, int(h * k) // 8 * 8)
+        # A shape too long for one megapixel within the side limit gets less: say what it gets.
+        about = "about 1 MP" if sw * sh >= 0.8 * 1024 * 1024 else f"{sw * sh / 1e6:.2g} MP, as long as a side may be"
         raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP, {whose}); {limit}",
-                          f"Give the size to make, e.g. {where.name('width')} {max(8, int(w * k) // 8 * 8)} "
-                          f"{where.name('height')} {max(8, int(h * k) // 8 * 8)} (about 1 MP, the same shape), or "
-                          f"{_no_size_limit(where)}.")
+                          f"Give the size to make, e.g. {where.name('width')} {sw} {where.name('height')} {sh} "
+                          f"({about}, the same shape), or {_no_size_limit(where)}.")
     raise where.error(key, f"would make a {w}×{h} image ({w * h / 1e6:.1f} MP); {limit}",
                       f"Use a smaller factor or size, or {_no_size_limit(where)}.")
 

@@ -95,6 +95,9 @@ def detect_format(text: str, source: str, fmt: str | None) -> str:
 class _LineWhere(validate.Where):
     """Messages for a value on a line: the line number is added by `parse`."""
 
+    def at(self) -> str:
+        return ""
+
     def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
         return UsageError(f"{self.name(key)} {problem}", hint)
 
@@ -250,7 +253,7 @@ def apply_edits(parsed: ParsedFile, defaults: ImageRequest, options: dict, folde
             bad.append((pl.line, e.message.rstrip(".") + hint))
             continue
         settings = pl.settings | {k: getattr(edited, k) for k in EDIT_FIELDS}
-        lines.append(replace(pl, settings=settings, notes=tuple(notes)))
+        lines.append(replace(pl, settings=settings, notes=tuple(f"{parsed.source}:{pl.line}: {n}" for n in notes)))
     bad.sort(key=lambda p: p[0])
     return ParsedFile(parsed.source, lines, bad)
 

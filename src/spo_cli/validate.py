@@ -71,17 +71,23 @@ class Where:
 
     source: str | None = None  # None: the command line; else "prompts.jsonl:3" or "x.json"
     arguments: tuple[str, ...] = ()  # on the command line, values given as arguments, not options
+    # In a file, the names it gives values that are not its request fields' own ((field, name), …):
+    # a sidecar's hires.steps, an A1111 text's Hires steps. A message names what the user can find.
+    fields: tuple[tuple[str, str], ...] = ()
 
     def name(self, key: str) -> str:
         if self.source is None:
             if key in self.arguments:
                 return key.upper()  # as --help shows it
             return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
-        return f"'{key}'"
+        return f"'{dict(self.fields).get(key, key)}'"
+
+    def at(self) -> str:
+        """What a message about a value from here starts with ("x.json: "; nothing on the command line)."""
+        return f"{self.source}: " if self.source else ""
 
     def error(self, key: str, problem: str, hint: str | None = None) -> UsageError:
-        where = f"{self.source}: " if self.source else ""
-        return UsageError(f"{where}{self.name(key)} {problem}.", hint)
+        return UsageError(f"{self.at()}{self.name(key)} {problem}.", hint)
 
 
 ARGV = Where()
@@ -146,6 +152,13 @@ def integer(value, key: str, where: Where = ARGV, *, low: int, high: int) -> int
     return value
 
 
+def _g(value: float) -> str:
+    """A float for a message: short (%g), unless that rounds it onto another number (1.0000001 shown
+    as 1 beside "at most 1" says the limit refused itself)."""
+    short = format(value, "g")
+    return short if float(short) == value else repr(value)
+
+
 def number(value, key: str, where: Where = ARGV, *, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(key, f"must be a number, not {_show(value)}")
@@ -154,7 +167,7 @@ def number(value, key: str, where: Where = ARGV, *, low: float, high: float) -> 
     if not math.isfinite(value):
         raise where.error(key, f"must be a finite number, not {value}")
     if not low <= value <= high:
-        raise where.error(key, f"must be from {low:g} to {high:g}, not {value:g}")
+        raise where.error(key, f"must be from {low:g} to {high:g}, not {_g(value)}")
     return float(value)
 
 
@@ -301,7 +314,7 @@ def above(value, key: str, where: Where = ARGV, *, low: float, high: float, why:
         raise where.error(key, f"must be a finite number, not {value}")
     if not low < value <= high:  # compared as given: a huge int would overflow float()
         raise where.error(key, f"must be over {low:g} ({why}) and at most {high:g}, not "
-                               f"{shown(value) if isinstance(value, int) else format(value, 'g')}", hint)
+                               f"{shown(value) if isinstance(value, int) else _g(value)}", hint)
     return float(value)
 
 
@@ -352,6 +365,19 @@ def hires_scale_of_resize(width: int, height: int, rx: int, ry: int) -> float | 
     return None
 
 
+def hires_grows(width: int, height: int, scale: float, key: str = "hires", where: Where = ARGV) -> tuple[int, int]:
+    """`hires_size`, refused when it is the first pass's own: a factor just over 1 is cut back to
+    the same multiple of 8, and a second pass at the same size is what a factor of 1 would make."""
+    w, h = hires_size(width, height, scale)
+    if (w, h) == (width, height):
+        side = max(width, height)  # the long side is the first to reach its next multiple of 8
+        least = math.ceil((side + 8) / side * 100) / 100
+        raise where.error(key, f"{scale:g} makes no larger image from {width}×{height}: sides are cut to multiples "
+                               "of 8, so the second pass would re-draw it at its own size",
+                          f"Use at least {least:g}.")
+    return w, h
+
+
 def strength(value, key: str = "strength", where: Where = ARGV) -> float:
     """Img2img's denoising strength: above 0 (0 would return the input unchanged) up to 1 (all new)."""
     return above(value, key, where, low=0.0, high=1.0, why="0 would give back the input unchanged",
@@ -382,8 +408,7 @@ def watermark_size(width: int | None, height: int | None, where: Where = ARGV) -
     (narrower than 256 px) or fail after denoising (fewer than 256×256 pixels), so refuse it first."""
     w, h = width or presets.DEFAULT_SIZE, height or presets.DEFAULT_SIZE
     if w < WATERMARK_WIDTH_MIN or w * h < WATERMARK_PIXELS_MIN:
-        at = f"{where.source}: " if where.source else ""
-        raise UsageError(f"{at}{w}×{h} is too small for {where.name('watermark')}: SDXL's invisible watermark needs "
+        raise UsageError(f"{where.at()}{w}×{h} is too small for {where.name('watermark')}: SDXL's invisible watermark needs "
                          f"images at least {WATERMARK_WIDTH_MIN} px wide and of at least "
                          f"{WATERMARK_WIDTH_MIN}×{WATERMARK_WIDTH_MIN} pixels in all.",
                          f"Make the image larger (e.g. {WATERMARK_WIDTH_MIN}×{WATERMARK_WIDTH_MIN}), or drop "

@@ -138,7 +138,9 @@ def replay(
     # A value from the file is named as the file's (x.json: 'width'); one the command line changed,
     # as its option.
     meta = recorded
-    recorded = validate.Where(str(file) if infotext is None else "--infotext")
+    # The edit values keep the names the source gives them: a sidecar's (hires.steps), A1111's (Hires steps).
+    recorded = validate.Where(str(file) if infotext is None else "--infotext",
+                              fields=metadata.EDIT_NAMES if meta is not None else a1111.EDIT_NAMES)
     where = validate.ARGV if {"prompt", "negative_prompt", "prompt_syntax"} & changes.keys() else recorded
     validate.readable_prompts(image.prompt, image.negative_prompt, image.prompt_syntax, where)
     where = validate.ARGV if {"width", "height"} & changes.keys() else recorded
@@ -208,9 +210,10 @@ def replay_edits(ui: UI, image: ImageRequest, edits: dict, found: list, recorded
     for key in ("image", "mask"):  # a file given here is named as its option, whatever else is wrong
         if key in given:
             inputs.check(given[key], key)
+    if "strength" in given:  # named as its option here; the file's own values keep the file's names below
+        validate.steps_run(image.steps, validate.strength(given["strength"], "strength"), "strength")
     values |= given
-    where = validate.ARGV if "strength" in given else recorded  # the other values are the file's
-    edited, warnings = inputs.edit_request(image, values, where, size_limit=size_limit)
+    edited, warnings = inputs.edit_request(image, values, recorded, size_limit=size_limit)
     for key, rec in sources.items():
         read = getattr(edited, key)
         if read.sha256 != rec.sha256:

@@ -84,6 +84,10 @@ def build(request: ImageRequest, model: dict, run: dict, scheduler: dict, *, wid
 
 
 INPUT_FIELDS = {"image": "init_image", "mask": "mask_image"}  # request field → sidecar field
+# The sidecar's names of the edit values `recorded_edits` reads (validate.Where.fields): a message
+# about a hand-edited hires.steps names hires.steps, which the file has, not hires_steps.
+EDIT_NAMES = tuple(INPUT_FIELDS.items()) + (("hires", "hires.scale"), ("hires_upscaler", "hires.upscaler"),
+                                            ("hires_steps", "hires.steps"), ("hires_strength", "hires.strength"))
 
 
 def kept_fields(request: ImageRequest, kept: dict, sidecar_dir: Path) -> dict:
@@ -450,8 +454,9 @@ def recorded_edits(meta: dict, path: Path) -> tuple[dict, list[RecordedInput]]:
     found: list[RecordedInput] = []
 
     def needed(obj: dict, key: str, name: str):
-        if key not in obj:
-            raise where.error(name, "is missing")
+        # null is missing too: spo always writes these, and a None here would be read as "use the default"
+        if obj.get(key) is None:
+            raise where.error(name, "is missing" if key not in obj else "is null")
         return obj[key]
 
     for key, name in INPUT_FIELDS.items():
