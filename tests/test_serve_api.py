@@ -681,3 +681,14 @@ def test_base64_is_read_strictly_but_may_be_wrapped():
     with pytest.raises(uploads.BadUpload) as e:
         uploads.from_base64("A" * (uploads.UPLOAD_BYTES_MAX // 3 * 4 + 8), "f")
     assert e.value.status == 413
+
+
+def test_openai_edit_form_reads_watermark_as_a_boolean(tmp_path, ctx):
+    # A multipart form has only text: the openai SDK sends a boolean as "true" / "false".
+    image = _png(tmp_path / "in.png", (256, 256)).read_bytes()
+    fields = {"prompt": "a boat", "steps": "4"}
+    assert api.openai_edit_job({**fields, "watermark": "true"}, {"image": [image]}, ctx).images[0].watermark is True
+    assert api.openai_edit_job({**fields, "watermark": "False"}, {"image": [image]}, ctx).images[0].watermark is False
+    with pytest.raises(api.BadRequest) as e:
+        api.openai_edit_job({**fields, "watermark": "yes"}, {"image": [image]}, ctx)
+    assert e.value.field == "watermark"
