@@ -166,6 +166,22 @@ def test_other_origins_are_refused_for_every_method(tmp_path, origin):
     assert worker.queued == 0
 
 
+def test_without_origin_a_foreign_referer_is_refused(tmp_path):
+    # A form posted from another site by a browser that leaves Origin out still names its page.
+    app, worker = make_app(tmp_path, cors_origins=["http://client.example"])
+    form = b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na fox\r\n--B--\r\n'
+    for referer in ("http://evil.example/page?x=1", "https://127.0.0.1:7861/", "http://localhost:7860/"):
+        status, body, _ = call(app, "POST", "/v1/images/edits", {
+            "Referer": referer, "Content-Type": "multipart/form-data; boundary=B"}, form)
+        assert status == 403 and body["error"]["param"] == "Referer", (referer, body)
+        assert "page?x" not in body["error"]["message"]  # the page's origin, not its address
+        assert call(app, "GET", "/spo/v1/gallery", {"Referer": referer})[0] == 403
+    # The page itself, a --cors-origin, and what is not a web page's address pass.
+    for referer in ("http://127.0.0.1:7860/", "http://client.example/app", "about:client", "android-app://x"):
+        assert call(app, "GET", "/spo/v1/gallery", {"Referer": referer})[0] == 200, referer
+    assert worker.queued == 0
+
+
 def test_a_star_cors_origin_lets_any_page_in_but_not_any_host(tmp_path):
     app, _ = make_app(tmp_path, cors_origins=["*"])
     assert post(app, "/v1/images/generations", {}, headers={"Origin": "http://anyone.example"})[0] == 400
