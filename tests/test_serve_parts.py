@@ -853,3 +853,53 @@ def test_bodies_that_carry_images_have_their_own_limit(tmp_path):
     with pytest.raises(uploads.BadUpload) as e:
         uploads.store_png(__import__("PIL.Image", fromlist=["Image"]).new("L", (8, 8)), tmp_path / "out" / "inputs")
     assert e.value.status == 500 and not list(elsewhere.iterdir())
+
+
+# -- Uploads of refused requests --------------------------------------------------------------------
+
+def _png_b64(size=(64, 48), color=(200, 30, 30)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_refused_request_leaves_no_upload_behind(tmp_path):
+    from spo_cli.serve.app import Settings, create_app
+    from spo_cli.serve.worker import Worker
+
+    inputs = tmp_path / "out" / "inputs"
+    worker = Worker(lambda: {}, tmp_path)  # never started
+    app = create_app(worker, Settings(tmp_path, api.Context(("spo",), max_images=4, uploads=inputs), bound="127.0.0.1"))
+    body = {"prompt": "a fox", "init_images": [_png_b64()], "steps": 4}
+    # Refused after the image was checked and kept (a bad field read after it), then by the queue.
+    status, answer, _ = post(app, "/sdapi/v1/img2img", {**body, "denoising_strength": 5})
+    assert status == 400 and "denoising_strength" in answer["detail"]
+    assert list(inputs.iterdir()) == []
+    worker.drain()  # the queue takes nothing now
+    assert post(app, "/sdapi/v1/img2img", body)[0] == 503
+    assert list(inputs.iterdir()) == []
+
+
+def test_a_refusal_removes_only_the_uploads_no_one_else_keeps(tmp_path):
+    import base64
+
+    from spo_cli.serve import uploads
+
+    data = base64.b64decode(_png_b64())
+    with uploads.provisional():
+        accepted = uploads.store(data, tmp_path, "image")
+    assert accepted.read_bytes() == data  # an accepted request's upload stays
+    other = base64.b64decode(_png_b64(color=(1, 2, 3)))
+    with pytest.raises(api.BadRequest):
+        with uploads.provisional():
+            shared = uploads.store(other, tmp_path, "image")
+            with uploads.provisional():  # a request sending the same file meanwhile, accepted
+                uploads.store(other, tmp_path, "image")
+            uploads.store(data, tmp_path, "image")  # kept before this request: not its to remove
+            raise api.BadRequest("refused")
+    assert shared.read_bytes() == other and accepted.read_bytes() == data
