@@ -3,6 +3,7 @@ app tests call it as ASGI on a worker that is never started)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -692,3 +693,16 @@ def test_openai_edit_form_reads_watermark_as_a_boolean(tmp_path, ctx):
     with pytest.raises(api.BadRequest) as e:
         api.openai_edit_job({**fields, "watermark": "yes"}, {"image": [image]}, ctx)
     assert e.value.field == "watermark"
+
+
+def test_a_data_url_of_any_media_type_is_read_as_its_bytes(tmp_path, ctx):
+    # The page's FileReader names the type from the file's name: a PNG without an extension is
+    # "application/octet-stream", a text file "text/plain"; what decides is what the bytes are.
+    image = _b64(_png(tmp_path / "in.png"))
+    for url in ("data:application/octet-stream;base64," + image, "data:;base64," + image):
+        job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [url], "steps": 4}, ctx)
+        assert job.images[0].mode == "img2img"
+    text = "data:text/plain;base64," + base64.b64encode(b"hello, not an image").decode()
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_img2img_job({"prompt": "a fox", "init_images": [text], "steps": 4}, ctx)
+    assert e.value.field == "init_images[0]" and "not an image" in e.value.message

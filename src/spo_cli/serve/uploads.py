@@ -41,7 +41,10 @@ assert EDIT_BODY_BYTES >= 2 * (UPLOAD_BYTES_MAX + 2) // 3 * 4 + (1 << 20)
 INPUTS_FOLDER = "inputs"  # under the server's --out
 FORMAT_SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
 _WHITESPACE = {ord(c): None for c in " \t\r\n"}
-DATA_URL = "data:image/"  # A1111 strips "data:image/png;base64," before decoding: clients send it
+# A1111 strips "data:image/png;base64," before decoding: clients send it. Any media type is read: a
+# browser's FileReader names a file's type from its extension ("data:application/octet-stream;…" for
+# a PNG without one), and the bytes are checked as an image whatever the URL claims.
+DATA_URL = "data:"
 
 
 class BadUpload(Exception):
