@@ -903,3 +903,24 @@ def test_a_refusal_removes_only_the_uploads_no_one_else_keeps(tmp_path):
             uploads.store(data, tmp_path, "image")  # kept before this request: not its to remove
             raise api.BadRequest("refused")
     assert shared.read_bytes() == other and accepted.read_bytes() == data
+
+
+def test_the_no_save_uploads_folder_goes_even_when_a_second_ctrl_c_exits_at_once(monkeypatch):
+    import base64
+
+    from spo_cli.cli import serve as serve_cli
+    from spo_cli.serve import uploads
+
+    folder = uploads.folder(Path("unused"), save=False)  # the process's one --no-save folder
+    uploads.store(base64.b64decode(_png_b64()), folder, "image")
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", exit_now)  # leave() ends the process without atexit handlers
+    with pytest.raises(Exited):
+        serve_cli.leave(SimpleNamespace(stop_writing=lambda: None), "a test")
+    assert not folder.exists()

@@ -208,6 +208,14 @@ def folder(out: Path, save: bool) -> Path:
         return _TEMP[0]
 
 
+def remove_temporary() -> None:
+    """The --no-save folder of uploads, removed now: for an exit that skips atexit (os._exit after a
+    second Ctrl-C), which would leave the clients' images behind in the system's temporary folder."""
+    with _TEMP_LOCK:
+        if _TEMP:
+            shutil.rmtree(_TEMP[0], ignore_errors=True)
+
+
 def openai_mask(image):
     """OpenAI's mask convention → spo's: fully transparent pixels (alpha 0) are repainted. The mask
     (or, without one, the image's own alpha) becomes a white = repaint, black = keep L image; None
