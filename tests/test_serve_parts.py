@@ -924,3 +924,38 @@ def test_the_no_save_uploads_folder_goes_even_when_a_second_ctrl_c_exits_at_once
     with pytest.raises(Exited):
         serve_cli.leave(SimpleNamespace(stop_writing=lambda: None), "a test")
     assert not folder.exists()
+
+
+def test_bodies_with_images_are_read_a_few_at_a_time(tmp_path):
+    # Each such body may be tens of MB once read and decoded: past EDIT_READS_MAX, a request waits unread.
+    from spo_cli.serve import plumbing
+
+    app, worker = make_app(tmp_path)
+    slots = app.state.spo.edit_reads
+    body = json.dumps({"prompt": "a fox", "init_images": []}).encode()  # refused once read: the worker never runs
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/sdapi/v1/img2img", "raw_path": b"/sdapi/v1/img2img", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "server": ("127.0.0.1", 7860), "client": ("127.0.0.1", 40000)}
+
+    async def main():
+        for _ in range(plumbing.EDIT_READS_MAX):
+            await slots.acquire()  # as many bodies being read as there may be
+        read, messages = asyncio.Event(), []
+
+        async def receive():
+            read.set()
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            messages.append(message)
+
+        task = asyncio.create_task(app(scope, receive, send))
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done and not read.is_set()  # waiting, its body not read
+        slots.release()
+        await asyncio.wait_for(task, WAIT)
+        assert read.is_set() and messages[0]["status"] == 400
+
+    asyncio.run(main())

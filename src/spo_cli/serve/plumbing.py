@@ -21,6 +21,10 @@ from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
 
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection: nobody reads the answer
 DRAIN_FACTOR = 4  # bodies up to this many times the limit are read to the end before the 413
+# Bodies with images (api.EDIT_PATHS) read, parsed and decoded at once. Each holds its body (up to
+# uploads.EDIT_BODY_BYTES) and its decoded copies: some 150 MB at worst. Without a bound, a client
+# opening the server's 512 connections would make it hold tens of GB; the others wait, unread.
+EDIT_READS_MAX = 4
 
 
 @dataclass
@@ -46,6 +50,7 @@ class State:
     settings: Settings
     metrics: Metrics
     started: int = field(default_factory=lambda: int(time.time()))  # OpenAI's `created` of the served models
+    edit_reads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EDIT_READS_MAX))
 
 
 def _state(request: Request) -> State:
@@ -177,12 +182,13 @@ async def take(request: Request, spo: State, parse, *, form: bool = False) -> tu
         settings = spo.settings
         with uploads.provisional():  # a request refused before its job is queued leaves no upload behind
             if request.url.path in api.EDIT_PATHS:
-                if form:
-                    fields, files = await read_form(request, settings.max_edit_body)
-                    parsed = await asyncio.to_thread(parse, fields, files, settings.context)
-                else:
-                    parsed = await asyncio.to_thread(parse, await read_body(request, settings.max_edit_body),
-                                                     settings.context)
+                async with spo.edit_reads:
+                    if form:
+                        fields, files = await read_form(request, settings.max_edit_body)
+                        parsed = await asyncio.to_thread(parse, fields, files, settings.context)
+                    else:
+                        parsed = await asyncio.to_thread(parse, await read_body(request, settings.max_edit_body),
+                                                         settings.context)
             else:
                 parsed = parse(await read_body(request, settings.max_body), settings.context)
             job = parsed[0] if isinstance(parsed, tuple) else parsed
