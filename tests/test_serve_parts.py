@@ -959,3 +959,15 @@ def test_bodies_with_images_are_read_a_few_at_a_time(tmp_path):
         assert read.is_set() and messages[0]["status"] == 400
 
     asyncio.run(main())
+
+
+def test_uploaded_inputs_are_not_served_back(tmp_path):
+    # A client's uploads are its own: /outputs serves what the server made, not what others sent it.
+    app, _ = make_app(tmp_path)
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / ("a" * 64 + ".png")).write_bytes(b"\x89PNG")
+    (tmp_path / "made.png").write_bytes(b"\x89PNG")
+    assert call(app, "GET", "/outputs/made.png")[0] == 200
+    for path in ("/outputs/inputs/" + "a" * 64 + ".png", "/outputs/inputs%2f" + "a" * 64 + ".png",
+                 "/outputs/./inputs/" + "a" * 64 + ".png"):
+        assert call(app, "GET", path)[0] == 404, path
