@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from spo_cli import __version__, presets
 from spo_cli.outputs import metadata
-from spo_cli.request import ImageRequest, ModelRequest, RunOptions
+from spo_cli.request import Hires, ImageRequest, InputImage, ModelRequest, RunOptions
 
 Answer = Callable[[http.server.BaseHTTPRequestHandler, object], None]
 LABEL = "spo"
@@ -72,12 +72,38 @@ def honest_run(body) -> dict:
     scheduler = {"name": "default", "class": "EulerDiscreteScheduler", "a1111": "Euler", "config": {}}
     images = []
     for item in body["images"]:
-        r = ImageRequest(**item)
+        r = ImageRequest(**_edit_fields(item, body.get("inputs") or {}))
         w, h = r.width or 1024, r.height or 1024
+        if r.image is not None:
+            from spo_cli import inputs
+
+            w, h = inputs.output_size(r.image, r.width, r.height)[:2]
         meta = metadata.build(r, describe(), facts(), dict(scheduler, name=r.scheduler), width=w, height=h,
                               batch_size=len(body["images"]), elapsed_s=0.5, created=datetime.now(timezone.utc))
+        if r.hires is not None:  # the sidecar records the first pass's size
+            from spo_cli.validate import hires_size
+
+            w, h = hires_size(w, h, r.hires.scale)
         images.append({"png": base64.b64encode(png(w, h, meta=meta)).decode(), "meta": meta})
     return {"images": images, "warnings": []}
+
+
+def _edit_fields(item: dict, sent: dict) -> dict:
+    """An image of a /spo/v1/run body as ImageRequest fields: its inputs (named by SHA-256, their
+    bytes in the body's `inputs`) as the server keeps them, its hires settings as Hires."""
+    import io
+
+    from PIL import Image
+
+    item = dict(item)
+    for key in ("image", "mask"):
+        if item.get(key) is not None:
+            data = base64.b64decode(sent[item[key]])
+            with Image.open(io.BytesIO(data)) as im:
+                item[key] = InputImage(f"/srv/inputs/{item[key]}.png", item[key], im.width, im.height, len(data))
+    if item.get("hires") is not None:
+        item["hires"] = Hires(**item["hires"])
+    return item
 
 
 # ---------------------------------------------------------------------------------------------

@@ -348,3 +348,41 @@ def test_a_token_that_cannot_be_a_header_is_refused_without_showing_it(lying, tm
     said = error_of(r)
     assert r.exit_code == 2 and "SPO_TOKEN holds spaces or characters that are not printable ASCII" in said
     assert token.split()[0] not in r.output and lying.seen == []
+
+
+# Image to image: what the server says it started from, and how, must be what was sent.
+EDIT_LIES = [
+    pytest.param(lambda m: m["init_image"].update(sha256="0" * 64), "meta.init_image.sha256 is '000", id="other-input"),
+    pytest.param(lambda m: m.update(strength=0.9), "images[0].meta.strength is 0.9, but 0.5 was asked", id="strength"),
+    pytest.param(lambda m: m.pop("strength"), "images[0].meta.strength is null, but 0.5 was asked", id="no-strength"),
+    pytest.param(lambda m: m.update(mask_blur=9), "images[0].meta.mask_blur is 9, but 4 was asked", id="mask-blur"),
+    pytest.param(lambda m: m.update(mask_crop=32), "images[0].meta.mask_crop is 32, but null was asked", id="crop"),
+]
+
+
+@pytest.mark.parametrize("change, words", EDIT_LIES)
+def test_a_server_lying_about_an_edit_is_caught(lying, tmp_path, change, words):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "in.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(tmp_path / "mask.png")
+    args = ("--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--strength", "0.5")
+    assert generate(lying.url, tmp_path / "honest", *args).exit_code == 0  # the honest answer passes
+    lying.answers["/spo/v1/run"] = run_lie(lambda a: change(a["images"][0]["meta"]))
+    out = tmp_path / "out"
+    r = generate(lying.url, out, *args)
+    assert r.exit_code == 1, r.output
+    said = error_of(r)
+    assert NOT_SPO in said and words in said, said
+    assert nothing_written(out)
+
+
+def test_a_server_lying_about_the_hires_pass_is_caught(lying, tmp_path):
+    args = ("--hires", "1.5", "--hires-strength", "0.5")
+    assert generate(lying.url, tmp_path / "honest", *args).exit_code == 0
+    lying.answers["/spo/v1/run"] = run_lie(lambda a: a["images"][0]["meta"]["hires"].update(strength=0.8))
+    r = generate(lying.url, tmp_path / "out", *args)
+    said = error_of(r)
+    assert r.exit_code == 1 and "images[0].meta.hires.strength is 0.8, but 0.5 was asked" in said, said

@@ -1169,3 +1169,43 @@ def test_the_page_uploads_an_image_and_a_mask(pair, tmp_path):
         assert sidecar[key]["sha256"] == hashlib.sha256(sent.read_bytes()).hexdigest()
         assert Path(sidecar[key]["path"]).read_bytes() == sent.read_bytes()
     assert sidecar["strength"] == 0.5 and (sidecar["width"], sidecar["height"]) == (48, 32)
+
+
+@needs_chromium
+def test_the_page_shows_a_bad_upload_as_text_and_takes_an_image_of_any_name(pair, tmp_path):
+    """Headless Chromium: a text file named like HTML is refused in words, and nothing of its name or of
+    the answer becomes markup; a PNG whose name says nothing of its type (the browser's FileReader calls
+    it application/octet-stream) is made into an image."""
+    from playwright.sync_api import sync_playwright
+
+    hostile = tmp_path / "<img src=x onerror=window.pwned=1>.png"
+    hostile.write_text("<script>window.pwned=2</script> not an image")
+    nameless = tmp_path / "photo"
+    nameless.write_bytes(noise_png(tmp_path / "n.png", (48, 32), seed=4).read_bytes())
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(HANG * 1000)
+            dialogs, errors = [], []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(pair.url + "/")
+            page.wait_for_function("() => document.getElementById('scheduler').options.length > 0")
+            page.fill("#prompt", "a fox, from a bad file")
+            page.fill("#steps", "2")
+            page.set_input_files("#image", str(hostile))
+            page.click("#generate")
+            page.wait_for_function("() => document.getElementById('message').textContent !== ''")
+            assert "not an image spo can read" in page.inner_text("#message")
+            assert page.evaluate("() => window.pwned") is None and not dialogs
+            assert page.locator("#message *").count() == 0 and page.locator("script:not([src])").count() <= 1
+            page.set_input_files("#image", str(nameless))
+            page.fill("#seed", "6161")
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelector(\".card[data-seed='6161']\") || "
+                                   "document.getElementById('message').textContent !== ''")  # made, or refused
+            assert page.inner_text("#message") == "" and not errors and not dialogs, (page.inner_text("#message"), errors)
+            assert page.locator("#gallery .card[data-seed='6161']").count() == 1
+        finally:
+            browser.close()

@@ -3,6 +3,7 @@ app tests call it as ASGI on a worker that is never started)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -681,3 +682,27 @@ def test_base64_is_read_strictly_but_may_be_wrapped():
     with pytest.raises(uploads.BadUpload) as e:
         uploads.from_base64("A" * (uploads.UPLOAD_BYTES_MAX // 3 * 4 + 8), "f")
     assert e.value.status == 413
+
+
+def test_openai_edit_form_reads_watermark_as_a_boolean(tmp_path, ctx):
+    # A multipart form has only text: the openai SDK sends a boolean as "true" / "false".
+    image = _png(tmp_path / "in.png", (256, 256)).read_bytes()
+    fields = {"prompt": "a boat", "steps": "4"}
+    assert api.openai_edit_job({**fields, "watermark": "true"}, {"image": [image]}, ctx).images[0].watermark is True
+    assert api.openai_edit_job({**fields, "watermark": "False"}, {"image": [image]}, ctx).images[0].watermark is False
+    with pytest.raises(api.BadRequest) as e:
+        api.openai_edit_job({**fields, "watermark": "yes"}, {"image": [image]}, ctx)
+    assert e.value.field == "watermark"
+
+
+def test_a_data_url_of_any_media_type_is_read_as_its_bytes(tmp_path, ctx):
+    # The page's FileReader names the type from the file's name: a PNG without an extension is
+    # "application/octet-stream", a text file "text/plain"; what decides is what the bytes are.
+    image = _b64(_png(tmp_path / "in.png"))
+    for url in ("data:application/octet-stream;base64," + image, "data:;base64," + image):
+        job, _ = api.a1111_img2img_job({"prompt": "a fox", "init_images": [url], "steps": 4}, ctx)
+        assert job.images[0].mode == "img2img"
+    text = "data:text/plain;base64," + base64.b64encode(b"hello, not an image").decode()
+    with pytest.raises(api.BadRequest) as e:
+        api.a1111_img2img_job({"prompt": "a fox", "init_images": [text], "steps": 4}, ctx)
+    assert e.value.field == "init_images[0]" and "not an image" in e.value.message

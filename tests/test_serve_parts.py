@@ -166,6 +166,22 @@ def test_other_origins_are_refused_for_every_method(tmp_path, origin):
     assert worker.queued == 0
 
 
+def test_without_origin_a_foreign_referer_is_refused(tmp_path):
+    # A form posted from another site by a browser that leaves Origin out still names its page.
+    app, worker = make_app(tmp_path, cors_origins=["http://client.example"])
+    form = b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na fox\r\n--B--\r\n'
+    for referer in ("http://evil.example/page?x=1", "https://127.0.0.1:7861/", "http://localhost:7860/"):
+        status, body, _ = call(app, "POST", "/v1/images/edits", {
+            "Referer": referer, "Content-Type": "multipart/form-data; boundary=B"}, form)
+        assert status == 403 and body["error"]["param"] == "Referer", (referer, body)
+        assert "page?x" not in body["error"]["message"]  # the page's origin, not its address
+        assert call(app, "GET", "/spo/v1/gallery", {"Referer": referer})[0] == 403
+    # The page itself, a --cors-origin, and what is not a web page's address pass.
+    for referer in ("http://127.0.0.1:7860/", "http://client.example/app", "about:client", "android-app://x"):
+        assert call(app, "GET", "/spo/v1/gallery", {"Referer": referer})[0] == 200, referer
+    assert worker.queued == 0
+
+
 def test_a_star_cors_origin_lets_any_page_in_but_not_any_host(tmp_path):
     app, _ = make_app(tmp_path, cors_origins=["*"])
     assert post(app, "/v1/images/generations", {}, headers={"Origin": "http://anyone.example"})[0] == 400
@@ -837,3 +853,121 @@ def test_bodies_that_carry_images_have_their_own_limit(tmp_path):
     with pytest.raises(uploads.BadUpload) as e:
         uploads.store_png(__import__("PIL.Image", fromlist=["Image"]).new("L", (8, 8)), tmp_path / "out" / "inputs")
     assert e.value.status == 500 and not list(elsewhere.iterdir())
+
+
+# -- Uploads of refused requests --------------------------------------------------------------------
+
+def _png_b64(size=(64, 48), color=(200, 30, 30)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_refused_request_leaves_no_upload_behind(tmp_path):
+    from spo_cli.serve.app import Settings, create_app
+    from spo_cli.serve.worker import Worker
+
+    inputs = tmp_path / "out" / "inputs"
+    worker = Worker(lambda: {}, tmp_path)  # never started
+    app = create_app(worker, Settings(tmp_path, api.Context(("spo",), max_images=4, uploads=inputs), bound="127.0.0.1"))
+    body = {"prompt": "a fox", "init_images": [_png_b64()], "steps": 4}
+    # Refused after the image was checked and kept (a bad field read after it), then by the queue.
+    status, answer, _ = post(app, "/sdapi/v1/img2img", {**body, "denoising_strength": 5})
+    assert status == 400 and "denoising_strength" in answer["detail"]
+    assert list(inputs.iterdir()) == []
+    worker.drain()  # the queue takes nothing now
+    assert post(app, "/sdapi/v1/img2img", body)[0] == 503
+    assert list(inputs.iterdir()) == []
+
+
+def test_a_refusal_removes_only_the_uploads_no_one_else_keeps(tmp_path):
+    import base64
+
+    from spo_cli.serve import uploads
+
+    data = base64.b64decode(_png_b64())
+    with uploads.provisional():
+        accepted = uploads.store(data, tmp_path, "image")
+    assert accepted.read_bytes() == data  # an accepted request's upload stays
+    other = base64.b64decode(_png_b64(color=(1, 2, 3)))
+    with pytest.raises(api.BadRequest):
+        with uploads.provisional():
+            shared = uploads.store(other, tmp_path, "image")
+            with uploads.provisional():  # a request sending the same file meanwhile, accepted
+                uploads.store(other, tmp_path, "image")
+            uploads.store(data, tmp_path, "image")  # kept before this request: not its to remove
+            raise api.BadRequest("refused")
+    assert shared.read_bytes() == other and accepted.read_bytes() == data
+
+
+def test_the_no_save_uploads_folder_goes_even_when_a_second_ctrl_c_exits_at_once(monkeypatch):
+    import base64
+
+    from spo_cli.cli import serve as serve_cli
+    from spo_cli.serve import uploads
+
+    folder = uploads.folder(Path("unused"), save=False)  # the process's one --no-save folder
+    uploads.store(base64.b64decode(_png_b64()), folder, "image")
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", exit_now)  # leave() ends the process without atexit handlers
+    with pytest.raises(Exited):
+        serve_cli.leave(SimpleNamespace(stop_writing=lambda: None), "a test")
+    assert not folder.exists()
+
+
+def test_bodies_with_images_are_read_a_few_at_a_time(tmp_path):
+    # Each such body may be tens of MB once read and decoded: past EDIT_READS_MAX, a request waits unread.
+    from spo_cli.serve import plumbing
+
+    app, worker = make_app(tmp_path)
+    slots = app.state.spo.edit_reads
+    body = json.dumps({"prompt": "a fox", "init_images": []}).encode()  # refused once read: the worker never runs
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/sdapi/v1/img2img", "raw_path": b"/sdapi/v1/img2img", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "server": ("127.0.0.1", 7860), "client": ("127.0.0.1", 40000)}
+
+    async def main():
+        for _ in range(plumbing.EDIT_READS_MAX):
+            await slots.acquire()  # as many bodies being read as there may be
+        read, messages = asyncio.Event(), []
+
+        async def receive():
+            read.set()
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            messages.append(message)
+
+        task = asyncio.create_task(app(scope, receive, send))
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done and not read.is_set()  # waiting, its body not read
+        slots.release()
+        await asyncio.wait_for(task, WAIT)
+        assert read.is_set() and messages[0]["status"] == 400
+
+    asyncio.run(main())
+
+
+def test_uploaded_inputs_are_not_served_back(tmp_path):
+    # A client's uploads are its own: /outputs serves what the server made, not what others sent it.
+    app, _ = make_app(tmp_path)
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / ("a" * 64 + ".png")).write_bytes(b"\x89PNG")
+    (tmp_path / "made.png").write_bytes(b"\x89PNG")
+    assert call(app, "GET", "/outputs/made.png")[0] == 200
+    for path in ("/outputs/inputs/" + "a" * 64 + ".png", "/outputs/inputs%2f" + "a" * 64 + ".png",
+                 "/outputs/./inputs/" + "a" * 64 + ".png"):
+        assert call(app, "GET", path)[0] == 404, path

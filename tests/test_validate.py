@@ -610,3 +610,15 @@ def test_a_drawn_seed_leaves_room_for_the_most_images(monkeypatch):
     top = validate.random_seed()
     validate.seed_range(top, validate.NUM_IMAGES_MAX)  # seeds top … top + NUM_IMAGES_MAX - 1, all valid
     assert top + validate.NUM_IMAGES_MAX - 1 == validate.SEED_MAX
+
+
+def test_a_side_off_the_grid_is_never_rounded_past_the_limit():
+    with pytest.raises(UsageError) as e:
+        validate.side(99999, "width")
+    assert "try 1024" in e.value.paragraph() and "100000" not in e.value.paragraph()
+    with pytest.raises(UsageError) as e:
+        validate.side(99999, "width", size_limit=False)  # no limit: the nearest multiple of 8 it is
+    assert "try 100000" in e.value.paragraph()
+    with pytest.raises(UsageError) as e:
+        validate.side(1020, "width")
+    assert "try 1024" in e.value.paragraph()

@@ -278,7 +278,9 @@ def side(value, key: str, where: Where = ARGV, *, size_limit: bool = True) -> in
     if isinstance(value, bool) or not isinstance(value, int):
         raise where.error(key, f"must be a whole number of pixels, not {_show(value)}")
     if value < 8 or value % 8:
-        hint = f"try {max(8, (value + 4) // 8 * 8)}" if value < 10**9 else "try 1024"
+        nearest = max(8, (value + 4) // 8 * 8)
+        # Never a size the limit refuses next (99999 is not rounded to 100000).
+        hint = f"try {nearest}" if nearest <= SIDE_MAX or not size_limit and value < 10**9 else "try 1024"
         raise where.error(key, f"must be a positive multiple of 8, not {shown(value, commas=False)}",
                           f"SDXL works on 8×8-pixel latents; {hint}.")
     if size_limit and value > SIDE_MAX:

@@ -354,7 +354,10 @@ def leave(worker, what: str) -> None:
     from spo_cli.cli.ui import UI
     from spo_cli.errors import EXIT_INTERRUPTED
 
+    from spo_cli.serve import uploads
+
     worker.stop_writing()
+    uploads.remove_temporary()  # os._exit runs no atexit handler
     UI().error(f"Interrupted: {what}. Files already written are complete; nothing half-written was left behind.")
     sys.stdout.flush()
     sys.stderr.flush()

@@ -366,14 +366,20 @@ def _openai_common(body: dict, ctx: Context, known: set[str]):
 
 # /v1/images/edits: multipart form fields are text; these are read as numbers (OpenAI's `n`, spo's extras).
 _FORM_NUMBERS = {"n", "seed", "steps", "guidance", "width", "height", "strength", "mask_blur"}
+# …and these as true or false, written as the openai SDK and curl users write a boolean in a form.
+_FORM_FLAGS = {"watermark"}
+_FORM_BOOLEANS = {"true": True, "false": False}
 _OPENAI_EDIT_KNOWN = _OPENAI_KNOWN | {"image", "image[]", "mask", "strength", "mask_blur", "input_fidelity"}
 OPENAI_MASKED_STRENGTH = 1.0  # OpenAI's edit draws the transparent area anew: all noise there, as strength 1
 
 
 def form_value(key: str, text: str):
-    """A multipart text field as the JSON value it stands for: numbers for the numeric fields, "" as absent."""
+    """A multipart text field as the JSON value it stands for: numbers for the numeric fields, true or
+    false for the flags, "" as absent."""
     if text == "":
         return None
+    if key in _FORM_FLAGS:
+        return _FORM_BOOLEANS.get(text.lower(), text)  # anything else: refused by the field's own check
     if key in _FORM_NUMBERS:
         try:
             return int(text) if text.lstrip("-").isdigit() and text.isascii() else float(text)

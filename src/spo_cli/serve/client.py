@@ -313,6 +313,13 @@ def check_image(item, request: ImageRequest, size: tuple[int, int], n: int, reco
             got = _get(_get(meta, key, dict, f"{where}.meta"), "sha256", str, f"{where}.meta.{key}")
             if got != given.sha256:
                 raise Lie(f"{where}.meta.{key}.sha256 is {inert(got, 70)!r}, not the file sent ({given.sha256})")
+    # How the input was re-drawn, as the sidecar will say it was: the server's account must be the request's.
+    edits = {"strength": request.strength} if request.image is not None else {}
+    if request.mask is not None:
+        edits |= {"mask_blur": request.mask_blur, "mask_crop": request.mask_crop}
+    _same(meta, edits, f"{where}.meta")
+    if request.hires is not None:
+        _same(_get(meta, "hires", dict, f"{where}.meta"), asdict(request.hires), f"{where}.meta.hires")
     syntax = _get(meta, "prompt_syntax", str, f"{where}.meta")
     if syntax not in ("plain", "a1111") or (request.prompt_syntax != "auto" and syntax != request.prompt_syntax):
         raise Lie(f"{where}.meta.prompt_syntax is {inert(syntax, 40)!r}, but {request.prompt_syntax!r} was asked")
@@ -323,6 +330,13 @@ def check_image(item, request: ImageRequest, size: tuple[int, int], n: int, reco
         if not 1 <= windows <= validate.PROMPT_MAX_CHARS:
             raise Lie(f"{where}.meta.prompt_windows is {windows}")
     return image, meta
+
+
+def _same(got: dict, asked: dict, where: str) -> None:
+    for key, value in asked.items():
+        seen = got.get(key)
+        if seen != value or isinstance(seen, bool) != isinstance(value, bool):  # True == 1 in Python
+            raise Lie(f"{where}.{key} is {inert(json.dumps(seen), 40)}, but {json.dumps(value)} was asked")
 
 
 def _encoding(meta: dict) -> dict:

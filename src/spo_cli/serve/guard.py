@@ -9,7 +9,9 @@ Binding 127.0.0.1 does not keep out the web pages the user's own browser opens. 
    the server on another port (`ssh -L 9000:localhost:7860` sends `Host: localhost:9000`).
 2. **Origin** (403). A browser puts `Origin` on every cross-origin request and every POST; one that is
    not this server's own (the page) nor a `--cors-origin` is refused, so another site cannot make
-   images even "blind" (no-cors, where it could not read the answer anyway).
+   images even "blind" (no-cors, where it could not read the answer anyway). Without Origin, the
+   origin of a `Referer` is checked the same way: a browser that leaves Origin out of a form's POST
+   still names the page that sent it there.
 3. **Token** (401), when the server has one (a bearer token, or A1111's HTTP Basic user names and
    passwords, `--api-auth-file`: either passes); the page, `/health` and the favicon hold no data.
 4. **Content-Type** (415). A body must be declared `application/json`: the content types a page may
@@ -166,10 +168,12 @@ class Guard:
             return _error(421, f"This server answers only to {self.hosts.describe()}, not to {shown}. If this "
                           "name reaches it on purpose (a proxy, a name on your network), start it with "
                           "--allow-host NAME.", "Host", path=scope["path"])
-        origin = headers.get("origin")
+        origin, header = headers.get("origin"), "Origin"
+        if origin is None:
+            origin, header = referer_origin(headers.get("referer")), "Referer"
         if origin is not None and not self.same_origin(origin, host) and not self.cross_origin_allowed(origin):
-            return _error(403, f"Requests from pages of another site ('Origin: {origin[:200]}') are refused. "
-                          "To let a page there use this server, start it with --cors-origin ORIGIN.", "Origin",
+            return _error(403, f"Requests from pages of another site ('{header}: {origin[:200]}') are refused. "
+                          "To let a page there use this server, start it with --cors-origin ORIGIN.", header,
                           path=scope["path"])
         method, path = scope["method"], scope["path"]
         settings = self.settings
@@ -230,6 +234,21 @@ class Guard:
 
     def cross_origin_allowed(self, origin: str) -> bool:
         return "*" in self.cors or origin in self.cors
+
+
+def referer_origin(referer: str | None) -> str | None:
+    """The origin (scheme://host[:port]) of a web page's Referer; None when there is none to check.
+    Where a browser leaves Origin out (older ones, extensions that strip it, a form's POST from a page
+    with an unusual policy) its Referer still names the page, as OWASP's CSRF advice uses it."""
+    if not referer:
+        return None
+    try:
+        parts = urlsplit(referer)
+        if parts.scheme.lower() not in DEFAULT_PORTS or not parts.netloc:
+            return None  # not a web page's address (about:client, an app's scheme): nothing to compare
+        return f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2]}"
+    except ValueError:
+        return None
 
 
 def access_line(scope, status: int, seconds: float, secrets: tuple[str, ...] = ()) -> str:

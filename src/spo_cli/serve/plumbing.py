@@ -21,6 +21,10 @@ from spo_cli.serve.worker import QueueFull, ShuttingDown, Ticket, Worker
 
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection: nobody reads the answer
 DRAIN_FACTOR = 4  # bodies up to this many times the limit are read to the end before the 413
+# Bodies with images (api.EDIT_PATHS) read, parsed and decoded at once. Each holds its body (up to
+# uploads.EDIT_BODY_BYTES) and its decoded copies: some 150 MB at worst. Without a bound, a client
+# opening the server's 512 connections would make it hold tens of GB; the others wait, unread.
+EDIT_READS_MAX = 4
 
 
 @dataclass
@@ -46,6 +50,7 @@ class State:
     settings: Settings
     metrics: Metrics
     started: int = field(default_factory=lambda: int(time.time()))  # OpenAI's `created` of the served models
+    edit_reads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EDIT_READS_MAX))
 
 
 def _state(request: Request) -> State:
@@ -135,8 +140,8 @@ async def read_form(request: Request, limit: int) -> tuple[dict[str, str], dict[
     return fields, files
 
 
-async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
-    """Queue `job` and wait for its images; a client that goes away has its queued images dropped."""
+def submit(spo: State, job: api.Job) -> tuple[Ticket, asyncio.Future]:
+    """Queue `job`: its ticket, and a future set when its images are done."""
     worker = spo.worker
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
@@ -148,12 +153,17 @@ async def submit_and_wait(request: Request, spo: State, job: api.Job) -> Ticket:
             pass
 
     try:
-        ticket = worker.submit(job, on_done)
+        return worker.submit(job, on_done), finished
     except QueueFull as e:
         raise api.BadRequest(f"The server is busy: {e}. Try again shortly.", None, 429) from None
     except ShuttingDown as e:
         raise api.BadRequest(f"The server cannot take work: {str(e).rstrip('.')}.", None,
                              500 if worker.load_error else 503) from None
+
+
+async def wait(request: Request, spo: State, ticket: Ticket, finished: asyncio.Future) -> Ticket:
+    """Wait for `ticket`'s images; a client that goes away has its queued images dropped."""
+    worker = spo.worker
     while True:
         done, _ = await asyncio.wait({finished}, timeout=spo.settings.poll_s)
         if done:
@@ -170,17 +180,20 @@ async def take(request: Request, spo: State, parse, *, form: bool = False) -> tu
     a thread, off the event loop. `form`: a multipart body, parsed as parse(fields, files, context)."""
     try:
         settings = spo.settings
-        if request.url.path in api.EDIT_PATHS:
-            if form:
-                fields, files = await read_form(request, settings.max_edit_body)
-                parsed = await asyncio.to_thread(parse, fields, files, settings.context)
+        with uploads.provisional():  # a request refused before its job is queued leaves no upload behind
+            if request.url.path in api.EDIT_PATHS:
+                async with spo.edit_reads:
+                    if form:
+                        fields, files = await read_form(request, settings.max_edit_body)
+                        parsed = await asyncio.to_thread(parse, fields, files, settings.context)
+                    else:
+                        parsed = await asyncio.to_thread(parse, await read_body(request, settings.max_edit_body),
+                                                         settings.context)
             else:
-                parsed = await asyncio.to_thread(parse, await read_body(request, settings.max_edit_body),
-                                                 settings.context)
-        else:
-            parsed = parse(await read_body(request, settings.max_body), settings.context)
-        job = parsed[0] if isinstance(parsed, tuple) else parsed
-        return parsed, await submit_and_wait(request, spo, job)
+                parsed = parse(await read_body(request, settings.max_body), settings.context)
+            job = parsed[0] if isinstance(parsed, tuple) else parsed
+            ticket, finished = submit(spo, job)
+        return parsed, await wait(request, spo, ticket, finished)
     except api.BadRequest as e:
         return refuse(e, path=request.url.path)
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
+import contextvars
 import hashlib
 import os
 import shutil
 import stat
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from spo_cli import inputs, validate
@@ -39,7 +41,10 @@ assert EDIT_BODY_BYTES >= 2 * (UPLOAD_BYTES_MAX + 2) // 3 * 4 + (1 << 20)
 INPUTS_FOLDER = "inputs"  # under the server's --out
 FORMAT_SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
 _WHITESPACE = {ord(c): None for c in " \t\r\n"}
-DATA_URL = "data:image/"  # A1111 strips "data:image/png;base64," before decoding: clients send it
+# A1111 strips "data:image/png;base64," before decoding: clients send it. Any media type is read: a
+# browser's FileReader names a file's type from its extension ("data:application/octet-stream;…" for
+# a PNG without one), and the bytes are checked as an image whatever the URL claims.
+DATA_URL = "data:"
 
 
 class BadUpload(Exception):
@@ -137,15 +142,54 @@ def _keep(data: bytes, folder: Path, name: str) -> Path:
         raise BadUpload(f"The server's inputs folder {folder} is a link; uploads are not written through it. "
                         "Its operator should remove the link.", "image", 500)
     path = folder / name
-    try:
-        info = os.lstat(path)
-        if stat.S_ISREG(info.st_mode) and info.st_size == len(data) and path.read_bytes() == data:
-            return path  # sent before: the same bytes, kept once
-    except FileNotFoundError:
-        pass
-    # Anything else under that name (a link, a damaged file) is replaced, never followed.
-    files.atomic_write(path, data, overwrite=True)
+    with _LOCK:  # one writer per name, and `provisional` sees who else keeps it
+        try:
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_size == len(data) and path.read_bytes() == data:
+                _PENDING.pop(path, None)  # another request keeps it too: no refusal may remove it now
+                return path  # sent before: the same bytes, kept once
+        except FileNotFoundError:
+            pass
+        # Anything else under that name (a link, a damaged file) is replaced, never followed.
+        files.atomic_write(path, data, overwrite=True)
+        written = _WRITTEN.get()
+        if written is not None:
+            written.append(path)
+            _PENDING[path] = written
     return path
+
+
+# Files written for a request not yet accepted, by the list of its `provisional` block. A refused
+# request (a bad field after its image, a full queue) would otherwise leave its upload behind: any
+# client could fill the disk at the speed of its uploads, with no work ever queued to slow it.
+_LOCK = threading.Lock()
+_PENDING: dict[Path, list] = {}
+_WRITTEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("spo_uploads_written", default=None)
+
+
+@contextmanager
+def provisional():
+    """Uploads kept inside the block are removed again if it raises (the request was refused), unless
+    another request has kept the same file meanwhile. asyncio.to_thread carries the block's context
+    into the thread that decodes and stores."""
+    written: list[Path] = []
+    token = _WRITTEN.set(written)
+    try:
+        yield
+    except BaseException:
+        with _LOCK:
+            for path in written:
+                if _PENDING.get(path) is written:
+                    del _PENDING[path]
+                    path.unlink(missing_ok=True)
+        raise
+    else:
+        with _LOCK:
+            for path in written:
+                if _PENDING.get(path) is written:
+                    del _PENDING[path]
+    finally:
+        _WRITTEN.reset(token)
 
 
 _TEMP: list[Path] = []
@@ -162,6 +206,14 @@ def folder(out: Path, save: bool) -> Path:
             _TEMP.append(Path(tempfile.mkdtemp(prefix="spo-serve-inputs-")))
             atexit.register(shutil.rmtree, _TEMP[0], True)
         return _TEMP[0]
+
+
+def remove_temporary() -> None:
+    """The --no-save folder of uploads, removed now: for an exit that skips atexit (os._exit after a
+    second Ctrl-C), which would leave the clients' images behind in the system's temporary folder."""
+    with _TEMP_LOCK:
+        if _TEMP:
+            shutil.rmtree(_TEMP[0], ignore_errors=True)
 
 
 def openai_mask(image):
