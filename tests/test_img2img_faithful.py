@@ -21,7 +21,8 @@ from tests.test_faithful import DIFFUSERS_SCHEDULERS, PROMPT, authors_pipeline, 
 from tests.test_prompt_syntax import WORDS, hand_embeddings
 
 # One worker holds the module's pipelines (the authors', its img2img and inpaint views, spo's engine).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("img2img")]
+# early: one group of about 25 s of pipeline runs, started first so that it runs beside the rest.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("img2img"), pytest.mark.early]
 
 CPU = ["--device", "cpu"]
 
