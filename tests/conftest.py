@@ -110,3 +110,31 @@ def run_spo(*args: str, env: dict | None = None, timeout: float = HANG, **kw) ->
 
 
 TINY = ["--width", "64", "--height", "64", "--steps", "3"]
+
+
+# Runs `spo` command lines one after another in one fresh interpreter, and says after each what it
+# exited with and which heavy libraries were imported by then: bad input must be refused before torch.
+_PROBE = """
+import json, sys
+from spo_cli.cli import app
+for i, args in enumerate(json.loads(sys.argv[1])):
+    print(f"CASE:{i}", file=sys.stderr, flush=True)
+    code = 0
+    try:
+        app(args)
+    except SystemExit as e:
+        code = e.code
+    heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+    print(f"EXIT:{code}:HEAVY:{','.join(heavy)}", file=sys.stderr, flush=True)
+"""
+
+
+def probe_cli(cases: dict[str, list[str]]) -> dict[str, str]:
+    """{case: what `spo <args>` printed on stderr, ending with its line `EXIT:<code>:HEAVY:<modules>`}."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(list(cases.values()))], capture_output=True,
+                          text=True, timeout=HANG, input="", env={**os.environ, "COLUMNS": "400"})
+    parts = proc.stderr.split("CASE:")[1:]
+    assert len(parts) == len(cases), proc.stderr[-2000:]
+    return {name: part.split("\n", 1)[1] for name, part in zip(cases, parts)}

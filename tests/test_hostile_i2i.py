@@ -5,9 +5,6 @@ text's key)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,21 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from spo_cli.cli import app
-from tests.conftest import HANG
+from tests.conftest import probe_cli
 
-PROBE = """
-import json, sys
-from spo_cli.cli import app
-for i, args in enumerate(json.loads(sys.argv[1])):
-    print(f"CASE:{i}", file=sys.stderr, flush=True)
-    code = 0
-    try:
-        app(args)
-    except SystemExit as e:
-        code = e.code
-    heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-    print(f"EXIT:{code}:HEAVY:{','.join(heavy)}", file=sys.stderr, flush=True)
-"""
 
 
 def invoke(*args) -> tuple[int, str]:
@@ -65,11 +49,7 @@ SAYS = {
 def probed(fox, tmp_path_factory):
     out = tmp_path_factory.mktemp("probe") / "out"
     cases = _cases(fox, out)
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(cases.values()))], capture_output=True,
-                          text=True, timeout=HANG, input="", env={**os.environ, "COLUMNS": "400"})
-    parts = proc.stderr.split("CASE:")[1:]
-    assert len(parts) == len(cases), proc.stderr[-2000:]
-    return out, {name: part.split("\n", 1)[1] for name, part in zip(cases, parts)}
+    return out, probe_cli(cases)
 
 
 @pytest.mark.slow  # a subprocess

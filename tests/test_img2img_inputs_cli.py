@@ -11,31 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import HANG, run_spo
+from tests.conftest import probe_cli, run_spo
 from tests.test_inputs import png_bytes
 
 pytestmark = pytest.mark.slow  # subprocesses and a pipeline: not in the fast tier
 
-PROBE = """
-import json, sys
-from spo_cli.cli import app
-for i, args in enumerate(json.loads(sys.argv[1])):
-    print(f"CASE:{i}", file=sys.stderr, flush=True)
-    code = 0
-    try:
-        app(args)
-    except SystemExit as e:
-        code = e.code
-    heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-    print(f"EXIT:{code}:HEAVY:{','.join(heavy)}", file=sys.stderr, flush=True)
-"""
 
 
 def _files(root: Path) -> dict[str, list[str]]:
@@ -84,19 +69,14 @@ SAYS = {
     "mask without image": "--mask has nothing to act on without --image.",
     "hires with image": "--hires cannot be used with an input image",
 }
-# `spo batch` reads the image keys once the batch command takes them (branch i2i-cli); until then it
-# refuses the line for an unknown key, and this case fails loudly when that changes.
-BATCH = {"link out of the folder"}
+BATCH = {"link out of the folder"}  # spo batch: each bad line, then how many there were
+
+
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     cases = _files(root)
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(cases.values()))], capture_output=True,
-                          text=True, timeout=HANG, input="",
-                          env={**os.environ, "COLUMNS": "400"})
-    parts = proc.stderr.split("CASE:")[1:]
-    assert len(parts) == len(cases), proc.stderr[-2000:]
-    return root, {name: part.split("\n", 1)[1] for name, part in zip(cases, parts)}
+    return root, probe_cli(cases)
 
 
 @pytest.mark.parametrize("name", list(SAYS))

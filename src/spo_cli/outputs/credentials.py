@@ -452,13 +452,11 @@ def _sniff(path: Path) -> str | None:
 
 
 def _kind(head: bytes) -> str | None:
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
+    """spo's format name (png, jpg, webp) of the image whose first bytes are `head`."""
+    from spo_cli.outputs import reader
+
+    kind = reader.sniff(head)
+    return "jpg" if kind == "jpeg" else kind
 
 
 def _tiny_png() -> bytes:
