@@ -331,7 +331,7 @@ def test_the_default_is_diffusers_unmarked_image_watermark_its_marked_one_and_re
 
 
 @pytest.mark.slow
-def test_the_engine_and_pipelines_derived_from_it_never_mark_unasked(hub_cache):
+def test_the_engine_and_pipelines_derived_from_it_never_mark_unasked(hub_cache, monkeypatch):
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
     from spo_cli.cli import loading
@@ -343,6 +343,26 @@ def test_the_engine_and_pipelines_derived_from_it_never_mark_unasked(hub_cache):
     assert StableDiffusionXLImg2ImgPipeline.from_pipe(engine.pipe).watermark is not None  # diffusers' default
     assert engine.derived("img2img").watermark is None
     assert engine.derived("inpaint").watermark is None
+    # The hires fix marks the image it makes, not its first pass, which the second draws over: with the
+    # Lanczos upscaler that pass is decoded, and diffusers would mark it.
+    from spo_cli.request import Hires, ImageRequest
+
+    marked_by = []
+
+    def spied(cls):
+        real = cls.__call__
+
+        def call(pipe, *args, **kwargs):
+            marked_by.append((cls.__name__, pipe.watermark is not None))
+            return real(pipe, *args, **kwargs)
+        return call
+
+    request = ImageRequest("a fox", 1, steps=1, width=208, height=208, watermark=True,  # 208 × 1.25 → 256²
+                           hires=Hires(1.25, "lanczos", None, 0.7))
+    for cls in (type(engine.pipe), type(engine.derived("img2img"))):
+        monkeypatch.setattr(cls, "__call__", spied(cls))
+    engine.run([request])
+    assert marked_by == [("StableDiffusionXLPipeline", False), ("StableDiffusionXLImg2ImgPipeline", True)]
 
 
 def test_the_extra_is_in_pyproject_and_the_tests_install_it():
