@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
+from typer.testing import CliRunner
 
 from spo_cli import presets
+from spo_cli.cli import app
 from tests.test_faithful import DIFFUSERS_SCHEDULERS, PROMPT, authors_pipeline, generate_json, pixels
 from tests.test_prompt_syntax import WORDS, hand_embeddings
 
@@ -345,7 +347,11 @@ def test_a_vae_pass_that_would_not_fit_is_tiled_for_that_call_and_recorded(hub_c
     monkeypatch.setattr(Engine, "_available_memory", lambda self: 1)
     monkeypatch.setattr(Engine, "_vae_fits", spy)
     args = [PROMPT, "--seed", "5", "--width", "64", "--height", "64", "--steps", "3", "--hires", "1.5", *CPU]
-    [tiled] = generate_json(out / "t", *args)
+    r = CliRunner().invoke(app, ["generate", *args, "--out", str(out / "t"), "--json"])
+    assert r.exit_code == 0, r.output
+    [tiled] = json.loads(r.stdout)
+    # said once, above the progress (not in quiet mode), as well as recorded
+    assert " ".join(r.stderr.split()).count("so VAE tiling was turned on for it (recorded in the sidecar") == 1
     meta = json.loads(Path(tiled["sidecar"]).read_text())
     assert seen == [(64, 64), (96, 96)]
     assert meta["run_options"]["vae_tiling"] is True and meta["run_options"]["vae_auto"]["vae_tiling"] is True

@@ -395,6 +395,16 @@ class Engine:
         options["vae_auto"] = self._vae_auto
         return {**facts, "run_options": options}
 
+    def vae_note(self) -> str | None:
+        """What the call `run` has just made turned on for its VAE pass to fit in the GPU's memory, as a
+        sentence for the user (the sidecar records it too), or None."""
+        on = [k[4:] for k in ("vae_slicing", "vae_tiling") if self._vae_auto.get(k)]
+        if not on:
+            return None
+        return (f"The VAE pass would not have fit in the GPU memory left, so VAE {' and '.join(on)} was turned on "
+                "for it (recorded in the sidecar; tiling changes pixels slightly). --vae-tiling and --vae-slicing "
+                "turn them on for every image; a smaller size or batch avoids them.")
+
     def _available_memory(self) -> int | None:
         """Bytes a VAE pass could use now on this GPU: free memory, plus what torch's caching allocator
         holds unused. None off CUDA (the CPU has no such limit spo can see; MPS shares host memory)."""

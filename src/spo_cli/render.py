@@ -40,6 +40,9 @@ class NoProgress:
     def images_done(self, n: int) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        """Something the user should know about how the images were made (said once per run)."""
+
 
 def nan_hint(dtype: str) -> str:
     if dtype == "float16":
@@ -104,6 +107,7 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
     facts = engine.facts()
     when = naming.now()
     pending: deque[tuple[Outcome, Future]] = deque()
+    said: set[str] = set()  # notes already given the user
 
     def write(task: ImageTask, image, meta: dict) -> dict:
         default = None if task.stem else naming.default_stem(task.request.prompt, task.request.seed, when)
@@ -136,6 +140,10 @@ def render(engine, resolved, tasks: list[ImageTask], *, out: Path, image_format:
                     outcomes.extend(Outcome(t, error=error) for t in call)
                     progress.images_done(len(call))
                     continue
+                note = engine.vae_note() if hasattr(engine, "vae_note") else None
+                if note and note not in said and hasattr(progress, "note"):
+                    said.add(note)
+                    progress.note(note)
                 for task, res, meta in call_metadata(engine, model, facts, call, results, perf_counter() - t0,
                                                         provenance=provenance):
                     outcome = Outcome(task)

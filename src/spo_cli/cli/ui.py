@@ -156,7 +156,7 @@ class UI:
         if not (self.err.is_terminal or self.err.is_jupyter):
             # rich draws nothing there until the end; a line at a steady pace, as tqdm writes to files
             yield _Lines(lambda text: self.err.print(text, markup=False, soft_wrap=True), total, steps,
-                         clock=clock or time.monotonic, interval=self._interval())
+                         clock=clock or time.monotonic, interval=self._interval(), note=self.warn)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -166,7 +166,7 @@ class UI:
             console=self.err, **({"get_time": clock} if clock else {}),
         )
         with progress:
-            yield _Bars(progress, total, steps)
+            yield _Bars(progress, total, steps, note=self.warn)
 
     def _interval(self) -> float:
         raw = os.environ.get("SPO_PROGRESS_INTERVAL")
@@ -397,8 +397,8 @@ class _Live:
 class _Bars:
     """render.NoProgress's three methods, drawn: images overall, and the call in flight."""
 
-    def __init__(self, progress, total: int, steps):
-        self.progress = progress
+    def __init__(self, progress, total: int, steps, *, note=lambda text: None):
+        self.progress, self.note = progress, note  # note: UI.warn, printed above the bars
         self.t = t = _Tracker(total, steps, progress.get_time)
         self.images = progress.add_task("images", total=total, rate=_Live(t.per_minute), eta=_Live(t.eta))
         first = steps if isinstance(steps, int) else (list(steps) or [0])[0]
@@ -423,8 +423,8 @@ class _Lines:
     image is done. Each says images done of the total, the step of the call in flight, its s/step,
     images per minute, the time so far and the time left."""
 
-    def __init__(self, write, total: int, steps, *, clock, interval: float):
-        self.write, self.clock, self.interval = write, clock, interval
+    def __init__(self, write, total: int, steps, *, clock, interval: float, note=lambda text: None):
+        self.write, self.clock, self.interval, self.note = write, clock, interval, note
         self.t = _Tracker(total, steps, clock)
         self.last: float | None = None  # when the last line was written
 
