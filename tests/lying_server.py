@@ -16,6 +16,7 @@ import base64
 import http.server
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -134,6 +135,26 @@ def wire(data: bytes) -> Answer:
     def answer(handler, body):
         handler.wfile.write(data)
         handler.close_connection = True
+    return answer
+
+
+def drip_answer(every_s: float, most: int) -> Answer:
+    """A 200 whose headers come one byte every `every_s` seconds, at most `most` of them, then the
+    connection closes: inside any per-read timeout longer than `every_s`, never a whole answer. How
+    many bytes went out before the client hung up is in `answer.dripped`."""
+    def answer(handler, body):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        handler.wfile.flush()
+        try:
+            for _ in range(most):
+                time.sleep(every_s)
+                handler.wfile.write(b"X")
+                handler.wfile.flush()
+                answer.dripped += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client hung up: what it should do
+        handler.close_connection = True
+    answer.dripped = 0
     return answer
 
 

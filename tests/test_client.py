@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lying_server import (LyingServer, honest_models, json_answer, models_lie, png, raw_answer, redirect, run_lie,
-                          stream_answer, wire)
+from lying_server import (LyingServer, drip_answer, honest_models, json_answer, models_lie, png, raw_answer,
+                          redirect, run_lie, stream_answer, wire)
 from spo_cli.cli import app
 from spo_cli.outputs import metadata
 from spo_cli.serve import client
@@ -67,6 +67,18 @@ def test_an_honest_server_writes_the_files_and_replay_reads_them(lying, tmp_path
         assert (meta["width"], meta["height"]) == (64, 64)
         image, model = metadata.recorded_requests(meta, Path(w["sidecar"]))
         assert (image.seed, model.model) == (w["seed"], "spo")
+
+
+def test_a_server_that_answers_a_byte_at_a_time_is_cut_off_at_the_deadline(lying, tmp_path, monkeypatch):
+    # Each byte comes well inside the per-read timeout; only a deadline on the whole answer ends it. The
+    # server gives up after 1,000 bytes (50 s), so a client without a deadline fails here, not hangs.
+    monkeypatch.setattr(client, "HELLO_TIMEOUT_S", 0.5)
+    lying.answers["/spo/v1/models"] = drip = drip_answer(0.05, 1000)
+    r = generate(lying.url, tmp_path / "out")
+    assert r.exit_code != 0
+    assert "cannot be reached: no answer within 0.5 s" in error_of(r)
+    assert drip.dripped < 1000  # the client hung up, the server did not
+    assert nothing_written(tmp_path / "out")
 
 
 def deep(n: int) -> bytes:

@@ -23,7 +23,9 @@ import json
 import math
 import os
 import re
+import socket
 import struct
+import threading
 import time
 import unicodedata
 import urllib.error
@@ -117,7 +119,76 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError with the 3xx code
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _Watchdog:
+    """Shuts the connections of a call still open at its deadline. Each socket read has a timeout of
+    its own, but a server that sends its headers or its body a byte at a time stays inside every one of
+    them, and would hold the call for ever; this bounds the whole answer."""
+
+    _current = threading.local()  # the watchdog of the call in flight on this thread, for its connections
+
+    def __init__(self, seconds: float):
+        self.sockets: list = []
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        _Watchdog._current.value = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        _Watchdog._current.value = None
+        return False
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+    @classmethod
+    def watch(cls, sock) -> None:
+        dog = getattr(cls._current, "value", None)
+        if dog is not None:
+            with dog._lock:
+                dog.sockets.append(sock)
+                if dog.fired:
+                    _shut(sock)
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once; close() would not wake it
+    except OSError:
+        pass
+
+
+class _WatchedHTTP(http.client.HTTPConnection):
+    def connect(self):
+        super().connect()
+        _Watchdog.watch(self.sock)
+
+
+class _WatchedHTTPS(http.client.HTTPSConnection):
+    def connect(self):
+        super().connect()
+        _Watchdog.watch(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_WatchedHTTP, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_WatchedHTTPS, req, context=self._context)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect, _HTTPHandler, _HTTPSHandler)
 
 
 def _read(response, limit: int, deadline: float, what: str) -> bytes:
@@ -372,26 +443,34 @@ class Client:
         req = urllib.request.Request(self.url + path, data=data, headers=headers,
                                      method="GET" if data is None else "POST")
         deadline = time.monotonic() + timeout
+        watchdog = _Watchdog(timeout)
         try:
-            try:
-                with _OPENER.open(req, timeout=timeout) as r:
-                    answer = parse_json(_read(r, limit, deadline, path))
-            except urllib.error.HTTPError as e:
-                with e:
-                    raise self._refused(e, deadline) from None
+            with watchdog:  # an error answer's body is read inside it too
+                try:
+                    with _OPENER.open(req, timeout=timeout) as r:
+                        answer = parse_json(_read(r, limit, deadline, path))
+                except urllib.error.HTTPError as e:
+                    with e:
+                        raise self._refused(e, deadline) from None
             if not isinstance(answer, dict):
                 raise Lie(f"{path} answered {_kind(answer)}, not a JSON object")
             return answer
         except Lie as e:
             raise self.not_spo(str(e)) from None
         except http.client.HTTPException as e:  # a status line or headers that are not HTTP, a body cut short
+            if watchdog.fired:
+                raise self._unreachable(f"no answer within {timeout:g} s") from None
             raise self.not_spo(f"its answer is not HTTP as spo serve speaks it ({type(e).__name__})") from None
         except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client.InvalidURL
             reason = getattr(e, "reason", e)
-            if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            if watchdog.fired or isinstance(e, TimeoutError) or isinstance(reason, TimeoutError) or \
+                    "timed out" in str(reason):
                 reason = f"no answer within {timeout:g} s"
-            raise ModelError(f"The server at {self.url} cannot be reached: {inert(reason)}.",
-                             "Check that `spo serve` runs there, and the address and port.") from None
+            raise self._unreachable(reason) from None
+
+    def _unreachable(self, reason) -> ModelError:
+        return ModelError(f"The server at {self.url} cannot be reached: {inert(reason)}.",
+                          "Check that `spo serve` runs there, and the address and port.")
 
     def _refused(self, e: urllib.error.HTTPError, deadline: float) -> Exception:
         """An HTTP error answer as a SpoError, its message (the server's text) inert."""
