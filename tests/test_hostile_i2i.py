@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from spo_cli.cli import app
 from tests.conftest import probe_cli
+from tests.test_i2i_cli import sidecar
 
 
 
@@ -64,14 +65,7 @@ def test_refused_with_exit_2_in_one_paragraph_before_torch(probed, name):
 
 
 def _sidecar(tmp_path: Path, **fields) -> Path:
-    from spo_cli.outputs import metadata
-
-    meta = {"schema": metadata.SCHEMA, "prompt": "x", "seed": 1, "steps": 2, "guidance": 5.0, "width": 64,
-            "height": 64, "scheduler": {"name": "default"}, "model_request": {"model": "spo"}, "model": {},
-            "dtype": "float32", **fields}
-    path = tmp_path / "x.json"
-    path.write_text(json.dumps(meta))
-    return path
+    return sidecar(tmp_path, **{"width": 64, "height": 64, **fields})
 
 
 HIRES = {"scale": 1.5, "upscaler": "latent", "steps": None, "strength": 0.7}
