@@ -18,6 +18,7 @@ from spo_cli import __version__
 from spo_cli.cli import app
 from spo_cli.outputs import files, metadata, reader, xmp
 from spo_cli.request import ImageRequest
+from tests.conftest import HANG
 
 FORMATS = ["png", "jpg", "webp"]
 KIND = {"png": "png", "jpg": "jpeg", "webp": "webp"}
@@ -250,7 +251,7 @@ def test_inspect_refuses_a_hostile_file_with_one_paragraph(tmp_path, case, words
 def test_exiftool_reads_the_source_type_and_the_prompt_as_written(tmp_path, fmt):
     path = write(tmp_path, fmt, build(HOSTILE, extra={"init_image": INIT_IMAGE}))
     proc = subprocess.run(["exiftool", "-j", "-XMP-iptcExt:DigitalSourceType", "-XMP-iptcExt:AIPromptInformation",
-                           "-XMP-xmp:CreatorTool", str(path)], capture_output=True, text=True, timeout=60)
+                           "-XMP-xmp:CreatorTool", str(path)], capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr
     [tags] = json.loads(proc.stdout)
     assert tags["DigitalSourceType"] == xmp.COMPOSITE
