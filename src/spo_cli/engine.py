@@ -36,7 +36,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 
 import torch  # noqa: E402
 
-from spo_cli import __version__, devices, encoding, presets  # noqa: E402
+from spo_cli import __version__, devices, encoding, presets, validate  # noqa: E402
 from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint, translate  # noqa: E402
 from spo_cli.request import Generated, ImageRequest, RunOptions  # noqa: E402
 
@@ -518,9 +518,7 @@ class Engine:
             return w, h
         w, h = request.width or self.default_size()[0], request.height or self.default_size()[1]
         if request.hires is not None:
-            from spo_cli.validate import hires_size
-
-            return hires_size(w, h, request.hires.scale)
+            return validate.hires_size(w, h, request.hires.scale)
         return w, h
 
     def recorded_size(self, request: ImageRequest) -> dict:
@@ -540,12 +538,9 @@ class Engine:
                              "the shape of its prompt embeddings")
         self.check_schedule(first.scheduler, first.steps)
         if first.hires is not None:
-            from spo_cli.validate import hires_schedule
-
-            self.check_schedule(first.scheduler, hires_schedule(first.hires.steps or first.steps, first.hires.strength)[0])
+            self.check_schedule(first.scheduler,
+                                validate.hires_schedule(first.hires.steps or first.steps, first.hires.strength)[0])
         if first.watermark:  # the size the model makes when none is asked: known only now
-            from spo_cli import validate
-
             validate.watermark_size(*self.output_size(first))
         real = len(batch)
         if self.options.fast and real < self.options.batch_size:
@@ -638,10 +633,8 @@ class Engine:
 
                         big = [im.resize((width, height), Image.Resampling.LANCZOS) for im in low]
                     # A1111 runs all the hires steps, of a schedule stretched to steps / strength.
-                    from spo_cli.validate import hires_schedule
-
                     second = hr.steps or first.steps
-                    schedule, strength = hires_schedule(second, hr.strength)
+                    schedule, strength = validate.hires_schedule(second, hr.strength)
                     done_before, pass_steps = first.steps, second
                     out = call("img2img", schedule, image=big, strength=strength, output_type="np")
                 else:
