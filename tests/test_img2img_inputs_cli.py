@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from tests.conftest import probe_cli, run_spo
+from spo_cli.cli import app
+from tests.conftest import probe_cli
 from tests.test_inputs import png_bytes
 
 pytestmark = pytest.mark.slow  # subprocesses and a pipeline: not in the fast tier
@@ -99,9 +101,11 @@ def test_a_mask_of_another_size_is_resized_said_once_for_eight_images(hub_cache,
     mask = Image.new("L", (8, 8))
     mask.paste(255, (0, 0, 4, 8))
     mask.save(tmp_path / "mask.png")
-    proc = run_spo("generate", "a fox", "--image", str(fox), "--mask", str(tmp_path / "mask.png"), "--steps", "2",
-                   "-n", "8", "--seed", "1", "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("The mask is 8×8 and the image 16×16: the mask is resized to the image.") == 1, proc.stderr
+    r = CliRunner().invoke(app, ["generate", "a fox", "--image", str(fox), "--mask", str(tmp_path / "mask.png"),
+                                 "--steps", "2", "-n", "8", "--seed", "1", "--device", "cpu",
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.stderr.split())
+    assert said.count("The mask is 8×8 and the image 16×16: the mask is resized to the image.") == 1, r.stderr
     pngs = sorted((tmp_path / "out").glob("*.png"))
     assert len(pngs) == 8 and all(Image.open(p).size == (16, 16) for p in pngs)
