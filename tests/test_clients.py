@@ -22,7 +22,8 @@ from PIL import Image
 from tests.conftest import HANG
 from tests.test_serve import Running, png_pixels
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+# early: the serve group is about 50 s in one worker; started last, it would run alone at the end.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve"), pytest.mark.early]
 
 
 TOKEN = "a-test-token-0123456789"

@@ -30,7 +30,8 @@ from typer.testing import CliRunner
 from spo_cli.cli import app
 from tests.conftest import HANG, SPO_CLI
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+# early: the serve group is about 50 s in one worker; started last, it would run alone at the end.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve"), pytest.mark.early]
 
 SIZE = {"width": 64, "height": 64}
 TOKEN = "a-test-token-0123456789"
