@@ -1,8 +1,11 @@
-"""One PNG figure of paired score differences, drawn with PIL only (no matplotlib, no torch).
+"""PNG figures of paired comparisons, drawn with PIL only (no matplotlib, no torch).
 
-One panel per metric, stacked: the per-pair differences (a - b) as a jittered strip of dots on a
-horizontal axis with its zero line, the mean difference as a bold tick and its bootstrap
-interval as a bar, and the win rate as text. Dots right of the zero line are pairs a won.
+`paired_differences`: one panel per metric, stacked: the per-pair differences (a - b) as a jittered
+strip of dots on a horizontal axis with its zero line, the mean difference as a bold tick and its
+bootstrap interval as a bar, and the win rate as text. Dots right of the zero line are pairs a won.
+
+`win_rates`: a sweep axis' chart: the axis' values along x, win rates (0 to 1) up y with their
+intervals, one series per pair and metric, and the 0.5 line (no preference).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .stats import Estimate, paired
 
-__all__ = ["Panel", "paired_differences", "WIDTH", "TITLE_HEIGHT", "PANEL_HEIGHT"]
+__all__ = ["Panel", "paired_differences", "Series", "win_rates", "WIDTH", "TITLE_HEIGHT", "PANEL_HEIGHT"]
 
 WIDTH = 900
 TITLE_HEIGHT = 44
@@ -229,4 +232,94 @@ def paired_differences(panels: list[Panel], title: str) -> Image.Image:
         if i:
             draw.line([(MARGIN, top), (WIDTH - MARGIN, top)], fill=(225, 225, 225), width=1)
         _draw_panel(draw, top, panel)
+    return image
+
+
+# --- win rates along a sweep axis ------------------------------------------------------------------
+
+SLOT = 96  # px per axis value
+CHART_LEFT, CHART_RIGHT = 48, 16
+CHART_TOP, CHART_HEIGHT = 46, 200  # the plot area, below the title
+CHART_MIN_WIDTH = 420
+LEGEND_LINE = 18
+EVEN = (150, 150, 150)  # the 0.5 line
+GRID = (232, 232, 232)
+# Matplotlib's tab10, the series' colours in turn.
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a win-rate chart: `points[i]` is (win rate, low, high) at the i-th axis value,
+    low and high None where no interval is shown (too few prompts), or None with no pairs there."""
+
+    label: str
+    points: Sequence[tuple[float, float | None, float | None] | None]
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """`text`, cut with '...' to at most `width` pixels (a value can be a long prompt or a path)."""
+    text = _plain(text)
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def win_rates(title: str, labels: list[str], series: list[Series], axis_name: str = "",
+              subtitle: str = "win rate (ties one half), 95 % intervals over prompts") -> Image.Image:
+    """The chart: SLOT px per value (at least CHART_MIN_WIDTH wide), a legend line per series.
+    Filled dots carry their interval; hollow ones have none (too few prompts to conclude)."""
+    if not labels or not series or any(len(s.points) != len(labels) for s in series):
+        raise ValueError("win_rates needs values, series, and one point (or None) per value in each series")
+    width = max(CHART_MIN_WIDTH, CHART_LEFT + CHART_RIGHT + SLOT * len(labels))
+    legend_top = CHART_TOP + CHART_HEIGHT + 44
+    height = legend_top + LEGEND_LINE * (len(series) + 1) + 8
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    big, small = _font(15), _font(12)
+    _text(draw, (width / 2, 4), _fit(draw, title, big, width - 16), big, INK, "center")
+    _text(draw, (width / 2, 22), _fit(draw, subtitle, small, width - 16), small, MUTED, "center")
+    left = CHART_LEFT + (width - CHART_LEFT - CHART_RIGHT - SLOT * len(labels)) / 2
+    top, bottom = CHART_TOP, CHART_TOP + CHART_HEIGHT
+
+    def y_of(value: float) -> float:
+        return bottom - min(1.0, max(0.0, value)) * CHART_HEIGHT
+
+    ticks, step = _ticks(0.0, 1.0, 5)
+    for t in ticks:
+        y = round(y_of(t))
+        draw.line([(left, y), (left + SLOT * len(labels), y)], fill=GRID, width=1)
+        _text(draw, (left - 6, y - 7), _tick_label(t, step), small, INK, "right")
+    draw.line([(left, round(y_of(0.5))), (left + SLOT * len(labels), round(y_of(0.5)))], fill=EVEN, width=2)
+    draw.line([(left, top), (left, bottom), (left + SLOT * len(labels), bottom)], fill=AXIS, width=1)
+    for i, label in enumerate(labels):
+        _text(draw, (left + SLOT * (i + 0.5), bottom + 6), _fit(draw, label, small, SLOT - 6), small, INK, "center")
+    if axis_name:
+        _text(draw, (left + SLOT * len(labels) / 2, bottom + 24), axis_name, small, MUTED, "center")
+    # Series side by side within a value's slot, so that their intervals do not hide each other.
+    spread = min(12.0, 0.6 * SLOT / len(series))
+    for s, line in enumerate(series):
+        colour = PALETTE[s % len(PALETTE)]
+        shift = (s - (len(series) - 1) / 2) * spread
+        xy = [(left + SLOT * (i + 0.5) + shift, p) for i, p in enumerate(line.points) if p is not None]
+        for (x0, p0), (x1, p1) in zip(xy, xy[1:]):
+            draw.line([(x0, y_of(p0[0])), (x1, y_of(p1[0]))], fill=colour, width=1)
+        for x, (value, low, high) in xy:
+            y = y_of(value)
+            if low is not None and high is not None:
+                draw.line([(x, y_of(low)), (x, y_of(high))], fill=colour, width=2)
+                for end in (low, high):
+                    draw.line([(x - 3, y_of(end)), (x + 3, y_of(end))], fill=colour, width=1)
+                draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+            else:
+                draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=BACKGROUND, outline=colour, width=2)
+        y = legend_top + LEGEND_LINE * s
+        draw.rectangle([CHART_LEFT, y + 3, CHART_LEFT + 10, y + 13], fill=colour)
+        _text(draw, (CHART_LEFT + 16, y), _fit(draw, line.label, small, width - CHART_LEFT - 24), small, INK)
+    _text(draw, (CHART_LEFT, legend_top + LEGEND_LINE * len(series)),
+          _fit(draw, "grey line: 0.5, no preference · hollow: too few prompts, no interval", small,
+               width - CHART_LEFT - 8), small, MUTED)
     return image
