@@ -197,7 +197,7 @@ def test_the_summary_is_json_without_nan():
 
 
 def test_markdown_names_every_axis_value_with_its_verdict():
-    dims = [MODEL, STEPS, GUIDANCE, Dim("prompt-sr", ["a | b", "c"])]
+    dims = [MODEL, STEPS, GUIDANCE, Dim("prompt-sr", ["a | b", "c\nd"])]
     s = sweep.summarise(dims, grid(dims, lambda n, p, s: {"pick": noise(n, p, s) + (
         1.0 if n["model"] == 1 and n["steps"] == 1 else 0.0)}), ["pick"], "model")
     text = sweep.markdown(s)
@@ -212,6 +212,7 @@ def test_markdown_names_every_axis_value_with_its_verdict():
         assert level.endswith("| too few prompts |")
     assert "### By steps" in text and "### By guidance" in text and "### By model" not in text
     assert "| a \\| b | SPO-SDXL vs SDXL base |" in text  # a '|' in a value stays in its cell
+    assert "| c d | SPO-SDXL vs SDXL base |" in text  # and a line break does not end the table
     assert "0 failed" in text
 
 
@@ -286,3 +287,32 @@ def test_tiny_scorers_give_a_model_against_itself_half_and_nothing(tmp_path):
             r = the_pair(section, m)
             assert (r["win_rate"]["value"], r["mean_diff"]["value"], r["dropped"]) == (0.5, 0.0, 0), (where_, m)
     assert [the_pair(e["summary"], "aesthetic")["n"] for e in s["by_axis"]["steps"]] == [3, 3]
+
+
+def test_the_chart_draws_no_interval_where_too_few_prompts_allow_no_conclusion():
+    from spo_cli.scores import plot
+
+    def score(n, p, s):
+        return {"pick": noise(n, p, s) + n["model"] * noise({"steps": 7}, p, s)}
+
+    dims = [MODEL, STEPS]
+    # At 10 steps two prompts only: too few (stats.MIN_PROMPTS) for any interval or verdict.
+    cells = [c for c in grid(dims, score) if c.coords[1] or c.base_row < 2 * SEEDS]
+    s = sweep.summarise(dims, cells, ["pick"], "model")
+    image = sweep.chart(s, "steps")
+    px = np.asarray(image).astype(int)
+    blue = np.abs(px - np.array(plot.PALETTE[0])).sum(axis=-1) < 30
+    left = (image.width - plot.SLOT * 3) / 2 + (plot.CHART_LEFT - plot.CHART_RIGHT) / 2
+    bottom = plot.CHART_TOP + plot.CHART_HEIGHT
+    for value, e in enumerate(s["by_axis"]["steps"]):
+        r = the_pair(e["summary"])
+        assert r["too_few"] == (value == 0)
+        x, y = round(left + plot.SLOT * (value + 0.5)), round(bottom - r["win_rate"]["value"] * plot.CHART_HEIGHT)
+        column = np.nonzero(blue[:, x])[0]
+        column = column[np.abs(column - y) < plot.CHART_HEIGHT // 2]  # this point's marks, not the legend's
+        if value == 0:  # hollow, no bar: blue only on the ring
+            assert tuple(px[y, x]) == plot.BACKGROUND and column.max() - column.min() <= 10
+        else:  # filled, with its interval
+            assert blue[y, x] and r["win_rate"]["high"] - r["win_rate"]["low"] > 0.1
+            spans = (r["win_rate"]["high"] - r["win_rate"]["low"]) * plot.CHART_HEIGHT
+            assert column.max() - column.min() >= 0.9 * spans
