@@ -161,7 +161,8 @@ def test_a_whole_number_range_down_whose_a1111_reading_stops_short_is_refused_wi
     ("1.5-3", "decimal point"), ("10-50 [0]", "asks for 0 values"), ("5-1", "holds no value"),
     ("1-5 (-1)", "holds no value"), ("1_000", "not a whole number"), ("٣", "not a whole number"),
     ("20.0", "not a whole number"), ("1-1000000", "lays out 1,000,000 values"), ("1-2 [1001]", "asks for 1,001"),
-    ("1-5 [2.5]", "not a whole number"), ("x", "not a whole number"), ("1.-2. (+.5)", "not a whole number"),
+    ("1-5 [2.5]", "not a whole number"), ("x", "not a whole number"), ("١-٥", "not a whole number"),
+    ("1-\u00a05", "not a whole number"), ("1-5 (+\u0662)", "not a whole number"), ("1.-2. (+.5)", "not a whole number"),
 ])
 def test_what_a1111_fails_on_is_refused_on_a_whole_number_axis(text, says):
     with pytest.raises(UsageError) as e:
@@ -577,10 +578,11 @@ def test_a_size_axis_under_the_hires_fix_must_grow_and_fit():
     assert "In the cell steps: 900 of p: --hires-strength 0.5 with 900 --x steps stretches" in said, said
 
 
-def test_each_distinct_request_is_checked_once(monkeypatch):
-    calls = []
-    real = validate.steps_run
-    monkeypatch.setattr(validate, "steps_run", lambda *a, **k: calls.append(a) or real(*a, **k))
-    axes = A.parse_axes("steps=4,8", "guidance=1-100 [100]", "seed=1-10")  # guidance and seed change no check
-    A.check_requests(axes, [("p", EDIT)])
-    assert len(calls) == 2
+def test_each_distinct_request_is_checked_once_and_axes_no_check_reads_multiply_no_work(monkeypatch):
+    calls, applied = [], []
+    real = validate.steps_run, A.apply
+    monkeypatch.setattr(validate, "steps_run", lambda *a, **k: calls.append(a) or real[0](*a, **k))
+    monkeypatch.setattr(A, "apply", lambda *a, **k: applied.append(a) or real[1](*a, **k))
+    axes = A.parse_axes("guidance=1-100 [100]", "steps=4,8", "seed=1-10")  # guidance and seed enter no check
+    A.check_requests(axes, [("p", EDIT), ("q", EDIT)])
+    assert len(calls) == 2 and len(applied) == 4

@@ -123,8 +123,9 @@ def split_values(text: str) -> list[str]:
 # a run of spaces (and never see more than NUMBER_MAX_CHARS).
 _NUM = r"((?:[+-]\s*)?\d+(?:\.\d*)?)"
 _STEP = r"([+-]\s*\d+(?:\.\d*)?)"  # A1111 wants the step's sign: (2) is no step
-_RANGE_STEP = re.compile(rf"{_NUM}\s*-\s*{_NUM}(?:\s*\(\s*{_STEP}\s*\))?")
-_RANGE_COUNT = re.compile(rf"{_NUM}\s*-\s*{_NUM}\s*\[\s*(\d+)\s*\]")
+# ASCII: \d would take '١' and \s a no-break space, which the single values below do not.
+_RANGE_STEP = re.compile(rf"{_NUM}\s*-\s*{_NUM}(?:\s*\(\s*{_STEP}\s*\))?", re.ASCII)
+_RANGE_COUNT = re.compile(rf"{_NUM}\s*-\s*{_NUM}\s*\[\s*(\d+)\s*\]", re.ASCII)
 # Single values: ASCII digits only (int() also reads '٣' and '1_000', which nobody means).
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -132,7 +133,7 @@ RANGE_HINT = "Give values separated by commas, or a range: 1-5, 1-5 (+2), 10-50 
 
 
 def _number(text: str, kind: type) -> int | float:
-    text = text.replace(" ", "").replace("\t", "")  # "- 5" in a range: A1111's pattern allows the space
+    text = "".join(text.split())  # "- 5" in a range: A1111's pattern allows the space
     return int(text) if kind is int else float(text)
 
 
@@ -273,8 +274,6 @@ def _model(raw: str, where: validate.Where, label: str) -> tuple[str, str, float
             raise UsageError(f"{label}: {validate.shown(value)} needs a number after '{SPO_LORA}:'.",
                              f"E.g. {SPO_LORA}:0.5 (the SPO LoRA at half strength on SDXL base).")
         scale, warnings = validate.lora_scale(float(written), where)
-        if not math.isfinite(scale):  # pragma: no cover - lora_scale refuses it
-            raise AssertionError(scale)
         return (SPO_LORA if ":" not in value else f"{SPO_LORA}:{scale:g}" if float(f"{scale:g}") == scale
                 else f"{SPO_LORA}:{scale!r}"), f"SPO LoRA x{_label_number(scale)}", scale, warnings
     shown = value.rstrip("/").split("/")[-1].strip()
@@ -473,6 +472,10 @@ def check_count(cells: int, yes: bool) -> None:
                          "Narrow an axis, or pass --yes to render them all.")
 
 
+# The image axes whose values a cell check reads (check_requests).
+CHECKED_AXES = ("steps", "size", "negative", "prompt-sr", "prompt-syntax", "strength")
+
+
 class _CellWhere(validate.Where):
     """Messages about a request the axes made name the swept settings by their axis (`--x steps`)
     and the others by their option, after naming the cell."""
@@ -509,7 +512,6 @@ def check_requests(axes: Sequence[Axis], rows: Sequence[tuple[str, ImageRequest]
     names = {f: a.title for a in image_axes for f in FIELDS[a.name]}
     sr = next((a for a in image_axes if a.name == "prompt-sr"), None)
     if sr is not None:  # what it makes is a prompt: "the prompt --x prompt-sr makes is empty"
-        names.setdefault("prompt", "")
         names["prompt"] = f"the prompt {sr.title} makes"
         if names.get("negative_prompt") == sr.title:
             names["negative_prompt"] = f"the negative prompt {sr.title} makes"
@@ -519,13 +521,16 @@ def check_requests(axes: Sequence[Axis], rows: Sequence[tuple[str, ImageRequest]
         if missing is not None:
             raise UsageError(f"{strength.title} sets how much of an input image is re-drawn, and {missing} has no "
                              "input image.", "Add --image (a prompt file's line can give its own image).")
+    # Guidance, scheduler, seed and emphasis enter no check: their values are not combined (a
+    # 1000-value guidance axis multiplies no work here), and the cell is named by the values that matter.
+    checked = [a for a in image_axes if a.name in CHECKED_AXES]
     seen: set = set()
     for where, base in rows:
-        for coords in itertools.product(*(range(len(a.values)) for a in image_axes)):
-            cell = " · ".join(a.labels[i] for a, i in zip(image_axes, coords)) + f" of {where}"
+        for coords in itertools.product(*(range(len(a.values)) for a in checked)):
+            cell = " · ".join(a.labels[i] for a, i in zip(checked, coords)) + f" of {where}"
             at = _CellWhere(cell, names)
             try:
-                r = apply_all(base, image_axes, coords)
+                r = apply_all(base, checked, coords)
                 key = (r.prompt, r.negative_prompt, r.prompt_syntax, r.steps, r.strength, r.width, r.height,
                        r.watermark, r.hires, r.image is None)
                 if key not in seen:
