@@ -245,6 +245,14 @@ def test_a_hostile_axis_of_100000_characters_is_refused_after_linear_work(monkey
     assert sum(laid) <= A.VALUES_MAX
 
 
+def test_expand_counts_the_values_before_it_reads_one(monkeypatch):
+    seen: list[int] = []
+    monkeypatch.setattr(A, "_RANGE_COUNT", _Counting(A._RANGE_COUNT, seen))
+    with pytest.raises(UsageError, match="--x steps lists 1,001 values"):
+        A.expand(["1-2"] * 1001, int, "--x steps")
+    assert seen == []
+
+
 def test_an_axis_longer_than_its_limit_is_refused_before_it_is_read():
     with pytest.raises(UsageError, match="100,001 characters long; the limit is 100,000"):
         A.parse_axis("x", "steps=" + "1" * (A.TEXT_MAX_CHARS - 5))
@@ -314,6 +322,15 @@ def test_a_random_seed_is_drawn_and_recorded_each_time_it_is_listed():
     axis = A.parse_axis("x", "seed=-1,-1,7")
     assert len(axis.values) == 3 and axis.values[2] == 7 and axis.values[0] != axis.values[1]
     assert all(0 <= s <= validate.SEED_MAX for s in axis.values) and axis.labels[0] == f"seed: {axis.values[0]}"
+
+
+def test_random_seeds_drawn_alike_are_drawn_again(monkeypatch):
+    draws = iter([5, 5, 7, 5, 7, 7, 9])
+    monkeypatch.setattr(validate, "random_seed", lambda: next(draws))
+    axis = A.parse_axis("x", "seed=-1,-1,-1")
+    assert axis.values == (5, 7, 9) and axis.labels == ("seed: 5", "seed: 7", "seed: 9")
+    with pytest.raises(UsageError, match="--x seed lists '5' twice"):  # a seed written twice is not drawn
+        A.parse_axis("x", "seed=5,5")
 
 
 @pytest.mark.parametrize("text, says", [

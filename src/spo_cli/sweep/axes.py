@@ -358,14 +358,19 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
             if e.hint is None:
                 e.hint = f"Each value of {label} is checked as the option would check it; fix or drop this one."
             raise
-        random_seed = name == "seed" and raw in (validate.SEED_RANDOM, str(validate.SEED_RANDOM))
+        if name == "seed" and raw in (validate.SEED_RANDOM, str(validate.SEED_RANDOM)):
+            for _ in range(VALUES_MAX):  # -1,-1 is two random seeds: two draws alike would be one cell twice
+                if v not in values:
+                    break
+                v = validate.random_seed()
+            shown = f"seed: {v}"
         if name == "model":  # spo-lora and spo-lora:1 are one column
             key = (SPO_LORA, float(v.split(":", 1)[1]) if ":" in v else 1.0) if v.startswith(SPO_LORA) else v
             if key in scales:
                 raise UsageError(f"{label} lists {validate.shown(raw)}, the same model as an earlier value.",
                                  "List each model once.")
             scales.append(key)
-        if not random_seed and (v in values or shown in labels):
+        if v in values or shown in labels:
             same = v in values
             raise UsageError(f"{label} lists {validate.shown(raw)} " + (
                 "twice" if same else f"and another value that the grid would label alike ({validate.shown(shown)})")
