@@ -373,8 +373,8 @@ def test_a_bad_value_is_refused_naming_the_slot_the_axis_and_the_value_with_a_hi
     ("prompt-sr=fox,fox", "--x prompt-sr lists 'fox' twice"),
     ("model=spo-lora,spo-lora:1", "--x model lists 'spo-lora:1', the same model as an earlier value"),
     ("model=a/x,b/x", "--x model lists 'b/x' and another value that the grid would label alike ('x')"),
-    ("guidance=0.3,0-0.3 (+0.1)", "--x guidance lists 0.30000000000000004 and another value that the grid would "
-                                  "label alike ('guidance: 0.3')"),
+    ("guidance=0.3,0-0.3 (+0.1)", ("--x guidance lists 0.30000000000000004 and another value that the grid would "
+                                   "label alike ('guidance: 0.3')")),
     ("size=512x512, 512x512", "--x size lists '512x512' twice"),
     ("steps=1-2 [3]", "--x steps lists 1 twice"),
 ])
@@ -385,8 +385,8 @@ def test_a_value_listed_twice_is_refused(text, says):
 
 
 def test_what_the_option_warns_about_the_axis_warns_about():
-    assert A.parse_axis("x", "lora-scale=0,3").warnings == ("--x lora-scale value 3 is outside ±2, where LoRAs "
-                                                            "usually break the image.",)
+    assert A.parse_axis("x", "lora-scale=0,3").warnings == (
+        "--x lora-scale value 3 is outside ±2, where LoRAs usually break the image.",)
     assert "--x size: 512×512 is far from SDXL's training size" in A.parse_axis("x", "size=512x512").warnings[0]
     assert A.parse_axis("x", "size=1024x1024").warnings == ()
     assert A.parse_axis("x", "size=8192x8192", size_limit=False).values == ((8192, 8192),)  # --no-size-limit

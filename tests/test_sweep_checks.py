@@ -89,7 +89,7 @@ def probed(tmp_path_factory):
 @pytest.mark.slow  # one subprocess for every case
 @pytest.mark.parametrize("name", list(SAYS))
 def test_a_bad_sweep_is_refused_with_exit_2_in_one_paragraph_before_torch(probed, name):
-    root, cases, stderrs = probed
+    _, cases, stderrs = probed
     *said, status = stderrs[name].rstrip("\n").split("\n")
     assert status == "EXIT:2:HEAVY:", (status, said)
     assert len(said) == 1 and said[0].startswith(SAYS[name]), said

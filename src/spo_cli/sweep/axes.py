@@ -212,14 +212,14 @@ def expand(values: list[str], kind: type, label: str) -> list:
             n = max(0, -((start - (end + 1)) // stride))  # len(range(...)), without laying it out
             if stride < 0 and n:
                 _descending(value, start, end, stride, n, label)
-            laid = lambda: list(range(start, end + 1, stride))  # noqa: E731 - laid out once counted
+            laid = range(start, end + 1, stride)  # lazy: laid out below, once counted
         else:  # A1111: numpy.arange(start, end + step, step), which may end past `end` (its count is a ceil)
             stop = end + stride
             ratio = (stop - start) / stride
             if not math.isfinite(ratio):
                 raise UsageError(f"{label}: {validate.shown(value)} lays out too many values.", RANGE_HINT)
             n = max(0, math.ceil(ratio))
-            laid = lambda: _arange(start, stop, stride, n)  # noqa: E731
+            laid = None
         if n == 0:
             raise UsageError(f"{label}: {validate.shown(value)} holds no value (a step of "
                              f"{stride:g} never reaches {end:g}).",
@@ -228,7 +228,7 @@ def expand(values: list[str], kind: type, label: str) -> list:
         if len(out) + n > VALUES_MAX:
             raise UsageError(f"{label}: {validate.shown(value)} lays out {n:,} values; an axis takes at most "
                              f"{VALUES_MAX:,} in all.", "Use a larger step, or a count: 10-50 [5].")
-        out += laid()
+        out += list(laid) if laid is not None else _arange(start, stop, stride, n)
     return out
 
 
