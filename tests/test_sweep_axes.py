@@ -454,6 +454,25 @@ def test_an_axis_and_an_option_that_set_the_same_thing_are_refused(axis, option)
     A.parse_axes(f"{axis}={value}", None, None, given={"out", "prompt"})  # alone: fine
 
 
+def test_the_options_given_are_those_typed_not_their_defaults():
+    from typer.testing import CliRunner
+
+    seen = []
+    demo = typer.Typer()
+
+    @demo.command()
+    def run(ctx: typer.Context, steps: int = 30, seed: int = 0, negative: str = "",
+            x: str = typer.Option(None, "--x")):
+        seen.append(A.given_options(ctx))
+
+    @demo.command()
+    def other():  # two commands: typer then parses a subcommand, as spo's app does
+        pass
+
+    assert CliRunner().invoke(demo, ["run", "--x", "steps=1,2", "--seed", "0"]).exit_code == 0
+    assert seen == [{"x", "seed"}]  # --seed 0 is given, though 0 is its default
+
+
 def test_a_strength_written_in_a_model_value_beside_a_lora_scale_axis_is_refused():
     with pytest.raises(UsageError, match="--x model value 'spo-lora:0.5' sets the LoRA strength that --y lora-scale "
                                          "sweeps"):

@@ -1,6 +1,6 @@
 """Sweep axes: `--x steps=20,30,50`, `--y "prompt-sr=red fox,arctic fox"`, `--z guidance=3-7 (+2)`.
 
-Value lists are read as A1111's X/Y/Z plot reads them (scripts/xyz_grid.py, 1.7 and later):
+Value lists are read as A1111's X/Y/Z plot reads them (scripts/xyz_grid.py, its recent versions):
 CSV with quotes and `skipinitialspace` ("a, b" is one value), each value stripped, empty values
 kept (Prompt S/R uses one to remove a word). Whole-number axes take `1-5` (range(1, 5 + 1)), `1-5 (+2)`
 (a signed step) and `10-50 [5]` (numpy.linspace, truncated to whole numbers); decimal axes
@@ -379,6 +379,14 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
         labels.append(shown)
         warnings += more
     return Axis(slot, name, tuple(values), tuple(labels), tuple(dict.fromkeys(warnings)))
+
+
+def given_options(ctx) -> set[str]:
+    """The parameters of a typer/click context that the user gave (command line or environment), as
+    `parse_axes` wants them. By the source's name: typer vendors its own click, whose ParameterSource
+    is not click.core's, so comparing with click's enum would call every option given."""
+    return {n for n in ctx.params
+            if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
 
 
 def parse_axes(x: str | None, y: str | None, z: str | None, *, given: Iterable[str] = frozenset(),
