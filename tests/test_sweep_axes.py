@@ -253,6 +253,14 @@ def test_expand_counts_the_values_before_it_reads_one(monkeypatch):
     assert seen == []
 
 
+def test_ranges_past_a_float_are_refused_should_numbers_grow_longer(monkeypatch):
+    monkeypatch.setattr(A, "NUMBER_MAX_CHARS", 1000)
+    with pytest.raises(UsageError, match="not a range of finite numbers"):
+        A.expand(["1-" + "9" * 400], float, "--x guidance")
+    with pytest.raises(UsageError, match="lays out too many values"):
+        A.expand([f"-{'9' * 300}-{'9' * 300} (+0.{'0' * 300}1)"], float, "--x guidance")
+
+
 def test_an_axis_longer_than_its_limit_is_refused_before_it_is_read():
     with pytest.raises(UsageError, match="100,001 characters long; the limit is 100,000"):
         A.parse_axis("x", "steps=" + "1" * (A.TEXT_MAX_CHARS - 5))
@@ -307,6 +315,8 @@ def test_axes_is_pure():
     ("Prompt S/R=red,blue,", ("red", "blue", ""), ("red", "blue", '""')),
     ("prompt_syntax=plain,a1111", ("plain", "a1111"), ("prompt-syntax: plain", "prompt-syntax: a1111")),
     ("emphasis=original,none-norm", ("original", "none-norm"), None),
+    ("model=spo-lora,spo-lora-mine,spo-lora:2", ("spo-lora", "spo-lora-mine", "spo-lora:2"), (
+        "SPO LoRA x1", "spo-lora-mine", "SPO LoRA x2")),
     ("checkpoint=base,spo,spo-lora:.5,spo-lora,org/my-sdxl/,./mine",
      ("base", "spo", "spo-lora:0.5", "spo-lora", "org/my-sdxl/", "./mine"),
      ("SDXL base", "SPO-SDXL", "SPO LoRA x0.5", "SPO LoRA x1", "my-sdxl", "mine")),

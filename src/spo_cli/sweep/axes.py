@@ -164,7 +164,7 @@ def _listing(values: range, limit: int = 6) -> str:
     return ",".join(shown) + (",…" if len(values) > limit else "")
 
 
-def _descending(value: str, start: int, end: int, stride: int, n: int, label: str) -> None:
+def _descending(value: str, start: int, end: int, stride: int, label: str) -> None:
     """A1111's whole-number range with a negative step, range(start, end + 1, step), stops short of
     `end` (its decimal ranges do not): refused where that reading and one down to `end` differ."""
     a1111, down = range(start, end + 1, stride), range(start, end - 1, stride)
@@ -195,7 +195,7 @@ def expand(values: list[str], kind: type, label: str) -> list:
             raise UsageError(f"{label}: {validate.shown(value)} has a decimal point, and this axis takes whole "
                              "numbers.", "E.g. 10-50 [5], 1-5 or 1-5 (+2).")
         start, end = _number(m.group(1), kind), _number(m.group(2), kind)
-        if not (math.isfinite(start) and math.isfinite(end)):
+        if not (math.isfinite(start) and math.isfinite(end)):  # 310 digits and more: if NUMBER_MAX_CHARS grows
             raise UsageError(f"{label}: {validate.shown(value)} is not a range of finite numbers.", RANGE_HINT)
         if count:
             n = int(m.group(3))
@@ -211,12 +211,12 @@ def expand(values: list[str], kind: type, label: str) -> list:
         if kind is int:  # A1111: range(start, end + 1, step)
             n = max(0, -((start - (end + 1)) // stride))  # len(range(...)), without laying it out
             if stride < 0 and n:
-                _descending(value, start, end, stride, n, label)
+                _descending(value, start, end, stride, label)
             laid = range(start, end + 1, stride)  # lazy: laid out below, once counted
         else:  # A1111: numpy.arange(start, end + step, step), which may end past `end` (its count is a ceil)
             stop = end + stride
             ratio = (stop - start) / stride
-            if not math.isfinite(ratio):
+            if not math.isfinite(ratio):  # as above: then math.ceil would raise OverflowError
                 raise UsageError(f"{label}: {validate.shown(value)} lays out too many values.", RANGE_HINT)
             n = max(0, math.ceil(ratio))
             laid = None
@@ -365,7 +365,8 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
                 v = validate.random_seed()
             shown = f"seed: {v}"
         if name == "model":  # spo-lora and spo-lora:1 are one column
-            key = (SPO_LORA, float(v.split(":", 1)[1]) if ":" in v else 1.0) if v.startswith(SPO_LORA) else v
+            lora = v == SPO_LORA or v.startswith(SPO_LORA + ":")  # not a repo named spo-lora-mine
+            key = (SPO_LORA, float(v.split(":", 1)[1]) if ":" in v else 1.0) if lora else v
             if key in scales:
                 raise UsageError(f"{label} lists {validate.shown(raw)}, the same model as an earlier value.",
                                  "List each model once.")
