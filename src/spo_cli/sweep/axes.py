@@ -34,8 +34,8 @@ from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest
 
 SLOTS = ("x", "y", "z")
-CELLS_MAX = 10_000  # rendered images in one sweep, unless --yes
-VALUES_MAX = 1_000  # values on one axis (after ranges are laid out)
+CELLS_MAX = validate.SWEEP_CELLS_MAX  # rendered images in one sweep, unless --yes
+VALUES_MAX = validate.AXIS_VALUES_MAX  # values on one axis (after ranges are laid out)
 TEXT_MAX_CHARS = 100_000  # one axis as written (under csv's field limit, 131,072)
 NUMBER_MAX_CHARS = 100  # one value of a numeric axis, a range included: longer is no number anyone types
 
