@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow  # pipelines: not in the fast tier
 PROMPT = "a red fox in the snow"
 # 32×32 and one step where the axis allows: the pixels are compared, so the smallest image does.
 TINY = ["--width", "32", "--height", "32", "--steps", "1", "--device", "cpu"]
+NO_CFG = ["--guidance", "1"]  # one UNet pass per step instead of two, where guidance is not what is tested
 SIZE = ["--width", "32", "--height", "32", "--device", "cpu"]  # for sweeps over steps
 
 
@@ -140,31 +141,30 @@ def test_a_cell_replays(xyz, tmp_path):
 
 def test_base_spo_steps_by_guidance(hub_cache, tmp_path):
     """Example 1: --base --spo --x steps=… --y guidance=… --seeds …: the implicit model columns inside each X."""
-    summary = sweep(tmp_path, *SIZE, "--base", "--spo", "--x", "steps=1,2", "--y", "guidance=3", "--seeds", "1-2")
+    summary = sweep(tmp_path, *SIZE, "--base", "--spo", "--x", "steps=1,2", "--y", "guidance=3", "--seeds", "1")
     index = summary["index_data"]
-    assert summary["rendered"] == 8 and len(index["sweep"]["cells"]) == 8
+    assert summary["rendered"] == 4 and len(index["sweep"]["cells"]) == 4
     assert [d["name"] for d in index["sweep"]["dims"]] == ["steps", "guidance", "model"]
     [page] = summary["grid"]
     from spo_cli import grid
 
-    with Image.open(page) as im:  # 2 steps × 2 models across, 1 guidance × 2 seeds down
-        assert im.size == grid.layout((32, 32), 4, 2).size
-    [c] = [c for c in cells_at(index, steps="steps: 2", guidance="guidance: 3", model="SDXL base")
-           if c["settings"]["seed"] == 2]
-    made = generate(tmp_path / "gen", *SIZE, "--model", "base", "--steps", "2", "--guidance", "3", "--seed", "2")
+    with Image.open(page) as im:  # 2 steps × 2 models across, 1 guidance × 1 seed down
+        assert im.size == grid.layout((32, 32), 4, 1).size
+    c = one(index, steps="steps: 2", guidance="guidance: 3", model="SDXL base")
+    made = generate(tmp_path / "gen", *SIZE, "--model", "base", "--steps", "2", "--guidance", "3", "--seed", "1")
     same(tmp_path, c, made)
 
 
 def test_prompt_sr_by_lora_scale(hub_cache, tmp_path):
     """Example 3: "a red fox" --spo --x "prompt-sr=red fox,arctic fox" --y lora-scale=…: SPO at each strength
     is SDXL base + the SPO LoRA, and prompt S/R rewrites the prompt."""
-    summary = sweep(tmp_path, *TINY, "--spo", "--seeds", "1", "--x", "prompt-sr=red fox,arctic fox",
+    summary = sweep(tmp_path, *TINY, *NO_CFG, "--spo", "--seeds", "1", "--x", "prompt-sr=red fox,arctic fox",
                     "--y", "lora-scale=0.5,1")
     index = summary["index_data"]
     assert [c["label"] for c in index["columns"]] == ["SPO LoRA x0.5", "SPO LoRA x1"]
     c = one(index, prompt_sr="arctic fox", lora_scale="lora-scale: 0.5")
     assert c["settings"]["prompt"] == "a arctic fox in the snow" and c["settings"]["lora_scale"] == 0.5
-    made = generate(tmp_path / "gen", *TINY, "--model", "spo-lora", "--lora-scale", "0.5", "--seed", "1",
+    made = generate(tmp_path / "gen", *TINY, *NO_CFG, "--model", "spo-lora", "--lora-scale", "0.5", "--seed", "1",
                     prompt="a arctic fox in the snow")
     same(tmp_path, c, made)
 
@@ -199,18 +199,18 @@ def test_scheduler_and_negative_over_a_prompt_file(hub_cache, tmp_path):
 # -- every axis: a cell equals `spo generate` with its settings ------------------------------------
 
 def test_seed_size_axes(hub_cache, tmp_path):
-    summary = sweep(tmp_path, "--steps", "1", "--device", "cpu", "--spo", "--x", "seed=3,4",
+    summary = sweep(tmp_path, "--steps", "1", *NO_CFG, "--device", "cpu", "--spo", "--x", "seed=3,4",
                     "--y", "size=32x32,24x32")
     index = summary["index_data"]
     assert summary["rendered"] == 4
     c = one(index, seed="seed: 4", size="size: 24x32")
-    same(tmp_path, c, generate(tmp_path / "a", "--steps", "1", "--seed", "4", "--width", "24", "--height", "32"))
+    same(tmp_path, c, generate(tmp_path / "a", "--steps", "1", *NO_CFG, "--seed", "4", "--width", "24", "--height", "32"))
 
 
 def test_prompt_syntax_emphasis_strength_axes(hub_cache, tmp_path):
     Image.new("RGB", (32, 32), (200, 60, 30)).save(tmp_path / "in.png")
     prompt = "a (red:1.4) fox, snow"
-    args = [*SIZE, "--steps", "2", "--image", str(tmp_path / "in.png")]
+    args = [*SIZE, *NO_CFG, "--steps", "2", "--image", str(tmp_path / "in.png")]
     summary = sweep(tmp_path / "out", *args, "--seeds", "1", "--spo", "--x", "strength=0.5,1", "--y", "prompt-syntax=a1111,plain",
                     "--z", "emphasis=original,none-norm", prompt=prompt)
     index = summary["index_data"]
@@ -228,3 +228,26 @@ def test_no_axis_leaves_compare_as_it_was(hub_cache, tmp_path):
     summary = sweep(tmp_path, *TINY, "--spo", "--seeds", "1")
     assert "sweep" not in summary["index_data"]
     assert [Path(p).name for p in summary["grid"]] == ["a-red-fox-in-the-snow-grid.png"]
+
+
+def test_refused_before_torch(tmp_path):
+    """What the sweep checks is refused with exit 2, in one message, before torch is imported."""
+    from tests.conftest import probe_cli
+
+    out = ["--out", str(tmp_path / "never")]
+    cases = {
+        "--versus 'seed' is not an axis of this sweep": ["--x", "steps=1,2", "--versus", "seed"],
+        "--versus names the sweep axis --score compares across, and no --x is given": ["--versus", "steps"],
+        "this row has no input image": ["--x", "strength=0.5,1"],
+        "This sweep renders 40,000 images": ["--x", "steps=1-1000", "--y", "guidance=1-20"],
+        "'cat' is not in the prompt": ["--x", "prompt-sr=cat,dog"],
+        "--x steps sweeps what --steps sets": ["--x", "steps=1,2", "--steps", "3"],
+        "--x model sweeps what --spo sets": ["--x", "model=base,spo", "--spo"],
+        "too small for --watermark": ["--watermark", "--x", "size=512x512,64x64"],
+        "Two columns would be labelled alike": ["--x", "model=spo-lora,spo-lora:1"],
+    }
+    said = probe_cli({k: ["compare", PROMPT, *out, *v] for k, v in cases.items()})
+    for words, text in said.items():
+        assert text.strip().endswith("EXIT:2:HEAVY:"), (words, text)
+        assert words in " ".join(text.split()) and "Traceback" not in text, (words, text)
+    assert not (tmp_path / "never").exists()
