@@ -117,16 +117,21 @@ def test_xyz_cells_equal_generate(xyz, tmp_path):
 
 @pytest.mark.xdist_group("sweep")
 def test_rerun_renders_only_missing_or_changed_cells(xyz, tmp_path):
-    src, _ = xyz
+    src, first = xyz
     out = tmp_path / "again"
     shutil.copytree(src, out)
-    again = sweep(out, *SIZE, "--seeds", "1", "--x", "model=base,spo", "--y", "steps=1-2 [2]", "--z", "guidance=3,7")
+    args = [*SIZE, "--seeds", "1", "--x", "model=base,spo", "--y", "steps=1-2 [2]", "--z", "guidance=3,7"]
+    again = sweep(out, *args)
     assert (again["rendered"], again["reused"]) == (0, 8) and again["bytes_loaded"] == 0
-    # one new guidance value: its 4 cells alone are rendered
-    wider = sweep(out, *SIZE, "--seeds", "1", "--x", "model=base,spo", "--y", "steps=1-2 [2]",
-                  "--z", "guidance=3,7,9")
-    assert (wider["rendered"], wider["reused"]) == (4, 8)
-    assert len(wider["grid"]) == 4  # three Z grids and the contact sheet
+    # a missing cell is rendered again, alone, and comes out the same
+    gone = one(first["index_data"], model="SPO-SDXL", steps="steps: 2", guidance="guidance: 7")
+    (out / gone["image"]).unlink()
+    again = sweep(out, *args)
+    assert (again["rendered"], again["reused"]) == (1, 7)
+    assert np.array_equal(pixels(out / gone["image"]), pixels(src / gone["image"]))
+    # a changed value (steps 2 → 3): the 4 cells at steps 1 are reused, the 4 at steps 3 rendered
+    again = sweep(out, *SIZE, "--seeds", "1", "--x", "model=base,spo", "--y", "steps=1,3", "--z", "guidance=3,7")
+    assert (again["rendered"], again["reused"]) == (4, 4)
 
 
 @pytest.mark.xdist_group("sweep")
