@@ -96,11 +96,19 @@ def test_count_refused_past_the_limit_unless_yes():
     assert len(p.columns) * len(p.rows) == 10_100
 
 
+def _image():
+    from spo_cli.request import InputImage
+
+    return InputImage(path="/nowhere/in.png", sha256="0" * 64, width=64, height=64, bytes=1)
+
+
 def test_rechecked_as_a_whole():
     with pytest.raises(UsageError, match="no input image"):
         layout("strength=0.5,1")
     with pytest.raises(UsageError, match="too small for --watermark"):
-        layout("size=512x512,64x64", base_rows=rows(watermark=True))
+        layout("size=512x512,64x64", base_rows=rows(watermark=True, width=512, height=512))
+    with pytest.raises(UsageError, match="runs 0.50 denoising steps"):
+        layout("steps=4,1", base_rows=rows(strength=0.5, image=_image()))
     with pytest.raises(UsageError, match="is not in the prompt"):
         layout("prompt-sr=cat,dog")
 
@@ -134,6 +142,8 @@ def test_settings_and_labelled_sidecar_axes():
         "column": "SPO LoRA x0.5", "axes": {"model": "SPO-SDXL", "lora-scale": "lora-scale: 0.5", "steps": "steps: 2"}}
     s = plan.settings(cols[c.column], rws[c.row])
     assert (s["model"], s["lora_scale"], s["steps"], s["strength"]) == ("SPO LoRA x0.5", 0.5, 2, None)
+    base = layout("steps=1,2", cols=columns(spo=None))
+    assert plan.settings(base.columns[0], base.rows[0])["lora_scale"] is None  # no LoRA, no strength
     scored = plan.scored_cells(p, [[{"m": float(ri)}] for ri in range(len(p.rows))])
     assert [(s.coords, s.base_row, s.group, s.scores) for s in scored] == [
         (c.coords, 0, "a red fox", {"m": float(c.row)}) for c in p.cells]
