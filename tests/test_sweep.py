@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from spo_cli.cli import app
+from tests.test_scores import score_cache  # noqa: F401 - the tiny scorers, a fixture
 
 pytestmark = pytest.mark.slow  # pipelines: not in the fast tier
 
@@ -174,6 +175,7 @@ def test_prompt_sr_by_lora_scale(hub_cache, tmp_path):
     same(tmp_path, c, made)
 
 
+@pytest.mark.usefixtures("score_cache")
 def test_scheduler_and_negative_over_a_prompt_file(hub_cache, tmp_path):
     """Example 2: --prompts prompts.txt --spo --x scheduler=… (--score: the same cells, scored)."""
     f = tmp_path / "prompts.txt"
@@ -194,11 +196,20 @@ def test_scheduler_and_negative_over_a_prompt_file(hub_cache, tmp_path):
     assert c["settings"]["negative"] is None
     same(tmp_path / "out", c, generate(tmp_path / "b", *TINY, "--seed", "0", "--scheduler", "euler",
                                        prompt="a red fox"))
-    pytest.importorskip("spo_cli.scores.sweep")
-    r = invoke("compare", "--out", str(tmp_path / "out"), "--json", "--quiet", *args, "--score", "--metric", "tiny")
+    pytest.importorskip("spo_cli.scores.sweep")  # helper sweep-score's module, joined at the merge
+    r = invoke("compare", "--out", str(tmp_path / "out"), "--json", "--quiet", *args, "--score", "--metric",
+               "pickscore")
     assert r.exit_code == 0, r.output
     scored = json.loads(r.stdout)
+    # one model: the scores compare the X axis, the schedulers, overall and at each negative prompt
     assert scored["reused"] == 8 and scored["scores"]["sweep"]["versus"] == "scheduler"
+    assert [e["value"] for e in scored["scores"]["sweep"]["by_axis"]["negative"]] == ["negative: none",
+                                                                                   "negative: blurry"]
+    index = json.loads(Path(scored["index"]).read_text())
+    assert all(isinstance(c["scores"]["pickscore"], float) for c in index["sweep"]["cells"])
+    assert "scheduler" in (tmp_path / "out" / "prompts-report.md").read_text()
+    with Image.open(tmp_path / "out" / "prompts-negative.png") as im:
+        assert im.width > 100
 
 
 # -- every axis: a cell equals `spo generate` with its settings ------------------------------------

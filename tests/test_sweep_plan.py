@@ -8,7 +8,8 @@ from spo_cli.cli import options as opts
 from spo_cli.comparison import build_columns, build_rows
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest
-from spo_cli.sweep import axes as ax, plan
+from spo_cli.sweep import axes as ax
+from spo_cli.sweep import plan
 
 DEFAULTS = ImageRequest(prompt="", seed=0, width=64, height=64, steps=2)
 
@@ -81,6 +82,8 @@ def test_versus_defaults_to_model_then_x_and_must_be_swept():
         layout("steps=1,2", versus="seed")
     with pytest.raises(UsageError, match="not an axis"):
         layout("steps=1,2", cols=columns(base=None), versus="model")  # one model: nothing to compare
+    with pytest.raises(UsageError, match="with two values or more"):
+        layout("steps=1,2", "guidance=3", versus="guidance")
 
 
 def test_count_refused_past_the_limit_unless_yes():
@@ -137,6 +140,8 @@ def test_settings_and_labelled_sidecar_axes():
     cols, rws = plan.labelled(p)
     from spo_cli.comparison import cell_extra
 
+    base = layout("lora-scale=0.5,1", cols=columns(spo=None))  # SDXL base: one column at both strengths
+    assert plan.labelled(base)[0][0].axes == (("model", "SDXL base"),)
     c = p.cells[-1]
     assert cell_extra(cols[c.column], rws[c.row]) == {
         "column": "SPO LoRA x0.5", "axes": {"model": "SPO-SDXL", "lora-scale": "lora-scale: 0.5", "steps": "steps: 2"}}

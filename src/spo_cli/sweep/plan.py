@@ -84,7 +84,7 @@ def has_lora(request) -> bool:
 def model_kw(value: str, where: str) -> dict:
     """One value of a `model` axis, in `spo eval --columns` grammar (base, spo, spo-lora,
     spo-lora:0.5, a repo or a folder) → build_columns' arguments for that one column."""
-    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None)
+    kw = {"base": None, "spo": None, "spo_lora": None, "models": [], "labels": [], "scales": [], "lora_scale": None}
     if value == "base":
         kw["base"] = True
     elif value == "spo":
@@ -193,13 +193,14 @@ def bound(axes: list[ax.Axis], n_base_rows: int, n_implicit_models: int) -> int:
 
 
 def default_versus(dims: tuple[Dim, ...], axes: tuple[ax.Axis, ...], versus: str | None) -> str:
+    """The dim --score compares across: the one named (it must have two values or more: the scores
+    pair its values), else `model` when it has two or more, else the X axis."""
     names = [d.name for d in dims]
     if versus is not None:
         name = ax.canonical(versus) or versus
-        if name not in names or (name == "model" and not any(a.name == "model" for a in axes)
-                                 and len(dims[names.index("model")].labels) < 2):
+        if name not in names or len(dims[names.index(name)].labels) < 2:
             swept = [d.name for d in dims if len(d.labels) >= 2]
-            raise UsageError(f"--versus {validate.shown(versus)} is not an axis of this sweep.",
+            raise UsageError(f"--versus {validate.shown(versus)} is not an axis of this sweep with two values or more.",
                              f"Name one of: {', '.join(swept)}.")
         return name
     model = dims[names.index("model")]
@@ -262,13 +263,15 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
 
 
 def column_axes(plan: Plan) -> list[dict[str, str]]:
-    """Per column, the model and lora-scale labels of the first cell it renders."""
+    """Per column, the model and lora-scale labels of the first cell it renders; no lora-scale for a
+    column without a LoRA (it is the same column at every strength)."""
     out: list[dict | None] = [None] * len(plan.columns)
     names = [d.name for d in plan.dims]
     for cell in plan.cells:
         if out[cell.column] is None:
+            lora = has_lora(plan.columns[cell.column].request)
             out[cell.column] = {n: plan.dims[k].labels[cell.coords[k]] for k, n in enumerate(names)
-                                if n in ax.MODEL_AXES}
+                                if n == "model" or (n == "lora-scale" and lora)}
     return [o or {} for o in out]
 
 
