@@ -13,10 +13,10 @@ from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, short
 from spo_cli.comparison import Column, Scoring, build_columns, build_rows, cell_entry, render_columns, score_cells, \
     write_grids
-from spo_cli.sweep import axes as sweep_axes
 from spo_cli.errors import EXIT_FAILURE, UsageError
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageTask
+from spo_cli.sweep import axes as sweep_axes
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -321,7 +321,9 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
             scoring.print_summary(ui, scored["summary"])
         ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
                  + [(str(index_path), "cells, sidecars, set-up log" + (", scores" if scored else "")),
-                    (str(cells_dir), "full-size cells")])
+                    (str(cells_dir), "full-size cells")]
+                 + ([(str(out / f"{stem}-report.md"), "scores per axis value")] if sweep is not None and scored
+                    else []))
     return EXIT_FAILURE if failed or (scored and scored["errors"]) else 0
 
 
