@@ -17,7 +17,14 @@ against the sum over the `spo generate` runs of `ResolvedModel.nbytes()` (everyt
 Uses the tiny random SDXL (real architecture, toy width): it measures loading and the tool's overhead,
 not SDXL's denoising.
 
-    python benchmarks/bench_compare.py [--dtype fp32|fp16] [--size 128] [--steps 4] [--repeat 1]
+The sweep row: a 3×3 X/Y sweep of one model,
+
+    spo compare PROMPT --spo --x steps=2,3,4 --y guidance=3,5,7 --seeds 1 ...
+
+against the nine `spo generate --model spo --steps S --guidance G --seed 1` runs that make the same
+nine images (each a fresh process loading SPO-SDXL).
+
+    python benchmarks/bench_compare.py [--dtype fp32|fp16] [--size 128] [--steps 4] [--repeat 1] [--part all|columns|sweep]
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from common import machine, offline_cache, timed  # noqa: E402
 PROMPT = "a child and a penguin sitting on the moon"
 SEEDS = [1, 2]
 SCALES = [0, 0.5, 1]
+SWEEP_STEPS, SWEEP_GUIDANCE = (2, 3, 4), (3, 5, 7)
 DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 # The weights each `spo generate` run loads, computed in a process whose HF_* environment points at
@@ -87,6 +95,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs of both sides; the table shows medians")
+    ap.add_argument("--part", choices=("all", "columns", "sweep"), default="all")
     args = ap.parse_args()
 
     work, env = offline_cache()
@@ -94,6 +103,51 @@ def main() -> None:
     spo = [sys.executable, "-m", "spo_cli"]
     common = ["--width", str(args.size), "--height", str(args.size), "--steps", str(args.steps),
               "--device", "cpu", "--dtype", args.dtype]
+    print(f"\nMachine: {machine()}")
+    if args.part in ("all", "columns"):
+        columns(args, spo, common, env, out)
+    if args.part in ("all", "sweep"):
+        sweep(args, spo, env, out)
+
+
+def sweep(args, spo: list[str], env: dict, out: Path) -> None:
+    """A 3×3 steps × guidance sweep of SPO-SDXL in one `spo compare` against 9 `spo generate` runs."""
+    common = ["--width", str(args.size), "--height", str(args.size), "--device", "cpu", "--dtype", args.dtype]
+    cells = [(s, g) for g in SWEEP_GUIDANCE for s in SWEEP_STEPS]
+    compare_times, generate_times = [], []
+    report = None
+    for r in range(args.repeat):
+        t, report = run_compare([*spo, "compare", PROMPT, "--spo", "--x", "steps=" + ",".join(map(str, SWEEP_STEPS)),
+                                 "--y", "guidance=" + ",".join(map(str, SWEEP_GUIDANCE)), "--seeds", "1", *common,
+                                 "--out", str(out / f"sweep-{r}"), "--json"], env)
+        if report["rendered"] != len(cells) or report["failed"]:
+            sys.exit(f"spo compare did not render every cell of the sweep: {report}")
+        compare_times.append(t)
+        generate_times.append(sum(
+            timed([*spo, "generate", PROMPT, "--model", "spo", "--steps", str(s), "--guidance", str(g), "--seed", "1",
+                   *common, "--out", str(out / f"sweep-generate-{r}-{k}"), "--quiet"], env)
+            for k, (s, g) in enumerate(cells)))
+    proc = subprocess.run([sys.executable, "-c", NBYTES, DTYPES[args.dtype], json.dumps([["spo", 1.0]])],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"could not resolve the model:\n{proc.stderr[-3000:]}")
+    one = json.loads(proc.stdout)[0]["nbytes"]
+    t_cmp, t_gen = statistics.median(compare_times), statistics.median(generate_times)
+    b_cmp, b_gen = report["bytes_loaded"], one * len(cells)
+    print(f"\nSweep: SPO-SDXL, steps {SWEEP_STEPS} × guidance {SWEEP_GUIDANCE} = {len(cells)} images, "
+          f"{args.size}×{args.size}, seed 1, tiny random SDXL, {DTYPES[args.dtype]} CPU; "
+          f"{'median of ' + str(args.repeat) + ' interleaved runs' if args.repeat > 1 else 'one run'}\n")
+    print("| run | processes | wall s | s/image | weights loaded |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| spo compare --spo --x steps={','.join(map(str, SWEEP_STEPS))} --y guidance="
+          f"{','.join(map(str, SWEEP_GUIDANCE))} | 1 | {t_cmp:.2f} | {t_cmp / len(cells):.3f} | "
+          f"{b_cmp:,} B ({mib(b_cmp)}) |")
+    print(f"| {len(cells)} × spo generate (one per cell) | {len(cells)} | {t_gen:.2f} | {t_gen / len(cells):.3f} | "
+          f"{b_gen:,} B ({mib(b_gen)}) |")
+    print(f"| ratio generate / compare | | {t_gen / t_cmp:.2f}× | | {b_gen / b_cmp:.2f}× |")
+
+
+def columns(args, spo: list[str], common: list[str], env: dict, out: Path) -> None:
     configs = generate_configs()
 
     compare_times, generate_times, per_run = [], [], [[] for _ in configs]
@@ -126,7 +180,6 @@ def main() -> None:
     b_gen_read = sum(x["safetensors_read"] for x in loads)
     n_images = len(configs) * len(SEEDS)
 
-    print(f"\nMachine: {machine()}")
     print(f"Work: {len(configs)} columns × {len(SEEDS)} seeds = {n_images} images, {args.size}×{args.size}, "
           f"{args.steps} steps, tiny random SDXL, {DTYPES[args.dtype]} CPU; "
           f"{'median of ' + str(args.repeat) + ' interleaved runs' if args.repeat > 1 else 'one run'}\n")

@@ -39,6 +39,14 @@ class Column:
     label: str
     request: ModelRequest
     folder: str  # under OUT/cells/
+    axes: tuple[tuple[str, str], ...] = ()  # in a sweep: its model and lora-scale values, (axis, label)
+
+
+def cell_extra(column: Column, task: ImageTask) -> dict:
+    """A cell sidecar's extra["compare"]: its column, and in a sweep its axis values (the column's
+    and the row's, which `sweep.plan.labelled` put there)."""
+    axes = {**dict(column.axes), **task.extra.get("axes", {})}
+    return {"column": column.label, **({"axes": axes} if axes else {})}
 
 
 def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, models: list[str], labels: list[str],
@@ -241,7 +249,7 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                 engine = bank.engine(resolved[ci], needed_later=later)
                 folder = cells_dir / columns[ci].folder
                 tasks = [replace(rows[i], spec_hash=hashes[ci][i], overwrite=True,
-                                 extra={"compare": {"column": columns[ci].label},
+                                 extra={"compare": cell_extra(columns[ci], rows[i]),
                                         **metadata.kept_fields(rows[i].request, kept or {}, folder)})
                          for i in todo[ci]]
                 outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
@@ -271,38 +279,77 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTas
     """Grid pages from the cells on disk; a cell that failed in this run shows as failed, never as
     the image an earlier run left under its name. `provenance`: XMP on each page (encode_grid); with
     `signer`, each page is signed before it is written (a composite of generated images)."""
+    paths = []
+    pages = [list(range(i, min(i + rows_per_page, len(rows)))) for i in range(0, len(rows), rows_per_page)]
+    for n, page in enumerate(pages):
+        name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
+        paths.append(write_page(out, name, columns, rows, [[(ci, ri) for ci in range(len(columns))] for ri in page],
+                                [c.label for c in columns],
+                                [(rows[ri].request.prompt, f"seed {rows[ri].request.seed}") for ri in page], cells_dir,
+                                cell_size, failed, index_name, captions and [captions[ri] for ri in page],
+                                provenance=provenance, signer=signer))
+    remove_old_pages(out, stem, paths)
+    return paths
+
+
+def remove_old_pages(out: Path, stem: str, kept: list[Path]) -> None:
+    """Pages of an earlier, longer comparison (or sweep) under the same stem."""
+    for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png", out / f"{stem}-contact.png"]:
+        if old not in kept and old.exists():
+            old.unlink()
+
+
+def write_page(out: Path, name: str, columns: list[Column], rows: list[ImageTask], cells: list[list[tuple[int, int]]],
+               column_labels: list[str], row_labels: list[tuple[str, str]], cells_dir: Path, cell_size: int,
+               failed, index_name: str, captions: list[list[list[str]]] | None = None, corner: str | None = None,
+               *, provenance: bool = True, signer=None) -> Path:
+    """One grid page: `cells[r][c]` is the (column, row) whose image goes there. Sized by its first
+    image on disk (or the first row's request when none is)."""
     from PIL import Image
 
     from spo_cli import grid
 
-    paths = []
-    pages = [rows[i:i + rows_per_page] for i in range(0, len(rows), rows_per_page)]
-    for n, page in enumerate(pages):
-        cells, size = [], None
-        for k, r in enumerate(page):
-            line = []
-            for ci, c in enumerate(columns):
-                path = cells_dir / c.folder / f"{r.stem}.png"
-                if (ci, n * rows_per_page + k) not in failed and path.exists():
-                    with Image.open(path) as im:
-                        im.load()
-                        line.append(im)
-                        size = size or grid.fit(im.size, cell_size)
-                else:
-                    line.append(None)
-            cells.append(line)
-        size = size or grid.fit((r.request.width or 1024, r.request.height or 1024), cell_size)
-        labels = [(r.request.prompt, f"seed {r.request.seed}") for r in page]
-        page_captions = captions[n * rows_per_page:n * rows_per_page + len(page)] if captions else None
-        image = grid.render(cells, [c.label for c in columns], labels, size, page_captions)
-        name = f"{stem}-grid.png" if len(pages) == 1 else f"{stem}-grid-{n + 1}.png"
-        shown = [f"cells/{c.folder}/{r.stem}.png" for r in page for c in columns]
-        data = metadata.encode_grid(image, index_name, shown, provenance=provenance)
-        if signer is not None:
-            data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
-        files.atomic_write(out / name, data, overwrite=True)
-        paths.append(out / name)
-    for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png"]:
-        if old not in paths and old.exists():  # pages of an earlier, longer comparison
-            old.unlink()
-    return paths
+    images, size, shown = [], None, []
+    for line in cells:
+        row = []
+        for ci, ri in line:
+            path = cells_dir / columns[ci].folder / f"{rows[ri].stem}.png"
+            shown.append(f"cells/{columns[ci].folder}/{rows[ri].stem}.png")
+            if (ci, ri) not in failed and path.exists():
+                with Image.open(path) as im:
+                    im.load()
+                    row.append(im)
+                    size = size or grid.fit(im.size, cell_size)
+            else:
+                row.append(None)
+        images.append(row)
+    last = rows[cells[-1][0][1]].request
+    size = size or grid.fit((last.width or 1024, last.height or 1024), cell_size)
+    image = grid.render(images, column_labels, row_labels, size, captions, corner=corner)
+    data = metadata.encode_grid(image, index_name, shown, provenance=provenance)
+    if signer is not None:
+        data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
+    files.atomic_write(out / name, data, overwrite=True)
+    return out / name
+
+
+def write_contact(out: Path, name: str, pages: list[Path], labels: list[str], cell_size: int, index_name: str, *,
+                  provenance: bool = True, signer=None) -> Path:
+    """A sweep's contact sheet: the first page of every Z grid side by side, each under its Z value."""
+    from PIL import Image
+
+    from spo_cli import grid
+
+    images = []
+    for p in pages:
+        with Image.open(p) as im:
+            im.load()
+            images.append(im)
+    size = grid.fit(images[0].size, max(cell_size, 2 * cell_size))
+    image = grid.render([images], labels, [("", "")], size)
+    shown = [p.name for p in pages]
+    data = metadata.encode_grid(image, index_name, shown, provenance=provenance)
+    if signer is not None:
+        data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
+    files.atomic_write(out / name, data, overwrite=True)
+    return out / name

@@ -94,10 +94,12 @@ def _clip(text: str, font, width: int) -> str:
 
 
 def render(cells: list[list[Image.Image | None]], column_labels: list[str], row_labels: list[tuple[str, str]],
-           cell: tuple[int, int], captions: list[list[list[str]]] | None = None) -> Image.Image:
+           cell: tuple[int, int], captions: list[list[list[str]]] | None = None,
+           corner: str | None = None) -> Image.Image:
     """One grid page. `cells[row][col]` is an image (resized to `cell`) or None for a missing one;
     `row_labels[row]` is (prompt, detail line such as the seed); `captions[row][col]`, if given,
-    are short lines under the cell (its scores)."""
+    are short lines under the cell (its scores); `corner`, above the row labels, names what the
+    whole page holds (a sweep's Z value)."""
     lines_under = max((len(c) for row in captions or [] for c in row), default=0)
     lay = layout(cell, len(column_labels), len(cells), lines_under)
     grid = Image.new("RGB", lay.size, BACKGROUND)
@@ -105,6 +107,13 @@ def render(cells: list[list[Image.Image | None]], column_labels: list[str], row_
     font = _font(lay.font_px)
     small = _font(max(10, round(lay.font_px * 0.85)))
     line_h = round(lay.font_px * 1.25)
+
+    if corner:
+        lines = wrap(corner, font, lay.label_w - 2 * lay.gutter, 2)
+        y = (lay.header_h - line_h * len(lines)) // 2
+        for ln in lines:
+            draw.text((lay.gutter, y), ln, fill=INK, font=font)
+            y += line_h
 
     for col, label in enumerate(column_labels):
         x0, _, x1, _ = lay.cell_box(0, col)

@@ -16,6 +16,7 @@ from spo_cli.comparison import Column, Scoring, build_columns, build_rows, cell_
 from spo_cli.errors import EXIT_FAILURE, UsageError
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageTask
+from spo_cli.sweep import axes as sweep_axes
 
 EXAMPLES = """[bold]Examples[/]
 
@@ -31,10 +32,23 @@ EXAMPLES = """[bold]Examples[/]
 
   spo compare "the same fox, in winter" --image fox.png --base --spo --seeds 1,2   # SDXL vs SPO on one input
 
+  spo compare "a fox in snow" --base --spo --x steps=20,30,50 --y guidance=3,5,7 --seeds 1-4
+
+  spo compare "a red fox" --spo --x "prompt-sr=red fox,arctic fox" --y lora-scale=0.5,0.75,1
+
+  spo compare "a fox" --x model=base,spo --y steps=10-50[5] --z guidance=3,7   # one grid per Z value
+
 [bold]Columns[/] come in the order their options first appear (the --model
 columns together, at the first --model). With --score each later column is
 compared against each earlier one: `--base --spo` reports SPO against SDXL,
 `--spo --base` the reverse.
+
+[bold]Sweeps[/] (A1111's X/Y/Z plot): --x/--y/--z NAME=VALUES put any of
+model, lora-scale, steps, guidance, scheduler, seed, size, negative, prompt-sr,
+prompt-syntax, emphasis, strength on an axis. Values as A1111 writes them:
+1,2,3 · 1-5 · 1-5 (+2) · 10-50 [5] · "quoted, with commas". One grid per Z
+value (and a contact sheet); every cell equals `spo generate` with its
+settings. --versus NAME: the axis --score compares (default: model).
 """
 
 
@@ -166,6 +180,18 @@ def compare(
     sign: opts.Sign = False,
     sign_key: opts.SignKey = None,
     sign_cert: opts.SignCert = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="A sweep axis, NAME=VALUES: e.g. steps=20,30,50, "
+                                             "guidance=3-9 (+2), \"prompt-sr=red fox,arctic fox\".",
+                                             rich_help_panel="Sweep", show_default=False)] = None,
+    y: Annotated[Optional[str], typer.Option("--y", help="A second axis (the grid's rows).", rich_help_panel="Sweep",
+                                             show_default=False)] = None,
+    z: Annotated[Optional[str], typer.Option("--z", help="A third axis: one grid per value.",
+                                             rich_help_panel="Sweep", show_default=False)] = None,
+    versus: Annotated[Optional[str], typer.Option(help="The axis --score compares across (default: model, when it "
+                                                  "has two values or more; else the X axis).",
+                                                  rich_help_panel="Sweep", show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Render a sweep of more than {sweep_axes.CELLS_MAX:,} images.",
+                                      rich_help_panel="Sweep")] = False,
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
@@ -176,11 +202,19 @@ def compare(
     validate.integer(cell_size, "cell_size", low=validate.CELL_SIZE_MIN, high=validate.SIDE_MAX)
     validate.integer(rows_per_page, "rows_per_page", low=1, high=validate.ROWS_PER_PAGE_MAX)
     fmt = opts.prompt_format(prompt_format, old_format, ui.warn)
+    # A sweep's axes first: an unknown axis or bad value is refused before anything is read.
+    axes = _axes(ctx, x, y, z, versus, not no_size_limit)
+    named_model = next((a for a in axes if a.name == "model"), None)
     common = dict(vae=vae, dtype=dtype, device=device)
     scales = parse_scales(lora_scales)
     order = column_order(ctx.meta.get(_ORDER, []), len(model or []), len(scales))
-    columns = build_columns(base, spo, spo_lora, model or [], label or [], scales, lora_scale,
-                            revision, common, opts.model_request, order)
+    if named_model is None:
+        columns = build_columns(base, spo, spo_lora, model or [], label or [], scales, lora_scale,
+                                revision, common, opts.model_request, order)
+    else:
+        from spo_cli.sweep import plan as sweep_plan
+
+        columns = sweep_plan.build_models(named_model, common, opts.model_request, revision)
     defaults, warnings = opts.image_request(
         seed=0, negative=negative, steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
         generator_device=generator_device, prompt_syntax=prompt_syntax, emphasis=emphasis, watermark=watermark,
@@ -189,6 +223,15 @@ def compare(
                  hires_upscaler=hires_upscaler, hires_steps=hires_steps, hires_strength=hires_strength)
     rows, more = build_rows(prompt, prompts_file, fmt, defaults, parse_seeds(seeds, seed, num_images), ui.error,
                             not no_size_limit, edits=edits)
+    sweep = None
+    if axes:  # the sweep laid out as columns × rows, every cell checked, still before torch
+        from spo_cli.sweep import plan as sweep_plan
+
+        sweep, more_warnings = sweep_plan.build(axes, columns, named_model is None, rows, common=common,
+                                                model_request=opts.model_request, versus=versus, yes=yes,
+                                                size_limit=not no_size_limit)
+        columns, rows = sweep_plan.labelled(sweep)
+        more = sorted(set(more) | set(more_warnings))
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
     signer = opts.signer(sign, sign_key, sign_cert)
     for c in columns:
@@ -200,14 +243,29 @@ def compare(
         kept = files.keep_inputs(out, [r.request for r in rows]) if keep_inputs else None
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
                         cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device), kept,
-                        provenance=not no_provenance, signer=signer)
+                        provenance=not no_provenance, signer=signer, sweep=sweep)
     if code:
         raise typer.Exit(code)
 
 
+def _axes(ctx: typer.Context, x: str | None, y: str | None, z: str | None, versus: str | None,
+          size_limit: bool) -> list:
+    """--x/--y/--z read and checked; `given`: the options the user gave (not their defaults), which
+    an axis must not also set."""
+    if x is None and y is None and z is None:
+        if versus is not None:
+            raise UsageError("--versus names the sweep axis --score compares across, and no --x is given.",
+                             "Add --x NAME=VALUES, or drop --versus.")
+        return []
+    # By the source's name: typer may carry its own copy of click's ParameterSource enum.
+    given = {p.name for p in ctx.command.params
+             if getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    return sweep_axes.parse_axes(x, y, z, given=given, size_limit=size_limit)
+
+
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,
              cell_size: int, rows_per_page: int, t0: float, scoring_: Scoring = Scoring([]),
-             kept: dict | None = None, *, provenance: bool = True, signer=None) -> int:
+             kept: dict | None = None, *, provenance: bool = True, signer=None, sweep=None) -> int:
     # The scorers' files first too: a missing one fails now, not after the rendering.
     scorers = scoring.find_scorers(ui, scoring_.metrics, scoring_.hps_version) if scoring_.metrics else None
     steps = scoring.steps(ui)
@@ -223,8 +281,12 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
         from spo_cli.scores.summary import caption
 
         captions = [[caption(v, scored["metrics"]) for v in row] for row in scored["cells"]]
-    pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
-                        index_name=index_name, captions=captions, provenance=provenance, signer=signer)
+    if sweep is None:
+        pages = write_grids(out, stem, columns, rows, cells_dir, cell_size, rows_per_page, failed=set(failed),
+                            index_name=index_name, captions=captions, provenance=provenance, signer=signer)
+    else:
+        pages, grids = _sweep_grids(sweep, out, stem, columns, rows, cells_dir, cell_size, rows_per_page, set(failed),
+                                    index_name, captions, provenance, signer)
     index = {
         "schema": metadata.GRID_SCHEMA,
         "columns": [{"label": c.label, "folder": f"cells/{c.folder}", **res.describe()}
@@ -239,6 +301,10 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     }
     if scored:
         index["scores"] = scored["summary"]
+    if sweep is not None:  # 4b. The sweep: its axes, every cell with its settings, the scores per axis value
+        index["sweep"] = _sweep_index(sweep, out, columns, rows, cells_dir, failed, scored, grids)
+        if scored:
+            index["scores"]["sweep"] = _sweep_scores(ui, sweep, scored, out, stem)
     index_path = out / index_name
     files.atomic_write(index_path, (metadata.dumps(index) + "\n").encode(), overwrite=True)
     for (ci, ri), err in failed.items():
@@ -255,5 +321,74 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
             scoring.print_summary(ui, scored["summary"])
         ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
                  + [(str(index_path), "cells, sidecars, set-up log" + (", scores" if scored else "")),
-                    (str(cells_dir), "full-size cells")])
+                    (str(cells_dir), "full-size cells")]
+                 + ([(str(out / f"{stem}-report.md"), "scores per axis value")] if sweep is not None and scored
+                    else []))
     return EXIT_FAILURE if failed or (scored and scored["errors"]) else 0
+
+
+def _sweep_grids(sweep, out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
+                 cell_size: int, rows_per_page: int, failed: set, index_name: str, captions, provenance: bool,
+                 signer) -> tuple[list[Path], list[dict]]:
+    """One grid per Z value (its pages), and with a Z axis the contact sheet of their first pages."""
+    from spo_cli.comparison import remove_old_pages, write_contact, write_page
+    from spo_cli.sweep import plan as sweep_plan
+
+    z = sweep.axis("z")
+    paths: list[Path] = []
+    grids: dict = {}
+    for page in sweep_plan.pages(sweep, stem, rows_per_page):
+        at = [[(sweep.cells[k].column, sweep.cells[k].row) for k in line] for line in page.cells]
+        caps = [[captions[ri][ci] for ci, ri in line] for line in at] if captions else None
+        path = write_page(out, page.name, columns, rows, at, page.column_labels, page.row_labels, cells_dir, cell_size,
+                          failed, index_name, caps, z.labels[page.z] if z else None,
+                          provenance=provenance, signer=signer)
+        paths.append(path)
+        grids.setdefault(page.z, []).append(path)
+    listed = [{"z": z.labels[k] if z else None, "pages": [str(p.relative_to(out)) for p in ps]}
+              for k, ps in grids.items()]
+    if z is not None:
+        contact = write_contact(out, f"{stem}-contact.png", [ps[0] for ps in grids.values()], list(z.labels),
+                                cell_size, index_name, provenance=provenance, signer=signer)
+        listed.append({"contact": str(contact.relative_to(out))})
+        paths.append(contact)
+    remove_old_pages(out, stem, paths)
+    return paths, listed
+
+
+def _sweep_index(sweep, out: Path, columns: list[Column], rows: list[ImageTask], cells_dir: Path, failed: dict,
+                 scored: dict | None, grids: list[dict]) -> dict:
+    from spo_cli.sweep import plan as sweep_plan
+
+    cells = []
+    for c in sweep.cells:
+        entry = cell_entry(out, cells_dir / columns[c.column].folder, rows[c.row].stem, failed.get((c.column, c.row)),
+                           scored["cells"][c.row][c.column] if scored else None)
+        cells.append({"coords": list(c.coords), "column": c.column, "row": c.row, "axes": sweep.cell_axes(c),
+                      "settings": sweep_plan.settings(columns[c.column], rows[c.row]), **entry})
+    return {"axes": [{"slot": a.slot, "name": a.name, "values": list(a.values), "labels": list(a.labels)}
+                     for a in sweep.axes],
+            "dims": [{"name": d.name, "labels": list(d.labels)} for d in sweep.dims],
+            "versus": sweep.versus, "grids": grids, "cells": cells}
+
+
+def _sweep_scores(ui: UI, sweep, scored: dict, out: Path, stem: str) -> dict:
+    """The scored summary per axis value (scores.sweep), its markdown report and one chart per axis."""
+    from spo_cli.scores import sweep as sweep_scores
+    from spo_cli.sweep import plan as sweep_plan
+
+    summary = sweep_scores.summarise(list(sweep.dims), sweep_plan.scored_cells(sweep, scored["cells"]),
+                                     scored["metrics"], sweep.versus)
+    files.atomic_write(out / f"{stem}-report.md", sweep_scores.markdown(summary).encode(), overwrite=True)
+    for d in sweep.dims:
+        if d.name != sweep.versus and len(d.labels) >= 2:
+            files.atomic_write(out / f"{stem}-{d.name}.png", _png(sweep_scores.chart(summary, d.name)), overwrite=True)
+    return summary
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
