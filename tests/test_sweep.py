@@ -254,13 +254,13 @@ def test_refused_before_torch(tmp_path):
     cases = {
         "--versus 'seed' is not an axis of this sweep": ["--x", "steps=1,2", "--versus", "seed"],
         "--versus names the sweep axis --score compares across, and no --x is given": ["--versus", "steps"],
-        "this row has no input image": ["--x", "strength=0.5,1"],
+        "sets how much of an input image is re-drawn": ["--x", "strength=0.5,1"],
         "This sweep renders 40,000 images": ["--x", "steps=1-1000", "--y", "guidance=1-20"],
         "'cat' is not in the prompt": ["--x", "prompt-sr=cat,dog"],
         "--x steps sweeps what --steps sets": ["--x", "steps=1,2", "--steps", "3"],
         "--x model sweeps what --spo sets": ["--x", "model=base,spo", "--spo"],
         "too small for --watermark": ["--watermark", "--x", "size=512x512,64x64"],
-        "Two columns would be labelled alike": ["--x", "model=spo-lora,spo-lora:1"],
+        "that the grid would label alike": ["--x", "model=/a/mine,/b/mine"],
     }
     said = probe_cli({k: ["compare", PROMPT, *out, *v] for k, v in cases.items()})
     for words, text in said.items():

@@ -257,10 +257,7 @@ def _axes(ctx: typer.Context, x: str | None, y: str | None, z: str | None, versu
             raise UsageError("--versus names the sweep axis --score compares across, and no --x is given.",
                              "Add --x NAME=VALUES, or drop --versus.")
         return []
-    # By the source's name: typer may carry its own copy of click's ParameterSource enum.
-    given = {p.name for p in ctx.command.params
-             if getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
-    return sweep_axes.parse_axes(x, y, z, given=given, size_limit=size_limit)
+    return sweep_axes.parse_axes(x, y, z, given=sweep_axes.given_options(ctx), size_limit=size_limit)
 
 
 def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out: Path, keep_loaded: bool, stem: str,

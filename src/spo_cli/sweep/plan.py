@@ -149,40 +149,6 @@ def layout_columns(models: list[Column], lora: ax.Axis | None, common: dict,
     return columns, where
 
 
-class _CellWhere(validate.Where):
-    """A message about a row of the sweep names the row and its axis values, then the option."""
-
-    def name(self, key: str) -> str:
-        return validate.ARGV.name(key)
-
-
-def recheck(request, where: validate.Where, *, size_limit: bool) -> list[str]:
-    """A row's request checked again as a whole once the axes are applied (each value was checked
-    alone): a strength with no input image, steps × strength that run no step, a size the
-    watermark or the hires pass cannot take, a prompt S/R that broke the prompt syntax."""
-    if request.strength is not None and request.image is None:
-        raise UsageError(f"{where.at()}the strength axis sets an image-to-image strength, and this row has no input "
-                         "image.", "Add --image, or drop the strength axis.")
-    warnings: list[str] = []
-    if request.image is not None:
-        from spo_cli import inputs
-
-        validate.steps_run(request.steps, request.strength, "strength", where)
-        w, h, _ = inputs.output_size(request.image, request.width, request.height, where)
-    else:
-        warnings = validate.size(request.width, request.height, where, size_limit=size_limit)
-        w, h = request.width, request.height
-        if request.hires is not None:
-            hr = request.hires
-            validate.hires_steps_run(hr.steps or request.steps, hr.strength, "hires_strength", where,
-                                     steps_key="hires_steps" if hr.steps else "steps")
-            validate.hires_grows(w or presets.DEFAULT_SIZE, h or presets.DEFAULT_SIZE, hr.scale, "hires", where)
-    if request.watermark:
-        validate.watermark_size(w, h, where)
-    validate.readable_prompts(request.prompt, request.negative_prompt, request.prompt_syntax, where)
-    return warnings + validate.unsupported_syntax(request, where)
-
-
 def bound(axes: list[ax.Axis], n_base_rows: int, n_implicit_models: int) -> int:
     """The most images a sweep can render (before equal requests merge): refused past CELLS_MAX first,
     so that no huge product is ever laid out."""
@@ -218,6 +184,9 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
     if "prompt-sr" in named:
         ax.check_prompt_sr(named["prompt-sr"], [(f"row {i + 1}", r.request.prompt, r.request.negative_prompt)
                                                 for i, r in enumerate(base_rows)])
+    # What only a combination shows (a strength with no image, steps × strength that run no step, a
+    # size the watermark cannot take, a prompt S/R that breaks the syntax): axes' checks, every row.
+    ax.check_requests(axes, [(f"row {i + 1}", r.request) for i, r in enumerate(base_rows)], size_limit=size_limit)
     lora = named.get("lora-scale")
     columns, col_of = layout_columns(models, lora, common, model_request)
 
@@ -232,15 +201,14 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
     row_axes: list[dict] = []
     row_of: dict[tuple[int, tuple[int, ...]], int] = {}
     stems: dict[str, int] = {}
-    warnings: set[str] = set()
+    warnings: set[str] = {w for a in axes for w in a.warnings}
     for b, base in enumerate(base_rows):
         for combo in itertools.product(*(range(len(a.values)) for _, a in image_axes)):
             request = base.request
             for (_, a), i in zip(image_axes, combo):
                 request = ax.apply(request, a, i)
             labels = {a.name: a.labels[i] for (_, a), i in zip(image_axes, combo)}
-            where = _CellWhere(f"row {b + 1} at {', '.join(labels.values())}") if labels else validate.ARGV
-            warnings.update(recheck(request, where, size_limit=size_limit))
+            warnings.update(validate.unsupported_syntax(request))
             stem = naming.cell_stem(request.prompt, request.seed, request.spec_hash())
             if stem not in stems:
                 stems[stem] = len(rows)
