@@ -133,6 +133,7 @@ def serve_devices(value: str, machine: Machine) -> list[str]:
             raise UsageError(f"--devices names {d} twice: one worker per GPU (two would share its memory and "
                              "its compute, and serve no faster).", "Name each GPU once; cpu may repeat.")
         seen.add(d)
+    for d in names:
         why = refusal(d, "--devices", machine)
         if why:
             raise UsageError(why, NO_GPU_HINT if d.startswith("cuda") else DEVICES_HINT)

@@ -305,11 +305,14 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
                         resolved = found[label, runtime.dtype]
                         loaded[label] = (loading.load(ui, runtime, resolved, options), resolved)
             except Exception as e:
-                if several:  # the others may serve: say which device is left out, and why
+                if several and any(lane.state != "failed" for lane in worker.lanes if lane.name != name):
+                    # the others may serve: say which device is left out, and why (when none is left,
+                    # the server's own error says it)
                     from spo_cli.errors import SpoError
 
                     why = e.paragraph() if isinstance(e, SpoError) else f"{type(e).__name__}: {e}"
-                    ui.warn(f"{name} failed to load its models and is left out: {escape(why)}")
+                    ui.warn(f"{name} failed to load its models and is left out; the other devices go on: "
+                            f"{escape(why)}")
                 raise
             ui.info(f"[green]✓[/] Ready: {', '.join(labels)} on {runtime.device} ({runtime.dtype})"
                     + (f" as {name}" if several and name != runtime.device else ""))
