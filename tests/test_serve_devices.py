@@ -161,6 +161,79 @@ def test_a_second_worker_waiting_for_work_wakes_when_the_first_takes_a_call():
     s.drain()
 
 
+def test_progress_is_the_oldest_call_in_flight_and_counts_them_all(tmp_path):
+    from spo_cli.serve.api import a1111_progress
+    from spo_cli.serve.worker import Worker
+    from tests.test_scheduler import Clock
+
+    clock = Clock()
+    worker = Worker({"cuda:0": lambda: {}, "cuda:1": lambda: {}}, tmp_path)
+    worker._clock = clock
+    zero, one = worker.lanes
+    one.current = worker._flight(one, 2, 30)  # the older call, on the second device
+    clock.advance(5.0)
+    zero.current = worker._flight(zero, 1, 20)
+    one.current.stepped(12)
+    zero.current.stepped(3)
+    p = worker.progress()
+    assert (p.images, p.step, p.steps, p.calls, p.elapsed_s) == (2, 12, 30, 2, 5.0)
+    assert a1111_progress(p)["state"]["job_count"] == 2 and a1111_progress(p)["progress"] == 0.4
+    assert (zero.busy, one.busy) == (1, 2)
+    one.current = None  # the older call ends: the other one is reported
+    p = worker.progress()
+    assert (p.images, p.step, p.steps, p.calls) == (1, 3, 20, 1)
+
+
+def test_a_second_signal_answers_the_calls_in_flight_on_every_device(tmp_path):
+    from spo_cli.serve.scheduler import Call, Queued
+    from spo_cli.serve.worker import Ticket as Held, Worker
+    from tests.test_scheduler import worker_job
+
+    worker = Worker({"cuda:0": lambda: {}, "cuda:1": lambda: {}}, tmp_path)  # never started
+    answered: list[str] = []
+    # taken from the queue: each held by its device's thread, as a call in flight
+    running = [Held(worker_job(), [None], lambda n=n: answered.append(n)) for n in ("on cuda:0", "on cuda:1")]
+    for lane, ticket in zip(worker.lanes, running):
+        lane.call = Call(1, (Queued(ticket, 0, None, 0.0, 1),), 0.0)
+    queued = worker.submit(worker_job(), lambda: answered.append("queued"))
+    worker.abandon()
+    assert sorted(answered) == ["on cuda:0", "on cuda:1", "queued"]
+    assert all(t.status == 503 for t in (*running, queued))
+
+
+def test_images_are_keyed_on_the_devices_threads_never_on_a_web_thread(tmp_path):
+    """Keying an image tokenizes its prompt with an engine's tokenizers, whose padding and truncation
+    are settings of the tokenizer object: from a web thread, while the device's thread encodes a call
+    with them, one reset the other's padding and the call failed (bench_serve, 200 distinct prompts)."""
+    from spo_cli.serve.worker import Worker
+    from tests.test_scheduler import worker_job
+
+    keyed_on: list[str] = []
+
+    class Engine:  # what the worker asks of an engine before a call: its call key
+        def call_key(self, request):
+            keyed_on.append(threading.current_thread().name)
+            return "shape"
+
+        def facts(self):
+            return {}
+
+    class Resolved:
+        def describe(self):
+            return {}
+
+    worker = Worker({"cpu#0": lambda: {"spo": (Engine(), Resolved())}, "cpu#1": lambda: {"spo": (Engine(), Resolved())}},
+                    tmp_path)
+    worker.start()
+    wait_for(lambda: worker.status == "ready", "the devices to load")
+    done = threading.Event()
+    worker.submit(worker_job(3), done.set)  # from this thread, as a web request does
+    assert done.wait(DEADLINE)  # answered (500: this engine can make nothing), after being keyed
+    assert keyed_on and all(name.startswith("spo-gpu-cpu#") for name in keyed_on), keyed_on
+    worker.drain()
+    assert worker.join(DEADLINE)
+
+
 # -- /health and the load of each device ---------------------------------------------------------------
 
 def damaged_copy(repos, folder: Path) -> Path:

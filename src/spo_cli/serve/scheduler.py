@@ -12,8 +12,9 @@ interrupt stops every call in flight.
 
 Pure: no thread of its own, no torch, no engine. The clock and the call key are injected, so the
 fast tests drive it with a fake clock and a fake key, as TGI tests its `next_batch`. The key is
-computed when an image is submitted and never while holding the lock (it tokenizes prompts, and
-every web request waits on that lock).
+computed when an image is submitted, or, where the key function cannot tell then (None: `spo serve`'s
+worker keys on the devices' own threads), by the worker in `next_call`; never while holding the lock
+(it tokenizes prompts, and every web request waits on that lock).
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ class Scheduler:
                         return call
                     # _due left a deadline whenever something is queued; otherwise wait for a submit
                     self._cond.wait(None if self._deadline is None else self._deadline - self._clock())
-            # Images submitted while the models loaded: keyed now, outside the lock, as at submit.
+            # Images the key function could not key at submit (the models still loading; `spo serve`
+            # keys on the devices' threads): keyed now, outside the lock.
             keys = [self._key(q.ticket, q.index) for q in unkeyed]
             with self._cond:
                 for q, key in zip(unkeyed, keys):

@@ -213,6 +213,7 @@ class Worker:
                                    max_images=max_queue, clock=self._clock)
         self._stats = Stats()
         self._lock = threading.Lock()  # the stats, and tickets' images (the worker and writer threads fill them)
+        self._here = threading.local()  # in a device's thread: its lane
         self.lanes = [Lane(name, fn) for name, fn in loads.items()]
         for lane in self.lanes:
             lane.thread = threading.Thread(target=self._main, args=(lane,), name=f"spo-gpu-{lane.name}", daemon=True)
@@ -336,6 +337,7 @@ class Worker:
             lane.writer.shutdown(wait=False)
             return
         lane.models = models
+        self._here.lane = lane  # this thread keys images with this device's engine (`_call_key`)
         lane.state = READY  # after the models: a reader that sees READY finds them
         try:
             while (call := self.scheduler.next_call()) is not None:
@@ -366,11 +368,16 @@ class Worker:
 
     def _call_key(self, ticket: Ticket, i: int):
         """The scheduler's key: the model and what its engine's calls must share (the same on every
-        device: the prompt's windows and the image's shape). Called from the web threads at submit (and
-        once from a device's thread for images queued while every device was loading)."""
-        models = self.models
-        if not models:
-            return None  # not known before the models load; the scheduler asks again then
+        device: the prompt's windows and the image's shape). Computed by a device's own thread, with its
+        own engine, between its calls (`Scheduler.next_call` keys what was queued unkeyed); asked from
+        a web thread at submit, it is None. Counting a prompt's windows runs the engine's tokenizers, and
+        a fast tokenizer's padding and truncation are settings of the tokenizer object: tokenizing from a
+        web thread while the device's thread encodes a call's prompts with the same tokenizer let one
+        reset the other's padding, and the call failed ("Expected size 75 but got size 77")."""
+        lane = getattr(self._here, "lane", None)
+        if lane is None:
+            return None  # a web thread; the device's thread keys it before it takes a call
+        models = lane.models
         job = ticket.job
         try:
             return job.model, models[job.model].engine.call_key(job.images[i])
