@@ -277,6 +277,7 @@ def test_health_is_degraded_while_one_device_serves_and_failed_when_none_does(re
     got = {(s.name, *sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert got[("spo_device_up", ("device", "cuda:0"))] == 1 and got[("spo_device_up", ("device", "cuda:1"))] == 0
     assert got[("spo_ready",)] == 1
+    assert got[("spo_images_total", ("device", "cuda:1"), ("model", "spo"))] == 0  # listed, though it never loaded
     worker.drain()
     assert worker.join(DEADLINE)
 
@@ -287,7 +288,8 @@ def test_health_is_degraded_while_one_device_serves_and_failed_when_none_does(re
     status, body, _ = call(app, "GET", "/health")
     assert (status, body["status"]) == (503, "failed") and [d["state"] for d in body["devices"]] == ["failed"] * 2
     # The same reason on both devices is said once; the server ends on it (`spo serve` watches load_error).
-    assert everyone.load_error.count("not a safetensors file") == 1 and isinstance(everyone.load_exception, ModelError)
+    assert everyone.load_error == everyone.lanes[0].error == everyone.lanes[1].error  # said once, as one device's
+    assert isinstance(everyone.load_exception, ModelError)
 
 
 def test_every_device_failing_for_its_own_reason_says_each():
@@ -369,6 +371,10 @@ def test_two_cpu_workers_serve_sixteen_concurrent_requests_with_spo_generate_pix
     assert grew("spo_image_failures_total", "cpu#0") == 1 and grew("spo_image_failures_total", "cpu#1") == 1
     made = {d: grew("spo_images_total", d) for d in ("cpu#0", "cpu#1")}
     assert sum(made.values()) == 16 and all(made.values()), made  # both devices made some
+    for d in request(url + "/health")[1]["devices"]:  # /health counts what /metrics counts
+        assert d["images"] == after[("spo_images_total", ("device", d["device"]), ("model", "spo"))], d
+        assert d["failures"] == after[("spo_image_failures_total", ("device", d["device"]), ("model", "spo"))], d
+        assert d["busy"] == 0 and d["state"] == "ready"
     assert after[("spo_device_up", ("device", "cpu#0"))] == after[("spo_device_up", ("device", "cpu#1"))] == 1
     assert after[("spo_queue_depth",)] == 0
 

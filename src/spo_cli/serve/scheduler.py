@@ -253,6 +253,4 @@ class Scheduler:
                     interrupted=self._interrupt_upto is not None and head.number <= self._interrupt_upto)
         self._interrupt_upto = None  # the head is the oldest: if it is younger, no image queued then is left
         self._in_flight.append(call)
-        if self._queue:  # another free worker, asleep until the old deadline, looks at the rest now
-            self._cond.notify_all()
         return call
