@@ -43,7 +43,7 @@ Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answe
 One line per request on stderr (client, method, path, status, seconds; never the query, token or
 prompt); --quiet turns it off.
 """
-JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), nothing else."
+JSON_HELP = "Print one JSON line on stdout once listening (url, models, out, devices), nothing else."
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 CONNECTIONS_MAX = 512
@@ -297,6 +297,13 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
         def load() -> dict:
             try:
                 runtime = loading.start_torch(ui, requests[0], options)
+                if runtime.device.startswith("cuda:"):
+                    import torch  # imported by start_torch; as distributed.init does for a rank's GPU
+
+                    # This thread's current GPU (CUDA keeps one per thread): a request's
+                    # --generator-device cuda draws its noise there, and CUDA graphs (--fast) and the
+                    # caching allocator follow it, rather than cuda:0 for every device.
+                    torch.cuda.set_device(torch.device(runtime.device))
                 loaded = {}
                 for label, request in zip(labels, requests):
                     with loading_lock:
