@@ -167,7 +167,7 @@ def test_progress_is_the_oldest_call_in_flight_and_counts_them_all(tmp_path):
     from tests.test_scheduler import Clock
 
     clock = Clock()
-    worker = Worker({"cuda:0": lambda: {}, "cuda:1": lambda: {}}, tmp_path)
+    worker = Worker({"cuda:0": dict, "cuda:1": dict}, tmp_path)
     worker._clock = clock
     zero, one = worker.lanes
     one.current = worker._flight(one, 2, 30)  # the older call, on the second device
@@ -186,10 +186,11 @@ def test_progress_is_the_oldest_call_in_flight_and_counts_them_all(tmp_path):
 
 def test_a_second_signal_answers_the_calls_in_flight_on_every_device(tmp_path):
     from spo_cli.serve.scheduler import Call, Queued
-    from spo_cli.serve.worker import Ticket as Held, Worker
+    from spo_cli.serve.worker import Ticket as Held
+    from spo_cli.serve.worker import Worker
     from tests.test_scheduler import worker_job
 
-    worker = Worker({"cuda:0": lambda: {}, "cuda:1": lambda: {}}, tmp_path)  # never started
+    worker = Worker({"cuda:0": dict, "cuda:1": dict}, tmp_path)  # never started
     answered: list[str] = []
     # taken from the queue: each held by its device's thread, as a call in flight
     running = [Held(worker_job(), [None], lambda n=n: answered.append(n)) for n in ("on cuda:0", "on cuda:1")]
@@ -324,6 +325,7 @@ def busy_devices(url: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("serve")
+@pytest.mark.early
 def test_two_cpu_workers_serve_sixteen_concurrent_requests_with_spo_generate_pixels(two_cpus, tmp_path):
     """Both devices hold a call at once (progress counts both, an interrupt stops both); 16 requests
     queued meanwhile are answered, once the devices are free, with `spo generate --seed`'s pixels, and
@@ -381,6 +383,7 @@ def test_two_cpu_workers_serve_sixteen_concurrent_requests_with_spo_generate_pix
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("serve")
+@pytest.mark.early
 def test_a_device_that_fails_to_load_leaves_the_other_serving_and_health_degraded(two_cpus, repos, tmp_path):
     """One device's copy of the model is damaged: it fails to load, the other serves, /health says
     degraded (200, for a load balancer) with each device's state, and /metrics lists both."""
@@ -410,6 +413,7 @@ def test_a_device_that_fails_to_load_leaves_the_other_serving_and_health_degrade
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("serve")
+@pytest.mark.early
 def test_serve_devices_that_all_fail_end_the_server_saying_why_once(hub_cache, tmp_path):
     r = invoke("serve", "--port", "0", "--devices", "cpu,cpu", "--models", "nobody/nothing", "--no-save", "--json")
     assert r.exit_code == 1, r.output

@@ -271,7 +271,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
     if any(d == "all" or d.startswith("cuda:") for d in devices):
         # How many GPUs there are is torch's to say: `all` becomes them, and cuda:7 on a machine of two
         # is refused now rather than left to fail as a degraded device.
-        from spo_cli import devices as machine_devices, engine
+        from spo_cli import devices as machine_devices
+        from spo_cli import engine
 
         try:
             devices = machine_devices.count_all(devices, engine.machine())
