@@ -260,10 +260,10 @@ class Worker:
 
     def join(self, timeout: float | None = None) -> bool:
         """Whether every device's thread has ended (within `timeout`, for them all)."""
-        deadline = None if timeout is None else self._clock() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout  # real time, whatever _clock is
         for lane in self.lanes:
             if lane.thread.ident is not None:  # started
-                lane.thread.join(None if deadline is None else max(deadline - self._clock(), 0.0))
+                lane.thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         return not any(lane.thread.is_alive() for lane in self.lanes)
 
     def stop_writing(self) -> None:
