@@ -12,12 +12,23 @@ Both run with one torch thread by default, so that the client threads have a cor
 two cores, two torch threads spin-wait whenever anything else runs, which measures the machine.
 
     python benchmarks/bench_serve.py [--requests 200] [--clients 16] [--size 32] [--steps 2]
+
+With --devices, one worker against a worker per device (`spo serve --devices`), the same requests:
+throughput ratio, p50/p99 latency, and how many images each device made (from /metrics).
+
+    python benchmarks/bench_serve.py --devices cpu,cpu                 # 2 CPU workers vs 1 (the tiny model)
+    python benchmarks/bench_serve.py --devices all --hub --size 1024 --steps 20 --requests 64 --fast
+                                                                       # every GPU vs the first (SPO-SDXL)
+
+--hub serves the real models from the HF cache already on the machine (offline), rather than the tiny
+random ones; the one-worker run uses the first device of --devices (cuda:0 for `all`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,11 +54,15 @@ def post(url: str, body: dict) -> tuple[int, dict, float]:
     return status, answer, time.perf_counter() - t0
 
 
-def serve_run(env: dict, work: Path, prompts: list[str], args, batch_size: int) -> dict:
-    out = work / f"serve-b{batch_size}"
-    proc = subprocess.Popen([*SPO, "serve", "--port", "0", "--device", "cpu", "--out", str(out), "--batch-size",
-                             str(batch_size), "--batch-wait-ms", "20", "--max-queue", str(len(prompts))],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def serve_run(env: dict, work: Path, prompts: list[str], args, batch_size: int, where: tuple = ("--device", "cpu"),
+              tag: str = "") -> dict:
+    out = work / f"serve-b{batch_size}{tag}"
+    # stderr to a file: a pipe nobody reads would fill with a slow model's log and stop the server
+    with open(work / f"serve-b{batch_size}{tag}.log", "w") as log:
+        proc = subprocess.Popen([*SPO, "serve", "--port", "0", *where, "--out", str(out), "--batch-size",
+                                 str(batch_size), "--batch-wait-ms", "20", "--max-queue", str(len(prompts)),
+                                 *(["--fast"] if args.fast else [])],
+                                env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         url = proc.stdout.readline().strip()
         while True:
@@ -59,7 +74,7 @@ def serve_run(env: dict, work: Path, prompts: list[str], args, batch_size: int) 
                 pass
             except urllib.error.URLError:
                 if proc.poll() is not None:
-                    sys.exit(proc.stderr.read())
+                    sys.exit((work / f"serve-b{batch_size}{tag}.log").read_text()[-3000:])
             time.sleep(0.1)
         bodies = [{"prompt": p, "seed": 1000 + k, "size": f"{args.size}x{args.size}", "steps": args.steps}
                   for k, p in enumerate(prompts)]
@@ -68,8 +83,9 @@ def serve_run(env: dict, work: Path, prompts: list[str], args, batch_size: int) 
             answers = list(pool.map(lambda b: post(url + "/v1/images/generations", b), bodies))
         wall = time.perf_counter() - t0
         with urllib.request.urlopen(url + "/metrics") as r:
-            metrics = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines()
-                           if line and not line.startswith("#"))
+            from prometheus_client.parser import text_string_to_metric_families
+
+            samples = [s for f in text_string_to_metric_families(r.read().decode()) for s in f.samples]
     finally:
         proc.terminate()
         proc.wait()
@@ -81,10 +97,18 @@ def serve_run(env: dict, work: Path, prompts: list[str], args, batch_size: int) 
     if seeds != sorted(b["seed"] for b in bodies):
         sys.exit(f"the files on disk are not one per request: {len(files)} files for {len(bodies)} requests")
     latencies = sorted(t for _, _, t in answers)
+
+    def total(name: str) -> int:
+        return int(sum(s.value for s in samples if s.name == name))
+
+    per_device: dict[str, int] = {}
+    for s in samples:
+        if s.name == "spo_images_total":
+            per_device[s.labels["device"]] = per_device.get(s.labels["device"], 0) + int(s.value)
     return {"wall": wall, "rate": len(bodies) / wall, "p50": statistics.median(latencies),
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "batched": int(float(metrics["spo_batched_images_total"])),
-            "calls": int(float(metrics["spo_pipeline_calls_total"]))}
+            "batched": total("spo_batched_images_total"), "calls": total("spo_pipeline_calls_total"),
+            "devices": per_device}
 
 
 def batch_rate(env: dict, work: Path, prompts: list[str], args, batch_size: int) -> dict:
@@ -108,13 +132,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the server and of spo batch (default 1: the other core runs the clients; "
                     "two threads on two cores spin-wait whenever the clients run)")
+    ap.add_argument("--devices", help="compare one worker with a worker per device: cpu,cpu, cuda:0,cuda:1, all")
+    ap.add_argument("--batch-size", type=int, default=1, help="with --devices: each worker's --batch-size")
+    ap.add_argument("--hub", action="store_true", help="the real models from this machine's HF cache (offline)")
+    ap.add_argument("--fast", action="store_true", help="spo serve --fast (torch.compile; a warm-up call first)")
     args = ap.parse_args()
 
-    work, env = offline_cache()
+    if args.hub:
+        import tempfile
+
+        work, env = Path(tempfile.mkdtemp(prefix="spo-bench-")), {**os.environ, "HF_HUB_OFFLINE": "1"}
+    else:
+        work, env = offline_cache()
     env = {**env, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     examples = (Path(__file__).parents[1] / "examples" / "prompts.txt").read_text().splitlines()
     base = [p for p in examples if p.strip() and not p.startswith("#")]
     prompts = [f"{base[k % len(base)]} #{k}" for k in range(args.requests)]
+    if args.devices:
+        return devices_main(env, work, prompts, args)
     rows = []
     for bs in (1, 4):
         served = serve_run(env, work, prompts, args, bs)
@@ -129,6 +164,25 @@ def main() -> None:
         print(f"| {bs} | {s['rate']:.2f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['batched']} | {s['calls']} | "
               f"{b['rate']:.2f} | {s['rate'] / b['rate']:.2f}× |")
     print(f"micro-batching on vs off (serve img/s): {rows[1][1]['rate'] / rows[0][1]['rate']:.2f}×")
+
+
+def devices_main(env: dict, work: Path, prompts: list[str], args) -> None:
+    """One worker (the first device) against a worker per device, the same requests to each."""
+    first = "cuda:0" if args.devices == "all" else args.devices.split(",")[0].strip()
+    if args.fast:  # compile before the clock starts: the first calls of each shape compile (minutes on a GPU)
+        serve_run(env, work, prompts[: 4 * args.clients], args, args.batch_size, ("--devices", args.devices), "-warm")
+    one = serve_run(env, work, prompts, args, args.batch_size, ("--devices", first), "-one")
+    many = serve_run(env, work, prompts, args, args.batch_size, ("--devices", args.devices), "-many")
+    print(f"Machine: {machine()}; server with {args.threads} torch thread(s)")
+    print(f"Work: {args.requests} requests of 1 image from {args.clients} client threads, {args.size}×{args.size}, "
+          f"{args.steps} steps, {'the models in the HF cache' if args.hub else 'tiny random SDXL'}, --batch-size "
+          f"{args.batch_size}{', --fast' if args.fast else ''}; all answered, one file pair each, none duplicated")
+    print("| --devices | workers | img/s | p50 s | p99 s | images per device |")
+    print("|---|---:|---:|---:|---:|---|")
+    for devices, r in ((first, one), (args.devices, many)):
+        made = ", ".join(f"{d} {n}" for d, n in sorted(r["devices"].items()))
+        print(f"| {devices} | {len(r['devices'])} | {r['rate']:.2f} | {r['p50']:.2f} | {r['p99']:.2f} | {made} |")
+    print(f"throughput, {len(many['devices'])} workers vs 1: {many['rate'] / one['rate']:.2f}×")
 
 
 if __name__ == "__main__":

@@ -466,8 +466,9 @@ def test_the_progress_eta_comes_from_steps_done_and_moves(tmp_path):
     clock = Clock()
     worker = Worker(lambda: {}, tmp_path)
     worker._clock = clock
-    worker._step_s = 0.185  # the last call: 3.7 s for 20 steps
-    flight = worker._current = worker._flight(1, 20)
+    lane = worker.lanes[0]
+    lane.step_s = 0.185  # the last call: 3.7 s for 20 steps
+    flight = lane.current = worker._flight(lane, 1, 20)
     assert a1111_progress(worker.progress())["eta_relative"] == 3.7
     clock.now += 0.1
     assert a1111_progress(worker.progress())["eta_relative"] == 3.6  # counts down
@@ -502,8 +503,7 @@ def test_a_worker_that_cannot_load_says_why_and_turns_every_request_away(tmp_pat
     worker = Worker(load, tmp_path)
     ticket = worker.submit(worker_job(2), lambda: answered.append("queued"))
     worker.start()
-    worker.join(DEADLINE)
-    assert not worker._thread.is_alive()
+    assert worker.join(DEADLINE)
     assert worker.load_exception is failure and not worker.ready
     assert "nobody/nothing" in worker.load_error
     assert answered == ["queued"] and ticket.status == 503
@@ -532,6 +532,5 @@ def test_a_drained_worker_answers_each_queued_request_once_and_ends(tmp_path):
     worker.abandon()  # a second signal: nothing left to answer twice
     assert answers == ["first", "second"] and first.status == second.status == 503
     gate.set()
-    worker.join(DEADLINE)
-    assert not worker._thread.is_alive()
+    assert worker.join(DEADLINE)
     assert worker.progress() == Progress(waiting=0, interrupted=False)

@@ -77,8 +77,13 @@ def metrics(url: str) -> dict[tuple, float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def metric(url: str, name: str, **labels) -> float:
-    return metrics(url).get((name, *sorted(labels.items())), 0.0)
+def metric(url: str, name: str, missing: float | None = None, **labels) -> float:
+    """One series' value. A series not there fails, unless `missing` is given (a counter that may not
+    have counted yet): a label renamed must not read as 0."""
+    got = metrics(url)
+    key = (name, *sorted(labels.items()))
+    assert missing is not None or key in got, f"no series {key} in /metrics"
+    return got.get(key, missing)
 
 
 def png_pixels(data: bytes) -> np.ndarray:
@@ -230,13 +235,13 @@ def test_answers_are_spo_generate_pixels_with_the_same_metadata(server, tmp_path
 
 
 def test_requests_of_one_shape_share_a_call_and_keep_their_pixels(server):
-    before = metric(server.url, "spo_batched_images_total", model="spo")
+    before = metric(server.url, "spo_batched_images_total", device="cpu", model="spo")
     body = {"prompt": "a lighthouse in a storm", "steps": 2, "size": "64x64"}
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda seed: request(server.url + "/v1/images/generations", {**body, "seed": seed}),
                                 (11, 12)))
     assert [a[0] for a in answers] == [200, 200]
-    assert metric(server.url, "spo_batched_images_total", model="spo") - before == 2  # one call held both
+    assert metric(server.url, "spo_batched_images_total", device="cpu", model="spo") - before == 2  # one call held both
     alone = [request(server.url + "/v1/images/generations", {**body, "seed": s, "n": 1})[1] for s in (11,)]
     together = png_pixels(base64.b64decode(answers[0][1]["data"][0]["b64_json"]))
     assert np.abs(together - png_pixels(base64.b64decode(alone[0]["data"][0]["b64_json"]))).max() <= 1
@@ -287,7 +292,7 @@ def test_a_client_that_goes_away_has_its_queued_images_dropped(server):
 
     url = server.url
     worker = server.server.worker
-    made = metric(url, "spo_images_total", model="spo")
+    made = metric(url, "spo_images_total", device="cpu", model="spo")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(request, url + OPENAI, {"prompt": "in flight", "n": 2, "size": "64x64", "steps": 200})
         wait_for(lambda: request(url + "/sdapi/v1/progress")[1]["state"]["sampling_step"] >= 1, "the first step")
@@ -300,7 +305,7 @@ def test_a_client_that_goes_away_has_its_queued_images_dropped(server):
         wait_for(lambda: not worker.queued, "the abandoned images to be dropped")
         wait_for(lambda: request(url + "/sdapi/v1/interrupt", {}) and slow.done(), "the slow job to end")
     assert slow.result()[0] == 409
-    assert metric(url, "spo_images_total", model="spo") == made  # neither interrupted nor abandoned ones were made
+    assert metric(url, "spo_images_total", device="cpu", model="spo") == made  # neither interrupted nor abandoned ones were made
 
 
 # At least 30 requests a hostile or careless client sends: each is a 4xx with a JSON error that
@@ -379,7 +384,7 @@ def test_hostile_request(server, path, body, status, field):
 
 def test_hostile_transport(server, tmp_path):
     url = server.url
-    calls = metric(url, "spo_pipeline_calls_total", model="spo")
+    calls = metric(url, "spo_pipeline_calls_total", device="cpu", model="spo")
     cases = [
         (request(url + OPENAI, raw=b"{not json"), 400),
         # echoed back in answers or warnings, so refused before anything is made
@@ -410,7 +415,7 @@ def test_hostile_transport(server, tmp_path):
         # OpenAI's error body, or A1111's under /sdapi/ (its message is `detail`)
         assert status == want and isinstance(body, dict) and (body.get("detail") or body["error"]["message"]), (
             want, status, body)
-    assert metric(url, "spo_pipeline_calls_total", model="spo") == calls  # none of it reached the pipeline
+    assert metric(url, "spo_pipeline_calls_total", device="cpu", model="spo") == calls  # none of it reached the pipeline
 
     # A client that goes away in the middle of its body is not a server error.
     import socket
@@ -419,8 +424,8 @@ def test_hostile_transport(server, tmp_path):
     with socket.create_connection((host, int(port))) as half:
         half.sendall(b"POST " + OPENAI.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{\"pro")
-    wait_for(lambda: metric(url, "spo_http_requests_total", path=OPENAI, code="499"), "the 499 to be counted")
-    assert metric(url, "spo_http_requests_total", path=OPENAI, code="500") == 0
+    wait_for(lambda: metric(url, "spo_http_requests_total", 0.0, path=OPENAI, code="499"), "the 499 to be counted")
+    assert metric(url, "spo_http_requests_total", 0.0, path=OPENAI, code="500") == 0
 
 
 def test_the_gallery_passes_over_what_spo_did_not_write(server, tmp_path):
@@ -445,7 +450,7 @@ def test_other_hosts_other_origins_and_other_bodies_are_refused_over_http(server
     """The guard in front of the real server: DNS rebinding (Host), other sites (Origin) and bodies a page
     can send without a preflight (text/plain) are refused before anything is read or made."""
     url = server.url
-    calls = metric(url, "spo_pipeline_calls_total", model="spo")
+    calls = metric(url, "spo_pipeline_calls_total", device="cpu", model="spo")
     good = {"prompt": "a fox", "size": "64x64", "steps": 1, "seed": 1}
     status, body, _ = request(url + "/spo/v1/gallery", headers={"Host": "evil.example:" + url.rsplit(":", 1)[1]})
     assert status == 421 and body["error"]["param"] == "Host" and "images" not in body
@@ -455,7 +460,7 @@ def test_other_hosts_other_origins_and_other_bodies_are_refused_over_http(server
     assert status == 415 and "application/json" in body["error"]["message"]
     status, body, _ = request(url + A1111, good, headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 415 and "'Content-Type: application/json'" in body["detail"]  # A1111's error body
-    assert metric(url, "spo_pipeline_calls_total", model="spo") == calls
+    assert metric(url, "spo_pipeline_calls_total", device="cpu", model="spo") == calls
     status, body, _ = request(url + OPENAI, {}, headers={"Origin": url, "Host": url.removeprefix("http://")})
     assert status == 400 and body["error"]["param"] == "prompt"  # the page's own origin passes
 
@@ -493,13 +498,13 @@ def test_metrics_health_page_and_outputs(server):
     request(url + "/no/such/page")
     request(url + "/outputs/" + made[1]["spo"]["files"][0])
     after = metrics(url)
-    spo = ("model", "spo")
-    assert grew(after, ("spo_images_total", spo)) == 2
-    assert grew(after, ("spo_pipeline_calls_total", spo)) == 1  # --batch-size 2: one call for both
-    assert grew(after, ("spo_batched_images_total", spo)) == 0  # one request's images: not batching
-    assert grew(after, ("spo_image_failures_total", spo)) == 0
-    assert grew(after, ("spo_call_seconds_count", spo)) == 1 and grew(after, ("spo_call_seconds_sum", spo)) > 0
-    assert grew(after, ("spo_queue_wait_seconds_count", spo)) == 2
+    spo = (("device", "cpu"), ("model", "spo"))  # --device cpu: the one device, named as asked
+    assert grew(after, ("spo_images_total", *spo)) == 2
+    assert grew(after, ("spo_pipeline_calls_total", *spo)) == 1  # --batch-size 2: one call for both
+    assert grew(after, ("spo_batched_images_total", *spo)) == 0  # one request's images: not batching
+    assert grew(after, ("spo_image_failures_total", *spo)) == 0
+    assert grew(after, ("spo_call_seconds_count", *spo)) == 1 and grew(after, ("spo_call_seconds_sum", *spo)) > 0
+    assert grew(after, ("spo_queue_wait_seconds_count", *spo)) == 2
     assert grew(after, ("spo_http_requests_total", ("code", "200"), ("path", OPENAI))) == 1
     assert grew(after, ("spo_http_requests_total", ("code", "404"), ("path", "other"))) == 1
     assert grew(after, ("spo_http_requests_total", ("code", "200"), ("path", "/outputs/{name:path}"))) == 1
@@ -875,7 +880,8 @@ def test_another_site_can_neither_make_images_nor_read_the_gallery(server):
     # the server itself refused them (the browser did send the blind ones and the preflight)
     assert grew("403", OPENAI) == 2 and grew("403", A1111) == 1, after  # blind POST and the JSON one's preflight
     assert grew("403", "/spo/v1/gallery") == 1 and grew("421", "/spo/v1/gallery") >= 1  # Chromium retries a 421
-    made = after[("spo_images_total", ("model", "spo"))] - before.get(("spo_images_total", ("model", "spo")), 0.0)
+    key = ("spo_images_total", ("device", "cpu"), ("model", "spo"))
+    made = after[key] - before.get(key, 0.0)
     assert made == 1  # the page's own image, and no other
 
 

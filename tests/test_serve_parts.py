@@ -310,32 +310,42 @@ def test_a_request_is_counted_before_its_last_byte_is_sent(tmp_path):
     assert samples(worker.metrics)[("spo_http_requests_total", ("code", "200"), ("path", "/outputs/{name:path}"))] == 1
 
 
-def test_the_worker_calls_are_series_labelled_by_model():
+def test_the_worker_calls_are_series_labelled_by_model_and_device():
     from spo_cli.serve.metrics import Metrics
 
-    worker = SimpleNamespace(ready=True, queued=3)
+    gpu0, gpu1 = SimpleNamespace(name="cuda:0", state="ready", busy=2), SimpleNamespace(name="cuda:1", state="loading",
+                                                                                         busy=0)
+    worker = SimpleNamespace(ready=True, queued=3, lanes=[gpu0, gpu1])
     m = Metrics(worker)
-    m.queue_wait("spo", 0.02)
-    m.queue_wait("spo", 7.0)
-    m.call("spo", images=3, seconds=1.5, batched=3)
-    m.call("base", images=1, seconds=0.2, batched=0)
-    m.image_failed("spo")
+    m.known(["spo", "base"], ["cuda:0", "cuda:1"])
+    m.queue_wait("spo", "cuda:0", 0.02)
+    m.queue_wait("spo", "cuda:0", 7.0)
+    m.call("spo", "cuda:0", images=3, seconds=1.5, batched=3)
+    m.call("base", "cuda:1", images=1, seconds=0.2, batched=0)
+    m.image_failed("spo", "cuda:1")
     got = samples(m)
+    spo0, spo1, base1 = (("device", "cuda:0"), ("model", "spo")), (("device", "cuda:1"), ("model", "spo")), \
+        (("device", "cuda:1"), ("model", "base"))
     assert got[("spo_ready",)] == 1 and got[("spo_queue_depth",)] == 3
-    assert got[("spo_images_total", ("model", "spo"))] == 3 and got[("spo_images_total", ("model", "base"))] == 1
-    assert got[("spo_pipeline_calls_total", ("model", "spo"))] == 1
-    assert got[("spo_batched_images_total", ("model", "spo"))] == 3
-    assert got[("spo_batched_images_total", ("model", "base"))] == 0
-    assert got[("spo_image_failures_total", ("model", "spo"))] == 1
-    assert got[("spo_queue_wait_seconds_count", ("model", "spo"))] == 2
-    assert got[("spo_queue_wait_seconds_sum", ("model", "spo"))] == pytest.approx(7.02)
-    assert got[("spo_queue_wait_seconds_bucket", ("le", "0.05"), ("model", "spo"))] == 1
-    assert got[("spo_queue_wait_seconds_bucket", ("le", "10.0"), ("model", "spo"))] == 2
-    assert got[("spo_call_seconds_sum", ("model", "spo"))] == pytest.approx(1.5)
-    assert got[("spo_call_seconds_count", ("model", "base"))] == 1
+    assert got[("spo_images_total", *spo0)] == 3 and got[("spo_images_total", *base1)] == 1
+    assert got[("spo_images_total", *spo1)] == 0  # listed from the start, by `known`
+    assert got[("spo_pipeline_calls_total", *spo0)] == 1
+    assert got[("spo_batched_images_total", *spo0)] == 3
+    assert got[("spo_batched_images_total", *base1)] == 0
+    assert got[("spo_image_failures_total", *spo1)] == 1 and got[("spo_image_failures_total", *spo0)] == 0
+    assert got[("spo_queue_wait_seconds_count", *spo0)] == 2
+    assert got[("spo_queue_wait_seconds_sum", *spo0)] == pytest.approx(7.02)
+    assert got[("spo_queue_wait_seconds_bucket", ("device", "cuda:0"), ("le", "0.05"), ("model", "spo"))] == 1
+    assert got[("spo_queue_wait_seconds_bucket", ("device", "cuda:0"), ("le", "10.0"), ("model", "spo"))] == 2
+    assert got[("spo_call_seconds_sum", *spo0)] == pytest.approx(1.5)
+    assert got[("spo_call_seconds_count", *base1)] == 1
+    assert got[("spo_device_up", ("device", "cuda:0"))] == 1 and got[("spo_device_up", ("device", "cuda:1"))] == 0
+    assert got[("spo_device_busy", ("device", "cuda:0"))] == 2 and got[("spo_device_busy", ("device", "cuda:1"))] == 0
     worker.ready, worker.queued = False, 0  # read when scraped, never stale
+    gpu0.busy, gpu1.state = 0, "ready"
     got = samples(m)
     assert got[("spo_ready",)] == 0 and got[("spo_queue_depth",)] == 0
+    assert got[("spo_device_busy", ("device", "cuda:0"))] == 0 and got[("spo_device_up", ("device", "cuda:1"))] == 1
 
 
 # -- The gallery: whatever is in --out ----------------------------------------------------------------

@@ -25,18 +25,19 @@ class Recorded:
     """The worker's metrics hooks, written down."""
 
     def __init__(self, fail_on_call: bool = False):
-        self.waits, self.calls, self.failed = [], [], []
+        self.waits, self.calls, self.failed, self.devices = [], [], [], []
         self.fail_on_call = fail_on_call
 
-    def queue_wait(self, model: str, seconds: float) -> None:
+    def queue_wait(self, model: str, device: str, seconds: float) -> None:
         self.waits.append((model, seconds))
 
-    def call(self, model: str, images: int, seconds: float, batched: int) -> None:
+    def call(self, model: str, device: str, images: int, seconds: float, batched: int) -> None:
         if self.fail_on_call:
             raise RuntimeError("a broken metrics exporter")
         self.calls.append((model, images, seconds, batched))
+        self.devices.append(device)
 
-    def image_failed(self, model: str) -> None:
+    def image_failed(self, model: str, device: str) -> None:
         self.failed.append(model)
 
 
@@ -77,8 +78,7 @@ def answered(*pending) -> list:
 
 def stop(worker: Worker) -> None:
     worker.drain()
-    worker.join(DEADLINE)
-    assert not worker._thread.is_alive()
+    assert worker.join(DEADLINE)
 
 
 def test_two_requests_in_one_call_are_counted_as_batched_and_reported(loaded, tmp_path):
@@ -235,8 +235,7 @@ def test_a_second_signal_abandons_the_call_in_flight_and_turns_the_queue_away(lo
     # Both answered at once, the call in flight too: the server need not wait for its next step.
     assert ticket.status == 503 and ticket.images == [None]
     assert waiting.status == 503 and waiting.images == [None]
-    worker.join(DEADLINE)
-    assert not worker._thread.is_alive()
+    assert worker.join(DEADLINE)
     assert not list((tmp_path / "out").glob("*.png"))  # nothing of the abandoned call is written
 
 

@@ -91,3 +91,75 @@ def installed() -> Machine:
 def precheck(device: str, generator_devices, offload: str | None) -> None:
     """The refusals that need no torch, for a request about to run."""
     check(device, generator_devices, offload, installed())
+
+
+# -- `spo serve --devices`: a worker per device ------------------------------------------------------
+
+DEVICES_MAX = 64  # workers of one server: a node's GPUs, with room; each holds its own copy of the models
+DEVICES_HINT = "E.g. --devices all (every visible GPU), --devices cuda:0,cuda:1, or --devices cpu,cpu."
+NO_GPU_HINT = "Without a GPU, --devices cpu,cpu runs two CPU workers (or use --device cpu for one)."
+
+
+def serve_devices(value: str, machine: Machine) -> list[str]:
+    """--devices, checked without torch: `all` (kept as ['all'] for `count_all` to expand once torch
+    can count the GPUs), or a comma-separated list of cpu (repeatable: several CPU workers), cuda:N
+    (each GPU once) and mps (once), all of one kind, so that a seed makes the same image whichever
+    worker takes it."""
+    text = value.strip()
+    if text == "all":
+        why = all_refusal(machine)
+        if why:
+            raise UsageError(why, NO_GPU_HINT)
+        return ["all"]
+    names = [d.strip() for d in text.split(",")]
+    if not text or any(not d for d in names):
+        raise UsageError(f"--devices {value!r} has an empty entry.", DEVICES_HINT)
+    if len(names) > DEVICES_MAX:
+        raise UsageError(f"--devices names {len(names):,} devices; a server runs at most {DEVICES_MAX}.", DEVICES_HINT)
+    for d in names:
+        if d == "cuda":
+            raise UsageError("--devices cuda does not say which GPU: name each by its index.",
+                             "E.g. --devices cuda:0,cuda:1, or --devices all.")
+        if d not in ("cpu", "mps") and not (d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit()):
+            raise UsageError(f"--devices: {d[:40]!r} is not a device (cpu, cuda:N or mps).", DEVICES_HINT)
+    kinds = sorted({d.partition(":")[0] for d in names})
+    if len(kinds) > 1:
+        raise UsageError(f"--devices {value} mixes {' and '.join(kinds)}: a seed would make a different image "
+                         "depending on which worker took it (another dtype, another device's arithmetic).",
+                         "Name devices of one kind: all GPUs, or cpu,cpu.")
+    seen = set()
+    for d in names:
+        if d != "cpu" and d in seen:
+            raise UsageError(f"--devices names {d} twice: one worker per GPU (two would share its memory and "
+                             "its compute, and serve no faster).", "Name each GPU once; cpu may repeat.")
+        seen.add(d)
+    for d in names:
+        why = refusal(d, "--devices", machine)
+        if why:
+            raise UsageError(why, NO_GPU_HINT if d.startswith("cuda") else DEVICES_HINT)
+    return names
+
+
+def all_refusal(machine: Machine) -> str | None:
+    """Why `--devices all` finds no GPU here (one sentence), or None when it may (or only torch can tell)."""
+    if not machine.cuda_build:
+        return (f"--devices all asks for every CUDA GPU, but this PyTorch ({machine.torch_version}) has no CUDA "
+                "(it is a CPU-only build).")
+    if machine.cuda_gpus == 0:
+        return f"--devices all asks for every CUDA GPU, but this PyTorch ({machine.torch_version}) sees none."
+    return None
+
+
+def count_all(devices: list[str], machine: Machine) -> list[str]:
+    """`devices` with `all` expanded into every GPU torch sees (`machine` from engine.machine()), and
+    every cuda:N checked against how many there are."""
+    if devices == ["all"]:
+        why = all_refusal(machine)
+        if why:
+            raise UsageError(why, NO_GPU_HINT)
+        devices = [f"cuda:{i}" for i in range(min(machine.cuda_gpus or 0, DEVICES_MAX))]
+    for d in devices:
+        why = refusal(d, "--devices", machine)
+        if why:
+            raise UsageError(why, NO_GPU_HINT)
+    return devices

@@ -25,6 +25,8 @@ EXAMPLES = """[bold]Examples[/]
 
   spo serve --host 0.0.0.0 --port 8000 --token-file ~/.spo-token --allow-host gpu-box   # a GPU box for a team
 
+  spo serve --devices all                     # a worker per visible GPU, one queue, one port (cuda:0,cuda:1 …)
+
   curl -s localhost:7860/v1/images/generations -H 'Content-Type: application/json' \\
        -d '{"prompt":"a red fox","n":2,"size":"1024x1024"}'
 
@@ -41,7 +43,7 @@ Ctrl-C (or SIGTERM) stops taking requests, finishes the call in flight and answe
 One line per request on stderr (client, method, path, status, seconds; never the query, token or
 prompt); --quiet turns it off.
 """
-JSON_HELP = "Print one JSON line on stdout once listening (url, models, out), nothing else."
+JSON_HELP = "Print one JSON line on stdout once listening (url, models, out, devices), nothing else."
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 CONNECTIONS_MAX = 512
@@ -160,6 +162,10 @@ def serve(
     no_size_limit: opts.NoSizeLimit = False,
     vae: opts.Vae = None,
     device: opts.Device = "auto",
+    devices: Annotated[Optional[str], typer.Option(
+        help="A worker per device, each with its own copy of the models, fed from the one queue: all (every "
+        "visible GPU), or a list such as cuda:0,cuda:1, or cpu,cpu (two CPU workers). /health and /metrics "
+        "list each device. Instead of --device.", rich_help_panel=opts.MODEL_PANEL, show_default=False)] = None,
     dtype: opts.Dtype = "auto",
     fast: opts.Fast = False,
     offload: opts.Offload = None,
@@ -180,6 +186,14 @@ def serve(
     validate.integer(port, "port", low=0, high=validate.PORT_MAX)
     validate.integer(max_queue, "max_queue", low=1, high=validate.NUM_IMAGES_MAX)
     validate.integer(batch_wait_ms, "batch_wait_ms", low=0, high=validate.BATCH_WAIT_MS_MAX)
+    workers = None
+    if devices is not None:
+        from spo_cli import devices as machine_devices
+
+        if device != "auto":
+            raise UsageError(f"--device {device} and --devices {devices} both say where to run.",
+                             "Give one: --devices for a worker per device, --device for one.")
+        workers = machine_devices.serve_devices(devices, machine_devices.installed())
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError):
@@ -204,12 +218,12 @@ def serve(
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
-                   dtype=dtype, fast=fast, offload=offload, api_auth=api_auth,
+                   devices=workers, dtype=dtype, fast=fast, offload=offload, api_auth=api_auth,
                    access_log=not ui.quiet, provenance=not no_provenance, signer=opts.signer(sign, sign_key, sign_cert),
                    watermark=watermark)
     if ui.json_mode:
-        ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None},
-                     one_line=True)
+        ui.emit_json({"url": server.url, "models": labels, "out": str(server.settings.out) if not no_save else None,
+                      "devices": [lane.name for lane in server.worker.lanes]}, one_line=True)
     else:
         ui.info(f"Serving on {escape(server.url)} (the page is at /; /health says when the model is loaded). "
                 "Ctrl-C stops.")
@@ -231,37 +245,91 @@ class Server:
 def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
-          device: str = "auto", dtype: str = "auto", fast: bool = False, offload: str | None = None,
-          api_auth: tuple[tuple[str, str], ...] = (),
+          device: str = "auto", devices: list[str] | None = None, dtype: str = "auto", fast: bool = False,
+          offload: str | None = None, api_auth: tuple[tuple[str, str], ...] = (),
           access_log: bool = False, provenance: bool = True, signer=None, watermark: bool = False) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
-    started: it loads the models in its own thread) and the app."""
-    requests = []
-    for label in labels:
-        request, warnings = opts.model_request(model=label, vae=vae, dtype=dtype, device=device)
-        requests.append(request)
-        for w in warnings:
-            ui.warn(w)
+    started: each device loads the models in its own thread) and the app. `devices`: --devices, checked
+    (devices.serve_devices); None: the one --device."""
+    import threading
+
+    devices = list(devices) if devices else [device]
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
-    for request in requests:
+    plans: list[list] = []  # per device, its model requests (the same models, on that device)
+    for d in devices:
+        requests = []
+        for label in labels:
+            request, warnings = opts.model_request(model=label, vae=vae, dtype=dtype, device="auto" if d == "all" else d)
+            requests.append(request)
+            for w in warnings if d is devices[0] else ():
+                ui.warn(w)
+        plans.append(requests)
+    for request in plans[0]:
         loading.precheck(request, options)
     folder = validate.output_folder(out) if save else Path(out)
     sock = listen(host, port)
+    if any(d == "all" or d.startswith("cuda:") for d in devices):
+        # How many GPUs there are is torch's to say: `all` becomes them, and cuda:7 on a machine of two
+        # is refused now rather than left to fail as a degraded device.
+        from spo_cli import devices as machine_devices
+        from spo_cli import engine
+
+        try:
+            devices = machine_devices.count_all(devices, engine.machine())
+        except BaseException:
+            sock.close()
+            raise
+        plans = [[opts.model_request(model=label, vae=vae, dtype=dtype, device=d)[0] for label in labels]
+                 for d in devices]
 
     from spo_cli.serve import api
     from spo_cli.serve.app import Settings, create_app
-    from spo_cli.serve.worker import Worker
+    from spo_cli.serve.worker import Worker, lane_names
 
-    def load() -> dict:
-        runtime = loading.start_torch(ui, requests[0], options)
-        loaded = {}
-        for label, request in zip(labels, requests):
-            resolved = loading.find_model(ui, request, runtime.dtype)
-            loaded[label] = (loading.load(ui, runtime, resolved, options), resolved)
-        ui.info(f"[green]✓[/] Ready: {', '.join(labels)} on {runtime.device} ({runtime.dtype})")
-        return loaded
+    names = lane_names(devices)
+    several = len(devices) > 1
+    # diffusers and transformers patch torch.nn process-wide while they build a model (accelerate's
+    # init_empty_weights), so two devices loading at once could corrupt each other's weights: the
+    # devices load one after another, and a model's files are found once for them all.
+    loading_lock = threading.Lock()
+    found: dict = {}
 
-    worker = Worker(load, folder, batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
+    def loader(name: str, requests: list):
+        def load() -> dict:
+            try:
+                runtime = loading.start_torch(ui, requests[0], options)
+                if runtime.device.startswith("cuda:"):
+                    import torch  # imported by start_torch; as distributed.init does for a rank's GPU
+
+                    # This thread's current GPU (CUDA keeps one per thread): a request's
+                    # --generator-device cuda draws its noise there, and CUDA graphs (--fast) and the
+                    # caching allocator follow it, rather than cuda:0 for every device.
+                    torch.cuda.set_device(torch.device(runtime.device))
+                loaded = {}
+                for label, request in zip(labels, requests):
+                    with loading_lock:
+                        if (label, runtime.dtype) not in found:
+                            found[label, runtime.dtype] = loading.find_model(ui, request, runtime.dtype)
+                        resolved = found[label, runtime.dtype]
+                        loaded[label] = (loading.load(ui, runtime, resolved, options), resolved)
+            except Exception as e:
+                if several and any(lane.state != "failed" for lane in worker.lanes if lane.name != name):
+                    # the others may serve: say which device is left out, and why (when none is left,
+                    # the server's own error says it)
+                    from spo_cli.errors import SpoError
+
+                    why = e.paragraph() if isinstance(e, SpoError) else f"{type(e).__name__}: {e}"
+                    ui.warn(f"{name} failed to load its models and is left out; the other devices go on: "
+                            f"{escape(why)}")
+                raise
+            ui.info(f"[green]✓[/] Ready: {', '.join(labels)} on {runtime.device} ({runtime.dtype})"
+                    + (f" as {name}" if several and name != runtime.device else ""))
+            return loaded
+
+        return load
+
+    worker = Worker({name: loader(name, requests) for name, requests in zip(names, plans)}, folder,
+                    batch_size=batch_size, batch_wait_s=batch_wait_ms * 1e-3, max_queue=max_queue,
                     debug=ui.debug, provenance=provenance, signer=signer)
     from spo_cli.serve import uploads
 

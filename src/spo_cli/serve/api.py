@@ -949,9 +949,11 @@ def run_job(body, ctx: Context) -> Job:
 
 def a1111_progress(p) -> dict:
     """A1111's /sdapi/v1/progress answer from the worker's `Progress` snapshot. The ETA is the
-    worker's, from the steps done (`eta.Eta`); a snapshot without one is scaled by the steps left."""
+    worker's, from the steps done (`eta.Eta`); a snapshot without one is scaled by the steps left. With
+    calls in flight on several devices, the progress is the oldest call's and job_count counts every
+    call in flight and every request waiting."""
     state = {"skipped": False, "interrupted": p.interrupted, "stopping_generation": False, "job": "",
-             "job_count": p.waiting + (1 if p.running else 0), "job_timestamp": "0", "job_no": 0,
+             "job_count": p.waiting + max(p.calls, 1 if p.running else 0), "job_timestamp": "0", "job_no": 0,
              "sampling_step": 0, "sampling_steps": 0}
     if not p.running:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}

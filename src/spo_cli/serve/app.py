@@ -32,6 +32,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     # One Metrics per worker: a second app on the same worker (the tests run several) shares it.
     if not isinstance(getattr(worker, "metrics", None), Metrics):
         worker.metrics = Metrics(worker)
+        worker.metrics.known(settings.context.models, (lane.name for lane in getattr(worker, "lanes", ())))
     metrics = worker.metrics
     metrics.paths.update(route.path for router in routers for route in router.routes)
     app.state.spo = State(worker, settings, metrics)

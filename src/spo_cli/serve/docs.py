@@ -227,11 +227,23 @@ class SpoRunResponse(BaseModel):
     warnings: list[str]
 
 
+class HealthDevice(BaseModel):
+    device: str = Field(description="The device as asked (cuda:1; cpu#0 and cpu#1 for cpu asked twice).")
+    state: Literal["loading", "ready", "failed"]
+    busy: int = Field(description="Images in its call in flight (0: idle).")
+    images: int
+    failures: int
+    error: str | None = Field(None, description="Why it failed to load.")
+
+
 class Health(BaseModel):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "degraded", "loading", "failed"] = Field(
+        description="200: ready (every device loaded) or degraded (some failed, the others serve); 503: loading "
+        "or failed (none could load).")
     models: list[str] | None = None
-    queued: int | None = Field(None, description="Images waiting for the GPU.")
+    queued: int | None = Field(None, description="Images waiting for a device (one queue for them all).")
     error: str | None = None
+    devices: list[HealthDevice] = []
 
 
 class A1111Progress(BaseModel):

@@ -6,10 +6,15 @@ first. A call that is not full waits up to `wait_s` (`--batch-wait-ms`) for comp
 the moment the worker, free, finds work; a full call goes at once. The queue is bounded in images,
 not requests: a request for 8 images takes 8 places.
 
+Several workers (`spo serve --devices`, one per device) may take calls from the one queue: each
+takes the next call when it is free, so calls are in flight on several devices at once. An
+interrupt stops every call in flight.
+
 Pure: no thread of its own, no torch, no engine. The clock and the call key are injected, so the
 fast tests drive it with a fake clock and a fake key, as TGI tests its `next_batch`. The key is
-computed when an image is submitted and never while holding the lock (it tokenizes prompts, and
-every web request waits on that lock).
+computed when an image is submitted, or, where the key function cannot tell then (None: `spo serve`'s
+worker keys on the devices' own threads), by the worker in `next_call`; never while holding the lock
+(it tokenizes prompts, and every web request waits on that lock).
 """
 
 from __future__ import annotations
@@ -82,8 +87,8 @@ def _alone() -> Hashable:
 
 class Scheduler:
     """The bounded queue and the choice of each pipeline call. Any thread may submit, cancel,
-    interrupt or drain; one thread, the worker, takes calls (`next_call`) and says when each is
-    finished (`finished`)."""
+    interrupt or drain; the worker threads (one per device) take calls (`next_call`) and say when
+    each is finished (`finished`)."""
 
     def __init__(self, key: Key, *, images_per_call: int = 1, wait_s: float = 0.0, max_images: int = 64,
                  clock: Callable[[], float] = time.monotonic):
@@ -105,7 +110,7 @@ class Scheduler:
         self._open = True
         self._why_closed = ""
         self._abandoned = False
-        self._in_flight: Call | None = None
+        self._in_flight: list[Call] = []  # taken and not yet finished, oldest first: one per busy device
         # An interrupt with no call in flight stops the next call taken from the images queued at
         # that moment: those numbered up to this. Cleared by the next call taken, whatever it holds.
         self._interrupt_upto: int | None = None
@@ -143,12 +148,13 @@ class Scheduler:
             return dropped
 
     def interrupt(self) -> bool:
-        """A1111's interrupt: the call in flight stops at its next step; with none in flight, the next
-        call taken from the images queued now does (it may be waiting for company). Idle, nothing is
-        remembered. Returns whether a call will stop."""
+        """A1111's interrupt: every call in flight (one per busy device) stops at its next step; with
+        none in flight, the next call taken from the images queued now does (it may be waiting for
+        company). Idle, nothing is remembered. Returns whether a call will stop."""
         with self._cond:
-            if self._in_flight is not None:
-                self._in_flight.interrupted = True
+            if self._in_flight:
+                for call in self._in_flight:
+                    call.interrupted = True
             elif self._queue:
                 self._interrupt_upto = self._submitted
             else:
@@ -184,11 +190,10 @@ class Scheduler:
 
     def state(self) -> QueueState:
         with self._cond:
-            flight = self._in_flight
             pending = self._interrupt_upto is not None and any(q.number <= self._interrupt_upto for q in self._queue)
             return QueueState(images=len(self._queue), requests=len({id(q.ticket) for q in self._queue}),
-                              running=flight is not None,
-                              interrupted=(flight is not None and flight.interrupted) or pending)
+                              running=bool(self._in_flight),
+                              interrupted=any(c.interrupted for c in self._in_flight) or pending)
 
     # -- the worker thread -----------------------------------------------------------------------
 
@@ -203,7 +208,8 @@ class Scheduler:
                         return call
                     # _due left a deadline whenever something is queued; otherwise wait for a submit
                     self._cond.wait(None if self._deadline is None else self._deadline - self._clock())
-            # Images submitted while the models loaded: keyed now, outside the lock, as at submit.
+            # Images the key function could not key at submit (the models still loading; `spo serve`
+            # keys on the devices' threads): keyed now, outside the lock.
             keys = [self._key(q.ticket, q.index) for q in unkeyed]
             with self._cond:
                 for q, key in zip(unkeyed, keys):
@@ -225,8 +231,8 @@ class Scheduler:
     def finished(self, call: Call) -> None:
         """`call` is done with (made, failed or stopped): an interrupt from now on is not its."""
         with self._cond:
-            if self._in_flight is call:
-                self._in_flight = None
+            if call in self._in_flight:
+                self._in_flight.remove(call)
 
     def _due(self) -> Call | None:  # under the lock, every queued image keyed
         if not self._queue:
@@ -246,5 +252,5 @@ class Scheduler:
         call = Call(self._calls, tuple(same), now,
                     interrupted=self._interrupt_upto is not None and head.number <= self._interrupt_upto)
         self._interrupt_upto = None  # the head is the oldest: if it is younger, no image queued then is left
-        self._in_flight = call
+        self._in_flight.append(call)
         return call

@@ -19,12 +19,19 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(spo: Spo):
+    """What a load balancer asks: 200 while requests can be served (ready; or degraded: a device failed
+    to load and the others serve), 503 while loading or once every device has failed. Each device is
+    listed with its state, so that an operator sees which one to look at."""
     worker = spo.worker
-    if worker.load_error:
-        return JSONResponse({"status": "failed", "error": worker.load_error}, status_code=503)
-    if not worker.ready:
-        return JSONResponse({"status": "loading"}, status_code=503)
-    return {"status": "ready", "models": list(worker.loaded()), "queued": worker.queued}
+    devices = [{"device": lane.name, "state": lane.state, "busy": lane.busy, "images": lane.images,
+                "failures": lane.failures, **({"error": lane.error} if lane.error else {})} for lane in worker.lanes]
+    status = worker.status
+    if status == "failed":
+        return JSONResponse({"status": "failed", "error": worker.load_error or next(
+            (lane.error for lane in worker.lanes if lane.error), ""), "devices": devices}, status_code=503)
+    if status == "loading":
+        return JSONResponse({"status": "loading", "devices": devices}, status_code=503)
+    return {"status": status, "models": list(worker.loaded()), "queued": worker.queued, "devices": devices}
 
 
 @router.get("/metrics")
