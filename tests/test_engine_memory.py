@@ -48,3 +48,17 @@ def test_oom_advice_for_the_hires_fix_and_edits():
     assert "encodes the input and decodes the image in tiles" in edit and "--width and --height" in edit
     assert "--hires" not in oom_hint(pixels=1536 * 1536) and "--vae-tiling" not in oom_hint(
         pixels=1536 * 1536, options=RunOptions(vae_tiling=True), edit=True)
+
+
+def test_noise_asked_of_any_gpu_is_drawn_on_the_engines_gpu():
+    # spo serve --devices hands a request recorded on cuda:1 to whichever GPU is free; diffusers refuses a
+    # generator on another GPU than the latents. CPU noise stays on the CPU, and a CPU engine keeps what was asked.
+    from types import SimpleNamespace
+
+    from spo_cli.engine import Engine
+
+    on = lambda device, asked: Engine._noise_device(SimpleNamespace(device=device), asked)  # noqa: E731
+    assert on("cuda:0", "cuda:1") == "cuda:0"
+    assert on("cuda:1", "cuda") == "cuda:1"
+    assert on("cuda:0", "cpu") == "cpu"
+    assert on("cpu", "cuda") == "cuda"  # refused earlier (devices.check), never silently moved

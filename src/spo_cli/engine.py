@@ -482,6 +482,15 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------------
 
+    def _noise_device(self, asked: str) -> str:
+        """Where an image's noise is drawn. On GPUs of one model, torch's Philox stream does not depend on
+        which of them draws it, so noise asked of any GPU is drawn on this engine's: a request recorded on
+        cuda:1 gives the same pixels on cuda:0, and `spo serve --devices` may hand it to any of its GPUs (diffusers refuses a
+        generator on another GPU than the latents)."""
+        if asked.startswith("cuda") and self.device.startswith("cuda"):
+            return self.device
+        return asked
+
     def derived(self, mode: str):
         """The pipeline for `mode` (img2img, inpaint), made from the loaded one with from_pipe: the same
         modules, not a second copy of the weights. The watermarker stays off (diffusers turns it on
@@ -583,7 +592,8 @@ class Engine:
                 # torch's global one. One tree per image, seeded with the image's seed: a seed is one image
                 # whatever the batch.
                 pipe.scheduler.noise_sampler_seed = [r.seed for r in batch]
-            generators = [torch.Generator(first.generator_device).manual_seed(r.seed) for r in batch]
+            generators = [torch.Generator(self._noise_device(first.generator_device)).manual_seed(r.seed)
+                          for r in batch]
             w, h = size
             with self._vae_fits(w, h, len(batch)):
                 return pipe(**prompts, **kwargs, num_inference_steps=steps, guidance_scale=first.guidance,
