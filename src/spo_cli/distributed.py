@@ -52,6 +52,20 @@ def init(device: str) -> None:
     atexit.register(shutdown)
 
 
+def join(requested_device: str) -> None:
+    """Under a launcher, join the process group now, before anything that may fail on one node only
+    (the folder lock, files missing from one node's cache). A rank that exits before the group has
+    formed leaves ranks on other machines waiting for it until the group's timeout: torchrun stops
+    the other processes of a failed process's own machine, not those of other machines. Once the
+    group has formed, a rank that exits closes its connections and the others' next barrier fails."""
+    rank = rank_info()
+    if not rank.several:
+        return
+    from spo_cli import engine
+
+    init(engine.pick_device(requested_device, rank.local_rank)[0])
+
+
 def barrier() -> None:
     if "torch" not in sys.modules:  # no process group without torch (a --server client never imports it)
         return

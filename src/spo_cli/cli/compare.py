@@ -200,6 +200,7 @@ def compare(
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
+    distributed.join(device)  # under torchrun: before the lock, which only the first rank takes
     with files.FolderLock(out, "spo compare") if first else nullcontext():
         kept = files.keep_inputs(out, [r.request for r in rows]) if keep_inputs else None
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),

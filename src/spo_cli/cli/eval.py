@@ -181,6 +181,7 @@ def eval(  # noqa: A001 - the command's name
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
+    distributed.join(device)  # under torchrun: before the lock, which only the first rank takes
     with files.FolderLock(out, "spo eval") if first else nullcontext():
         scorers = scoring.find_scorers(ui, names, hps_version)
         steps = scoring.steps(ui)
