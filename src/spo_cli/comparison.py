@@ -169,11 +169,19 @@ class Rendered:
     reused: int
     log: list[str]
     bytes_loaded: int
+    team: object = None  # distributed.Team: the ranks, carried on to score_cells
 
 
 def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
-                failed: dict[tuple[int, int], str], how: Scoring, resolved: dict | None = None) -> dict:
-    """Score every cell that exists: {cells: [[{metric: value} | None]], summary, errors}."""
+                failed: dict[tuple[int, int], str], how: Scoring, resolved: dict | None = None,
+                team=None) -> dict | None:
+    """Score every cell that exists: {cells: [[{metric: value} | None]], summary, errors}.
+
+    Under several ranks (`team`: the one `render_columns` made) each rank scores its share, whole
+    scorer calls dealt round-robin, into the cells' scores files; after they meet, the first rank
+    reads every score back from those files (nothing is scored twice) and returns the result, the
+    others None."""
+    from spo_cli import distributed
     from spo_cli.scores import run, store
     from spo_cli.scores.summary import summarise
 
@@ -186,6 +194,14 @@ def score_cells(steps: Steps, columns: list[Column], rows: list[ImageTask], cell
                 where[(ri, ci)] = len(items)
                 items.append(store.Item(image, *recorded))
     ui = steps.ui
+    if team is not None and team.rank.several:
+        chunks = [items[i:i + how.batch_size] for i in range(0, len(items), how.batch_size)]
+        mine = [it for chunk in distributed.deal(chunks, team.rank) for it in chunk]
+        team.step(lambda: steps.score_items(ui, mine, how.metrics, how.hps_version, device=how.device,
+                                            batch_size=how.batch_size, resolved=resolved))
+        team.check(ui, team.meet("score", {"scored": len(mine)}))
+        if not team.rank.first:
+            return None
     ui.info(f"Scoring {len(items)} cell(s) with {', '.join(how.metrics)}")
     results = steps.score_items(ui, items, how.metrics, how.hps_version, device=how.device,
                                   batch_size=how.batch_size, resolved=resolved)
@@ -205,45 +221,81 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
     column by column (columns sharing a UNet back to back), then free the models. `kept`: the
     inputs --keep-inputs copied (files.keep_inputs), recorded in each cell's sidecar. `provenance`:
     render's (XMP in the cells; a reused cell keeps what it was written with); with `signer` the
-    cells are signed."""
+    cells are signed.
+
+    Under torchrun or accelerate launch every rank builds the same list of (column, pipeline call)
+    from what is on disk, and renders its round-robin share of it, loading only the models its
+    share needs; the ranks then meet, and each returns the whole run's outcome (`Rendered.team`
+    carries the ranks on to `score_cells`). A rank that fails stops every rank, named."""
+    from spo_cli import distributed
     from spo_cli.render import render
+    from spo_cli.request import calls
 
     ui, escape = steps.ui, steps.escape
+    rank = distributed.rank_info()
+    team = distributed.Team(rank, out, debug=ui.debug)
 
-    for c in columns:
-        if (out / "cells" / c.folder).is_dir():
-            files.remove_leftovers(out / "cells" / c.folder)
+    if rank.first:  # the others wait for it below, so no temporary file of theirs is in flight yet
+        team.clear()
+        for c in columns:
+            if (out / "cells" / c.folder).is_dir():
+                files.remove_leftovers(out / "cells" / c.folder)
 
     # 1. Resolve every column first: a missing model fails now, not after an hour of rendering.
-    rt = steps.start_torch(ui, columns[0].request, options, [r.request for r in rows])
-    resolved = [steps.find_model(ui, c.request, rt.dtype) for c in columns]
+    # Several ranks: the first resolves (and downloads) alone, then the others find the files it fetched.
+    rt = steps.start_torch(ui, columns[0].request, options, [r.request for r in rows], local_rank=rank.local_rank)
+    if rank.several:
+        distributed.init(rt.device)
+    if not rank.first:
+        team.wait()
+    resolved = team.step(lambda: [steps.find_model(ui, c.request, rt.dtype) for c in columns])
+    if rank.first:
+        team.wait()
 
-    # 2. What is already on disk with the same settings is reused.
+    # 2. What is already on disk with the same settings is reused. Every rank reads the disk before
+    # any writes to it, so that all build the same list of what is left.
     cells_dir = out / "cells"
-    hashes = [[r.request.spec_hash(res.identity()) for r in rows] for res in resolved]
-    todo = [[i for i, r in enumerate(rows) if files.finished_hash(cells_dir / c.folder, r.stem, "png")
-             != hashes[ci][i]] for ci, c in enumerate(columns)]
+
+    def left():
+        hashes = [[r.request.spec_hash(res.identity()) for r in rows] for res in resolved]
+        return hashes, [[i for i, r in enumerate(rows) if files.finished_hash(cells_dir / c.folder, r.stem, "png")
+                         != hashes[ci][i]] for ci, c in enumerate(columns)]
+
+    hashes, todo = team.step(left) or (None, [list(range(len(rows))) for _ in columns])  # failed: nothing to say
+    team.wait()
     reused = sum(len(rows) - len(t) for t in todo)
     if reused:
         ui.info(f"{reused} cell(s) already rendered with the same settings; reusing them.")
 
-    # 3. Render column by column, columns sharing a UNet back to back, each model set up once.
+    # 3. Render column by column, columns sharing a UNet back to back, each model set up once; under
+    # several ranks, this rank's share: whole pipeline calls, dealt round-robin in that order.
     from spo_cli.bank import Bank
 
-    steps.libraries(ui, rt)
     log: list[str] = []
-    bank = Bank(rt.device, rt.dtype, keep_loaded=keep_loaded, log=lambda m: (log.append(m), ui.info(f"  {escape(m)}")))
-    parts = [bank.parts(res) for res in resolved]
-    order = sorted(range(len(columns)), key=lambda ci: next(
-        j for j in range(len(columns)) if parts[j]["unet"][2] == parts[ci]["unet"][2]))
     failed: dict[tuple[int, int], str] = {}
-    total = sum(len(t) for t in todo)
-    if total:
+    made: list[str] = []
+    bank = None
+
+    def work():
+        nonlocal bank
+        steps.libraries(ui, rt)
+        bank = Bank(rt.device, rt.dtype, keep_loaded=keep_loaded,
+                    log=lambda m: (log.append(m), ui.info(f"  {escape(m)}")))
+        parts = [bank.parts(res) for res in resolved]
+        order = sorted(range(len(columns)), key=lambda ci: next(
+            j for j in range(len(columns)) if parts[j]["unet"][2] == parts[ci]["unet"][2]))
+        dealt = distributed.deal([(ci, call) for ci in order
+                                  for call in calls(todo[ci], options.batch_size, request=lambda i: rows[i].request)],
+                                 rank)
+        mine = {ci: [i for cj, call in dealt if cj == ci for i in call] for ci in order}
+        total = sum(len(m) for m in mine.values())
+        if not total:
+            return
         with ui.images_progress(total, rows[0].request.denoising_steps) as bars:
             for pos, ci in enumerate(order):
-                if not todo[ci]:
+                if not mine[ci]:
                     continue
-                later = {(p, fp) for cj in order[pos + 1:] if todo[cj] for p, (_, _, fp) in parts[cj].items()}
+                later = {(p, fp) for cj in order[pos + 1:] if mine[cj] for p, (_, _, fp) in parts[cj].items()}
                 ui.info(f"Setting up [bold]{escape(columns[ci].label)}[/]")
                 log.append(f"column {columns[ci].label}")
                 engine = bank.engine(resolved[ci], needed_later=later)
@@ -251,15 +303,53 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                 tasks = [replace(rows[i], spec_hash=hashes[ci][i], overwrite=True,
                                  extra={"compare": cell_extra(columns[ci], rows[i]),
                                         **metadata.kept_fields(rows[i].request, kept or {}, folder)})
-                         for i in todo[ci]]
-                outcomes = render(engine, resolved[ci], tasks, out=cells_dir / columns[ci].folder, image_format="png",
+                         for i in mine[ci]]
+                outcomes = render(engine, resolved[ci], tasks, out=folder, image_format="png",
                                   batch_size=options.batch_size, keep_going=True, progress=bars, debug=ui.debug,
                                   provenance=provenance, signer=signer)
-                for i, oc in zip(todo[ci], outcomes):
+                for i, oc in zip(mine[ci], outcomes):
                     if oc.error:
                         failed[(ci, i)] = oc.error
+                    else:
+                        made.append(f"{columns[ci].folder}/{rows[i].stem}")
         bank.release(set())
-    return Rendered(resolved, failed, total - len(failed), reused, log, bank.bytes_loaded)
+
+    team.step(work)
+    records = team.meet("render", {"made": made, "failed": [[ci, ri, e] for (ci, ri), e in failed.items()],
+                                   "log": log, "bytes_loaded": bank.bytes_loaded if bank else 0})
+    team.check(ui, records)
+    if rank.several:  # the whole run's outcome, from every rank's record
+        failed, log, loaded, count = _merge(records, len(columns), len(rows))
+    else:
+        loaded, count = bank.bytes_loaded, len(made)
+    return Rendered(resolved, failed, count, reused, log, loaded, team)
+
+
+def _merge(records: list[dict], n_columns: int, n_rows: int):
+    """(failed cells, set-up log, bytes loaded, cells made) of every rank, from their checked records."""
+    failed, log, loaded, count = {}, [], 0, 0
+    for rec in records:
+        k = rec["rank"]
+        made, fails, lines, nbytes = rec.get("made"), rec.get("failed"), rec.get("log"), rec.get("bytes_loaded")
+        if not (isinstance(made, list) and isinstance(fails, list) and isinstance(lines, list)
+                and type(nbytes) is int):
+            raise _damaged(k)
+        for f in fails:
+            if not (isinstance(f, list) and len(f) == 3 and type(f[0]) is int and type(f[1]) is int
+                    and 0 <= f[0] < n_columns and 0 <= f[1] < n_rows and isinstance(f[2], str)):
+                raise _damaged(k)
+            failed[(f[0], f[1])] = f[2]
+        log += [f"rank {k}: {line}" for line in lines if isinstance(line, str)]
+        loaded += nbytes
+        count += len(made)
+    return failed, log, loaded, count
+
+
+def _damaged(k: int):
+    from spo_cli.errors import OutputError
+
+    return OutputError(f"The record rank {k} wrote of its work is damaged (something else wrote to the output "
+                       "folder during the run).", "Run the same command again: finished cells are reused.")
 
 
 def cell_entry(out: Path, folder: Path, stem: str, error: str | None, scores: dict | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Several processes sharing one batch (torchrun, accelerate launch): who we are, and meeting points.
+"""Several processes sharing one run (torchrun, accelerate launch): who we are, our shares, and meeting points.
 
 `rank_info` reads the environment the launchers set and imports nothing; the others import
 torch.distributed when called, and do nothing in a single process.
@@ -36,6 +36,7 @@ def rank_info() -> Rank:
 
 def init(device: str) -> None:
     """Join the process group torchrun / accelerate launch describe in the environment."""
+    import atexit
     import datetime
 
     import torch
@@ -47,6 +48,22 @@ def init(device: str) -> None:
         torch.cuda.set_device(torch.device(device))
     # A rank that finishes its shard early waits for the others at the final barrier: allow long runs.
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=48))
+    # Left to the interpreter, the group is torn down late and torch warns about it on every rank.
+    atexit.register(shutdown)
+
+
+def join(requested_device: str) -> None:
+    """Under a launcher, join the process group now, before anything that may fail on one node only
+    (the folder lock, files missing from one node's cache). A rank that exits before the group has
+    formed leaves ranks on other machines waiting for it until the group's timeout: torchrun stops
+    the other processes of a failed process's own machine, not those of other machines. Once the
+    group has formed, a rank that exits closes its connections and the others' next barrier fails."""
+    rank = rank_info()
+    if not rank.several:
+        return
+    from spo_cli import engine
+
+    init(engine.pick_device(requested_device, rank.local_rank)[0])
 
 
 def barrier() -> None:
@@ -65,3 +82,122 @@ def shutdown() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def deal(items: list, rank: Rank) -> list:
+    """This rank's share of a list every rank builds alike: items rank, rank + world, … (round-robin,
+    so that a list sorted by cost spreads its costly items over all ranks)."""
+    return items[rank.rank::rank.world]
+
+
+# What each rank did in a step, beside the run's outputs: written before a meeting point, read by
+# every rank after it, and kept until the next run starts (the record of who made what).
+RECORDS = ".spo-ranks"
+_RECORD_MAX_BYTES = 64 << 20  # a rank lists the cells it made: far below this for the largest sweep
+
+
+class Team:
+    """The ranks of one run going through the same steps and meeting points.
+
+    A step that raises on one rank (a model that will not load on that node, a GPU out of memory)
+    is recorded, and that rank goes on through every later meeting point without working: were it
+    to exit, the others would wait at the next barrier until torchrun tore the run down, and no one
+    would say which rank failed or why. At the next `meet` every rank learns of the failure; the
+    first rank names it, and all stop. In a single process a step simply raises.
+    """
+
+    def __init__(self, rank: Rank, folder, *, debug: bool = False):
+        self.rank = rank
+        self.folder = folder / RECORDS
+        self.debug = debug
+        self.error: str | None = None
+        self.exit_code = 0
+
+    def clear(self) -> None:
+        """The first rank, before any other starts: an earlier run's records go."""
+        if self.rank.first and self.folder.is_dir():
+            for p in self.folder.glob("*.json"):
+                p.unlink(missing_ok=True)
+
+    def step(self, fn):
+        """fn(), or None once this rank has failed (a failure is recorded, under several ranks)."""
+        if self.error is not None:
+            return None
+        try:
+            return fn()
+        except Exception as e:
+            if not self.rank.several:
+                raise
+            from spo_cli.errors import translate
+
+            if self.debug:
+                import traceback
+
+                traceback.print_exc()
+            err = translate(e)
+            self.error = err.paragraph() if err else f"Unexpected {type(e).__name__}: {e}"
+            self.exit_code = err.exit_code if err else 1
+            return None
+
+    def wait(self) -> None:
+        if self.rank.several:
+            barrier()
+
+    def meet(self, step: str, record: dict) -> list[dict]:
+        """Write this rank's record of `step`, wait for every rank, and read every rank's, in rank order."""
+        import socket
+
+        own = {**record, "rank": self.rank.rank, "host": socket.gethostname(), "error": self.error,
+               "exit_code": self.exit_code}
+        if not self.rank.several:
+            return [own]
+        from spo_cli.outputs import files, metadata
+
+        files.atomic_write(self._path(step, self.rank.rank), (metadata.dumps(own, indent=None) + "\n").encode(),
+                           overwrite=True)
+        barrier()
+        return [self._read(step, k) for k in range(self.rank.world)]
+
+    def check(self, ui, records: list[dict]) -> None:
+        """Stop every rank when one failed; the first rank names those that did, and why (each
+        different reason once: a model missing on every node is one line, not one per rank)."""
+        failed = [r for r in records if r["error"] is not None]
+        if not failed:
+            return
+        if self.rank.first:
+            by_error: dict[str, list[dict]] = {}
+            for r in failed:
+                by_error.setdefault(r["error"], []).append(r)
+            for error, recs in by_error.items():
+                ranks = ", ".join(str(r["rank"]) for r in recs)
+                hosts = ", ".join(dict.fromkeys(r["host"] for r in recs))
+                plural = "s" if len(recs) > 1 else ""
+                ui.error(f"Rank{plural} {ranks} of {self.rank.world} (on {hosts}) failed: {error}")
+        # Said before any rank exits: torchrun stops the others as soon as one exits with an error.
+        barrier()
+        # Said already; every rank exits with the first failure's code (2 for bad input, as in one process).
+        from spo_cli.errors import EXIT_FAILURE
+
+        code = failed[0].get("exit_code")
+        raise SystemExit(code if type(code) is int and 0 < code < 128 else EXIT_FAILURE)
+
+    def _path(self, step: str, k: int):
+        return self.folder / f"{step}-{k}.json"
+
+    def _read(self, step: str, k: int) -> dict:
+        """Rank k's record, checked: it is a file in the output folder, which anyone may have touched."""
+        import json
+
+        path = self._path(step, k)
+        gone = {"rank": k, "host": "?", "error": f"its record {path} is missing or damaged."}
+        try:
+            if not path.is_file() or path.stat().st_size > _RECORD_MAX_BYTES:
+                return gone
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return gone
+        if (not isinstance(data, dict) or data.get("rank") != k or not isinstance(data.get("host"), str)
+                or len(data["host"]) > 255 or not isinstance(data.get("error"), (str, type(None)))
+                or len(data["error"] or "") > 20_000):
+            return gone
+        return data

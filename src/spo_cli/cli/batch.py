@@ -205,6 +205,8 @@ def batch(
         ui.warn(w)
 
     # 2. One run per folder (the processes of one distributed run share it: the first holds the lock).
+    if server is None:
+        distributed.join(device)  # before the lock, which only the first rank takes: see distributed.join
     lock = files.FolderLock(out, "spo batch") if rank.first else None
     with lock or _Nothing():
         if rank.first:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from time import perf_counter
 from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import presets, validate
+from spo_cli import distributed, presets, validate
 from spo_cli.cli import app, loading, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI, short
@@ -195,6 +196,9 @@ def compare(
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
+    first = distributed.rank_info().first  # under torchrun: the others print errors only, and take no lock
+    if not first:
+        ui.silence()
     metrics = scoring.metrics(metric, hps_version, score_batch_size) if score else []
     if not score and (metric is not None or hps_version != "v2.1"):
         raise UsageError("--metric and --hps-version choose how --score scores, and --score is not given.",
@@ -239,7 +243,8 @@ def compare(
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
-    with files.FolderLock(out, "spo compare"):
+    distributed.join(device)  # under torchrun: before the lock, which only the first rank takes
+    with files.FolderLock(out, "spo compare") if first else nullcontext():
         kept = files.keep_inputs(out, [r.request for r in rows]) if keep_inputs else None
         code = _compare(ui, columns, rows, options, out, keep_loaded, naming.grid_stem(prompt, prompts_file),
                         cell_size, rows_per_page, t0, Scoring(metrics, hps_version, score_batch_size, device), kept,
@@ -269,7 +274,10 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     run = render_columns(steps, columns, rows, options, out, keep_loaded, kept, provenance=provenance, signer=signer)
     cells_dir = out / "cells"
     failed = run.failed
-    scored = score_cells(steps, columns, rows, cells_dir, failed, scoring_, scorers) if scoring_.metrics else None
+    scored = (score_cells(steps, columns, rows, cells_dir, failed, scoring_, scorers, run.team)
+              if scoring_.metrics else None)
+    if not distributed.rank_info().first:  # the cells are shared out; the first rank alone writes grids and index
+        return 0
 
     # 4. The grid pages and their index.
     index_name = stem + "-grid.json"

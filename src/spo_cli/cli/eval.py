@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from time import perf_counter
 from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import extras, presets, validate
+from spo_cli import distributed, extras, presets, validate
 from spo_cli.cli import app, loading, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI
@@ -138,6 +139,9 @@ def eval(  # noqa: A001 - the command's name
 ) -> None:
     """Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."""
     t0 = perf_counter()
+    first = distributed.rank_info().first  # under torchrun: the others print errors only, and take no lock
+    if not first:
+        ui.silence()
     if (prompts_file is None) == (not paper_run):
         raise UsageError("Give a prompt file or --paper, not both." if paper_run else
                          "Give a prompt file, or --paper for the paper's Pick-a-Pic prompts.",
@@ -177,13 +181,16 @@ def eval(  # noqa: A001 - the command's name
     out = validate.output_folder(out)
     for w in warnings + more:
         ui.warn(w)
-    with files.FolderLock(out, "spo eval"):
+    distributed.join(device)  # under torchrun: before the lock, which only the first rank takes
+    with files.FolderLock(out, "spo eval") if first else nullcontext():
         scorers = scoring.find_scorers(ui, names, hps_version)
         steps = scoring.steps(ui)
         run = render_columns(steps, cols, rows, options, out, keep_loaded=False, provenance=not no_provenance,
                              signer=signer)
         scored = score_cells(steps, cols, rows, out / "cells", run.failed,
-                             Scoring(names, hps_version, score_batch_size, device), scorers)
+                             Scoring(names, hps_version, score_batch_size, device), scorers, run.team)
+        if scored is None:  # a rank other than the first: its share is rendered and scored; the first reports
+            return
         report = eval_report.build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers,
                                           names, hps_version, perf_counter() - t0)
         if paper_run:

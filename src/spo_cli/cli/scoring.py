@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import scores
+from spo_cli import distributed, scores
 from spo_cli.cli.ui import UI, escape
 from spo_cli.errors import UsageError
 
@@ -42,7 +42,8 @@ def device_and_dtype(ui: UI, device: str) -> tuple[str, object]:
     from spo_cli import engine
 
     engine.quiet_libraries(ui.debug)
-    picked, notes = engine.pick_device(device)
+    # under torchrun / accelerate launch, a bare cuda or auto is this rank's own GPU
+    picked, notes = engine.pick_device(device, distributed.rank_info().local_rank)
     dtype, more = engine.pick_dtype(picked, "auto")
     for n in notes + more:
         if not n.startswith("No GPU found"):
