@@ -323,38 +323,7 @@ def test_sigkill_then_resume_leaves_every_image_exactly_once(hub_cache, tmp_path
     assert_complete(out, LONG)
 
 
-@pytest.mark.early
-def test_two_processes_share_the_work_and_match_one(hub_cache, tmp_path, out):
-    # Text to image and edits in one file: the edits' inputs are copied once (--keep-inputs) by
-    # whichever rank gets there first, and their pixels do not depend on the rank either.
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "fox.png")
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    mask.save(tmp_path / "mask.png")
-    lines = [{"prompt": f"a lighthouse number {i}"} for i in range(4)] + [
-        {"prompt": "a fox in snow", "image": "fox.png", "strength": 0.5},
-        {"prompt": "a red scarf", "image": "fox.png", "mask": "mask.png"}]
-    prompts = write(tmp_path, "p.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
-    args = ["batch", str(prompts), *TINY, "--batch-size", "2", "--seed", "500", "--keep-inputs"]
-    assert invoke(*args, "--out", str(out / "one")).exit_code == 0
-    multi = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "spo_cli", *args, "--out", str(out / "two"), "--json"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert multi.returncode == 0, multi.stderr
-    summary = json.loads(multi.stdout)  # only rank 0 prints
-    assert (summary["generated"], summary["failed"]) == (6, 0)
-    assert_complete(out / "two", 6)
-    assert pngs(out / "two") == pngs(out / "one")
-    for name in pngs(out / "one"):
-        assert np.abs(pixels(out / "one" / name) - pixels(out / "two" / name)).max() <= 1
-    # the work really was shared: the four calls (two of two images, two edits) went to both ranks
-    ranks = [json.loads((out / "two" / (n[:-4] + ".json")).read_text())["batch"]["rank"] for n in pngs(out / "two")]
-    assert sorted(ranks) == [0, 0, 0, 1, 1, 1]
-    assert sorted(p.name for p in (out / "two" / "inputs").iterdir()) == sorted(
-        p.name for p in (out / "one" / "inputs").iterdir())
+# Several processes under torchrun (one node and two): tests/test_distributed.py.
 
 
 @pytest.mark.early

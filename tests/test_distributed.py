@@ -196,23 +196,39 @@ def test_compare_on_two_ranks_makes_the_grid_of_one_process_and_resumes(hub_cach
     exactly_once(tmp_path / "two", {c for seed, c in cells if seed != 1})
 
 
-def test_batch_on_two_nodes_makes_each_image_once(hub_cache, tmp_path):
-    """Two nodes sharing a prompt file (the README's Slurm example, on loopback): each image made
-    once, by the rank the round-robin deal gives it, and the manifest written by the first rank."""
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a fox\na cat\na boat\na tree\n")
-    out = tmp_path / "out"
-    nodes = on_two_nodes("-m", "spo_cli", "batch", str(prompts), "--width", "16", "--height", "16", "--steps", "1",
-                         "--device", "cpu", "--out", str(out), "--json")
+def test_batch_on_two_nodes_makes_each_image_once_as_one_process_does(hub_cache, tmp_path, one_thread):
+    """Two nodes sharing a prompt file (the README's Slurm example, on loopback): each image made once,
+    by the rank the round-robin deal gives its call, with one process's pixels; the manifest written by
+    the first rank. Text to image and edits in one file: the edits' inputs are copied once
+    (--keep-inputs) by whichever rank gets there first, and their pixels do not depend on the rank."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "fox.png")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    mask.save(tmp_path / "mask.png")
+    lines = [{"prompt": f"a lighthouse number {i}"} for i in range(4)] + [
+        {"prompt": "a fox in snow", "image": "fox.png", "strength": 0.5},
+        {"prompt": "a red scarf", "image": "fox.png", "mask": "mask.png"}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["batch", str(prompts), "--width", "32", "--height", "32", "--steps", "2", "--device", "cpu",
+            "--batch-size", "2", "--seed", "500", "--keep-inputs"]
+    invoke(*args, "--out", str(tmp_path / "one"), "--quiet")
+    out = tmp_path / "two"
+    nodes = on_two_nodes("-m", "spo_cli", *args, "--out", str(out), "--json")
     assert [code for code, _, _ in nodes] == [0, 0], [err[-3000:] for _, _, err in nodes]
     summary = one_json([o for _, o, _ in nodes])
-    assert (summary["generated"], summary["failed"], summary["pending"]) == (4, 0, 0)
+    assert (summary["generated"], summary["failed"], summary["pending"]) == (6, 0, 0)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["file"] for r in rows) == sorted(p.name for p in out.glob("*.png"))
-    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 4
-    for r in rows:  # one call per line, dealt round-robin: line n to rank (n - 1) % 2, written by it alone
-        sidecar = json.loads((out / r["sidecar"]).read_text())
-        assert sidecar["batch"]["rank"] == (r["line"] - 1) % 2 and sidecar["batch"]["world_size"] == 2
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 6
+    assert same_images(tmp_path / "one", out, "*.png") == 6
+    # Four calls (two of two lighthouses, one per edit), dealt round-robin; each image written by its rank alone.
+    ranks = {r["line"]: json.loads((out / r["sidecar"]).read_text())["batch"] for r in rows}
+    assert [ranks[n]["rank"] for n in range(1, 7)] == [0, 0, 1, 1, 0, 1]
+    assert {b["world_size"] for b in ranks.values()} == {2}
+    assert sorted(p.name for p in (out / "inputs").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "inputs").iterdir())
 
 
 # Rank 1 cannot set up its models (a GPU gone, a node whose cache lacks a file): here, a fault
