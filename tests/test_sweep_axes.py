@@ -632,3 +632,11 @@ def test_each_distinct_request_is_checked_once_and_axes_no_check_reads_multiply_
     axes = A.parse_axes("guidance=1-100 [100]", "steps=4,8", "seed=1-10")  # guidance and seed enter no check
     A.check_requests(axes, [("p", EDIT), ("q", EDIT)])
     assert len(calls) == 2 and len(applied) == 4
+
+
+def test_an_axis_slot_given_twice_is_refused_not_overwritten():
+    # click keeps an option's last value: `--x steps=… --x model=…` dropped the steps axis silently.
+    assert A.one_axis("x", None) is None and A.one_axis("x", []) is None
+    assert A.one_axis("y", ["steps=1,2"]) == "steps=1,2"
+    with pytest.raises(UsageError, match=r"--z is given 2 times \('steps=1,2', 'model=base,spo'\)"):
+        A.one_axis("z", ["steps=1,2", "model=base,spo"])

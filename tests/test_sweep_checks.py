@@ -52,6 +52,8 @@ def _cases(fox: Path, out: Path) -> dict[str, list[str]]:
         "hostile axis": compare("p", "--x", HOSTILE),
         "duplicate value": compare("q", "--x", "scheduler=euler,Euler"),
         "bad model value": compare("r", "--x", "model=base,spo-lora:half"),
+        # click would keep the last --x: refused for the slot, not for the (bad) axis the last one names
+        "slot given twice": compare("s", "--x", "steps=1,2", "--x", "colour=red"),
     }
 
 
@@ -74,6 +76,7 @@ SAYS = {
     "hostile axis": "error: --x steps: '1-1-1-",
     "duplicate value": "error: --x scheduler lists 'Euler' twice.",
     "bad model value": "error: --x model: 'spo-lora:half' needs a number after 'spo-lora:'.",
+    "slot given twice": "error: --x is given 2 times ('steps=1,2', 'colour=red'); each slot holds one axis.",
 }
 
 

@@ -152,3 +152,23 @@ def test_settings_and_labelled_sidecar_axes():
     scored = plan.scored_cells(p, [[{"m": float(ri)}] for ri in range(len(p.rows))])
     assert [(s.coords, s.base_row, s.group, s.scores) for s in scored] == [
         (c.coords, 0, "a red fox", {"m": float(c.row)}) for c in p.cells]
+
+
+def test_versus_with_no_axis_of_two_values_says_so():
+    with pytest.raises(UsageError) as e:
+        layout("steps=1", cols=columns(base=None), versus="steps")
+    assert "Name one of: ." not in str(e.value.hint) and "No axis of this sweep has two values" in e.value.hint
+
+
+def test_a_rerun_removes_the_report_and_charts_it_does_not_write(tmp_path):
+    # A scored sweep over guidance, then a re-run without --score (or without that axis): the old
+    # report and chart would describe cells this run's grid and JSON no longer hold.
+    from spo_cli.comparison import remove_old_pages
+
+    names = ["fox-grid.png", "fox-grid-z2.png", "fox-contact.png", "fox-report.md", "fox-guidance.png",
+             "fox-model.png", "fox-notes.md", "fox-mine.png", "other-report.md", "other-steps.png"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    remove_old_pages(tmp_path, "fox", [tmp_path / "fox-grid.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fox-grid.png", "fox-mine.png", "fox-notes.md",
+                                                         "other-report.md", "other-steps.png"]

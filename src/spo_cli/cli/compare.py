@@ -180,13 +180,18 @@ def compare(
     sign: opts.Sign = False,
     sign_key: opts.SignKey = None,
     sign_cert: opts.SignCert = None,
-    x: Annotated[Optional[str], typer.Option("--x", help="A sweep axis, NAME=VALUES: e.g. steps=20,30,50, "
-                                             "guidance=3-9 (+2), \"prompt-sr=red fox,arctic fox\".",
-                                             rich_help_panel="Sweep", show_default=False)] = None,
-    y: Annotated[Optional[str], typer.Option("--y", help="A second axis (the grid's rows).", rich_help_panel="Sweep",
-                                             show_default=False)] = None,
-    z: Annotated[Optional[str], typer.Option("--z", help="A third axis: one grid per value.",
-                                             rich_help_panel="Sweep", show_default=False)] = None,
+    # Lists, though each takes one axis: a click option given twice keeps the last silently, and
+    # `--x steps=… --x model=…` would drop the steps axis without a word (axes.one_axis refuses it).
+    x: Annotated[Optional[list[str]], typer.Option("--x", help="A sweep axis, NAME=VALUES: e.g. steps=20,30,50, "
+                                                   "guidance=3-9 (+2), \"prompt-sr=red fox,arctic fox\".",
+                                                   rich_help_panel="Sweep", show_default=False,
+                                                   metavar="NAME=VALUES")] = None,
+    y: Annotated[Optional[list[str]], typer.Option("--y", help="A second axis (the grid's rows).",
+                                                   rich_help_panel="Sweep", show_default=False,
+                                                   metavar="NAME=VALUES")] = None,
+    z: Annotated[Optional[list[str]], typer.Option("--z", help="A third axis: one grid per value.",
+                                                   rich_help_panel="Sweep", show_default=False,
+                                                   metavar="NAME=VALUES")] = None,
     versus: Annotated[Optional[str], typer.Option(help="The axis --score compares across (default: model, when it "
                                                   "has two values or more; else the X axis).",
                                                   rich_help_panel="Sweep", show_default=False)] = None,
@@ -248,10 +253,11 @@ def compare(
         raise typer.Exit(code)
 
 
-def _axes(ctx: typer.Context, x: str | None, y: str | None, z: str | None, versus: str | None,
+def _axes(ctx: typer.Context, x: list[str] | None, y: list[str] | None, z: list[str] | None, versus: str | None,
           size_limit: bool) -> list:
     """--x/--y/--z read and checked; `given`: the options the user gave (not their defaults), which
     an axis must not also set."""
+    x, y, z = (sweep_axes.one_axis(slot, texts) for slot, texts in zip(sweep_axes.SLOTS, (x, y, z)))
     if x is None and y is None and z is None:
         if versus is not None:
             raise UsageError("--versus names the sweep axis --score compares across, and no --x is given.",

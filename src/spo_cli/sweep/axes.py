@@ -382,6 +382,18 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
     return Axis(slot, name, tuple(values), tuple(labels), tuple(dict.fromkeys(warnings)))
 
 
+def one_axis(slot: str, texts: Sequence[str] | None) -> str | None:
+    """The one axis given as --x (or --y, --z): given twice, the first would be dropped without a word
+    (a click option keeps its last value), so that a sweep the user asked for never renders."""
+    if not texts:
+        return None
+    if len(texts) > 1:
+        raise UsageError(f"--{slot} is given {len(texts)} times ({', '.join(validate.shown(t, 40) for t in texts)}); "
+                         "each slot holds one axis.",
+                         "Put the other setting on the next slot: --x, then --y, then --z (one grid per Z value).")
+    return texts[0]
+
+
 def given_options(ctx) -> set[str]:
     """The parameters of a typer/click context that the user gave (command line or environment), as
     `parse_axes` wants them. By the source's name: typer vendors its own click, whose ParameterSource

@@ -167,7 +167,8 @@ def default_versus(dims: tuple[Dim, ...], axes: tuple[ax.Axis, ...], versus: str
         if name not in names or len(dims[names.index(name)].labels) < 2:
             swept = [d.name for d in dims if len(d.labels) >= 2]
             raise UsageError(f"--versus {validate.shown(versus)} is not an axis of this sweep with two values or more.",
-                             f"Name one of: {', '.join(swept)}.")
+                             f"Name one of: {', '.join(swept)}." if swept else
+                             "No axis of this sweep has two values: give one two or more, or drop --versus.")
         return name
     model = dims[names.index("model")]
     return "model" if len(model.labels) >= 2 else axes[0].name
