@@ -172,3 +172,13 @@ def test_a_rerun_removes_the_report_and_charts_it_does_not_write(tmp_path):
     remove_old_pages(tmp_path, "fox", [tmp_path / "fox-grid.png"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fox-grid.png", "fox-mine.png", "fox-notes.md",
                                                          "other-report.md", "other-steps.png"]
+
+
+def test_a_failed_cell_is_named_by_its_axis_values():
+    # Two cells that differ only in steps printed the same error line: which one failed?
+    from spo_cli.cli.compare import failed_cell
+
+    p = layout("steps=1,2", "seed=4,5", cols=columns(base=None))
+    cols, rows_ = plan.labelled(p)
+    lines = {failed_cell(cols[c.column], rows_[c.row]) for c in p.cells}
+    assert lines == {f"SPO-SDXL, 'a red fox' seed {s}, steps: {n}" for s in (4, 5) for n in (1, 2)}

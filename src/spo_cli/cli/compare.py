@@ -311,7 +311,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     index_path = out / index_name
     files.atomic_write(index_path, (metadata.dumps(index) + "\n").encode(), overwrite=True)
     for (ci, ri), err in failed.items():
-        ui.error(f"{columns[ci].label}, '{short(rows[ri].request.prompt)}' seed {rows[ri].request.seed}: {err}")
+        ui.error(f"{failed_cell(columns[ci], rows[ri])}: {err}")
     if ui.json_mode:
         ui.emit_json({"grid": [str(p) for p in pages], "index": str(index_path),
                       **{k: index[k] for k in ("rendered", "reused", "failed", "bytes_loaded", "elapsed_s")},
@@ -328,6 +328,14 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
                  + ([(str(out / f"{stem}-report.md"), "scores per axis value")] if sweep is not None and scored
                     else []))
     return EXIT_FAILURE if failed or (scored and scored["errors"]) else 0
+
+
+def failed_cell(column: Column, row: ImageTask) -> str:
+    """A failed cell as its error line names it: the column, the prompt, the seed, and in a sweep the
+    image axes' values (cells that differ only in steps or guidance would otherwise read alike);
+    seed and prompt-sr are already in the prompt and seed shown."""
+    axes = [label for name, label in row.extra.get("axes", {}).items() if name not in ("seed", "prompt-sr")]
+    return f"{column.label}, '{short(row.request.prompt)}' seed {row.request.seed}" + "".join(f", {a}" for a in axes)
 
 
 def _sweep_grids(sweep, out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
