@@ -182,3 +182,17 @@ def test_a_failed_cell_is_named_by_its_axis_values():
     cols, rows_ = plan.labelled(p)
     lines = {failed_cell(cols[c.column], rows_[c.row]) for c in p.cells}
     assert lines == {f"SPO-SDXL, 'a red fox' seed {s}, steps: {n}" for s in (4, 5) for n in (1, 2)}
+
+
+def test_a_grid_page_too_large_to_read_back_is_refused_before_loading():
+    # 200 steps values × 2 models across, of 512-px cells (1024² images): a 205,000-px-wide page,
+    # which the contact sheet could not open (PIL's bomb check) after every cell was rendered.
+    big = layout("steps=1-200", base_rows=rows(width=1024, height=1024))
+    with pytest.raises(UsageError, match=r"A grid page of this sweep would be about 205,312×1,024 pixels"):
+        plan.check_pages(big, 512, 8)
+    plan.check_pages(big, 64, 8)  # smaller cells: the same sweep fits
+    plan.check_pages(layout("steps=1-200"), 512, 8)  # 64² images are never grown to 512
+    tall = layout("steps=1,2", "seed=1-200", cols=columns(base=None), base_rows=rows(width=1024, height=1024))
+    with pytest.raises(UsageError, match=r"2 column\(s\) × 200 row\(s\) of 512×512 cells"):
+        plan.check_pages(tall, 512, 200)
+    plan.check_pages(tall, 512, 8)  # the rows split into pages

@@ -235,6 +235,7 @@ def compare(
         sweep, more_warnings = sweep_plan.build(axes, columns, named_model is None, rows, common=common,
                                                 model_request=opts.model_request, versus=versus, yes=yes,
                                                 size_limit=not no_size_limit)
+        sweep_plan.check_pages(sweep, cell_size, rows_per_page)
         columns, rows = sweep_plan.labelled(sweep)
         more = sorted(set(more) | set(more_warnings))
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)

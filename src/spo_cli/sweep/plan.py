@@ -286,6 +286,41 @@ def pages(plan: Plan, stem: str, rows_per_page: int) -> list[Page]:
     return out
 
 
+def _cell(request, cell_size: int) -> tuple[int, int]:
+    """A row's cell in the grid (grid.fit, without PIL): its image's size shrunk to cell_size."""
+    if request.width:
+        w, h = request.width, request.height
+    elif request.image is not None:
+        w, h = request.image.width, request.image.height
+    else:
+        w = h = presets.DEFAULT_SIZE
+    if request.hires is not None:
+        w, h = round(w * request.hires.scale), round(h * request.hires.scale)
+    scale = min(1.0, cell_size / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def check_pages(plan: Plan, cell_size: int, rows_per_page: int) -> None:
+    """A grid page past validate.GRID_PAGE_PIXELS_MAX is refused before anything loads: the contact
+    sheet could not read it back after hours of rendering, and no viewer shows it. The page is
+    counted as pages() lays it out (X values × implicit models across, rows_per_page down, one
+    more of each for the labels), every cell as large as the largest."""
+    names = [d.name for d in plan.dims]
+    x, y, z = (plan.axis(s) for s in ("x", "y", "z"))
+    md = names.index("model")
+    inner = len(plan.dims[md].labels) if md not in [names.index(a.name) for a in (x, y, z) if a] else 1
+    across = len(x.labels) * (inner if inner >= 2 else 1)
+    down = min(rows_per_page, (len(y.labels) if y else 1) * len(plan.base_rows))
+    cells = [_cell(r.request, cell_size) for r in plan.rows]
+    w, h = max(c[0] for c in cells), max(c[1] for c in cells)
+    pixels = (across + 1) * w * (down + 1) * h
+    if pixels > validate.GRID_PAGE_PIXELS_MAX:
+        raise UsageError(f"A grid page of this sweep would be about {(across + 1) * w:,}×{(down + 1) * h:,} pixels "
+                         f"({pixels / 1e6:,.0f} MP: {across} column(s) × {down} row(s) of {w}×{h} cells), more than "
+                         f"{validate.GRID_PAGE_PIXELS_MAX / 1e6:,.0f} MP.",
+                         "Lower --cell-size or --rows-per-page, narrow the X axis, or put it on Y or Z.")
+
+
 def settings(column: Column, task: ImageTask) -> dict:
     """What a cell was rendered with, as the grid JSON lists it."""
     r = task.request
