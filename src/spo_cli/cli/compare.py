@@ -321,7 +321,9 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
         if not ui.quiet:
             ui.info(f"Comparison of {len(rows)} row(s) × {len(columns)} column(s): {run.rendered} cell(s) "
                     f"rendered, {run.reused} reused, {len(failed)} failed.")
-        if scored:
+        if scored and sweep is not None:  # what --versus compares (the columns may be lora strengths, or one model)
+            scoring.print_summary(ui, index["scores"]["sweep"]["overall"], what=sweep.versus)
+        elif scored:
             scoring.print_summary(ui, scored["summary"])
         ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
                  + [(str(index_path), "cells, sidecars, set-up log" + (", scores" if scored else "")),
