@@ -196,3 +196,17 @@ def test_a_grid_page_too_large_to_read_back_is_refused_before_loading():
     with pytest.raises(UsageError, match=r"2 column\(s\) × 200 row\(s\) of 512×512 cells"):
         plan.check_pages(tall, 512, 200)
     plan.check_pages(tall, 512, 8)  # the rows split into pages
+
+
+def build_warnings(x, y=None, *, cols, versus=None):
+    return plan.build(ax.parse_axes(x, y, None), cols, True, rows(), common={}, model_request=opts.model_request,
+                      versus=versus)[1]
+
+
+def test_versus_lora_scale_warns_of_columns_without_a_lora():
+    # SDXL base is one image at every strength: its pairs are ties that dilute the overall win rate.
+    said = build_warnings("lora-scale=0.5,1", cols=columns(), versus="lora-scale")
+    assert any("SDXL base has no LoRA" in w for w in said)
+    assert not any("no LoRA" in w for w in build_warnings("lora-scale=0.5,1", cols=columns(base=None),
+                                                          versus="lora-scale"))
+    assert not any("no LoRA" in w for w in build_warnings("lora-scale=0.5,1", cols=columns()))  # versus model

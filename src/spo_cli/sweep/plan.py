@@ -227,6 +227,12 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
             row = row_of[(b, tuple(coords[k] for k in image_dims))]
             cells.append(Cell(coords, b, col, row))
     plan = Plan(axes, dims, columns, rows, list(base_rows), cells, default_versus(dims, axes, versus), row_axes)
+    if plan.versus == "lora-scale":  # a scored comparison of strengths, diluted by columns that have none
+        same = [m.label for m in models if m.request.model != "spo" and not has_lora(m.request)]
+        if same:
+            warnings.add(f"--versus lora-scale: {', '.join(same)} has no LoRA, so its cells are one image at every "
+                         "strength and pair as ties (win rate 0.5), pulling the overall numbers toward no "
+                         "difference; read the strengths per model in the report (by model).")
     ax.check_count(len(columns) * len(rows), yes)
     return plan, sorted(warnings)
 
