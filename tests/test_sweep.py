@@ -208,10 +208,12 @@ def test_scheduler_and_negative_over_a_prompt_file(hub_cache, tmp_path):
     index = json.loads(Path(scored["index"]).read_text())
     assert all(isinstance(c["scores"]["pickscore"], float) for c in index["sweep"]["cells"])
     assert "scheduler" in (tmp_path / "out" / "prompts-report.md").read_text()
+    assert [Path(p).name for p in scored["reports"]] == ["prompts-report.md", "prompts-negative.png"]
     # The terminal shows what --versus compares (the schedulers), not compare's one column against nothing.
     r = invoke("compare", "--out", str(tmp_path / "out"), *args, "--score", "--metric", "pickscore")
     assert r.exit_code == 0, r.output
     assert "scheduler: unipc vs scheduler: euler" in r.stdout and "Each later scheduler (a)" in r.stdout
+    assert "prompts-negative.png  scheduler compared at each negative value" in r.stdout
     with Image.open(tmp_path / "out" / "prompts-negative.png") as im:
         assert im.width > 100
 

@@ -53,7 +53,7 @@ settings. --versus NAME: the axis --score compares (default: model).
 
 
 JSON_HELP = ("Print a JSON object on stdout (grid pages, index file, counts of rendered, reused and failed cells, "
-             "bytes of weights loaded), nothing else.")
+             "bytes of weights loaded; with --score the scores, and a scored sweep's report and charts), nothing else.")
 
 
 def parse_scales(text: str | None) -> list[float]:
@@ -305,10 +305,11 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     }
     if scored:
         index["scores"] = scored["summary"]
+    reports: list[tuple[Path, str]] = []  # a scored sweep's report and charts: (path, what it holds)
     if sweep is not None:  # 4b. The sweep: its axes, every cell with its settings, the scores per axis value
         index["sweep"] = _sweep_index(sweep, out, columns, rows, cells_dir, failed, scored, grids)
         if scored:
-            index["scores"]["sweep"] = _sweep_scores(ui, sweep, scored, out, stem)
+            index["scores"]["sweep"], reports = _sweep_scores(sweep, scored, out, stem)
     index_path = out / index_name
     files.atomic_write(index_path, (metadata.dumps(index) + "\n").encode(), overwrite=True)
     for (ci, ri), err in failed.items():
@@ -316,7 +317,8 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     if ui.json_mode:
         ui.emit_json({"grid": [str(p) for p in pages], "index": str(index_path),
                       **{k: index[k] for k in ("rendered", "reused", "failed", "bytes_loaded", "elapsed_s")},
-                      **({"scores": index["scores"]} if scored else {})})
+                      **({"scores": index["scores"]} if scored else {}),
+                      **({"reports": [str(p) for p, _ in reports]} if reports else {})})
     else:
         if not ui.quiet:
             ui.info(f"Comparison of {len(rows)} row(s) × {len(columns)} column(s): {run.rendered} cell(s) "
@@ -328,8 +330,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
         ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
                  + [(str(index_path), "cells, sidecars, set-up log" + (", scores" if scored else "")),
                     (str(cells_dir), "full-size cells")]
-                 + ([(str(out / f"{stem}-report.md"), "scores per axis value")] if sweep is not None and scored
-                    else []))
+                 + [(str(p), what) for p, what in reports])
     return EXIT_FAILURE if failed or (scored and scored["errors"]) else 0
 
 
@@ -386,18 +387,21 @@ def _sweep_index(sweep, out: Path, columns: list[Column], rows: list[ImageTask],
             "versus": sweep.versus, "grids": grids, "cells": cells}
 
 
-def _sweep_scores(ui: UI, sweep, scored: dict, out: Path, stem: str) -> dict:
-    """The scored summary per axis value (scores.sweep), its markdown report and one chart per axis."""
+def _sweep_scores(sweep, scored: dict, out: Path, stem: str) -> tuple[dict, list[tuple[Path, str]]]:
+    """The scored summary per axis value (scores.sweep), its markdown report and one chart per axis:
+    (summary, [(path written, what it holds)])."""
     from spo_cli.scores import sweep as sweep_scores
     from spo_cli.sweep import plan as sweep_plan
 
     summary = sweep_scores.summarise(list(sweep.dims), sweep_plan.scored_cells(sweep, scored["cells"]),
                                      scored["metrics"], sweep.versus)
-    files.atomic_write(out / f"{stem}-report.md", sweep_scores.markdown(summary).encode(), overwrite=True)
+    written = [(out / f"{stem}-report.md", "scores per axis value")]
+    files.atomic_write(written[0][0], sweep_scores.markdown(summary).encode(), overwrite=True)
     for d in sweep.dims:
         if d.name != sweep.versus and len(d.labels) >= 2:
-            files.atomic_write(out / f"{stem}-{d.name}.png", _png(sweep_scores.chart(summary, d.name)), overwrite=True)
-    return summary
+            written.append((out / f"{stem}-{d.name}.png", f"{sweep.versus} compared at each {d.name} value"))
+            files.atomic_write(written[-1][0], _png(sweep_scores.chart(summary, d.name)), overwrite=True)
+    return summary, written
 
 
 def _png(image) -> bytes:
