@@ -5,7 +5,9 @@ CSV with quotes and `skipinitialspace` ("a, b" is one value), each value strippe
 kept (Prompt S/R uses one to remove a word). Whole-number axes take `1-5` (range(1, 5 + 1)), `1-5 (+2)`
 (a signed step) and `10-50 [5]` (numpy.linspace, truncated to whole numbers); decimal axes
 take `1-2 (+0.25)` (numpy.arange(start, end + step, step): ends past `end` when the step does not
-land on it, as A1111's does) and `3-7 [5]` (numpy.linspace). Where A1111 fails (an empty value on
+land on it, as A1111's does) and `3-7 [5]` (numpy.linspace), each value rounded to 8 decimals, as
+A1111 shows it in the grid's labels (it renders the unrounded one: 0-1 (+0.1)'s 0.30000000000000004,
+and 0.2-1 (+0.1)'s last value 1.0000000000000002, over --strength's limit). Where A1111 fails (an empty value on
 a numeric axis, `1.5` on a whole-number one, a step of 0), spo refuses in one paragraph.
 
 One reading differs: A1111 lays out a whole-number range with a negative step as
@@ -159,6 +161,14 @@ def _arange(start: float, stop: float, step: float, n: int) -> list[float]:
     return [start, second][:n] + [start + i * delta for i in range(2, n)]
 
 
+def _shown(value: float) -> float:
+    """A decimal range's value as the grid shows it, round(x, 8), as A1111 labels it: the cell then
+    renders the value its label and sidecar say (`spo generate --strength 0.3` is that cell), and a
+    range's written end is its end: A1111's 0.2-1 (+0.1) ends at 1.0000000000000002, past what
+    --strength takes."""
+    return round(value, 8) + 0.0  # + 0.0: -0.0 is 0
+
+
 def _listing(values: range, limit: int = 6) -> str:
     shown = [str(v) for v in itertools.islice(values, limit)]
     return ",".join(shown) + (",…" if len(values) > limit else "")
@@ -203,7 +213,7 @@ def expand(values: list[str], kind: type, label: str) -> list:
                 raise UsageError(f"{label}: {validate.shown(value)} asks for {n:,} values; an axis takes 1 to "
                                  f"{VALUES_MAX:,} in all.", "E.g. 10-50 [5]: five values from 10 to 50.")
             spaced = _linspace(start, end, n)
-            out += [int(v) for v in spaced] if kind is int else spaced  # A1111: int() truncates
+            out += [int(v) for v in spaced] if kind is int else [_shown(v) for v in spaced]  # A1111: int() truncates
             continue
         stride = _number(m.group(3), kind) if m.group(3) else 1
         if stride == 0 or not math.isfinite(stride):
@@ -228,7 +238,7 @@ def expand(values: list[str], kind: type, label: str) -> list:
         if len(out) + n > VALUES_MAX:
             raise UsageError(f"{label}: {validate.shown(value)} lays out {n:,} values; an axis takes at most "
                              f"{VALUES_MAX:,} in all.", "Use a larger step, or a count: 10-50 [5].")
-        out += list(laid) if laid is not None else _arange(start, stop, stride, n)
+        out += list(laid) if laid is not None else [_shown(v) for v in _arange(start, stop, stride, n)]
     return out
 
 
