@@ -55,6 +55,7 @@ def _cases(fox: Path, out: Path) -> dict[str, list[str]]:
         # click would keep the last --x: refused for the slot, not for the (bad) axis the last one names
         "slot given twice": compare("s", "--x", "steps=1,2", "--x", "colour=red"),
         "grid page too large": compare("t", "--base", "--spo", "--x", "steps=1-200"),
+        "score with nothing to pair": compare("u", "--spo", "--x", "steps=1", "--score", "--metric", "pickscore"),
     }
 
 
@@ -79,6 +80,7 @@ SAYS = {
     "bad model value": "error: --x model: 'spo-lora:half' needs a number after 'spo-lora:'.",
     "slot given twice": "error: --x is given 2 times ('steps=1,2', 'colour=red'); each slot holds one axis.",
     "grid page too large": "error: A grid page of this sweep would be about 205,312×1,024 pixels",
+    "score with nothing to pair": "error: --versus steps: the steps axis has one value ('steps: 1')",
 }
 
 

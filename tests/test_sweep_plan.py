@@ -210,3 +210,17 @@ def test_versus_lora_scale_warns_of_columns_without_a_lora():
     assert not any("no LoRA" in w for w in build_warnings("lora-scale=0.5,1", cols=columns(base=None),
                                                           versus="lora-scale"))
     assert not any("no LoRA" in w for w in build_warnings("lora-scale=0.5,1", cols=columns()))  # versus model
+
+
+def test_versus_defaults_to_an_axis_with_two_values_and_seeds_last():
+    # An X of one value was the default, and --score refused it after the whole render.
+    one = columns(base=None)
+    assert layout("steps=1", "guidance=3,7", cols=one).versus == "guidance"
+    assert layout("seed=1,2", "guidance=3,7", cols=one).versus == "guidance"  # seeds are replicates
+    assert layout("seed=1,2", "steps=1", cols=one).versus == "seed"  # nothing else to compare
+    assert layout("seed=1,2", "model=base,spo").versus == "model"
+    assert layout("steps=1", cols=one).versus == "steps"  # nothing with two values: --score refuses it
+    from spo_cli.scores.sweep import check_versus
+
+    with pytest.raises(UsageError, match="the steps axis has one value"):
+        check_versus(layout("steps=1", cols=one).dims, "steps")

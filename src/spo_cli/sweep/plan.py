@@ -160,7 +160,8 @@ def bound(axes: list[ax.Axis], n_base_rows: int, n_implicit_models: int) -> int:
 
 def default_versus(dims: tuple[Dim, ...], axes: tuple[ax.Axis, ...], versus: str | None) -> str:
     """The dim --score compares across: the one named (it must have two values or more: the scores
-    pair its values), else `model` when it has two or more, else the X axis."""
+    pair its values), else `model` when it has two or more, else the first axis that has (a seed
+    axis last), else the X axis (which --score then refuses: scores.sweep.check_versus)."""
     names = [d.name for d in dims]
     if versus is not None:
         name = ax.canonical(versus) or versus
@@ -170,8 +171,12 @@ def default_versus(dims: tuple[Dim, ...], axes: tuple[ax.Axis, ...], versus: str
                              f"Name one of: {', '.join(swept)}." if swept else
                              "No axis of this sweep has two values: give one two or more, or drop --versus.")
         return name
-    model = dims[names.index("model")]
-    return "model" if len(model.labels) >= 2 else axes[0].name
+    # Else the first axis (x, y, z) with two values or more: an X of one value has nothing to pair,
+    # and --score failed on it after the whole render. A seed axis comes last: its values are
+    # replicates of one setting, not settings to compare.
+    swept = [d.name for d in dims if len(d.labels) >= 2]
+    ranked = sorted(swept, key=lambda n: (n != "model", n == "seed"))  # stable: then slot order
+    return ranked[0] if ranked else axes[0].name
 
 
 def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: list[ImageTask], *, common: dict,
