@@ -140,7 +140,7 @@ def test_settings_and_labelled_sidecar_axes():
     cols, rws = plan.labelled(p)
     from spo_cli.comparison import cell_extra
 
-    base = layout("lora-scale=0.5,1", cols=columns(spo=None))  # SDXL base: one column at both strengths
+    base = layout("lora-scale=0.5,1", cols=columns())  # SDXL base: one column at both strengths
     assert plan.labelled(base)[0][0].axes == (("model", "SDXL base"),)
     c = p.cells[-1]
     assert cell_extra(cols[c.column], rws[c.row]) == {
@@ -224,3 +224,13 @@ def test_versus_defaults_to_an_axis_with_two_values_and_seeds_last():
 
     with pytest.raises(UsageError, match="the steps axis has one value"):
         check_versus(layout("steps=1", cols=one).dims, "steps")
+
+
+def test_a_lora_scale_axis_with_no_lora_to_scale_is_refused():
+    # --base --x lora-scale=0.5,1 rendered one SDXL image in every cell: "the strength does nothing".
+    with pytest.raises(UsageError, match=r"--x lora-scale sets the SPO LoRA's strength, and no model of this "
+                                         r"sweep has one \(SDXL base\)"):
+        layout("lora-scale=0.5,1", cols=columns(spo=None))
+    with pytest.raises(UsageError, match="no model of this sweep has one"):
+        layout("model=base", "lora-scale=0.5,1")
+    assert len(layout("lora-scale=0.5,1", cols=columns()).columns) == 3  # base once, spo at each strength

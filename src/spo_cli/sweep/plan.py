@@ -194,6 +194,11 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
     # size the watermark cannot take, a prompt S/R that breaks the syntax): axes' checks, every row.
     ax.check_requests(axes, [(f"row {i + 1}", r.request) for i, r in enumerate(base_rows)], size_limit=size_limit)
     lora = named.get("lora-scale")
+    if lora is not None and not any(m.request.model == "spo" or has_lora(m.request) for m in models):
+        # every strength would render the same image: a grid of identical cells that reads as "no effect"
+        raise UsageError(f"{lora.title} sets the SPO LoRA's strength, and no model of this sweep has one "
+                         f"({', '.join(m.label for m in models)}).",
+                         "Add --spo or --spo-lora (on a model axis: spo or spo-lora), or drop the lora-scale axis.")
     columns, col_of = layout_columns(models, lora, common, model_request)
 
     dims = [Dim(a.name, tuple(models[i].label for i in range(len(models))) if a.name == "model" else a.labels)
