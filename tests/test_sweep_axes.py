@@ -376,7 +376,8 @@ def test_random_seeds_drawn_alike_are_drawn_again(monkeypatch):
     ("size=512x8192", "--x size value's height is 8192 pixels; the limit is 4096"),
     ("size=4096x4096", "--x size: 4096×4096 is 16.8 megapixels; the limit is 4.2"),
     ("size=١٠٢٤x1024", "--x size value must be WIDTHxHEIGHT"),
-    ("negative=none,  ,ugly", "--x negative lists '' twice"),  # '' is no negative prompt, as none is
+    # '' is no negative prompt, as none is
+    ("negative=none,  ,ugly", "--x negative lists 'none' and '', which are the same value"),
     ("prompt-sr=,fox", "--x prompt-sr value is empty"),  # the first value is what is searched for
     ("prompt-syntax=auto,A1111", "--x prompt-syntax value cannot be 'A1111'"),
     ("emphasis=strong", "--x emphasis value cannot be 'strong'"),
@@ -393,10 +394,12 @@ def test_a_bad_value_is_refused_naming_the_slot_the_axis_and_the_value_with_a_hi
 
 @pytest.mark.parametrize("text, says", [
     ("steps=20,30,20", "--x steps lists '20' twice"),
-    ("guidance=0.5,.5", "--x guidance lists '.5' twice"),
+    ("guidance=0.5,.5", "--x guidance lists '0.5' and '.5', which are the same value"),
     ("guidance=1-2 (+0.5),1.5", "--x guidance lists '1.5' twice"),
-    ("scheduler=euler,Euler", "--x scheduler lists 'Euler' twice"),  # A1111's name of the same scheduler
-    ("negative=none,NONE", "--x negative lists 'NONE' twice"),
+    # A1111's name of the same scheduler
+    ("scheduler=euler,Euler", "--x scheduler lists 'euler' and 'Euler', which are the same value"),
+    ("negative=none,NONE", "--x negative lists 'none' and 'NONE', which are the same value"),
+    ("steps=2,2", "--x steps lists '2' twice"),
     ("prompt-sr=fox,fox", "--x prompt-sr lists 'fox' twice"),
     ("model=spo-lora,spo-lora:1", "--x model lists 'spo-lora:1', the same model as an earlier value"),
     ("model=a/x,b/x", "--x model lists 'b/x' and another value that the grid would label alike ('x')"),

@@ -76,7 +76,7 @@ SAYS = {
     "steps times strength": "error: In the cell steps: 1 of",
     "versus an axis not swept": "error: --versus",
     "hostile axis": "error: --x steps: '1-1-1-",
-    "duplicate value": "error: --x scheduler lists 'Euler' twice.",
+    "duplicate value": "error: --x scheduler lists 'euler' and 'Euler', which are the same value.",
     "bad model value": "error: --x model: 'spo-lora:half' needs a number after 'spo-lora:'.",
     "slot given twice": "error: --x is given 2 times ('steps=1,2', 'colour=red'); each slot holds one axis.",
     "grid page too large": "error: A grid page of this sweep would be about 205,312×1,024 pixels",

@@ -358,7 +358,7 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
     kind = KINDS.get(name)
     listed = expand(listed, kind, label) if kind is not None else listed
     where = _AxisWhere(label)
-    values, labels, warnings, scales = [], [], [], []
+    values, labels, warnings, scales, raws = [], [], [], [], []
     for i, raw in enumerate(listed):
         try:
             v, shown, more = _read(name, raw, where, label, size_limit, first=i == 0)
@@ -383,9 +383,14 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
             scales.append(key)
         if v in values or shown in labels:
             same = v in values
+            earlier = raws[values.index(v)] if same else None
+            if same and str(earlier) != str(raw):  # none and "", 3 and 3.0, euler and Euler: "'' twice" misled
+                raise UsageError(f"{label} lists {validate.shown(earlier)} and {validate.shown(raw)}, which are the "
+                                 "same value.", "List each value once.")
             raise UsageError(f"{label} lists {validate.shown(raw)} " + (
                 "twice" if same else f"and another value that the grid would label alike ({validate.shown(shown)})")
                 + ".", "List each value once." if same else "Give the values apart.")
+        raws.append(raw)
         values.append(v)
         labels.append(shown)
         warnings += more
