@@ -80,7 +80,8 @@ SAYS = {
     "bad model value": "error: --x model: 'spo-lora:half' needs a number after 'spo-lora:'.",
     "slot given twice": "error: --x is given 2 times ('steps=1,2', 'colour=red'); each slot holds one axis.",
     "grid page too large": "error: A grid page of this sweep would be about 205,312×1,024 pixels",
-    "score with nothing to pair": "error: --versus steps: the steps axis has one value ('steps: 1')",
+    "score with nothing to pair": ("error: --score compares the values of an axis, and no axis of this sweep has two "
+                                   "(steps: steps: 1; model: SPO-SDXL)."),
 }
 
 

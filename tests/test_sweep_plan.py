@@ -220,10 +220,11 @@ def test_versus_defaults_to_an_axis_with_two_values_and_seeds_last():
     assert layout("seed=1,2", "steps=1", cols=one).versus == "seed"  # nothing else to compare
     assert layout("seed=1,2", "model=base,spo").versus == "model"
     assert layout("steps=1", cols=one).versus == "steps"  # nothing with two values: --score refuses it
-    from spo_cli.scores.sweep import check_versus
-
-    with pytest.raises(UsageError, match="the steps axis has one value"):
-        check_versus(layout("steps=1", cols=one).dims, "steps")
+    with pytest.raises(UsageError, match=r"no axis of this sweep has two \(steps: steps: 1; model: SPO-SDXL\)"):
+        plan.check_scored(layout("steps=1", cols=one), versus_given=False)
+    with pytest.raises(UsageError, match="--versus steps: the steps axis has one value"):
+        plan.check_scored(layout("steps=1", cols=one), versus_given=True)
+    plan.check_scored(layout("steps=1", "guidance=3,7", cols=one), versus_given=False)
 
 
 def test_a_lora_scale_axis_with_no_lora_to_scale_is_refused():

@@ -237,9 +237,7 @@ def compare(
                                                 size_limit=not no_size_limit)
         sweep_plan.check_pages(sweep, cell_size, rows_per_page)
         if score:  # nothing to pair (every axis of one value): refused now, not after the render
-            from spo_cli.scores import sweep as sweep_scores
-
-            sweep_scores.check_versus(sweep.dims, sweep.versus)
+            sweep_plan.check_scored(sweep, versus is not None)
         columns, rows = sweep_plan.labelled(sweep)
         more = sorted(set(more) | set(more_warnings))
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)

@@ -179,6 +179,18 @@ def default_versus(dims: tuple[Dim, ...], axes: tuple[ax.Axis, ...], versus: str
     return ranked[0] if ranked else axes[0].name
 
 
+def check_scored(plan: Plan, versus_given: bool) -> None:
+    """--score pairs the values of one dim: with every dim of one value there is nothing to pair, and
+    the scores would fail after the whole render. Said without --versus when the user gave none."""
+    if not versus_given and all(len(d.labels) < 2 for d in plan.dims):
+        shown = "; ".join(f"{d.name}: {', '.join(d.labels)}" for d in plan.dims)
+        raise UsageError(f"--score compares the values of an axis, and no axis of this sweep has two ({shown}).",
+                         "Give an axis two values or more (e.g. --x model=base,spo), or drop --score.")
+    from spo_cli.scores import sweep as sweep_scores
+
+    sweep_scores.check_versus(plan.dims, plan.versus)
+
+
 def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: list[ImageTask], *, common: dict,
           model_request: Callable, versus: str | None = None, yes: bool = False,
           size_limit: bool = True) -> tuple[Plan, list[str]]:
