@@ -87,6 +87,10 @@ def test_model_steps_guidance_grid_per_z(xyz):
     assert [(a["slot"], a["name"], a["values"]) for a in sw["axes"]] == [
         ("x", "model", ["base", "spo"]), ("y", "steps", [1, 2]), ("z", "guidance", [3.0, 7.0])]
     assert sw["versus"] == "model" and len(sw["cells"]) == 8
+    # one shape per entry (the contact sheet was a stray {"contact": …} entry among the Z grids)
+    assert sw["grids"] == [{"z": f"guidance: {g}", "pages": [f"a-red-fox-in-the-snow-grid-z{k}.png"]}
+                           for k, g in ((1, 3), (2, 7))]
+    assert sw["contact"] == "a-red-fox-in-the-snow-contact.png"
     c = one(index, model="SPO-SDXL", steps="steps: 1", guidance="guidance: 7")
     assert c["settings"] | {"prompt": None} == {
         "model": "SPO-SDXL", "lora_scale": None, "prompt": None, "negative": None, "seed": 1, "steps": 1,

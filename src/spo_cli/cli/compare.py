@@ -309,7 +309,7 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
         index["scores"] = scored["summary"]
     reports: list[tuple[Path, str]] = []  # a scored sweep's report and charts: (path, what it holds)
     if sweep is not None:  # 4b. The sweep: its axes, every cell with its settings, the scores per axis value
-        index["sweep"] = _sweep_index(sweep, out, columns, rows, cells_dir, failed, scored, grids)
+        index["sweep"] = _sweep_index(sweep, out, columns, rows, cells_dir, failed, scored, grids, stem)
         if scored:
             index["scores"]["sweep"], reports = _sweep_scores(sweep, scored, out, stem)
     index_path = out / index_name
@@ -362,19 +362,19 @@ def _sweep_grids(sweep, out: Path, stem: str, columns: list[Column], rows: list[
                           provenance=provenance, signer=signer)
         paths.append(path)
         grids.setdefault(page.z, []).append(path)
+    # Every entry one shape ({z, pages}): the contact sheet is the index's own key, not a stray entry.
     listed = [{"z": z.labels[k] if z else None, "pages": [str(p.relative_to(out)) for p in ps]}
               for k, ps in grids.items()]
     if z is not None:
         contact = write_contact(out, f"{stem}-contact.png", [ps[0] for ps in grids.values()], list(z.labels),
                                 cell_size, index_name, provenance=provenance, signer=signer)
-        listed.append({"contact": str(contact.relative_to(out))})
         paths.append(contact)
     remove_old_pages(out, stem, paths)
     return paths, listed
 
 
 def _sweep_index(sweep, out: Path, columns: list[Column], rows: list[ImageTask], cells_dir: Path, failed: dict,
-                 scored: dict | None, grids: list[dict]) -> dict:
+                 scored: dict | None, grids: list[dict], stem: str) -> dict:
     from spo_cli.sweep import plan as sweep_plan
 
     cells = []
@@ -386,7 +386,8 @@ def _sweep_index(sweep, out: Path, columns: list[Column], rows: list[ImageTask],
     return {"axes": [{"slot": a.slot, "name": a.name, "values": list(a.values), "labels": list(a.labels)}
                      for a in sweep.axes],
             "dims": [{"name": d.name, "labels": list(d.labels)} for d in sweep.dims],
-            "versus": sweep.versus, "grids": grids, "cells": cells}
+            "versus": sweep.versus, "grids": grids,
+            "contact": f"{stem}-contact.png" if sweep.axis("z") is not None else None, "cells": cells}
 
 
 def _sweep_scores(sweep, scored: dict, out: Path, stem: str) -> tuple[dict, list[tuple[Path, str]]]:
