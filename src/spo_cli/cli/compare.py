@@ -49,6 +49,7 @@ prompt-syntax, emphasis, strength on an axis. Values as A1111 writes them:
 1,2,3 · 1-5 · 1-5 (+2) · 10-50 [5] · "quoted, with commas". One grid per Z
 value (and a contact sheet); every cell equals `spo generate` with its
 settings. --versus NAME: the axis --score compares (default: model).
+Each slot takes one axis; --z needs --y, --y needs --x.
 """
 
 
@@ -193,7 +194,7 @@ def compare(
                                                    rich_help_panel="Sweep", show_default=False,
                                                    metavar="NAME=VALUES")] = None,
     versus: Annotated[Optional[str], typer.Option(help="The axis --score compares across (default: model, when it "
-                                                  "has two values or more; else the X axis).",
+                                                  "has two values or more; else the first axis that has, seed last).",
                                                   rich_help_panel="Sweep", show_default=False)] = None,
     yes: Annotated[bool, typer.Option("--yes", help=f"Render a sweep of more than {sweep_axes.CELLS_MAX:,} images.",
                                       rich_help_panel="Sweep")] = False,
