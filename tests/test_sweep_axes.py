@@ -514,6 +514,9 @@ def test_a_strength_written_in_a_model_value_beside_a_lora_scale_axis_is_refused
 def test_a_sweep_over_cells_max_needs_yes():
     A.check_count(A.CELLS_MAX, yes=False)
     A.check_count(A.CELLS_MAX + 1, yes=True)
+    A.check_count(A.CELLS_HARD_MAX, yes=True)
+    with pytest.raises(UsageError, match="which even --yes does not allow"):  # laid out in memory before any render
+        A.check_count(A.CELLS_HARD_MAX + 1, yes=True)
     with pytest.raises(UsageError) as e:
         A.check_count(A.CELLS_MAX + 1, yes=False)
     assert e.value.paragraph() == ("This sweep renders 10,001 images, more than 10,000. Narrow an axis, or pass --yes "

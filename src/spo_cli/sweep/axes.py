@@ -37,6 +37,7 @@ from spo_cli.request import ImageRequest
 
 SLOTS = ("x", "y", "z")
 CELLS_MAX = validate.SWEEP_CELLS_MAX  # rendered images in one sweep, unless --yes
+CELLS_HARD_MAX = validate.SWEEP_CELLS_HARD_MAX  # rendered images in one sweep, even with --yes
 VALUES_MAX = validate.AXIS_VALUES_MAX  # values on one axis (after ranges are laid out)
 TEXT_MAX_CHARS = 100_000  # one axis as written (under csv's field limit, 131,072)
 NUMBER_MAX_CHARS = 100  # one value of a numeric axis, a range included: longer is no number anyone types
@@ -507,7 +508,11 @@ def check_prompt_sr(axis: Axis, prompts: list[tuple[str, str, str | None]]) -> N
 
 
 def check_count(cells: int, yes: bool) -> None:
-    """A sweep of more than CELLS_MAX rendered images is refused unless --yes."""
+    """A sweep of more than CELLS_MAX rendered images is refused unless --yes; one of more than
+    CELLS_HARD_MAX is refused even then."""
+    if cells > CELLS_HARD_MAX:
+        raise UsageError(f"This sweep renders {cells:,} images, more than {CELLS_HARD_MAX:,}, which even --yes "
+                         "does not allow.", "Split it into several sweeps (each re-run reuses what is rendered).")
     if cells > CELLS_MAX and not yes:
         raise UsageError(f"This sweep renders {cells:,} images, more than {CELLS_MAX:,}.",
                          "Narrow an axis, or pass --yes to render them all.")
