@@ -46,8 +46,8 @@ ROWS_PER_PAGE_MAX = 1000
 # past twice it), and past which no viewer shows a page whole. A1111 refuses its plots past 200 MP.
 GRID_PAGE_PIXELS_MAX = 1024 * 1024 * 1024 // 4 // 3
 SWEEP_CELLS_MAX = 10_000  # images one compare sweep renders unless --yes (hours on a GPU past that)
-# Even with --yes: the plan holds every cell in memory before anything renders (a 1000×1000×1000 sweep
-# was billions of cells laid out for minutes, then out of memory); a million images is weeks on a GPU.
+# Even with --yes: the plan lays out every cell in memory before anything renders (about 25 µs a cell:
+# a --yes 1000×1000×1000 sweep would plan for hours, in many GB); a million images is weeks on a GPU.
 SWEEP_CELLS_HARD_MAX = 1_000_000
 AXIS_VALUES_MAX = 1000  # values on one sweep axis, ranges laid out (A1111's plots hold tens)
 PORT_MAX = 65535
