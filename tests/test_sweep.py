@@ -87,6 +87,10 @@ def test_model_steps_guidance_grid_per_z(xyz):
     assert [(a["slot"], a["name"], a["values"]) for a in sw["axes"]] == [
         ("x", "model", ["base", "spo"]), ("y", "steps", [1, 2]), ("z", "guidance", [3.0, 7.0])]
     assert sw["versus"] == "model" and len(sw["cells"]) == 8
+    # one shape per entry (the contact sheet was a stray {"contact": …} entry among the Z grids)
+    assert sw["grids"] == [{"z": f"guidance: {g}", "pages": [f"a-red-fox-in-the-snow-grid-z{k}.png"]}
+                           for k, g in ((1, 3), (2, 7))]
+    assert sw["contact"] == "a-red-fox-in-the-snow-contact.png"
     c = one(index, model="SPO-SDXL", steps="steps: 1", guidance="guidance: 7")
     assert c["settings"] | {"prompt": None} == {
         "model": "SPO-SDXL", "lora_scale": None, "prompt": None, "negative": None, "seed": 1, "steps": 1,
@@ -208,6 +212,12 @@ def test_scheduler_and_negative_over_a_prompt_file(hub_cache, tmp_path):
     index = json.loads(Path(scored["index"]).read_text())
     assert all(isinstance(c["scores"]["pickscore"], float) for c in index["sweep"]["cells"])
     assert "scheduler" in (tmp_path / "out" / "prompts-report.md").read_text()
+    assert [Path(p).name for p in scored["reports"]] == ["prompts-report.md", "prompts-negative.png"]
+    # The terminal shows what --versus compares (the schedulers), not compare's one column against nothing.
+    r = invoke("compare", "--out", str(tmp_path / "out"), *args, "--score", "--metric", "pickscore")
+    assert r.exit_code == 0, r.output
+    assert "scheduler: unipc vs scheduler: euler" in r.stdout and "Each later scheduler (a)" in r.stdout
+    assert "prompts-negative.png  scheduler compared at each negative value" in r.stdout
     with Image.open(tmp_path / "out" / "prompts-negative.png") as im:
         assert im.width > 100
 

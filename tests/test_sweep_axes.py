@@ -5,8 +5,9 @@ with numpy, as A1111 runs them: CSV with skipinitialspace, values stripped and k
 whole-number axes: `a-b` and `a-b (+s)` are range(a, b + 1, s), `a-b [n]` is numpy.linspace
 truncated by int(); decimal axes: `a-b (+s)` is numpy.arange(a, b + s, s), `a-b [n]` numpy.linspace;
 anything else is int(value) or float(value). spo must give the same values wherever A1111 gives
-values, and refuse (UsageError, one paragraph) where A1111 fails, plus one documented case: a
-whole-number range with a negative step whose A1111 reading stops short of its end.
+values, and refuse (UsageError, one paragraph) where A1111 fails, plus two documented cases: a
+whole-number range with a negative step whose A1111 reading stops short of its end, and a decimal
+range's values rounded to 8 decimals, as A1111's labels show them (`shown`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def a1111(text: str, kind: type) -> list:
     return out
 
 
+def shown(values: list) -> list:
+    """A1111's decimal values as its grid labels show them, round(x, 8): the values spo renders."""
+    return [round(v, 8) + 0.0 for v in values]
+
+
 def ours(text: str, kind: type) -> list:
     """spo's values for the same text: expand's ranges, and its single values read as the axis reads them."""
     return [A._typed(v, kind, "--x test") if isinstance(v, str) else v
@@ -93,16 +99,27 @@ def test_whole_number_lists_and_ranges_are_a1111s(text):
 
 
 @pytest.mark.parametrize("text", FLOAT_CASES)
-def test_decimal_lists_and_ranges_are_a1111s_to_the_last_bit(text):
-    expected = a1111(text, float)
+def test_decimal_lists_and_ranges_are_a1111s_as_its_labels_show_them(text):
+    expected = shown(a1111(text, float))
     got = ours(text, float)
     assert got == expected and all(type(v) is float for v in got), (got, expected)
 
 
 def test_an_arange_that_does_not_land_on_the_end_overshoots_as_a1111s_does():
-    assert ours("1-2 (+0.3)", float) == pytest.approx([1.0, 1.3, 1.6, 1.9, 2.2])  # 2.2 > 2, as in A1111
-    # numpy fills start + i × (second − first): 1.9000000000000001, not 1 + 3 × 0.3
-    assert ours("1-2 (+0.3)", float)[3] == np.arange(1, 2.3, 0.3).tolist()[3] == 1.9000000000000001
+    assert ours("1-2 (+0.3)", float) == [1.0, 1.3, 1.6, 1.9, 2.2]  # 2.2 > 2, as in A1111
+    # numpy fills start + i × (second − first): 1.9000000000000001, which A1111 renders and labels 1.9
+    assert np.arange(1, 2.3, 0.3).tolist()[3] == 1.9000000000000001
+
+
+def test_a_decimal_range_renders_what_its_labels_show_and_ends_where_written():
+    # A1111's 0.2-1 (+0.1) ends at 1.0000000000000002: refused as a strength past 1, and its
+    # 0.30000000000000004 made a cell whose sidecar said one thing and its label another.
+    assert np.arange(0.2, 1.1, 0.1).tolist()[-1] == 1.0000000000000002
+    strength = A.parse_axis("x", "strength=0.2-1 (+0.1)")
+    assert strength.values == (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    assert [f"strength: {v:g}" for v in strength.values] == list(strength.labels)
+    assert A.parse_axis("x", "guidance=0-1 [7]").values[1] == 0.16666667  # linspace too
+    assert A.parse_axis("x", "lora-scale=-0.3-0 (+0.1)").values == (-0.3, -0.2, -0.1, 0.0)
 
 
 def test_a_linspace_is_truncated_toward_zero_on_whole_number_axes():
@@ -133,7 +150,7 @@ def test_every_small_range_agrees_with_a1111():
     for a, b in itertools.product(decimals, repeat=2):
         for s in (0.1, 0.25, 0.3, 0.7, 1, -0.1, -0.3, -1):
             text = f"{a}-{b} ({s:+g})"
-            expected = a1111(text, float)
+            expected = shown(a1111(text, float))
             if expected:
                 assert ours(text, float) == expected, text
             else:
@@ -142,7 +159,7 @@ def test_every_small_range_agrees_with_a1111():
             checked += 1
         for n in (1, 2, 3, 7):
             text = f"{a}-{b} [{n}]"
-            assert ours(text, float) == a1111(text, float), text
+            assert ours(text, float) == shown(a1111(text, float)), text
     assert checked > 1500
 
 
@@ -303,8 +320,8 @@ def test_axes_is_pure():
     ("steps=20,30,50", (20, 30, 50), ("steps: 20", "steps: 30", "steps: 50")),
     ("Steps=10-50 [5]", (10, 20, 30, 40, 50), None),
     ("guidance=0-1 (+0.5)", (0.0, 0.5, 1.0), ("guidance: 0", "guidance: 0.5", "guidance: 1")),
-    ("CFG Scale=0-0.3 (+0.1)", (0.0, 0.1, 0.2, 0.30000000000000004), (
-        "guidance: 0", "guidance: 0.1", "guidance: 0.2", "guidance: 0.3")),  # A1111's value, shown round(x, 8)
+    ("CFG Scale=0-0.3 (+0.1)", (0.0, 0.1, 0.2, 0.3), (
+        "guidance: 0", "guidance: 0.1", "guidance: 0.2", "guidance: 0.3")),  # A1111's 0.30000000000000004, as shown
     ("lora-scale=-1-1 [3]", (-1.0, 0.0, 1.0), ("lora-scale: -1", "lora-scale: 0", "lora-scale: 1")),
     ("denoising=0.25,1", (0.25, 1.0), ("strength: 0.25", "strength: 1")),
     ("sampler=DPM++ 2M Karras, euler", ("dpm++2m-karras", "euler"), ("scheduler: dpm++2m-karras", "scheduler: euler")),
@@ -359,7 +376,8 @@ def test_random_seeds_drawn_alike_are_drawn_again(monkeypatch):
     ("size=512x8192", "--x size value's height is 8192 pixels; the limit is 4096"),
     ("size=4096x4096", "--x size: 4096×4096 is 16.8 megapixels; the limit is 4.2"),
     ("size=١٠٢٤x1024", "--x size value must be WIDTHxHEIGHT"),
-    ("negative=none,  ,ugly", "--x negative lists '' twice"),  # '' is no negative prompt, as none is
+    # '' is no negative prompt, as none is
+    ("negative=none,  ,ugly", "--x negative lists 'none' and '', which are the same value"),
     ("prompt-sr=,fox", "--x prompt-sr value is empty"),  # the first value is what is searched for
     ("prompt-syntax=auto,A1111", "--x prompt-syntax value cannot be 'A1111'"),
     ("emphasis=strong", "--x emphasis value cannot be 'strong'"),
@@ -376,15 +394,18 @@ def test_a_bad_value_is_refused_naming_the_slot_the_axis_and_the_value_with_a_hi
 
 @pytest.mark.parametrize("text, says", [
     ("steps=20,30,20", "--x steps lists '20' twice"),
-    ("guidance=0.5,.5", "--x guidance lists '.5' twice"),
+    ("guidance=0.5,.5", "--x guidance lists '0.5' and '.5', which are the same value"),
     ("guidance=1-2 (+0.5),1.5", "--x guidance lists '1.5' twice"),
-    ("scheduler=euler,Euler", "--x scheduler lists 'Euler' twice"),  # A1111's name of the same scheduler
-    ("negative=none,NONE", "--x negative lists 'NONE' twice"),
+    # A1111's name of the same scheduler
+    ("scheduler=euler,Euler", "--x scheduler lists 'euler' and 'Euler', which are the same value"),
+    ("negative=none,NONE", "--x negative lists 'none' and 'NONE', which are the same value"),
+    ("steps=2,2", "--x steps lists '2' twice"),
     ("prompt-sr=fox,fox", "--x prompt-sr lists 'fox' twice"),
     ("model=spo-lora,spo-lora:1", "--x model lists 'spo-lora:1', the same model as an earlier value"),
     ("model=a/x,b/x", "--x model lists 'b/x' and another value that the grid would label alike ('x')"),
-    ("guidance=0.3,0-0.3 (+0.1)", ("--x guidance lists 0.30000000000000004 and another value that the grid would "
-                                   "label alike ('guidance: 0.3')")),
+    ("guidance=0.3,0-0.3 (+0.1)", "--x guidance lists 0.3 twice"),
+    ("guidance=0.3,0.300000001", ("--x guidance lists '0.300000001' and another value that the grid would label "
+                                  "alike ('guidance: 0.3')")),
     ("size=512x512, 512x512", "--x size lists '512x512' twice"),
     ("steps=1-2 [3]", "--x steps lists 1 twice"),
 ])
@@ -493,6 +514,9 @@ def test_a_strength_written_in_a_model_value_beside_a_lora_scale_axis_is_refused
 def test_a_sweep_over_cells_max_needs_yes():
     A.check_count(A.CELLS_MAX, yes=False)
     A.check_count(A.CELLS_MAX + 1, yes=True)
+    A.check_count(A.CELLS_HARD_MAX, yes=True)
+    with pytest.raises(UsageError, match="which even --yes does not allow"):  # laid out in memory before any render
+        A.check_count(A.CELLS_HARD_MAX + 1, yes=True)
     with pytest.raises(UsageError) as e:
         A.check_count(A.CELLS_MAX + 1, yes=False)
     assert e.value.paragraph() == ("This sweep renders 10,001 images, more than 10,000. Narrow an axis, or pass --yes "
@@ -632,3 +656,11 @@ def test_each_distinct_request_is_checked_once_and_axes_no_check_reads_multiply_
     axes = A.parse_axes("guidance=1-100 [100]", "steps=4,8", "seed=1-10")  # guidance and seed enter no check
     A.check_requests(axes, [("p", EDIT), ("q", EDIT)])
     assert len(calls) == 2 and len(applied) == 4
+
+
+def test_an_axis_slot_given_twice_is_refused_not_overwritten():
+    # click keeps an option's last value: `--x steps=… --x model=…` dropped the steps axis silently.
+    assert A.one_axis("x", None) is None and A.one_axis("x", []) is None
+    assert A.one_axis("y", ["steps=1,2"]) == "steps=1,2"
+    with pytest.raises(UsageError, match=r"--z is given 2 times \('steps=1,2', 'model=base,spo'\)"):
+        A.one_axis("z", ["steps=1,2", "model=base,spo"])

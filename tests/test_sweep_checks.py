@@ -52,6 +52,10 @@ def _cases(fox: Path, out: Path) -> dict[str, list[str]]:
         "hostile axis": compare("p", "--x", HOSTILE),
         "duplicate value": compare("q", "--x", "scheduler=euler,Euler"),
         "bad model value": compare("r", "--x", "model=base,spo-lora:half"),
+        # click would keep the last --x: refused for the slot, not for the (bad) axis the last one names
+        "slot given twice": compare("s", "--x", "steps=1,2", "--x", "colour=red"),
+        "grid page too large": compare("t", "--base", "--spo", "--x", "steps=1-200"),
+        "score with nothing to pair": compare("u", "--spo", "--x", "steps=1", "--score", "--metric", "pickscore"),
     }
 
 
@@ -72,8 +76,12 @@ SAYS = {
     "steps times strength": "error: In the cell steps: 1 of",
     "versus an axis not swept": "error: --versus",
     "hostile axis": "error: --x steps: '1-1-1-",
-    "duplicate value": "error: --x scheduler lists 'Euler' twice.",
+    "duplicate value": "error: --x scheduler lists 'euler' and 'Euler', which are the same value.",
     "bad model value": "error: --x model: 'spo-lora:half' needs a number after 'spo-lora:'.",
+    "slot given twice": "error: --x is given 2 times ('steps=1,2', 'colour=red'); each slot holds one axis.",
+    "grid page too large": "error: A grid page of this sweep would be about 205,312×1,024 pixels",
+    "score with nothing to pair": ("error: --score compares the values of an axis, and no axis of this sweep has two "
+                                   "(steps: steps: 1; model: SPO-SDXL)."),
 }
 
 

@@ -140,7 +140,7 @@ def test_settings_and_labelled_sidecar_axes():
     cols, rws = plan.labelled(p)
     from spo_cli.comparison import cell_extra
 
-    base = layout("lora-scale=0.5,1", cols=columns(spo=None))  # SDXL base: one column at both strengths
+    base = layout("lora-scale=0.5,1", cols=columns())  # SDXL base: one column at both strengths
     assert plan.labelled(base)[0][0].axes == (("model", "SDXL base"),)
     c = p.cells[-1]
     assert cell_extra(cols[c.column], rws[c.row]) == {
@@ -152,3 +152,86 @@ def test_settings_and_labelled_sidecar_axes():
     scored = plan.scored_cells(p, [[{"m": float(ri)}] for ri in range(len(p.rows))])
     assert [(s.coords, s.base_row, s.group, s.scores) for s in scored] == [
         (c.coords, 0, "a red fox", {"m": float(c.row)}) for c in p.cells]
+
+
+def test_versus_with_no_axis_of_two_values_says_so():
+    with pytest.raises(UsageError) as e:
+        layout("steps=1", cols=columns(base=None), versus="steps")
+    assert "Name one of: ." not in str(e.value.hint) and "No axis of this sweep has two values" in e.value.hint
+
+
+def test_a_rerun_removes_the_report_and_charts_it_does_not_write(tmp_path):
+    # A scored sweep over guidance, then a re-run without --score (or without that axis): the old
+    # report and chart would describe cells this run's grid and JSON no longer hold.
+    from spo_cli.comparison import remove_old_pages
+
+    names = ["fox-grid.png", "fox-grid-z2.png", "fox-contact.png", "fox-report.md", "fox-guidance.png",
+             "fox-model.png", "fox-notes.md", "fox-mine.png", "other-report.md", "other-steps.png"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    remove_old_pages(tmp_path, "fox", [tmp_path / "fox-grid.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fox-grid.png", "fox-mine.png", "fox-notes.md",
+                                                         "other-report.md", "other-steps.png"]
+
+
+def test_a_failed_cell_is_named_by_its_axis_values():
+    # Two cells that differ only in steps printed the same error line: which one failed?
+    from spo_cli.cli.compare import failed_cell
+
+    p = layout("steps=1,2", "seed=4,5", cols=columns(base=None))
+    cols, rows_ = plan.labelled(p)
+    lines = {failed_cell(cols[c.column], rows_[c.row]) for c in p.cells}
+    assert lines == {f"SPO-SDXL, 'a red fox' seed {s}, steps: {n}" for s in (4, 5) for n in (1, 2)}
+
+
+def test_a_grid_page_too_large_to_read_back_is_refused_before_loading():
+    # 200 steps values × 2 models across, of 512-px cells (1024² images): a 205,000-px-wide page,
+    # which the contact sheet could not open (PIL's bomb check) after every cell was rendered.
+    big = layout("steps=1-200", base_rows=rows(width=1024, height=1024))
+    with pytest.raises(UsageError, match=r"A grid page of this sweep would be about 205,312×1,024 pixels"):
+        plan.check_pages(big, 512, 8)
+    plan.check_pages(big, 64, 8)  # smaller cells: the same sweep fits
+    plan.check_pages(layout("steps=1-200"), 512, 8)  # 64² images are never grown to 512
+    tall = layout("steps=1,2", "seed=1-200", cols=columns(base=None), base_rows=rows(width=1024, height=1024))
+    with pytest.raises(UsageError, match=r"2 column\(s\) × 200 row\(s\) of 512×512 cells"):
+        plan.check_pages(tall, 512, 200)
+    plan.check_pages(tall, 512, 8)  # the rows split into pages
+
+
+def build_warnings(x, y=None, *, cols, versus=None):
+    return plan.build(ax.parse_axes(x, y, None), cols, True, rows(), common={}, model_request=opts.model_request,
+                      versus=versus)[1]
+
+
+def test_versus_lora_scale_warns_of_columns_without_a_lora():
+    # SDXL base is one image at every strength: its pairs are ties that dilute the overall win rate.
+    said = build_warnings("lora-scale=0.5,1", cols=columns(), versus="lora-scale")
+    assert any("SDXL base has no LoRA" in w for w in said)
+    assert not any("no LoRA" in w for w in build_warnings("lora-scale=0.5,1", cols=columns(base=None),
+                                                          versus="lora-scale"))
+    assert not any("no LoRA" in w for w in build_warnings("lora-scale=0.5,1", cols=columns()))  # versus model
+
+
+def test_versus_defaults_to_an_axis_with_two_values_and_seeds_last():
+    # An X of one value was the default, and --score refused it after the whole render.
+    one = columns(base=None)
+    assert layout("steps=1", "guidance=3,7", cols=one).versus == "guidance"
+    assert layout("seed=1,2", "guidance=3,7", cols=one).versus == "guidance"  # seeds are replicates
+    assert layout("seed=1,2", "steps=1", cols=one).versus == "seed"  # nothing else to compare
+    assert layout("seed=1,2", "model=base,spo").versus == "model"
+    assert layout("steps=1", cols=one).versus == "steps"  # nothing with two values: --score refuses it
+    with pytest.raises(UsageError, match=r"no axis of this sweep has two \(steps: steps: 1; model: SPO-SDXL\)"):
+        plan.check_scored(layout("steps=1", cols=one), versus_given=False)
+    with pytest.raises(UsageError, match="--versus steps: the steps axis has one value"):
+        plan.check_scored(layout("steps=1", cols=one), versus_given=True)
+    plan.check_scored(layout("steps=1", "guidance=3,7", cols=one), versus_given=False)
+
+
+def test_a_lora_scale_axis_with_no_lora_to_scale_is_refused():
+    # --base --x lora-scale=0.5,1 rendered one SDXL image in every cell: "the strength does nothing".
+    with pytest.raises(UsageError, match=r"--x lora-scale sets the SPO LoRA's strength, and no model of this "
+                                         r"sweep has one \(SDXL base\)"):
+        layout("lora-scale=0.5,1", cols=columns(spo=None))
+    with pytest.raises(UsageError, match="no model of this sweep has one"):
+        layout("model=base", "lora-scale=0.5,1")
+    assert len(layout("lora-scale=0.5,1", cols=columns()).columns) == 3  # base once, spo at each strength

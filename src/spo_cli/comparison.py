@@ -383,8 +383,14 @@ def write_grids(out: Path, stem: str, columns: list[Column], rows: list[ImageTas
 
 
 def remove_old_pages(out: Path, stem: str, kept: list[Path]) -> None:
-    """Pages of an earlier, longer comparison (or sweep) under the same stem."""
-    for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png", out / f"{stem}-contact.png"]:
+    """Pages of an earlier, longer comparison (or sweep) under the same stem, and its scored sweep's
+    report and per-axis charts: a re-run without --score, or without that axis, writes none of them,
+    and one left behind would describe cells this run's grid and JSON no longer hold. (A scored sweep
+    writes its report and charts after this.)"""
+    from spo_cli.sweep.axes import AXES
+
+    scored = [out / f"{stem}-report.md", *(out / f"{stem}-{name}.png" for name in AXES)]
+    for old in [*out.glob(f"{stem}-grid-*.png"), out / f"{stem}-grid.png", out / f"{stem}-contact.png", *scored]:
         if old not in kept and old.exists():
             old.unlink()
 

@@ -41,7 +41,14 @@ SEED_RANDOM = -1  # A1111's "random seed", on the command line and in infotext
 PATH_MAX_CHARS = 4096  # model ids, paths, revisions (Linux's PATH_MAX)
 CELL_SIZE_MIN = 16  # compare's grid cells, in pixels
 ROWS_PER_PAGE_MAX = 1000
+# One sweep grid page, in pixels: PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS,
+# 89,478,485), which the contact sheet meets when it reads the pages back (a warning past it, an error
+# past twice it), and past which no viewer shows a page whole. A1111 refuses its plots past 200 MP.
+GRID_PAGE_PIXELS_MAX = 1024 * 1024 * 1024 // 4 // 3
 SWEEP_CELLS_MAX = 10_000  # images one compare sweep renders unless --yes (hours on a GPU past that)
+# Even with --yes: the plan lays out every cell in memory before anything renders (about 25 µs a cell:
+# a --yes 1000×1000×1000 sweep would plan for hours, in many GB); a million images is weeks on a GPU.
+SWEEP_CELLS_HARD_MAX = 1_000_000
 AXIS_VALUES_MAX = 1000  # values on one sweep axis, ranges laid out (A1111's plots hold tens)
 PORT_MAX = 65535
 BATCH_WAIT_MS_MAX = 10_000  # spo serve: longer would only add latency

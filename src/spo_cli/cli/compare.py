@@ -50,11 +50,12 @@ prompt-syntax, emphasis, strength on an axis. Values as A1111 writes them:
 1,2,3 · 1-5 · 1-5 (+2) · 10-50 [5] · "quoted, with commas". One grid per Z
 value (and a contact sheet); every cell equals `spo generate` with its
 settings. --versus NAME: the axis --score compares (default: model).
+Each slot takes one axis; --z needs --y, --y needs --x.
 """
 
 
 JSON_HELP = ("Print a JSON object on stdout (grid pages, index file, counts of rendered, reused and failed cells, "
-             "bytes of weights loaded), nothing else.")
+             "bytes of weights loaded; with --score the scores, and a scored sweep's report and charts), nothing else.")
 
 
 def parse_scales(text: str | None) -> list[float]:
@@ -181,17 +182,23 @@ def compare(
     sign: opts.Sign = False,
     sign_key: opts.SignKey = None,
     sign_cert: opts.SignCert = None,
-    x: Annotated[Optional[str], typer.Option("--x", help="A sweep axis, NAME=VALUES: e.g. steps=20,30,50, "
-                                             "guidance=3-9 (+2), \"prompt-sr=red fox,arctic fox\".",
-                                             rich_help_panel="Sweep", show_default=False)] = None,
-    y: Annotated[Optional[str], typer.Option("--y", help="A second axis (the grid's rows).", rich_help_panel="Sweep",
-                                             show_default=False)] = None,
-    z: Annotated[Optional[str], typer.Option("--z", help="A third axis: one grid per value.",
-                                             rich_help_panel="Sweep", show_default=False)] = None,
+    # Lists, though each takes one axis: a click option given twice keeps the last silently, and
+    # `--x steps=… --x model=…` would drop the steps axis without a word (axes.one_axis refuses it).
+    x: Annotated[Optional[list[str]], typer.Option("--x", help="A sweep axis, NAME=VALUES: e.g. steps=20,30,50, "
+                                                   "guidance=3-9 (+2), \"prompt-sr=red fox,arctic fox\".",
+                                                   rich_help_panel="Sweep", show_default=False,
+                                                   metavar="NAME=VALUES")] = None,
+    y: Annotated[Optional[list[str]], typer.Option("--y", help="A second axis (the grid's rows).",
+                                                   rich_help_panel="Sweep", show_default=False,
+                                                   metavar="NAME=VALUES")] = None,
+    z: Annotated[Optional[list[str]], typer.Option("--z", help="A third axis: one grid per value.",
+                                                   rich_help_panel="Sweep", show_default=False,
+                                                   metavar="NAME=VALUES")] = None,
     versus: Annotated[Optional[str], typer.Option(help="The axis --score compares across (default: model, when it "
-                                                  "has two values or more; else the X axis).",
+                                                  "has two values or more; else the first axis that has, seed last).",
                                                   rich_help_panel="Sweep", show_default=False)] = None,
-    yes: Annotated[bool, typer.Option("--yes", help=f"Render a sweep of more than {sweep_axes.CELLS_MAX:,} images.",
+    yes: Annotated[bool, typer.Option("--yes", help=f"Render a sweep of more than {sweep_axes.CELLS_MAX:,} images "
+                                      f"(up to {sweep_axes.CELLS_HARD_MAX:,}).",
                                       rich_help_panel="Sweep")] = False,
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
@@ -234,6 +241,9 @@ def compare(
         sweep, more_warnings = sweep_plan.build(axes, columns, named_model is None, rows, common=common,
                                                 model_request=opts.model_request, versus=versus, yes=yes,
                                                 size_limit=not no_size_limit)
+        sweep_plan.check_pages(sweep, cell_size, rows_per_page)
+        if score:  # nothing to pair (every axis of one value): refused now, not after the render
+            sweep_plan.check_scored(sweep, versus is not None)
         columns, rows = sweep_plan.labelled(sweep)
         more = sorted(set(more) | set(more_warnings))
     options = opts.run_options(fast=False, offload=None, vae_tiling=False, vae_slicing=False, batch_size=batch_size)
@@ -253,10 +263,11 @@ def compare(
         raise typer.Exit(code)
 
 
-def _axes(ctx: typer.Context, x: str | None, y: str | None, z: str | None, versus: str | None,
+def _axes(ctx: typer.Context, x: list[str] | None, y: list[str] | None, z: list[str] | None, versus: str | None,
           size_limit: bool) -> list:
     """--x/--y/--z read and checked; `given`: the options the user gave (not their defaults), which
     an axis must not also set."""
+    x, y, z = (sweep_axes.one_axis(slot, texts) for slot, texts in zip(sweep_axes.SLOTS, (x, y, z)))
     if x is None and y is None and z is None:
         if versus is not None:
             raise UsageError("--versus names the sweep axis --score compares across, and no --x is given.",
@@ -306,30 +317,41 @@ def _compare(ui: UI, columns: list[Column], rows: list[ImageTask], options, out:
     }
     if scored:
         index["scores"] = scored["summary"]
+    reports: list[tuple[Path, str]] = []  # a scored sweep's report and charts: (path, what it holds)
     if sweep is not None:  # 4b. The sweep: its axes, every cell with its settings, the scores per axis value
-        index["sweep"] = _sweep_index(sweep, out, columns, rows, cells_dir, failed, scored, grids)
+        index["sweep"] = _sweep_index(sweep, out, columns, rows, cells_dir, failed, scored, grids, stem)
         if scored:
-            index["scores"]["sweep"] = _sweep_scores(ui, sweep, scored, out, stem)
+            index["scores"]["sweep"], reports = _sweep_scores(sweep, scored, out, stem)
     index_path = out / index_name
     files.atomic_write(index_path, (metadata.dumps(index) + "\n").encode(), overwrite=True)
     for (ci, ri), err in failed.items():
-        ui.error(f"{columns[ci].label}, '{short(rows[ri].request.prompt)}' seed {rows[ri].request.seed}: {err}")
+        ui.error(f"{failed_cell(columns[ci], rows[ri])}: {err}")
     if ui.json_mode:
         ui.emit_json({"grid": [str(p) for p in pages], "index": str(index_path),
                       **{k: index[k] for k in ("rendered", "reused", "failed", "bytes_loaded", "elapsed_s")},
-                      **({"scores": index["scores"]} if scored else {})})
+                      **({"scores": index["scores"]} if scored else {}),
+                      **({"reports": [str(p) for p, _ in reports]} if reports else {})})
     else:
         if not ui.quiet:
             ui.info(f"Comparison of {len(rows)} row(s) × {len(columns)} column(s): {run.rendered} cell(s) "
                     f"rendered, {run.reused} reused, {len(failed)} failed.")
-        if scored:
+        if scored and sweep is not None:  # what --versus compares (the columns may be lora strengths, or one model)
+            scoring.print_summary(ui, index["scores"]["sweep"]["overall"], what=sweep.versus)
+        elif scored:
             scoring.print_summary(ui, scored["summary"])
         ui.paths([(str(p), f"grid page {i + 1} of {len(pages)}") for i, p in enumerate(pages)]
                  + [(str(index_path), "cells, sidecars, set-up log" + (", scores" if scored else "")),
                     (str(cells_dir), "full-size cells")]
-                 + ([(str(out / f"{stem}-report.md"), "scores per axis value")] if sweep is not None and scored
-                    else []))
+                 + [(str(p), what) for p, what in reports])
     return EXIT_FAILURE if failed or (scored and scored["errors"]) else 0
+
+
+def failed_cell(column: Column, row: ImageTask) -> str:
+    """A failed cell as its error line names it: the column, the prompt, the seed, and in a sweep the
+    image axes' values (cells that differ only in steps or guidance would otherwise read alike);
+    seed and prompt-sr are already in the prompt and seed shown."""
+    axes = [label for name, label in row.extra.get("axes", {}).items() if name not in ("seed", "prompt-sr")]
+    return f"{column.label}, '{short(row.request.prompt)}' seed {row.request.seed}" + "".join(f", {a}" for a in axes)
 
 
 def _sweep_grids(sweep, out: Path, stem: str, columns: list[Column], rows: list[ImageTask], cells_dir: Path,
@@ -350,19 +372,19 @@ def _sweep_grids(sweep, out: Path, stem: str, columns: list[Column], rows: list[
                           provenance=provenance, signer=signer)
         paths.append(path)
         grids.setdefault(page.z, []).append(path)
+    # Every entry one shape ({z, pages}): the contact sheet is the index's own key, not a stray entry.
     listed = [{"z": z.labels[k] if z else None, "pages": [str(p.relative_to(out)) for p in ps]}
               for k, ps in grids.items()]
     if z is not None:
         contact = write_contact(out, f"{stem}-contact.png", [ps[0] for ps in grids.values()], list(z.labels),
                                 cell_size, index_name, provenance=provenance, signer=signer)
-        listed.append({"contact": str(contact.relative_to(out))})
         paths.append(contact)
     remove_old_pages(out, stem, paths)
     return paths, listed
 
 
 def _sweep_index(sweep, out: Path, columns: list[Column], rows: list[ImageTask], cells_dir: Path, failed: dict,
-                 scored: dict | None, grids: list[dict]) -> dict:
+                 scored: dict | None, grids: list[dict], stem: str) -> dict:
     from spo_cli.sweep import plan as sweep_plan
 
     cells = []
@@ -374,21 +396,25 @@ def _sweep_index(sweep, out: Path, columns: list[Column], rows: list[ImageTask],
     return {"axes": [{"slot": a.slot, "name": a.name, "values": list(a.values), "labels": list(a.labels)}
                      for a in sweep.axes],
             "dims": [{"name": d.name, "labels": list(d.labels)} for d in sweep.dims],
-            "versus": sweep.versus, "grids": grids, "cells": cells}
+            "versus": sweep.versus, "grids": grids,
+            "contact": f"{stem}-contact.png" if sweep.axis("z") is not None else None, "cells": cells}
 
 
-def _sweep_scores(ui: UI, sweep, scored: dict, out: Path, stem: str) -> dict:
-    """The scored summary per axis value (scores.sweep), its markdown report and one chart per axis."""
+def _sweep_scores(sweep, scored: dict, out: Path, stem: str) -> tuple[dict, list[tuple[Path, str]]]:
+    """The scored summary per axis value (scores.sweep), its markdown report and one chart per axis:
+    (summary, [(path written, what it holds)])."""
     from spo_cli.scores import sweep as sweep_scores
     from spo_cli.sweep import plan as sweep_plan
 
     summary = sweep_scores.summarise(list(sweep.dims), sweep_plan.scored_cells(sweep, scored["cells"]),
                                      scored["metrics"], sweep.versus)
-    files.atomic_write(out / f"{stem}-report.md", sweep_scores.markdown(summary).encode(), overwrite=True)
+    written = [(out / f"{stem}-report.md", "scores per axis value")]
+    files.atomic_write(written[0][0], sweep_scores.markdown(summary).encode(), overwrite=True)
     for d in sweep.dims:
         if d.name != sweep.versus and len(d.labels) >= 2:
-            files.atomic_write(out / f"{stem}-{d.name}.png", _png(sweep_scores.chart(summary, d.name)), overwrite=True)
-    return summary
+            written.append((out / f"{stem}-{d.name}.png", f"{sweep.versus} compared at each {d.name} value"))
+            files.atomic_write(written[-1][0], _png(sweep_scores.chart(summary, d.name)), overwrite=True)
+    return summary, written
 
 
 def _png(image) -> bytes:

@@ -101,15 +101,16 @@ def score_items(ui: UI, items, names: list[str], hps_version: str, *, device: st
     return results
 
 
-def print_summary(ui: UI, summary: dict) -> None:
+def print_summary(ui: UI, summary: dict, what: str = "column") -> None:
+    """`what`: what the summary's values are (compare's columns, or a sweep's --versus axis)."""
     from rich.text import Text
 
     from spo_cli.cli.ui import printable
     from spo_cli.scores.summary import TERMINAL_HEADERS, conclusions, means_rows, pair_rows
 
-    ui.table("Mean score [95 % CI over prompts]", ["column", *summary["metrics"]], means_rows(summary))
+    ui.table("Mean score [95 % CI over prompts]", [what, *summary["metrics"]], means_rows(summary))
     if summary["pairs"]:
-        ui.table("Each later column (a) against each earlier one (b)", TERMINAL_HEADERS,
+        ui.table(f"Each later {what} (a) against each earlier one (b)", TERMINAL_HEADERS,
                  pair_rows(summary, terminal=True))
         for line in conclusions(summary):  # the words: what each comparison can and cannot say
             ui.out.print(Text(printable(line)))

@@ -5,7 +5,9 @@ CSV with quotes and `skipinitialspace` ("a, b" is one value), each value strippe
 kept (Prompt S/R uses one to remove a word). Whole-number axes take `1-5` (range(1, 5 + 1)), `1-5 (+2)`
 (a signed step) and `10-50 [5]` (numpy.linspace, truncated to whole numbers); decimal axes
 take `1-2 (+0.25)` (numpy.arange(start, end + step, step): ends past `end` when the step does not
-land on it, as A1111's does) and `3-7 [5]` (numpy.linspace). Where A1111 fails (an empty value on
+land on it, as A1111's does) and `3-7 [5]` (numpy.linspace), each value rounded to 8 decimals, as
+A1111 shows it in the grid's labels (it renders the unrounded one: 0-1 (+0.1)'s 0.30000000000000004,
+and 0.2-1 (+0.1)'s last value 1.0000000000000002, over --strength's limit). Where A1111 fails (an empty value on
 a numeric axis, `1.5` on a whole-number one, a step of 0), spo refuses in one paragraph.
 
 One reading differs: A1111 lays out a whole-number range with a negative step as
@@ -35,6 +37,7 @@ from spo_cli.request import ImageRequest
 
 SLOTS = ("x", "y", "z")
 CELLS_MAX = validate.SWEEP_CELLS_MAX  # rendered images in one sweep, unless --yes
+CELLS_HARD_MAX = validate.SWEEP_CELLS_HARD_MAX  # rendered images in one sweep, even with --yes
 VALUES_MAX = validate.AXIS_VALUES_MAX  # values on one axis (after ranges are laid out)
 TEXT_MAX_CHARS = 100_000  # one axis as written (under csv's field limit, 131,072)
 NUMBER_MAX_CHARS = 100  # one value of a numeric axis, a range included: longer is no number anyone types
@@ -159,6 +162,14 @@ def _arange(start: float, stop: float, step: float, n: int) -> list[float]:
     return [start, second][:n] + [start + i * delta for i in range(2, n)]
 
 
+def _shown(value: float) -> float:
+    """A decimal range's value as the grid shows it, round(x, 8), as A1111 labels it: the cell then
+    renders the value its label and sidecar say (`spo generate --strength 0.3` is that cell), and a
+    range's written end is its end: A1111's 0.2-1 (+0.1) ends at 1.0000000000000002, past what
+    --strength takes."""
+    return round(value, 8) + 0.0  # + 0.0: -0.0 is 0
+
+
 def _listing(values: range, limit: int = 6) -> str:
     shown = [str(v) for v in itertools.islice(values, limit)]
     return ",".join(shown) + (",…" if len(values) > limit else "")
@@ -203,7 +214,7 @@ def expand(values: list[str], kind: type, label: str) -> list:
                 raise UsageError(f"{label}: {validate.shown(value)} asks for {n:,} values; an axis takes 1 to "
                                  f"{VALUES_MAX:,} in all.", "E.g. 10-50 [5]: five values from 10 to 50.")
             spaced = _linspace(start, end, n)
-            out += [int(v) for v in spaced] if kind is int else spaced  # A1111: int() truncates
+            out += [int(v) for v in spaced] if kind is int else [_shown(v) for v in spaced]  # A1111: int() truncates
             continue
         stride = _number(m.group(3), kind) if m.group(3) else 1
         if stride == 0 or not math.isfinite(stride):
@@ -228,7 +239,7 @@ def expand(values: list[str], kind: type, label: str) -> list:
         if len(out) + n > VALUES_MAX:
             raise UsageError(f"{label}: {validate.shown(value)} lays out {n:,} values; an axis takes at most "
                              f"{VALUES_MAX:,} in all.", "Use a larger step, or a count: 10-50 [5].")
-        out += list(laid) if laid is not None else _arange(start, stop, stride, n)
+        out += list(laid) if laid is not None else [_shown(v) for v in _arange(start, stop, stride, n)]
     return out
 
 
@@ -348,7 +359,7 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
     kind = KINDS.get(name)
     listed = expand(listed, kind, label) if kind is not None else listed
     where = _AxisWhere(label)
-    values, labels, warnings, scales = [], [], [], []
+    values, labels, warnings, scales, raws = [], [], [], [], []
     for i, raw in enumerate(listed):
         try:
             v, shown, more = _read(name, raw, where, label, size_limit, first=i == 0)
@@ -373,13 +384,30 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
             scales.append(key)
         if v in values or shown in labels:
             same = v in values
+            earlier = raws[values.index(v)] if same else None
+            if same and str(earlier) != str(raw):  # none and "", 3 and 3.0, euler and Euler: "'' twice" misled
+                raise UsageError(f"{label} lists {validate.shown(earlier)} and {validate.shown(raw)}, which are the "
+                                 "same value.", "List each value once.")
             raise UsageError(f"{label} lists {validate.shown(raw)} " + (
                 "twice" if same else f"and another value that the grid would label alike ({validate.shown(shown)})")
                 + ".", "List each value once." if same else "Give the values apart.")
+        raws.append(raw)
         values.append(v)
         labels.append(shown)
         warnings += more
     return Axis(slot, name, tuple(values), tuple(labels), tuple(dict.fromkeys(warnings)))
+
+
+def one_axis(slot: str, texts: Sequence[str] | None) -> str | None:
+    """The one axis given as --x (or --y, --z): given twice, the first would be dropped without a word
+    (a click option keeps its last value), so that a sweep the user asked for never renders."""
+    if not texts:
+        return None
+    if len(texts) > 1:
+        raise UsageError(f"--{slot} is given {len(texts)} times ({', '.join(validate.shown(t, 40) for t in texts)}); "
+                         "each slot holds one axis.",
+                         "Put the other setting on the next slot: --x, then --y, then --z (one grid per Z value).")
+    return texts[0]
 
 
 def given_options(ctx) -> set[str]:
@@ -480,7 +508,11 @@ def check_prompt_sr(axis: Axis, prompts: list[tuple[str, str, str | None]]) -> N
 
 
 def check_count(cells: int, yes: bool) -> None:
-    """A sweep of more than CELLS_MAX rendered images is refused unless --yes."""
+    """A sweep of more than CELLS_MAX rendered images is refused unless --yes; one of more than
+    CELLS_HARD_MAX is refused even then."""
+    if cells > CELLS_HARD_MAX:
+        raise UsageError(f"This sweep renders {cells:,} images, more than {CELLS_HARD_MAX:,}, which even --yes "
+                         "does not allow.", "Split it into several sweeps (each re-run reuses what is rendered).")
     if cells > CELLS_MAX and not yes:
         raise UsageError(f"This sweep renders {cells:,} images, more than {CELLS_MAX:,}.",
                          "Narrow an axis, or pass --yes to render them all.")

@@ -160,17 +160,35 @@ def bound(axes: list[ax.Axis], n_base_rows: int, n_implicit_models: int) -> int:
 
 def default_versus(dims: tuple[Dim, ...], axes: tuple[ax.Axis, ...], versus: str | None) -> str:
     """The dim --score compares across: the one named (it must have two values or more: the scores
-    pair its values), else `model` when it has two or more, else the X axis."""
+    pair its values), else `model` when it has two or more, else the first axis that has (a seed
+    axis last), else the X axis (which --score then refuses: scores.sweep.check_versus)."""
     names = [d.name for d in dims]
     if versus is not None:
         name = ax.canonical(versus) or versus
         if name not in names or len(dims[names.index(name)].labels) < 2:
             swept = [d.name for d in dims if len(d.labels) >= 2]
             raise UsageError(f"--versus {validate.shown(versus)} is not an axis of this sweep with two values or more.",
-                             f"Name one of: {', '.join(swept)}.")
+                             f"Name one of: {', '.join(swept)}." if swept else
+                             "No axis of this sweep has two values: give one two or more, or drop --versus.")
         return name
-    model = dims[names.index("model")]
-    return "model" if len(model.labels) >= 2 else axes[0].name
+    # Else the first axis (x, y, z) with two values or more: an X of one value has nothing to pair,
+    # and --score failed on it after the whole render. A seed axis comes last: its values are
+    # replicates of one setting, not settings to compare.
+    swept = [d.name for d in dims if len(d.labels) >= 2]
+    ranked = sorted(swept, key=lambda n: (n != "model", n == "seed"))  # stable: then slot order
+    return ranked[0] if ranked else axes[0].name
+
+
+def check_scored(plan: Plan, versus_given: bool) -> None:
+    """--score pairs the values of one dim: with every dim of one value there is nothing to pair, and
+    the scores would fail after the whole render. Said without --versus when the user gave none."""
+    if not versus_given and all(len(d.labels) < 2 for d in plan.dims):
+        shown = "; ".join(f"{d.name}: {', '.join(d.labels)}" for d in plan.dims)
+        raise UsageError(f"--score compares the values of an axis, and no axis of this sweep has two ({shown}).",
+                         "Give an axis two values or more (e.g. --x model=base,spo), or drop --score.")
+    from spo_cli.scores import sweep as sweep_scores
+
+    sweep_scores.check_versus(plan.dims, plan.versus)
 
 
 def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: list[ImageTask], *, common: dict,
@@ -188,6 +206,11 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
     # size the watermark cannot take, a prompt S/R that breaks the syntax): axes' checks, every row.
     ax.check_requests(axes, [(f"row {i + 1}", r.request) for i, r in enumerate(base_rows)], size_limit=size_limit)
     lora = named.get("lora-scale")
+    if lora is not None and not any(m.request.model == "spo" or has_lora(m.request) for m in models):
+        # every strength would render the same image: a grid of identical cells that reads as "no effect"
+        raise UsageError(f"{lora.title} sets the SPO LoRA's strength, and no model of this sweep has one "
+                         f"({', '.join(m.label for m in models)}).",
+                         "Add --spo or --spo-lora (on a model axis: spo or spo-lora), or drop the lora-scale axis.")
     columns, col_of = layout_columns(models, lora, common, model_request)
 
     dims = [Dim(a.name, tuple(models[i].label for i in range(len(models))) if a.name == "model" else a.labels)
@@ -226,6 +249,12 @@ def build(axes: list[ax.Axis], models: list[Column], implicit: bool, base_rows: 
             row = row_of[(b, tuple(coords[k] for k in image_dims))]
             cells.append(Cell(coords, b, col, row))
     plan = Plan(axes, dims, columns, rows, list(base_rows), cells, default_versus(dims, axes, versus), row_axes)
+    if plan.versus == "lora-scale":  # a scored comparison of strengths, diluted by columns that have none
+        same = [m.label for m in models if m.request.model != "spo" and not has_lora(m.request)]
+        if same:
+            warnings.add(f"--versus lora-scale: {', '.join(same)} has no LoRA, so its cells are one image at every "
+                         "strength and pair as ties (win rate 0.5), pulling the overall numbers toward no "
+                         "difference; read the strengths per model in the report (by model).")
     ax.check_count(len(columns) * len(rows), yes)
     return plan, sorted(warnings)
 
@@ -283,6 +312,41 @@ def pages(plan: Plan, stem: str, rows_per_page: int) -> list[Page]:
             name = f"{stem}-grid" + (f"-z{k + 1}" if k is not None else "") + (f"-{n + 1}" if len(chunks) > 1 else "")
             out.append(Page(name + ".png", k, col_labels, chunk_labels, chunk))
     return out
+
+
+def _cell(request, cell_size: int) -> tuple[int, int]:
+    """A row's cell in the grid (grid.fit, without PIL): its image's size shrunk to cell_size."""
+    if request.width:
+        w, h = request.width, request.height
+    elif request.image is not None:
+        w, h = request.image.width, request.image.height
+    else:
+        w = h = presets.DEFAULT_SIZE
+    if request.hires is not None:
+        w, h = round(w * request.hires.scale), round(h * request.hires.scale)
+    scale = min(1.0, cell_size / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def check_pages(plan: Plan, cell_size: int, rows_per_page: int) -> None:
+    """A grid page past validate.GRID_PAGE_PIXELS_MAX is refused before anything loads: the contact
+    sheet could not read it back after hours of rendering, and no viewer shows it. The page is
+    counted as pages() lays it out (X values × implicit models across, rows_per_page down, one
+    more of each for the labels), every cell as large as the largest."""
+    names = [d.name for d in plan.dims]
+    x, y, z = (plan.axis(s) for s in ("x", "y", "z"))
+    md = names.index("model")
+    inner = len(plan.dims[md].labels) if md not in [names.index(a.name) for a in (x, y, z) if a] else 1
+    across = len(x.labels) * (inner if inner >= 2 else 1)
+    down = min(rows_per_page, (len(y.labels) if y else 1) * len(plan.base_rows))
+    cells = [_cell(r.request, cell_size) for r in plan.rows]
+    w, h = max(c[0] for c in cells), max(c[1] for c in cells)
+    pixels = (across + 1) * w * (down + 1) * h
+    if pixels > validate.GRID_PAGE_PIXELS_MAX:
+        raise UsageError(f"A grid page of this sweep would be about {(across + 1) * w:,}×{(down + 1) * h:,} pixels "
+                         f"({pixels / 1e6:,.0f} MP: {across} column(s) × {down} row(s) of {w}×{h} cells), more than "
+                         f"{validate.GRID_PAGE_PIXELS_MAX / 1e6:,.0f} MP.",
+                         "Lower --cell-size or --rows-per-page, narrow the X axis, or put it on Y or Z.")
 
 
 def settings(column: Column, task: ImageTask) -> dict:
