@@ -170,26 +170,31 @@ def test_eval_on_two_nodes_makes_the_report_of_one_process(hub_cache, score_cach
 
 def test_compare_on_two_ranks_makes_the_grid_of_one_process_and_resumes(hub_cache, score_cache, tmp_path,
                                                                          one_thread):
-    """compare --score under two ranks after a run that made seed 1: those cells are reused by
-    every rank, the rest made once each; index, grid page and cells as one process makes them."""
-    args = ["compare", "a lighthouse in a storm", *TINY, "--base", "--spo", "--score", "--metric", "pickscore"]
+    """compare --score of a sweep (the issue's `--base --spo --x steps=… --score`) under two ranks after a
+    run that made seed 1: those cells are reused by every rank, the rest made once each; index, sweep
+    report, grid page and cells as one process makes them."""
+    args = ["compare", "a lighthouse in a storm", "--width", "64", "--height", "64", "--device", "cpu", "--base",
+            "--spo", "--x", "steps=1,2", "--score", "--metric", "pickscore"]
     invoke(*args, "--seeds", "1", "--out", str(tmp_path / "one"), "--quiet")
     shutil.copytree(tmp_path / "one", tmp_path / "two")  # the same earlier run in both folders
     one = json.loads(invoke(*args, "--seeds", "1-2", "--out", str(tmp_path / "one"), "--json", "--quiet").stdout)
     two = on_one_node("-m", "spo_cli", *args, "--seeds", "1-2", "--out", str(tmp_path / "two"), "--json", "--quiet")
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads(two.stdout)
-    assert (summary["rendered"], summary["reused"], summary["failed"]) == (2, 2, 0)
+    assert (summary["rendered"], summary["reused"], summary["failed"]) == (4, 4, 0)
     # How each process set the models up (its log, the bytes it read) is the run's, not the result's.
     facts = ("elapsed_s", "setup", "bytes_loaded")
-    same_bytes(summary, one, facts[:1] + facts[2:] + ("grid", "index"))
+    same_bytes(summary, one, facts[:1] + facts[2:] + ("grid", "index", "reports"))  # paths: in each one's --out
     (two_index,) = (tmp_path / "two").glob("*-grid.json")
     (one_index,) = (tmp_path / "one").glob("*-grid.json")
     index = json.loads(two_index.read_text())
     same_bytes(index, json.loads(one_index.read_text()), facts)
     assert {line.split(":")[0] for line in index["setup"]} == {"rank 0", "rank 1"}
+    assert index["sweep"]["versus"] == "model" and len(index["sweep"]["cells"]) == 8
+    (report,) = (tmp_path / "two").glob("*-report.md")
+    assert report.read_text() == (tmp_path / "one" / report.name).read_text()
     assert same_images(tmp_path / "one", tmp_path / "two", "*-grid.png") == 1
-    assert same_images(tmp_path / "one", tmp_path / "two", "cells/*/*.png") == 4
+    assert same_images(tmp_path / "one", tmp_path / "two", "cells/*/*.png") == 8
     # Made once each, by one rank: every cell but seed 1's, which the earlier run left and all reused.
     cells = {(row["seed"], c["image"][len("cells/"):-len(".png")]) for row, line in zip(index["rows"], index["cells"])
              for c in line}
