@@ -23,6 +23,7 @@ from spo_cli import devices
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.serve import api
 from spo_cli.serve.app import Settings, create_app
+from spo_cli.serve.scheduler import ShuttingDown
 from tests.conftest import base_copy, probe_cli
 from tests.test_scheduler import names, scheduler, submit
 from tests.test_serve import (
@@ -233,6 +234,76 @@ def test_images_are_keyed_on_the_devices_threads_never_on_a_web_thread(tmp_path)
     assert keyed_on and all(name.startswith("spo-gpu-cpu#") for name in keyed_on), keyed_on
     worker.drain()
     assert worker.join(DEADLINE)
+
+
+class Fatal(BaseException):
+    """What `_run`'s own net (Exception) lets through: a device's thread ends on it."""
+
+
+def test_a_device_whose_thread_dies_after_loading_is_failed_and_the_queue_still_drains(tmp_path):
+    """A device's thread that ends on an exception after its models loaded was still called ready: its
+    call's client waited forever, and with no other device the queue never drained. It is now failed
+    as a device that could not load: its call answered 500, /health degraded, then failed when none is left."""
+    from spo_cli.serve.worker import Worker
+    from tests.test_scheduler import worker_job
+
+    class Engine:  # what the worker asks of an engine before a call
+        def call_key(self, request):
+            return "shape"
+
+        def facts(self):
+            return {}
+
+    class Resolved:
+        def describe(self):
+            return {}
+
+    class Dies:  # a metrics hook, the first thing a call does: each call's device ends on it, until told not to
+        fatal = True
+
+        def queue_wait(self, model, device, seconds):
+            if self.fatal:
+                raise Fatal(f"{device} fell over")
+
+        def call(self, *a):
+            pass
+
+        def image_failed(self, *a):
+            pass
+
+    metrics = Dies()
+    def load():
+        return {"spo": (Engine(), Resolved())}
+
+    worker = Worker({"cpu#0": load, "cpu#1": load}, tmp_path, metrics=metrics)
+    worker.start()
+    wait_for(lambda: worker.status == "ready", "the devices to load")
+    done = threading.Event()
+    first = worker.submit(worker_job(), done.set)
+    assert done.wait(60), "the call of a device that died was never answered"
+    assert first.images[0].status == 500 and "fell over" in first.images[0].error
+    (dead,) = [lane for lane in worker.lanes if lane.state == "failed"]
+    assert worker.status == "degraded" and "Fatal" in dead.error and dead.failures == 1
+    assert worker.load_error is None  # the other device serves
+    app = create_app(worker, Settings(tmp_path, api.Context(("spo",), max_images=4), bound="127.0.0.1"))
+    worker.metrics = metrics  # the app's Prometheus hooks replaced ours
+    status, body, _ = call(app, "GET", "/health")
+    assert (status, body["status"]) == (200, "degraded")
+    assert "fell over" in next(d["error"] for d in body["devices"] if d["state"] == "failed")
+    metrics.fatal = False
+    done.clear()
+    served = worker.submit(worker_job(), done.set)
+    assert done.wait(60) and served.images[0].error and "fell over" not in served.images[0].error  # the other's
+    metrics.fatal = True
+    done.clear()
+    last = worker.submit(worker_job(), done.set)
+    assert done.wait(60) and "fell over" in last.images[0].error
+    assert worker.join(60)  # no device left: both threads ended, the queue closed
+    assert worker.status == "failed" and "fell over" in worker.load_error and isinstance(worker.load_exception, Fatal)
+    turned: list = []
+    with pytest.raises(ShuttingDown):
+        worker.submit(worker_job(), lambda: turned.append(1))
+    assert call(app, "GET", "/health")[0] == 503
 
 
 # -- /health and the load of each device ---------------------------------------------------------------

@@ -4,8 +4,8 @@ queue and filing their images.
 
 Which images share a call, and when a call goes, is `scheduler.Scheduler`'s; a device's thread takes
 the next call whenever it is free, so micro-batching happens per device. A device whose models fail
-to load is left out and the others serve ("degraded"); only when every device has failed does the
-worker stop taking requests (`load_error`). Every image has its own
+to load, or whose thread later stops on an exception, is left out and the others serve ("degraded");
+only when every device has failed does the worker stop taking requests (`load_error`). Every image has its own
 generator seeded with its seed (the engine's rule), so an image is the same whether it shared its
 call or not. Images are built and filed by the render loop's own helpers: the same sidecar, the same
 names, the same atomic writes as `spo generate`.
@@ -206,7 +206,7 @@ class Worker:
         self.batch_size = batch_size
         self.debug = debug
         self.metrics = metrics if metrics is not None else NoMetrics()
-        self.load_error: str | None = None  # set once every device has failed to load: nothing can serve
+        self.load_error: str | None = None  # set once every device has failed (to load, or later): nothing can serve
         self.load_exception: BaseException | None = None  # the first device's, then
         self._clock = time.monotonic
         self.scheduler = Scheduler(self._call_key, images_per_call=batch_size, wait_s=batch_wait_s,
@@ -339,19 +339,43 @@ class Worker:
         lane.models = models
         self._here.lane = lane  # this thread keys images with this device's engine (`_call_key`)
         lane.state = READY  # after the models: a reader that sees READY finds them
+        call = None
         try:
             while (call := self.scheduler.next_call()) is not None:
                 lane.call = call
-                try:
-                    self._run(lane, call)
-                finally:
-                    lane.call = None
-                    self.scheduler.finished(call)
+                self._run(lane, call)
+                lane.call = None
+                self.scheduler.finished(call)
+        except BaseException as e:  # past `_run`'s own net (a BaseException, a bug in the loop itself)
+            self._retire(lane, call, e)
         finally:
             lane.writer.shutdown(wait=True)  # every image taken is answered
 
+    def _retire(self, lane: Lane, call: Call | None, e: BaseException) -> None:
+        """The device's thread is ending on an exception, after its models loaded: left as it was, /health
+        would call it ready while it takes no more calls, its call's clients would wait forever, and with
+        no other device the queue would never drain. So it is failed like a device that could not load:
+        its call's unanswered images get a 500, /health says degraded (or failed, and `spo serve` ends)."""
+        if self.debug:
+            traceback.print_exception(e)
+        lane.error = f"The device stopped serving: {type(e).__name__}: {e}"
+        lane.exception = e
+        with self._lock:
+            lane.state = FAILED
+            everyone = all(other.state == FAILED for other in self.lanes)
+        if call is not None:
+            lane.writer.shutdown(wait=True)  # the images handed to the writer are answered by it
+            label = call.images[0].ticket.job.model
+            with self._lock:
+                left = [(q.ticket, q.index) for q in call.images if q.ticket.images[q.index] is None]
+            self._fail(lane, label, left, f"Internal error ({lane.error}); the server's log has more with --debug.")
+            lane.call = None
+            self.scheduler.finished(call)
+        if everyone:
+            self._give_up()
+
     def _give_up(self) -> None:
-        """Every device failed to load: say why (each distinct reason once, named by its devices when
+        """Every device failed (to load, or later): say why (each distinct reason once, named by its devices when
         there are several) and turn every request away."""
         reasons: dict[str, list[str]] = {}
         for lane in self.lanes:
