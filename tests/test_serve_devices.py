@@ -306,6 +306,69 @@ def test_a_device_whose_thread_dies_after_loading_is_failed_and_the_queue_still_
     assert call(app, "GET", "/health")[0] == 503
 
 
+def test_a_device_whose_gpu_is_lost_takes_no_more_calls_and_the_other_serves(tmp_path):
+    """A GPU whose CUDA context is lost (an illegal memory access, an ECC error) fails every later call at
+    once, so, free first, it took most of the queue and failed it while /health said ready (vLLM #36960).
+    After a call fails and the engine finds its device lost (`Engine.device_fault`), the device takes no
+    more; a call that fails on a device that still works (a request's own error) retires nothing."""
+    from spo_cli.serve.worker import Worker
+    from tests.test_scheduler import worker_job
+
+    class Engine:  # as much of an engine as a failing call reaches
+        device = "cpu"
+
+        def __init__(self, lost: bool):
+            self.lost = lost
+
+        def call_key(self, request):
+            return "shape"
+
+        def facts(self):
+            return {}
+
+        def check_schedule(self, scheduler, steps):
+            pass
+
+        def plan(self, request):
+            pass
+
+        def run(self, requests, on_step):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered" if self.lost else "its own")
+
+        def device_fault(self, exc):
+            return f"{exc}; then nothing ran there" if self.lost else None
+
+    class Resolved:
+        def describe(self):
+            return {}
+
+    worker = Worker({"cuda:0": lambda: {"spo": (Engine(True), Resolved())},
+                     "cuda:1": lambda: {"spo": (Engine(False), Resolved())}}, tmp_path)
+    worker.start()
+    try:
+        wait_for(lambda: worker.status == "ready", "the devices to load")
+        lost, sound = worker.lanes
+
+        def answered():
+            done = threading.Event()
+            ticket = worker.submit(worker_job(), done.set)
+            assert done.wait(60), "never answered"
+            return ticket.images[0]
+
+        # One request at a time, until the lost GPU has taken one (the free devices race for each).
+        image = wait_for(lambda: (i := answered()) and "illegal memory access" in i.error and i, "cuda:0 to take a call")
+        assert image.status == 500
+        wait_for(lambda: lost.state == "failed", "cuda:0 to be retired")
+        assert "can run nothing more" in lost.error and lost.failures == 1
+        assert worker.status == "degraded" and worker.load_error is None
+        for _ in range(3):  # every later call goes to the device that works
+            assert "its own" in answered().error
+        assert lost.failures == 1 and sound.state == "ready" and sound.failures >= 3
+    finally:
+        worker.drain()
+        assert worker.join(60)
+
+
 # -- /health and the load of each device ---------------------------------------------------------------
 
 def damaged_copy(repos, folder: Path) -> Path:

@@ -144,6 +144,7 @@ class Lane:
     current: _InFlight | None = None  # the call being denoised
     call: Call | None = None  # the call its thread holds, from the queue until answered
     step_s: float = 0.0  # its last call's seconds per step, for the estimate before a call's first step
+    lost: str | None = None  # why the device can run nothing more (`Engine.device_fault`), set by its thread
     images: int = 0  # made and handed over, on this device
     failures: int = 0  # images not made, on this device
     thread: threading.Thread | None = None
@@ -346,20 +347,29 @@ class Worker:
                 self._run(lane, call)
                 lane.call = None
                 self.scheduler.finished(call)
+                call = None
+                if lane.lost is not None:  # a lost GPU fails each call at once, so it would take most of
+                    # the queue and fail it: it takes no more, and the others serve
+                    self._retire(lane, None, f"The device failed and can run nothing more: {lane.lost}")
+                    return
         except BaseException as e:  # past `_run`'s own net (a BaseException, a bug in the loop itself)
-            self._retire(lane, call, e)
+            if self.debug:
+                traceback.print_exception(e)
+            self._retire(lane, call, f"The device stopped serving: {type(e).__name__}: {e}", e)
         finally:
             lane.writer.shutdown(wait=True)  # every image taken is answered
 
-    def _retire(self, lane: Lane, call: Call | None, e: BaseException) -> None:
-        """The device's thread is ending on an exception, after its models loaded: left as it was, /health
-        would call it ready while it takes no more calls, its call's clients would wait forever, and with
-        no other device the queue would never drain. So it is failed like a device that could not load:
-        its call's unanswered images get a 500, /health says degraded (or failed, and `spo serve` ends)."""
-        if self.debug:
-            traceback.print_exception(e)
-        lane.error = f"The device stopped serving: {type(e).__name__}: {e}"
-        lane.exception = e
+    def _retire(self, lane: Lane, call: Call | None, why: str, e: BaseException | None = None) -> None:
+        """The device's thread is ending after its models loaded (on an exception, or its GPU lost): left
+        as it was, /health would call it ready while it takes no more calls, its call's clients would wait
+        forever, and with no other device the queue would never drain. So it is failed like a device that
+        could not load: its call's unanswered images get a 500, /health says degraded (or failed, and
+        `spo serve` ends, for its supervisor to start it again)."""
+        from spo_cli.errors import GenerationError
+
+        lane.error = why
+        lane.exception = e if e is not None else GenerationError(why, "Check the device (nvidia-smi, the kernel log) "
+                                                                    "and start the server again.")
         with self._lock:
             lane.state = FAILED
             everyone = all(other.state == FAILED for other in self.lanes)
@@ -375,8 +385,8 @@ class Worker:
             self._give_up()
 
     def _give_up(self) -> None:
-        """Every device failed (to load, or later): say why (each distinct reason once, named by its devices when
-        there are several) and turn every request away."""
+        """Every device failed (to load, or later): say why (each distinct reason once, named by its
+        devices when there are several) and turn every request away."""
         reasons: dict[str, list[str]] = {}
         for lane in self.lanes:
             reasons.setdefault(lane.error, []).append(lane.name)
@@ -472,6 +482,7 @@ class Worker:
             failure = ("abandoned at shutdown", 503) if self.scheduler.abandoned else ("interrupted", 409)
         except Exception as e:
             failure = render.call_error(e, self.debug), 500
+            lane.lost = self._device_fault(model.engine, e)
         finally:
             lane.current = None  # before any answer: a client told 409 then sees nothing running
         if failure is None and self.scheduler.abandoned:  # its last step came before the second signal
@@ -502,6 +513,13 @@ class Worker:
                 handed.append((ticket, i))
         while len(lane.pending) > 2 * self.batch_size:  # bounded: at most two calls' images in memory
             lane.pending.popleft().result()
+
+    @staticmethod
+    def _device_fault(engine, e: Exception) -> str | None:
+        try:
+            return engine.device_fault(e)
+        except Exception:  # a probe that fails to run says nothing of the device
+            return None
 
     def _flight(self, lane: Lane, images: int, steps: int) -> _InFlight:
         """A call about to be denoised: its ETA counts its steps, the device's last call's rate standing
