@@ -413,6 +413,8 @@ def test_health_is_degraded_while_one_device_serves_and_failed_when_none_does(re
     assert got[("spo_device_up", ("device", "cuda:0"))] == 1 and got[("spo_device_up", ("device", "cuda:1"))] == 0
     assert got[("spo_ready",)] == 1
     assert got[("spo_images_total", ("device", "cuda:1"), ("model", "spo"))] == 0  # listed, though it never loaded
+    for histogram in ("spo_call_seconds_count", "spo_queue_wait_seconds_count"):  # for rate() and quantiles too
+        assert got[(histogram, ("device", "cuda:1"), ("model", "spo"))] == 0
     worker.drain()
     assert worker.join(DEADLINE)
 
