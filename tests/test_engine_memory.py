@@ -62,3 +62,24 @@ def test_noise_asked_of_any_gpu_is_drawn_on_the_engines_gpu():
     assert on("cuda:1", "cuda") == "cuda:1"
     assert on("cuda:0", "cpu") == "cpu"
     assert on("cpu", "cuda") == "cuda"  # refused earlier (devices.check), never silently moved
+
+
+def test_a_cuda_error_is_the_devices_only_when_the_device_then_fails_one_tiny_operation():
+    # spo serve --devices retires a device that faulted for good (a lost CUDA context fails every later call
+    # at once, so that device would take and fail most of the queue); a request's own error, or running out
+    # of memory, retires nothing.
+    from types import SimpleNamespace
+
+    import torch
+
+    from spo_cli.engine import Engine
+
+    def fault(device, exc):
+        return Engine.device_fault(SimpleNamespace(device=device), exc)
+
+    crash = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    assert fault("cpu", crash) is None  # the device still computes
+    assert fault("meta", ValueError("a request's own")) is None  # never probed: not a device's error
+    assert fault("meta", torch.OutOfMemoryError("CUDA out of memory")) is None  # not sticky
+    lost = fault("meta", crash)  # a device where nothing can be computed and read back, as a lost GPU
+    assert "illegal memory access" in lost and "one-element sum failed" in lost

@@ -145,14 +145,14 @@ def another_app(running: Running, settings):
         thread.join()
 
 
-def spawn(folder: Path, *args: str):
+def spawn(folder: Path, *args: str, **popen):
     # Its stderr goes to a file: a pipe nobody reads until the end could fill and stop the server.
     # One OpenMP thread: it waits beside the other tests, and threads that outnumber the free cores
     # spin-wait on each other (a call of the tiny model went from a second to minutes on a busy machine).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(folder / "stderr.log", "w") as log:
         proc = subprocess.Popen([*SPO_CLI, "serve", "--port", "0", "--device", "cpu", "--out", str(folder / "out"),
-                                 "--json", *args], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+                                 "--json", *args], stdout=subprocess.PIPE, stderr=log, text=True, env=env, **popen)
     yield proc, folder
     if proc.poll() is None:
         proc.kill()
@@ -173,6 +173,18 @@ def spawned(hub_cache, tmp_path_factory):
 def spawned_for_ctrl_c(hub_cache, tmp_path_factory):
     """Another `spo serve` process, for the second Ctrl-C; started early, as `spawned` is."""
     yield from spawn(tmp_path_factory.mktemp("spawned-ctrl-c"))
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.fixture(scope="session")
+def spawned_sigint_ignored(hub_cache, tmp_path_factory):
+    """`spo serve` started with SIGINT ignored, as a script's `spo serve &` starts it."""
+    yield from spawn(tmp_path_factory.mktemp("spawned-sigint-ignored"), preexec_fn=_ignore_sigint)
 
 
 # Session-scoped, not module-scoped: under xdist a worker may run other modules' tests between these,
@@ -642,7 +654,17 @@ def test_a_second_ctrl_c_abandons_the_call_in_flight_answers_json_and_exits_130(
     """The first Ctrl-C turns the queue away and lets the call in flight finish; the second abandons it:
     its client is answered JSON 503 (not uvicorn's plain-text 500), nothing of it is written, and the
     process exits 130 (it aborted with 134: the interpreter shut down around the GPU thread in torch)."""
-    proc, folder = spawned_for_ctrl_c
+    second_ctrl_c(*spawned_for_ctrl_c)
+
+
+def test_a_second_sigint_exits_130_though_the_process_started_with_sigint_ignored(spawned_sigint_ignored):
+    """Started with SIGINT ignored (a script's `spo serve &`), uvicorn's handler still takes both signals,
+    but nothing re-raises them as KeyboardInterrupt: `spo serve` returned from its loop as if nothing
+    had happened, and the interpreter shut down around the device's thread in torch (exit 134)."""
+    second_ctrl_c(*spawned_sigint_ignored)
+
+
+def second_ctrl_c(proc, folder: Path) -> None:
     out, log = folder / "out", folder / "stderr.log"
     try:
         url = json.loads(proc.stdout.readline())["url"]

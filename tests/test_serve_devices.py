@@ -23,6 +23,7 @@ from spo_cli import devices
 from spo_cli.errors import ModelError, UsageError
 from spo_cli.serve import api
 from spo_cli.serve.app import Settings, create_app
+from spo_cli.serve.scheduler import ShuttingDown
 from tests.conftest import base_copy, probe_cli
 from tests.test_scheduler import names, scheduler, submit
 from tests.test_serve import (
@@ -235,6 +236,139 @@ def test_images_are_keyed_on_the_devices_threads_never_on_a_web_thread(tmp_path)
     assert worker.join(DEADLINE)
 
 
+class Fatal(BaseException):
+    """What `_run`'s own net (Exception) lets through: a device's thread ends on it."""
+
+
+def test_a_device_whose_thread_dies_after_loading_is_failed_and_the_queue_still_drains(tmp_path):
+    """A device's thread that ends on an exception after its models loaded was still called ready: its
+    call's client waited forever, and with no other device the queue never drained. It is now failed
+    as a device that could not load: its call answered 500, /health degraded, then failed when none is left."""
+    from spo_cli.serve.worker import Worker
+    from tests.test_scheduler import worker_job
+
+    class Engine:  # what the worker asks of an engine before a call
+        def call_key(self, request):
+            return "shape"
+
+        def facts(self):
+            return {}
+
+    class Resolved:
+        def describe(self):
+            return {}
+
+    class Dies:  # a metrics hook, the first thing a call does: each call's device ends on it, until told not to
+        fatal = True
+
+        def queue_wait(self, model, device, seconds):
+            if self.fatal:
+                raise Fatal(f"{device} fell over")
+
+        def call(self, *a):
+            pass
+
+        def image_failed(self, *a):
+            pass
+
+    metrics = Dies()
+    def load():
+        return {"spo": (Engine(), Resolved())}
+
+    worker = Worker({"cpu#0": load, "cpu#1": load}, tmp_path, metrics=metrics)
+    worker.start()
+    wait_for(lambda: worker.status == "ready", "the devices to load")
+    done = threading.Event()
+    first = worker.submit(worker_job(), done.set)
+    assert done.wait(60), "the call of a device that died was never answered"
+    assert first.images[0].status == 500 and "fell over" in first.images[0].error
+    (dead,) = [lane for lane in worker.lanes if lane.state == "failed"]
+    assert worker.status == "degraded" and "Fatal" in dead.error and dead.failures == 1
+    assert worker.load_error is None  # the other device serves
+    app = create_app(worker, Settings(tmp_path, api.Context(("spo",), max_images=4), bound="127.0.0.1"))
+    worker.metrics = metrics  # the app's Prometheus hooks replaced ours
+    status, body, _ = call(app, "GET", "/health")
+    assert (status, body["status"]) == (200, "degraded")
+    assert "fell over" in next(d["error"] for d in body["devices"] if d["state"] == "failed")
+    metrics.fatal = False
+    done.clear()
+    served = worker.submit(worker_job(), done.set)
+    assert done.wait(60) and served.images[0].error and "fell over" not in served.images[0].error  # the other's
+    metrics.fatal = True
+    done.clear()
+    last = worker.submit(worker_job(), done.set)
+    assert done.wait(60) and "fell over" in last.images[0].error
+    assert worker.join(60)  # no device left: both threads ended, the queue closed
+    assert worker.status == "failed" and "fell over" in worker.load_error and isinstance(worker.load_exception, Fatal)
+    turned: list = []
+    with pytest.raises(ShuttingDown):
+        worker.submit(worker_job(), lambda: turned.append(1))
+    assert call(app, "GET", "/health")[0] == 503
+
+
+def test_a_device_whose_gpu_is_lost_takes_no_more_calls_and_the_other_serves(tmp_path):
+    """A GPU whose CUDA context is lost (an illegal memory access, an ECC error) fails every later call at
+    once, so, free first, it took most of the queue and failed it while /health said ready (vLLM #36960).
+    After a call fails and the engine finds its device lost (`Engine.device_fault`), the device takes no
+    more; a call that fails on a device that still works (a request's own error) retires nothing."""
+    from spo_cli.serve.worker import Worker
+    from tests.test_scheduler import worker_job
+
+    class Engine:  # as much of an engine as a failing call reaches
+        device = "cpu"
+
+        def __init__(self, lost: bool):
+            self.lost = lost
+
+        def call_key(self, request):
+            return "shape"
+
+        def facts(self):
+            return {}
+
+        def check_schedule(self, scheduler, steps):
+            pass
+
+        def plan(self, request):
+            pass
+
+        def run(self, requests, on_step):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered" if self.lost else "its own")
+
+        def device_fault(self, exc):
+            return f"{exc}; then nothing ran there" if self.lost else None
+
+    class Resolved:
+        def describe(self):
+            return {}
+
+    worker = Worker({"cuda:0": lambda: {"spo": (Engine(True), Resolved())},
+                     "cuda:1": lambda: {"spo": (Engine(False), Resolved())}}, tmp_path)
+    worker.start()
+    try:
+        wait_for(lambda: worker.status == "ready", "the devices to load")
+        lost, sound = worker.lanes
+
+        def answered():
+            done = threading.Event()
+            ticket = worker.submit(worker_job(), done.set)
+            assert done.wait(60), "never answered"
+            return ticket.images[0]
+
+        # One request at a time, until the lost GPU has taken one (the free devices race for each).
+        image = wait_for(lambda: (i := answered()) and "illegal memory access" in i.error and i, "cuda:0 to take a call")
+        assert image.status == 500
+        wait_for(lambda: lost.state == "failed", "cuda:0 to be retired")
+        assert "can run nothing more" in lost.error and lost.failures == 1
+        assert worker.status == "degraded" and worker.load_error is None
+        for _ in range(3):  # every later call goes to the device that works
+            assert "its own" in answered().error
+        assert lost.failures == 1 and sound.state == "ready" and sound.failures >= 3
+    finally:
+        worker.drain()
+        assert worker.join(60)
+
+
 # -- /health and the load of each device ---------------------------------------------------------------
 
 def damaged_copy(repos, folder: Path) -> Path:
@@ -279,6 +413,8 @@ def test_health_is_degraded_while_one_device_serves_and_failed_when_none_does(re
     assert got[("spo_device_up", ("device", "cuda:0"))] == 1 and got[("spo_device_up", ("device", "cuda:1"))] == 0
     assert got[("spo_ready",)] == 1
     assert got[("spo_images_total", ("device", "cuda:1"), ("model", "spo"))] == 0  # listed, though it never loaded
+    for histogram in ("spo_call_seconds_count", "spo_queue_wait_seconds_count"):  # for rate() and quantiles too
+        assert got[(histogram, ("device", "cuda:1"), ("model", "spo"))] == 0
     worker.drain()
     assert worker.join(DEADLINE)
 

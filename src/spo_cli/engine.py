@@ -375,6 +375,22 @@ class Engine:
                 "Use fewer --steps, or another --scheduler.")
         self._schedules_ok.add((name, steps))
 
+    def device_fault(self, exc: BaseException) -> str | None:
+        """Why this engine's device can run nothing more after a call failed with `exc`, or None. A CUDA
+        fault (an illegal memory access, a device-side assert, an ECC error) is sticky: the process's
+        context on that GPU is lost and every later call fails at once, unlike an out-of-memory error
+        or a request's own. Told apart by one tiny operation on the device, after a CUDA error only."""
+        if not isinstance(exc, RuntimeError) or isinstance(exc, torch.OutOfMemoryError):
+            return None  # torch.AcceleratorError (torch ≥ 2.8) is a RuntimeError, as older CUDA errors were
+        try:
+            probe = torch.ones(1, device=self.device) + 1
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+            probe.cpu()
+        except Exception as e:  # what a lost context answers: the device is gone for this process
+            return f"{type(exc).__name__}: {exc}; then even a one-element sum failed there ({type(e).__name__}: {e})"
+        return None
+
     def facts(self) -> dict:
         from dataclasses import asdict
 

@@ -373,10 +373,13 @@ def run_server(server: Server, *, debug: bool = False) -> None:
     worker = server.worker
 
     class Uvicorn(uvicorn.Server):
+        signalled = False
+
         def handle_exit(self, sig, frame):
             # First signal: no new work, queued requests answered 503, the call in flight finishes.
             # Second: the call in flight is abandoned too, its requests answered 503 at once.
             (worker.abandon if self.should_exit else worker.drain)()
+            self.signalled = True
             super().handle_exit(sig, frame)
 
         async def shutdown(self, sockets=None):
@@ -401,11 +404,15 @@ def run_server(server: Server, *, debug: bool = False) -> None:
     config = uvicorn.Config(server.app, log_level="info" if debug else "warning", access_log=False,
                             log_config=log_config(), timeout_graceful_shutdown=None, lifespan="off",
                             limit_concurrency=CONNECTIONS_MAX)
+    uv = Uvicorn(config)
     try:
-        Uvicorn(config).run(sockets=[server.sock])  # re-raises the signal that stopped it: Ctrl-C as KeyboardInterrupt
+        uv.run(sockets=[server.sock])  # re-raises the signal that stopped it: Ctrl-C as KeyboardInterrupt
     finally:
         worker.drain()
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        # Also a SIGINT that re-raised nothing: a process started with it ignored (a script's `spo serve &`)
+        # returns from run() normally, and the interpreter shutting down around a device's thread in
+        # torch aborted it (exit 134).
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt) or uv.signalled
         if (worker.abandoned or not worker.join(timeout=STOP_WAIT_S)) and interrupted:
             leave(worker, "the call in flight was abandoned and its requests answered 503" if worker.abandoned
                   else "the worker was still busy (loading the models, or writing images)")

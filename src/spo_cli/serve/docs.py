@@ -233,7 +233,7 @@ class HealthDevice(BaseModel):
     busy: int = Field(description="Images in its call in flight (0: idle).")
     images: int
     failures: int
-    error: str | None = Field(None, description="Why it failed to load.")
+    error: str | None = Field(None, description="Why it failed: to load, or later (it stopped serving).")
 
 
 class Health(BaseModel):

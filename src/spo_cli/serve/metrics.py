@@ -51,12 +51,12 @@ class Metrics:
         self._call = Histogram("spo_call_seconds", "Seconds per pipeline call.", by, buckets=BUCKETS, registry=r)
 
     def known(self, models: Iterable[str], devices: Iterable[str]) -> None:
-        """Every model × device series at 0 from the start, so that a device that has made nothing yet
-        (or failed to load) is listed, not missing, and `rate()` sees its first image."""
+        """Every model × device series at 0 from the start (the histograms' too), so that a device that
+        has made nothing yet (or failed to load) is listed, not missing, and `rate()` sees its first image."""
         for model in models:
             for device in devices:
-                for counter in (self._images, self._failures, self._calls, self._batched):
-                    counter.labels(model, device)
+                for series in (self._images, self._failures, self._calls, self._batched, self._wait, self._call):
+                    series.labels(model, device)
 
     # -- from the worker ----------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ queue and filing their images.
 
 Which images share a call, and when a call goes, is `scheduler.Scheduler`'s; a device's thread takes
 the next call whenever it is free, so micro-batching happens per device. A device whose models fail
-to load is left out and the others serve ("degraded"); only when every device has failed does the
-worker stop taking requests (`load_error`). Every image has its own
+to load, or whose thread later stops on an exception, is left out and the others serve ("degraded");
+only when every device has failed does the worker stop taking requests (`load_error`). Every image has its own
 generator seeded with its seed (the engine's rule), so an image is the same whether it shared its
 call or not. Images are built and filed by the render loop's own helpers: the same sidecar, the same
 names, the same atomic writes as `spo generate`.
@@ -144,6 +144,7 @@ class Lane:
     current: _InFlight | None = None  # the call being denoised
     call: Call | None = None  # the call its thread holds, from the queue until answered
     step_s: float = 0.0  # its last call's seconds per step, for the estimate before a call's first step
+    lost: str | None = None  # why the device can run nothing more (`Engine.device_fault`), set by its thread
     images: int = 0  # made and handed over, on this device
     failures: int = 0  # images not made, on this device
     thread: threading.Thread | None = None
@@ -206,7 +207,7 @@ class Worker:
         self.batch_size = batch_size
         self.debug = debug
         self.metrics = metrics if metrics is not None else NoMetrics()
-        self.load_error: str | None = None  # set once every device has failed to load: nothing can serve
+        self.load_error: str | None = None  # set once every device has failed (to load, or later): nothing can serve
         self.load_exception: BaseException | None = None  # the first device's, then
         self._clock = time.monotonic
         self.scheduler = Scheduler(self._call_key, images_per_call=batch_size, wait_s=batch_wait_s,
@@ -339,20 +340,53 @@ class Worker:
         lane.models = models
         self._here.lane = lane  # this thread keys images with this device's engine (`_call_key`)
         lane.state = READY  # after the models: a reader that sees READY finds them
+        call = None
         try:
             while (call := self.scheduler.next_call()) is not None:
                 lane.call = call
-                try:
-                    self._run(lane, call)
-                finally:
-                    lane.call = None
-                    self.scheduler.finished(call)
+                self._run(lane, call)
+                lane.call = None
+                self.scheduler.finished(call)
+                call = None
+                if lane.lost is not None:  # a lost GPU fails each call at once, so it would take most of
+                    # the queue and fail it: it takes no more, and the others serve
+                    self._retire(lane, None, f"The device failed and can run nothing more: {lane.lost}")
+                    return
+        except BaseException as e:  # past `_run`'s own net (a BaseException, a bug in the loop itself)
+            if self.debug:
+                traceback.print_exception(e)
+            self._retire(lane, call, f"The device stopped serving: {type(e).__name__}: {e}", e)
         finally:
             lane.writer.shutdown(wait=True)  # every image taken is answered
 
+    def _retire(self, lane: Lane, call: Call | None, why: str, e: BaseException | None = None) -> None:
+        """The device's thread is ending after its models loaded (on an exception, or its GPU lost): left
+        as it was, /health would call it ready while it takes no more calls, its call's clients would wait
+        forever, and with no other device the queue would never drain. So it is failed like a device that
+        could not load: its call's unanswered images get a 500, /health says degraded (or failed, and
+        `spo serve` ends, for its supervisor to start it again)."""
+        from spo_cli.errors import GenerationError
+
+        lane.error = why
+        lane.exception = e if e is not None else GenerationError(why, "Check the device (nvidia-smi, the kernel log) "
+                                                                    "and start the server again.")
+        with self._lock:
+            lane.state = FAILED
+            everyone = all(other.state == FAILED for other in self.lanes)
+        if call is not None:
+            lane.writer.shutdown(wait=True)  # the images handed to the writer are answered by it
+            label = call.images[0].ticket.job.model
+            with self._lock:
+                left = [(q.ticket, q.index) for q in call.images if q.ticket.images[q.index] is None]
+            self._fail(lane, label, left, f"Internal error ({lane.error}); the server's log has more with --debug.")
+            lane.call = None
+            self.scheduler.finished(call)
+        if everyone:
+            self._give_up()
+
     def _give_up(self) -> None:
-        """Every device failed to load: say why (each distinct reason once, named by its devices when
-        there are several) and turn every request away."""
+        """Every device failed (to load, or later): say why (each distinct reason once, named by its
+        devices when there are several) and turn every request away."""
         reasons: dict[str, list[str]] = {}
         for lane in self.lanes:
             reasons.setdefault(lane.error, []).append(lane.name)
@@ -448,6 +482,7 @@ class Worker:
             failure = ("abandoned at shutdown", 503) if self.scheduler.abandoned else ("interrupted", 409)
         except Exception as e:
             failure = render.call_error(e, self.debug), 500
+            lane.lost = self._device_fault(model.engine, e)
         finally:
             lane.current = None  # before any answer: a client told 409 then sees nothing running
         if failure is None and self.scheduler.abandoned:  # its last step came before the second signal
@@ -478,6 +513,13 @@ class Worker:
                 handed.append((ticket, i))
         while len(lane.pending) > 2 * self.batch_size:  # bounded: at most two calls' images in memory
             lane.pending.popleft().result()
+
+    @staticmethod
+    def _device_fault(engine, e: Exception) -> str | None:
+        try:
+            return engine.device_fault(e)
+        except Exception:  # a probe that fails to run says nothing of the device
+            return None
 
     def _flight(self, lane: Lane, images: int, steps: int) -> _InFlight:
         """A call about to be denoised: its ETA counts its steps, the device's last call's rate standing
