@@ -200,7 +200,6 @@ def test_scheduler_and_negative_over_a_prompt_file(hub_cache, tmp_path):
     assert c["settings"]["negative"] is None
     same(tmp_path / "out", c, generate(tmp_path / "b", *TINY, "--seed", "0", "--scheduler", "euler",
                                        prompt="a red fox"))
-    pytest.importorskip("spo_cli.scores.sweep")  # helper sweep-score's module, joined at the merge
     r = invoke("compare", "--out", str(tmp_path / "out"), "--json", "--quiet", *args, "--score", "--metric",
                "pickscore")
     assert r.exit_code == 0, r.output

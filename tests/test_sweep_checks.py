@@ -1,9 +1,8 @@
 """`spo compare --x/--y/--z` refused before torch: each bad sweep exits 2 with one paragraph, before
 the output folder is made and before torch, diffusers or transformers are imported.
 
-The options come with the sweep's CLI wiring (cli/compare.py); until they are there, these tests
-skip, saying so. The messages are those of spo_cli.sweep.axes (unit-tested in test_sweep_axes.py);
-here the command line is held to calling them before anything loads.
+The messages are those of spo_cli.sweep.axes (unit-tested in test_sweep_axes.py); here the command
+line (cli/compare.py) is held to calling them before anything loads.
 """
 
 from __future__ import annotations
@@ -11,20 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import typer
 from PIL import Image
 
-from spo_cli.cli import app
 from tests.conftest import probe_cli
 
-
-def _has_sweep_options() -> bool:
-    params = {p.name for p in typer.main.get_command(app).commands["compare"].params}
-    return {"x", "y", "z", "versus", "yes"} <= params
-
-
-pytestmark = pytest.mark.skipif(not _has_sweep_options(), reason="spo compare has no --x/--y/--z/--versus/--yes yet "
-                                                                 "(the sweep's CLI wiring)")
 
 HOSTILE = "steps=" + "1-" * 49_997  # an axis as long as one may be: refused after linear work
 
