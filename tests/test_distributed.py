@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -168,37 +167,71 @@ def test_eval_on_two_nodes_makes_the_report_of_one_process(hub_cache, score_cach
     assert "warning: 64×64 is far from SDXL" in first[2] and "warning:" not in other[2] and "error:" not in other[2]
 
 
-def test_compare_on_two_ranks_makes_the_grid_of_one_process_and_resumes(hub_cache, score_cache, tmp_path,
-                                                                         one_thread):
-    """compare --score of a sweep (the issue's `--base --spo --x steps=… --score`) under two ranks after a
-    run that made seed 1: those cells are reused by every rank, the rest made once each; index, sweep
-    report, grid page and cells as one process makes them."""
-    args = ["compare", "a lighthouse in a storm", "--width", "64", "--height", "64", "--device", "cpu", "--base",
-            "--spo", "--x", "steps=1,2", "--score", "--metric", "pickscore"]
-    invoke(*args, "--seeds", "1", "--out", str(tmp_path / "one"), "--quiet")
-    shutil.copytree(tmp_path / "one", tmp_path / "two")  # the same earlier run in both folders
-    one = json.loads(invoke(*args, "--seeds", "1-2", "--out", str(tmp_path / "one"), "--json", "--quiet").stdout)
-    two = on_one_node("-m", "spo_cli", *args, "--seeds", "1-2", "--out", str(tmp_path / "two"), "--json", "--quiet")
+# Rank 1 cannot set up its models (a GPU gone, a node whose cache lacks a file): here, a fault
+# put in before the command runs, on that rank only.
+FAULTY_RANK = """
+import os, sys
+from spo_cli import bank
+if os.environ["RANK"] == "1":
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("injected: this rank's device is gone")
+    bank.Bank.engine = broken
+from spo_cli.cli import app
+app(sys.argv[1:], prog_name="spo")
+"""
+
+
+def test_compare_on_two_ranks_names_a_failed_rank_then_resumes_to_the_grid_of_one_process(hub_cache, score_cache,
+                                                                                         tmp_path, one_thread):
+    """compare --score of a sweep (the issue's `--base --spo --x steps=… --score`) under two ranks.
+    First rank 1 cannot set up its models: rank 0 finishes its share (kept), then names rank 1 and why,
+    and every rank stops instead of waiting for it; no grid or index from half a comparison. The rerun
+    reuses rank 0's cells on every rank and makes the rest once each; index, sweep report, grid page
+    and cells as one process makes them."""
+    args = ["compare", "a lighthouse in a storm", "--seeds", "1-2", "--width", "64", "--height", "64", "--device",
+            "cpu", "--base", "--spo", "--x", "steps=1,2", "--score", "--metric", "pickscore"]
+    one = json.loads(invoke(*args, "--out", str(tmp_path / "one"), "--json", "--quiet").stdout)
+    out = tmp_path / "two"
+
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY_RANK)
+    r = on_one_node(str(script), *args, "--out", str(out))
+    assert r.returncode != 0
+    host = socket.gethostname()
+    said = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    named = f"error: Rank 1 of 2 (on {host}) failed: Unexpected RuntimeError: injected: this rank's device is gone"
+    assert said == [named], r.stderr[-3000:]
+    # no traceback of ours (torchrun's agent prints its own, ending in ChildFailedError), nothing on stdout
+    assert r.stderr.count("Traceback") == r.stderr.count("raise ChildFailedError") and r.stdout == ""
+    assert not list(out.glob("*-grid*")) and not list(out.glob("*-report*"))
+    recs = records(out, "render")
+    assert recs[1]["error"].endswith("this rank's device is gone") and recs[1]["made"] == []
+    kept = recs[0]["made"]
+    assert recs[0]["error"] is None and len(kept) == 4  # every other call of the eight
+    assert sorted(f"{p.parent.name}/{p.stem}" for p in (out / "cells").glob("*/*.png")) == sorted(kept)
+
+    two = on_one_node("-m", "spo_cli", *args, "--out", str(out), "--json", "--quiet")
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads(two.stdout)
     assert (summary["rendered"], summary["reused"], summary["failed"]) == (4, 4, 0)
-    # How each process set the models up (its log, the bytes it read) is the run's, not the result's.
+    # How each process set the models up (its log, the bytes it read) and what it made is the run's, not
+    # the result's: one process rendered all eight.
     facts = ("elapsed_s", "setup", "bytes_loaded")
-    same_bytes(summary, one, facts[:1] + facts[2:] + ("grid", "index", "reports"))  # paths: in each one's --out
-    (two_index,) = (tmp_path / "two").glob("*-grid.json")
+    same_bytes(summary, one, facts + ("grid", "index", "reports", "rendered", "reused"))  # paths: in each --out
+    (two_index,) = out.glob("*-grid.json")
     (one_index,) = (tmp_path / "one").glob("*-grid.json")
     index = json.loads(two_index.read_text())
-    same_bytes(index, json.loads(one_index.read_text()), facts)
+    same_bytes(index, json.loads(one_index.read_text()), facts + ("rendered", "reused"))
     assert {line.split(":")[0] for line in index["setup"]} == {"rank 0", "rank 1"}
     assert index["sweep"]["versus"] == "model" and len(index["sweep"]["cells"]) == 8
-    (report,) = (tmp_path / "two").glob("*-report.md")
+    (report,) = out.glob("*-report.md")
     assert report.read_text() == (tmp_path / "one" / report.name).read_text()
-    assert same_images(tmp_path / "one", tmp_path / "two", "*-grid.png") == 1
-    assert same_images(tmp_path / "one", tmp_path / "two", "cells/*/*.png") == 8
-    # Made once each, by one rank: every cell but seed 1's, which the earlier run left and all reused.
-    cells = {(row["seed"], c["image"][len("cells/"):-len(".png")]) for row, line in zip(index["rows"], index["cells"])
-             for c in line}
-    exactly_once(tmp_path / "two", {c for seed, c in cells if seed != 1})
+    assert same_images(tmp_path / "one", out, "*-grid.png") == 1
+    assert same_images(tmp_path / "one", out, "cells/*/*.png") == 8
+    # Made once each, by one rank: every cell but those the failed run's rank 0 left, which all reused.
+    cells = {c["image"][len("cells/"):-len(".png")] for line in index["cells"] for c in line}
+    assert set(kept) < cells
+    exactly_once(out, cells - set(kept))
 
 
 def test_batch_on_two_nodes_makes_each_image_once_as_one_process_does(hub_cache, tmp_path, one_thread):
@@ -234,39 +267,3 @@ def test_batch_on_two_nodes_makes_each_image_once_as_one_process_does(hub_cache,
     assert {b["world_size"] for b in ranks.values()} == {2}
     assert sorted(p.name for p in (out / "inputs").iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "inputs").iterdir())
-
-
-# Rank 1 cannot set up its models (a GPU gone, a node whose cache lacks a file): here, a fault
-# put in before the command runs, on that rank only.
-FAULTY_RANK = """
-import os, sys
-from spo_cli import bank
-if os.environ["RANK"] == "1":
-    def broken(self, *args, **kwargs):
-        raise RuntimeError("injected: this rank's device is gone")
-    bank.Bank.engine = broken
-from spo_cli.cli import app
-app(sys.argv[1:], prog_name="spo")
-"""
-
-
-def test_a_failing_rank_stops_the_run_named(hub_cache, tmp_path):
-    """Rank 1 fails to load: rank 0 finishes its share (kept for a rerun), then names rank 1 and why,
-    and every rank stops instead of waiting for it; no grid or index from half a comparison."""
-    script = tmp_path / "faulty.py"
-    script.write_text(FAULTY_RANK)
-    out = tmp_path / "out"
-    r = on_one_node(str(script), "compare", "a lighthouse", "--seeds", "1,2", "--base", "--spo", "--width", "16",
-                    "--height", "16", "--steps", "1", "--device", "cpu", "--out", str(out))
-    assert r.returncode != 0
-    host = socket.gethostname()
-    said = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    named = f"error: Rank 1 of 2 (on {host}) failed: Unexpected RuntimeError: injected: this rank's device is gone"
-    assert said == [named], r.stderr[-3000:]
-    # no traceback of ours (torchrun's agent prints its own, ending in ChildFailedError), nothing on stdout
-    assert r.stderr.count("Traceback") == r.stderr.count("raise ChildFailedError") and r.stdout == ""
-    assert not list(out.glob("*-grid*"))
-    recs = records(out, "render")
-    assert recs[1]["error"].endswith("this rank's device is gone") and recs[1]["made"] == []
-    assert recs[0]["error"] is None and len(recs[0]["made"]) == 2
-    assert sorted(f"{p.parent.name}/{p.stem}" for p in (out / "cells").glob("*/*.png")) == sorted(recs[0]["made"])
