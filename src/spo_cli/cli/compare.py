@@ -196,7 +196,7 @@ def compare(
                                                    metavar="NAME=VALUES")] = None,
     versus: Annotated[Optional[str], typer.Option(help="The axis --score compares across (default: model, when it "
                                                   "has two values or more; else the first axis that has, seed last).",
-                                                  rich_help_panel="Sweep", show_default=False)] = None,
+                                                  metavar="NAME", rich_help_panel="Sweep", show_default=False)] = None,
     yes: Annotated[bool, typer.Option("--yes", help=f"Render a sweep of more than {sweep_axes.CELLS_MAX:,} images "
                                       f"(up to {sweep_axes.CELLS_HARD_MAX:,}).",
                                       rich_help_panel="Sweep")] = False,
