@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from spo_cli import validate
 from spo_cli.cli.ui import UI
 from spo_cli.errors import EXIT_INTERRUPTED, translate
 
@@ -68,6 +69,7 @@ def command(app: typer.Typer, *, examples: str, json_help: str):
         @functools.wraps(fn)
         def wrapper(*args, json_: bool = False, quiet: bool = False, debug: bool = False, **kwargs):
             ui = UI(quiet=quiet, json_mode=json_, debug=debug)
+            validate.shared_by(1)  # until a command that shares its run out says otherwise
             with boundary(ui):
                 return fn(ui, *args, **kwargs)
 

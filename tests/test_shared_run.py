@@ -1,0 +1,73 @@
+"""A run shared by several processes (torchrun, accelerate launch) without a process group: what every
+rank must agree on before anything loads, and distributed.Team's meeting points in one process.
+
+Each rank parses the command line and reads the prompt file itself, and they share out the list of
+cells they build: anything drawn or read differently on each (a -1 seed, standard input) is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from spo_cli.cli import app
+
+
+@pytest.fixture
+def two_ranks(monkeypatch):
+    """This process as rank 0 of 2, as torchrun says it in the environment (no process group is formed:
+    every case here is refused before one would be)."""
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+
+
+def refused(args: list[str], said: str, stdin: str | None = None) -> str:
+    r = CliRunner().invoke(app, args, input=stdin)
+    assert r.exit_code == 2, r.output
+    assert said in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+    return r.output
+
+
+RANDOM = "A random seed (-1) cannot be used under torchrun or accelerate launch: each of the 2 processes"
+STDIN = "Standard input (-) cannot be the prompt file under torchrun or accelerate launch"
+TINY = ["--width", "64", "--height", "64", "--steps", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("args", [
+    ["compare", "a fox", "--base", "--spo", "--seed", "-1"],
+    ["compare", "a fox", "--base", "--spo", "--seeds", "1,-1"],
+    ["compare", "a fox", "--base", "--spo", "--x", "seed=-1,3"],
+    ["eval", "{prompts}", "--seeds", "-1"],
+    ["batch", "{prompts}", "--seed", "-1"],
+])
+def test_a_random_seed_is_refused_when_ranks_share_the_run(two_ranks, tmp_path, args):
+    """Each rank would draw its own: different cells on each, some made twice, some never."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    refused([a.replace("{prompts}", str(prompts)) for a in args] + TINY + ["--out", str(tmp_path / "out")], RANDOM)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_line_with_a_random_seed_is_refused_naming_it(two_ranks, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a fox"}) + "\n" + json.dumps({"prompt": "a cat", "seed": -1}) + "\n")
+    for cmd in (["batch", str(prompts)], ["compare", "--prompts", str(prompts), "--base", "--spo"]):
+        out = refused(cmd + TINY + ["--out", str(tmp_path / "out")], RANDOM)
+        assert "p.jsonl:2" in out
+
+
+@pytest.mark.parametrize("args", [["batch", "-"], ["eval", "-"], ["compare", "--prompts", "-", "--base", "--spo"]])
+def test_stdin_is_refused_when_ranks_share_the_run(two_ranks, tmp_path, args):
+    """torchrun's processes inherit one stdin: each would read a part of it, or none."""
+    refused(args + TINY + ["--out", str(tmp_path / "out")], STDIN, stdin="a fox\na cat\n")
+
+
+def test_every_command_starts_as_one_process(two_ranks, tmp_path, monkeypatch):
+    """After a shared run refused in this process, a command that does not share out its work (generate,
+    serve) draws -1 as ever: here generate draws it, then refuses --steps 0."""
+    refused(["batch", "-"] + TINY, STDIN, stdin="a fox\n")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    out = refused(["generate", "a fox", "--seed", "-1", "--steps", "0", "--out", str(tmp_path / "g")], "steps")
+    assert "random seed" not in out
