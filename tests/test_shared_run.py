@@ -71,3 +71,31 @@ def test_every_command_starts_as_one_process(two_ranks, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     out = refused(["generate", "a fox", "--seed", "-1", "--steps", "0", "--out", str(tmp_path / "g")], "steps")
     assert "random seed" not in out
+
+
+class Said:
+    """The UI's error line, as Team.check uses it."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+
+    def error(self, text: str) -> None:
+        self.errors.append(text)
+
+
+def test_a_record_that_cannot_be_written_fails_its_rank_at_the_meeting_not_before(tmp_path):
+    """A full disk at a meeting point: the rank goes to the barrier with the error instead of raising
+    past it (the others would wait for it there), and the first rank names it and why."""
+    from spo_cli.distributed import RECORDS, Rank, Team
+
+    (tmp_path / RECORDS).write_text("a file where the records' folder goes")  # every write into it fails
+    team = Team(Rank(0, 2), tmp_path)
+    records = team.meet("render", {"made": []})  # no process group in this process: the barrier is a no-op
+    # its own reason (the first rank says it), not the others' view of it (a record missing)
+    assert str(tmp_path / RECORDS) in records[0]["error"] and "missing or damaged" not in records[0]["error"]
+    assert "missing or damaged" in records[1]["error"]  # rank 1 wrote none either, here
+    ui = Said()
+    with pytest.raises(SystemExit) as stop:
+        team.check(ui, records)
+    assert stop.value.code != 0 and ui.errors[0].startswith("Rank 0 of 2 (on ")
+    assert team.step(lambda: "work") is None  # and it works no more

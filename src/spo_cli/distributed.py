@@ -153,10 +153,15 @@ class Team:
             return [own]
         from spo_cli.outputs import files, metadata
 
-        files.atomic_write(self._path(step, self.rank.rank), (metadata.dumps(own, indent=None) + "\n").encode(),
-                           overwrite=True)
+        try:
+            files.atomic_write(self._path(step, self.rank.rank), (metadata.dumps(own, indent=None) + "\n").encode(),
+                               overwrite=True)
+        except Exception as e:  # a full disk, a lost mount: raised here, the others would wait at the barrier
+            self.step(lambda: _raise(e))
+            own = {**own, "error": self.error, "exit_code": self.exit_code}
         barrier()
-        return [self._read(step, k) for k in range(self.rank.world)]
+        # Our own record as we know it: the others see ours as missing, and name this rank.
+        return [own if k == self.rank.rank else self._read(step, k) for k in range(self.rank.world)]
 
     def check(self, ui, records: list[dict]) -> None:
         """Stop every rank when one failed; the first rank names those that did, and why (each
@@ -201,3 +206,7 @@ class Team:
                 or len(data["error"] or "") > 20_000):
             return gone
         return data
+
+
+def _raise(e: Exception):
+    raise e
