@@ -99,3 +99,22 @@ def test_a_record_that_cannot_be_written_fails_its_rank_at_the_meeting_not_befor
         team.check(ui, records)
     assert stop.value.code != 0 and ui.errors[0].startswith("Rank 0 of 2 (on ")
     assert team.step(lambda: "work") is None  # and it works no more
+
+
+def test_the_ranks_meet_over_gloo_on_gpus_too(monkeypatch):
+    """Barriers are all the ranks share: over gloo, one fails as soon as a peer is gone, where NCCL's can
+    wait for its timeout (48 hours here); the GPU is still this rank's own (set before the group)."""
+    import atexit
+
+    import torch
+    import torch.distributed as dist
+
+    from spo_cli import distributed
+
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.append(("group", backend)))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.append(("device", str(d))))
+    monkeypatch.setattr(atexit, "register", lambda fn: None)
+    distributed.init("cuda:3")
+    assert seen == [("device", "cuda:3"), ("group", "gloo")]

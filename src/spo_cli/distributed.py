@@ -46,8 +46,12 @@ def init(device: str) -> None:
         return
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
+    # gloo on GPUs too: the ranks only ever meet at barriers (what they did goes through files), and a
+    # gloo barrier fails as soon as a peer's connection closes (a rank that raised, was killed, or was
+    # stopped by its node's torchrun), where an NCCL barrier on a peer gone away may wait until the
+    # timeout below, and NCCL guesses which GPU to run a barrier on.
     # A rank that finishes its shard early waits for the others at the final barrier: allow long runs.
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=48))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
     # Left to the interpreter, the group is torn down late and torch warns about it on every rank.
     atexit.register(shutdown)
 
