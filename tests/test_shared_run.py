@@ -118,3 +118,48 @@ def test_the_ranks_meet_over_gloo_on_gpus_too(monkeypatch):
     monkeypatch.setattr(atexit, "register", lambda fn: None)
     distributed.init("cuda:3")
     assert seen == [("device", "cuda:3"), ("group", "gloo")]
+
+
+def test_a_rank_that_lists_other_work_stops_the_run_before_anything_renders(hub_cache, tmp_path, monkeypatch):
+    """Rank 0 of 2 in this process; rank 1 simulated at each barrier by copying rank 0's records, its plan
+    changed (a node whose cache holds another revision of a model, or another prompt file at the same
+    path: its spec hashes, so its list and its deal, differ). Dealt out, the two lists would leave cells
+    unmade and make others twice; the first meeting after the listing stops both, naming rank 1."""
+    from spo_cli import distributed
+
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(distributed, "init", lambda device: None)  # no process group: rank 1 is simulated
+    records = tmp_path / "out" / distributed.RECORDS
+    steps = []
+
+    def peer_barrier():
+        for mine in records.glob("*-0.json"):
+            step = mine.name[:-len("-0.json")]
+            rec = json.loads(mine.read_text())
+            if step == "plan":
+                rec["plan"] = "0" * 64
+            (records / f"{step}-1.json").write_text(json.dumps({**rec, "rank": 1}))
+            steps.append(step)
+
+    monkeypatch.setattr(distributed, "barrier", peer_barrier)
+    r = CliRunner().invoke(app, ["compare", "a fox", "--base", "--spo", "--seeds", "1,2", "--width", "64",
+                                 "--height", "64", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    said = " ".join(r.output.split())
+    assert "Rank 1 of 2 (on " in said and "it lists other work than rank 0" in said, r.output
+    assert "plan" in steps and "render" not in steps and not list((tmp_path / "out").glob("cells/*/*.png"))
+
+
+def test_the_plan_digest_holds_every_cell_and_what_is_left():
+    from types import SimpleNamespace as Of
+
+    from spo_cli.comparison import plan_digest
+
+    columns, rows = [Of(folder="base"), Of(folder="spo")], [Of(stem="fox-1"), Of(stem="fox-2")]
+    hashes, todo = [["a", "b"], ["c", "d"]], [[0, 1], [1]]
+    digest = plan_digest(columns, rows, hashes, todo)
+    assert len({digest, plan_digest(columns, rows, [["a", "b"], ["c", "e"]], todo),  # another revision, seed, …
+                plan_digest(columns, rows, hashes, [[0, 1], [0, 1]]),  # another cell found finished
+                plan_digest(columns, [Of(stem="fox-1"), Of(stem="cat-2")], hashes, todo),
+                plan_digest(columns[::-1], rows, hashes, todo)}) == 5

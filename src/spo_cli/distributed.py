@@ -190,6 +190,15 @@ class Team:
         code = failed[0].get("exit_code")
         raise SystemExit(code if type(code) is int and 0 < code < 128 else EXIT_FAILURE)
 
+    def agree(self, ui, records: list[dict], key: str, why: str) -> None:
+        """Stop every rank when one's `key` differs from the first rank's (`why` says what that means),
+        as `check` stops them for a failure; a rank that failed is left to `check`."""
+        if records[0]["error"] is not None:
+            return
+        differ = [{**r, "error": why, "exit_code": None} for r in records
+                  if r["error"] is None and r.get(key) != records[0].get(key)]
+        self.check(ui, differ)
+
     def _path(self, step: str, k: int):
         return self.folder / f"{step}-{k}.json"
 
