@@ -163,3 +163,44 @@ def test_the_plan_digest_holds_every_cell_and_what_is_left():
                 plan_digest(columns, rows, hashes, [[0, 1], [0, 1]]),  # another cell found finished
                 plan_digest(columns, [Of(stem="fox-1"), Of(stem="cat-2")], hashes, todo),
                 plan_digest(columns[::-1], rows, hashes, todo)}) == 5
+
+
+PEER_GONE = """
+import os, sys
+from spo_cli import distributed
+distributed.init("cpu")
+if os.environ["RANK"] == "1":
+    os._exit(3)  # a rank gone outside any Team step: raised, killed, or stopped by its node's torchrun
+try:
+    distributed.barrier()
+except BaseException as e:
+    print(type(e).__name__, " ".join(getattr(e, "message", str(e)).split()))
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_gone_fails_the_others_meeting_saying_so(tmp_path):
+    """Two processes in a gloo group (as torchrun starts them, without its agent); rank 1 exits: rank 0's
+    next barrier ends at once, in spo's words (not 'Unexpected RuntimeError … please report it')."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "gone.py"
+    script.write_text(PEER_GONE)
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(k), "LOCAL_RANK": str(k)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    try:
+        out = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[1].returncode == 3
+    assert out[0][0].startswith("SpoError Another process of this run stopped before this meeting point"), out[0]

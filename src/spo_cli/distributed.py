@@ -76,7 +76,14 @@ def barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError as e:  # gloo: a peer's connection closed; it said why itself, we can only say that
+            from spo_cli.errors import SpoError
+
+            raise SpoError(f"Another process of this run stopped before this meeting point ({str(e)[:300]}).",
+                           "Its own error, in its output or in torchrun's report, says which one and why; fix that "
+                           "and run the same command again: what is finished is reused.") from None
 
 
 def shutdown() -> None:
