@@ -168,7 +168,12 @@ def test_the_plan_digest_holds_every_cell_and_what_is_left():
 PEER_GONE = """
 import os, sys
 from spo_cli import distributed
-distributed.init("cpu")
+distributed.JOIN_TIMEOUT_S = 5
+try:
+    distributed.init("cpu")
+except BaseException as e:
+    print(type(e).__name__, " ".join(getattr(e, "message", str(e)).split()))
+    sys.exit(4)
 if os.environ["RANK"] == "1":
     os._exit(3)  # a rank gone outside any Team step: raised, killed, or stopped by its node's torchrun
 try:
@@ -204,3 +209,39 @@ def test_a_rank_gone_fails_the_others_meeting_saying_so(tmp_path):
                 p.kill()
     assert procs[1].returncode == 3
     assert out[0][0].startswith("SpoError Another process of this run stopped before this meeting point"), out[0]
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_joins_ends_the_wait_for_it(tmp_path):
+    """Rank 1 of 2 stopped before joining (its machine lacked a file): rank 0 waits for it a bounded time
+    (5 s here, an hour in a run), not for the meeting points' 48 hours, and says what to look for."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "alone.py"
+    script.write_text(PEER_GONE)
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4 and r.stdout.startswith("SpoError Not every process of this run joined it"), r
+
+
+def test_a_meeting_waits_far_longer_than_joining(monkeypatch):
+    """Joining waits an hour for every rank; a meeting point waits for the slowest shard (a rank done
+    early waits there for hours): the group's own timeout is the hour, so the barrier sets its own."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from spo_cli import distributed
+
+    waited = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "monitored_barrier", lambda timeout, wait_all_ranks: waited.append(timeout))
+    distributed.barrier()
+    assert waited == [datetime.timedelta(hours=48)] and distributed.JOIN_TIMEOUT_S == 3600

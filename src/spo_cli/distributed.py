@@ -34,6 +34,10 @@ def rank_info() -> Rank:
     return Rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+JOIN_TIMEOUT_S = 3600  # every rank has started and checked its input: an hour covers a slow node's start
+MEET_TIMEOUT_S = 48 * 3600  # a shard of --paper on a slow GPU, while a rank whose shard is done waits
+
+
 def init(device: str) -> None:
     """Join the process group torchrun / accelerate launch describe in the environment."""
     import atexit
@@ -50,8 +54,18 @@ def init(device: str) -> None:
     # gloo barrier fails as soon as a peer's connection closes (a rank that raised, was killed, or was
     # stopped by its node's torchrun), where an NCCL barrier on a peer gone away may wait until the
     # timeout below, and NCCL guesses which GPU to run a barrier on.
-    # A rank that finishes its shard early waits for the others at the final barrier: allow long runs.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    # Forming the group waits at most this long for every rank to arrive: a rank that stopped before
+    # joining (its node lacks a file the others have) would otherwise keep the other machines waiting
+    # for the barriers' timeout. The barriers have their own, long one (see barrier).
+    try:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=JOIN_TIMEOUT_S))
+    except RuntimeError as e:  # torch's DistStoreError: "Timed out after … waiting for clients. 1/2 clients joined."
+        from spo_cli.errors import SpoError
+
+        raise SpoError(f"Not every process of this run joined it within {JOIN_TIMEOUT_S // 60} minutes "
+                       f"({str(e)[:300]}).", "One that stopped before joining said why in its own output (a file "
+                       "missing on its machine, an option it refused); fix that and run the same command again "
+                       "on every machine.") from None
     # Left to the interpreter, the group is torn down late and torch warns about it on every rank.
     atexit.register(shutdown)
 
@@ -59,8 +73,8 @@ def init(device: str) -> None:
 def join(requested_device: str) -> None:
     """Under a launcher, join the process group now, before anything that may fail on one node only
     (the folder lock, files missing from one node's cache). A rank that exits before the group has
-    formed leaves ranks on other machines waiting for it until the group's timeout: torchrun stops
-    the other processes of a failed process's own machine, not those of other machines. Once the
+    formed leaves ranks on other machines waiting for it until JOIN_TIMEOUT_S: torchrun stops the
+    other processes of a failed process's own machine, not those of other machines. Once the
     group has formed, a rank that exits closes its connections and the others' next barrier fails."""
     rank = rank_info()
     if not rank.several:
@@ -71,13 +85,17 @@ def join(requested_device: str) -> None:
 
 
 def barrier() -> None:
+    import datetime
+
     if "torch" not in sys.modules:  # no process group without torch (a --server client never imports it)
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
         try:
-            dist.barrier()
+            # A rank that finishes its shard early waits for the others here: allow long runs. gloo
+            # names a rank that does not come in time.
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=MEET_TIMEOUT_S), wait_all_ranks=True)
         except RuntimeError as e:  # gloo: a peer's connection closed; it said why itself, we can only say that
             from spo_cli.errors import SpoError
 
