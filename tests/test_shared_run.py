@@ -245,3 +245,11 @@ def test_a_meeting_waits_far_longer_than_joining(monkeypatch):
     monkeypatch.setattr(dist, "monitored_barrier", lambda timeout, wait_all_ranks: waited.append(timeout))
     distributed.barrier()
     assert waited == [datetime.timedelta(hours=48)] and distributed.JOIN_TIMEOUT_S == 3600
+
+
+def test_a_shared_run_leaves_no_refusal_behind(two_ranks):
+    """What a command refused as one of several ranks, code called after it in the same process draws."""
+    from spo_cli import validate
+
+    refused(["batch", "-"] + TINY, STDIN, stdin="a fox\n")
+    assert validate.seeds("-1")[0] >= 0
