@@ -253,3 +253,29 @@ def test_a_shared_run_leaves_no_refusal_behind(two_ranks):
 
     refused(["batch", "-"] + TINY, STDIN, stdin="a fox\n")
     assert validate.seeds("-1")[0] >= 0
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"WORLD_SIZE": "2", "RANK": "2"},
+                                 {"WORLD_SIZE": "two", "RANK": "0"}, {"WORLD_SIZE": "2", "RANK": "-1"},
+                                 {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x"}])
+def test_a_distributed_environment_that_names_no_rank_is_refused(monkeypatch, tmp_path, env):
+    """WORLD_SIZE left in a shell without RANK, or a RANK past it: no share is this process's own."""
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    refused(["batch", str(tmp_path / "p.txt")] + TINY, "The environment describes no process of a distributed run")
+
+
+def test_one_process_and_a_launcher_rank(monkeypatch):
+    from spo_cli.distributed import Rank, rank_info
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert rank_info() == Rank()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rank_info() == Rank()
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "7")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert rank_info() == Rank(7, 8, 3)

@@ -28,10 +28,21 @@ class Rank:
 
 def rank_info() -> Rank:
     """This process's place in the run, from the variables torchrun and accelerate launch set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = {k: os.environ.get(k, "").strip() for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    # Set by a launcher, or left in a shell or a job's spec by hand: a wrong one would deal this
+    # process a share that is not its own, or none.
+    if not env["WORLD_SIZE"] or env["WORLD_SIZE"] == "1":
         return Rank()
-    return Rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    world, rank, local = (int(v) if v.isdigit() and len(v) < 7 else None for v in env.values())
+    if world is None or rank is None or not rank < world or (env["LOCAL_RANK"] and local is None):
+        from spo_cli.errors import UsageError
+
+        shown = ", ".join(f"{k}={v!r}" for k, v in env.items())
+        raise UsageError(f"The environment describes no process of a distributed run ({shown}): WORLD_SIZE and "
+                         "RANK must be whole numbers, RANK below WORLD_SIZE.",
+                         "Start the command with torchrun or accelerate launch, or unset WORLD_SIZE to run one "
+                         "process.")
+    return Rank(rank, world, local or 0)
 
 
 JOIN_TIMEOUT_S = 3600  # every rank has started and checked its input: an hour covers a slow node's start
