@@ -168,7 +168,7 @@ def test_the_plan_digest_holds_every_cell_and_what_is_left():
 PEER_GONE = """
 import os, sys
 from spo_cli import distributed
-distributed.JOIN_TIMEOUT_S = 5
+distributed.JOIN_TIMEOUT_S = 2
 try:
     distributed.init("cpu")
 except BaseException as e:
@@ -214,7 +214,7 @@ def test_a_rank_gone_fails_the_others_meeting_saying_so(tmp_path):
 @pytest.mark.slow
 def test_a_rank_that_never_joins_ends_the_wait_for_it(tmp_path):
     """Rank 1 of 2 stopped before joining (its machine lacked a file): rank 0 waits for it a bounded time
-    (5 s here, an hour in a run), not for the meeting points' 48 hours, and says what to look for."""
+    (2 s here, an hour in a run), not for the meeting points' 48 hours, and says what to look for."""
     import os
     import socket
     import subprocess
