@@ -10,6 +10,8 @@ as `Steps`, as `render.render` is handed its progress bars.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -262,7 +264,8 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
                          != hashes[ci][i]] for ci, c in enumerate(columns)]
 
     hashes, todo = team.step(left) or (None, [list(range(len(rows))) for _ in columns])  # failed: nothing to say
-    team.wait()
+    if rank.several:  # each rank deals out its own list: every rank's must be the first's, or cells go unmade
+        team.agree(ui, team.meet("plan", {"plan": plan_digest(columns, rows, hashes, todo)}), "plan", PLAN_DIFFERS)
     reused = sum(len(rows) - len(t) for t in todo)
     if reused:
         ui.info(f"{reused} cell(s) already rendered with the same settings; reusing them.")
@@ -323,6 +326,19 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
     else:
         loaded, count = bank.bytes_loaded, len(made)
     return Rendered(resolved, failed, count, reused, log, loaded, team)
+
+
+PLAN_DIFFERS = ("it lists other work than rank 0 (other models, settings, prompts or finished cells): its "
+                "command line, prompt file or model files differ from rank 0's. Give every rank the same "
+                "command, the same files and the same model revisions, then run it again.")
+
+
+def plan_digest(columns: list[Column], rows: list[ImageTask], hashes: list[list[str]] | None,
+                todo: list[list[int]]) -> str:
+    """What a rank will deal out, in 64 hex digits: every cell's place, name and settings (its spec
+    hash: model revision, prompt, seed, …) and which cells are left to render."""
+    plan = json.dumps([[c.folder for c in columns], [r.stem for r in rows], hashes, todo])
+    return hashlib.sha256(plan.encode()).hexdigest()
 
 
 def _merge(records: list[dict], n_columns: int, n_rows: int):

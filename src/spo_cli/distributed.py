@@ -28,10 +28,25 @@ class Rank:
 
 def rank_info() -> Rank:
     """This process's place in the run, from the variables torchrun and accelerate launch set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = {k: os.environ.get(k, "").strip() for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    # Set by a launcher, or left in a shell or a job's spec by hand: a wrong one would deal this
+    # process a share that is not its own, or none.
+    if not env["WORLD_SIZE"] or env["WORLD_SIZE"] == "1":
         return Rank()
-    return Rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    world, rank, local = (int(v) if v.isdigit() and len(v) < 7 else None for v in env.values())
+    if world is None or rank is None or not rank < world or (env["LOCAL_RANK"] and local is None):
+        from spo_cli.errors import UsageError
+
+        shown = ", ".join(f"{k}={v!r}" for k, v in env.items())
+        raise UsageError(f"The environment describes no process of a distributed run ({shown}): WORLD_SIZE and "
+                         "RANK must be whole numbers, RANK below WORLD_SIZE.",
+                         "Start the command with torchrun or accelerate launch, or unset WORLD_SIZE to run one "
+                         "process.")
+    return Rank(rank, world, local or 0)
+
+
+JOIN_TIMEOUT_S = 3600  # every rank has started and checked its input: an hour covers a slow node's start
+MEET_TIMEOUT_S = 48 * 3600  # a shard of --paper on a slow GPU, while a rank whose shard is done waits
 
 
 def init(device: str) -> None:
@@ -46,8 +61,22 @@ def init(device: str) -> None:
         return
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    # A rank that finishes its shard early waits for the others at the final barrier: allow long runs.
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=48))
+    # gloo on GPUs too: the ranks only ever meet at barriers (what they did goes through files), and a
+    # gloo barrier fails as soon as a peer's connection closes (a rank that raised, was killed, or was
+    # stopped by its node's torchrun), where an NCCL barrier on a peer gone away may wait until the
+    # timeout below, and NCCL guesses which GPU to run a barrier on.
+    # Forming the group waits at most this long for every rank to arrive: a rank that stopped before
+    # joining (its node lacks a file the others have) would otherwise keep the other machines waiting
+    # for the barriers' timeout. The barriers have their own, long one (see barrier).
+    try:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=JOIN_TIMEOUT_S))
+    except RuntimeError as e:  # torch's DistStoreError: "Timed out after … waiting for clients. 1/2 clients joined."
+        from spo_cli.errors import SpoError
+
+        raise SpoError(f"Not every process of this run joined it within {JOIN_TIMEOUT_S // 60} minutes "
+                       f"({str(e)[:300]}).", "One that stopped before joining said why in its own output (a file "
+                       "missing on its machine, an option it refused); fix that and run the same command again "
+                       "on every machine.") from None
     # Left to the interpreter, the group is torn down late and torch warns about it on every rank.
     atexit.register(shutdown)
 
@@ -55,8 +84,8 @@ def init(device: str) -> None:
 def join(requested_device: str) -> None:
     """Under a launcher, join the process group now, before anything that may fail on one node only
     (the folder lock, files missing from one node's cache). A rank that exits before the group has
-    formed leaves ranks on other machines waiting for it until the group's timeout: torchrun stops
-    the other processes of a failed process's own machine, not those of other machines. Once the
+    formed leaves ranks on other machines waiting for it until JOIN_TIMEOUT_S: torchrun stops the
+    other processes of a failed process's own machine, not those of other machines. Once the
     group has formed, a rank that exits closes its connections and the others' next barrier fails."""
     rank = rank_info()
     if not rank.several:
@@ -67,12 +96,23 @@ def join(requested_device: str) -> None:
 
 
 def barrier() -> None:
+    import datetime
+
     if "torch" not in sys.modules:  # no process group without torch (a --server client never imports it)
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        try:
+            # A rank that finishes its shard early waits for the others here: allow long runs. gloo
+            # names a rank that does not come in time.
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=MEET_TIMEOUT_S), wait_all_ranks=True)
+        except RuntimeError as e:  # gloo: a peer's connection closed; it said why itself, we can only say that
+            from spo_cli.errors import SpoError
+
+            raise SpoError(f"Another process of this run stopped before this meeting point ({str(e)[:300]}).",
+                           "Its own error, in its output or in torchrun's report, says which one and why; fix that "
+                           "and run the same command again: what is finished is reused.") from None
 
 
 def shutdown() -> None:
@@ -153,10 +193,15 @@ class Team:
             return [own]
         from spo_cli.outputs import files, metadata
 
-        files.atomic_write(self._path(step, self.rank.rank), (metadata.dumps(own, indent=None) + "\n").encode(),
-                           overwrite=True)
+        try:
+            files.atomic_write(self._path(step, self.rank.rank), (metadata.dumps(own, indent=None) + "\n").encode(),
+                               overwrite=True)
+        except Exception as e:  # a full disk, a lost mount: raised here, the others would wait at the barrier
+            self.step(lambda: _raise(e))
+            own = {**own, "error": self.error, "exit_code": self.exit_code}
         barrier()
-        return [self._read(step, k) for k in range(self.rank.world)]
+        # Our own record as we know it: the others see ours as missing, and name this rank.
+        return [own if k == self.rank.rank else self._read(step, k) for k in range(self.rank.world)]
 
     def check(self, ui, records: list[dict]) -> None:
         """Stop every rank when one failed; the first rank names those that did, and why (each
@@ -181,6 +226,15 @@ class Team:
         code = failed[0].get("exit_code")
         raise SystemExit(code if type(code) is int and 0 < code < 128 else EXIT_FAILURE)
 
+    def agree(self, ui, records: list[dict], key: str, why: str) -> None:
+        """Stop every rank when one's `key` differs from the first rank's (`why` says what that means),
+        as `check` stops them for a failure; a rank that failed is left to `check`."""
+        if records[0]["error"] is not None:
+            return
+        differ = [{**r, "error": why, "exit_code": None} for r in records
+                  if r["error"] is None and r.get(key) != records[0].get(key)]
+        self.check(ui, differ)
+
     def _path(self, step: str, k: int):
         return self.folder / f"{step}-{k}.json"
 
@@ -201,3 +255,7 @@ class Team:
                 or len(data["error"] or "") > 20_000):
             return gone
         return data
+
+
+def _raise(e: Exception):
+    raise e

@@ -189,6 +189,7 @@ def read(path: str, fmt: str | None = None, stdin=None, prompt_syntax: str = "au
     from pathlib import Path
 
     if path == "-":
+        validate.stdin_not_shared()
         data = (stdin or sys.stdin.buffer).read()
         source = "<stdin>"
     else:

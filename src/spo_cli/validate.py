@@ -190,10 +190,29 @@ def seed(value, key: str = "seed", where: Where = ARGV) -> int:
     return integer(value, key, where, low=0, high=SEED_MAX)
 
 
+# Under torchrun or accelerate launch every process reads the command line and the prompt file
+# itself, and all must build the same list of cells to share out: a seed drawn at random, or standard
+# input (one stream, which the processes would split between them), would differ from process to
+# process, so cells would be made twice or never and the report would mix two runs. batch, eval and
+# compare set how many processes share the run; every command starts at one (cli.command).
+_processes = 1
+_SHARED_HINT = "A single process takes it as before."
+
+
+def shared_by(processes: int) -> None:
+    global _processes
+    _processes = processes
+
+
 def random_seed() -> int:
     """A random first seed: low enough that the most images a run may make (NUM_IMAGES_MAX, seeds
     seed, seed+1, …) never run past SEED_MAX, so a drawn seed is never refused."""
     import secrets
+
+    if _processes > 1:
+        raise UsageError(f"A random seed ({SEED_RANDOM}) cannot be used under torchrun or accelerate launch: each "
+                         f"of the {_processes} processes would draw its own, and they would share out different "
+                         "images.", f"Give the seed itself, e.g. 1234 (it is recorded either way). {_SHARED_HINT}")
 
     return secrets.randbelow(SEED_MAX + 2 - NUM_IMAGES_MAX)
 
@@ -706,3 +725,11 @@ def output_folder(path: str | Path, option: str = "--out") -> Path:
         raise UsageError(f"{option} {path} cannot be written to ({e.strerror or e}).",
                          f"Check its permissions and free space, or choose another {option}.") from None
     return path
+
+
+def stdin_not_shared() -> None:
+    """Refuse '-' (standard input) as the prompt file of a run shared by several processes."""
+    if _processes > 1:
+        raise UsageError(f"Standard input (-) cannot be the prompt file under torchrun or accelerate launch: the "
+                         f"{_processes} processes would split one stream between them, each with other prompts.",
+                         f"Save the prompts to a file every process can read and give its path. {_SHARED_HINT}")

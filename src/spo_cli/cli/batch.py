@@ -145,6 +145,7 @@ def batch(
 ) -> None:
     """Run a whole prompt file with the model loaded once; resumable, and sharded under torchrun."""
     rank = distributed.rank_info()
+    validate.shared_by(rank.world)  # every rank must build the same tasks: no -1 seeds, no stdin
     if not rank.first:
         ui.silence()  # the first process draws progress and prints results; every process reports errors
     t0 = perf_counter()

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from spo_cli import validate
 from spo_cli.cli.ui import UI
 from spo_cli.errors import EXIT_INTERRUPTED, translate
 
@@ -68,8 +69,12 @@ def command(app: typer.Typer, *, examples: str, json_help: str):
         @functools.wraps(fn)
         def wrapper(*args, json_: bool = False, quiet: bool = False, debug: bool = False, **kwargs):
             ui = UI(quiet=quiet, json_mode=json_, debug=debug)
-            with boundary(ui):
-                return fn(ui, *args, **kwargs)
+            validate.shared_by(1)  # until a command that shares its run out says otherwise, and after it
+            try:
+                with boundary(ui):
+                    return fn(ui, *args, **kwargs)
+            finally:
+                validate.shared_by(1)
 
         wrapper.__signature__ = sig.replace(parameters=params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}

@@ -203,7 +203,9 @@ def compare(
 ) -> None:
     """Render the same prompts and seeds through several models or SPO strengths, side by side."""
     t0 = perf_counter()
-    first = distributed.rank_info().first  # under torchrun: the others print errors only, and take no lock
+    rank = distributed.rank_info()
+    first = rank.first  # under torchrun: the others print errors only, and take no lock
+    validate.shared_by(rank.world)  # every rank must build the same cells: no -1 seeds, no stdin
     if not first:
         ui.silence()
     metrics = scoring.metrics(metric, hps_version, score_batch_size) if score else []

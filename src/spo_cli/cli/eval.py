@@ -139,7 +139,9 @@ def eval(  # noqa: A001 - the command's name
 ) -> None:
     """Generate a prompt file with several models and score it: means, paired win rates, a plot, a report."""
     t0 = perf_counter()
-    first = distributed.rank_info().first  # under torchrun: the others print errors only, and take no lock
+    rank = distributed.rank_info()
+    first = rank.first  # under torchrun: the others print errors only, and take no lock
+    validate.shared_by(rank.world)  # every rank must build the same cells: no -1 seeds, no stdin
     if not first:
         ui.silence()
     if (prompts_file is None) == (not paper_run):
