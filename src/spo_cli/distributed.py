@@ -168,16 +168,22 @@ class Team:
         except Exception as e:
             if not self.rank.several:
                 raise
-            from spo_cli.errors import translate
-
-            if self.debug:
-                import traceback
-
-                traceback.print_exc()
-            err = translate(e)
-            self.error = err.paragraph() if err else f"Unexpected {type(e).__name__}: {e}"
-            self.exit_code = err.exit_code if err else 1
+            self._fail(e)
             return None
+
+    def _fail(self, e: Exception) -> None:
+        """Record this rank's failure (the first only: later steps do not run)."""
+        if self.error is not None:
+            return
+        from spo_cli.errors import translate
+
+        if self.debug:
+            import traceback
+
+            traceback.print_exception(e)
+        err = translate(e)
+        self.error = err.paragraph() if err else f"Unexpected {type(e).__name__}: {e}"
+        self.exit_code = err.exit_code if err else 1
 
     def wait(self) -> None:
         if self.rank.several:
@@ -197,7 +203,7 @@ class Team:
             files.atomic_write(self._path(step, self.rank.rank), (metadata.dumps(own, indent=None) + "\n").encode(),
                                overwrite=True)
         except Exception as e:  # a full disk, a lost mount: raised here, the others would wait at the barrier
-            self.step(lambda: _raise(e))
+            self._fail(e)
             own = {**own, "error": self.error, "exit_code": self.exit_code}
         barrier()
         # Our own record as we know it: the others see ours as missing, and name this rank.
@@ -255,7 +261,3 @@ class Team:
                 or len(data["error"] or "") > 20_000):
             return gone
         return data
-
-
-def _raise(e: Exception):
-    raise e
