@@ -20,6 +20,7 @@ from spo_cli.outputs import files, metadata, naming
 from spo_cli.errors import OutputError, UsageError
 from spo_cli.request import ImageRequest, ModelRequest
 from spo_cli.resolve import Resolved, ResolvedModel
+from tests.conftest import HANG
 
 MERGED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LORA_COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -1120,7 +1121,7 @@ def test_read_metadata_of_a_real_process_substitution(tmp_path):
     sidecar, meta = _sidecar(tmp_path)
     code = "import sys, json; from spo_cli.outputs import metadata; print(metadata.read(sys.argv[1])['seed'])"
     r = subprocess.run(["bash", "-c", '"$0" -c "$1" <(cat "$2")', sys.executable, code, str(sidecar)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0 and r.stdout.strip() == str(meta["seed"]), r.stderr
 
 
@@ -1226,7 +1227,7 @@ def test_replay_reads_a_process_substitution_once(tmp_path):
     sidecar, _ = _sidecar(tmp_path)
     r = subprocess.run(["bash", "-c", '"$0" -m spo_cli replay <(cat "$1") --model "$2" --out "$3"', sys.executable,
                         str(sidecar), str(tmp_path / "no-such-model"), str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HANG)
     said = " ".join(r.stderr.split())
     assert r.returncode == 2 and "no-such-model" in said and "Traceback" not in said, r.stderr
     assert "pipe" not in said and "/dev/fd" not in said

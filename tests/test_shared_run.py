@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spo_cli.cli import app
+from tests.conftest import HANG
 
 
 @pytest.fixture
@@ -202,7 +203,7 @@ def test_a_rank_gone_fails_the_others_meeting_saying_so(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(k), "LOCAL_RANK": str(k)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
     try:
-        out = [p.communicate(timeout=120) for p in procs]
+        out = [p.communicate(timeout=HANG) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -227,7 +228,7 @@ def test_a_rank_that_never_joins_ends_the_wait_for_it(tmp_path):
     script.write_text(PEER_GONE)
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 4 and r.stdout.startswith("SpoError Not every process of this run joined it"), r
 
 
