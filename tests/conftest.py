@@ -16,6 +16,12 @@ from pathlib import Path
 
 import pytest
 
+# Test modules import their helpers both as `conftest` (beside them) and as `tests.conftest` (from the
+# repository root): one module under both names, or the second import would run this file again, point
+# HF_HUB_CACHE at a second, empty cache, and leave a subprocess environment taken before it on the first.
+if __name__ == "conftest":
+    sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
 # Under pytest-xdist each worker gets its share of the cores; spo subprocesses inherit the setting.
 # torch's default is all of them, and OpenMP threads that outnumber the cores spin-wait on each
 # other: two workers of two threads on two cores ran the pipeline tests 10 times slower. Set
