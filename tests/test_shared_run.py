@@ -152,6 +152,47 @@ def test_a_rank_that_lists_other_work_stops_the_run_before_anything_renders(hub_
     assert "plan" in steps and "render" not in steps and not list((tmp_path / "out").glob("cells/*/*.png"))
 
 
+def test_a_batch_rank_that_lists_other_work_stops_the_run_before_anything_renders(hub_cache, tmp_path,
+                                                                                   monkeypatch):
+    """batch as compare above: rank 1 (simulated) lists other images, so the deal would leave some unmade
+    and make others twice; the plan meeting stops both ranks, naming rank 1, and nothing is rendered."""
+    from spo_cli import distributed
+
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(distributed, "init", lambda device: None)
+    out = tmp_path / "out"
+    records, steps = out / distributed.RECORDS, []
+
+    def peer_barrier():
+        for mine in records.glob("*-0.json"):
+            step = mine.name[:-len("-0.json")]
+            rec = json.loads(mine.read_text())
+            if step == "plan" and step not in steps:
+                rec["plan"] = "0" * 64
+                steps.append(step)
+            (records / f"{step}-1.json").write_text(json.dumps({**rec, "rank": 1}))
+
+    monkeypatch.setattr(distributed, "barrier", peer_barrier)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\na cat\n")
+    r = CliRunner().invoke(app, ["batch", str(prompts), "--width", "64", "--height", "64", "--steps", "1",
+                                 "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    said = " ".join(r.output.split())
+    assert "Rank 1 of 2 (on " in said and "it lists other work than rank 0" in said, r.output
+    assert steps == ["plan"] and not list(out.glob("*.png"))
+
+
+def test_the_batch_plan_digest_holds_every_image_and_what_is_left():
+    from spo_cli.cli.batch import plan_digest
+
+    images, left = [("fox-1", "a"), ("cat-1", "b")], ["cat-1"]
+    assert len({plan_digest(images, left), plan_digest([("fox-1", "a"), ("cat-1", "c")], left),  # another revision
+                plan_digest(images, ["fox-1", "cat-1"]),  # an image another rank found finished
+                plan_digest(images[::-1], left)}) == 4
+
+
 def test_the_plan_digest_holds_every_cell_and_what_is_left():
     from types import SimpleNamespace as Of
 

@@ -287,7 +287,12 @@ class _Run:
                                 if not overwrite and files.finished_hash(self.out, t.stem, self.fmt) == self.hashes[t.stem]}
             todo = [replace(t, spec_hash=self.hashes[t.stem], overwrite=True)
                     for t in self.tasks if t.stem not in self.done_before]
-            distributed.barrier()
+            if rank.several:  # each rank deals out its own list: every rank's must be the first's, or images go unmade
+                from spo_cli.comparison import PLAN_DIFFERS
+
+                team = distributed.Team(rank, self.out, debug=ui.debug)
+                plan = plan_digest([(t.stem, self.hashes[t.stem]) for t in self.tasks], [t.stem for t in todo])
+                team.agree(ui, team.meet("plan", {"plan": plan}), "plan", PLAN_DIFFERS)
             if self.done_before:
                 ui.info(f"{len(self.done_before)} of {len(self.tasks)} image(s) already done in {escape(str(self.out))}; "
                         f"{len(todo)} to make." + (" (--overwrite makes all again)" if todo else ""))
@@ -346,6 +351,13 @@ class _Run:
                 manifest = self.out / files.MANIFEST
             self.failed_rows = sum(r["status"] == "failed" for r in rows)
             report(self.ui, rows, manifest, perf_counter() - t0, self.interrupted, self.error)
+            if self.rank.several:  # the plan records were read by every rank before they last met
+                records = distributed.Team(self.rank, self.out)
+                records.clear()
+                try:
+                    records.folder.rmdir()
+                except OSError:  # not there (a run stopped before the plan), or not empty: someone else's
+                    pass
         if self.rank.several:
             distributed.shutdown()
 
@@ -360,6 +372,16 @@ class _Run:
             "seed": task.request.seed, "status": status,
             "error": None if ok else failed.get(task.stem, self.error), "resumed": task.stem in self.done_before,
         }
+
+
+def plan_digest(images: list[tuple[str, str]], left: list[str]) -> str:
+    """What a rank deals out: every image's (name, spec hash with the model's identity), and the names
+    left to make. A node whose cache holds another model revision, or another file at the prompt file's
+    path, differs here."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([images, left]).encode()).hexdigest()
 
 
 def report(ui: UI, rows: list[dict], manifest: Path, elapsed: float, interrupted: int | None,
