@@ -10,11 +10,10 @@ offline), so the outputs are noise: the picture shows the modes and the layout, 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from figures import tiny_offline_cache
 
 HERE = Path(__file__).resolve().parent
 SIZE = 64  # the tiny models' images; shown at CELL in the figure
@@ -23,14 +22,7 @@ STEPS = "4"
 
 
 def main(dest: Path) -> None:
-    root = Path(tempfile.mkdtemp(prefix="spo-figure-"))
-    try:
-        os.environ.update(HF_HOME=str(root / "hf-home"), HF_HUB_CACHE=str(root / "hub"), HF_HUB_OFFLINE="1",
-                          HF_HUB_DISABLE_TELEMETRY="1", XDG_CACHE_HOME=str(root / "cache"))
-        from spo_cli import tiny
-
-        for repo, src in tiny.save_repos(root / "repos").items():
-            tiny.add_to_cache(Path(os.environ["HF_HUB_CACHE"]), repo, src)
+    with tiny_offline_cache() as root:
         picture, mask = inputs(root)
         made = {
             "img2img, strength 0.5": ["--image", picture, "--strength", "0.5"],
@@ -44,8 +36,6 @@ def main(dest: Path) -> None:
 
         page = grid.render([images], ["input", *made], [("tiny random model: noise", "seed 1, 4 steps")], CELL)
         page.save(dest, optimize=True)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     print(dest)
 
 

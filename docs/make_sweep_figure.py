@@ -10,24 +10,17 @@ offline), so every cell is noise: the picture shows the layout and the labels, n
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from figures import tiny_offline_cache
 
 HERE = Path(__file__).resolve().parent
 
 
 def main(dest: Path) -> None:
-    root = Path(tempfile.mkdtemp(prefix="spo-figure-"))
-    try:
-        os.environ.update(HF_HOME=str(root / "hf-home"), HF_HUB_CACHE=str(root / "hub"), HF_HUB_OFFLINE="1",
-                          HF_HUB_DISABLE_TELEMETRY="1", XDG_CACHE_HOME=str(root / "cache"))
-        from spo_cli import tiny
-
-        for repo, src in tiny.save_repos(root / "repos").items():
-            tiny.add_to_cache(root / "hub", repo, src)
+    with tiny_offline_cache() as root:
         from typer.testing import CliRunner
 
         from spo_cli.cli import app
@@ -40,9 +33,6 @@ def main(dest: Path) -> None:
             sys.exit(r.output)
         [page] = json.loads(r.stdout)["grid"]
         shutil.copyfile(page, dest)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "sweep-grid-tiny-random.png")
