@@ -203,6 +203,26 @@ def test_a_second_signal_answers_the_calls_in_flight_on_every_device(tmp_path):
     assert all(t.status == 503 for t in (*running, queued))
 
 
+class KeysOnly:
+    """As much of an engine as the worker asks of it before a call: its call key (noting the thread
+    that asked) and its facts. It can make nothing, so a call on it fails."""
+
+    def __init__(self, keyed_on: list[str] | None = None):
+        self.keyed_on = [] if keyed_on is None else keyed_on
+
+    def call_key(self, request):
+        self.keyed_on.append(threading.current_thread().name)
+        return "shape"
+
+    def facts(self):
+        return {}
+
+
+class Described:
+    def describe(self):
+        return {}
+
+
 def test_images_are_keyed_on_the_devices_threads_never_on_a_web_thread(tmp_path):
     """Keying an image tokenizes its prompt with an engine's tokenizers, whose padding and truncation
     are settings of the tokenizer object: from a web thread, while the device's thread encodes a call
@@ -211,21 +231,8 @@ def test_images_are_keyed_on_the_devices_threads_never_on_a_web_thread(tmp_path)
     from tests.test_scheduler import worker_job
 
     keyed_on: list[str] = []
-
-    class Engine:  # what the worker asks of an engine before a call: its call key
-        def call_key(self, request):
-            keyed_on.append(threading.current_thread().name)
-            return "shape"
-
-        def facts(self):
-            return {}
-
-    class Resolved:
-        def describe(self):
-            return {}
-
-    worker = Worker({"cpu#0": lambda: {"spo": (Engine(), Resolved())}, "cpu#1": lambda: {"spo": (Engine(), Resolved())}},
-                    tmp_path)
+    worker = Worker({"cpu#0": lambda: {"spo": (KeysOnly(keyed_on), Described())},
+                     "cpu#1": lambda: {"spo": (KeysOnly(keyed_on), Described())}}, tmp_path)
     worker.start()
     wait_for(lambda: worker.status == "ready", "the devices to load")
     done = threading.Event()
@@ -247,17 +254,6 @@ def test_a_device_whose_thread_dies_after_loading_is_failed_and_the_queue_still_
     from spo_cli.serve.worker import Worker
     from tests.test_scheduler import worker_job
 
-    class Engine:  # what the worker asks of an engine before a call
-        def call_key(self, request):
-            return "shape"
-
-        def facts(self):
-            return {}
-
-    class Resolved:
-        def describe(self):
-            return {}
-
     class Dies:  # a metrics hook, the first thing a call does: each call's device ends on it, until told not to
         fatal = True
 
@@ -273,14 +269,14 @@ def test_a_device_whose_thread_dies_after_loading_is_failed_and_the_queue_still_
 
     metrics = Dies()
     def load():
-        return {"spo": (Engine(), Resolved())}
+        return {"spo": (KeysOnly(), Described())}
 
     worker = Worker({"cpu#0": load, "cpu#1": load}, tmp_path, metrics=metrics)
     worker.start()
     wait_for(lambda: worker.status == "ready", "the devices to load")
     done = threading.Event()
     first = worker.submit(worker_job(), done.set)
-    assert done.wait(60), "the call of a device that died was never answered"
+    assert done.wait(DEADLINE), "the call of a device that died was never answered"
     assert first.images[0].status == 500 and "fell over" in first.images[0].error
     (dead,) = [lane for lane in worker.lanes if lane.state == "failed"]
     assert worker.status == "degraded" and "Fatal" in dead.error and dead.failures == 1
@@ -293,12 +289,12 @@ def test_a_device_whose_thread_dies_after_loading_is_failed_and_the_queue_still_
     metrics.fatal = False
     done.clear()
     served = worker.submit(worker_job(), done.set)
-    assert done.wait(60) and served.images[0].error and "fell over" not in served.images[0].error  # the other's
+    assert done.wait(DEADLINE) and served.images[0].error and "fell over" not in served.images[0].error  # the other's
     metrics.fatal = True
     done.clear()
     last = worker.submit(worker_job(), done.set)
-    assert done.wait(60) and "fell over" in last.images[0].error
-    assert worker.join(60)  # no device left: both threads ended, the queue closed
+    assert done.wait(DEADLINE) and "fell over" in last.images[0].error
+    assert worker.join(DEADLINE)  # no device left: both threads ended, the queue closed
     assert worker.status == "failed" and "fell over" in worker.load_error and isinstance(worker.load_exception, Fatal)
     turned: list = []
     with pytest.raises(ShuttingDown):
@@ -314,17 +310,12 @@ def test_a_device_whose_gpu_is_lost_takes_no_more_calls_and_the_other_serves(tmp
     from spo_cli.serve.worker import Worker
     from tests.test_scheduler import worker_job
 
-    class Engine:  # as much of an engine as a failing call reaches
+    class Engine(KeysOnly):  # as much of an engine as a failing call reaches
         device = "cpu"
 
         def __init__(self, lost: bool):
+            super().__init__()
             self.lost = lost
-
-        def call_key(self, request):
-            return "shape"
-
-        def facts(self):
-            return {}
 
         def check_schedule(self, scheduler, steps):
             pass
@@ -338,12 +329,8 @@ def test_a_device_whose_gpu_is_lost_takes_no_more_calls_and_the_other_serves(tmp
         def device_fault(self, exc):
             return f"{exc}; then nothing ran there" if self.lost else None
 
-    class Resolved:
-        def describe(self):
-            return {}
-
-    worker = Worker({"cuda:0": lambda: {"spo": (Engine(True), Resolved())},
-                     "cuda:1": lambda: {"spo": (Engine(False), Resolved())}}, tmp_path)
+    worker = Worker({"cuda:0": lambda: {"spo": (Engine(True), Described())},
+                     "cuda:1": lambda: {"spo": (Engine(False), Described())}}, tmp_path)
     worker.start()
     try:
         wait_for(lambda: worker.status == "ready", "the devices to load")
@@ -352,7 +339,7 @@ def test_a_device_whose_gpu_is_lost_takes_no_more_calls_and_the_other_serves(tmp
         def answered():
             done = threading.Event()
             ticket = worker.submit(worker_job(), done.set)
-            assert done.wait(60), "never answered"
+            assert done.wait(DEADLINE), "never answered"
             return ticket.images[0]
 
         # One request at a time, until the lost GPU has taken one (the free devices race for each).
@@ -366,7 +353,7 @@ def test_a_device_whose_gpu_is_lost_takes_no_more_calls_and_the_other_serves(tmp
         assert lost.failures == 1 and sound.state == "ready" and sound.failures >= 3
     finally:
         worker.drain()
-        assert worker.join(60)
+        assert worker.join(DEADLINE)
 
 
 # -- /health and the load of each device ---------------------------------------------------------------
