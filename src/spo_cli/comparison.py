@@ -10,8 +10,6 @@ as `Steps`, as `render.render` is handed its progress bars.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -337,8 +335,9 @@ def plan_digest(columns: list[Column], rows: list[ImageTask], hashes: list[list[
                 todo: list[list[int]]) -> str:
     """What a rank will deal out, in 64 hex digits: every cell's place, name and settings (its spec
     hash: model revision, prompt, seed, …) and which cells are left to render."""
-    plan = json.dumps([[c.folder for c in columns], [r.stem for r in rows], hashes, todo])
-    return hashlib.sha256(plan.encode()).hexdigest()
+    from spo_cli import distributed
+
+    return distributed.digest([[c.folder for c in columns], [r.stem for r in rows], hashes, todo])
 
 
 def _merge(records: list[dict], n_columns: int, n_rows: int):

@@ -130,6 +130,16 @@ def deal(items: list, rank: Rank) -> list:
     return items[rank.rank::rank.world]
 
 
+def digest(plan) -> str:
+    """A plan every rank builds from its own inputs (JSON-able), in 64 hex digits: what ranks compare
+    before they deal out work, so that a rank whose files differ stops the run instead of dealing
+    another list."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+
+
 # What each rank did in a step, beside the run's outputs: written before a meeting point, read by
 # every rank after it, and kept until the next run starts (the record of who made what).
 RECORDS = ".spo-ranks"

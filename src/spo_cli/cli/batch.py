@@ -378,10 +378,7 @@ def plan_digest(images: list[tuple[str, str]], left: list[str]) -> str:
     """What a rank deals out: every image's (name, spec hash with the model's identity), and the names
     left to make. A node whose cache holds another model revision, or another file at the prompt file's
     path, differs here."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps([images, left]).encode()).hexdigest()
+    return distributed.digest([images, left])
 
 
 def report(ui: UI, rows: list[dict], manifest: Path, elapsed: float, interrupted: int | None,
