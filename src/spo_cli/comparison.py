@@ -437,11 +437,7 @@ def write_page(out: Path, name: str, columns: list[Column], rows: list[ImageTask
     last = rows[cells[-1][0][1]].request
     size = size or grid.fit((last.width or 1024, last.height or 1024), cell_size)
     image = grid.render(images, column_labels, row_labels, size, captions, corner=corner)
-    data = metadata.encode_grid(image, index_name, shown, provenance=provenance)
-    if signer is not None:
-        data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
-    files.atomic_write(out / name, data, overwrite=True)
-    return out / name
+    return _save_grid(out, name, image, index_name, shown, provenance, signer)
 
 
 def write_contact(out: Path, name: str, pages: list[Path], labels: list[str], cell_size: int, index_name: str, *,
@@ -456,9 +452,14 @@ def write_contact(out: Path, name: str, pages: list[Path], labels: list[str], ce
         with Image.open(p) as im:
             im.load()
             images.append(im)
-    size = grid.fit(images[0].size, max(cell_size, 2 * cell_size))
+    size = grid.fit(images[0].size, 2 * cell_size)
     image = grid.render([images], labels, [("", "")], size)
-    shown = [p.name for p in pages]
+    return _save_grid(out, name, image, index_name, [p.name for p in pages], provenance, signer)
+
+
+def _save_grid(out: Path, name: str, image, index_name: str, shown: list[str], provenance: bool, signer) -> Path:
+    """A grid page or contact sheet, with its XMP (and, with `signer`, signed: a composite of generated
+    images), written whole."""
     data = metadata.encode_grid(image, index_name, shown, provenance=provenance)
     if signer is not None:
         data = signer.sign_grid(data, name, metadata.grid_record(index_name, shown))
