@@ -27,14 +27,8 @@ from spo_cli.comparison import Column, build_columns
 from spo_cli.errors import UsageError
 from spo_cli.outputs import naming
 from spo_cli.request import ImageTask
+from spo_cli.scores.sweep import Dim, ScoredCell  # the shapes the scored summary takes
 from spo_cli.sweep import axes as ax
-
-
-class Dim(NamedTuple):
-    """A dimension of the sweep: a named axis, or the implicit model columns. `labels` as the grid shows them."""
-
-    name: str
-    labels: tuple[str, ...]
 
 
 class Cell(NamedTuple):
@@ -357,13 +351,6 @@ def settings(column: Column, task: ImageTask) -> dict:
             "prompt": r.prompt, "negative": r.negative_prompt, "seed": r.seed, "steps": r.steps,
             "guidance": r.guidance, "scheduler": r.scheduler, "width": r.width, "height": r.height,
             "prompt_syntax": r.prompt_syntax, "emphasis": r.emphasis, "strength": r.strength}
-
-
-class ScoredCell(NamedTuple):
-    coords: tuple[int, ...]  # the value index per dim
-    base_row: int  # cells pair on (coords without the versus dim, base_row)
-    group: str  # the prompt: the bootstrap's cluster
-    scores: dict | None
 
 
 def scored_cells(plan: Plan, scores: list[list[dict | None]]) -> list[ScoredCell]:
