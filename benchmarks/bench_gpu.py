@@ -723,6 +723,7 @@ class Bench:
                 row.load_s, row.weights_vram = owner.load_s, owner.weights_vram
                 row.note = f"same loaded object as {owner.key}"
             kind = "compile" if key in COMPILED else "warm-up"
+            self.save(in_progress=f"{key}: loaded, first call ({kind}) at {steps} steps")
             first = self.call(key, steps, kind, "load")
             if kind == "compile":
                 row.first_call_s = first
@@ -878,6 +879,10 @@ def run_recipe_child(bench: Bench, args, keys: list[str], timeout: float) -> Non
         killed = True
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    except BaseException:  # this process interrupted (timeout --signal=INT): the child must not outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     wall = time.perf_counter() - t0
     row = bench.row("recipe")
     try:
@@ -1042,8 +1047,12 @@ def render(results: dict) -> str:
             out.append(f"| {rows[p['a']]['label']} | {rows[p['b']]['label']} | {p['steps']} | {p['max']} | "
                        f"{p['mean']:.4f} | {p['expected']} |")
     if any(c["phase"] == "recipe" for r in rows.values() for c in r.get("calls", [])):
-        out += ["", "diffusers' compile recipe, interleaved with the snippet and spo --fast (a later phase of the "
-                "same process):", ""] + table(results, "recipe", RECIPE_ROUND)
+        out += ["", "diffusers' compile recipe, interleaved with the snippet and spo --fast (in a process of its own: the "
+                "recipe's inductor flags are process-wide):", ""] + table(results, "recipe", RECIPE_ROUND)
+    recipe = rows.get("recipe")
+    if recipe and (recipe.get("skipped") or recipe.get("error")):
+        why = f"skipped: {recipe['skipped']}" if recipe.get("skipped") else f"failed: {recipe['error']}"
+        out += ["", f"{recipe['label']}: {why}" + (f" (load {recipe['load_s']:.1f} s)" if recipe.get("load_s") else "")]
     solo = [k for k in SOLO if k in rows]
     if solo:
         out += ["", "One at a time (each loaded alone):", ""] + table(results, "solo", solo)
@@ -1254,6 +1263,9 @@ def main() -> None:
         if live and not past("load and interleave", live):
             print("## Load (all kept loaded) and warm up or compile", flush=True)
             for key in live:
+                if left() is not None and left() <= 0:
+                    bench.rows[key].skipped = f"past --deadline-s {args.deadline_s:g} (not loaded)"
+                    continue
                 bench.save(in_progress=f"load: {key}")
                 bench.load(key)
                 bench.save()
