@@ -179,7 +179,7 @@ def render(results: list[dict], totals: dict) -> str:
                        f"d {r['head_dim']}) | {r['backend']} | {r['ms']:.4f} | {r['tflops']:.3g} | "
                        f"{r['max_abs_diff_vs_math']:.2e} |")
         else:
-            out.append(f"| {r['shape']} | {r['backend']} | unavailable: {r['error']} | | |")
+            out.append(f"| {r['shape']} | {r['backend']} | unavailable: {r['error'].split('. ')[0][:100]} | | |")
     out += ["", "| backend | attention ms per UNet step (Σ ms × layers) |", "|---|---:|"]
     for backend, ms in totals.items():
         out.append(f"| {backend} | {'n/a (a shape unavailable)' if ms is None else f'{ms:.3f}'} |")
