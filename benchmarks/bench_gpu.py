@@ -1108,7 +1108,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=MIN_STEADY,
                     help=f"N, steady calls per contender and step count after the settling call (default {MIN_STEADY})")
     ap.add_argument("--deadline-s", type=float, default=None,
-                    help="start no phase (and no solo contender) after this many seconds; what is done is kept")
+                    help="start no phase, load or solo contender after this many seconds (one already running goes on, "
+                         "saving round by round); what is done is kept")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="model folders, compile cache, results.json (default: a folder under the temp dir)")
     ap.add_argument("--rebuild", action="store_true", help="build and save the model even if the workdir has it")

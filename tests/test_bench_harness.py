@@ -129,3 +129,16 @@ def test_attention_per_step_totals_need_every_shape():
                {"shape": "s", "backend": "B", "ms": 0.5, "layers_per_step": 10},
                {"shape": "c", "backend": "B", "error": "unavailable", "layers_per_step": 60}]
     assert bench_attention.per_step(results) == {"A": pytest.approx(16.0), "B": None}
+
+
+def test_a_refused_contender_is_skipped_with_spos_own_words_and_a_crash_is_not():
+    from spo_cli.errors import UsageError
+
+    refused = UsageError("--quantize fp8 needs a CUDA GPU.", "Run it on an Ada or Hopper GPU.")
+    assert bench_gpu.refusal(refused) == "--quantize fp8 needs a CUDA GPU. Run it on an Ada or Hopper GPU."
+    # A spo-cli whose ModelRequest has no such field yet: skipped, saying so.
+    old = TypeError("ModelRequest.__init__() got an unexpected keyword argument 'quantize'")
+    assert "no quantize field" in bench_gpu.refusal(old)
+    # Anything else is a failure of the contender, not a refusal.
+    assert bench_gpu.refusal(RuntimeError("CUDA error: an illegal memory access")) is None
+    assert bench_gpu.refusal(TypeError("unsupported operand")) is None
