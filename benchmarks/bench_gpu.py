@@ -3,37 +3,54 @@
 In one process it builds an SDXL with random weights from SDXL-base-1.0's published component
 configs (benchmarks/sdxl/*.json: same architecture, same parameter count, same FLOPs as the real
 checkpoint), saves it in diffusers layout (float16 safetensors) with the fp16-fix VAE as a separate
-folder, then times, at 1024×1024, guidance 5.0, batch 1, for each of --steps:
+folder, then times, at 1024×1024, guidance 5.0, batch 1, for each of --steps.
 
-  a. the authors' snippet: StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=float16,
-     vae=AutoencoderKL.from_pretrained(vae_folder, ...)).to("cuda"), CUDA generator seeded 42;
-  b. spo, default options: Engine.load(resolve_model(ModelRequest(model=folder, vae=vae_folder)), "cuda");
-  c. spo --fast (torch.compile with CUDA graphs): the first call (compile) apart from steady state, then
-     a second process that loads with --fast again and reports its first call, to show that the
-     compile cache (TORCHINDUCTOR_CACHE_DIR, a fresh folder under --workdir for both) is reused;
-  d. spo --offload model, and --offload sequential (slow: at --seq-steps steps only);
-  e. diffusers' img2img made with from_pipe from a.'s pipeline, on an input image at --size, strength 0.75;
-  f. spo --image, the same input and strength (its time ÷ e.'s in the ratio column);
-  g. spo --hires 1.5 (latent upscaler, A1111's default): --size, then 1.5× — its peak VRAM is what must
-     fit a 24 GB GPU at 1024 → 1536; the VAE options spo turns on to fit are printed.
+Phases, in this order by default (each saves WORKDIR/results.json as it ends, so a run cut short
+keeps what it measured; --deadline-s starts no phase past it):
 
-For each: seconds per image, it/s (steps ÷ seconds per image, end to end: text encoders, denoising
-and VAE decode), achieved TFLOP/s and MFU (UNet FLOPs only, counted once with FlopCounterMode on
-the meta device at batch 2 for classifier-free guidance, × steps, ÷ seconds per image ÷ the GPU's
-dense fp16 peak), peak VRAM (torch.cuda.max_memory_allocated, reset before each load), load time
-(from a warm page cache to ready, synchronised) and peak host RSS (the process's high-water mark,
-reset before each load through /proc/self/clear_refs; ru_maxrss where that is not possible).
-Each contender is warmed up once before it is timed (except the compile measurement) and freed
-before the next. Rows are printed as they finish and saved to WORKDIR/results.json; the markdown
-table comes at the end.
+  1. load, all kept on the GPU at once (about 7 GiB each): the authors' snippet (under
+     torch.inference_mode, as spo runs; and the same pipeline "as written", under the no_grad of
+     diffusers' __call__), spo default (noise drawn on the CPU, spo's default; and the same engine
+     with --generator-device cuda, the authors' noise device: the parity row), spo --fast and
+     spo --fast --quantize fp8 (ModelRequest(quantize="fp8"); a refusal, or a spo-cli without the
+     field, makes the row "skipped: <spo's own message>"). Each is warmed up once; the first call of
+     a compiled contender is the compile, timed and kept apart.
+  2. steady state, interleaved: for each step count, one settling round and then --repeat (N ≥ 3)
+     rounds, each round calling every loaded contender once, in an order rotated by one each round
+     (snippet, spo, fast, …; then spo, fast, …, snippet). STEADY STATE = the N calls at a step count
+     that follow the first call at that step count after the warm-up (or compile) call. Every call's
+     raw time is kept in results.json (rows.<key>.calls), with its phase, round and position.
+  3. pixels: max and mean |Δ| in /255 on the same seed: --fast vs default, fp8 vs default, the
+     snippet vs spo with the same noise device (0 expected), inference_mode vs no_grad (0 expected).
+  4. spo --fast in a second process, with the first process's compile cache (TORCHINDUCTOR_CACHE_DIR,
+     a fresh folder under --workdir): its first call shows what the cache saves.
+  5. the snippet with diffusers' own compile recipe (the SDXL guide, docs/source/en/tutorials/
+     fast_diffusion.md, removed from diffusers' docs in May 2025 and not replaced): inductor's
+     conv_1x1_as_mm, coordinate_descent_tuning, epilogue_fusion=False and
+     coordinate_descent_check_all_directions; UNet and VAE in channels_last; fuse_qkv_projections;
+     torch.compile(mode="max-autotune", fullgraph=True) of the UNet and of vae.decode. Its compile
+     (the first call) is timed, then it is interleaved with the snippet and spo --fast (settling
+     round + N rounds). Last of the main phases: its max-autotune compile took over 280 s on an
+     H200 (benchmarks/README.md), and cannot be stopped part-way in this process.
+  6. what is left, one contender at a time (each loaded alone, N timed calls after a settling call):
+     spo --offload model and --offload sequential (at --seq-steps), diffusers' img2img (from_pipe of
+     the snippet) and spo --image on the same input at strength 0.75, spo --hires 1.5 (latent).
 
-    python benchmarks/bench_gpu.py [--steps 30,50] [--seq-steps 4] [--skip fast-reuse,...]
-                                   [--only ...] [--repeat N] [--deadline-s S] [--workdir DIR]
+For each: seconds per image (median, min and max of the steady calls), it/s (steps ÷ s/image, end to
+end: text encoders, denoising and VAE decode), achieved TFLOP/s and MFU (UNet FLOPs only, counted once
+with FlopCounterMode on the meta device at batch 2 for classifier-free guidance, × steps, ÷ s/image ÷
+the GPU's dense fp16 peak), VRAM of the weights (allocated by the load) and peak VRAM (the weights +
+the highest allocation above them during its calls), and load time (from a warm page cache to ready,
+synchronised).
+
+    python benchmarks/bench_gpu.py [--steps 50,30] [--repeat 3] [--deadline-s S] [--only ...|--skip ...]
+                                   [--seq-steps 4] [--workdir DIR] [--peak-tflops T]
     python benchmarks/bench_gpu.py --toy            # the same code path on the CPU, tiny model
     python benchmarks/bench_gpu.py --check-configs  # parameter counts of benchmarks/sdxl/*.json
+    python benchmarks/bench_gpu.py --render results.json   # the tables again, from a saved run
 
 --toy runs the very same code on the CPU with the tiny random SDXL of spo_cli.tiny (64×64, 2 steps,
-float32): CUDA-only parts (VRAM, offload modes, MFU) are reported as skipped or n/a.
+float32): CUDA-only parts (VRAM, offload modes, CUDA noise, fp8, MFU) are reported as skipped or n/a.
 """
 
 from __future__ import annotations
@@ -69,6 +86,14 @@ PROMPT = "a child and a penguin sitting on the moon"
 SEED = 42
 CHILD_MARK = "BENCH_GPU_CHILD_RESULT "
 GIB = 1024**3
+MIN_STEADY = 3  # the definition below asks for at least this many steady calls
+
+STEADY_DEFINITION = (
+    "steady state: for each contender, phase and step count, the N calls that follow the first call at that "
+    "step count made after the contender's warm-up (or compile) call; that first call (settling: e.g. a CUDA "
+    "graph recorded on a later call than the first) is kept in the raw times but not counted. N = --repeat; "
+    f"rows with N < {MIN_STEADY} are marked 'not steady state'. Contenders are interleaved: each round calls "
+    "every loaded contender once, the order rotated by one each round.")
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, matched in order against the device name.
 PEAKS = [
@@ -82,25 +107,54 @@ PEAKS = [
 ]
 
 CONTENDERS = {  # key → table label, in table order
-    "snippet": "a. authors' snippet (diffusers)",
-    "spo": "b. spo (default)",
+    "snippet": "a. authors' snippet (diffusers), inference_mode",
+    "snippet-nograd": "a'. authors' snippet as written (no_grad)",
+    "spo": "b. spo (default, CPU noise)",
+    "spo-cuda-gen": "b'. spo --generator-device cuda",
     "fast": "c. spo --fast",
+    "fast-fp8": "c'. spo --fast --quantize fp8",
     "fast-reuse": "c. spo --fast, 2nd process",
+    "recipe": "r. snippet + diffusers' compile recipe",
     "offload-model": "d. spo --offload model",
     "offload-sequential": "d. spo --offload sequential",
     "img2img-snippet": "e. diffusers img2img (from_pipe of a.)",
     "img2img": "f. spo --image",
     "hires": "g. spo --hires 1.5 (latent)",
 }
-RUN_ORDER = ["snippet", "spo", "offload-model", "offload-sequential", "fast", "fast-reuse", "img2img-snippet",
-             "img2img", "hires"]
+# Phase by phase (see the docstring): what a ~9-minute GPU call can afford comes first.
+INTERLEAVED = ["snippet", "snippet-nograd", "spo", "spo-cuda-gen", "fast", "fast-fp8"]
+RECIPE_ROUND = ["snippet", "fast", "recipe"]  # the recipe's interleaved phase: it against the snippet and --fast
+SOLO = ["offload-model", "offload-sequential", "img2img-snippet", "img2img", "hires"]
+RUN_ORDER = [*INTERLEAVED, "fast-reuse", "recipe", *SOLO]
+COMPILED = {"fast", "fast-fp8", "fast-reuse", "recipe"}
+CUDA_ONLY = {"spo-cuda-gen": "needs CUDA (the CPU toy's default noise is already the CPU's)",
+             "offload-model": "needs CUDA", "offload-sequential": "needs CUDA"}
 STRENGTH = 0.75  # img2img rows: A1111's default; they run int(steps × STRENGTH) of each step count
 HIRES = 1.5  # the hires row: --size, then ×1.5 (1024² → 1536², what must fit a 24 GB GPU)
-# Whose time each row is divided by in the table's "time ÷ snippet" column.
-BASELINE = {"spo": "snippet", "fast": "snippet", "offload-model": "snippet", "offload-sequential": "snippet",
-            "img2img": "img2img-snippet"}
-
-
+# Whose time each row is divided by in the table's "÷ snippet" column (same phase).
+BASELINE = {k: "snippet" for k in ("snippet-nograd", "spo", "spo-cuda-gen", "fast", "fast-fp8", "recipe",
+                                   "offload-model", "offload-sequential")}
+BASELINE["img2img"] = "img2img-snippet"
+# Ratios of medians worth a line of their own: (numerator, denominator, why).
+RATIOS = [
+    ("spo", "snippet", "spo's default against the snippet, same grad mode"),
+    ("spo-cuda-gen", "snippet", "the parity row: same grad mode and noise device as the snippet"),
+    ("fast", "snippet", "spo --fast against the eager snippet"),
+    ("fast", "recipe", "spo --fast against diffusers' own compile recipe: what spo adds beyond it"),
+    ("fast-fp8", "fast", "fp8 against --fast"),
+    ("fast-fp8", "snippet", "fp8 against the eager snippet"),
+    ("snippet-nograd", "snippet", "no_grad (as written) against inference_mode"),
+]
+# Pixel comparisons on the same seed: (a, b, what is expected).
+PIXEL_PAIRS = [
+    ("fast", "spo", "≤ 2/255 (float rounding; --fast's promise)"),
+    ("fast-fp8", "spo", "changes pixels (opt-in); to report"),
+    ("fast-fp8", "fast", "to report"),
+    ("snippet", "spo-cuda-gen", "0: same pipeline call, same noise device"),
+    ("snippet", "spo", "CPU toy: 0 (both draw noise on the CPU); CUDA: other noise, other image"),
+    ("snippet-nograd", "snippet", "0: the grad mode changes no pixel"),
+    ("recipe", "snippet", "float rounding (compiled kernels)"),
+]
 # ---------------------------------------------------------------------------------------------
 # Configs
 
@@ -298,6 +352,43 @@ def trim_host_memory() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Pure helpers (tested in tests/test_bench_harness.py)
+
+
+def rotation(keys: list[str], rounds: int, start: int = 0) -> list[list[str]]:
+    """The call order of `rounds` interleaved rounds: every key once a round, the order rotated by one
+    each round, so that no contender always runs first, last or after the same neighbour."""
+    n = len(keys)
+    return [[keys[(r + start + i) % n] for i in range(n)] for r in range(rounds)] if n else []
+
+
+def steady_times(calls: list[dict], steps: int, phase: str) -> list[float]:
+    """The steady-state times of one contender at `steps` in `phase` (STEADY_DEFINITION): the timed
+    calls at that step count, less the first of them (settling). Warm-up and compile calls are not timed
+    calls."""
+    timed = [c["s"] for c in calls if c["kind"] == "timed" and c["steps"] == steps and c["phase"] == phase]
+    return timed[1:]
+
+
+def summary(times: list[float]) -> dict | None:
+    if not times:
+        return None
+    return {"n": len(times), "median": statistics.median(times), "min": min(times), "max": max(times),
+            "steady": len(times) >= MIN_STEADY}
+
+
+def pixel_diff(a, b) -> dict:
+    """max and mean |a − b| of two 8-bit RGB images (PIL images or uint8 arrays), in /255."""
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
+    if x.shape != y.shape:
+        raise ValueError(f"images of different shapes: {x.shape} and {y.shape}")
+    d = np.abs(x - y)
+    return {"max": int(d.max()), "mean": round(float(d.mean()), 4)}
+
+
+# ---------------------------------------------------------------------------------------------
 # Contenders
 
 
@@ -310,6 +401,7 @@ class Ctx:
     guidance: float
     model: Path
     vae: Path
+    recipe_mode: str = "max-autotune"  # the recipe contender's torch.compile mode (--recipe-mode)
 
     @property
     def cuda(self) -> bool:
@@ -338,16 +430,23 @@ class Ctx:
 class Row:
     key: str
     label: str
+    grad_mode: str | None = None  # the autograd mode the call runs under
+    noise_device: str | None = None  # where the initial noise is drawn
     load_s: float | None = None
-    first_call_s: float | None = None  # --fast: the call that compiles (steps = first of --steps)
-    times: dict[int, float] = field(default_factory=dict)  # steps → seconds per image
-    peak_vram: int | None = None
-    peak_rss: int | None = None
-    rss_before: int | None = None
+    first_call_s: float | None = None  # compiled contenders: the call that compiles (steps = first of --steps)
+    calls: list[dict] = field(default_factory=list)  # every call: steps, s, kind, phase, round, position
+    weights_vram: int | None = None  # bytes allocated by the load (shared objects: the first to load them)
+    peak_vram: int | None = None  # weights + the highest allocation above what was held before a call
+    peak_rss: int | None = None  # solo contenders and the 2nd process: the process high-water mark
+    rss_load: int | None = None  # VmRSS added by the load
     rss_is_cumulative: bool = False
     skipped: str | None = None
     error: str | None = None
     note: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return not (self.skipped or self.error)
 
 
 def load_snippet(ctx: Ctx):
@@ -360,30 +459,65 @@ def load_snippet(ctx: Ctx):
         str(ctx.model), torch_dtype=dt, vae=AutoencoderKL.from_pretrained(str(ctx.vae), torch_dtype=dt)
     ).to(ctx.device)
     pipe.set_progress_bar_config(disable=True)  # the bar's cost is nil; it only clutters the log
+    # With invisible-watermark installed, diffusers marks every image (about 0.12 s of CPU per 1024²
+    # image, benchmarks/bench_provenance.py) and spo does not by default: the snippet is timed without
+    # it, as on a node without the package. Recorded in results.json.
+    pipe.watermark = None
     return pipe
 
 
-def call_snippet(ctx: Ctx, pipe, steps: int) -> None:
+def call_snippet(ctx: Ctx, pipe, steps: int, *, as_written: bool = False):
+    """One image, CUDA noise seeded 42 as the authors' script draws it. spo runs under
+    torch.inference_mode; the pipeline's own __call__ runs under no_grad: `as_written` keeps that."""
     import torch
 
-    pipe(prompt=PROMPT, num_inference_steps=steps, guidance_scale=ctx.guidance, height=ctx.size, width=ctx.size,
-         generator=torch.Generator(ctx.device).manual_seed(SEED)).images[0]
+    def run():
+        return pipe(prompt=PROMPT, num_inference_steps=steps, guidance_scale=ctx.guidance, height=ctx.size,
+                    width=ctx.size, generator=torch.Generator(ctx.device).manual_seed(SEED)).images[0]
+
+    if as_written:
+        return run()
+    with torch.inference_mode():
+        return run()
 
 
-def load_spo(ctx: Ctx, **options):
+RECIPE_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+                   "coordinate_descent_check_all_directions": True}
+
+
+def load_recipe(ctx: Ctx):
+    """The snippet, then diffusers' SDXL compile recipe as its guide wrote it (see the docstring), in
+    --recipe-mode (the guide's max-autotune unless asked). The inductor flags are process-wide: the
+    recipe runs in a process of its own (run_recipe_child)."""
+    import torch
+    import torch._inductor.config as inductor
+
+    pipe = load_snippet(ctx)
+    for name, value in RECIPE_INDUCTOR.items():
+        setattr(inductor, name, value)
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.fuse_qkv_projections()
+    pipe.unet = torch.compile(pipe.unet, mode=ctx.recipe_mode, fullgraph=True)
+    pipe.vae.decode = torch.compile(pipe.vae.decode, mode=ctx.recipe_mode, fullgraph=True)
+    return pipe
+
+
+def load_spo(ctx: Ctx, quantize: str | None = None, **options):
     from spo_cli.engine import Engine
     from spo_cli.request import ModelRequest, RunOptions
     from spo_cli.resolve import resolve_model
 
-    request = ModelRequest(model=str(ctx.model), vae=str(ctx.vae), dtype=ctx.dtype, device=ctx.device)
+    extra = {"quantize": quantize} if quantize else {}  # a spo-cli without the field raises TypeError here
+    request = ModelRequest(model=str(ctx.model), vae=str(ctx.vae), dtype=ctx.dtype, device=ctx.device, **extra)
     return Engine.load(resolve_model(request, ctx.dtype, local_only=True), ctx.device, RunOptions(**options))
 
 
-def call_spo(ctx: Ctx, engine, steps: int) -> None:
+def call_spo(ctx: Ctx, engine, steps: int, generator_device: str = "cpu"):
     from spo_cli.request import ImageRequest
 
-    engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
-                             height=ctx.size)])
+    return engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
+                                    height=ctx.size, generator_device=generator_device)])[0].image
 
 
 def load_snippet_img2img(ctx: Ctx):
@@ -391,112 +525,296 @@ def load_snippet_img2img(ctx: Ctx):
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    return StableDiffusionXLImg2ImgPipeline.from_pipe(load_snippet(ctx), torch_dtype=getattr(torch, ctx.dtype),
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(load_snippet(ctx), torch_dtype=getattr(torch, ctx.dtype),
                                                       add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
-def call_snippet_img2img(ctx: Ctx, pipe, steps: int) -> None:
+def call_snippet_img2img(ctx: Ctx, pipe, steps: int):
     import torch
     from PIL import Image
 
     with Image.open(ctx.input_image) as im:
         image = im.convert("RGB")
-    pipe(prompt=PROMPT, image=image, strength=STRENGTH, num_inference_steps=steps, guidance_scale=ctx.guidance,
-         generator=torch.Generator(ctx.device).manual_seed(SEED)).images[0]
+    with torch.inference_mode():
+        return pipe(prompt=PROMPT, image=image, strength=STRENGTH, num_inference_steps=steps,
+                    guidance_scale=ctx.guidance, generator=torch.Generator(ctx.device).manual_seed(SEED)).images[0]
 
 
-def call_spo_img2img(ctx: Ctx, engine, steps: int) -> None:
+def call_spo_img2img(ctx: Ctx, engine, steps: int):
     from spo_cli import inputs
     from spo_cli.request import ImageRequest
 
-    engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance,
-                             image=inputs.check(ctx.input_image), strength=STRENGTH)])
+    return engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance,
+                                    image=inputs.check(ctx.input_image), strength=STRENGTH)])[0].image
 
 
-def call_spo_hires(ctx: Ctx, engine, steps: int) -> None:
+def call_spo_hires(ctx: Ctx, engine, steps: int):
     from spo_cli.request import Hires, ImageRequest
 
-    engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
-                             height=ctx.size, hires=Hires(HIRES))])
+    out = engine.run([ImageRequest(prompt=PROMPT, seed=SEED, steps=steps, guidance=ctx.guidance, width=ctx.size,
+                                   height=ctx.size, hires=Hires(HIRES))])
     auto = engine.call_facts({}).get("run_options")
     if auto:  # the VAE options spo turned on to fit (the sidecar's run_options.vae_auto)
         print(f"  VAE options turned on to fit: {auto['vae_auto']}", flush=True)
+    return out[0].image
+
+
+@dataclass
+class Spec:
+    """How to make a contender: `obj` names the loaded object it calls (contenders may share one)."""
+
+    obj: str
+    load: object  # (ctx) -> object
+    call: object  # (ctx, obj, steps) -> PIL image
+    grad_mode: str
+    noise_device: str  # "cpu" or "device" (the GPU, or the CPU on the toy)
+    fixed_steps: bool = False  # offload-sequential: --seq-steps only
+
+
+def specs() -> dict[str, Spec]:
+    def spo_call(gen: str):
+        return lambda ctx, e, s: call_spo(ctx, e, s, "cuda" if gen == "device" and ctx.cuda else "cpu")
+
+    return {
+        "snippet": Spec("snippet", load_snippet, call_snippet, "inference_mode", "device"),
+        "snippet-nograd": Spec("snippet", load_snippet, lambda ctx, p, s: call_snippet(ctx, p, s, as_written=True),
+                               "no_grad (diffusers' __call__)", "device"),
+        "spo": Spec("spo", load_spo, spo_call("cpu"), "inference_mode", "cpu"),
+        "spo-cuda-gen": Spec("spo", load_spo, spo_call("device"), "inference_mode", "device"),
+        "fast": Spec("fast", lambda ctx: load_spo(ctx, fast=True), spo_call("cpu"), "inference_mode", "cpu"),
+        "fast-fp8": Spec("fast-fp8", lambda ctx: load_spo(ctx, quantize="fp8", fast=True), spo_call("cpu"),
+                         "inference_mode", "cpu"),
+        "recipe": Spec("recipe", load_recipe, call_snippet, "inference_mode", "device"),
+        "offload-model": Spec("offload-model", lambda ctx: load_spo(ctx, offload="model"), spo_call("cpu"),
+                              "inference_mode", "cpu"),
+        "offload-sequential": Spec("offload-sequential", lambda ctx: load_spo(ctx, offload="sequential"),
+                                   spo_call("cpu"), "inference_mode", "cpu", fixed_steps=True),
+        "img2img-snippet": Spec("img2img-snippet", load_snippet_img2img, call_snippet_img2img, "inference_mode",
+                                "device"),
+        "img2img": Spec("img2img", load_spo, call_spo_img2img, "inference_mode", "cpu"),
+        "hires": Spec("hires", load_spo, call_spo_hires, "inference_mode", "cpu"),
+    }
 
 
 def release(ctx: Ctx) -> None:
     import torch
 
     gc.collect()
-    torch._dynamo.reset()  # compiled graphs and CUDA graphs of --fast
+    torch._dynamo.reset()  # compiled graphs and CUDA graphs
     gc.collect()
     if ctx.cuda:
         torch.cuda.empty_cache()
     trim_host_memory()
 
 
-def measure(ctx: Ctx, row: Row, load, call, steps: list[int], *, compile_call: bool = False,
-            repeat: int = 1, log=print) -> Row:
-    """Load (timed), warm up or compile (timed as first_call_s when `compile_call`), time each of `steps`."""
-    import torch
+def refusal(e: BaseException) -> str | None:
+    """spo's own refusal of a contender (a SpoError's paragraph, or a TypeError from a ModelRequest
+    that has no such field yet), as the row's "skipped: ..." text; None for any other failure."""
+    from spo_cli.errors import SpoError
 
-    warm_page_cache(ctx.model, ctx.vae)
-    trim_host_memory()
-    if ctx.cuda:
-        held = torch.cuda.memory_allocated()
-        if held > 256 * 1024**2:
-            log(f"  warning: {held / GIB:.2f} GiB still allocated on the GPU before this load")
-        torch.cuda.reset_peak_memory_stats()
-    row.rss_before = rss_bytes("VmRSS")
-    row.rss_is_cumulative = not reset_rss_peak()
-    obj = None
-    try:
+    if isinstance(e, SpoError):
+        return e.paragraph()
+    if isinstance(e, TypeError) and "quantize" in str(e):
+        return f"this spo-cli's ModelRequest has no quantize field ({e})"
+    return None
+
+
+def error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
+class Bench:
+    """The loaded objects, the rows and the images of one run; save() after every phase."""
+
+    def __init__(self, ctx: Ctx, args, meta: dict, path: Path, log=print):
+        self.ctx, self.args, self.meta, self.path, self.log = ctx, args, meta, path, log
+        self.rows: dict[str, Row] = {}
+        self.objs: dict[str, object] = {}
+        self.images: dict[tuple[str, int], object] = {}  # (key, steps) → the last image, uint8 array
+        self.pixels: list[dict] = []
+        self.order: list[dict] = []  # the interleaved schedule as run
+        self.phases: list[dict] = []
+        self.specs = specs()
+
+    # -- bookkeeping --
+
+    def row(self, key: str) -> Row:
+        if key not in self.rows:
+            spec = self.specs.get(key)
+            label = CONTENDERS[key] + (f" ({self.ctx.recipe_mode})" if key == "recipe" else "")
+            self.rows[key] = Row(key, label, grad_mode=spec and spec.grad_mode,
+                                 noise_device=spec and (("cuda" if self.ctx.cuda else "cpu")
+                                                        if spec.noise_device == "device" else "cpu"))
+        return self.rows[key]
+
+    def save(self, in_progress: str | None = None) -> None:
+        data = {**self.meta, "steady_definition": STEADY_DEFINITION, "repeat": self.args.repeat,
+                "phases": self.phases, "in_progress": in_progress, "interleaved_order": self.order,
+                "pixels": self.pixels, "rows": {k: vars(r) for k, r in self.rows.items()}}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.path)  # a run killed mid-write keeps the previous phase's file whole
+
+    def phase(self, name: str, t0: float) -> None:
+        self.phases.append({"phase": name, "s": round(time.perf_counter() - t0, 2)})
+        self.save()
+
+    # -- one call --
+
+    def call(self, key: str, steps: int, kind: str, phase: str, rnd: int | None = None, pos: int | None = None):
+        """One synchronised, timed call; its raw time and VRAM above what was held go into the row."""
+        import numpy as np
+        import torch
+
+        ctx, row, spec = self.ctx, self.row(key), self.specs[key]
+        if ctx.cuda:
+            held = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         ctx.sync()
         t0 = time.perf_counter()
-        obj = load()
+        image = spec.call(ctx, self.objs[spec.obj], steps)
         ctx.sync()
-        row.load_s = time.perf_counter() - t0
-        log(f"  loaded in {row.load_s:.1f} s")
-        t0 = time.perf_counter()
-        call(obj, steps[0])  # warm-up (or, with --fast, the compiling first call)
-        ctx.sync()
-        first = time.perf_counter() - t0
-        if compile_call:
-            row.first_call_s = first
-        log(f"  {'first call (compile + run)' if compile_call else 'warm-up'} at {steps[0]} steps: {first:.2f} s")
-        for s in steps:
-            runs = []
-            for _ in range(repeat):
+        s = time.perf_counter() - t0
+        row.calls.append({"steps": steps, "s": s, "kind": kind, "phase": phase, "round": rnd, "position": pos})
+        if ctx.cuda and row.weights_vram is not None:
+            row.peak_vram = max(row.peak_vram or 0, row.weights_vram + torch.cuda.max_memory_allocated() - held)
+        if image is not None:
+            self.images[(key, steps)] = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return s
+
+    def fail(self, key: str, e: BaseException) -> None:
+        row = self.row(key)
+        row.error = error_text(e)
+        self.log(f"  {row.label}: failed: {row.error}")
+        traceback.print_exc()
+
+    # -- loading --
+
+    def load(self, key: str) -> bool:
+        """Load the object `key` calls (unless another contender loaded it), warm it up (compiled
+        contenders: the compile, timed as first_call_s). False when the row is skipped or failed."""
+        import torch
+
+        ctx, row, spec = self.ctx, self.row(key), self.specs[key]
+        steps = self.args.seq_steps if spec.fixed_steps else self.steps[0]
+        shared = spec.obj in self.objs
+        try:
+            if not shared:
+                warm_page_cache(ctx.model, ctx.vae)
+                trim_host_memory()
+                before = torch.cuda.memory_allocated() if ctx.cuda else None
+                rss = rss_bytes("VmRSS")
+                row.rss_is_cumulative = not reset_rss_peak()
                 ctx.sync()
                 t0 = time.perf_counter()
-                call(obj, s)
+                self.objs[spec.obj] = spec.load(ctx)
                 ctx.sync()
-                runs.append(time.perf_counter() - t0)
-            row.times[s] = statistics.median(runs)
-            log(f"  {s} steps: {row.times[s]:.3f} s/image" + (f" (median of {repeat})" if repeat > 1 else ""))
-    except Exception as e:  # an OOM or a library error in one contender must not lose the others
-        row.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        traceback.print_exc()
-    finally:
-        if ctx.cuda:
-            row.peak_vram = torch.cuda.max_memory_allocated()
-        row.peak_rss = rss_bytes("VmHWM")
-        if obj is not None:
+                row.load_s = time.perf_counter() - t0
+                if ctx.cuda:
+                    row.weights_vram = torch.cuda.memory_allocated() - before
+                now = rss_bytes("VmRSS")
+                row.rss_load = now - rss if now is not None and rss is not None else None
+                self.log(f"{row.label}: loaded in {row.load_s:.1f} s"
+                         + (f", {row.weights_vram / GIB:.2f} GiB on the GPU" if ctx.cuda else ""))
+            else:
+                owner = next(r for k, r in self.rows.items() if k != key and self.specs[k].obj == spec.obj)
+                row.load_s, row.weights_vram = owner.load_s, owner.weights_vram
+                row.note = f"same loaded object as {owner.key}"
+            kind = "compile" if key in COMPILED else "warm-up"
+            self.save(in_progress=f"{key}: loaded, first call ({kind}) at {steps} steps")
+            first = self.call(key, steps, kind, "load")
+            if kind == "compile":
+                row.first_call_s = first
+            self.log(f"  {row.label}: {'first call (compile + run)' if kind == 'compile' else 'warm-up'} at "
+                     f"{steps} steps: {first:.2f} s")
+            return True
+        except Exception as e:  # one contender's failure must not lose the others
+            why = refusal(e)
+            if why:
+                row.skipped = why
+                self.log(f"{row.label}: skipped: {why}")
+            else:
+                self.fail(key, e)
+            if not shared:
+                self.objs.pop(spec.obj, None)
+            return False
+
+    def unload_all(self) -> None:
+        import torch
+
+        for key, obj in list(self.objs.items()):
             pipe = getattr(obj, "pipe", obj)
             try:
                 pipe.remove_all_hooks()  # accelerate's offload hooks hold the modules
             except Exception:
                 pass
-            del pipe
-        del obj
-        release(ctx)
-    return row
+            del pipe, obj
+        self.objs.clear()
+        release(self.ctx)
+        if self.ctx.cuda:
+            held = torch.cuda.memory_allocated()
+            if held > 256 * 1024**2:
+                self.log(f"  warning: {held / GIB:.2f} GiB still allocated on the GPU after unloading")
+
+    # -- interleaved rounds --
+
+    def interleave(self, keys: list[str], phase: str, repeat: int) -> None:
+        """For each step count: one settling round, then `repeat` rounds, each key once a round, rotated."""
+        for steps in self.steps:
+            for rnd, order in enumerate(rotation(keys, repeat + 1, start=len(self.order))):
+                order = [k for k in order if self.rows[k].live]
+                self.order.append({"phase": phase, "steps": steps, "round": rnd, "order": order})
+                for pos, key in enumerate(order):
+                    try:
+                        self.call(key, steps, "timed", phase, rnd, pos)
+                    except Exception as e:
+                        self.fail(key, e)
+                self.save(in_progress=f"{phase}: {steps} steps, round {rnd} of {repeat} done")
+            for key in keys:
+                st = summary(steady_times(self.rows[key].calls, steps, phase))
+                if st:
+                    self.log(f"  {self.rows[key].label}, {steps} steps: median {st['median']:.3f} s "
+                             f"(min {st['min']:.3f}, max {st['max']:.3f}, N={st['n']})")
+
+    def compare(self, pairs) -> None:
+        done = {(p["a"], p["b"], p["steps"]) for p in self.pixels}
+        for a, b, expected in pairs:
+            for steps in self.steps:
+                if (a, b, steps) in done or (a, steps) not in self.images or (b, steps) not in self.images:
+                    continue
+                d = pixel_diff(self.images[(a, steps)], self.images[(b, steps)])
+                self.pixels.append({"a": a, "b": b, "steps": steps, **d, "expected": expected})
+                self.log(f"  pixels {a} vs {b}, {steps} steps: max |Δ| {d['max']}/255, mean {d['mean']}/255")
+
+    # -- solo contenders: loaded alone --
+
+    def solo(self, key: str) -> None:
+        spec = self.specs[key]
+        row = self.row(key)
+        try:
+            if not self.load(key):
+                return
+            for steps in ([self.args.seq_steps] if spec.fixed_steps else self.steps):
+                for rnd in range(self.args.repeat + 1):
+                    self.call(key, steps, "timed", "solo", rnd, 0)
+                st = summary(steady_times(row.calls, steps, "solo"))
+                self.log(f"  {steps} steps: median {st['median']:.3f} s (N={st['n']})")
+        except Exception as e:
+            self.fail(key, e)
+        finally:
+            row.peak_rss = rss_bytes("VmHWM")
+            self.unload_all()
+            self.save()
 
 
 def run_child(ctx: Ctx, args, steps: int, timeout: float) -> Row:
-    """Start this script again (--_fast-child): load with --fast, first call, steady call."""
-    row = Row("fast-reuse", CONTENDERS["fast-reuse"])
+    """Start this script again (--_fast-child): load with --fast, first call, then timed calls."""
+    row = Row("fast-reuse", CONTENDERS["fast-reuse"], grad_mode="inference_mode", noise_device="cpu")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_fast-child", "--workdir", str(args.workdir),
-           "--size", str(ctx.size), "--steps", str(steps), "--dtype", ctx.dtype, "--guidance", str(ctx.guidance)]
+           "--size", str(ctx.size), "--steps", str(steps), "--dtype", ctx.dtype, "--guidance", str(ctx.guidance),
+           "--repeat", str(args.repeat)]
     if args.toy:
         cmd.append("--toy")
     warm_page_cache(ctx.model, ctx.vae)
@@ -513,10 +831,9 @@ def run_child(ctx: Ctx, args, steps: int, timeout: float) -> Row:
         row.error = f"second process failed (exit {proc.returncode})"
         return row
     data = json.loads(results[-1][len(CHILD_MARK):])
-    row.load_s, row.first_call_s = data["load_s"], data["first_call_s"]
-    row.times = {int(k): v for k, v in data["times"].items()}
-    row.peak_vram, row.peak_rss, row.error = data["peak_vram"], data["peak_rss"], data["error"]
-    row.note = f"process wall time {wall:.1f} s (imports, load, first and second call)"
+    for name in ("load_s", "first_call_s", "calls", "weights_vram", "peak_vram", "peak_rss", "error"):
+        setattr(row, name, data[name])
+    row.note = f"process wall time {wall:.1f} s (imports, load, first call, {args.repeat + 1} more calls)"
     return row
 
 
@@ -524,15 +841,91 @@ def child_main(args) -> None:
     """The second --fast process: same folders, same TORCHINDUCTOR_CACHE_DIR (from the environment)."""
     ctx = make_ctx(args)
     quiet()
-    steps = parse_steps(args.steps)[:1]
-    row = measure(ctx, Row("fast-reuse", CONTENDERS["fast-reuse"]), lambda: load_spo(ctx, fast=True),
-                  lambda e, s: call_spo(ctx, e, s), steps, compile_call=True, log=lambda m: print(m, file=sys.stderr))
-    print(CHILD_MARK + json.dumps({"load_s": row.load_s, "first_call_s": row.first_call_s, "times": row.times,
-                                   "peak_vram": row.peak_vram, "peak_rss": row.peak_rss, "error": row.error}))
+    bench = Bench(ctx, args, {}, args.workdir / "child-results.json", log=lambda m: print(m, file=sys.stderr))
+    bench.steps = parse_steps(args.steps)[:1]
+    bench.specs["fast-reuse"] = bench.specs["fast"]
+    row = bench.row("fast-reuse")
+    if bench.load("fast-reuse"):
+        try:
+            for rnd in range(args.repeat + 1):
+                bench.call("fast-reuse", bench.steps[0], "timed", "solo", rnd, 0)
+        except Exception as e:
+            bench.fail("fast-reuse", e)
+    row.peak_rss = rss_bytes("VmHWM")
+    print(CHILD_MARK + json.dumps({k: getattr(row, k) for k in (
+        "load_s", "first_call_s", "calls", "weights_vram", "peak_vram", "peak_rss", "error")}))
+
+
+def run_recipe_child(bench: Bench, args, keys: list[str], timeout: float) -> None:
+    """Phase 5 in a child process (--_recipe-child): it loads `keys`, compiles the recipe, interleaves
+    them and saves its own results JSON after every step; whatever it saved is merged here, also when
+    it was killed at `timeout` (then the recipe row says where it stood)."""
+    import signal
+
+    path = args.workdir / "recipe-results.json"
+    path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_recipe-child", "--workdir", str(args.workdir),
+           "--size", str(args.size), "--steps", args.steps, "--dtype", args.dtype, "--guidance", str(args.guidance),
+           "--repeat", str(args.repeat), "--recipe-mode", args.recipe_mode, "--only", ",".join(keys)]
+    if args.toy:
+        cmd.append("--toy")
+    t0 = time.perf_counter()
+    # A session of its own, so that inductor's compile workers go with it when it is killed.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    killed = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        killed = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except BaseException:  # this process interrupted (timeout --signal=INT): the child must not outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    wall = time.perf_counter() - t0
+    row = bench.row("recipe")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = None
+    if data is None:
+        row.error = (f"killed after {wall:.0f} s (the time allowed) before it saved anything" if killed
+                     else f"the recipe's process ended (exit {proc.returncode}) before it saved anything")
+        return
+    for key, child in data["rows"].items():
+        if key == "recipe":
+            bench.rows["recipe"] = row = Row(**child)
+        elif key in bench.rows:  # the snippet and --fast: their calls of this phase, beside their own
+            bench.rows[key].calls += [c for c in child["calls"] if c["phase"] == "recipe"]
+    bench.pixels += data["pixels"]
+    bench.order += data["interleaved_order"]
+    if killed or proc.returncode != 0:
+        stood = data.get("in_progress") or "after its last save"
+        row.error = row.error or ((f"killed after {wall:.0f} s (the time allowed), during: {stood}") if killed
+                                  else f"the recipe's process failed (exit {proc.returncode}), during: {stood}")
+    row.note = f"child process, {wall:.0f} s in all (imports, loads, the recipe's compile, the rounds)"
+
+
+def recipe_child_main(args) -> None:
+    ctx = make_ctx(args)
+    quiet()
+    keys = [k for k in RECIPE_ROUND if k in args.only.split(",")]
+    bench = Bench(ctx, args, {}, args.workdir / "recipe-results.json")
+    bench.steps = parse_steps(args.steps)
+    for key in keys:
+        bench.save(in_progress=f"load: {key}" + (" (the compile: first call)" if key in COMPILED else ""))
+        bench.load(key)
+    bench.save(in_progress="recipe: interleaved rounds")
+    live = [k for k in keys if bench.rows[k].live]
+    if "recipe" in live:
+        bench.interleave(live, "recipe", args.repeat)
+        bench.compare([("recipe", "snippet", "float rounding (compiled kernels)")])
+    bench.save()
 
 
 # ---------------------------------------------------------------------------------------------
-# Output
+# Output (from the results JSON alone, so that a saved run can be rendered again: --render)
 
 
 def fmt(x, spec: str = ".2f", unit: str = "") -> str:
@@ -564,49 +957,114 @@ def header(ctx: Ctx) -> dict:
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
 
 
-def table(ctx: Ctx, info: dict, rows: dict[str, Row], step_flops: int, peak: float | None) -> str:
-    out = []
-    out.append("| contender | steps | s/image | it/s | TFLOP/s | MFU | time ÷ snippet | peak VRAM GiB "
-               "| load s | peak RSS GiB |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for key in CONTENDERS:
+def row_stats(row: dict, phase: str) -> dict[int, dict]:
+    """steps → summary of the row's steady calls in `phase`."""
+    out = {}
+    for steps in sorted({c["steps"] for c in row.get("calls", []) if c["phase"] == phase}):
+        st = summary(steady_times(row["calls"], steps, phase))
+        if st:
+            out[steps] = st
+    return out
+
+
+TABLE_HEAD = ("| contender | steps | N | s/image median | min – max | it/s | TFLOP/s | MFU | ÷ snippet | grad mode "
+              "| noise | VRAM weights / peak GiB | load s |")
+
+
+def table(results: dict, phase: str, keys: list[str]) -> list[str]:
+    rows, flops, peak = results["rows"], results["flops_per_step"], results.get("peak_tflops")
+    out = [TABLE_HEAD, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    for key in keys:
         row = rows.get(key)
         if row is None:
             continue
-        if row.skipped or row.error:
-            why = f"skipped: {row.skipped}" if row.skipped else f"failed: {row.error}"
-            out.append(f"| {row.label} | | {why} | | | | | {gib(row.peak_vram)} | {fmt(row.load_s, '.1f')} | |")
+        if row.get("skipped") or (row.get("error") and not row.get("calls")):
+            why = f"skipped: {row['skipped']}" if row.get("skipped") else f"failed: {row['error']}"
+            out.append(f"| {row['label']} | | | {why} | | | | | | | | | |")
             continue
-        if key == "fast-reuse":
-            continue  # in the compile table
-        base_row = rows.get(BASELINE.get(key, ""))
-        for s, t in sorted(row.times.items()):
-            # Steps the UNet ran: img2img runs the last int(steps × strength); the hires row mixes two
-            # sizes, so no FLOP count (its it/s are of the steps asked for).
-            ran = int(s * STRENGTH) if key.startswith("img2img") else s
-            tflops = step_flops * ran / t / 1e12
+        base = rows.get(BASELINE.get(key, ""))
+        base_stats = row_stats(base, phase) if base else {}
+        for steps, st in row_stats(row, phase).items():
+            t = st["median"]
+            ran = int(steps * STRENGTH) if key.startswith("img2img") else steps
+            tflops = flops * ran / t / 1e12
             mfu = f"{100 * tflops / peak:.3g} %" if peak and key not in ("offload-sequential", "hires") else "n/a"
-            if key == "offload-sequential":
-                tflops_s, its = "n/a", f"{s / t:.3g} ({t / s:.3g} s/step)"
-            else:
-                tflops_s, its = ("n/a" if key == "hires" else f"{tflops:.3g}"), f"{ran / t:.3g}"
-            base = (base_row.times.get(s) if base_row and not base_row.error and not base_row.skipped else None)
-            ratio = f"{t / base:.3f}" if base else "n/a"
-            rss = gib(row.peak_rss) + (" (cumulative)" if row.rss_is_cumulative else "")
-            out.append(f"| {row.label} | {s} | {t:.3f} | {its} | {tflops_s} | {mfu} | {ratio} | "
-                       f"{gib(row.peak_vram)} | {fmt(row.load_s, '.1f')} | {rss} |")
-    fast, reuse = rows.get("fast"), rows.get("fast-reuse")
-    lines = []
-    for row, what in ((fast, "1st process, fresh cache"), (reuse, "2nd process, cache from the 1st")):
-        if row is None or row.skipped or row.error or row.first_call_s is None or not row.times:
-            continue
-        s = min(row.times)
-        lines.append(f"| {what} | {fmt(row.load_s, '.1f')} | {s} | {row.first_call_s:.2f} | {row.times[s]:.3f} | "
-                     f"{row.first_call_s - row.times[s]:.2f} |")
-    if lines:
-        out += ["", "spo --fast, compile (TORCHINDUCTOR_CACHE_DIR under the workdir, emptied at the start):", "",
-                "| process | load s | steps | first call s | steady s/image | compile overhead s |",
-                "|---|---:|---:|---:|---:|---:|", *lines]
+            tfl = "n/a" if key == "hires" else f"{tflops:.3g}"
+            ratio = f"{t / base_stats[steps]['median']:.3f}" if steps in base_stats else "n/a"
+            n = f"{st['n']}" if st["steady"] else f"{st['n']} (not steady state: N < {MIN_STEADY})"
+            vram = f"{gib(row.get('weights_vram'))} / {gib(row.get('peak_vram'))}"
+            out.append(f"| {row['label']} | {steps} | {n} | {t:.3f} | {st['min']:.3f} – {st['max']:.3f} | "
+                       f"{ran / t:.3g} | {tfl} | {mfu} | {ratio} | {row.get('grad_mode') or ''} | "
+                       f"{row.get('noise_device') or ''} | {vram} | {fmt(row.get('load_s'), '.1f')} |")
+        if row.get("error"):
+            out.append(f"| {row['label']} | | | failed after {len(row['calls'])} calls: {row['error']} "
+                       f"| | | | | | | | | |")
+    return out
+
+
+def render(results: dict) -> str:
+    """The markdown tables of a results JSON: main interleaved phase, compile, ratios, pixels, recipe
+    phase, solo contenders."""
+    rows = results["rows"]
+    out = [f"Steady state, this file's definition: {results['steady_definition']}", ""]
+    out += ["Interleaved (all loaded at once):", ""] + table(results, "main", INTERLEAVED)
+    compiled = [(k, rows[k]) for k in ("fast", "fast-fp8", "fast-reuse", "recipe")
+                if k in rows and rows[k].get("first_call_s") is not None]
+    if compiled:
+        out += ["", "Compile: the first call after the load (TORCHINDUCTOR_CACHE_DIR under the workdir, emptied at the "
+                "start; the 2nd process reuses the 1st's):", "",
+                "| contender | load s | steps | first call s | steady median s/image | first call − steady s |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for key, row in compiled:
+            first_steps = next((c["steps"] for c in row["calls"] if c["kind"] == "compile"), None)
+            st = {}
+            for phase in ("main", "recipe", "solo"):
+                st = row_stats(row, phase)
+                if first_steps in st:
+                    break
+            med = st.get(first_steps, {}).get("median")
+            out.append(f"| {row['label']} | {fmt(row.get('load_s'), '.1f')} | {first_steps} | "
+                       f"{row['first_call_s']:.2f} | {fmt(med, '.3f')} | "
+                       f"{fmt(None if med is None else row['first_call_s'] - med, '.2f')} |")
+    ratio_lines = []
+    for a, b, why in RATIOS:
+        for phase in ("main", "recipe"):
+            sa = row_stats(rows[a], phase) if a in rows else {}
+            sb = row_stats(rows[b], phase) if b in rows else {}
+            for steps in sorted(set(sa) & set(sb)):
+                x, y = sa[steps], sb[steps]
+                ratio_lines.append(f"| {rows[a]['label']} ÷ {rows[b]['label']} | {phase} | {steps} | "
+                                   f"{x['median'] / y['median']:.3f} | {x['min'] / y['max']:.3f} – "
+                                   f"{x['max'] / y['min']:.3f} | {why} |")
+    if ratio_lines:
+        out += ["", "Ratios of steady medians, same process and phase (range: fastest over slowest to slowest over "
+                "fastest call):", "", "| ratio | phase | steps | median ÷ median | range | what it says |",
+                "|---|---|---:|---:|---:|---|", *ratio_lines]
+    if results.get("pixels"):
+        out += ["", "Pixels on the same seed (8-bit RGB, |Δ| in /255):", "",
+                "| a | b | steps | max abs diff | mean abs diff | expected |", "|---|---|---:|---:|---:|---|"]
+        for p in results["pixels"]:
+            out.append(f"| {rows[p['a']]['label']} | {rows[p['b']]['label']} | {p['steps']} | {p['max']} | "
+                       f"{p['mean']:.4f} | {p['expected']} |")
+    if any(c["phase"] == "recipe" for r in rows.values() for c in r.get("calls", [])):
+        out += ["", "diffusers' compile recipe, interleaved with the snippet and spo --fast (in a process of its own: the "
+                "recipe's inductor flags are process-wide):", ""] + table(results, "recipe", RECIPE_ROUND)
+    recipe = rows.get("recipe")
+    if recipe and (recipe.get("skipped") or recipe.get("error")):
+        why = f"skipped: {recipe['skipped']}" if recipe.get("skipped") else f"failed: {recipe['error']}"
+        out += ["", f"{recipe['label']}: {why}" + (f" (load {recipe['load_s']:.1f} s)" if recipe.get("load_s") else "")]
+    solo = [k for k in SOLO if k in rows]
+    if solo:
+        out += ["", "One at a time (each loaded alone):", ""] + table(results, "solo", solo)
+    reuse = rows.get("fast-reuse")
+    if reuse and (reuse.get("skipped") or reuse.get("error")):
+        why = f"skipped: {reuse['skipped']}" if reuse.get("skipped") else f"failed: {reuse['error']}"
+        out += ["", f"{reuse['label']}: {why}"]
+    elif reuse:
+        out += ["", f"{reuse['label']}: {reuse.get('note') or ''}; its timed calls: "
+                + ", ".join(f"{c['s']:.3f}" for c in reuse["calls"] if c["kind"] == "timed") + " s"]
+    if results.get("in_progress"):
+        out += ["", f"**The run stopped during: {results['in_progress']}** (what follows it was not measured)."]
     return "\n".join(out)
 
 
@@ -623,7 +1081,8 @@ def parse_steps(text: str) -> list[int]:
 def make_ctx(args) -> Ctx:
     device = "cpu" if args.toy else "cuda"
     return Ctx(toy=args.toy, device=device, dtype=args.dtype, size=args.size, guidance=args.guidance,
-               model=args.workdir / "model", vae=args.workdir / "vae")
+               model=args.workdir / "model", vae=args.workdir / "vae",
+               recipe_mode=getattr(args, "recipe_mode", "max-autotune"))
 
 
 def quiet() -> None:
@@ -632,18 +1091,25 @@ def quiet() -> None:
     quiet_libraries()
 
 
+def usage(message: str) -> None:
+    print(f"bench_gpu.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--toy", action="store_true", help="tiny model on the CPU: the same code path, in minutes")
-    ap.add_argument("--steps", default=None, help="comma-separated step counts (default 30,50; --toy: 2)")
+    ap.add_argument("--steps", default=None, help="comma-separated step counts (default 50,30; --toy: 2)")
     ap.add_argument("--seq-steps", type=int, default=None, help="steps for --offload sequential (default 4)")
     ap.add_argument("--size", type=int, default=None, help="image side in pixels (default 1024; --toy: 64)")
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                     help="default float16 (--toy: float32)")
     ap.add_argument("--guidance", type=float, default=5.0)
-    ap.add_argument("--repeat", type=int, default=1, help="timed calls per step count; the median is shown")
+    ap.add_argument("--repeat", type=int, default=MIN_STEADY,
+                    help=f"N, steady calls per contender and step count after the settling call (default {MIN_STEADY})")
     ap.add_argument("--deadline-s", type=float, default=None,
-                    help="skip contenders that would start after this many seconds (rows so far are kept)")
+                    help="start no phase, load or solo contender after this many seconds (one already running goes on, "
+                         "saving round by round); what is done is kept")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="model folders, compile cache, results.json (default: a folder under the temp dir)")
     ap.add_argument("--rebuild", action="store_true", help="build and save the model even if the workdir has it")
@@ -653,19 +1119,37 @@ def main() -> None:
     ap.add_argument("--child-timeout", type=float, default=600.0, help="seconds for the 2nd --fast process")
     ap.add_argument("--check-configs", action="store_true",
                     help="only check benchmarks/sdxl/*.json against the published parameter counts")
+    ap.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="print the tables of a saved results.json and exit")
+    ap.add_argument("--recipe-mode", default="max-autotune", choices=["max-autotune", "reduce-overhead"],
+                    help="torch.compile mode of the diffusers-recipe contender (default: the guide's max-autotune)")
+    ap.add_argument("--recipe-timeout", type=float, default=600.0,
+                    help="seconds for the recipe's process (also bounded by --deadline-s)")
     ap.add_argument("--_fast-child", dest="fast_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_recipe-child", dest="recipe_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.steps = args.steps or ("2" if args.toy else "30,50")
+    if args.render:
+        try:
+            print(render(json.loads(args.render.read_text())))
+        except (OSError, ValueError, KeyError) as e:
+            usage(f"cannot render {args.render}: {error_text(e)}")
+        return
+    args.steps = args.steps or ("2" if args.toy else "50,30")
     args.seq_steps = args.seq_steps or (2 if args.toy else 4)
     args.size = args.size or (64 if args.toy else 1024)
     args.dtype = args.dtype or ("float32" if args.toy else "float16")
     args.workdir = (args.workdir or Path(tempfile.gettempdir()) / ("spo-bench-gpu-toy" if args.toy else "spo-bench-gpu"))
     args.workdir = args.workdir.resolve()
+    if args.repeat < 1:
+        usage(f"--repeat must be at least 1 (steady state needs {MIN_STEADY}), not {args.repeat}.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the Hub
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
     if args.fast_child:
         child_main(args)
+        return
+    if args.recipe_child:
+        recipe_child_main(args)
         return
 
     if args.check_configs:
@@ -674,10 +1158,10 @@ def main() -> None:
         sys.exit(0 if ok else 1)
 
     steps = parse_steps(args.steps)
-    wanted = [k for k in RUN_ORDER if (not args.only or k in args.only.split(",")) and k not in args.skip.split(",")]
     for name in [*args.skip.split(","), *args.only.split(",")]:
         if name and name not in CONTENDERS:
-            raise SystemExit(f"unknown contender '{name}'; choose from {', '.join(RUN_ORDER)}")
+            usage(f"unknown contender '{name}'; choose from {', '.join(RUN_ORDER)}")
+    wanted = [k for k in RUN_ORDER if (not args.only or k in args.only.split(",")) and k not in args.skip.split(",")]
 
     # A fresh compile cache, shared by this process and the second --fast process (set before torch loads).
     cache = args.workdir / "inductor-cache"
@@ -708,7 +1192,7 @@ def main() -> None:
     if not ok:
         raise SystemExit("The SDXL configs do not give the published parameter counts; fix benchmarks/sdxl.")
 
-    # 1. The model.
+    # The model.
     marker = args.workdir / "model" / ".spo-bench.json"
     want = {"hash": config_hash(args.toy, ctx.dtype)}
     build_s = None
@@ -726,7 +1210,7 @@ def main() -> None:
     size_on_disk = folder_bytes(ctx.model) - sum(p.stat().st_size for p in (ctx.model / "vae").glob("*.safetensors"))
     size_on_disk += folder_bytes(ctx.vae)
 
-    # 2. FLOPs and the peak.
+    # FLOPs and the peak.
     cfgs = model_configs(args.toy)
     latent = ctx.size // 2 ** (len(cfgs["vae"]["block_out_channels"]) - 1)
     batch = 2 if ctx.guidance > 1 else 1
@@ -744,66 +1228,103 @@ def main() -> None:
                   f"(FlopCounterMode, meta device); VAE decode {decode_flops / 1e12:.4g} TFLOP per image, not counted in MFU")
     print(f"Work: {work}\nFLOPs: {flops_text}\nPeak for MFU: {peak_text}\n", flush=True)
 
-    # 3. The contenders.
-    rows: dict[str, Row] = {}
-    results_path = args.workdir / "results.json"
-
-    def save() -> None:
-        results_path.write_text(json.dumps({
-            "info": info, "work": work, "flops_per_step": step_flops, "vae_decode_flops": decode_flops,
-            "peak_tflops": peak, "build_s": build_s, "rows": {k: vars(r) for k, r in rows.items()}}, indent=2))
-
+    meta = {"info": info, "toy": args.toy, "work": work, "steps": steps, "flops_per_step": step_flops,
+            "vae_decode_flops": decode_flops, "peak_tflops": peak, "peak": peak_text, "build_s": build_s,
+            "snippet_watermark": "off (pipe.watermark = None): spo adds none by default",
+            "recipe": {"inductor": RECIPE_INDUCTOR, "channels_last": ["unet", "vae"], "fuse_qkv_projections": True,
+                       "compile": {"unet": f"{args.recipe_mode}, fullgraph",
+                                   "vae.decode": f"{args.recipe_mode}, fullgraph"}}}
+    bench = Bench(ctx, args, meta, args.workdir / "results.json")
+    bench.steps = steps
     for key in RUN_ORDER:
-        row = Row(key, CONTENDERS[key])
-        rows[key] = row
+        row = bench.row(key)
         if key not in wanted:
             row.skipped = "--skip/--only"
-        elif key.startswith("offload") and not ctx.cuda:
-            row.skipped = "needs CUDA"
-            print(f"{row.label}: skipped: needs CUDA", flush=True)
-        elif key == "fast-reuse" and (rows["fast"].skipped or rows["fast"].error):
-            row.skipped = "needs the 1st --fast run"
-        elif args.deadline_s and time.perf_counter() - t_start > args.deadline_s:
-            row.skipped = f"past --deadline-s {args.deadline_s:g}"
-            print(f"{row.label}: skipped: {row.skipped}", flush=True)
-        if row.skipped:
-            save()
-            continue
-        print(f"{row.label} ...", flush=True)
-        if key == "snippet":
-            measure(ctx, row, lambda: load_snippet(ctx), lambda p, s: call_snippet(ctx, p, s), steps, repeat=args.repeat)
-        elif key == "spo":
-            measure(ctx, row, lambda: load_spo(ctx), lambda e, s: call_spo(ctx, e, s), steps, repeat=args.repeat)
-        elif key == "fast":
-            measure(ctx, row, lambda: load_spo(ctx, fast=True), lambda e, s: call_spo(ctx, e, s), steps,
-                    compile_call=True, repeat=args.repeat)
-        elif key == "fast-reuse":
-            timeout = args.child_timeout
-            if args.deadline_s:
-                timeout = max(60.0, min(timeout, args.deadline_s + 60 - (time.perf_counter() - t_start)))
-            rows[key] = row = run_child(ctx, args, steps[0], timeout)
-            if row.error:
-                print(f"  failed: {row.error}")
-            else:
-                print(f"  loaded in {row.load_s:.1f} s; first call {row.first_call_s:.2f} s; then "
-                      f"{next(iter(row.times.values())):.3f} s/image ({row.note})")
-        elif key == "offload-model":
-            measure(ctx, row, lambda: load_spo(ctx, offload="model"), lambda e, s: call_spo(ctx, e, s), steps,
-                    repeat=args.repeat)
-        elif key == "offload-sequential":
-            measure(ctx, row, lambda: load_spo(ctx, offload="sequential"), lambda e, s: call_spo(ctx, e, s),
-                    [args.seq_steps])
-        elif key == "img2img-snippet":
-            measure(ctx, row, lambda: load_snippet_img2img(ctx), lambda p, s: call_snippet_img2img(ctx, p, s), steps,
-                    repeat=args.repeat)
-        elif key == "img2img":
-            measure(ctx, row, lambda: load_spo(ctx), lambda e, s: call_spo_img2img(ctx, e, s), steps,
-                    repeat=args.repeat)
-        elif key == "hires":
-            measure(ctx, row, lambda: load_spo(ctx), lambda e, s: call_spo_hires(ctx, e, s), steps, repeat=args.repeat)
-        if ctx.cuda and row.peak_vram is not None:
-            print(f"  peak VRAM {gib(row.peak_vram)} GiB, peak RSS {gib(row.peak_rss)} GiB", flush=True)
-        save()
+        elif key in CUDA_ONLY and not ctx.cuda:
+            row.skipped = CUDA_ONLY[key]
+    bench.save()
+
+    def left() -> float | None:
+        return None if args.deadline_s is None else args.deadline_s - (time.perf_counter() - t_start)
+
+    def past(what: str, keys: list[str]) -> bool:
+        if left() is not None and left() <= 0:
+            for k in keys:
+                if bench.rows[k].live:
+                    bench.rows[k].skipped = f"past --deadline-s {args.deadline_s:g} ({what} not started)"
+            print(f"{what}: skipped, past --deadline-s {args.deadline_s:g}", flush=True)
+            bench.save()
+            return True
+        return False
+
+    try:
+        # 1.-3. Everything of the interleaved phase, loaded at once; then the rounds; then the pixels.
+        t0 = time.perf_counter()
+        live = [k for k in INTERLEAVED if bench.rows[k].live]
+        if live and not past("load and interleave", live):
+            print("## Load (all kept loaded) and warm up or compile", flush=True)
+            for key in live:
+                if left() is not None and left() <= 0:
+                    bench.rows[key].skipped = f"past --deadline-s {args.deadline_s:g} (not loaded)"
+                    continue
+                bench.save(in_progress=f"load: {key}")
+                bench.load(key)
+                bench.save()
+            live = [k for k in live if bench.rows[k].live]
+            bench.phase("load", t0)
+            t0 = time.perf_counter()
+            if live:
+                print(f"## Interleaved: {', '.join(live)}; for each of {steps} steps one settling round and "
+                      f"{args.repeat} timed rounds", flush=True)
+                bench.interleave(live, "main", args.repeat)
+                bench.compare(PIXEL_PAIRS)
+                bench.phase("interleaved", t0)
+
+        # The objects of the interleaved phase are done with: the next phases run in other processes.
+        bench.unload_all()
+
+        # 4. The second --fast process.
+        t0 = time.perf_counter()
+        reuse = bench.rows["fast-reuse"]
+        if reuse.live and not bench.rows["fast"].calls:
+            reuse.skipped = "needs the 1st --fast run (compile cache)"
+        if reuse.live and not past("fast-reuse", ["fast-reuse"]):
+            timeout = args.child_timeout if left() is None else max(60.0, min(args.child_timeout, left() + 60))
+            print("## spo --fast in a second process, compile cache from this one", flush=True)
+            bench.save(in_progress="fast-reuse: second process running")
+            bench.rows["fast-reuse"] = reuse = run_child(ctx, args, steps[0], timeout)
+            print(f"  {reuse.error}" if reuse.error else
+                  f"  loaded in {reuse.load_s:.1f} s; first call {reuse.first_call_s:.2f} s ({reuse.note})", flush=True)
+            bench.phase("fast-reuse", t0)
+
+        # 5. diffusers' compile recipe, in a process of its own: its max-autotune compile cannot be
+        # stopped part-way in-process, and a child killed at the deadline leaves this one running.
+        t0 = time.perf_counter()
+        if bench.rows["recipe"].live and not past("recipe", ["recipe"]):
+            keys = [k for k in RECIPE_ROUND if bench.rows[k].live or k == "recipe"]
+            timeout = args.recipe_timeout if left() is None else max(30.0, min(args.recipe_timeout, left()))
+            print(f"## Snippet + diffusers' compile recipe ({args.recipe_mode}), interleaved with "
+                  f"{', '.join(k for k in keys if k != 'recipe')}, in a child process (at most {timeout:.0f} s)",
+                  flush=True)
+            bench.save(in_progress="recipe: child process running")
+            run_recipe_child(bench, args, keys, timeout)
+            bench.phase("recipe", t0)
+
+        # 6. The rest, one at a time.
+        for key in SOLO:
+            if not bench.rows[key].live or past(key, [key]):
+                continue
+            t0 = time.perf_counter()
+            print(f"## {CONTENDERS[key]} (loaded alone)", flush=True)
+            bench.save(in_progress=f"solo: {key}")
+            bench.solo(key)
+            bench.phase(key, t0)
+        bench.compare([("img2img", "img2img-snippet", "CPU toy: 0; CUDA: other noise device")])
+    except KeyboardInterrupt:  # `timeout --signal=INT`: keep what was measured, say where it stopped
+        print("\nInterrupted: results so far are saved.", flush=True)
+        bench.save(in_progress=json.loads(bench.path.read_text()).get("in_progress") or "interrupted")
+        raise SystemExit(130)
+    bench.save()
 
     total = time.perf_counter() - t_start
     print(f"\n## Results{' — CPU toy run, not GPU numbers' if args.toy else ''}\n")
@@ -813,12 +1334,12 @@ def main() -> None:
     print(f"- Work: {work}")
     print(f"- FLOPs: {flops_text}")
     print(f"- MFU = UNet FLOPs × steps ÷ (s/image) ÷ peak; peak: {peak_text}")
-    print("- s/image and it/s are end to end (text encoders, denoising, VAE decode); each contender warmed up "
-          "once; peak RSS is the process high-water mark from just before the load")
+    print("- s/image and it/s are end to end (text encoders, denoising, VAE decode); every call's raw time is in "
+          "results.json (rows.<key>.calls)")
     print(f"- Model build + save: {'reused from an earlier run' if build_s is None else f'{build_s:.1f} s'}; "
           f"whole benchmark: {total:.0f} s\n")
-    print(table(ctx, info, rows, step_flops, peak))
-    print(f"\nResults saved to {results_path}")
+    print(render(json.loads(bench.path.read_text())))
+    print(f"\nResults saved to {bench.path}")
 
 
 if __name__ == "__main__":
