@@ -409,8 +409,8 @@ def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelReques
     values["scheduler"] = field(field(meta, "scheduler", dict), "name", str, "scheduler.name")
     image = ImageRequest(**validate.image_values(values, where))
     asked = field(meta, "model_request", dict)
-    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae", "loras", "lora_dir")
-             if k in asked}
+    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae", "loras", "lora_dir",
+                                   "quantize") if k in asked}
     model = field(meta, "model", dict)
     if "model" not in known:
         raise where.error("model_request.model", "is missing")
