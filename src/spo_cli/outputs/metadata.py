@@ -179,6 +179,11 @@ def a1111_parameters(meta: dict) -> str:
         fields["Hires upscaler"] = infotext.HIRES_UPSCALER_NAMES[hr["upscaler"]]
     if meta.get("vae") and meta["vae"].get("id"):
         fields["VAE"] = meta["vae"]["id"].rstrip("/").split("/")[-1]
+    if (meta.get("model_request") or {}).get("quantize") == "fp8":
+        # A1111's own key for its fp8 weights (its "FP8 weight" setting, which writes it only when on). Its
+        # fp8 stores weights and computes in 16 bits; spo's computes the transformer GEMMs in float8.
+        # Either way an SDXL image made with fp8 weights, which a reader of the text should know.
+        fields["FP8 weight"] = "Enable for SDXL"
     if meta.get("watermark") is True:
         fields[infotext.WATERMARK_KEY] = infotext.WATERMARK_SDXL  # spo's key: A1111 writes no watermark
     fields["Version"] = f"spo-cli {meta['versions']['spo-cli']}"
