@@ -209,6 +209,8 @@ def eval(  # noqa: A001 - the command's name
             return
         report = eval_report.build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers,
                                           names, hps_version, perf_counter() - t0)
+        if eval_report.quantized_pairs(cols):  # spo,spo@fp8: what fp8 does to the pixels too
+            report["pixels"] = eval_report.pixel_distances(cols, rows, out / "cells", run.failed)
         if paper_run:
             eval_report.add_paper(report, dataset, dropped, names)
             for d in report["paper"]["deviations"]:
