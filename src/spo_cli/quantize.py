@@ -77,8 +77,8 @@ def precheck(quantize: str | None, device: str, dtype: str, offload: str | None)
     from spo_cli import extras
 
     extras.require(FP8, "--quantize fp8", "torchao")
-    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"{NEEDS}; --device {device} is not one.", f"{DROP}, or run it on such a GPU.")
+    if device != "auto":
+        refuse_device(device)
     if offload:
         raise UsageError(f"--quantize fp8 and --offload {offload} do not go together: offloading moves the weights "
                          "between host and GPU memory, and float8 weights stay on the GPU.",
@@ -93,17 +93,27 @@ def check_machine(quantize: str | None, device: str, dtype: str) -> None:
     """After torch has picked the device and dtype: CUDA, of capability ≥ 8.9, and 16-bit."""
     if quantize is None:
         return
-    if not device.startswith("cuda"):
-        raise UsageError(f"{NEEDS}; this machine has none (spo would run on {device}).",
-                         f"{DROP}, or run it on such a GPU.")
-    import torch
+    capability = name = None
+    if device.startswith("cuda"):
+        import torch
 
-    major, minor = torch.cuda.get_device_capability(device)
-    if not capable(major, minor):
-        name = torch.cuda.get_device_name(device)
+        capability, name = torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device)
+    refuse_device(device, capability, name, picked=True)
+    precheck(quantize, device, dtype, None)
+
+
+def refuse_device(device: str, capability: tuple[int, int] | None = None, name: str | None = None, *,
+                  picked: bool = False) -> None:
+    """The one gate on the machine (the tests open it to run the real float8 path on the CPU): `device`
+    must be CUDA, and of a capability that has float8 tensor cores when it is known. `picked`: the
+    device is what `auto` became, not what the user named."""
+    if not device.startswith("cuda"):
+        raise UsageError(f"{NEEDS}; this machine has none (spo would run on {device})." if picked else
+                         f"{NEEDS}; --device {device} is not one.", f"{DROP}, or run it on such a GPU.")
+    if capability is not None and not capable(*capability):
+        major, minor = capability
         raise UsageError(f"{NEEDS}; {device} is an {name} (sm{major}{minor}), which has no float8 tensor cores.",
                          f"{DROP}, or run it on an Ada or Hopper GPU.")
-    precheck(quantize, device, dtype, None)
 
 
 def quantize_unet(unet, adapters=(), min_features: int | None = None) -> list[str]:
