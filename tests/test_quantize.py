@@ -267,10 +267,11 @@ def test_eval_reports_the_pixel_distance_of_a_quantized_column(tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_with_fp8_on_the_tiny_model_then_replay(hub_cache, out, monkeypatch):
+def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, out, monkeypatch):
     """spo generate --quantize fp8 through the CLI, in float16 (the GPU default, whose layers run as
-    bfloat16 islands), against the same seed without it; then replay of the fp8 image, and a replay
-    refused where fp8 cannot run."""
+    bfloat16 islands), with the SPO LoRA folded in first; spo compare of the same model with and
+    without fp8 on the same seed (the comparison's own loading, which keeps the fp8 UNet apart);
+    replay of the fp8 image; and a replay refused where fp8 cannot run."""
     import numpy as np
     import torchao.quantization.quant_api as quant_api
     from PIL import Image
@@ -287,7 +288,7 @@ def test_generate_with_fp8_on_the_tiny_model_then_replay(hub_cache, out, monkeyp
         return loaded[-1]
 
     monkeypatch.setattr(engine_module.Engine, "load", classmethod(keep))
-    small = ["--width", "32", "--height", "32", "--steps", "2", "--device", "cpu", "--dtype", "fp16", "--seed", "5"]
+    small = ["--width", "32", "--height", "32", "--steps", "2", "--device", "cpu", "--dtype", "fp16"]
 
     def run(*args):
         result = CliRunner().invoke(app, list(args))
@@ -298,29 +299,33 @@ def test_generate_with_fp8_on_the_tiny_model_then_replay(hub_cache, out, monkeyp
         gates.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
         gates.setattr(quantize, "refuse_device", lambda *a, **kw: None)
         gates.setattr(quantize, "MIN_FEATURES", 16)  # the tiny UNet is 64 features wide
-        run("generate", "a red fox", *small, "--quantize", "fp8", "--out", str(out / "fp8"))
-        run("generate", "a red fox", *small, "--out", str(out / "plain"))
+        run("generate", "a red fox", *small, "--seed", "5", "--model", "spo-lora", "--quantize", "fp8",
+            "--out", str(out / "fp8"))
+        run("compare", "a red fox", *small, "--seeds", "5", "--spo-lora", "--model", "spo-lora@fp8",
+            "--out", str(out / "cmp"))
         [fp8_png] = (out / "fp8").glob("*.png")
         run("replay", str(fp8_png.with_suffix(".json")), "--device", "cpu", "--out", str(out / "again"))
 
     unet = loaded[0].pipe.unet
-    assert len(unet.spo_fp8_layers) == 132 and not loaded[1].pipe.unet.__dict__.get("spo_fp8_layers")
+    assert len(unet.spo_fp8_layers) == 132 and not getattr(unet, "peft_config", None)  # the LoRA folded in
     for name in unet.spo_fp8_layers:
         assert type(unet.get_submodule(name).weight).__name__ == "Float8Tensor", name
     assert type(unet.time_embedding.linear_1.weight).__name__ == "Parameter"
-    assert len(loaded[2].pipe.unet.spo_fp8_layers) == 132  # replay quantized too
+    assert len(loaded) == 2 and len(loaded[1].pipe.unet.spo_fp8_layers) == 132  # replay quantized too
 
     meta = json.loads(fp8_png.with_suffix(".json").read_text())
     assert meta["model_request"]["quantize"] == "fp8" and meta["versions"]["torchao"]
     assert "FP8 weight: Enable for SDXL" in Image.open(fp8_png).info["parameters"]
-    [plain_png] = (out / "plain").glob("*.png")
-    assert "quantize" not in json.loads(plain_png.with_suffix(".json").read_text())["model_request"]
-    a, b = (np.asarray(Image.open(p), np.int16) for p in (fp8_png, plain_png))
+    [plain_cell] = (out / "cmp" / "cells" / "spo-lora-x1").glob("*.png")
+    [fp8_cell] = (out / "cmp" / "cells" / "spo-lora-x1-fp8").glob("*.png")
+    assert json.loads(fp8_cell.with_suffix(".json").read_text())["model_request"]["quantize"] == "fp8"
+    a, b, c = (np.asarray(Image.open(p), np.int16) for p in (fp8_cell, plain_cell, fp8_png))
     delta = np.abs(a - b)
     assert 0 < delta.max() < 64 and delta.mean() < 4, (delta.max(), delta.mean())  # other pixels, but close
+    assert np.abs(a - c).max() <= 1  # the comparison's fp8 column is spo generate --quantize fp8
     [again] = (out / "again").glob("*.png")
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(fp8_png)))
 
     # Gates closed again: this machine cannot run what the image recorded, said before anything loads.
     result = CliRunner().invoke(app, ["replay", str(fp8_png.with_suffix(".json")), "--out", str(out / "refused")])
-    assert result.exit_code == 2 and "this machine has none" in result.output and len(loaded) == 3, result.output
+    assert result.exit_code == 2 and "this machine has none" in result.output and len(loaded) == 2, result.output

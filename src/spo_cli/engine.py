@@ -46,6 +46,13 @@ LORA_ADAPTER = "spo"
 
 def quiet_libraries(debug: bool = False) -> None:
     """Silence diffusers / transformers / huggingface_hub logging and bars (unless debugging)."""
+    if not debug:
+        import logging
+
+        # torchao (spo-cli[fp8]), which diffusers imports whenever it is installed, says at import which of
+        # its CUDA kernels it could not load and which of its enums torch now handles: nothing for a user.
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import huggingface_hub
     import transformers

@@ -116,6 +116,19 @@ def refuse_device(device: str, capability: tuple[int, int] | None = None, name: 
                          f"{DROP}, or run it on an Ada or Hopper GPU.")
 
 
+def here(device: str, capability: tuple[int, int] | None = None, name: str | None = None) -> dict:
+    """For `spo doctor`: whether --quantize fp8 can run on `device` ({"possible", "torchao", "why"})."""
+    from spo_cli import extras
+
+    version = None if extras.missing("torchao") else torchao_version()
+    why = None if version else 'torchao is not installed (pip install "spo-cli[fp8]")'
+    try:
+        refuse_device(device, capability, name, picked=True)
+    except UsageError as e:
+        why = why or e.message.split("; ", 1)[-1].rstrip(".")
+    return {"possible": why is None, "torchao": version, "why": why}
+
+
 def quantize_unet(unet, adapters=(), min_features: int | None = None) -> list[str]:
     """Fold `adapters` (LoRA adapters on the UNet, already weighted by set_adapters) into its weights,
     then quantize the chosen layers in place; the names quantized.
@@ -126,12 +139,7 @@ def quantize_unet(unet, adapters=(), min_features: int | None = None) -> list[st
     (Float8Linear16): their input is cast to bfloat16 before its float8 quantization, their result back
     to float16. Everything else (convolutions, norms, attention itself, the text encoders, the VAE)
     runs as without fp8, so that `spo eval --columns spo,spo@fp8` measures the float8 GEMMs alone."""
-    import logging
-
     import torch
-
-    for name in ("torchao", "torch.utils._pytree"):  # a CPU build's missing CUDA kernels, said at import
-        logging.getLogger(name).setLevel(logging.ERROR)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     if adapters and getattr(unet, "peft_config", None):
