@@ -329,3 +329,21 @@ def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, ou
     # Gates closed again: this machine cannot run what the image recorded, said before anything loads.
     result = CliRunner().invoke(app, ["replay", str(fp8_png.with_suffix(".json")), "--out", str(out / "refused")])
     assert result.exit_code == 2 and "this machine has none" in result.output and len(loaded) == 2, result.output
+
+
+def test_health_names_the_models_served_with_fp8():
+    """/health of `spo serve --quantize fp8` (its route, over a worker's state as the server keeps it)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from spo_cli.serve.routes.spo import health
+
+    def worker(quantized):
+        model = SimpleNamespace(engine=SimpleNamespace(quantize=quantized))
+        lane = SimpleNamespace(name="cuda", state="ready", busy=0, images=0, failures=0, error=None)
+        return SimpleNamespace(lanes=[lane], status="ready", queued=0, load_error=None,
+                               loaded=lambda: {"spo": model, "base": model})
+
+    body = asyncio.run(health(SimpleNamespace(worker=worker("fp8"))))
+    assert body["quantize"] == {"spo": "fp8", "base": "fp8"} and body["models"] == ["spo", "base"]
+    assert "quantize" not in asyncio.run(health(SimpleNamespace(worker=worker(None))))
