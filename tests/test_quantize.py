@@ -288,7 +288,7 @@ def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, ou
         return loaded[-1]
 
     monkeypatch.setattr(engine_module.Engine, "load", classmethod(keep))
-    small = ["--width", "32", "--height", "32", "--steps", "2", "--device", "cpu", "--dtype", "fp16"]
+    small = ["--width", "16", "--height", "16", "--steps", "1", "--device", "cpu", "--dtype", "fp16"]
 
     def run(*args):
         result = CliRunner().invoke(app, list(args))

@@ -2,9 +2,9 @@
 activations and float8 weights, one scale per row), on GPUs with float8 tensor cores.
 
 It changes pixels, so it is a property of the weights (ModelRequest.quantize), recorded with every
-image and part of its spec hash, never a run option. Everything here but `quantize_unet` and
-`check_machine` is pure and imports neither torch nor torchao, so that a request that cannot run is
-refused before anything loads.
+image and part of its spec hash, never a run option. The layer filter and the checks before torch
+(`precheck`) import neither torch nor torchao, so that a request that cannot run is refused before
+anything loads.
 
 The order of work on a loaded pipeline (Engine.load, and make_fast under --fast): the LoRAs are
 folded into the UNet's weights (a float8 weight cannot carry a LoRA beside it, and fp8 of the sum is
@@ -17,11 +17,11 @@ from __future__ import annotations
 from spo_cli.errors import UsageError
 
 FP8 = "fp8"
-CHOICES = (FP8,)
 # Float8 tensor cores: Ada (sm89) and Hopper (sm90) and newer. torch's _scaled_mm has no kernel below.
 MIN_CAPABILITY = (8, 9)
-# The layers chosen are the transformer blocks' own: their GEMMs run over every latent token (4,096
-# at 1024² in SDXL's 64² level), which is where float8's doubled tensor-core rate pays. Not the time
+# The layers chosen are the transformer blocks' own: their GEMMs run over every latent token (at 1024²,
+# 4,096 in SDXL's 640-wide level and 1,024 in its 1280-wide one), which is where float8's doubled
+# tensor-core rate pays. Not the time
 # and added (text-time) embeddings, nor the resnets' time projections: their GEMMs have one row per
 # image, are bound by reading the weights, and condition every step, so quantizing them would cost
 # precision for no time.
@@ -66,7 +66,7 @@ def split_suffix(name: str) -> tuple[str, str | None]:
 
 NEEDS = ("--quantize fp8 runs float8 GEMMs on the tensor cores of NVIDIA Ada (sm89, e.g. L4, L40S, RTX 4090), "
          "Hopper (sm90: H100, H200) or newer GPUs")
-DROP = "Drop --quantize fp8 to run the model as it is"
+DROP = "Drop --quantize fp8 (spo replay: --quantize none) to run the model as it is"
 
 
 def precheck(quantize: str | None, device: str, dtype: str, offload: str | None) -> None:
@@ -142,8 +142,10 @@ def quantize_unet(unet, adapters=(), min_features: int | None = None) -> list[st
     import torch
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    if adapters and getattr(unet, "peft_config", None):
-        unet.fuse_lora(lora_scale=1.0, adapter_names=list(adapters))
+    # A LoRA with no UNet weights (text encoders only) has no adapter here to fold.
+    adapters = [a for a in adapters if a in (getattr(unet, "peft_config", None) or {})]
+    if adapters:
+        unet.fuse_lora(lora_scale=1.0, adapter_names=adapters)
         unet.unload_lora()
     # A weight row of zeros would get a scale of 0 and quantize to 0/0 = NaN: such a layer stays as it is.
     names = [n for n, m in unet.named_modules() if type(m) is torch.nn.Linear
