@@ -208,6 +208,21 @@ def test_compare_model_columns_take_the_suffix_and_a_label_stays_the_users():
     assert [(c.label, c.request.quantize) for c in cols] == [("SDXL base", "fp8"), ("SPO-SDXL", "fp8")]
 
 
+def test_a_sweeps_model_axis_takes_the_suffix_too():
+    from spo_cli.sweep import axes, plan
+
+    [axis] = axes.parse_axes("model=spo,spo@fp8,spo-lora:0.5,spo-lora:0.5@fp8", None, None, given=set(),
+                             size_limit=True)
+    assert axis.labels == ("SPO-SDXL", "SPO-SDXL fp8", "SPO LoRA x0.5", "SPO LoRA x0.5 fp8")
+    cols = plan.build_models(axis, dict(COMMON), options.model_request)
+    assert [(c.label, c.request.lora_scale, c.request.quantize) for c in cols] == [
+        ("SPO-SDXL", None, None), ("SPO-SDXL fp8", None, "fp8"), ("SPO LoRA x0.5", 0.5, None),
+        ("SPO LoRA x0.5 fp8", 0.5, "fp8")]
+    # and a lora-scale axis across an fp8 column keeps it fp8
+    [col] = [plan.lora_column(c, 0.25, dict(COMMON), options.model_request) for c in cols[3:]]
+    assert (col.label, col.request.lora_scale, col.request.quantize) == ("SPO LoRA x0.25 fp8", 0.25, "fp8")
+
+
 def _resolved(quantize_: str | None):
     from spo_cli.resolve.model import ResolvedModel
     from spo_cli.resolve.parts import Resolved
