@@ -157,8 +157,10 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
         lines += [f"![paired differences]({paths['plot'].name})", ""]
     if report.get("pixels"):
         lines += ["## Pixel distance of the quantized columns", "",
-                  "|Δ| between each image and its own model's, same prompt and seed, in 8-bit steps (2 = 2/255).", "",
-                  "| column | against | cells | mean |Δ| | largest max |Δ| |", "|---|---|---|---|---|"]
+                  "Δ: the absolute difference between each image and its own model's, same prompt and seed, in 8-bit "
+                  "steps (2 = 2/255); the mean over each image's pixels, averaged over the cells, and the largest "
+                  "difference of any cell.", "",
+                  "| column | against | cells | mean Δ | largest Δ |", "|---|---|---|---|---|"]
         lines += [f"| {p['a']} | {p['b']} | {len(p['cells'])} | {'-' if p['mean'] is None else p['mean']} | "
                   f"{'-' if p['max'] is None else p['max']} |" for p in report["pixels"]]
         lines += [""]
