@@ -169,6 +169,38 @@ def test_a_float16_model_runs_its_float8_gemms_with_bfloat16_results(monkeypatch
     assert out.dtype == torch.float16 and not out.isnan().any()
 
 
+@pytest.mark.slow
+def test_the_fused_quantized_unet_traces_whole_for_torch_compile(monkeypatch):
+    """--fast --quantize fp8 as make_fast orders it: QKV fused, channels_last, quantized, then
+    torch.compile(fullgraph=True) must trace the float8 layers (torchao's Float8Tensor, the bfloat16
+    islands) without a graph break. Dynamo's tracing only (backend "eager"): inductor's kernels and
+    CUDA graphs are the GPU's to check."""
+    import torch
+    import torchao.quantization.quant_api as quant_api
+    from diffusers import UNet2DConditionModel
+
+    from spo_cli import tiny
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    torch.manual_seed(0)
+    # One transformer block a level, not two: tracing time grows with the graph, and one shows a break.
+    unet = UNet2DConditionModel(**dict(tiny.unet_config(), layers_per_block=1, transformer_layers_per_block=1))
+    unet = unet.to(torch.float16).eval()
+    unet.fuse_qkv_projections()
+    unet.to(memory_format=torch.channels_last)
+    names = quantize.quantize_unet(unet, min_features=16)
+    assert sum(n.endswith((".to_qkv", ".to_kv")) for n in names) == 8
+    sample = torch.randn(2, 4, 8, 8, dtype=torch.float16)
+    text = torch.randn(2, 77, 64, dtype=torch.float16)
+    text[1] = 0  # the unconditional half, without a negative prompt
+    added = {"text_embeds": torch.randn(2, 32, dtype=torch.float16), "time_ids": torch.randn(2, 6, dtype=torch.float16)}
+    with torch.inference_mode():
+        eager = unet(sample, 10, encoder_hidden_states=text, added_cond_kwargs=added).sample
+        compiled = torch.compile(unet, backend="eager", fullgraph=True, dynamic=False)
+        traced = compiled(sample, 10, encoder_hidden_states=text, added_cond_kwargs=added).sample
+    assert torch.equal(traced, eager) and not eager.isnan().any()
+
+
 # -- columns, identity, sidecar -------------------------------------------------------------------
 
 
