@@ -79,6 +79,12 @@ class Bank:
                 folder = p.path / part
                 files = [f.split("/", 1)[1] for f in p.files if f.startswith(part + "/")]
             out[part] = (folder, files, fingerprint(folder, files))
+        if resolved.request.quantize:
+            # A quantized UNet is a module of its own, with its column's LoRA folded in at its scale:
+            # shared with no plain column, nor with one of another LoRA strength.
+            folder, files, fp = out["unet"]
+            lora = f":{_content_id(resolved.lora.path)[:20]}:{resolved.lora_scale!r}" if resolved.lora else ""
+            out["unet"] = (folder, files, f"{fp}:{resolved.request.quantize}{lora}")
         return out
 
     def release(self, keep: set[tuple[str, str]]) -> None:
@@ -160,7 +166,9 @@ class Bank:
         )
         lora_scale = None
         unet_fp = parts["unet"][2]
-        if resolved.lora is not None:
+        if resolved.request.quantize:
+            lora_scale = self._quantized(pipe, resolved)
+        elif resolved.lora is not None:
             lora_fp = _content_id(resolved.lora.path)[:20]
             name = self.adapters.get((unet_fp, lora_fp))
             if name is None:
@@ -177,4 +185,35 @@ class Bank:
         elif any(key[0] == unet_fp for key in self.adapters):
             pipe.disable_lora()  # the same UNet serves LoRA columns: switch the adapter off here
             self.log("LoRA off")
-        return Engine(pipe, self.device, self.dtype, lora_scale=lora_scale)
+        engine = Engine(pipe, self.device, self.dtype, lora_scale=lora_scale)
+        engine.quantize = resolved.request.quantize
+        return engine
+
+    def _quantized(self, pipe, resolved) -> float | None:
+        """A quantized column's UNet, quantized once (the LoRA folded in first, as Engine.load does);
+        its LoRA scale. The LoRA goes into this UNet alone: the text encoders are shared with other columns."""
+        from spo_cli import quantize
+        from spo_cli.errors import UsageError
+
+        unet = pipe.unet
+        if hasattr(unet, "spo_fp8_layers"):
+            return resolved.lora_scale
+        adapters = []
+        if resolved.lora is not None:
+            name = f"lora_{_content_id(resolved.lora.path)[:12]}"
+            with unloadable(resolved.lora):
+                state, alphas, meta = pipe.lora_state_dict(str(resolved.lora.path.parent),
+                                                           weight_name=resolved.lora.path.name,
+                                                           unet_config=unet.config, return_lora_metadata=True)
+            if any(not key.startswith("unet.") for key in state):
+                raise UsageError(f"{resolved.lora.id} has text-encoder weights, which a quantized comparison column "
+                                 "does not take (its text encoders are shared with the other columns).",
+                                 "Render it with spo generate --quantize fp8 instead.")
+            self.log(f"load LoRA {resolved.lora.file} into the fp8 UNet, folded in at scale {resolved.lora_scale}")
+            pipe.load_lora_into_unet(state, alphas, unet=unet, adapter_name=name, metadata=meta, _pipeline=pipe)
+            self.bytes_loaded += resolved.lora.path.stat().st_size
+            unet.set_adapters([name], weights=[resolved.lora_scale])
+            adapters = [name]
+        unet.spo_fp8_layers = quantize.quantize_unet(unet, adapters)
+        self.log(f"fp8: {len(unet.spo_fp8_layers)} UNet linear layers quantized")
+        return resolved.lora_scale if resolved.lora is not None else None

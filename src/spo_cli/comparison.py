@@ -10,11 +10,11 @@ as `Steps`, as `render.render` is handed its progress bars.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from spo_cli import prompts, validate
+from spo_cli import prompts, quantize, validate
 from spo_cli.errors import UsageError
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageRequest, ImageTask, ModelRequest
@@ -32,6 +32,10 @@ class Steps:
     libraries: Callable
     score_items: Callable
     escape: Callable[[str], str]
+
+
+# The labels of the preset columns (--base, --spo), for a preset named as a quantized --model column.
+PRESET_LABELS = {"base": "SDXL base", "spo": "SPO-SDXL", "spo-lora": "SPO LoRA x1"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,12 @@ def cell_extra(column: Column, task: ImageTask) -> dict:
 def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, models: list[str], labels: list[str],
                   scales: list[float], lora_scale: float | None, revision: str | None, common: dict,
                   model_request: Callable[..., tuple[ModelRequest, list[str]]],
-                  order: list[str] | None = None) -> list[Column]:
+                  order: list[str] | None = None, quantized: Collection[str] = ()) -> list[Column]:
     """The columns the options ask for, each with its checked request (`model_request`: the
     command line's builder) and a folder under OUT/cells/ no other column shares.
+
+    A column is quantized (--quantize fp8 for it alone) when its key is in `quantized`, or when its
+    --model name ends in @fp8 (`spo@fp8`); its label then says so ("SPO-SDXL fp8").
 
     `order` is the order the user named them in, as column keys ("base", "spo", "spo-lora",
     "scale:<i>" for scales[i], "model:<i>" for models[i]); a key it lacks goes after the named
@@ -71,17 +78,24 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
         raise UsageError("--revision applies to --model columns; presets use their published main branch.")
     keyed: list[tuple[str, str, dict]] = []
     if base:
-        keyed.append(("base", "SDXL base", dict(model="base")))
+        keyed.append(("base", PRESET_LABELS["base"], dict(model="base")))
     if spo:
-        keyed.append(("spo", "SPO-SDXL", dict(model="spo")))
+        keyed.append(("spo", PRESET_LABELS["spo"], dict(model="spo")))
     if spo_lora:
         scale = 1.0 if lora_scale is None else lora_scale
         keyed.append(("spo-lora", f"SPO LoRA x{scale:g}", dict(model="spo-lora", lora_scale=lora_scale)))
     for i, s in enumerate(scales):
         keyed.append((f"scale:{i}", f"SPO LoRA x{s:g}", dict(model="spo-lora", lora_scale=s)))
     for i, m in enumerate(models):
-        label = labels[i] if i < len(labels) else m.rstrip("/").split("/")[-1]
-        keyed.append((f"model:{i}", label, dict(model=m, revision=revision)))
+        m, q = quantize.split_suffix(m)
+        label = labels[i] if i < len(labels) else PRESET_LABELS.get(m) if q else None
+        label = label or m.rstrip("/").split("/")[-1]
+        keyed.append((f"model:{i}", label, dict(model=m, revision=revision, **({"quantize": q} if q else {}))))
+    for n, (key, label, fields) in enumerate(keyed):
+        if key in quantized:
+            keyed[n] = (key, label, dict(fields, quantize=quantize.FP8))
+        if keyed[n][2].get("quantize") and not (key.startswith("model:") and int(key[6:]) < len(labels)):
+            keyed[n] = (key, f"{label} {quantize.LABEL}", keyed[n][2])  # a --label is the user's own
     rank = {key: i for i, key in enumerate(order or [])}
     keyed.sort(key=lambda k: rank.get(k[0], len(rank)))  # stable: unnamed keys keep their places
     cols = [(label, fields) for _, label, fields in keyed]
@@ -244,6 +258,8 @@ def render_columns(steps: Steps, columns: list[Column], rows: list[ImageTask], o
     # 1. Resolve every column first: a missing model fails now, not after an hour of rendering.
     # Several ranks: the first resolves (and downloads) alone, then the others find the files it fetched.
     rt = steps.start_torch(ui, columns[0].request, options, [r.request for r in rows], local_rank=rank.local_rank)
+    for c in columns[1:]:  # start_torch checked the first column's; --quantize fp8 may be any column's
+        quantize.check_machine(c.request.quantize, rt.device, rt.dtype)
     if rank.several:
         distributed.init(rt.device)
     if not rank.first:

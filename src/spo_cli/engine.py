@@ -36,7 +36,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 
 import torch  # noqa: E402
 
-from spo_cli import __version__, devices, encoding, presets, validate  # noqa: E402
+from spo_cli import __version__, devices, encoding, presets, quantize, validate  # noqa: E402
 from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint, translate  # noqa: E402
 from spo_cli.request import Generated, ImageRequest, RunOptions  # noqa: E402
 
@@ -46,6 +46,13 @@ LORA_ADAPTER = "spo"
 
 def quiet_libraries(debug: bool = False) -> None:
     """Silence diffusers / transformers / huggingface_hub logging and bars (unless debugging)."""
+    if not debug:
+        import logging
+
+        # torchao (spo-cli[fp8]), which diffusers imports whenever it is installed, says at import which of
+        # its CUDA kernels it could not load and which of its enums torch now handles: nothing for a user.
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import huggingface_hub
     import transformers
@@ -218,6 +225,7 @@ class Engine:
         # The LoRA adapters in use, for fast mode to fold in: the one LoRA's unless stacked.
         self.adapters = adapters if adapters is not None else ((LORA_ADAPTER,) if lora_scale is not None else ())
         self.options = options
+        self.quantize: str | None = None  # ModelRequest.quantize, applied by Engine.load (spo_cli.quantize)
         pipe.set_progress_bar_config(disable=True)
         self._schedulers = {"default": pipe.scheduler}
         self._schedules_ok: set[tuple[str, int]] = set()
@@ -235,6 +243,7 @@ class Engine:
         from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
         check_options(options, device)
+        quantize.check_machine(resolved.request.quantize, device, resolved.dtype)  # before anything loads
         torch_dtype = TORCH_DTYPES[resolved.dtype]
         # Straight to the GPU: safetensors are memory-mapped and each tensor is copied once, to the
         # device, in the target dtype (no float32 detour, no second copy in host memory). diffusers
@@ -276,8 +285,11 @@ class Engine:
         if options.vae_slicing:
             pipe.vae.enable_slicing()
         engine = cls(pipe, device, resolved.dtype, lora_scale=lora_scale, options=options, adapters=adapters)
+        engine.quantize = resolved.request.quantize
         if options.fast:
-            engine.make_fast()
+            engine.make_fast()  # quantizes between its fusing and its compiling
+        elif engine.quantize:
+            engine.adapters = quantize.apply(engine.pipe, engine.adapters)
         return engine
 
     def make_fast(self) -> None:
@@ -292,6 +304,8 @@ class Engine:
         pipe.fuse_qkv_projections()
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+        if self.quantize:  # after the LoRA and QKV fusing above, before compiling (spo_cli.quantize)
+            self.adapters = quantize.apply(pipe, self.adapters)
         configure_compile_cache()
         cuda = self.device.startswith("cuda")
         if cuda:
@@ -398,6 +412,8 @@ class Engine:
                  "run_options": asdict(self.options)}
         if self.device.startswith("cuda"):
             facts["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
+        if self.quantize:  # its kernels decide the pixels too
+            facts["versions"]["torchao"] = quantize.torchao_version()
         return facts
 
     def call_facts(self, facts: dict) -> dict:

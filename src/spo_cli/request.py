@@ -39,6 +39,9 @@ class ModelRequest:
     # Stacked after the one LoRA above (the preset's, or the first --lora), each with its own weight.
     loras: tuple[LoraRequest, ...] = ()
     lora_dir: str | None = None  # where a prompt's <lora:name> tags are looked up (absolute)
+    # "fp8": the UNet's large linear layers as float8 GEMMs (spo_cli.quantize). It changes pixels, so it
+    # belongs to the weights (spec hash, sidecar, replay), not to RunOptions.
+    quantize: str | None = None
 
     @property
     def effective_lora_scale(self) -> float:

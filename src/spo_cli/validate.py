@@ -480,6 +480,15 @@ def dtype(value, key: str = "dtype", where: Where = ARGV, *, auto: bool = True) 
     return presets.DTYPES[value]
 
 
+def quantize(value, key: str = "quantize", where: Where = ARGV) -> str | None:
+    """--quantize: fp8, or none (also None: off)."""
+    if value is None or value == "none":
+        return None
+    if value != "fp8":
+        raise where.error(key, f"cannot be {_show(value)}", "Use fp8 (or none).")
+    return value
+
+
 def num_images(value, where: Where = ARGV) -> int:
     return integer(value, "num_images", where, low=1, high=NUM_IMAGES_MAX)
 
@@ -659,6 +668,8 @@ def model_values(values: Mapping, where: Where = ARGV) -> dict:
             out[key] = dtype(value, key, where)
         elif key == "device":
             out[key] = device(value, key, where)
+        elif key == "quantize":
+            out[key] = quantize(value, key, where)
         else:
             raise ValueError(f"not a ModelRequest field: {key}")
     # As --lora refuses it: a sidecar edited to stack one file twice would load it as two adapters.

@@ -127,6 +127,7 @@ def batch(
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
+    quantize: opts.Quantize = None,
     fast: opts.Fast = False,
     offload: opts.Offload = None,
     vae_tiling: opts.VaeTiling = False,
@@ -161,12 +162,12 @@ def batch(
     validate.num_images(num_images)
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
-                                    lora_dir=None if server else lora_dir)
+                                    lora_dir=None if server else lora_dir, quantize=None if server else quantize)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
-                              vae_slicing=vae_slicing)
+                              vae_slicing=vae_slicing, quantize=quantize)
     signer = opts.signer(sign, sign_key, sign_cert)
     if server and rank.several:
         raise UsageError("--server sends the work to one server; run it as a single process, not under torchrun.")

@@ -164,6 +164,7 @@ def compare(
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
+    quantize: opts.Quantize = None,
     cell_size: Annotated[int, typer.Option(help="Longest side of a cell in the grid, in pixels (cells are "
                                            "only shrunk; full-size images stay in OUT/cells).",
                                            rich_help_panel="Output")] = 512,
@@ -218,7 +219,7 @@ def compare(
     # A sweep's axes first: an unknown axis or bad value is refused before anything is read.
     axes = _axes(ctx, x, y, z, versus, not no_size_limit)
     named_model = next((a for a in axes if a.name == "model"), None)
-    common = dict(vae=vae, dtype=dtype, device=device)
+    common = dict(vae=vae, dtype=dtype, device=device, quantize=quantize)
     scales = parse_scales(lora_scales)
     order = column_order(ctx.meta.get(_ORDER, []), len(model or []), len(scales))
     if named_model is None:

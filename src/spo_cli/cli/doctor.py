@@ -88,6 +88,11 @@ def doctor(ui: UI, device: opts.Device = "auto", dtype: opts.Dtype = "auto") -> 
                                                             ", more than any --offload mode brings it down to"))
     elif picked == "cpu":
         advice.append("No GPU: a full-size image takes many minutes on the CPU.")
+    from spo_cli import quantize
+
+    cuda_here = picked.startswith("cuda")
+    report["fp8"] = quantize.here(picked, torch.cuda.get_device_capability(picked) if cuda_here else None,
+                                  report["cuda"].get("name"))
     report["mps"] = {"available": torch.backends.mps.is_available()}
     total_ram, avail_ram = host_ram_gib()
     report["host_ram_gb"] = {"total": total_ram and round(total_ram, 1), "available": avail_ram and round(avail_ram, 1)}
@@ -165,6 +170,9 @@ def doctor(ui: UI, device: opts.Device = "auto", dtype: opts.Dtype = "auto") -> 
             bad = [d.replace("float", "fp") for d, s in st.items() if s.get("damaged")]
             rows.append([f"preset {name}", ("cached: " + ", ".join(have) if have else "not cached")
                          + (f" ([red]damaged: {', '.join(bad)}[/])" if bad else "")])
+        f = report["fp8"]
+        rows.append(["--quantize fp8", f"possible (torchao {f['torchao']})" if f["possible"] else
+                     f"not here: {escape(f['why'])}"])
         s = report["smoke_test"]
         rows.append(["smoke test", f"[green]ok[/] in {s['seconds']} s" if s["ok"] else "[red]NaN output[/]"])
         ui.table("spo doctor", ["check", "result"], rows)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spo_cli import distributed, extras, presets, validate
+from spo_cli import distributed, extras, presets, quantize as fp8, validate
 from spo_cli.cli import app, loading, options as opts, scoring
 from spo_cli.cli.command import command
 from spo_cli.cli.ui import UI
@@ -29,7 +29,8 @@ EXAMPLES = """[bold]Examples[/]
   spo eval --paper --limit 50 --out runs/paper  # its first 50 prompts; a later full run reuses them
 
 [bold]Columns[/]: base, spo, spo-lora (strength 1), spo-lora:0.5 (any
-strength), or any Hub repo / local folder. They keep the order given, and
+strength), or any Hub repo / local folder; any of them with @fp8 after it
+(spo@fp8) is that model with --quantize fp8. They keep the order given, and
 each later column is compared against each earlier one: `--columns base,spo`
 reports SPO against SDXL; `base,spo-lora:0.5,spo` the LoRA against SDXL, SPO
 against SDXL, then SPO against the LoRA. Rendering is resumable (finished
@@ -50,15 +51,23 @@ JSON_HELP = "Print the report (the same object as report.json) on stdout, nothin
 
 
 def parse_columns(text: str) -> dict:
-    """`base,spo,spo-lora:0.5,org/model` → build_columns arguments, `order` keeping the order given."""
-    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None, order=[])
+    """`base,spo,spo-lora:0.5,org/model` → build_columns arguments, `order` keeping the order given.
+    Any of them with @fp8 after it is that model under --quantize fp8 (`spo,spo@fp8`)."""
+    kw = dict(base=None, spo=None, spo_lora=None, models=[], labels=[], scales=[], lora_scale=None, order=[],
+              quantized=[])
+    scales_seen = []  # (scale, quantize): spo-lora:0.5 and spo-lora:0.5@fp8 are two columns
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UsageError("--columns is empty.", "E.g. --columns base,spo.")
     repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if repeated is not None:  # base,base would otherwise be one column and a report with no pairs
         raise UsageError(f"--columns names '{repeated}' twice.", "Name each model once, e.g. --columns base,spo.")
-    for name in names:
+    for full in names:
+        name, q = fp8.split_suffix(full)
+        if q and (name in ("base", "spo") or not (name == "spo-lora" or name.startswith("spo-lora:"))):
+            kw["order"].append(f"model:{len(kw['models'])}")  # a preset by name: build_columns reads @fp8
+            kw["models"].append(full)
+            continue
         if name == "base":
             kw["base"] = True
             kw["order"].append("base")
@@ -73,10 +82,14 @@ def parse_columns(text: str) -> dict:
             if not math.isfinite(scale):  # named here: --lora-scale, which lora_scale() names, was not given
                 raise UsageError(f"--columns: {validate.shown(name)} needs a finite number after 'spo-lora:'.",
                                  "E.g. spo-lora:0.5.")
-            if scale in kw["scales"]:  # spo-lora:0.5 and spo-lora:.5 are one column
-                raise UsageError(f"--columns names the SPO LoRA at strength {scale:g} twice.",
+            if (scale, q) in scales_seen:  # spo-lora:0.5 and spo-lora:.5 are one column
+                raise UsageError(f"--columns names the SPO LoRA at strength {scale:g}{' ' + q if q else ''} twice.",
                                  "Name each strength once, e.g. --columns base,spo-lora:0.5,spo-lora:1.")
-            kw["order"].append(f"scale:{len(kw['scales'])}")
+            scales_seen.append((scale, q))
+            key = f"scale:{len(kw['scales'])}"
+            kw["order"].append(key)
+            if q:
+                kw["quantized"].append(key)
             kw["scales"].append(validate.lora_scale(scale)[0])
         else:
             kw["order"].append(f"model:{len(kw['models'])}")
@@ -133,6 +146,7 @@ def eval(  # noqa: A001 - the command's name
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
+    quantize: opts.Quantize = None,
     sign: opts.Sign = False,
     sign_key: opts.SignKey = None,
     sign_cert: opts.SignCert = None,
@@ -154,7 +168,7 @@ def eval(  # noqa: A001 - the command's name
         extras.require("score", "spo eval --paper (reading the Pick-a-Pic parquet files)", "pyarrow")
     names = scoring.metrics(metric, hps_version, score_batch_size)
     fmt = opts.prompt_format(prompt_format, None, ui.warn)
-    cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device),
+    cols = build_columns(**parse_columns(columns), revision=None, common=dict(vae=vae, dtype=dtype, device=device, quantize=quantize),
                          model_request=opts.model_request)
     seed_list = parse_seeds(seeds if seeds is not None else ",".join(map(str, paper.SETTINGS["seeds"])) if paper_run
                             else "0-3")
@@ -195,6 +209,8 @@ def eval(  # noqa: A001 - the command's name
             return
         report = eval_report.build_report(cols, rows, run, scored, defaults, seed_list, prompts_file, scorers,
                                           names, hps_version, perf_counter() - t0)
+        if eval_report.quantized_pairs(cols):  # spo,spo@fp8: what fp8 does to the pixels too
+            report["pixels"] = eval_report.pixel_distances(cols, rows, out / "cells", run.failed)
         if paper_run:
             eval_report.add_paper(report, dataset, dropped, names)
             for d in report["paper"]["deviations"]:

@@ -75,6 +75,7 @@ def generate(
     vae: opts.Vae = None,
     device: opts.Device = "auto",
     dtype: opts.Dtype = "auto",
+    quantize: opts.Quantize = None,
     fast: opts.Fast = False,
     offload: opts.Offload = None,
     vae_tiling: opts.VaeTiling = False,
@@ -101,12 +102,12 @@ def generate(
     warnings += more
     request, more = opts.model_request(model=model, revision=revision, lora=lora, lora_file=lora_file,
                                     lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
-                                    lora_dir=None if server else lora_dir)
+                                    lora_dir=None if server else lora_dir, quantize=None if server else quantize)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                             batch_size=batch_size)
     server = opts.server_request(server, revision=revision, lora=lora, lora_file=lora_file, lora_scale=lora_scale,
                               vae=vae, device=device, dtype=dtype, fast=fast, offload=offload, vae_tiling=vae_tiling,
-                              vae_slicing=vae_slicing)
+                              vae_slicing=vae_slicing, quantize=quantize)
     signer = opts.signer(sign, sign_key, sign_cert)
     make_images(ui, request, expand(base, num_images), options, out, image_format, warnings + more, server=server,
                 provenance=not no_provenance, signer=signer, keep_inputs=keep_inputs)

@@ -23,10 +23,11 @@ def precheck(request: ModelRequest, options: RunOptions, images: list[ImageReque
     """What needs neither torch nor the network, in milliseconds, before the output folder is touched:
     devices this machine cannot have (a CPU-only torch build, MPS off macOS), local model paths and
     their model_index.json, repo ids."""
-    from spo_cli import devices
+    from spo_cli import devices, quantize
     from spo_cli.resolve import precheck as precheck_files
 
     devices.precheck(request.device, [r.generator_device for r in images], options.offload)
+    quantize.precheck(request.quantize, request.device, request.dtype, options.offload)
     for name in dict.fromkeys(r.scheduler for r in images):
         scheduler_extra(name)
     if any(r.watermark for r in images):
@@ -58,6 +59,9 @@ def start_torch(ui: UI, request: ModelRequest, options: RunOptions, images: list
         dtype, dtype_notes = engine.pick_dtype(device, request.dtype)
         engine.check_generator_devices(r.generator_device for r in images)
         engine.check_options(options, device)
+        from spo_cli import quantize
+
+        quantize.check_machine(request.quantize, device, dtype)
     for note in notes + dtype_notes:
         ui.warn(note)
     return Runtime(engine, device, dtype)

@@ -41,6 +41,10 @@ Device = Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cuda
                                      rich_help_panel=_M)]
 Dtype = Annotated[str, typer.Option(help="auto (fp16 on GPUs, fp32 on CPU), fp16, bf16 or fp32.",
                                     rich_help_panel=_M)]
+Quantize = Annotated[Optional[str], typer.Option(
+    "--quantize", help="fp8: the UNet's large linear layers as float8 GEMMs (torchao), faster on NVIDIA Ada and "
+    "Hopper GPUs. It changes pixels (recorded with each image); `spo eval --columns spo,spo@fp8` measures by how "
+    "much. Needs spo-cli[fp8].", rich_help_panel=_M, show_default=False, metavar="fp8")]
 
 Negative = Annotated[Optional[str], typer.Option(
     "--negative", help="Negative prompt. Default: none (zero embeddings, as the authors ran).",
@@ -212,16 +216,22 @@ def edit_request(base: ImageRequest, *, image=None, mask=None, strength=None, ma
 def model_request(*, model: str, revision: str | None = None, lora: str | list[str] | None = None,
                   lora_file: str | None = None, lora_scale: float | None = None, vae: str | None = None,
                   dtype: str = "auto", device: str = "auto", loras: tuple = (),
-                  lora_dir: str | None = None) -> tuple[ModelRequest, list[str]]:
+                  lora_dir: str | None = None, quantize: str | None = None) -> tuple[ModelRequest, list[str]]:
     """`lora`: --lora's values (SPEC or SPEC:SCALE each), or one recorded spec; `loras`: recorded
-    LoRAs stacked after it (replay); `lora_dir`: --lora-dir / SPO_LORA_DIR."""
+    LoRAs stacked after it (replay); `lora_dir`: --lora-dir / SPO_LORA_DIR; `quantize`: --quantize
+    (torchao installed is checked here, before torch)."""
     from spo_cli import loras as lora_names
 
     lora, lora_scale, extras = lora_names.from_options([lora] if isinstance(lora, str) else lora, lora_file,
                                                        lora_scale)
     extras = extras + tuple(loras)
     checked = validate.model_values(dict(model=model, revision=revision, lora=lora, lora_file=lora_file,
-                                         lora_scale=lora_scale, vae=vae, dtype=dtype, device=device))
+                                         lora_scale=lora_scale, vae=vae, dtype=dtype, device=device,
+                                         quantize=quantize))
+    if checked["quantize"]:
+        from spo_cli import extras as optional
+
+        optional.require("fp8", "--quantize fp8", "torchao")
     validate.lora_applies(model, lora, lora_scale, lora_file=lora_file)
     warnings = lora_names.scale_warnings(lora_scale, extras)
     return ModelRequest(**checked, loras=extras, lora_dir=lora_names.folder(lora_dir)), warnings
@@ -256,7 +266,7 @@ def run_options(*, fast: bool, offload: str | None, vae_tiling: bool, vae_slicin
 
 def server_request(server: str | None, *, revision=None, lora=None, lora_file=None, lora_scale=None, vae=None,
                    device="auto", dtype="auto", fast=False, offload=None, vae_tiling=False,
-                   vae_slicing=False) -> str | None:
+                   vae_slicing=False, quantize=None) -> str | None:
     """--server's URL, checked, after refusing the options only a local model can honour."""
     if server is None:
         return None
@@ -265,5 +275,5 @@ def server_request(server: str | None, *, revision=None, lora=None, lora_file=No
     refuse_local_options({"--revision": revision, "--lora": bool(lora), "--lora-file": lora_file,
                           "--lora-scale": lora_scale is not None, "--vae": vae, "--device": device != "auto",
                           "--dtype": dtype != "auto", "--fast": fast, "--offload": offload,
-                          "--vae-tiling": vae_tiling, "--vae-slicing": vae_slicing})
+                          "--vae-tiling": vae_tiling, "--vae-slicing": vae_slicing, "--quantize": quantize})
     return check_url(server)

@@ -82,6 +82,8 @@ def replay(
         "recorded one, or SPO_LORA_DIR).", rich_help_panel=MODEL_PANEL, show_default=False, metavar="DIR")] = None,
     vae: _opt(str, "VAE repo or folder, or 'model'.", MODEL_PANEL) = None,
     dtype: _opt(str, "fp16, bf16 or fp32.", MODEL_PANEL) = None,
+    quantize: _opt(str, "fp8, or none: the UNet's float8 layers (see spo generate --help), instead of what the "
+                   "image recorded.", MODEL_PANEL, "--quantize") = None,
     device: opts.Device = "auto",
     fast: opts.Fast = False,
     offload: opts.Offload = None,
@@ -152,7 +154,7 @@ def replay(
         where = validate.ARGV if {"width", "height", "watermark"} & changes.keys() else recorded
         validate.watermark_size(image.width, image.height, where)
     model_changes = {k: v for k, v in dict(revision=revision, lora_file=lora_file, lora_scale=lora_scale,
-                                          vae=vae, dtype=dtype).items() if v is not None}
+                                          vae=vae, dtype=dtype, quantize=quantize).items() if v is not None}
     if lora:
         # The LoRAs given replace all those recorded; the recorded strength goes with them unless one
         # LoRA is given bare (as before LoRAs could be stacked).
@@ -176,7 +178,7 @@ def replay(
     warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded,
                                             lora_tags=opts.lora_tags(lora_dir))
     request, more = opts.model_request(**{k: getattr(merged, k) for k in (
-        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras")},
+        "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras", "quantize")},
         lora_dir=lora_dir)
     options = opts.run_options(fast=fast, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, batch_size=1)
     signer = opts.signer(sign, sign_key, sign_cert)

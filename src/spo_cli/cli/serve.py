@@ -167,6 +167,7 @@ def serve(
         "visible GPU), or a list such as cuda:0,cuda:1, or cpu,cpu (two CPU workers). /health and /metrics "
         "list each device. Instead of --device.", rich_help_panel=opts.MODEL_PANEL, show_default=False)] = None,
     dtype: opts.Dtype = "auto",
+    quantize: opts.Quantize = None,
     fast: opts.Fast = False,
     offload: opts.Offload = None,
     sign: opts.Sign = False,
@@ -218,7 +219,7 @@ def serve(
     server = build(ui, labels, host=host, port=port, token=token, out=out, save=not no_save, max_queue=max_queue,
                    batch_size=batch_size, batch_wait_ms=batch_wait_ms, cors_origins=list(cors_origin or []),
                    allow_hosts=list(allow_host or []), size_limit=not no_size_limit, vae=vae, device=device,
-                   devices=workers, dtype=dtype, fast=fast, offload=offload, api_auth=api_auth,
+                   devices=workers, dtype=dtype, quantize=quantize, fast=fast, offload=offload, api_auth=api_auth,
                    access_log=not ui.quiet, provenance=not no_provenance, signer=opts.signer(sign, sign_key, sign_cert),
                    watermark=watermark)
     if ui.json_mode:
@@ -246,7 +247,7 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
           out: str = "outputs", save: bool = True, max_queue: int = 64, batch_size: int = 1, batch_wait_ms: int = 20,
           cors_origins: list[str] = (), allow_hosts: list[str] = (), size_limit: bool = True, vae: str | None = None,
           device: str = "auto", devices: list[str] | None = None, dtype: str = "auto", fast: bool = False,
-          offload: str | None = None, api_auth: tuple[tuple[str, str], ...] = (),
+          offload: str | None = None, api_auth: tuple[tuple[str, str], ...] = (), quantize: str | None = None,
           access_log: bool = False, provenance: bool = True, signer=None, watermark: bool = False) -> Server:
     """Everything but running: checked requests, the output folder, the bound socket, the worker (not
     started: each device loads the models in its own thread) and the app. `devices`: --devices, checked
@@ -259,7 +260,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
     for d in devices:
         requests = []
         for label in labels:
-            request, warnings = opts.model_request(model=label, vae=vae, dtype=dtype, device="auto" if d == "all" else d)
+            request, warnings = opts.model_request(model=label, vae=vae, dtype=dtype, device="auto" if d == "all" else d,
+                                                   quantize=quantize)
             requests.append(request)
             for w in warnings if d is devices[0] else ():
                 ui.warn(w)
@@ -279,7 +281,8 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
         except BaseException:
             sock.close()
             raise
-        plans = [[opts.model_request(model=label, vae=vae, dtype=dtype, device=d)[0] for label in labels]
+        plans = [[opts.model_request(model=label, vae=vae, dtype=dtype, device=d, quantize=quantize)[0]
+                  for label in labels]
                  for d in devices]
 
     from spo_cli.serve import api

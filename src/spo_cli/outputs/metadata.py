@@ -179,6 +179,11 @@ def a1111_parameters(meta: dict) -> str:
         fields["Hires upscaler"] = infotext.HIRES_UPSCALER_NAMES[hr["upscaler"]]
     if meta.get("vae") and meta["vae"].get("id"):
         fields["VAE"] = meta["vae"]["id"].rstrip("/").split("/")[-1]
+    if (meta.get("model_request") or {}).get("quantize") == "fp8":
+        # A1111's own key for its fp8 weights (its "FP8 weight" setting, which writes it only when on). Its
+        # fp8 stores weights and computes in 16 bits; spo's computes the transformer GEMMs in float8.
+        # Either way an SDXL image made with fp8 weights, which a reader of the text should know.
+        fields["FP8 weight"] = "Enable for SDXL"
     if meta.get("watermark") is True:
         fields[infotext.WATERMARK_KEY] = infotext.WATERMARK_SDXL  # spo's key: A1111 writes no watermark
     fields["Version"] = f"spo-cli {meta['versions']['spo-cli']}"
@@ -409,8 +414,8 @@ def recorded_requests(meta: dict, path: Path) -> tuple[ImageRequest, ModelReques
     values["scheduler"] = field(field(meta, "scheduler", dict), "name", str, "scheduler.name")
     image = ImageRequest(**validate.image_values(values, where))
     asked = field(meta, "model_request", dict)
-    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae", "loras", "lora_dir")
-             if k in asked}
+    known = {k: asked[k] for k in ("model", "revision", "lora", "lora_file", "lora_scale", "vae", "loras", "lora_dir",
+                                   "quantize") if k in asked}
     model = field(meta, "model", dict)
     if "model" not in known:
         raise where.error("model_request.model", "is missing")

@@ -55,6 +55,8 @@ class ResolvedModel:
                     "dtype": self.dtype}
         if self.extra_loras:  # only then: the hashes of runs made before stacking stay as they were
             identity["loras"] = [dict(ident(p), scale=r.scale, unet_scale=r.unet_scale) for p, r in self.extra_loras]
+        if self.request.quantize:  # likewise: other weights, other pixels
+            identity["quantize"] = self.request.quantize
         return identity
 
     def describe(self) -> dict:
@@ -63,7 +65,7 @@ class ResolvedModel:
             lora = dict(self.lora.describe(), file=self.lora.file, scale=self.lora_scale)
         request = asdict(lora_names.from_command_line(self.request))
         request.pop("device")  # where it ran is recorded separately; a replay picks its own
-        for key in ("loras", "lora_dir"):  # recorded only when used: sidecars without them stay as they were
+        for key in ("loras", "lora_dir", "quantize"):  # recorded only when used: sidecars without them stay as they were
             if not request[key]:
                 del request[key]
         described = {

@@ -80,6 +80,42 @@ def build_report(cols, rows, run, scored, defaults, seeds, prompts_file, scorers
     }
 
 
+def quantized_pairs(cols) -> list[tuple[int, int]]:
+    """(i, j): column j is column i's model under --quantize (spo and spo@fp8), the one thing apart."""
+    from dataclasses import replace
+
+    return [(i, j) for i, a in enumerate(cols) for j, b in enumerate(cols)
+            if b.request.quantize and not a.request.quantize
+            and replace(a.request, quantize=None) == replace(b.request, quantize=None)]
+
+
+def pixel_distances(cols, rows, cells_dir: Path, failed) -> list[dict]:
+    """For each column quantized beside its own model (quantized_pairs): per cell (prompt and seed) the
+    max and mean |Δ| of the two images' 8-bit values (0 to 255, so 2 is 2/255), and over the cells
+    the largest max and the mean of the means: what fp8 changes in the pixels, beside what it changes
+    in the scores."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for i, j in quantized_pairs(cols):
+        cells = []
+        for ri, r in enumerate(rows):
+            a, b = (cells_dir / cols[k].folder / f"{r.stem}.png" for k in (i, j))
+            if (i, ri) in failed or (j, ri) in failed or not (a.exists() and b.exists()):
+                continue
+            with Image.open(a) as x, Image.open(b) as y:
+                if x.size != y.size:
+                    continue
+                d = np.abs(np.asarray(x.convert("RGB"), np.int16) - np.asarray(y.convert("RGB"), np.int16))
+            cells.append({"prompt": r.request.prompt, "seed": r.request.seed, "max": int(d.max()),
+                          "mean": round(float(d.mean()), 3)})
+        out.append({"a": cols[j].label, "b": cols[i].label, "cells": cells,
+                    "max": max((c["max"] for c in cells), default=None),
+                    "mean": round(sum(c["mean"] for c in cells) / len(cells), 3) if cells else None})
+    return out
+
+
 def plot_panels(labels: list[str], prompts: list[str], scored: dict) -> list:
     """One panel per pair of columns (later minus earlier, as the summary) and metric; `prompts[row]`
     groups the rows, so the plot's intervals resample prompts as the summary's do."""
@@ -119,6 +155,15 @@ def write_report(out: Path, report: dict, cols, rows, scored) -> dict[str, Path]
     ]
     if panels:
         lines += [f"![paired differences]({paths['plot'].name})", ""]
+    if report.get("pixels"):
+        lines += ["## Pixel distance of the quantized columns", "",
+                  "Δ: the absolute difference between each image and its own model's, same prompt and seed, in 8-bit "
+                  "steps (2 = 2/255); the mean over each image's pixels, averaged over the cells, and the largest "
+                  "difference of any cell.", "",
+                  "| column | against | cells | mean Δ | largest Δ |", "|---|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {len(p['cells'])} | {'-' if p['mean'] is None else p['mean']} | "
+                  f"{'-' if p['max'] is None else p['max']} |" for p in report["pixels"]]
+        lines += [""]
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += ["", "## Models", "", "| column | model | commit | LoRA |", "|---|---|---|---|"]

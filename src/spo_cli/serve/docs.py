@@ -244,6 +244,8 @@ class Health(BaseModel):
     queued: int | None = Field(None, description="Images waiting for a device (one queue for them all).")
     error: str | None = None
     devices: list[HealthDevice] = []
+    quantize: dict[str, str] | None = Field(None, description="The models served with --quantize (fp8), by label: "
+                                            "their images differ from the model's own.")
 
 
 class A1111Progress(BaseModel):

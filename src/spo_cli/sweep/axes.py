@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from spo_cli import validate
+from spo_cli import quantize, validate
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest
 
@@ -277,6 +277,10 @@ def _typed(raw: str, kind: type, label: str):
 def _model(raw: str, where: validate.Where, label: str) -> tuple[str, str, float | None, list[str]]:
     """A model value in `spo eval --columns` grammar: (value, column label, LoRA strength, warnings)."""
     value = validate.text(raw, "model", where, limit=validate.PATH_MAX_CHARS)
+    name, q = quantize.split_suffix(value)
+    if q and name:  # spo@fp8: that model under --quantize fp8, labelled as its column ("SPO-SDXL fp8")
+        name, shown, scale, warnings = _model(name, where, label)
+        return name + quantize.SUFFIX, f"{shown} {quantize.LABEL}", scale, warnings
     if value in MODEL_PRESETS:
         return value, MODEL_PRESETS[value], None, []
     if value == SPO_LORA or value.startswith(SPO_LORA + ":"):
@@ -376,8 +380,9 @@ def parse_axis(slot: str, text: str, *, size_limit: bool = True) -> Axis:
                 v = validate.random_seed()
             shown = f"seed: {v}"
         if name == "model":  # spo-lora and spo-lora:1 are one column
-            lora = v == SPO_LORA or v.startswith(SPO_LORA + ":")  # not a repo named spo-lora-mine
-            key = (SPO_LORA, float(v.split(":", 1)[1]) if ":" in v else 1.0) if lora else v
+            bare, q = quantize.split_suffix(v)
+            lora = bare == SPO_LORA or bare.startswith(SPO_LORA + ":")  # not a repo named spo-lora-mine
+            key = (SPO_LORA, float(bare.split(":", 1)[1]) if ":" in bare else 1.0, q) if lora else v
             if key in scales:
                 raise UsageError(f"{label} lists {validate.shown(raw)}, the same model as an earlier value.",
                                  "List each model once.")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from spo_cli import presets, validate
+from spo_cli import presets, quantize, validate
 from spo_cli.comparison import Column, build_columns
 from spo_cli.errors import UsageError
 from spo_cli.outputs import naming
@@ -77,7 +77,14 @@ def has_lora(request) -> bool:
 
 def model_kw(value: str, where: str) -> dict:
     """One value of a `model` axis, in `spo eval --columns` grammar (base, spo, spo-lora,
-    spo-lora:0.5, a repo or a folder) → build_columns' arguments for that one column."""
+    spo-lora:0.5, a repo or a folder; any of them with @fp8 after it) → build_columns' arguments for
+    that one column."""
+    name, q = quantize.split_suffix(value)
+    if q:
+        kw = model_kw(name, where)
+        if kw["scales"]:
+            return dict(kw, quantized=["scale:0"])
+        return dict(kw, base=None, spo=None, models=[value])  # build_columns reads @fp8 on a model's name
     kw = {"base": None, "spo": None, "spo_lora": None, "models": [], "labels": [], "scales": [], "lora_scale": None}
     if value == "base":
         kw["base"] = True
@@ -118,7 +125,8 @@ def lora_column(column: Column, scale: float, common: dict, model_request: Calla
     """`column` at SPO LoRA strength `scale`: the same column when it has no LoRA."""
     if column.request.model != "spo" and not has_lora(column.request):
         return column
-    [col] = build_columns(None, None, True, [], [], [], scale, None, common, model_request)
+    [col] = build_columns(None, None, True, [], [], [], scale, None, common, model_request,
+                          quantized=["spo-lora"] if column.request.quantize else ())
     return col
 
 

@@ -31,7 +31,10 @@ async def health(spo: Spo):
             (lane.error for lane in worker.lanes if lane.error), ""), "devices": devices}, status_code=503)
     if status == "loading":
         return JSONResponse({"status": "loading", "devices": devices}, status_code=503)
-    return {"status": status, "models": list(worker.loaded()), "queued": worker.queued, "devices": devices}
+    loaded = worker.loaded()
+    quantized = {label: m.engine.quantize for label, m in loaded.items() if getattr(m.engine, "quantize", None)}
+    return {"status": status, "models": list(loaded), "queued": worker.queued, "devices": devices,
+            **({"quantize": quantized} if quantized else {})}  # --quantize fp8: other pixels than the model's own
 
 
 @router.get("/metrics")
