@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, offline_cache, timed  # noqa: E402
+from common import ensure_model, machine, offline_cache, timed  # noqa: E402
 
 SPO = [sys.executable, "-m", "spo_cli"]
 
@@ -242,21 +242,6 @@ def devices_main(env: dict, work: Path, prompts: list[str], args) -> None:
 WARM_CALLS = 3  # --fast: the first call compiles, CUDA graph trees record on a later one
 
 
-def ensure_model(workdir: Path, toy: bool) -> tuple[Path, Path]:
-    """bench_gpu.py's model/ and vae/ in `workdir`; --toy builds the tiny ones if they are missing
-    (seconds), the full-size ones must come from bench_gpu.py (they are built on the GPU)."""
-    model, vae = workdir / "model", workdir / "vae"
-    if (model / "model_index.json").exists() and (vae / "config.json").exists():
-        return model, vae
-    if not toy:
-        sys.exit(f"No model in {workdir} (model/, vae/): run benchmarks/bench_gpu.py --workdir {workdir} first.")
-    import bench_gpu
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    bench_gpu.build_and_save(model, vae, True, "cpu", "float32")
-    return model, vae
-
-
 def made_files(out: Path) -> dict[int, tuple[Path, int]]:
     """{seed: (image, its modification time in ns)} of the images and sidecars under `out`."""
     found = {}
@@ -426,6 +411,9 @@ def gpu_main(args) -> None:
     served = gpu_serve(env, work, model_args, [{"prompt": t["prompt"], "seed": t["seed"], **shape} for t in timed],
                        [{"prompt": w["prompt"], "seed": w["seed"], **shape} for w in warm], args)
     result["serve"] = served
+    first = json.loads(Path(next(iter(served["_files"].values()))).with_suffix(".json").read_text())
+    result["versions"] = first.get("versions")
+    result["sidecar_device"] = {k: first.get(k) for k in ("device", "gpu", "dtype")}
     save()
     print(f"  serve: ready in {served['ready_s']:.1f} s, warm-up {served['warmup_s']:.1f} s; "
           f"{fmt_rate(served['steady_rate'])} img/s steady, {served['client_rate']:.3f} img/s by the clients' clock; "
