@@ -29,6 +29,8 @@ def test_steady_rate_leaves_out_the_first_call():
     finished = [30.0] * 4 + [32.0] * 4 + [34.0] * 4
     assert bench_serve.steady_rate(finished, 4) == pytest.approx(8 / 4)
     assert bench_serve.steady_rate([5.0, 6.0, 8.0], 1) == pytest.approx(2 / 3)
+    # a first call of 2 whose images were written a second apart: the clock starts at the second
+    assert bench_serve.steady_rate([14.0, 10.0, 12.0, 11.0], 2) == pytest.approx(2 / 3)
     assert bench_serve.steady_rate([5.0] * 4, 4) is None  # nothing after the first call
 
 
