@@ -305,19 +305,36 @@ def main() -> None:
     argv = ["eval", "--paper", "--limit", str(args.limit), "--out", str(out), *small, "--json"]
     print(f"$ spo {' '.join(argv)}   ({'CPU TOY RUN' if toy else 'CUDA'}; scorers: {timings['scorers']}; "
           f"prompts: {args.limit} SYNTHETIC captions in Pick-a-Pic's parquet layout)", flush=True)
+    log = workdir / "eval.log"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "spo_cli", *argv], env=env, capture_output=True, text=True,
-                          timeout=args.timeout_s)
+    stopped = None
+    # stderr to a file and the process waited for here: a run cut short by the phase's `timeout` (SIGINT
+    # to the whole group: spo stops after its image in flight) still leaves its log and its images to count.
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "spo_cli", *argv], env=env, stdout=subprocess.PIPE, stderr=err,
+                                text=True)
+        try:
+            stdout, _ = proc.communicate(timeout=args.timeout_s)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired) as e:
+            stopped = f"stopped ({type(e).__name__}) after {time.perf_counter() - t0:.1f} s"
+            proc.terminate()
+            try:
+                stdout, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, _ = proc.communicate()
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"spo eval failed ({proc.returncode}) after {wall:.1f} s:\n{proc.stderr[-4000:]}")
-    report = json.loads(proc.stdout)
+    stderr = log.read_text(errors="replace")
+    try:
+        report = json.loads(stdout) if proc.returncode == 0 else {}
+    except json.JSONDecodeError:
+        report = {}
 
-    cells = sorted((out / "cells").rglob("*.png"))
+    cells = sorted((out / "cells").rglob("*.png")) if (out / "cells").exists() else []
     by_column: dict[str, list[float]] = {}
     for c in cells:
         by_column.setdefault(c.parent.name, []).append(c.stat().st_mtime)
-    scored = [p.stat().st_mtime for p in (out / "cells").rglob("*.scores.json")]
+    scored = [p.stat().st_mtime for p in (out / "cells").rglob("*.scores.json")] if cells else []
     columns = {}
     for name, times in by_column.items():
         total, gap = span(times)
@@ -329,7 +346,8 @@ def main() -> None:
     per_image = sum(c["s_per_image"] * c["images"] for c in columns.values() if c["s_per_image"])
     # What grows with the prompts is each column's images, and the scoring less its model loads. The
     # loads are not told apart from the files' times, so two bounds: scoring as a fixed cost (low) and
-    # scoring grown with the prompts, loads included (high).
+    # scoring grown with the prompts, loads included (high). Only a whole run is extrapolated.
+    complete = proc.returncode == 0 and not stopped
     scale = PAPER_PROMPTS / args.limit - 1
     low, high = wall + scale * per_image, wall + scale * (per_image + scoring_s)
     result = {
@@ -342,27 +360,32 @@ def main() -> None:
                      "real one)" if not toy else "CPU toy: tiny SDXL, tiny scorers, 64², 2 steps"),
         "prompts": f"{args.limit} synthetic captions (examples/prompts.txt variations) in Pick-a-Pic v1's "
                    "validation_unique parquet layout, not the real captions",
-        "command": ["spo", *argv], "wall_s": round(wall, 2), "setup": timings,
-        "columns": columns, "scoring_s": round(scoring_s, 2),
-        "estimate_500_prompts_s": [round(low, 1), round(high, 1)],
+        "command": ["spo", *argv], "exit_code": proc.returncode, "complete": complete, "stopped": stopped,
+        "wall_s": round(wall, 2), "setup": timings, "columns": columns, "scoring_s": round(scoring_s, 2),
+        "estimate_500_prompts_s": [round(low, 1), round(high, 1)] if complete else None,
         "estimate_rule": "wall + (500/N - 1) × Σ columns (s_per_image × images) [low: scoring fixed], + (500/N - 1) × "
                          "scoring_s [high: scoring and its model loads grown with the prompts]; start-up and the "
                          "SDXL loads counted once",
         "report": {k: report.get(k) for k in ("elapsed_s", "images", "settings", "seeds", "prompts", "versions")
                    if k in report},
         "deviations": (report.get("paper") or {}).get("deviations"),
-        "stderr_tail": proc.stderr[-2000:],
+        "stderr_tail": stderr[-3000:],
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2, default=str))
-    print(f"spo eval --paper --limit {args.limit}: {wall:.1f} s end to end (set-up before it, not counted: "
-          f"{timings['setup_s']:.1f} s)")
+    print(f"spo eval --paper --limit {args.limit}: {wall:.1f} s, exit {proc.returncode}{', ' + stopped if stopped else ''}"
+          f" (set-up before it, not counted: {timings['setup_s']:.1f} s)")
     for name, c in columns.items():
         print(f"  {name}: {c['images']} images, {c['s_per_image']} s per image")
     print(f"  scoring (5 metrics, {len(scored)} images, their model loads included): {scoring_s:.1f} s")
-    print(f"  the 500-prompt run, extrapolated: {low / 60:.1f} to {high / 60:.1f} min ({result['estimate_rule']})")
+    if complete:
+        print(f"  the 500-prompt run, extrapolated: {low / 60:.1f} to {high / 60:.1f} min ({result['estimate_rule']})")
+    else:
+        print(f"  not complete: no extrapolation; the end of its log:\n{stderr[-2000:]}")
     print(f"  measured: {result['measured']}; prompts: {result['prompts']}")
     print(f"raw: {out_json}")
+    if not complete:
+        sys.exit(1)
 
 
 def _gpu() -> str | None:

@@ -13,8 +13,8 @@
 #     attn   bench_attention.py: SDPA backends at SDXL's attention shapes
 #     prof   profile_step.py --fast: where one image's time goes (a 3rd process on the compile cache)
 #   call 2 (~300 s):  benchmarks/gpu_session.sh --call 2     # = --phases serve,eval --budget-s 300
-#     serve  bench_serve.py: spo serve under 16 clients vs spo batch, same batch size (1), --fast and 32
-#            requests when the compile cache of call 1 is still there (a warm machine), else eager and 16
+#     serve  bench_serve.py: spo serve under 16 clients vs spo batch, same batch size (1), --fast and 24
+#            requests when the compile cache of call 1 is still there (a warm machine), else eager and 12
 #            (the JSON says which)
 #     eval   bench_eval.py: spo eval --paper --limit 20 end to end, full-size random SDXL and scorers
 #   spares (no call by default): recipe (the snippet + diffusers' compile recipe, 280 s and more of
@@ -162,8 +162,8 @@ if in_phases serve; then
   # --fast only where a phase before it (this call's, or the first call's on a machine still warm) left
   # compiled graphs: a fresh compile would take most of this call. serve.json records which it ran.
   # Eager images take about twice as long (2.0 s at 30 steps): half the requests, to fit the same time.
-  SERVE_FAST=""; SERVE_N=16
-  [[ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]] && { SERVE_FAST="--fast"; SERVE_N=32; }
+  SERVE_FAST=""; SERVE_N=12
+  [[ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]] && { SERVE_FAST="--fast"; SERVE_N=24; }
   say "serve: ${SERVE_FAST:-eager (no compile cache from an earlier phase)}, $SERVE_N requests"
   phase serve "$PY" "$REPO/benchmarks/bench_serve.py" $TOY --workdir "$WD" --requests "$SERVE_N" --batch-size 1 \
     $SERVE_FAST --out-json "$OUTDIR/serve.json"
