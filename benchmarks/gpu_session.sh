@@ -98,7 +98,7 @@ export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 # cap_for KEY: the seconds phase KEY may run: what is left, less what the phases after it need, 10 s in hand.
 cap_for() { echo $(($(left) - $("${PLAN[@]}" reserve "$1" "$PHASES" $TOY) - 10)); }
 # phase KEY CMD...: run CMD if the phase is in --phases and its time (session_plan.py needs) is left,
-# under `timeout` with cap_for's seconds.
+# under `timeout` with cap_for's seconds. Status 1 when it was skipped for want of time.
 phase() {
   local key="$1"; shift
   in_phases "$key" || return 0
@@ -106,7 +106,7 @@ phase() {
   needs=$("${PLAN[@]}" needs "$key" $TOY); cap=$(cap_for "$key")
   if ((cap < needs)); then
     say "$key: skipped, ${cap}s could be given to it ($(left)s left, less the phases after it) and it needs ${needs}s"
-    return 0
+    return 1
   fi
   say "$key: start, ${cap}s allowed"
   timeout --signal=INT --kill-after=10 "$cap" "$@" 2>&1 | tee -a "$LOG"
@@ -148,9 +148,9 @@ bench() {
   [[ -n "${lines[1]:-}" ]] && say "$1: ${lines[1]}"
   if [[ -z "${lines[0]:-}" ]]; then say "$1: skipped, none of $2 is on this branch's bench_gpu.py"; return 0; fi
   local cap; cap=$(cap_for "$1")
+  rm -f "$WD/results.json"  # only this run's results are kept under its name
   phase "$1" "$PY" "$REPO/benchmarks/bench_gpu.py" $TOY --workdir "$WD" ${STEPS:+--steps "$STEPS"} \
-    --only "${lines[0]}" --deadline-s $((cap > 240 ? cap - 120 : cap / 2))
-  keep "$3"
+    --only "${lines[0]}" --deadline-s $((cap > 240 ? cap - 120 : cap / 2)) && keep "$3"
 }
 
 bench bench "$BENCH_MAIN" bench.json
