@@ -22,25 +22,65 @@ throughput ratio, p50/p99 latency, and how many images each device made (from /m
 
 --hub serves the real models from the HF cache already on the machine (offline), rather than the tiny
 random ones; the one-worker run uses the first device of --devices (cuda:0 for `all`).
+
+With --workdir (or --toy), the GPU comparison of issue 22: the model bench_gpu.py saved in WORKDIR
+(model/ and vae/: full-size SDXL with random weights, float16, on CUDA; with --toy, bench_gpu.py --toy's
+tiny model on the CPU, built here if missing), served by one `spo serve --device cuda` with
+--batch-size B (default 1) and --batch-wait-ms, and the same images made by one `spo batch --batch-size B`
+on the same GPU, with --fast on both or neither. Each side first makes 3 calls' worth of warm-up images
+(--fast compiles and records its CUDA graphs there), then the N timed ones. Throughput on both sides
+is counted the same way, from the files' modification times: (N − B) ÷ (time the last image was
+written − time the first call's images were written), which leaves out start-up, load, warm-up and
+the first timed call's fill on both sides; the server's client-side rate (N ÷ first request to last
+answer) is given too. Latency per request (p50, p99, by nearest rank: the p99 of 48 requests is the
+slowest) and every request's raw times go to the JSON (--out-json, default WORKDIR/serve.json), which
+is rewritten after each side, so a run cut short keeps the server's half.
+
+    python benchmarks/bench_serve.py --workdir /tmp/spo-bench-gpu --fast              # H200: 1024², 30 steps, 48 requests
+    python benchmarks/bench_serve.py --workdir /tmp/spo-bench-gpu --batch-size 4      # eager, micro-batching on
+    python benchmarks/bench_serve.py --toy --out-json /tmp/serve-toy.json             # the same on the CPU (tiny)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, offline_cache, timed  # noqa: E402
+from common import ensure_model, machine, offline_cache, timed  # noqa: E402
 
 SPO = [sys.executable, "-m", "spo_cli"]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile by nearest rank: the smallest value with at least p % of the values at or
+    below it (so the p99 of fewer than 100 values is the largest)."""
+    if not values:
+        raise ValueError("no values")
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(p / 100 * len(ranked)) - 1)]
+
+
+def steady_rate(finished: list[float], first_call: int) -> float | None:
+    """Images per second after the first call: (n − k) ÷ (last − k-th finish time), k = `first_call`
+    images (one call's worth). Start-up, load and the first call's fill are left out; None when there
+    is nothing after the first call."""
+    times = sorted(finished)
+    if len(times) <= first_call or times[-1] <= times[first_call - 1]:
+        return None
+    return (len(times) - first_call) / (times[-1] - times[first_call - 1])
 
 
 def post(url: str, body: dict) -> tuple[int, dict, float]:
@@ -125,22 +165,33 @@ def batch_rate(env: dict, work: Path, prompts: list[str], args, batch_size: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=None, help="default 200; with --workdir/--toy 48")
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--size", type=int, default=None, help="default 32; --workdir 1024; --toy 64")
+    ap.add_argument("--steps", type=int, default=None, help="default 2; --workdir 30; --toy 2")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the server and of spo batch (default 1: the other core runs the clients; "
                     "two threads on two cores spin-wait whenever the clients run)")
     ap.add_argument("--devices", help="compare one worker with a worker per device: cpu,cpu, cuda:0,cuda:1, all")
-    ap.add_argument("--batch-size", type=int, default=1, help="with --devices: each worker's --batch-size")
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="with --devices: each worker's --batch-size; with --workdir: serve's and batch's")
+    ap.add_argument("--batch-wait-ms", type=int, default=20, help="with --workdir: spo serve --batch-wait-ms")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="GPU mode: bench_gpu.py's workdir (model/, vae/); spo serve vs spo batch on CUDA")
+    ap.add_argument("--toy", action="store_true", help="GPU mode on the CPU with bench_gpu.py --toy's tiny model")
+    ap.add_argument("--out-json", type=Path, default=None, help="GPU mode: the results (default WORKDIR/serve.json)")
+    ap.add_argument("--timeout-s", type=float, default=1800.0,
+                    help="GPU mode: longest wait for the server to be ready, and for each spo batch")
     ap.add_argument("--hub", action="store_true", help="the real models from this machine's HF cache (offline)")
     ap.add_argument("--fast", action="store_true", help="spo serve --fast (torch.compile; a warm-up call first)")
     args = ap.parse_args()
+    if args.workdir or args.toy:
+        return gpu_main(args)
+    args.requests = args.requests or 200
+    args.size = args.size or 32
+    args.steps = args.steps or 2
 
     if args.hub:
-        import tempfile
-
         work, env = Path(tempfile.mkdtemp(prefix="spo-bench-")), {**os.environ, "HF_HUB_OFFLINE": "1"}
     else:
         work, env = offline_cache()
@@ -183,6 +234,219 @@ def devices_main(env: dict, work: Path, prompts: list[str], args) -> None:
         made = ", ".join(f"{d} {n}" for d, n in sorted(r["devices"].items()))
         print(f"| {devices} | {len(r['devices'])} | {r['rate']:.2f} | {r['p50']:.2f} | {r['p99']:.2f} | {made} |")
     print(f"throughput, {len(many['devices'])} workers vs 1: {many['rate'] / one['rate']:.2f}×")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU mode (--workdir / --toy): spo serve against spo batch on one device, bench_gpu.py's model
+
+WARM_CALLS = 3  # --fast: the first call compiles, CUDA graph trees record on a later one
+
+
+def made_files(out: Path) -> dict[int, tuple[Path, int]]:
+    """{seed: (image, its modification time in ns)} of the images and sidecars under `out`."""
+    found = {}
+    for image in out.rglob("*.png"):
+        side = image.with_suffix(".json")
+        if side.exists():
+            found[json.loads(side.read_text())["seed"]] = (image, image.stat().st_mtime_ns)
+    return found
+
+
+def wait_ready(url: str, proc, log: Path, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=10) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError:
+            pass  # 503 while the models load
+        except (urllib.error.URLError, OSError):
+            if proc.poll() is not None:
+                sys.exit(f"spo serve stopped (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    sys.exit(f"spo serve was not ready within --timeout-s; its log:\n{log.read_text()[-3000:]}")
+
+
+def gpu_serve(env: dict, work: Path, model_args: list[str], bodies: list[dict], warm: list[dict], args) -> dict:
+    out, log = work / "serve", work / "serve.log"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [*SPO, "serve", "--port", "0", "--models", *model_args, "--out", str(out), "--batch-size",
+           str(args.batch_size), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue",
+           str(max(len(bodies), len(warm))), *(["--fast"] if args.fast else [])]
+    t_start = time.perf_counter()
+    with open(log, "w") as f:  # a pipe nobody reads would fill with a slow model's log and stop the server
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=f, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            proc.wait(timeout=30)
+            sys.exit(f"spo serve did not start (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+        wait_ready(url, proc, log, time.monotonic() + args.timeout_s)
+        ready_s = time.perf_counter() - t_start
+        # Warm-up: whole calls (B clients), so --fast compiles and records the shape the timed calls use.
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.batch_size) as pool:
+            warmed = list(pool.map(lambda b: post(url + "/v1/images/generations", b), warm))
+        warm_s = time.perf_counter() - t0
+        if any(s != 200 for s, _, _ in warmed):
+            sys.exit(f"warm-up requests failed: {[a for s, a, _ in warmed if s != 200][:2]}")
+        t0 = time.perf_counter()
+
+        def send(body: dict) -> dict:
+            sent = time.perf_counter() - t0
+            status, answer, latency = post(url + "/v1/images/generations", body)
+            return {"seed": body["seed"], "status": status, "sent_s": round(sent, 4), "latency_s": round(latency, 4),
+                    "error": None if status == 200 else answer}
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            answers = list(pool.map(send, bodies))
+        wall = time.perf_counter() - t0
+        with urllib.request.urlopen(url + "/metrics") as r:
+            from prometheus_client.parser import text_string_to_metric_families
+
+            samples = [s for fam in text_string_to_metric_families(r.read().decode()) for s in fam.samples]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    bad = [a for a in answers if a["status"] != 200]
+    if bad:
+        sys.exit(f"{len(bad)} of {len(answers)} requests failed: {bad[:3]}")
+    files = made_files(out)
+    timed = [files[b["seed"]][1] / 1e9 for b in bodies if b["seed"] in files]
+    if len(timed) != len(bodies) or len(files) != len(bodies) + len(warm):
+        sys.exit(f"the files on disk are not one per request: {len(files)} for {len(bodies)} + {len(warm)} requests")
+    latencies = [a["latency_s"] for a in answers]
+
+    def total(name: str) -> int:
+        return int(sum(s.value for s in samples if s.name == name))
+
+    return {"command": ["spo", *cmd[3:]], "ready_s": round(ready_s, 2), "warmup_s": round(warm_s, 2),
+            "wall_s": round(wall, 3), "client_rate": len(bodies) / wall,
+            "steady_rate": steady_rate(timed, args.batch_size),
+            "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+            "images_in_shared_calls": total("spo_batched_images_total"), "calls": total("spo_pipeline_calls_total"),
+            "requests": answers, "finished_s": sorted(round(t - min(timed), 4) for t in timed),
+            "_files": {seed: str(f) for seed, (f, _) in files.items()}}
+
+
+def gpu_batch(env: dict, work: Path, model_args: list[str], lines: list[dict], warm: int, args, common: list[str]) -> dict:
+    out = work / "batch"
+    shutil.rmtree(out, ignore_errors=True)
+    pfile = work / "prompts.jsonl"
+    pfile.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cmd = [*SPO, "batch", str(pfile), "--model", *model_args, *common, "--batch-size", str(args.batch_size),
+           "--out", str(out), "--json", *(["--fast"] if args.fast else [])]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"spo batch failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    files = made_files(out)
+    timed_seeds = [line["seed"] for line in lines[warm:]]
+    timed = [files[s][1] / 1e9 for s in timed_seeds if s in files]
+    if len(files) != len(lines) or len(timed) != len(timed_seeds):
+        sys.exit(f"spo batch wrote {len(files)} images for {len(lines)} lines")
+    return {"command": ["spo", *cmd[3:]], "wall_s": round(wall, 3), "steady_rate": steady_rate(timed, args.batch_size),
+            "report": json.loads(proc.stdout), "finished_s": sorted(round(t - min(timed), 4) for t in timed),
+            "_files": {seed: str(f) for seed, (f, _) in files.items()}}
+
+
+def max_diff(a: str, b: str) -> int:
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (a, b))
+    return int(np.abs(x - y).max())
+
+
+def gpu_main(args) -> None:
+    toy = args.toy
+    workdir = (args.workdir or Path(tempfile.gettempdir()) / ("spo-bench-gpu-toy" if toy else "spo-bench-gpu")).resolve()
+    size = args.size or (64 if toy else 1024)
+    steps = args.steps or (2 if toy else 30)
+    n = args.requests or 48
+    out_json = args.out_json or workdir / "serve.json"
+    device = "cpu" if toy else "cuda"
+    model, vae = ensure_model(workdir, toy)
+    work = workdir / f"serve-bench-b{args.batch_size}{'-fast' if args.fast else ''}"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1] / "src"),
+                                                     os.environ.get("PYTHONPATH", "")] if p)}
+    if toy:  # as the CPU mode above: the clients keep a core of their own
+        env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    # --fast on both sides shares one compile cache: the first process to compile a shape pays for it.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor-cache"))
+    model_args = [str(model), "--vae", str(vae), "--device", device]
+    examples = (Path(__file__).parents[1] / "examples" / "prompts.txt").read_text().splitlines()
+    base = [p for p in examples if p.strip() and not p.startswith("#")]
+    warm_n = WARM_CALLS * args.batch_size
+    warm = [{"prompt": f"{base[k % len(base)]} (warm-up {k})", "seed": 900_000 + k} for k in range(warm_n)]
+    timed = [{"prompt": f"{base[k % len(base)]} #{k}", "seed": 1000 + k} for k in range(n)]
+    shape = {"size": f"{size}x{size}", "steps": steps}
+    common = ["--width", str(size), "--height", str(size), "--steps", str(steps)]
+    result = {
+        "benchmark": "bench_serve.py GPU mode" + (" (--toy: CPU, tiny random SDXL; not GPU numbers)" if toy else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "workdir": str(workdir), "device": device, "gpu": gpu_name() if not toy else None,
+        "work": {"requests": n, "clients": args.clients, "size": size, "steps": steps, "batch_size": args.batch_size,
+                 "batch_wait_ms": args.batch_wait_ms, "fast": args.fast, "warmup_images": warm_n,
+                 "model": "SDXL-base-1.0 architecture, random weights, float16" if not toy else "tiny random SDXL, float32"},
+        "rate_definition": "steady_rate = (N - B) / (mtime of the last image - mtime of the B-th), B = --batch-size; "
+                           "client_rate = N / (first request sent to last answer)",
+    }
+
+    def save() -> None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        clean = {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
+                 for k, v in result.items()}
+        out_json.write_text(json.dumps(clean, indent=2))
+
+    print(f"spo serve vs spo batch on {device}{' (CPU TOY RUN)' if toy else ''}: {n} requests from {args.clients} "
+          f"clients, {size}², {steps} steps, --batch-size {args.batch_size}{', --fast' if args.fast else ''}; "
+          f"{warm_n} warm-up images first", flush=True)
+    served = gpu_serve(env, work, model_args, [{"prompt": t["prompt"], "seed": t["seed"], **shape} for t in timed],
+                       [{"prompt": w["prompt"], "seed": w["seed"], **shape} for w in warm], args)
+    result["serve"] = served
+    first = json.loads(Path(next(iter(served["_files"].values()))).with_suffix(".json").read_text())
+    result["versions"] = first.get("versions")
+    result["sidecar_device"] = {k: first.get(k) for k in ("device", "gpu", "dtype")}
+    save()
+    print(f"  serve: ready in {served['ready_s']:.1f} s, warm-up {served['warmup_s']:.1f} s; "
+          f"{fmt_rate(served['steady_rate'])} img/s steady, {served['client_rate']:.3f} img/s by the clients' clock; "
+          f"p50 {served['p50_s']:.2f} s, p99 {served['p99_s']:.2f} s", flush=True)
+    batched = gpu_batch(env, work, model_args, warm + timed, warm_n, args, common)
+    result["batch"] = batched
+    same = [max_diff(served["_files"][t["seed"]], batched["_files"][t["seed"]]) for t in timed[:4]]
+    result["pixels_serve_vs_batch_max_abs_diff"] = same
+    if served["steady_rate"] and batched["steady_rate"]:
+        result["ratio_serve_over_batch"] = served["steady_rate"] / batched["steady_rate"]
+        result["ratio_client_clock_over_batch"] = served["client_rate"] / batched["steady_rate"]
+    save()
+    ratio = result.get("ratio_serve_over_batch")
+    print(f"  batch: {batched['wall_s']:.1f} s for the process; {fmt_rate(batched['steady_rate'])} img/s steady", flush=True)
+    print(f"\n| side | img/s (steady) | img/s (clients' clock) | p50 s | p99 s |\n|---|---:|---:|---:|---:|\n"
+          f"| spo serve, {args.clients} clients | {fmt_rate(served['steady_rate'])} | {served['client_rate']:.3f} | "
+          f"{served['p50_s']:.2f} | {served['p99_s']:.2f} |\n"
+          f"| spo batch | {fmt_rate(batched['steady_rate'])} | | | |\n")
+    print(f"serve ÷ batch: {ratio:.3f}× (goal ≥ 0.9×)" if ratio else "serve ÷ batch: n/a (too few images)")
+    print(f"same pixels, serve vs batch, first 4 seeds: max |Δ| {same} (of 255)")
+    print(f"raw times: {out_json}")
+
+
+def fmt_rate(rate: float | None) -> str:
+    return f"{rate:.3f}" if rate else "n/a"
+
+
+def gpu_name() -> str | None:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared set-up for the CPU benchmarks: the tiny SDXL repos in a private offline HF cache."""
+"""Shared set-up for the benchmarks: the tiny SDXL repos in a private offline HF cache, bench_gpu.py's model."""
 
 from __future__ import annotations
 
@@ -22,6 +22,29 @@ def offline_cache() -> tuple[Path, dict[str, str]]:
     env = {**os.environ, "HF_HOME": str(work / "hf-home"), "HF_HUB_CACHE": str(work / "hub"),
            "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     return work, env
+
+
+def ensure_model(workdir: Path, toy: bool) -> tuple[Path, Path]:
+    """bench_gpu.py's model/ and vae/ in `workdir`, built as bench_gpu.py builds them when missing
+    (the tiny one on the CPU in seconds, the full-size one on the GPU: a bare node's second call), with
+    its marker, so that bench_gpu.py reuses them."""
+    import json
+
+    model, vae = workdir / "model", workdir / "vae"
+    if (model / "model_index.json").exists() and (vae / "config.json").exists():
+        return model, vae
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_gpu
+
+    device, dtype = ("cpu", "float32") if toy else ("cuda", "float16")
+    print(f"Model: building {'the tiny' if toy else 'full-size'} random SDXL into {workdir} (bench_gpu.py's "
+          "build_and_save) ...", flush=True)
+    t0 = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench_gpu.build_and_save(model, vae, toy, device, dtype)
+    (model / ".spo-bench.json").write_text(json.dumps({"hash": bench_gpu.config_hash(toy, dtype)}))
+    print(f"  built in {time.perf_counter() - t0:.1f} s", flush=True)
+    return model, vae
 
 
 def timed(cmd: list[str], env: dict, **kw) -> float:

@@ -5,7 +5,9 @@
 #     benchmarks/run_gpu_bench.sh download [--wheels DIR] [-- PIP_DOWNLOAD_ARGS...]
 #   fetches wheels (no sdists) of spo-cli's dependency closure without torch, pinned to the versions
 #   installed in that Python (diffusers, typer, rich, click, shellingham, markdown-it-py, mdurl,
-#   pygments, huggingface_hub, transformers, ...), into DIR (default benchmarks/wheels/). For a node
+#   pygments, huggingface_hub, transformers, ...), with the extras the GPU session uses (serve, score,
+#   fp8: fastapi, uvicorn, pyarrow, ftfy, torchao; wheelplan.py's NODE_EXTRAS), into DIR (default
+#   benchmarks/wheels/). For a node
 #   with another Python or platform, pass pip's own flags after --, e.g.
 #     benchmarks/run_gpu_bench.sh download -- --python-version 3.10 --platform manylinux2014_x86_64
 #

@@ -139,6 +139,13 @@ def _imagereward(folder: Path, bert_vocab: int, seed: int) -> None:
     mlp = _reward_mlp(32)
     for i, m in enumerate((vision, text, mlp)):
         _randomise(m, seed + i)
+    torch.save(imagereward_checkpoint(vision, text, mlp, seed), folder / "ImageReward.pt")
+
+
+def imagereward_checkpoint(vision, text, mlp, seed: int) -> dict:
+    """The ImageReward release's state dict (BLIP's timm-style vision keys, med BERT keys, the reward
+    MLP, and the projections score() never uses) from transformers' BLIP modules: the tiny stand-in's
+    and the GPU benchmark's full-size one (benchmarks/bench_eval.py)."""
     inverse = {}
     for pattern, repl in _BLIP_VISION_RENAMES:  # the renames are one-to-one: read them backwards
         src = pattern.strip("^$").replace("\\.", ".").replace("(\\d+)", "{i}")
@@ -153,14 +160,16 @@ def _imagereward(folder: Path, bert_vocab: int, seed: int) -> None:
                 break
         state["blip.visual_encoder." + new] = value
     state.update({"blip.text_encoder." + k: v for k, v in text.state_dict().items() if not k.endswith("position_ids")})
-    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)  # persistent in med.py
+    positions = text.config.max_position_embeddings
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(positions).unsqueeze(0)  # persistent in med.py
     state.update({"mlp." + k: v for k, v in mlp.state_dict().items()})
     g = torch.Generator().manual_seed(seed + 7)
-    state["blip.vision_proj.weight"] = torch.randn(256, 64, generator=g)  # in the release, unused by score()
+    width, hidden = vision.config.hidden_size, text.config.hidden_size
+    state["blip.vision_proj.weight"] = torch.randn(256, width, generator=g)  # in the release, unused by score()
     state["blip.vision_proj.bias"] = torch.randn(256, generator=g)
-    state["blip.text_proj.weight"] = torch.randn(256, 32, generator=g)
+    state["blip.text_proj.weight"] = torch.randn(256, hidden, generator=g)
     state["blip.text_proj.bias"] = torch.randn(256, generator=g)
-    torch.save(state, folder / "ImageReward.pt")
+    return state
 
 
 def save_repos(dest: Path, seed: int = 100) -> dict[str, Path]:
