@@ -268,7 +268,8 @@ def main() -> None:
                          f"({busy / loop:.1%}); idle {100 - 100 * busy / loop:.1f} % (launch gaps, Python, scheduler).")
         if kb["top_loop_kernels"]:
             loop_ms = sum(kb["kernel_us"].get("denoising loop", {}).values()) / 1e3
-            lines += [f"\n## {label}: the denoising loop's longest {unit}s (one profiled call, all steps)\n",
+            lines += [f"\n## {label}: the denoising loop's longest {'GPU kernels' if ctx.cuda else 'CPU ops'} "
+                      "(one profiled call, all steps)\n",
                       f"| {unit} | category | calls | ms | share of the loop's kernel time |", "|---|---|---:|---:|---:|"]
             for k in kb["top_loop_kernels"]:
                 lines.append(f"| `{k['name'][:90]}` | {k['category']} | {k['calls']} | {k['us'] / 1e3:.1f} | "
