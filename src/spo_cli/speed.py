@@ -37,6 +37,9 @@ SDPA_NAMES = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient
 #   Candidates compile in parallel on every core (inductor's compile_threads default).
 # - no epilogue benchmarking: epilogue fusion is off (diffusers' SDXL guide), so there is nothing to
 #   time a template's fused epilogue against.
+# - benchmarks run in this process (autotune_in_subproc off, inductor's default): a benchmark subprocess
+#   per GPU would add its start-up to the first image, for protection against a candidate that crashes,
+#   which inductor's own templates are not known to do. (autotune_num_choices_displayed only trims the log.)
 # Every choice lands in TORCHINDUCTOR_CACHE_DIR twice: in the FX graph cache (the compiled graph,
 # kernels chosen) and in the autotune cache (each shape's timings), both on at inductor's defaults
 # (fx_graph_cache, autotune_local_cache), left so that TORCHINDUCTOR_FX_GRAPH_CACHE=0 still works.
