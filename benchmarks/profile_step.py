@@ -15,7 +15,12 @@ that each is bounded by a device synchronisation:
 
 With --fast, the first call is the compile (or the compile cache's reuse, when
 TORCHINDUCTOR_CACHE_DIR holds bench_gpu.py's cache: that is a further "2nd process" first-call
-time, and is reported as such).
+time, and is reported as such). --fast as spo runs it: the UNet's GEMMs autotuned, the text encoders
+compiled, and the VAE decode run twice on zeros before the first image (its CUDA graph recorded), all
+inside that first call; what inductor was told is saved in the JSON (compile_options). The UNet's
+attention backends follow SPO_SDPA_BACKENDS as in spo (e.g. SPO_SDPA_BACKENDS=cudnn,flash), recorded
+too; the kernels that ran are named in a table of the loop's longest kernels (which GEMM won, cuBLAS's
+or a Triton template's, and which attention kernel ran).
 
     python benchmarks/profile_step.py [--fast] [--steps 30] [--workdir DIR] [--out-json F]
     python benchmarks/profile_step.py --toy          # the same code path on the CPU (CPU ops, not kernels)
@@ -38,11 +43,15 @@ sys.path.insert(0, str(HERE))
 import bench_gpu  # noqa: E402  (also puts src/ on the path when spo_cli is not installed)
 
 PARTS = ["before text encoders", "text encoders", "denoising loop", "VAE decode", "after decode"]
+TOP_KERNELS = 15  # the denoising loop's longest kernels, by name, shown and saved
 # Checked in order: the first pattern a kernel (or, on the CPU, an aten op) name matches wins.
 CATEGORIES = [
     ("attention", re.compile(r"flash|fmha|attention|sdpa|scaled_dot_product|softmax", re.I)),
     ("convolution", re.compile(r"conv|implicit_gemm|fprop|dgrad|winograd|cudnn", re.I)),
-    ("GEMM (linear)", re.compile(r"gemm|cublas|nvjet|cutlass|matmul|addmm|\bmm\b|aten::mm|bmm|linear", re.I)),
+    # triton_tem_*: inductor's Triton templates, under GEMM autotuning its matrix multiplies (a conv template
+    # says "convolution" and is caught above).
+    ("GEMM (linear)", re.compile(r"gemm|cublas|nvjet|cutlass|matmul|addmm|\bmm\b|aten::mm|bmm|linear|^triton_tem_",
+                                 re.I)),
     ("normalisation", re.compile(r"norm", re.I)),
     ("fused by inductor", re.compile(r"^triton_|triton", re.I)),
     ("copies", re.compile(r"memcpy|memset|copy_|contiguous", re.I)),
@@ -50,7 +59,12 @@ CATEGORIES = [
 
 
 def category(name: str) -> str:
+    # inductor's other kernels are named after the ops fused into them, e.g. triton_poi_fused_addmm_gelu_1
+    # for the bias add and GELU an addmm left behind: not GEMMs.
+    generated = name.startswith("triton_") and not name.startswith("triton_tem_")
     for label, pattern in CATEGORIES:
+        if generated and label == "GEMM (linear)":
+            continue
         if pattern.search(name):
             return label
     return "element-wise and other"
@@ -125,6 +139,7 @@ def kernel_breakdown(prof, cuda: bool) -> dict:
         return "after decode"
 
     by = defaultdict(lambda: defaultdict(float))  # part → category → µs
+    loop_kernels = defaultdict(lambda: [0.0, 0])  # kernel name → [µs, calls], in the denoising loop
     intervals = defaultdict(list)
     for e in events:
         if e.name in regions:  # our own labels, which on CUDA also appear as a GPU-side annotation span
@@ -140,8 +155,14 @@ def kernel_breakdown(prof, cuda: bool) -> dict:
         part = part_of(e.time_range.start)
         by[part][category(e.name)] += us
         intervals[part].append((e.time_range.start, e.time_range.end))
+        if part == "denoising loop":
+            loop_kernels[e.name][0] += us
+            loop_kernels[e.name][1] += 1
+    top = sorted(loop_kernels.items(), key=lambda kv: -kv[1][0])[:TOP_KERNELS]
     return {
         "kernel_us": {p: dict(c) for p, c in by.items()},
+        "top_loop_kernels": [{"name": name, "category": category(name), "us": us, "calls": calls}
+                             for name, (us, calls) in top],
         "busy_us": {p: union_us(iv) for p, iv in intervals.items()} if cuda else None,
         "region_us": {"text encoders": enc_b - enc_a, "denoising loop": dec_a - enc_b, "VAE decode": dec_b - dec_a},
     }
@@ -174,8 +195,21 @@ def main() -> None:
     ctx = bench_gpu.make_ctx(args)
     info = bench_gpu.header(ctx)
     label = "spo --fast" if args.fast else "spo (default)"
+    from spo_cli import speed
+    from spo_cli.errors import UsageError
+
+    try:
+        sdpa = speed.sdpa_order()  # refused here, before the model loads, as spo does
+    except UsageError as e:
+        print(e.paragraph(), file=sys.stderr)
+        raise SystemExit(2) from None
+    settings = {"sdpa_backends": list(sdpa) if sdpa else "PyTorch's order"}
+    if args.fast:
+        settings["compile_options"] = {part: speed.compile_options(part, ctx.cuda)
+                                       for part in ("unet", "vae", "text_encoder")}
     print(f"# Profile of one image, {label}: {info['device']}; torch {info['torch']}, diffusers "
           f"{info['diffusers']}; {args.size}², {args.steps} steps, guidance 5, {args.dtype}; {info['date']}", flush=True)
+    print(f"UNet attention backends: {settings['sdpa_backends']}", flush=True)
     t0 = time.perf_counter()
     engine = bench_gpu.load_spo(ctx, fast=args.fast)
     ctx.sync()
@@ -232,12 +266,21 @@ def main() -> None:
             busy = kb["busy_us"].get("denoising loop", 0.0)
             lines.append(f"\nDenoising loop under the profiler: {loop / 1e3:.1f} ms wall, GPU busy {busy / 1e3:.1f} ms "
                          f"({busy / loop:.1%}); idle {100 - 100 * busy / loop:.1f} % (launch gaps, Python, scheduler).")
+        if kb["top_loop_kernels"]:
+            loop_ms = sum(kb["kernel_us"].get("denoising loop", {}).values()) / 1e3
+            lines += [f"\n## {label}: the denoising loop's longest {'GPU kernels' if ctx.cuda else 'CPU ops'} "
+                      "(one profiled call, all steps)\n",
+                      f"| {unit} | category | calls | ms | share of the loop's kernel time |", "|---|---|---:|---:|---:|"]
+            for k in kb["top_loop_kernels"]:
+                lines.append(f"| `{k['name'][:90]}` | {k['category']} | {k['calls']} | {k['us'] / 1e3:.1f} | "
+                             f"{k['us'] / 1e3 / max(loop_ms, 1e-9):.1%} |")
     text = "\n".join(lines)
     print("\n".join(lines[n_wall:]))
     if args.out_json:
         args.out_json.write_text(json.dumps({
             "info": info, "label": label, "steps": args.steps, "size": args.size, "load_s": load_s,
             "first_call_s": first, "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR") if args.fast else None,
+            **settings,
             "wall_s": wall, "runs": runs, **kb, "table": text}, indent=2))
         print(f"\nSaved {args.out_json}")
 

@@ -36,7 +36,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _default_compile_cache())
 
 import torch  # noqa: E402
 
-from spo_cli import __version__, devices, encoding, presets, quantize, validate  # noqa: E402
+from spo_cli import __version__, devices, encoding, presets, quantize, speed, validate  # noqa: E402
 from spo_cli.errors import GenerationError, ModelError, UsageError, oom_hint, translate  # noqa: E402
 from spo_cli.request import Generated, ImageRequest, RunOptions  # noqa: E402
 
@@ -113,6 +113,7 @@ def pick_dtype(device: str, requested: str = "auto") -> tuple[str, list[str]]:
 def check_options(options: RunOptions, device: str) -> None:
     if options.offload and not device.startswith(("cuda", "mps")):
         raise UsageError(devices.offload_refusal(options.offload, device), devices.OFFLOAD_HINT)
+    speed.sdpa_order()  # SPO_SDPA_BACKENDS, refused before anything loads
 
 
 def configure_compile_cache() -> str:
@@ -233,6 +234,8 @@ class Engine:
         self._derived: dict[str, object] = {}
         self._watermarker = None  # diffusers' StableDiffusionXLWatermarker, made on the first --watermark
         self._vae_auto: dict = {}  # what the last run turned on for the VAE to fit (vae_plan), for its sidecars
+        self._sdpa = speed.sdpa_order()  # SPO_SDPA_BACKENDS: the UNet's attention backends (None: torch's order)
+        self.decode_warmup = speed.DecodeWarmup()  # made to call the decode by make_fast, on CUDA
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -293,8 +296,10 @@ class Engine:
         return engine
 
     def make_fast(self) -> None:
-        """Lossless speed-ups: LoRA folded in, fused QKV, channels_last, torch.compile of the UNet
-        and the VAE decoder. Compiled code is cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
+        """Lossless speed-ups: LoRA folded in, fused QKV, channels_last, torch.compile of the UNet (with
+        its GEMMs autotuned on CUDA), the VAE decoder and both text encoders, and on CUDA each new VAE
+        decode shape run ahead of its first image. Compiled code and autotuning results are cached on
+        disk (TORCHINDUCTOR_CACHE_DIR); what each part is told is in `speed.compile_options`."""
         pipe = self.pipe
         if self.adapters:
             # Fused QKV projections cannot carry separate LoRA layers: fold the adapters in first.
@@ -308,24 +313,35 @@ class Engine:
             self.adapters = quantize.apply(pipe, self.adapters)
         configure_compile_cache()
         cuda = self.device.startswith("cuda")
-        if cuda:
-            import torch._inductor.config as inductor
-
-            # From diffusers' SDXL speed guide, less its autotuning flags (below).
-            inductor.conv_1x1_as_mm = True
-            inductor.epilogue_fusion = False
-        # CUDA graphs remove the per-kernel launch cost, which bounds SDXL's eager speed on a fast
-        # GPU; they need fixed shapes, which padding short batches to the batch size gives. Not
-        # max-autotune: on an H200 its GEMM autotuning alone outlasted 280 s of the first call
-        # (benchmarks/README.md), where cuBLAS already wins SDXL's large GEMMs.
-        mode = "reduce-overhead" if cuda else "default"
         import torch._dynamo.config as dynamo
 
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(dynamo, name):
                 setattr(dynamo, name, max(getattr(dynamo, name), 64))
-        pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True, dynamic=False)
-        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, fullgraph=True, dynamic=False)
+        if self._sdpa is not None:
+            speed.keep_attention_out_of_the_cache()
+        # Fixed shapes (dynamic=False), which padding short batches to the batch size gives the UNet and
+        # the VAE. The text encoders see at most two: (batch size, 77) through diffusers' encoding and
+        # (1, 77) through spo's A1111 one, which encodes each 77-token window of each prompt on its own;
+        # a prompt's length or window count never reaches them as a shape.
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True, dynamic=False, options=speed.compile_options("unet", cuda))
+        pipe.vae.decode = torch.compile(pipe.vae.decode, fullgraph=True, dynamic=False,
+                                        options=speed.compile_options("vae", cuda))
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            if encoder is None:
+                continue
+            # transformers 5 installs the hooks that collect hidden states on a model's first call, under a
+            # threading lock that dynamo cannot trace: one eager call of one window installs them first.
+            window = torch.zeros(1, pipe.tokenizer.model_max_length, dtype=torch.long, device=encoding._device(encoder))
+            with torch.inference_mode():
+                encoder(window, output_hidden_states=True)
+            setattr(pipe, name, torch.compile(encoder, fullgraph=True, dynamic=False,
+                                              options=speed.compile_options("text_encoder", cuda)))
+        if cuda and self.options.offload is None:
+            # Two decodes: the warm-up run and the recording; the image's own then replays. Not on the CPU,
+            # which has no CUDA graphs: there they would only cost two decodes per new size.
+            self.decode_warmup.calls = 2
 
     def scheduler(self, name: str):
         if name not in self._schedulers:
@@ -627,7 +643,9 @@ class Engine:
             generators = [torch.Generator(self._noise_device(first.generator_device)).manual_seed(r.seed)
                           for r in batch]
             w, h = size
-            with self._vae_fits(w, h, len(batch)):
+            with self._vae_fits(w, h, len(batch)), speed.attention(pipe.unet, self._sdpa):
+                if kwargs.get("output_type") != "latent":  # inside _vae_fits: with the flags the decode will have
+                    self.decode_warmup(pipe.vae, len(batch), w, h, pipe.vae_scale_factor)
                 return pipe(**prompts, **kwargs, num_inference_steps=steps, guidance_scale=first.guidance,
                             generator=generators, callback_on_step_end=step_end)
 
