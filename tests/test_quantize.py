@@ -142,7 +142,12 @@ def test_a_float16_model_runs_its_float8_gemms_with_bfloat16_results(monkeypatch
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**tiny.unet_config()).to(torch.float16).eval()
+    # A weight row of zeros would quantize to 0/0: that layer is left as it is (a LoRA or a merge can zero a row).
+    zeroed = next(n for n, m in unet.named_modules() if type(m) is torch.nn.Linear and quantize.chosen(n, m.in_features, m.out_features, 16))
+    with torch.no_grad():
+        unet.get_submodule(zeroed).weight[3].zero_()
     names = quantize.quantize_unet(unet, min_features=16)
+    assert zeroed not in names and type(unet.get_submodule(zeroed)) is torch.nn.Linear
     layer = unet.get_submodule(names[0])
     assert type(layer).__name__ == "Float8Linear16" and type(layer.weight).__name__ == "Float8Tensor"
     assert unet.time_embedding.linear_1.weight.dtype == torch.float16  # left as it was
@@ -304,6 +309,9 @@ def test_eval_reports_the_pixel_distance_of_a_quantized_column(tmp_path):
             changed = pixels.copy()
             changed[0, 0, 0] += shift * s  # cell s: one value off by 3·s
             Image.fromarray(changed).save(tmp_path / folder / f"fox-{s}.png")
+    Image.fromarray(np.full((4, 8, 3), 100, np.uint8)).save(tmp_path / "spo" / "fox-4.png")  # sizes differ: no distance
+    Image.fromarray(pixels).save(tmp_path / "spo-fp8" / "fox-4.png")
+    rows.append(ImageTask(ImageRequest("a fox", 4), "fox-4"))
     [got] = report.pixel_distances(cols, rows, tmp_path, failed={(2, 2): "boom"})  # the third cell failed
     assert (got["a"], got["b"], got["max"]) == ("SPO-SDXL fp8", "SPO-SDXL", 6)
     assert [(c["seed"], c["max"]) for c in got["cells"]] == [(1, 3), (2, 6)]
