@@ -290,3 +290,19 @@ def test_compile_cache_defaults_to_a_persistent_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "spo-cli" / "torch-compile")
+
+
+def test_decode_warmup_skips_a_vae_that_diffusers_upcasts_for_each_decode():
+    """A float16 VAE with force_upcast is moved to float32 for every decode and back (diffusers), so no CUDA
+    graph outlives a call: nothing to warm, and two decodes would be wasted. The fp16-fix VAE is warmed."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from spo_cli import speed, tiny
+
+    for upcast, warmed in ((True, {}), (False, {(1, 4, 4, "torch.float16", False, False): 2})):
+        vae = AutoencoderKL(**tiny.vae_config(force_upcast=upcast)).to(torch.float16).eval()
+        warm = speed.DecodeWarmup(calls=2)
+        with torch.inference_mode():
+            warm(vae, 1, 32, 32, 8)
+        assert warm.done == warmed, upcast
