@@ -54,7 +54,7 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(HERE.parent / "src"))
 
-from common import ensure_model  # noqa: E402
+from common import ensure_model, gpu_name  # noqa: E402
 
 SCORER_CONFIGS = HERE / "scorers"
 PAPER_PROMPTS = 500  # the split's captions, as the README and the paper count them
@@ -353,7 +353,7 @@ def main() -> None:
     result = {
         "benchmark": "bench_eval.py: spo eval --paper --limit N" + (" (--toy: CPU, tiny; not GPU numbers)" if toy else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device, "gpu": _gpu() if not toy else None,
+        "device": device, "gpu": gpu_name() if not toy else None,
         "measured": ("generation at full size (random SDXL-base-1.0 architecture, float16) and the five scorers at "
                      "their real architectures (random weights, float16 towers)" if timings["scorers"] == "full" and not toy
                      else "generation at full size; scoring with spo_cli's TINY scorers (the scoring time is not the "
@@ -386,14 +386,6 @@ def main() -> None:
     print(f"raw: {out_json}")
     if not complete:
         sys.exit(1)
-
-
-def _gpu() -> str | None:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 if __name__ == "__main__":

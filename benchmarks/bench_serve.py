@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ensure_model, machine, offline_cache, timed  # noqa: E402
+from common import ensure_model, gpu_name, machine, offline_cache, timed  # noqa: E402
 
 SPO = [sys.executable, "-m", "spo_cli"]
 
@@ -439,14 +439,6 @@ def gpu_main(args) -> None:
 
 def fmt_rate(rate: float | None) -> str:
     return f"{rate:.3f}" if rate else "n/a"
-
-
-def gpu_name() -> str | None:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -69,3 +69,12 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
             f" ({torch.get_num_threads()} threads)")
+
+
+def gpu_name() -> str | None:
+    """The GPU's name and driver, as nvidia-smi says them (None where there is none)."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
