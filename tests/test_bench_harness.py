@@ -99,6 +99,14 @@ def test_the_tables_come_from_the_raw_times_in_the_json():
     assert "steady state" in lines[0]
 
 
+def test_the_compile_table_says_which_cache_its_first_calls_started_from():
+    data = results_json()
+    assert "emptied at the start: the first call compiles" in bench_gpu.render(data)  # files from before the field
+    data["compile_cache"] = bench_gpu.COMPILE_CACHE[True]
+    text = bench_gpu.render(data)
+    assert "kept from an earlier process (--keep-cache)" in text and "emptied at the start" not in text
+
+
 def test_render_of_a_saved_run_from_the_command_line(tmp_path, capsys, monkeypatch):
     path = tmp_path / "results.json"
     data = results_json()

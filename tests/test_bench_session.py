@@ -20,6 +20,8 @@ def test_percentile_is_nearest_rank():
     assert bench_serve.percentile(values, 99) == 99.0
     assert bench_serve.percentile(values[:48], 99) == 100.0  # 53..100: the p99 of 48 is the slowest
     assert bench_serve.percentile([3.0], 50) == 3.0
+    assert bench_serve.percentile(values, 7) == 7.0  # 0.07 × 100 is 7.000000000000001 in floats
+    assert bench_serve.percentile(values, 29) == 29.0
     with pytest.raises(ValueError):
         bench_serve.percentile([], 50)
 
