@@ -123,6 +123,11 @@ CONTENDERS = {  # key → table label, in table order
 }
 # Phase by phase (see the docstring): what a ~9-minute GPU call can afford comes first.
 INTERLEAVED = ["snippet", "snippet-nograd", "spo", "spo-cuda-gen", "fast", "fast-fp8"]
+# The rounds' cyclic order (rotation keeps it): two contenders that call one loaded object are never
+# neighbours, so that neither always runs right after its twin (same weights, the allocator's blocks
+# just freed at the right sizes), and each pair's two rows follow the same kind of contender: the
+# snippet's two after fast-fp8 and fast, spo's two after the snippet's two, --fast's two after spo's.
+ROUND_ORDER = ["snippet", "spo", "fast", "snippet-nograd", "spo-cuda-gen", "fast-fp8"]
 RECIPE_ROUND = ["snippet", "fast", "recipe"]  # the recipe's interleaved phase: it against the snippet and --fast
 SOLO = ["offload-model", "offload-sequential", "img2img-snippet", "img2img", "hires"]
 RUN_ORDER = [*INTERLEAVED, "fast-reuse", "recipe", *SOLO]
@@ -1288,7 +1293,7 @@ def main() -> None:
             if live:
                 print(f"## Interleaved: {', '.join(live)}; for each of {steps} steps one settling round and "
                       f"{args.repeat} timed rounds", flush=True)
-                bench.interleave(live, "main", args.repeat)
+                bench.interleave([k for k in ROUND_ORDER if k in live], "main", args.repeat)
                 bench.compare(PIXEL_PAIRS)
                 bench.phase("interleaved", t0)
 

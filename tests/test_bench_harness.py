@@ -48,6 +48,15 @@ def test_interleaving_calls_every_contender_once_a_round_and_rotates_the_order()
     assert bench_gpu.rotation([], 3) == []
 
 
+def test_contenders_of_one_loaded_object_are_never_neighbours_in_a_round():
+    order = bench_gpu.ROUND_ORDER
+    assert sorted(order) == sorted(bench_gpu.INTERLEAVED)
+    specs = bench_gpu.specs()
+    for r in bench_gpu.rotation(order, len(order)):
+        for a, b in zip(r, r[1:] + r[:1]):  # cyclic: a round's last runs just before the next round's first
+            assert specs[a].obj != specs[b].obj, (a, b)
+
+
 def test_pixel_diff_is_in_255ths_and_refuses_images_of_different_shapes():
     a = np.zeros((4, 4, 3), dtype=np.uint8)
     b = a.copy()
