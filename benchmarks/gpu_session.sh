@@ -15,8 +15,8 @@
 #     attn   bench_attention.py: SDPA backends at SDXL's attention shapes
 #   call 2 (~300 s):  benchmarks/gpu_session.sh --call 2     # = --phases serve,eval --budget-s 300
 #     serve  bench_serve.py: spo serve under 16 clients vs spo batch, same batch size (1), --fast and 24
-#            requests when the compile cache of call 1 is still there (a warm machine), else eager and 12
-#            (the JSON says which)
+#            requests when call 1 finished --fast's compile (a warm machine; marked $WD/fast-compiled),
+#            else eager and 12 (the JSON says which)
 #     eval   bench_eval.py: spo eval --paper --limit 20 end to end, full-size random SDXL and scorers
 #   spares (no call by default): prof (profile_step.py --fast on the compile cache), recipe (the
 #   snippet + diffusers' compile recipe, 280 s and more of max-autotune), edit (issue 23's img2img and
@@ -174,29 +174,37 @@ print(",".join(k for k in ("fast", "fast-fp8") if (rows.get(k) or {}).get("first
 EOF
 }
 
+# A marker beside the cache: --fast's compile finished into it (a cache that a stopped compile left
+# half-filled is not empty, yet spo serve --fast would compile again there, for minutes).
+COMPILED_MARK="$WD/fast-compiled"
+[[ -z "$KEEP_CACHE" ]] && { in_phases compile || in_phases bench; } && rm -f "$COMPILED_MARK"
+mark_compiled() { [[ ",$(compiled "$1")," == *",fast,"* ]] && touch "$COMPILED_MARK"; return 0; }
+
 if in_phases compile; then
   # The compile apart: a fresh cache (unless --keep-cache), the first step count only, one round after
   # the settling one; fp8's compile is started only with 150 s of the phase left.
   STEP1="${STEPS%%,*}"
   bench compile "fast,fast-fp8" compile.json 150 $KEEP_CACHE --repeat 1 ${STEP1:+--steps "$STEP1"}
+  mark_compiled "$OUTDIR/compile.json"
   DONE="$(compiled "$OUTDIR/compile.json")"
   say "compile: finished for ${DONE:-none of fast, fast-fp8}; bench runs only those of them, from the cache"
   BENCH_MAIN="snippet,snippet-nograd,spo,spo-cuda-gen${DONE:+,$DONE}"
   bench bench "$BENCH_MAIN" bench.json 120 --keep-cache ${STEPS:+--steps "$STEPS"}
 else
   bench bench "$BENCH_MAIN" bench.json 120 $KEEP_CACHE ${STEPS:+--steps "$STEPS"}
+  in_phases bench && mark_compiled "$OUTDIR/bench.json"
 fi
 if in_phases attn && script_here bench_attention.py attn; then
   phase attn "$PY" "$REPO/benchmarks/bench_attention.py" $TOY --out-json "$OUTDIR/attention.json"
 fi
 phase prof "$PY" "$REPO/benchmarks/profile_step.py" $TOY --workdir "$WD" --fast --out-json "$OUTDIR/profile-fast.json"
 if in_phases serve; then
-  # --fast only where a phase before it (this call's, or the first call's on a machine still warm) left
-  # compiled graphs: a fresh compile would take most of this call. serve.json records which it ran.
+  # --fast only where a phase before it (this call's, or the first call's on a machine still warm)
+  # finished --fast's compile: a fresh compile would take most of this call. serve.json records which.
   # Eager images take about twice as long (2.0 s at 30 steps): half the requests, to fit the same time.
   SERVE_FAST=""; SERVE_N=12
-  [[ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]] && { SERVE_FAST="--fast"; SERVE_N=24; }
-  say "serve: ${SERVE_FAST:-eager (no compile cache from an earlier phase)}, $SERVE_N requests"
+  [[ -f "$COMPILED_MARK" ]] && { SERVE_FAST="--fast"; SERVE_N=24; }
+  say "serve: ${SERVE_FAST:-eager (no finished --fast compile from an earlier phase)}, $SERVE_N requests"
   phase serve "$PY" "$REPO/benchmarks/bench_serve.py" $TOY --workdir "$WD" --requests "$SERVE_N" --batch-size 1 \
     $SERVE_FAST --out-json "$OUTDIR/serve.json"
 fi
