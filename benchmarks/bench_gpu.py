@@ -1043,13 +1043,15 @@ def render(results: dict) -> str:
             sb = row_stats(rows[b], phase) if b in rows else {}
             for steps in sorted(set(sa) & set(sb)):
                 x, y = sa[steps], sb[steps]
-                ratio_lines.append(f"| {rows[a]['label']} ÷ {rows[b]['label']} | {phase} | {steps} | "
+                n = f"{x['n']} / {y['n']}" + ("" if x["steady"] and y["steady"] else
+                                             f" (not steady state: N < {MIN_STEADY})")
+                ratio_lines.append(f"| {rows[a]['label']} ÷ {rows[b]['label']} | {phase} | {steps} | {n} | "
                                    f"{x['median'] / y['median']:.3f} | {x['min'] / y['max']:.3f} – "
                                    f"{x['max'] / y['min']:.3f} | {why} |")
     if ratio_lines:
         out += ["", "Ratios of steady medians, same process and phase (range: fastest over slowest to slowest over "
-                "fastest call):", "", "| ratio | phase | steps | median ÷ median | range | what it says |",
-                "|---|---|---:|---:|---:|---|", *ratio_lines]
+                "fastest call):", "", "| ratio | phase | steps | N | median ÷ median | range | what it says |",
+                "|---|---|---:|---:|---:|---:|---|", *ratio_lines]
     if results.get("pixels"):
         out += ["", "Pixels on the same seed (8-bit RGB, |Δ| in /255):", "",
                 "| a | b | steps | max abs diff | mean abs diff | expected |", "|---|---|---:|---:|---:|---|"]

@@ -103,7 +103,10 @@ def test_the_tables_come_from_the_raw_times_in_the_json():
     assert any("skipped: needs CUDA" in x for x in lines)
     assert "| 110.00 | 1.600 | 108.40 |" in text  # compile: first call, steady median, the difference
     ratio = next(x for x in lines if x.startswith("| c. spo --fast ÷ a. authors' snippet"))
-    assert "| 0.500 | 0.441 – 0.550 |" in ratio  # 1.5/3.4 and 1.65/3.0: the range, not only the median ratio
+    assert "| 3 / 3 | 0.500 | 0.441 – 0.550 |" in ratio  # 1.5/3.4 and 1.65/3.0: the range, not only the median ratio
+    # a ratio of a row that is not steady state says so, as its row does
+    spo_ratio = next(x for x in lines if x.startswith("| b. spo (default, CPU noise) ÷ a. authors' snippet"))
+    assert "| 1 / 3 (not steady state: N < 3) |" in spo_ratio
     assert "| c. spo --fast | b. spo (default, CPU noise) | 50 | 2 | 0.0312 |" in text
     assert "steady state" in lines[0]
 
