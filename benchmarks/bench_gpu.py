@@ -44,7 +44,7 @@ the highest allocation above them during its calls), and load time (from a warm 
 synchronised).
 
     python benchmarks/bench_gpu.py [--steps 50,30] [--repeat 3] [--deadline-s S] [--only ...|--skip ...]
-                                   [--seq-steps 4] [--workdir DIR] [--peak-tflops T]
+                                   [--seq-steps 4] [--workdir DIR] [--peak-tflops T] [--keep-cache]
     python benchmarks/bench_gpu.py --toy            # the same code path on the CPU, tiny model
     python benchmarks/bench_gpu.py --check-configs  # parameter counts of benchmarks/sdxl/*.json
     python benchmarks/bench_gpu.py --render results.json   # the tables again, from a saved run
@@ -123,12 +123,20 @@ CONTENDERS = {  # key → table label, in table order
 }
 # Phase by phase (see the docstring): what a ~9-minute GPU call can afford comes first.
 INTERLEAVED = ["snippet", "snippet-nograd", "spo", "spo-cuda-gen", "fast", "fast-fp8"]
+# The rounds' cyclic order (rotation keeps it): two contenders that call one loaded object are never
+# neighbours, so that neither always runs right after its twin (same weights, the allocator's blocks
+# just freed at the right sizes), and each pair's two rows follow the same kind of contender: the
+# snippet's two after fast-fp8 and fast, spo's two after the snippet's two, --fast's two after spo's.
+ROUND_ORDER = ["snippet", "spo", "fast", "snippet-nograd", "spo-cuda-gen", "fast-fp8"]
 RECIPE_ROUND = ["snippet", "fast", "recipe"]  # the recipe's interleaved phase: it against the snippet and --fast
 SOLO = ["offload-model", "offload-sequential", "img2img-snippet", "img2img", "hires"]
 RUN_ORDER = [*INTERLEAVED, "fast-reuse", "recipe", *SOLO]
 COMPILED = {"fast", "fast-fp8", "fast-reuse", "recipe"}
 CUDA_ONLY = {"spo-cuda-gen": "needs CUDA (the CPU toy's default noise is already the CPU's)",
              "offload-model": "needs CUDA", "offload-sequential": "needs CUDA"}
+# What the compile table says of the cache its first calls started from (--keep-cache or not).
+COMPILE_CACHE = {False: "emptied at the start: the first call compiles",
+                 True: "kept from an earlier process (--keep-cache): the first call loads what that one compiled"}
 STRENGTH = 0.75  # img2img rows: A1111's default; they run int(steps × STRENGTH) of each step count
 HIRES = 1.5  # the hires row: --size, then ×1.5 (1024² → 1536², what must fit a 24 GB GPU)
 # Whose time each row is divided by in the table's "÷ snippet" column (same phase).
@@ -357,7 +365,8 @@ def trim_host_memory() -> None:
 
 def rotation(keys: list[str], rounds: int, start: int = 0) -> list[list[str]]:
     """The call order of `rounds` interleaved rounds: every key once a round, the order rotated by one
-    each round, so that no contender always runs first, last or after the same neighbour."""
+    each round, so that no contender always runs first or last. A rotation keeps the cyclic order: a
+    contender follows the same neighbour in every round but the one where it runs first."""
     n = len(keys)
     return [[keys[(r + start + i) % n] for i in range(n)] for r in range(rounds)] if n else []
 
@@ -1011,8 +1020,9 @@ def render(results: dict) -> str:
     compiled = [(k, rows[k]) for k in ("fast", "fast-fp8", "fast-reuse", "recipe")
                 if k in rows and rows[k].get("first_call_s") is not None]
     if compiled:
-        out += ["", "Compile: the first call after the load (TORCHINDUCTOR_CACHE_DIR under the workdir, emptied at the "
-                "start; the 2nd process reuses the 1st's):", "",
+        cache = results.get("compile_cache", COMPILE_CACHE[False])
+        out += ["", f"Compile: the first call after the load (TORCHINDUCTOR_CACHE_DIR under the workdir, {cache}; "
+                "the 2nd process reuses the 1st's):", "",
                 "| contender | load s | steps | first call s | steady median s/image | first call − steady s |",
                 "|---|---:|---:|---:|---:|---:|"]
         for key, row in compiled:
@@ -1033,13 +1043,15 @@ def render(results: dict) -> str:
             sb = row_stats(rows[b], phase) if b in rows else {}
             for steps in sorted(set(sa) & set(sb)):
                 x, y = sa[steps], sb[steps]
-                ratio_lines.append(f"| {rows[a]['label']} ÷ {rows[b]['label']} | {phase} | {steps} | "
+                n = f"{x['n']} / {y['n']}" + ("" if x["steady"] and y["steady"] else
+                                             f" (not steady state: N < {MIN_STEADY})")
+                ratio_lines.append(f"| {rows[a]['label']} ÷ {rows[b]['label']} | {phase} | {steps} | {n} | "
                                    f"{x['median'] / y['median']:.3f} | {x['min'] / y['max']:.3f} – "
                                    f"{x['max'] / y['min']:.3f} | {why} |")
     if ratio_lines:
         out += ["", "Ratios of steady medians, same process and phase (range: fastest over slowest to slowest over "
-                "fastest call):", "", "| ratio | phase | steps | median ÷ median | range | what it says |",
-                "|---|---|---:|---:|---:|---|", *ratio_lines]
+                "fastest call):", "", "| ratio | phase | steps | N | median ÷ median | range | what it says |",
+                "|---|---|---:|---:|---:|---:|---|", *ratio_lines]
     if results.get("pixels"):
         out += ["", "Pixels on the same seed (8-bit RGB, |Δ| in /255):", "",
                 "| a | b | steps | max abs diff | mean abs diff | expected |", "|---|---|---:|---:|---:|---|"]
@@ -1125,6 +1137,9 @@ def main() -> None:
                     help="torch.compile mode of the diffusers-recipe contender (default: the guide's max-autotune)")
     ap.add_argument("--recipe-timeout", type=float, default=600.0,
                     help="seconds for the recipe's process (also bounded by --deadline-s)")
+    ap.add_argument("--keep-cache", action="store_true",
+                    help="keep WORKDIR/inductor-cache from an earlier run (default: emptied at the start, so that "
+                         "the first --fast call is the whole compile)")
     ap.add_argument("--_fast-child", dest="fast_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_recipe-child", dest="recipe_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -1163,10 +1178,13 @@ def main() -> None:
             usage(f"unknown contender '{name}'; choose from {', '.join(RUN_ORDER)}")
     wanted = [k for k in RUN_ORDER if (not args.only or k in args.only.split(",")) and k not in args.skip.split(",")]
 
-    # A fresh compile cache, shared by this process and the second --fast process (set before torch loads).
+    # A fresh compile cache, shared by this process and the second --fast process (set before torch loads);
+    # --keep-cache: the one an earlier process filled (gpu_session.sh's compile phase), so that a compile
+    # that runs for minutes is paid, and timed, apart from the interleaved rounds.
     cache = args.workdir / "inductor-cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
+    if not args.keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
     # Unset, Triton's kernel cache lives in TORCHINDUCTOR_CACHE_DIR/triton/, as for spo itself; a
     # TRITON_CACHE_DIR from the environment would bring kernels compiled before this run.
@@ -1231,6 +1249,7 @@ def main() -> None:
     meta = {"info": info, "toy": args.toy, "work": work, "steps": steps, "flops_per_step": step_flops,
             "vae_decode_flops": decode_flops, "peak_tflops": peak, "peak": peak_text, "build_s": build_s,
             "snippet_watermark": "off (pipe.watermark = None): spo adds none by default",
+            "compile_cache": COMPILE_CACHE[args.keep_cache],
             "recipe": {"inductor": RECIPE_INDUCTOR, "channels_last": ["unet", "vae"], "fuse_qkv_projections": True,
                        "compile": {"unet": f"{args.recipe_mode}, fullgraph",
                                    "vae.decode": f"{args.recipe_mode}, fullgraph"}}}
@@ -1276,7 +1295,7 @@ def main() -> None:
             if live:
                 print(f"## Interleaved: {', '.join(live)}; for each of {steps} steps one settling round and "
                       f"{args.repeat} timed rounds", flush=True)
-                bench.interleave(live, "main", args.repeat)
+                bench.interleave([k for k in ROUND_ORDER if k in live], "main", args.repeat)
                 bench.compare(PIXEL_PAIRS)
                 bench.phase("interleaved", t0)
 

@@ -70,7 +70,9 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         raise ValueError("no values")
     ranked = sorted(values)
-    return ranked[max(0, math.ceil(p / 100 * len(ranked)) - 1)]
+    # p × n before ÷ 100: p / 100 × n is a float product that lands above an integer (0.07 × 100 =
+    # 7.000000000000001) and its ceil one rank too high.
+    return ranked[max(0, math.ceil(p * len(ranked) / 100) - 1)]
 
 
 def steady_rate(finished: list[float], first_call: int) -> float | None:

@@ -6,22 +6,27 @@
 # machine's start-up, so the session is two calls (benchmarks/session_plan.py holds the phases'
 # times and checks that each call fits its budget and the 8 files the device returns):
 #
-#   call 1 (~540 s):  benchmarks/gpu_session.sh --call 1     # = --phases bench,attn,prof --budget-s 540
-#     bench  bench_gpu.py: snippet, snippet as written (no_grad), spo, spo --generator-device cuda,
-#            spo --fast, spo --fast --quantize fp8, interleaved at 50 and 30 steps; a 2nd --fast process
-#            (pays the compile first: every later phase reuses its TORCHINDUCTOR_CACHE_DIR)
+#   call 1 (~540 s):  benchmarks/gpu_session.sh --call 1     # = --phases compile,bench,attn --budget-s 540
+#     compile  bench_gpu.py --only fast,fast-fp8 in a fresh TORCHINDUCTOR_CACHE_DIR: each --fast compile
+#            (GEMM autotuning included: minutes) timed on its own, one round at 50 steps; stopped at its
+#            time limit, it keeps what it saved (every later phase reuses the cache)
+#     bench  bench_gpu.py --keep-cache: snippet, snippet as written (no_grad), spo, spo --generator-device
+#            cuda, and the --fast contenders whose compile finished, interleaved at 50 and 30 steps
 #     attn   bench_attention.py: SDPA backends at SDXL's attention shapes
-#     prof   profile_step.py --fast: where one image's time goes (a 3rd process on the compile cache)
 #   call 2 (~300 s):  benchmarks/gpu_session.sh --call 2     # = --phases serve,eval --budget-s 300
 #     serve  bench_serve.py: spo serve under 16 clients vs spo batch, same batch size (1), --fast and 24
-#            requests when the compile cache of call 1 is still there (a warm machine), else eager and 12
-#            (the JSON says which)
+#            requests when call 1 finished --fast's compile (a warm machine; marked $WD/fast-compiled),
+#            else eager and 12 (the JSON says which)
 #     eval   bench_eval.py: spo eval --paper --limit 20 end to end, full-size random SDXL and scorers
-#   spares (no call by default): recipe (the snippet + diffusers' compile recipe, 280 s and more of
-#   max-autotune), edit (issue 23's img2img and hires rows), cli (gpu_cli_check.py).
+#   spares (no call by default): prof (profile_step.py --fast on the compile cache), recipe (the
+#   snippet + diffusers' compile recipe, 280 s and more of max-autotune), edit (issue 23's img2img and
+#   hires rows), cli (gpu_cli_check.py). If compile.json says a --fast compile did not finish, call 2 is
+#   better spent on it: --phases compile,bench --budget-s 540 --keep-cache (on a machine still warm, the
+#   compile starts from what call 1 left in the cache).
 #
-#   benchmarks/gpu_session.sh [--call 1|2] [--phases LIST] [--budget-s S] [--out OUTDIR] [--steps 50,30] [--toy]
-#   benchmarks/gpu_session.sh --toy --budget-s 300 --out /tmp/toy --phases bench,attn,prof,serve,eval   # CPU
+#   benchmarks/gpu_session.sh [--call 1|2] [--phases LIST] [--budget-s S] [--out OUTDIR] [--steps 50,30]
+#                             [--keep-cache] [--toy]
+#   benchmarks/gpu_session.sh --toy --budget-s 300 --out /tmp/toy --phases compile,bench,attn,serve,eval   # CPU
 #
 # OUTDIR defaults to $OUT (set by the device runner) or benchmarks/results/session-<time>/. The work
 # folder (models, compile cache) is ${TMPDIR:-/tmp}/spo-bench-gpu: a second call on a machine still warm
@@ -39,6 +44,7 @@ TOY=""
 STEPS=""
 PHASES=""
 CALL=""
+KEEP_CACHE=""
 OUTDIR="${OUT:-}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -48,13 +54,14 @@ while [[ $# -gt 0 ]]; do
     --out) OUTDIR="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
     --phases) PHASES="$2"; shift 2 ;;
+    --keep-cache) KEEP_CACHE="--keep-cache"; shift ;;
     *) echo "gpu_session.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
 case "$CALL" in
-  1) PHASES="${PHASES:-bench,attn,prof}"; BUDGET="${BUDGET:-540}" ;;
+  1) PHASES="${PHASES:-compile,bench,attn}"; BUDGET="${BUDGET:-540}" ;;
   2) PHASES="${PHASES:-serve,eval}"; BUDGET="${BUDGET:-300}" ;;
-  "") PHASES="${PHASES:-bench,attn,prof}"; BUDGET="${BUDGET:-540}" ;;
+  "") PHASES="${PHASES:-compile,bench,attn}"; BUDGET="${BUDGET:-540}" ;;
   *) echo "gpu_session.sh: --call is 1 or 2, not '$CALL'" >&2; exit 2 ;;
 esac
 OUTDIR="${OUTDIR:-$REPO/benchmarks/results/session-$(date -u +%Y%m%d-%H%M%S)}"
@@ -124,7 +131,8 @@ keep() { [[ -f "$WD/results.json" ]] && cp "$WD/results.json" "$OUTDIR/$1" && sa
 
 # --- bench_gpu.py (harness's; its flags may change: adjust here at merge) -------------------------
 BENCH_MAIN="${BENCH_MAIN:-snippet,snippet-nograd,spo,spo-cuda-gen,fast,fast-fp8,fast-reuse}"
-BENCH_RECIPE="${BENCH_RECIPE:-recipe}"
+# The recipe with the snippet and --fast: its child interleaves the three (alone, it has no ratio to give).
+BENCH_RECIPE="${BENCH_RECIPE:-snippet,fast,recipe}"
 BENCH_EDIT="${BENCH_EDIT:-img2img-snippet,img2img,hires}"
 # known_contenders LIST: the contenders of LIST this branch's bench_gpu.py knows (line 1), and a line
 # naming the others (line 2, empty when none is missing).
@@ -140,36 +148,68 @@ missing = [k for k in wanted if k not in known]
 print(f"bench_gpu.py on this branch has no contender {', '.join(missing)}: left out" if missing else "")
 EOF
 }
-# bench KEY LIST OUTFILE: bench_gpu.py --only LIST, its --deadline-s (no new phase after it) two minutes
-# short of the cap (a phase in flight is allowed to end), results.json kept as OUTFILE.
+# bench KEY LIST OUTFILE MARGIN [ARGS...]: bench_gpu.py --only LIST ARGS, its --deadline-s (no new load
+# or phase after it) MARGIN seconds short of the cap (a phase in flight is allowed to end),
+# results.json kept as OUTFILE.
 bench() {
   in_phases "$1" || return 0
-  local lines; mapfile -t lines < <(known_contenders "$2")
-  [[ -n "${lines[1]:-}" ]] && say "$1: ${lines[1]}"
-  if [[ -z "${lines[0]:-}" ]]; then say "$1: skipped, none of $2 is on this branch's bench_gpu.py"; return 0; fi
-  local cap; cap=$(cap_for "$1")
+  local key="$1" list="$2" file="$3" margin="$4"; shift 4
+  local lines; mapfile -t lines < <(known_contenders "$list")
+  [[ -n "${lines[1]:-}" ]] && say "$key: ${lines[1]}"
+  if [[ -z "${lines[0]:-}" ]]; then say "$key: skipped, none of $list is on this branch's bench_gpu.py"; return 0; fi
+  local cap; cap=$(cap_for "$key")
   rm -f "$WD/results.json"  # only this run's results are kept under its name
-  phase "$1" "$PY" "$REPO/benchmarks/bench_gpu.py" $TOY --workdir "$WD" ${STEPS:+--steps "$STEPS"} \
-    --only "${lines[0]}" --deadline-s $((cap > 240 ? cap - 120 : cap / 2)) && keep "$3"
+  phase "$key" "$PY" "$REPO/benchmarks/bench_gpu.py" $TOY --workdir "$WD" --only "${lines[0]}" \
+    --deadline-s $((cap > 2 * margin ? cap - margin : cap / 2)) "$@" && keep "$file"
+}
+# compiled FILE: the --fast contenders whose compile (first call) FILE records as finished.
+compiled() {
+  "$PY" - "$1" <<'EOF' 2>> "$LOG"
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except (OSError, ValueError, KeyError):
+    rows = {}
+print(",".join(k for k in ("fast", "fast-fp8") if (rows.get(k) or {}).get("first_call_s") is not None))
+EOF
 }
 
-bench bench "$BENCH_MAIN" bench.json
+# A marker beside the cache: --fast's compile finished into it (a cache that a stopped compile left
+# half-filled is not empty, yet spo serve --fast would compile again there, for minutes).
+COMPILED_MARK="$WD/fast-compiled"
+[[ -z "$KEEP_CACHE" ]] && { in_phases compile || in_phases bench; } && rm -f "$COMPILED_MARK"
+mark_compiled() { [[ ",$(compiled "$1")," == *",fast,"* ]] && touch "$COMPILED_MARK"; return 0; }
+
+if in_phases compile; then
+  # The compile apart: a fresh cache (unless --keep-cache), the first step count only, one round after
+  # the settling one; fp8's compile is started only with 150 s of the phase left.
+  STEP1="${STEPS%%,*}"
+  bench compile "fast,fast-fp8" compile.json 150 $KEEP_CACHE --repeat 1 ${STEP1:+--steps "$STEP1"}
+  mark_compiled "$OUTDIR/compile.json"
+  DONE="$(compiled "$OUTDIR/compile.json")"
+  say "compile: finished for ${DONE:-none of fast, fast-fp8}; bench runs only those of them, from the cache"
+  BENCH_MAIN="snippet,snippet-nograd,spo,spo-cuda-gen${DONE:+,$DONE}"
+  bench bench "$BENCH_MAIN" bench.json 120 --keep-cache ${STEPS:+--steps "$STEPS"}
+else
+  bench bench "$BENCH_MAIN" bench.json 120 $KEEP_CACHE ${STEPS:+--steps "$STEPS"}
+  in_phases bench && mark_compiled "$OUTDIR/bench.json"
+fi
 if in_phases attn && script_here bench_attention.py attn; then
   phase attn "$PY" "$REPO/benchmarks/bench_attention.py" $TOY --out-json "$OUTDIR/attention.json"
 fi
 phase prof "$PY" "$REPO/benchmarks/profile_step.py" $TOY --workdir "$WD" --fast --out-json "$OUTDIR/profile-fast.json"
 if in_phases serve; then
-  # --fast only where a phase before it (this call's, or the first call's on a machine still warm) left
-  # compiled graphs: a fresh compile would take most of this call. serve.json records which it ran.
+  # --fast only where a phase before it (this call's, or the first call's on a machine still warm)
+  # finished --fast's compile: a fresh compile would take most of this call. serve.json records which.
   # Eager images take about twice as long (2.0 s at 30 steps): half the requests, to fit the same time.
   SERVE_FAST=""; SERVE_N=12
-  [[ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]] && { SERVE_FAST="--fast"; SERVE_N=24; }
-  say "serve: ${SERVE_FAST:-eager (no compile cache from an earlier phase)}, $SERVE_N requests"
+  [[ -f "$COMPILED_MARK" ]] && { SERVE_FAST="--fast"; SERVE_N=24; }
+  say "serve: ${SERVE_FAST:-eager (no finished --fast compile from an earlier phase)}, $SERVE_N requests"
   phase serve "$PY" "$REPO/benchmarks/bench_serve.py" $TOY --workdir "$WD" --requests "$SERVE_N" --batch-size 1 \
     $SERVE_FAST --out-json "$OUTDIR/serve.json"
 fi
 phase eval "$PY" "$REPO/benchmarks/bench_eval.py" $TOY --workdir "$WD" --limit 20 --out-json "$OUTDIR/eval.json"
-bench recipe "$BENCH_RECIPE" bench-recipe.json
-bench edit "$BENCH_EDIT" bench-edit.json
+bench recipe "$BENCH_RECIPE" bench-recipe.json 120 --keep-cache ${STEPS:+--steps "$STEPS"}
+bench edit "$BENCH_EDIT" bench-edit.json 120 --keep-cache ${STEPS:+--steps "$STEPS"}
 phase cli "$PY" "$REPO/benchmarks/gpu_cli_check.py" $TOY --workdir "$WD" --out-json "$OUTDIR/cli_check.json"
 say "done in $(($(date +%s) - T0))s; files in $OUTDIR: $(ls "$OUTDIR" | tr '\n' ' ')"

@@ -4,7 +4,7 @@ device calls of issue 22's session. Standard library only (it runs on the GPU no
 A device call runs at most 600 s and the lease has 15 minutes in all, machine start-up included, so
 issue 22's measurements are planned as two calls, in order of value for the issue:
 
-  call 1 (--budget-s 540): bench, attn, prof
+  call 1 (--budget-s 540): compile, bench, attn
   call 2 (--budget-s 300): serve, eval
 
 `typical_s` is what a phase is expected to take on one H200 (from the first leases' logs, or an
@@ -15,10 +15,10 @@ in the order of PHASES below, whatever the order of --phases), so the
 phases of a call cannot starve each other. The device returns at most 8 files from $OUT: each call's
 phases leave at most 7 besides session.log.
 
-    python benchmarks/session_plan.py check bench,attn,prof 540   # problems, one a line; exit 1 if any
-    python benchmarks/session_plan.py needs prof [--toy]          # seconds
-    python benchmarks/session_plan.py reserve bench bench,attn,prof [--toy]
-    python benchmarks/session_plan.py show bench,attn,prof 540    # the plan, for the log
+    python benchmarks/session_plan.py check compile,bench,attn 540   # problems, one a line; exit 1 if any
+    python benchmarks/session_plan.py needs prof [--toy]             # seconds
+    python benchmarks/session_plan.py reserve compile compile,bench,attn [--toy]
+    python benchmarks/session_plan.py show compile,bench,attn 540    # the plan, for the log
 """
 
 from __future__ import annotations
@@ -39,15 +39,27 @@ class Phase:
 
 
 PHASES = {
-    # bench_gpu.py (harness's honest harness): model build ~40 s on a bare node, six contenders loaded,
-    # --fast and --fast --quantize fp8 compiled (~110 s each in a fresh cache, more with GEMM autotuning),
-    # 50 and 30 steps interleaved (settling round + 3), a 2nd --fast process on the cache: an estimate.
+    # bench_gpu.py --only fast,fast-fp8 in a fresh compile cache: the two --fast compiles, each timed (its
+    # first call), then one settling round and one round at 50 steps (N = 1: marked not steady state).
+    # --fast's compile took 95-122 s on an H200 before GEMM autotuning; autotuning SDXL's 24 GEMM shapes
+    # adds 2-9 minutes (4.2-22.1 s a shape under the first lease's max-autotune, src/spo_cli/speed.py),
+    # and fp8's compile tunes its scaled GEMMs too: 2 to 11 minutes for both, with the model build
+    # (~40 s on a bare node). It runs apart so that the minutes it takes are recorded on their own and
+    # cannot eat the interleaved rounds: past its time it is stopped, keeping what it saved, and the
+    # bench phase leaves out a --fast contender whose compile did not finish. fp8's compile starts only
+    # with 150 s of the phase left. An estimate.
+    "compile": Phase("bench_gpu.py: spo --fast and --fast --quantize fp8 compiled in a fresh cache, each "
+                     "compile timed", 150, 300, ("compile.json",)),
+    # bench_gpu.py --keep-cache (the honest harness): six contenders loaded, the two --fast ones from the
+    # compile phase's cache (first call ~20-25 s each: lease 3's second processes), 50 and 30 steps
+    # interleaved (settling round + 3, ~15 s and ~10 s a round), no 2nd process (this one is): an estimate.
     "bench": Phase("bench_gpu.py: snippet, spo, spo --generator-device cuda, --fast, --fast --quantize fp8 "
-                   "interleaved; 2nd --fast process", 240, 420, ("bench.json",)),
+                   "interleaved, --fast from the compile phase's cache", 150, 200, ("bench.json",)),
     # bench_attention.py (harness): SDPA backends at SDXL's four attention shapes; seconds of GPU.
     "attn": Phase("bench_attention.py: SDPA backends at SDXL's attention shapes", 30, 30, ("attention.json",)),
     # profile_step.py --fast: a 3rd process on the compile cache (first call 20 s in lease 3), 3 timed calls
-    # and one under the profiler at 30 steps: 60 s in lease 3.
+    # and one under the profiler at 30 steps: 60 s in lease 3. A spare since GEMM autotuning made the
+    # compile phase minutes longer: the bench rows give --fast's s/image and MFU without it.
     "prof": Phase("profile_step.py --fast: where one image's time goes", 60, 70, ("profile-fast.json",)),
     # bench_serve.py GPU mode, --fast, batch size 1, 24 requests at 30 steps: two processes that reuse the
     # compile cache (~10 s to load, ~20 s for the first call: lease 3), 3 warm-up and 24 timed images
@@ -58,13 +70,15 @@ PHASES = {
     # Cut short, it still writes what it measured (images done, s/image), without the extrapolation.
     "eval": Phase("bench_eval.py: spo eval --paper --limit 20, end to end", 150, 180, ("eval.json",)),
     # Spares, in no call by default (see benchmarks/README.md, "How to run issue 22's measurements").
+    # With --only snippet,fast,recipe: the two interleaved first (--fast from the cache, ~80 s), then the
+    # recipe's child process loads the three again and compiles the recipe.
     "recipe": Phase("bench_gpu.py: the snippet with diffusers' compile recipe (max-autotune: 280 s and more "
-                    "to compile)", 330, 400, ("bench-recipe.json",)),
+                    "to compile), interleaved with the snippet and spo --fast", 400, 500, ("bench-recipe.json",)),
     # issue 23's rows (diffusers' img2img, spo --image, spo --hires 1.5): 90 s planned in round one.
     "edit": Phase("bench_gpu.py: img2img (diffusers, spo) and --hires 1.5", 90, 100, ("bench-edit.json",)),
     "cli": Phase("gpu_cli_check.py: spo generate / batch / compare on CUDA", 150, 150, ("cli_check.json",)),
 }
-CALLS = {1: ("bench,attn,prof", 540), 2: ("serve,eval", 300)}
+CALLS = {1: ("compile,bench,attn", 540), 2: ("serve,eval", 300)}
 
 
 def parse(text: str) -> list[str]:

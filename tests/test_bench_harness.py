@@ -48,6 +48,15 @@ def test_interleaving_calls_every_contender_once_a_round_and_rotates_the_order()
     assert bench_gpu.rotation([], 3) == []
 
 
+def test_contenders_of_one_loaded_object_are_never_neighbours_in_a_round():
+    order = bench_gpu.ROUND_ORDER
+    assert sorted(order) == sorted(bench_gpu.INTERLEAVED)
+    specs = bench_gpu.specs()
+    for r in bench_gpu.rotation(order, len(order)):
+        for a, b in zip(r, r[1:] + r[:1]):  # cyclic: a round's last runs just before the next round's first
+            assert specs[a].obj != specs[b].obj, (a, b)
+
+
 def test_pixel_diff_is_in_255ths_and_refuses_images_of_different_shapes():
     a = np.zeros((4, 4, 3), dtype=np.uint8)
     b = a.copy()
@@ -94,9 +103,20 @@ def test_the_tables_come_from_the_raw_times_in_the_json():
     assert any("skipped: needs CUDA" in x for x in lines)
     assert "| 110.00 | 1.600 | 108.40 |" in text  # compile: first call, steady median, the difference
     ratio = next(x for x in lines if x.startswith("| c. spo --fast ÷ a. authors' snippet"))
-    assert "| 0.500 | 0.441 – 0.550 |" in ratio  # 1.5/3.4 and 1.65/3.0: the range, not only the median ratio
+    assert "| 3 / 3 | 0.500 | 0.441 – 0.550 |" in ratio  # 1.5/3.4 and 1.65/3.0: the range, not only the median ratio
+    # a ratio of a row that is not steady state says so, as its row does
+    spo_ratio = next(x for x in lines if x.startswith("| b. spo (default, CPU noise) ÷ a. authors' snippet"))
+    assert "| 1 / 3 (not steady state: N < 3) |" in spo_ratio
     assert "| c. spo --fast | b. spo (default, CPU noise) | 50 | 2 | 0.0312 |" in text
     assert "steady state" in lines[0]
+
+
+def test_the_compile_table_says_which_cache_its_first_calls_started_from():
+    data = results_json()
+    assert "emptied at the start: the first call compiles" in bench_gpu.render(data)  # files from before the field
+    data["compile_cache"] = bench_gpu.COMPILE_CACHE[True]
+    text = bench_gpu.render(data)
+    assert "kept from an earlier process (--keep-cache)" in text and "emptied at the start" not in text
 
 
 def test_render_of_a_saved_run_from_the_command_line(tmp_path, capsys, monkeypatch):
