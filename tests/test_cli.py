@@ -440,3 +440,16 @@ def test_the_old_format_spelling_still_works_and_says_its_new_name(out, args, ne
     text = " ".join(r.stderr.split())
     assert f"--format is now {new_name}" in text and words in text, text
     assert "Traceback" not in r.output
+
+
+def test_help_shows_the_extras_names_rich_would_take_for_markup():
+    # rich reads an unescaped "[fp8]" in a help text as a style tag and drops it: "Needs spo-cli." told
+    # nobody what to install.
+    for args, extras in ((["generate", "--help"], ("fp8", "watermark", "c2pa")), (["serve", "--help"], ("fp8", "watermark")),
+                         (["inspect", "--help"], ("c2pa", "watermark"))):
+        r = invoke(*args, env={"COLUMNS": "200"})
+        assert r.exit_code == 0
+        text = re.sub(r"[\s│]+", " ", r.stdout)
+        for extra in extras:
+            assert f"spo-cli[{extra}]" in text, (args, extra)
+        assert not re.search(r"spo-cli[.)]", text), args

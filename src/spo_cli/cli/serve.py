@@ -176,7 +176,7 @@ def serve(
     watermark: Annotated[bool, typer.Option(
         "--watermark", help="Mark every image this server makes with SDXL's invisible watermark, whichever API asks "
         "(A1111's has no field for it); without it, spo's and OpenAI's APIs mark an image whose request says "
-        "\"watermark\": true. Needs spo-cli[watermark].", show_default=False)] = False,
+        "\"watermark\": true. Needs spo-cli\\[watermark].", show_default=False)] = False,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
     extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client", "python_multipart")
