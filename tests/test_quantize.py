@@ -226,6 +226,23 @@ def test_eval_columns_take_an_fp8_suffix_on_any_column():
         eval_cli.parse_columns("spo-lora:0.5@fp8,spo-lora:.5@fp8")
 
 
+def test_a_suffix_that_only_looks_like_fp8_is_refused_for_what_it_is():
+    # Each reached the model resolver as a folder or repo named e.g. 'spo@fp8' ('neither a preset, ...'),
+    # or, for '@fp8', as "--model is empty".
+    from spo_cli.cli import eval as eval_cli
+
+    for text, says in (("spo@fp8@fp8", "says @fp8 twice"), ("spo-lora:0.5@fp8@fp8", "says @fp8 twice"),
+                       ("spo,@fp8", "has @fp8 but no model before it"), ("spo@FP8", "written @fp8, in lower case")):
+        with pytest.raises(UsageError, match=says):
+            _labels_and_quantize(text)
+        with pytest.raises(UsageError, match=says):  # compare's --model and a sweep's model axis: the same grammar
+            comparison.build_columns(None, None, None, [text.split(",")[-1]], [], [], None, None, dict(COMMON),
+                                     options.model_request)
+    # a folder whose name holds '@' is still a folder, quantized or not
+    assert _labels_and_quantize("org/mo@del,org/mo@del@fp8") == [("mo@del", "org/mo@del", None, None),
+                                                                ("mo@del fp8", "org/mo@del", None, "fp8")]
+
+
 def test_compare_model_columns_take_the_suffix_and_a_label_stays_the_users():
     cols = comparison.build_columns(None, True, None, ["spo@fp8", "./mine@fp8"], [], [], None, None, dict(COMMON),
                                     options.model_request, ["spo", "model:0", "model:1"])

@@ -58,9 +58,21 @@ def capable(major: int, minor: int) -> bool:
 
 
 def split_suffix(name: str) -> tuple[str, str | None]:
-    """A comparison column's name → (name, quantize): `spo@fp8` → ("spo", "fp8")."""
+    """A comparison column's name → (name, quantize): `spo@fp8` → ("spo", "fp8"). A name that only
+    looks like one (`@fp8`, `spo@fp8@fp8`, `spo@FP8`) is refused here: it would otherwise reach the model
+    resolver as a folder or repo called `spo@fp8`, whose refusal says nothing about the suffix."""
+    from spo_cli.validate import shown
+
     if name.endswith(SUFFIX):
-        return name[: -len(SUFFIX)], FP8
+        bare = name[: -len(SUFFIX)]
+        if not bare.strip():
+            raise UsageError(f"{shown(name)} has {SUFFIX} but no model before it.", f"Put it after one, e.g. spo{SUFFIX}.")
+        if bare.endswith(SUFFIX):
+            raise UsageError(f"{shown(name)} says {SUFFIX} twice.", f"Write it once, after the model: e.g. spo{SUFFIX}.")
+        return bare, FP8
+    if "@" in name and name.rsplit("@", 1)[1].strip().lower() == FP8:
+        raise UsageError(f"{shown(name)}: the float8 suffix is written {SUFFIX}, in lower case and with nothing "
+                         "after it.", f"E.g. spo{SUFFIX}.")
     return name, None
 
 
