@@ -95,14 +95,19 @@ def sdpa_order(value: str | None = None) -> tuple[str, ...] | None:
         value = os.environ.get(SDPA_ENV)
     if value is None or not value.strip():
         return None
+    from spo_cli.validate import shown
+
     names = [name.strip().lower() for name in value.split(",")]
-    unknown = [name for name in names if name not in SDPA_NAMES]
+    # Each unknown name once, and at most a few of them: the variable can hold anything, of any length.
+    unknown = list(dict.fromkeys(name for name in names if name not in SDPA_NAMES))
     twice = sorted({name for name in names if names.count(name) > 1} - set(unknown))
     if unknown or twice:
-        what = (f"{', '.join(repr(n) for n in unknown)} {'is not an' if len(unknown) == 1 else 'are not'} "
+        listed = ", ".join("an empty name" if not n else shown(n, 30) for n in unknown[:3])
+        listed += f" and {len(unknown) - 3:,} more" if len(unknown) > 3 else ""
+        what = (f"{listed} {'is not an' if len(unknown) == 1 else 'are not'} "
                 "attention backend" + ("s" if len(unknown) > 1 else "") if unknown
                 else f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} named twice")
-        raise UsageError(f"{SDPA_ENV}={value}: {what}.",
+        raise UsageError(f"{SDPA_ENV}={shown(value)}: {what}.",
                          f"Give some of {', '.join(SDPA_NAMES)}, comma-separated, in the order the UNet's "
                          f"attention should try them (e.g. {','.join(SDPA_NAMES)}), or unset it for "
                          "PyTorch's own order.")
