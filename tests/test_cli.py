@@ -414,6 +414,11 @@ def test_doctor_runs_a_smoke_generation_and_never_shows_the_token(hub_cache):
     human = invoke("doctor", "--device", "cpu", env={**token, "COLUMNS": "200"})
     assert human.exit_code == 0 and "smoke test" in human.stdout and "Next step" in human.stderr
     assert "hf_doctor_secret_token" not in r.stdout + r.stderr + human.stdout + human.stderr
+    # a bad SPO_SDPA_BACKENDS is one of the problems it reports (it refused with exit 2 before), not its own refusal
+    r = invoke("doctor", "--device", "cpu", "--json", env={"SPO_SDPA_BACKENDS": "flash;math"})
+    report = json.loads(r.stdout)
+    assert r.exit_code == 1 and report["smoke_test"]["ok"], r.output
+    assert [p for p in report["problems"] if p.startswith("SPO_SDPA_BACKENDS='flash;math'")]
 
 
 def test_ctrl_c_exits_130_and_writes_nothing(hub_cache, out, monkeypatch):
