@@ -411,3 +411,16 @@ def test_health_names_the_models_served_with_fp8():
     body = asyncio.run(health(SimpleNamespace(worker=worker("fp8"))))
     assert body["quantize"] == {"spo": "fp8", "base": "fp8"} and body["models"] == ["spo", "base"]
     assert "quantize" not in asyncio.run(health(SimpleNamespace(worker=worker(None))))
+
+
+def test_serve_refuses_fp8_on_a_machine_without_the_gpu_before_it_binds():
+    # It bound its port and printed "Serving on http://..." before: the machine was checked at load.
+    import torch
+
+    from conftest import run_spo
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine could serve: this is the refusal of one without a float8 GPU")
+    r = run_spo("serve", "--quantize", "fp8", "--port", "0")
+    assert r.returncode == 2 and "this machine has none (spo would run on cpu)" in r.stderr, r.stderr
+    assert "Serving on" not in r.stdout + r.stderr and "Traceback" not in r.stderr
