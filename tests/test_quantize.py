@@ -424,3 +424,20 @@ def test_serve_refuses_fp8_on_a_machine_without_the_gpu_before_it_binds():
     r = run_spo("serve", "--quantize", "fp8", "--port", "0")
     assert r.returncode == 2 and "this machine has none (spo would run on cpu)" in r.stderr, r.stderr
     assert "Serving on" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_torchao_that_cannot_be_imported_is_named_not_unexpected(hub_cache, tmp_path):
+    # diffusers imports an installed torchao with every model, --quantize or not: one built for another
+    # torch failed `spo generate` as "Unexpected RuntimeError: Failed to import diffusers.models...".
+    import os
+
+    from conftest import TINY, run_spo
+
+    fake = tmp_path / "site" / "torchao"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('built for another torch')\n")
+    path = os.pathsep.join(p for p in (str(fake.parent), os.environ.get("PYTHONPATH")) if p)
+    r = run_spo("generate", "a cat", *TINY, "--device", "cpu", "--out", str(tmp_path / "out"), env={"PYTHONPATH": path})
+    msg = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "Traceback" not in msg and "Unexpected" not in msg, msg
+    assert "cannot be imported (ImportError: built for another torch)" in msg and "pip uninstall torchao" in msg
