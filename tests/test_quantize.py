@@ -272,6 +272,23 @@ def test_a_sweeps_model_axis_takes_the_suffix_too():
     assert (col.label, col.request.lora_scale, col.request.quantize) == ("SPO LoRA x0.25 fp8", 0.25, "fp8")
 
 
+def test_quantize_for_every_column_and_a_column_of_its_own_fp8_do_not_go_together():
+    # `--quantize fp8 --columns spo,spo@fp8` made two fp8 columns of one model, one labelled as if it were not.
+    from spo_cli.cli import eval as eval_cli
+    from spo_cli.sweep import axes, plan
+
+    for text in ("spo,spo@fp8", "spo-lora:0.5@fp8"):
+        with pytest.raises(UsageError, match="quantizes every column, so @fp8 on the SPO"):
+            comparison.build_columns(**eval_cli.parse_columns(text), revision=None,
+                                     common=dict(COMMON, quantize="fp8"), model_request=options.model_request)
+    # a lora-scale axis under --quantize fp8 is not such a column: every strength is fp8, as every column is
+    [axis] = axes.parse_axes("model=spo,spo-lora", None, None, given=set(), size_limit=True)
+    common = dict(COMMON, quantize="fp8")
+    cols = [plan.lora_column(c, 0.25, common, options.model_request)
+            for c in plan.build_models(axis, common, options.model_request)]
+    assert [(c.label, c.request.quantize) for c in cols] == [("SPO LoRA x0.25", "fp8")] * 2
+
+
 def _resolved(quantize_: str | None):
     from spo_cli.resolve.model import ResolvedModel
     from spo_cli.resolve.parts import Resolved
