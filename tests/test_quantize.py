@@ -458,3 +458,35 @@ def test_a_torchao_that_cannot_be_imported_is_named_not_unexpected(hub_cache, tm
     msg = " ".join(r.stderr.split())
     assert r.returncode == 1 and "Traceback" not in msg and "Unexpected" not in msg, msg
     assert "cannot be imported (ImportError: built for another torch)" in msg and "pip uninstall torchao" in msg
+
+
+def _fp8_sidecar(tmp_path, name, quantize_) -> str:
+    from spo_cli.outputs import metadata
+
+    meta = {"schema": metadata.SCHEMA, "prompt": "x", "seed": 1, "steps": 2, "guidance": 5.0, "width": 64,
+            "height": 64, "scheduler": {"name": "default"}, "model_request": {"model": "spo", "quantize": quantize_},
+            "model": {}, "dtype": "float16"}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(meta))
+    return str(path)
+
+
+def test_a_sidecars_quantize_is_checked_as_input_from_that_file(tmp_path, monkeypatch):
+    hostile = {"number": 8, "list": ["fp8"], "spaced": "fp8 ", "upper": "FP8", "long": "f" * 500_000}
+    got = probe_cli({name: ["replay", _fp8_sidecar(tmp_path, name, v), "--out", str(tmp_path / "out")]
+                     for name, v in hostile.items()})
+    for name, text in got.items():
+        said = " ".join(text.split())
+        assert said.endswith("EXIT:2:HEAVY:") and f"{name}.json: 'quantize' cannot be" in said, said
+        assert len(said) < 400  # the 500,000 characters quoted by their start
+    assert not (tmp_path / "out").exists()
+    # a file made with fp8 on a machine without torchao: said of the file, with the way out
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    sidecar = _fp8_sidecar(tmp_path, "made", "fp8")
+    r = CliRunner().invoke(app, ["replay", sidecar, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and f"{sidecar} was made with --quantize fp8, which needs torchao" in " ".join(r.stderr.split())
+    assert "--quantize none" in r.stderr and not (tmp_path / "out").exists()
