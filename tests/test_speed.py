@@ -302,3 +302,25 @@ def test_compile_cache_defaults_to_a_persistent_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "spo-cli" / "torch-compile")
+
+
+def test_sdpa_backends_none_of_which_runs_here_is_said_not_unexpected(monkeypatch):
+    # cudnn alone on the CPU: torch's "No viable backend" RuntimeError reached the user as "Unexpected".
+    import torch
+
+    from spo_cli import speed
+    from spo_cli.errors import UsageError
+
+    class Attn(torch.nn.Linear):
+        def forward(self, x):
+            q = super().forward(x)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    module, x = Attn(8, 8), torch.randn(1, 2, 4, 8)
+    monkeypatch.setenv("SPO_SDPA_BACKENDS", "cudnn")
+    with pytest.raises(UsageError) as e, speed.attention(module, speed.sdpa_order()):
+        module(x)
+    assert e.value.message == ("SPO_SDPA_BACKENDS='cudnn': none of these attention backends can run the UNet's "
+                               "attention on cpu in float32.") and "math" in e.value.hint
+    with speed.attention(module, ("MATH",)):
+        module(x)  # and one that runs, runs

@@ -145,6 +145,21 @@ def attention(module, order: tuple[str, ...] | None):
     after = module.register_forward_hook(leave, always_call=True)
     try:
         yield
+    except Exception as e:
+        # Valid names, none of which runs here (cudnn or efficient alone on the CPU): torch's own
+        # RuntimeError reached the user as "Unexpected", after the model had loaded.
+        cause = e
+        while cause is not None and "No viable backend for scaled_dot_product_attention" not in str(cause):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        from spo_cli.validate import shown
+
+        weight = next(module.parameters())
+        raise UsageError(f"{SDPA_ENV}={shown(os.environ.get(SDPA_ENV, ','.join(order)))}: none of these attention "
+                         f"backends can run the UNet's attention on {weight.device.type} in "
+                         f"{str(weight.dtype).removeprefix('torch.')}.",
+                         "Add math at the end (it runs everywhere), or unset it for PyTorch's own order.") from e
     finally:
         before.remove()
         after.remove()
