@@ -50,6 +50,8 @@ def test_missing_torchao_is_an_install_line_before_torch(monkeypatch):
     assert e.value.paragraph() == ('--quantize fp8 needs torchao, which is not installed. Install the extra: '
                                    'pip install "spo-cli[fp8]".')
     assert options.model_request(model="spo")[0].quantize is None  # unasked, torchao is not looked for
+    with pytest.raises(UsageError, match=r"The SPO-SDXL column's @fp8 needs torchao, which is not installed"):
+        _labels_and_quantize("spo,spo@fp8")
 
 
 def test_refusals_come_before_torch(tmp_path):

@@ -100,6 +100,13 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
                              "column adds nothing (and a column without it is fp8 too).",
                              f"To compare a model with its fp8 form, drop --quantize and write the column twice: "
                              f"e.g. spo,spo{quantize.SUFFIX}.")
+    own = [label for key, label, fields in keyed if fields.get("quantize") or key in quantized]
+    if own and not common.get("quantize"):
+        from spo_cli import extras
+
+        if extras.missing("torchao"):  # said of the column: "--quantize fp8 needs torchao" named no option typed
+            raise UsageError(f"The {own[0]} column's {quantize.SUFFIX} needs torchao, which is not installed.",
+                             'Install the extra: pip install "spo-cli[fp8]".')
     for n, (key, label, fields) in enumerate(keyed):
         if key in quantized:
             keyed[n] = (key, label, dict(fields, quantize=quantize.FP8))
