@@ -37,6 +37,12 @@ def test_refuse_device_names_the_gpu_and_its_sm():
         quantize.refuse_device("cuda:1", (8, 0), "NVIDIA A100-SXM4-80GB")
     assert "cuda:1 is an NVIDIA A100-SXM4-80GB (sm80), which has no float8 tensor cores" in e.value.paragraph()
     quantize.refuse_device("cuda", (9, 0), "NVIDIA H200")  # no error
+    # spo doctor's row: it said "not here: this machine has none (spo would run on cpu)", none of what
+    assert quantize.here("cpu")["why"] == "it needs an NVIDIA Ada or Hopper GPU (or newer), and spo would run on cpu"
+    assert quantize.here("cuda", (8, 0), "NVIDIA A100")["why"] == ("the NVIDIA A100 (sm80) has no float8 tensor cores "
+                                                                   "(Ada sm89, Hopper sm90 or newer)")
+    assert quantize.here("cuda", (9, 0), "NVIDIA H200") == {"possible": True, "torchao": quantize.torchao_version(),
+                                                            "why": None}
     with pytest.raises(UsageError, match="--device mps is not one"):
         quantize.refuse_device("mps")
     with pytest.raises(UsageError, match="this machine has none"):

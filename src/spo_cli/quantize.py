@@ -136,8 +136,11 @@ def here(device: str, capability: tuple[int, int] | None = None, name: str | Non
     why = None if version else 'torchao is not installed (pip install "spo-cli[fp8]")'
     try:
         refuse_device(device, capability, name, picked=True)
-    except UsageError as e:
-        why = why or e.message.split("; ", 1)[-1].rstrip(".")
+    except UsageError:
+        # Its own words, not the tail of refuse_device's: "this machine has none" lost what it had none of.
+        why = why or (f"it needs an NVIDIA Ada or Hopper GPU (or newer), and spo would run on {device}"
+                      if not device.startswith("cuda") else f"the {name} (sm{capability[0]}{capability[1]}) has no "
+                      "float8 tensor cores (Ada sm89, Hopper sm90 or newer)")
     return {"possible": why is None, "torchao": version, "why": why}
 
 
