@@ -234,7 +234,8 @@ def test_eval_columns_take_an_fp8_suffix_on_any_column():
         eval_cli.parse_columns("spo-lora:0.5@fp8,spo-lora:.5@fp8")
 
 
-def test_a_suffix_that_only_looks_like_fp8_is_refused_for_what_it_is():
+def test_a_suffix_that_only_looks_like_fp8_is_refused_for_what_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     # Each reached the model resolver as a folder or repo named e.g. 'spo@fp8' ('neither a preset, ...'),
     # or, for '@fp8', as "--model is empty".
     from spo_cli.cli import eval as eval_cli
@@ -246,6 +247,10 @@ def test_a_suffix_that_only_looks_like_fp8_is_refused_for_what_it_is():
         with pytest.raises(UsageError, match=says):  # compare's --model and a sweep's model axis: the same grammar
             comparison.build_columns(None, None, None, [text.split(",")[-1]], [], [], None, None, dict(COMMON),
                                      options.model_request)
+    # a folder named like a quantized column is not read as another folder in fp8
+    (tmp_path / "run@fp8").mkdir()
+    with pytest.raises(UsageError, match=r"^'\./run@fp8' is a folder, and @fp8 at the end of a model's name"):
+        _labels_and_quantize("spo,./run@fp8")
     # a folder whose name holds '@' is still a folder, quantized or not
     assert _labels_and_quantize("org/mo@del,org/mo@del@fp8") == [("mo@del", "org/mo@del", None, None),
                                                                 ("mo@del fp8", "org/mo@del", None, "fp8")]

@@ -64,7 +64,12 @@ def split_suffix(name: str) -> tuple[str, str | None]:
     from spo_cli.validate import shown
 
     if name.endswith(SUFFIX):
+        import os
+
         bare = name[: -len(SUFFIX)]
+        if os.path.isdir(os.path.expanduser(name)):  # else ./run@fp8 silently became ./run (or nothing) in fp8
+            raise UsageError(f"{shown(name)} is a folder, and {SUFFIX} at the end of a model's name asks for that "
+                             f"model in fp8 ({shown(bare)} here).", f"Rename the folder: its name cannot end in {SUFFIX}.")
         if not bare.strip():
             raise UsageError(f"{shown(name)} has {SUFFIX} but no model before it.", f"Put it after one, e.g. spo{SUFFIX}.")
         if bare.endswith(SUFFIX):
