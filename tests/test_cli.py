@@ -414,6 +414,11 @@ def test_doctor_runs_a_smoke_generation_and_never_shows_the_token(hub_cache):
     human = invoke("doctor", "--device", "cpu", env={**token, "COLUMNS": "200"})
     assert human.exit_code == 0 and "smoke test" in human.stdout and "Next step" in human.stderr
     assert "hf_doctor_secret_token" not in r.stdout + r.stderr + human.stdout + human.stderr
+    # a bad SPO_SDPA_BACKENDS is one of the problems it reports (it refused with exit 2 before), not its own refusal
+    r = invoke("doctor", "--device", "cpu", "--json", env={"SPO_SDPA_BACKENDS": "flash;math"})
+    report = json.loads(r.stdout)
+    assert r.exit_code == 1 and report["smoke_test"]["ok"], r.output
+    assert [p for p in report["problems"] if p.startswith("SPO_SDPA_BACKENDS='flash;math'")]
 
 
 def test_ctrl_c_exits_130_and_writes_nothing(hub_cache, out, monkeypatch):
@@ -440,3 +445,16 @@ def test_the_old_format_spelling_still_works_and_says_its_new_name(out, args, ne
     text = " ".join(r.stderr.split())
     assert f"--format is now {new_name}" in text and words in text, text
     assert "Traceback" not in r.output
+
+
+def test_help_shows_the_extras_names_rich_would_take_for_markup():
+    # rich reads an unescaped "[fp8]" in a help text as a style tag and drops it: "Needs spo-cli." told
+    # nobody what to install.
+    for args, extras in ((["generate", "--help"], ("fp8", "watermark", "c2pa")), (["serve", "--help"], ("fp8", "watermark")),
+                         (["inspect", "--help"], ("c2pa", "watermark"))):
+        r = invoke(*args, env={"COLUMNS": "200"})
+        assert r.exit_code == 0
+        text = re.sub(r"[\s│]+", " ", r.stdout)
+        for extra in extras:
+            assert f"spo-cli[{extra}]" in text, (args, extra)
+        assert not re.search(r"spo-cli[.)]", text), args

@@ -37,6 +37,12 @@ def test_refuse_device_names_the_gpu_and_its_sm():
         quantize.refuse_device("cuda:1", (8, 0), "NVIDIA A100-SXM4-80GB")
     assert "cuda:1 is an NVIDIA A100-SXM4-80GB (sm80), which has no float8 tensor cores" in e.value.paragraph()
     quantize.refuse_device("cuda", (9, 0), "NVIDIA H200")  # no error
+    # spo doctor's row: it said "not here: this machine has none (spo would run on cpu)", none of what
+    assert quantize.here("cpu")["why"] == "it needs an NVIDIA Ada or Hopper GPU (or newer), and spo would run on cpu"
+    assert quantize.here("cuda", (8, 0), "NVIDIA A100")["why"] == ("the NVIDIA A100 (sm80) has no float8 tensor cores "
+                                                                   "(Ada sm89, Hopper sm90 or newer)")
+    assert quantize.here("cuda", (9, 0), "NVIDIA H200") == {"possible": True, "torchao": quantize.torchao_version(),
+                                                            "why": None}
     with pytest.raises(UsageError, match="--device mps is not one"):
         quantize.refuse_device("mps")
     with pytest.raises(UsageError, match="this machine has none"):
@@ -50,6 +56,8 @@ def test_missing_torchao_is_an_install_line_before_torch(monkeypatch):
     assert e.value.paragraph() == ('--quantize fp8 needs torchao, which is not installed. Install the extra: '
                                    'pip install "spo-cli[fp8]".')
     assert options.model_request(model="spo")[0].quantize is None  # unasked, torchao is not looked for
+    with pytest.raises(UsageError, match=r"The SPO-SDXL column's @fp8 needs torchao, which is not installed"):
+        _labels_and_quantize("spo,spo@fp8")
 
 
 def test_refusals_come_before_torch(tmp_path):
@@ -231,6 +239,28 @@ def test_eval_columns_take_an_fp8_suffix_on_any_column():
         eval_cli.parse_columns("spo-lora:0.5@fp8,spo-lora:.5@fp8")
 
 
+def test_a_suffix_that_only_looks_like_fp8_is_refused_for_what_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Each reached the model resolver as a folder or repo named e.g. 'spo@fp8' ('neither a preset, ...'),
+    # or, for '@fp8', as "--model is empty".
+    from spo_cli.cli import eval as eval_cli
+
+    for text, says in (("spo@fp8@fp8", "says @fp8 twice"), ("spo-lora:0.5@fp8@fp8", "says @fp8 twice"),
+                       ("spo,@fp8", "has @fp8 but no model before it"), ("spo@FP8", "written @fp8, in lower case")):
+        with pytest.raises(UsageError, match=says):
+            _labels_and_quantize(text)
+        with pytest.raises(UsageError, match=says):  # compare's --model and a sweep's model axis: the same grammar
+            comparison.build_columns(None, None, None, [text.split(",")[-1]], [], [], None, None, dict(COMMON),
+                                     options.model_request)
+    # a folder named like a quantized column is not read as another folder in fp8
+    (tmp_path / "run@fp8").mkdir()
+    with pytest.raises(UsageError, match=r"^'\./run@fp8' is a folder, and @fp8 at the end of a model's name"):
+        _labels_and_quantize("spo,./run@fp8")
+    # a folder whose name holds '@' is still a folder, quantized or not
+    assert _labels_and_quantize("org/mo@del,org/mo@del@fp8") == [("mo@del", "org/mo@del", None, None),
+                                                                ("mo@del fp8", "org/mo@del", None, "fp8")]
+
+
 def test_compare_model_columns_take_the_suffix_and_a_label_stays_the_users():
     cols = comparison.build_columns(None, True, None, ["spo@fp8", "./mine@fp8"], [], [], None, None, dict(COMMON),
                                     options.model_request, ["spo", "model:0", "model:1"])
@@ -258,6 +288,23 @@ def test_a_sweeps_model_axis_takes_the_suffix_too():
     # and a lora-scale axis across an fp8 column keeps it fp8
     [col] = [plan.lora_column(c, 0.25, dict(COMMON), options.model_request) for c in cols[3:]]
     assert (col.label, col.request.lora_scale, col.request.quantize) == ("SPO LoRA x0.25 fp8", 0.25, "fp8")
+
+
+def test_quantize_for_every_column_and_a_column_of_its_own_fp8_do_not_go_together():
+    # `--quantize fp8 --columns spo,spo@fp8` made two fp8 columns of one model, one labelled as if it were not.
+    from spo_cli.cli import eval as eval_cli
+    from spo_cli.sweep import axes, plan
+
+    for text in ("spo,spo@fp8", "spo-lora:0.5@fp8"):
+        with pytest.raises(UsageError, match="quantizes every column, so @fp8 on the SPO"):
+            comparison.build_columns(**eval_cli.parse_columns(text), revision=None,
+                                     common=dict(COMMON, quantize="fp8"), model_request=options.model_request)
+    # a lora-scale axis under --quantize fp8 is not such a column: every strength is fp8, as every column is
+    [axis] = axes.parse_axes("model=spo,spo-lora", None, None, given=set(), size_limit=True)
+    common = dict(COMMON, quantize="fp8")
+    cols = [plan.lora_column(c, 0.25, common, options.model_request)
+            for c in plan.build_models(axis, common, options.model_request)]
+    assert [(c.label, c.request.quantize) for c in cols] == [("SPO LoRA x0.25", "fp8")] * 2
 
 
 def _resolved(quantize_: str | None):
@@ -402,3 +449,65 @@ def test_health_names_the_models_served_with_fp8():
     body = asyncio.run(health(SimpleNamespace(worker=worker("fp8"))))
     assert body["quantize"] == {"spo": "fp8", "base": "fp8"} and body["models"] == ["spo", "base"]
     assert "quantize" not in asyncio.run(health(SimpleNamespace(worker=worker(None))))
+
+
+def test_serve_refuses_fp8_on_a_machine_without_the_gpu_before_it_binds():
+    # It bound its port and printed "Serving on http://..." before: the machine was checked at load.
+    import torch
+
+    from conftest import run_spo
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine could serve: this is the refusal of one without a float8 GPU")
+    r = run_spo("serve", "--quantize", "fp8", "--port", "0")
+    assert r.returncode == 2 and "this machine has none (spo would run on cpu)" in r.stderr, r.stderr
+    assert "Serving on" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_torchao_that_cannot_be_imported_is_named_not_unexpected(hub_cache, tmp_path):
+    # diffusers imports an installed torchao with every model, --quantize or not: one built for another
+    # torch failed `spo generate` as "Unexpected RuntimeError: Failed to import diffusers.models...".
+    import os
+
+    from conftest import TINY, run_spo
+
+    fake = tmp_path / "site" / "torchao"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('built for another torch')\n")
+    path = os.pathsep.join(p for p in (str(fake.parent), os.environ.get("PYTHONPATH")) if p)
+    r = run_spo("generate", "a cat", *TINY, "--device", "cpu", "--out", str(tmp_path / "out"), env={"PYTHONPATH": path})
+    msg = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "Traceback" not in msg and "Unexpected" not in msg, msg
+    assert "cannot be imported (ImportError: built for another torch)" in msg and "pip uninstall torchao" in msg
+
+
+def _fp8_sidecar(tmp_path, name, quantize_) -> str:
+    from spo_cli.outputs import metadata
+
+    meta = {"schema": metadata.SCHEMA, "prompt": "x", "seed": 1, "steps": 2, "guidance": 5.0, "width": 64,
+            "height": 64, "scheduler": {"name": "default"}, "model_request": {"model": "spo", "quantize": quantize_},
+            "model": {}, "dtype": "float16"}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(meta))
+    return str(path)
+
+
+def test_a_sidecars_quantize_is_checked_as_input_from_that_file(tmp_path, monkeypatch):
+    hostile = {"number": 8, "list": ["fp8"], "spaced": "fp8 ", "upper": "FP8", "long": "f" * 500_000}
+    got = probe_cli({name: ["replay", _fp8_sidecar(tmp_path, name, v), "--out", str(tmp_path / "out")]
+                     for name, v in hostile.items()})
+    for name, text in got.items():
+        said = " ".join(text.split())
+        assert said.endswith("EXIT:2:HEAVY:") and f"{name}.json: 'quantize' cannot be" in said, said
+        assert len(said) < 400  # the 500,000 characters quoted by their start
+    assert not (tmp_path / "out").exists()
+    # a file made with fp8 on a machine without torchao: said of the file, with the way out
+    from typer.testing import CliRunner
+
+    from spo_cli.cli import app
+
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    sidecar = _fp8_sidecar(tmp_path, "made", "fp8")
+    r = CliRunner().invoke(app, ["replay", sidecar, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and f"{sidecar} was made with --quantize fp8, which needs torchao" in " ".join(r.stderr.split())
+    assert "--quantize none" in r.stderr and not (tmp_path / "out").exists()

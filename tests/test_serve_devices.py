@@ -544,3 +544,13 @@ def test_serve_devices_that_all_fail_end_the_server_saying_why_once(hub_cache, t
     assert error.count("not available offline") == 1 and "nobody/nothing" in error
     assert "Traceback" not in r.output
     assert json.loads(r.stdout.splitlines()[0])["devices"] == ["cpu#0", "cpu#1"]
+
+
+def test_an_unavailable_mps_is_not_sent_to_nvidia_smi():
+    # --device mps off a Mac was told to "Check `nvidia-smi` and that torch was installed with CUDA support".
+    with pytest.raises(UsageError) as e:
+        devices.check("mps", [], None, CPU_ONLY)
+    assert "Apple MPS is not available" in e.value.message and "nvidia" not in e.value.paragraph()
+    with pytest.raises(UsageError) as e:
+        devices.check("cuda", [], None, CPU_ONLY)
+    assert "nvidia-smi" in e.value.hint

@@ -138,20 +138,32 @@ def test_sdpa_backends_variable_is_read_in_order_and_refused_clearly():
                                                                "EFFICIENT_ATTENTION", "MATH")
     assert speed.sdpa_order("math") == ("MATH",)
     for value, words in [("flash,cuda", "'cuda' is not an attention backend"),
-                         ("flash,,math", "'' is not an attention backend"),
+                         ("flash,,math", "an empty name is not an attention backend"),
+                         ("x" * 100_000, "(100,000 characters) is not an attention backend"),
+                         (",".join(f"n{i}" for i in range(10_000)), "'n0', 'n1', 'n2' and 9,997 more are not"),
                          ("flash,flash2,fa3", "'flash2', 'fa3' are not attention backends"),
                          ("flash,math,flash", "flash is named twice")]:
         with pytest.raises(UsageError) as e:
             speed.sdpa_order(value)
         assert words in e.value.message and "cudnn, flash, efficient, math" in e.value.hint
+        assert len(e.value.message) < 300  # one paragraph, whatever the variable holds
 
 
-def test_sdpa_backends_variable_refused_before_loading(hub_cache, tmp_path):
-    r = CliRunner().invoke(app, ["generate", "a cat", *TINY, "--out", str(tmp_path)],
-                           env={"SPO_SDPA_BACKENDS": "flash,cuda"})
-    assert r.exit_code == 2, r.output
-    msg = " ".join(r.stderr.split())
-    assert "SPO_SDPA_BACKENDS=flash,cuda: 'cuda' is not an attention backend." in msg and "Traceback" not in r.output
+def test_sdpa_backends_variable_refused_before_torch_and_only_where_a_model_loads(monkeypatch, tmp_path):
+    from conftest import probe_cli
+
+    # Checked after torch had started before (and by spo serve after it had bound its port).
+    monkeypatch.setenv("SPO_SDPA_BACKENDS", "flash,cuda")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    got = probe_cli({"generate": ["generate", "a cat", *TINY, "--out", str(tmp_path)],
+                     "batch": ["batch", str(prompts), *TINY, "--out", str(tmp_path)],
+                     "models": ["models"]})
+    for case in ("generate", "batch"):
+        msg = " ".join(got[case].split())
+        assert msg.endswith("EXIT:2:HEAVY:"), (case, msg)
+        assert "SPO_SDPA_BACKENDS='flash,cuda': 'cuda' is not an attention backend." in msg and "Traceback" not in msg
+    assert got["models"].rstrip().endswith("EXIT:0:HEAVY:")  # a command that loads no model does not care
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -306,3 +318,25 @@ def test_decode_warmup_skips_a_vae_that_diffusers_upcasts_for_each_decode():
         with torch.inference_mode():
             warm(vae, 1, 32, 32, 8)
         assert warm.done == warmed, upcast
+
+
+def test_sdpa_backends_none_of_which_runs_here_is_said_not_unexpected(monkeypatch):
+    # cudnn alone on the CPU: torch's "No viable backend" RuntimeError reached the user as "Unexpected".
+    import torch
+
+    from spo_cli import speed
+    from spo_cli.errors import UsageError
+
+    class Attn(torch.nn.Linear):
+        def forward(self, x):
+            q = super().forward(x)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    module, x = Attn(8, 8), torch.randn(1, 2, 4, 8)
+    monkeypatch.setenv("SPO_SDPA_BACKENDS", "cudnn")
+    with pytest.raises(UsageError) as e, speed.attention(module, speed.sdpa_order()):
+        module(x)
+    assert e.value.message == ("SPO_SDPA_BACKENDS='cudnn': none of these attention backends can run the UNet's "
+                               "attention on cpu in float32.") and "math" in e.value.hint
+    with speed.attention(module, ("MATH",)):
+        module(x)  # and one that runs, runs

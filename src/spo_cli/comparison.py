@@ -91,6 +91,22 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
         label = labels[i] if i < len(labels) else PRESET_LABELS.get(m) if q else None
         label = label or m.rstrip("/").split("/")[-1]
         keyed.append((f"model:{i}", label, dict(model=m, revision=revision, **({"quantize": q} if q else {}))))
+    if common.get("quantize"):
+        # Every column is fp8 already: `--quantize fp8 --columns spo,spo@fp8` made two fp8 columns of one
+        # model, one labelled as if it were not, and a comparison of a model with itself.
+        marked = [label for key, label, fields in keyed if fields.get("quantize") or key in quantized]
+        if marked:
+            raise UsageError(f"--quantize fp8 quantizes every column, so {quantize.SUFFIX} on the {marked[0]} "
+                             "column adds nothing (and a column without it is fp8 too).",
+                             f"To compare a model with its fp8 form, drop --quantize and write the column twice: "
+                             f"e.g. spo,spo{quantize.SUFFIX}.")
+    own = [label for key, label, fields in keyed if fields.get("quantize") or key in quantized]
+    if own and not common.get("quantize"):
+        from spo_cli import extras
+
+        if extras.missing("torchao"):  # said of the column: "--quantize fp8 needs torchao" named no option typed
+            raise UsageError(f"The {own[0]} column's {quantize.SUFFIX} needs torchao, which is not installed.",
+                             'Install the extra: pip install "spo-cli[fp8]".')
     for n, (key, label, fields) in enumerate(keyed):
         if key in quantized:
             keyed[n] = (key, label, dict(fields, quantize=quantize.FP8))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from spo_cli.errors import UsageError
 
 DEVICE_HINT = "Check `nvidia-smi` and that torch was installed with CUDA support, or use --device cpu."
+# Not DEVICE_HINT: nvidia-smi and CUDA builds say nothing about Apple's GPUs.
+MPS_HINT = "MPS is Apple's GPU backend: it needs a Mac with Apple silicon and torch's macOS build; use --device cpu."
 NOISE_HINT = "--generator-device cpu draws the same noise on any machine; an image made with {device} noise can " \
              "only be made again on such a device."
 
@@ -52,7 +54,7 @@ def check(device: str, generator_devices, offload: str | None, machine: Machine)
     if device != "auto":
         why = refusal(device, "--device", machine)
         if why:
-            raise UsageError(why, DEVICE_HINT)
+            raise UsageError(why, MPS_HINT if device.startswith("mps") else DEVICE_HINT)
     for g in sorted(set(generator_devices)):
         why = refusal(g, "--generator-device", machine)
         if why:

@@ -57,6 +57,7 @@ def quiet_libraries(debug: bool = False) -> None:
     import huggingface_hub
     import transformers
 
+    check_torchao()
     if debug:
         for lib in (diffusers, transformers, huggingface_hub):
             lib.utils.logging.set_verbosity_warning()
@@ -67,6 +68,26 @@ def quiet_libraries(debug: bool = False) -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.logging.set_verbosity_error()
+
+
+def check_torchao() -> None:
+    """diffusers imports torchao with its models whenever it is installed (spo-cli[fp8]), with or without
+    --quantize: one that is installed but cannot be imported (built for another torch) failed every model
+    as an "Unexpected RuntimeError" from inside diffusers."""
+    from diffusers.utils import is_torchao_available
+
+    if not is_torchao_available():
+        return
+    try:
+        import torchao  # noqa: F401
+    except Exception as e:
+        why = "".join(c if c.isprintable() else "?" for c in (str(e).strip().splitlines() or [""])[0][:200])
+        raise ModelError(f"torchao {quantize.torchao_version()} is installed but cannot be imported "
+                         f"({type(e).__name__}: {why}), and "
+                         "diffusers imports it whenever it is installed, so no model can load.",
+                         f'Install the torchao that goes with torch {torch.__version__} (pip install -U '
+                         '"spo-cli[fp8]"), or uninstall it (pip uninstall torchao) if you do not use --quantize '
+                         'fp8.') from e
 
 
 def machine() -> devices.Machine:

@@ -58,9 +58,26 @@ def capable(major: int, minor: int) -> bool:
 
 
 def split_suffix(name: str) -> tuple[str, str | None]:
-    """A comparison column's name → (name, quantize): `spo@fp8` → ("spo", "fp8")."""
+    """A comparison column's name → (name, quantize): `spo@fp8` → ("spo", "fp8"). A name that only
+    looks like one (`@fp8`, `spo@fp8@fp8`, `spo@FP8`) is refused here: it would otherwise reach the model
+    resolver as a folder or repo called `spo@fp8`, whose refusal says nothing about the suffix."""
+    from spo_cli.validate import shown
+
     if name.endswith(SUFFIX):
-        return name[: -len(SUFFIX)], FP8
+        import os
+
+        bare = name[: -len(SUFFIX)]
+        if os.path.isdir(os.path.expanduser(name)):  # else ./run@fp8 silently became ./run (or nothing) in fp8
+            raise UsageError(f"{shown(name)} is a folder, and {SUFFIX} at the end of a model's name asks for that "
+                             f"model in fp8 ({shown(bare)} here).", f"Rename the folder: its name cannot end in {SUFFIX}.")
+        if not bare.strip():
+            raise UsageError(f"{shown(name)} has {SUFFIX} but no model before it.", f"Put it after one, e.g. spo{SUFFIX}.")
+        if bare.endswith(SUFFIX):
+            raise UsageError(f"{shown(name)} says {SUFFIX} twice.", f"Write it once, after the model: e.g. spo{SUFFIX}.")
+        return bare, FP8
+    if "@" in name and name.rsplit("@", 1)[1].strip().lower() == FP8:
+        raise UsageError(f"{shown(name)}: the float8 suffix is written {SUFFIX}, in lower case and with nothing "
+                         "after it.", f"E.g. spo{SUFFIX}.")
     return name, None
 
 
@@ -124,8 +141,11 @@ def here(device: str, capability: tuple[int, int] | None = None, name: str | Non
     why = None if version else 'torchao is not installed (pip install "spo-cli[fp8]")'
     try:
         refuse_device(device, capability, name, picked=True)
-    except UsageError as e:
-        why = why or e.message.split("; ", 1)[-1].rstrip(".")
+    except UsageError:
+        # Its own words, not the tail of refuse_device's: "this machine has none" lost what it had none of.
+        why = why or (f"it needs an NVIDIA Ada or Hopper GPU (or newer), and spo would run on {device}"
+                      if not device.startswith("cuda") else f"the {name} (sm{capability[0]}{capability[1]}) has no "
+                      "float8 tensor cores (Ada sm89, Hopper sm90 or newer)")
     return {"possible": why is None, "torchao": version, "why": why}
 
 

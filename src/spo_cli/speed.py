@@ -95,14 +95,19 @@ def sdpa_order(value: str | None = None) -> tuple[str, ...] | None:
         value = os.environ.get(SDPA_ENV)
     if value is None or not value.strip():
         return None
+    from spo_cli.validate import shown
+
     names = [name.strip().lower() for name in value.split(",")]
-    unknown = [name for name in names if name not in SDPA_NAMES]
+    # Each unknown name once, and at most a few of them: the variable can hold anything, of any length.
+    unknown = list(dict.fromkeys(name for name in names if name not in SDPA_NAMES))
     twice = sorted({name for name in names if names.count(name) > 1} - set(unknown))
     if unknown or twice:
-        what = (f"{', '.join(repr(n) for n in unknown)} {'is not an' if len(unknown) == 1 else 'are not'} "
+        listed = ", ".join("an empty name" if not n else shown(n, 30) for n in unknown[:3])
+        listed += f" and {len(unknown) - 3:,} more" if len(unknown) > 3 else ""
+        what = (f"{listed} {'is not an' if len(unknown) == 1 else 'are not'} "
                 "attention backend" + ("s" if len(unknown) > 1 else "") if unknown
                 else f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} named twice")
-        raise UsageError(f"{SDPA_ENV}={value}: {what}.",
+        raise UsageError(f"{SDPA_ENV}={shown(value)}: {what}.",
                          f"Give some of {', '.join(SDPA_NAMES)}, comma-separated, in the order the UNet's "
                          f"attention should try them (e.g. {','.join(SDPA_NAMES)}), or unset it for "
                          "PyTorch's own order.")
@@ -140,6 +145,21 @@ def attention(module, order: tuple[str, ...] | None):
     after = module.register_forward_hook(leave, always_call=True)
     try:
         yield
+    except Exception as e:
+        # Valid names, none of which runs here (cudnn or efficient alone on the CPU): torch's own
+        # RuntimeError reached the user as "Unexpected", after the model had loaded.
+        cause = e
+        while cause is not None and "No viable backend for scaled_dot_product_attention" not in str(cause):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        from spo_cli.validate import shown
+
+        weight = next(module.parameters())
+        raise UsageError(f"{SDPA_ENV}={shown(os.environ.get(SDPA_ENV, ','.join(order)))}: none of these attention "
+                         f"backends can run the UNet's attention on {weight.device.type} in "
+                         f"{str(weight.dtype).removeprefix('torch.')}.",
+                         "Add math at the end (it runs everywhere), or unset it for PyTorch's own order.") from e
     finally:
         before.remove()
         after.remove()

@@ -59,6 +59,23 @@ def host_ram_gib() -> tuple[float | None, float | None]:
 def doctor(ui: UI, device: opts.Device = "auto", dtype: opts.Dtype = "auto") -> None:
     """Check this machine: versions, device and memory, the Hub, cached models and disk, then a tiny smoke
     generation; end with the one next step that matters. Exit 1 when spo cannot make an image here."""
+    # A bad SPO_SDPA_BACKENDS makes every command that loads a model refuse: a problem to report, not a
+    # reason for the doctor to refuse too. The doctor's own checks and smoke test run without it.
+    from spo_cli import speed
+    from spo_cli.errors import UsageError
+
+    try:
+        speed.sdpa_order()
+    except UsageError as e:
+        saved = os.environ.pop(speed.SDPA_ENV)
+        try:
+            return _doctor(ui, device, dtype, [e.paragraph()])
+        finally:
+            os.environ[speed.SDPA_ENV] = saved
+    return _doctor(ui, device, dtype, [])
+
+
+def _doctor(ui: UI, device: str, dtype: str, problems: list[str]) -> None:
     request, _ = opts.model_request(model=presets.DEFAULT_PRESET, dtype=dtype, device=device)
     runtime = loading.start_torch(ui, request, RunOptions())
     loading.libraries(ui, runtime)
@@ -68,7 +85,7 @@ def doctor(ui: UI, device: opts.Device = "auto", dtype: opts.Dtype = "auto") -> 
 
     from spo_cli.resolve import hub_endpoint, unreachable
 
-    problems: list[str] = []  # things that stop spo from making an image here
+    # `problems`: things that stop spo from making an image here
     advice: list[str] = []  # things that make it slower or riskier
     report: dict = {"versions": engine_mod.versions(), "device": picked, "dtype": picked_dtype}
 

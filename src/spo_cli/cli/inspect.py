@@ -21,8 +21,8 @@ EXAMPLES = """[bold]Examples[/]
 [bold]Sections[/]: recipe (the settings spo recorded: the PNG chunk, the sidecar beside the image, or A1111's
 parameters text); xmp (IPTC's DigitalSourceType, which says a model made the image, and the tool that
 wrote it); c2pa (a Content Credentials manifest and whether it validates: who signed, and that the bytes are
-unchanged since; needs spo-cli[c2pa]); watermark (SDXL's invisible watermark in the pixels; needs
-spo-cli[watermark]). Metadata can be removed or forged by anyone who edits the file: a section that is absent
+unchanged since; needs spo-cli\\[c2pa]); watermark (SDXL's invisible watermark in the pixels; needs
+spo-cli\\[watermark]). Metadata can be removed or forged by anyone who edits the file: a section that is absent
 proves nothing about where an image came from.
 """
 JSON_HELP = "Print a JSON array, one object per file (file, format, and one object per section), nothing else."

@@ -23,9 +23,10 @@ def precheck(request: ModelRequest, options: RunOptions, images: list[ImageReque
     """What needs neither torch nor the network, in milliseconds, before the output folder is touched:
     devices this machine cannot have (a CPU-only torch build, MPS off macOS), local model paths and
     their model_index.json, repo ids."""
-    from spo_cli import devices, quantize
+    from spo_cli import devices, quantize, speed
     from spo_cli.resolve import precheck as precheck_files
 
+    speed.sdpa_order()  # SPO_SDPA_BACKENDS: refused here, not after torch has started (or serve has bound its port)
     devices.precheck(request.device, [r.generator_device for r in images], options.offload)
     quantize.precheck(request.quantize, request.device, request.dtype, options.offload)
     for name in dict.fromkeys(r.scheduler for r in images):

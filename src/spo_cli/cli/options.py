@@ -44,7 +44,7 @@ Dtype = Annotated[str, typer.Option(help="auto (fp16 on GPUs, fp32 on CPU), fp16
 Quantize = Annotated[Optional[str], typer.Option(
     "--quantize", help="fp8: the UNet's large linear layers as float8 GEMMs (torchao), faster on NVIDIA Ada and "
     "Hopper GPUs. It changes pixels (recorded with each image); `spo eval --columns spo,spo@fp8` measures by how "
-    "much. Needs spo-cli[fp8].", rich_help_panel=_M, show_default=False, metavar="fp8")]
+    "much. Needs spo-cli\\[fp8].", rich_help_panel=_M, show_default=False, metavar="fp8")]
 
 Negative = Annotated[Optional[str], typer.Option(
     "--negative", help="Negative prompt. Default: none (zero embeddings, as the authors ran).",
@@ -79,7 +79,7 @@ Emphasis = Annotated[str, typer.Option(
 Watermark = Annotated[Optional[bool], typer.Option(
     "--watermark/--no-watermark", help="Add SDXL's invisible watermark (diffusers' DWT-DCT mark, which `spo inspect` "
     "detects). It changes pixels slightly, so it is off by default and recorded with the image. Needs "
-    "spo-cli[watermark] and images at least 256 px wide.", rich_help_panel=_S, show_default=False)]
+    "spo-cli\\[watermark] and images at least 256 px wide.", rich_help_panel=_S, show_default=False)]
 NoSizeLimit = Annotated[bool, typer.Option(
     "--no-size-limit", help=f"Allow sides over {validate.SIDE_MAX} px and more than "
     f"{validate.PIXELS_MAX / 1e6:.1f} megapixels (for GPUs with the memory).", rich_help_panel=_S)]

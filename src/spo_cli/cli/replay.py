@@ -177,6 +177,14 @@ def replay(
         lora_dir = merged.lora_dir or os.environ.get(lora_names.ENV_DIR) or None
     warnings += validate.unsupported_syntax(image, validate.ARGV if "prompt" in changes else recorded,
                                             lora_tags=opts.lora_tags(lora_dir))
+    if quantize is None and merged.quantize:
+        from spo_cli import extras
+
+        # Said of the file: the user typed no --quantize, and "--quantize fp8 needs torchao" did not say why.
+        if extras.missing("torchao"):
+            raise UsageError(f"{file} was made with --quantize fp8, which needs torchao, and it is not installed.",
+                             'Install the extra (pip install "spo-cli[fp8]"), or replay it without fp8: '
+                             "--quantize none (other pixels).")
     request, more = opts.model_request(**{k: getattr(merged, k) for k in (
         "model", "revision", "lora", "lora_file", "lora_scale", "vae", "dtype", "device", "loras", "quantize")},
         lora_dir=lora_dir)

@@ -176,7 +176,7 @@ def serve(
     watermark: Annotated[bool, typer.Option(
         "--watermark", help="Mark every image this server makes with SDXL's invisible watermark, whichever API asks "
         "(A1111's has no field for it); without it, spo's and OpenAI's APIs mark an image whose request says "
-        "\"watermark\": true. Needs spo-cli[watermark].", show_default=False)] = False,
+        "\"watermark\": true. Needs spo-cli\\[watermark].", show_default=False)] = False,
 ) -> None:
     """Keep SPO-SDXL loaded and serve it over HTTP: OpenAI- and A1111-compatible APIs, and a page."""
     extras.require("serve", "spo serve", "fastapi", "uvicorn", "prometheus_client", "python_multipart")
@@ -268,6 +268,16 @@ def build(ui: UI, labels: list[str], *, host: str = "127.0.0.1", port: int = 0, 
         plans.append(requests)
     for request in plans[0]:
         loading.precheck(request, options)
+    if plans[0][0].quantize:
+        # Whether this machine's GPU has float8 tensor cores is torch's to say: asked before the port is
+        # bound, so that a machine without one is refused as `spo generate` refuses it, not after
+        # "Serving on ..." (each device's load checks its own GPU again).
+        from spo_cli import engine
+        from spo_cli import quantize as fp8
+
+        for requests in plans:
+            picked, _ = engine.pick_device(requests[0].device)
+            fp8.check_machine(requests[0].quantize, picked, engine.pick_dtype(picked, requests[0].dtype)[0])
     folder = validate.output_folder(out) if save else Path(out)
     sock = listen(host, port)
     if any(d == "all" or d.startswith("cuda:") for d in devices):

@@ -126,7 +126,8 @@ def lora_column(column: Column, scale: float, common: dict, model_request: Calla
     if column.request.model != "spo" and not has_lora(column.request):
         return column
     [col] = build_columns(None, None, True, [], [], [], scale, None, common, model_request,
-                          quantized=["spo-lora"] if column.request.quantize else ())
+                          # a column of its own @fp8 stays so; under --quantize fp8 every column is already
+                          quantized=["spo-lora"] if column.request.quantize and not common.get("quantize") else ())
     return col
 
 
