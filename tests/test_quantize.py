@@ -243,8 +243,6 @@ def test_a_suffix_that_only_looks_like_fp8_is_refused_for_what_it_is(tmp_path, m
     monkeypatch.chdir(tmp_path)
     # Each reached the model resolver as a folder or repo named e.g. 'spo@fp8' ('neither a preset, ...'),
     # or, for '@fp8', as "--model is empty".
-    from spo_cli.cli import eval as eval_cli
-
     for text, says in (("spo@fp8@fp8", "says @fp8 twice"), ("spo-lora:0.5@fp8@fp8", "says @fp8 twice"),
                        ("spo,@fp8", "has @fp8 but no model before it"), ("spo@FP8", "written @fp8, in lower case")):
         with pytest.raises(UsageError, match=says):
