@@ -25,7 +25,8 @@ keeps what it measured; --deadline-s starts no phase past it):
   4. spo --fast in a second process, with the first process's compile cache (TORCHINDUCTOR_CACHE_DIR,
      a fresh folder under --workdir): its first call shows what the cache saves.
   5. the snippet with diffusers' own compile recipe (the SDXL guide, docs/source/en/tutorials/
-     fast_diffusion.md, removed from diffusers' docs in May 2025 and not replaced): inductor's
+     fast_diffusion.md, removed in May 2025 by diffusers PR #11583 in favour of the shorter
+     "Accelerate inference" guide, optimization/fp16.md; this is the tutorial's full form): inductor's
      conv_1x1_as_mm, coordinate_descent_tuning, epilogue_fusion=False and
      coordinate_descent_check_all_directions; UNet and VAE in channels_last; fuse_qkv_projections;
      torch.compile(mode="max-autotune", fullgraph=True) of the UNet and of vae.decode. Its compile
