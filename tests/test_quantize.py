@@ -368,7 +368,7 @@ def test_eval_reports_the_pixel_distance_of_a_quantized_column(tmp_path):
 
 @pytest.mark.slow
 def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, out, monkeypatch):
-    """spo generate --quantize fp8 through the CLI, in float16 (the GPU default, whose layers run as
+    """spo generate --quantize fp8 through the CLI (and spo serve --quantize fp8 over A1111's API), in float16 (the GPU default, whose layers run as
     bfloat16 islands), with the SPO LoRA folded in first; spo compare of the same model with and
     without fp8 on the same seed (the comparison's own loading, which keeps the fp8 UNet apart);
     replay of the fp8 image; and a replay refused where fp8 cannot run."""
@@ -405,13 +405,29 @@ def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, ou
             "--out", str(out / "cmp"))
         [fp8_png] = (out / "fp8").glob("*.png")
         run("replay", str(fp8_png.with_suffix(".json")), "--device", "cpu", "--out", str(out / "again"))
+        # spo serve --quantize fp8: the same image over A1111's API, and /health says which models are fp8.
+        import base64
+
+        from tests.test_serve import Running, png_pixels, request
+
+        served = Running(out / "serve", labels=["spo-lora"], dtype="fp16", quantize="fp8").start().ready()
+        try:
+            status, body, _ = request(served.url + "/sdapi/v1/txt2img", {
+                "prompt": "a red fox", "seed": 5, "steps": 1, "width": 16, "height": 16})
+            health = request(served.url + "/health")[1]
+        finally:
+            served.stop()
+        assert status == 200, body
+        assert health["quantize"] == {"spo-lora": "fp8"}
+        assert np.abs(png_pixels(base64.b64decode(body["images"][0])) - np.asarray(Image.open(fp8_png), int)).max() <= 1
 
     unet = loaded[0].pipe.unet
     assert len(unet.spo_fp8_layers) == 132 and not getattr(unet, "peft_config", None)  # the LoRA folded in
     for name in unet.spo_fp8_layers:
         assert type(unet.get_submodule(name).weight).__name__ == "Float8Tensor", name
     assert type(unet.time_embedding.linear_1.weight).__name__ == "Parameter"
-    assert len(loaded) == 2 and len(loaded[1].pipe.unet.spo_fp8_layers) == 132  # replay quantized too
+    assert len(loaded) == 3 and len(loaded[1].pipe.unet.spo_fp8_layers) == 132  # replay quantized too
+    assert len(loaded[2].pipe.unet.spo_fp8_layers) == 132  # and the server
 
     meta = json.loads(fp8_png.with_suffix(".json").read_text())
     assert meta["model_request"]["quantize"] == "fp8" and meta["versions"]["torchao"]
@@ -428,7 +444,7 @@ def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, ou
 
     # Gates closed again: this machine cannot run what the image recorded, said before anything loads.
     result = CliRunner().invoke(app, ["replay", str(fp8_png.with_suffix(".json")), "--out", str(out / "refused")])
-    assert result.exit_code == 2 and "this machine has none" in result.output and len(loaded) == 2, result.output
+    assert result.exit_code == 2 and "this machine has none" in result.output and len(loaded) == 3, result.output
 
 
 def test_health_names_the_models_served_with_fp8():
