@@ -368,10 +368,11 @@ def test_eval_reports_the_pixel_distance_of_a_quantized_column(tmp_path):
 
 @pytest.mark.slow
 def test_fp8_on_the_tiny_model_through_generate_compare_and_replay(hub_cache, out, monkeypatch):
-    """spo generate --quantize fp8 through the CLI (and spo serve --quantize fp8 over A1111's API), in float16 (the GPU default, whose layers run as
+    """spo generate --quantize fp8 through the CLI, in float16 (the GPU default, whose layers run as
     bfloat16 islands), with the SPO LoRA folded in first; spo compare of the same model with and
     without fp8 on the same seed (the comparison's own loading, which keeps the fp8 UNet apart);
-    replay of the fp8 image; and a replay refused where fp8 cannot run."""
+    replay of the fp8 image; spo serve --quantize fp8 over A1111's API; and a replay refused where
+    fp8 cannot run."""
     import numpy as np
     import torchao.quantization.quant_api as quant_api
     from PIL import Image
