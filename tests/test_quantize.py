@@ -151,7 +151,8 @@ def test_a_float16_model_runs_its_float8_gemms_with_bfloat16_results(monkeypatch
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**tiny.unet_config()).to(torch.float16).eval()
     # A weight row of zeros would quantize to 0/0: that layer is left as it is (a LoRA or a merge can zero a row).
-    zeroed = next(n for n, m in unet.named_modules() if type(m) is torch.nn.Linear and quantize.chosen(n, m.in_features, m.out_features, 16))
+    zeroed = next(n for n, m in unet.named_modules()
+                  if type(m) is torch.nn.Linear and quantize.chosen(n, m.in_features, m.out_features, 16))
     with torch.no_grad():
         unet.get_submodule(zeroed).weight[3].zero_()
     names = quantize.quantize_unet(unet, min_features=16)
