@@ -45,6 +45,8 @@ PRESETS: dict[str, Preset] = {
     )
 }
 DEFAULT_PRESET = "spo"
+# Each preset's label as a comparison column (spo compare, spo eval, a sweep's model axis).
+COLUMN_LABELS = {"base": "SDXL base", "spo": "SPO-SDXL"}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from spo_cli import quantize, validate
+from spo_cli import presets, quantize, validate
 from spo_cli.errors import UsageError
 from spo_cli.request import ImageRequest
 
@@ -70,7 +70,7 @@ CONFLICTS = {
 }
 NO_NEGATIVE = "none"  # on the negative axis (any case): no negative prompt (SDXL's zeroed unconditional branch)
 # Model values, in `spo eval --columns` grammar, and their column labels (comparison.build_columns').
-MODEL_PRESETS = {"base": "SDXL base", "spo": "SPO-SDXL"}
+MODEL_PRESETS = presets.COLUMN_LABELS
 SPO_LORA = "spo-lora"
 
 
