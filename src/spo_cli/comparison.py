@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from spo_cli import prompts, quantize, validate
+from spo_cli import presets, prompts, quantize, validate
 from spo_cli.errors import UsageError
 from spo_cli.outputs import files, metadata, naming
 from spo_cli.request import ImageRequest, ImageTask, ModelRequest
@@ -34,8 +34,8 @@ class Steps:
     escape: Callable[[str], str]
 
 
-# The labels of the preset columns (--base, --spo), for a preset named as a quantized --model column.
-PRESET_LABELS = {"base": "SDXL base", "spo": "SPO-SDXL", "spo-lora": "SPO LoRA x1"}
+# The labels of the preset columns (--base, --spo, --spo-lora), for a preset named as a quantized --model column.
+PRESET_LABELS = {**presets.COLUMN_LABELS, "spo-lora": "SPO LoRA x1"}
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,15 @@ def build_columns(base: bool | None, spo: bool | None, spo_lora: bool | None, mo
         label = labels[i] if i < len(labels) else PRESET_LABELS.get(m) if q else None
         label = label or m.rstrip("/").split("/")[-1]
         keyed.append((f"model:{i}", label, dict(model=m, revision=revision, **({"quantize": q} if q else {}))))
-    if common.get("quantize"):
+    own = [label for key, label, fields in keyed if fields.get("quantize") or key in quantized]  # @fp8 columns
+    if own and common.get("quantize"):
         # Every column is fp8 already: `--quantize fp8 --columns spo,spo@fp8` made two fp8 columns of one
         # model, one labelled as if it were not, and a comparison of a model with itself.
-        marked = [label for key, label, fields in keyed if fields.get("quantize") or key in quantized]
-        if marked:
-            raise UsageError(f"--quantize fp8 quantizes every column, so {quantize.SUFFIX} on the {marked[0]} "
-                             "column adds nothing (and a column without it is fp8 too).",
-                             f"To compare a model with its fp8 form, drop --quantize and write the column twice: "
-                             f"e.g. spo,spo{quantize.SUFFIX}.")
-    own = [label for key, label, fields in keyed if fields.get("quantize") or key in quantized]
-    if own and not common.get("quantize"):
+        raise UsageError(f"--quantize fp8 quantizes every column, so {quantize.SUFFIX} on the {own[0]} "
+                         "column adds nothing (and a column without it is fp8 too).",
+                         f"To compare a model with its fp8 form, drop --quantize and write the column twice: "
+                         f"e.g. spo,spo{quantize.SUFFIX}.")
+    if own:
         from spo_cli import extras
 
         if extras.missing("torchao"):  # said of the column: "--quantize fp8 needs torchao" named no option typed
