@@ -64,7 +64,7 @@ def parse_columns(text: str) -> dict:
         raise UsageError(f"--columns names '{repeated}' twice.", "Name each model once, e.g. --columns base,spo.")
     for full in names:
         name, q = fp8.split_suffix(full)
-        if q and (name in ("base", "spo") or not (name == "spo-lora" or name.startswith("spo-lora:"))):
+        if q and not (name == "spo-lora" or name.startswith("spo-lora:")):
             kw["order"].append(f"model:{len(kw['models'])}")  # a preset by name: build_columns reads @fp8
             kw["models"].append(full)
             continue
