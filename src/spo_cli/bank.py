@@ -216,4 +216,4 @@ class Bank:
             adapters = [name]
         unet.spo_fp8_layers = quantize.quantize_unet(unet, adapters)
         self.log(f"fp8: {len(unet.spo_fp8_layers)} UNet linear layers quantized")
-        return resolved.lora_scale if resolved.lora is not None else None
+        return resolved.lora_scale
